@@ -1,0 +1,2 @@
+//! Local control API types (tmctl <-> node), versioned
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The tunnelmesh node: tokio control plane
+fn main() {}

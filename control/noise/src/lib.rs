@@ -1,0 +1,2 @@
+//! Sans-IO WireGuard (Noise_IKpsk2) handshake and key handling
+#![forbid(unsafe_code)]

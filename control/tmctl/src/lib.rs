@@ -1,0 +1,2 @@
+//! Operator CLI for a TunnelMesh node
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The tm-dataplane process: packet path over TUN and UDP
+fn main() {}

@@ -1,0 +1,1 @@
+//! Dataplane I/O: TUN, UDP, io_uring driver

@@ -1,0 +1,1 @@
+//! Shared-memory SPSC ring between control plane and dataplane (memfd + eventfd)

@@ -1,0 +1,750 @@
+//! Control <-> dataplane messages carried in the slots of the shared-memory ring.
+//!
+//! Encoding: `tag: u8` then fields little-endian; addresses as `family u8 (4|6)`, the
+//! address bytes and a `u16` port; byte strings as `u16 len` + bytes. [`IPC_VERSION`]
+//! changes whenever a message changes shape; the ring header carries it, and both
+//! processes refuse to talk across versions.
+//!
+//! Call order (control side): `SetTimers`, then `AddPeer` for every peer, then
+//! `InstallSession` / `SendDatagram` as handshakes progress. After a dataplane restart
+//! the control plane replays the same sequence.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Bumped on any change to the messages below.
+pub const IPC_VERSION: u32 = 1;
+
+/// Peer identifier assigned by the control plane (dense, small; never reused while the
+/// dataplane runs).
+pub type PeerId = u32;
+
+/// An IP prefix (allowed IP / route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+/// Protocol timers the dataplane enforces. Tests shorten `rekey_after`/`reject_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    pub rekey_after_ms: u32,
+    pub reject_after_ms: u32,
+    pub rekey_timeout_ms: u32,
+    pub keepalive_timeout_ms: u32,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            rekey_after_ms: 120_000,
+            reject_after_ms: 180_000,
+            rekey_timeout_ms: 5_000,
+            keepalive_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Control -> dataplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtlMsg {
+    SetTimers(Timers),
+    /// Adds or replaces a peer (replacing keeps its sessions).
+    AddPeer {
+        peer: PeerId,
+        public_key: [u8; 32],
+        allowed_ips: Vec<Prefix>,
+        endpoint: Option<SocketAddr>,
+        /// Seconds; 0 = off.
+        persistent_keepalive: u16,
+    },
+    RemovePeer {
+        peer: PeerId,
+    },
+    SetEndpoint {
+        peer: PeerId,
+        endpoint: SocketAddr,
+    },
+    /// Session keys from a completed handshake. The initiator's session is usable at
+    /// once; the responder's becomes current on the first authenticated packet under it.
+    InstallSession {
+        peer: PeerId,
+        local_index: u32,
+        remote_index: u32,
+        send_key: [u8; 32],
+        recv_key: [u8; 32],
+        initiator: bool,
+    },
+    /// Drops every session of a peer (e.g. the peer was reconfigured).
+    ClearSessions {
+        peer: PeerId,
+    },
+    /// Sends a handshake (or cookie) datagram from the tunnel's UDP socket.
+    SendDatagram {
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// Asks for a `Counters` + `PeerCounters` report now.
+    RequestCounters,
+}
+
+/// Reasons the dataplane dropped a packet; the index is the counter slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Datagram shorter than its type requires, or wrong fixed length.
+    Malformed = 0,
+    /// Unknown message type / non-zero reserved bytes.
+    UnknownType = 1,
+    /// No session for the receiver index.
+    UnknownReceiver = 2,
+    /// AEAD open failed.
+    AuthFailed = 3,
+    /// Counter already seen or too old for the window.
+    Replay = 4,
+    /// Session older than reject-after-time or past reject-after-messages.
+    SessionExpired = 5,
+    /// Inner source address not in the sending peer's allowed IPs (cryptokey routing).
+    SourceNotAllowed = 6,
+    /// Inner packet is not a well-formed IPv4/IPv6 packet.
+    BadInnerPacket = 7,
+    /// Outbound: no peer's allowed IPs contain the destination.
+    NoRoute = 8,
+    /// Outbound: peer has no session and its staging queue is full.
+    NoSession = 9,
+    /// Outbound: peer has no known endpoint.
+    NoEndpoint = 10,
+    /// Rejected by the packet filter.
+    Filtered = 11,
+    /// Socket / TUN write failed.
+    IoError = 12,
+    /// Handshake message could not be forwarded to the control plane (ring full).
+    RingFull = 13,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 14;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::Malformed,
+        Self::UnknownType,
+        Self::UnknownReceiver,
+        Self::AuthFailed,
+        Self::Replay,
+        Self::SessionExpired,
+        Self::SourceNotAllowed,
+        Self::BadInnerPacket,
+        Self::NoRoute,
+        Self::NoSession,
+        Self::NoEndpoint,
+        Self::Filtered,
+        Self::IoError,
+        Self::RingFull,
+    ];
+    /// Stable snake_case name, used as the key in `tmctl status --json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownType => "unknown_type",
+            Self::UnknownReceiver => "unknown_receiver",
+            Self::AuthFailed => "auth_failed",
+            Self::Replay => "replay",
+            Self::SessionExpired => "session_expired",
+            Self::SourceNotAllowed => "source_not_allowed",
+            Self::BadInnerPacket => "bad_inner_packet",
+            Self::NoRoute => "no_route",
+            Self::NoSession => "no_session",
+            Self::NoEndpoint => "no_endpoint",
+            Self::Filtered => "filtered",
+            Self::IoError => "io_error",
+            Self::RingFull => "ring_full",
+        }
+    }
+    fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+}
+
+/// Per-peer traffic counters (cumulative since the dataplane started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerStats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// Milliseconds since the last authenticated packet from the peer (u64::MAX = never).
+    pub last_rx_ago_ms: u64,
+}
+
+/// Dataplane -> control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DpMsg {
+    /// First message after start: the dataplane attached to the ring and configured its
+    /// devices.
+    Ready {
+        workers: u16,
+        listen_port: u16,
+    },
+    /// A handshake-class datagram (types 1-3) arrived.
+    HandshakeDatagram {
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// The peer needs a (new) handshake: no usable session for queued traffic, rekey
+    /// time/messages reached as initiator, or sent data went unanswered.
+    NeedHandshake {
+        peer: PeerId,
+    },
+    /// An authenticated packet came from a new source address (roaming).
+    EndpointChanged {
+        peer: PeerId,
+        endpoint: SocketAddr,
+    },
+    /// A session aged out (reject-after-time) and was dropped.
+    SessionExpired {
+        peer: PeerId,
+        local_index: u32,
+    },
+    /// The first packet under a responder session arrived: the session is now current.
+    SessionConfirmed {
+        peer: PeerId,
+        local_index: u32,
+    },
+    PeerCounters {
+        peer: PeerId,
+        stats: PeerStats,
+    },
+    /// Global drop counters, indexed by [`DropReason`].
+    Counters {
+        drops: [u64; DropReason::COUNT],
+        rx_datagrams: u64,
+        tx_datagrams: u64,
+    },
+}
+
+/// A message did not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Ran out of bytes.
+    #[error("truncated IPC message")]
+    Truncated,
+    /// Unknown tag or field value.
+    #[error("invalid IPC message")]
+    Invalid,
+    /// Bytes left over after the message.
+    #[error("trailing bytes in IPC message")]
+    Trailing,
+}
+
+struct W<'a>(&'a mut Vec<u8>);
+impl W<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn key(&mut self, k: &[u8; 32]) {
+        self.0.extend_from_slice(k);
+    }
+    fn ip(&mut self, ip: &IpAddr) {
+        match ip {
+            IpAddr::V4(a) => {
+                self.u8(4);
+                self.0.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                self.u8(6);
+                self.0.extend_from_slice(&a.octets());
+            }
+        }
+    }
+    fn addr(&mut self, a: &SocketAddr) {
+        self.ip(&a.ip());
+        self.u16(a.port());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        let n = u16::try_from(b.len()).expect("IPC byte strings are shorter than 64 KiB");
+        self.u16(n);
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct R<'a>(&'a [u8]);
+impl R<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn key(&mut self) -> Result<[u8; 32], DecodeError> {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(self.take(32)?);
+        Ok(a)
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid),
+        }
+    }
+    fn ip(&mut self) -> Result<IpAddr, DecodeError> {
+        match self.u8()? {
+            4 => {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(self.take(4)?);
+                Ok(IpAddr::V4(Ipv4Addr::from(a)))
+            }
+            6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(self.take(16)?);
+                Ok(IpAddr::V6(Ipv6Addr::from(a)))
+            }
+            _ => Err(DecodeError::Invalid),
+        }
+    }
+    fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
+        let ip = self.ip()?;
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.u16()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn finish(self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing)
+        }
+    }
+}
+
+impl CtlMsg {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = W(out);
+        match self {
+            CtlMsg::SetTimers(t) => {
+                w.u8(1);
+                w.u32(t.rekey_after_ms);
+                w.u32(t.reject_after_ms);
+                w.u32(t.rekey_timeout_ms);
+                w.u32(t.keepalive_timeout_ms);
+            }
+            CtlMsg::AddPeer {
+                peer,
+                public_key,
+                allowed_ips,
+                endpoint,
+                persistent_keepalive,
+            } => {
+                w.u8(2);
+                w.u32(*peer);
+                w.key(public_key);
+                let n = u16::try_from(allowed_ips.len()).expect("fewer than 65536 allowed IPs");
+                w.u16(n);
+                for p in allowed_ips {
+                    w.ip(&p.addr);
+                    w.u8(p.len);
+                }
+                match endpoint {
+                    Some(e) => {
+                        w.u8(1);
+                        w.addr(e);
+                    }
+                    None => w.u8(0),
+                }
+                w.u16(*persistent_keepalive);
+            }
+            CtlMsg::RemovePeer { peer } => {
+                w.u8(3);
+                w.u32(*peer);
+            }
+            CtlMsg::SetEndpoint { peer, endpoint } => {
+                w.u8(4);
+                w.u32(*peer);
+                w.addr(endpoint);
+            }
+            CtlMsg::InstallSession {
+                peer,
+                local_index,
+                remote_index,
+                send_key,
+                recv_key,
+                initiator,
+            } => {
+                w.u8(5);
+                w.u32(*peer);
+                w.u32(*local_index);
+                w.u32(*remote_index);
+                w.key(send_key);
+                w.key(recv_key);
+                w.u8(u8::from(*initiator));
+            }
+            CtlMsg::ClearSessions { peer } => {
+                w.u8(6);
+                w.u32(*peer);
+            }
+            CtlMsg::SendDatagram { to, data } => {
+                w.u8(7);
+                w.addr(to);
+                w.bytes(data);
+            }
+            CtlMsg::RequestCounters => w.u8(8),
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = R(buf);
+        let m = match r.u8()? {
+            1 => CtlMsg::SetTimers(Timers {
+                rekey_after_ms: r.u32()?,
+                reject_after_ms: r.u32()?,
+                rekey_timeout_ms: r.u32()?,
+                keepalive_timeout_ms: r.u32()?,
+            }),
+            2 => {
+                let peer = r.u32()?;
+                let public_key = r.key()?;
+                let n = r.u16()? as usize;
+                let mut allowed_ips = Vec::with_capacity(n.min(256));
+                for _ in 0..n {
+                    let addr = r.ip()?;
+                    let len = r.u8()?;
+                    let max = if addr.is_ipv4() { 32 } else { 128 };
+                    if len > max {
+                        return Err(DecodeError::Invalid);
+                    }
+                    allowed_ips.push(Prefix { addr, len });
+                }
+                let endpoint = if r.bool()? { Some(r.addr()?) } else { None };
+                let persistent_keepalive = r.u16()?;
+                CtlMsg::AddPeer {
+                    peer,
+                    public_key,
+                    allowed_ips,
+                    endpoint,
+                    persistent_keepalive,
+                }
+            }
+            3 => CtlMsg::RemovePeer { peer: r.u32()? },
+            4 => CtlMsg::SetEndpoint {
+                peer: r.u32()?,
+                endpoint: r.addr()?,
+            },
+            5 => CtlMsg::InstallSession {
+                peer: r.u32()?,
+                local_index: r.u32()?,
+                remote_index: r.u32()?,
+                send_key: r.key()?,
+                recv_key: r.key()?,
+                initiator: r.bool()?,
+            },
+            6 => CtlMsg::ClearSessions { peer: r.u32()? },
+            7 => CtlMsg::SendDatagram {
+                to: r.addr()?,
+                data: r.bytes()?,
+            },
+            8 => CtlMsg::RequestCounters,
+            _ => return Err(DecodeError::Invalid),
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+impl DpMsg {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = W(out);
+        match self {
+            DpMsg::Ready {
+                workers,
+                listen_port,
+            } => {
+                w.u8(1);
+                w.u16(*workers);
+                w.u16(*listen_port);
+            }
+            DpMsg::HandshakeDatagram { from, data } => {
+                w.u8(2);
+                w.addr(from);
+                w.bytes(data);
+            }
+            DpMsg::NeedHandshake { peer } => {
+                w.u8(3);
+                w.u32(*peer);
+            }
+            DpMsg::EndpointChanged { peer, endpoint } => {
+                w.u8(4);
+                w.u32(*peer);
+                w.addr(endpoint);
+            }
+            DpMsg::SessionExpired { peer, local_index } => {
+                w.u8(5);
+                w.u32(*peer);
+                w.u32(*local_index);
+            }
+            DpMsg::SessionConfirmed { peer, local_index } => {
+                w.u8(6);
+                w.u32(*peer);
+                w.u32(*local_index);
+            }
+            DpMsg::PeerCounters { peer, stats } => {
+                w.u8(7);
+                w.u32(*peer);
+                w.u64(stats.rx_bytes);
+                w.u64(stats.rx_packets);
+                w.u64(stats.tx_bytes);
+                w.u64(stats.tx_packets);
+                w.u64(stats.last_rx_ago_ms);
+            }
+            DpMsg::Counters {
+                drops,
+                rx_datagrams,
+                tx_datagrams,
+            } => {
+                w.u8(8);
+                w.u8(DropReason::COUNT as u8);
+                for d in drops {
+                    w.u64(*d);
+                }
+                w.u64(*rx_datagrams);
+                w.u64(*tx_datagrams);
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = R(buf);
+        let m = match r.u8()? {
+            1 => DpMsg::Ready {
+                workers: r.u16()?,
+                listen_port: r.u16()?,
+            },
+            2 => DpMsg::HandshakeDatagram {
+                from: r.addr()?,
+                data: r.bytes()?,
+            },
+            3 => DpMsg::NeedHandshake { peer: r.u32()? },
+            4 => DpMsg::EndpointChanged {
+                peer: r.u32()?,
+                endpoint: r.addr()?,
+            },
+            5 => DpMsg::SessionExpired {
+                peer: r.u32()?,
+                local_index: r.u32()?,
+            },
+            6 => DpMsg::SessionConfirmed {
+                peer: r.u32()?,
+                local_index: r.u32()?,
+            },
+            7 => DpMsg::PeerCounters {
+                peer: r.u32()?,
+                stats: PeerStats {
+                    rx_bytes: r.u64()?,
+                    rx_packets: r.u64()?,
+                    tx_bytes: r.u64()?,
+                    tx_packets: r.u64()?,
+                    last_rx_ago_ms: r.u64()?,
+                },
+            },
+            8 => {
+                if r.u8()? as usize != DropReason::COUNT {
+                    return Err(DecodeError::Invalid);
+                }
+                let mut drops = [0u64; DropReason::COUNT];
+                for d in &mut drops {
+                    *d = r.u64()?;
+                }
+                DpMsg::Counters {
+                    drops,
+                    rx_datagrams: r.u64()?,
+                    tx_datagrams: r.u64()?,
+                }
+            }
+            _ => return Err(DecodeError::Invalid),
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+/// Decodes a drop-reason index (for tools reading raw counters).
+pub fn drop_reason(i: u8) -> Option<DropReason> {
+    DropReason::from_u8(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctl_samples() -> Vec<CtlMsg> {
+        vec![
+            CtlMsg::SetTimers(Timers::default()),
+            CtlMsg::AddPeer {
+                peer: 7,
+                public_key: [3; 32],
+                allowed_ips: vec![
+                    Prefix {
+                        addr: "100.64.0.2".parse().unwrap(),
+                        len: 32,
+                    },
+                    Prefix {
+                        addr: "fd00::".parse().unwrap(),
+                        len: 64,
+                    },
+                ],
+                endpoint: Some("192.0.2.2:51820".parse().unwrap()),
+                persistent_keepalive: 25,
+            },
+            CtlMsg::AddPeer {
+                peer: 1,
+                public_key: [0; 32],
+                allowed_ips: vec![],
+                endpoint: None,
+                persistent_keepalive: 0,
+            },
+            CtlMsg::RemovePeer { peer: 9 },
+            CtlMsg::SetEndpoint {
+                peer: 1,
+                endpoint: "[2001:db8::1]:9".parse().unwrap(),
+            },
+            CtlMsg::InstallSession {
+                peer: 1,
+                local_index: 2,
+                remote_index: 3,
+                send_key: [4; 32],
+                recv_key: [5; 32],
+                initiator: true,
+            },
+            CtlMsg::ClearSessions { peer: 4 },
+            CtlMsg::SendDatagram {
+                to: "192.0.2.1:1".parse().unwrap(),
+                data: vec![1; 148],
+            },
+            CtlMsg::RequestCounters,
+        ]
+    }
+
+    fn dp_samples() -> Vec<DpMsg> {
+        vec![
+            DpMsg::Ready {
+                workers: 2,
+                listen_port: 51820,
+            },
+            DpMsg::HandshakeDatagram {
+                from: "192.0.2.1:5".parse().unwrap(),
+                data: vec![2; 92],
+            },
+            DpMsg::NeedHandshake { peer: 3 },
+            DpMsg::EndpointChanged {
+                peer: 3,
+                endpoint: "192.0.2.9:7".parse().unwrap(),
+            },
+            DpMsg::SessionExpired {
+                peer: 3,
+                local_index: 11,
+            },
+            DpMsg::SessionConfirmed {
+                peer: 3,
+                local_index: 12,
+            },
+            DpMsg::PeerCounters {
+                peer: 1,
+                stats: PeerStats {
+                    rx_bytes: 1,
+                    rx_packets: 2,
+                    tx_bytes: 3,
+                    tx_packets: 4,
+                    last_rx_ago_ms: u64::MAX,
+                },
+            },
+            DpMsg::Counters {
+                drops: [7; DropReason::COUNT],
+                rx_datagrams: 5,
+                tx_datagrams: 6,
+            },
+        ]
+    }
+
+    #[test]
+    fn roundtrip_and_truncation() {
+        for m in ctl_samples() {
+            let mut b = Vec::new();
+            m.encode(&mut b);
+            assert_eq!(CtlMsg::decode(&b), Ok(m.clone()));
+            for cut in 0..b.len() {
+                assert!(CtlMsg::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            b.push(0);
+            assert_eq!(CtlMsg::decode(&b), Err(DecodeError::Trailing));
+        }
+        for m in dp_samples() {
+            let mut b = Vec::new();
+            m.encode(&mut b);
+            assert_eq!(DpMsg::decode(&b), Ok(m.clone()));
+            for cut in 0..b.len() {
+                assert!(DpMsg::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_prefix_and_tags() {
+        assert_eq!(CtlMsg::decode(&[0xee]), Err(DecodeError::Invalid));
+        assert_eq!(DpMsg::decode(&[0]), Err(DecodeError::Invalid));
+        let mut b = Vec::new();
+        CtlMsg::AddPeer {
+            peer: 1,
+            public_key: [0; 32],
+            allowed_ips: vec![Prefix {
+                addr: "10.0.0.0".parse().unwrap(),
+                len: 33,
+            }],
+            endpoint: None,
+            persistent_keepalive: 0,
+        }
+        .encode(&mut b);
+        assert_eq!(CtlMsg::decode(&b), Err(DecodeError::Invalid));
+    }
+
+    #[test]
+    fn drop_reason_names_are_unique_and_indexed() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(drop_reason(i as u8), Some(*r));
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}
