@@ -1,2 +1,148 @@
-//! Local control API types (tmctl <-> node), versioned
+//! The local control API between `tmctl` (or `tunnelmesh <operator command>`) and a running node.
+//!
+//! Transport: a unix stream socket at `<data_dir>/control.sock` (mode 0600). The client writes one
+//! JSON [`Request`] followed by `\n`; the node answers with one JSON [`Response`] line and closes.
+//! [`API_VERSION`] is carried in every request; the node refuses other versions with a clear error.
+//! This crate holds only types: no I/O, no secrets.
 #![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the request/response schema below.
+pub const API_VERSION: u32 = 1;
+
+/// File name of the control socket inside `data_dir`.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// Environment variable that overrides the socket path.
+pub const SOCKET_ENV: &str = "TUNNELMESH_SOCKET";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Command {
+    /// Node summary: [`Status`].
+    Status,
+    /// Every peer: `Vec<`[`PeerInfo`]`>`.
+    Peers,
+}
+
+/// `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok<T: Serialize>(v: &T) -> Self {
+        match serde_json::to_value(v) {
+            Ok(data) => Self {
+                ok: true,
+                data: Some(data),
+                error: None,
+            },
+            Err(e) => Self::err(format!("internal: cannot encode response: {e}")),
+        }
+    }
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            data: None,
+            error: Some(msg.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub name: String,
+    pub public_key: String,
+    pub address: String,
+    pub interface: String,
+    pub listen_port: u16,
+    pub dataplane: DataplaneStatus,
+    pub counters: Counters,
+    pub peers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataplaneStatus {
+    pub pid: Option<u32>,
+    pub restarts: u64,
+    pub running: bool,
+    pub workers: u16,
+}
+
+/// Cumulative over every dataplane incarnation since the node started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub rx_datagrams: u64,
+    pub tx_datagrams: u64,
+    /// Drop counts by reason (`malformed`, `replay`, `source_not_allowed`, ...).
+    pub drops: BTreeMap<String, u64>,
+    pub handshakes_completed: u64,
+    pub handshake_errors: u64,
+    pub cookie_replies_sent: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub name: String,
+    pub public_key: String,
+    pub mesh_ip: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub endpoint: Option<String>,
+    /// `direct` or `relay`.
+    pub path: String,
+    pub last_handshake_unix: Option<u64>,
+    pub last_handshake_ago_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub sessions_established: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_form_is_stable() {
+        let r = Request {
+            version: API_VERSION,
+            command: Command::Peers,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"version":1,"cmd":"peers"}"#);
+        let back: Request = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, r);
+        assert!(serde_json::from_str::<Request>(r#"{"version":1,"cmd":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn response_shapes() {
+        let e = Response::err("boom");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"ok":false,"error":"boom"}"#
+        );
+        let o = Response::ok(&vec![1, 2]);
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"ok":true,"data":[1,2]}"#
+        );
+    }
+}

@@ -1,2 +1,212 @@
-//! Operator CLI for a TunnelMesh node
+//! Operator command tree shared by `tmctl` and `tunnelmesh` (which adds the daemon verbs).
+//!
+//! Every command talks to the local node over its control socket (see `tm_api`): the path comes
+//! from `--socket`, else `$TUNNELMESH_SOCKET`, else `<data_dir>/control.sock` of the default data
+//! directory. Read commands take `--json`. This crate never touches the network or keys.
 #![forbid(unsafe_code)]
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+use tm_api::{Command, PeerInfo, Request, Response, Status, API_VERSION};
+
+/// Default data directory of a node (also the default place of its control socket).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tunnelmesh";
+
+/// Where to reach the node.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Control socket of the node [default: $TUNNELMESH_SOCKET or /var/lib/tunnelmesh/control.sock]
+    #[arg(long, global = true, env = tm_api::SOCKET_ENV)]
+    pub socket: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join(tm_api::SOCKET_NAME))
+    }
+}
+
+/// Operator commands (the same in `tmctl` and `tunnelmesh`).
+#[derive(Debug, Clone, Subcommand)]
+pub enum OperatorCommand {
+    /// Show this node: keys, address, dataplane, counters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List peers: endpoint, last handshake, traffic.
+    Peers {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Sends one request and returns the `data` of a successful response.
+pub fn call(target: &Target, command: Command) -> Result<serde_json::Value> {
+    let path = target.path();
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "cannot reach the node at {} (is `tunnelmesh up` running? use --socket)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_string(&Request {
+        version: API_VERSION,
+        command,
+    })?;
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut resp = String::new();
+    BufReader::new(&s)
+        .read_line(&mut resp)
+        .context("reading the node's answer")?;
+    let resp: Response =
+        serde_json::from_str(&resp).context("the node's answer is not valid JSON")?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()));
+    }
+    Ok(resp.data.unwrap_or(serde_json::Value::Null))
+}
+
+/// Runs an operator command, printing to stdout.
+pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        OperatorCommand::Status { json } => {
+            let v = call(target, Command::Status)?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let s: Status = serde_json::from_value(v)?;
+                write_status(&mut out, &s)?;
+            }
+        }
+        OperatorCommand::Peers { json } => {
+            let v = call(target, Command::Peers)?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let peers: Vec<PeerInfo> = serde_json::from_value(v)?;
+                write_peers(&mut out, &peers)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
+    writeln!(out, "node:        {}", s.name)?;
+    writeln!(out, "public key:  {}", s.public_key)?;
+    writeln!(out, "address:     {} on {}", s.address, s.interface)?;
+    writeln!(out, "listen port: {}", s.listen_port)?;
+    let dp = &s.dataplane;
+    let pid = dp.pid.map_or_else(|| "-".into(), |p| p.to_string());
+    let state = if dp.running { "running" } else { "down" };
+    writeln!(
+        out,
+        "dataplane:   {state} (pid {pid}, {} restarts)",
+        dp.restarts
+    )?;
+    writeln!(out, "peers:       {}", s.peers)?;
+    let c = &s.counters;
+    writeln!(
+        out,
+        "datagrams:   rx {} tx {}",
+        c.rx_datagrams, c.tx_datagrams
+    )?;
+    writeln!(
+        out,
+        "handshakes:  {} completed, {} failed",
+        c.handshakes_completed, c.handshake_errors
+    )?;
+    let drops: Vec<String> = c
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    writeln!(
+        out,
+        "drops:       {}",
+        if drops.is_empty() {
+            "none".into()
+        } else {
+            drops.join(" ")
+        }
+    )?;
+    Ok(())
+}
+
+fn write_peers(out: &mut impl Write, peers: &[PeerInfo]) -> Result<()> {
+    writeln!(
+        out,
+        "{:<16} {:<16} {:<22} {:<7} {:>10} {:>12} {:>12}",
+        "NAME", "MESH IP", "ENDPOINT", "PATH", "HANDSHAKE", "RX", "TX"
+    )?;
+    for p in peers {
+        let hs = p
+            .last_handshake_ago_secs
+            .map_or_else(|| "never".into(), |s| format!("{s}s ago"));
+        writeln!(
+            out,
+            "{:<16} {:<16} {:<22} {:<7} {:>10} {:>12} {:>12}",
+            p.name,
+            p.mesh_ip.as_deref().unwrap_or("-"),
+            p.endpoint.as_deref().unwrap_or("-"),
+            p.path,
+            hs,
+            human_bytes(p.rx_bytes),
+            human_bytes(p.tx_bytes)
+        )?;
+    }
+    Ok(())
+}
+
+/// `1536` -> `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+
+    #[test]
+    fn unreachable_socket_is_a_clear_error() {
+        let t = Target {
+            socket: Some("/nonexistent/dir/control.sock".into()),
+        };
+        let e = call(&t, Command::Status).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot reach the node at /nonexistent/dir/control.sock"),
+            "{e}"
+        );
+    }
+}
