@@ -1,0 +1,730 @@
+//! The [`Dataplane`] state machine.
+//!
+//! Outbound flow: 1. TUN packet -> 2. destination -> 3. allowed-IPs LPM -> 4. current
+//! session usable? else stage + NeedHandshake -> 5. pad, seal in `out` -> 6. Send.
+//!
+//! Inbound flow: 1. classify -> 2. types 1-3 to the control plane -> 3. session by
+//! receiver index -> 4. replay check (read-only) -> 5. open in place -> 6. window
+//! update -> 7. confirm `next`, roam, timers -> 8. keepalive? -> 9. inner header,
+//! trim padding -> 10. cryptokey routing on the inner source -> 11. WriteTun.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tm_wire::ipc::{CtlMsg, DpMsg, DropReason, PeerId, PeerStats, Prefix, Timers};
+use tm_wire::wg::{
+    self, timers::REKEY_AFTER_MESSAGES, DataPacket, WireError, DATA_HEADER_LEN, DATA_OVERHEAD,
+    MSG_DATA,
+};
+
+use crate::packet;
+use crate::peer::{Peer, PeerTimers, Slot};
+use crate::route::{self, RouteTable};
+use crate::session::{Role, Session};
+
+/// Counters are reported this often.
+const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
+/// Handshake datagrams waiting in the event queue beyond this are dropped (`RingFull`).
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// Dataplane configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DpConfig {
+    /// Tunnel MTU: inner packets are padded up to a multiple of 16 but never beyond it.
+    pub mtu: u16,
+}
+
+impl Default for DpConfig {
+    fn default() -> Self {
+        Self { mtu: 1420 }
+    }
+}
+
+/// Result of [`Dataplane::handle_tun`].
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// `out[..len]` is a datagram for `to`.
+    Send { to: SocketAddr, len: usize },
+    /// The packet was staged until a session exists.
+    Queued,
+    /// The packet was dropped (and counted).
+    Drop(DropReason),
+}
+
+/// Result of [`Dataplane::handle_udp`].
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// `dgram[start..start + len]` is the decrypted inner packet, for the TUN.
+    WriteTun { start: usize, len: usize },
+    /// Handled internally (keepalive, handshake forwarded as an event).
+    Consumed,
+    /// The datagram was dropped (and counted).
+    Drop(DropReason),
+}
+
+/// Work for [`Dataplane::poll_transmit`].
+#[derive(Debug)]
+enum Pending {
+    /// A control-plane datagram, sent verbatim.
+    Datagram { to: SocketAddr, data: Vec<u8> },
+    /// Seal and send this peer's staged packets.
+    Flush(PeerId),
+    /// Send a keepalive (empty data message) to this peer.
+    Keepalive(PeerId),
+}
+
+/// Durations derived from [`Timers`].
+#[derive(Debug, Clone, Copy)]
+struct Durations {
+    rekey_after: Duration,
+    reject_after: Duration,
+    rekey_timeout: Duration,
+    keepalive: Duration,
+}
+
+impl From<Timers> for Durations {
+    fn from(t: Timers) -> Self {
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
+        Self {
+            rekey_after: ms(t.rekey_after_ms),
+            reject_after: ms(t.reject_after_ms),
+            rekey_timeout: ms(t.rekey_timeout_ms),
+            keepalive: ms(t.keepalive_timeout_ms),
+        }
+    }
+}
+
+/// The sans-IO packet path of one node. See the crate docs for the call order.
+pub struct Dataplane {
+    cfg: DpConfig,
+    t: Durations,
+    peers: BTreeMap<PeerId, Peer>,
+    /// Local session index -> owning peer.
+    by_index: HashMap<u32, PeerId>,
+    /// Allowed-IPs snapshot, republished whenever a peer's allowed IPs change.
+    routes: ArcSwap<RouteTable>,
+    events: VecDeque<DpMsg>,
+    pending_handshakes: usize,
+    transmits: VecDeque<Pending>,
+    drops: [u64; DropReason::COUNT],
+    rx_datagrams: u64,
+    tx_datagrams: u64,
+    next_counters: Instant,
+}
+
+/// Pads `len` up to a multiple of 16, never beyond `mtu` (and never below `len`).
+fn padded_len(len: usize, mtu: usize) -> usize {
+    let rounded = len.div_ceil(16) * 16;
+    rounded.min(mtu).max(len)
+}
+
+fn expired(s: &Session, now: Instant, t: &Durations) -> bool {
+    now.saturating_duration_since(s.created) >= t.reject_after
+}
+
+/// Current session usable for sending right now.
+fn can_send(peer: &Peer, now: Instant, t: &Durations) -> bool {
+    peer.current
+        .as_ref()
+        .is_some_and(|s| s.can_send() && !expired(s, now, t))
+}
+
+/// Emits `NeedHandshake` unless one was emitted within the last rekey timeout.
+fn need_handshake(
+    peer: &mut PeerTimers,
+    id: PeerId,
+    now: Instant,
+    t: &Durations,
+    ev: &mut VecDeque<DpMsg>,
+) {
+    let recent = peer
+        .last_need_handshake
+        .is_some_and(|at| now.saturating_duration_since(at) < t.rekey_timeout);
+    if !recent {
+        peer.last_need_handshake = Some(now);
+        ev.push_back(DpMsg::NeedHandshake { peer: id });
+    }
+}
+
+/// Seals `out[16..16 + padded]` with the peer's current session and runs the send-side
+/// timers. Caller checked `can_send`. Returns the datagram length.
+fn seal_current(
+    peer: &mut Peer,
+    now: Instant,
+    out: &mut [u8],
+    padded: usize,
+    is_data: bool,
+    t: &Durations,
+    ev: &mut VecDeque<DpMsg>,
+) -> usize {
+    let s = peer.current.as_mut().expect("caller checked can_send");
+    let n = s.seal(out, padded);
+    let rekey = s.role == Role::Initiator
+        && (now.saturating_duration_since(s.created) >= t.rekey_after
+            || s.send_counter > REKEY_AFTER_MESSAGES);
+    peer.traffic.tx_packets += 1;
+    peer.traffic.tx_bytes += n as u64;
+    let tm = &mut peer.timers;
+    tm.keepalive_due = None;
+    if is_data && tm.handshake_due.is_none() {
+        tm.handshake_due = Some(now + t.keepalive + t.rekey_timeout);
+    }
+    if peer.persistent_keepalive > 0 {
+        tm.persistent_due = Some(now + Duration::from_secs(u64::from(peer.persistent_keepalive)));
+    }
+    if rekey {
+        need_handshake(tm, peer.id, now, t, ev);
+    }
+    n
+}
+
+impl Dataplane {
+    /// A dataplane with no peers and default timers.
+    pub fn new(cfg: DpConfig, now: Instant) -> Self {
+        Self {
+            cfg,
+            t: Timers::default().into(),
+            peers: BTreeMap::new(),
+            by_index: HashMap::new(),
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            events: VecDeque::new(),
+            pending_handshakes: 0,
+            transmits: VecDeque::new(),
+            drops: [0; DropReason::COUNT],
+            rx_datagrams: 0,
+            tx_datagrams: 0,
+            next_counters: now + COUNTERS_INTERVAL,
+        }
+    }
+
+    /// The current allowed-IPs snapshot (for workers that route on their own).
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Global drop counter for `reason`.
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Cumulative counters of one peer.
+    pub fn peer_stats(&self, now: Instant, peer: PeerId) -> Option<PeerStats> {
+        self.peers.get(&peer).map(|p| Self::stats_of(p, now))
+    }
+
+    /// The peer's endpoint as currently known.
+    pub fn endpoint(&self, peer: PeerId) -> Option<SocketAddr> {
+        self.peers.get(&peer).and_then(|p| p.endpoint)
+    }
+
+    fn stats_of(p: &Peer, now: Instant) -> PeerStats {
+        PeerStats {
+            rx_bytes: p.traffic.rx_bytes,
+            rx_packets: p.traffic.rx_packets,
+            tx_bytes: p.traffic.tx_bytes,
+            tx_packets: p.traffic.tx_packets,
+            last_rx_ago_ms: p.timers.last_rx.map_or(u64::MAX, |at| {
+                u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
+            }),
+        }
+    }
+
+    fn count(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    fn rebuild_routes(&mut self) {
+        let entries: Vec<(Prefix, PeerId)> = self
+            .peers
+            .values()
+            .flat_map(|p| p.allowed_ips.iter().map(move |a| (*a, p.id)))
+            .collect();
+        let table = RouteTable::new(&entries).expect("allowed IPs are normalized on AddPeer");
+        self.routes.store(Arc::new(table));
+    }
+
+    fn emit_counters(&mut self, now: Instant) {
+        self.events.push_back(DpMsg::Counters {
+            drops: self.drops,
+            rx_datagrams: self.rx_datagrams,
+            tx_datagrams: self.tx_datagrams,
+        });
+        for p in self.peers.values() {
+            self.events.push_back(DpMsg::PeerCounters {
+                peer: p.id,
+                stats: Self::stats_of(p, now),
+            });
+        }
+    }
+
+    /// Applies one control-plane message.
+    pub fn handle_ctl(&mut self, now: Instant, msg: CtlMsg) {
+        match msg {
+            CtlMsg::SetTimers(t) => self.t = t.into(),
+            CtlMsg::AddPeer {
+                peer,
+                public_key,
+                allowed_ips,
+                endpoint,
+                persistent_keepalive,
+            } => {
+                // Invalid prefixes cannot come through the IPC decoder; skip them if a
+                // caller builds one by hand.
+                let mut ips: Vec<Prefix> = allowed_ips
+                    .into_iter()
+                    .filter_map(|p| route::normalize(p).ok())
+                    .collect();
+                ips.sort_by_key(|p| (p.addr, p.len));
+                ips.dedup();
+                // A prefix belongs to one peer: the latest to claim it (as in WireGuard).
+                for other in self.peers.values_mut().filter(|p| p.id != peer) {
+                    other.allowed_ips.retain(|a| !ips.contains(a));
+                }
+                let p = self.peers.entry(peer).or_insert_with(|| Peer::new(peer));
+                p.public_key = public_key;
+                p.allowed_ips = ips;
+                if endpoint.is_some() {
+                    p.endpoint = endpoint;
+                }
+                if persistent_keepalive == 0 {
+                    p.timers.persistent_due = None;
+                } else if p.persistent_keepalive == 0 {
+                    // Newly enabled: open the NAT mapping right away.
+                    p.timers.persistent_due = Some(now);
+                }
+                p.persistent_keepalive = persistent_keepalive;
+                self.rebuild_routes();
+            }
+            CtlMsg::RemovePeer { peer } => {
+                if let Some(mut p) = self.peers.remove(&peer) {
+                    p.clear_all(&mut self.by_index);
+                    self.rebuild_routes();
+                }
+            }
+            CtlMsg::SetEndpoint { peer, endpoint } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.endpoint = Some(endpoint);
+                }
+            }
+            CtlMsg::InstallSession {
+                peer,
+                local_index,
+                remote_index,
+                send_key,
+                recv_key,
+                initiator,
+            } => self.install(
+                now,
+                peer,
+                local_index,
+                remote_index,
+                &send_key,
+                &recv_key,
+                initiator,
+            ),
+            CtlMsg::ClearSessions { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.clear_all(&mut self.by_index);
+                    p.timers.keepalive_due = None;
+                    p.timers.handshake_due = None;
+                }
+            }
+            CtlMsg::SendDatagram { to, data } => {
+                self.transmits.push_back(Pending::Datagram { to, data });
+            }
+            CtlMsg::RequestCounters => self.emit_counters(now),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        local_index: u32,
+        remote_index: u32,
+        send_key: &[u8; 32],
+        recv_key: &[u8; 32],
+        initiator: bool,
+    ) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        // A reused local index evicts whichever session held it.
+        if let Some(owner) = self.by_index.get(&local_index).copied() {
+            if let Some(o) = self.peers.get_mut(&owner) {
+                if let Some(slot) = o.find(local_index) {
+                    o.clear(slot, &mut self.by_index);
+                }
+            }
+        }
+        let role = if initiator {
+            Role::Initiator
+        } else {
+            Role::Responder
+        };
+        let s = Session::new(now, local_index, remote_index, send_key, recv_key, role);
+        let p = self.peers.get_mut(&peer).expect("checked above");
+        self.by_index.insert(local_index, peer);
+        if initiator {
+            // WireGuard: an unconfirmed `next` becomes `previous`, else `current` does.
+            if p.next.is_some() {
+                p.clear(Slot::Previous, &mut self.by_index);
+                p.previous = p.next.take();
+                p.clear(Slot::Current, &mut self.by_index);
+            } else {
+                p.clear(Slot::Previous, &mut self.by_index);
+                p.previous = p.current.take();
+            }
+            p.current = Some(s);
+            if p.staged.is_empty() {
+                if !p.timers.keepalive_queued {
+                    p.timers.keepalive_queued = true;
+                    self.transmits.push_back(Pending::Keepalive(peer));
+                }
+            } else if !p.timers.flush_queued {
+                p.timers.flush_queued = true;
+                self.transmits.push_back(Pending::Flush(peer));
+            }
+        } else {
+            p.clear(Slot::Next, &mut self.by_index);
+            p.clear(Slot::Previous, &mut self.by_index);
+            p.next = Some(s);
+        }
+    }
+
+    /// Encapsulates one IP packet read from the TUN into `out`.
+    ///
+    /// Routes by destination (allowed-IPs longest prefix match), seals for the peer's
+    /// current session into `out` (16-byte header + plaintext padded with zeros to a
+    /// multiple of 16 but never beyond the MTU + 16-byte tag) and returns the
+    /// datagram. Without a usable session the packet is staged (at most 32 per peer,
+    /// oldest dropped and counted as `NoSession`) and `NeedHandshake` is emitted
+    /// (rate-limited to once per rekey timeout per peer). `out` must hold
+    /// `pkt.len() + 47` bytes or the packet is dropped as `IoError`.
+    pub fn handle_tun(&mut self, now: Instant, pkt: &[u8], out: &mut [u8]) -> Outbound {
+        match self.tun(now, pkt, out) {
+            Ok(o) => o,
+            Err(r) => {
+                self.count(r);
+                Outbound::Drop(r)
+            }
+        }
+    }
+
+    fn tun(&mut self, now: Instant, pkt: &[u8], out: &mut [u8]) -> Result<Outbound, DropReason> {
+        let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
+        let id = self.routes.load().lookup(dst).ok_or(DropReason::NoRoute)?;
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::NoRoute)?;
+        let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
+        if !can_send(peer, now, &self.t) {
+            if peer.stage(pkt) {
+                self.drops[DropReason::NoSession as usize] += 1;
+            }
+            need_handshake(&mut peer.timers, id, now, &self.t, &mut self.events);
+            return Ok(Outbound::Queued);
+        }
+        let padded = padded_len(pkt.len(), usize::from(self.cfg.mtu));
+        if out.len() < padded + DATA_OVERHEAD {
+            return Err(DropReason::IoError);
+        }
+        out[DATA_HEADER_LEN..DATA_HEADER_LEN + pkt.len()].copy_from_slice(pkt);
+        out[DATA_HEADER_LEN + pkt.len()..DATA_HEADER_LEN + padded].fill(0);
+        let len = seal_current(peer, now, out, padded, true, &self.t, &mut self.events);
+        self.tx_datagrams += 1;
+        Ok(Outbound::Send { to, len })
+    }
+
+    /// Handles one UDP datagram, decrypting data messages in place.
+    ///
+    /// Types 1-3 become `HandshakeDatagram` events. Type 4: session by receiver index,
+    /// replay check (window untouched), open in place, then window update; the first
+    /// packet under a responder session confirms it (`SessionConfirmed`, staged packets
+    /// flush); a new source address updates the endpoint (`EndpointChanged`); an empty
+    /// plaintext is a keepalive (`Consumed`); otherwise the inner IPv4/IPv6 header is
+    /// validated, padding trimmed, and the inner source must be in this peer's allowed
+    /// IPs. Every `Drop` is counted under its reason.
+    pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, dgram: &mut [u8]) -> Inbound {
+        self.rx_datagrams += 1;
+        match self.udp(now, from, dgram) {
+            Ok(i) => i,
+            Err(r) => {
+                self.count(r);
+                Inbound::Drop(r)
+            }
+        }
+    }
+
+    fn udp(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        dgram: &mut [u8],
+    ) -> Result<Inbound, DropReason> {
+        let ty = wg::classify(dgram).map_err(|e| match e {
+            WireError::BadLength => DropReason::Malformed,
+            _ => DropReason::UnknownType,
+        })?;
+        if ty != MSG_DATA {
+            if self.pending_handshakes >= MAX_PENDING_HANDSHAKES {
+                return Err(DropReason::RingFull);
+            }
+            self.pending_handshakes += 1;
+            self.events.push_back(DpMsg::HandshakeDatagram {
+                from,
+                data: dgram.to_vec(),
+            });
+            return Ok(Inbound::Consumed);
+        }
+        let (receiver, counter) = {
+            let d = DataPacket::new_checked(&*dgram).map_err(|_| DropReason::Malformed)?;
+            (d.receiver(), d.counter())
+        };
+        let id = *self
+            .by_index
+            .get(&receiver)
+            .ok_or(DropReason::UnknownReceiver)?;
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownReceiver)?;
+        let slot = peer.find(receiver).ok_or(DropReason::UnknownReceiver)?;
+        let t = self.t;
+        let s = peer
+            .slot(slot)
+            .as_mut()
+            .expect("find returned an occupied slot");
+        if expired(s, now, &t) {
+            return Err(DropReason::SessionExpired);
+        }
+        s.replay.check(counter).map_err(|e| match e {
+            crate::replay::ReplayError::Replayed => DropReason::Replay,
+            crate::replay::ReplayError::Exhausted => DropReason::SessionExpired,
+        })?;
+        let plain_len = s
+            .open(counter, &mut dgram[DATA_HEADER_LEN..])
+            .ok_or(DropReason::AuthFailed)?;
+        let updated = s.replay.update(counter);
+        debug_assert!(updated, "check passed just before");
+        let role = s.role;
+        let created = s.created;
+        let local_index = s.local_index;
+
+        // Authenticated from here on.
+        if slot == Slot::Next {
+            peer.promote_next(&mut self.by_index);
+            self.events.push_back(DpMsg::SessionConfirmed {
+                peer: id,
+                local_index,
+            });
+            if !peer.staged.is_empty() && !peer.timers.flush_queued {
+                peer.timers.flush_queued = true;
+                self.transmits.push_back(Pending::Flush(id));
+            }
+        }
+        if peer.endpoint != Some(from) {
+            peer.endpoint = Some(from);
+            self.events.push_back(DpMsg::EndpointChanged {
+                peer: id,
+                endpoint: from,
+            });
+        }
+        peer.traffic.rx_packets += 1;
+        peer.traffic.rx_bytes += dgram.len() as u64;
+        let tm = &mut peer.timers;
+        tm.last_rx = Some(now);
+        tm.handshake_due = None;
+        if peer.persistent_keepalive > 0 {
+            tm.persistent_due =
+                Some(now + Duration::from_secs(u64::from(peer.persistent_keepalive)));
+        }
+        // Keep the key fresh: an initiator session close to rejection asks for a rekey.
+        let fresh_limit = t
+            .reject_after
+            .saturating_sub(t.keepalive)
+            .saturating_sub(t.rekey_timeout);
+        let is_current = peer
+            .current
+            .as_ref()
+            .is_some_and(|c| c.local_index == local_index);
+        if is_current
+            && role == Role::Initiator
+            && now.saturating_duration_since(created) >= fresh_limit
+        {
+            need_handshake(tm, id, now, &t, &mut self.events);
+        }
+        if plain_len == 0 {
+            return Ok(Inbound::Consumed);
+        }
+        if tm.keepalive_due.is_none() {
+            tm.keepalive_due = Some(now + t.keepalive);
+        }
+        let plain = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + plain_len];
+        let (src, len) = packet::inbound(plain).ok_or(DropReason::BadInnerPacket)?;
+        if self.routes.load().lookup(src) != Some(id) {
+            return Err(DropReason::SourceNotAllowed);
+        }
+        Ok(Inbound::WriteTun {
+            start: DATA_HEADER_LEN,
+            len,
+        })
+    }
+
+    /// Runs timers due at `now`: session expiry, keepalives, handshake requests,
+    /// periodic counters.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let t = self.t;
+        for (&id, p) in self.peers.iter_mut() {
+            for slot in [Slot::Previous, Slot::Current, Slot::Next] {
+                let dead = p.slot(slot).as_ref().is_some_and(|s| expired(s, now, &t));
+                if dead {
+                    if let Some(local_index) = p.clear(slot, &mut self.by_index) {
+                        self.events.push_back(DpMsg::SessionExpired {
+                            peer: id,
+                            local_index,
+                        });
+                    }
+                }
+            }
+            let usable = can_send(p, now, &t) && p.endpoint.is_some();
+            if p.timers.keepalive_due.is_some_and(|d| now >= d) {
+                p.timers.keepalive_due = None;
+                if usable && !p.timers.keepalive_queued {
+                    p.timers.keepalive_queued = true;
+                    self.transmits.push_back(Pending::Keepalive(id));
+                }
+            }
+            if p.timers.handshake_due.is_some_and(|d| now >= d) {
+                p.timers.handshake_due = None;
+                need_handshake(&mut p.timers, id, now, &t, &mut self.events);
+            }
+            if p.timers.persistent_due.is_some_and(|d| now >= d) {
+                let every = Duration::from_secs(u64::from(p.persistent_keepalive));
+                p.timers.persistent_due = Some(now + every);
+                if usable {
+                    if !p.timers.keepalive_queued {
+                        p.timers.keepalive_queued = true;
+                        self.transmits.push_back(Pending::Keepalive(id));
+                    }
+                } else {
+                    need_handshake(&mut p.timers, id, now, &t, &mut self.events);
+                }
+            }
+        }
+        if now >= self.next_counters {
+            self.emit_counters(now);
+            self.next_counters += COUNTERS_INTERVAL;
+            if self.next_counters <= now {
+                self.next_counters = now + COUNTERS_INTERVAL;
+            }
+        }
+    }
+
+    /// Earliest instant at which [`Self::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.next_counters;
+        for p in self.peers.values() {
+            let sessions = [&p.previous, &p.current, &p.next];
+            let expiries = sessions
+                .into_iter()
+                .flatten()
+                .map(|s| s.created + self.t.reject_after);
+            let tm = &p.timers;
+            let deadlines = [tm.keepalive_due, tm.handshake_due, tm.persistent_due]
+                .into_iter()
+                .flatten();
+            for d in expiries.chain(deadlines) {
+                next = next.min(d);
+            }
+        }
+        Some(next)
+    }
+
+    /// Next datagram that is not the direct result of `handle_tun`: control-plane
+    /// handshake datagrams, staged packets flushed after a session install, keepalives.
+    /// Writes it to `out` and returns the destination and length. A datagram that does
+    /// not fit in `out` is dropped as `IoError`.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let t = self.t;
+        let mtu = usize::from(self.cfg.mtu);
+        loop {
+            match self.transmits.front_mut()? {
+                Pending::Datagram { to, data } => {
+                    let (to, n) = (*to, data.len());
+                    let fits = out.len() >= n;
+                    if fits {
+                        out[..n].copy_from_slice(data);
+                    }
+                    self.transmits.pop_front();
+                    if !fits {
+                        self.count(DropReason::IoError);
+                        continue;
+                    }
+                    self.tx_datagrams += 1;
+                    return Some((to, n));
+                }
+                Pending::Flush(id) => {
+                    let id = *id;
+                    let Some(p) = self.peers.get_mut(&id) else {
+                        self.transmits.pop_front();
+                        continue;
+                    };
+                    let (Some(to), true) = (p.endpoint, can_send(p, now, &t)) else {
+                        // Stay staged until the next session.
+                        p.timers.flush_queued = false;
+                        self.transmits.pop_front();
+                        continue;
+                    };
+                    let Some(pkt) = p.staged.pop_front() else {
+                        p.timers.flush_queued = false;
+                        self.transmits.pop_front();
+                        continue;
+                    };
+                    if p.staged.is_empty() {
+                        p.timers.flush_queued = false;
+                        self.transmits.pop_front();
+                    }
+                    let padded = padded_len(pkt.len(), mtu);
+                    if out.len() < padded + DATA_OVERHEAD {
+                        self.drops[DropReason::IoError as usize] += 1;
+                        continue;
+                    }
+                    out[DATA_HEADER_LEN..DATA_HEADER_LEN + pkt.len()].copy_from_slice(&pkt);
+                    out[DATA_HEADER_LEN + pkt.len()..DATA_HEADER_LEN + padded].fill(0);
+                    let n = seal_current(p, now, out, padded, true, &t, &mut self.events);
+                    self.tx_datagrams += 1;
+                    return Some((to, n));
+                }
+                Pending::Keepalive(id) => {
+                    let id = *id;
+                    self.transmits.pop_front();
+                    let Some(p) = self.peers.get_mut(&id) else {
+                        continue;
+                    };
+                    p.timers.keepalive_queued = false;
+                    let (Some(to), true) = (p.endpoint, can_send(p, now, &t)) else {
+                        continue;
+                    };
+                    if out.len() < DATA_OVERHEAD {
+                        self.drops[DropReason::IoError as usize] += 1;
+                        continue;
+                    }
+                    let n = seal_current(p, now, out, 0, false, &t, &mut self.events);
+                    self.tx_datagrams += 1;
+                    return Some((to, n));
+                }
+            }
+        }
+    }
+
+    /// Next event for the control plane (encode with `DpMsg::encode`).
+    pub fn poll_event(&mut self) -> Option<DpMsg> {
+        let m = self.events.pop_front()?;
+        if matches!(m, DpMsg::HandshakeDatagram { .. }) {
+            self.pending_handshakes -= 1;
+        }
+        Some(m)
+    }
+}
