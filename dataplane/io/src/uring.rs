@@ -1,0 +1,689 @@
+//! The io_uring event loop (one worker).
+//!
+//! Flow of one iteration:
+//! 1. submit queued SQEs and wait for at least one completion;
+//! 2. copy the completions out of the CQ, then for each: TUN read done -> `Handler::on_tun`
+//!    and re-arm the read; UDP `recvmsg` done -> `Handler::on_udp` and re-arm; control
+//!    eventfd readable -> `Handler::on_ctl_ready` and re-arm the poll; timer fired ->
+//!    `Handler::on_timeout`; signalfd readable -> stop;
+//! 3. `Handler::on_batch_end` flushes outputs (transmits, events to the control ring) and
+//!    returns the next deadline; the timer is re-armed if that deadline is earlier than
+//!    the armed one (never more than `LoopConfig::max_timer` away).
+//!
+//! Buffers: one page-aligned [`BufPool`]; slot `i` belongs to the i-th in-flight receive
+//! (TUN reads first, then UDP receives) and is only touched by Rust after that receive's
+//! completion arrived, so the kernel and the handler never see the same slot at once.
+//! Outputs are written with direct nonblocking syscalls from [`Io`] (`write(2)` on the
+//! TUN, `sendto(MSG_DONTWAIT)` on UDP): the handler's buffer is free again as soon as the
+//! call returns, and a full socket buffer is a counted drop, never a stall. Later
+//! (thread-per-core, GSO/GRO, vnet headers) the pool becomes a provided-buffer ring and
+//! sends become `SendMsg` SQEs owning a pool slot until their CQE; the slot/op split here
+//! is what makes that swap local.
+//!
+//! Shutdown: dropping the loop cancels every in-flight operation and waits for each
+//! completion before the pool is freed (if the kernel does not answer, the pool is leaked
+//! rather than freed under it).
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use crate::signals::SignalFd;
+use crate::tun::Tun;
+use crate::udp::{RawAddr, UdpSock};
+use crate::{IoError, Result};
+
+/// Sizes of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopConfig {
+    /// Bytes per buffer; must hold the largest TUN packet (MTU) and the largest datagram
+    /// (MTU + 32 bytes of WireGuard overhead). Larger packets are dropped and counted.
+    pub buf_size: usize,
+    /// TUN reads kept in flight.
+    pub tun_reads: usize,
+    /// UDP receives kept in flight.
+    pub udp_recvs: usize,
+    /// Longest timer ever armed (the loop wakes at least this often).
+    pub max_timer: Duration,
+}
+
+impl LoopConfig {
+    /// A configuration for the given TUN MTU (buffers of MTU + 256 bytes, rounded up to 64).
+    pub fn for_mtu(mtu: u16) -> LoopConfig {
+        LoopConfig {
+            buf_size: (usize::from(mtu) + 256).next_multiple_of(64),
+            ..LoopConfig::default()
+        }
+    }
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            buf_size: 2048,
+            tun_reads: 16,
+            udp_recvs: 16,
+            max_timer: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The fds the loop drives. They are borrowed for the loop's lifetime, so they outlive
+/// every operation in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopFds<'a> {
+    /// The TUN queue.
+    pub tun: &'a Tun,
+    /// The tunnel socket.
+    pub udp: &'a UdpSock,
+    /// The control ring's "to dataplane" eventfd (polled for readability).
+    pub ctl_event: Option<BorrowedFd<'a>>,
+    /// Termination signals; when one arrives `run` returns [`Exit::Signal`].
+    pub signals: Option<&'a SignalFd>,
+}
+
+/// Counters kept by the loop itself (the handler keeps protocol counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Packets read from the TUN.
+    pub tun_rx: u64,
+    /// Packets written to the TUN.
+    pub tun_tx: u64,
+    /// Datagrams received.
+    pub udp_rx: u64,
+    /// Datagrams sent.
+    pub udp_tx: u64,
+    /// Failed TUN reads (other than cancellation).
+    pub tun_read_errors: u64,
+    /// Failed TUN writes.
+    pub tun_write_errors: u64,
+    /// Failed UDP receives, truncated datagrams and unknown source families.
+    pub udp_recv_errors: u64,
+    /// Failed UDP sends (including a full socket buffer).
+    pub udp_send_errors: u64,
+}
+
+/// Why [`EventLoop::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A signal from the [`SignalFd`] arrived (its number).
+    Signal(i32),
+    /// The handler called [`Io::stop`].
+    Stopped,
+}
+
+/// What the handler can do from a callback: direct, nonblocking output syscalls.
+#[derive(Debug)]
+pub struct Io<'a> {
+    now: Instant,
+    tun: &'a Tun,
+    udp: &'a UdpSock,
+    stats: &'a mut IoStats,
+    stop: &'a mut bool,
+}
+
+impl Io<'_> {
+    /// The time this batch of completions was reaped (one clock read per batch).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sends one datagram; false (and counted) on failure.
+    pub fn send_udp(&mut self, buf: &[u8], to: SocketAddr) -> bool {
+        match self.udp.send_to(buf, to) {
+            Ok(_) => {
+                self.stats.udp_tx += 1;
+                true
+            }
+            Err(_) => {
+                self.stats.udp_send_errors += 1;
+                false
+            }
+        }
+    }
+
+    /// Writes one IP packet to the TUN; false (and counted) on failure.
+    pub fn write_tun(&mut self, pkt: &[u8]) -> bool {
+        match self.tun.write(pkt) {
+            Ok(_) => {
+                self.stats.tun_tx += 1;
+                true
+            }
+            Err(_) => {
+                self.stats.tun_write_errors += 1;
+                false
+            }
+        }
+    }
+
+    /// Makes [`EventLoop::run`] return [`Exit::Stopped`] after this batch.
+    pub fn stop(&mut self) {
+        *self.stop = true;
+    }
+
+    /// The loop's counters so far.
+    pub fn stats(&self) -> IoStats {
+        *self.stats
+    }
+}
+
+/// The callbacks of the loop (implemented by the binary around `tm_dp::Dataplane`).
+pub trait Handler {
+    /// One IP packet read from the TUN (the slice may be modified in place).
+    fn on_tun(&mut self, io: &mut Io<'_>, pkt: &mut [u8]);
+    /// One datagram received from `from` (v4-mapped sources already converted to IPv4).
+    fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgram: &mut [u8]);
+    /// The control eventfd became readable: clear it, then drain the ring.
+    fn on_ctl_ready(&mut self, io: &mut Io<'_>);
+    /// The armed timer fired.
+    fn on_timeout(&mut self, io: &mut Io<'_>);
+    /// End of a batch: flush queued outputs and return the next deadline, if any.
+    fn on_batch_end(&mut self, io: &mut Io<'_>) -> Option<Instant>;
+}
+
+/// A page-aligned pool of equally sized buffers that stays at one address for its life.
+#[derive(Debug)]
+pub struct BufPool {
+    base: NonNull<u8>,
+    size: usize,
+    count: usize,
+    layout: Layout,
+}
+
+impl BufPool {
+    /// Allocates `count` zeroed buffers of `size` bytes each.
+    pub fn new(size: usize, count: usize) -> io::Result<BufPool> {
+        let total = size
+            .checked_mul(count)
+            .filter(|&t| t > 0)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let layout = Layout::from_size_align(total, 4096)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the layout has a non-zero size (checked above).
+        let p = unsafe { alloc_zeroed(layout) };
+        let base = NonNull::new(p).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(BufPool {
+            base,
+            size,
+            count,
+            layout,
+        })
+    }
+
+    /// Size of one buffer.
+    pub fn buf_size(&self) -> usize {
+        self.size
+    }
+
+    /// Number of buffers.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Always false (a pool has at least one buffer).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Raw pointer to buffer `i` (for SQEs).
+    fn ptr(&self, i: usize) -> *mut u8 {
+        assert!(i < self.count, "pool slot out of range");
+        // SAFETY: i < count, so the offset stays inside the allocation.
+        unsafe { self.base.as_ptr().add(i * self.size) }
+    }
+
+    /// Buffer `i`, first `len` bytes.
+    ///
+    /// # Safety
+    /// No operation that writes to buffer `i` may be in flight, and no other reference to
+    /// it may be alive.
+    unsafe fn slice_mut(&mut self, i: usize, len: usize) -> &mut [u8] {
+        let len = len.min(self.size);
+        // SAFETY: the pointer is in bounds for `size` bytes; exclusivity is the caller's
+        // contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(i), len) }
+    }
+}
+
+impl Drop for BufPool {
+    fn drop(&mut self) {
+        // SAFETY: `base` was allocated with exactly this layout and is freed once.
+        unsafe { dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+/// Per-UDP-receive kernel structures; boxed so their addresses never change.
+struct RecvMeta {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    name: libc::sockaddr_storage,
+}
+
+const KIND_SHIFT: u32 = 48;
+const K_TUN: u64 = 1;
+const K_UDP: u64 = 2;
+const K_CTL: u64 = 3;
+const K_SIG: u64 = 4;
+const K_TIMER: u64 = 5;
+const K_CANCEL: u64 = 6;
+
+fn ud(kind: u64, idx: u64) -> u64 {
+    (kind << KIND_SHIFT) | idx
+}
+
+/// Consecutive failures of one receive op after which `run` gives up (the fd is broken;
+/// spinning on it forever would burn a core).
+const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
+
+/// The event loop. Not `Send`: create it on the thread that runs it.
+pub struct EventLoop<'a> {
+    ring: IoUring,
+    fds: LoopFds<'a>,
+    cfg: LoopConfig,
+    pool: BufPool,
+    recv: Box<[RecvMeta]>,
+    /// Ops submitted whose CQE has not arrived yet.
+    inflight: usize,
+    /// Consecutive errors per receive slot.
+    errors: Vec<u32>,
+    timer_ts: Box<types::Timespec>,
+    timer_gen: u64,
+    timer_armed: Option<Instant>,
+    cqes: Vec<(u64, i32)>,
+    stats: IoStats,
+    stop: bool,
+    exit: Option<Exit>,
+    started: bool,
+    sig_armed: bool,
+}
+
+impl std::fmt::Debug for EventLoop<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("cfg", &self.cfg)
+            .field("inflight", &self.inflight)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> EventLoop<'a> {
+    /// Creates the ring and the buffer pool; nothing is submitted until [`EventLoop::run`].
+    pub fn new(cfg: LoopConfig, fds: LoopFds<'a>) -> Result<EventLoop<'a>> {
+        let ops = cfg.tun_reads + cfg.udp_recvs + 8;
+        let entries = (ops.next_power_of_two() as u32).max(64);
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))
+            .map_err(IoError::Uring)?;
+        let pool = BufPool::new(cfg.buf_size, (cfg.tun_reads + cfg.udp_recvs).max(1))
+            .map_err(IoError::Uring)?;
+        let recv = (0..cfg.udp_recvs)
+            .map(|_| {
+                // SAFETY: msghdr, iovec and sockaddr_storage are plain data; all-zero is a
+                // valid value (null pointers, zero lengths). Pointers are set before use.
+                unsafe { zeroed::<RecvMeta>() }
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Ok(EventLoop {
+            ring,
+            fds,
+            cfg,
+            pool,
+            recv,
+            inflight: 0,
+            errors: vec![0; cfg.tun_reads + cfg.udp_recvs],
+            timer_ts: Box::new(types::Timespec::new()),
+            timer_gen: 0,
+            timer_armed: None,
+            cqes: Vec::with_capacity(entries as usize * 2),
+            stats: IoStats::default(),
+            stop: false,
+            exit: None,
+            started: false,
+            sig_armed: false,
+        })
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    /// Pushes one SQE (flushing the SQ to the kernel if it is full).
+    ///
+    /// # Safety
+    /// Every buffer and fd the entry refers to must stay valid until its CQE is reaped.
+    unsafe fn push(&mut self, e: &squeue::Entry) -> Result<()> {
+        // SAFETY: forwarded contract of this function.
+        if unsafe { self.ring.submission().push(e) }.is_err() {
+            self.ring.submit().map_err(IoError::Uring)?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(e) }
+                .map_err(|_| IoError::Uring(io::Error::other("submission queue full")))?;
+        }
+        self.inflight += 1;
+        Ok(())
+    }
+
+    fn arm_tun(&mut self, i: usize) -> Result<()> {
+        let e = opcode::Read::new(
+            types::Fd(self.fds.tun.as_fd().as_raw_fd()),
+            self.pool.ptr(i),
+            self.cfg.buf_size as u32,
+        )
+        .build()
+        .user_data(ud(K_TUN, i as u64));
+        // SAFETY: pool slot `i` is owned by this read until its CQE (nothing else touches
+        // it meanwhile); the pool and the TUN fd outlive the loop's in-flight ops (Drop
+        // drains them).
+        unsafe { self.push(&e) }
+    }
+
+    fn arm_udp(&mut self, j: usize) -> Result<()> {
+        let slot = self.cfg.tun_reads + j;
+        let buf = self.pool.ptr(slot);
+        let m = &mut self.recv[j];
+        m.iov = libc::iovec {
+            iov_base: buf.cast(),
+            iov_len: self.cfg.buf_size,
+        };
+        m.hdr.msg_name = (&mut m.name as *mut libc::sockaddr_storage).cast();
+        m.hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        m.hdr.msg_iov = &mut m.iov;
+        m.hdr.msg_iovlen = 1;
+        m.hdr.msg_control = std::ptr::null_mut();
+        m.hdr.msg_controllen = 0;
+        m.hdr.msg_flags = 0;
+        let e = opcode::RecvMsg::new(
+            types::Fd(self.fds.udp.as_fd().as_raw_fd()),
+            &mut m.hdr as *mut libc::msghdr,
+        )
+        .flags(libc::MSG_TRUNC as u32)
+        .build()
+        .user_data(ud(K_UDP, j as u64));
+        // SAFETY: the msghdr, its iovec and name live in the boxed `recv` slice (stable
+        // address) and the buffer is pool slot `slot`, all owned by this receive until its
+        // CQE; the socket outlives the loop's in-flight ops.
+        unsafe { self.push(&e) }
+    }
+
+    fn arm_poll(&mut self, fd: RawFd, kind: u64) -> Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(kind, 0));
+        // SAFETY: a poll refers to no memory; the fd is borrowed for the loop's lifetime.
+        unsafe { self.push(&e) }
+    }
+
+    fn arm_timer(&mut self, now: Instant, deadline: Option<Instant>) -> Result<()> {
+        let cap = now + self.cfg.max_timer;
+        let want = deadline.map_or(cap, |d| d.min(cap));
+        if let Some(armed) = self.timer_armed {
+            if want + Duration::from_millis(1) >= armed {
+                return Ok(());
+            }
+        }
+        let d = want.saturating_duration_since(now);
+        self.timer_gen += 1;
+        *self.timer_ts = types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos());
+        let e = opcode::Timeout::new(&*self.timer_ts as *const types::Timespec)
+            .build()
+            .user_data(ud(K_TIMER, self.timer_gen));
+        // SAFETY: the kernel copies the timespec when the SQE is submitted; the boxed
+        // timespec is only rewritten after the next submission.
+        unsafe { self.push(&e) }?;
+        self.timer_armed = Some(want);
+        Ok(())
+    }
+
+    /// Runs until a termination signal or [`Io::stop`]. Socket and TUN errors are counted;
+    /// only a failing io_uring (or a receive failing [`MAX_CONSECUTIVE_ERRORS`] times in a
+    /// row) returns an error.
+    pub fn run<H: Handler>(&mut self, h: &mut H) -> Result<Exit> {
+        self.stop = false;
+        self.exit = None;
+        if self.started {
+            // Receives are still in flight from the previous run; only the signal poll
+            // may have been consumed by a signal exit.
+            if let (Some(s), false) = (self.fds.signals, self.sig_armed) {
+                self.sig_armed = true;
+                self.arm_poll(s.as_fd().as_raw_fd(), K_SIG)?;
+            }
+        } else {
+            self.start()?;
+        }
+        self.started = true;
+        self.drive(h)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        for i in 0..self.cfg.tun_reads {
+            self.arm_tun(i)?;
+        }
+        for j in 0..self.cfg.udp_recvs {
+            self.arm_udp(j)?;
+        }
+        if let Some(fd) = self.fds.ctl_event {
+            self.arm_poll(fd.as_raw_fd(), K_CTL)?;
+        }
+        if let Some(s) = self.fds.signals {
+            self.sig_armed = true;
+            self.arm_poll(s.as_fd().as_raw_fd(), K_SIG)?;
+        }
+        Ok(())
+    }
+
+    fn drive<H: Handler>(&mut self, h: &mut H) -> Result<Exit> {
+        // Start-up batch: lets the handler flush and report its first deadline.
+        let now = Instant::now();
+        let deadline = h.on_batch_end(&mut Io {
+            now,
+            tun: self.fds.tun,
+            udp: self.fds.udp,
+            stats: &mut self.stats,
+            stop: &mut self.stop,
+        });
+        self.arm_timer(now, deadline)?;
+
+        loop {
+            if let Some(exit) = self.exit {
+                return Ok(exit);
+            }
+            if self.stop {
+                return Ok(Exit::Stopped);
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(IoError::Uring(e)),
+            }
+            self.cqes.clear();
+            self.cqes
+                .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            if self.cqes.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            let cqes = std::mem::take(&mut self.cqes);
+            for &(data, res) in &cqes {
+                self.inflight -= 1;
+                self.complete(h, now, data, res)?;
+            }
+            self.cqes = cqes;
+            let deadline = h.on_batch_end(&mut Io {
+                now,
+                tun: self.fds.tun,
+                udp: self.fds.udp,
+                stats: &mut self.stats,
+                stop: &mut self.stop,
+            });
+            self.arm_timer(now, deadline)?;
+        }
+    }
+
+    fn slot_error(&mut self, slot: usize, e: i32) -> Result<()> {
+        self.errors[slot] += 1;
+        if self.errors[slot] >= MAX_CONSECUTIVE_ERRORS {
+            return Err(IoError::Uring(io::Error::from_raw_os_error(e)));
+        }
+        Ok(())
+    }
+
+    fn complete<H: Handler>(&mut self, h: &mut H, now: Instant, data: u64, res: i32) -> Result<()> {
+        let kind = data >> KIND_SHIFT;
+        let idx = (data & ((1 << KIND_SHIFT) - 1)) as usize;
+        if res == -libc::ECANCELED {
+            return Ok(());
+        }
+        match kind {
+            K_TUN => {
+                if res > 0 {
+                    self.errors[idx] = 0;
+                    self.stats.tun_rx += 1;
+                    // SAFETY: the read on slot `idx` completed, so the kernel no longer
+                    // writes to it; it is re-armed only after this borrow ends.
+                    let pkt = unsafe { self.pool.slice_mut(idx, res as usize) };
+                    let mut io = Io {
+                        now,
+                        tun: self.fds.tun,
+                        udp: self.fds.udp,
+                        stats: &mut self.stats,
+                        stop: &mut self.stop,
+                    };
+                    h.on_tun(&mut io, pkt);
+                } else if res < 0 && res != -libc::EAGAIN && res != -libc::EINTR {
+                    self.stats.tun_read_errors += 1;
+                    self.slot_error(idx, -res)?;
+                }
+                self.arm_tun(idx)
+            }
+            K_UDP => {
+                let slot = self.cfg.tun_reads + idx;
+                if res >= 0 {
+                    let m = &self.recv[idx];
+                    let from = RawAddr::decode(&m.name, m.hdr.msg_namelen);
+                    let len = res as usize;
+                    match from {
+                        Some(from) if len <= self.cfg.buf_size => {
+                            self.errors[slot] = 0;
+                            self.stats.udp_rx += 1;
+                            // SAFETY: the receive on this slot completed; the slot is
+                            // re-armed only after this borrow ends.
+                            let dgram = unsafe { self.pool.slice_mut(slot, len) };
+                            let mut io = Io {
+                                now,
+                                tun: self.fds.tun,
+                                udp: self.fds.udp,
+                                stats: &mut self.stats,
+                                stop: &mut self.stop,
+                            };
+                            h.on_udp(&mut io, from, dgram);
+                        }
+                        // Truncated (MSG_TRUNC reports the full length) or odd source.
+                        _ => self.stats.udp_recv_errors += 1,
+                    }
+                } else if res != -libc::EAGAIN && res != -libc::EINTR {
+                    self.stats.udp_recv_errors += 1;
+                    self.slot_error(slot, -res)?;
+                }
+                self.arm_udp(idx)
+            }
+            K_CTL => {
+                let fd = self
+                    .fds
+                    .ctl_event
+                    .expect("a ctl poll is armed only with a ctl fd");
+                let mut io = Io {
+                    now,
+                    tun: self.fds.tun,
+                    udp: self.fds.udp,
+                    stats: &mut self.stats,
+                    stop: &mut self.stop,
+                };
+                h.on_ctl_ready(&mut io);
+                self.arm_poll(fd.as_raw_fd(), K_CTL)
+            }
+            K_SIG => {
+                let s = self
+                    .fds
+                    .signals
+                    .expect("a signal poll is armed only with a signalfd");
+                match s.read() {
+                    Some(sig) => {
+                        self.sig_armed = false;
+                        self.exit = Some(Exit::Signal(sig));
+                        Ok(())
+                    }
+                    None => self.arm_poll(s.as_fd().as_raw_fd(), K_SIG),
+                }
+            }
+            K_TIMER => {
+                if idx as u64 == self.timer_gen {
+                    self.timer_armed = None;
+                    let mut io = Io {
+                        now,
+                        tun: self.fds.tun,
+                        udp: self.fds.udp,
+                        stats: &mut self.stats,
+                        stop: &mut self.stop,
+                    };
+                    h.on_timeout(&mut io);
+                }
+                Ok(())
+            }
+            _ => Ok(()), // K_CANCEL and unknown: nothing owned
+        }
+    }
+}
+
+impl Drop for EventLoop<'_> {
+    fn drop(&mut self) {
+        if self.inflight == 0 {
+            return;
+        }
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(ud(K_CANCEL, 0));
+        // SAFETY: a cancel request refers to no memory.
+        let pushed = unsafe { self.push(&e) }.is_ok();
+        let ts = types::Timespec::new().nsec(50_000_000);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let mut rounds = 0;
+        while pushed && self.inflight > 0 && rounds < 100 {
+            rounds += 1;
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
+                Err(_) => break,
+            }
+            let n = self.ring.completion().count();
+            self.inflight -= n.min(self.inflight);
+        }
+        if self.inflight > 0 {
+            // The kernel may still write into the buffers: leak them rather than free them.
+            let pool = std::mem::replace(
+                &mut self.pool,
+                BufPool::new(64, 1).expect("a 64-byte allocation succeeds"),
+            );
+            std::mem::forget(pool);
+            let recv = std::mem::take(&mut self.recv);
+            std::mem::forget(recv);
+        }
+    }
+}
