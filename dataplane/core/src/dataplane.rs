@@ -719,6 +719,14 @@ impl Dataplane {
         }
     }
 
+    /// Test hook: jump the send counter of `peer`'s current session.
+    #[cfg(test)]
+    pub(crate) fn set_send_counter(&mut self, peer: PeerId, v: u64) {
+        if let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.current.as_mut()) {
+            s.send_counter = v;
+        }
+    }
+
     /// Next event for the control plane (encode with `DpMsg::encode`).
     pub fn poll_event(&mut self) -> Option<DpMsg> {
         let m = self.events.pop_front()?;

@@ -266,7 +266,7 @@ mod tests {
             let base4 = (r.next() as u32) & 0xffff_0000;
             let base6 = u128::from(r.next()) << 64;
             for i in 0..200u32 {
-                let v6 = r.next() % 2 == 0;
+                let v6 = r.next().is_multiple_of(2);
                 let addr = if v6 {
                     IpAddr::V6(Ipv6Addr::from(
                         base6 ^ (u128::from(r.next()) >> (r.next() % 64)),
@@ -286,7 +286,7 @@ mod tests {
             }
             let t = RouteTable::new(&entries).unwrap();
             for _ in 0..2000 {
-                let a = if r.next() % 2 == 0 {
+                let a = if r.next().is_multiple_of(2) {
                     IpAddr::V6(Ipv6Addr::from(
                         base6 ^ (u128::from(r.next()) >> (r.next() % 128)),
                     ))
