@@ -239,12 +239,9 @@ mod tests {
     fn naive(entries: &[(Prefix, PeerId)], a: IpAddr) -> Option<PeerId> {
         let mut best: Option<(u8, PeerId)> = None;
         for (pre, peer) in entries {
-            let bits = match (pre.addr, a) {
-                (IpAddr::V4(_), IpAddr::V4(_)) => 32,
-                (IpAddr::V6(_), IpAddr::V6(_)) => 128,
-                _ => continue,
-            };
-            let _ = bits;
+            if pre.addr.is_ipv4() != a.is_ipv4() {
+                continue;
+            }
             let mask = if pre.len == 0 {
                 0
             } else {

@@ -867,3 +867,43 @@ fn clear_sessions_and_replacing_peer_keeps_sessions() {
         Outbound::Queued
     );
 }
+
+#[test]
+fn cryptokey_routing_uses_longest_match_across_peers() {
+    // A knows B (10.0.0.0/8) and C (10.1.0.0/16, more specific).
+    let mut p = Pair::new();
+    add_peer(&mut p.a, p.now, PEER_B, &["10.0.0.0/8"], b_addr(), 0);
+    add_peer(
+        &mut p.a,
+        p.now,
+        3,
+        &["10.1.0.0/16"],
+        sa("192.0.2.3:51820"),
+        0,
+    );
+    add_peer(&mut p.b, p.now, PEER_A, &["10.0.0.0/8"], a_addr(), 0);
+    assert_eq!(p.a.routes().lookup(ip("10.1.2.3")), Some(3));
+    assert_eq!(p.a.routes().lookup(ip("10.2.2.3")), Some(PEER_B));
+    p.install(100, 200);
+    let _ = transmits(&mut p.a, p.now);
+    // B's inner source 10.1.2.3 is inside B's /8, but the longest match belongs to C.
+    p.b.handle_ctl(
+        p.now,
+        CtlMsg::InstallSession {
+            peer: PEER_A,
+            local_index: 300,
+            remote_index: 100,
+            send_key: [200u8 ^ 0x22; 32],
+            recv_key: [100u8 ^ 0x11; 32],
+            initiator: true,
+        },
+    );
+    let _ = transmits(&mut p.b, p.now);
+    let (_, d) = seal(&mut p.b, p.now, &v4("10.1.2.3", "10.0.0.1", b"x"));
+    assert_eq!(
+        deliver(&mut p.a, p.now, b_addr(), &d),
+        Err(Inbound::Drop(DropReason::SourceNotAllowed))
+    );
+    let (_, d) = seal(&mut p.b, p.now, &v4("10.2.2.3", "10.0.0.1", b"x"));
+    assert!(deliver(&mut p.a, p.now, b_addr(), &d).is_ok());
+}
