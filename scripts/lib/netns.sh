@@ -238,24 +238,22 @@ spawn() {
     echo "$TM_LAST_PID" >>"$TM_TMP/pids"
 }
 
-# stop_pid PID [SIGNAL] [TIMEOUT_SECS] : signal and wait; prints nothing, returns the exit code
-# (128+n if killed by signal n, 255 if it did not exit in time and had to be SIGKILLed).
+# stop_pid PID [SIGNAL] [TIMEOUT_SECS] : signal a child of this shell and wait for it; returns
+# its exit code (128+n if it died of signal n; 137 if it had to be SIGKILLed after TIMEOUT).
 stop_pid() {
-    local pid=$1 sig=${2:-TERM} t=${3:-10} rc
-    kill "-$sig" "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return $?; }
-    local deadline=$((SECONDS + t))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-        # A zombie child of ours stays "alive" for kill -0 until reaped; check its state.
-        [[ $(ps -o stat= -p "$pid" 2>/dev/null) == Z* ]] && break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null && [[ $(ps -o stat= -p "$pid" 2>/dev/null) != Z* ]]; then
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        return 255
-    fi
+    local pid=$1 sig=${2:-TERM} t=${3:-10} rc killer
+    kill "-$sig" "$pid" 2>/dev/null
+    (
+        trap - EXIT INT TERM
+        sleep "$t"
+        kill -KILL "$pid" 2>/dev/null && echo "stop_pid: $pid ignored SIG$sig for ${t}s, killed" >&2
+    ) &
+    killer=$!
     wait "$pid" 2>/dev/null
     rc=$?
+    pkill -P "$killer" 2>/dev/null # its sleep
+    kill "$killer" 2>/dev/null
+    wait "$killer" 2>/dev/null
     return "$rc"
 }
 
