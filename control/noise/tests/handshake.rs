@@ -430,3 +430,52 @@ fn session_keys_debug_hides_keys() {
     assert!(s.contains("local_index: 1"));
     assert!(!s.contains("send_key") && !s.contains("recv_key"), "{s}");
 }
+
+/// Random bodies with a correct mac1 (what an attacker who knows our public key can send)
+/// are rejected with an error, never a panic.
+#[test]
+fn random_messages_with_valid_mac1_are_errors() {
+    use blake2::digest::{consts::U16, Digest, KeyInit, Mac};
+    use rand_core::RngCore;
+    let mut p = Pair::new(None, None);
+    let key_for = |public: &tm_noise::keys::PublicKey| {
+        let mut h = blake2::Blake2s256::new();
+        h.update(b"mac1----");
+        h.update(public.as_bytes());
+        h.finalize()
+    };
+    let b_key = key_for(&p.b.public_key());
+    let a_key = key_for(&p.a.public_key());
+    let fix_mac1 = |key: &[u8], msg: &mut [u8]| {
+        let n = msg.len();
+        let mut m = <blake2::Blake2sMac<U16> as KeyInit>::new_from_slice(key).expect("key");
+        m.update(&msg[..n - 32]);
+        let tag = m.finalize().into_bytes();
+        msg[n - 32..n - 16].copy_from_slice(&tag);
+    };
+    let _ = p.a_initiates(1);
+    for _ in 0..500 {
+        let mut init = [0u8; 148];
+        OsRng.fill_bytes(&mut init);
+        init[..4].copy_from_slice(&[1, 0, 0, 0]);
+        fix_mac1(&b_key, &mut init);
+        assert!(matches!(
+            p.b_begins(&init, false),
+            Err(HandshakeError::Decrypt | HandshakeError::InvalidPoint)
+        ));
+        let mut resp = [0u8; 92];
+        OsRng.fill_bytes(&mut resp);
+        resp[..4].copy_from_slice(&[2, 0, 0, 0]);
+        resp[8..12].copy_from_slice(&1u32.to_le_bytes());
+        fix_mac1(&a_key, &mut resp);
+        assert!(matches!(
+            p.a_handles(&resp),
+            Err(HandshakeError::Decrypt | HandshakeError::InvalidPoint)
+        ));
+    }
+    assert_eq!(
+        p.a_b.initiation_in_flight(),
+        Some(1),
+        "garbage never cancels the handshake"
+    );
+}
