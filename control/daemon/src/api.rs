@@ -1,0 +1,92 @@
+//! The local control socket (`<data_dir>/control.sock`, mode 0600): one JSON request line in,
+//! one JSON response line out. Requests are handed to the node task; only root (the socket's
+//! owner) can connect.
+
+use anyhow::{Context, Result};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tm_api::{Command, Request, Response, API_VERSION};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub struct ApiRequest {
+    pub command: Command,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Removes the socket file when dropped.
+pub struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds the socket (replacing a stale one) and serves it until the node task goes away.
+pub fn serve(path: &Path, to_node: mpsc::Sender<ApiRequest>) -> Result<SocketGuard> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another node is already running with control socket {}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let to_node = to_node.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                let mut r = BufReader::new(r.take(64 * 1024));
+                let resp = match r.read_line(&mut line).await {
+                    Ok(_) => handle(&line, &to_node).await,
+                    Err(e) => Response::err(format!("reading request: {e}")),
+                };
+                let mut out = serde_json::to_string(&resp)
+                    .unwrap_or_else(|_| r#"{"ok":false,"error":"encode"}"#.into());
+                out.push('\n');
+                let _ = w.write_all(out.as_bytes()).await;
+            });
+        }
+    });
+    Ok(SocketGuard(path.to_path_buf()))
+}
+
+async fn handle(line: &str, to_node: &mpsc::Sender<ApiRequest>) -> Response {
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return Response::err(format!("bad request: {e}")),
+    };
+    if req.version != API_VERSION {
+        return Response::err(format!(
+            "API version {} not supported (node speaks {API_VERSION}); use a matching tmctl",
+            req.version
+        ));
+    }
+    let (tx, rx) = oneshot::channel();
+    if to_node
+        .send(ApiRequest {
+            command: req.command,
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        return Response::err("node is shutting down");
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::err("node is shutting down"))
+}
+
+use tokio::io::AsyncReadExt as _;

@@ -1,0 +1,496 @@
+//! `node.yaml`: parsing and validation. Every error names the field it is about, on one line,
+//! and is found before anything is created (no TUN device, no socket, no process).
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use tm_noise::keys::{self, PublicKey};
+use tm_wire::ipc::{Prefix, Timers};
+
+/// A configuration problem: `field: message`.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub field: String,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.msg)
+        } else {
+            write!(f, "{}: {}", self.field, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        msg: one_line(&msg.into()),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: String,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    interface: Option<String>,
+    #[serde(default)]
+    listen_port: Option<u16>,
+    address: String,
+    #[serde(default)]
+    mtu: Option<u16>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    #[serde(default)]
+    testing: Option<RawTesting>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    public_key: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    allowed_ips: Vec<String>,
+    #[serde(default)]
+    preshared_key: Option<String>,
+    #[serde(default)]
+    persistent_keepalive: Option<u16>,
+}
+
+/// Test-only overrides (milliseconds). Never needed in production.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawTesting {
+    rekey_after_ms: Option<u32>,
+    reject_after_ms: Option<u32>,
+    rekey_timeout_ms: Option<u32>,
+    keepalive_timeout_ms: Option<u32>,
+    /// Answer every handshake without a valid mac2 with a cookie reply (exercises the
+    /// under-load path).
+    #[serde(default)]
+    force_cookie: bool,
+}
+
+/// An IP network: address and prefix length (host bits cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid CIDR '{s}': bad address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("invalid CIDR '{s}': prefix length must be 0-{max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, len })
+    }
+    /// The network with host bits cleared.
+    pub fn network(self) -> Self {
+        Self {
+            addr: mask(self.addr, self.len),
+            len: self.len,
+        }
+    }
+    pub fn contains(self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == mask(self.addr, self.len)
+    }
+    pub fn overlaps(self, o: Cidr) -> bool {
+        self.addr.is_ipv4() == o.addr.is_ipv4() && {
+            let l = self.len.min(o.len);
+            mask(self.addr, l) == mask(o.addr, l)
+        }
+    }
+    /// True when every address of `o` is inside `self`.
+    pub fn covers(self, o: Cidr) -> bool {
+        self.len <= o.len && self.contains(o.addr)
+    }
+    pub fn prefix(self) -> Prefix {
+        Prefix {
+            addr: self.addr,
+            len: self.len,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn mask(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<Cidr>,
+    pub preshared_key: Option<[u8; 32]>,
+    pub persistent_keepalive: u16,
+}
+
+/// Where the node's static key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    /// `~/.ssh/id_ed25519` if present, else a key generated once in `data_dir`.
+    Default,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub key: KeySource,
+    pub interface: String,
+    pub listen_port: u16,
+    /// The node's own address with the mesh prefix length (e.g. 100.64.0.1/10).
+    pub address: Cidr,
+    pub mtu: u16,
+    pub peers: Vec<PeerConfig>,
+    pub timers: Timers,
+    pub force_cookie: bool,
+}
+
+pub const DEFAULT_INTERFACE: &str = "tunnelmesh0";
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read config {}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            serde_yaml::from_str(text).map_err(|e| err("", format!("config: {e}")))?;
+        let name = raw.name.trim().to_string();
+        validate_name("name", &name)?;
+        let interface = raw.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
+        if interface.is_empty()
+            || interface.len() > 15
+            || !interface
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                "interface",
+                format!(
+                    "'{interface}' is not a valid interface name (1-15 of a-z, 0-9, '-', '_', '.')"
+                ),
+            ));
+        }
+        let address = Cidr::parse(&raw.address).map_err(|m| err("address", m))?;
+        let mtu = raw.mtu.unwrap_or(1420);
+        if !(576..=9000).contains(&mtu) {
+            return Err(err("mtu", format!("{mtu} is out of range (576-9000)")));
+        }
+        if address.addr.is_ipv6() && mtu < 1280 {
+            return Err(err("mtu", "an IPv6 address needs mtu >= 1280"));
+        }
+        let key = match raw.private_key_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    err(
+                        "private_key_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                keys::parse_private_key(&text)
+                    .map_err(|e| err("private_key_file", format!("{}: {e}", p.display())))?;
+                KeySource::File(p)
+            }
+            None => KeySource::Default,
+        };
+        let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
+        for (i, p) in raw.peers.into_iter().enumerate() {
+            let f = |k: &str| format!("peers[{i}].{k}");
+            let name = p.name.trim().to_string();
+            validate_name(&f("name"), &name)?;
+            if let Some(o) = peers.iter().find(|o| o.name == name) {
+                return Err(err(
+                    f("name"),
+                    format!("'{}' is used by another peer", o.name),
+                ));
+            }
+            let public_key = keys::parse_public_key(&p.public_key)
+                .map_err(|e| err(f("public_key"), e.to_string()))?;
+            if let Some(o) = peers.iter().find(|o| o.public_key == public_key) {
+                return Err(err(
+                    f("public_key"),
+                    format!("same key as peer '{}'", o.name),
+                ));
+            }
+            let endpoint = match p.endpoint.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(e) => Some(resolve_endpoint(e).map_err(|m| err(f("endpoint"), m))?),
+            };
+            let mut allowed_ips = Vec::new();
+            for (j, a) in p.allowed_ips.iter().enumerate() {
+                let c = Cidr::parse(a)
+                    .map_err(|m| err(format!("peers[{i}].allowed_ips[{j}]"), m))?
+                    .network();
+                for o in &peers {
+                    if let Some(x) = o.allowed_ips.iter().find(|x| x.overlaps(c)) {
+                        return Err(err(
+                            format!("peers[{i}].allowed_ips[{j}]"),
+                            format!("{c} overlaps {x} of peer '{}'", o.name),
+                        ));
+                    }
+                }
+                if allowed_ips.iter().any(|x: &Cidr| x.overlaps(c)) {
+                    return Err(err(
+                        format!("peers[{i}].allowed_ips[{j}]"),
+                        format!("{c} overlaps another entry of this peer"),
+                    ));
+                }
+                allowed_ips.push(c);
+            }
+            let preshared_key = match &p.preshared_key {
+                Some(k) => Some(
+                    keys::parse_preshared_key(k)
+                        .map_err(|e| err(f("preshared_key"), e.to_string()))?,
+                ),
+                None => None,
+            };
+            peers.push(PeerConfig {
+                name,
+                public_key,
+                endpoint,
+                allowed_ips,
+                preshared_key,
+                persistent_keepalive: p.persistent_keepalive.unwrap_or(0),
+            });
+        }
+        let t = raw.testing.unwrap_or_default();
+        let d = Timers::default();
+        let timers = Timers {
+            rekey_after_ms: t.rekey_after_ms.unwrap_or(d.rekey_after_ms),
+            reject_after_ms: t.reject_after_ms.unwrap_or(d.reject_after_ms),
+            rekey_timeout_ms: t.rekey_timeout_ms.unwrap_or(d.rekey_timeout_ms),
+            keepalive_timeout_ms: t.keepalive_timeout_ms.unwrap_or(d.keepalive_timeout_ms),
+        };
+        if timers.rekey_after_ms >= timers.reject_after_ms
+            || timers.rekey_timeout_ms == 0
+            || timers.keepalive_timeout_ms == 0
+        {
+            return Err(err(
+                "testing",
+                "need 0 < rekey_after_ms < reject_after_ms and non-zero timeouts",
+            ));
+        }
+        Ok(NodeConfig {
+            name,
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(tmctl::DEFAULT_DATA_DIR)),
+            key,
+            interface,
+            listen_port: raw.listen_port.unwrap_or(51820),
+            address,
+            mtu,
+            peers,
+            timers,
+            force_cookie: t.force_cookie,
+        })
+    }
+
+    /// Allowed IPs outside the interface's own subnet need a route through the TUN.
+    pub fn routes(&self) -> Vec<Cidr> {
+        let own = self.address.network();
+        let mut r: Vec<Cidr> = self
+            .peers
+            .iter()
+            .flat_map(|p| p.allowed_ips.iter().copied())
+            .filter(|c| !own.covers(*c))
+            .collect();
+        r.sort_by_key(|c| (c.addr, c.len));
+        r.dedup();
+        r
+    }
+}
+
+fn validate_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(field, format!("'{name}' is not a valid name (1-63 letters, digits, inner '-': it becomes a DNS label)")))
+    }
+}
+
+fn resolve_endpoint(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("'{s}' needs a port (HOST:PORT)"));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{s}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "YFVnNSsOhfOq/mL8U9UxWNjbSy4yl39zJCTNu7Qtp3s=";
+    const KEY_B: &str = "aPxGwq8zERHQ3Q1cOZFdJ+cvJX5Ba4iXoqD5ZPRxzQ4=";
+
+    fn base(peers: &str) -> String {
+        format!("name: alpha\naddress: 100.64.0.1/10\ndata_dir: /tmp/x\npeers:\n{peers}")
+    }
+
+    fn peer(name: &str, key: &str, ips: &str) -> String {
+        format!("  - name: {name}\n    public_key: \"{key}\"\n    allowed_ips: [{ips}]\n")
+    }
+
+    fn e(text: &str) -> String {
+        NodeConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn valid_config_parses_with_defaults() {
+        let c = NodeConfig::parse(&base(
+            &(peer("beta", KEY_A, "100.64.0.2/32")
+                + "    endpoint: 192.0.2.2:51820\n    persistent_keepalive: 25\n"),
+        ))
+        .unwrap();
+        assert_eq!(c.interface, DEFAULT_INTERFACE);
+        assert_eq!(c.listen_port, 51820);
+        assert_eq!(c.mtu, 1420);
+        assert_eq!(
+            c.peers[0].endpoint,
+            Some("192.0.2.2:51820".parse().unwrap())
+        );
+        assert_eq!(c.peers[0].persistent_keepalive, 25);
+        assert_eq!(c.key, KeySource::Default);
+        assert!(c.routes().is_empty(), "100.64.0.2 is inside the /10");
+    }
+
+    #[test]
+    fn routes_for_prefixes_outside_own_subnet() {
+        let c =
+            NodeConfig::parse(&base(&peer("beta", KEY_A, "100.64.0.2/32, 10.9.0.0/16"))).unwrap();
+        assert_eq!(c.routes(), vec![Cidr::parse("10.9.0.0/16").unwrap()]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(e("name: a\naddress: 1.2.3.4/8\nbogus: 1\n").contains("unknown field `bogus`"));
+        assert!(e("name: a\naddress: 100.64.0.300/10\n").starts_with("address: invalid CIDR"));
+        assert!(e("name: a\naddress: 100.64.0.1/33\n").starts_with("address: invalid CIDR"));
+        assert!(e(&base(&peer("beta", KEY_A, "100.64.0.2/40")))
+            .starts_with("peers[0].allowed_ips[0]: invalid CIDR"));
+        let two = peer("beta", KEY_A, "100.64.0.0/24") + &peer("gamma", KEY_B, "100.64.0.7/32");
+        let m = e(&base(&two));
+        assert!(
+            m.starts_with(
+                "peers[1].allowed_ips[0]: 100.64.0.7/32 overlaps 100.64.0.0/24 of peer 'beta'"
+            ),
+            "{m}"
+        );
+        let dup = peer("beta", KEY_A, "100.64.0.2/32") + &peer("gamma", KEY_A, "100.64.0.3/32");
+        assert!(e(&base(&dup)).starts_with("peers[1].public_key: same key as peer 'beta'"));
+        assert!(
+            e(&base(&peer("beta", "nope", "100.64.0.2/32"))).starts_with("peers[0].public_key:")
+        );
+        let m = e("name: a\naddress: 100.64.0.1/10\nprivate_key_file: /nonexistent/k\n");
+        assert!(
+            m.starts_with("private_key_file: cannot read /nonexistent/k"),
+            "{m}"
+        );
+        assert!(e("name: a b\naddress: 100.64.0.1/10\n").starts_with("name:"));
+        assert!(e("name: a\naddress: 100.64.0.1/10\nmtu: 100\n").starts_with("mtu:"));
+        assert!(
+            e("name: a\naddress: 100.64.0.1/10\ninterface: waytoolonginterfacename\n")
+                .starts_with("interface:")
+        );
+        for m in [
+            e("name: a\naddress: 100.64.0.1/10\nbogus: 1\n"),
+            e(&base(&two)),
+        ] {
+            assert!(!m.contains('\n'), "one line: {m}");
+        }
+    }
+
+    #[test]
+    fn cidr_math() {
+        let a = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(a.covers(Cidr::parse("10.1.0.0/16").unwrap()));
+        assert!(!Cidr::parse("10.1.0.0/16").unwrap().covers(a));
+        assert!(a.overlaps(Cidr::parse("10.1.2.3/32").unwrap()));
+        assert!(!a.overlaps(Cidr::parse("11.0.0.0/8").unwrap()));
+        assert!(!a.overlaps(Cidr::parse("::/0").unwrap()));
+        assert_eq!(
+            Cidr::parse("10.1.2.3/8").unwrap().network().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            Cidr::parse("fd00::1/64").unwrap().network().to_string(),
+            "fd00::/64"
+        );
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+    }
+}
