@@ -1,2 +1,128 @@
-//! The tm-dataplane process: packet path over TUN and UDP
-fn main() {}
+//! The `tm-dataplane` process: the packet path of a TunnelMesh node.
+//!
+//! Spawned by the control plane (`tunnelmesh`) as
+//! `tm-dataplane --ring-fds M,A,B --tun NAME --address ADDR/LEN --mtu N --listen-port P
+//! [--route PREFIX]... [--workers N]`, with the shared-memory ring's memfd and eventfds
+//! inherited on fds M, A, B (`tm_ring::ChildFds` order).
+//!
+//! Does: attach the ring, create and configure the TUN (netlink, no `ip`), bind the UDP
+//! socket, send `DpMsg::Ready`, then run the io_uring loop gluing `tm_dp::Dataplane` to
+//! the TUN, the socket and the ring until SIGTERM/SIGINT (or the parent's death, via
+//! `PR_SET_PDEATHSIG`). Never does: handshakes, logging per packet, spawning processes.
+//!
+//! Setup failures print one line `tm-dataplane: <what failed>: <error>` on stderr and exit
+//! with code 1. A clean signal exit is code 0; the TUN device disappears with the process.
+//!
+//! Workers: one for now; `--workers N` is accepted and `Ready` reports the number
+//! actually running (1).
+#![forbid(unsafe_code)]
+
+mod args;
+mod glue;
+
+use std::fmt::Display;
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tm_dp::{Dataplane, DpConfig};
+use tm_dp_io::netlink::Netlink;
+use tm_dp_io::signals::SignalFd;
+use tm_dp_io::tun::Tun;
+use tm_dp_io::uring::{EventLoop, Exit, LoopConfig, LoopFds};
+use tm_dp_io::{fds, udp};
+use tm_wire::ipc::{DpMsg, IPC_VERSION};
+
+/// A setup step that failed: printed as `tm-dataplane: {what}: {err}`.
+struct Fail {
+    what: String,
+    err: String,
+}
+
+fn fail<E: Display>(what: impl Into<String>) -> impl FnOnce(E) -> Fail {
+    let what = what.into();
+    move |e| Fail {
+        what,
+        err: e.to_string(),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("tm-dataplane: {}: {}", f.what, f.err);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> Result<(), Fail> {
+    // Before anything else: block the termination signals (inherited by every thread)
+    // and claim the inherited ring fds before any other fd is opened.
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = args::parse(&argv).map_err(fail("arguments"))?;
+    let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT]).map_err(fail("signals"))?;
+    let [memfd, to_child, to_parent]: [_; 3] = fds::claim_inherited(&args.ring_fds)
+        .map_err(fail("ring fds"))?
+        .try_into()
+        .map_err(|_| Fail {
+            what: "ring fds".into(),
+            err: "expected three fds".into(),
+        })?;
+    let ring = tm_ring::attach(
+        tm_ring::ChildFds {
+            memfd,
+            to_child_event: to_child,
+            to_parent_event: to_parent,
+        },
+        IPC_VERSION,
+    )
+    .map_err(fail("attach ring"))?;
+
+    let tun = Tun::create(&args.tun).map_err(fail("create tun"))?;
+    let mut nl = Netlink::open().map_err(fail("netlink"))?;
+    let idx = tun.ifindex();
+    nl.set_mtu(idx, u32::from(args.mtu))
+        .map_err(fail(format!("configure {}", args.tun)))?;
+    nl.add_address(idx, args.address.0, args.address.1)
+        .map_err(fail(format!("configure {}", args.tun)))?;
+    nl.set_up(idx)
+        .map_err(fail(format!("configure {}", args.tun)))?;
+    for &(dst, len) in &args.routes {
+        nl.add_route(idx, dst, len)
+            .map_err(fail(format!("configure {}", args.tun)))?;
+    }
+    drop(nl);
+    let sock = udp::bind_dual(args.listen_port).map_err(fail("bind udp"))?;
+    let listen_port = sock.local_addr().map_err(fail("bind udp"))?.port();
+
+    let cfg = LoopConfig::for_mtu(args.mtu);
+    let dp = Dataplane::new(DpConfig { mtu: args.mtu }, Instant::now());
+    let mut glue = glue::Glue::new(dp, ring, cfg.buf_size);
+    glue.push_event(&DpMsg::Ready {
+        workers: 1,
+        listen_port,
+    });
+    glue.flush_events().map_err(fail("notify control plane"))?;
+
+    let ctl_fd = glue.ctl_event_fd().map_err(fail("control ring eventfd"))?;
+    let fds = LoopFds {
+        tun: &tun,
+        udp: &sock,
+        ctl_event: Some(ctl_fd.as_fd()),
+        signals: Some(&signals),
+    };
+    let mut lp = EventLoop::new(cfg, fds).map_err(fail("io_uring"))?;
+    let exit = lp.run(&mut glue).map_err(fail("event loop"))?;
+    drop(lp);
+    if let Some(e) = glue.fatal() {
+        return Err(Fail {
+            what: "control ring".into(),
+            err: e.to_owned(),
+        });
+    }
+    match exit {
+        Exit::Signal(_) | Exit::Stopped => Ok(()),
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`netlink`] configures it over a raw `NETLINK_ROUTE` socket (MTU, address, up, routes).
 //! - [`udp::bind_dual`] binds the dual-stack UDP socket (`[::]:PORT`, falling back to
 //!   `0.0.0.0:PORT`), with v4-mapped addresses converted to plain IPv4 both ways.
+//! - [`fds::claim_inherited`] takes ownership of fds inherited from the parent.
 //! - [`signals::SignalFd`] blocks SIGTERM/SIGINT and exposes them as a pollable fd.
 //! - [`uring::EventLoop`] keeps TUN reads and UDP `recvmsg`s in flight, polls the control
 //!   ring's eventfd and the signalfd, arms one timer, and calls the [`uring::Handler`].
@@ -21,6 +22,7 @@
 //! completions before the buffers are freed.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod fds;
 pub mod netlink;
 pub mod signals;
 pub mod tun;
