@@ -1,0 +1,98 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in the storage engine.
+///
+/// Variants up to `Conflict` are *refusals*: the engine checked the request, stored nothing and
+/// changed nothing. `Io`, `Db` and `Corrupt` are *failures* of the machine underneath.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The named bucket does not exist.
+    #[error("no such bucket")]
+    NoSuchBucket,
+    /// The named object does not exist in the bucket.
+    #[error("no such key")]
+    NoSuchKey,
+    /// A bucket with that name already exists.
+    #[error("bucket already exists")]
+    BucketExists,
+    /// The bucket still holds objects.
+    #[error("bucket not empty")]
+    BucketNotEmpty,
+    /// The bucket name breaks the S3 naming rules.
+    #[error("invalid bucket name")]
+    InvalidBucketName,
+    /// The object key is empty or longer than 1024 bytes.
+    #[error("invalid object key")]
+    InvalidKey,
+    /// The bucket is reserved by the system (`_tunnelmesh`) and cannot be deleted.
+    #[error("bucket is reserved")]
+    ReservedBucket,
+    /// The write would exceed the bucket quota or the global `max_size`; nothing was stored.
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    /// The multipart upload id is unknown (never created, completed or aborted).
+    #[error("no such upload")]
+    NoSuchUpload,
+    /// A part listed in a completion does not exist or its etag does not match.
+    #[error("invalid part")]
+    InvalidPart,
+    /// Parts listed in a completion are not in strictly ascending order (or the list is empty).
+    #[error("invalid part order")]
+    InvalidPartOrder,
+    /// A part other than the last is smaller than 5 MiB.
+    #[error("entity too small")]
+    EntityTooSmall,
+    /// Part number outside 1..=10000.
+    #[error("invalid part number")]
+    InvalidPartNumber,
+    /// The object kept changing under a read-modify-write (`write_at`/`truncate`); retry later.
+    #[error("concurrent modification")]
+    Conflict,
+    /// The operation is not supported by this engine or backend.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// Filesystem or backend I/O failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The metadata store failed (redb error text).
+    #[error("metadata store error: {0}")]
+    Db(String),
+    /// Stored data does not match what the metadata says (bad hash, bad record).
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    /// True for machine failures (as opposed to refusals of a request).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Io(_) | StorageError::Db(_) | StorageError::Corrupt(_)
+        )
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self {
+                StorageError::Db(redb::Error::from(e).to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<serde_json::Error> for StorageError {
+    fn from(e: serde_json::Error) -> Self {
+        StorageError::Corrupt(format!("metadata record: {e}"))
+    }
+}

@@ -1,0 +1,311 @@
+//! Metadata schema in redb: table definitions, records, and the in-transaction helpers.
+//!
+//! Tables (all keys are UTF-8 strings unless noted):
+//! - `buckets`: name -> [`BucketRec`] (json), including the bucket's exact usage.
+//! - `objects`: `bucket/key` -> [`ObjRec`] (json); `obj_chunks`: same key -> manifest (binary).
+//! - `refs`: chunk id (32 bytes) -> reference count (> 0; zero entries are removed).
+//! - `uploads`: upload id -> [`UploadRec`]; `parts` / `part_chunks`: `uploadid/00042` -> part.
+//! - `creds`: access key -> [`CredRec`]; `stats`: "bytes" / "objects" -> global usage.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::ChunkId;
+use crate::{ObjectInfo, ObjectMeta, StorageError};
+
+pub(crate) const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
+pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+pub(crate) const OBJ_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::new("obj_chunks");
+pub(crate) const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
+pub(crate) const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+pub(crate) const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
+pub(crate) const PART_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::new("part_chunks");
+pub(crate) const CREDS: TableDefinition<&str, &[u8]> = TableDefinition::new("creds");
+pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct BucketRec {
+    pub created: u64,
+    pub quota: Option<u64>,
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct ObjRec {
+    pub size: u64,
+    pub etag: String,
+    pub modified: u64,
+    pub meta: ObjectMeta,
+}
+
+impl ObjRec {
+    pub fn info(&self, key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_string(),
+            size: self.size,
+            etag: self.etag.clone(),
+            modified: from_nanos(self.modified),
+            meta: self.meta.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct UploadRec {
+    pub bucket: String,
+    pub key: String,
+    pub initiated: u64,
+    pub meta: ObjectMeta,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct PartRec {
+    pub size: u64,
+    pub etag: String,
+    pub modified: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct CredRec {
+    pub secret: String,
+    pub principal: String,
+}
+
+/// One entry of an object manifest: a chunk and how many bytes of the object it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkRef {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+const REF_BYTES: usize = 36;
+
+pub(crate) fn encode_manifest(m: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() * REF_BYTES);
+    for c in m {
+        out.extend_from_slice(&c.id.0);
+        out.extend_from_slice(&c.len.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_manifest(b: &[u8]) -> Result<Vec<ChunkRef>, StorageError> {
+    if b.len() % REF_BYTES != 0 {
+        return Err(StorageError::Corrupt("manifest length".into()));
+    }
+    Ok(b.chunks_exact(REF_BYTES)
+        .map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&c[..32]);
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&c[32..]);
+            ChunkRef {
+                id: ChunkId(id),
+                len: u32::from_le_bytes(len),
+            }
+        })
+        .collect())
+}
+
+pub(crate) fn now_nanos() -> u64 {
+    to_nanos(SystemTime::now())
+}
+
+pub(crate) fn to_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_nanos(n: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(n)
+}
+
+pub(crate) fn obj_key(bucket: &str, key: &str) -> String {
+    let mut s = String::with_capacity(bucket.len() + 1 + key.len());
+    s.push_str(bucket);
+    s.push('/');
+    s.push_str(key);
+    s
+}
+
+pub(crate) fn part_key(upload_id: &str, number: u32) -> String {
+    format!("{upload_id}/{number:05}")
+}
+
+pub(crate) fn get_json<T, Tb>(t: &Tb, k: &str) -> Result<Option<T>, StorageError>
+where
+    T: DeserializeOwned,
+    Tb: ReadableTable<&'static str, &'static [u8]>,
+{
+    match t.get(k)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn put_json<T: Serialize>(
+    t: &mut Table<&'static str, &'static [u8]>,
+    k: &str,
+    v: &T,
+) -> Result<(), StorageError> {
+    let bytes = serde_json::to_vec(v)?;
+    t.insert(k, bytes.as_slice())?;
+    Ok(())
+}
+
+pub(crate) fn get_manifest<Tb>(t: &Tb, k: &str) -> Result<Vec<ChunkRef>, StorageError>
+where
+    Tb: ReadableTable<&'static str, &'static [u8]>,
+{
+    match t.get(k)? {
+        Some(v) => decode_manifest(v.value()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Increment the reference count of every chunk in `m`.
+pub(crate) fn add_refs(wtx: &WriteTransaction, m: &[ChunkRef]) -> Result<(), StorageError> {
+    let mut refs = wtx.open_table(REFS)?;
+    for c in m {
+        let n = refs.get(c.id.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        refs.insert(c.id.0.as_slice(), n + 1)?;
+    }
+    Ok(())
+}
+
+/// Decrement reference counts; chunks reaching zero are pushed to `freed`.
+pub(crate) fn drop_refs(
+    wtx: &WriteTransaction,
+    m: &[ChunkRef],
+    freed: &mut Vec<ChunkId>,
+) -> Result<(), StorageError> {
+    let mut refs = wtx.open_table(REFS)?;
+    for c in m {
+        let n = refs.get(c.id.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        if n <= 1 {
+            refs.remove(c.id.0.as_slice())?;
+            freed.push(c.id);
+        } else {
+            refs.insert(c.id.0.as_slice(), n - 1)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn stat(
+    t: &impl ReadableTable<&'static str, u64>,
+    k: &str,
+) -> Result<u64, StorageError> {
+    Ok(t.get(k)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Check quotas and, if they hold, install `rec`/`manifest` as `bucket/key`, replacing (and
+/// unreferencing) any previous version, and updating exact usage. Performs all checks before
+/// the first mutation, so a refusal leaves the transaction untouched.
+pub(crate) fn install_object(
+    wtx: &WriteTransaction,
+    freed: &mut Vec<ChunkId>,
+    max_size: Option<u64>,
+    bucket: &str,
+    key: &str,
+    rec: &ObjRec,
+    manifest: &[ChunkRef],
+) -> Result<ObjectInfo, StorageError> {
+    let ok = obj_key(bucket, key);
+    let mut buckets = wtx.open_table(BUCKETS)?;
+    let mut brec: BucketRec = get_json(&buckets, bucket)?.ok_or(StorageError::NoSuchBucket)?;
+    let mut objects = wtx.open_table(OBJECTS)?;
+    let old: Option<ObjRec> = get_json(&objects, &ok)?;
+    let old_size = old.as_ref().map_or(0, |o| o.size);
+    let new_bytes = brec.bytes - old_size + rec.size;
+    if let Some(q) = brec.quota {
+        if new_bytes > q && new_bytes > brec.bytes {
+            return Err(StorageError::QuotaExceeded);
+        }
+    }
+    let mut stats = wtx.open_table(STATS)?;
+    let total = stat(&stats, "bytes")?;
+    let new_total = total - old_size + rec.size;
+    if let Some(m) = max_size {
+        if new_total > m && new_total > total {
+            return Err(StorageError::QuotaExceeded);
+        }
+    }
+    // --- mutations from here on ---
+    add_refs(wtx, manifest)?;
+    let mut chunks = wtx.open_table(OBJ_CHUNKS)?;
+    if old.is_some() {
+        let old_m = get_manifest(&chunks, &ok)?;
+        drop_refs(wtx, &old_m, freed)?;
+    }
+    put_json(&mut objects, &ok, rec)?;
+    chunks.insert(ok.as_str(), encode_manifest(manifest).as_slice())?;
+    let new_objects = brec.objects + u64::from(old.is_none());
+    brec.bytes = new_bytes;
+    brec.objects = new_objects;
+    put_json(&mut buckets, bucket, &brec)?;
+    stats.insert("bytes", new_total)?;
+    let objs = stat(&stats, "objects")?;
+    stats.insert("objects", objs + u64::from(old.is_none()))?;
+    Ok(rec.info(key))
+}
+
+/// Remove `bucket/key` if present; returns whether it existed.
+pub(crate) fn remove_object(
+    wtx: &WriteTransaction,
+    freed: &mut Vec<ChunkId>,
+    bucket: &str,
+    key: &str,
+) -> Result<bool, StorageError> {
+    let ok = obj_key(bucket, key);
+    let mut buckets = wtx.open_table(BUCKETS)?;
+    let mut brec: BucketRec = get_json(&buckets, bucket)?.ok_or(StorageError::NoSuchBucket)?;
+    let mut objects = wtx.open_table(OBJECTS)?;
+    let Some(old) = get_json::<ObjRec, _>(&objects, &ok)? else {
+        return Ok(false);
+    };
+    let mut chunks = wtx.open_table(OBJ_CHUNKS)?;
+    let m = get_manifest(&chunks, &ok)?;
+    drop_refs(wtx, &m, freed)?;
+    objects.remove(ok.as_str())?;
+    chunks.remove(ok.as_str())?;
+    brec.bytes -= old.size;
+    brec.objects -= 1;
+    put_json(&mut buckets, bucket, &brec)?;
+    let mut stats = wtx.open_table(STATS)?;
+    let b = stat(&stats, "bytes")?;
+    let o = stat(&stats, "objects")?;
+    stats.insert("bytes", b - old.size)?;
+    stats.insert("objects", o - 1)?;
+    Ok(true)
+}
+
+/// Remove every part of an upload and the upload record itself.
+pub(crate) fn remove_upload(
+    wtx: &WriteTransaction,
+    freed: &mut Vec<ChunkId>,
+    upload_id: &str,
+) -> Result<(), StorageError> {
+    let lo = format!("{upload_id}/");
+    let hi = format!("{upload_id}0");
+    let mut parts = wtx.open_table(PARTS)?;
+    let mut part_chunks = wtx.open_table(PART_CHUNKS)?;
+    let mut keys = Vec::new();
+    for e in parts.range(lo.as_str()..hi.as_str())? {
+        let (k, _) = e?;
+        keys.push(k.value().to_string());
+    }
+    for k in &keys {
+        let m = get_manifest(&part_chunks, k)?;
+        drop_refs(wtx, &m, freed)?;
+        parts.remove(k.as_str())?;
+        part_chunks.remove(k.as_str())?;
+    }
+    wtx.open_table(UPLOADS)?.remove(upload_id)?;
+    Ok(())
+}

@@ -1,0 +1,1242 @@
+//! The [`Store`]: bucket/object/multipart/credential operations, the group-commit thread, the
+//! background reclaimer and garbage collection.
+//!
+//! Flow of a put: 1. `PutWriter` cuts the body into chunks, pins each (under the GC read lock) and
+//! writes it durably through the [`ChunkStore`] 2. `commit` sends one closure to the committer
+//! thread, which runs all queued closures in ONE redb write transaction and commits once
+//! 3. pins are released. Deletes/overwrites push chunks whose refcount reached 0 onto a queue the
+//! reclaimer drains.
+//!
+//! GC safety rule: a chunk file may be deleted only under the GC *write* lock, when it has no
+//! entry in `refs` and no pin. Everything that adds references (commits of puts, parts, copies,
+//! completions) and every reader pinning a manifest holds the GC *read* lock, so the GC sees a
+//! state in which no reference can appear behind its back.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+
+use crate::chunk::{hex, nibble, ChunkId, ChunkStore, FsChunkStore};
+use crate::meta::*;
+use crate::reader::ObjectReader;
+use crate::writer::{PutWriter, Target};
+use crate::{
+    check_key, valid_bucket_name, BucketInfo, FsckReport, GcStats, ObjectInfo, ObjectMeta,
+    PartInfo, StorageError, StoreConfig, UploadInfo, Usage, DEFAULT_CHUNK_SIZE, MAX_PART_NUMBER,
+    MIN_PART_SIZE, SYSTEM_BUCKET,
+};
+
+/// Most jobs folded into one metadata transaction.
+const MAX_BATCH: usize = 512;
+/// Retries of a read-modify-write (`write_at`/`truncate`) that lost a race.
+const SPLICE_RETRIES: usize = 8;
+
+/// State shared by the store, its writers and its readers (readers do not keep the DB open).
+pub(crate) struct Shared {
+    pub chunks: Arc<dyn ChunkStore>,
+    pub chunk_size: u32,
+    gc_lock: RwLock<()>,
+    pins: Mutex<HashMap<ChunkId, u32>>,
+}
+
+impl Shared {
+    pub fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.gc_lock.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write_guard(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gc_lock.write().unwrap_or_else(|p| p.into_inner())
+    }
+    fn pins(&self) -> MutexGuard<'_, HashMap<ChunkId, u32>> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Pin `id`; caller holds the GC read lock.
+    pub fn pin(&self, id: ChunkId) {
+        *self.pins().entry(id).or_insert(0) += 1;
+    }
+    pub fn unpin(&self, ids: &[ChunkId]) {
+        let mut pins = self.pins();
+        for id in ids {
+            if let Some(n) = pins.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// Chunks pinned by one writer or reader; unpinned on drop.
+pub(crate) struct Pins {
+    pub shared: Arc<Shared>,
+    pub ids: Vec<ChunkId>,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        self.shared.unpin(&self.ids);
+    }
+}
+
+impl Pins {
+    /// Hash, pin and durably store one chunk.
+    pub fn put_chunk(&mut self, data: &[u8]) -> Result<ChunkRef, StorageError> {
+        let id = ChunkId::of(data);
+        let len = u32::try_from(data.len()).expect("chunk length fits u32 (chunk_size is u32)");
+        let _g = self.shared.read_guard();
+        self.shared.pin(id);
+        self.ids.push(id);
+        self.shared.chunks.put(&id, data)?;
+        Ok(ChunkRef { id, len })
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+type RunFn = Box<dyn FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Step + Send>;
+
+enum Step {
+    /// The job ran (or refused without mutating); tell it the commit result.
+    Done(Completion),
+    /// The job hit a machine failure mid-way: the transaction must be aborted.
+    Fatal(StorageError),
+}
+
+struct Job {
+    run: RunFn,
+    fail: Box<dyn FnOnce(StorageError) + Send>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    max_size: Option<u64>,
+    freed: Arc<Mutex<Vec<ChunkId>>>,
+    jobs: Option<Sender<Job>>,
+    committer: Option<JoinHandle<()>>,
+    stop_reclaim: Option<Sender<()>>,
+    reclaimer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.jobs.take();
+        self.stop_reclaim.take();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.reclaimer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The object store. Cheap to clone (`Arc`), `Send + Sync`; every method blocks.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("max_size", &self.inner.max_size)
+            .field("chunk_size", &self.inner.shared.chunk_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn committer(db: Arc<Database>, rx: Receiver<Job>, freed_q: Arc<Mutex<Vec<ChunkId>>>) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv() {
+                Ok(j) => pending.push_back(j),
+                Err(_) => return,
+            }
+        }
+        while pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => pending.push_back(j),
+                Err(_) => break,
+            }
+        }
+        let mut wtx = match db.begin_write() {
+            Ok(w) => w,
+            Err(e) => {
+                let msg = e.to_string();
+                for j in pending.drain(..) {
+                    (j.fail)(StorageError::Db(msg.clone()));
+                }
+                continue;
+            }
+        };
+        wtx.set_durability(Durability::Immediate);
+        let mut done: Vec<Completion> = Vec::new();
+        let mut freed = Vec::new();
+        let mut fatal = false;
+        while let Some(Job { run, fail }) = pending.pop_front() {
+            if done.len() >= MAX_BATCH {
+                pending.push_front(Job { run, fail });
+                break;
+            }
+            match run(&wtx, &mut freed) {
+                Step::Done(c) => done.push(c),
+                Step::Fatal(e) => {
+                    fail(e);
+                    fatal = true;
+                    break;
+                }
+            }
+        }
+        let result = if fatal {
+            let _ = wtx.abort();
+            Err("transaction aborted: another write in the batch failed".to_string())
+        } else {
+            wtx.commit().map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => {
+                lock(&freed_q).extend(freed);
+                for c in done {
+                    c(Ok(()));
+                }
+            }
+            Err(msg) => {
+                for c in done {
+                    c(Err(StorageError::Db(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn reclaimer(
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    freed: Arc<Mutex<Vec<ChunkId>>>,
+    stop: Receiver<()>,
+) {
+    loop {
+        match stop.recv_timeout(Duration::from_millis(200)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let _ = reclaim(&db, &shared, &freed);
+    }
+}
+
+/// Delete queued chunks that are still unreferenced and unpinned; keep pinned ones queued.
+fn reclaim(
+    db: &Database,
+    shared: &Shared,
+    freed: &Mutex<Vec<ChunkId>>,
+) -> Result<u64, StorageError> {
+    let ids: Vec<ChunkId> = std::mem::take(&mut *lock(freed));
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids: HashSet<ChunkId> = ids.into_iter().collect();
+    let _w = shared.write_guard();
+    let rtx = db.begin_read()?;
+    let refs = rtx.open_table(REFS)?;
+    let pins = shared.pins();
+    let mut requeue = Vec::new();
+    let mut n = 0;
+    for id in ids {
+        if refs.get(id.0.as_slice())?.is_some() {
+            continue;
+        }
+        if pins.contains_key(&id) {
+            requeue.push(id);
+            continue;
+        }
+        if let Err(e) = shared.chunks.delete(&id) {
+            requeue.push(id);
+            lock(freed).extend(requeue);
+            return Err(e);
+        }
+        n += 1;
+    }
+    lock(freed).extend(requeue);
+    Ok(n)
+}
+
+fn bucket_info(name: &str, r: &BucketRec) -> BucketInfo {
+    BucketInfo {
+        name: name.to_string(),
+        created: from_nanos(r.created),
+        quota: r.quota,
+    }
+}
+
+fn random_id() -> Result<String, StorageError> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(hex(&b))
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    b.chunks_exact(2)
+        .map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?))
+        .collect()
+}
+
+/// ETag of an object whose body was rewritten in place: not an MD5 of the body, hence `-N`.
+pub(crate) fn manifest_etag(m: &[ChunkRef]) -> String {
+    let mut h = Md5::new();
+    for c in m {
+        h.update(c.id.0);
+        h.update(c.len.to_le_bytes());
+    }
+    format!("{}-{}", hex(&h.finalize()), m.len().max(1))
+}
+
+enum Edit<'a> {
+    Write { offset: u64, data: &'a [u8] },
+    Truncate(u64),
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `cfg.data_dir` with the local filesystem backend,
+    /// create the system bucket, and run a GC pass.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let chunks = FsChunkStore::open(cfg.data_dir.join("chunks"))?;
+        Store::open_with(cfg, Arc::new(chunks))
+    }
+
+    /// Like [`Store::open`] with another chunk backend (metadata still lives in `data_dir`).
+    pub fn open_with(cfg: StoreConfig, chunks: Arc<dyn ChunkStore>) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let db = Arc::new(Database::create(cfg.data_dir.join("meta.redb"))?);
+        {
+            let wtx = db.begin_write()?;
+            {
+                let mut buckets = wtx.open_table(BUCKETS)?;
+                wtx.open_table(OBJECTS)?;
+                wtx.open_table(OBJ_CHUNKS)?;
+                wtx.open_table(REFS)?;
+                wtx.open_table(UPLOADS)?;
+                wtx.open_table(PARTS)?;
+                wtx.open_table(PART_CHUNKS)?;
+                wtx.open_table(CREDS)?;
+                wtx.open_table(STATS)?;
+                if get_json::<BucketRec, _>(&buckets, SYSTEM_BUCKET)?.is_none() {
+                    let rec = BucketRec {
+                        created: now_nanos(),
+                        quota: None,
+                        bytes: 0,
+                        objects: 0,
+                    };
+                    put_json(&mut buckets, SYSTEM_BUCKET, &rec)?;
+                }
+            }
+            wtx.commit()?;
+        }
+        let chunk_size = if cfg.chunk_size == 0 {
+            DEFAULT_CHUNK_SIZE
+        } else {
+            cfg.chunk_size
+        };
+        let shared = Arc::new(Shared {
+            chunks,
+            chunk_size,
+            gc_lock: RwLock::new(()),
+            pins: Mutex::new(HashMap::new()),
+        });
+        let freed = Arc::new(Mutex::new(Vec::new()));
+        let (jobs, rx) = mpsc::channel();
+        let committer = {
+            let db = db.clone();
+            let freed = freed.clone();
+            std::thread::Builder::new()
+                .name("tm-storage-commit".into())
+                .spawn(move || committer(db, rx, freed))?
+        };
+        let (stop_reclaim, stop_rx) = mpsc::channel();
+        let reclaimer = {
+            let (db, shared, freed) = (db.clone(), shared.clone(), freed.clone());
+            std::thread::Builder::new()
+                .name("tm-storage-reclaim".into())
+                .spawn(move || reclaimer(db, shared, freed, stop_rx))?
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                shared,
+                max_size: cfg.max_size,
+                freed,
+                jobs: Some(jobs),
+                committer: Some(committer),
+                stop_reclaim: Some(stop_reclaim),
+                reclaimer: Some(reclaimer),
+            }),
+        };
+        store.gc()?;
+        Ok(store)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Run `f` inside the next group-committed write transaction; returns once it is durable.
+    ///
+    /// Contract for `f`: do every check (and return refusals) before the first mutation; only
+    /// failures (`is_failure()`) may happen after mutating, and they abort the whole batch.
+    pub(crate) fn txn<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel::<Result<T, StorageError>>(1);
+        let tx2 = tx.clone();
+        let job = Job {
+            run: Box::new(move |wtx, freed| match f(wtx, freed) {
+                Ok(v) => Step::Done(Box::new(move |r| {
+                    let _ = tx.send(r.map(|()| v));
+                })),
+                Err(e) if e.is_failure() => Step::Fatal(e),
+                Err(e) => Step::Done(Box::new(move |_| {
+                    let _ = tx.send(Err(e));
+                })),
+            }),
+            fail: Box::new(move |e| {
+                let _ = tx2.send(Err(e));
+            }),
+        };
+        let stopped = || StorageError::Db("committer thread stopped".into());
+        self.inner
+            .jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?
+    }
+
+    fn read_bucket(&self, name: &str) -> Result<BucketRec, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(BUCKETS)?;
+        get_json(&t, name)?.ok_or(StorageError::NoSuchBucket)
+    }
+
+    // ---------------------------------------------------------------- buckets
+
+    /// Create a bucket (S3 naming rules, else `InvalidBucketName`; `BucketExists` if taken).
+    pub fn create_bucket(&self, name: &str) -> Result<(), StorageError> {
+        if name == SYSTEM_BUCKET {
+            return Err(StorageError::BucketExists);
+        }
+        if !valid_bucket_name(name) {
+            return Err(StorageError::InvalidBucketName);
+        }
+        let name = name.to_string();
+        self.txn(move |wtx, _| {
+            let mut t = wtx.open_table(BUCKETS)?;
+            if get_json::<BucketRec, _>(&t, &name)?.is_some() {
+                return Err(StorageError::BucketExists);
+            }
+            let rec = BucketRec {
+                created: now_nanos(),
+                quota: None,
+                bytes: 0,
+                objects: 0,
+            };
+            put_json(&mut t, &name, &rec)
+        })
+    }
+
+    /// Delete an empty bucket; its unfinished multipart uploads are aborted with it.
+    pub fn delete_bucket(&self, name: &str) -> Result<(), StorageError> {
+        if name == SYSTEM_BUCKET {
+            return Err(StorageError::ReservedBucket);
+        }
+        let name = name.to_string();
+        self.txn(move |wtx, freed| {
+            let rec: BucketRec = {
+                let t = wtx.open_table(BUCKETS)?;
+                get_json(&t, &name)?.ok_or(StorageError::NoSuchBucket)?
+            };
+            if rec.objects > 0 {
+                return Err(StorageError::BucketNotEmpty);
+            }
+            let mut ids = Vec::new();
+            {
+                let uploads = wtx.open_table(UPLOADS)?;
+                for e in uploads.iter()? {
+                    let (k, v) = e?;
+                    let u: UploadRec = serde_json::from_slice(v.value())?;
+                    if u.bucket == name {
+                        ids.push(k.value().to_string());
+                    }
+                }
+            }
+            for id in ids {
+                remove_upload(wtx, freed, &id)?;
+            }
+            wtx.open_table(BUCKETS)?.remove(name.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// All buckets (including `_tunnelmesh`), by name.
+    pub fn list_buckets(&self) -> Result<Vec<BucketInfo>, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(BUCKETS)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            let (k, v) = e?;
+            let r: BucketRec = serde_json::from_slice(v.value())?;
+            out.push(bucket_info(k.value(), &r));
+        }
+        Ok(out)
+    }
+
+    /// One bucket.
+    pub fn bucket(&self, name: &str) -> Result<BucketInfo, StorageError> {
+        Ok(bucket_info(name, &self.read_bucket(name)?))
+    }
+
+    /// Set or clear a bucket's byte quota. Lowering it below current usage is allowed; later
+    /// writes that grow the bucket are then refused.
+    pub fn set_quota(&self, bucket: &str, bytes: Option<u64>) -> Result<(), StorageError> {
+        let bucket = bucket.to_string();
+        self.txn(move |wtx, _| {
+            let mut t = wtx.open_table(BUCKETS)?;
+            let mut r: BucketRec = get_json(&t, &bucket)?.ok_or(StorageError::NoSuchBucket)?;
+            r.quota = bytes;
+            put_json(&mut t, &bucket, &r)
+        })
+    }
+
+    /// Exact usage of a bucket.
+    pub fn usage(&self, bucket: &str) -> Result<Usage, StorageError> {
+        let r = self.read_bucket(bucket)?;
+        Ok(Usage {
+            bytes: r.bytes,
+            objects: r.objects,
+        })
+    }
+
+    /// Exact usage of the whole store (what `max_size` limits).
+    pub fn total_usage(&self) -> Result<Usage, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(STATS)?;
+        Ok(Usage {
+            bytes: stat(&t, "bytes")?,
+            objects: stat(&t, "objects")?,
+        })
+    }
+
+    // ---------------------------------------------------------------- objects
+
+    /// How many bytes a new version of `bucket/key` may have (None = unlimited).
+    fn room(&self, bucket: &str, key: &str) -> Result<Option<u64>, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        let b: BucketRec =
+            get_json(&rtx.open_table(BUCKETS)?, bucket)?.ok_or(StorageError::NoSuchBucket)?;
+        let old = get_json::<ObjRec, _>(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?
+            .map_or(0, |o| o.size);
+        let total = stat(&rtx.open_table(STATS)?, "bytes")?;
+        let lim_b = b.quota.map(|q| q.saturating_sub(b.bytes - old).max(old));
+        let lim_g = self
+            .inner
+            .max_size
+            .map(|m| m.saturating_sub(total - old).max(old));
+        Ok(match (lim_b, lim_g) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Start writing a new version of `bucket/key`. Nothing is visible until
+    /// [`PutWriter::commit`] returns; dropping the writer aborts.
+    pub fn begin_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: ObjectMeta,
+    ) -> Result<PutWriter, StorageError> {
+        check_key(key)?;
+        let limit = self.room(bucket, key)?;
+        Ok(PutWriter::new(
+            self.clone(),
+            Target::Object {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                meta,
+            },
+            limit,
+        ))
+    }
+
+    pub(crate) fn commit_object(
+        &self,
+        bucket: String,
+        key: String,
+        rec: ObjRec,
+        manifest: Vec<ChunkRef>,
+    ) -> Result<ObjectInfo, StorageError> {
+        let max_size = self.inner.max_size;
+        let _g = self.inner.shared.read_guard();
+        self.txn(move |wtx, freed| {
+            install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest)
+        })
+    }
+
+    pub(crate) fn commit_part(
+        &self,
+        bucket: String,
+        key: String,
+        upload_id: String,
+        number: u32,
+        rec: PartRec,
+        manifest: Vec<ChunkRef>,
+    ) -> Result<ObjectInfo, StorageError> {
+        let _g = self.inner.shared.read_guard();
+        self.txn(move |wtx, freed| {
+            {
+                let uploads = wtx.open_table(UPLOADS)?;
+                match get_json::<UploadRec, _>(&uploads, &upload_id)? {
+                    Some(u) if u.bucket == bucket && u.key == key => {}
+                    _ => return Err(StorageError::NoSuchUpload),
+                }
+            }
+            let pk = part_key(&upload_id, number);
+            add_refs(wtx, &manifest)?;
+            let mut parts = wtx.open_table(PARTS)?;
+            let mut chunks = wtx.open_table(PART_CHUNKS)?;
+            let old = get_manifest(&chunks, &pk)?;
+            drop_refs(wtx, &old, freed)?;
+            put_json(&mut parts, &pk, &rec)?;
+            chunks.insert(pk.as_str(), encode_manifest(&manifest).as_slice())?;
+            Ok(ObjectInfo {
+                key,
+                size: rec.size,
+                etag: rec.etag.clone(),
+                modified: from_nanos(rec.modified),
+                meta: ObjectMeta::default(),
+            })
+        })
+    }
+
+    /// Metadata of an object.
+    pub fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
+            .ok_or(StorageError::NoSuchBucket)?;
+        let rec: ObjRec = get_json(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?
+            .ok_or(StorageError::NoSuchKey)?;
+        Ok(rec.info(key))
+    }
+
+    /// Open the current version for reading. The reader keeps that version readable (its chunks
+    /// are pinned) even if the object is replaced or deleted meanwhile.
+    pub fn open_object(&self, bucket: &str, key: &str) -> Result<ObjectReader, StorageError> {
+        let shared = self.inner.shared.clone();
+        let _g = shared.read_guard();
+        let rtx = self.inner.db.begin_read()?;
+        get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
+            .ok_or(StorageError::NoSuchBucket)?;
+        let ok = obj_key(bucket, key);
+        let rec: ObjRec =
+            get_json(&rtx.open_table(OBJECTS)?, &ok)?.ok_or(StorageError::NoSuchKey)?;
+        let manifest = get_manifest(&rtx.open_table(OBJ_CHUNKS)?, &ok)?;
+        let sum: u64 = manifest.iter().map(|c| u64::from(c.len)).sum();
+        if sum != rec.size {
+            return Err(StorageError::Corrupt(format!(
+                "{ok}: manifest size {sum} != {}",
+                rec.size
+            )));
+        }
+        for c in &manifest {
+            shared.pin(c.id);
+        }
+        let pins = Pins {
+            shared: shared.clone(),
+            ids: manifest.iter().map(|c| c.id).collect(),
+        };
+        Ok(ObjectReader::new(rec.info(key), manifest, pins))
+    }
+
+    /// Delete an object; deleting a missing key succeeds.
+    pub fn delete_object(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        self.txn(move |wtx, freed| remove_object(wtx, freed, &bucket, &key).map(|_| ()))
+    }
+
+    /// Copy an object, sharing its chunks. `meta: None` keeps the source metadata (S3 `COPY`
+    /// directive), `Some` replaces it. The ETag is the source's.
+    pub fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        meta: Option<ObjectMeta>,
+    ) -> Result<ObjectInfo, StorageError> {
+        check_key(dst_key)?;
+        let max_size = self.inner.max_size;
+        let (sb, sk, db, dk) = (
+            src_bucket.to_string(),
+            src_key.to_string(),
+            dst_bucket.to_string(),
+            dst_key.to_string(),
+        );
+        let _g = self.inner.shared.read_guard();
+        self.txn(move |wtx, freed| {
+            let sok = obj_key(&sb, &sk);
+            let (src, manifest) = {
+                if get_json::<BucketRec, _>(&wtx.open_table(BUCKETS)?, &sb)?.is_none() {
+                    return Err(StorageError::NoSuchBucket);
+                }
+                let src: ObjRec =
+                    get_json(&wtx.open_table(OBJECTS)?, &sok)?.ok_or(StorageError::NoSuchKey)?;
+                let m = get_manifest(&wtx.open_table(OBJ_CHUNKS)?, &sok)?;
+                (src, m)
+            };
+            let rec = ObjRec {
+                size: src.size,
+                etag: src.etag,
+                modified: now_nanos(),
+                meta: meta.unwrap_or(src.meta),
+            };
+            install_object(wtx, freed, max_size, &db, &dk, &rec, &manifest)
+        })
+    }
+
+    /// Objects whose key starts with `prefix` and sorts after `start_after`, in byte order of the
+    /// key, at most `max`.
+    pub fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectInfo>, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
+            .ok_or(StorageError::NoSuchBucket)?;
+        let t = rtx.open_table(OBJECTS)?;
+        let base = obj_key(bucket, "");
+        let full_prefix = obj_key(bucket, prefix);
+        let start = match start_after {
+            Some(s) if s >= prefix => obj_key(bucket, s),
+            _ => full_prefix.clone(),
+        };
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        for e in t.range(start.as_str()..)? {
+            let (k, v) = e?;
+            let k = k.value();
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            if start_after.is_some_and(|s| k == obj_key(bucket, s)) {
+                continue;
+            }
+            let rec: ObjRec = serde_json::from_slice(v.value())?;
+            out.push(rec.info(&k[base.len()..]));
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- multipart
+
+    fn check_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<UploadRec, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        match get_json::<UploadRec, _>(&rtx.open_table(UPLOADS)?, upload_id)? {
+            Some(u) if u.bucket == bucket && u.key == key => Ok(u),
+            _ => {
+                get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
+                    .ok_or(StorageError::NoSuchBucket)?;
+                Err(StorageError::NoSuchUpload)
+            }
+        }
+    }
+
+    /// Start a multipart upload; returns its id (random, 32 hex chars).
+    pub fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: ObjectMeta,
+    ) -> Result<String, StorageError> {
+        check_key(key)?;
+        let id = random_id()?;
+        let rec = UploadRec {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            initiated: now_nanos(),
+            meta,
+        };
+        let id2 = id.clone();
+        self.txn(move |wtx, _| {
+            if get_json::<BucketRec, _>(&wtx.open_table(BUCKETS)?, &rec.bucket)?.is_none() {
+                return Err(StorageError::NoSuchBucket);
+            }
+            put_json(&mut wtx.open_table(UPLOADS)?, &id2, &rec)
+        })?;
+        Ok(id)
+    }
+
+    /// Start writing one part; its `commit` returns an `ObjectInfo` carrying the part's ETag.
+    /// Re-uploading a part number replaces it.
+    pub fn begin_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+    ) -> Result<PutWriter, StorageError> {
+        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+            return Err(StorageError::InvalidPartNumber);
+        }
+        self.check_upload(bucket, key, upload_id)?;
+        let limit = self.room(bucket, key)?;
+        Ok(PutWriter::new(
+            self.clone(),
+            Target::Part {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                upload_id: upload_id.to_string(),
+                number: part_number,
+            },
+            limit,
+        ))
+    }
+
+    /// Assemble the listed parts into the object (sharing their chunks) and end the upload.
+    /// ETags may be given with or without quotes.
+    pub fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<ObjectInfo, StorageError> {
+        let max_size = self.inner.max_size;
+        let (bucket, key, upload_id) = (bucket.to_string(), key.to_string(), upload_id.to_string());
+        let parts: Vec<(u32, String)> = parts
+            .iter()
+            .map(|(n, e)| (*n, e.trim().trim_matches('"').to_ascii_lowercase()))
+            .collect();
+        let _g = self.inner.shared.read_guard();
+        self.txn(move |wtx, freed| {
+            let upload: UploadRec = match get_json(&wtx.open_table(UPLOADS)?, &upload_id)? {
+                Some(u @ UploadRec { .. }) if u.bucket == bucket && u.key == key => u,
+                _ => return Err(StorageError::NoSuchUpload),
+            };
+            if parts.is_empty() || parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(StorageError::InvalidPartOrder);
+            }
+            let mut manifest = Vec::new();
+            let mut md5s = Md5::new();
+            let mut size = 0u64;
+            {
+                let pt = wtx.open_table(PARTS)?;
+                let pc = wtx.open_table(PART_CHUNKS)?;
+                for (i, (n, etag)) in parts.iter().enumerate() {
+                    let pk = part_key(&upload_id, *n);
+                    let rec: PartRec = get_json(&pt, &pk)?.ok_or(StorageError::InvalidPart)?;
+                    if rec.etag != *etag {
+                        return Err(StorageError::InvalidPart);
+                    }
+                    if i + 1 < parts.len() && rec.size < MIN_PART_SIZE {
+                        return Err(StorageError::EntityTooSmall);
+                    }
+                    let raw = unhex(&rec.etag)
+                        .ok_or_else(|| StorageError::Corrupt("part etag".into()))?;
+                    md5s.update(&raw);
+                    size += rec.size;
+                    manifest.extend(get_manifest(&pc, &pk)?);
+                }
+            }
+            let rec = ObjRec {
+                size,
+                etag: format!("{}-{}", hex(&md5s.finalize()), parts.len()),
+                modified: now_nanos(),
+                meta: upload.meta,
+            };
+            let info = install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest)?;
+            remove_upload(wtx, freed, &upload_id)?;
+            Ok(info)
+        })
+    }
+
+    /// Abort an upload, dropping its parts.
+    pub fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StorageError> {
+        let (bucket, key, upload_id) = (bucket.to_string(), key.to_string(), upload_id.to_string());
+        self.txn(move |wtx, freed| {
+            match get_json::<UploadRec, _>(&wtx.open_table(UPLOADS)?, &upload_id)? {
+                Some(u) if u.bucket == bucket && u.key == key => {}
+                _ => return Err(StorageError::NoSuchUpload),
+            }
+            remove_upload(wtx, freed, &upload_id)
+        })
+    }
+
+    /// Parts uploaded so far, by number.
+    pub fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<PartInfo>, StorageError> {
+        self.check_upload(bucket, key, upload_id)?;
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(PARTS)?;
+        let (lo, hi) = (format!("{upload_id}/"), format!("{upload_id}0"));
+        let mut out = Vec::new();
+        for e in t.range(lo.as_str()..hi.as_str())? {
+            let (k, v) = e?;
+            let number: u32 = k.value()[lo.len()..]
+                .parse()
+                .map_err(|_| StorageError::Corrupt("part key".into()))?;
+            let r: PartRec = serde_json::from_slice(v.value())?;
+            out.push(PartInfo {
+                number,
+                etag: r.etag,
+                size: r.size,
+                modified: from_nanos(r.modified),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Uploads in progress in `bucket` whose key starts with `prefix`, by key then start time.
+    pub fn list_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<UploadInfo>, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
+            .ok_or(StorageError::NoSuchBucket)?;
+        let t = rtx.open_table(UPLOADS)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            let (k, v) = e?;
+            let u: UploadRec = serde_json::from_slice(v.value())?;
+            if u.bucket == bucket && u.key.starts_with(prefix) {
+                out.push(UploadInfo {
+                    key: u.key,
+                    upload_id: k.value().to_string(),
+                    initiated: from_nanos(u.initiated),
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.key, a.initiated, &a.upload_id).cmp(&(&b.key, b.initiated, &b.upload_id))
+        });
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- credentials
+
+    /// Store (or replace) an S3 access key.
+    pub fn put_credential(
+        &self,
+        access_key: &str,
+        secret: &str,
+        principal: &str,
+    ) -> Result<(), StorageError> {
+        let ak = access_key.to_string();
+        let rec = CredRec {
+            secret: secret.to_string(),
+            principal: principal.to_string(),
+        };
+        self.txn(move |wtx, _| put_json(&mut wtx.open_table(CREDS)?, &ak, &rec))
+    }
+
+    /// Look up an access key: `(secret, principal)`.
+    pub fn credential(&self, access_key: &str) -> Result<Option<(String, String)>, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        Ok(get_json::<CredRec, _>(&rtx.open_table(CREDS)?, access_key)?
+            .map(|c| (c.secret, c.principal)))
+    }
+
+    // ---------------------------------------------------------------- NFS-style edits
+
+    /// Write `data` at `offset` (creating the object if missing, zero-filling any gap), rewriting
+    /// only the chunks the write touches. The new ETag is `md5(chunk ids)-N`.
+    pub fn write_at(
+        &self,
+        bucket: &str,
+        key: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<ObjectInfo, StorageError> {
+        check_key(key)?;
+        self.splice(bucket, key, Edit::Write { offset, data })
+    }
+
+    /// Set the object's size (creating it if missing), cutting or zero-extending the tail.
+    pub fn truncate(&self, bucket: &str, key: &str, size: u64) -> Result<ObjectInfo, StorageError> {
+        check_key(key)?;
+        self.splice(bucket, key, Edit::Truncate(size))
+    }
+
+    fn splice(&self, bucket: &str, key: &str, edit: Edit<'_>) -> Result<ObjectInfo, StorageError> {
+        let cs = u64::from(self.inner.shared.chunk_size);
+        for _ in 0..SPLICE_RETRIES {
+            let old = match self.open_object(bucket, key) {
+                Ok(r) => Some(r),
+                Err(StorageError::NoSuchKey) => None,
+                Err(e) => return Err(e),
+            };
+            let size = old.as_ref().map_or(0, |r| r.info.size);
+            let old_m: Vec<ChunkRef> = old
+                .as_ref()
+                .map(|r| r.manifest().to_vec())
+                .unwrap_or_default();
+            let (new_size, lo, hi, patch) = match edit {
+                Edit::Write { offset, data } => {
+                    if data.is_empty() {
+                        if let Some(r) = &old {
+                            return Ok(r.info.clone());
+                        }
+                    }
+                    let end = offset
+                        .checked_add(data.len() as u64)
+                        .ok_or(StorageError::Unsupported("offset overflow"))?;
+                    (size.max(end), offset.min(size), end, Some((offset, data)))
+                }
+                Edit::Truncate(t) => {
+                    if t == size {
+                        if let Some(r) = &old {
+                            return Ok(r.info.clone());
+                        }
+                    }
+                    (t, t.min(size), t, None)
+                }
+            };
+            // chunk start offsets
+            let mut starts = Vec::with_capacity(old_m.len());
+            let mut acc = 0u64;
+            for c in &old_m {
+                starts.push(acc);
+                acc += u64::from(c.len);
+            }
+            let n = old_m.len();
+            let end_of = |i: usize| starts[i] + u64::from(old_m[i].len);
+            let mut i0 = (0..n).find(|&i| end_of(i) > lo).unwrap_or(n);
+            if i0 == n && n > 0 && u64::from(old_m[n - 1].len) < cs {
+                i0 = n - 1;
+            }
+            let region_start = if i0 < n { starts[i0] } else { size };
+            // Chunks entirely after the edit survive unchanged (unless the object shrinks past them).
+            let tail = (i0..n)
+                .find(|&j| starts[j] >= hi)
+                .filter(|_| n > 0 && end_of(n - 1) <= new_size)
+                .unwrap_or(n);
+            let region_end = if tail < n { starts[tail] } else { new_size };
+            let mut pins = Pins {
+                shared: self.inner.shared.clone(),
+                ids: Vec::new(),
+            };
+            let mut manifest: Vec<ChunkRef> = old_m[..i0].to_vec();
+            let mut p = region_start;
+            while p < region_end {
+                let p_end = (p + cs).min(region_end);
+                let mut buf = vec![0u8; (p_end - p) as usize];
+                if let Some(r) = &old {
+                    let old_end = p_end.min(size);
+                    if p < old_end {
+                        r.read_exact_at(p, &mut buf[..(old_end - p) as usize])?;
+                    }
+                }
+                if let Some((off, data)) = patch {
+                    let s = off.max(p);
+                    let e = (off + data.len() as u64).min(p_end);
+                    if s < e {
+                        buf[(s - p) as usize..(e - p) as usize]
+                            .copy_from_slice(&data[(s - off) as usize..(e - off) as usize]);
+                    }
+                }
+                manifest.push(pins.put_chunk(&buf)?);
+                p = p_end;
+            }
+            manifest.extend_from_slice(&old_m[tail..]);
+            let sum: u64 = manifest.iter().map(|c| u64::from(c.len)).sum();
+            debug_assert_eq!(sum, new_size);
+            let rec = ObjRec {
+                size: new_size,
+                etag: manifest_etag(&manifest),
+                modified: now_nanos(),
+                meta: old
+                    .as_ref()
+                    .map(|r| r.info.meta.clone())
+                    .unwrap_or_default(),
+            };
+            let existed = old.is_some();
+            let expect = encode_manifest(&old_m);
+            let (b, k) = (bucket.to_string(), key.to_string());
+            let max_size = self.inner.max_size;
+            let _g = self.inner.shared.read_guard();
+            let r = self.txn(move |wtx, freed| {
+                let ok = obj_key(&b, &k);
+                {
+                    let exists = wtx.open_table(OBJECTS)?.get(ok.as_str())?.is_some();
+                    let cur = wtx
+                        .open_table(OBJ_CHUNKS)?
+                        .get(ok.as_str())?
+                        .map(|v| v.value().to_vec());
+                    if exists != existed || (exists && cur.as_deref() != Some(expect.as_slice())) {
+                        return Err(StorageError::Conflict);
+                    }
+                }
+                install_object(wtx, freed, max_size, &b, &k, &rec, &manifest)
+            });
+            drop(_g);
+            drop(pins);
+            match r {
+                Err(StorageError::Conflict) => continue,
+                other => return other,
+            }
+        }
+        Err(StorageError::Conflict)
+    }
+
+    // ---------------------------------------------------------------- maintenance
+
+    /// Full garbage collection: delete every stored chunk that is neither referenced nor pinned,
+    /// and temp files of interrupted writes. Blocks writers while it runs.
+    pub fn gc(&self) -> Result<GcStats, StorageError> {
+        let sh = &self.inner.shared;
+        let _w = sh.write_guard();
+        let rtx = self.inner.db.begin_read()?;
+        let refs = rtx.open_table(REFS)?;
+        let mut ids = Vec::new();
+        sh.chunks.list(&mut |id| ids.push(id))?;
+        let mut st = GcStats::default();
+        let mut requeue = Vec::new();
+        {
+            let pins = sh.pins();
+            for id in ids {
+                if refs.get(id.0.as_slice())?.is_some() {
+                    st.chunks_kept += 1;
+                } else if pins.contains_key(&id) {
+                    st.chunks_kept += 1;
+                    requeue.push(id);
+                } else {
+                    sh.chunks.delete(&id)?;
+                    st.chunks_deleted += 1;
+                }
+            }
+        }
+        st.temp_deleted = sh.chunks.cleanup_temp()?;
+        lock(&self.inner.freed).extend(requeue);
+        Ok(st)
+    }
+
+    /// Delete queued freed chunks now (the background reclaimer does this every 200 ms).
+    pub fn reclaim(&self) -> Result<u64, StorageError> {
+        reclaim(&self.inner.db, &self.inner.shared, &self.inner.freed)
+    }
+
+    /// Check metadata against itself and the chunk backend (reads no chunk contents).
+    pub fn fsck(&self) -> Result<FsckReport, StorageError> {
+        let sh = &self.inner.shared;
+        let _w = sh.write_guard();
+        let rtx = self.inner.db.begin_read()?;
+        let mut rep = FsckReport::default();
+        let mut counts: HashMap<ChunkId, u64> = HashMap::new();
+        let mut usage: HashMap<String, (u64, u64)> = HashMap::new();
+        let objects = rtx.open_table(OBJECTS)?;
+        let obj_chunks = rtx.open_table(OBJ_CHUNKS)?;
+        for e in objects.iter()? {
+            let (k, v) = e?;
+            let rec: ObjRec = serde_json::from_slice(v.value())?;
+            let m = get_manifest(&obj_chunks, k.value())?;
+            rep.objects += 1;
+            if m.iter().map(|c| u64::from(c.len)).sum::<u64>() != rec.size {
+                rep.bad_sizes += 1;
+            }
+            for c in &m {
+                *counts.entry(c.id).or_default() += 1;
+            }
+            let bucket = k.value().split('/').next().unwrap_or_default().to_string();
+            let u = usage.entry(bucket).or_default();
+            u.0 += rec.size;
+            u.1 += 1;
+        }
+        for e in rtx.open_table(PART_CHUNKS)?.iter()? {
+            let (_, v) = e?;
+            for c in decode_manifest(v.value())? {
+                *counts.entry(c.id).or_default() += 1;
+            }
+        }
+        let refs = rtx.open_table(REFS)?;
+        let mut stored_refs = 0u64;
+        for e in refs.iter()? {
+            let (k, v) = e?;
+            stored_refs += 1;
+            let mut id = [0u8; 32];
+            if k.value().len() != 32 {
+                rep.bad_refcounts += 1;
+                continue;
+            }
+            id.copy_from_slice(k.value());
+            if counts.get(&ChunkId(id)).copied() != Some(v.value()) {
+                rep.bad_refcounts += 1;
+            }
+        }
+        if stored_refs != counts.len() as u64 {
+            rep.bad_refcounts += 1;
+        }
+        rep.chunks_referenced = counts.len() as u64;
+        let mut stored = HashSet::new();
+        sh.chunks.list(&mut |id| {
+            stored.insert(id);
+        })?;
+        rep.missing_chunks = counts.keys().filter(|id| !stored.contains(id)).count() as u64;
+        rep.orphan_chunks = stored.iter().filter(|id| !counts.contains_key(id)).count() as u64;
+        let (mut tb, mut to) = (0, 0);
+        for e in rtx.open_table(BUCKETS)?.iter()? {
+            let (k, v) = e?;
+            let r: BucketRec = serde_json::from_slice(v.value())?;
+            let u = usage.get(k.value()).copied().unwrap_or_default();
+            if (r.bytes, r.objects) != u {
+                rep.bad_usage += 1;
+            }
+            tb += r.bytes;
+            to += r.objects;
+        }
+        let stats = rtx.open_table(STATS)?;
+        if (stat(&stats, "bytes")?, stat(&stats, "objects")?) != (tb, to) {
+            rep.bad_usage += 1;
+        }
+        Ok(rep)
+    }
+}

@@ -1,0 +1,164 @@
+//! [`PutWriter`]: streams a body into chunks, then commits it in one metadata transaction.
+
+use md5::{Digest, Md5};
+
+use crate::chunk::hex;
+use crate::meta::{now_nanos, ChunkRef, ObjRec, PartRec};
+use crate::store::{Pins, Store};
+use crate::{ObjectInfo, ObjectMeta, StorageError};
+
+pub(crate) enum Target {
+    Object {
+        bucket: String,
+        key: String,
+        meta: ObjectMeta,
+    },
+    Part {
+        bucket: String,
+        key: String,
+        upload_id: String,
+        number: u32,
+    },
+}
+
+/// Writes one object version (or one multipart part).
+///
+/// Call order: `write_all`* then `commit`. Dropping without `commit` aborts: nothing becomes
+/// visible and the written chunks become garbage. After any error the writer is poisoned.
+pub struct PutWriter {
+    store: Store,
+    target: Target,
+    limit: Option<u64>,
+    chunk_size: usize,
+    buf: Vec<u8>,
+    md5: Md5,
+    size: u64,
+    manifest: Vec<ChunkRef>,
+    pins: Pins,
+    poisoned: bool,
+}
+
+impl PutWriter {
+    pub(crate) fn new(store: Store, target: Target, limit: Option<u64>) -> PutWriter {
+        let shared = store.shared().clone();
+        PutWriter {
+            chunk_size: shared.chunk_size as usize,
+            store,
+            target,
+            limit,
+            buf: Vec::new(),
+            md5: Md5::new(),
+            size: 0,
+            manifest: Vec::new(),
+            pins: Pins {
+                shared,
+                ids: Vec::new(),
+            },
+            poisoned: false,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.size
+    }
+
+    /// Append `data`. Fails with `QuotaExceeded` as soon as the size can no longer fit.
+    pub fn write_all(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Unsupported("write after error"));
+        }
+        let r = self.write_inner(data);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn write_inner(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
+        self.size += data.len() as u64;
+        if self.limit.is_some_and(|l| self.size > l) {
+            return Err(StorageError::QuotaExceeded);
+        }
+        self.md5.update(data);
+        let cs = self.chunk_size;
+        while !data.is_empty() {
+            if self.buf.is_empty() && data.len() >= cs {
+                // Whole chunk straight from the caller's buffer.
+                let c = self.pins.put_chunk(&data[..cs])?;
+                self.manifest.push(c);
+                data = &data[cs..];
+                continue;
+            }
+            let n = (cs - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == cs {
+                let c = self.pins.put_chunk(&self.buf)?;
+                self.manifest.push(c);
+                self.buf.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the object (or part) durable and visible. Returns its info; for a part, `etag` is the
+    /// part's MD5 hex and `meta` is empty.
+    pub fn commit(mut self) -> Result<ObjectInfo, StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Unsupported("commit after error"));
+        }
+        if !self.buf.is_empty() {
+            let c = self.pins.put_chunk(&self.buf)?;
+            self.manifest.push(c);
+            self.buf = Vec::new();
+        }
+        let etag = hex(&std::mem::take(&mut self.md5).finalize());
+        let manifest = std::mem::take(&mut self.manifest);
+        let modified = now_nanos();
+        let target = std::mem::replace(
+            &mut self.target,
+            Target::Object {
+                bucket: String::new(),
+                key: String::new(),
+                meta: ObjectMeta::default(),
+            },
+        );
+        // `self.pins` stays alive until the transaction has committed (dropped with `self`).
+        match target {
+            Target::Object { bucket, key, meta } => {
+                let rec = ObjRec {
+                    size: self.size,
+                    etag,
+                    modified,
+                    meta,
+                };
+                self.store.commit_object(bucket, key, rec, manifest)
+            }
+            Target::Part {
+                bucket,
+                key,
+                upload_id,
+                number,
+            } => {
+                let rec = PartRec {
+                    size: self.size,
+                    etag,
+                    modified,
+                };
+                self.store
+                    .commit_part(bucket, key, upload_id, number, rec, manifest)
+            }
+        }
+    }
+}
+
+impl std::io::Write for PutWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        PutWriter::write_all(self, buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
