@@ -1,0 +1,2 @@
+//! Mesh DNS (hickory-server): <name>.mesh, coordinator.mesh, aliases
+#![forbid(unsafe_code)]
