@@ -421,7 +421,7 @@ pub fn pass_fds(cmd: &mut std::process::Command, fds: &[(BorrowedFd<'_>, RawFd)]
     unsafe { cmd.pre_exec(hook) };
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::spsc::tests::gen;

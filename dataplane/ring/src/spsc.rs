@@ -15,8 +15,11 @@
 //! are checked (`0 <= tail - head <= slot_count`, `len <= slot_size - 4`); a violation marks the
 //! half broken instead of reading or writing out of bounds.
 
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
 use std::alloc::{self, Layout as AllocLayout};
 use std::ptr::NonNull;
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -38,6 +41,10 @@ pub(crate) struct Region {
     base: NonNull<u8>,
     len: usize,
     kind: RegionKind,
+    /// Under loom: the in-place loom atomics (dropped with the region) and one access
+    /// tracker per 8 bytes, so loom checks that slot reads and writes never race.
+    #[cfg(loom)]
+    shadow: Option<(Vec<*mut AtomicU64>, Vec<loom::cell::UnsafeCell<()>>)>,
 }
 
 // SAFETY: `Region` only owns the allocation/mapping; all access through it is raw-pointer
@@ -48,20 +55,55 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// A zeroed, line-aligned heap region of `len` bytes.
+    /// A zeroed, line-aligned heap region for `ring`'s geometry (no header contents).
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn heap(len: usize) -> Self {
+    pub(crate) fn heap(ring: &Layout) -> Self {
+        let len = ring.total_len;
         let layout = AllocLayout::from_size_align(len.max(1), LINE).expect("ring size fits Layout");
         // SAFETY: `layout` has non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let Some(base) = NonNull::new(ptr) else {
             alloc::handle_alloc_error(layout)
         };
+        #[cfg(loom)]
+        let shadow = {
+            assert!(
+                std::mem::size_of::<AtomicU64>() <= LINE
+                    && std::mem::align_of::<AtomicU64>() <= LINE
+            );
+            let mut atomics = Vec::new();
+            for r in [ring.ring_a_off, ring.ring_b_off] {
+                for off in [r + HEAD_OFF, r + TAIL_OFF] {
+                    // SAFETY: in bounds and line-aligned; the line is reserved for this index.
+                    let a = unsafe { ptr.add(off).cast::<AtomicU64>() };
+                    // SAFETY: as above; nothing has been placed there yet.
+                    unsafe { a.write(AtomicU64::new(0)) };
+                    atomics.push(a);
+                }
+            }
+            let cells = (0..len / 8)
+                .map(|_| loom::cell::UnsafeCell::new(()))
+                .collect();
+            Some((atomics, cells))
+        };
         Self {
             base,
             len,
             kind: RegionKind::Heap(layout),
+            #[cfg(loom)]
+            shadow,
         }
+    }
+
+    /// Loom's tracker for the 8 bytes at `p` (`None` outside loom models).
+    #[cfg(loom)]
+    fn tracker(&self, p: *const u8) -> &loom::cell::UnsafeCell<()> {
+        let off = p as usize - self.base.as_ptr() as usize;
+        &self
+            .shadow
+            .as_ref()
+            .expect("loom models use heap regions")
+            .1[off / 8]
     }
 
     /// Takes ownership of a mapping returned by `mmap`.
@@ -73,6 +115,8 @@ impl Region {
             base,
             len,
             kind: RegionKind::Mmap,
+            #[cfg(loom)]
+            shadow: None,
         }
     }
 
@@ -96,6 +140,13 @@ impl Drop for Region {
                 unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
             }
             RegionKind::Heap(layout) => {
+                #[cfg(loom)]
+                if let Some((atomics, _)) = self.shadow.take() {
+                    for a in atomics {
+                        // SAFETY: written in `heap`, dropped exactly once here.
+                        unsafe { a.drop_in_place() };
+                    }
+                }
                 // SAFETY: allocated in `heap` with exactly this layout; last owner.
                 unsafe { alloc::dealloc(self.base.as_ptr(), layout) };
             }
@@ -112,7 +163,9 @@ struct RingPtrs {
     slot_size: usize,
     count: u64,
     mask: u64,
-    _region: Arc<Region>,
+    /// Keeps the memory alive (and, under loom, holds the slot trackers).
+    #[cfg_attr(not(loom), allow(dead_code))]
+    region: Arc<Region>,
 }
 
 impl RingPtrs {
@@ -141,12 +194,12 @@ impl RingPtrs {
             slot_size: layout.slot_size,
             count: layout.slot_count as u64,
             mask: layout.slot_count as u64 - 1,
-            _region: region,
+            region,
         }
     }
 
     fn head(&self) -> &AtomicU64 {
-        // SAFETY: aligned, in-bounds (see `new`), kept alive by `_region`; only ever accessed
+        // SAFETY: aligned, in-bounds (see `new`), kept alive by `region`; only ever accessed
         // atomically by both processes.
         unsafe { self.head.as_ref() }
     }
@@ -255,6 +308,8 @@ impl RawProducer {
         }
         let slot = self.ring.slot(self.tail);
         let len = u32::try_from(msg.len()).expect("msg.len() <= slot_size <= u32::MAX");
+        #[cfg(loom)]
+        self.ring.region.tracker(slot).with_mut(|_| ());
         // SAFETY: slot `tail` is outside `[head, tail)`, so the consumer does not read it until
         // we publish `tail + 1` below; the slot has `slot_size >= LEN_PREFIX + msg.len()` bytes
         // and is 8-aligned (slot_size % 8 == 0, slots line-aligned). `msg` cannot overlap the
@@ -331,6 +386,8 @@ impl RawConsumer {
             }
         }
         let slot = self.ring.slot(self.head);
+        #[cfg(loom)]
+        self.ring.region.tracker(slot).with(|_| ());
         // SAFETY: slot `head` lies in `[head, tail)`: published by the producer with Release,
         // observed with Acquire, and not rewritten until we publish `head + 1`. 8-aligned.
         let len = unsafe { slot.cast::<u32>().read() } as usize;
@@ -375,15 +432,15 @@ pub(crate) fn consumer(region: &Arc<Region>, layout: &Layout, ring_off: usize) -
 #[cfg(test)]
 pub(crate) fn heap_pair(cfg: crate::RingConfig) -> (RawProducer, RawConsumer) {
     let layout = Layout::new(cfg).expect("valid test config");
-    let region = Arc::new(Region::heap(layout.total_len));
+    let region = Arc::new(Region::heap(&layout));
     halves(&region, &layout, layout.ring_a_off)
 }
 
 /// Like [`heap_pair`] but with both indices starting at `start` (to test 2^64 wrap).
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) fn heap_pair_at(cfg: crate::RingConfig, start: u64) -> (RawProducer, RawConsumer) {
     let layout = Layout::new(cfg).expect("valid test config");
-    let region = Arc::new(Region::heap(layout.total_len));
+    let region = Arc::new(Region::heap(&layout));
     {
         let ring = RingPtrs::new(region.clone(), &layout, layout.ring_a_off);
         ring.head().store(start, Ordering::Relaxed);
@@ -392,7 +449,48 @@ pub(crate) fn heap_pair_at(cfg: crate::RingConfig, start: u64) -> (RawProducer, 
     halves(&region, &layout, layout.ring_a_off)
 }
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::RingConfig;
+
+    /// Every interleaving of a 2-slot ring carrying 3 messages (so it wraps and fills):
+    /// FIFO order, intact contents, and (via slot trackers) no read/write race on a slot.
+    #[test]
+    fn publish_protocol() {
+        loom::model(|| {
+            let (mut p, mut c) = heap_pair(RingConfig {
+                slot_size: 16,
+                slot_count: 2,
+            });
+            let t = loom::thread::spawn(move || {
+                for i in 0..3u8 {
+                    loop {
+                        match p.try_push(&[i; 5]) {
+                            Ok(()) => break,
+                            Err(PushError::Full) => loom::thread::yield_now(),
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+            let mut got = 0u8;
+            while got < 3 {
+                match c.try_pop(|m| m.to_vec()) {
+                    Some(m) => {
+                        assert_eq!(m, vec![got; 5]);
+                        got += 1;
+                    }
+                    None => loom::thread::yield_now(),
+                }
+            }
+            t.join().expect("producer");
+            assert!(c.try_pop(|_| ()).is_none());
+        });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
 pub(crate) mod tests {
     use super::*;
     use crate::RingConfig;
@@ -495,7 +593,7 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_tail_marks_consumer_broken() {
         let layout = Layout::new(small()).unwrap();
-        let region = Arc::new(Region::heap(layout.total_len));
+        let region = Arc::new(Region::heap(&layout));
         let (mut p, mut c) = halves(&region, &layout, layout.ring_a_off);
         p.try_push(b"ok").unwrap();
         // A misbehaving producer jumps tail far ahead.
@@ -508,7 +606,7 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_length_marks_consumer_broken() {
         let layout = Layout::new(small()).unwrap();
-        let region = Arc::new(Region::heap(layout.total_len));
+        let region = Arc::new(Region::heap(&layout));
         let (mut p, mut c) = halves(&region, &layout, layout.ring_a_off);
         p.try_push(b"ok").unwrap();
         let slot = p.ring.slot(0);
@@ -521,7 +619,7 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_head_marks_producer_broken() {
         let layout = Layout::new(small()).unwrap();
-        let region = Arc::new(Region::heap(layout.total_len));
+        let region = Arc::new(Region::heap(&layout));
         let (mut p, c) = halves(&region, &layout, layout.ring_a_off);
         for _ in 0..4 {
             p.try_push(b"a").unwrap();
