@@ -858,6 +858,7 @@ impl Store {
             let mut manifest = Vec::new();
             let mut md5s = Md5::new();
             let mut size = 0u64;
+            let mut too_small = false;
             {
                 let pt = wtx.open_table(PARTS)?;
                 let pc = wtx.open_table(PART_CHUNKS)?;
@@ -868,7 +869,7 @@ impl Store {
                         return Err(StorageError::InvalidPart);
                     }
                     if i + 1 < parts.len() && rec.size < MIN_PART_SIZE {
-                        return Err(StorageError::EntityTooSmall);
+                        too_small = true;
                     }
                     let raw = unhex(&rec.etag)
                         .ok_or_else(|| StorageError::Corrupt("part etag".into()))?;
@@ -876,6 +877,9 @@ impl Store {
                     size += rec.size;
                     manifest.extend(get_manifest(&pc, &pk)?);
                 }
+            }
+            if too_small {
+                return Err(StorageError::EntityTooSmall);
             }
             let rec = ObjRec {
                 size,
