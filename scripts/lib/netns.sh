@@ -245,14 +245,13 @@ stop_pid() {
     kill "-$sig" "$pid" 2>/dev/null
     (
         trap - EXIT INT TERM
-        sleep "$t"
+        sleep "$t" || exit 0 # sleep killed: the process exited in time
         kill -KILL "$pid" 2>/dev/null && echo "stop_pid: $pid ignored SIG$sig for ${t}s, killed" >&2
     ) &
     killer=$!
     wait "$pid" 2>/dev/null
     rc=$?
-    pkill -P "$killer" 2>/dev/null # its sleep
-    kill "$killer" 2>/dev/null
+    pkill -P "$killer" 2>/dev/null # its sleep; the subshell then exits quietly
     wait "$killer" 2>/dev/null
     return "$rc"
 }
