@@ -67,6 +67,8 @@ pub mod field {
     pub const RING_B_OFF: usize = 32;
     /// `u64` total mapping length.
     pub const TOTAL_LEN: usize = 40;
+    /// `u32` set 0 -> 1 (atomically) by the one `attach` a ring allows.
+    pub const ATTACHED: usize = 48;
 }
 
 /// Where everything lives for one configuration.

@@ -269,13 +269,16 @@ impl AsRawFd for Consumer {
     }
 }
 
-/// Offset of the `attached` flag (u32) in the header, after the fields in `layout::field`.
-const ATTACHED_OFF: usize = 48;
-
 fn attached_flag(region: &Region) -> &AtomicU32 {
-    // SAFETY: offset 48 lies inside the 128-byte header, is 4-aligned (region is line
+    // SAFETY: offset 48 (`field::ATTACHED`) lies inside the 128-byte header, is 4-aligned (region is line
     // aligned), and both processes only access it atomically; `region` outlives the borrow.
-    unsafe { &*region.base().as_ptr().add(ATTACHED_OFF).cast::<AtomicU32>() }
+    unsafe {
+        &*region
+            .base()
+            .as_ptr()
+            .add(layout::field::ATTACHED)
+            .cast::<AtomicU32>()
+    }
 }
 
 /// Control side: creates the sealed memfd, maps and initialises it, creates the two
@@ -457,6 +460,14 @@ mod tests {
         let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
         assert!(n >= 0, "poll: {}", io::Error::last_os_error());
         n == 1 && p.revents & libc::POLLIN != 0
+    }
+
+    #[test]
+    fn halves_are_send() {
+        fn send<T: Send>() {}
+        send::<Producer>();
+        send::<Consumer>();
+        send::<Endpoint>();
     }
 
     #[test]
