@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Run every TunnelMesh test on this machine:  sudo scripts/test.sh
+#
+#   1. scripts/install-test-deps.sh          (apt/pip test dependencies; fast when present)
+#   2. cargo build --release --workspace
+#   3. cargo test --workspace --release      (cargo nextest if installed)
+#   4. every scripts/e2e/*.sh, sequentially, each under a timeout
+#
+# Ends with one line "N passed, N failed" (", N skipped" if any) where the counts are the
+# unit/integration tests reported by cargo plus one per e2e script; exit 1 if anything failed.
+#
+# Options (for development):  --no-install  --no-cargo  [E2E_NAME...] (run only those scripts)
+# Environment: CARGO_TARGET_DIR (default ./target), TM_E2E_TIMEOUT (s per script, default 240),
+#   TM_BUDGET_MIN (whole run, default 60: later e2e scripts are not started past it, and
+#   counted as failed), TM_RESULTS (log dir, default $CARGO_TARGET_DIR/test-results).
+set -u
+set -o pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO" || exit 1
+START=$SECONDS
+
+do_install=1
+do_cargo=1
+only=()
+for arg in "$@"; do
+    case $arg in
+    --no-install) do_install=0 ;;
+    --no-cargo) do_cargo=0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) only+=("${arg%.sh}") ;;
+    esac
+done
+
+# sudo resets PATH: find the Rust toolchain of root or of the invoking user.
+if ! command -v cargo >/dev/null 2>&1; then
+    for d in "$HOME/.cargo/bin" /root/.cargo/bin ${SUDO_USER:+"/home/$SUDO_USER/.cargo/bin"} /usr/local/cargo/bin; do
+        [[ -x $d/cargo ]] && { PATH=$d:$PATH; break; }
+    done
+fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+export TM_BIN_DIR=${TM_BIN_DIR:-$CARGO_TARGET_DIR/release}
+E2E_TIMEOUT=${TM_E2E_TIMEOUT:-240}
+BUDGET=$((${TM_BUDGET_MIN:-60} * 60))
+RESULTS=${TM_RESULTS:-$CARGO_TARGET_DIR/test-results}
+mkdir -p "$RESULTS"
+rm -f "$RESULTS"/*.log
+
+passed=0
+failed=0
+skipped=0
+failures=()
+
+say() { printf '==> %s\n' "$*"; }
+elapsed() { printf '%dm%02ds' $(((SECONDS - START) / 60)) $(((SECONDS - START) % 60)); }
+
+finish() {
+    echo
+    say "finished in $(elapsed)"
+    if ((${#failures[@]})); then
+        say "failed:"
+        printf '      %s\n' "${failures[@]}"
+    fi
+    if ((skipped)); then
+        echo "$passed passed, $failed failed, $skipped skipped"
+    else
+        echo "$passed passed, $failed failed"
+    fi
+    ((failed == 0)) || exit 1
+    exit 0
+}
+trap 'echo; say "interrupted"; failed=$((failed + 1)); failures+=("interrupted"); finish' INT TERM
+
+# show_tail FILE N : the end of a log, indented.
+show_tail() {
+    echo "---- last $2 lines of $1 ----"
+    tail -n "$2" "$1" | sed 's/^/    /'
+    echo "---- end of $1 ----"
+}
+
+# ---------------------------------------------------------------------------------------------
+if ((do_install)); then
+    say "install test dependencies"
+    if [[ $(id -u) -ne 0 ]]; then
+        say "not root: the e2e tests need root (sudo scripts/test.sh)"
+        failed=$((failed + 1))
+        failures+=("not running as root")
+        finish
+    fi
+    if ! timeout 1200 "$REPO/scripts/install-test-deps.sh" </dev/null >"$RESULTS/install.log" 2>&1; then
+        show_tail "$RESULTS/install.log" 40
+        failed=$((failed + 1))
+        failures+=("install-test-deps.sh (see $RESULTS/install.log)")
+        finish
+    fi
+    sed 's/^/    /' "$RESULTS/install.log"
+    hash -r
+fi
+
+# ---------------------------------------------------------------------------------------------
+if ((do_cargo)); then
+    command -v cargo >/dev/null || { failed=$((failed + 1)); failures+=("cargo not found"); finish; }
+    say "cargo build --release --workspace ($(cargo --version))"
+    if ! timeout 2400 cargo build --release --workspace </dev/null >"$RESULTS/build.log" 2>&1; then
+        show_tail "$RESULTS/build.log" 60
+        failed=$((failed + 1))
+        failures+=("cargo build --release --workspace (see $RESULTS/build.log)")
+        finish # nothing else can run without the binaries
+    fi
+    say "build ok ($(elapsed))"
+
+    if cargo nextest --version >/dev/null 2>&1; then
+        say "cargo nextest run --workspace --release"
+        timeout 2400 cargo nextest run --workspace --release --no-fail-fast </dev/null 2>&1 |
+            tee "$RESULTS/cargo-test.log"
+        rc=${PIPESTATUS[0]}
+        # "Summary [ 1.2s] 42 tests run: 41 passed, 1 failed, 0 skipped"
+        summary=$(grep -E '^ *Summary .* tests? run:' "$RESULTS/cargo-test.log" | tail -1)
+        p=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || true)
+        f=$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || true)
+        p=${p:-0} f=${f:-0}
+        # nextest does not run doctests
+        say "cargo test --doc --workspace --release"
+        timeout 1200 cargo test --doc --workspace --release </dev/null 2>&1 | tee -a "$RESULTS/cargo-test.log"
+        rc2=${PIPESTATUS[0]}
+        ((rc == 0)) && rc=$rc2
+        while read -r dp df; do p=$((p + dp)) f=$((f + df)); done < <(
+            sed -n '/Doc-tests/,$s/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1 \2/p' "$RESULTS/cargo-test.log")
+    else
+        say "cargo test --workspace --release"
+        timeout 2400 cargo test --workspace --release --no-fail-fast </dev/null 2>&1 |
+            tee "$RESULTS/cargo-test.log"
+        rc=${PIPESTATUS[0]}
+        p=0 f=0
+        while read -r dp df; do p=$((p + dp)) f=$((f + df)); done < <(
+            sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1 \2/p' "$RESULTS/cargo-test.log")
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    if ((f > 0)); then
+        failures+=("cargo test: $f failed (see $RESULTS/cargo-test.log)")
+    fi
+    if ((rc != 0 && f == 0)); then
+        # e.g. a test binary that did not compile, crashed or timed out: count it once.
+        failed=$((failed + 1))
+        failures+=("cargo test exited $rc without a failed test count (compile error/crash/timeout)")
+        grep -E '^error|panicked|SIGSEGV|SIGABRT' "$RESULTS/cargo-test.log" | head -20
+    fi
+    say "cargo tests: $p passed, $f failed, exit $rc ($(elapsed))"
+else
+    say "skipping cargo (--no-cargo); binaries from $TM_BIN_DIR"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# sweep_netns NAME : delete namespaces left by an e2e script that was killed (its pid is dead).
+sweep_netns() {
+    local ns pid p
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^tm-$1-[0-9]+-" || true); do
+        pid=${ns#tm-"$1"-}
+        pid=${pid%%-*}
+        kill -0 "$pid" 2>/dev/null && continue
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null && echo "    removed leftover namespace $ns"
+    done
+}
+
+scripts=()
+for s in "$REPO"/scripts/e2e/*.sh; do
+    name=$(basename "$s" .sh)
+    if ((${#only[@]})); then
+        keep=0
+        for o in "${only[@]}"; do [[ $o == "$name" ]] && keep=1; done
+        ((keep)) || continue
+    fi
+    scripts+=("$s")
+done
+say "e2e: ${#scripts[@]} scripts, ${E2E_TIMEOUT}s timeout each"
+
+for s in "${scripts[@]}"; do
+    name=$(basename "$s" .sh)
+    logf="$RESULTS/e2e-$name.log"
+    if ((SECONDS - START > BUDGET)); then
+        echo "    FAIL  $name (not run: time budget of $((BUDGET / 60)) min exhausted)"
+        failed=$((failed + 1))
+        failures+=("e2e $name: not run, time budget exhausted")
+        continue
+    fi
+    t0=$SECONDS
+    timeout -k 15 "$E2E_TIMEOUT" bash "$s" </dev/null >"$logf" 2>&1
+    rc=$?
+    dt=$((SECONDS - t0))
+    sweep_netns "$name"
+    case $rc in
+    0)
+        echo "    PASS  $name (${dt}s)"
+        passed=$((passed + 1))
+        ;;
+    77)
+        echo "    SKIP  $name (${dt}s): $(grep -m1 'SKIP:' "$logf" | sed 's/.*SKIP: //')"
+        skipped=$((skipped + 1))
+        ;;
+    *)
+        why="exit $rc"
+        ((rc == 124 || rc == 137)) && why="timed out after ${E2E_TIMEOUT}s"
+        echo "    FAIL  $name ($why, ${dt}s): $(grep -m1 -E 'FAIL:|timed out|watchdog' "$logf" | sed 's/^\[[^]]*\] //')"
+        show_tail "$logf" "${TM_FAIL_TAIL:-80}"
+        failed=$((failed + 1))
+        failures+=("e2e $name ($why; log $logf)")
+        ;;
+    esac
+done
+
+finish
