@@ -94,7 +94,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn exists(&self, id: &ChunkId) -> Result<bool, StorageError>;
     /// Call `f` for every stored chunk.
     fn list(&self, f: &mut dyn FnMut(ChunkId)) -> Result<(), StorageError>;
-    /// Remove leftovers of interrupted `put`s. Called by GC while no `put` is running.
+    /// Remove leftovers of interrupted `put`s (and files that are not where their name says).
+    /// Called by GC while no `put` is running.
     fn cleanup_temp(&self) -> Result<u64, StorageError> {
         Ok(0)
     }
@@ -241,9 +242,9 @@ impl ChunkStore for FsChunkStore {
     fn list(&self, f: &mut dyn FnMut(ChunkId)) -> Result<(), StorageError> {
         walk(&self.root, &mut |path, name| {
             if let Some(id) = ChunkId::from_hex(name) {
-                f(id);
-            } else {
-                let _ = path;
+                if self.path(&id) == path {
+                    f(id);
+                }
             }
             Ok(())
         })
@@ -252,7 +253,8 @@ impl ChunkStore for FsChunkStore {
     fn cleanup_temp(&self) -> Result<u64, StorageError> {
         let mut n = 0;
         walk(&self.root, &mut |path, name| {
-            if name.contains(TMP_MARK) {
+            let misplaced = ChunkId::from_hex(name).is_some_and(|id| self.path(&id) != path);
+            if name.contains(TMP_MARK) || misplaced {
                 fs::remove_file(path)?;
                 n += 1;
             }

@@ -94,10 +94,11 @@ pub(crate) fn encode_manifest(m: &[ChunkRef]) -> Vec<u8> {
 }
 
 pub(crate) fn decode_manifest(b: &[u8]) -> Result<Vec<ChunkRef>, StorageError> {
-    if b.len() % REF_BYTES != 0 {
+    let entries = b.chunks_exact(REF_BYTES);
+    if !entries.remainder().is_empty() {
         return Err(StorageError::Corrupt("manifest length".into()));
     }
-    Ok(b.chunks_exact(REF_BYTES)
+    Ok(entries
         .map(|c| {
             let mut id = [0u8; 32];
             id.copy_from_slice(&c[..32]);

@@ -287,7 +287,7 @@ fn random_id() -> Result<String, StorageError> {
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if b.len() & 1 == 1 {
         return None;
     }
     b.chunks_exact(2)

@@ -151,8 +151,10 @@ fn copy_shares_chunks_and_dedup() {
     // dedup: identical content stores no new chunk
     put(&s, "bkt1", "same", &body, 777);
     assert_eq!(chunk_files(d.path()), 6);
-    let mut meta = ObjectMeta::default();
-    meta.content_type = Some("text/plain".into());
+    let mut meta = ObjectMeta {
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
     meta.user.insert("k".into(), "v".into());
     let c = s
         .copy_object("bkt1", "a", "bkt2", "c", Some(meta.clone()))
@@ -239,8 +241,10 @@ fn multipart_etag_and_errors() {
     let d = tmp();
     let s = open_cfg(d.path(), 1 << 20, None);
     s.create_bucket("mpu").unwrap();
-    let mut meta = ObjectMeta::default();
-    meta.content_type = Some("application/x-test".into());
+    let meta = ObjectMeta {
+        content_type: Some("application/x-test".into()),
+        ..Default::default()
+    };
     let id = s.create_multipart("mpu", "big", meta.clone()).unwrap();
     let p1 = data(11, MIN_PART_SIZE as usize + 3);
     let p2 = data(12, MIN_PART_SIZE as usize);

@@ -1,0 +1,161 @@
+//! Crash safety: a child process (this test binary, re-executed) puts objects in a loop and prints
+//! each acknowledged key; we SIGKILL it at a random moment, reopen the store, and check that every
+//! acknowledged write is there intact, no partial object is visible, and GC removed the orphans.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use tm_storage::ObjectMeta;
+
+const ENV: &str = "TM_STORAGE_CRASH_CHILD";
+const CHUNK: u32 = 16 * 1024;
+
+fn body_for(key: &str, version: u64) -> Vec<u8> {
+    let seed = key.bytes().fold(version, |a, b| {
+        a.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    data(seed, (seed % 9) as usize * 9000 + (seed % 3) as usize)
+}
+
+/// Not a test on its own: does nothing unless re-executed by `kill9_never_loses_acked_writes`.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(ENV) else { return };
+    let s = open_cfg(std::path::Path::new(&dir), CHUNK, None);
+    let _ = s.create_bucket("crash");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (s, out) = (s.clone(), out.clone());
+            std::thread::spawn(move || {
+                for i in 0u64.. {
+                    let key = format!("t{t}/{i:06}");
+                    let body = body_for(&key, 0);
+                    let mut w = s
+                        .begin_put("crash", &key, ObjectMeta::default())
+                        .expect("begin");
+                    for p in body.chunks(5000) {
+                        w.write_all(p).expect("write");
+                    }
+                    w.commit().expect("commit");
+                    // an overwritten key: the version is in the metadata
+                    let ow = format!("ow{t}");
+                    let mut meta = ObjectMeta::default();
+                    meta.user.insert("v".into(), i.to_string());
+                    let mut w = s.begin_put("crash", &ow, meta).expect("begin");
+                    w.write_all(&body_for(&ow, i)).expect("write");
+                    w.commit().expect("commit");
+                    let mut o = out.lock().expect("stdout lock");
+                    writeln!(o, "ACK {key} {ow} {i}").expect("stdout");
+                    o.flush().expect("flush");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+#[test]
+fn kill9_never_loses_acked_writes() {
+    let mut seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos() as u64;
+    for round in 0..3 {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(ENV, d.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ACK ") && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // wait for some acknowledged writes, then a random extra delay
+        let mut acked = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.len() < 8 && Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                acked.push(l);
+            }
+        }
+        assert!(acked.len() >= 8, "child made no progress");
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 400));
+        child.kill().expect("kill -9"); // SIGKILL on Unix
+        child.wait().expect("wait");
+        reader.join().expect("reader");
+        acked.extend(rx.try_iter());
+
+        // plant garbage an interrupted writer could leave: an orphan chunk and a temp file
+        let orphan = d.path().join("chunks/ab/ab");
+        std::fs::create_dir_all(&orphan).expect("mkdir");
+        std::fs::write(orphan.join("ab".repeat(32)), b"orphan").expect("plant");
+        std::fs::write(orphan.join("cd".repeat(32)), b"misplaced").expect("plant");
+        std::fs::write(orphan.join(format!("{}.tmp1-2", "ab".repeat(32))), b"tmp").expect("plant");
+
+        let s = open_cfg(d.path(), CHUNK, None);
+        let mut last_ow = std::collections::HashMap::new();
+        for line in &acked {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let (key, ow, v) = (
+                parts[1],
+                parts[2],
+                parts[3].parse::<u64>().expect("version"),
+            );
+            assert_eq!(
+                get(&s, "crash", key),
+                body_for(key, 0),
+                "acked {key} (round {round})"
+            );
+            last_ow.insert(ow.to_string(), v);
+        }
+        // every visible object is complete, acked or not
+        let all = s.list_objects("crash", "", None, usize::MAX).expect("list");
+        assert!(all.len() >= acked.len());
+        for o in &all {
+            let body = get(&s, "crash", &o.key);
+            if o.key.starts_with("ow") {
+                let v: u64 = o.meta.user["v"].parse().expect("v");
+                assert!(v >= last_ow[&o.key], "{} went back to version {v}", o.key);
+                assert_eq!(body, body_for(&o.key, v), "{} v{v}", o.key);
+            } else {
+                assert_eq!(body, body_for(&o.key, 0), "partial object {}", o.key);
+            }
+            assert_eq!(o.etag, md5_hex(&body));
+        }
+        let r = s.fsck().expect("fsck");
+        assert_eq!(r.orphan_chunks, 0, "GC at open removed orphans: {r:?}");
+        assert_healthy(&s);
+        assert_eq!(
+            chunk_files(d.path()) as u64,
+            r.chunks_referenced,
+            "no temp files left"
+        );
+        let u = s.usage("crash").expect("usage");
+        assert_eq!(u.objects, all.len() as u64);
+        eprintln!(
+            "round {round}: {} acked, {} visible",
+            acked.len(),
+            all.len()
+        );
+    }
+}
