@@ -245,7 +245,8 @@ stop_pid() {
     kill "-$sig" "$pid" 2>/dev/null
     (
         trap - EXIT INT TERM
-        sleep "$t" || exit 0 # sleep killed: the process exited in time
+        sleep "$t" &
+        wait $! || exit 0 # sleep killed: the process exited in time
         kill -KILL "$pid" 2>/dev/null && echo "stop_pid: $pid ignored SIG$sig for ${t}s, killed" >&2
     ) &
     killer=$!

@@ -32,8 +32,9 @@ require_tm_binaries() {
 }
 
 require_wg() {
-    command -v wireguard-go >/dev/null && command -v wg >/dev/null ||
+    if ! command -v wireguard-go >/dev/null || ! command -v wg >/dev/null; then
         fail "wireguard-go/wg missing (run scripts/install-test-deps.sh)"
+    fi
 }
 
 # node_new NAME KIND(tm|wg) INDEX [NS] : declare an endpoint; creates its key pair.
