@@ -3,7 +3,7 @@
 //! A chunk is an immutable byte string named by its BLAKE3 hash ([`ChunkId`]). Backends only store
 //! and fetch bytes; reference counting, pinning and garbage collection live in the engine.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
@@ -289,4 +289,50 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// In-memory backend for tests and fakes (not durable).
+#[derive(Default)]
+pub struct MemChunkStore {
+    chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
+}
+
+impl MemChunkStore {
+    /// Empty store.
+    pub fn new() -> MemChunkStore {
+        MemChunkStore::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, Vec<u8>>> {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ChunkStore for MemChunkStore {
+    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StorageError> {
+        self.map().entry(*id).or_insert_with(|| data.to_vec());
+        Ok(())
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StorageError> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StorageError::Corrupt(format!("{id:?} missing")))
+    }
+
+    fn delete(&self, id: &ChunkId) -> Result<(), StorageError> {
+        self.map().remove(id);
+        Ok(())
+    }
+
+    fn exists(&self, id: &ChunkId) -> Result<bool, StorageError> {
+        Ok(self.map().contains_key(id))
+    }
+
+    fn list(&self, f: &mut dyn FnMut(ChunkId)) -> Result<(), StorageError> {
+        let ids: Vec<ChunkId> = self.map().keys().copied().collect();
+        ids.into_iter().for_each(f);
+        Ok(())
+    }
 }

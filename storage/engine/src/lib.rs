@@ -37,8 +37,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-pub use chunk::{ChunkId, ChunkStore, FsChunkStore};
+pub use chunk::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use error::StorageError;
+pub use meta::INLINE_MAX;
 pub use reader::{ObjectReader, RangeReader};
 pub use store::Store;
 pub use writer::PutWriter;
@@ -61,7 +62,7 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Global cap on the sum of all object sizes (logical bytes), if any.
     pub max_size: Option<u64>,
-    /// Chunk size in bytes (0 means [`DEFAULT_CHUNK_SIZE`]). Changing it for an existing store is
+    /// Chunk size in bytes (0 means [`DEFAULT_CHUNK_SIZE`]; at most 1 GiB). Changing it for an existing store is
     /// allowed: manifests record each chunk's length.
     pub chunk_size: u32,
 }
@@ -163,6 +164,15 @@ pub struct GcStats {
     pub temp_deleted: u64,
 }
 
+/// Group-commit counters since open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Metadata write transactions committed (one fsync each).
+    pub transactions: u64,
+    /// Operations carried by them.
+    pub operations: u64,
+}
+
 /// Consistency report from [`Store::fsck`]; all problem counters are 0 on a healthy store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsckReport {
@@ -170,6 +180,8 @@ pub struct FsckReport {
     pub objects: u64,
     /// Distinct chunks referenced by objects and parts.
     pub chunks_referenced: u64,
+    /// Referenced chunks present in the chunk backend (the rest are inline in the metadata).
+    pub chunks_in_backend: u64,
     /// Referenced chunks missing from the backend.
     pub missing_chunks: u64,
     /// Chunks whose stored refcount differs from the number of manifest references.

@@ -1,5 +1,6 @@
 //! [`ObjectReader`]: random and sequential reads of one pinned object version.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ struct Inner {
     manifest: Vec<ChunkRef>,
     /// Start offset of each chunk.
     starts: Vec<u64>,
+    /// Bytes of inline chunks, by manifest index.
+    inline: HashMap<usize, Vec<u8>>,
     pins: Pins,
 }
 
@@ -32,7 +35,12 @@ impl std::fmt::Debug for ObjectReader {
 }
 
 impl ObjectReader {
-    pub(crate) fn new(info: ObjectInfo, manifest: Vec<ChunkRef>, pins: Pins) -> ObjectReader {
+    pub(crate) fn new(
+        info: ObjectInfo,
+        manifest: Vec<ChunkRef>,
+        inline: HashMap<usize, Vec<u8>>,
+        pins: Pins,
+    ) -> ObjectReader {
         let mut starts = Vec::with_capacity(manifest.len());
         let mut acc = 0u64;
         for c in &manifest {
@@ -44,6 +52,7 @@ impl ObjectReader {
             inner: Arc::new(Inner {
                 manifest,
                 starts,
+                inline,
                 pins,
             }),
         }
@@ -77,7 +86,15 @@ impl ObjectReader {
             let c = self.inner.manifest[i];
             let within = pos - self.inner.starts[i];
             let want = (buf.len() - done).min((u64::from(c.len) - within) as usize);
-            let n = chunks.read_at(&c.id, within, &mut buf[done..done + want])?;
+            let n = match self.inner.inline.get(&i) {
+                Some(d) => {
+                    let w = within as usize;
+                    let n = want.min(d.len().saturating_sub(w));
+                    buf[done..done + n].copy_from_slice(&d[w..w + n]);
+                    n
+                }
+                None => chunks.read_at(&c.id, within, &mut buf[done..done + want])?,
+            };
             if n != want {
                 return Err(StorageError::Corrupt(format!("{:?} truncated", c.id)));
             }
@@ -135,14 +152,17 @@ impl Read for RangeReader {
         let i = self.obj.chunk_at(self.pos);
         if self.cur.as_ref().is_none_or(|(ci, _)| *ci != i) {
             let c = self.obj.inner.manifest[i];
-            let data = self
-                .obj
-                .inner
-                .pins
-                .shared
-                .chunks
-                .get(&c.id)
-                .map_err(std::io::Error::other)?;
+            let data = match self.obj.inner.inline.get(&i) {
+                Some(d) => d.clone(),
+                None => self
+                    .obj
+                    .inner
+                    .pins
+                    .shared
+                    .chunks
+                    .get(&c.id)
+                    .map_err(std::io::Error::other)?,
+            };
             if data.len() != c.len as usize {
                 return Err(std::io::Error::other(StorageError::Corrupt(format!(
                     "{:?} length",

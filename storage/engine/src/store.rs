@@ -26,9 +26,9 @@ use crate::meta::*;
 use crate::reader::ObjectReader;
 use crate::writer::{PutWriter, Target};
 use crate::{
-    check_key, valid_bucket_name, BucketInfo, FsckReport, GcStats, ObjectInfo, ObjectMeta,
-    PartInfo, StorageError, StoreConfig, UploadInfo, Usage, DEFAULT_CHUNK_SIZE, MAX_PART_NUMBER,
-    MIN_PART_SIZE, SYSTEM_BUCKET,
+    check_key, valid_bucket_name, BucketInfo, CommitStats, FsckReport, GcStats, ObjectInfo,
+    ObjectMeta, PartInfo, StorageError, StoreConfig, UploadInfo, Usage, DEFAULT_CHUNK_SIZE,
+    MAX_PART_NUMBER, MIN_PART_SIZE, SYSTEM_BUCKET,
 };
 
 /// Most jobs folded into one metadata transaction.
@@ -92,7 +92,11 @@ impl Pins {
         self.shared.pin(id);
         self.ids.push(id);
         self.shared.chunks.put(&id, data)?;
-        Ok(ChunkRef { id, len })
+        Ok(ChunkRef {
+            id,
+            len,
+            inline: false,
+        })
     }
 }
 
@@ -116,6 +120,7 @@ struct Inner {
     shared: Arc<Shared>,
     max_size: Option<u64>,
     freed: Arc<Mutex<Vec<ChunkId>>>,
+    commit_stats: Arc<Mutex<CommitStats>>,
     jobs: Option<Sender<Job>>,
     committer: Option<JoinHandle<()>>,
     stop_reclaim: Option<Sender<()>>,
@@ -154,7 +159,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn committer(db: Arc<Database>, rx: Receiver<Job>, freed_q: Arc<Mutex<Vec<ChunkId>>>) {
+fn committer(
+    db: Arc<Database>,
+    rx: Receiver<Job>,
+    freed_q: Arc<Mutex<Vec<ChunkId>>>,
+    stats: Arc<Mutex<CommitStats>>,
+) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -206,6 +216,11 @@ fn committer(db: Arc<Database>, rx: Receiver<Job>, freed_q: Arc<Mutex<Vec<ChunkI
         match result {
             Ok(()) => {
                 lock(&freed_q).extend(freed);
+                {
+                    let mut st = lock(&stats);
+                    st.transactions += 1;
+                    st.operations += done.len() as u64;
+                }
                 for c in done {
                     c(Ok(()));
                 }
@@ -321,6 +336,9 @@ impl Store {
 
     /// Like [`Store::open`] with another chunk backend (metadata still lives in `data_dir`).
     pub fn open_with(cfg: StoreConfig, chunks: Arc<dyn ChunkStore>) -> Result<Store, StorageError> {
+        if cfg.chunk_size > 1 << 30 {
+            return Err(StorageError::Unsupported("chunk_size above 1 GiB"));
+        }
         std::fs::create_dir_all(&cfg.data_dir)?;
         let db = Arc::new(Database::create(cfg.data_dir.join("meta.redb"))?);
         {
@@ -335,6 +353,7 @@ impl Store {
                 wtx.open_table(PART_CHUNKS)?;
                 wtx.open_table(CREDS)?;
                 wtx.open_table(STATS)?;
+                wtx.open_table(CHUNK_DATA)?;
                 if get_json::<BucketRec, _>(&buckets, SYSTEM_BUCKET)?.is_none() {
                     let rec = BucketRec {
                         created: now_nanos(),
@@ -360,12 +379,14 @@ impl Store {
         });
         let freed = Arc::new(Mutex::new(Vec::new()));
         let (jobs, rx) = mpsc::channel();
+        let commit_stats = Arc::new(Mutex::new(CommitStats::default()));
         let committer = {
             let db = db.clone();
             let freed = freed.clone();
+            let stats = commit_stats.clone();
             std::thread::Builder::new()
                 .name("tm-storage-commit".into())
-                .spawn(move || committer(db, rx, freed))?
+                .spawn(move || committer(db, rx, freed, stats))?
         };
         let (stop_reclaim, stop_rx) = mpsc::channel();
         let reclaimer = {
@@ -380,6 +401,7 @@ impl Store {
                 shared,
                 max_size: cfg.max_size,
                 freed,
+                commit_stats,
                 jobs: Some(jobs),
                 committer: Some(committer),
                 stop_reclaim: Some(stop_reclaim),
@@ -553,11 +575,13 @@ impl Store {
         let old = get_json::<ObjRec, _>(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?
             .map_or(0, |o| o.size);
         let total = stat(&rtx.open_table(STATS)?, "bytes")?;
-        let lim_b = b.quota.map(|q| q.saturating_sub(b.bytes - old).max(old));
+        let lim_b = b
+            .quota
+            .map(|q| q.saturating_sub(b.bytes.saturating_sub(old)).max(old));
         let lim_g = self
             .inner
             .max_size
-            .map(|m| m.saturating_sub(total - old).max(old));
+            .map(|m| m.saturating_sub(total.saturating_sub(old)).max(old));
         Ok(match (lim_b, lim_g) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -591,11 +615,21 @@ impl Store {
         key: String,
         rec: ObjRec,
         manifest: Vec<ChunkRef>,
+        inline: Option<Vec<u8>>,
     ) -> Result<ObjectInfo, StorageError> {
         let max_size = self.inner.max_size;
         let _g = self.inner.shared.read_guard();
         self.txn(move |wtx, freed| {
-            install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest)
+            install_object(
+                wtx,
+                freed,
+                max_size,
+                &bucket,
+                &key,
+                &rec,
+                &manifest,
+                inline.as_deref(),
+            )
         })
     }
 
@@ -664,6 +698,16 @@ impl Store {
                 rec.size
             )));
         }
+        let mut inline = HashMap::new();
+        if manifest.iter().any(|c| c.inline) {
+            let data = rtx.open_table(CHUNK_DATA)?;
+            for (i, c) in manifest.iter().enumerate().filter(|(_, c)| c.inline) {
+                let v = data.get(c.id.0.as_slice())?.ok_or_else(|| {
+                    StorageError::Corrupt(format!("{:?} inline data missing", c.id))
+                })?;
+                inline.insert(i, v.value().to_vec());
+            }
+        }
         for c in &manifest {
             shared.pin(c.id);
         }
@@ -671,7 +715,7 @@ impl Store {
             shared: shared.clone(),
             ids: manifest.iter().map(|c| c.id).collect(),
         };
-        Ok(ObjectReader::new(rec.info(key), manifest, pins))
+        Ok(ObjectReader::new(rec.info(key), manifest, inline, pins))
     }
 
     /// Delete an object; deleting a missing key succeeds.
@@ -716,7 +760,7 @@ impl Store {
                 modified: now_nanos(),
                 meta: meta.unwrap_or(src.meta),
             };
-            install_object(wtx, freed, max_size, &db, &dk, &rec, &manifest)
+            install_object(wtx, freed, max_size, &db, &dk, &rec, &manifest, None)
         })
     }
 
@@ -887,7 +931,7 @@ impl Store {
                 modified: now_nanos(),
                 meta: upload.meta,
             };
-            let info = install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest)?;
+            let info = install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest, None)?;
             remove_upload(wtx, freed, &upload_id)?;
             Ok(info)
         })
@@ -1120,7 +1164,7 @@ impl Store {
                         return Err(StorageError::Conflict);
                     }
                 }
-                install_object(wtx, freed, max_size, &b, &k, &rec, &manifest)
+                install_object(wtx, freed, max_size, &b, &k, &rec, &manifest, None)
             });
             drop(_g);
             drop(pins);
@@ -1162,6 +1206,11 @@ impl Store {
         st.temp_deleted = sh.chunks.cleanup_temp()?;
         lock(&self.inner.freed).extend(requeue);
         Ok(st)
+    }
+
+    /// Group-commit counters (operations per transaction shows the batching).
+    pub fn commit_stats(&self) -> CommitStats {
+        *lock(&self.inner.commit_stats)
     }
 
     /// Delete queued freed chunks now (the background reclaimer does this every 200 ms).
@@ -1224,7 +1273,20 @@ impl Store {
         sh.chunks.list(&mut |id| {
             stored.insert(id);
         })?;
-        rep.missing_chunks = counts.keys().filter(|id| !stored.contains(id)).count() as u64;
+        let mut inline_ids = HashSet::new();
+        for e in rtx.open_table(CHUNK_DATA)?.iter()? {
+            let (k, _) = e?;
+            let mut id = [0u8; 32];
+            if k.value().len() == 32 {
+                id.copy_from_slice(k.value());
+                inline_ids.insert(ChunkId(id));
+            }
+        }
+        rep.chunks_in_backend = counts.keys().filter(|id| stored.contains(id)).count() as u64;
+        rep.missing_chunks = counts
+            .keys()
+            .filter(|id| !stored.contains(id) && !inline_ids.contains(id))
+            .count() as u64;
         rep.orphan_chunks = stored.iter().filter(|id| !counts.contains_key(id)).count() as u64;
         let (mut tb, mut to) = (0, 0);
         for e in rtx.open_table(BUCKETS)?.iter()? {

@@ -3,7 +3,8 @@
 use md5::{Digest, Md5};
 
 use crate::chunk::hex;
-use crate::meta::{now_nanos, ChunkRef, ObjRec, PartRec};
+use crate::chunk::ChunkId;
+use crate::meta::{now_nanos, ChunkRef, ObjRec, PartRec, INLINE_MAX};
 use crate::store::{Pins, Store};
 use crate::{ObjectInfo, ObjectMeta, StorageError};
 
@@ -108,7 +109,20 @@ impl PutWriter {
         if self.poisoned {
             return Err(StorageError::Unsupported("commit after error"));
         }
-        if !self.buf.is_empty() {
+        let small = self.manifest.is_empty()
+            && !self.buf.is_empty()
+            && self.buf.len() <= INLINE_MAX
+            && matches!(self.target, Target::Object { .. });
+        let mut inline = None;
+        if small {
+            let data = std::mem::take(&mut self.buf);
+            self.manifest.push(ChunkRef {
+                id: ChunkId::of(&data),
+                len: u32::try_from(data.len()).expect("inline chunk is small"),
+                inline: true,
+            });
+            inline = Some(data);
+        } else if !self.buf.is_empty() {
             let c = self.pins.put_chunk(&self.buf)?;
             self.manifest.push(c);
             self.buf = Vec::new();
@@ -133,7 +147,7 @@ impl PutWriter {
                     modified,
                     meta,
                 };
-                self.store.commit_object(bucket, key, rec, manifest)
+                self.store.commit_object(bucket, key, rec, manifest, inline)
             }
             Target::Part {
                 bucket,

@@ -354,7 +354,7 @@ fn multipart_etag_and_errors() {
     s.gc().unwrap();
     let r = s.fsck().unwrap();
     assert_eq!(r.orphan_chunks, 0);
-    assert_eq!(chunk_files(d.path()) as u64, r.chunks_referenced);
+    assert_eq!(chunk_files(d.path()) as u64, r.chunks_in_backend);
     assert_healthy(&s);
 }
 
@@ -495,6 +495,12 @@ fn concurrent_puts() {
             objects: 321
         }
     );
+    let cs = s.commit_stats();
+    assert!(
+        cs.operations >= 640 && cs.transactions <= cs.operations,
+        "{cs:?}"
+    );
+    eprintln!("group commit: {cs:?}");
     s.gc().unwrap();
     assert_healthy(&s);
     assert_eq!(s.fsck().unwrap().orphan_chunks, 0);
@@ -655,5 +661,60 @@ fn write_at_and_truncate_match_a_model() {
         s.usage("nfs").unwrap().bytes,
         model.len() as u64 + m.len() as u64
     );
+    assert_healthy(&s);
+}
+
+#[test]
+fn memory_backend_and_send_sync() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    fn assert_send<T: Send + 'static>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<tm_storage::ObjectReader>();
+    assert_send::<tm_storage::PutWriter>();
+    assert_send::<tm_storage::RangeReader>();
+    let d = tmp();
+    let mem = std::sync::Arc::new(tm_storage::MemChunkStore::new());
+    let cfg = tm_storage::StoreConfig {
+        chunk_size: 1000,
+        ..tm_storage::StoreConfig::new(d.path())
+    };
+    let s = Store::open_with(cfg, mem.clone()).unwrap();
+    s.create_bucket("mem").unwrap();
+    let body = data(4, 4321);
+    put(&s, "mem", "k", &body, 300);
+    assert_eq!(get(&s, "mem", "k"), body);
+    let mut n = 0;
+    tm_storage::ChunkStore::list(&*mem, &mut |_| n += 1).unwrap();
+    assert_eq!(n, 5);
+    s.delete_object("mem", "k").unwrap();
+    s.gc().unwrap();
+    let mut n = 0;
+    tm_storage::ChunkStore::list(&*mem, &mut |_| n += 1).unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn small_objects_are_inline_and_refcounted() {
+    let d = tmp();
+    {
+        let s = open_cfg(d.path(), 1 << 20, None);
+        s.create_bucket("inl").unwrap();
+        let body = data(8, tm_storage::INLINE_MAX);
+        put(&s, "inl", "a", &body, 1000);
+        assert_eq!(chunk_files(d.path()), 0, "inline: no chunk file");
+        s.copy_object("inl", "a", "inl", "b", None).unwrap();
+        s.delete_object("inl", "a").unwrap();
+        assert_eq!(get(&s, "inl", "b"), body);
+        put(&s, "inl", "big", &data(8, tm_storage::INLINE_MAX + 1), 1000);
+        assert_eq!(chunk_files(d.path()), 1);
+        assert_healthy(&s);
+    }
+    let s = open_cfg(d.path(), 1 << 20, None);
+    assert_eq!(get(&s, "inl", "b"), data(8, tm_storage::INLINE_MAX));
+    let r = s.open_object("inl", "b").unwrap();
+    s.delete_object("inl", "b").unwrap();
+    let mut buf = [0u8; 10];
+    assert_eq!(r.read_at(5, &mut buf).unwrap(), 10);
+    assert_eq!(&buf, &data(8, tm_storage::INLINE_MAX)[5..15]);
     assert_healthy(&s);
 }

@@ -147,7 +147,7 @@ fn kill9_never_loses_acked_writes() {
         assert_healthy(&s);
         assert_eq!(
             chunk_files(d.path()) as u64,
-            r.chunks_referenced,
+            r.chunks_in_backend,
             "no temp files left"
         );
         let u = s.usage("crash").expect("usage");
