@@ -279,7 +279,7 @@ fn ud(kind: u64, idx: u64) -> u64 {
 
 /// Consecutive failures of one receive op after which `run` gives up (the fd is broken;
 /// spinning on it forever would burn a core).
-const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
+pub const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
 
 /// The event loop. Not `Send`: create it on the thread that runs it.
 pub struct EventLoop<'a> {
