@@ -1,0 +1,300 @@
+//! The HTTP front layer: accepts connections, authenticates each ORIGINAL request, rewrites it for
+//! s3s (strips `/s3`, credentials and aws-chunked framing, inserts the [`Principal`]), and answers
+//! authentication failures as S3 error XML.
+//!
+//! Flow per request: 1. size checks 2. parse claim 3. look up secret (blocking pool)
+//! 4. verify 5. rewrite URI/headers, wrap body 6. s3s.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyDataStream, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use tm_storage::Store;
+
+use crate::auth::{self, BodyMode, ReqView};
+use crate::body::{self, BodyStream, StdError};
+use crate::error::{aws_error, Error};
+use crate::service::TmS3;
+use crate::{Principal, S3Config};
+
+/// Largest accepted request header section (all names and values), in bytes.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Largest accepted total size of `x-amz-meta-*` headers (as S3).
+const MAX_USER_META_BYTES: usize = 2 * 1024;
+/// How long shutdown waits for in-flight connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Front {
+    s3: S3Service,
+    store: Store,
+    cfg: S3Config,
+    now: fn() -> SystemTime,
+}
+
+/// Like [`crate::serve`], with an injected clock (tests use it to check skew handling).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    cfg: S3Config,
+    shutdown: impl Future<Output = ()>,
+    now: fn() -> SystemTime,
+) -> io::Result<()> {
+    let mut b = S3ServiceBuilder::new(TmS3::new(store.clone()));
+    b.set_validation(crate::service::Names);
+    let front = Arc::new(Front {
+        s3: b.build(),
+        store,
+        cfg,
+        now,
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            res = listener.accept() => {
+                let (stream, _) = match res {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "s3 accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let f = front.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let f = f.clone();
+                    async move { Ok::<_, Infallible>(f.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(128 * 1024)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(error = %e, "s3 connection ended with error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    Ok(())
+}
+
+fn error_response(err: Error, path: &str) -> Response<s3s::Body> {
+    let e = aws_error(err, path);
+    match e.to_http_response() {
+        Ok(r) => r,
+        Err(_) => {
+            let mut r = Response::new(s3s::Body::from("internal error".to_owned()));
+            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    }
+}
+
+fn header_u64(h: &http::HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Removes the `/s3` mount prefix. A bucket can never be named `s3` (names have >= 3 chars).
+fn strip_prefix(path: &str) -> &str {
+    match path.strip_prefix("/s3") {
+        Some("") => "/",
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
+    }
+}
+
+/// The query without presign parameters (kept raw).
+fn strip_presign(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|p| {
+            let name = p.split_once('=').map_or(*p, |(k, _)| k);
+            !auth::PRESIGN_PARAMS.contains(&name)
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Front {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<s3s::Body> {
+        let path = req.uri().path().to_owned();
+        match self.prepare(req).await {
+            Ok(req) => match self.s3.call(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "s3s failed");
+                    let mut r = Response::new(s3s::Body::from("internal error".to_owned()));
+                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, %path, "s3 request refused");
+                error_response(e, &path)
+            }
+        }
+    }
+
+    async fn prepare(&self, req: Request<Incoming>) -> Result<Request<s3s::Body>, Error> {
+        let (mut parts, incoming) = req.into_parts();
+
+        // 1. size checks
+        let header_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return Err(Error::HeadersTooLarge);
+        }
+        let meta_bytes: usize = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-amz-meta-"))
+            .map(|(k, v)| k.as_str().len() - "x-amz-meta-".len() + v.len())
+            .sum();
+        if meta_bytes > MAX_USER_META_BYTES {
+            return Err(Error::HeadersTooLarge);
+        }
+        let max = self.cfg.max_body;
+        let declared = header_u64(&parts.headers, "x-amz-decoded-content-length")
+            .or_else(|| header_u64(&parts.headers, "content-length"));
+        if declared.is_some_and(|n| n > max) {
+            return Err(Error::EntityTooLarge);
+        }
+
+        // 2.-4. authenticate the original request
+        let view = ReqView {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        };
+        let claim = auth::parse(&view)?.ok_or(Error::MissingAuth)?;
+        let cred = match claim.access_key() {
+            Some(ak) => {
+                let store = self.store.clone();
+                let ak = ak.to_owned();
+                tokio::task::spawn_blocking(move || store.credential(&ak))
+                    .await
+                    .map_err(|e| {
+                        Error::Storage(tm_storage::StorageError::Io(io::Error::other(e)))
+                    })??
+            }
+            None => None,
+        };
+        let verified = auth::verify(
+            &claim,
+            cred,
+            self.cfg.mesh_token.as_deref(),
+            &view,
+            (self.now)(),
+        )?;
+
+        // 5. rewrite for s3s
+        let path = strip_prefix(parts.uri.path()).to_owned();
+        let query = parts
+            .uri
+            .query()
+            .map(strip_presign)
+            .filter(|q| !q.is_empty());
+        let pq = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        parts.uri = Uri::builder()
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Error::MalformedAuth("bad request URI".into()))?;
+
+        let chunked_encoding = parts
+            .headers
+            .get_all("content-encoding")
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.contains("aws-chunked")));
+        let decoded_len = header_u64(&parts.headers, "x-amz-decoded-content-length");
+        let raw: BodyStream =
+            Box::pin(BodyDataStream::new(incoming).map_err(|e| -> StdError { Box::new(e) }));
+        let stream = match verified.body {
+            BodyMode::Plain if chunked_encoding => body::aws_chunked(raw, None, false, decoded_len),
+            BodyMode::Plain => raw,
+            BodyMode::Sha256(h) => body::sha256_verified(raw, h),
+            BodyMode::Chunked { signer, trailer } => {
+                body::aws_chunked(raw, signer, trailer, decoded_len)
+            }
+        };
+        let is_chunked = chunked_encoding
+            || matches!(parts.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()),
+                        Some(v) if v.starts_with("STREAMING-"));
+        let stream = body::limited(stream, max);
+
+        let h = &mut parts.headers;
+        h.remove("authorization");
+        h.remove("x-amz-content-sha256");
+        h.remove("x-amz-trailer");
+        if is_chunked {
+            h.remove("transfer-encoding");
+            match decoded_len {
+                Some(n) => {
+                    h.insert("content-length", HeaderValue::from(n));
+                }
+                None => {
+                    h.remove("content-length");
+                }
+            }
+            h.remove("x-amz-decoded-content-length");
+            let rest: Vec<String> = h
+                .get_all("content-encoding")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && *v != "aws-chunked")
+                .map(str::to_owned)
+                .collect();
+            h.remove("content-encoding");
+            if !rest.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&rest.join(",")) {
+                    h.insert("content-encoding", v);
+                }
+            }
+        }
+        parts.extensions.insert(Principal(verified.principal));
+        let body =
+            s3s::Body::http_body_unsync(StreamBody::new(stream.map_ok(Frame::<Bytes>::data)));
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_and_presign_stripping() {
+        assert_eq!(strip_prefix("/s3"), "/");
+        assert_eq!(strip_prefix("/s3/"), "/");
+        assert_eq!(strip_prefix("/s3/b/k"), "/b/k");
+        assert_eq!(strip_prefix("/s3bucket/k"), "/s3bucket/k");
+        assert_eq!(strip_prefix("/b/k"), "/b/k");
+        assert_eq!(
+            strip_presign("X-Amz-Algorithm=A&uploads&X-Amz-Signature=x&list-type=2"),
+            "uploads&list-type=2"
+        );
+    }
+}
