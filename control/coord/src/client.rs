@@ -1,0 +1,353 @@
+//! The joining node's side: TLS pinned to the CA named by the join token, registration, and
+//! mTLS calls with the issued certificate afterwards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
+    SignatureScheme,
+};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tm_noise::PrivateKey;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::wire::{Challenge, EndpointsUpdate, ErrorBody, Netmap, RegisterRequest, Registration};
+use crate::{http, make_csr, proof, Error, JoinToken, NodeIdentity, COORDINATOR_SERVER_NAME};
+
+/// Why the pinned verifier refused a coordinator certificate.
+#[derive(Debug)]
+struct PinMismatch(String);
+
+impl core::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "coordinator certificate does not match the join token: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+fn mismatch(why: impl Into<String>) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PinMismatch(
+        why.into(),
+    )))))
+}
+
+/// Accepts a server chain only if it contains the CA whose SHA-256 the token pins and the
+/// leaf verifies (WebPKI, name `coordinator.mesh`) with that CA as the only trust anchor.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| <[u8; 32]>::from(Sha256::digest(c.as_ref())) == self.pin)
+            .ok_or_else(|| mismatch("the pinned CA is not in the chain"))?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| mismatch(format!("pinned CA unusable: {e}")))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| mismatch(format!("pinned CA unusable: {e}")))?;
+        inner
+            .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+            .map_err(|e| mismatch(format!("leaf does not verify against the pinned CA: {e}")))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn map_connect_error(e: std::io::Error) -> Error {
+    if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) =
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+    {
+        if o.0.downcast_ref::<PinMismatch>().is_some() {
+            return Error::CoordinatorCertMismatch;
+        }
+    }
+    Error::Tls(format!("handshake with coordinator: {e}"))
+}
+
+/// Builds the registration body (pure: the caller supplies the challenge and the CSR).
+pub fn build_register_request(
+    challenge: &Challenge,
+    node_key: &PrivateKey,
+    name: &str,
+    csr_pem: String,
+    csr_der: &[u8],
+    endpoints: &[SocketAddr],
+    token: &JoinToken,
+) -> Result<RegisterRequest, Error> {
+    let public_key = node_key.public_key();
+    Ok(RegisterRequest {
+        name: name.to_owned(),
+        public_key,
+        nonce: challenge.nonce,
+        proof: proof::node_proof(
+            node_key,
+            &challenge.coordinator_static,
+            &challenge.nonce,
+            name,
+            csr_der,
+        )?,
+        token_secret_mac: proof::token_mac(&token.secret, &challenge.nonce, &public_key),
+        csr: csr_pem,
+        endpoints: endpoints.to_vec(),
+    })
+}
+
+/// A client of one coordinator.
+#[derive(Debug)]
+pub struct JoinClient {
+    addr: String,
+    token: JoinToken,
+    anon: Arc<ClientConfig>,
+    authed: Option<Arc<ClientConfig>>,
+    identity: Option<NodeIdentity>,
+    timeout: Duration,
+}
+
+impl JoinClient {
+    /// A client for the coordinator at `addr` (`HOST:PORT`), authenticated by `token`.
+    /// No network traffic until the first call.
+    pub fn new(addr: impl Into<String>, token: JoinToken) -> Result<Self, Error> {
+        let anon = Self::config(&token, None)?;
+        Ok(Self {
+            addr: addr.into(),
+            token,
+            anon,
+            authed: None,
+            identity: None,
+            timeout: Duration::from_secs(40),
+        })
+    }
+
+    /// A client that already holds a registered identity (after a restart).
+    pub fn with_identity(
+        addr: impl Into<String>,
+        token: JoinToken,
+        identity: NodeIdentity,
+    ) -> Result<Self, Error> {
+        let mut c = Self::new(addr, token)?;
+        c.set_identity(identity)?;
+        Ok(c)
+    }
+
+    /// Per-request time limit (default 40 s: longer than the server's 25 s long poll).
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.timeout = t;
+    }
+
+    /// The mTLS identity, once registered.
+    pub fn identity(&self) -> Option<&NodeIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// Installs an mTLS identity for the authenticated calls.
+    pub fn set_identity(&mut self, identity: NodeIdentity) -> Result<(), Error> {
+        self.authed = Some(Self::config(&self.token, Some(&identity))?);
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    fn config(token: &JoinToken, id: Option<&NodeIdentity>) -> Result<Arc<ClientConfig>, Error> {
+        let provider = crate::provider();
+        let b = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                pin: token.ca_sha256,
+                provider,
+            }));
+        let cfg = match id {
+            None => b.with_no_client_auth(),
+            Some(id) => {
+                let cert = CertificateDer::from_pem_slice(id.cert_pem.as_bytes())
+                    .map_err(|e| Error::Cert(format!("node certificate PEM: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
+                    .map_err(|e| Error::Cert(format!("node key PEM: {e}")))?;
+                b.with_client_auth_cert(vec![cert], key)
+                    .map_err(|e| Error::Tls(format!("client certificate: {e}")))?
+            }
+        };
+        Ok(Arc::new(cfg))
+    }
+
+    /// Low-level: one HTTPS request; `authenticated` presents the client certificate.
+    /// Returns the status and body whatever the status.
+    pub async fn request_raw(
+        &self,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        authenticated: bool,
+    ) -> Result<(u16, Vec<u8>), Error> {
+        let cfg = if authenticated {
+            self.authed.clone().ok_or(Error::NotRegistered)?
+        } else {
+            self.anon.clone()
+        };
+        let fut = async {
+            let tcp = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| Error::io(format!("connect to {}", self.addr), e))?;
+            let name = ServerName::try_from(COORDINATOR_SERVER_NAME)
+                .expect("the constant server name is valid");
+            let mut tls = TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(map_connect_error)?;
+            http::roundtrip(&mut tls, method, target, body).await
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout("coordinator request"))?
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        authenticated: bool,
+    ) -> Result<T, Error> {
+        let (status, body) = self
+            .request_raw(method, target, body, authenticated)
+            .await?;
+        if status != 200 {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(Error::Refused { status, message });
+        }
+        serde_json::from_slice(&body).map_err(|e| Error::BadResponse(e.to_string()))
+    }
+
+    /// `GET /v1/challenge`.
+    pub async fn challenge(&self) -> Result<Challenge, Error> {
+        self.call("GET", "/v1/challenge", b"", false).await
+    }
+
+    /// `POST /v1/register` with a prepared body.
+    pub async fn register_request(&self, req: &RegisterRequest) -> Result<Registration, Error> {
+        let body = serde_json::to_vec(req).expect("wire types always serialize");
+        self.call("POST", "/v1/register", &body, false).await
+    }
+
+    /// Registers `node_key` as `name`: fetches a challenge, makes a TLS key and CSR, proves
+    /// possession of the static key, and installs the returned client identity.
+    pub async fn register(
+        &mut self,
+        node_key: &PrivateKey,
+        name: &str,
+        endpoints: &[SocketAddr],
+    ) -> Result<Registration, Error> {
+        let ch = self.challenge().await?;
+        let (key_pem, csr_pem, csr_der) = make_csr(name)?;
+        let req = build_register_request(
+            &ch,
+            node_key,
+            name,
+            csr_pem,
+            &csr_der,
+            endpoints,
+            &self.token,
+        )?;
+        let reg = self.register_request(&req).await?;
+        let ca = CertificateDer::from_pem_slice(reg.ca_cert.as_bytes())
+            .map_err(|e| Error::BadResponse(format!("ca_cert: {e}")))?;
+        if <[u8; 32]>::from(Sha256::digest(ca.as_ref())) != self.token.ca_sha256 {
+            return Err(Error::CoordinatorCertMismatch);
+        }
+        self.set_identity(NodeIdentity {
+            key_pem,
+            cert_pem: reg.node_cert.clone(),
+            ca_pem: reg.ca_cert.clone(),
+        })?;
+        Ok(reg)
+    }
+
+    /// `GET /v1/netmap[?since=V]` (mTLS): with `Some(v)` waits until the version exceeds
+    /// `v` or the server's long-poll limit passes.
+    pub async fn netmap(&self, since: Option<u64>) -> Result<Netmap, Error> {
+        let target = match since {
+            Some(v) => format!("/v1/netmap?since={v}"),
+            None => "/v1/netmap".to_owned(),
+        };
+        self.call("GET", &target, b"", true).await
+    }
+
+    /// `POST /v1/endpoints` (mTLS): replaces this node's endpoints.
+    pub async fn update_endpoints(&self, endpoints: &[SocketAddr]) -> Result<Netmap, Error> {
+        let body = serde_json::to_vec(&EndpointsUpdate {
+            endpoints: endpoints.to_vec(),
+        })
+        .expect("wire types always serialize");
+        self.call("POST", "/v1/endpoints", &body, true).await
+    }
+
+    /// `DELETE /v1/nodes/self` (mTLS): leaves the mesh.
+    pub async fn leave(&self) -> Result<(), Error> {
+        self.call::<serde_json::Value>("DELETE", "/v1/nodes/self", b"", true)
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,794 @@
+//! The coordinator: persisted membership state, challenges, registration, the netmap watch,
+//! and the HTTPS server around them.
+//!
+//! The `handle_*` methods are the protocol core: they take the time and an RNG and touch no
+//! network. [`Coordinator::serve`] is the I/O driver (TLS accept, HTTP parse, dispatch).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use rand_core::{CryptoRng, OsRng, RngCore};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateSigningRequestDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tm_noise::{PrivateKey, PublicKey};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use zeroize::Zeroizing;
+
+use crate::http::{self, Request};
+use crate::store::write_atomic;
+use crate::wire::{
+    b64_key, hex, Challenge, Dns, EndpointsUpdate, ErrorBody, Netmap, NetmapPeer, RegisterRequest,
+    Registration,
+};
+use crate::{address, proof, Error, JoinToken, MeshCa, MeshCidr, StateStore};
+
+/// Most endpoints a node may declare.
+pub const MAX_ENDPOINTS: usize = 16;
+/// Names nobody may register (they would impersonate a role in DNS).
+pub const RESERVED_NAMES: &[&str] = &["coordinator", "localhost", "mesh"];
+const STATE_FORMAT: u32 = 1;
+/// Time allowed for the TLS handshake and reading the request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Coordinator settings (the daemon fills them from its YAML).
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The coordinator node's own name.
+    pub name: String,
+    /// The mesh prefix (default 100.64.0.0/10).
+    pub mesh_cidr: MeshCidr,
+    /// Host names / IP addresses clients may dial (server certificate SANs, besides
+    /// `coordinator.mesh`).
+    pub tls_names: Vec<String>,
+    /// The coordinator node's own WireGuard endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// DNS domain (`mesh`).
+    pub dns_domain: String,
+    /// DNS aliases: alias -> node name.
+    pub aliases: BTreeMap<String, String>,
+    /// Longest wait of `GET /v1/netmap?since=` (25 s).
+    pub long_poll: Duration,
+    /// Lifetime of a challenge nonce (60 s).
+    pub challenge_ttl: Duration,
+    /// Most outstanding challenges kept at once.
+    pub max_challenges: usize,
+}
+
+impl CoordinatorConfig {
+    /// Defaults for a coordinator named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            mesh_cidr: MeshCidr::parse(crate::DEFAULT_MESH_CIDR).expect("default CIDR is valid"),
+            tls_names: Vec::new(),
+            endpoints: Vec::new(),
+            dns_domain: "mesh".into(),
+            aliases: BTreeMap::new(),
+            long_poll: Duration::from_secs(25),
+            challenge_ttl: Duration::from_secs(60),
+            max_challenges: 4096,
+        }
+    }
+}
+
+/// One node as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NodeRecord {
+    name: String,
+    #[serde(with = "b64_key")]
+    public_key: PublicKey,
+    mesh_ip: Ipv4Addr,
+    endpoints: Vec<SocketAddr>,
+    is_coordinator: bool,
+    /// SHA-256 (hex) of the node's current client certificate: the only mTLS identity map.
+    cert_sha256: Option<String>,
+    s3_access_key: String,
+    s3_secret: String,
+}
+
+/// The whole persisted snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PersistedState {
+    format: u32,
+    version: u64,
+    mesh_cidr: MeshCidr,
+    /// By name.
+    nodes: BTreeMap<String, NodeRecord>,
+}
+
+impl PersistedState {
+    fn by_key(&self, key: &PublicKey) -> Option<&NodeRecord> {
+        self.nodes.values().find(|n| &n.public_key == key)
+    }
+
+    fn ip_taken(&self, ip: Ipv4Addr) -> bool {
+        self.nodes.values().any(|n| n.mesh_ip == ip)
+    }
+
+    fn by_cert(&self, fp: &[u8; 32]) -> Option<&NodeRecord> {
+        let h = hex(fp);
+        self.nodes
+            .values()
+            .find(|n| n.cert_sha256.as_deref() == Some(h.as_str()))
+    }
+}
+
+struct ChallengeEntry {
+    issued: Instant,
+    used: bool,
+}
+
+struct Inner {
+    state: PersistedState,
+    challenges: HashMap<[u8; 32], ChallengeEntry>,
+}
+
+struct Shared {
+    cfg: CoordinatorConfig,
+    node_static: PrivateKey,
+    ca: MeshCa,
+    join_secret: Zeroizing<[u8; 32]>,
+    store: Arc<dyn StateStore>,
+    tls: Arc<ServerConfig>,
+    inner: Mutex<Inner>,
+    version: watch::Sender<u64>,
+}
+
+/// A coordinator: cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+}
+
+impl core::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("name", &self.shared.cfg.name)
+            .field("ca", &self.shared.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a node name: a lower-case DNS label that is not reserved.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let bad = |why| Err(Error::BadName(name.to_owned(), why));
+    if name.is_empty() || name.len() > 63 {
+        return bad("must be 1 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad("only a-z, 0-9 and '-' are allowed");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return bad("must not start or end with '-'");
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return bad("reserved name");
+    }
+    Ok(())
+}
+
+fn validate_endpoints(eps: &[SocketAddr]) -> Result<(), Error> {
+    if eps.len() > MAX_ENDPOINTS {
+        return Err(Error::Malformed(format!(
+            "at most {MAX_ENDPOINTS} endpoints are allowed"
+        )));
+    }
+    for e in eps {
+        if e.port() == 0 || e.ip().is_unspecified() || e.ip().is_multicast() {
+            return Err(Error::Malformed(format!("endpoint {e} is not usable")));
+        }
+    }
+    Ok(())
+}
+
+fn s3_credentials<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> (String, String) {
+    let mut a = [0u8; 10];
+    rng.fill_bytes(&mut a);
+    let mut s = [0u8; 30];
+    rng.fill_bytes(&mut s);
+    (
+        format!("TM{}", hex(&a).to_uppercase()),
+        URL_SAFE_NO_PAD.encode(s),
+    )
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("wire types always serialize")
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))
+}
+
+fn parse_since(query: &str) -> Result<Option<u64>, Error> {
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        if let Some(v) = kv.strip_prefix("since=") {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::Malformed(format!("bad since={v:?}")));
+        }
+    }
+    Ok(None)
+}
+
+impl Coordinator {
+    /// Opens (or initialises) a coordinator: CA, server certificate and join secret under
+    /// `data_dir/coordinator/`, membership from `store`. The coordinator node itself is
+    /// registered (first, `is_coordinator = true`) with `node_static`'s public key.
+    pub fn open(
+        data_dir: &Path,
+        cfg: CoordinatorConfig,
+        node_static: PrivateKey,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Self, Error> {
+        validate_name(&cfg.name)?;
+        validate_endpoints(&cfg.endpoints)?;
+        let dir = data_dir.join("coordinator");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let ca = MeshCa::load_or_create(&dir, &cfg.tls_names)?;
+
+        let secret_path = dir.join("join_secret");
+        let join_secret = match std::fs::read_to_string(&secret_path) {
+            Ok(t) => {
+                let v = STANDARD
+                    .decode(t.trim())
+                    .map_err(|_| Error::Config("join_secret is not base64".into()))?;
+                let a: [u8; 32] = v
+                    .try_into()
+                    .map_err(|_| Error::Config("join_secret must be 32 bytes".into()))?;
+                Zeroizing::new(a)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut s = Zeroizing::new([0u8; 32]);
+                OsRng.fill_bytes(&mut s[..]);
+                write_atomic(&secret_path, STANDARD.encode(&s[..]).as_bytes(), 0o600)?;
+                s
+            }
+            Err(e) => return Err(Error::io(format!("read {}", secret_path.display()), e)),
+        };
+
+        let mut state = match store.load()? {
+            Some(b) => {
+                let s: PersistedState = serde_json::from_slice(&b)
+                    .map_err(|e| Error::State(format!("cannot parse state: {e}")))?;
+                if s.format != STATE_FORMAT {
+                    return Err(Error::State(format!("unknown state format {}", s.format)));
+                }
+                if s.mesh_cidr != cfg.mesh_cidr {
+                    return Err(Error::Config(format!(
+                        "mesh_cidr changed from {} to {}; addresses are persisted, keep the old one",
+                        s.mesh_cidr, cfg.mesh_cidr
+                    )));
+                }
+                s
+            }
+            None => PersistedState {
+                format: STATE_FORMAT,
+                version: 0,
+                mesh_cidr: cfg.mesh_cidr,
+                nodes: BTreeMap::new(),
+            },
+        };
+
+        // The coordinator's own record.
+        let me = node_static.public_key();
+        let before = state.clone();
+        match state.by_key(&me).map(|n| n.name.clone()) {
+            Some(name) if name != cfg.name => {
+                return Err(Error::Config(format!(
+                    "this coordinator's key is registered as {name:?}, not {:?}",
+                    cfg.name
+                )))
+            }
+            Some(_) => {
+                let rec = state.nodes.get_mut(&cfg.name).expect("found by key above");
+                rec.is_coordinator = true;
+                rec.endpoints = cfg.endpoints.clone();
+            }
+            None => {
+                if state.nodes.contains_key(&cfg.name) {
+                    return Err(Error::Config(format!(
+                        "name {:?} is registered with another key",
+                        cfg.name
+                    )));
+                }
+                let ip = address::allocate(cfg.mesh_cidr, &me, |ip| state.ip_taken(ip))?;
+                let (ak, sk) = s3_credentials(&mut OsRng);
+                state.nodes.insert(
+                    cfg.name.clone(),
+                    NodeRecord {
+                        name: cfg.name.clone(),
+                        public_key: me,
+                        mesh_ip: ip,
+                        endpoints: cfg.endpoints.clone(),
+                        is_coordinator: true,
+                        cert_sha256: None,
+                        s3_access_key: ak,
+                        s3_secret: sk,
+                    },
+                );
+            }
+        }
+        if state.nodes != before.nodes || store.load()?.is_none() {
+            state.version += 1;
+            store.save(&json(&state))?;
+        }
+
+        let provider = crate::provider();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.ca_der().clone())
+            .map_err(|e| Error::Tls(format!("CA as trust anchor: {e}")))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
+        let tls = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(ca.server_chain(), ca.server_key())
+            .map_err(|e| Error::Tls(format!("server certificate: {e}")))?;
+
+        let (version, _) = watch::channel(state.version);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                cfg,
+                node_static,
+                ca,
+                join_secret,
+                store,
+                tls: Arc::new(tls),
+                inner: Mutex::new(Inner {
+                    state,
+                    challenges: HashMap::new(),
+                }),
+                version,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.shared
+            .inner
+            .lock()
+            .expect("coordinator state lock poisoned")
+    }
+
+    /// The join token (`tm1_...`): pins this coordinator's CA and carries the join secret.
+    pub fn token(&self) -> String {
+        self.join_token().format()
+    }
+
+    /// The parsed join token.
+    pub fn join_token(&self) -> JoinToken {
+        JoinToken::new(self.shared.ca.ca_der().as_ref(), *self.shared.join_secret)
+    }
+
+    /// The mesh CA certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        self.shared.ca.ca_pem()
+    }
+
+    /// The coordinator node's static public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.node_static.public_key()
+    }
+
+    /// The coordinator node's mesh address.
+    pub fn mesh_ip(&self) -> Ipv4Addr {
+        let g = self.lock();
+        g.state
+            .nodes
+            .get(&self.shared.cfg.name)
+            .expect("the coordinator's own record always exists")
+            .mesh_ip
+    }
+
+    /// The current netmap.
+    pub fn netmap(&self) -> Netmap {
+        let g = self.lock();
+        self.netmap_of(&g.state)
+    }
+
+    /// A receiver of netmap versions (changes on every join, leave and endpoint change).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
+    }
+
+    fn netmap_of(&self, s: &PersistedState) -> Netmap {
+        Netmap {
+            version: s.version,
+            peers: s
+                .nodes
+                .values()
+                .map(|n| NetmapPeer {
+                    name: n.name.clone(),
+                    public_key: n.public_key,
+                    mesh_ip: n.mesh_ip,
+                    endpoints: n.endpoints.clone(),
+                    is_coordinator: n.is_coordinator,
+                })
+                .collect(),
+            dns: Dns {
+                domain: self.shared.cfg.dns_domain.clone(),
+                aliases: self.shared.cfg.aliases.clone(),
+            },
+        }
+    }
+
+    /// Applies `f` to a copy of the state, persists it (bumping the netmap version if
+    /// `bump`), then publishes it. On a store error nothing changes.
+    fn commit<T>(
+        &self,
+        inner: &mut Inner,
+        bump: bool,
+        f: impl FnOnce(&mut PersistedState) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut next = inner.state.clone();
+        let out = f(&mut next)?;
+        if bump {
+            next.version += 1;
+        }
+        self.shared.store.save(&json(&next))?;
+        inner.state = next;
+        if bump {
+            self.shared.version.send_replace(inner.state.version);
+        }
+        Ok(out)
+    }
+
+    /// Issues a single-use challenge valid for `challenge_ttl`.
+    pub fn handle_challenge<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Challenge, Error> {
+        let ttl = self.shared.cfg.challenge_ttl;
+        let mut g = self.lock();
+        g.challenges
+            .retain(|_, c| now.saturating_duration_since(c.issued) < ttl);
+        if g.challenges.len() >= self.shared.cfg.max_challenges {
+            return Err(Error::Busy);
+        }
+        let mut nonce = [0u8; 32];
+        rng.fill_bytes(&mut nonce);
+        g.challenges.insert(
+            nonce,
+            ChallengeEntry {
+                issued: now,
+                used: false,
+            },
+        );
+        Ok(Challenge {
+            nonce,
+            coordinator_static: self.public_key(),
+        })
+    }
+
+    /// Registers (or idempotently re-registers) a node. Checks, in order: the challenge
+    /// (consumed even if a later check fails), the join-secret MAC, the CSR, the proof of
+    /// possession, the name, and key/name conflicts.
+    pub fn handle_register<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        now: Instant,
+        req: RegisterRequest,
+        rng: &mut R,
+    ) -> Result<Registration, Error> {
+        let ttl = self.shared.cfg.challenge_ttl;
+        let mut g = self.lock();
+        match g.challenges.get_mut(&req.nonce) {
+            None => return Err(Error::ChallengeUnknown),
+            Some(c) if now.saturating_duration_since(c.issued) >= ttl => {
+                return Err(Error::ChallengeUnknown)
+            }
+            Some(c) if c.used => return Err(Error::ChallengeUsed),
+            Some(c) => c.used = true,
+        }
+        proof::verify_token_mac(
+            &self.shared.join_secret,
+            &req.nonce,
+            &req.public_key,
+            &req.token_secret_mac,
+        )?;
+        let csr_der = CertificateSigningRequestDer::from_pem_slice(req.csr.as_bytes())
+            .map_err(|e| Error::Malformed(format!("csr is not a PEM certificate request: {e}")))?;
+        proof::verify_proof(
+            &self.shared.node_static,
+            &req.public_key,
+            &req.nonce,
+            &req.name,
+            csr_der.as_ref(),
+            &req.proof,
+        )?;
+        validate_name(&req.name)?;
+        validate_endpoints(&req.endpoints)?;
+
+        let existing = g.state.by_key(&req.public_key).cloned();
+        match &existing {
+            Some(n) if n.name != req.name => return Err(Error::KeyTaken(n.name.clone())),
+            Some(n) if n.is_coordinator => return Err(Error::KeyTaken(n.name.clone())),
+            Some(_) => {}
+            None if g.state.nodes.contains_key(&req.name) => {
+                return Err(Error::NameTaken(req.name.clone()))
+            }
+            None => {}
+        }
+        let (cert_pem, fp) =
+            self.shared
+                .ca
+                .sign_node(csr_der.as_ref(), &req.name, &req.public_key)?;
+        let bump = match &existing {
+            None => true,
+            Some(n) => !req.endpoints.is_empty() && n.endpoints != req.endpoints,
+        };
+        let creds = s3_credentials(rng);
+        let cidr = self.shared.cfg.mesh_cidr;
+        let rec = self.commit(&mut g, bump, |s| {
+            let rec = match existing {
+                Some(mut n) => {
+                    if !req.endpoints.is_empty() {
+                        n.endpoints = req.endpoints.clone();
+                    }
+                    n.cert_sha256 = Some(hex(&fp));
+                    n
+                }
+                None => NodeRecord {
+                    name: req.name.clone(),
+                    public_key: req.public_key,
+                    mesh_ip: address::allocate(cidr, &req.public_key, |ip| s.ip_taken(ip))?,
+                    endpoints: req.endpoints.clone(),
+                    is_coordinator: false,
+                    cert_sha256: Some(hex(&fp)),
+                    s3_access_key: creds.0,
+                    s3_secret: creds.1,
+                },
+            };
+            s.nodes.insert(rec.name.clone(), rec.clone());
+            Ok(rec)
+        })?;
+        tracing::info!(name = %rec.name, ip = %rec.mesh_ip, "node registered");
+        Ok(Registration {
+            mesh_ip: rec.mesh_ip,
+            mesh_cidr: cidr,
+            node_cert: cert_pem,
+            ca_cert: self.shared.ca.ca_pem().to_owned(),
+            s3_access_key: rec.s3_access_key,
+            s3_secret: rec.s3_secret,
+            netmap: self.netmap_of(&g.state),
+        })
+    }
+
+    /// The registered node a verified client certificate (SHA-256 of its DER) belongs to.
+    pub fn caller(&self, client_cert_sha256: Option<&[u8; 32]>) -> Result<String, Error> {
+        let fp = client_cert_sha256.ok_or(Error::ClientCertRequired)?;
+        let g = self.lock();
+        g.state
+            .by_cert(fp)
+            .map(|n| n.name.clone())
+            .ok_or(Error::UnknownClient)
+    }
+
+    /// Replaces the endpoints of the node `name` (already authenticated).
+    pub fn handle_endpoints(
+        &self,
+        name: &str,
+        endpoints: Vec<SocketAddr>,
+    ) -> Result<Netmap, Error> {
+        validate_endpoints(&endpoints)?;
+        let mut g = self.lock();
+        let same = g.state.nodes.get(name).map(|n| n.endpoints == endpoints);
+        match same {
+            None => return Err(Error::UnknownClient),
+            Some(true) => {}
+            Some(false) => self.commit(&mut g, true, |s| {
+                if let Some(n) = s.nodes.get_mut(name) {
+                    n.endpoints = endpoints;
+                }
+                Ok(())
+            })?,
+        }
+        Ok(self.netmap_of(&g.state))
+    }
+
+    /// Removes a node (its address is freed, its certificate stops working). The
+    /// coordinator's own record cannot be removed. Returns whether it existed.
+    pub fn remove_node(&self, name: &str) -> Result<bool, Error> {
+        if name == self.shared.cfg.name {
+            return Err(Error::Config("the coordinator cannot remove itself".into()));
+        }
+        let mut g = self.lock();
+        if !g.state.nodes.contains_key(name) {
+            return Ok(false);
+        }
+        self.commit(&mut g, true, |s| {
+            s.nodes.remove(name);
+            Ok(())
+        })?;
+        tracing::info!(name, "node removed");
+        Ok(true)
+    }
+
+    /// Waits until the netmap version exceeds `since` (or `long_poll` passes), then returns
+    /// the current netmap. `None` answers at once.
+    pub async fn netmap_wait(&self, since: Option<u64>) -> Netmap {
+        if let Some(since) = since {
+            let mut rx = self.shared.version.subscribe();
+            let deadline = tokio::time::sleep(self.shared.cfg.long_poll);
+            tokio::pin!(deadline);
+            loop {
+                if *rx.borrow_and_update() > since {
+                    break;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = &mut deadline => break,
+                }
+            }
+        }
+        self.netmap()
+    }
+
+    async fn dispatch(&self, req: Request, client: Option<[u8; 32]>) -> Result<Vec<u8>, Error> {
+        let path = req.path.as_str();
+        match (req.method.as_str(), path) {
+            ("GET", "/v1/challenge") => {
+                Ok(json(&self.handle_challenge(Instant::now(), &mut OsRng)?))
+            }
+            ("POST", "/v1/register") => {
+                let r: RegisterRequest = parse_json(&req.body)?;
+                Ok(json(&self.handle_register(
+                    Instant::now(),
+                    r,
+                    &mut OsRng,
+                )?))
+            }
+            ("GET", "/v1/netmap") => {
+                self.caller(client.as_ref())?;
+                let since = parse_since(&req.query)?;
+                Ok(json(&self.netmap_wait(since).await))
+            }
+            ("POST", "/v1/endpoints") => {
+                let name = self.caller(client.as_ref())?;
+                let u: EndpointsUpdate = parse_json(&req.body)?;
+                Ok(json(&self.handle_endpoints(&name, u.endpoints)?))
+            }
+            ("DELETE", "/v1/nodes/self") => {
+                let name = self.caller(client.as_ref())?;
+                self.remove_node(&name)?;
+                Ok(b"{}".to_vec())
+            }
+            (
+                _,
+                "/v1/challenge" | "/v1/register" | "/v1/netmap" | "/v1/endpoints"
+                | "/v1/nodes/self",
+            ) => Err(Error::MethodNotAllowed),
+            _ => Err(Error::NotFound(path.to_owned())),
+        }
+    }
+
+    async fn connection(
+        &self,
+        acceptor: TlsAcceptor,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        let head = async {
+            let mut tls = acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| Error::Tls(format!("handshake: {e}")))?;
+            let fp: Option<[u8; 32]> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Sha256::digest(c.as_ref()).into());
+            let req = http::read_request(&mut tls).await;
+            Ok::<_, Error>((tls, fp, req))
+        };
+        let (mut tls, fp, req) = match tokio::time::timeout(REQUEST_TIMEOUT, head).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "connection failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "request timed out");
+                return;
+            }
+        };
+        let result = match req {
+            Ok(req) => self.dispatch(req, fp).await,
+            Err(e) => Err(e),
+        };
+        let (status, body) = match result {
+            Ok(b) => (200, b),
+            Err(e) => {
+                let status = e.http_status();
+                if status >= 500 {
+                    tracing::warn!(%peer, "request failed: {e}");
+                } else {
+                    tracing::debug!(%peer, "request refused: {e}");
+                }
+                (
+                    status,
+                    json(&ErrorBody {
+                        error: e.to_string(),
+                    }),
+                )
+            }
+        };
+        if let Err(e) = http::write_response(&mut tls, status, &body).await {
+            tracing::debug!(%peer, "write failed: {e}");
+        }
+    }
+
+    /// Serves the HTTPS API on `listener` until `shutdown` completes. Each connection runs in
+    /// its own task (requests in flight, such as long polls, finish on their own).
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let acceptor = TlsAcceptor::from(self.shared.tls.clone());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = listener.accept() => match r {
+                    Ok((tcp, peer)) => {
+                        let me = self.clone();
+                        let acc = acceptor.clone();
+                        tokio::spawn(async move { me.connection(acc, tcp, peer).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        validate_name("node-1").expect("valid");
+        for bad in ["", "-a", "a-", "A", "a.b", "coordinator", &"x".repeat(64)] {
+            assert!(
+                matches!(validate_name(bad), Err(Error::BadName(..))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_parsing() {
+        assert_eq!(parse_since("").expect("ok"), None);
+        assert_eq!(parse_since("a=1&since=7").expect("ok"), Some(7));
+        assert!(parse_since("since=x").is_err());
+    }
+}

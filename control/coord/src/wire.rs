@@ -1,0 +1,166 @@
+//! JSON types of the coordinator API. Binary fields are standard base64; public keys are
+//! WireGuard base64. Request types reject unknown fields (a client cannot smuggle a role).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tm_noise::PublicKey;
+
+use crate::MeshCidr;
+
+/// Lower-case hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Serde adapter: `[u8; 32]` as standard base64.
+pub mod b64_32 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes 32 bytes as base64.
+    pub fn serialize<S: Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+
+    /// Deserializes base64 that must decode to exactly 32 bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let v = STANDARD
+            .decode(s.as_bytes())
+            .map_err(|_| serde::de::Error::custom("not valid base64"))?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("must decode to 32 bytes"))
+    }
+}
+
+/// Serde adapter: [`PublicKey`] as WireGuard base64.
+pub mod b64_key {
+    use serde::{Deserializer, Serializer};
+    use tm_noise::PublicKey;
+
+    /// Serializes a public key as base64.
+    pub fn serialize<S: Serializer>(k: &PublicKey, s: S) -> Result<S::Ok, S::Error> {
+        super::b64_32::serialize(&k.0, s)
+    }
+
+    /// Deserializes a 32-byte base64 public key.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PublicKey, D::Error> {
+        super::b64_32::deserialize(d).map(PublicKey)
+    }
+}
+
+/// `GET /v1/challenge` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// Single-use nonce, valid for 60 s.
+    #[serde(with = "b64_32")]
+    pub nonce: [u8; 32],
+    /// The coordinator node's X25519 static public key (the proof's DH partner).
+    #[serde(with = "b64_key")]
+    pub coordinator_static: PublicKey,
+}
+
+/// `POST /v1/register` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Requested node name (a DNS label).
+    pub name: String,
+    /// The node's X25519 static public key.
+    #[serde(with = "b64_key")]
+    pub public_key: PublicKey,
+    /// The nonce of a fresh challenge.
+    #[serde(with = "b64_32")]
+    pub nonce: [u8; 32],
+    /// [`crate::proof::node_proof`].
+    #[serde(with = "b64_32")]
+    pub proof: [u8; 32],
+    /// [`crate::proof::token_mac`].
+    #[serde(with = "b64_32")]
+    pub token_secret_mac: [u8; 32],
+    /// PEM certificate signing request for the node's TLS key (made on the node).
+    pub csr: String,
+    /// Addresses the node believes it is reachable at.
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// `POST /v1/register` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The node's mesh address (stable).
+    pub mesh_ip: Ipv4Addr,
+    /// The mesh prefix.
+    pub mesh_cidr: MeshCidr,
+    /// PEM client/server certificate for the node, signed by the mesh CA.
+    pub node_cert: String,
+    /// PEM mesh CA certificate.
+    pub ca_cert: String,
+    /// S3 access key issued to this node (random).
+    pub s3_access_key: String,
+    /// S3 secret issued to this node (random).
+    pub s3_secret: String,
+    /// The current netmap.
+    pub netmap: Netmap,
+}
+
+/// One peer of the netmap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetmapPeer {
+    /// Node name.
+    pub name: String,
+    /// X25519 static public key.
+    #[serde(with = "b64_key")]
+    pub public_key: PublicKey,
+    /// Mesh address.
+    pub mesh_ip: Ipv4Addr,
+    /// Known endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Whether this node runs coordinator services (server-side fact).
+    pub is_coordinator: bool,
+}
+
+/// DNS data distributed with the netmap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// The mesh domain (`mesh`).
+    pub domain: String,
+    /// Alias -> node name.
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// The versioned membership list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Netmap {
+    /// Bumped on every join, leave and endpoint change.
+    pub version: u64,
+    /// All registered nodes, sorted by name.
+    pub peers: Vec<NetmapPeer>,
+    /// DNS data.
+    pub dns: Dns,
+}
+
+impl Netmap {
+    /// The peer with this name.
+    pub fn peer(&self, name: &str) -> Option<&NetmapPeer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+/// `POST /v1/endpoints` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsUpdate {
+    /// The caller's endpoints (replaces the previous list).
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Error body of every non-2xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable reason.
+    pub error: String,
+}
