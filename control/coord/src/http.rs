@@ -26,7 +26,10 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Reads the head (up to and including the blank line); returns (head text, extra bytes).
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<(String, Vec<u8>), Error> {
+async fn read_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+    what: &'static str,
+) -> Result<(String, Vec<u8>), Error> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -40,10 +43,7 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<(String, Vec<u8>),
         if buf.len() > MAX_HEAD {
             return Err(Error::Malformed("HTTP head too large".into()));
         }
-        let n = s
-            .read(&mut chunk)
-            .await
-            .map_err(|e| Error::io("read request", e))?;
+        let n = s.read(&mut chunk).await.map_err(|e| Error::io(what, e))?;
         if n == 0 {
             return Err(Error::Malformed(
                 "connection closed before end of head".into(),
@@ -91,7 +91,7 @@ async fn read_body<S: AsyncRead + Unpin>(
 
 /// Reads one request (server side).
 pub(crate) async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> Result<Request, Error> {
-    let (head, rest) = read_head(s).await?;
+    let (head, rest) = read_head(s, "read request").await?;
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split(' ');
@@ -170,9 +170,12 @@ pub(crate) async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
         s.flush().await
     };
     w.await.map_err(|e| Error::io("send request", e))?;
-    let (head, rest) = read_head(s)
+    let (head, rest) = read_head(s, "read coordinator response")
         .await
-        .map_err(|e| Error::BadResponse(e.to_string()))?;
+        .map_err(|e| match e {
+            Error::Malformed(m) => Error::BadResponse(m),
+            other => other,
+        })?;
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or_default();
     let status: u16 = first

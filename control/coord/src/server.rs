@@ -264,7 +264,9 @@ impl Coordinator {
             Err(e) => return Err(Error::io(format!("read {}", secret_path.display()), e)),
         };
 
-        let mut state = match store.load()? {
+        let stored = store.load()?;
+        let fresh = stored.is_none();
+        let mut state = match stored {
             Some(b) => {
                 let s: PersistedState = serde_json::from_slice(&b)
                     .map_err(|e| Error::State(format!("cannot parse state: {e}")))?;
@@ -326,7 +328,7 @@ impl Coordinator {
                 );
             }
         }
-        if state.nodes != before.nodes || store.load()?.is_none() {
+        if fresh || state.nodes != before.nodes {
             state.version += 1;
             store.save(&json(&state))?;
         }
