@@ -1,0 +1,152 @@
+//! Real `aws` CLI against the in-process server (root and `/s3` endpoint forms).
+mod common;
+
+use common::*;
+use std::process::Command;
+
+const INSTALL: &str = "pip install awscli";
+
+fn aws(s: &Server, endpoint: &str) -> Command {
+    let mut c = Command::new("aws");
+    s.aws_env(&mut c);
+    c.arg("--endpoint-url").arg(endpoint);
+    c
+}
+
+#[test]
+fn awscli_round_trips() {
+    require("aws", INSTALL);
+    require("curl", "apt-get install -y curl");
+    let s = Server::start();
+    for (i, ep) in [s.url(), format!("{}/s3", s.url())].into_iter().enumerate() {
+        let bucket = format!("cli-bucket-{i}");
+        ok(aws(&s, &ep).args(["s3", "mb", &format!("s3://{bucket}")]));
+        let ls = ok(aws(&s, &ep).args(["s3", "ls"]));
+        assert!(ls.contains(&bucket), "ls: {ls}");
+
+        // 100 MiB multipart upload and download, byte for byte.
+        let w = s.work(&format!("w{i}"));
+        let big = w.join("big.bin");
+        random_file(&big, 100 << 20, 7 + i as u64);
+        ok(aws(&s, &ep).args([
+            "s3",
+            "cp",
+            big.to_str().expect("path"),
+            &format!("s3://{bucket}/dir/big.bin"),
+        ]));
+        let back = w.join("big.back");
+        ok(aws(&s, &ep).args([
+            "s3",
+            "cp",
+            &format!("s3://{bucket}/dir/big.bin"),
+            back.to_str().expect("path"),
+        ]));
+        assert!(same_file(&big, &back), "100 MiB round trip differs");
+        let head = ok(aws(&s, &ep).args([
+            "s3api",
+            "head-object",
+            "--bucket",
+            &bucket,
+            "--key",
+            "dir/big.bin",
+        ]));
+        assert!(
+            head.contains("-13\\\"") || head.contains("-13\""),
+            "multipart etag expected: {head}"
+        );
+        std::fs::remove_file(&back).expect("rm");
+        std::fs::remove_file(&big).expect("rm");
+
+        // sync a small tree up and down
+        let src = w.join("src");
+        std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+        for (n, p) in ["a.txt", "b.txt", "sub/c.txt"].iter().enumerate() {
+            random_file(&src.join(p), 1000 * (n + 1), n as u64 + 1);
+        }
+        ok(aws(&s, &ep).args([
+            "s3",
+            "sync",
+            src.to_str().expect("p"),
+            &format!("s3://{bucket}/tree"),
+        ]));
+        let dst = w.join("dst");
+        ok(aws(&s, &ep).args([
+            "s3",
+            "sync",
+            &format!("s3://{bucket}/tree"),
+            dst.to_str().expect("p"),
+        ]));
+        for p in ["a.txt", "b.txt", "sub/c.txt"] {
+            assert!(same_file(&src.join(p), &dst.join(p)), "sync differs at {p}");
+        }
+        let rec =
+            ok(aws(&s, &ep).args(["s3", "ls", "--recursive", &format!("s3://{bucket}/tree/")]));
+        assert_eq!(rec.lines().count(), 3, "{rec}");
+
+        // presign + curl
+        let url = ok(aws(&s, &ep).args([
+            "s3",
+            "presign",
+            &format!("s3://{bucket}/tree/a.txt"),
+            "--expires-in",
+            "300",
+        ]));
+        let got = w.join("presigned.txt");
+        let code = ok(Command::new("curl").args([
+            "-s",
+            "-o",
+            got.to_str().expect("p"),
+            "-w",
+            "%{http_code}",
+            url.trim(),
+        ]));
+        assert_eq!(
+            code,
+            "200",
+            "{url}: {}",
+            std::fs::read_to_string(&got).unwrap_or_default()
+        );
+        assert!(same_file(&src.join("a.txt"), &got));
+        // a tampered presigned URL is refused
+        let bad = url.trim().replace("a.txt", "b.txt");
+        let body = ok(Command::new("curl").args(["-s", &bad]));
+        assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+
+        // rm, rb
+        ok(aws(&s, &ep).args(["s3", "rm", "--recursive", &format!("s3://{bucket}/")]));
+        let rec = ok(aws(&s, &ep).args(["s3", "ls", "--recursive", &format!("s3://{bucket}/")]));
+        assert!(rec.trim().is_empty(), "{rec}");
+        ok(aws(&s, &ep).args(["s3", "rb", &format!("s3://{bucket}")]));
+    }
+}
+
+#[test]
+fn awscli_wrong_secret_and_system_bucket() {
+    require("aws", INSTALL);
+    let s = Server::start();
+    let mut c = aws(&s, &s.url());
+    c.env("AWS_SECRET_ACCESS_KEY", "wrong").args(["s3", "ls"]);
+    let out = run(&mut c);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SignatureDoesNotMatch"));
+
+    let w = s.work("sys");
+    let f = w.join("f");
+    random_file(&f, 100, 1);
+    let out =
+        run(aws(&s, &s.url()).args(["s3", "cp", f.to_str().expect("p"), "s3://_tunnelmesh/x"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AccessDenied"),
+        "{out:?}"
+    );
+    // the system principal may write it
+    let mut c = aws(&s, &s.url());
+    c.env("AWS_ACCESS_KEY_ID", &s.sys_ak)
+        .env("AWS_SECRET_ACCESS_KEY", &s.sys_secret);
+    ok(c.args(["s3", "cp", f.to_str().expect("p"), "s3://_tunnelmesh/x"]));
+    // and peers can read it
+    let back = w.join("back");
+    ok(aws(&s, &s.url()).args(["s3", "cp", "s3://_tunnelmesh/x", back.to_str().expect("p")]));
+    assert!(same_file(&f, &back));
+}
