@@ -9,6 +9,8 @@ use crate::Error;
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// Largest accepted request body.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// Largest oversized body still read (and dropped) before answering 413.
+const MAX_DRAIN: usize = 1024 * 1024;
 /// Largest accepted response body (client side).
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
@@ -105,6 +107,23 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> Result<Requ
     }
     let len = content_length(lines)?;
     if len > MAX_BODY {
+        // Read and discard a moderately oversized body so the client, still sending it,
+        // sees our 413 instead of a reset connection.
+        if len <= MAX_DRAIN && rest.len() <= len {
+            let mut left = (len - rest.len()) as u64;
+            let mut sink = [0u8; 8192];
+            while left > 0 {
+                let want = sink.len().min(usize::try_from(left).unwrap_or(sink.len()));
+                let n = s
+                    .read(&mut sink[..want])
+                    .await
+                    .map_err(|e| Error::io("read request", e))?;
+                if n == 0 {
+                    break;
+                }
+                left -= n as u64;
+            }
+        }
         return Err(Error::TooLarge);
     }
     let body = read_body(s, rest, len).await?;

@@ -52,7 +52,7 @@ pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient};
 pub use error::Error;
-pub use server::{Coordinator, CoordinatorConfig};
+pub use server::{read_token, validate_name, Coordinator, CoordinatorConfig};
 pub use store::{FileStore, MemStore, StateStore};
 pub use token::JoinToken;
 

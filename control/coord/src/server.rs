@@ -227,6 +227,28 @@ fn parse_since(query: &str) -> Result<Option<u64>, Error> {
     Ok(None)
 }
 
+/// Reads the join token of the coordinator whose data directory is `data_dir` without
+/// opening it (for `tmctl token`). Fails if the coordinator was never started there.
+pub fn read_token(data_dir: &Path) -> Result<JoinToken, Error> {
+    let dir = data_dir.join("coordinator");
+    let pem = std::fs::read(dir.join("ca.crt"))
+        .map_err(|e| Error::io(format!("read {}", dir.join("ca.crt").display()), e))?;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| Error::Cert(format!("CA certificate PEM: {e}")))?;
+    let t = std::fs::read_to_string(dir.join("join_secret"))
+        .map_err(|e| Error::io(format!("read {}", dir.join("join_secret").display()), e))?;
+    let v = Zeroizing::new(
+        STANDARD
+            .decode(t.trim())
+            .map_err(|_| Error::Config("join_secret is not base64".into()))?,
+    );
+    let secret: [u8; 32] = v
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Config("join_secret must be 32 bytes".into()))?;
+    Ok(JoinToken::new(der.as_ref(), secret))
+}
+
 impl Coordinator {
     /// Opens (or initialises) a coordinator: CA, server certificate and join secret under
     /// `data_dir/coordinator/`, membership from `store`. The coordinator node itself is

@@ -489,6 +489,10 @@ async fn state_survives_restart() {
 
     let s = Server::start(&dir, Arc::new(FileStore::new(&store_path)), hub).await;
     assert_eq!(s.coord.token(), token, "CA and join secret persisted");
+    assert_eq!(
+        tm_coord::read_token(&dir).expect("read_token").format(),
+        token
+    );
     assert_eq!(s.coord.mesh_ip(), hub_ip);
     assert_eq!(
         s.coord.netmap().version,
