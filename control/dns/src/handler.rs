@@ -162,3 +162,155 @@ fn serve_failed(request: &Request) -> ResponseInfo {
         counts: HeaderCounts::default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::net::NetError;
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::Record;
+    use hickory_server::proto::serialize::binary::BinEncoder;
+    use hickory_server::zone_handler::MessageResponse;
+
+    use super::*;
+
+    /// Captures the encoded response instead of sending it.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, NetError> {
+            let mut buf = Vec::new();
+            let info = response
+                .destructive_emit(&mut BinEncoder::new(&mut buf))
+                .map_err(|e| NetError::from(e.to_string()))?;
+            *self.0.lock().expect("not poisoned") = buf;
+            Ok(info)
+        }
+    }
+
+    fn handler() -> Handler {
+        let zone = Zone::default()
+            .with_peer("beta", ["100.64.0.2".parse().expect("ip")])
+            .with_coordinators(["100.64.0.10".parse().expect("ip")]);
+        Handler(Arc::new(MeshDns::new(&zone).expect("valid")))
+    }
+
+    async fn ask(h: &Handler, m: &Message) -> (ResponseInfo, Message) {
+        let src: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let req = Request::from_bytes(m.to_vec().expect("encode"), src, Protocol::Udp)
+            .expect("well-formed request");
+        let cap = Capture::default();
+        let info = h.handle_request::<_, TokioTime>(&req, cap.clone()).await;
+        let bytes = cap.0.lock().expect("not poisoned").clone();
+        (info, Message::from_vec(&bytes).expect("response decodes"))
+    }
+
+    fn query(id: u16, name: &str, rtype: RecordType) -> Message {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+        m
+    }
+
+    #[tokio::test]
+    async fn answers_with_header_bits_set_right() {
+        let h = handler();
+        let (info, r) = ask(&h, &query(42, "beta.mesh.", RecordType::A)).await;
+        assert_eq!(info.response_code, ResponseCode::NoError);
+        assert_eq!(info.counts().answers, 1);
+        assert_eq!(r.metadata.id, 42);
+        assert!(r.metadata.authoritative);
+        assert!(r.metadata.recursion_desired, "RD copied");
+        assert!(!r.metadata.recursion_available, "we do not recurse");
+        assert!(r.edns.is_none(), "no OPT without one in the query");
+        assert_eq!(
+            r.answers[0].data.ip_addr(),
+            Some("100.64.0.2".parse().expect("ip"))
+        );
+    }
+
+    #[tokio::test]
+    async fn edns_is_echoed_with_a_bounded_payload() {
+        let h = handler();
+        let mut m = query(1, "beta.mesh.", RecordType::A);
+        let mut e = Edns::new();
+        e.set_max_payload(65000);
+        m.edns = Some(e);
+        let (_, r) = ask(&h, &m).await;
+        let edns = r.edns.expect("OPT in the response");
+        assert_eq!(edns.max_payload(), MAX_UDP_PAYLOAD);
+        assert_eq!(edns.version(), 0);
+
+        let mut m = query(2, "beta.mesh.", RecordType::A);
+        let mut e = Edns::new();
+        e.set_version(1);
+        m.edns = Some(e);
+        let (info, r) = ask(&h, &m).await;
+        // 16 is BADVERS with an OPT record (BADSIG without); hickory's info shows the latter.
+        assert_eq!(u16::from(info.response_code), 16);
+        assert_eq!(u16::from(r.metadata.response_code), 16);
+        assert!(r.edns.is_some(), "BADVERS needs the OPT record");
+        assert!(r.answers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn error_codes() {
+        let h = handler();
+        let (_, r) = ask(&h, &query(3, "nobody.mesh.", RecordType::A)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert!(r.metadata.authoritative);
+        assert_eq!(r.authorities.len(), 1);
+
+        let (_, r) = ask(&h, &query(4, "example.org.", RecordType::A)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+        assert!(!r.metadata.authoritative);
+
+        let mut m = query(5, "mesh.", RecordType::SOA);
+        m.metadata.op_code = OpCode::Notify;
+        let (_, r) = ask(&h, &m).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+
+        let mut m = query(6, "beta.mesh.", RecordType::A);
+        m.add_query(Query::query(
+            Name::from_ascii("mesh.").expect("name"),
+            RecordType::NS,
+        ));
+        let (_, r) = ask(&h, &m).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    }
+
+    #[tokio::test]
+    async fn update_is_seen_by_the_next_query() {
+        let h = handler();
+        let before = h.0.serial();
+        let zone = Zone::default().with_peer("gamma", ["100.64.0.3".parse().expect("ip")]);
+        let report = h.0.update(&zone).expect("valid");
+        assert!(report.skipped.is_empty());
+        assert_eq!(h.0.serial(), report.serial);
+        assert!(report.serial > before);
+        let (_, r) = ask(&h, &query(7, "gamma.mesh.", RecordType::A)).await;
+        assert_eq!(r.answers.len(), 1);
+        let (_, r) = ask(&h, &query(8, "beta.mesh.", RecordType::A)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        // A bad domain keeps the old zone.
+        assert!(h.0.update(&Zone::new("bad domain")).is_err());
+        let (_, r) = ask(&h, &query(9, "gamma.mesh.", RecordType::A)).await;
+        assert_eq!(r.answers.len(), 1);
+    }
+}

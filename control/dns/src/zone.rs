@@ -472,3 +472,226 @@ fn valid_host(s: &str) -> bool {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::from_ascii(s).expect("test name")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test ip")
+    }
+
+    fn build(zone: &Zone) -> (Compiled, Vec<DnsError>) {
+        Compiled::build(zone, 7).expect("valid domain")
+    }
+
+    fn a(c: &Compiled, name: &str) -> Answer {
+        c.lookup(&n(name), RecordType::A, DNSClass::IN)
+    }
+
+    fn ips(ans: &Answer) -> Vec<IpAddr> {
+        ans.answers
+            .iter()
+            .filter_map(|r| r.data.ip_addr())
+            .collect()
+    }
+
+    #[test]
+    fn names_are_normalised_and_bad_ones_skipped() {
+        let zone = Zone::default()
+            .with_peer("Beta.MESH.", [ip("100.64.0.2")])
+            .with_peer("beta", [ip("100.64.0.9")])
+            .with_peer("coordinator", [ip("100.64.0.3")])
+            .with_peer("mesh", [ip("100.64.0.4")])
+            .with_peer("bad name", [ip("100.64.0.5")])
+            .with_peer("-dash", [ip("100.64.0.6")])
+            .with_peer("x".repeat(64), [ip("100.64.0.7")])
+            .with_peer("ok-1", [ip("100.64.0.8"), ip("100.64.0.8")]);
+        let (c, skipped) = build(&zone);
+        // "Beta.MESH." sorts before "beta" and wins; the rest are reported.
+        assert_eq!(ips(&a(&c, "beta.mesh.")), vec![ip("100.64.0.2")]);
+        assert_eq!(
+            ips(&a(&c, "ok-1.mesh.")),
+            vec![ip("100.64.0.8")],
+            "deduplicated"
+        );
+        assert_eq!(skipped.len(), 6, "{skipped:?}");
+        assert!(skipped
+            .iter()
+            .any(|e| matches!(e, DnsError::DuplicateName(s) if s == "beta")));
+        assert!(skipped
+            .iter()
+            .any(|e| matches!(e, DnsError::ReservedName(s) if s == "coordinator")));
+        assert!(skipped
+            .iter()
+            .any(|e| matches!(e, DnsError::ReservedName(s) if s == "mesh")));
+        assert_eq!(
+            skipped
+                .iter()
+                .filter(|e| matches!(e, DnsError::InvalidName(_)))
+                .count(),
+            3
+        );
+        // The coordinator name was not hijacked.
+        assert!(ips(&a(&c, "coordinator.mesh.")).is_empty());
+    }
+
+    #[test]
+    fn invalid_domain_fails_the_zone() {
+        for d in ["", ".", "bad domain", "-x"] {
+            assert!(
+                matches!(
+                    Compiled::build(&Zone::new(d), 1),
+                    Err(DnsError::InvalidDomain(_))
+                ),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn custom_domain() {
+        let zone = Zone::new("Corp.Internal.").with_peer("db", [ip("10.0.0.1")]);
+        let (c, skipped) = build(&zone);
+        assert!(skipped.is_empty());
+        assert_eq!(ips(&a(&c, "DB.corp.internal.")), vec![ip("10.0.0.1")]);
+        assert_eq!(a(&c, "db.mesh.").rcode, ResponseCode::Refused);
+        let soa = c.lookup(&n("corp.internal."), RecordType::SOA, DNSClass::IN);
+        match &soa.answers[0].data {
+            RData::SOA(s) => {
+                assert_eq!(s.mname, n("coordinator.corp.internal."));
+                assert_eq!(s.serial, 7);
+                assert_eq!(s.minimum, TTL);
+            }
+            other => panic!("not a SOA: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn alias_chains_loops_and_dangling() {
+        let zone = Zone::default()
+            .with_peer("beta", [ip("100.64.0.2")])
+            .with_alias("one", "two.mesh.")
+            .with_alias("two", "beta")
+            .with_alias("ring-a", "ring-b")
+            .with_alias("ring-b", "ring-a")
+            .with_alias("gone", "nobody")
+            .with_alias("via-gone", "gone")
+            .with_alias("out", "example.com.")
+            .with_alias("c", "coordinator")
+            .with_alias("beta", "two");
+        let (c, skipped) = build(&zone);
+        // one -> two -> beta: two CNAMEs then the A record, owners follow the chain.
+        let ans = a(&c, "one.mesh.");
+        assert_eq!(ans.rcode, ResponseCode::NoError);
+        let kinds: Vec<_> = ans
+            .answers
+            .iter()
+            .map(|r| (r.name.to_string(), r.record_type()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("one.mesh.".into(), RecordType::CNAME),
+                ("two.mesh.".into(), RecordType::CNAME),
+                ("beta.mesh.".into(), RecordType::A),
+            ]
+        );
+        for dropped in ["ring-a", "ring-b", "gone", "via-gone", "out"] {
+            assert_eq!(
+                a(&c, &format!("{dropped}.mesh.")).rcode,
+                ResponseCode::NXDomain,
+                "{dropped}"
+            );
+        }
+        assert_eq!(
+            skipped
+                .iter()
+                .filter(|e| matches!(e, DnsError::AliasLoop(_)))
+                .count(),
+            2
+        );
+        assert_eq!(
+            skipped
+                .iter()
+                .filter(|e| matches!(e, DnsError::DanglingAlias { .. }))
+                .count(),
+            3
+        );
+        assert_eq!(
+            skipped
+                .iter()
+                .filter(|e| matches!(e, DnsError::DuplicateName(_)))
+                .count(),
+            1
+        );
+        // Alias to the coordinators, and an AAAA through an alias to a v4-only host is NODATA.
+        assert_eq!(
+            a(&c, "c.mesh.").answers.len(),
+            1,
+            "CNAME only: no coordinators"
+        );
+        let aaaa = c.lookup(&n("two.mesh."), RecordType::AAAA, DNSClass::IN);
+        assert_eq!(aaaa.rcode, ResponseCode::NoError);
+        assert_eq!(aaaa.answers.len(), 1);
+        assert_eq!(aaaa.authorities[0].record_type(), RecordType::SOA);
+    }
+
+    #[test]
+    fn chain_longer_than_the_limit_is_dropped() {
+        let mut zone = Zone::default().with_peer("end", [ip("100.64.0.2")]);
+        // a0 -> a1 -> ... -> a{MAX} -> end: a0 needs MAX+1 hops.
+        for i in 0..=MAX_ALIAS_CHAIN {
+            let target = if i == MAX_ALIAS_CHAIN {
+                "end".to_owned()
+            } else {
+                format!("a{}", i + 1)
+            };
+            zone = zone.with_alias(format!("a{i}"), target);
+        }
+        let (c, skipped) = build(&zone);
+        assert_eq!(a(&c, "a0.mesh.").rcode, ResponseCode::NXDomain);
+        assert!(
+            matches!(&skipped[..], [DnsError::AliasLoop(s)] if s == "a0"),
+            "{skipped:?}"
+        );
+        let ans = a(&c, "a1.mesh.");
+        assert_eq!(ans.answers.len(), MAX_ALIAS_CHAIN + 1, "MAX CNAMEs + the A");
+    }
+
+    #[test]
+    fn empty_non_terminal_is_nodata() {
+        let zone = Zone::default().with_peer("web.beta", [ip("100.64.0.2")]);
+        let (c, _) = build(&zone);
+        assert_eq!(ips(&a(&c, "web.beta.mesh.")), vec![ip("100.64.0.2")]);
+        let ent = a(&c, "beta.mesh.");
+        assert_eq!(ent.rcode, ResponseCode::NoError);
+        assert!(ent.answers.is_empty());
+        assert_eq!(ent.authorities.len(), 1);
+        assert_eq!(a(&c, "other.beta.mesh.").rcode, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn first_owner_keeps_the_askers_case() {
+        let (c, _) = build(&Zone::default().with_peer("beta", [ip("100.64.0.2")]));
+        let ans = a(&c, "BeTa.Mesh.");
+        assert!(ans.answers[0].name.eq_case(&n("BeTa.Mesh.")));
+        // Relative (non-FQDN) names from an API caller are treated as FQDNs.
+        assert_eq!(ips(&a(&c, "beta.mesh")), vec![ip("100.64.0.2")]);
+    }
+
+    #[test]
+    fn any_query() {
+        let zone = Zone::default().with_peer("alpha", [ip("100.64.0.1"), ip("fd7a::1")]);
+        let (c, _) = build(&zone);
+        let ans = c.lookup(&n("alpha.mesh."), RecordType::ANY, DNSClass::IN);
+        assert_eq!(ans.answers.len(), 2);
+        let apex = c.lookup(&n("mesh."), RecordType::ANY, DNSClass::ANY);
+        let types: Vec<_> = apex.answers.iter().map(Record::record_type).collect();
+        assert_eq!(types, vec![RecordType::SOA, RecordType::NS]);
+    }
+}
