@@ -4,8 +4,7 @@
 //! 3. exactly one question (FORMERR) 4. [`MeshDns::lookup`] 5. encode via the response handle.
 //! Undecodable messages never get here: hickory's server answers them with FORMERR itself.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use hickory_server::net::runtime::Time;
@@ -38,8 +37,10 @@ pub struct UpdateReport {
 /// netmap changes. Queries never take a lock: they load the current zone from an `ArcSwap`.
 #[derive(Debug)]
 pub struct MeshDns {
+    /// Read lock-free by every query.
     zone: ArcSwap<Compiled>,
-    next_serial: AtomicU32,
+    /// Serialises writers so the stored zone always carries the highest serial.
+    last_serial: Mutex<u32>,
 }
 
 impl MeshDns {
@@ -52,7 +53,7 @@ impl MeshDns {
         }
         Ok(Self {
             zone: ArcSwap::from_pointee(compiled),
-            next_serial: AtomicU32::new(2),
+            last_serial: Mutex::new(1),
         })
     }
 
@@ -60,9 +61,18 @@ impl MeshDns {
     /// the new one from the moment this returns. Bumps the SOA serial. On `Err` (invalid
     /// domain) the old zone stays.
     pub fn update(&self, zone: &Zone) -> Result<UpdateReport, DnsError> {
-        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let mut last = self
+            .last_serial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Serial 0 is skipped on wrap-around so a fresh zone (serial 1) never looks newer.
+        let serial = match last.wrapping_add(1) {
+            0 => 1,
+            s => s,
+        };
         let (compiled, skipped) = Compiled::build(zone, serial)?;
         self.zone.store(Arc::new(compiled));
+        *last = serial;
         Ok(UpdateReport { serial, skipped })
     }
 
@@ -312,5 +322,50 @@ mod tests {
         assert!(h.0.update(&Zone::new("bad domain")).is_err());
         let (_, r) = ask(&h, &query(9, "gamma.mesh.", RecordType::A)).await;
         assert_eq!(r.answers.len(), 1);
+    }
+
+    #[test]
+    fn readers_see_whole_zones_during_updates() {
+        // Zone A: x -> .1 and y absent; zone B: x -> .2 and y -> .2. A reader must never see
+        // x from one zone and y from the other within a single lookup of both via an alias.
+        let zone_a = Zone::default()
+            .with_peer("x", ["100.64.0.1".parse().expect("ip")])
+            .with_alias("both", "x");
+        let zone_b = Zone::default()
+            .with_peer("x", ["100.64.0.2".parse().expect("ip")])
+            .with_peer("y", ["100.64.0.2".parse().expect("ip")])
+            .with_alias("both", "y");
+        let dns = Arc::new(MeshDns::new(&zone_a).expect("valid"));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (dns, stop) = (dns.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                let mut to_b = true;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let z = if to_b { &zone_b } else { &zone_a };
+                    to_b = !to_b;
+                    let _ = dns.update(z).expect("valid");
+                    n += 1;
+                }
+                n
+            })
+        };
+        let name = Name::from_ascii("both.mesh.").expect("name");
+        for _ in 0..20_000 {
+            let ans = dns.lookup(&name, RecordType::A, DNSClass::IN);
+            let last = ans.answers.last().expect("CNAME + A");
+            let ip = last.data.ip_addr().expect("A record");
+            match (last.name.to_string().as_str(), ip.to_string().as_str()) {
+                ("x.mesh.", "100.64.0.1") | ("y.mesh.", "100.64.0.2") => {}
+                other => panic!("torn zone: {other:?}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let updates = writer.join().expect("writer");
+        assert!(updates > 0);
+        // Serials only grow and match the stored zone.
+        let s = dns.serial();
+        assert_eq!(s, updates + 1);
     }
 }

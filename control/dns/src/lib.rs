@@ -27,7 +27,7 @@ mod zone;
 
 pub use error::DnsError;
 pub use handler::{Handler, MeshDns, UpdateReport};
-pub use server::{serve, DnsServer};
+pub use server::{serve, DnsServer, DEFAULT_ADDR};
 pub use zone::{Answer, Zone, COORDINATOR_LABEL, MAX_ALIAS_CHAIN, TTL};
 
 /// Re-exported so callers can build names and inspect answers without naming the version.

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,11 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::handler::{Handler, MeshDns};
 use crate::DnsError;
+
+/// Where a node serves the mesh zone locally: `127.0.0.53:5353` (the mesh IP, port 53, is
+/// the other usual listen address).
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 5353));
 
 /// An idle TCP connection is closed after this long.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
