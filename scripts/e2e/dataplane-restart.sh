@@ -32,6 +32,10 @@ assert_eq "$comm" "tm-dataplane" "command name of pid $dp"
 log "kill -9 tm-dataplane pid $dp"
 kill -KILL "$dp" || fail "kill -9 $dp"
 start=${EPOCHREALTIME/./}
+restarted() { [[ $(node_counter a "d['dataplane']['restarts']") == 1 && $(node_counter a "d['dataplane']['running']") == true ]]; }
+wait_for "${TM_RESTART_SECS:-3}" "dataplane.restarts == 1 and running" restarted ||
+    fail "tm-dataplane not reported restarted and running within ${TM_RESTART_SECS:-3}s of kill -9"
+log "dataplane restarted (reported by tmctl) $(elapsed_ms "$start") ms after kill -9"
 wait_for "$RESUME_SECS" "ping a -> b after the kill" ping_ok a "$B" 1 ||
     fail "traffic did not resume within ${RESUME_SECS}s after kill -9 of tm-dataplane"
 log "ping resumed $(elapsed_ms "$start") ms after kill -9"
