@@ -598,39 +598,6 @@ fn verify_v4(
     Ok(Verified { principal, body })
 }
 
-/// Test helper and documentation of the algorithm: signs a request with SigV4 header auth,
-/// returning the `Authorization` header value.
-#[cfg(test)]
-pub(crate) fn sign_header(
-    req: &ReqView<'_>,
-    ak: &str,
-    secret: &str,
-    amz_date: &str,
-    signed: &[&str],
-    payload: &str,
-) -> String {
-    let date = &amz_date[..8];
-    let s = SigV4 {
-        access_key: ak.into(),
-        amz_date: amz_date.into(),
-        when: SystemTime::UNIX_EPOCH,
-        scope: format!("{date}/us-east-1/s3/aws4_request"),
-        scope_date: date.into(),
-        region: "us-east-1".into(),
-        service: "s3".into(),
-        signed_headers: signed.iter().map(|s| (*s).to_owned()).collect(),
-        signature: String::new(),
-        presign_expires: None,
-        payload: PayloadHash::parse(payload).expect("test payload"),
-    };
-    let key = signing_key(secret, date, "us-east-1", "s3");
-    let sig = signature_for(&s, &key, req, &uri_encode(&pct_decode(req.path), false));
-    format!(
-        "AWS4-HMAC-SHA256 Credential={ak}/{date}/us-east-1/s3/aws4_request, SignedHeaders={}, Signature={sig}",
-        signed.join(";")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
