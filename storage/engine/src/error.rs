@@ -61,6 +61,17 @@ pub enum StorageError {
     /// Stored data does not match what the metadata says (bad hash, bad record).
     #[error("corrupt: {0}")]
     Corrupt(String),
+    /// The remote S3-compatible chunk backend refused a request (`code` is the S3 error code,
+    /// e.g. `SignatureDoesNotMatch`, `NoSuchBucket`, `AccessDenied`).
+    #[error("remote chunk store answered {status} {code}: {message}")]
+    Remote {
+        /// HTTP status.
+        status: u16,
+        /// S3 error code from the XML body (or a name derived from the status for bodiless answers).
+        code: String,
+        /// S3 error message, if any.
+        message: String,
+    },
 }
 
 impl StorageError {
@@ -68,7 +79,10 @@ impl StorageError {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            StorageError::Io(_) | StorageError::Db(_) | StorageError::Corrupt(_)
+            StorageError::Io(_)
+                | StorageError::Db(_)
+                | StorageError::Corrupt(_)
+                | StorageError::Remote { .. }
         )
     }
 }

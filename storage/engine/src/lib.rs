@@ -1,8 +1,9 @@
 //! Object store engine: chunked, content-addressed storage with transactional metadata.
 //!
 //! What it does: objects are cut into fixed-size chunks (default 1 MiB) named by their BLAKE3
-//! hash and kept by a [`ChunkStore`] backend (local filesystem by default, `data_dir/chunks/xx/yy/`);
-//! everything else — buckets, object manifests, multipart uploads, quotas, exact usage, chunk
+//! hash and kept by a [`ChunkStore`] backend (local filesystem by default, `data_dir/chunks/xx/yy/`,
+//! or, with the `remote` feature, an S3-compatible object store: [`Store::open_remote`], see
+//! [`remote`]); everything else — buckets, object manifests, multipart uploads, quotas, exact usage, chunk
 //! reference counts, S3 credentials — lives in one embedded redb database (`data_dir/meta.redb`).
 //!
 //! Durability: a write returns only after its chunks were written to a temp file, fsynced, renamed
@@ -28,6 +29,8 @@ mod chunk;
 mod error;
 mod meta;
 mod reader;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod store;
 mod writer;
 
@@ -41,6 +44,8 @@ pub use chunk::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use error::StorageError;
 pub use meta::INLINE_MAX;
 pub use reader::{ObjectReader, RangeReader};
+#[cfg(feature = "remote")]
+pub use remote::{RemoteConfig, S3ChunkStore};
 pub use store::Store;
 pub use writer::PutWriter;
 
