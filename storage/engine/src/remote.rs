@@ -40,7 +40,8 @@ pub struct RemoteConfig {
     pub endpoint: String,
     /// Existing bucket holding the chunks.
     pub bucket: String,
-    /// Key prefix (without leading/trailing `/`; may be empty).
+    /// Key prefix (without leading/trailing `/`; may be empty). It must belong to ONE store:
+    /// GC deletes every chunk object under it that this store's metadata does not reference.
     pub prefix: String,
     /// SigV4 region (`us-east-1` by default; Garage usually wants `garage`).
     pub region: String,
