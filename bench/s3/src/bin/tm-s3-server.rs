@@ -1,0 +1,51 @@
+//! `tm-s3-server`: serves tm-s3 over a tm-storage store in `--data` with one credential, until
+//! SIGINT or SIGTERM. For benchmarks only.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+struct Opt {
+    /// Listen address, e.g. 127.0.0.1:9000.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    data: std::path::PathBuf,
+    /// Access key.
+    #[arg(long)]
+    ak: String,
+    /// Secret key.
+    #[arg(long)]
+    sk: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = Opt::parse();
+    let store = tm_storage::Store::open(tm_storage::StoreConfig::new(&o.data))
+        .with_context(|| format!("open store {}", o.data.display()))?;
+    store
+        .put_credential(&o.ak, &o.sk, "bench")
+        .context("put credential")?;
+    let listener = tokio::net::TcpListener::bind(o.listen)
+        .await
+        .with_context(|| format!("bind {}", o.listen))?;
+    let cfg = tm_s3::S3Config {
+        listen: listener.local_addr()?,
+        max_body: 5 << 30,
+        mesh_token: None,
+    };
+    eprintln!("tm-s3-server listening on http://{}", cfg.listen);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tm_s3::serve(listener, store, cfg, shutdown).await?;
+    Ok(())
+}
