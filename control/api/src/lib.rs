@@ -33,6 +33,25 @@ pub enum Command {
     Status,
     /// Every peer: `Vec<`[`PeerInfo`]`>`.
     Peers,
+    /// `Vec<`[`BucketInfo`]`>`.
+    BucketList,
+    BucketCreate {
+        name: String,
+    },
+    BucketDelete {
+        name: String,
+    },
+    /// `bytes: None` removes the quota.
+    BucketQuotaSet {
+        name: String,
+        bytes: Option<u64>,
+    },
+    /// [`BucketInfo`] with exact usage.
+    BucketUsage {
+        name: String,
+    },
+    /// This node's S3 access key and secret: [`S3Credentials`].
+    S3Credentials,
 }
 
 /// `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
@@ -115,6 +134,57 @@ pub struct PeerInfo {
     pub sessions_established: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created_unix: u64,
+    pub quota_bytes: Option<u64>,
+    pub used_bytes: u64,
+    pub objects: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+    /// Where this node serves S3 (e.g. `http://127.0.0.1:8080/s3`).
+    pub endpoint: String,
+}
+
+/// Parses a size like `1GB`, `500MiB`, `10G` or `123` (bytes). Decimal units are powers of 1000,
+/// binary units (`KiB`, `MiB`, `GiB`, `TiB`) powers of 1024; a bare `K/M/G/T` is decimal.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 500MB, 1GB, 2GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(v.round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +200,30 @@ mod tests {
         let back: Request = serde_json::from_str(&s).unwrap();
         assert_eq!(back, r);
         assert!(serde_json::from_str::<Request>(r#"{"version":1,"cmd":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("500 MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1.5k"), Ok(1500));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("1XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("GB").is_err());
+        let r = Request {
+            version: API_VERSION,
+            command: Command::BucketQuotaSet {
+                name: "b".into(),
+                bytes: Some(5),
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"version":1,"cmd":"bucket_quota_set","name":"b","bytes":5}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
     }
 
     #[test]

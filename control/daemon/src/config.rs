@@ -57,6 +57,27 @@ struct RawConfig {
     peers: Vec<RawPeer>,
     #[serde(default)]
     testing: Option<RawTesting>,
+    #[serde(default)]
+    s3: Option<RawS3>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    max_size: Option<String>,
+}
+
+/// The object store and its S3 endpoint.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +224,7 @@ pub struct NodeConfig {
     pub peers: Vec<PeerConfig>,
     pub timers: Timers,
     pub force_cookie: bool,
+    pub s3: Option<S3Settings>,
 }
 
 pub const DEFAULT_INTERFACE: &str = "tunnelmesh0";
@@ -332,11 +354,32 @@ impl NodeConfig {
                 "need 0 < rekey_after_ms < reject_after_ms and non-zero timeouts",
             ));
         }
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(tmctl::DEFAULT_DATA_DIR));
+        let s3 = match raw.s3 {
+            None => None,
+            Some(r) => {
+                let listen = match r.listen.as_deref().map(str::trim) {
+                    None | Some("") => SocketAddr::new(address.addr, 8080),
+                    Some(l) => l.parse().map_err(|_| {
+                        err("s3.listen", format!("'{l}' is not an IP:PORT address"))
+                    })?,
+                };
+                let max_size = match r.max_size {
+                    None => None,
+                    Some(m) => Some(tm_api::parse_size(&m).map_err(|e| err("s3.max_size", e))?),
+                };
+                Some(S3Settings {
+                    listen,
+                    data_dir: r.data_dir.unwrap_or_else(|| data_dir.join("s3")),
+                    max_size,
+                })
+            }
+        };
         Ok(NodeConfig {
             name,
-            data_dir: raw
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(tmctl::DEFAULT_DATA_DIR)),
+            data_dir,
             key,
             interface,
             listen_port: raw.listen_port.unwrap_or(51820),
@@ -345,6 +388,7 @@ impl NodeConfig {
             peers,
             timers,
             force_cookie: t.force_cookie,
+            s3,
         })
     }
 
@@ -471,6 +515,24 @@ mod tests {
         ] {
             assert!(!m.contains('\n'), "one line: {m}");
         }
+    }
+
+    #[test]
+    fn s3_section() {
+        let c = NodeConfig::parse(
+            "name: a\naddress: 100.64.0.1/10\ndata_dir: /d\ns3: {max_size: 10GB}\n",
+        )
+        .unwrap();
+        let s = c.s3.unwrap();
+        assert_eq!(s.listen, "100.64.0.1:8080".parse().unwrap());
+        assert_eq!(s.data_dir, PathBuf::from("/d/s3"));
+        assert_eq!(s.max_size, Some(10_000_000_000));
+        assert!(
+            e("name: a\naddress: 100.64.0.1/10\ns3: {listen: nope}\n").starts_with("s3.listen:")
+        );
+        assert!(
+            e("name: a\naddress: 100.64.0.1/10\ns3: {max_size: 3XB}\n").starts_with("s3.max_size:")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod api;
 mod config;
 mod dataplane;
 mod node;
+mod storage;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -99,7 +100,14 @@ fn up(path: &Path) -> Result<()> {
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let _sock = api::serve(&cfg.data_dir.join(tm_api::SOCKET_NAME), tx)?;
+        let st = match &cfg.s3 {
+            Some(s3) => Some(storage::Storage::open(&cfg, s3)?),
+            None => None,
+        };
         let mut node = node::Node::new(cfg, key)?;
+        if let Some(st) = st {
+            node.set_storage(st);
+        }
         node.start().await?;
         node.run(rx).await
     })

@@ -9,6 +9,7 @@
 use crate::api::ApiRequest;
 use crate::config::{NodeConfig, PeerConfig};
 use crate::dataplane::Dataplane;
+use crate::storage::Storage;
 use anyhow::Result;
 use rand_core::{OsRng, RngCore};
 use std::collections::{HashMap, VecDeque};
@@ -80,6 +81,7 @@ pub struct Node {
     cookies_sent: u64,
     load_window: (Instant, u32),
     waiting: Vec<(Instant, ApiRequest)>,
+    storage: Option<Storage>,
 }
 
 enum Event {
@@ -136,7 +138,13 @@ impl Node {
             cookies_sent: 0,
             load_window: (Instant::now(), 0),
             waiting: Vec::new(),
+            storage: None,
         })
+    }
+
+    /// Opens the object store (before anything listens); served after `start`.
+    pub fn set_storage(&mut self, s: Storage) {
+        self.storage = Some(s);
     }
 
     /// Starts the dataplane; an error here means the node cannot run at all.
@@ -145,6 +153,9 @@ impl Node {
         tracing::info!(pid = dp.pid, interface = %self.cfg.interface, "dataplane ready");
         self.dp = Some(dp);
         self.sync_dataplane(false);
+        if let Some(s) = &self.storage {
+            s.serve().await?;
+        }
         Ok(())
     }
 
@@ -551,6 +562,25 @@ impl Node {
 
     fn handle_api(&mut self, r: ApiRequest) {
         match r.command {
+            Command::BucketList
+            | Command::BucketCreate { .. }
+            | Command::BucketDelete { .. }
+            | Command::BucketQuotaSet { .. }
+            | Command::BucketUsage { .. }
+            | Command::S3Credentials => match self.storage.clone() {
+                // Metadata commits fsync: keep them off the node loop.
+                Some(st) => {
+                    tokio::task::spawn_blocking(move || {
+                        let resp = st.handle(&r.command);
+                        let _ = r.reply.send(resp);
+                    });
+                }
+                None => {
+                    let _ = r.reply.send(Response::err(
+                        "this node has no object store (add an `s3:` section to its config)",
+                    ));
+                }
+            },
             Command::Status | Command::Peers if self.dp.is_some() => {
                 // Answer once fresh counters arrive (or after a short wait).
                 self.send(CtlMsg::RequestCounters);

@@ -11,7 +11,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
-use tm_api::{Command, PeerInfo, Request, Response, Status, API_VERSION};
+use tm_api::{
+    BucketInfo, Command, PeerInfo, Request, Response, S3Credentials, Status, API_VERSION,
+};
 
 /// Default data directory of a node (also the default place of its control socket).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tunnelmesh";
@@ -44,6 +46,55 @@ pub enum OperatorCommand {
     /// List peers: endpoint, last handshake, traffic.
     Peers {
         /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage buckets of this node's object store.
+    #[command(subcommand)]
+    Bucket(BucketCommand),
+    /// S3 access for this node.
+    #[command(subcommand)]
+    S3(S3Command),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BucketCommand {
+    /// Create a bucket.
+    Create { name: String },
+    /// Delete an empty bucket.
+    Delete { name: String },
+    /// List buckets with usage and quota.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a bucket's exact usage.
+    Usage {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set or clear a bucket quota.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum QuotaCommand {
+    /// `quota set NAME 1GB` (units: B, KB, MB, GB, TB; KiB, MiB, GiB, TiB).
+    Set {
+        name: String,
+        #[arg(value_parser = tm_api::parse_size)]
+        size: u64,
+    },
+    /// Remove the quota of a bucket.
+    Clear { name: String },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum S3Command {
+    /// Print this node's S3 access key, secret and endpoint.
+    Credentials {
         #[arg(long)]
         json: bool,
     },
@@ -97,6 +148,96 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
             } else {
                 let peers: Vec<PeerInfo> = serde_json::from_value(v)?;
                 write_peers(&mut out, &peers)?;
+            }
+        }
+        OperatorCommand::Bucket(b) => match b {
+            BucketCommand::Create { name } => {
+                call(target, Command::BucketCreate { name: name.clone() })?;
+                writeln!(out, "created bucket {name}")?;
+            }
+            BucketCommand::Delete { name } => {
+                call(target, Command::BucketDelete { name: name.clone() })?;
+                writeln!(out, "deleted bucket {name}")?;
+            }
+            BucketCommand::List { json } => {
+                let v = call(target, Command::BucketList)?;
+                if *json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                } else {
+                    let list: Vec<BucketInfo> = serde_json::from_value(v)?;
+                    writeln!(
+                        out,
+                        "{:<32} {:>10} {:>12} {:>12}",
+                        "NAME", "OBJECTS", "USED", "QUOTA"
+                    )?;
+                    for b in list {
+                        let q = b.quota_bytes.map_or_else(|| "-".into(), human_bytes);
+                        writeln!(
+                            out,
+                            "{:<32} {:>10} {:>12} {:>12}",
+                            b.name,
+                            b.objects,
+                            human_bytes(b.used_bytes),
+                            q
+                        )?;
+                    }
+                }
+            }
+            BucketCommand::Usage { name, json } => {
+                let v = call(target, Command::BucketUsage { name: name.clone() })?;
+                if *json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                } else {
+                    let b: BucketInfo = serde_json::from_value(v)?;
+                    let q = b.quota_bytes.map_or_else(
+                        || "none".into(),
+                        |q| format!("{} ({q} bytes)", human_bytes(q)),
+                    );
+                    writeln!(out, "bucket:  {}", b.name)?;
+                    writeln!(
+                        out,
+                        "used:    {} ({} bytes)",
+                        human_bytes(b.used_bytes),
+                        b.used_bytes
+                    )?;
+                    writeln!(out, "objects: {}", b.objects)?;
+                    writeln!(out, "quota:   {q}")?;
+                }
+            }
+            BucketCommand::Quota(QuotaCommand::Set { name, size }) => {
+                call(
+                    target,
+                    Command::BucketQuotaSet {
+                        name: name.clone(),
+                        bytes: Some(*size),
+                    },
+                )?;
+                writeln!(
+                    out,
+                    "quota of {name} set to {} ({size} bytes)",
+                    human_bytes(*size)
+                )?;
+            }
+            BucketCommand::Quota(QuotaCommand::Clear { name }) => {
+                call(
+                    target,
+                    Command::BucketQuotaSet {
+                        name: name.clone(),
+                        bytes: None,
+                    },
+                )?;
+                writeln!(out, "quota of {name} removed")?;
+            }
+        },
+        OperatorCommand::S3(S3Command::Credentials { json }) => {
+            let v = call(target, Command::S3Credentials)?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let c: S3Credentials = serde_json::from_value(v)?;
+                writeln!(out, "endpoint:          {}", c.endpoint)?;
+                writeln!(out, "access key id:     {}", c.access_key)?;
+                writeln!(out, "secret access key: {}", c.secret_key)?;
             }
         }
     }

@@ -1,0 +1,184 @@
+//! The node's object store and S3 endpoint (when the config has an `s3:` section).
+//!
+//! The store is opened before anything listens; S3 is served once the dataplane has configured
+//! the mesh address (the default listen address is `<mesh IP>:8080`). This node's own S3
+//! credential is random, created once and kept in `<data_dir>/s3-credentials.json` (mode 0600)
+//! and in the store's credential table; `tmctl s3 credentials` prints it.
+
+use crate::config::{NodeConfig, S3Settings};
+use anyhow::{Context, Result};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+use tm_api::{BucketInfo, Command, Response, S3Credentials};
+use tm_storage::{Store, StoreConfig};
+
+#[derive(Clone)]
+pub struct Storage {
+    pub store: Store,
+    pub settings: S3Settings,
+    pub creds: S3Credentials,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedCreds {
+    access_key: String,
+    secret_key: String,
+}
+
+fn random_string(alphabet: &[u8], n: usize) -> String {
+    let mut b = vec![0u8; n];
+    OsRng.fill_bytes(&mut b);
+    b.iter()
+        .map(|x| alphabet[*x as usize % alphabet.len()] as char)
+        .collect()
+}
+
+impl Storage {
+    pub fn open(cfg: &NodeConfig, settings: &S3Settings) -> Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!("s3.data_dir: cannot create {}", settings.data_dir.display())
+        })?;
+        let mut sc = StoreConfig::new(&settings.data_dir);
+        sc.max_size = settings.max_size;
+        let store = Store::open(sc).with_context(|| {
+            format!(
+                "opening the object store in {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let saved = load_or_create_creds(&cfg.data_dir.join("s3-credentials.json"))?;
+        store
+            .put_credential(&saved.access_key, &saved.secret_key, &cfg.name)
+            .context("storing this node's S3 credential")?;
+        let creds = S3Credentials {
+            access_key: saved.access_key,
+            secret_key: saved.secret_key,
+            endpoint: format!("http://{}/s3", settings.listen),
+        };
+        Ok(Storage {
+            store,
+            settings: settings.clone(),
+            creds,
+        })
+    }
+
+    /// Binds the S3 listener and serves it in the background.
+    pub async fn serve(&self) -> Result<()> {
+        let l = tokio::net::TcpListener::bind(self.settings.listen)
+            .await
+            .with_context(|| format!("s3.listen: cannot bind {}", self.settings.listen))?;
+        let cfg = tm_s3::S3Config {
+            listen: self.settings.listen,
+            max_body: 5 << 30,
+            mesh_token: None,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tm_s3::serve(l, store, cfg, std::future::pending()).await {
+                tracing::error!("S3 server stopped: {e}");
+            }
+        });
+        tracing::info!(listen = %self.settings.listen, "S3 endpoint at {}", self.creds.endpoint);
+        Ok(())
+    }
+
+    /// Runs a storage command (blocking: call from `spawn_blocking`).
+    pub fn handle(&self, c: &Command) -> Response {
+        let s = &self.store;
+        let r: Result<Response, tm_storage::StorageError> = (|| {
+            Ok(match c {
+                Command::BucketList => {
+                    let mut out = Vec::new();
+                    for b in s.list_buckets()? {
+                        out.push(self.info(&b.name)?);
+                    }
+                    Response::ok(&out)
+                }
+                Command::BucketCreate { name } => {
+                    s.create_bucket(name)?;
+                    Response::ok(&self.info(name)?)
+                }
+                Command::BucketDelete { name } => {
+                    s.delete_bucket(name)?;
+                    Response::ok(&())
+                }
+                Command::BucketQuotaSet { name, bytes } => {
+                    s.set_quota(name, *bytes)?;
+                    Response::ok(&self.info(name)?)
+                }
+                Command::BucketUsage { name } => Response::ok(&self.info(name)?),
+                Command::S3Credentials => Response::ok(&self.creds),
+                _ => Response::err("not a storage command"),
+            })
+        })();
+        r.unwrap_or_else(|e| Response::err(describe(c, &e)))
+    }
+
+    fn info(&self, name: &str) -> Result<BucketInfo, tm_storage::StorageError> {
+        let b = self.store.bucket(name)?;
+        let u = self.store.usage(name)?;
+        Ok(BucketInfo {
+            name: b.name,
+            created_unix: b
+                .created
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            quota_bytes: b.quota,
+            used_bytes: u.bytes,
+            objects: u.objects,
+        })
+    }
+}
+
+fn describe(c: &Command, e: &tm_storage::StorageError) -> String {
+    let name = match c {
+        Command::BucketCreate { name }
+        | Command::BucketDelete { name }
+        | Command::BucketQuotaSet { name, .. }
+        | Command::BucketUsage { name } => name.as_str(),
+        _ => "",
+    };
+    use tm_storage::StorageError as E;
+    match e {
+        E::NoSuchBucket => format!("bucket '{name}' does not exist"),
+        E::BucketExists => format!("bucket '{name}' already exists"),
+        E::BucketNotEmpty => format!("bucket '{name}' is not empty (delete its objects first)"),
+        E::InvalidBucketName => format!("'{name}' is not a valid bucket name (3-63 of a-z, 0-9, '-', '.', starting and ending with a letter or digit)"),
+        E::ReservedBucket => format!("'{name}' is reserved for the coordinator"),
+        other => format!("{other}"),
+    }
+}
+
+fn load_or_create_creds(path: &Path) -> Result<SavedCreds> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        return serde_json::from_str(&t).with_context(|| {
+            format!(
+                "{} is corrupt (delete it to issue a new S3 credential)",
+                path.display()
+            )
+        });
+    }
+    let c = SavedCreds {
+        access_key: format!(
+            "TM{}",
+            random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 18)
+        ),
+        secret_key: random_string(
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            40,
+        ),
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(serde_json::to_string(&c)?.as_bytes())?;
+    f.sync_all()?;
+    Ok(c)
+}
