@@ -35,6 +35,8 @@ APT_PACKAGES=(
     rclone            # S3 tests (later issues)
     libnfs-utils      # nfs-ls/nfs-cp/nfs-cat (no kernel NFS client here)
     docker.io         # Docker management tests (later issues)
+    bind9-dnsutils    # dig, for the mesh DNS tests
+    curl              # S3 Basic/Bearer/presign tests
     ca-certificates
 )
 
@@ -97,9 +99,19 @@ else
     log "pip packages: all ${#PIP_PACKAGES[@]} present"
 fi
 
+# s3s-fs 0.14: the reference S3 server the remote chunk backend is tested against.
+TOOLS=${TM_TEST_TOOLS:-/opt/tm-test-tools}
+if [[ -x $TOOLS/bin/s3s-fs ]]; then
+    log "s3s-fs present ($TOOLS/bin/s3s-fs)"
+else
+    log "cargo install s3s-fs@0.14.1 --features binary --root $TOOLS"
+    cargo install --quiet --locked s3s-fs@0.14.1 --features binary --root "$TOOLS" </dev/null ||
+        cargo install --quiet s3s-fs@0.14.1 --features binary --root "$TOOLS" </dev/null
+fi
+
 # Sanity: the kernel facilities the e2e tests rely on.
 [[ -c /dev/net/tun ]] || log "warning: /dev/net/tun missing; e2e tests will fail" >&2
-for cmd in ip ping socat wg wireguard-go python3 timeout sha256sum; do
+for cmd in ip ping socat wg wireguard-go python3 timeout sha256sum dig curl; do
     command -v "$cmd" >/dev/null 2>&1 || log "warning: $cmd still not on PATH" >&2
 done
 log "done"

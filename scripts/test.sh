@@ -40,6 +40,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+# Reference servers installed by install-test-deps.sh (s3s-fs for the remote chunk backend).
+export S3S_FS_BIN=${S3S_FS_BIN:-${TM_TEST_TOOLS:-/opt/tm-test-tools}/bin/s3s-fs}
 export TM_BIN_DIR=${TM_BIN_DIR:-$CARGO_TARGET_DIR/release}
 E2E_TIMEOUT=${TM_E2E_TIMEOUT:-240}
 BUDGET=$((${TM_BUDGET_MIN:-60} * 60))
