@@ -205,7 +205,7 @@ for s in "${scripts[@]}"; do
     *)
         why="exit $rc"
         ((rc == 124 || rc == 137)) && why="timed out after ${E2E_TIMEOUT}s"
-        echo "    FAIL  $name ($why, ${dt}s): $(grep -m1 -E 'FAIL:|timed out|watchdog' "$logf" | sed 's/^\[[^]]*\] //')"
+        echo "    FAIL  $name ($why, ${dt}s): $( { grep -m1 'FAIL:' "$logf" || grep -m1 -E 'timed out|watchdog|terminated' "$logf"; } | sed 's/^\[[^]]*\] //')"
         show_tail "$logf" "${TM_FAIL_TAIL:-80}"
         failed=$((failed + 1))
         failures+=("e2e $name ($why; log $logf)")
