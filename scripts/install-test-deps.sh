@@ -104,6 +104,12 @@ TOOLS=${TM_TEST_TOOLS:-/opt/tm-test-tools}
 if [[ -x $TOOLS/bin/s3s-fs ]]; then
     log "s3s-fs present ($TOOLS/bin/s3s-fs)"
 else
+    # sudo resets PATH: find the Rust toolchain of root or of the invoking user.
+    if ! command -v cargo >/dev/null 2>&1; then
+        for d in "$HOME/.cargo/bin" /root/.cargo/bin ${SUDO_USER:+"/home/$SUDO_USER/.cargo/bin"}; do
+            [[ -x $d/cargo ]] && { PATH=$d:$PATH; break; }
+        done
+    fi
     log "cargo install s3s-fs@0.14.1 --features binary --root $TOOLS"
     cargo install --quiet --locked s3s-fs@0.14.1 --features binary --root "$TOOLS" </dev/null ||
         cargo install --quiet s3s-fs@0.14.1 --features binary --root "$TOOLS" </dev/null
