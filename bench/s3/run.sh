@@ -30,10 +30,12 @@ DATA_TM="$(mktemp -d "$DATA_PARENT/data-tm.XXXXXX")"
 DATA_FS="$(mktemp -d "$DATA_PARENT/data-fs.XXXXXX")"
 PIDS=()
 cleanup() {
+    echo "== $(date +%T) stopping servers"
     for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
     sleep 1
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     rm -rf "$DATA_TM" "$DATA_FS"
+    echo "== $(date +%T) done"
 }
 trap cleanup EXIT
 
@@ -60,7 +62,7 @@ RESULTS="$OUT/results.jsonl"
 for sc in put-small get-small put-large get-large; do
     for srv in tm-s3 s3s-fs; do
         port="$PORT_TM"; [ "$srv" = s3s-fs ] && port="$PORT_FS"
-        echo "== $sc against $srv"
+        echo "== $(date +%T) $sc against $srv"
         "$BIN/s3bench" --target "http://127.0.0.1:$port" --ak "$AK" --sk "$SK" --name "$srv" \
             --scenario "$sc" --out "$RESULTS" "$@"
     done
