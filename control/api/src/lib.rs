@@ -54,6 +54,22 @@ pub enum Command {
     S3Credentials,
 }
 
+impl Command {
+    /// Whether the node's object store answers this command (the node loop hands these to
+    /// the storage layer off its own task; every new storage command must be listed here).
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            Command::BucketList
+                | Command::BucketCreate { .. }
+                | Command::BucketDelete { .. }
+                | Command::BucketQuotaSet { .. }
+                | Command::BucketUsage { .. }
+                | Command::S3Credentials
+        )
+    }
+}
+
 /// `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Response {

@@ -562,12 +562,7 @@ impl Node {
 
     fn handle_api(&mut self, r: ApiRequest) {
         match r.command {
-            Command::BucketList
-            | Command::BucketCreate { .. }
-            | Command::BucketDelete { .. }
-            | Command::BucketQuotaSet { .. }
-            | Command::BucketUsage { .. }
-            | Command::S3Credentials => match self.storage.clone() {
+            ref c if c.is_storage() => match self.storage.clone() {
                 // Metadata commits fsync: keep them off the node loop.
                 Some(st) => {
                     tokio::task::spawn_blocking(move || {
