@@ -433,6 +433,17 @@ impl Coordinator {
         self.netmap_of(&g.state)
     }
 
+    /// Every node's S3 credentials as `(name, access_key, secret)`: the daemon installs them
+    /// in the object store so each peer can use the keys it received at registration.
+    pub fn s3_credentials(&self) -> Vec<(String, String, String)> {
+        let g = self.lock();
+        g.state
+            .nodes
+            .values()
+            .map(|n| (n.name.clone(), n.s3_access_key.clone(), n.s3_secret.clone()))
+            .collect()
+    }
+
     /// A receiver of netmap versions (changes on every join, leave and endpoint change).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.version.subscribe()
