@@ -417,6 +417,51 @@ impl Dataplane {
         }
     }
 
+    /// [`Self::handle_tun`] without the copy: the IP packet is already at
+    /// `buf[16..16 + len]` (the data header's room in front of it). `buf` must hold the
+    /// padded packet plus the 16-byte tag (`len + 47` bytes is always enough) or the packet
+    /// is dropped as `IoError`. On `Send`, `buf[..len]` is the datagram; on `Queued` a copy
+    /// was staged.
+    pub fn handle_tun_in_place(&mut self, now: Instant, buf: &mut [u8], len: usize) -> Outbound {
+        match self.tun_in_place(now, buf, len) {
+            Ok(o) => o,
+            Err(r) => {
+                self.count(r);
+                Outbound::Drop(r)
+            }
+        }
+    }
+
+    fn tun_in_place(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<Outbound, DropReason> {
+        let pkt = buf
+            .get(DATA_HEADER_LEN..DATA_HEADER_LEN + len)
+            .ok_or(DropReason::IoError)?;
+        let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
+        let id = self.routes.load().lookup(dst).ok_or(DropReason::NoRoute)?;
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::NoRoute)?;
+        let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
+        if !can_send(peer, now, &self.t) {
+            if peer.stage(pkt) {
+                self.drops[DropReason::NoSession as usize] += 1;
+            }
+            need_handshake(&mut peer.timers, id, now, &self.t, &mut self.events);
+            return Ok(Outbound::Queued);
+        }
+        let padded = padded_len(len, usize::from(self.cfg.mtu));
+        if buf.len() < padded + DATA_OVERHEAD {
+            return Err(DropReason::IoError);
+        }
+        buf[DATA_HEADER_LEN + len..DATA_HEADER_LEN + padded].fill(0);
+        let n = seal_current(peer, now, buf, padded, true, &self.t, &mut self.events);
+        self.tx_datagrams += 1;
+        Ok(Outbound::Send { to, len: n })
+    }
+
     fn tun(&mut self, now: Instant, pkt: &[u8], out: &mut [u8]) -> Result<Outbound, DropReason> {
         let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
         let id = self.routes.load().lookup(dst).ok_or(DropReason::NoRoute)?;

@@ -27,6 +27,7 @@
 
 mod dataplane;
 mod error;
+pub mod offload;
 mod packet;
 mod peer;
 pub mod replay;
