@@ -27,10 +27,12 @@
 
 mod chunk;
 mod error;
+pub mod fs;
 mod meta;
 mod reader;
 #[cfg(feature = "remote")]
 pub mod remote;
+mod share;
 mod store;
 mod writer;
 
@@ -46,6 +48,8 @@ pub use meta::INLINE_MAX;
 pub use reader::{ObjectReader, RangeReader};
 #[cfg(feature = "remote")]
 pub use remote::{RemoteConfig, S3ChunkStore};
+pub use fs::{CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, SetAttrs};
+pub use share::{ShareInfo, DEFAULT_SHARE};
 pub use store::Store;
 pub use writer::PutWriter;
 

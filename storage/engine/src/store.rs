@@ -354,6 +354,7 @@ impl Store {
                 wtx.open_table(CREDS)?;
                 wtx.open_table(STATS)?;
                 wtx.open_table(CHUNK_DATA)?;
+                crate::fs::create_tables(&wtx)?;
                 if get_json::<BucketRec, _>(&buckets, SYSTEM_BUCKET)?.is_none() {
                     let rec = BucketRec {
                         created: now_nanos(),
@@ -414,6 +415,16 @@ impl Store {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
+    }
+
+    /// The metadata database (for the file-system view in `fs.rs`).
+    pub(crate) fn db(&self) -> &Arc<Database> {
+        &self.inner.db
+    }
+
+    /// The global `max_size` cap.
+    pub(crate) fn max_size(&self) -> Option<u64> {
+        self.inner.max_size
     }
 
     /// Run `f` inside the next group-committed write transaction; returns once it is durable.

@@ -1,0 +1,1544 @@
+//! File-system view of shares for NFS: persistent inodes, POSIX attributes, directories as key
+//! prefixes and in-place edits that rewrite only the chunks they touch.
+//!
+//! Mapping: in share (bucket) `s`, the file `a/b/c.txt` is the object `a/b/c.txt`; the directory
+//! `a/b` exists when the marker object `a/b/` exists (NFS `mkdir` creates it) or when any key
+//! starts with `a/b/` (objects put over S3). A symlink is an object whose body is the target and
+//! whose user metadata has `tm-type: symlink`. S3 writes are therefore visible here at once, and
+//! the reverse.
+//!
+//! Inodes: `fs_paths` maps `bucket/path` to an inode number, `fs_inodes` maps the number to an
+//! [`InodeRec`] (path, mode, uid, gid, times, exclusive-create verifier). Numbers come from a
+//! persisted counter and are never reused, so a (generation, inode) file handle stays valid
+//! across restarts and renames; `fs_meta.generation` is random, created once per store. Objects
+//! that arrive over S3 get an inode the first time NFS sees them (one group-committed write).
+//! Removed inodes stay as tombstones (their last name lets a directory cookie resume).
+//!
+//! Attributes: mode/uid/gid/atime are the inode's; mtime/ctime are the inode's unless the object
+//! changed behind NFS's back (then the object's modification time is reported).
+//!
+//! Directory cookies: `1` = after `.`, `2` = after `..`, otherwise the inode number of the last
+//! entry returned; listing resumes after that entry's name (entries are in key order), so
+//! cookies stay valid while the directory changes.
+
+use std::ops::Bound;
+use std::time::SystemTime;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::ChunkId;
+use crate::meta::{
+    encode_manifest, from_nanos, get_json, install_object, now_nanos, obj_key, remove_object,
+    to_nanos, BucketRec, ChunkRef, ObjRec, BUCKETS, OBJECTS, OBJ_CHUNKS, STATS,
+};
+use crate::share::{ShareRec, SHARES};
+use crate::store::{manifest_etag, Pins};
+use crate::{ObjectMeta, StorageError, Store, INLINE_MAX, MAX_KEY_LEN};
+
+pub(crate) const FS_INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("fs_inodes");
+pub(crate) const FS_PATHS: TableDefinition<&str, u64> = TableDefinition::new("fs_paths");
+pub(crate) const FS_META: TableDefinition<&str, u64> = TableDefinition::new("fs_meta");
+
+/// First inode number handed out (cookies 1 and 2 are `.` and `..`).
+const FIRST_INO: u64 = 16;
+/// Directory cookie after `.`.
+pub const COOKIE_DOT: u64 = 1;
+/// Directory cookie after `..`.
+pub const COOKIE_DOTDOT: u64 = 2;
+/// Object user-metadata key marking symlinks.
+pub const TYPE_META: &str = "tm-type";
+const SYMLINK: &str = "symlink";
+/// Retries of an edit that lost a race with another writer.
+const EDIT_RETRIES: usize = 8;
+/// Size reported for directories.
+const DIR_SIZE: u64 = 4096;
+
+/// Create the file-system tables and the store generation (called from `Store::open_with`).
+pub(crate) fn create_tables(wtx: &WriteTransaction) -> Result<(), StorageError> {
+    wtx.open_table(FS_INODES)?;
+    wtx.open_table(FS_PATHS)?;
+    wtx.open_table(SHARES)?;
+    let mut m = wtx.open_table(FS_META)?;
+    if m.get("generation")?.is_none() {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b)
+            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        // Keep it in 1..2^62: NFS servers compare generations, leave headroom, never 0.
+        let g = (u64::from_le_bytes(b) >> 2).max(1);
+        m.insert("generation", g)?;
+    }
+    if m.get("next_ino")?.is_none() {
+        m.insert("next_ino", FIRST_INO)?;
+    }
+    Ok(())
+}
+
+/// Kind of a file-system object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// Regular file (an object).
+    File,
+    /// Directory (a key prefix, with or without marker object).
+    Directory,
+    /// Symbolic link (an object holding the target).
+    Symlink,
+}
+
+/// Attributes of an inode, as NFS reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileAttr {
+    /// Inode number (NFS fileid).
+    pub ino: u64,
+    /// What it is.
+    pub kind: FileKind,
+    /// Permission bits (and setuid/setgid/sticky), exactly as last set.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Link count (1 for files, 2 for directories).
+    pub nlink: u32,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Change time.
+    pub ctime: SystemTime,
+    /// File-system id of the share (stable hash of its name).
+    pub fsid: u64,
+}
+
+/// Attribute changes for [`FileSystem::setattr`] and creation; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAttrs {
+    /// New mode bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or zero-extend; files only).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SystemTime>,
+    /// New modification time.
+    pub mtime: Option<SystemTime>,
+}
+
+/// NFS `CREATE` modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateMode {
+    /// Create or open the existing file (applying the size in the attributes).
+    Unchecked,
+    /// Fail with `Exists` if the name exists.
+    Guarded,
+    /// Create once per verifier: a retry with the same verifier succeeds, anything else is
+    /// `Exists`.
+    Exclusive(u64),
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name within the directory.
+    pub name: String,
+    /// Cookie to resume after this entry.
+    pub cookie: u64,
+    /// The entry's attributes.
+    pub attr: FileAttr,
+}
+
+/// Space figures for `FSSTAT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsStat {
+    /// Capacity in bytes (quota, else global max size, else a large nominal figure).
+    pub total_bytes: u64,
+    /// Bytes still free.
+    pub free_bytes: u64,
+    /// Objects in the share.
+    pub files: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct InodeRec {
+    pub share: String,
+    /// Path inside the share, "" for its root, no leading or trailing slash.
+    pub path: String,
+    /// Last observed kind (a hint; the objects decide).
+    pub kind: FileKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: u64,
+    pub mtime: u64,
+    pub ctime: u64,
+    /// The object's `modified` when NFS last set this inode's times (files only).
+    pub seen: u64,
+    #[serde(default)]
+    pub verf: Option<u64>,
+    #[serde(default)]
+    pub removed: bool,
+}
+
+enum Node {
+    File(ObjRec),
+    Symlink(ObjRec),
+    Dir { marker: Option<u64> },
+}
+
+impl Node {
+    fn kind(&self) -> FileKind {
+        match self {
+            Node::File(_) => FileKind::File,
+            Node::Symlink(_) => FileKind::Symlink,
+            Node::Dir { .. } => FileKind::Directory,
+        }
+    }
+}
+
+fn is_symlink(r: &ObjRec) -> bool {
+    r.meta.user.get(TYPE_META).is_some_and(|v| v == SYMLINK)
+}
+
+fn node_of(r: ObjRec) -> Node {
+    if is_symlink(&r) {
+        Node::Symlink(r)
+    } else {
+        Node::File(r)
+    }
+}
+
+/// FNV-1a of the share name: the NFS fsid.
+fn fsid(share: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in share.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
+
+fn last_name(path: &str) -> &str {
+    path.rfind('/').map_or(path, |i| &path[i + 1..])
+}
+
+/// Check an NFS file name.
+pub fn check_name(name: &str) -> Result<(), StorageError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(StorageError::InvalidName);
+    }
+    if name.len() > 255 {
+        return Err(StorageError::NameTooLong);
+    }
+    Ok(())
+}
+
+fn check_path(share: &str, path: &str) -> Result<(), StorageError> {
+    // +1 for a directory marker's trailing slash.
+    if path.len() + 1 > MAX_KEY_LEN || share.len() + path.len() + 2 > MAX_KEY_LEN + 64 {
+        return Err(StorageError::NameTooLong);
+    }
+    Ok(())
+}
+
+fn get_inode(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    ino: u64,
+) -> Result<Option<InodeRec>, StorageError> {
+    match t.get(ino)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_inode(
+    t: &mut redb::Table<u64, &'static [u8]>,
+    ino: u64,
+    rec: &InodeRec,
+) -> Result<(), StorageError> {
+    t.insert(ino, serde_json::to_vec(rec)?.as_slice())?;
+    Ok(())
+}
+
+/// What exists at `share/path`.
+fn probe(
+    objects: &impl ReadableTable<&'static str, &'static [u8]>,
+    share: &str,
+    path: &str,
+) -> Result<Option<Node>, StorageError> {
+    if path.is_empty() {
+        return Ok(Some(Node::Dir { marker: None }));
+    }
+    let k = obj_key(share, path);
+    if let Some(r) = get_json::<ObjRec, _>(objects, &k)? {
+        return Ok(Some(node_of(r)));
+    }
+    let pfx = format!("{k}/");
+    if let Some(e) = objects.range(pfx.as_str()..)?.next() {
+        let (key, v) = e?;
+        if key.value() == pfx {
+            let r: ObjRec = serde_json::from_slice(v.value())?;
+            return Ok(Some(Node::Dir {
+                marker: Some(r.modified),
+            }));
+        }
+        if key.value().starts_with(&pfx) {
+            return Ok(Some(Node::Dir { marker: None }));
+        }
+    }
+    Ok(None)
+}
+
+fn default_rec(share: &str, path: &str, node: &Node) -> InodeRec {
+    let now = now_nanos();
+    let (kind, mode, t) = match node {
+        Node::File(r) => (FileKind::File, 0o644, r.modified),
+        Node::Symlink(r) => (FileKind::Symlink, 0o777, r.modified),
+        Node::Dir { marker } => (FileKind::Directory, 0o755, marker.unwrap_or(now)),
+    };
+    InodeRec {
+        share: share.to_string(),
+        path: path.to_string(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        seen: t,
+        verf: None,
+        removed: false,
+    }
+}
+
+fn attr_of(ino: u64, rec: &InodeRec, node: &Node) -> FileAttr {
+    let (kind, size, nlink, mtime, ctime) = match node {
+        Node::File(o) | Node::Symlink(o) => {
+            let (m, c) = if o.modified == rec.seen {
+                (rec.mtime, rec.ctime)
+            } else {
+                (o.modified, o.modified.max(rec.ctime))
+            };
+            (node.kind(), o.size, 1, m, c)
+        }
+        Node::Dir { .. } => (FileKind::Directory, DIR_SIZE, 2, rec.mtime, rec.ctime),
+    };
+    FileAttr {
+        ino,
+        kind,
+        mode: rec.mode,
+        uid: rec.uid,
+        gid: rec.gid,
+        size,
+        nlink,
+        atime: from_nanos(rec.atime),
+        mtime: from_nanos(mtime),
+        ctime: from_nanos(ctime),
+        fsid: fsid(&rec.share),
+    }
+}
+
+/// Allocate (or find) the inode of `share/path`; `rec` is used when a new one is made.
+fn alloc_ino(wtx: &WriteTransaction, rec: InodeRec) -> Result<u64, StorageError> {
+    let mut paths = wtx.open_table(FS_PATHS)?;
+    let pk = obj_key(&rec.share, &rec.path);
+    if let Some(v) = paths.get(pk.as_str())? {
+        return Ok(v.value());
+    }
+    let mut meta = wtx.open_table(FS_META)?;
+    let ino = meta
+        .get("next_ino")?
+        .map_or(FIRST_INO, |v| v.value())
+        .max(FIRST_INO);
+    meta.insert("next_ino", ino + 1)?;
+    paths.insert(pk.as_str(), ino)?;
+    put_inode(&mut wtx.open_table(FS_INODES)?, ino, &rec)?;
+    Ok(ino)
+}
+
+/// Replace the inode of `share/path` by a fresh one with `rec` (old one becomes a tombstone).
+fn new_ino(wtx: &WriteTransaction, rec: InodeRec) -> Result<u64, StorageError> {
+    tombstone(wtx, &rec.share, &rec.path)?;
+    alloc_ino(wtx, rec)
+}
+
+/// Mark the inode at `share/path` (if any) removed and forget the path.
+fn tombstone(wtx: &WriteTransaction, share: &str, path: &str) -> Result<(), StorageError> {
+    let mut paths = wtx.open_table(FS_PATHS)?;
+    let pk = obj_key(share, path);
+    let ino = paths.remove(pk.as_str())?.map(|v| v.value());
+    if let Some(ino) = ino {
+        let mut inodes = wtx.open_table(FS_INODES)?;
+        if let Some(mut r) = get_inode(&inodes, ino)? {
+            r.removed = true;
+            r.ctime = now_nanos();
+            put_inode(&mut inodes, ino, &r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Set mtime/ctime of the directory `share/path` to now (if it has an inode).
+fn touch_dir(wtx: &WriteTransaction, share: &str, path: &str) -> Result<(), StorageError> {
+    let ino = wtx
+        .open_table(FS_PATHS)?
+        .get(obj_key(share, path).as_str())?
+        .map(|v| v.value());
+    if let Some(ino) = ino {
+        let mut inodes = wtx.open_table(FS_INODES)?;
+        if let Some(mut r) = get_inode(&inodes, ino)? {
+            let now = now_nanos().max(r.mtime + 1);
+            r.mtime = now;
+            r.ctime = now;
+            put_inode(&mut inodes, ino, &r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Make sure the directory `share/dir` keeps existing once it may have no entries (marker).
+fn ensure_marker(
+    wtx: &WriteTransaction,
+    freed: &mut Vec<ChunkId>,
+    max_size: Option<u64>,
+    share: &str,
+    dir: &str,
+) -> Result<(), StorageError> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    let mk = format!("{dir}/");
+    if wtx
+        .open_table(OBJECTS)?
+        .get(obj_key(share, &mk).as_str())?
+        .is_some()
+    {
+        return Ok(());
+    }
+    install_object(wtx, freed, max_size, share, &mk, &empty_rec(), &[], None)?;
+    Ok(())
+}
+
+fn empty_rec() -> ObjRec {
+    ObjRec {
+        size: 0,
+        etag: "d41d8cd98f00b204e9800998ecf8427e".into(),
+        modified: now_nanos(),
+        meta: ObjectMeta::default(),
+    }
+}
+
+/// Move one object's record and manifest from `src` to `dst` (replacing `dst`); usage and chunk
+/// references do not change except for the replaced object.
+fn move_object(
+    wtx: &WriteTransaction,
+    freed: &mut Vec<ChunkId>,
+    share: &str,
+    src: &str,
+    dst: &str,
+) -> Result<(), StorageError> {
+    remove_object(wtx, freed, share, dst)?;
+    let (sk, dk) = (obj_key(share, src), obj_key(share, dst));
+    let mut objects = wtx.open_table(OBJECTS)?;
+    let mut chunks = wtx.open_table(OBJ_CHUNKS)?;
+    let rec = objects
+        .remove(sk.as_str())?
+        .map(|v| v.value().to_vec())
+        .ok_or(StorageError::NoSuchKey)?;
+    let m = chunks
+        .remove(sk.as_str())?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    objects.insert(dk.as_str(), rec.as_slice())?;
+    chunks.insert(dk.as_str(), m.as_slice())?;
+    Ok(())
+}
+
+fn apply_attrs(r: &mut InodeRec, sa: &SetAttrs, now: u64) {
+    if let Some(m) = sa.mode {
+        r.mode = m & 0o7777;
+    }
+    if let Some(u) = sa.uid {
+        r.uid = u;
+    }
+    if let Some(g) = sa.gid {
+        r.gid = g;
+    }
+    if let Some(t) = sa.atime {
+        r.atime = to_nanos(t);
+    }
+    if let Some(t) = sa.mtime {
+        r.mtime = to_nanos(t);
+    }
+    r.ctime = now;
+}
+
+/// The NFS view of a [`Store`]'s shares. Cheap to clone; every method blocks.
+///
+/// Call order: [`Store::ensure_share`] → [`FileSystem::new`] → [`FileSystem::share_root`] (at
+/// MNT) → `lookup`/`getattr`/`read`/`write`/... by inode number.
+#[derive(Clone, Debug)]
+pub struct FileSystem {
+    store: Store,
+    generation: u64,
+}
+
+/// A resolved inode: its record plus what exists at its path now.
+struct Resolved {
+    rec: InodeRec,
+    node: Node,
+}
+
+impl FileSystem {
+    /// The file-system view of `store`.
+    pub fn new(store: Store) -> Result<FileSystem, StorageError> {
+        let rtx = store.db().begin_read()?;
+        let generation = rtx
+            .open_table(FS_META)?
+            .get("generation")?
+            .map(|v| v.value())
+            .ok_or_else(|| StorageError::Corrupt("fs_meta.generation missing".into()))?;
+        Ok(FileSystem { store, generation })
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Random per-store number, created once: put it in file handles so they survive restarts.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Root directory of a share (allocating its inode on first use).
+    pub fn share_root(&self, share: &str) -> Result<FileAttr, StorageError> {
+        {
+            let rtx = self.store.db().begin_read()?;
+            if rtx.open_table(SHARES)?.get(share)?.is_none() {
+                return Err(StorageError::NoSuchShare);
+            }
+        }
+        self.attr_at(share, "")
+    }
+
+    /// Share name and read-only flag of an inode.
+    pub fn share_of(&self, ino: u64) -> Result<(String, bool), StorageError> {
+        let rtx = self.store.db().begin_read()?;
+        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
+        let s: ShareRec =
+            get_json(&rtx.open_table(SHARES)?, &rec.share)?.ok_or(StorageError::Stale)?;
+        Ok((rec.share, s.read_only))
+    }
+
+    fn writable(&self, ino: u64) -> Result<(), StorageError> {
+        match self.share_of(ino)? {
+            (_, true) => Err(StorageError::ReadOnly),
+            _ => Ok(()),
+        }
+    }
+
+    fn resolve(&self, ino: u64) -> Result<Resolved, StorageError> {
+        let rtx = self.store.db().begin_read()?;
+        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
+        if rec.removed {
+            return Err(StorageError::Stale);
+        }
+        let node = probe(&rtx.open_table(OBJECTS)?, &rec.share, &rec.path)?;
+        let node = match node {
+            Some(n) => n,
+            None => return Err(StorageError::Stale),
+        };
+        Ok(Resolved { rec, node })
+    }
+
+    fn resolve_dir(&self, ino: u64) -> Result<Resolved, StorageError> {
+        let r = self.resolve(ino)?;
+        if !matches!(r.node, Node::Dir { .. }) {
+            return Err(StorageError::NotADirectory);
+        }
+        Ok(r)
+    }
+
+    /// Attributes of whatever is at `share/path`, allocating its inode if needed.
+    fn attr_at(&self, share: &str, path: &str) -> Result<FileAttr, StorageError> {
+        for _ in 0..EDIT_RETRIES {
+            let rtx = self.store.db().begin_read()?;
+            let node =
+                probe(&rtx.open_table(OBJECTS)?, share, path)?.ok_or(StorageError::NoSuchKey)?;
+            let ino = rtx
+                .open_table(FS_PATHS)?
+                .get(obj_key(share, path).as_str())?
+                .map(|v| v.value());
+            if let Some(ino) = ino {
+                let rec =
+                    get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
+                return Ok(attr_of(ino, &rec, &node));
+            }
+            drop(rtx);
+            let rec = default_rec(share, path, &node);
+            self.store.txn(move |wtx, _| alloc_ino(wtx, rec))?;
+        }
+        Err(StorageError::Conflict)
+    }
+
+    /// Attributes of an inode (`Stale` once it is removed or its object vanished).
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr, StorageError> {
+        let r = self.resolve(ino)?;
+        Ok(attr_of(ino, &r.rec, &r.node))
+    }
+
+    /// Look `name` up in directory `dir` (`.` and `..` included).
+    pub fn lookup(&self, dir: u64, name: &str) -> Result<FileAttr, StorageError> {
+        let d = self.resolve_dir(dir)?;
+        match name {
+            "." => return Ok(attr_of(dir, &d.rec, &d.node)),
+            ".." => return self.attr_at(&d.rec.share, parent_of(&d.rec.path)),
+            _ => {}
+        }
+        check_name(name)?;
+        let path = join(&d.rec.path, name);
+        check_path(&d.rec.share, &path)?;
+        self.attr_at(&d.rec.share, &path)
+    }
+
+    /// Read up to `count` bytes at `offset`: `(data, eof)`.
+    pub fn read(&self, ino: u64, offset: u64, count: u32) -> Result<(Vec<u8>, bool), StorageError> {
+        let r = self.resolve(ino)?;
+        match r.node {
+            Node::Dir { .. } => return Err(StorageError::IsADirectory),
+            Node::Symlink(_) => return Err(StorageError::Invalid("read of a symlink")),
+            Node::File(_) => {}
+        }
+        let obj = match self.store.open_object(&r.rec.share, &r.rec.path) {
+            Ok(o) => o,
+            Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
+            Err(e) => return Err(e),
+        };
+        let size = obj.size();
+        if offset >= size {
+            return Ok((Vec::new(), true));
+        }
+        let n = u64::from(count).min(size - offset) as usize;
+        let mut buf = vec![0u8; n];
+        let got = obj.read_at(offset, &mut buf)?;
+        buf.truncate(got);
+        Ok((buf, offset + got as u64 >= size))
+    }
+
+    /// Target of a symlink.
+    pub fn readlink(&self, ino: u64) -> Result<String, StorageError> {
+        let r = self.resolve(ino)?;
+        if !matches!(r.node, Node::Symlink(_)) {
+            return Err(StorageError::Invalid("not a symlink"));
+        }
+        let obj = self.store.open_object(&r.rec.share, &r.rec.path)?;
+        let mut buf = vec![0u8; obj.size() as usize];
+        let n = obj.read_at(0, &mut buf)?;
+        buf.truncate(n);
+        String::from_utf8(buf).map_err(|_| StorageError::Corrupt("symlink target".into()))
+    }
+
+    /// Apply `writes` (in order; later ones win where they overlap) durably, rewriting only the
+    /// chunks they touch. Returns the new attributes.
+    pub fn write(&self, ino: u64, writes: &[(u64, &[u8])]) -> Result<FileAttr, StorageError> {
+        self.writable(ino)?;
+        self.edit(ino, writes, None, None)
+    }
+
+    /// Change attributes (size changes rewrite only the cut chunk).
+    pub fn setattr(&self, ino: u64, sa: &SetAttrs) -> Result<FileAttr, StorageError> {
+        self.writable(ino)?;
+        let r = self.resolve(ino)?;
+        if sa.size.is_some() && !matches!(r.node, Node::File(_)) {
+            return Err(match r.node {
+                Node::Dir { .. } => StorageError::IsADirectory,
+                _ => StorageError::Invalid("size of a symlink"),
+            });
+        }
+        if sa.size.is_some() {
+            return self.edit(ino, &[], sa.size, Some(sa.clone()));
+        }
+        let sa = sa.clone();
+        let (share, path) = (r.rec.share.clone(), r.rec.path.clone());
+        self.store.txn(move |wtx, _| {
+            let seen = get_json::<ObjRec, _>(&wtx.open_table(OBJECTS)?, &obj_key(&share, &path))?
+                .map(|o| o.modified);
+            let mut inodes = wtx.open_table(FS_INODES)?;
+            let mut rec = get_inode(&inodes, ino)?.ok_or(StorageError::Stale)?;
+            if rec.removed {
+                return Err(StorageError::Stale);
+            }
+            if let Some(s) = seen {
+                if s != rec.seen {
+                    // Times changed over S3 since NFS last looked: adopt them first.
+                    rec.mtime = s;
+                    rec.ctime = rec.ctime.max(s);
+                    rec.seen = s;
+                }
+            }
+            apply_attrs(&mut rec, &sa, now_nanos());
+            rec.verf = None;
+            put_inode(&mut inodes, ino, &rec)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// Splice writes and/or a truncation into the file `ino` and update its inode, in one
+    /// metadata transaction (retrying if another writer got there first).
+    fn edit(
+        &self,
+        ino: u64,
+        writes: &[(u64, &[u8])],
+        truncate: Option<u64>,
+        sa: Option<SetAttrs>,
+    ) -> Result<FileAttr, StorageError> {
+        for _ in 0..EDIT_RETRIES {
+            let r = self.resolve(ino)?;
+            match r.node {
+                Node::File(_) => {}
+                Node::Dir { .. } => return Err(StorageError::IsADirectory),
+                Node::Symlink(_) => return Err(StorageError::Invalid("write to a symlink")),
+            }
+            let (share, path) = (r.rec.share.clone(), r.rec.path.clone());
+            let old = match self.store.open_object(&share, &path) {
+                Ok(o) => o,
+                Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
+                Err(e) => return Err(e),
+            };
+            let mut pins = Pins {
+                shared: self.store.shared().clone(),
+                ids: Vec::new(),
+            };
+            let (rec, manifest) = self.build(&old, writes, truncate, &mut pins)?;
+            let expect = encode_manifest(old.manifest());
+            let max_size = self.store.max_size();
+            let sa = sa.clone();
+            let _g = self.store.shared().read_guard();
+            let res = self.store.txn(move |wtx, freed| {
+                let ok = obj_key(&share, &path);
+                let cur = wtx
+                    .open_table(OBJ_CHUNKS)?
+                    .get(ok.as_str())?
+                    .map(|v| v.value().to_vec());
+                if cur.as_deref() != Some(expect.as_slice()) {
+                    return Err(StorageError::Conflict);
+                }
+                {
+                    let inodes = wtx.open_table(FS_INODES)?;
+                    match get_inode(&inodes, ino)? {
+                        Some(i) if !i.removed && i.path == path && i.share == share => {}
+                        _ => return Err(StorageError::Conflict),
+                    }
+                }
+                install_object(wtx, freed, max_size, &share, &path, &rec, &manifest, None)?;
+                let mut inodes = wtx.open_table(FS_INODES)?;
+                let mut i = get_inode(&inodes, ino)?.ok_or(StorageError::Stale)?;
+                i.mtime = rec.modified;
+                i.ctime = rec.modified;
+                i.seen = rec.modified;
+                if let Some(sa) = &sa {
+                    apply_attrs(&mut i, sa, rec.modified);
+                    i.verf = None;
+                }
+                put_inode(&mut inodes, ino, &i)
+            });
+            drop(_g);
+            drop(pins);
+            match res {
+                Err(StorageError::Conflict) => continue,
+                Err(e) => return Err(e),
+                Ok(()) => return self.getattr(ino),
+            }
+        }
+        Err(StorageError::Conflict)
+    }
+
+    /// New object record and manifest for `old` with `truncate` then `writes` applied. Chunks no
+    /// write touches (and not cut) are kept; a short last chunk is merged with growth.
+    fn build(
+        &self,
+        old: &crate::ObjectReader,
+        writes: &[(u64, &[u8])],
+        truncate: Option<u64>,
+        pins: &mut Pins,
+    ) -> Result<(ObjRec, Vec<ChunkRef>), StorageError> {
+        let cs = u64::from(self.store.shared().chunk_size);
+        let size = old.size();
+        let t = truncate.unwrap_or(size);
+        let keep_limit = size.min(t);
+        let mut new_size = t;
+        for (o, d) in writes {
+            let end = o
+                .checked_add(d.len() as u64)
+                .ok_or(StorageError::Invalid("offset overflow"))?;
+            if !d.is_empty() {
+                new_size = new_size.max(end);
+            }
+        }
+        let overlaps = |s: u64, e: u64| {
+            writes
+                .iter()
+                .any(|(o, d)| !d.is_empty() && *o < e && o + d.len() as u64 > s)
+        };
+        let m = old.manifest();
+        let mut out: Vec<ChunkRef> = Vec::with_capacity(m.len() + 1);
+        let mut runs: Vec<(usize, u64, u64)> = Vec::new(); // (insert index in out, start, end)
+        let mut run_start: Option<u64> = None;
+        let mut s = 0u64;
+        let mut covered = 0u64;
+        for c in m {
+            let e = s + u64::from(c.len);
+            if s >= new_size {
+                break;
+            }
+            let short_tail = e == size && u64::from(c.len) < cs && new_size > size;
+            let keep = e <= keep_limit && !overlaps(s, e) && !short_tail;
+            if keep {
+                if let Some(rs) = run_start.take() {
+                    runs.push((out.len(), rs, s));
+                }
+                out.push(*c);
+                covered = e;
+            } else if run_start.is_none() {
+                run_start = Some(s);
+            }
+            s = e;
+        }
+        match run_start {
+            Some(rs) => runs.push((out.len(), rs, new_size)),
+            None if covered < new_size => runs.push((out.len(), covered, new_size)),
+            None => {}
+        }
+        // Materialise the rewritten runs (from the back so insert indexes stay valid).
+        for (at, a, b) in runs.into_iter().rev() {
+            let mut pieces = Vec::new();
+            let mut p = a;
+            while p < b {
+                let pe = (p + cs).min(b);
+                let mut buf = vec![0u8; (pe - p) as usize];
+                let fully_written = writes
+                    .iter()
+                    .any(|(o, d)| *o <= p && o + d.len() as u64 >= pe);
+                let old_end = pe.min(keep_limit);
+                if !fully_written && p < old_end {
+                    old.read_exact_at(p, &mut buf[..(old_end - p) as usize])?;
+                }
+                for (o, d) in writes {
+                    let ws = (*o).max(p);
+                    let we = (o + d.len() as u64).min(pe);
+                    if ws < we {
+                        buf[(ws - p) as usize..(we - p) as usize]
+                            .copy_from_slice(&d[(ws - o) as usize..(we - o) as usize]);
+                    }
+                }
+                pieces.push(buf);
+                p = pe;
+            }
+            let refs = put_pieces(pins, &pieces)?;
+            out.splice(at..at, refs);
+        }
+        debug_assert_eq!(out.iter().map(|c| u64::from(c.len)).sum::<u64>(), new_size);
+        let rec = ObjRec {
+            size: new_size,
+            etag: manifest_etag(&out),
+            modified: now_nanos(),
+            meta: old.info.meta.clone(),
+        };
+        Ok((rec, out))
+    }
+
+    /// Create a regular file in `dir`.
+    pub fn create(
+        &self,
+        dir: u64,
+        name: &str,
+        how: CreateMode,
+        sa: &SetAttrs,
+    ) -> Result<FileAttr, StorageError> {
+        self.writable(dir)?;
+        check_name(name)?;
+        let d = self.resolve_dir(dir)?;
+        let (share, path) = (d.rec.share.clone(), join(&d.rec.path, name));
+        check_path(&share, &path)?;
+        let max_size = self.store.max_size();
+        let sa2 = sa.clone();
+        let (sh, p, dpath) = (share.clone(), path.clone(), d.rec.path.clone());
+        // `Some(ino)`: existing file to return (after an optional truncate) instead.
+        let existing = self.store.txn(move |wtx, freed| {
+            let node = probe(&wtx.open_table(OBJECTS)?, &sh, &p)?;
+            if let Some(node) = node {
+                let ino = wtx
+                    .open_table(FS_PATHS)?
+                    .get(obj_key(&sh, &p).as_str())?
+                    .map(|v| v.value());
+                let rec = match ino {
+                    Some(i) => get_inode(&wtx.open_table(FS_INODES)?, i)?,
+                    None => None,
+                };
+                return match (how, &node) {
+                    (_, Node::Dir { .. }) => Err(StorageError::Exists),
+                    (CreateMode::Guarded, _) => Err(StorageError::Exists),
+                    (CreateMode::Exclusive(v), _) => match (ino, rec) {
+                        (Some(i), Some(r)) if r.verf == Some(v) => Ok(Some(i)),
+                        _ => Err(StorageError::Exists),
+                    },
+                    (CreateMode::Unchecked, Node::Symlink(_)) => Err(StorageError::Exists),
+                    (CreateMode::Unchecked, Node::File(_)) => match ino {
+                        Some(i) => Ok(Some(i)),
+                        None => {
+                            let i = alloc_ino(wtx, default_rec(&sh, &p, &node))?;
+                            Ok(Some(i))
+                        }
+                    },
+                };
+            }
+            let orec = empty_rec();
+            install_object(wtx, freed, max_size, &sh, &p, &orec, &[], None)?;
+            let mut rec = default_rec(&sh, &p, &Node::File(orec.clone()));
+            apply_attrs(&mut rec, &sa2, orec.modified);
+            rec.ctime = orec.modified;
+            if let CreateMode::Exclusive(v) = how {
+                rec.verf = Some(v);
+            }
+            new_ino(wtx, rec)?;
+            touch_dir(wtx, &sh, &dpath)?;
+            Ok(None)
+        })?;
+        match existing {
+            Some(ino) if sa.size.is_some() && how == CreateMode::Unchecked => self.setattr(
+                ino,
+                &SetAttrs {
+                    size: sa.size,
+                    ..Default::default()
+                },
+            ),
+            Some(ino) => self.getattr(ino),
+            None => {
+                let a = self.attr_at(&share, &path)?;
+                if sa.size.is_some_and(|s| s > 0) {
+                    return self.setattr(
+                        a.ino,
+                        &SetAttrs {
+                            size: sa.size,
+                            ..Default::default()
+                        },
+                    );
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    /// Create a directory (a marker object `path/`).
+    pub fn mkdir(&self, dir: u64, name: &str, sa: &SetAttrs) -> Result<FileAttr, StorageError> {
+        self.writable(dir)?;
+        check_name(name)?;
+        let d = self.resolve_dir(dir)?;
+        let (share, path) = (d.rec.share.clone(), join(&d.rec.path, name));
+        check_path(&share, &path)?;
+        let max_size = self.store.max_size();
+        let sa = sa.clone();
+        let (sh, p, dpath) = (share.clone(), path.clone(), d.rec.path.clone());
+        self.store.txn(move |wtx, freed| {
+            if probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.is_some() {
+                return Err(StorageError::Exists);
+            }
+            let orec = empty_rec();
+            install_object(
+                wtx,
+                freed,
+                max_size,
+                &sh,
+                &format!("{p}/"),
+                &orec,
+                &[],
+                None,
+            )?;
+            let mut rec = default_rec(
+                &sh,
+                &p,
+                &Node::Dir {
+                    marker: Some(orec.modified),
+                },
+            );
+            apply_attrs(&mut rec, &sa, orec.modified);
+            new_ino(wtx, rec)?;
+            touch_dir(wtx, &sh, &dpath)
+        })?;
+        self.attr_at(&share, &path)
+    }
+
+    /// Create a symlink `name` -> `target`.
+    pub fn symlink(
+        &self,
+        dir: u64,
+        name: &str,
+        target: &str,
+        sa: &SetAttrs,
+    ) -> Result<FileAttr, StorageError> {
+        self.writable(dir)?;
+        check_name(name)?;
+        if target.is_empty() || target.len() > INLINE_MAX.min(4096) {
+            return Err(StorageError::NameTooLong);
+        }
+        let d = self.resolve_dir(dir)?;
+        let (share, path) = (d.rec.share.clone(), join(&d.rec.path, name));
+        check_path(&share, &path)?;
+        let max_size = self.store.max_size();
+        let sa = sa.clone();
+        let body = target.as_bytes().to_vec();
+        let (sh, p, dpath) = (share.clone(), path.clone(), d.rec.path.clone());
+        self.store.txn(move |wtx, freed| {
+            if probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.is_some() {
+                return Err(StorageError::Exists);
+            }
+            let mut meta = ObjectMeta::default();
+            meta.user.insert(TYPE_META.into(), SYMLINK.into());
+            let orec = ObjRec {
+                size: body.len() as u64,
+                etag: String::new(),
+                modified: now_nanos(),
+                meta,
+            };
+            let c = ChunkRef {
+                id: ChunkId::of(&body),
+                len: u32::try_from(body.len()).expect("symlink target is small"),
+                inline: true,
+            };
+            let mut orec2 = orec.clone();
+            orec2.etag = manifest_etag(&[c]);
+            install_object(wtx, freed, max_size, &sh, &p, &orec2, &[c], Some(&body))?;
+            let mut rec = default_rec(&sh, &p, &Node::Symlink(orec2.clone()));
+            apply_attrs(&mut rec, &sa, orec2.modified);
+            new_ino(wtx, rec)?;
+            touch_dir(wtx, &sh, &dpath)
+        })?;
+        self.attr_at(&share, &path)
+    }
+
+    /// Remove a file or symlink.
+    pub fn remove(&self, dir: u64, name: &str) -> Result<(), StorageError> {
+        self.unlink(dir, name, false)
+    }
+
+    /// Remove an empty directory.
+    pub fn rmdir(&self, dir: u64, name: &str) -> Result<(), StorageError> {
+        self.unlink(dir, name, true)
+    }
+
+    fn unlink(&self, dir: u64, name: &str, want_dir: bool) -> Result<(), StorageError> {
+        self.writable(dir)?;
+        check_name(name)?;
+        let d = self.resolve_dir(dir)?;
+        let (sh, p, dpath) = (
+            d.rec.share.clone(),
+            join(&d.rec.path, name),
+            d.rec.path.clone(),
+        );
+        let max_size = self.store.max_size();
+        self.store.txn(move |wtx, freed| {
+            let node = probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.ok_or(StorageError::NoSuchKey)?;
+            match (&node, want_dir) {
+                (Node::Dir { .. }, false) => return Err(StorageError::IsADirectory),
+                (Node::File(_) | Node::Symlink(_), true) => {
+                    return Err(StorageError::NotADirectory)
+                }
+                (Node::Dir { .. }, true) => {
+                    let pfx = obj_key(&sh, &format!("{p}/"));
+                    let objects = wtx.open_table(OBJECTS)?;
+                    for e in objects.range(pfx.as_str()..)? {
+                        let (k, _) = e?;
+                        if !k.value().starts_with(&pfx) {
+                            break;
+                        }
+                        if k.value() != pfx {
+                            return Err(StorageError::DirectoryNotEmpty);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let key = if want_dir { format!("{p}/") } else { p.clone() };
+            remove_object(wtx, freed, &sh, &key)?;
+            tombstone(wtx, &sh, &p)?;
+            ensure_marker(wtx, freed, max_size, &sh, &dpath)?;
+            touch_dir(wtx, &sh, &dpath)
+        })
+    }
+
+    /// Rename within or across directories of one share; an existing target file (or empty
+    /// directory, for a directory source) is replaced.
+    pub fn rename(
+        &self,
+        from_dir: u64,
+        from: &str,
+        to_dir: u64,
+        to: &str,
+    ) -> Result<(), StorageError> {
+        self.writable(from_dir)?;
+        check_name(from)?;
+        check_name(to)?;
+        let fd = self.resolve_dir(from_dir)?;
+        let td = self.resolve_dir(to_dir)?;
+        if fd.rec.share != td.rec.share {
+            return Err(StorageError::Invalid("rename across shares"));
+        }
+        let sh = fd.rec.share.clone();
+        let (src, dst) = (join(&fd.rec.path, from), join(&td.rec.path, to));
+        check_path(&sh, &dst)?;
+        if src == dst {
+            return Ok(());
+        }
+        if dst.starts_with(&format!("{src}/")) {
+            return Err(StorageError::Invalid("directory moved into itself"));
+        }
+        let (fpath, tpath) = (fd.rec.path.clone(), td.rec.path.clone());
+        let max_size = self.store.max_size();
+        self.store.txn(move |wtx, freed| {
+            let (snode, dnode) = {
+                let objects = wtx.open_table(OBJECTS)?;
+                (probe(&objects, &sh, &src)?, probe(&objects, &sh, &dst)?)
+            };
+            let snode = snode.ok_or(StorageError::NoSuchKey)?;
+            let src_is_dir = matches!(snode, Node::Dir { .. });
+            // Keys to move: (old key, new key).
+            let mut moves: Vec<(String, String)> = Vec::new();
+            let spfx = format!("{src}/");
+            if src_is_dir {
+                match &dnode {
+                    Some(Node::Dir { .. }) => {
+                        let pfx = obj_key(&sh, &format!("{dst}/"));
+                        let objects = wtx.open_table(OBJECTS)?;
+                        for e in objects.range(pfx.as_str()..)? {
+                            let (k, _) = e?;
+                            if !k.value().starts_with(&pfx) {
+                                break;
+                            }
+                            if k.value() != pfx {
+                                return Err(StorageError::DirectoryNotEmpty);
+                            }
+                        }
+                    }
+                    Some(_) => return Err(StorageError::NotADirectory),
+                    None => {}
+                }
+                let base = obj_key(&sh, "");
+                let full = obj_key(&sh, &spfx);
+                let objects = wtx.open_table(OBJECTS)?;
+                for e in objects.range(full.as_str()..)? {
+                    let (k, _) = e?;
+                    let k = k.value();
+                    if !k.starts_with(&full) {
+                        break;
+                    }
+                    let rel = &k[base.len()..];
+                    let nk = format!("{dst}/{}", &rel[spfx.len()..]);
+                    if nk.len() > MAX_KEY_LEN {
+                        return Err(StorageError::NameTooLong);
+                    }
+                    moves.push((rel.to_string(), nk));
+                }
+            } else {
+                if let Some(Node::Dir { .. }) = dnode {
+                    return Err(StorageError::IsADirectory);
+                }
+                moves.push((src.clone(), dst.clone()));
+            }
+            // --- mutations ---
+            if src_is_dir && dnode.is_some() {
+                remove_object(wtx, freed, &sh, &format!("{dst}/"))?;
+            }
+            tombstone(wtx, &sh, &dst)?;
+            for (a, b) in &moves {
+                move_object(wtx, freed, &sh, a, b)?;
+            }
+            // Re-point inodes: the source itself and, for a directory, everything below it.
+            let mut repoint: Vec<(String, u64)> = Vec::new();
+            {
+                let paths = wtx.open_table(FS_PATHS)?;
+                let sk = obj_key(&sh, &src);
+                if let Some(v) = paths.get(sk.as_str())? {
+                    repoint.push((src.clone(), v.value()));
+                }
+                if src_is_dir {
+                    let full = obj_key(&sh, &spfx);
+                    let base = obj_key(&sh, "").len();
+                    for e in paths.range(full.as_str()..)? {
+                        let (k, v) = e?;
+                        if !k.value().starts_with(&full) {
+                            break;
+                        }
+                        repoint.push((k.value()[base..].to_string(), v.value()));
+                    }
+                }
+            }
+            {
+                let mut paths = wtx.open_table(FS_PATHS)?;
+                let mut inodes = wtx.open_table(FS_INODES)?;
+                let now = now_nanos();
+                for (old, ino) in &repoint {
+                    let np = format!("{dst}{}", &old[src.len()..]);
+                    paths.remove(obj_key(&sh, old).as_str())?;
+                    paths.insert(obj_key(&sh, &np).as_str(), *ino)?;
+                    if let Some(mut r) = get_inode(&inodes, *ino)? {
+                        r.path = np;
+                        if old == &src {
+                            r.ctime = now;
+                        }
+                        put_inode(&mut inodes, *ino, &r)?;
+                    }
+                }
+            }
+            ensure_marker(wtx, freed, max_size, &sh, &fpath)?;
+            touch_dir(wtx, &sh, &fpath)?;
+            if tpath != fpath {
+                touch_dir(wtx, &sh, &tpath)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Up to `max` entries of directory `dir` after `cookie` (0 = from the start, with `.` and
+    /// `..`): `(entries, eof)`.
+    pub fn readdir(
+        &self,
+        dir: u64,
+        cookie: u64,
+        max: usize,
+    ) -> Result<(Vec<DirEntry>, bool), StorageError> {
+        let d = self.resolve_dir(dir)?;
+        let share = d.rec.share.clone();
+        let mut out = Vec::new();
+        if cookie == 0 {
+            out.push(DirEntry {
+                name: ".".into(),
+                cookie: COOKIE_DOT,
+                attr: attr_of(dir, &d.rec, &d.node),
+            });
+        }
+        if cookie <= COOKIE_DOT {
+            let mut a = self.attr_at(&share, parent_of(&d.rec.path))?;
+            if d.rec.path.is_empty() {
+                a = attr_of(dir, &d.rec, &d.node);
+            }
+            out.push(DirEntry {
+                name: "..".into(),
+                cookie: COOKIE_DOTDOT,
+                attr: a,
+            });
+        }
+        let prefix = if d.rec.path.is_empty() {
+            obj_key(&share, "")
+        } else {
+            obj_key(&share, &format!("{}/", d.rec.path))
+        };
+        let mut last: Option<String> = None;
+        let mut start: Bound<String> = Bound::Included(prefix.clone());
+        if cookie > COOKIE_DOTDOT {
+            let rtx = self.store.db().begin_read()?;
+            let r =
+                get_inode(&rtx.open_table(FS_INODES)?, cookie)?.ok_or(StorageError::BadCookie)?;
+            if r.share != share {
+                return Err(StorageError::BadCookie);
+            }
+            let name = last_name(&r.path).to_string();
+            start = Bound::Excluded(format!("{prefix}{name}"));
+            last = Some(name);
+        }
+        // (name, node) of the page, in key order.
+        let mut found: Vec<(String, Node)> = Vec::new();
+        let mut eof = true;
+        let want = max.saturating_sub(out.len()).max(1);
+        {
+            let rtx = self.store.db().begin_read()?;
+            let objects = rtx.open_table(OBJECTS)?;
+            'scan: loop {
+                let range = objects.range::<&str>((
+                    match &start {
+                        Bound::Included(s) => Bound::Included(s.as_str()),
+                        Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+                        Bound::Unbounded => Bound::Unbounded,
+                    },
+                    Bound::Unbounded,
+                ))?;
+                for e in range {
+                    let (k, v) = e?;
+                    let key = k.value();
+                    if !key.starts_with(&prefix) {
+                        break 'scan;
+                    }
+                    let rest = &key[prefix.len()..];
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    let (name, is_dir) = match rest.find('/') {
+                        Some(i) => (&rest[..i], true),
+                        None => (rest, false),
+                    };
+                    let dup = last.as_deref() == Some(name);
+                    let valid = check_name(name).is_ok();
+                    if !dup && valid {
+                        if found.len() >= want {
+                            eof = false;
+                            break 'scan;
+                        }
+                        let node = if is_dir {
+                            Node::Dir { marker: None }
+                        } else {
+                            node_of(serde_json::from_slice(v.value())?)
+                        };
+                        found.push((name.to_string(), node));
+                        last = Some(name.to_string());
+                    }
+                    if is_dir {
+                        // Skip everything below this subdirectory.
+                        start = Bound::Included(format!("{prefix}{name}0"));
+                        continue 'scan;
+                    }
+                }
+                break;
+            }
+        }
+        // Inodes for the entries (allocating the missing ones in one transaction).
+        let dir_path = d.rec.path.clone();
+        let mut inos: Vec<Option<(u64, InodeRec)>> = Vec::with_capacity(found.len());
+        {
+            let rtx = self.store.db().begin_read()?;
+            let paths = rtx.open_table(FS_PATHS)?;
+            let inodes = rtx.open_table(FS_INODES)?;
+            for (name, _) in &found {
+                let pk = obj_key(&share, &join(&dir_path, name));
+                let got = match paths.get(pk.as_str())? {
+                    Some(v) => get_inode(&inodes, v.value())?.map(|r| (v.value(), r)),
+                    None => None,
+                };
+                inos.push(got);
+            }
+        }
+        let missing: Vec<InodeRec> = found
+            .iter()
+            .zip(&inos)
+            .filter(|(_, i)| i.is_none())
+            .map(|((name, node), _)| default_rec(&share, &join(&dir_path, name), node))
+            .collect();
+        if !missing.is_empty() {
+            let recs = missing.clone();
+            let new = self.store.txn(move |wtx, _| {
+                let mut v = Vec::new();
+                for r in recs {
+                    v.push(alloc_ino(wtx, r)?);
+                }
+                Ok(v)
+            })?;
+            let mut it = new.into_iter().zip(missing);
+            for slot in inos.iter_mut().filter(|s| s.is_none()) {
+                *slot = it.next();
+            }
+        }
+        for ((name, node), ino) in found.into_iter().zip(inos) {
+            let (ino, rec) = ino.expect("every entry has an inode after allocation");
+            out.push(DirEntry {
+                name,
+                cookie: ino,
+                attr: attr_of(ino, &rec, &node),
+            });
+        }
+        Ok((out, eof))
+    }
+
+    /// Space and object figures of the share holding `ino`.
+    pub fn fsstat(&self, ino: u64) -> Result<FsStat, StorageError> {
+        let (share, _) = self.share_of(ino)?;
+        let rtx = self.store.db().begin_read()?;
+        let b: BucketRec =
+            get_json(&rtx.open_table(BUCKETS)?, &share)?.ok_or(StorageError::NoSuchBucket)?;
+        let total_used = rtx
+            .open_table(STATS)?
+            .get("bytes")?
+            .map_or(0, |v| v.value());
+        let nominal: u64 = 1 << 50;
+        let by_quota = b.quota.map(|q| (q, q.saturating_sub(b.bytes)));
+        let by_max = self
+            .store
+            .max_size()
+            .map(|m| (m, m.saturating_sub(total_used)));
+        let (total, free) = match (by_quota, by_max) {
+            (Some(q), Some(m)) => (q.0.min(m.0), q.1.min(m.1)),
+            (Some(x), None) | (None, Some(x)) => x,
+            (None, None) => (nominal, nominal.saturating_sub(b.bytes)),
+        };
+        Ok(FsStat {
+            total_bytes: total,
+            free_bytes: free,
+            files: b.objects,
+        })
+    }
+
+    /// Bytes a file may still grow by in its share (`None` = unlimited); used to refuse
+    /// buffered writes early with a quota error.
+    pub fn room(&self, ino: u64) -> Result<Option<u64>, StorageError> {
+        let st = self.fsstat(ino)?;
+        let (share, _) = self.share_of(ino)?;
+        let rtx = self.store.db().begin_read()?;
+        let b: BucketRec =
+            get_json(&rtx.open_table(BUCKETS)?, &share)?.ok_or(StorageError::NoSuchBucket)?;
+        if b.quota.is_none() && self.store.max_size().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(st.free_bytes))
+    }
+}
+
+/// Store pieces as chunks, in parallel for large edits.
+fn put_pieces(pins: &mut Pins, pieces: &[Vec<u8>]) -> Result<Vec<ChunkRef>, StorageError> {
+    if pieces.len() < 2 {
+        return pieces.iter().map(|p| pins.put_chunk(p)).collect();
+    }
+    let shared = pins.shared.clone();
+    let threads = 4.min(pieces.len());
+    let per = pieces.len().div_ceil(threads);
+    let results: Vec<Result<Vec<ChunkRef>, StorageError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = pieces
+            .chunks(per)
+            .map(|grp| {
+                let shared = shared.clone();
+                s.spawn(move || {
+                    let mut local = Pins {
+                        shared,
+                        ids: Vec::new(),
+                    };
+                    let r: Result<Vec<ChunkRef>, StorageError> =
+                        grp.iter().map(|p| local.put_chunk(p)).collect();
+                    (r, std::mem::take(&mut local.ids))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                let (r, ids) = h.join().expect("chunk writer thread panicked");
+                // The pins move to the caller's set, which unpins them on drop.
+                pins.ids.extend(ids);
+                r
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(pieces.len());
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreConfig;
+
+    fn fs() -> (tempfile::TempDir, FileSystem) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = StoreConfig::new(d.path());
+        c.chunk_size = 64;
+        let s = Store::open(c).expect("open");
+        s.ensure_share("default").expect("share");
+        (d, FileSystem::new(s).expect("fs"))
+    }
+
+    #[test]
+    fn create_write_read_rename_remove() {
+        let (_d, fs) = fs();
+        let root = fs.share_root("default").expect("root").ino;
+        let f = fs
+            .create(root, "a.txt", CreateMode::Guarded, &SetAttrs::default())
+            .expect("create");
+        assert_eq!(f.size, 0);
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        fs.write(f.ino, &[(0, &data)]).expect("write");
+        fs.write(f.ino, &[(100, b"XYZ")]).expect("write at");
+        let (got, eof) = fs.read(f.ino, 0, 1000).expect("read");
+        assert!(eof);
+        let mut want = data.clone();
+        want[100..103].copy_from_slice(b"XYZ");
+        assert_eq!(got, want);
+        assert_eq!(
+            fs.store()
+                .open_object("default", "a.txt")
+                .expect("obj")
+                .size(),
+            300
+        );
+        let sub = fs.mkdir(root, "sub", &SetAttrs::default()).expect("mkdir");
+        fs.rename(root, "a.txt", sub.ino, "b.txt").expect("rename");
+        assert_eq!(fs.getattr(f.ino).expect("same inode").size, 300);
+        assert!(fs.store().head("default", "sub/b.txt").is_ok());
+        assert!(matches!(
+            fs.rmdir(root, "sub"),
+            Err(StorageError::DirectoryNotEmpty)
+        ));
+        fs.remove(sub.ino, "b.txt").expect("remove");
+        assert!(matches!(fs.getattr(f.ino), Err(StorageError::Stale)));
+        fs.rmdir(root, "sub").expect("rmdir");
+        let (ents, eof) = fs.readdir(root, 0, 100).expect("readdir");
+        assert!(eof);
+        assert_eq!(
+            ents.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            [".", ".."]
+        );
+        assert_eq!(fs.store().fsck().expect("fsck").bad_refcounts, 0);
+    }
+
+    #[test]
+    fn edit_touches_only_covered_chunks() {
+        let (_d, fs) = fs();
+        let root = fs.share_root("default").expect("root").ino;
+        let f = fs
+            .create(root, "f", CreateMode::Unchecked, &SetAttrs::default())
+            .expect("create");
+        let data = vec![7u8; 64 * 10];
+        fs.write(f.ino, &[(0, &data)]).expect("write");
+        let before = fs
+            .store()
+            .open_object("default", "f")
+            .expect("o")
+            .manifest()
+            .to_vec();
+        fs.write(f.ino, &[(64 * 4 + 3, b"hi")]).expect("write");
+        let after = fs
+            .store()
+            .open_object("default", "f")
+            .expect("o")
+            .manifest()
+            .to_vec();
+        assert_eq!(before.len(), after.len());
+        let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert_eq!(changed, 1);
+        fs.setattr(
+            f.ino,
+            &SetAttrs {
+                size: Some(64 * 3 + 1),
+                ..Default::default()
+            },
+        )
+        .expect("truncate");
+        assert_eq!(fs.getattr(f.ino).expect("attr").size, 64 * 3 + 1);
+        let (got, _) = fs.read(f.ino, 64 * 3, 10).expect("read");
+        assert_eq!(got, [7u8]);
+    }
+}
