@@ -96,6 +96,27 @@ struct NodeRecord {
     cert_sha256: Option<String>,
     s3_access_key: String,
     s3_secret: String,
+    /// The address the coordinator last saw authenticated WireGuard traffic from (NAT
+    /// mapping); published first in `endpoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    observed: Option<SocketAddr>,
+}
+
+impl NodeRecord {
+    /// The published endpoints: the observed address first, then the declared ones
+    /// without it.
+    fn published_endpoints(&self) -> Vec<SocketAddr> {
+        self.observed
+            .iter()
+            .copied()
+            .chain(
+                self.endpoints
+                    .iter()
+                    .copied()
+                    .filter(|e| Some(*e) != self.observed),
+            )
+            .collect()
+    }
 }
 
 /// The whole persisted snapshot.
@@ -346,6 +367,7 @@ impl Coordinator {
                         cert_sha256: None,
                         s3_access_key: ak,
                         s3_secret: sk,
+                        observed: None,
                     },
                 );
             }
@@ -459,7 +481,7 @@ impl Coordinator {
                     name: n.name.clone(),
                     public_key: n.public_key,
                     mesh_ip: n.mesh_ip,
-                    endpoints: n.endpoints.clone(),
+                    endpoints: n.published_endpoints(),
                     is_coordinator: n.is_coordinator,
                 })
                 .collect(),
@@ -595,6 +617,7 @@ impl Coordinator {
                     cert_sha256: Some(hex(&fp)),
                     s3_access_key: creds.0,
                     s3_secret: creds.1,
+                    observed: None,
                 },
             };
             s.nodes.insert(rec.name.clone(), rec.clone());
@@ -642,6 +665,50 @@ impl Coordinator {
             })?,
         }
         Ok(self.netmap_of(&g.state))
+    }
+
+    /// Records the address an AUTHENTICATED WireGuard packet from the node with `key` came
+    /// from (as the coordinator node's dataplane saw it: the NAT-mapped address and port).
+    /// It is published first in that node's netmap `endpoints`. Returns whether the netmap
+    /// changed (then the version is bumped and long polls wake). Unknown keys, the
+    /// coordinator's own key, and unusable addresses (unspecified, port 0, multicast,
+    /// loopback — relayed traffic arrives from loopback) are ignored. IPv4-mapped IPv6
+    /// addresses are stored as IPv4. Never call it for unauthenticated packets.
+    pub fn observe_endpoint(&self, key: &PublicKey, addr: SocketAddr) -> bool {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if addr.port() == 0
+            || addr.ip().is_unspecified()
+            || addr.ip().is_multicast()
+            || addr.ip().is_loopback()
+            || *key == self.public_key()
+        {
+            return false;
+        }
+        let mut g = self.lock();
+        let Some(name) = g
+            .state
+            .by_key(key)
+            .filter(|n| n.observed != Some(addr))
+            .map(|n| n.name.clone())
+        else {
+            return false;
+        };
+        let r = self.commit(&mut g, true, |s| {
+            if let Some(n) = s.nodes.get_mut(&name) {
+                n.observed = Some(addr);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => {
+                tracing::debug!(%name, %addr, "observed endpoint");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%name, %addr, "cannot record observed endpoint: {e}");
+                false
+            }
+        }
     }
 
     /// Removes a node (its address is freed, its certificate stops working). The

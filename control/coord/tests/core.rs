@@ -101,3 +101,58 @@ fn admin_removal_frees_address_and_bumps_version() {
         .expect("register again");
     assert_eq!(r.mesh_ip, r2.mesh_ip);
 }
+
+#[test]
+fn observed_endpoint_published_first_and_deduplicated() {
+    let (c, hub) = open(16);
+    let now = Instant::now();
+    let k = PrivateKey::generate(&mut OsRng);
+    let declared: std::net::SocketAddr = "198.51.100.7:51820".parse().expect("addr");
+    let nat: std::net::SocketAddr = "203.0.113.9:40001".parse().expect("addr");
+    let ch = c.handle_challenge(now, &mut OsRng).expect("challenge");
+    let (_key, pem, der) = make_csr("alpha").expect("csr");
+    let req = build_register_request(&ch, &k, "alpha", pem, &der, &[declared], &c.join_token())
+        .expect("request");
+    c.handle_register(now, req, &mut OsRng).expect("register");
+    let mut rx = c.subscribe();
+    let v0 = *rx.borrow_and_update();
+
+    // Unknown key, the coordinator's own key, loopback and unspecified: ignored.
+    let stranger = PrivateKey::generate(&mut OsRng).public_key();
+    assert!(!c.observe_endpoint(&stranger, nat));
+    assert!(!c.observe_endpoint(&hub.public_key(), nat));
+    assert!(!c.observe_endpoint(&k.public_key(), "127.0.0.1:5000".parse().expect("a")));
+    assert!(!c.observe_endpoint(&k.public_key(), "0.0.0.0:5000".parse().expect("a")));
+    assert!(!rx.has_changed().expect("alive"));
+    assert_eq!(c.netmap().version, v0);
+
+    // A new observation is published first and bumps the version once.
+    assert!(c.observe_endpoint(&k.public_key(), nat));
+    assert!(rx.has_changed().expect("alive"));
+    let v1 = *rx.borrow_and_update();
+    assert!(v1 > v0);
+    let nm = c.netmap();
+    assert_eq!(nm.peer("alpha").expect("alpha").endpoints, [nat, declared]);
+    // The same address again (also as IPv4-mapped IPv6) changes nothing.
+    assert!(!c.observe_endpoint(&k.public_key(), nat));
+    assert!(!c.observe_endpoint(
+        &k.public_key(),
+        "[::ffff:203.0.113.9]:40001".parse().expect("a")
+    ));
+    assert!(!rx.has_changed().expect("alive"));
+    // Observed equal to a declared endpoint: listed once.
+    assert!(c.observe_endpoint(&k.public_key(), declared));
+    assert_eq!(
+        c.netmap().peer("alpha").expect("alpha").endpoints,
+        [declared]
+    );
+    // Declared endpoints replaced: the observation stays first.
+    let other: std::net::SocketAddr = "192.0.2.50:51820".parse().expect("addr");
+    c.handle_endpoints("alpha", vec![other]).expect("update");
+    assert_eq!(
+        c.netmap().peer("alpha").expect("alpha").endpoints,
+        [declared, other]
+    );
+    // Other peers are untouched.
+    assert_eq!(c.netmap().peer("hub").expect("hub").endpoints, Vec::new());
+}
