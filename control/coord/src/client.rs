@@ -20,6 +20,7 @@ use tm_noise::PrivateKey;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::relay::RelayConn;
 use crate::wire::{Challenge, EndpointsUpdate, ErrorBody, Netmap, RegisterRequest, Registration};
 use crate::{http, make_csr, proof, Error, JoinToken, NodeIdentity, COORDINATOR_SERVER_NAME};
 
@@ -153,8 +154,8 @@ pub fn build_register_request(
     })
 }
 
-/// A client of one coordinator.
-#[derive(Debug)]
+/// A client of one coordinator. Cheap to clone (configs are shared).
+#[derive(Debug, Clone)]
 pub struct JoinClient {
     addr: String,
     token: JoinToken,
@@ -162,6 +163,7 @@ pub struct JoinClient {
     authed: Option<Arc<ClientConfig>>,
     identity: Option<NodeIdentity>,
     timeout: Duration,
+    relay_keepalive: Duration,
 }
 
 impl JoinClient {
@@ -176,6 +178,7 @@ impl JoinClient {
             authed: None,
             identity: None,
             timeout: Duration::from_secs(40),
+            relay_keepalive: crate::relay::RELAY_KEEPALIVE,
         })
     }
 
@@ -193,6 +196,11 @@ impl JoinClient {
     /// Per-request time limit (default 40 s: longer than the server's 25 s long poll).
     pub fn set_timeout(&mut self, t: Duration) {
         self.timeout = t;
+    }
+
+    /// Keepalive interval of relay connections opened later (default 20 s).
+    pub fn set_relay_keepalive(&mut self, t: Duration) {
+        self.relay_keepalive = t;
     }
 
     /// The mTLS identity, once registered.
@@ -342,6 +350,44 @@ impl JoinClient {
         })
         .expect("wire types always serialize");
         self.call("POST", "/v1/endpoints", &body, true).await
+    }
+
+    /// `GET /v1/relay` (mTLS) upgraded to `tm-relay/1`: a relay connection through the
+    /// coordinator (connecting and upgrading are bounded by the request timeout; the
+    /// connection itself lasts until closed). Refusals are [`Error::Refused`] (401 for an
+    /// unknown or missing client certificate).
+    pub async fn relay(&self) -> Result<RelayConn, Error> {
+        let cfg = self.authed.clone().ok_or(Error::NotRegistered)?;
+        let fut = async {
+            let tcp = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| Error::io(format!("connect to {}", self.addr), e))?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from(COORDINATOR_SERVER_NAME)
+                .expect("the constant server name is valid");
+            let mut tls = TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(map_connect_error)?;
+            let (status, rest) =
+                http::upgrade(&mut tls, "/v1/relay", crate::relay::RELAY_PROTOCOL).await?;
+            Ok::<_, Error>((tls, status, rest))
+        };
+        let (tls, status, rest) = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout("relay upgrade"))??;
+        if status != 101 {
+            let message = serde_json::from_slice::<ErrorBody>(&rest)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&rest).into_owned());
+            return Err(Error::Refused { status, message });
+        }
+        Ok(RelayConn::start(
+            tls,
+            rest,
+            self.relay_keepalive,
+            crate::relay::RELAY_QUEUE,
+        ))
     }
 
     /// `DELETE /v1/nodes/self` (mTLS): leaves the mesh.

@@ -96,6 +96,15 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A relay frame's payload exceeds the limit (its size); the connection is closed.
+    #[error("relay frame payload of {0} bytes exceeds the 2048-byte limit")]
+    RelayFrameTooLarge(usize),
+    /// The relay peer broke the frame protocol or refused the upgrade.
+    #[error("relay protocol: {0}")]
+    RelayProtocol(String),
+    /// The relay connection is closed.
+    #[error("relay connection closed")]
+    RelayClosed,
     /// A network operation took too long.
     #[error("timed out: {0}")]
     Timeout(&'static str),

@@ -20,7 +20,31 @@ pub(crate) struct Request {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// Header fields in order (names as sent).
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Bytes after the head of an `Upgrade` request (the new protocol's first bytes).
+    pub extra: Vec<u8>,
+}
+
+impl Request {
+    /// The first header named `name` (case-insensitive), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Vec<(String, String)>, Error> {
+    lines
+        .map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| Error::Malformed(format!("bad header line {l:?}")))
+        })
+        .collect()
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -28,7 +52,7 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Reads the head (up to and including the blank line); returns (head text, extra bytes).
-async fn read_head<S: AsyncRead + Unpin>(
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     s: &mut S,
     what: &'static str,
 ) -> Result<(String, Vec<u8>), Error> {
@@ -55,7 +79,7 @@ async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-fn content_length<'a>(lines: impl Iterator<Item = &'a str>) -> Result<usize, Error> {
+pub(crate) fn content_length<'a>(lines: impl Iterator<Item = &'a str>) -> Result<usize, Error> {
     for l in lines {
         let (k, v) = l
             .split_once(':')
@@ -75,7 +99,7 @@ fn content_length<'a>(lines: impl Iterator<Item = &'a str>) -> Result<usize, Err
     Ok(0)
 }
 
-async fn read_body<S: AsyncRead + Unpin>(
+pub(crate) async fn read_body<S: AsyncRead + Unpin>(
     s: &mut S,
     mut have: Vec<u8>,
     len: usize,
@@ -105,6 +129,7 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> Result<Requ
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(Error::Malformed(format!("unsupported version {version:?}")));
     }
+    let headers = parse_headers(lines.clone())?;
     let len = content_length(lines)?;
     if len > MAX_BODY {
         // Read and discard a moderately oversized body so the client, still sending it,
@@ -126,18 +151,28 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> Result<Requ
         }
         return Err(Error::TooLarge);
     }
-    let body = read_body(s, rest, len).await?;
+    let upgrade = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("upgrade"));
+    let (body, extra) = if upgrade && len == 0 {
+        (Vec::new(), rest)
+    } else {
+        (read_body(s, rest, len).await?, Vec::new())
+    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Ok(Request {
         method: method.to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
+        headers,
         body,
+        extra,
     })
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -169,6 +204,62 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
         s.shutdown().await
     };
     w.await.map_err(|e| Error::io("write response", e))
+}
+
+/// Server side: accepts an upgrade to `protocol` (the stream then belongs to it).
+pub(crate) async fn write_switching<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    protocol: &str,
+) -> Result<(), Error> {
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+    );
+    let w = async {
+        s.write_all(head.as_bytes()).await?;
+        s.flush().await
+    };
+    w.await.map_err(|e| Error::io("write upgrade response", e))
+}
+
+/// Client side: sends an upgrade request for `protocol` and reads the answer head.
+/// Returns the status, then (on 101) the bytes already read past the head, or (otherwise)
+/// the response body.
+pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    target: &str,
+    protocol: &str,
+) -> Result<(u16, Vec<u8>), Error> {
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n",
+        crate::COORDINATOR_SERVER_NAME,
+    );
+    let w = async {
+        s.write_all(head.as_bytes()).await?;
+        s.flush().await
+    };
+    w.await.map_err(|e| Error::io("send upgrade request", e))?;
+    let (head, rest) = read_head(s, "read coordinator response")
+        .await
+        .map_err(|e| match e {
+            Error::Malformed(m) => Error::BadResponse(m),
+            other => other,
+        })?;
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let status: u16 = first
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Error::BadResponse(format!("bad status line {first:?}")))?;
+    if status == 101 {
+        return Ok((101, rest));
+    }
+    let len = content_length(lines).map_err(|e| Error::BadResponse(e.to_string()))?;
+    if len > MAX_RESPONSE {
+        return Err(Error::BadResponse("response too large".into()));
+    }
+    let body = read_body(s, rest, len).await?;
+    Ok((status, body))
 }
 
 /// Client side: sends a request and reads the response status and body.

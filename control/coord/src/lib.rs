@@ -20,6 +20,9 @@
 //! - `GET /v1/netmap?since=V` (mTLS) -> [`wire::Netmap`], long-polls until `version > V`
 //! - `POST /v1/endpoints` [`wire::EndpointsUpdate`] (mTLS) -> [`wire::Netmap`]
 //! - `DELETE /v1/nodes/self` (mTLS) -> `{}`
+//! - `GET /v1/relay` (mTLS, `Connection: Upgrade`, `Upgrade: tm-relay/1`) -> `101`, then
+//!   relay frames both ways (see [`relay`]): WireGuard ciphertext only, source keys set by
+//!   the server from the client certificate.
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed), 401 (no or unknown client
 //! certificate), 403 (wrong token, bad proof, replayed or expired challenge, reserved name),
@@ -27,13 +30,17 @@
 //!
 //! Call order, coordinator: [`Coordinator::open`] (creates or loads the CA, the join secret
 //! and the state from the [`StateStore`]) -> print [`Coordinator::token`] ->
-//! [`Coordinator::serve`] on a bound listener. Admin removal: [`Coordinator::remove_node`].
+//! [`Coordinator::serve`] on a bound listener. Admin removal: [`Coordinator::remove_node`]
+//! (also closes the node's relay connection). The coordinator node's daemon reports
+//! authenticated WireGuard source addresses with [`Coordinator::observe_endpoint`] and
+//! relays its own traffic through [`Coordinator::local_relay`].
 //!
 //! Call order, node: [`JoinClient::new`] with `HOST:PORT` and the token ->
 //! [`JoinClient::register`] (challenge, CSR, proof; installs the returned client identity)
 //! -> persist [`JoinClient::identity`] -> loop on [`JoinClient::netmap`] with the last
 //! version -> [`JoinClient::update_endpoints`] when endpoints change ->
-//! [`JoinClient::leave`]. After a restart use [`JoinClient::with_identity`] (or register
+//! [`JoinClient::leave`]. When UDP to a peer fails: [`JoinClient::relay`] (reconnect when
+//! it closes). After a restart use [`JoinClient::with_identity`] (or register
 //! again: same key and name keep the same address).
 #![forbid(unsafe_code)]
 
@@ -43,6 +50,7 @@ mod client;
 mod error;
 mod http;
 pub mod proof;
+pub mod relay;
 mod server;
 mod store;
 pub mod token;
@@ -52,6 +60,10 @@ pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient};
 pub use error::Error;
+pub use relay::{
+    LocalRelaySender, RelayConn, RelayReceiver, RelayRoute, RelaySender, RelayStats,
+    MAX_RELAY_PAYLOAD,
+};
 pub use server::{read_token, validate_name, Coordinator, CoordinatorConfig};
 pub use store::{FileStore, MemStore, StateStore};
 pub use token::JoinToken;

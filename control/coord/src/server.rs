@@ -21,12 +21,17 @@ use rustls::{RootCertStore, ServerConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tm_noise::{PrivateKey, PublicKey};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::http::{self, Request};
+use crate::relay::{
+    read_frame, write_loop, LocalRelaySender, RelayHub, RelayRoute, RelayStats, KEEPALIVE_KEY,
+    RELAY_IDLE_TIMEOUT, RELAY_PROTOCOL,
+};
 use crate::store::write_atomic;
 use crate::wire::{
     b64_key, hex, Challenge, Dns, EndpointsUpdate, ErrorBody, Netmap, NetmapPeer, RegisterRequest,
@@ -64,6 +69,11 @@ pub struct CoordinatorConfig {
     pub challenge_ttl: Duration,
     /// Most outstanding challenges kept at once.
     pub max_challenges: usize,
+    /// Keepalive interval on idle relay connections (20 s; must stay well below the 75 s
+    /// idle timeout).
+    pub relay_keepalive: Duration,
+    /// Bound of each relay connection's outgoing queue, in frames (256).
+    pub relay_queue: usize,
 }
 
 impl CoordinatorConfig {
@@ -79,6 +89,8 @@ impl CoordinatorConfig {
             long_poll: Duration::from_secs(25),
             challenge_ttl: Duration::from_secs(60),
             max_challenges: 4096,
+            relay_keepalive: crate::relay::RELAY_KEEPALIVE,
+            relay_queue: crate::relay::RELAY_QUEUE,
         }
     }
 }
@@ -165,6 +177,7 @@ struct Shared {
     tls: Arc<ServerConfig>,
     inner: Mutex<Inner>,
     version: watch::Sender<u64>,
+    relay: RelayHub,
 }
 
 /// A coordinator: cheap to clone (shared state).
@@ -408,6 +421,7 @@ impl Coordinator {
                     challenges: HashMap::new(),
                 }),
                 version,
+                relay: RelayHub::new(),
             }),
         })
     }
@@ -718,13 +732,17 @@ impl Coordinator {
             return Err(Error::Config("the coordinator cannot remove itself".into()));
         }
         let mut g = self.lock();
-        if !g.state.nodes.contains_key(name) {
+        let Some(key) = g.state.nodes.get(name).map(|n| n.public_key) else {
             return Ok(false);
-        }
+        };
         self.commit(&mut g, true, |s| {
             s.nodes.remove(name);
             Ok(())
         })?;
+        drop(g);
+        if self.shared.relay.close(&key) {
+            tracing::info!(name, "relay connection of removed node closed");
+        }
         tracing::info!(name, "node removed");
         Ok(true)
     }
@@ -781,7 +799,7 @@ impl Coordinator {
             (
                 _,
                 "/v1/challenge" | "/v1/register" | "/v1/netmap" | "/v1/endpoints"
-                | "/v1/nodes/self",
+                | "/v1/nodes/self" | "/v1/relay",
             ) => Err(Error::MethodNotAllowed),
             _ => Err(Error::NotFound(path.to_owned())),
         }
@@ -819,6 +837,15 @@ impl Coordinator {
             }
         };
         let result = match req {
+            Ok(req) if req.method == "GET" && req.path == "/v1/relay" => {
+                match self.relay_accept(&req, fp.as_ref()) {
+                    Ok((name, key)) => {
+                        self.relay_session(tls, req.extra, name, key, peer).await;
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Ok(req) => self.dispatch(req, fp).await,
             Err(e) => Err(e),
         };
@@ -842,6 +869,139 @@ impl Coordinator {
         if let Err(e) = http::write_response(&mut tls, status, &body).await {
             tracing::debug!(%peer, "write failed: {e}");
         }
+    }
+
+    /// Checks a relay upgrade request: the caller's identity (client certificate only) and
+    /// the upgrade headers. Returns the caller's name and key.
+    fn relay_accept(
+        &self,
+        req: &Request,
+        client: Option<&[u8; 32]>,
+    ) -> Result<(String, PublicKey), Error> {
+        let fp = client.ok_or(Error::ClientCertRequired)?;
+        let (name, key) = {
+            let g = self.lock();
+            let n = g.state.by_cert(fp).ok_or(Error::UnknownClient)?;
+            (n.name.clone(), n.public_key)
+        };
+        let has_token = |h: &str, t: &str| {
+            req.header(h)
+                .is_some_and(|v| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))
+        };
+        if !has_token("connection", "upgrade") || !has_token("upgrade", RELAY_PROTOCOL) {
+            return Err(Error::Malformed(format!(
+                "/v1/relay needs Connection: Upgrade and Upgrade: {RELAY_PROTOCOL}"
+            )));
+        }
+        Ok((name, key))
+    }
+
+    /// Runs one upgraded relay connection until it fails, idles out, is replaced by a newer
+    /// connection of the same node, or the node is removed.
+    async fn relay_session(
+        &self,
+        mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        extra: Vec<u8>,
+        name: String,
+        key: PublicKey,
+        peer: SocketAddr,
+    ) {
+        let _ = tls.get_ref().0.set_nodelay(true);
+        // Register before answering 101, so frames to this node sent once it is connected
+        // are never dropped as offline.
+        let hub = &self.shared.relay;
+        let mut reg = hub.register(key, self.shared.cfg.relay_queue);
+        // The node may have been removed between the identity check and registering.
+        if self.lock().state.by_key(&key).is_none() {
+            hub.unregister(&key, reg.id);
+            let body = json(&ErrorBody {
+                error: Error::UnknownClient.to_string(),
+            });
+            let _ = http::write_response(&mut tls, 401, &body).await;
+            return;
+        }
+        if let Err(e) = http::write_switching(&mut tls, RELAY_PROTOCOL).await {
+            tracing::debug!(%peer, %name, "relay upgrade failed: {e}");
+            hub.unregister(&key, reg.id);
+            return;
+        }
+        tracing::info!(%peer, %name, "relay connection open");
+        let (rd, mut wr) = tokio::io::split(tls);
+        let mut rd = tokio::io::BufReader::new(std::io::Cursor::new(extra).chain(rd));
+        let keepalive = self.shared.cfg.relay_keepalive;
+        let reader = async {
+            loop {
+                let f = tokio::time::timeout(RELAY_IDLE_TIMEOUT, read_frame(&mut rd)).await;
+                let (dst, payload) = match f {
+                    Err(_) => return "idle timeout".to_owned(),
+                    Ok(Ok(None)) => return "closed by the node".to_owned(),
+                    Ok(Ok(Some(f))) => f,
+                    Ok(Err(e @ (Error::RelayFrameTooLarge(_) | Error::RelayProtocol(_)))) => {
+                        hub.count_protocol_error();
+                        tracing::warn!(
+                            %peer, %name,
+                            "closing relay connection: {e}"
+                        );
+                        return e.to_string();
+                    }
+                    Ok(Err(e)) => return e.to_string(),
+                };
+                if dst == KEEPALIVE_KEY && payload.is_empty() {
+                    continue;
+                }
+                hub.route(key, &dst, payload, |k| {
+                    self.lock().state.by_key(k).is_some()
+                });
+            }
+        };
+        let writer = write_loop(&mut wr, &mut reg.rx, keepalive);
+        let why = tokio::select! {
+            why = reader => why,
+            r = writer => match r {
+                Ok(()) => "replaced or removed".to_owned(),
+                Err(e) => e.to_string(),
+            },
+            _ = &mut reg.closed => "replaced or removed".to_owned(),
+        };
+        hub.unregister(&key, reg.id);
+        tracing::info!(%peer, %name, "relay connection closed: {why}");
+    }
+
+    /// The coordinator node's own relay endpoint: the sender relays frames with this
+    /// node's key as their source; the receiver yields `(source key, payload)` of frames
+    /// sent to this node. Calling it again replaces (and closes) the previous endpoint.
+    pub fn local_relay(&self) -> (LocalRelaySender, mpsc::Receiver<(PublicKey, Vec<u8>)>) {
+        let reg = self
+            .shared
+            .relay
+            .register(self.public_key(), self.shared.cfg.relay_queue);
+        // The local endpoint has no session to end: the close signal is unused.
+        drop(reg.closed);
+        (
+            LocalRelaySender {
+                coord: self.clone(),
+            },
+            reg.rx,
+        )
+    }
+
+    pub(crate) fn relay_from_local(&self, dst: &PublicKey, payload: Vec<u8>) -> RelayRoute {
+        self.shared
+            .relay
+            .route(self.public_key(), dst, payload, |k| {
+                self.lock().state.by_key(k).is_some()
+            })
+    }
+
+    /// Relay counters.
+    pub fn relay_stats(&self) -> RelayStats {
+        self.shared.relay.stats()
+    }
+
+    /// Whether the node with `key` has a live relay connection (or, for the coordinator's
+    /// key, a local endpoint).
+    pub fn relay_connected(&self, key: &PublicKey) -> bool {
+        self.shared.relay.is_connected(key)
     }
 
     /// Serves the HTTPS API on `listener` until `shutdown` completes. Each connection runs in

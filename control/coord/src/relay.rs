@@ -1,0 +1,463 @@
+//! The relay: WireGuard ciphertext between nodes that cannot reach each other over UDP,
+//! carried over the coordinator's TLS port (`GET /v1/relay`, `Upgrade: tm-relay/1`).
+//!
+//! After `101 Switching Protocols` the TLS stream carries frames both ways:
+//! `u16 BE length of (key + payload) | 32-byte public key | payload`. From a node the key
+//! is the destination; from the coordinator it is the source, set by the server from the
+//! sender's verified client certificate (never from the frame). A zero key with an empty
+//! payload is a keepalive. Payloads are at most [`MAX_RELAY_PAYLOAD`] bytes; a larger frame
+//! closes the connection. The relay never decrypts anything: payloads are opaque.
+//!
+//! This module holds the frame codec, the server's routing table ([`RelayHub`]) and the
+//! client's connection ([`RelayConn`], from [`crate::JoinClient::relay`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tm_noise::PublicKey;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+
+/// The `Upgrade:` protocol token.
+pub const RELAY_PROTOCOL: &str = "tm-relay/1";
+/// Largest payload in one frame (a WireGuard datagram for a 1420-byte MTU fits easily).
+pub const MAX_RELAY_PAYLOAD: usize = 2048;
+/// Bytes of a public key in a frame.
+const KEY_LEN: usize = 32;
+/// Default interval of keepalive frames on an idle connection (both directions).
+pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(20);
+/// A relay connection on which nothing (not even a keepalive) arrived for this long is
+/// closed, by either side.
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default bound of each per-connection queue, in frames.
+pub const RELAY_QUEUE: usize = 256;
+/// Most bytes of frames written in one go.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// The all-zero key of keepalive frames.
+pub const KEEPALIVE_KEY: PublicKey = PublicKey([0u8; 32]);
+
+/// Appends one frame to `out`. The caller has checked `payload.len() <= MAX_RELAY_PAYLOAD`.
+pub(crate) fn encode_frame(out: &mut Vec<u8>, key: &PublicKey, payload: &[u8]) {
+    let len = u16::try_from(KEY_LEN + payload.len()).expect("payload length checked by caller");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&key.0);
+    out.extend_from_slice(payload);
+}
+
+/// One frame as encoded bytes (`None` if the payload exceeds [`MAX_RELAY_PAYLOAD`]).
+pub fn frame_bytes(key: &PublicKey, payload: &[u8]) -> Option<Vec<u8>> {
+    if payload.len() > MAX_RELAY_PAYLOAD {
+        return None;
+    }
+    let mut v = Vec::with_capacity(2 + KEY_LEN + payload.len());
+    encode_frame(&mut v, key, payload);
+    Some(v)
+}
+
+/// Reads one frame. `Ok(None)` is a clean end of stream between frames.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<(PublicKey, Vec<u8>)>, Error> {
+    let mut len = [0u8; 2];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::io("read relay frame", e)),
+    }
+    let len = usize::from(u16::from_be_bytes(len));
+    if len < KEY_LEN {
+        return Err(Error::RelayProtocol(format!(
+            "frame length {len} is shorter than a key"
+        )));
+    }
+    if len - KEY_LEN > MAX_RELAY_PAYLOAD {
+        return Err(Error::RelayFrameTooLarge(len - KEY_LEN));
+    }
+    let mut key = [0u8; KEY_LEN];
+    r.read_exact(&mut key)
+        .await
+        .map_err(|e| Error::io("read relay frame", e))?;
+    let mut payload = vec![0u8; len - KEY_LEN];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| Error::io("read relay frame", e))?;
+    Ok(Some((PublicKey(key), payload)))
+}
+
+/// Writes queued frames (`(key, payload)`, already length-checked) and keepalives when
+/// idle for `keepalive`, until the queue closes or a write fails.
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    rx: &mut mpsc::Receiver<(PublicKey, Vec<u8>)>,
+    keepalive: Duration,
+) -> Result<(), Error> {
+    let mut out = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        match tokio::time::timeout(keepalive, rx.recv()).await {
+            Err(_) => encode_frame(&mut out, &KEEPALIVE_KEY, &[]),
+            Ok(None) => return Ok(()),
+            Ok(Some((k, p))) => {
+                encode_frame(&mut out, &k, &p);
+                while out.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok((k, p)) => encode_frame(&mut out, &k, &p),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        w.write_all(&out)
+            .await
+            .map_err(|e| Error::io("write relay frames", e))?;
+        w.flush()
+            .await
+            .map_err(|e| Error::io("write relay frames", e))?;
+        out.clear();
+    }
+}
+
+/// What happened to one relayed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRoute {
+    /// Queued on the destination's connection.
+    Delivered,
+    /// The destination is not a registered node (counted).
+    UnknownDestination,
+    /// The destination is registered but has no live relay connection (counted).
+    Offline,
+    /// The destination's queue is full (counted).
+    QueueFull,
+    /// The payload exceeds [`MAX_RELAY_PAYLOAD`] (not sent).
+    TooLarge,
+}
+
+/// Relay counters of a coordinator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Live relay connections (the coordinator's local endpoint included).
+    pub connections: usize,
+    /// Frames forwarded.
+    pub frames: u64,
+    /// Payload bytes forwarded.
+    pub bytes: u64,
+    /// Frames dropped: destination is not a registered node.
+    pub dropped_unknown: u64,
+    /// Frames dropped: destination registered but not connected.
+    pub dropped_offline: u64,
+    /// Frames dropped: destination queue full.
+    pub dropped_full: u64,
+    /// Connections closed for an oversized or malformed frame.
+    pub protocol_errors: u64,
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<(PublicKey, Vec<u8>)>,
+    /// Dropping it (slot removed or replaced) ends the connection's session.
+    _close: oneshot::Sender<()>,
+}
+
+/// The coordinator's relay routing table: one live connection per node key.
+pub(crate) struct RelayHub {
+    slots: Mutex<HashMap<PublicKey, Slot>>,
+    next_id: AtomicU64,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    dropped_unknown: AtomicU64,
+    dropped_offline: AtomicU64,
+    dropped_full: AtomicU64,
+    protocol_errors: AtomicU64,
+}
+
+/// A registered slot: its id (to unregister only itself), its queue and close signal.
+pub(crate) struct Registered {
+    pub id: u64,
+    pub rx: mpsc::Receiver<(PublicKey, Vec<u8>)>,
+    pub closed: oneshot::Receiver<()>,
+}
+
+impl RelayHub {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            dropped_unknown: AtomicU64::new(0),
+            dropped_offline: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PublicKey, Slot>> {
+        self.slots.lock().expect("relay hub lock poisoned")
+    }
+
+    /// Registers `key`'s connection, replacing (and so closing) an older one.
+    pub(crate) fn register(&self, key: PublicKey, queue: usize) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (close_tx, closed) = oneshot::channel();
+        let old = self.lock().insert(
+            key,
+            Slot {
+                id,
+                tx,
+                _close: close_tx,
+            },
+        );
+        if old.is_some() {
+            tracing::info!(key = %key, "relay connection replaced by a new one");
+        }
+        Registered { id, rx, closed }
+    }
+
+    /// Removes `key`'s slot if it is still the one registered with `id`.
+    pub(crate) fn unregister(&self, key: &PublicKey, id: u64) {
+        let mut g = self.lock();
+        if g.get(key).is_some_and(|s| s.id == id) {
+            g.remove(key);
+        }
+    }
+
+    /// Closes `key`'s connection, if any. Returns whether there was one.
+    pub(crate) fn close(&self, key: &PublicKey) -> bool {
+        self.lock().remove(key).is_some()
+    }
+
+    /// Routes one frame from `src` to `dst`; `registered` tells whether a key without a
+    /// connection belongs to a registered node (only asked on that path).
+    pub(crate) fn route(
+        &self,
+        src: PublicKey,
+        dst: &PublicKey,
+        payload: Vec<u8>,
+        registered: impl FnOnce(&PublicKey) -> bool,
+    ) -> RelayRoute {
+        if payload.len() > MAX_RELAY_PAYLOAD {
+            return RelayRoute::TooLarge;
+        }
+        let n = payload.len() as u64;
+        let r = {
+            let g = self.lock();
+            g.get(dst).map(|s| match s.tx.try_send((src, payload)) {
+                Ok(()) => RelayRoute::Delivered,
+                Err(mpsc::error::TrySendError::Full(_)) => RelayRoute::QueueFull,
+                Err(mpsc::error::TrySendError::Closed(_)) => RelayRoute::Offline,
+            })
+        };
+        let r = r.unwrap_or_else(|| {
+            if registered(dst) {
+                RelayRoute::Offline
+            } else {
+                RelayRoute::UnknownDestination
+            }
+        });
+        let c = match r {
+            RelayRoute::Delivered => {
+                self.bytes.fetch_add(n, Ordering::Relaxed);
+                &self.frames
+            }
+            RelayRoute::UnknownDestination => &self.dropped_unknown,
+            RelayRoute::Offline => &self.dropped_offline,
+            RelayRoute::QueueFull => &self.dropped_full,
+            RelayRoute::TooLarge => return r,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    pub(crate) fn count_protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_connected(&self, key: &PublicKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    pub(crate) fn stats(&self) -> RelayStats {
+        RelayStats {
+            connections: self.lock().len(),
+            frames: self.frames.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            dropped_unknown: self.dropped_unknown.load(Ordering::Relaxed),
+            dropped_offline: self.dropped_offline.load(Ordering::Relaxed),
+            dropped_full: self.dropped_full.load(Ordering::Relaxed),
+            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The coordinator node's own relay endpoint (from
+/// [`crate::Coordinator::local_relay`]): frames sent here have the coordinator's key as
+/// their source. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalRelaySender {
+    pub(crate) coord: crate::Coordinator,
+}
+
+impl core::fmt::Debug for LocalRelaySender {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LocalRelaySender").finish_non_exhaustive()
+    }
+}
+
+impl LocalRelaySender {
+    /// Relays `payload` to the node `dst` (never blocks; drops are counted by the hub).
+    pub fn send(&self, dst: &PublicKey, payload: Vec<u8>) -> RelayRoute {
+        self.coord.relay_from_local(dst, payload)
+    }
+}
+
+/// A node's relay connection to the coordinator (from [`crate::JoinClient::relay`]).
+/// Use it whole, or [`RelayConn::split`] it to send and receive from two tasks.
+#[derive(Debug)]
+pub struct RelayConn {
+    sender: RelaySender,
+    receiver: RelayReceiver,
+}
+
+/// The sending half: cheap to clone. Frames go through a bounded queue to a writer task
+/// that also sends keepalives when idle; the connection closes when every sender and the
+/// receiver are dropped, or the server closes it.
+#[derive(Debug, Clone)]
+pub struct RelaySender {
+    tx: mpsc::Sender<(PublicKey, Vec<u8>)>,
+}
+
+/// The receiving half.
+pub struct RelayReceiver {
+    rd: Box<dyn AsyncRead + Send + Unpin>,
+    idle: Duration,
+    keepalives: u64,
+}
+
+impl core::fmt::Debug for RelayReceiver {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RelayReceiver")
+            .field("keepalives", &self.keepalives)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayConn {
+    /// Wraps an upgraded stream: spawns the writer task (needs a tokio runtime).
+    pub(crate) fn start<S>(stream: S, prefix: Vec<u8>, keepalive: Duration, queue: usize) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, mut wr) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel(queue.max(1));
+        tokio::spawn(async move {
+            if let Err(e) = write_loop(&mut wr, &mut rx, keepalive).await {
+                tracing::debug!("relay writer stopped: {e}");
+            }
+            let _ = wr.shutdown().await;
+        });
+        let rd = tokio::io::BufReader::new(std::io::Cursor::new(prefix).chain(rd));
+        Self {
+            sender: RelaySender { tx },
+            receiver: RelayReceiver {
+                rd: Box::new(rd),
+                idle: RELAY_IDLE_TIMEOUT,
+                keepalives: 0,
+            },
+        }
+    }
+
+    /// Splits into halves usable from two tasks.
+    pub fn split(self) -> (RelaySender, RelayReceiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// A clone of the sending half.
+    pub fn sender(&self) -> RelaySender {
+        self.sender.clone()
+    }
+
+    /// See [`RelaySender::send`].
+    pub async fn send(&self, dst: &PublicKey, payload: &[u8]) -> Result<(), Error> {
+        self.sender.send(dst, payload).await
+    }
+
+    /// See [`RelayReceiver::recv`].
+    pub async fn recv(&mut self) -> Result<(PublicKey, Vec<u8>), Error> {
+        self.receiver.recv().await
+    }
+}
+
+impl RelaySender {
+    fn check(payload: &[u8]) -> Result<(), Error> {
+        if payload.len() > MAX_RELAY_PAYLOAD {
+            return Err(Error::RelayFrameTooLarge(payload.len()));
+        }
+        Ok(())
+    }
+
+    /// Queues a frame to `dst`, waiting for room in the queue. Fails if the payload is
+    /// larger than [`MAX_RELAY_PAYLOAD`] or the connection is closed.
+    pub async fn send(&self, dst: &PublicKey, payload: &[u8]) -> Result<(), Error> {
+        Self::check(payload)?;
+        self.tx
+            .send((*dst, payload.to_vec()))
+            .await
+            .map_err(|_| Error::RelayClosed)
+    }
+
+    /// Queues a frame to `dst` without waiting: `Ok(false)` if the queue is full (the frame
+    /// is dropped, as UDP would).
+    pub fn try_send(&self, dst: &PublicKey, payload: &[u8]) -> Result<bool, Error> {
+        Self::check(payload)?;
+        match self.tx.try_send((*dst, payload.to_vec())) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::RelayClosed),
+        }
+    }
+
+    /// Low-level, for protocol tests: queues a frame WITHOUT the payload size check (an
+    /// oversized one is truncated to the u16 length field's range and makes the server
+    /// close the connection).
+    pub async fn send_unchecked(&self, dst: &PublicKey, payload: &[u8]) -> Result<(), Error> {
+        let max = usize::from(u16::MAX) - KEY_LEN;
+        let p = &payload[..payload.len().min(max)];
+        self.tx
+            .send((*dst, p.to_vec()))
+            .await
+            .map_err(|_| Error::RelayClosed)
+    }
+
+    /// Whether the writer task has stopped (connection closed or failed).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl RelayReceiver {
+    /// The next frame `(source key, payload)`; keepalives are skipped. Fails when the
+    /// connection closes, a frame is malformed, or nothing arrives for
+    /// [`RELAY_IDLE_TIMEOUT`].
+    pub async fn recv(&mut self) -> Result<(PublicKey, Vec<u8>), Error> {
+        loop {
+            let f = tokio::time::timeout(self.idle, read_frame(&mut self.rd))
+                .await
+                .map_err(|_| Error::Timeout("relay connection idle"))??;
+            match f {
+                None => return Err(Error::RelayClosed),
+                Some((k, p)) if k == KEEPALIVE_KEY && p.is_empty() => self.keepalives += 1,
+                Some(f) => return Ok(f),
+            }
+        }
+    }
+
+    /// Keepalive frames received so far.
+    pub fn keepalives(&self) -> u64 {
+        self.keepalives
+    }
+}
