@@ -5,23 +5,107 @@
 //! `CtlMsg` -> `handle_ctl`; end of each batch -> timers due -> drain `poll_transmit`
 //! (send) and `poll_event` (encode into the ring, one notify per batch) -> next deadline.
 //! Events that do not fit into a full ring wait in a bounded backlog.
+//!
+//! Offload mode (`IFF_VNET_HDR` TUN): a TUN read is a vnet header + super-packet; it is
+//! segmented straight into the transmit batch buffer (room for the 16-byte data header in
+//! front of each segment), every segment sealed in place, and consecutive datagrams to one
+//! endpoint leave in one GSO `sendmsg` (`TxBatch`). A GRO receive is split into datagrams,
+//! each opened in place, and the inner packets go through `tm_dp::offload::Gro`, which
+//! coalesces TCP segments of one flow (in order) into super-packets for the TUN write.
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
+use tm_dp::offload::{Gro, Segmenter, VnetHdr, MAX_SUPER, VNET_HDR_LEN};
 use tm_dp::{Dataplane, Inbound, Outbound};
+use tm_dp_io::udp::MAX_GSO_SEGMENTS;
 use tm_dp_io::uring::{Handler, Io};
 use tm_ring::{Endpoint, PushError};
 use tm_wire::ipc::{CtlMsg, DpMsg, DropReason};
 
 /// Events kept while the ring to the control plane is full; beyond this they are dropped.
 const MAX_BACKLOG: usize = 16 * 1024;
+/// Payload bytes of one GSO send (the UDP length field and IP total length are 16 bits).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Room the data header plus tag plus padding need around an inner packet.
+const SEAL_ROOM: usize = 16 + 16 + 15;
+
+/// Sealed datagrams waiting to leave as one GSO send: `buf[..len]`, every datagram `seg`
+/// bytes except possibly the last, all to `to`.
+struct TxBatch {
+    buf: Box<[u8]>,
+    len: usize,
+    seg: usize,
+    count: usize,
+    to: Option<SocketAddr>,
+    /// The last datagram was shorter than `seg`: nothing may follow it.
+    closed: bool,
+}
+
+impl TxBatch {
+    fn new() -> TxBatch {
+        TxBatch {
+            buf: vec![0u8; GSO_MAX_BYTES + MAX_SUPER + 2 * SEAL_ROOM].into_boxed_slice(),
+            len: 0,
+            seg: 0,
+            count: 0,
+            to: None,
+            closed: false,
+        }
+    }
+
+    /// Sends what is batched.
+    fn flush(&mut self, io: &mut Io<'_>) {
+        if let (Some(to), true) = (self.to, self.len > 0) {
+            io.send_udp_gso(&self.buf[..self.len], self.seg, to);
+        }
+        self.len = 0;
+        self.count = 0;
+        self.to = None;
+        self.closed = false;
+    }
+
+    /// Makes room for an inner packet of up to `max_len` bytes at `self.len + 16`.
+    fn reserve(&mut self, io: &mut Io<'_>, max_len: usize) -> bool {
+        if self.count >= MAX_GSO_SEGMENTS
+            || self.closed
+            || self.len + max_len + SEAL_ROOM > GSO_MAX_BYTES
+        {
+            self.flush(io);
+        }
+        self.len + max_len + SEAL_ROOM <= self.buf.len()
+    }
+
+    /// The datagram `buf[self.len..self.len + n]` for `to` was just sealed: append it, or
+    /// flush the batch and start a new one with it.
+    fn commit(&mut self, io: &mut Io<'_>, to: SocketAddr, n: usize) {
+        if self.count > 0 && (self.to != Some(to) || n > self.seg || self.closed) {
+            let at = self.len;
+            self.flush(io);
+            self.buf.copy_within(at..at + n, 0);
+        }
+        if self.count == 0 {
+            self.seg = n;
+            self.to = Some(to);
+        }
+        self.closed = n < self.seg;
+        self.len += n;
+        self.count += 1;
+    }
+}
 
 pub struct Glue {
     dp: Dataplane,
     ring: Endpoint,
+    /// TUN packets carry a vnet header (offload mode).
+    vnet: bool,
+    tx: TxBatch,
+    gro: Gro,
+    /// TUN super-packets that did not segment (bad vnet header / headers).
+    bad_offload: u64,
     /// Output buffer for sealing and `poll_transmit` (buffer size of the loop).
     out: Vec<u8>,
     /// Encoded events waiting for ring space (oldest first).
@@ -35,10 +119,16 @@ pub struct Glue {
 }
 
 impl Glue {
-    pub fn new(dp: Dataplane, ring: Endpoint, buf_size: usize) -> Glue {
+    /// `vnet`: the TUN was opened with `IFF_VNET_HDR`; `coalesce`: TCP segments may be
+    /// written to it as `GSO_TCPV4/6` super-packets.
+    pub fn new(dp: Dataplane, ring: Endpoint, buf_size: usize, vnet: bool, coalesce: bool) -> Glue {
         Glue {
             dp,
             ring,
+            vnet,
+            tx: TxBatch::new(),
+            gro: Gro::new(vnet && coalesce),
+            bad_offload: 0,
             out: vec![0; buf_size],
             backlog: VecDeque::new(),
             pushed: false,
@@ -104,22 +194,65 @@ impl Glue {
 
 impl Handler for Glue {
     fn on_tun(&mut self, io: &mut Io<'_>, pkt: &mut [u8]) {
-        match self.dp.handle_tun(io.now(), pkt, &mut self.out) {
-            Outbound::Send { to, len } => {
-                io.send_udp(&self.out[..len], to);
+        let (hdr, pkt) = if self.vnet {
+            match VnetHdr::decode(pkt) {
+                Some(h) => (h, &pkt[VNET_HDR_LEN..]),
+                None => {
+                    self.bad_offload += 1;
+                    return;
+                }
             }
-            Outbound::Queued | Outbound::Drop(_) => {}
+        } else {
+            (VnetHdr::default(), &pkt[..])
+        };
+        let mut seg = match Segmenter::new(pkt, hdr) {
+            Ok(s) => s,
+            Err(_) => {
+                self.bad_offload += 1;
+                return;
+            }
+        };
+        let now = io.now();
+        let max = seg.max_segment_len();
+        loop {
+            if !self.tx.reserve(io, max) {
+                self.bad_offload += 1;
+                return;
+            }
+            let at = self.tx.len;
+            let Some(r) = seg.next_into(&mut self.tx.buf[at + 16..]) else {
+                return;
+            };
+            let Ok(n) = r else {
+                self.bad_offload += 1;
+                return;
+            };
+            match self.dp.handle_tun_in_place(now, &mut self.tx.buf[at..], n) {
+                Outbound::Send { to, len } => self.tx.commit(io, to, len),
+                Outbound::Queued | Outbound::Drop(_) => {}
+            }
         }
     }
 
-    fn on_udp(&mut self, io: &mut Io<'_>, from: std::net::SocketAddr, dgram: &mut [u8]) {
-        match self.dp.handle_udp(io.now(), from, dgram) {
-            Inbound::WriteTun { start, len } => {
-                if let Some(pkt) = dgram.get(start..start.saturating_add(len)) {
-                    io.write_tun(pkt);
+    fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgrams: &mut [u8], seg: usize) {
+        let now = io.now();
+        let seg = if seg == 0 { dgrams.len().max(1) } else { seg };
+        for dgram in dgrams.chunks_mut(seg) {
+            match self.dp.handle_udp(now, from, dgram) {
+                Inbound::WriteTun { start, len } => {
+                    if start < VNET_HDR_LEN || start.saturating_add(len) > dgram.len() {
+                        continue;
+                    }
+                    if self.vnet {
+                        self.gro.push(dgram, start, len, &mut |w: &[u8]| {
+                            io.write_tun(w);
+                        });
+                    } else {
+                        io.write_tun(&dgram[start..start + len]);
+                    }
                 }
+                Inbound::Consumed | Inbound::Drop(_) => {}
             }
-            Inbound::Consumed | Inbound::Drop(_) => {}
         }
     }
 
@@ -144,6 +277,10 @@ impl Handler for Glue {
 
     fn on_batch_end(&mut self, io: &mut Io<'_>) -> Option<Instant> {
         let now = io.now();
+        self.tx.flush(io);
+        self.gro.flush(&mut |w: &[u8]| {
+            io.write_tun(w);
+        });
         self.timers(now);
         while let Some((to, len)) = self.dp.poll_transmit(now, &mut self.out) {
             io.send_udp(&self.out[..len], to);
@@ -153,6 +290,7 @@ impl Handler for Glue {
                 // Socket/TUN write failures are seen here, not in the core.
                 let s = io.stats();
                 drops[DropReason::IoError as usize] += s.udp_send_errors + s.tun_write_errors;
+                drops[DropReason::BadInnerPacket as usize] += self.bad_offload;
                 drops[DropReason::RingFull as usize] += self.events_dropped;
             }
             self.push_event(&ev);

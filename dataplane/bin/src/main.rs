@@ -28,7 +28,7 @@ use std::time::Instant;
 use tm_dp::{Dataplane, DpConfig};
 use tm_dp_io::netlink::Netlink;
 use tm_dp_io::signals::SignalFd;
-use tm_dp_io::tun::Tun;
+use tm_dp_io::tun::{Tun, TunOptions, OFFLOAD_ALL};
 use tm_dp_io::uring::{EventLoop, Exit, LoopConfig, LoopFds};
 use tm_dp_io::{fds, udp};
 use tm_wire::ipc::{DpMsg, IPC_VERSION};
@@ -80,7 +80,18 @@ fn run() -> Result<(), Fail> {
     )
     .map_err(fail("attach ring"))?;
 
-    let tun = Tun::create(&args.tun).map_err(fail("create tun"))?;
+    // Offloads: TM_DP_OFFLOAD=0 turns them off (plain TUN, one datagram per send/receive).
+    let want_offload = std::env::var("TM_DP_OFFLOAD").map_or(true, |v| v != "0");
+    let opts = TunOptions {
+        multi_queue: false,
+        vnet_hdr: want_offload,
+    };
+    let tun = Tun::create_with(&args.tun, opts).map_err(fail("create tun"))?;
+    let offload = if want_offload {
+        tun.negotiate_offload(OFFLOAD_ALL)
+    } else {
+        0
+    };
     let mut nl = Netlink::open().map_err(fail("netlink"))?;
     let idx = tun.ifindex();
     nl.set_mtu(idx, u32::from(args.mtu))
@@ -97,9 +108,19 @@ fn run() -> Result<(), Fail> {
     let sock = udp::bind_dual(args.listen_port).map_err(fail("bind udp"))?;
     let listen_port = sock.local_addr().map_err(fail("bind udp"))?.port();
 
-    let cfg = LoopConfig::for_mtu(args.mtu);
+    let gro = want_offload && sock.set_gro(true).is_ok();
+    let cfg = if want_offload {
+        LoopConfig {
+            udp_gso: true,
+            ..LoopConfig::for_offload()
+        }
+    } else {
+        LoopConfig::for_mtu(args.mtu)
+    };
+    let _ = gro;
     let dp = Dataplane::new(DpConfig { mtu: args.mtu }, Instant::now());
-    let mut glue = glue::Glue::new(dp, ring, cfg.buf_size);
+    let coalesce = offload & libc::TUN_F_TSO4 != 0;
+    let mut glue = glue::Glue::new(dp, ring, cfg.buf_size, want_offload, coalesce);
     glue.push_event(&DpMsg::Ready {
         workers: 1,
         listen_port,

@@ -11,6 +11,18 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::{IoError, Result};
 
+/// `TUN_F_USO4` (kernel 6.2+).
+pub const TUN_F_USO4: u32 = 0x20;
+/// `TUN_F_USO6` (kernel 6.2+).
+pub const TUN_F_USO6: u32 = 0x40;
+/// Every offload the dataplane can segment: checksum, TSO4/6 (+ECN), USO4/6.
+pub const OFFLOAD_ALL: u32 = libc::TUN_F_CSUM
+    | libc::TUN_F_TSO4
+    | libc::TUN_F_TSO6
+    | libc::TUN_F_TSO_ECN
+    | TUN_F_USO4
+    | TUN_F_USO6;
+
 /// How to open the TUN queue. Offloads (`vnet_hdr`) and `multi_queue` are for the
 /// thread-per-core dataplane; the default is plain `IFF_TUN|IFF_NO_PI`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,6 +73,47 @@ impl Tun {
     /// Creates the TUN device `name` in the calling thread's network namespace.
     /// Fails with [`IoError::TunBusy`] if a device of that name already exists.
     pub fn create_with(name: &str, opts: TunOptions) -> Result<Tun> {
+        Self::open(name, opts, true)
+    }
+
+    /// Opens one more queue of this multi-queue device (same flags, no `IFF_TUN_EXCL`).
+    pub fn attach_queue(&self, opts: TunOptions) -> Result<Tun> {
+        Self::open(&self.name, opts, false)
+    }
+
+    /// `TUNSETOFFLOAD` with `TUN_F_*` flags (`libc::TUN_F_CSUM | TUN_F_TSO4 | ...`): the
+    /// kernel may then hand this queue super-packets and partial checksums (vnet header
+    /// required). Fails with `EINVAL` when the kernel does not know a flag.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes an unsigned long by value; no memory is passed.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sets the best offload set the kernel accepts, trying `wanted` first, then without
+    /// USO, then checksum + TSO only, then nothing. Returns the flags in effect.
+    pub fn negotiate_offload(&self, wanted: u32) -> u32 {
+        let uso = TUN_F_USO4 | TUN_F_USO6;
+        let tso = libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+        for f in [wanted, wanted & !uso, wanted & (libc::TUN_F_CSUM | tso), 0] {
+            if self.set_offload(f).is_ok() {
+                return f;
+            }
+        }
+        0
+    }
+
+    fn open(name: &str, opts: TunOptions, exclusive: bool) -> Result<Tun> {
         validate_name(name)?;
         // SAFETY: the path is a NUL-terminated literal; open has no memory-safety
         // preconditions otherwise.
@@ -71,7 +124,10 @@ impl Tun {
         // SAFETY: `raw` is a freshly opened fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_TUN_EXCL;
+        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
+        if exclusive {
+            flags |= libc::IFF_TUN_EXCL;
+        }
         if opts.multi_queue {
             flags |= libc::IFF_MULTI_QUEUE;
         }

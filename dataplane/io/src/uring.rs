@@ -51,6 +51,8 @@ pub struct LoopConfig {
     pub udp_recvs: usize,
     /// Longest timer ever armed (the loop wakes at least this often).
     pub max_timer: Duration,
+    /// Use UDP GSO for [`Io::send_udp_gso`] (falls back by itself if the kernel refuses).
+    pub udp_gso: bool,
 }
 
 impl LoopConfig {
@@ -58,6 +60,15 @@ impl LoopConfig {
     pub fn for_mtu(mtu: u16) -> LoopConfig {
         LoopConfig {
             buf_size: (usize::from(mtu) + 256).next_multiple_of(64),
+            ..LoopConfig::default()
+        }
+    }
+
+    /// A configuration for super-packets (TUN offloads, UDP GRO/GSO): 64 KiB buffers.
+    pub fn for_offload() -> LoopConfig {
+        LoopConfig {
+            buf_size: 65_536 + 256,
+            udp_gso: true,
             ..LoopConfig::default()
         }
     }
@@ -70,6 +81,7 @@ impl Default for LoopConfig {
             tun_reads: 16,
             udp_recvs: 16,
             max_timer: Duration::from_millis(100),
+            udp_gso: false,
         }
     }
 }
@@ -107,6 +119,10 @@ pub struct IoStats {
     pub udp_recv_errors: u64,
     /// Failed UDP sends (including a full socket buffer).
     pub udp_send_errors: u64,
+    /// GSO `sendmsg` calls (each counted datagram-wise in `udp_tx` too).
+    pub udp_gso_sends: u64,
+    /// UDP GSO sends are in use (cleared when the kernel refused one).
+    pub gso_enabled: bool,
 }
 
 /// Why [`EventLoop::run`] returned.
@@ -148,6 +164,40 @@ impl Io<'_> {
         }
     }
 
+    /// Sends `buf` as datagrams of `seg` bytes (the last may be shorter) with one GSO
+    /// `sendmsg`; `segments` is how many that is (for the counters). If the kernel refuses
+    /// GSO (`EIO`/`EINVAL`/`ENOPROTOOPT`), GSO is switched off for good and each datagram
+    /// is sent on its own. False (and counted) on failure.
+    pub fn send_udp_gso(&mut self, buf: &[u8], seg: usize, to: SocketAddr) -> bool {
+        let segments = if seg == 0 { 1 } else { buf.len().div_ceil(seg) as u64 };
+        if segments > 1 && self.stats.gso_enabled {
+            match self.udp.send_gso(buf, seg, to) {
+                Ok(_) => {
+                    self.stats.udp_tx += segments;
+                    self.stats.udp_gso_sends += 1;
+                    return true;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    self.stats.gso_enabled = false;
+                }
+                Err(_) => {
+                    self.stats.udp_send_errors += segments;
+                    return false;
+                }
+            }
+        }
+        let mut ok = true;
+        for d in buf.chunks(seg.max(1).min(buf.len().max(1))) {
+            ok &= self.send_udp(d, to);
+        }
+        ok
+    }
+
     /// Writes one IP packet to the TUN; false (and counted) on failure.
     pub fn write_tun(&mut self, pkt: &[u8]) -> bool {
         match self.tun.write(pkt) {
@@ -177,8 +227,10 @@ impl Io<'_> {
 pub trait Handler {
     /// One IP packet read from the TUN (the slice may be modified in place).
     fn on_tun(&mut self, io: &mut Io<'_>, pkt: &mut [u8]);
-    /// One datagram received from `from` (v4-mapped sources already converted to IPv4).
-    fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgram: &mut [u8]);
+    /// Datagrams received from `from` (v4-mapped sources already converted to IPv4). With
+    /// `seg == 0` `dgrams` is one datagram; otherwise (`UDP_GRO`) it holds datagrams of
+    /// `seg` bytes each, the last possibly shorter.
+    fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgrams: &mut [u8], seg: usize);
     /// The control eventfd became readable: clear it, then drain the ring.
     fn on_ctl_ready(&mut self, io: &mut Io<'_>);
     /// The armed timer fired.
@@ -263,6 +315,8 @@ struct RecvMeta {
     hdr: libc::msghdr,
     iov: libc::iovec,
     name: libc::sockaddr_storage,
+    /// Control messages (the `UDP_GRO` segment size).
+    ctrl: [u64; 8],
 }
 
 const KIND_SHIFT: u32 = 48;
@@ -345,7 +399,10 @@ impl<'a> EventLoop<'a> {
             timer_gen: 0,
             timer_armed: None,
             cqes: Vec::with_capacity(entries as usize * 2),
-            stats: IoStats::default(),
+            stats: IoStats {
+                gso_enabled: cfg.udp_gso,
+                ..IoStats::default()
+            },
             stop: false,
             exit: None,
             started: false,
@@ -400,8 +457,8 @@ impl<'a> EventLoop<'a> {
         m.hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         m.hdr.msg_iov = &mut m.iov;
         m.hdr.msg_iovlen = 1;
-        m.hdr.msg_control = std::ptr::null_mut();
-        m.hdr.msg_controllen = 0;
+        m.hdr.msg_control = m.ctrl.as_mut_ptr().cast();
+        m.hdr.msg_controllen = size_of::<[u64; 8]>() as _;
         m.hdr.msg_flags = 0;
         let e = opcode::RecvMsg::new(
             types::Fd(self.fds.udp.as_fd().as_raw_fd()),
@@ -574,6 +631,9 @@ impl<'a> EventLoop<'a> {
                 if res >= 0 {
                     let m = &self.recv[idx];
                     let from = RawAddr::decode(&m.name, m.hdr.msg_namelen);
+                    // SAFETY: the receive completed, so the kernel filled the control
+                    // buffer `msg_control` points at (inside this boxed RecvMeta).
+                    let seg = unsafe { crate::udp::gro_segment(&m.hdr) }.unwrap_or(0);
                     let len = res as usize;
                     match from {
                         Some(from) if len <= self.cfg.buf_size => {
@@ -589,7 +649,7 @@ impl<'a> EventLoop<'a> {
                                 stats: &mut self.stats,
                                 stop: &mut self.stop,
                             };
-                            h.on_udp(&mut io, from, dgram);
+                            h.on_udp(&mut io, from, dgram, seg);
                         }
                         // Truncated (MSG_TRUNC reports the full length) or odd source.
                         _ => self.stats.udp_recv_errors += 1,

@@ -171,7 +171,7 @@ impl Handler for Echo {
             }
         }
     }
-    fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgram: &mut [u8]) {
+    fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgram: &mut [u8], _seg: usize) {
         self.udp_seen.push((from, dgram.to_vec()));
         if dgram == b"stop" {
             io.stop();
