@@ -827,12 +827,24 @@ impl FileSystem {
             None if covered < new_size => runs.push((out.len(), covered, new_size)),
             None => {}
         }
-        // Materialise the rewritten runs (from the back so insert indexes stay valid).
+        // Materialise the rewritten runs (from the back so insert indexes stay valid). Whole
+        // chunks of zeros (sparse growth) share one chunk, stored once.
+        let mut zero: Option<ChunkRef> = None;
         for (at, a, b) in runs.into_iter().rev() {
             let mut pieces = Vec::new();
+            let mut refs: Vec<Option<ChunkRef>> = Vec::new();
             let mut p = a;
             while p < b {
                 let pe = (p + cs).min(b);
+                if pe - p == cs && p >= keep_limit && !overlaps(p, pe) {
+                    if zero.is_none() {
+                        zero = Some(pins.put_chunk(&vec![0u8; cs as usize])?);
+                    }
+                    refs.push(zero);
+                    p = pe;
+                    continue;
+                }
+                refs.push(None);
                 let mut buf = vec![0u8; (pe - p) as usize];
                 let fully_written = writes
                     .iter()
@@ -852,7 +864,11 @@ impl FileSystem {
                 pieces.push(buf);
                 p = pe;
             }
-            let refs = put_pieces(pins, &pieces)?;
+            let mut stored = put_pieces(pins, &pieces)?.into_iter();
+            let refs: Vec<ChunkRef> = refs
+                .into_iter()
+                .map(|r| r.or_else(|| stored.next()).expect("one stored piece per slot"))
+                .collect();
             out.splice(at..at, refs);
         }
         debug_assert_eq!(out.iter().map(|c| u64::from(c.len)).sum::<u64>(), new_size);

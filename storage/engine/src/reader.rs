@@ -62,6 +62,11 @@ impl ObjectReader {
         &self.inner.manifest
     }
 
+    /// The chunk ids of this version, in order (lets tests see which chunks an edit replaced).
+    pub fn chunk_ids(&self) -> Vec<crate::ChunkId> {
+        self.inner.manifest.iter().map(|c| c.id).collect()
+    }
+
     /// Object size.
     pub fn size(&self) -> u64 {
         self.info.size

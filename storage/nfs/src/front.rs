@@ -1,0 +1,399 @@
+//! The RPC front: the socket clients connect to. It sees each call before `nfs3_server` does.
+//!
+//! Per connection it knows the client address, so it (1) refuses sources outside the allowed
+//! networks: `MNT` gets `MNT3ERR_ACCES`, every other call except NULL `AUTH_TOOWEAK`, and no byte
+//! reaches the server; (2) answers `MKNOD`/`LINK` with `NFS3ERR_NOTSUPP` (the library would send
+//! `PROC_UNAVAIL`); (3) passes `MKDIR` attributes and the REMOVE/RMDIR distinction to [`Vfs`]
+//! (the library's trait drops them); (4) re-bases `READDIR` cookie verifiers on the directory's
+//! current state so cookies keep working while the directory changes; (5) puts a per-boot write
+//! verifier in WRITE/COMMIT replies (the library would send the handle generation, which we keep
+//! across restarts) and real quota/usage figures in FSSTAT replies. Everything else is forwarded
+//! byte for byte to the library's listener on loopback.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use nfs3_server::nfs3_types::nfs3::sattr3;
+use nfs3_server::nfs3_types::xdr_codec::Unpack;
+use nfs3_server::vfs::{FileHandleU64, NfsReadFileSystem};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+use crate::access::Access;
+use crate::vfs::{set_attrs, Hint, Vfs};
+
+const PROG_NFS: u32 = 100_003;
+const PROG_MOUNT: u32 = 100_005;
+const MOUNT_MNT: u32 = 1;
+const NFS_WRITE: u32 = 7;
+const NFS_MKDIR: u32 = 9;
+const NFS_MKNOD: u32 = 11;
+const NFS_RMDIR: u32 = 13;
+const NFS_LINK: u32 = 15;
+const NFS_READDIR: u32 = 16;
+const NFS_FSSTAT: u32 = 18;
+const NFS_COMMIT: u32 = 21;
+const NFS3ERR_NOTSUPP: u32 = 10004;
+const MNT3ERR_ACCES: u32 = 13;
+const AUTH_TOOWEAK: u32 = 5;
+/// Largest RPC record accepted (a 1 MiB WRITE plus headers).
+const MAX_RECORD: usize = (1 << 20) + (64 << 10);
+
+/// Shared by all connections.
+pub(crate) struct Front {
+    pub access: Access,
+    pub upstream: SocketAddr,
+    pub vfs: Vfs,
+    /// Write verifier of this process (random per start).
+    pub verf: [u8; 8],
+}
+
+#[derive(Clone, Copy)]
+enum Patch {
+    Verf,
+    Fsstat(u64),
+}
+
+fn be32(b: &[u8], off: usize) -> Option<u32> {
+    let s = b.get(off..off.checked_add(4)?)?;
+    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn pad4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// The parsed header of an RPC call record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Call {
+    pub xid: u32,
+    pub prog: u32,
+    pub vers: u32,
+    pub proc_: u32,
+    /// Offset of the procedure arguments.
+    pub args: usize,
+}
+
+/// Parse an RPC CALL header (None for anything else or a truncated record).
+pub(crate) fn parse_call(rec: &[u8]) -> Option<Call> {
+    if be32(rec, 4)? != 0 || be32(rec, 8)? != 2 {
+        return None;
+    }
+    let cred_len = be32(rec, 28)? as usize;
+    let verf_at = 32usize.checked_add(pad4(cred_len))?;
+    let verf_len = be32(rec, verf_at + 4)? as usize;
+    let args = (verf_at + 8).checked_add(pad4(verf_len))?;
+    if args > rec.len() {
+        return None;
+    }
+    Some(Call {
+        xid: be32(rec, 0)?,
+        prog: be32(rec, 12)?,
+        vers: be32(rec, 16)?,
+        proc_: be32(rec, 20)?,
+        args,
+    })
+}
+
+/// `(inode, offset after the handle)` of the nfs_fh3 at `at`.
+fn handle_at(rec: &[u8], at: usize) -> Option<(u64, usize)> {
+    let len = be32(rec, at)? as usize;
+    let data = rec.get(at + 4..at + 4 + len)?;
+    if len != 16 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&data[8..16]);
+    Some((FileHandleU64::from_bytes_ne(b), at + 4 + pad4(len)))
+}
+
+trait FromNe {
+    fn from_bytes_ne(b: [u8; 8]) -> u64;
+}
+
+impl FromNe for FileHandleU64 {
+    /// `FileHandleU64` stores the inode in native byte order.
+    fn from_bytes_ne(b: [u8; 8]) -> u64 {
+        u64::from_ne_bytes(b)
+    }
+}
+
+/// `(dir inode, name, offset after the name)` of a diropargs3 at `at`.
+fn dirop_at(rec: &[u8], at: usize) -> Option<(u64, Vec<u8>, usize)> {
+    let (dir, at) = handle_at(rec, at)?;
+    let len = be32(rec, at)? as usize;
+    let name = rec.get(at + 4..at + 4 + len)?.to_vec();
+    Some((dir, name, at + 4 + pad4(len)))
+}
+
+fn accepted(xid: u32, body: &[u32]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24 + body.len() * 4);
+    for w in [xid, 1, 0, 0, 0, 0].iter().chain(body) {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v
+}
+
+fn denied(xid: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20);
+    for w in [xid, 1, 1, 1, AUTH_TOOWEAK] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v
+}
+
+/// The local answer to a call from a refused source.
+pub(crate) fn refuse(call: &Call) -> Vec<u8> {
+    match (call.prog, call.proc_) {
+        (_, 0) => accepted(call.xid, &[]),
+        (PROG_MOUNT, MOUNT_MNT) => accepted(call.xid, &[MNT3ERR_ACCES]),
+        _ => denied(call.xid),
+    }
+}
+
+async fn read_record(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<Vec<u8>>> {
+    let mut rec = Vec::new();
+    loop {
+        let mut h = [0u8; 4];
+        match r.read_exact(&mut h).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && rec.is_empty() => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        }
+        let h = u32::from_be_bytes(h);
+        let len = (h & 0x7fff_ffff) as usize;
+        if rec.len() + len > MAX_RECORD {
+            return Err(std::io::Error::other("RPC record too large"));
+        }
+        let start = rec.len();
+        rec.resize(start + len, 0);
+        r.read_exact(&mut rec[start..]).await?;
+        if h & 0x8000_0000 != 0 {
+            return Ok(Some(rec));
+        }
+    }
+}
+
+async fn write_record(w: &mut OwnedWriteHalf, rec: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(rec.len()).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(rec.len() + 4);
+    out.extend_from_slice(&(len | 0x8000_0000).to_be_bytes());
+    out.extend_from_slice(rec);
+    w.write_all(&out).await
+}
+
+/// Offset of the procedure result in an accepted, successful reply.
+fn reply_result(rec: &[u8]) -> Option<usize> {
+    if be32(rec, 4)? != 1 || be32(rec, 8)? != 0 {
+        return None;
+    }
+    let vlen = be32(rec, 16)? as usize;
+    let at = 20 + pad4(vlen);
+    if be32(rec, at)? != 0 {
+        return None;
+    }
+    Some(at + 4)
+}
+
+impl Front {
+    /// Serve one client connection until it closes.
+    pub(crate) async fn connection(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        let _ = client.set_nodelay(true);
+        let allowed = self.access.allows(peer.ip());
+        if !allowed {
+            tracing::info!(%peer, "nfs: refusing a client outside the mesh");
+        }
+        let (mut cr, cw) = client.into_split();
+        let cw = Arc::new(tokio::sync::Mutex::new(cw));
+        let pending: Arc<Mutex<HashMap<u32, Patch>>> = Arc::default();
+        let mut up_w = None;
+        let mut pump = None;
+        if allowed {
+            let up = match TcpStream::connect(self.upstream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("nfs: upstream connect failed: {e}");
+                    return;
+                }
+            };
+            let _ = up.set_nodelay(true);
+            let (mut ur, uw) = up.into_split();
+            up_w = Some(uw);
+            let (cw, pending, me) = (cw.clone(), pending.clone(), self.clone());
+            pump = Some(tokio::spawn(async move {
+                while let Ok(Some(mut rec)) = read_record(&mut ur).await {
+                    let patch = be32(&rec, 0).and_then(|xid| {
+                        pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&xid)
+                    });
+                    if let Some(p) = patch {
+                        me.patch_reply(&mut rec, p);
+                    }
+                    if write_record(&mut *cw.lock().await, &rec).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = cw.lock().await.shutdown().await;
+            }));
+        }
+        while let Ok(Some(mut rec)) = read_record(&mut cr).await {
+            let Some(call) = parse_call(&rec) else {
+                break;
+            };
+            let local = match &mut up_w {
+                None => Some(refuse(&call)),
+                Some(_) => self.inspect(&call, &mut rec, &pending).await,
+            };
+            let r = match (local, &mut up_w) {
+                (Some(reply), _) => write_record(&mut *cw.lock().await, &reply).await,
+                (None, Some(uw)) => write_record(uw, &rec).await,
+                (None, None) => Ok(()),
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        if let Some(mut uw) = up_w {
+            let _ = uw.shutdown().await;
+        }
+        if let Some(p) = pump {
+            let _ = p.await;
+        }
+    }
+
+    /// Look at an allowed call; `Some(reply)` answers it here instead of forwarding.
+    async fn inspect(
+        &self,
+        call: &Call,
+        rec: &mut [u8],
+        pending: &Mutex<HashMap<u32, Patch>>,
+    ) -> Option<Vec<u8>> {
+        if call.prog != PROG_NFS || call.vers != 3 {
+            return None;
+        }
+        let remember = |p: Patch| {
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(call.xid, p);
+        };
+        match call.proc_ {
+            NFS_MKNOD => Some(accepted(call.xid, &[NFS3ERR_NOTSUPP, 0, 0])),
+            NFS_LINK => Some(accepted(call.xid, &[NFS3ERR_NOTSUPP, 0, 0, 0])),
+            NFS_WRITE | NFS_COMMIT => {
+                remember(Patch::Verf);
+                None
+            }
+            NFS_FSSTAT => {
+                if let Some((ino, _)) = handle_at(rec, call.args) {
+                    remember(Patch::Fsstat(ino));
+                }
+                None
+            }
+            NFS_MKDIR => {
+                if let Some((dir, name, at)) = dirop_at(rec, call.args) {
+                    let mut c = Cursor::new(&rec[at..]);
+                    if let Ok((sa, _)) = sattr3::unpack(&mut c) {
+                        self.vfs.hint(dir, name, Hint::Mkdir(set_attrs(&sa)));
+                    }
+                }
+                None
+            }
+            NFS_RMDIR => {
+                if let Some((dir, name, _)) = dirop_at(rec, call.args) {
+                    self.vfs.hint(dir, name, Hint::Rmdir);
+                }
+                None
+            }
+            NFS_READDIR => {
+                let (dir, at) = handle_at(rec, call.args)?;
+                let cookie_at = at;
+                let verf_at = at + 8;
+                let cookie = rec.get(cookie_at..cookie_at + 8)?;
+                let verf = rec.get(verf_at..verf_at + 8)?;
+                if cookie.iter().any(|b| *b != 0) && verf.iter().any(|b| *b != 0) {
+                    if let Ok(a) = self.vfs.getattr(&FileHandleU64::new(dir)).await {
+                        let v = (u64::from(a.mtime.seconds) << 32) | u64::from(a.mtime.nseconds);
+                        rec[verf_at..verf_at + 8].copy_from_slice(&v.to_be_bytes());
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn patch_reply(&self, rec: &mut [u8], p: Patch) {
+        let Some(res) = reply_result(rec) else {
+            return;
+        };
+        if be32(rec, res) != Some(0) {
+            return;
+        }
+        let n = rec.len();
+        match p {
+            Patch::Verf if n >= res + 12 => rec[n - 8..].copy_from_slice(&self.verf),
+            Patch::Fsstat(ino) if n >= res + 4 + 4 + 52 => {
+                let Ok(st) = self.vfs.fs().fsstat(ino) else {
+                    return;
+                };
+                let files_total = st.files + (1 << 32);
+                let words = [
+                    st.total_bytes,
+                    st.free_bytes,
+                    st.free_bytes,
+                    files_total,
+                    1 << 32,
+                    1 << 32,
+                ];
+                let mut at = n - 52;
+                for w in words {
+                    rec[at..at + 8].copy_from_slice(&w.to_be_bytes());
+                    at += 8;
+                }
+                rec[n - 4..].copy_from_slice(&0u32.to_be_bytes());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(prog: u32, proc_: u32, cred_len: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [7u32, 0, 2, prog, 3, proc_, 1, cred_len] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        v.extend(std::iter::repeat_n(0u8, pad4(cred_len as usize)));
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        v.extend_from_slice(&[1, 2, 3, 4]);
+        v
+    }
+
+    #[test]
+    fn parses_call_header_and_refuses_mount() {
+        let rec = call(PROG_MOUNT, MOUNT_MNT, 5);
+        let c = parse_call(&rec).expect("call");
+        assert_eq!((c.xid, c.prog, c.proc_), (7, PROG_MOUNT, MOUNT_MNT));
+        assert_eq!(&rec[c.args..], &[1, 2, 3, 4]);
+        let r = refuse(&c);
+        assert_eq!(be32(&r, 0), Some(7));
+        assert_eq!(
+            reply_result(&r).and_then(|at| be32(&r, at)),
+            Some(MNT3ERR_ACCES)
+        );
+        let n = refuse(&parse_call(&call(PROG_NFS, 1, 0)).expect("call"));
+        assert_eq!(be32(&n, 8), Some(1), "NFS calls from outside are denied");
+        assert!(parse_call(&rec[..30]).is_none());
+    }
+}

@@ -1,0 +1,221 @@
+//! NFSv3 file shares on the object store: `/shares/<name>` over TCP, mount protocol on the same
+//! port, the same bytes as the S3 view of the share's bucket.
+//!
+//! What it does: serves the file-system view of [`tm_storage`] ([`tm_storage::FileSystem`]:
+//! persistent inodes, attributes, directories as key prefixes, in-place chunk-local writes) with
+//! the `nfs3_server` crate behind an RPC front ([`front`]) that enforces who may mount.
+//!
+//! Why `nfs3_server` (0.11, the maintained fork of `nfsserve` 0.11): `nfsserve` puts the process
+//! start time in every file handle (a static, not settable), so every restart makes all client
+//! handles `ESTALE` — the upstream stale-mount bug — and uses the fileid as directory cookie
+//! with no say for the file system. `nfs3_server` lets us choose the handle bytes, set the
+//! handle generation (we use a random number persisted once per store) and choose cookies.
+//! Neither library shows the client address to the MNT handler; the front wraps the listener
+//! for that (and fixes a few answers, see [`front`]).
+//!
+//! What it never does: talk to anything but its listener and the loopback socket of the
+//! library; accept clients outside loopback and the configured mesh networks; create shares
+//! other than `default` (operators do that through the engine).
+//!
+//! Call order: [`NfsServer::bind`] (opens/creates the `default` share, binds the listener) →
+//! [`NfsServer::local_addr`] → [`NfsServer::serve`] (until the shutdown future completes; then
+//! flushes buffered writes). Clients mount `<addr>:/shares/<name>` with `vers=3,tcp,nolock` and
+//! `port=`/`mountport=` both set to the listen port.
+#![forbid(unsafe_code)]
+
+pub mod access;
+mod front;
+pub mod vfs;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
+use tm_storage::{FileSystem, StorageError, Store, DEFAULT_SHARE};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use access::{Access, Cidr};
+pub use vfs::Vfs;
+
+/// Default NFS port.
+pub const DEFAULT_PORT: u16 = 2049;
+/// Export prefix: shares are mounted as `/shares/<name>`.
+pub const EXPORT_ROOT: &str = "shares";
+/// Buffered writes older than this are flushed in the background.
+const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Everything that can go wrong starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum NfsError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Socket I/O failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The object store refused or failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A network in the allow list does not parse.
+    #[error("not a network (want ADDR/PREFIX): {0}")]
+    BadCidr(String),
+    /// A blocking task could not be joined.
+    #[error("internal task failed")]
+    Join,
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct NfsConfig {
+    /// Where clients connect (NFS and MOUNT on the same port).
+    pub listen: SocketAddr,
+    /// Who may mount besides loopback (the mesh CIDR).
+    pub allow: Vec<Cidr>,
+    /// Whether loopback clients may mount (true in production: the coordinator's own host).
+    pub allow_loopback: bool,
+}
+
+impl NfsConfig {
+    /// Listen on `listen`, allow loopback and the networks in `allow`.
+    pub fn new(listen: SocketAddr, allow: Vec<Cidr>) -> NfsConfig {
+        NfsConfig {
+            listen,
+            allow,
+            allow_loopback: true,
+        }
+    }
+}
+
+/// A bound NFS server.
+pub struct NfsServer {
+    listener: TcpListener,
+    inner: NFSTcpListener<Vfs>,
+    front: Arc<front::Front>,
+    vfs: Vfs,
+}
+
+impl std::fmt::Debug for NfsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NfsServer")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_verf() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = t.to_le_bytes();
+    }
+    b
+}
+
+impl NfsServer {
+    /// Ensure the `default` share exists, open the file-system view and bind `cfg.listen`.
+    pub async fn bind(store: Store, cfg: NfsConfig) -> Result<NfsServer, NfsError> {
+        let vfs = tokio::task::spawn_blocking(move || -> Result<Vfs, StorageError> {
+            store.ensure_share(DEFAULT_SHARE)?;
+            Vfs::new(FileSystem::new(store)?)
+        })
+        .await
+        .map_err(|_| NfsError::Join)??;
+        let generation = vfs.fs().generation();
+        let mut inner =
+            NFSTcpListener::bind_with_generation("127.0.0.1:0", vfs.clone(), generation)
+                .await
+                .map_err(NfsError::Io)?;
+        inner.with_export_name(EXPORT_ROOT);
+        let upstream = SocketAddr::from(([127, 0, 0, 1], inner.get_listen_port()));
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| NfsError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let front = Arc::new(front::Front {
+            access: Access {
+                allow: cfg.allow,
+                loopback: cfg.allow_loopback,
+            },
+            upstream,
+            vfs: vfs.clone(),
+            verf: random_verf(),
+        });
+        Ok(NfsServer {
+            listener,
+            inner,
+            front,
+            vfs,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, NfsError> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// The file-system view being served.
+    pub fn vfs(&self) -> &Vfs {
+        &self.vfs
+    }
+
+    /// Serve until `shutdown` completes; then close every connection and flush buffered writes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), NfsError> {
+        let NfsServer {
+            listener,
+            inner,
+            front,
+            vfs,
+        } = self;
+        let lib = tokio::spawn(async move {
+            if let Err(e) = inner.handle_forever().await {
+                tracing::error!("nfs: library listener stopped: {e}");
+            }
+        });
+        let flusher = {
+            let vfs = vfs.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    vfs.flush_idle(IDLE_FLUSH).await;
+                }
+            })
+        };
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                r = listener.accept() => match r {
+                    Ok((sock, peer)) => {
+                        conns.spawn(front.clone().connection(sock, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!("nfs: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        };
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+        lib.abort();
+        let _ = lib.await;
+        flusher.abort();
+        let _ = flusher.await;
+        vfs.flush_idle(Duration::ZERO).await;
+        result
+    }
+}

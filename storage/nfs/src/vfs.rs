@@ -1,0 +1,652 @@
+//! [`Vfs`]: the `nfs3_server` file-system traits on top of [`tm_storage::FileSystem`], with a
+//! write-back buffer for UNSTABLE writes.
+//!
+//! Writes: UNSTABLE writes are kept per inode (adjacent writes coalesced) and applied to the
+//! store by COMMIT, by a FILE_SYNC/DATA_SYNC write, when an inode holds [`FLUSH_BYTES`], when
+//! the server holds [`MAX_DIRTY`] in total, before a read or size change of that inode, and by
+//! the idle flusher ([`Vfs::flush_idle`]). The write verifier changes with every process start
+//! (see `front.rs`), so a client resends anything a crash lost before COMMIT. Quota and
+//! read-only checks happen when the write arrives, so refusals are immediate and store nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use nfs3_server::nfs3_types::nfs3::{
+    createverf3, fattr3, fileid3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, post_op_attr,
+    sattr3, set_atime, set_mtime, specdata3, stable_how, FSINFO3resok, Nfs3Option, FSF3_CANSETTIME,
+    FSF3_HOMOGENEOUS, FSF3_SYMLINK,
+};
+use nfs3_server::vfs::{
+    DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
+};
+use tm_storage::{
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, SetAttrs, StorageError, DEFAULT_SHARE,
+};
+
+/// Buffered bytes of one inode that trigger a flush.
+pub const FLUSH_BYTES: usize = 16 << 20;
+/// Buffered bytes of the whole server that make every write flush its inode.
+pub const MAX_DIRTY: usize = 256 << 20;
+/// Entries fetched from the store per directory page.
+const DIR_PAGE: usize = 256;
+/// Largest read/write transfer (fsinfo rtmax/wtmax).
+pub const MAX_IO: u32 = 1 << 20;
+
+/// Map an engine error to an NFS status.
+pub fn nfs_status(e: &StorageError) -> nfsstat3 {
+    use StorageError as E;
+    match e {
+        E::NoSuchKey | E::NoSuchBucket | E::NoSuchShare => nfsstat3::NFS3ERR_NOENT,
+        E::Exists | E::BucketExists => nfsstat3::NFS3ERR_EXIST,
+        E::NotADirectory => nfsstat3::NFS3ERR_NOTDIR,
+        E::IsADirectory => nfsstat3::NFS3ERR_ISDIR,
+        E::DirectoryNotEmpty | E::BucketNotEmpty => nfsstat3::NFS3ERR_NOTEMPTY,
+        E::Stale => nfsstat3::NFS3ERR_STALE,
+        E::ReadOnly => nfsstat3::NFS3ERR_ROFS,
+        E::InvalidName | E::InvalidKey | E::Invalid(_) => nfsstat3::NFS3ERR_INVAL,
+        E::NameTooLong => nfsstat3::NFS3ERR_NAMETOOLONG,
+        E::BadCookie => nfsstat3::NFS3ERR_BAD_COOKIE,
+        E::QuotaExceeded => nfsstat3::NFS3ERR_DQUOT,
+        E::Conflict => nfsstat3::NFS3ERR_JUKEBOX,
+        E::Unsupported(_) => nfsstat3::NFS3ERR_NOTSUPP,
+        E::Io(io) if io.raw_os_error() == Some(28) => nfsstat3::NFS3ERR_NOSPC,
+        _ => nfsstat3::NFS3ERR_IO,
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, nfsstat3>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if e.is_failure() {
+                tracing::warn!("nfs: storage failure: {e}");
+            }
+            Err(nfs_status(&e))
+        }
+        Err(_) => Err(nfsstat3::NFS3ERR_SERVERFAULT),
+    }
+}
+
+fn nfstime(t: SystemTime) -> nfstime3 {
+    nfstime3::try_from(t).unwrap_or_default()
+}
+
+fn from_nfstime(t: nfstime3) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::from(t.seconds))
+        + Duration::from_nanos(u64::from(t.nseconds))
+}
+
+/// Engine attributes as NFS `fattr3`.
+pub fn fattr(a: &FileAttr) -> fattr3 {
+    fattr3 {
+        type_: match a.kind {
+            FileKind::File => ftype3::NF3REG,
+            FileKind::Directory => ftype3::NF3DIR,
+            FileKind::Symlink => ftype3::NF3LNK,
+        },
+        mode: a.mode,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        size: a.size,
+        used: a.size,
+        rdev: specdata3::default(),
+        fsid: a.fsid,
+        fileid: a.ino,
+        atime: nfstime(a.atime),
+        mtime: nfstime(a.mtime),
+        ctime: nfstime(a.ctime),
+    }
+}
+
+/// NFS `sattr3` as engine attribute changes.
+pub fn set_attrs(s: &sattr3) -> SetAttrs {
+    let opt = |o: &Nfs3Option<u32>| match o {
+        Nfs3Option::Some(v) => Some(*v),
+        Nfs3Option::None => None,
+    };
+    SetAttrs {
+        mode: opt(&s.mode),
+        uid: opt(&s.uid),
+        gid: opt(&s.gid),
+        size: match s.size {
+            Nfs3Option::Some(v) => Some(v),
+            Nfs3Option::None => None,
+        },
+        atime: match s.atime {
+            set_atime::DONT_CHANGE => None,
+            set_atime::SET_TO_SERVER_TIME => Some(SystemTime::now()),
+            set_atime::SET_TO_CLIENT_TIME(t) => Some(from_nfstime(t)),
+        },
+        mtime: match s.mtime {
+            set_mtime::DONT_CHANGE => None,
+            set_mtime::SET_TO_SERVER_TIME => Some(SystemTime::now()),
+            set_mtime::SET_TO_CLIENT_TIME(t) => Some(from_nfstime(t)),
+        },
+    }
+}
+
+fn name_str(n: &filename3<'_>) -> Result<String, nfsstat3> {
+    std::str::from_utf8(n.as_ref())
+        .map(str::to_string)
+        .map_err(|_| nfsstat3::NFS3ERR_INVAL)
+}
+
+/// What the RPC front saw in a call that the trait does not carry.
+#[derive(Clone, Debug)]
+pub(crate) enum Hint {
+    /// MKDIR with these attributes.
+    Mkdir(SetAttrs),
+    /// The REMOVE-shaped call is an RMDIR.
+    Rmdir,
+}
+
+#[derive(Default)]
+struct Dirty {
+    /// (offset, bytes) in arrival order; adjacent appends are coalesced.
+    extents: Vec<(u64, Vec<u8>)>,
+    bytes: usize,
+    since: Option<Instant>,
+    last_write: Option<SystemTime>,
+    /// A background flush failed: reported by the next write or COMMIT.
+    error: Option<nfsstat3>,
+}
+
+impl Dirty {
+    fn end(&self) -> u64 {
+        self.extents
+            .iter()
+            .map(|(o, d)| o + d.len() as u64)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+type Buf = Arc<tokio::sync::Mutex<Dirty>>;
+
+/// The NFS file system served by `nfs3_server`. Handles are [`FileHandleU64`] inode numbers
+/// (the server prefixes the store generation).
+/// Cheap to clone (shared state behind `Arc`s).
+#[derive(Clone)]
+pub struct Vfs {
+    fs: FileSystem,
+    root: u64,
+    bufs: Arc<Mutex<HashMap<u64, Buf>>>,
+    dirty_total: Arc<AtomicUsize>,
+    hints: Arc<Mutex<HashMap<(u64, Vec<u8>), Hint>>>,
+}
+
+impl std::fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vfs").field("root", &self.root).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Vfs {
+    /// Wrap a file system; `DEFAULT_SHARE` must exist (its root is the server's root handle).
+    pub fn new(fs: FileSystem) -> Result<Vfs, StorageError> {
+        let root = fs.share_root(DEFAULT_SHARE)?.ino;
+        Ok(Vfs {
+            fs,
+            root,
+            bufs: Arc::new(Mutex::new(HashMap::new())),
+            dirty_total: Arc::new(AtomicUsize::new(0)),
+            hints: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The engine view.
+    pub fn fs(&self) -> &FileSystem {
+        &self.fs
+    }
+
+    pub(crate) fn hint(&self, dir: u64, name: Vec<u8>, h: Hint) {
+        let mut m = lock(&self.hints);
+        if m.len() > 4096 {
+            m.clear();
+        }
+        m.insert((dir, name), h);
+    }
+
+    fn take_hint(&self, dir: u64, name: &[u8]) -> Option<Hint> {
+        lock(&self.hints).remove(&(dir, name.to_vec()))
+    }
+
+    fn buf(&self, ino: u64) -> Option<Buf> {
+        lock(&self.bufs).get(&ino).cloned()
+    }
+
+    fn buf_or_new(&self, ino: u64) -> Buf {
+        lock(&self.bufs).entry(ino).or_default().clone()
+    }
+
+    /// Apply the buffered writes of one inode (caller holds its lock).
+    async fn flush_locked(&self, ino: u64, d: &mut Dirty) -> Result<(), nfsstat3> {
+        if let Some(e) = d.error.take() {
+            return Err(e);
+        }
+        if d.extents.is_empty() {
+            return Ok(());
+        }
+        let extents = std::mem::take(&mut d.extents);
+        let n = std::mem::take(&mut d.bytes);
+        d.since = None;
+        self.dirty_total.fetch_sub(n, Ordering::Relaxed);
+        let fs = self.fs.clone();
+        blocking(move || {
+            let refs: Vec<(u64, &[u8])> = extents.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            fs.write(ino, &refs)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Flush one inode's buffer, if any.
+    pub async fn flush(&self, ino: u64) -> Result<(), nfsstat3> {
+        match self.buf(ino) {
+            Some(b) => {
+                let mut d = b.lock().await;
+                self.flush_locked(ino, &mut d).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Flush inodes whose oldest buffered write is older than `age` (all if `age` is zero);
+    /// failures are kept for the next write/COMMIT of that inode.
+    pub async fn flush_idle(&self, age: Duration) {
+        let all: Vec<(u64, Buf)> = lock(&self.bufs)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (ino, b) in all {
+            let mut d = b.lock().await;
+            if d.since.is_some_and(|t| t.elapsed() >= age) {
+                if let Err(e) = self.flush_locked(ino, &mut d).await {
+                    d.error = Some(e);
+                }
+            }
+            if d.extents.is_empty() && d.error.is_none() {
+                drop(d);
+                let mut m = lock(&self.bufs);
+                // Only drop the entry if nobody else holds it.
+                if m.get(&ino).is_some_and(|x| Arc::strong_count(x) == 2) {
+                    m.remove(&ino);
+                }
+            }
+        }
+    }
+
+    /// Drop (without writing) the buffer of a removed inode.
+    fn discard(&self, ino: u64) {
+        if let Some(b) = lock(&self.bufs).remove(&ino) {
+            if let Ok(mut d) = b.try_lock() {
+                let n = std::mem::take(&mut d.bytes);
+                d.extents.clear();
+                self.dirty_total.fetch_sub(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn attr(&self, ino: u64) -> Result<FileAttr, nfsstat3> {
+        let fs = self.fs.clone();
+        let mut a = blocking(move || fs.getattr(ino)).await?;
+        if let Some(b) = self.buf(ino) {
+            let d = b.lock().await;
+            if !d.extents.is_empty() {
+                a.size = a.size.max(d.end());
+                if let Some(t) = d.last_write {
+                    a.mtime = t;
+                    a.ctime = t;
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    async fn lookup_ino(&self, dir: u64, name: String) -> Result<FileAttr, nfsstat3> {
+        let fs = self.fs.clone();
+        blocking(move || fs.lookup(dir, &name)).await
+    }
+}
+
+/// Directory listing iterator: fetches pages of [`DIR_PAGE`] entries from the store.
+pub struct DirIter {
+    fs: FileSystem,
+    dir: u64,
+    cookie: u64,
+    page: VecDeque<DirEntry>,
+    eof: bool,
+}
+
+impl ReadDirPlusIterator<FileHandleU64> for DirIter {
+    async fn next(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
+        if self.page.is_empty() {
+            if self.eof {
+                return NextResult::Eof;
+            }
+            let (fs, dir, cookie) = (self.fs.clone(), self.dir, self.cookie);
+            match blocking(move || fs.readdir(dir, cookie, DIR_PAGE)).await {
+                Ok((entries, eof)) => {
+                    self.eof = eof;
+                    self.page.extend(entries);
+                }
+                Err(e) => return NextResult::Err(e),
+            }
+            if self.page.is_empty() {
+                return NextResult::Eof;
+            }
+        }
+        let e = self.page.pop_front().expect("page is not empty");
+        self.cookie = e.cookie;
+        NextResult::Ok(DirEntryPlus {
+            fileid: e.attr.ino,
+            name: filename3::from(e.name.into_bytes()),
+            cookie: e.cookie,
+            name_attributes: Some(fattr(&e.attr)),
+            name_handle: Some(FileHandleU64::new(e.attr.ino)),
+        })
+    }
+}
+
+impl NfsReadFileSystem for Vfs {
+    type Handle = FileHandleU64;
+
+    fn root_dir(&self) -> FileHandleU64 {
+        FileHandleU64::new(self.root)
+    }
+
+    async fn lookup(
+        &self,
+        dirid: &FileHandleU64,
+        filename: &filename3<'_>,
+    ) -> Result<FileHandleU64, nfsstat3> {
+        let name = name_str(filename)?;
+        let a = self.lookup_ino(dirid.as_u64(), name).await?;
+        Ok(FileHandleU64::new(a.ino))
+    }
+
+    async fn lookup_by_path(&self, path: &str) -> Result<FileHandleU64, nfsstat3> {
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let share = parts.next().ok_or(nfsstat3::NFS3ERR_NOENT)?.to_string();
+        let fs = self.fs.clone();
+        let mut ino = blocking(move || fs.share_root(&share)).await?.ino;
+        for p in parts {
+            let a = self.lookup_ino(ino, p.to_string()).await?;
+            if a.kind != FileKind::Directory {
+                return Err(nfsstat3::NFS3ERR_NOTDIR);
+            }
+            ino = a.ino;
+        }
+        Ok(FileHandleU64::new(ino))
+    }
+
+    async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3, nfsstat3> {
+        self.attr(id.as_u64()).await.map(|a| fattr(&a))
+    }
+
+    async fn read(
+        &self,
+        id: &FileHandleU64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool), nfsstat3> {
+        let ino = id.as_u64();
+        self.flush(ino).await?;
+        let fs = self.fs.clone();
+        blocking(move || fs.read(ino, offset, count.min(MAX_IO))).await
+    }
+
+    #[allow(refining_impl_trait)]
+    async fn readdirplus(&self, dirid: &FileHandleU64, cookie: u64) -> Result<DirIter, nfsstat3> {
+        let dir = dirid.as_u64();
+        let (fs, c) = (self.fs.clone(), cookie);
+        // First page now, so errors (not a directory, bad cookie) are reported as such.
+        let (entries, eof) = blocking(move || fs.readdir(dir, c, DIR_PAGE)).await?;
+        Ok(DirIter {
+            fs: self.fs.clone(),
+            dir,
+            cookie,
+            page: entries.into(),
+            eof,
+        })
+    }
+
+    async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>, nfsstat3> {
+        let (fs, ino) = (self.fs.clone(), id.as_u64());
+        let t = blocking(move || fs.readlink(ino)).await?;
+        Ok(nfspath3::from(t.into_bytes()))
+    }
+
+    async fn fsinfo(&self, root: &FileHandleU64) -> Result<FSINFO3resok, nfsstat3> {
+        let a = self.attr(root.as_u64()).await?;
+        Ok(FSINFO3resok {
+            obj_attributes: post_op_attr::Some(fattr(&a)),
+            rtmax: MAX_IO,
+            rtpref: MAX_IO,
+            rtmult: 4096,
+            wtmax: MAX_IO,
+            wtpref: MAX_IO,
+            wtmult: 4096,
+            dtpref: 64 * 1024,
+            maxfilesize: 1 << 62,
+            time_delta: nfstime3 {
+                seconds: 0,
+                nseconds: 1,
+            },
+            properties: FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+        })
+    }
+}
+
+impl NfsFileSystem for Vfs {
+    async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3, nfsstat3> {
+        let ino = id.as_u64();
+        let sa = set_attrs(&setattr);
+        if sa.size.is_some() {
+            self.flush(ino).await?;
+        }
+        let fs = self.fs.clone();
+        let a = blocking(move || fs.setattr(ino, &sa)).await?;
+        Ok(fattr(&a))
+    }
+
+    async fn write(
+        &self,
+        id: &FileHandleU64,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> Result<(fattr3, stable_how), nfsstat3> {
+        let ino = id.as_u64();
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(nfsstat3::NFS3ERR_FBIG)?;
+        let fs = self.fs.clone();
+        let (attr, room) = blocking(move || {
+            let a = fs.getattr(ino)?;
+            if a.kind == FileKind::Directory {
+                return Err(StorageError::IsADirectory);
+            }
+            if a.kind != FileKind::File {
+                return Err(StorageError::Invalid("write to a non-file"));
+            }
+            if fs.share_of(ino)?.1 {
+                return Err(StorageError::ReadOnly);
+            }
+            Ok((a, fs.room(ino)?))
+        })
+        .await?;
+        let b = self.buf_or_new(ino);
+        let mut d = b.lock().await;
+        if let Some(e) = d.error.take() {
+            return Err(e);
+        }
+        let new_end = d.end().max(end);
+        if let Some(room) = room {
+            if new_end > attr.size && new_end - attr.size > room {
+                return Err(nfsstat3::NFS3ERR_DQUOT);
+            }
+        }
+        match d.extents.last_mut() {
+            Some((o, v)) if *o + v.len() as u64 == offset => v.extend_from_slice(data),
+            _ => d.extents.push((offset, data.to_vec())),
+        }
+        d.bytes += data.len();
+        d.since.get_or_insert_with(Instant::now);
+        let now = SystemTime::now();
+        d.last_write = Some(now);
+        let total = self.dirty_total.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+        let sync = stable != stable_how::UNSTABLE;
+        if sync || d.bytes >= FLUSH_BYTES || total >= MAX_DIRTY {
+            self.flush_locked(ino, &mut d).await?;
+        }
+        let mut a = attr;
+        a.size = a.size.max(new_end);
+        a.mtime = now;
+        a.ctime = now;
+        let committed = if sync {
+            stable_how::FILE_SYNC
+        } else {
+            stable_how::UNSTABLE
+        };
+        Ok((fattr(&a), committed))
+    }
+
+    async fn create(
+        &self,
+        dirid: &FileHandleU64,
+        filename: &filename3<'_>,
+        attr: sattr3,
+    ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+        let (dir, name, sa) = (dirid.as_u64(), name_str(filename)?, set_attrs(&attr));
+        let fs = self.fs.clone();
+        let a = blocking(move || fs.create(dir, &name, CreateMode::Unchecked, &sa)).await?;
+        Ok((FileHandleU64::new(a.ino), fattr(&a)))
+    }
+
+    async fn create_exclusive(
+        &self,
+        dirid: &FileHandleU64,
+        filename: &filename3<'_>,
+        createverf: createverf3,
+    ) -> Result<FileHandleU64, nfsstat3> {
+        let (dir, name) = (dirid.as_u64(), name_str(filename)?);
+        let verf = u64::from_be_bytes(createverf.0);
+        let fs = self.fs.clone();
+        let a = blocking(move || {
+            fs.create(
+                dir,
+                &name,
+                CreateMode::Exclusive(verf),
+                &SetAttrs::default(),
+            )
+        })
+        .await?;
+        Ok(FileHandleU64::new(a.ino))
+    }
+
+    async fn mkdir(
+        &self,
+        dirid: &FileHandleU64,
+        dirname: &filename3<'_>,
+    ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+        let dir = dirid.as_u64();
+        let sa = match self.take_hint(dir, dirname.as_ref()) {
+            Some(Hint::Mkdir(sa)) => sa,
+            _ => SetAttrs::default(),
+        };
+        let name = name_str(dirname)?;
+        let fs = self.fs.clone();
+        let a = blocking(move || fs.mkdir(dir, &name, &sa)).await?;
+        Ok((FileHandleU64::new(a.ino), fattr(&a)))
+    }
+
+    async fn remove(
+        &self,
+        dirid: &FileHandleU64,
+        filename: &filename3<'_>,
+    ) -> Result<(), nfsstat3> {
+        let dir = dirid.as_u64();
+        let rmdir = matches!(self.take_hint(dir, filename.as_ref()), Some(Hint::Rmdir));
+        let name = name_str(filename)?;
+        let fs = self.fs.clone();
+        let n2 = name.clone();
+        let victim = blocking(move || fs.lookup(dir, &n2)).await.ok();
+        let fs = self.fs.clone();
+        blocking(move || {
+            if rmdir {
+                fs.rmdir(dir, &name)
+            } else {
+                fs.remove(dir, &name)
+            }
+        })
+        .await?;
+        if let Some(v) = victim {
+            self.discard(v.ino);
+        }
+        Ok(())
+    }
+
+    async fn rename<'a>(
+        &self,
+        from_dirid: &FileHandleU64,
+        from_filename: &filename3<'a>,
+        to_dirid: &FileHandleU64,
+        to_filename: &filename3<'a>,
+    ) -> Result<(), nfsstat3> {
+        let (fd, td) = (from_dirid.as_u64(), to_dirid.as_u64());
+        let (from, to) = (name_str(from_filename)?, name_str(to_filename)?);
+        let fs = self.fs.clone();
+        let t2 = to.clone();
+        let replaced = blocking(move || fs.lookup(td, &t2)).await.ok();
+        let fs = self.fs.clone();
+        blocking(move || fs.rename(fd, &from, td, &to)).await?;
+        if let Some(r) = replaced {
+            // The old target is gone unless it was the source itself.
+            let fs = self.fs.clone();
+            if blocking(move || fs.getattr(r.ino)).await.is_err() {
+                self.discard(r.ino);
+            }
+        }
+        Ok(())
+    }
+
+    async fn symlink<'a>(
+        &self,
+        dirid: &FileHandleU64,
+        linkname: &filename3<'a>,
+        symlink: &nfspath3<'a>,
+        attr: &sattr3,
+    ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+        let dir = dirid.as_u64();
+        let name = name_str(linkname)?;
+        let target = std::str::from_utf8(symlink.as_ref())
+            .map_err(|_| nfsstat3::NFS3ERR_INVAL)?
+            .to_string();
+        let sa = set_attrs(attr);
+        let fs = self.fs.clone();
+        let a = blocking(move || fs.symlink(dir, &name, &target, &sa)).await?;
+        Ok((FileHandleU64::new(a.ino), fattr(&a)))
+    }
+
+    async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
+        self.flush(id.as_u64()).await
+    }
+}
+
+/// `fileid3` of a handle (for logs and the front).
+pub fn handle_ino(h: &FileHandleU64) -> fileid3 {
+    h.as_u64()
+}
