@@ -159,11 +159,9 @@ impl Dechunk {
         };
         if let Some(signer) = self.signer.as_mut() {
             let got = sig.ok_or_else(|| err(Error::SignatureDoesNotMatch))?;
-            let want = signer.chunk(&hex::encode(Sha256::digest(&data)));
-            if !ct_eq(want.as_bytes(), got.as_bytes()) {
+            if !signer.verify_chunk(&data, got) {
                 return Err(err(Error::SignatureDoesNotMatch));
             }
-            signer.prev = want;
         }
         if size > 0 {
             self.total += size as u64;
@@ -207,7 +205,7 @@ impl Dechunk {
         }
         if let Some(signer) = self.signer.as_ref() {
             let got = trailer_sig.ok_or_else(|| err(Error::SignatureDoesNotMatch))?;
-            let want = signer.trailer(&canonical);
+            let want = signer.trailer_signature(&canonical);
             if !ct_eq(want.as_bytes(), got.as_bytes()) {
                 return Err(err(Error::SignatureDoesNotMatch));
             }

@@ -2,7 +2,8 @@
 //! s3s (strips `/s3`, credentials and aws-chunked framing, inserts the [`Principal`]), and answers
 //! authentication failures as S3 error XML.
 //!
-//! Flow per request: 1. size checks 2. parse claim 3. look up secret (blocking pool)
+//! Flow per request: 1. size checks 2. parse claim 3. look up secret (in memory, else on the
+//! blocking pool)
 //! 4. verify 5. rewrite URI/headers, wrap body 6. s3s.
 
 use std::convert::Infallible;
@@ -186,7 +187,11 @@ impl Front {
             headers: &parts.headers,
         };
         let claim = auth::parse(&view)?.ok_or(Error::MissingAuth)?;
+        let cached = claim
+            .access_key()
+            .and_then(|ak| self.store.cached_credential(ak));
         let cred = match claim.access_key() {
+            Some(_) if cached.is_some() => cached,
             Some(ak) => {
                 let store = self.store.clone();
                 let ak = ak.to_owned();

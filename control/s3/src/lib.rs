@@ -15,8 +15,10 @@
 //!   delete in it.
 //!
 //! What it never does: derive secrets from public data, accept anonymous requests, buffer whole
-//! object bodies in memory (bodies stream into the engine's `PutWriter` on a blocking thread), or
-//! answer success for an operation it does not implement (s3s answers `NotImplemented`).
+//! object bodies in memory (bodies stream into the engine's `PutWriter` on a blocking thread;
+//! only bodies of at most `tm_storage::INLINE_MAX` bytes are collected and handed to
+//! `Store::put_small`, which needs no blocking thread), or answer success for an operation it does
+//! not implement (s3s answers `NotImplemented`). SigV4 itself lives in `tm-sigv4`.
 //!
 //! Call order: open a `tm_storage::Store`, bind a `tokio::net::TcpListener`, then
 //! `serve(listener, store, S3Config { .. }, shutdown).await`; it returns after `shutdown` resolves

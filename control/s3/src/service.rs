@@ -15,7 +15,7 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tm_storage::{ObjectInfo, ObjectMeta, PutWriter, StorageError, Store};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{aws_error, body_error, Error};
 use crate::{list, Principal, SYSTEM_BUCKET};
@@ -54,6 +54,75 @@ impl TmS3 {
             Ok(r) => r.map_err(|e| aws_error(Error::Storage(e), bucket)),
             Err(e) => Err(S3Error::internal_error(e)),
         }
+    }
+}
+
+/// One page of ListObjects (v1) / ListObjectsV2, already converted to output fields; the two
+/// operations differ only in how the start key comes in and how the next one goes out.
+struct Listing {
+    url: bool,
+    prefix: String,
+    delimiter: Option<String>,
+    encoding_type: Option<EncodingType>,
+    max_keys: i32,
+    truncated: bool,
+    contents: Vec<Object>,
+    prefix_count: usize,
+    common_prefixes: Option<Vec<CommonPrefix>>,
+    /// Raw (unencoded) key to continue after, if truncated.
+    next_after: Option<String>,
+}
+
+impl Listing {
+    /// Applies `encoding-type=url` if the request asked for it.
+    fn enc(&self, s: String) -> String {
+        enc_if(self.url, s)
+    }
+}
+
+impl TmS3 {
+    /// Lists `bucket` after `after` (exclusive) for both listing versions.
+    async fn listing(
+        &self,
+        bucket: &str,
+        prefix: Option<String>,
+        delimiter: Option<String>,
+        encoding_type: Option<EncodingType>,
+        max_keys_in: Option<i32>,
+        after: Option<String>,
+    ) -> S3Result<Listing> {
+        let url = is_url(encoding_type.as_ref());
+        let max = max_keys(max_keys_in);
+        let prefix = prefix.unwrap_or_default();
+        let (b, p, d) = (bucket.to_owned(), prefix.clone(), delimiter.clone());
+        let page = self
+            .run(bucket, move |s| {
+                s.bucket(&b)?;
+                list::page(
+                    |p, a, n| s.list_objects(&b, p, a, n),
+                    &p,
+                    d.as_deref(),
+                    after.as_deref(),
+                    max,
+                )
+            })
+            .await?;
+        Ok(Listing {
+            url,
+            prefix: enc_if(url, prefix),
+            delimiter: delimiter.map(|d| enc_if(url, d)),
+            encoding_type,
+            max_keys: i32::try_from(max).unwrap_or(i32::MAX),
+            truncated: page.truncated,
+            prefix_count: page.prefixes.len(),
+            contents: page
+                .objects
+                .into_iter()
+                .map(|o| to_object(o, url))
+                .collect(),
+            common_prefixes: common_prefixes(page.prefixes, url),
+            next_after: page.next_marker,
+        })
     }
 }
 
@@ -213,6 +282,47 @@ enum Msg {
     Finish,
 }
 
+/// The decoded `Content-MD5` header, if any.
+fn want_md5(content_md5: Option<&str>) -> S3Result<Option<Vec<u8>>> {
+    content_md5
+        .map(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(m.trim())
+                .map_err(|_| S3Error::new(S3ErrorCode::InvalidDigest))
+        })
+        .transpose()
+}
+
+/// Reads a whole body of exactly `len` (at most `INLINE_MAX`) bytes into memory and checks
+/// `Content-MD5`. Any body error (signature, hash, truncation) fails it: nothing is stored.
+async fn read_small(
+    bucket: &str,
+    body: Option<StreamingBlob>,
+    len: usize,
+    content_md5: Option<&str>,
+) -> S3Result<Vec<u8>> {
+    let want = want_md5(content_md5)?;
+    let mut data = Vec::with_capacity(len);
+    if let Some(mut body) = body {
+        while let Some(item) = body.next().await {
+            let b = item.map_err(|e| body_error(&*e, bucket))?;
+            if data.len() + b.len() > len {
+                return Err(aws_error(Error::IncompleteBody, bucket));
+            }
+            data.extend_from_slice(&b);
+        }
+    }
+    if data.len() != len {
+        return Err(aws_error(Error::IncompleteBody, bucket));
+    }
+    if let Some(want) = want {
+        if Md5::digest(&data).as_slice() != want.as_slice() {
+            return Err(S3Error::new(S3ErrorCode::BadDigest));
+        }
+    }
+    Ok(data)
+}
+
 /// Streams `body` into a writer opened by `begin` on the blocking pool; commits only when the
 /// whole body arrived intact (and matches `content_md5`, if given). Otherwise the writer is
 /// dropped (aborted) and nothing is stored.
@@ -222,14 +332,7 @@ async fn write_body(
     body: Option<StreamingBlob>,
     content_md5: Option<&str>,
 ) -> S3Result<ObjectInfo> {
-    let want_md5 = match content_md5 {
-        Some(m) => Some(
-            base64::engine::general_purpose::STANDARD
-                .decode(m.trim())
-                .map_err(|_| S3Error::new(S3ErrorCode::InvalidDigest))?,
-        ),
-        None => None,
-    };
+    let want_md5 = want_md5(content_md5)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(8);
     let writer =
         tokio::task::spawn_blocking(move || -> Result<Option<ObjectInfo>, StorageError> {
@@ -497,15 +600,34 @@ impl S3 for TmS3 {
             cache_control: input.cache_control,
             metadata: input.metadata,
         });
-        let (b, k) = (input.bucket.clone(), input.key.clone());
-        let store = self.store.clone();
-        let info = write_body(
-            &input.bucket,
-            move || store.begin_put(&b, &k, meta),
-            input.body,
-            input.content_md5.as_deref(),
-        )
-        .await?;
+        let small = input
+            .content_length
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= tm_storage::INLINE_MAX);
+        let info = if let Some(len) = small {
+            // Small object: buffer it and hand it to the group committer without tying up a
+            // blocking thread; the reply comes back when it is durable.
+            let data =
+                read_small(&input.bucket, input.body, len, input.content_md5.as_deref()).await?;
+            let (tx, rx) = oneshot::channel();
+            self.store
+                .put_small(&input.bucket, &input.key, meta, data, move |r| {
+                    let _ = tx.send(r);
+                });
+            rx.await
+                .map_err(S3Error::internal_error)?
+                .map_err(|e| aws_error(Error::Storage(e), &input.bucket))?
+        } else {
+            let (b, k) = (input.bucket.clone(), input.key.clone());
+            let store = self.store.clone();
+            write_body(
+                &input.bucket,
+                move || store.begin_put(&b, &k, meta),
+                input.body,
+                input.content_md5.as_deref(),
+            )
+            .await?
+        };
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&info.etag)),
             size: i64::try_from(info.size).ok(),
@@ -727,47 +849,33 @@ impl S3 for TmS3 {
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         principal(&req)?;
         let i = req.input;
-        let url = is_url(i.encoding_type.as_ref());
-        let max = max_keys(i.max_keys);
-        let (b, prefix, delim, marker) = (
-            i.bucket.clone(),
-            i.prefix.clone().unwrap_or_default(),
-            i.delimiter.clone(),
-            i.marker.clone(),
-        );
-        let page = self
-            .run(&i.bucket, move |s| {
-                s.bucket(&b)?;
-                list::page(
-                    |p, a, n| s.list_objects(&b, p, a, n),
-                    &prefix,
-                    delim.as_deref(),
-                    marker.as_deref().filter(|m| !m.is_empty()),
-                    max,
-                )
-            })
+        let after = i.marker.clone().filter(|m| !m.is_empty());
+        let l = self
+            .listing(
+                &i.bucket,
+                i.prefix,
+                i.delimiter,
+                i.encoding_type,
+                i.max_keys,
+                after,
+            )
             .await?;
-        let next_marker = if i.delimiter.is_some() {
-            page.next_marker.map(|m| enc_if(url, m))
-        } else {
-            None
+        // NextMarker is only returned with a delimiter (without one, clients use the last key).
+        let next_marker = match (&l.delimiter, l.next_after.clone()) {
+            (Some(_), Some(m)) => Some(l.enc(m)),
+            _ => None,
         };
         Ok(S3Response::new(ListObjectsOutput {
-            name: Some(i.bucket),
-            prefix: Some(enc_if(url, i.prefix.unwrap_or_default())),
-            marker: Some(enc_if(url, i.marker.unwrap_or_default())),
-            max_keys: i32::try_from(max).ok(),
-            is_truncated: Some(page.truncated),
-            contents: Some(
-                page.objects
-                    .into_iter()
-                    .map(|o| to_object(o, url))
-                    .collect(),
-            ),
-            common_prefixes: common_prefixes(page.prefixes, url),
-            delimiter: i.delimiter.map(|d| enc_if(url, d)),
+            marker: Some(l.enc(i.marker.unwrap_or_default())),
             next_marker,
-            encoding_type: i.encoding_type,
+            name: Some(i.bucket),
+            prefix: Some(l.prefix),
+            max_keys: Some(l.max_keys),
+            is_truncated: Some(l.truncated),
+            contents: Some(l.contents),
+            common_prefixes: l.common_prefixes,
+            delimiter: l.delimiter,
+            encoding_type: l.encoding_type,
             ..Default::default()
         }))
     }
@@ -778,48 +886,33 @@ impl S3 for TmS3 {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         principal(&req)?;
         let i = req.input;
-        let url = is_url(i.encoding_type.as_ref());
-        let max = max_keys(i.max_keys);
         let after = match i.continuation_token.as_deref() {
             Some(t) => Some(decode_token(t)?),
             None => i.start_after.clone().filter(|s| !s.is_empty()),
         };
-        let (b, prefix, delim) = (
-            i.bucket.clone(),
-            i.prefix.clone().unwrap_or_default(),
-            i.delimiter.clone(),
-        );
-        let page = self
-            .run(&i.bucket, move |s| {
-                s.bucket(&b)?;
-                list::page(
-                    |p, a, n| s.list_objects(&b, p, a, n),
-                    &prefix,
-                    delim.as_deref(),
-                    after.as_deref(),
-                    max,
-                )
-            })
+        let l = self
+            .listing(
+                &i.bucket,
+                i.prefix,
+                i.delimiter,
+                i.encoding_type,
+                i.max_keys,
+                after,
+            )
             .await?;
-        let key_count = page.objects.len() + page.prefixes.len();
         Ok(S3Response::new(ListObjectsV2Output {
-            name: Some(i.bucket),
-            prefix: Some(enc_if(url, i.prefix.unwrap_or_default())),
-            max_keys: i32::try_from(max).ok(),
-            key_count: i32::try_from(key_count).ok(),
+            key_count: i32::try_from(l.contents.len() + l.prefix_count).ok(),
             continuation_token: i.continuation_token,
-            is_truncated: Some(page.truncated),
-            next_continuation_token: page.next_marker.as_deref().map(encode_token),
-            contents: Some(
-                page.objects
-                    .into_iter()
-                    .map(|o| to_object(o, url))
-                    .collect(),
-            ),
-            common_prefixes: common_prefixes(page.prefixes, url),
-            delimiter: i.delimiter.map(|d| enc_if(url, d)),
-            encoding_type: i.encoding_type,
-            start_after: i.start_after.map(|s| enc_if(url, s)),
+            next_continuation_token: l.next_after.as_deref().map(encode_token),
+            start_after: i.start_after.map(|s| l.enc(s)),
+            name: Some(i.bucket),
+            prefix: Some(l.prefix),
+            max_keys: Some(l.max_keys),
+            is_truncated: Some(l.truncated),
+            contents: Some(l.contents),
+            common_prefixes: l.common_prefixes,
+            delimiter: l.delimiter,
+            encoding_type: l.encoding_type,
             ..Default::default()
         }))
     }

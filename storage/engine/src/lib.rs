@@ -15,8 +15,9 @@
 //! reclaimed in the background).
 //!
 //! What it never does: speak HTTP/S3 or NFS, authorise anybody (the S3 layer decides who may
-//! touch `_tunnelmesh`), or run async code: every method blocks; async callers use
-//! `spawn_blocking`.
+//! touch `_tunnelmesh`), or run async code: every method blocks (async callers use
+//! `spawn_blocking`) except [`Store::put_small`], which queues a whole small object for the
+//! group committer and calls back once it is durable.
 //!
 //! Call order: [`Store::open`] → [`Store::create_bucket`] → [`Store::begin_put`] →
 //! [`PutWriter::write_all`]* → [`PutWriter::commit`] (durable when it returns) →
@@ -44,11 +45,11 @@ use serde::{Deserialize, Serialize};
 
 pub use chunk::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use error::StorageError;
+pub use fs::{CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, SetAttrs};
 pub use meta::INLINE_MAX;
 pub use reader::{ObjectReader, RangeReader};
 #[cfg(feature = "remote")]
 pub use remote::{RemoteConfig, S3ChunkStore};
-pub use fs::{CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, SetAttrs};
 pub use share::{ShareInfo, DEFAULT_SHARE};
 pub use store::Store;
 pub use writer::PutWriter;

@@ -100,6 +100,7 @@ impl Pins {
     }
 }
 
+type CredCache = (u64, HashMap<String, (String, String)>);
 type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 type RunFn = Box<dyn FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Step + Send>;
 
@@ -121,6 +122,8 @@ struct Inner {
     max_size: Option<u64>,
     freed: Arc<Mutex<Vec<ChunkId>>>,
     commit_stats: Arc<Mutex<CommitStats>>,
+    /// Credentials already read from (or written to) the `creds` table.
+    creds: Mutex<CredCache>,
     jobs: Option<Sender<Job>>,
     committer: Option<JoinHandle<()>>,
     stop_reclaim: Option<Sender<()>>,
@@ -403,6 +406,7 @@ impl Store {
                 max_size: cfg.max_size,
                 freed,
                 commit_stats,
+                creds: Mutex::new((0, HashMap::new())),
                 jobs: Some(jobs),
                 committer: Some(committer),
                 stop_reclaim: Some(stop_reclaim),
@@ -437,29 +441,55 @@ impl Store {
         F: FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel::<Result<T, StorageError>>(1);
-        let tx2 = tx.clone();
+        self.submit(f, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv()
+            .map_err(|_| StorageError::Db("committer thread stopped".into()))?
+    }
+
+    /// Like [`Store::txn`] without blocking: queues `f` for the next group commit and returns at
+    /// once; `done` runs exactly once, on the committer thread after the commit (or at once if
+    /// the committer is gone), with `f`'s result if the commit succeeded. `done` must not block.
+    pub(crate) fn submit<T, F, D>(&self, f: F, done: D)
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
+        D: FnOnce(Result<T, StorageError>) + Send + 'static,
+    {
+        // `done` is reached either through `run` (commit result) or `fail` (never ran, or the
+        // transaction was aborted by this job's failure): whichever comes first takes it.
+        let done = Arc::new(Mutex::new(Some(done)));
+        let d2 = done.clone();
         let job = Job {
             run: Box::new(move |wtx, freed| match f(wtx, freed) {
                 Ok(v) => Step::Done(Box::new(move |r| {
-                    let _ = tx.send(r.map(|()| v));
+                    if let Some(d) = lock(&done).take() {
+                        d(r.map(|()| v));
+                    }
                 })),
                 Err(e) if e.is_failure() => Step::Fatal(e),
                 Err(e) => Step::Done(Box::new(move |_| {
-                    let _ = tx.send(Err(e));
+                    if let Some(d) = lock(&done).take() {
+                        d(Err(e));
+                    }
                 })),
             }),
             fail: Box::new(move |e| {
-                let _ = tx2.send(Err(e));
+                if let Some(d) = lock(&d2).take() {
+                    d(Err(e));
+                }
             }),
         };
         let stopped = || StorageError::Db("committer thread stopped".into());
-        self.inner
-            .jobs
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(job)
-            .map_err(|_| stopped())?;
-        rx.recv().map_err(|_| stopped())?
+        match self.inner.jobs.as_ref() {
+            Some(jobs) => {
+                if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                    (job.fail)(stopped());
+                }
+            }
+            None => (job.fail)(stopped()),
+        }
     }
 
     fn read_bucket(&self, name: &str) -> Result<BucketRec, StorageError> {
@@ -642,6 +672,53 @@ impl Store {
                 inline.as_deref(),
             )
         })
+    }
+
+    /// Store a whole small object (at most [`INLINE_MAX`] bytes) WITHOUT blocking: hashes it,
+    /// queues it for the next group commit and returns at once. `done` runs exactly once, on the
+    /// committer thread, after the object is durable and visible (or with the refusal:
+    /// `NoSuchBucket`, `QuotaExceeded`, ...; nothing stored). `done` must not block.
+    ///
+    /// The bytes live in the metadata store (inline), so no chunk file and no extra fsync is
+    /// involved: one group-committed transaction is the whole write.
+    pub fn put_small(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: ObjectMeta,
+        data: Vec<u8>,
+        done: impl FnOnce(Result<ObjectInfo, StorageError>) + Send + 'static,
+    ) {
+        if let Err(e) = check_key(key) {
+            return done(Err(e));
+        }
+        if data.len() > INLINE_MAX {
+            return done(Err(StorageError::Unsupported("put_small above INLINE_MAX")));
+        }
+        let rec = ObjRec {
+            size: data.len() as u64,
+            etag: hex(&Md5::digest(&data)),
+            modified: now_nanos(),
+            meta,
+        };
+        let manifest = if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![ChunkRef {
+                id: ChunkId::of(&data),
+                len: u32::try_from(data.len()).expect("inline chunk is small"),
+                inline: true,
+            }]
+        };
+        // No GC guard needed: an inline chunk has no file the collector could remove.
+        let (bucket, key, max_size) = (bucket.to_string(), key.to_string(), self.inner.max_size);
+        self.submit(
+            move |wtx, freed| {
+                let inline = (!data.is_empty()).then_some(data.as_slice());
+                install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest, inline)
+            },
+            done,
+        );
     }
 
     pub(crate) fn commit_part(
@@ -1035,14 +1112,44 @@ impl Store {
             secret: secret.to_string(),
             principal: principal.to_string(),
         };
-        self.txn(move |wtx, _| put_json(&mut wtx.open_table(CREDS)?, &ak, &rec))
+        let cached = (rec.secret.clone(), rec.principal.clone());
+        self.txn(move |wtx, _| put_json(&mut wtx.open_table(CREDS)?, &ak, &rec))?;
+        let mut c = self.creds_cache();
+        c.0 += 1; // a lookup that read the table before this commit must not cache its result
+        c.1.insert(access_key.to_string(), cached);
+        Ok(())
     }
 
-    /// Look up an access key: `(secret, principal)`.
+    /// Look up an access key: `(secret, principal)`. Served from memory after the first lookup.
     pub fn credential(&self, access_key: &str) -> Result<Option<(String, String)>, StorageError> {
+        let generation = {
+            let c = self.creds_cache();
+            if let Some(hit) = c.1.get(access_key) {
+                return Ok(Some(hit.clone()));
+            }
+            c.0
+        };
         let rtx = self.inner.db.begin_read()?;
-        Ok(get_json::<CredRec, _>(&rtx.open_table(CREDS)?, access_key)?
-            .map(|c| (c.secret, c.principal)))
+        let found = get_json::<CredRec, _>(&rtx.open_table(CREDS)?, access_key)?
+            .map(|c| (c.secret, c.principal));
+        if let Some(f) = &found {
+            let mut c = self.creds_cache();
+            if c.0 == generation {
+                c.1.insert(access_key.to_string(), f.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// [`Store::credential`] if it is already in memory; never blocks on I/O (async callers use
+    /// it first and fall back to `credential` on the blocking pool).
+    pub fn cached_credential(&self, access_key: &str) -> Option<(String, String)> {
+        self.creds_cache().1.get(access_key).cloned()
+    }
+
+    /// (generation bumped by every `put_credential`, access key -> (secret, principal)).
+    fn creds_cache(&self) -> MutexGuard<'_, CredCache> {
+        lock(&self.inner.creds)
     }
 
     // ---------------------------------------------------------------- NFS-style edits

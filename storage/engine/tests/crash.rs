@@ -1,4 +1,5 @@
-//! Crash safety: a child process (this test binary, re-executed) puts objects in a loop and prints
+//! Crash safety: a child process (this test binary, re-executed) puts objects in a loop (streaming
+//! writer, overwrites, and `put_small` inline objects) and prints
 //! each acknowledged key; we SIGKILL it at a random moment, reopen the store, and check that every
 //! acknowledged write is there intact, no partial object is visible, and GC removed the orphans.
 
@@ -20,6 +21,14 @@ fn body_for(key: &str, version: u64) -> Vec<u8> {
         a.wrapping_mul(31).wrapping_add(u64::from(b))
     });
     data(seed, (seed % 9) as usize * 9000 + (seed % 3) as usize)
+}
+
+/// Bodies of the objects written with `put_small` (inline, 0..=INLINE_MAX bytes).
+fn small_for(key: &str) -> Vec<u8> {
+    let seed = key
+        .bytes()
+        .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+    data(seed, (seed % (tm_storage::INLINE_MAX as u64 + 1)) as usize)
 }
 
 /// Not a test on its own: does nothing unless re-executed by `kill9_never_loses_acked_writes`.
@@ -50,8 +59,21 @@ fn crash_child() {
                     let mut w = s.begin_put("crash", &ow, meta).expect("begin");
                     w.write_all(&body_for(&ow, i)).expect("write");
                     w.commit().expect("commit");
+                    // a small object through the non-blocking inline path
+                    let sk = format!("s{t}/{i:06}");
+                    let (tx, rx) = mpsc::channel();
+                    s.put_small(
+                        "crash",
+                        &sk,
+                        ObjectMeta::default(),
+                        small_for(&sk),
+                        move |r| {
+                            let _ = tx.send(r);
+                        },
+                    );
+                    rx.recv().expect("done").expect("put_small");
                     let mut o = out.lock().expect("stdout lock");
-                    writeln!(o, "ACK {key} {ow} {i}").expect("stdout");
+                    writeln!(o, "ACK {key} {ow} {i} {sk}").expect("stdout");
                     o.flush().expect("flush");
                 }
             })
@@ -126,6 +148,12 @@ fn kill9_never_loses_acked_writes() {
                 body_for(key, 0),
                 "acked {key} (round {round})"
             );
+            assert_eq!(
+                get(&s, "crash", parts[4]),
+                small_for(parts[4]),
+                "acked small {} (round {round})",
+                parts[4]
+            );
             last_ow.insert(ow.to_string(), v);
         }
         // every visible object is complete, acked or not
@@ -137,6 +165,8 @@ fn kill9_never_loses_acked_writes() {
                 let v: u64 = o.meta.user["v"].parse().expect("v");
                 assert!(v >= last_ow[&o.key], "{} went back to version {v}", o.key);
                 assert_eq!(body, body_for(&o.key, v), "{} v{v}", o.key);
+            } else if o.key.starts_with('s') {
+                assert_eq!(body, small_for(&o.key), "partial small object {}", o.key);
             } else {
                 assert_eq!(body, body_for(&o.key, 0), "partial object {}", o.key);
             }
