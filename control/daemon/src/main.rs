@@ -9,6 +9,7 @@ mod api;
 mod config;
 mod dataplane;
 mod node;
+mod relay;
 mod storage;
 
 use anyhow::{Context, Result};
