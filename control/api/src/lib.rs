@@ -52,6 +52,21 @@ pub enum Command {
     },
     /// This node's S3 access key and secret: [`S3Credentials`].
     S3Credentials,
+    /// `Vec<`[`ShareInfo`]`>`: the NFS file shares.
+    ShareList,
+    /// Create a file share (a bucket exported over NFS as `/shares/<name>`): [`ShareInfo`].
+    /// An existing bucket of that name is adopted; `quota_bytes` replaces its quota.
+    ShareCreate {
+        name: String,
+        #[serde(default)]
+        quota_bytes: Option<u64>,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Stop exporting a share; its bucket and objects stay (S3). `default` cannot be deleted.
+    ShareDelete {
+        name: String,
+    },
 }
 
 impl Command {
@@ -66,6 +81,9 @@ impl Command {
                 | Command::BucketQuotaSet { .. }
                 | Command::BucketUsage { .. }
                 | Command::S3Credentials
+                | Command::ShareList
+                | Command::ShareCreate { .. }
+                | Command::ShareDelete { .. }
         )
     }
 }
@@ -165,6 +183,19 @@ pub struct S3Credentials {
     pub secret_key: String,
     /// Where this node serves S3 (e.g. `http://127.0.0.1:8080/s3`).
     pub endpoint: String,
+}
+
+/// A file share (`share list`): a bucket exported over NFS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShareInfo {
+    pub name: String,
+    /// NFS export path, `/shares/<name>`.
+    pub export: String,
+    pub read_only: bool,
+    pub quota_bytes: Option<u64>,
+    pub used_bytes: u64,
+    pub objects: u64,
+    pub created_unix: u64,
 }
 
 /// Parses a size like `1GB`, `500MiB`, `10G` or `123` (bytes). Decimal units are powers of 1000,

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
-use tm_api::{BucketInfo, Command, Response, S3Credentials};
+use tm_api::{BucketInfo, Command, Response, S3Credentials, ShareInfo};
 use tm_storage::{Store, StoreConfig};
 
 #[derive(Clone)]
@@ -50,6 +50,10 @@ impl Storage {
                 settings.data_dir.display()
             )
         })?;
+        // A coordinator always exports the `default` share (and its bucket exists for S3).
+        store
+            .ensure_share(tm_storage::DEFAULT_SHARE)
+            .context("creating the default file share")?;
         let saved = load_or_create_creds(&cfg.data_dir.join("s3-credentials.json"))?;
         store
             .put_credential(&saved.access_key, &saved.secret_key, &cfg.name)
@@ -86,6 +90,33 @@ impl Storage {
         Ok(())
     }
 
+    /// Binds the NFSv3 server (mount protocol on the same port) on `addr` (default
+    /// `<mesh IP>:2049`) and serves `/shares/<name>` in the background. Loopback and sources in
+    /// `mesh_cidrs` (cryptokey-routed) may mount; others get `MNT3ERR_ACCES`.
+    #[allow(dead_code)] // called from node.rs once the `nfs:` config is wired
+    pub async fn serve_nfs(
+        &self,
+        addr: std::net::SocketAddr,
+        mesh_cidrs: &[String],
+    ) -> Result<std::net::SocketAddr> {
+        let allow = mesh_cidrs
+            .iter()
+            .map(|c| c.parse::<tm_nfs::Cidr>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("nfs: mesh CIDR")?;
+        let server = tm_nfs::NfsServer::bind(self.store.clone(), tm_nfs::NfsConfig::new(addr, allow))
+            .await
+            .with_context(|| format!("nfs.listen: cannot serve NFS on {addr}"))?;
+        let local = server.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(std::future::pending()).await {
+                tracing::error!("NFS server stopped: {e}");
+            }
+        });
+        tracing::info!(listen = %local, "NFSv3 shares at {local}:/shares/<name>");
+        Ok(local)
+    }
+
     /// Runs a storage command (blocking: call from `spawn_blocking`).
     pub fn handle(&self, c: &Command) -> Response {
         let s = &self.store;
@@ -112,6 +143,19 @@ impl Storage {
                 }
                 Command::BucketUsage { name } => Response::ok(&self.info(name)?),
                 Command::S3Credentials => Response::ok(&self.creds),
+                Command::ShareList => {
+                    let list: Vec<ShareInfo> = s.list_shares()?.iter().map(share_info).collect();
+                    Response::ok(&list)
+                }
+                Command::ShareCreate {
+                    name,
+                    quota_bytes,
+                    read_only,
+                } => Response::ok(&share_info(&s.create_share(name, *quota_bytes, *read_only)?)),
+                Command::ShareDelete { name } => {
+                    s.delete_share(name)?;
+                    Response::ok(&())
+                }
                 _ => Response::err("not a storage command"),
             })
         })();
@@ -134,12 +178,29 @@ impl Storage {
     }
 }
 
+fn share_info(s: &tm_storage::ShareInfo) -> ShareInfo {
+    ShareInfo {
+        name: s.name.clone(),
+        export: format!("/shares/{}", s.name),
+        read_only: s.read_only,
+        quota_bytes: s.quota,
+        used_bytes: s.used_bytes,
+        objects: s.objects,
+        created_unix: s
+            .created
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
 fn describe(c: &Command, e: &tm_storage::StorageError) -> String {
     let name = match c {
         Command::BucketCreate { name }
         | Command::BucketDelete { name }
         | Command::BucketQuotaSet { name, .. }
-        | Command::BucketUsage { name } => name.as_str(),
+        | Command::BucketUsage { name }
+        | Command::ShareCreate { name, .. }
+        | Command::ShareDelete { name } => name.as_str(),
         _ => "",
     };
     use tm_storage::StorageError as E;
@@ -149,6 +210,8 @@ fn describe(c: &Command, e: &tm_storage::StorageError) -> String {
         E::BucketNotEmpty => format!("bucket '{name}' is not empty (delete its objects first)"),
         E::InvalidBucketName => format!("'{name}' is not a valid bucket name (3-63 of a-z, 0-9, '-', '.', starting and ending with a letter or digit)"),
         E::ReservedBucket => format!("'{name}' is reserved for the coordinator"),
+        E::NoSuchShare => format!("share '{name}' does not exist"),
+        E::Exists => format!("share '{name}' already exists"),
         other => format!("{other}"),
     }
 }

@@ -12,7 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 use tm_api::{
-    BucketInfo, Command, PeerInfo, Request, Response, S3Credentials, Status, API_VERSION,
+    BucketInfo, Command, PeerInfo, Request, Response, S3Credentials, ShareInfo, Status,
+    API_VERSION,
 };
 
 /// Default data directory of a node (also the default place of its control socket).
@@ -55,6 +56,9 @@ pub enum OperatorCommand {
     /// S3 access for this node.
     #[command(subcommand)]
     S3(S3Command),
+    /// NFS file shares (`/shares/<name>`) backed by the object store.
+    #[command(subcommand)]
+    Share(ShareCommand),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -98,6 +102,27 @@ pub enum S3Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ShareCommand {
+    /// `share create NAME [--quota 50GB] [--read-only]` (adopts an existing bucket NAME).
+    Create {
+        name: String,
+        /// Byte quota of the share's bucket (units: B, KB, MB, GB, TB; KiB .. TiB).
+        #[arg(long, value_parser = tm_api::parse_size)]
+        quota: Option<u64>,
+        /// Refuse writes over NFS (NFS3ERR_ROFS).
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List shares with export path, usage and quota.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop exporting a share (its bucket and objects stay reachable over S3).
+    Delete { name: String },
 }
 
 /// Sends one request and returns the `data` of a successful response.
@@ -227,6 +252,62 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                     },
                 )?;
                 writeln!(out, "quota of {name} removed")?;
+            }
+        },
+        OperatorCommand::Share(s) => match s {
+            ShareCommand::Create {
+                name,
+                quota,
+                read_only,
+            } => {
+                let v = call(
+                    target,
+                    Command::ShareCreate {
+                        name: name.clone(),
+                        quota_bytes: *quota,
+                        read_only: *read_only,
+                    },
+                )?;
+                let s: ShareInfo = serde_json::from_value(v)?;
+                writeln!(
+                    out,
+                    "created share {name}{}: mount -t nfs -o vers=3,tcp,nolock <coordinator>:{} /mnt",
+                    if s.read_only { " (read-only)" } else { "" },
+                    s.export
+                )?;
+            }
+            ShareCommand::Delete { name } => {
+                call(target, Command::ShareDelete { name: name.clone() })?;
+                writeln!(
+                    out,
+                    "deleted share {name} (bucket {name} and its objects are kept)"
+                )?;
+            }
+            ShareCommand::List { json } => {
+                let v = call(target, Command::ShareList)?;
+                if *json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                } else {
+                    let list: Vec<ShareInfo> = serde_json::from_value(v)?;
+                    writeln!(
+                        out,
+                        "{:<24} {:<32} {:>4} {:>10} {:>12} {:>12}",
+                        "NAME", "EXPORT", "MODE", "OBJECTS", "USED", "QUOTA"
+                    )?;
+                    for s in list {
+                        let q = s.quota_bytes.map_or_else(|| "-".into(), human_bytes);
+                        writeln!(
+                            out,
+                            "{:<24} {:<32} {:>4} {:>10} {:>12} {:>12}",
+                            s.name,
+                            s.export,
+                            if s.read_only { "ro" } else { "rw" },
+                            s.objects,
+                            human_bytes(s.used_bytes),
+                            q
+                        )?;
+                    }
+                }
             }
         },
         OperatorCommand::S3(S3Command::Credentials { json }) => {
