@@ -21,7 +21,9 @@
 //! entry returned; listing resumes after that entry's name (entries are in key order), so
 //! cookies stay valid while the directory changes.
 
+use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
@@ -498,7 +500,16 @@ fn apply_attrs(r: &mut InodeRec, sa: &SetAttrs, now: u64) {
 pub struct FileSystem {
     store: Store,
     generation: u64,
+    /// Open readers by inode, revalidated against the object record on every use (saves the
+    /// manifest decode and pinning per NFS READ).
+    readers: Arc<Mutex<HashMap<u64, crate::ObjectReader>>>,
 }
+
+/// A rebuilt object: record, manifest, and the bytes of an inline (small) single chunk.
+type Built = (ObjRec, Vec<ChunkRef>, Option<Vec<u8>>);
+
+/// Most cached readers (the cache is cleared when full).
+const READER_CACHE: usize = 256;
 
 /// A resolved inode: its record plus what exists at its path now.
 struct Resolved {
@@ -515,7 +526,11 @@ impl FileSystem {
             .get("generation")?
             .map(|v| v.value())
             .ok_or_else(|| StorageError::Corrupt("fs_meta.generation missing".into()))?;
-        Ok(FileSystem { store, generation })
+        Ok(FileSystem {
+            store,
+            generation,
+            readers: Arc::default(),
+        })
     }
 
     /// The store underneath.
@@ -553,6 +568,15 @@ impl FileSystem {
             (_, true) => Err(StorageError::ReadOnly),
             _ => Ok(()),
         }
+    }
+
+    fn readers(&self) -> MutexGuard<'_, HashMap<u64, crate::ObjectReader>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drop the cached reader of `ino` (its pins keep replaced chunks from being reclaimed).
+    pub fn forget(&self, ino: u64) {
+        self.readers().remove(&ino);
     }
 
     fn resolve(&self, ino: u64) -> Result<Resolved, StorageError> {
@@ -622,15 +646,31 @@ impl FileSystem {
     /// Read up to `count` bytes at `offset`: `(data, eof)`.
     pub fn read(&self, ino: u64, offset: u64, count: u32) -> Result<(Vec<u8>, bool), StorageError> {
         let r = self.resolve(ino)?;
-        match r.node {
+        let cur = match r.node {
             Node::Dir { .. } => return Err(StorageError::IsADirectory),
             Node::Symlink(_) => return Err(StorageError::Invalid("read of a symlink")),
-            Node::File(_) => {}
-        }
-        let obj = match self.store.open_object(&r.rec.share, &r.rec.path) {
-            Ok(o) => o,
-            Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
-            Err(e) => return Err(e),
+            Node::File(o) => o,
+        };
+        let cached = self.readers().get(&ino).cloned().filter(|o| {
+            o.info.size == cur.size
+                && o.info.etag == cur.etag
+                && o.info.modified == from_nanos(cur.modified)
+        });
+        let obj = match cached {
+            Some(o) => o,
+            None => {
+                let o = match self.store.open_object(&r.rec.share, &r.rec.path) {
+                    Ok(o) => o,
+                    Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
+                    Err(e) => return Err(e),
+                };
+                let mut m = self.readers();
+                if m.len() >= READER_CACHE {
+                    m.clear();
+                }
+                m.insert(ino, o.clone());
+                o
+            }
         };
         let size = obj.size();
         if offset >= size {
@@ -727,8 +767,10 @@ impl FileSystem {
                 shared: self.store.shared().clone(),
                 ids: Vec::new(),
             };
-            let (rec, manifest) = self.build(&old, writes, truncate, &mut pins)?;
+            let (rec, manifest, inline) = self.build(&old, writes, truncate, &mut pins)?;
             let expect = encode_manifest(old.manifest());
+            drop(old);
+            self.forget(ino);
             let max_size = self.store.max_size();
             let sa = sa.clone();
             let _g = self.store.shared().read_guard();
@@ -748,7 +790,16 @@ impl FileSystem {
                         _ => return Err(StorageError::Conflict),
                     }
                 }
-                install_object(wtx, freed, max_size, &share, &path, &rec, &manifest, None)?;
+                install_object(
+                    wtx,
+                    freed,
+                    max_size,
+                    &share,
+                    &path,
+                    &rec,
+                    &manifest,
+                    inline.as_deref(),
+                )?;
                 let mut inodes = wtx.open_table(FS_INODES)?;
                 let mut i = get_inode(&inodes, ino)?.ok_or(StorageError::Stale)?;
                 i.mtime = rec.modified;
@@ -779,7 +830,7 @@ impl FileSystem {
         writes: &[(u64, &[u8])],
         truncate: Option<u64>,
         pins: &mut Pins,
-    ) -> Result<(ObjRec, Vec<ChunkRef>), StorageError> {
+    ) -> Result<Built, StorageError> {
         let cs = u64::from(self.store.shared().chunk_size);
         let size = old.size();
         let t = truncate.unwrap_or(size);
@@ -792,6 +843,29 @@ impl FileSystem {
             if !d.is_empty() {
                 new_size = new_size.max(end);
             }
+        }
+        if new_size > 0 && new_size <= (INLINE_MAX as u64).min(cs) {
+            // Small result: one chunk kept in the metadata store (one fsync, no chunk file).
+            let mut buf = vec![0u8; new_size as usize];
+            if keep_limit > 0 {
+                old.read_exact_at(0, &mut buf[..keep_limit as usize])?;
+            }
+            for (o, d) in writes {
+                let (o, e) = (*o as usize, *o as usize + d.len());
+                buf[o..e].copy_from_slice(d);
+            }
+            let c = ChunkRef {
+                id: ChunkId::of(&buf),
+                len: u32::try_from(buf.len()).expect("inline chunk is small"),
+                inline: true,
+            };
+            let rec = ObjRec {
+                size: new_size,
+                etag: manifest_etag(&[c]),
+                modified: now_nanos(),
+                meta: old.info.meta.clone(),
+            };
+            return Ok((rec, vec![c], Some(buf)));
         }
         let overlaps = |s: u64, e: u64| {
             writes
@@ -867,7 +941,10 @@ impl FileSystem {
             let mut stored = put_pieces(pins, &pieces)?.into_iter();
             let refs: Vec<ChunkRef> = refs
                 .into_iter()
-                .map(|r| r.or_else(|| stored.next()).expect("one stored piece per slot"))
+                .map(|r| {
+                    r.or_else(|| stored.next())
+                        .expect("one stored piece per slot")
+                })
                 .collect();
             out.splice(at..at, refs);
         }
@@ -878,7 +955,7 @@ impl FileSystem {
             modified: now_nanos(),
             meta: old.info.meta.clone(),
         };
-        Ok((rec, out))
+        Ok((rec, out, None))
     }
 
     /// Create a regular file in `dir`.

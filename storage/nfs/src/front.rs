@@ -181,8 +181,14 @@ async fn read_record(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Opt
 
 async fn write_record(w: &mut OwnedWriteHalf, rec: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(rec.len()).map_err(std::io::Error::other)?;
+    let hdr = (len | 0x8000_0000).to_be_bytes();
+    if rec.len() > 64 << 10 {
+        // Large (READ replies, WRITE calls): no copy, two writes.
+        w.write_all(&hdr).await?;
+        return w.write_all(rec).await;
+    }
     let mut out = Vec::with_capacity(rec.len() + 4);
-    out.extend_from_slice(&(len | 0x8000_0000).to_be_bytes());
+    out.extend_from_slice(&hdr);
     out.extend_from_slice(rec);
     w.write_all(&out).await
 }

@@ -157,19 +157,40 @@ struct Dirty {
     last_write: Option<SystemTime>,
     /// A background flush failed: reported by the next write or COMMIT.
     error: Option<nfsstat3>,
+    /// The flush running in the background (at most one per inode, so flushes apply in
+    /// order) and the end offset it writes; writes keep buffering meanwhile.
+    inflight: Option<(tokio::task::JoinHandle<Result<(), nfsstat3>>, u64)>,
 }
 
 impl Dirty {
     fn end(&self) -> u64 {
-        self.extents
+        let buffered = self
+            .extents
             .iter()
             .map(|(o, d)| o + d.len() as u64)
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        buffered.max(self.inflight.as_ref().map_or(0, |f| f.1))
+    }
+
+    fn is_clean(&self) -> bool {
+        self.extents.is_empty() && self.inflight.is_none() && self.error.is_none()
+    }
+
+    /// Wait for the background flush, keeping its error for the next write/COMMIT.
+    async fn settle(&mut self) {
+        if let Some((h, _)) = self.inflight.take() {
+            let r = h.await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
+            if let Err(e) = r {
+                self.error.get_or_insert(e);
+            }
+        }
     }
 }
 
 type Buf = Arc<tokio::sync::Mutex<Dirty>>;
+/// Call details from the front, by (directory inode, name).
+type Hints = HashMap<(u64, Vec<u8>), Hint>;
 
 /// The NFS file system served by `nfs3_server`. Handles are [`FileHandleU64`] inode numbers
 /// (the server prefixes the store generation).
@@ -180,7 +201,7 @@ pub struct Vfs {
     root: u64,
     bufs: Arc<Mutex<HashMap<u64, Buf>>>,
     dirty_total: Arc<AtomicUsize>,
-    hints: Arc<Mutex<HashMap<(u64, Vec<u8>), Hint>>>,
+    hints: Arc<Mutex<Hints>>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -231,25 +252,42 @@ impl Vfs {
         lock(&self.bufs).entry(ino).or_default().clone()
     }
 
-    /// Apply the buffered writes of one inode (caller holds its lock).
-    async fn flush_locked(&self, ino: u64, d: &mut Dirty) -> Result<(), nfsstat3> {
-        if let Some(e) = d.error.take() {
-            return Err(e);
-        }
+    /// Start applying the buffered writes in the background (caller holds the inode lock and
+    /// has settled the previous flush).
+    fn start_flush(&self, ino: u64, d: &mut Dirty) {
+        debug_assert!(d.inflight.is_none());
         if d.extents.is_empty() {
-            return Ok(());
+            return;
         }
+        let end = d.end();
         let extents = std::mem::take(&mut d.extents);
         let n = std::mem::take(&mut d.bytes);
         d.since = None;
         self.dirty_total.fetch_sub(n, Ordering::Relaxed);
         let fs = self.fs.clone();
-        blocking(move || {
+        let h = tokio::task::spawn_blocking(move || {
             let refs: Vec<(u64, &[u8])> = extents.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-            fs.write(ino, &refs)
-        })
-        .await
-        .map(|_| ())
+            fs.write(ino, &refs).map(|_| ()).map_err(|e| {
+                if e.is_failure() {
+                    tracing::warn!("nfs: flushing inode {ino}: {e}");
+                }
+                nfs_status(&e)
+            })
+        });
+        d.inflight = Some((h, end));
+    }
+
+    /// Make everything written to one inode durable (caller holds its lock).
+    async fn flush_locked(&self, ino: u64, d: &mut Dirty) -> Result<(), nfsstat3> {
+        d.settle().await;
+        if !d.extents.is_empty() && d.error.is_none() {
+            self.start_flush(ino, d);
+            d.settle().await;
+        }
+        match d.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Flush one inode's buffer, if any.
@@ -270,22 +308,37 @@ impl Vfs {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
+        // Flush concurrently: the store's group commit folds them into few transactions.
+        let mut set = tokio::task::JoinSet::new();
         for (ino, b) in all {
-            let mut d = b.lock().await;
-            if d.since.is_some_and(|t| t.elapsed() >= age) {
-                if let Err(e) = self.flush_locked(ino, &mut d).await {
-                    d.error = Some(e);
+            let me = self.clone();
+            set.spawn(async move {
+                let mut d = b.lock().await;
+                if d.since.is_some_and(|t| t.elapsed() >= age)
+                    || (age.is_zero() && d.inflight.is_some())
+                {
+                    if let Err(e) = me.flush_locked(ino, &mut d).await {
+                        d.error = Some(e);
+                    }
+                } else if d.inflight.as_ref().is_some_and(|f| f.0.is_finished()) {
+                    d.settle().await;
                 }
-            }
-            if d.extents.is_empty() && d.error.is_none() {
-                drop(d);
-                let mut m = lock(&self.bufs);
-                // Only drop the entry if nobody else holds it.
-                if m.get(&ino).is_some_and(|x| Arc::strong_count(x) == 2) {
-                    m.remove(&ino);
+                if d.is_clean() {
+                    drop(d);
+                    let mut m = lock(&me.bufs);
+                    // Only drop the entry if nobody else holds it (map + `b`).
+                    if m.get(&ino)
+                        .is_some_and(|x| Arc::ptr_eq(x, &b) && Arc::strong_count(x) == 2)
+                    {
+                        m.remove(&ino);
+                    }
                 }
+            });
+            if set.len() >= 64 {
+                set.join_next().await;
             }
         }
+        while set.join_next().await.is_some() {}
     }
 
     /// Drop (without writing) the buffer of a removed inode.
@@ -300,11 +353,11 @@ impl Vfs {
     }
 
     async fn attr(&self, ino: u64) -> Result<FileAttr, nfsstat3> {
-        let fs = self.fs.clone();
-        let mut a = blocking(move || fs.getattr(ino)).await?;
+        // A few metadata lookups in redb: cheaper inline than a blocking-pool round trip.
+        let mut a = self.fs.getattr(ino).map_err(|e| nfs_status(&e))?;
         if let Some(b) = self.buf(ino) {
             let d = b.lock().await;
-            if !d.extents.is_empty() {
+            if !d.extents.is_empty() || d.inflight.is_some() {
                 a.size = a.size.max(d.end());
                 if let Some(t) = d.last_write {
                     a.mtime = t;
@@ -473,8 +526,8 @@ impl NfsFileSystem for Vfs {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(nfsstat3::NFS3ERR_FBIG)?;
-        let fs = self.fs.clone();
-        let (attr, room) = blocking(move || {
+        let fs = &self.fs;
+        let (attr, room) = (|| {
             let a = fs.getattr(ino)?;
             if a.kind == FileKind::Directory {
                 return Err(StorageError::IsADirectory);
@@ -486,8 +539,8 @@ impl NfsFileSystem for Vfs {
                 return Err(StorageError::ReadOnly);
             }
             Ok((a, fs.room(ino)?))
-        })
-        .await?;
+        })()
+        .map_err(|e| nfs_status(&e))?;
         let b = self.buf_or_new(ino);
         let mut d = b.lock().await;
         if let Some(e) = d.error.take() {
@@ -509,8 +562,12 @@ impl NfsFileSystem for Vfs {
         d.last_write = Some(now);
         let total = self.dirty_total.fetch_add(data.len(), Ordering::Relaxed) + data.len();
         let sync = stable != stable_how::UNSTABLE;
-        if sync || d.bytes >= FLUSH_BYTES || total >= MAX_DIRTY {
+        if sync {
             self.flush_locked(ino, &mut d).await?;
+        } else if d.bytes >= FLUSH_BYTES || total >= MAX_DIRTY {
+            // Pipeline: wait for the previous flush (back-pressure), start this one, return.
+            d.settle().await;
+            self.start_flush(ino, &mut d);
         }
         let mut a = attr;
         a.size = a.size.max(new_end);

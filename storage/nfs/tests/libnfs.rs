@@ -20,7 +20,7 @@ fn have_tools() -> bool {
 
 fn url(srv: &Srv, path: &str) -> String {
     let p = srv.addr.port();
-    format!("nfs://127.0.0.1:{p}/shares/default{path}?version=3&nfsport={p}&mountport={p}")
+    format!("nfs://127.0.0.1/shares/default{path}?version=3&nfsport={p}&mountport={p}")
 }
 
 async fn run(args: Vec<String>) -> (bool, Vec<u8>, String) {

@@ -53,8 +53,10 @@ async fn lookup_getattr_setattr_persist_exactly() {
     );
     assert_eq!((la.mode, la.fileid), (0, got.fileid));
     // size via setattr: truncate and extend
-    let mut s = sattr3::default();
-    s.size = Nfs3Option::Some(2);
+    let mut s = sattr3 {
+        size: Nfs3Option::Some(2),
+        ..Default::default()
+    };
     assert_eq!(setattr(&mut c, &f, s.clone()).await.expect("trunc").size, 2);
     s.size = Nfs3Option::Some(4);
     setattr(&mut c, &f, s).await.expect("extend");
