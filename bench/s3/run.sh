@@ -3,7 +3,8 @@
 # Builds release, installs s3s-fs if missing, starts both servers on 127.0.0.1 with temp data dirs
 # on the same disk, runs every scenario against each (interleaved per scenario), prints a markdown
 # table and writes results to $OUT (default /tmp/tm-s3bench). Extra args go to every s3bench call
-# (e.g. ./run.sh --duration 20 --conns 32).
+# (e.g. ./run.sh --duration 20 --conns 32). Environment: SCENARIOS="put-small get-small" (subset),
+# BIN_DIR=dir (use prebuilt s3bench + tm-s3-server from dir, no build), OUT, PORT_TM, PORT_FS.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -17,9 +18,13 @@ AK="${AK:-BENCHAK$RANDOM$RANDOM}"
 SK="${SK:-$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 
 mkdir -p "$OUT"
-echo "== build (release)"
-cargo build --release --manifest-path "$HERE/Cargo.toml" --bins
-BIN="$CARGO_TARGET_DIR/release"
+if [ -n "${BIN_DIR:-}" ]; then
+    BIN="$BIN_DIR"   # prebuilt s3bench + tm-s3-server (e.g. a saved baseline); no build
+else
+    echo "== build (release)"
+    cargo build --release --manifest-path "$HERE/Cargo.toml" --bins
+    BIN="$CARGO_TARGET_DIR/release"
+fi
 
 if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
     echo "== cargo install s3s-fs@0.14.1 --features binary --root $S3S_ROOT"
@@ -59,7 +64,7 @@ wait_port "$PORT_FS"
 
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
-for sc in put-small get-small put-large get-large; do
+for sc in ${SCENARIOS:-put-small get-small put-large get-large}; do
     for srv in tm-s3 s3s-fs; do
         port="$PORT_TM"; [ "$srv" = s3s-fs ] && port="$PORT_FS"
         echo "== $(date +%T) $sc against $srv"

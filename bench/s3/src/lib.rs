@@ -17,11 +17,9 @@
 //! Call order: [`Target::new`], [`ensure_bucket`], then [`run`] per scenario.
 #![forbid(unsafe_code)]
 
-pub mod sigv4;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -32,7 +30,7 @@ use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use sigv4::{sha256_hex, Signer, EMPTY_SHA256};
+use tm_sigv4::{sha256_hex, Signer, EMPTY_SHA256};
 
 /// One server under test.
 #[derive(Clone, Debug)]
@@ -61,7 +59,7 @@ impl Target {
             name: name.to_owned(),
             authority,
             bucket: bucket.to_owned(),
-            signer: Signer::new(ak, sk, "us-east-1"),
+            signer: Signer::new(ak, sk, "us-east-1", "s3"),
         })
     }
 }
@@ -230,14 +228,6 @@ pub fn large_body(i: u64, size: usize) -> Bytes {
     Bytes::from(v)
 }
 
-fn now_amz() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    sigv4::amz_date(secs)
-}
-
 /// Response summary: status, payload bytes read, and `Content-Length` if any.
 struct Resp {
     status: StatusCode,
@@ -297,14 +287,20 @@ impl Conn {
             Some(k) => format!("/{}/{k}", t.bucket),
             None => format!("/{}", t.bucket),
         };
-        let signed = t.signer.sign(method, &path, &t.authority, &now_amz(), sha);
+        let mut headers = vec![
+            ("host".to_owned(), t.authority.clone()),
+            ("x-amz-content-sha256".to_owned(), sha.to_owned()),
+        ];
+        let (authorization, _) =
+            t.signer
+                .sign_headers(method, &path, &[], &mut headers, sha, SystemTime::now());
         let mut b = hyper::Request::builder()
             .method(method)
             .uri(&path)
-            .header("host", &t.authority)
-            .header("x-amz-date", &signed.amz_date)
-            .header("x-amz-content-sha256", &signed.content_sha256)
-            .header("authorization", &signed.authorization);
+            .header("authorization", authorization);
+        for (k, v) in &headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
         if method == "PUT" {
             b = b
                 .header("content-length", body.len())
