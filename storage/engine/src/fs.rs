@@ -603,6 +603,17 @@ impl FileSystem {
 
     /// Attributes of whatever is at `share/path`, allocating its inode if needed.
     fn attr_at(&self, share: &str, path: &str) -> Result<FileAttr, StorageError> {
+        self.attr_at_opt(share, path, true)?
+            .ok_or(StorageError::Conflict)
+    }
+
+    /// Like `attr_at`; with `alloc == false` returns `None` instead of writing a new inode.
+    fn attr_at_opt(
+        &self,
+        share: &str,
+        path: &str,
+        alloc: bool,
+    ) -> Result<Option<FileAttr>, StorageError> {
         for _ in 0..EDIT_RETRIES {
             let rtx = self.store.db().begin_read()?;
             let node =
@@ -614,7 +625,10 @@ impl FileSystem {
             if let Some(ino) = ino {
                 let rec =
                     get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
-                return Ok(attr_of(ino, &rec, &node));
+                return Ok(Some(attr_of(ino, &rec, &node)));
+            }
+            if !alloc {
+                return Ok(None);
             }
             drop(rtx);
             let rec = default_rec(share, path, &node);
@@ -631,16 +645,32 @@ impl FileSystem {
 
     /// Look `name` up in directory `dir` (`.` and `..` included).
     pub fn lookup(&self, dir: u64, name: &str) -> Result<FileAttr, StorageError> {
+        self.lookup_opt(dir, name, true)?
+            .ok_or(StorageError::Conflict)
+    }
+
+    /// Read-only lookup: `Ok(None)` when the name exists but has no inode yet (an object put
+    /// over S3 that NFS never saw); [`FileSystem::lookup`] then allocates one (a write).
+    pub fn lookup_existing(&self, dir: u64, name: &str) -> Result<Option<FileAttr>, StorageError> {
+        self.lookup_opt(dir, name, false)
+    }
+
+    fn lookup_opt(
+        &self,
+        dir: u64,
+        name: &str,
+        alloc: bool,
+    ) -> Result<Option<FileAttr>, StorageError> {
         let d = self.resolve_dir(dir)?;
         match name {
-            "." => return Ok(attr_of(dir, &d.rec, &d.node)),
-            ".." => return self.attr_at(&d.rec.share, parent_of(&d.rec.path)),
+            "." => return Ok(Some(attr_of(dir, &d.rec, &d.node))),
+            ".." => return self.attr_at_opt(&d.rec.share, parent_of(&d.rec.path), alloc),
             _ => {}
         }
         check_name(name)?;
         let path = join(&d.rec.path, name);
         check_path(&d.rec.share, &path)?;
-        self.attr_at(&d.rec.share, &path)
+        self.attr_at_opt(&d.rec.share, &path, alloc)
     }
 
     /// Read up to `count` bytes at `offset`: `(data, eof)`.

@@ -31,8 +31,12 @@ pub const FLUSH_BYTES: usize = 16 << 20;
 pub const MAX_DIRTY: usize = 256 << 20;
 /// Entries fetched from the store per directory page.
 const DIR_PAGE: usize = 256;
-/// Largest read/write transfer (fsinfo rtmax/wtmax).
-pub const MAX_IO: u32 = 1 << 20;
+/// Preferred and advertised largest transfer (fsinfo rtmax/wtmax): 256 KiB lets clients such
+/// as libnfs split a large call into several concurrent RPCs, which keeps both the network
+/// and the store busy.
+pub const MAX_IO: u32 = 256 << 10;
+/// Largest READ served (clients that ignore rtmax still get at most this).
+pub const READ_CAP: u32 = 1 << 20;
 
 /// Map an engine error to an NFS status.
 pub fn nfs_status(e: &StorageError) -> nfsstat3 {
@@ -369,6 +373,12 @@ impl Vfs {
     }
 
     async fn lookup_ino(&self, dir: u64, name: String) -> Result<FileAttr, nfsstat3> {
+        // Read-only metadata lookups inline; a blocking-pool trip only to allocate an inode.
+        match self.fs.lookup_existing(dir, &name) {
+            Ok(Some(a)) => return Ok(a),
+            Ok(None) => {}
+            Err(e) => return Err(nfs_status(&e)),
+        }
         let fs = self.fs.clone();
         blocking(move || fs.lookup(dir, &name)).await
     }
@@ -458,7 +468,7 @@ impl NfsReadFileSystem for Vfs {
         let ino = id.as_u64();
         self.flush(ino).await?;
         let fs = self.fs.clone();
-        blocking(move || fs.read(ino, offset, count.min(MAX_IO))).await
+        blocking(move || fs.read(ino, offset, count.min(READ_CAP))).await
     }
 
     #[allow(refining_impl_trait)]
