@@ -108,15 +108,25 @@ fn run() -> Result<(), Fail> {
     let sock = udp::bind_dual(args.listen_port).map_err(fail("bind udp"))?;
     let listen_port = sock.local_addr().map_err(fail("bind udp"))?.port();
 
+    if let Some(b) = std::env::var("TM_DP_SOCKBUF")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        sock.set_buffers(b);
+    }
     let gro = want_offload && sock.set_gro(true).is_ok();
-    let cfg = if want_offload {
-        LoopConfig {
-            udp_gso: true,
-            ..LoopConfig::for_offload()
-        }
+    let mut cfg = if want_offload {
+        LoopConfig::for_offload()
     } else {
         LoopConfig::for_mtu(args.mtu)
     };
+    let env_num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = env_num("TM_DP_TUN_READS").filter(|&n| n > 0) {
+        cfg.tun_reads = n;
+    }
+    if let Some(n) = env_num("TM_DP_UDP_RECVS").filter(|&n| n > 0) {
+        cfg.udp_recvs = n;
+    }
     let _ = gro;
     let dp = Dataplane::new(DpConfig { mtu: args.mtu }, Instant::now());
     let coalesce = offload & libc::TUN_F_TSO4 != 0;

@@ -9,7 +9,7 @@
 //! trim padding -> 10. cryptokey routing on the inner source -> 11. WriteTun.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,9 @@ pub struct Dataplane {
     by_index: HashMap<u32, PeerId>,
     /// Allowed-IPs snapshot, republished whenever a peer's allowed IPs change.
     routes: ArcSwap<RouteTable>,
+    /// Last allowed-IPs lookup (address -> peer): segments of one super-packet and
+    /// datagrams of one GRO batch share it. Cleared whenever the routes change.
+    route_cache: Option<(IpAddr, Option<PeerId>)>,
     events: VecDeque<DpMsg>,
     pending_handshakes: usize,
     transmits: VecDeque<Pending>,
@@ -192,6 +195,7 @@ impl Dataplane {
             peers: BTreeMap::new(),
             by_index: HashMap::new(),
             routes: ArcSwap::from_pointee(RouteTable::default()),
+            route_cache: None,
             events: VecDeque::new(),
             pending_handshakes: 0,
             transmits: VecDeque::new(),
@@ -246,6 +250,19 @@ impl Dataplane {
             .collect();
         let table = RouteTable::new(&entries).expect("allowed IPs are normalized on AddPeer");
         self.routes.store(Arc::new(table));
+        self.route_cache = None;
+    }
+
+    /// Allowed-IPs lookup through the one-entry cache.
+    fn lookup(&mut self, a: IpAddr) -> Option<PeerId> {
+        match self.route_cache {
+            Some((k, v)) if k == a => v,
+            _ => {
+                let v = self.routes.load().lookup(a);
+                self.route_cache = Some((a, v));
+                v
+            }
+        }
     }
 
     fn emit_counters(&mut self, now: Instant) {
@@ -442,10 +459,11 @@ impl Dataplane {
             .get(DATA_HEADER_LEN..DATA_HEADER_LEN + len)
             .ok_or(DropReason::IoError)?;
         let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
-        let id = self.routes.load().lookup(dst).ok_or(DropReason::NoRoute)?;
+        let id = self.lookup(dst).ok_or(DropReason::NoRoute)?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::NoRoute)?;
         let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
         if !can_send(peer, now, &self.t) {
+            let pkt = &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
             if peer.stage(pkt) {
                 self.drops[DropReason::NoSession as usize] += 1;
             }
@@ -608,7 +626,7 @@ impl Dataplane {
         }
         let plain = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + plain_len];
         let (src, len) = packet::inbound(plain).ok_or(DropReason::BadInnerPacket)?;
-        if self.routes.load().lookup(src) != Some(id) {
+        if self.lookup(src) != Some(id) {
             return Err(DropReason::SourceNotAllowed);
         }
         Ok(Inbound::WriteTun {

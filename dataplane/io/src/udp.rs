@@ -70,6 +70,12 @@ pub const UDP_GRO: i32 = 104;
 pub const MAX_GSO_SEGMENTS: usize = 64;
 
 impl UdpSock {
+    /// Sets both socket buffers to `bytes` (FORCE variants first, as root), e.g. to bound
+    /// the queueing delay in front of a slow receiver.
+    pub fn set_buffers(&self, bytes: usize) {
+        grow_buffers_to(self.sock.as_fd(), bytes);
+    }
+
     /// Turns `UDP_GRO` on: one receive may then return many datagrams of equal size (the
     /// last may be shorter), the size given in a `SOL_UDP/UDP_GRO` control message.
     pub fn set_gro(&self, on: bool) -> io::Result<()> {
@@ -202,7 +208,11 @@ fn bind_fd(fd: BorrowedFd<'_>, addr: SocketAddr, v6: bool) -> io::Result<()> {
 
 /// Best effort: FORCE variants (need CAP_NET_ADMIN) first, then the capped ones.
 fn grow_buffers(fd: BorrowedFd<'_>) {
-    let size = SOCKET_BUFFER as i32;
+    grow_buffers_to(fd, SOCKET_BUFFER);
+}
+
+fn grow_buffers_to(fd: BorrowedFd<'_>, bytes: usize) {
+    let size = i32::try_from(bytes).unwrap_or(i32::MAX);
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),

@@ -64,10 +64,15 @@ impl LoopConfig {
         }
     }
 
-    /// A configuration for super-packets (TUN offloads, UDP GRO/GSO): 64 KiB buffers.
+    /// A configuration for super-packets (TUN offloads, UDP GRO/GSO): 64 KiB buffers and
+    /// only 4 + 4 receives in flight. Each completion may carry 64 KiB, so a batch is still
+    /// up to 512 KiB of work; more in flight only makes the other direction (and a ping)
+    /// wait longer behind one batch.
     pub fn for_offload() -> LoopConfig {
         LoopConfig {
             buf_size: 65_536 + 256,
+            tun_reads: 4,
+            udp_recvs: 4,
             udp_gso: true,
             ..LoopConfig::default()
         }
