@@ -67,6 +67,10 @@ pub enum Command {
     ShareDelete {
         name: String,
     },
+    /// On a coordinator: the join token (`tm1_...`) as a JSON string.
+    Token,
+    /// Leave the mesh: deregister at the coordinator, forget the identity, stop the node.
+    Leave,
 }
 
 impl Command {
@@ -128,6 +132,35 @@ pub struct Status {
     pub dataplane: DataplaneStatus,
     pub counters: Counters,
     pub peers: usize,
+    /// Present on mesh nodes (joined or coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshStatus>,
+}
+
+/// A mesh node's view of its mesh.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MeshStatus {
+    /// `coordinator` or `member`.
+    pub role: String,
+    /// `HOST:PORT` of the coordinator API this node follows (members).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
+    /// Netmap version last applied.
+    pub netmap_version: u64,
+    /// Whether the last exchange with the coordinator succeeded.
+    pub coordinator_reachable: bool,
+    pub mesh_cidr: String,
+    /// Mesh DNS listen addresses.
+    pub dns: Vec<String>,
+    /// Whether the relay connection through the coordinator is up.
+    pub relay_connected: bool,
+    /// WireGuard datagrams this node sent / received through the relay, and dropped.
+    #[serde(default)]
+    pub relay_sent: u64,
+    #[serde(default)]
+    pub relay_received: u64,
+    #[serde(default)]
+    pub relay_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

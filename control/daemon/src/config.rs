@@ -41,7 +41,8 @@ fn one_line(s: &str) -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    name: String,
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -50,7 +51,8 @@ struct RawConfig {
     interface: Option<String>,
     #[serde(default)]
     listen_port: Option<u16>,
-    address: String,
+    #[serde(default)]
+    address: Option<String>,
     #[serde(default)]
     mtu: Option<u16>,
     #[serde(default)]
@@ -59,11 +61,91 @@ struct RawConfig {
     testing: Option<RawTesting>,
     #[serde(default)]
     s3: Option<RawS3>,
+    #[serde(default)]
+    coordinator: Option<RawCoordinator>,
+    #[serde(default)]
+    mesh_cidr: Option<String>,
+    #[serde(default)]
+    dns: Option<RawDns>,
+    #[serde(default)]
+    nfs: Option<RawNfs>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawNfs {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    listen: Option<String>,
+}
+
+/// NFSv3 shares (on nodes with an object store).
+#[derive(Debug, Clone)]
+pub struct NfsSettings {
+    /// `None`: `<mesh IP>:2049`.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordinator {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    listen: Option<String>,
+    /// Public `HOST:PORT` WireGuard endpoints of this coordinator, if it is behind a
+    /// port forward (default: every local address with `listen_port`).
+    #[serde(default)]
+    endpoints: Vec<String>,
+    /// Extra host names / IPs for the TLS certificate (besides `coordinator.mesh`).
+    #[serde(default)]
+    tls_names: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    aliases: std::collections::BTreeMap<String, String>,
+}
+
+/// Coordinator services of this node.
+#[derive(Debug, Clone)]
+pub struct CoordSettings {
+    pub listen: SocketAddr,
+    pub endpoints: Vec<SocketAddr>,
+    pub tls_names: Vec<String>,
+}
+
+/// Mesh DNS served by this node.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    pub listen: SocketAddr,
+    pub domain: String,
+    pub aliases: std::collections::BTreeMap<String, String>,
+}
+
+/// Default local DNS address (`dig @127.0.0.53 -p 5353 NAME.mesh`).
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.53:5353";
+/// Default coordinator API port.
+pub const DEFAULT_COORDINATOR_PORT: u16 = 8443;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawS3 {
+    #[serde(default = "yes")]
+    enabled: bool,
     #[serde(default)]
     listen: Option<String>,
     #[serde(default)]
@@ -75,7 +157,8 @@ struct RawS3 {
 /// The object store and its S3 endpoint.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
-    pub listen: SocketAddr,
+    /// `None`: `<mesh IP>:8080`, known once the node has its address.
+    pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub max_size: Option<u64>,
 }
@@ -218,13 +301,22 @@ pub struct NodeConfig {
     pub key: KeySource,
     pub interface: String,
     pub listen_port: u16,
-    /// The node's own address with the mesh prefix length (e.g. 100.64.0.1/10).
-    pub address: Cidr,
+    /// The node's own address with the mesh prefix length (e.g. 100.64.0.1/10). In a mesh the
+    /// coordinator assigns it (set before the dataplane starts).
+    pub address: Option<Cidr>,
     pub mtu: u16,
     pub peers: Vec<PeerConfig>,
     pub timers: Timers,
     pub force_cookie: bool,
     pub s3: Option<S3Settings>,
+    /// Coordinator services (`coordinator: {enabled: true}`).
+    pub coordinator: Option<CoordSettings>,
+    /// The mesh prefix a coordinator allocates from.
+    pub mesh_cidr: String,
+    /// `None` when `dns: {enabled: false}`.
+    pub dns: Option<DnsSettings>,
+    /// NFS shares: on by default wherever there is an object store.
+    pub nfs: Option<NfsSettings>,
 }
 
 pub const DEFAULT_INTERFACE: &str = "tunnelmesh0";
@@ -239,7 +331,10 @@ impl NodeConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig =
             serde_yaml::from_str(text).map_err(|e| err("", format!("config: {e}")))?;
-        let name = raw.name.trim().to_string();
+        let name = match raw.name.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => default_name(),
+        };
         validate_name("name", &name)?;
         let interface = raw.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
         if interface.is_empty()
@@ -255,12 +350,15 @@ impl NodeConfig {
                 ),
             ));
         }
-        let address = Cidr::parse(&raw.address).map_err(|m| err("address", m))?;
+        let address = match raw.address.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(Cidr::parse(a).map_err(|m| err("address", m))?),
+        };
         let mtu = raw.mtu.unwrap_or(1420);
         if !(576..=9000).contains(&mtu) {
             return Err(err("mtu", format!("{mtu} is out of range (576-9000)")));
         }
-        if address.addr.is_ipv6() && mtu < 1280 {
+        if address.is_some_and(|a| a.addr.is_ipv6()) && mtu < 1280 {
             return Err(err("mtu", "an IPv6 address needs mtu >= 1280"));
         }
         let key = match raw.private_key_file {
@@ -357,14 +455,79 @@ impl NodeConfig {
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(tmctl::DEFAULT_DATA_DIR));
-        let s3 = match raw.s3 {
+        let coordinator = match raw.coordinator {
+            Some(c) if c.enabled => {
+                let listen = match c.listen.as_deref().map(str::trim) {
+                    None | Some("") => SocketAddr::from(([0, 0, 0, 0], DEFAULT_COORDINATOR_PORT)),
+                    Some(l) => parse_listen(l).map_err(|m| err("coordinator.listen", m))?,
+                };
+                let mut endpoints = Vec::new();
+                for (i, e) in c.endpoints.iter().enumerate() {
+                    endpoints.push(
+                        resolve_endpoint(e.trim())
+                            .map_err(|m| err(format!("coordinator.endpoints[{i}]"), m))?,
+                    );
+                }
+                Some(CoordSettings {
+                    listen,
+                    endpoints,
+                    tls_names: c.tls_names,
+                })
+            }
+            _ => None,
+        };
+        let mesh_cidr = raw
+            .mesh_cidr
+            .map(|m| m.trim().to_string())
+            .unwrap_or_else(|| tm_coord::DEFAULT_MESH_CIDR.to_string());
+        tm_coord::MeshCidr::parse(&mesh_cidr).map_err(|e| err("mesh_cidr", e.to_string()))?;
+        let dns = match raw.dns {
+            Some(d) if !d.enabled => None,
+            d => {
+                let d = d.unwrap_or(RawDns {
+                    enabled: true,
+                    listen: None,
+                    domain: None,
+                    aliases: Default::default(),
+                });
+                let listen = d.listen.as_deref().map(str::trim).unwrap_or("");
+                let listen = if listen.is_empty() {
+                    DEFAULT_DNS_LISTEN
+                } else {
+                    listen
+                };
+                let listen = parse_listen(listen).map_err(|m| err("dns.listen", m))?;
+                let domain = d.domain.unwrap_or_else(|| "mesh".into());
+                validate_name("dns.domain", &domain)?;
+                for (a, t) in &d.aliases {
+                    validate_name(&format!("dns.aliases.{a}"), a)?;
+                    validate_name(&format!("dns.aliases.{a}"), t)?;
+                }
+                Some(DnsSettings {
+                    listen,
+                    domain,
+                    aliases: d.aliases,
+                })
+            }
+        };
+        // A coordinator keeps the mesh's storage: S3 is on unless switched off.
+        let raw_s3 = match raw.s3 {
+            Some(r) if !r.enabled => None,
+            Some(r) => Some(r),
+            None if coordinator.is_some() => Some(RawS3 {
+                enabled: true,
+                listen: None,
+                data_dir: None,
+                max_size: None,
+            }),
+            None => None,
+        };
+        let s3 = match raw_s3 {
             None => None,
             Some(r) => {
                 let listen = match r.listen.as_deref().map(str::trim) {
-                    None | Some("") => SocketAddr::new(address.addr, 8080),
-                    Some(l) => l.parse().map_err(|_| {
-                        err("s3.listen", format!("'{l}' is not an IP:PORT address"))
-                    })?,
+                    None | Some("") => None,
+                    Some(l) => Some(parse_listen(l).map_err(|m| err("s3.listen", m))?),
                 };
                 let max_size = match r.max_size {
                     None => None,
@@ -377,7 +540,20 @@ impl NodeConfig {
                 })
             }
         };
+        let nfs = match raw.nfs {
+            Some(n) if !n.enabled => None,
+            _ if s3.is_none() => None,
+            n => {
+                let listen = match n.and_then(|n| n.listen) {
+                    None => None,
+                    Some(l) if l.trim().is_empty() => None,
+                    Some(l) => Some(parse_listen(l.trim()).map_err(|m| err("nfs.listen", m))?),
+                };
+                Some(NfsSettings { listen })
+            }
+        };
         Ok(NodeConfig {
+            nfs,
             name,
             data_dir,
             key,
@@ -389,12 +565,21 @@ impl NodeConfig {
             timers,
             force_cookie: t.force_cookie,
             s3,
+            coordinator,
+            mesh_cidr,
+            dns,
         })
+    }
+
+    /// The node's address; set in static configs and after joining a mesh.
+    pub fn address(&self) -> Cidr {
+        self.address
+            .expect("the node address is known before the dataplane starts")
     }
 
     /// Allowed IPs outside the interface's own subnet need a route through the TUN.
     pub fn routes(&self) -> Vec<Cidr> {
-        let own = self.address.network();
+        let own = self.address().network();
         let mut r: Vec<Cidr> = self
             .peers
             .iter()
@@ -407,7 +592,43 @@ impl NodeConfig {
     }
 }
 
-fn validate_name(field: &str, name: &str) -> Result<(), ConfigError> {
+/// `IP:PORT`, or `:PORT` for every address.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Some(p) = s.strip_prefix(':') {
+        return p
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+            .map_err(|_| format!("'{s}' is not an IP:PORT or :PORT address"));
+    }
+    s.parse()
+        .map_err(|_| format!("'{s}' is not an IP:PORT or :PORT address"))
+}
+
+/// The host name as a DNS label (lower case, invalid characters become '-').
+pub fn default_name() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let h = h
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut n: String = h
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    n.truncate(63);
+    let n = n.trim_matches('-').to_string();
+    if n.is_empty() {
+        "node".into()
+    } else {
+        n
+    }
+}
+
+pub(crate) fn validate_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -524,7 +745,7 @@ mod tests {
         )
         .unwrap();
         let s = c.s3.unwrap();
-        assert_eq!(s.listen, "100.64.0.1:8080".parse().unwrap());
+        assert_eq!(s.listen, None, "resolved to <address>:8080 at start");
         assert_eq!(s.data_dir, PathBuf::from("/d/s3"));
         assert_eq!(s.max_size, Some(10_000_000_000));
         assert!(
@@ -533,6 +754,32 @@ mod tests {
         assert!(
             e("name: a\naddress: 100.64.0.1/10\ns3: {max_size: 3XB}\n").starts_with("s3.max_size:")
         );
+    }
+
+    #[test]
+    fn coordinator_and_dns_sections() {
+        let c = NodeConfig::parse(
+            "name: seed\ndata_dir: /d\ncoordinator: {enabled: true, listen: \":9443\"}\n\
+             dns: {domain: corp, aliases: {db: seed}}\n",
+        )
+        .unwrap();
+        let co = c.coordinator.as_ref().unwrap();
+        assert_eq!(co.listen, "0.0.0.0:9443".parse().unwrap());
+        assert!(c.address.is_none());
+        assert!(c.s3.is_some(), "a coordinator stores by default");
+        let d = c.dns.unwrap();
+        assert_eq!(d.listen, DEFAULT_DNS_LISTEN.parse().unwrap());
+        assert_eq!(d.domain, "corp");
+        assert_eq!(d.aliases.get("db").map(String::as_str), Some("seed"));
+        assert_eq!(c.mesh_cidr, "100.64.0.0/10");
+        let c = NodeConfig::parse("name: p\ndns: {enabled: false}\n").unwrap();
+        assert!(c.dns.is_none() && c.s3.is_none() && c.coordinator.is_none());
+        let c = NodeConfig::parse("name: s\ncoordinator: {}\ns3: {enabled: false}\n").unwrap();
+        assert!(c.coordinator.is_some() && c.s3.is_none());
+        assert!(e("name: a\ncoordinator: {listen: x}\n").starts_with("coordinator.listen:"));
+        assert!(e("name: a\nmesh_cidr: 10.0.0.0/33\n").starts_with("mesh_cidr:"));
+        assert!(e("name: a\ndns: {aliases: {\"a b\": x}}\n").starts_with("dns.aliases"));
+        assert!(e("name: a\ndns: {listen: 5353}\n").starts_with("dns.listen:"));
     }
 
     #[test]

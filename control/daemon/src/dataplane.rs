@@ -55,7 +55,7 @@ impl Dataplane {
             .arg("--tun")
             .arg(&cfg.interface)
             .arg("--address")
-            .arg(cfg.address.to_string())
+            .arg(cfg.address().to_string())
             .arg("--mtu")
             .arg(cfg.mtu.to_string())
             .arg("--listen-port")

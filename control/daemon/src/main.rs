@@ -1,13 +1,18 @@
 //! `tunnelmesh`: the node (tokio control plane) and every operator command.
 //!
-//! `tunnelmesh up --config FILE` validates the config (nothing is created on error), loads the
-//! node key, starts and supervises `tm-dataplane`, serves the control socket, and runs until
-//! SIGINT/SIGTERM. `genkey`/`pubkey` behave like `wg genkey`/`wg pubkey`.
+//! `tunnelmesh join [--config FILE]` starts a coordinator (embedded defaults: coordinator API on
+//! :8443, object store, mesh DNS) and prints its join token; `tunnelmesh join HOST:PORT --token
+//! TOKEN` joins that mesh (the key comes from `~/.ssh/id_ed25519` or is generated in data_dir).
+//! `tunnelmesh up --config FILE` runs a node with static peers. Each validates the config
+//! first (nothing is created on error), loads the node key, starts and supervises
+//! `tm-dataplane`, serves the control socket, and runs until SIGINT/SIGTERM.
+//! `genkey`/`pubkey` behave like `wg genkey`/`wg pubkey`.
 #![forbid(unsafe_code)]
 
 mod api;
 mod config;
 mod dataplane;
+mod mesh;
 mod node;
 mod relay;
 mod storage;
@@ -19,6 +24,8 @@ use rand_core::OsRng;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use tm_noise::keys::{self, PrivateKey};
 use tmctl::{OperatorCommand, Target};
 
@@ -44,6 +51,20 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Join a mesh (HOST:PORT --token TOKEN), or start a coordinator (no HOST:PORT).
+    Join {
+        /// The coordinator to join; omit to run this node as a coordinator.
+        coordinator: Option<String>,
+        /// Join token printed by the coordinator (`tmctl token` prints it again).
+        #[arg(long)]
+        token: Option<String>,
+        /// This node's name in the mesh (default: config `name`, else the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Node configuration (YAML); optional.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     #[command(flatten)]
     Op(OperatorCommand),
 }
@@ -54,6 +75,12 @@ fn main() {
         Cmd::Genkey => genkey(),
         Cmd::Pubkey => pubkey(),
         Cmd::Up { config } => up(&config),
+        Cmd::Join {
+            coordinator,
+            token,
+            name,
+            config,
+        } => join(coordinator, token, name, config),
         Cmd::Op(op) => tmctl::run(&cli.target, &op),
     };
     if let Err(e) = r {
@@ -81,10 +108,84 @@ fn pubkey() -> Result<()> {
 
 fn up(path: &Path) -> Result<()> {
     let cfg = NodeConfig::load(path)?;
+    if cfg.coordinator.is_some() {
+        return run(cfg, None, None);
+    }
+    if cfg.address.is_none() {
+        anyhow::bail!(
+            "address: required for `tunnelmesh up` with static peers (to be assigned one by a \
+             coordinator, use `tunnelmesh join`)"
+        );
+    }
+    run(cfg, None, None)
+}
+
+fn join(
+    coordinator: Option<String>,
+    token: Option<String>,
+    name: Option<String>,
+    config: Option<PathBuf>,
+) -> Result<()> {
+    let mut cfg = match &config {
+        Some(p) => NodeConfig::load(p)?,
+        None if coordinator.is_none() => NodeConfig::parse("coordinator: {enabled: true}\n")?,
+        None => NodeConfig::parse("{}\n")?,
+    };
+    if let Some(n) = name {
+        config::validate_name("--name", n.trim())?;
+        cfg.name = n.trim().to_string();
+    }
+    if cfg.address.is_some() {
+        anyhow::bail!(
+            "address: a mesh node gets its address from the coordinator; remove `address` \
+             (or run static peers with `tunnelmesh up`)"
+        );
+    }
+    if let Some(t) = &token {
+        // Check the token before anything else happens.
+        tm_coord::JoinToken::parse(t).context("--token")?;
+    }
+    match coordinator {
+        Some(addr) => {
+            if cfg.coordinator.is_some() {
+                anyhow::bail!(
+                    "coordinator: this config starts a coordinator; drop HOST:PORT to run it, \
+                     or remove the `coordinator` section to join {addr}"
+                );
+            }
+            let addr = if addr.contains(':') {
+                addr
+            } else {
+                format!("{addr}:{}", config::DEFAULT_COORDINATOR_PORT)
+            };
+            run(cfg, Some(addr), token)
+        }
+        None if cfg.coordinator.is_none() => {
+            if mesh::JoinState::load(&cfg.data_dir)?.is_some() {
+                // Rejoin the saved mesh.
+                return run(cfg, Some(String::new()), None);
+            }
+            anyhow::bail!(
+                "coordinator: this config does not enable coordinator services; to join a mesh \
+                 run `tunnelmesh join HOST:PORT --token TOKEN`"
+            )
+        }
+        None => {
+            if token.is_some() {
+                anyhow::bail!("--token: only used with HOST:PORT (joining a coordinator)");
+            }
+            run(cfg, None, None)
+        }
+    }
+}
+
+/// Runs a node: static (no coordinator settings, `join_addr` None), a coordinator, or a
+/// member of the mesh at `join_addr` (empty: the one saved in data_dir).
+fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TUNNELMESH_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,hickory_server=warn,nfs3_server=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -99,15 +200,88 @@ fn up(path: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let _sock = api::serve(&cfg.data_dir.join(tm_api::SOCKET_NAME), tx)?;
         let st = match &cfg.s3 {
             Some(s3) => Some(storage::Storage::open(&cfg, s3)?),
             None => None,
         };
+        let mesh = if cfg.coordinator.is_some() {
+            let coord = mesh::open_coordinator(&cfg, &key, st.as_ref().map(|s| &s.store))?;
+            let co = cfg.coordinator.clone().expect("checked");
+            let cidr = config::Cidr::parse(&cfg.mesh_cidr).map_err(anyhow::Error::msg)?;
+            cfg.address = Some(config::Cidr {
+                addr: coord.mesh_ip().into(),
+                len: cidr.len,
+            });
+            let listener = tokio::net::TcpListener::bind(co.listen)
+                .await
+                .with_context(|| format!("coordinator.listen: cannot bind {}", co.listen))?;
+            let token = coord.token();
+            println!(
+                "coordinator {} at {} (mesh {})",
+                cfg.name, co.listen, cfg.mesh_cidr
+            );
+            println!("join token: {token}");
+            println!(
+                "join another machine: tunnelmesh join <this host>:{} --token {token}",
+                co.listen.port()
+            );
+            let server = coord.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(listener, std::future::pending()).await {
+                    tracing::error!("coordinator API stopped: {e}");
+                }
+            });
+            Some(mesh::Mesh {
+                netmaps: mesh::coordinator_feed(coord.clone()),
+                role: mesh::Role::Coordinator(coord),
+                cidr: cidr.network(),
+                reachable: Arc::new(AtomicBool::new(true)),
+                saved: None,
+            })
+        } else if let Some(addr) = join_addr {
+            let addr = (!addr.is_empty()).then_some(addr);
+            let (state, client) = mesh::join(&cfg, &key, addr.as_deref(), token.as_deref()).await?;
+            let cidr = config::Cidr::parse(&state.mesh_cidr).map_err(anyhow::Error::msg)?;
+            cfg.address = Some(config::Cidr {
+                addr: state.mesh_ip.into(),
+                len: cidr.len,
+            });
+            println!(
+                "joined {} as {} ({})",
+                state.coordinator, state.name, state.mesh_ip
+            );
+            let client = Arc::new(client);
+            let reachable = Arc::new(AtomicBool::new(true));
+            Some(mesh::Mesh {
+                netmaps: mesh::member_feed(client.clone(), state.netmap.clone(), reachable.clone()),
+                role: mesh::Role::Member {
+                    client,
+                    host_ip: mesh::resolve_host(&state.coordinator),
+                    addr: state.coordinator.clone(),
+                },
+                cidr: cidr.network(),
+                reachable,
+                saved: Some(state),
+            })
+        } else {
+            None
+        };
+        let listen_port = cfg.listen_port;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let _sock = api::serve(&cfg.data_dir.join(tm_api::SOCKET_NAME), tx)?;
         let mut node = node::Node::new(cfg, key)?;
         if let Some(st) = st {
             node.set_storage(st);
+        }
+        if let Some(m) = mesh {
+            let relay = match &m.role {
+                mesh::Role::Coordinator(c) => relay::RelayBridge::spawn_local(c, listen_port),
+                mesh::Role::Member { client, .. } => {
+                    relay::RelayBridge::spawn(client.as_ref().clone(), listen_port)
+                }
+            };
+            node.set_relay(relay);
+            node.set_mesh(m);
         }
         node.start().await?;
         node.run(rx).await

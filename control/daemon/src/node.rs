@@ -9,19 +9,27 @@
 use crate::api::ApiRequest;
 use crate::config::{NodeConfig, PeerConfig};
 use crate::dataplane::Dataplane;
+use crate::mesh::{self, Mesh, Role};
+use crate::relay::RelayBridge;
 use crate::storage::Storage;
 use anyhow::Result;
 use rand_core::{OsRng, RngCore};
+use std::collections::BTreeMap;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::ExitStatus;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tm_api::{Command, Counters, DataplaneStatus, PeerInfo, Response, Status};
+use tm_coord::wire;
+use tm_dns::MeshDns;
 use tm_noise::handshake::{self as hs, InitiationStep, ResponseStep};
 use tm_noise::keys::{PrivateKey, PublicKey};
 use tm_wire::ipc::{CtlMsg, DpMsg, DropReason, PeerId, PeerStats};
 use tm_wire::wg;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// Give up initiating after this long without success (whitepaper REKEY_ATTEMPT_TIME).
 const REKEY_ATTEMPT: Duration = Duration::from_secs(90);
@@ -32,6 +40,17 @@ const COUNTER_WAIT: Duration = Duration::from_millis(400);
 
 struct Peer {
     cfg: PeerConfig,
+    /// From the netmap (removed when it leaves it) rather than from the config file.
+    dynamic: bool,
+    is_coordinator: bool,
+    /// Endpoints to try while no session exists (the netmap's, observed first).
+    candidates: Vec<SocketAddr>,
+    /// Since when we have been trying to establish a session without success.
+    attempt_since: Option<Instant>,
+    /// Last handshake completed over a direct (non-relay) path: endpoint and time.
+    direct: Option<(SocketAddr, Instant)>,
+    /// Last probe of the direct path while on the relay.
+    last_probe: Option<Instant>,
     noise: hs::Peer,
     endpoint: Option<SocketAddr>,
     last_handshake: Option<SystemTime>,
@@ -67,7 +86,8 @@ pub struct Node {
     cfg: NodeConfig,
     local: hs::Local,
     public: PublicKey,
-    peers: Vec<Peer>,
+    peers: BTreeMap<PeerId, Peer>,
+    next_id: PeerId,
     by_key: HashMap<PublicKey, PeerId>,
     by_index: HashMap<u32, PeerId>,
     dp: Option<Dataplane>,
@@ -82,9 +102,19 @@ pub struct Node {
     load_window: (Instant, u32),
     waiting: Vec<(Instant, ApiRequest)>,
     storage: Option<Storage>,
+    mesh: Option<Mesh>,
+    relay: Option<RelayBridge>,
+    dns: Option<Arc<MeshDns>>,
+    dns_addrs: Vec<SocketAddr>,
+    netmap_version: u64,
+    /// A pending `Leave`: its reply is sent once the coordinator has answered.
+    leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
+    stop: bool,
 }
 
 enum Event {
+    Netmap(wire::Netmap),
+    Left(Result<Result<(), String>, oneshot::error::RecvError>),
     Signal,
     Api(ApiRequest),
     Dp(Result<Vec<DpMsg>>),
@@ -96,35 +126,42 @@ impl Node {
     pub fn new(cfg: NodeConfig, key: PrivateKey) -> Result<Self> {
         let public = key.public_key();
         let local = hs::Local::new(key);
-        let mut peers: Vec<Peer> = Vec::with_capacity(cfg.peers.len());
+        let mut peers = BTreeMap::new();
         for (i, p) in cfg.peers.iter().enumerate() {
             let noise = hs::Peer::new(&local, p.public_key, p.preshared_key)
                 .map_err(|e| anyhow::anyhow!("peers[{i}].public_key: {e}"))?;
-            peers.push(Peer {
-                noise,
-                endpoint: p.endpoint,
-                cfg: p.clone(),
-                last_handshake: None,
-                sessions: 0,
-                want_until: None,
-                last_init_sent: None,
-                next_retry: None,
-                inflight_index: None,
-                installed: VecDeque::new(),
-                stats_base: PeerStats::default(),
-                stats: PeerStats::default(),
-            });
+            peers.insert(
+                i as PeerId,
+                Peer {
+                    noise,
+                    endpoint: p.endpoint,
+                    cfg: p.clone(),
+                    dynamic: false,
+                    is_coordinator: false,
+                    candidates: Vec::new(),
+                    attempt_since: None,
+                    direct: None,
+                    last_probe: None,
+                    last_handshake: None,
+                    sessions: 0,
+                    want_until: None,
+                    last_init_sent: None,
+                    next_retry: None,
+                    inflight_index: None,
+                    installed: VecDeque::new(),
+                    stats_base: PeerStats::default(),
+                    stats: PeerStats::default(),
+                },
+            );
         }
-        let by_key = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.cfg.public_key, i as PeerId))
-            .collect();
+        let by_key = peers.iter().map(|(i, p)| (p.cfg.public_key, *i)).collect();
+        let next_id = peers.len() as PeerId;
         Ok(Node {
             cfg,
             local,
             public,
             peers,
+            next_id,
             by_key,
             by_index: HashMap::new(),
             dp: None,
@@ -139,6 +176,13 @@ impl Node {
             load_window: (Instant::now(), 0),
             waiting: Vec::new(),
             storage: None,
+            mesh: None,
+            relay: None,
+            dns: None,
+            dns_addrs: Vec::new(),
+            netmap_version: 0,
+            leaving: None,
+            stop: false,
         })
     }
 
@@ -147,16 +191,303 @@ impl Node {
         self.storage = Some(s);
     }
 
-    /// Starts the dataplane; an error here means the node cannot run at all.
+    /// Makes this node a mesh member or coordinator (before `start`).
+    pub fn set_mesh(&mut self, m: Mesh) {
+        self.mesh = Some(m);
+    }
+
+    /// The relay used for peers that UDP cannot reach.
+    pub fn set_relay(&mut self, r: RelayBridge) {
+        self.relay = Some(r);
+    }
+
+    fn is_relay(&self, a: Option<SocketAddr>) -> bool {
+        match (a, &self.relay) {
+            (Some(a), Some(r)) => r.is_relay_addr(&a).is_some(),
+            _ => false,
+        }
+    }
+
+    fn relay_after(&self) -> Duration {
+        self.rekey_timeout() * 2 + Duration::from_secs(1)
+    }
+
+    fn probe_every(&self) -> Duration {
+        self.rekey_timeout() * 4
+    }
+
+    /// Path decisions, once per timer tick: a peer that found no session over UDP for
+    /// `relay_after` goes through the relay; a relayed peer probes its direct endpoints every
+    /// `probe_every` (a handshake answered directly moves it back).
+    fn paths(&mut self, now: Instant) {
+        let (after, every) = (self.relay_after(), self.probe_every());
+        let Some(relay) = self.relay.as_ref() else {
+            return;
+        };
+        if !relay.connected() {
+            return;
+        }
+        let mut to_relay = Vec::new();
+        let mut probe = Vec::new();
+        for (id, p) in &self.peers {
+            if !p.dynamic {
+                continue;
+            }
+            let on_relay = p
+                .endpoint
+                .is_some_and(|e| relay.is_relay_addr(&e).is_some());
+            if on_relay {
+                if !p.candidates.is_empty()
+                    && p.last_probe.is_none_or(|t| now.duration_since(t) >= every)
+                {
+                    probe.push(*id);
+                }
+            } else if p
+                .attempt_since
+                .is_some_and(|t| now.duration_since(t) >= after)
+            {
+                to_relay.push(*id);
+            }
+        }
+        for id in to_relay {
+            let relay = self.relay.as_ref().expect("checked above");
+            let p = self.peers.get_mut(&id).expect("listed above");
+            let ep = match relay.endpoint_for(p.cfg.public_key) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(peer = %p.cfg.name, "relay endpoint: {e}");
+                    continue;
+                }
+            };
+            tracing::info!(peer = %p.cfg.name, via = %ep, "no UDP path; using the relay");
+            p.endpoint = Some(ep);
+            p.attempt_since = Some(now);
+            p.last_probe = Some(now);
+            p.want_until = Some(now + REKEY_ATTEMPT);
+            self.send(CtlMsg::SetEndpoint {
+                peer: id,
+                endpoint: ep,
+            });
+            self.initiate(id, now);
+        }
+        for id in probe {
+            let p = self.peers.get_mut(&id).expect("listed above");
+            p.last_probe = Some(now);
+            tracing::debug!(peer = %p.cfg.name, "probing the direct path");
+            self.initiate_to(id, now, true);
+        }
+    }
+
+    /// Starts the dataplane, then the services bound to the mesh address (S3, DNS, the
+    /// coordinator API); an error here means the node cannot run at all.
     pub async fn start(&mut self) -> Result<()> {
         let dp = Dataplane::spawn(&self.cfg).await?;
         tracing::info!(pid = dp.pid, interface = %self.cfg.interface, "dataplane ready");
         self.dp = Some(dp);
         self.sync_dataplane(false);
+        let mesh_ip = self.cfg.address().addr;
         if let Some(s) = &self.storage {
-            s.serve().await?;
+            let token = match self.mesh.as_ref().map(|m| &m.role) {
+                Some(Role::Coordinator(c)) => Some(c.token()),
+                _ => None,
+            };
+            s.serve(mesh_ip, token).await?;
+            if let Some(n) = &self.cfg.nfs {
+                let addr = n.listen.unwrap_or_else(|| SocketAddr::new(mesh_ip, 2049));
+                let cidrs: Vec<String> = match &self.mesh {
+                    Some(m) => vec![m.cidr.to_string()],
+                    None => vec![self.cfg.address().network().to_string()],
+                };
+                s.serve_nfs(addr, &cidrs).await?;
+            }
+        }
+        if let (Some(d), Some(_)) = (&self.cfg.dns, &self.mesh) {
+            let dns = Arc::new(MeshDns::new(&tm_dns::Zone::new(d.domain.clone()))?);
+            let mut addrs = vec![d.listen];
+            let on_mesh = SocketAddr::new(mesh_ip, 53);
+            if !addrs.contains(&on_mesh) {
+                addrs.push(on_mesh);
+            }
+            let server = tm_dns::DnsServer::bind(dns.clone(), &addrs)
+                .await
+                .map_err(|e| anyhow::anyhow!("dns.listen: {e}"))?;
+            self.dns_addrs = server.local_addrs().to_vec();
+            tracing::info!(addrs = ?self.dns_addrs, "mesh DNS serving");
+            tokio::spawn(async move {
+                if let Err(e) = server.run(std::future::pending()).await {
+                    tracing::error!("mesh DNS stopped: {e}");
+                }
+            });
+            self.dns = Some(dns);
         }
         Ok(())
+    }
+
+    /// Turns a netmap into peers: adds newcomers (and handshakes with them at once, which
+    /// opens NAT mappings on both sides), removes departed ones, refreshes endpoints, DNS and,
+    /// on a coordinator, the S3 credentials of every node.
+    fn apply_netmap(&mut self, nm: wire::Netmap) {
+        let now = Instant::now();
+        let Some(mesh) = self.mesh.as_mut() else {
+            return;
+        };
+        self.netmap_version = nm.version;
+        let (host_ip, is_coord) = match &mesh.role {
+            Role::Member { host_ip, .. } => (*host_ip, false),
+            Role::Coordinator(_) => (None, true),
+        };
+        if let Some(saved) = mesh.saved.as_mut() {
+            // Small and rare: saved in place, so a leave can never be overtaken by it.
+            saved.netmap = Some(nm.clone());
+            if let Err(e) = saved.save(&self.cfg.data_dir) {
+                tracing::warn!("saving the netmap: {e:#}");
+            }
+        }
+        let cidr = mesh.cidr;
+        let mut wanted: HashMap<PublicKey, &wire::NetmapPeer> = HashMap::new();
+        for p in &nm.peers {
+            if p.public_key != self.public {
+                wanted.insert(p.public_key, p);
+            }
+        }
+        // Departed (or changed identity/address): remove.
+        let gone: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.dynamic)
+            .filter(|(_, p)| match wanted.get(&p.cfg.public_key) {
+                None => true,
+                Some(w) => {
+                    w.name != p.cfg.name
+                        || p.cfg.allowed_ips.first().map(|c| c.addr) != Some(w.mesh_ip.into())
+                }
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for id in gone {
+            self.remove_peer(id);
+        }
+        for (key, w) in wanted {
+            let mut cands: Vec<SocketAddr> = Vec::new();
+            if w.is_coordinator {
+                // The address we reached its API at, with its WireGuard port.
+                if let (Some(ip), Some(e)) = (host_ip, w.endpoints.first()) {
+                    cands.push(SocketAddr::new(ip, e.port()));
+                }
+            }
+            for e in &w.endpoints {
+                let bad = e.ip().is_loopback()
+                    || e.ip().is_unspecified()
+                    || e.port() == 0
+                    || cidr.contains(e.ip());
+                if !bad && !cands.contains(e) {
+                    cands.push(*e);
+                }
+            }
+            if let Some(&id) = self.by_key.get(&key) {
+                let p = self.peers.get_mut(&id).expect("by_key points at peers");
+                if !p.dynamic {
+                    continue;
+                }
+                let changed = p.candidates != cands;
+                p.candidates = cands;
+                p.is_coordinator = w.is_coordinator;
+                let stale = p
+                    .last_handshake
+                    .is_none_or(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(180));
+                if changed && stale {
+                    p.want_until = Some(now + REKEY_ATTEMPT);
+                    self.initiate(id, now);
+                }
+                continue;
+            }
+            let Ok(noise) = hs::Peer::new(&self.local, key, None) else {
+                tracing::warn!(peer = %w.name, "netmap peer with an unusable key ignored");
+                continue;
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            let cfg = PeerConfig {
+                name: w.name.clone(),
+                public_key: key,
+                endpoint: None,
+                allowed_ips: vec![crate::config::Cidr {
+                    addr: w.mesh_ip.into(),
+                    len: 32,
+                }],
+                preshared_key: None,
+                persistent_keepalive: mesh::MESH_KEEPALIVE_SECS,
+            };
+            tracing::info!(peer = %w.name, mesh_ip = %w.mesh_ip, endpoints = ?cands, "mesh peer added");
+            self.send(CtlMsg::AddPeer {
+                peer: id,
+                public_key: *key.as_bytes(),
+                allowed_ips: cfg.allowed_ips.iter().map(|c| c.prefix()).collect(),
+                endpoint: None,
+                persistent_keepalive: cfg.persistent_keepalive,
+            });
+            self.peers.insert(
+                id,
+                Peer {
+                    cfg,
+                    dynamic: true,
+                    is_coordinator: w.is_coordinator,
+                    candidates: cands,
+                    attempt_since: Some(now),
+                    direct: None,
+                    last_probe: None,
+                    noise,
+                    endpoint: None,
+                    last_handshake: None,
+                    sessions: 0,
+                    want_until: Some(now + REKEY_ATTEMPT),
+                    last_init_sent: None,
+                    next_retry: None,
+                    inflight_index: None,
+                    installed: VecDeque::new(),
+                    stats_base: PeerStats::default(),
+                    stats: PeerStats::default(),
+                },
+            );
+            self.by_key.insert(key, id);
+            self.initiate(id, now);
+        }
+        if let Some(dns) = &self.dns {
+            if let Err(e) = dns.update(&mesh::zone_of(&nm)) {
+                tracing::warn!("mesh DNS update: {e}");
+            }
+        }
+        if is_coord {
+            if let (Some(st), Some(Role::Coordinator(c))) =
+                (self.storage.clone(), self.mesh.as_ref().map(|m| &m.role))
+            {
+                let creds = c.s3_credentials();
+                tokio::task::spawn_blocking(move || st.install_credentials(&creds));
+            }
+        }
+    }
+
+    /// On a coordinator: an authenticated packet from `key` came from `from` — publish it as
+    /// that node's observed (NAT-mapped) endpoint.
+    fn observe(&self, key: &PublicKey, from: SocketAddr) {
+        if let Some(Role::Coordinator(c)) = self.mesh.as_ref().map(|m| &m.role) {
+            if !from.ip().to_canonical().is_loopback() {
+                c.observe_endpoint(key, from);
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, id: PeerId) {
+        let Some(p) = self.peers.remove(&id) else {
+            return;
+        };
+        tracing::info!(peer = %p.cfg.name, "mesh peer removed");
+        self.by_key.remove(&p.cfg.public_key);
+        if let Some(r) = &self.relay {
+            r.remove(&p.cfg.public_key);
+        }
+        self.by_index.retain(|_, v| *v != id);
+        self.send(CtlMsg::RemovePeer { peer: id });
     }
 
     /// Sends timers and every peer to a fresh dataplane; optionally re-handshakes known endpoints.
@@ -164,9 +495,9 @@ impl Node {
         let now = Instant::now();
         let Some(dp) = self.dp.as_mut() else { return };
         dp.send(&CtlMsg::SetTimers(self.cfg.timers));
-        for (i, p) in self.peers.iter().enumerate() {
+        for (i, p) in &self.peers {
             dp.send(&CtlMsg::AddPeer {
-                peer: i as PeerId,
+                peer: *i,
                 public_key: *p.cfg.public_key.as_bytes(),
                 allowed_ips: p.cfg.allowed_ips.iter().map(|c| c.prefix()).collect(),
                 endpoint: p.endpoint,
@@ -174,11 +505,17 @@ impl Node {
             });
         }
         if rehandshake {
-            for i in 0..self.peers.len() {
-                if self.peers[i].endpoint.is_some() {
-                    self.peers[i].want_until = Some(now + REKEY_ATTEMPT);
-                    self.initiate(i as PeerId, now);
+            let ids: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.endpoint.is_some() || !p.candidates.is_empty())
+                .map(|(i, _)| *i)
+                .collect();
+            for i in ids {
+                if let Some(p) = self.peers.get_mut(&i) {
+                    p.want_until = Some(now + REKEY_ATTEMPT);
                 }
+                self.initiate(i, now);
             }
         }
     }
@@ -189,12 +526,19 @@ impl Node {
         let mut int = signal(SignalKind::interrupt())?;
         loop {
             let deadline = self.next_deadline();
+            if self.stop {
+                break;
+            }
             let ev = {
                 let (rx, child) = match self.dp.as_mut() {
                     Some(d) => (Some(&mut d.rx), Some(&mut d.child)),
                     None => (None, None),
                 };
+                let netmaps = self.mesh.as_mut().map(|m| &mut m.netmaps);
+                let leaving = self.leaving.as_mut().map(|l| &mut l.0);
                 tokio::select! {
+                    Some(nm) = async { match netmaps { Some(n) => n.recv().await, None => std::future::pending().await } } => Event::Netmap(nm),
+                    r = async { match leaving { Some(l) => l.await, None => std::future::pending().await } } => Event::Left(r),
                     _ = term.recv() => Event::Signal,
                     _ = int.recv() => Event::Signal,
                     Some(r) = api.recv() => Event::Api(r),
@@ -205,6 +549,24 @@ impl Node {
             };
             match ev {
                 Event::Signal => break,
+                Event::Netmap(nm) => self.apply_netmap(nm),
+                Event::Left(r) => {
+                    let (_, req) = self.leaving.take().expect("a leave was pending");
+                    let r = r.unwrap_or_else(|_| Err("leave task failed".into()));
+                    match r {
+                        Ok(()) => {
+                            if let Some(m) = self.mesh.as_mut() {
+                                m.saved = None;
+                            }
+                            mesh::JoinState::remove(&self.cfg.data_dir);
+                            let _ = req.reply.send(Response::ok(&"left"));
+                            self.stop = true;
+                        }
+                        Err(e) => {
+                            let _ = req.reply.send(Response::err(format!("leave: {e}")));
+                        }
+                    }
+                }
                 Event::Api(r) => self.handle_api(r),
                 Event::Dp(Ok(msgs)) => {
                     let mut counters = false;
@@ -239,7 +601,7 @@ impl Node {
             }
         };
         at(self.restart_at);
-        for p in &self.peers {
+        for p in self.peers.values() {
             at(p.next_retry);
         }
         for (t, _) in &self.waiting {
@@ -275,20 +637,28 @@ impl Node {
             }
         }
         let now = Instant::now();
-        for i in 0..self.peers.len() {
-            let p = &mut self.peers[i];
-            if p.next_retry.is_some_and(|t| t <= now) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_retry.is_some_and(|t| t <= now))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in due {
+            let p = self.peers.get_mut(&i).expect("listed above");
+            {
                 p.next_retry = None;
                 if p.want_until.is_some_and(|t| t > now) {
-                    self.initiate(i as PeerId, now);
+                    self.initiate(i, now);
                 } else {
                     p.want_until = None;
+                    p.attempt_since = None;
                     if let Some(idx) = p.inflight_index.take() {
                         self.by_index.remove(&idx);
                     }
                 }
             }
         }
+        self.paths(Instant::now());
         self.answer_waiting(false);
     }
 
@@ -299,7 +669,7 @@ impl Node {
         self.restarts += 1;
         self.base.add(&self.latest);
         self.latest = DpCounters::default();
-        for p in &mut self.peers {
+        for p in self.peers.values_mut() {
             add_stats(&mut p.stats_base, &p.stats);
             p.stats = PeerStats::default();
             p.installed.clear();
@@ -327,18 +697,43 @@ impl Node {
 
     /// Sends a handshake initiation to the peer's endpoint and schedules a retry.
     fn initiate(&mut self, id: PeerId, now: Instant) {
-        let pi = id as usize;
-        let Some(to) = self.peers[pi].endpoint else {
-            // Nothing to do until the peer reaches us (its initiation sets the endpoint).
-            self.peers[pi].next_retry = Some(now + self.rekey_timeout());
+        self.initiate_to(id, now, false);
+    }
+
+    /// `direct_only`: to the direct candidates only (a probe while on the relay).
+    fn initiate_to(&mut self, id: PeerId, now: Instant, direct_only: bool) {
+        let rekey_timeout = self.rekey_timeout();
+        let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        if let Some(old) = self.peers[pi].inflight_index.take() {
+        if p.want_until.is_some() && p.attempt_since.is_none() && !direct_only {
+            p.attempt_since = Some(now);
+        }
+        // The known endpoint, plus every candidate while no session exists (hole punching:
+        // both sides initiate towards every address they know; the responder rejects the
+        // duplicates as replays of the same timestamp).
+        let mut targets: Vec<SocketAddr> = if direct_only {
+            Vec::new()
+        } else {
+            p.endpoint.into_iter().collect()
+        };
+        if direct_only || p.last_handshake.is_none() || p.want_until.is_some() {
+            for c in &p.candidates {
+                if !targets.contains(c) && targets.len() < 8 {
+                    targets.push(*c);
+                }
+            }
+        }
+        if targets.is_empty() {
+            // Nothing to do until the peer reaches us (its initiation sets the endpoint).
+            p.next_retry = Some(now + rekey_timeout);
+            return;
+        }
+        if let Some(old) = p.inflight_index.take() {
             self.by_index.remove(&old);
         }
         let idx = self.alloc_index(id);
-        let rekey_timeout = self.rekey_timeout();
-        let p = &mut self.peers[pi];
+        let p = self.peers.get_mut(&id).expect("checked above");
         let msg = self
             .local
             .initiate(now, SystemTime::now(), &mut p.noise, idx, &mut OsRng);
@@ -346,11 +741,13 @@ impl Node {
         p.last_init_sent = Some(now);
         let jitter = Duration::from_millis(u64::from(OsRng.next_u32() % 334));
         p.next_retry = Some(now + rekey_timeout + jitter);
-        tracing::debug!(peer = %p.cfg.name, %to, "handshake initiation");
-        self.send(CtlMsg::SendDatagram {
-            to,
-            data: msg.to_vec(),
-        });
+        tracing::debug!(peer = %p.cfg.name, ?targets, "handshake initiation");
+        for to in targets {
+            self.send(CtlMsg::SendDatagram {
+                to,
+                data: msg.to_vec(),
+            });
+        }
     }
 
     fn rekey_timeout(&self) -> Duration {
@@ -374,10 +771,12 @@ impl Node {
         let now = Instant::now();
         match m {
             DpMsg::Ready { .. } => {}
-            DpMsg::HandshakeDatagram { from, data } => self.handle_handshake(now, from, &data),
+            DpMsg::HandshakeDatagram { from, data } => {
+                self.handle_handshake(now, canonical(from), &data)
+            }
             DpMsg::NeedHandshake { peer } => {
                 let rekey_timeout = self.rekey_timeout();
-                let Some(p) = self.peers.get_mut(peer as usize) else {
+                let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
                 p.want_until = Some(now + REKEY_ATTEMPT);
@@ -389,9 +788,23 @@ impl Node {
                 }
             }
             DpMsg::EndpointChanged { peer, endpoint } => {
-                if let Some(p) = self.peers.get_mut(peer as usize) {
+                let endpoint = canonical(endpoint);
+                let to_relay = self.is_relay(Some(endpoint));
+                let grace = self.probe_every() * 2;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    // Prefer a direct path that answered recently over stray relayed packets
+                    // still in flight from before the peer switched.
+                    if let (true, Some((d, at))) = (to_relay, p.direct) {
+                        if now.duration_since(at) < grace {
+                            tracing::debug!(peer = %p.cfg.name, "ignoring roam to the relay");
+                            self.send(CtlMsg::SetEndpoint { peer, endpoint: d });
+                            return;
+                        }
+                    }
                     tracing::info!(peer = %p.cfg.name, %endpoint, "peer roamed");
                     p.endpoint = Some(endpoint);
+                    let key = p.cfg.public_key;
+                    self.observe(&key, endpoint);
                 }
             }
             DpMsg::SessionExpired { local_index, .. } => {
@@ -399,7 +812,7 @@ impl Node {
             }
             DpMsg::SessionConfirmed { .. } => {}
             DpMsg::PeerCounters { peer, stats } => {
-                if let Some(p) = self.peers.get_mut(peer as usize) {
+                if let Some(p) = self.peers.get_mut(&peer) {
                     p.stats = stats;
                 }
             }
@@ -458,7 +871,7 @@ impl Node {
             .get(&pending.remote_static())
             .ok_or("initiation from an unknown key")?;
         let idx = self.alloc_index(id);
-        let p = &mut self.peers[id as usize];
+        let p = self.peers.get_mut(&id).expect("indexed peers exist");
         let (resp, keys) = match self
             .local
             .respond(now, pending, &mut p.noise, idx, &mut OsRng)
@@ -489,7 +902,7 @@ impl Node {
             .by_index
             .get(&idx)
             .ok_or("response to an unknown index")?;
-        let p = &mut self.peers[id as usize];
+        let p = self.peers.get_mut(&id).expect("indexed peers exist");
         if p.inflight_index != Some(idx) {
             return Err("response to a handshake not in flight".into());
         }
@@ -521,7 +934,7 @@ impl Node {
             .by_index
             .get(&idx)
             .ok_or("cookie reply for an unknown index")?;
-        let p = &mut self.peers[id as usize];
+        let p = self.peers.get_mut(&id).expect("indexed peers exist");
         self.local
             .handle_cookie_reply(now, data, &mut p.noise)
             .map_err(|e| e.to_string())
@@ -530,7 +943,7 @@ impl Node {
     /// A handshake completed (either role): install the keys and remember the endpoint.
     fn established(&mut self, id: PeerId, from: SocketAddr, keys: &hs::SessionKeys) {
         self.handshakes += 1;
-        let p = &mut self.peers[id as usize];
+        let p = self.peers.get_mut(&id).expect("indexed peers exist");
         p.sessions += 1;
         p.last_handshake = Some(SystemTime::now());
         p.installed.push_back(keys.local_index);
@@ -540,10 +953,21 @@ impl Node {
         }
         let roam = p.endpoint != Some(from);
         p.endpoint = Some(from);
+        p.attempt_since = None;
+        let key = p.cfg.public_key;
+        let relayed = self
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.is_relay_addr(&from).is_some());
+        let p = self.peers.get_mut(&id).expect("indexed peers exist");
+        if !relayed {
+            p.direct = Some((from, Instant::now()));
+        }
         tracing::info!(peer = %p.cfg.name, endpoint = %from, initiator = keys.initiator, "session established");
         for i in freed {
             self.by_index.remove(&i);
         }
+        self.observe(&key, from);
         if roam {
             self.send(CtlMsg::SetEndpoint {
                 peer: id,
@@ -571,11 +995,22 @@ impl Node {
                     });
                 }
                 None => {
-                    let _ = r.reply.send(Response::err(
-                        "this node has no object store (add an `s3:` section to its config)",
-                    ));
+                    // A member uses the coordinator's store with the keys issued at join.
+                    let saved = self.mesh.as_ref().and_then(|m| m.saved.as_ref());
+                    let resp = match (&r.command, saved) {
+                        (Command::S3Credentials, Some(j)) => Response::ok(&tm_api::S3Credentials {
+                            access_key: j.s3_access_key.clone(),
+                            secret_key: j.s3_secret.clone(),
+                            endpoint: "http://coordinator.mesh:8080/s3".into(),
+                        }),
+                        _ => Response::err(
+                            "this node has no object store (add an `s3:` section to its config)",
+                        ),
+                    };
+                    let _ = r.reply.send(resp);
                 }
             },
+            Command::Leave => self.leave(r),
             Command::Status | Command::Peers if self.dp.is_some() => {
                 // Answer once fresh counters arrive (or after a short wait).
                 self.send(CtlMsg::RequestCounters);
@@ -586,6 +1021,31 @@ impl Node {
                 let _ = r.reply.send(resp);
             }
         }
+    }
+
+    fn leave(&mut self, r: ApiRequest) {
+        let client = match self.mesh.as_ref().map(|m| &m.role) {
+            Some(Role::Member { client, .. }) => client.clone(),
+            Some(Role::Coordinator(_)) => {
+                let _ = r.reply.send(Response::err(
+                    "a coordinator cannot leave its own mesh (stop it instead)",
+                ));
+                return;
+            }
+            None => {
+                let _ = r.reply.send(Response::err("this node is not in a mesh"));
+                return;
+            }
+        };
+        if self.leaving.is_some() {
+            let _ = r.reply.send(Response::err("already leaving"));
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(client.leave().await.map_err(|e| e.to_string()));
+        });
+        self.leaving = Some((rx, r));
     }
 
     fn answer_waiting(&mut self, all: bool) {
@@ -606,18 +1066,23 @@ impl Node {
         match c {
             Command::Status => Response::ok(&self.status()),
             Command::Peers => Response::ok(&self.peer_infos()),
+            Command::Token => match self.mesh.as_ref().map(|m| &m.role) {
+                Some(Role::Coordinator(c)) => Response::ok(&c.token()),
+                _ => Response::err("this node is not a coordinator (run `tmctl token` on one)"),
+            },
             #[allow(unreachable_patterns)]
             _ => Response::err("this node does not support that command"),
         }
     }
 
     fn status(&self) -> Status {
+        let relay = self.relay.as_ref().map(|r| r.stats()).unwrap_or_default();
         let mut c = self.base;
         c.add(&self.latest);
         Status {
             name: self.cfg.name.clone(),
             public_key: self.public.to_string(),
-            address: self.cfg.address.to_string(),
+            address: self.cfg.address().to_string(),
             interface: self.cfg.interface.clone(),
             listen_port: self.cfg.listen_port,
             dataplane: DataplaneStatus {
@@ -638,13 +1103,34 @@ impl Node {
                 cookie_replies_sent: self.cookies_sent,
             },
             peers: self.peers.len(),
+            mesh: self.mesh.as_ref().map(|m| tm_api::MeshStatus {
+                role: if m.is_coordinator() {
+                    "coordinator".into()
+                } else {
+                    "member".into()
+                },
+                coordinator: match &m.role {
+                    Role::Member { addr, .. } => Some(addr.clone()),
+                    Role::Coordinator(_) => None,
+                },
+                netmap_version: self.netmap_version,
+                coordinator_reachable: m.reachable.load(Ordering::Relaxed),
+                mesh_cidr: m.cidr.to_string(),
+                dns: self.dns_addrs.iter().map(|a| a.to_string()).collect(),
+                relay_connected: self.relay.as_ref().is_some_and(|r| r.connected()),
+                relay_sent: relay.to_relay_frames,
+                relay_received: relay.from_relay_frames,
+                relay_dropped: relay.dropped_disconnected
+                    + relay.dropped_full
+                    + relay.dropped_other,
+            }),
         }
     }
 
     fn peer_infos(&self) -> Vec<PeerInfo> {
         let now = SystemTime::now();
         self.peers
-            .iter()
+            .values()
             .map(|p| {
                 let mut s = p.stats_base;
                 add_stats(&mut s, &p.stats);
@@ -658,7 +1144,11 @@ impl Node {
                     mesh_ip: p.cfg.allowed_ips.first().map(|c| c.addr.to_string()),
                     allowed_ips: p.cfg.allowed_ips.iter().map(|c| c.to_string()).collect(),
                     endpoint: p.endpoint.map(|e| e.to_string()),
-                    path: "direct".into(),
+                    path: if self.is_relay(p.endpoint) {
+                        "relay".into()
+                    } else {
+                        "direct".into()
+                    },
                     last_handshake_unix: hs,
                     last_handshake_ago_secs: p
                         .last_handshake
@@ -673,6 +1163,11 @@ impl Node {
             })
             .collect()
     }
+}
+
+/// IPv4-mapped IPv6 (as a dual-stack socket reports IPv4 senders) as plain IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 fn add_stats(a: &mut PeerStats, b: &PeerStats) {

@@ -22,7 +22,6 @@
 //! again or leaves. The TLS variant reconnects by itself (jittered backoff, at most 10 s).
 //! Dropping the bridge stops its tasks and closes its sockets.
 // The node loop wires the bridge in; until then parts of it are unused in the binary.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -381,6 +380,7 @@ impl RelayBridge {
     }
 
     /// Peers with a loopback relay endpoint.
+    #[cfg(test)]
     pub fn peers(&self) -> Vec<PublicKey> {
         self.inner.peers().by_key.keys().copied().collect()
     }

@@ -61,7 +61,10 @@ impl Storage {
         let creds = S3Credentials {
             access_key: saved.access_key,
             secret_key: saved.secret_key,
-            endpoint: format!("http://{}/s3", settings.listen),
+            endpoint: match settings.listen {
+                Some(l) => format!("http://{l}/s3"),
+                None => "http://coordinator.mesh:8080/s3".into(),
+            },
         };
         Ok(Storage {
             store,
@@ -70,15 +73,20 @@ impl Storage {
         })
     }
 
-    /// Binds the S3 listener and serves it in the background.
-    pub async fn serve(&self) -> Result<()> {
-        let l = tokio::net::TcpListener::bind(self.settings.listen)
+    /// Binds the S3 listener (default `<mesh IP>:8080`) and serves it in the background.
+    /// `mesh_token` (a coordinator's join token) is accepted as `Authorization: Bearer`.
+    pub async fn serve(&self, mesh_ip: std::net::IpAddr, mesh_token: Option<String>) -> Result<()> {
+        let listen = self
+            .settings
+            .listen
+            .unwrap_or_else(|| std::net::SocketAddr::new(mesh_ip, 8080));
+        let l = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("s3.listen: cannot bind {}", self.settings.listen))?;
+            .with_context(|| format!("s3.listen: cannot bind {listen}"))?;
         let cfg = tm_s3::S3Config {
-            listen: self.settings.listen,
+            listen,
             max_body: 5 << 30,
-            mesh_token: None,
+            mesh_token,
         };
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -86,8 +94,22 @@ impl Storage {
                 tracing::error!("S3 server stopped: {e}");
             }
         });
-        tracing::info!(listen = %self.settings.listen, "S3 endpoint at {}", self.creds.endpoint);
+        tracing::info!(%listen, "S3 endpoint at http://{listen}/s3");
         Ok(())
+    }
+
+    /// Installs the S3 credentials the coordinator issued at registration, `(name, access
+    /// key, secret)`, each acting as that node (blocking: call from `spawn_blocking`).
+    pub fn install_credentials(&self, creds: &[(String, String, String)]) {
+        for (name, ak, sk) in creds {
+            match self.store.credential(ak) {
+                Ok(Some((s, p))) if &s == sk && &p == name => continue,
+                _ => {}
+            }
+            if let Err(e) = self.store.put_credential(ak, sk, name) {
+                tracing::warn!(node = %name, "installing S3 credentials: {e}");
+            }
+        }
     }
 
     /// Binds the NFSv3 server (mount protocol on the same port) on `addr` (default
@@ -104,9 +126,10 @@ impl Storage {
             .map(|c| c.parse::<tm_nfs::Cidr>())
             .collect::<Result<Vec<_>, _>>()
             .context("nfs: mesh CIDR")?;
-        let server = tm_nfs::NfsServer::bind(self.store.clone(), tm_nfs::NfsConfig::new(addr, allow))
-            .await
-            .with_context(|| format!("nfs.listen: cannot serve NFS on {addr}"))?;
+        let server =
+            tm_nfs::NfsServer::bind(self.store.clone(), tm_nfs::NfsConfig::new(addr, allow))
+                .await
+                .with_context(|| format!("nfs.listen: cannot serve NFS on {addr}"))?;
         let local = server.local_addr()?;
         tokio::spawn(async move {
             if let Err(e) = server.serve(std::future::pending()).await {
@@ -151,7 +174,11 @@ impl Storage {
                     name,
                     quota_bytes,
                     read_only,
-                } => Response::ok(&share_info(&s.create_share(name, *quota_bytes, *read_only)?)),
+                } => Response::ok(&share_info(&s.create_share(
+                    name,
+                    *quota_bytes,
+                    *read_only,
+                )?)),
                 Command::ShareDelete { name } => {
                     s.delete_share(name)?;
                     Response::ok(&())

@@ -12,8 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 use tm_api::{
-    BucketInfo, Command, PeerInfo, Request, Response, S3Credentials, ShareInfo, Status,
-    API_VERSION,
+    BucketInfo, Command, PeerInfo, Request, Response, S3Credentials, ShareInfo, Status, API_VERSION,
 };
 
 /// Default data directory of a node (also the default place of its control socket).
@@ -59,6 +58,10 @@ pub enum OperatorCommand {
     /// NFS file shares (`/shares/<name>`) backed by the object store.
     #[command(subcommand)]
     Share(ShareCommand),
+    /// On a coordinator: print the join token again.
+    Token,
+    /// Leave the mesh: deregister this node, forget its identity and stop it.
+    Leave,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -174,6 +177,14 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                 let peers: Vec<PeerInfo> = serde_json::from_value(v)?;
                 write_peers(&mut out, &peers)?;
             }
+        }
+        OperatorCommand::Token => {
+            let v = call(target, Command::Token)?;
+            writeln!(out, "{}", v.as_str().unwrap_or_default())?;
+        }
+        OperatorCommand::Leave => {
+            call(target, Command::Leave)?;
+            writeln!(out, "left the mesh; the node is stopping")?;
         }
         OperatorCommand::Bucket(b) => match b {
             BucketCommand::Create { name } => {
@@ -339,6 +350,28 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
         dp.restarts
     )?;
     writeln!(out, "peers:       {}", s.peers)?;
+    if let Some(m) = &s.mesh {
+        let via = m
+            .coordinator
+            .as_deref()
+            .map_or_else(String::new, |c| format!(" of {c}"));
+        let reach = if m.coordinator_reachable {
+            "reachable"
+        } else {
+            "unreachable"
+        };
+        writeln!(
+            out,
+            "mesh:        {}{via} ({reach}), {}, netmap v{}, relay {}",
+            m.role,
+            m.mesh_cidr,
+            m.netmap_version,
+            if m.relay_connected { "up" } else { "down" }
+        )?;
+        if !m.dns.is_empty() {
+            writeln!(out, "dns:         {}", m.dns.join(", "))?;
+        }
+    }
     let c = &s.counters;
     writeln!(
         out,

@@ -1,0 +1,420 @@
+//! Mesh membership: the coordinator role (tm-coord server embedded in this node) and the
+//! member role (a node that joined with a token), the netmap feed both turn into peers, the
+//! persisted join state, and the coordinator's state store in the object store.
+//!
+//! What it never does: decide about tunnels. It produces [`wire::Netmap`]s on a channel; the
+//! node loop (`node.rs`) diffs them against its peers.
+
+use crate::config::{Cidr, NodeConfig};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tm_coord::{wire, Coordinator, JoinClient, JoinToken, NodeIdentity, StateStore};
+use tm_noise::keys::PrivateKey;
+use tokio::sync::mpsc;
+
+/// File (0600) in `data_dir` that remembers how this node joined.
+pub const JOIN_STATE_FILE: &str = "mesh.json";
+/// Object key of the coordinator state inside the system bucket.
+pub const STATE_OBJECT: &str = "coordinator/state.json";
+/// Keepalive interval for mesh peers (keeps NAT mappings open).
+pub const MESH_KEEPALIVE_SECS: u16 = 25;
+
+/// What a member persists after registering.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinState {
+    pub coordinator: String,
+    pub token: String,
+    pub name: String,
+    pub public_key: String,
+    pub mesh_ip: Ipv4Addr,
+    pub mesh_cidr: String,
+    pub identity: NodeIdentity,
+    pub s3_access_key: String,
+    pub s3_secret: String,
+    /// The last netmap seen, so a restart while the coordinator is down keeps the mesh.
+    #[serde(default)]
+    pub netmap: Option<wire::Netmap>,
+}
+
+impl JoinState {
+    pub fn load(data_dir: &Path) -> Result<Option<Self>> {
+        let p = data_dir.join(JOIN_STATE_FILE);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!("{} is damaged (delete it to join again)", p.display())
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<()> {
+        let p = data_dir.join(JOIN_STATE_FILE);
+        let bytes = serde_json::to_vec_pretty(self).expect("join state serializes");
+        tm_coord::FileStore::new(p.clone())
+            .save(&bytes)
+            .with_context(|| format!("writing {}", p.display()))
+    }
+
+    pub fn remove(data_dir: &Path) {
+        let _ = std::fs::remove_file(data_dir.join(JOIN_STATE_FILE));
+    }
+}
+
+/// This node's role in a mesh.
+pub enum Role {
+    Coordinator(Coordinator),
+    Member {
+        client: Arc<JoinClient>,
+        addr: String,
+        /// The IP the coordinator API was reached at (a good WireGuard endpoint guess).
+        host_ip: Option<IpAddr>,
+    },
+}
+
+/// A running mesh membership, handed to the node loop.
+pub struct Mesh {
+    pub role: Role,
+    pub cidr: Cidr,
+    pub netmaps: mpsc::Receiver<wire::Netmap>,
+    pub reachable: Arc<AtomicBool>,
+    /// For members: the saved join state (netmap updates are written back).
+    pub saved: Option<JoinState>,
+}
+
+impl Mesh {
+    pub fn is_coordinator(&self) -> bool {
+        matches!(self.role, Role::Coordinator(_))
+    }
+}
+
+/// The coordinator's state snapshot as an object in `_tunnelmesh` (falls back to the file a
+/// storage-less coordinator used before, so enabling storage keeps the mesh).
+pub struct ObjectStateStore {
+    pub store: tm_storage::Store,
+    pub legacy: PathBuf,
+}
+
+impl StateStore for ObjectStateStore {
+    fn load(&self) -> Result<Option<Vec<u8>>, tm_coord::Error> {
+        let e = |m: String| tm_coord::Error::State(m);
+        match self
+            .store
+            .open_object(tm_storage::SYSTEM_BUCKET, STATE_OBJECT)
+        {
+            Ok(r) => {
+                let mut buf = vec![0u8; r.size() as usize];
+                let mut off = 0;
+                while off < buf.len() {
+                    let n = r
+                        .read_at(off as u64, &mut buf[off..])
+                        .map_err(|x| e(format!("reading {STATE_OBJECT}: {x}")))?;
+                    if n == 0 {
+                        return Err(e(format!("{STATE_OBJECT}: short read")));
+                    }
+                    off += n;
+                }
+                Ok(Some(buf))
+            }
+            Err(tm_storage::StorageError::NoSuchKey) => {
+                tm_coord::FileStore::new(self.legacy.clone()).load()
+            }
+            Err(x) => Err(e(format!("reading {STATE_OBJECT}: {x}"))),
+        }
+    }
+
+    fn save(&self, bytes: &[u8]) -> Result<(), tm_coord::Error> {
+        let e = |m: String| tm_coord::Error::State(m);
+        let meta = tm_storage::ObjectMeta {
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        let mut w = self
+            .store
+            .begin_put(tm_storage::SYSTEM_BUCKET, STATE_OBJECT, meta)
+            .map_err(|x| e(format!("writing {STATE_OBJECT}: {x}")))?;
+        w.write_all(bytes)
+            .map_err(|x| e(format!("writing {STATE_OBJECT}: {x}")))?;
+        // Acknowledged only once chunks are fsynced and the metadata committed.
+        w.commit()
+            .map_err(|x| e(format!("writing {STATE_OBJECT}: {x}")))?;
+        Ok(())
+    }
+}
+
+/// Opens the coordinator: its CA, token and state (in the object store when there is one).
+pub fn open_coordinator(
+    cfg: &NodeConfig,
+    key: &PrivateKey,
+    store: Option<&tm_storage::Store>,
+) -> Result<Coordinator> {
+    let co = cfg
+        .coordinator
+        .as_ref()
+        .expect("open_coordinator needs coordinator settings");
+    let mut cc = tm_coord::CoordinatorConfig::new(cfg.name.clone());
+    cc.mesh_cidr = tm_coord::MeshCidr::parse(&cfg.mesh_cidr).context("mesh_cidr")?;
+    cc.tls_names = co.tls_names.clone();
+    cc.endpoints = if co.endpoints.is_empty() {
+        local_ipv4s(Some(&cc.mesh_cidr))
+            .into_iter()
+            .map(|ip| SocketAddr::new(IpAddr::V4(ip), cfg.listen_port))
+            .take(8)
+            .collect()
+    } else {
+        co.endpoints.clone()
+    };
+    if let Some(d) = &cfg.dns {
+        cc.dns_domain = d.domain.clone();
+        cc.aliases = d.aliases.clone();
+    }
+    let legacy = cfg.data_dir.join("coordinator").join("state.json");
+    let st: Arc<dyn StateStore> = match store {
+        Some(s) => Arc::new(ObjectStateStore {
+            store: s.clone(),
+            legacy,
+        }),
+        None => Arc::new(tm_coord::FileStore::new(legacy)),
+    };
+    Coordinator::open(&cfg.data_dir, cc, key.clone(), st).context("coordinator")
+}
+
+/// Feeds the coordinator's own netmap (every version) to the node loop.
+pub fn coordinator_feed(coord: Coordinator) -> mpsc::Receiver<wire::Netmap> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut w = coord.subscribe();
+        loop {
+            if tx.send(coord.netmap()).await.is_err() {
+                return;
+            }
+            if w.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Registers with a coordinator (or reuses the saved identity) and returns the join state.
+pub async fn join(
+    cfg: &NodeConfig,
+    key: &PrivateKey,
+    addr: Option<&str>,
+    token: Option<&str>,
+) -> Result<(JoinState, JoinClient)> {
+    let saved = JoinState::load(&cfg.data_dir)?;
+    let me = key.public_key().to_string();
+    if let Some(s) = saved {
+        let same_coord = addr.is_none_or(|a| a == s.coordinator);
+        if same_coord && s.public_key == me && s.name == cfg.name {
+            let tok = JoinToken::parse(&s.token).context("saved join token")?;
+            let c = JoinClient::with_identity(s.coordinator.clone(), tok, s.identity.clone())
+                .context("saved identity")?;
+            return Ok((s, c));
+        }
+        if addr.is_none() {
+            bail!(
+                "{} belongs to another key or name: give HOST:PORT --token to join again",
+                cfg.data_dir.join(JOIN_STATE_FILE).display()
+            );
+        }
+    }
+    let Some(addr) = addr else {
+        bail!("this node has not joined a mesh yet: run `tunnelmesh join HOST:PORT --token TOKEN`");
+    };
+    let Some(token) = token else {
+        bail!("--token: required to join {addr} (print it on the coordinator with `tmctl token`)");
+    };
+    let tok = JoinToken::parse(token).context("--token")?;
+    let mut c = JoinClient::new(addr.to_string(), tok).context("join")?;
+    let endpoints: Vec<SocketAddr> = local_ip_towards(addr)
+        .map(|ip| SocketAddr::new(ip, cfg.listen_port))
+        .into_iter()
+        .collect();
+    let reg = c
+        .register(key, &cfg.name, &endpoints)
+        .await
+        .with_context(|| format!("joining {addr}"))?;
+    let state = JoinState {
+        coordinator: addr.to_string(),
+        token: token.trim().to_string(),
+        name: cfg.name.clone(),
+        public_key: me,
+        mesh_ip: reg.mesh_ip,
+        mesh_cidr: reg.mesh_cidr.to_string(),
+        identity: c.identity().expect("registered").clone(),
+        s3_access_key: reg.s3_access_key.clone(),
+        s3_secret: reg.s3_secret.clone(),
+        netmap: Some(reg.netmap.clone()),
+    };
+    state.save(&cfg.data_dir)?;
+    Ok((state, c))
+}
+
+/// Long-polls the coordinator for netmaps, forever (backing off while it is unreachable).
+pub fn member_feed(
+    client: Arc<JoinClient>,
+    first: Option<wire::Netmap>,
+    reachable: Arc<AtomicBool>,
+) -> mpsc::Receiver<wire::Netmap> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut version = None;
+        if let Some(nm) = first {
+            version = Some(nm.version);
+            if tx.send(nm).await.is_err() {
+                return;
+            }
+        }
+        let mut backoff = Duration::from_millis(250);
+        // After an error, ask without `since` first: answered at once, so reconnection is
+        // noticed (and any change while we were away is picked up) without a long poll.
+        let mut resync = false;
+        loop {
+            let since = if resync { None } else { version };
+            match client.netmap(since).await {
+                Ok(nm) => {
+                    if !reachable.swap(true, Ordering::Relaxed) {
+                        tracing::info!("coordinator reachable again");
+                    }
+                    resync = false;
+                    backoff = Duration::from_millis(250);
+                    if Some(nm.version) != version {
+                        version = Some(nm.version);
+                        if tx.send(nm).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    resync = true;
+                    if reachable.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("coordinator unreachable: {e}; keeping the current mesh");
+                    } else {
+                        tracing::debug!("coordinator unreachable: {e}");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The local IPv4 addresses (from `/proc/net/fib_trie`), without loopback and the mesh range.
+pub fn local_ipv4s(exclude: Option<&tm_coord::MeshCidr>) -> Vec<Ipv4Addr> {
+    let text = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let mut out = parse_fib_trie(&text);
+    out.retain(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    if let Some(c) = exclude {
+        out.retain(|ip| !c.contains(*ip));
+    }
+    out
+}
+
+fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim_start_matches([' ', '|', '+', '-']).trim();
+        if let Ok(ip) = t.parse::<Ipv4Addr>() {
+            last = Some(ip);
+        } else if t.starts_with("/32 host LOCAL") {
+            if let Some(ip) = last {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The source address this host uses towards `addr` (`HOST:PORT`), without sending anything.
+pub fn local_ip_towards(addr: &str) -> Option<IpAddr> {
+    let to = addr.to_socket_addrs().ok()?.next()?;
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(to).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+/// The IP a `HOST:PORT` resolves to.
+pub fn resolve_host(addr: &str) -> Option<IpAddr> {
+    Some(addr.to_socket_addrs().ok()?.next()?.ip())
+}
+
+/// The DNS zone of a netmap.
+pub fn zone_of(nm: &wire::Netmap) -> tm_dns::Zone {
+    let mut z = tm_dns::Zone::new(nm.dns.domain.clone());
+    for p in &nm.peers {
+        z = z.with_peer(p.name.clone(), [IpAddr::V4(p.mesh_ip)]);
+    }
+    for (a, t) in &nm.dns.aliases {
+        z = z.with_alias(a.clone(), t.clone());
+    }
+    z.with_coordinators(
+        nm.peers
+            .iter()
+            .filter(|p| p.is_coordinator)
+            .map(|p| IpAddr::V4(p.mesh_ip)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fib_trie_local_addresses() {
+        let t = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     \
+                 +-- 192.0.2.0/24 2 0 2\n        |-- 192.0.2.0\n           /24 link UNICAST\n        \
+                 |-- 192.0.2.1\n           /32 host LOCAL\n     |-- 127.0.0.1\n        /32 host LOCAL\n\
+                 Local:\n        |-- 192.0.2.1\n           /32 host LOCAL\n        |-- 100.64.0.1\n           /32 host LOCAL\n";
+        let ips = parse_fib_trie(t);
+        assert_eq!(
+            ips,
+            vec![
+                "192.0.2.1".parse::<Ipv4Addr>().unwrap(),
+                "127.0.0.1".parse().unwrap(),
+                "100.64.0.1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn zone_has_peers_coordinators_and_aliases() {
+        let nm: wire::Netmap = serde_json::from_value(serde_json::json!({
+            "version": 3,
+            "peers": [
+                {"name": "alpha", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                 "mesh_ip": "100.64.0.1", "endpoints": [], "is_coordinator": true},
+                {"name": "beta", "public_key": "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                 "mesh_ip": "100.64.0.2", "endpoints": [], "is_coordinator": false}
+            ],
+            "dns": {"domain": "mesh", "aliases": {"db": "beta"}}
+        }))
+        .unwrap();
+        let z = zone_of(&nm);
+        assert_eq!(z.records.len(), 2);
+        assert_eq!(
+            z.coordinators,
+            vec!["100.64.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(z.aliases.get("db").map(String::as_str), Some("beta"));
+    }
+}

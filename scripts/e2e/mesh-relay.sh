@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Relay fallback: a coordinator and two peers; UDP between the peers is blocked with iptables,
+# so their tunnel moves to the coordinator's TLS relay (`path: relay`) and still carries
+# traffic (ping + a 5 MiB transfer with sha256 compared). When UDP is unblocked the peers go
+# back to `direct`.
+source "$(dirname "$0")/../lib/netns.sh"
+source "$(dirname "$0")/../lib/node.sh"
+tm_init mesh-relay 200
+require_tm_binaries
+command -v iptables >/dev/null || fail "iptables missing (run scripts/install-test-deps.sh)"
+
+lan_create coord alpha beta
+declare -A PID=()
+COORD=192.0.2.1:8443
+# Short timers so path changes happen within seconds (relay after 2*rekey_timeout+1 s, direct
+# probe every 4*rekey_timeout).
+TIMERS='testing: {rekey_timeout_ms: 1500, keepalive_timeout_ms: 2000}
+'
+conf() {
+    mkdir -p "$TM_TMP/$1/home"
+    printf 'name: %s\ndata_dir: %s\n%s%s' "$1" "$TM_TMP/$1" "$TIMERS" "${2:-}" >"$TM_TMP/$1/config.yaml"
+}
+sock() { printf '%s' "$TM_TMP/$1/control.sock"; }
+ctl() { local n=$1; shift; timeout 10 "$TMCTL_BIN" --socket "$(sock "$n")" "$@"; }
+ready() { ctl "$1" status --json | json_get 'd["mesh"]["netmap_version"]' >/dev/null; }
+start() {
+    local n=$1
+    shift
+    echo "=== $(date +%T) tunnelmesh join $* ===" >>"$TM_TMP/$n.log"
+    ns_spawn "$n" "$n.log" env HOME="$TM_TMP/$n/home" TUNNELMESH_LOG="${TM_RUST_LOG:-info}" \
+        "$TM_BIN" join "$@" --config "$TM_TMP/$n/config.yaml"
+    PID[$n]=$TM_LAST_PID
+    wait_for 20 "$n ready" ready "$n" || fail "$n did not come up (see $n.log)"
+}
+path_of() { ctl "$1" peers --json | json_get "[p for p in d if p['name'] == '$2'][0]['path']"; }
+path_is() { [[ $(path_of "$1" "$2") == "$3" ]]; } # path_is NODE PEER WANT (for wait_for)
+mesh_ip_of() { ctl "$1" status --json | json_get 'd["address"].split("/")[0]'; }
+
+conf coord 'coordinator: {enabled: true}
+'
+start coord
+TOKEN=$(ctl coord token) || fail "tmctl token"
+conf alpha
+conf beta
+start alpha "$COORD" --token "$TOKEN"
+start beta "$COORD" --token "$TOKEN"
+A=$(mesh_ip_of alpha)
+B=$(mesh_ip_of beta)
+wait_for 15 "alpha pings beta directly" ping_ok alpha "$B" 1 || fail "no direct tunnel alpha -> beta"
+assert_eq "$(path_of alpha beta)" direct "alpha -> beta path before blocking"
+wait_for 10 "relay connected on alpha" sh -c "'$TMCTL_BIN' --socket '$(sock alpha)' status --json | grep -q '\"relay_connected\": true'" ||
+    fail "alpha has no relay connection"
+
+log "blocking UDP between alpha and beta"
+ns_exec alpha iptables -A OUTPUT -p udp -d 192.0.2.3 -j DROP
+ns_exec alpha iptables -A INPUT -p udp -s 192.0.2.3 -j DROP
+t0=${EPOCHREALTIME/./}
+# Traffic keeps the session busy: the dead path is noticed and the relay takes over.
+ns_spawn alpha ping-bg.log ping -i 0.5 -W 1 "$B"
+wait_for 45 "alpha -> beta on the relay" path_is alpha beta relay ||
+    fail "alpha -> beta did not move to the relay"
+log "alpha -> beta on the relay after $(elapsed_ms "$t0") ms"
+wait_for 20 "alpha pings beta through the relay" ping_ok alpha "$B" 3 || fail "no traffic through the relay"
+wait_for 10 "beta -> alpha on the relay" path_is beta alpha relay ||
+    fail "beta -> alpha is not on the relay"
+run_step "beta pings alpha through the relay (5x)" ping_ok beta "$A" 5
+make_blob "$TM_TMP/blob" 5
+run_step "5 MiB TCP alpha -> beta over the relay" tcp_transfer alpha beta "$B" 5001 "$TM_TMP/blob" "$TM_TMP/rx" 60
+rm -f "$TM_TMP/rx"
+# UDP is still blocked, so all of it went through the relay: the counters say so.
+drops=$(ns_exec alpha iptables -vnL OUTPUT | awk '/DROP/ {print $1; exit}')
+log "UDP datagrams alpha -> beta dropped by iptables: $drops"
+
+log "unblocking UDP"
+ns_exec alpha iptables -F OUTPUT
+ns_exec alpha iptables -F INPUT
+t0=${EPOCHREALTIME/./}
+wait_for 40 "alpha -> beta back to direct" path_is alpha beta direct ||
+    fail "alpha -> beta did not return to direct"
+wait_for 20 "beta -> alpha back to direct" path_is beta alpha direct ||
+    fail "beta -> alpha did not return to direct"
+log "back to direct after $(elapsed_ms "$t0") ms"
+run_step "alpha pings beta directly again" ping_ok alpha "$B" 5
+ep=$(ctl alpha peers --json | json_get "[p for p in d if p['name'] == 'beta'][0]['endpoint']")
+[[ $ep == 192.0.2.3:* ]] || fail "alpha's endpoint for beta is '$ep', expected 192.0.2.3:*"
+pass
