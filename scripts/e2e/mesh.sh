@@ -151,7 +151,14 @@ log "replay: $(tail -1 "$TM_TMP/replay.log")"
 
 # --- three peers --------------------------------------------------------------------------
 for n in alpha beta natted; do conf "$n"; done
-for n in alpha beta natted; do start "$n" "$COORD" --token "$TOKEN"; done
+for n in alpha beta; do start "$n" "$COORD" --token "$TOKEN"; done
+# The last join reaches the others by long poll: time it.
+seen_natted() { ctl alpha peers --json | grep -q '"natted"'; }
+start natted "$COORD" --token "$TOKEN"
+t0=${EPOCHREALTIME/./}
+wait_for 2 "alpha learns natted joined" seen_natted || fail "alpha did not learn of natted within 2 s"
+log "alpha saw natted's join within $(elapsed_ms "$t0") ms of natted being ready"
+
 NODES="coord alpha beta natted"
 declare -A IP=()
 for n in $NODES; do
@@ -177,6 +184,26 @@ log "every pair pings by DNS name"
 ep=$(peer_field alpha natted '["endpoint"]')
 [[ $ep == 192.0.2.4:* ]] || fail "alpha sees natted at '$ep', expected the NAT address 192.0.2.4:*"
 assert_eq "$(peer_field alpha natted '["path"]')" direct "alpha -> natted path"
+
+# --- storage through the mesh: the S3 keys each peer got at join, and Bearer with the token ---
+CIP=${IP[coord]}
+ctl coord bucket create build-artifacts >/dev/null || fail "bucket create on the coordinator"
+creds=$(ctl alpha s3 credentials --json) || fail "tmctl s3 credentials on alpha"
+AK=$(json_get 'd["access_key"]' <<<"$creds")
+SK=$(json_get 'd["secret_key"]' <<<"$creds")
+head -c 300000 /dev/urandom >"$TM_TMP/obj"
+ns_exec alpha env AWS_ACCESS_KEY_ID="$AK" AWS_SECRET_ACCESS_KEY="$SK" AWS_DEFAULT_REGION=us-east-1 \
+    AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
+    aws --endpoint-url "http://$CIP:8080/s3" s3 cp "$TM_TMP/obj" s3://build-artifacts/v1.0/myapp \
+    >>"$TM_TMP/aws.log" 2>&1 || fail "aws s3 cp from alpha with its join-issued keys (see aws.log)"
+ns_exec natted curl -sf --max-time 10 -H "Authorization: Bearer $TOKEN" \
+    "http://$CIP:8080/s3/build-artifacts/v1.0/myapp" -o "$TM_TMP/obj2" || fail "Bearer GET from natted"
+cmp -s "$TM_TMP/obj" "$TM_TMP/obj2" || fail "object read back with Bearer differs"
+code=$(ns_exec natted curl -s --max-time 10 -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $WRONG_SECRET" "http://$CIP:8080/s3/build-artifacts/v1.0/myapp")
+assert_eq "$code" 403 "Bearer with a wrong token"
+objs=$(ctl coord bucket usage _tunnelmesh --json | json_get 'd["objects"]')
+assert_ge "$objs" 1 "coordinator state objects in _tunnelmesh"
 
 # --- a peer leaves ------------------------------------------------------------------------
 t0=${EPOCHREALTIME/./}
