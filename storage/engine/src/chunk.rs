@@ -76,6 +76,16 @@ pub(crate) fn nibble(c: u8) -> Option<u8> {
 pub trait ChunkStore: Send + Sync + 'static {
     /// Store `data` under `id` (= `ChunkId::of(data)`), durably.
     fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StorageError>;
+    /// Like `put`, but the chunk need only be durable once [`ChunkStore::sync`] of its id has
+    /// returned (lets a writer overlap the next chunk with this one's flush). The default is
+    /// `put` (already durable; `sync` is then a no-op).
+    fn put_deferred(&self, id: &ChunkId, data: &[u8]) -> Result<(), StorageError> {
+        self.put(id, data)
+    }
+    /// Make a chunk stored with `put_deferred` durable.
+    fn sync(&self, _id: &ChunkId) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// Fetch a whole chunk, verifying its hash.
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StorageError>;
     /// Read up to `buf.len()` bytes of the chunk starting at `offset`; returns the count (0 at end).
@@ -157,6 +167,41 @@ impl FsChunkStore {
             .insert(key);
         Ok(dir)
     }
+
+    /// Writes a new chunk file under a temp name and renames it into place; `durable`: fsync
+    /// the file before and the directory after the rename.
+    fn write_new(
+        &self,
+        dir: &Path,
+        path: &Path,
+        id: &ChunkId,
+        data: &[u8],
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            "{}{TMP_MARK}{}-{seq}",
+            id.to_hex(),
+            std::process::id()
+        ));
+        let res = (|| -> Result<(), StorageError> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            if durable {
+                f.sync_all()?;
+            }
+            drop(f);
+            fs::rename(&tmp, path)?;
+            if durable {
+                fsync_dir(dir)?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
 }
 
 fn fsync_dir(p: &Path) -> Result<(), StorageError> {
@@ -169,29 +214,35 @@ impl ChunkStore for FsChunkStore {
         let dir = self.ensure_dir(id)?;
         let path = dir.join(id.to_hex());
         if path.exists() {
-            // Dedup hit. The rename that created it may not be durable yet (its writer may still be
-            // about to fsync the directory): fsync the directory ourselves, it is cheap when clean.
-            fsync_dir(&dir)?;
-            return Ok(());
+            // Dedup hit. Its writer may not have flushed it yet (`put_deferred`, or a `put` about
+            // to fsync the directory): fsync file and directory ourselves, cheap when clean.
+            return self.sync(id);
         }
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(
-            "{}{TMP_MARK}{}-{seq}",
-            id.to_hex(),
-            std::process::id()
-        ));
-        let res = (|| -> Result<(), StorageError> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, &path)?;
-            fsync_dir(&dir)
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
+        self.write_new(&dir, &path, id, data, true)
+    }
+
+    fn put_deferred(&self, id: &ChunkId, data: &[u8]) -> Result<(), StorageError> {
+        let dir = self.ensure_dir(id)?;
+        let path = dir.join(id.to_hex());
+        if path.exists() {
+            return Ok(()); // `sync` flushes it, whoever wrote it
         }
-        res
+        // Renamed into place unflushed: a crash may leave it torn under its final name, but then
+        // no committed manifest references it (commits come after `sync`) and the GC at open
+        // removes it before anything could deduplicate against it.
+        self.write_new(&dir, &path, id, data, false)
+    }
+
+    fn sync(&self, id: &ChunkId) -> Result<(), StorageError> {
+        let path = self.path(id);
+        match File::open(&path) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(StorageError::Corrupt(format!("{id:?} missing at sync")))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        fsync_dir(path.parent().expect("chunk path has a parent"))
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StorageError> {

@@ -86,12 +86,25 @@ impl Drop for Pins {
 impl Pins {
     /// Hash, pin and durably store one chunk.
     pub fn put_chunk(&mut self, data: &[u8]) -> Result<ChunkRef, StorageError> {
+        self.store_chunk(data, false)
+    }
+
+    /// Like `put_chunk`, but the chunk is durable only after `ChunkStore::sync` of its id.
+    pub fn put_chunk_deferred(&mut self, data: &[u8]) -> Result<ChunkRef, StorageError> {
+        self.store_chunk(data, true)
+    }
+
+    fn store_chunk(&mut self, data: &[u8], deferred: bool) -> Result<ChunkRef, StorageError> {
         let id = ChunkId::of(data);
         let len = u32::try_from(data.len()).expect("chunk length fits u32 (chunk_size is u32)");
         let _g = self.shared.read_guard();
         self.shared.pin(id);
         self.ids.push(id);
-        self.shared.chunks.put(&id, data)?;
+        if deferred {
+            self.shared.chunks.put_deferred(&id, data)?;
+        } else {
+            self.shared.chunks.put(&id, data)?;
+        }
         Ok(ChunkRef {
             id,
             len,

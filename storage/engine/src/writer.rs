@@ -1,9 +1,18 @@
 //! [`PutWriter`]: streams a body into chunks, then commits it in one metadata transaction.
+//!
+//! Flow: 1. `write_all` cuts chunks, stores each with `put_deferred` (no flush) and hands its id
+//! to this writer's syncer thread, which flushes it (`ChunkStore::sync`) while the next chunk is
+//! hashed and written 2. `commit` waits for the syncer (every chunk durable) 3. one
+//! group-committed metadata transaction makes the object visible.
+
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use md5::{Digest, Md5};
 
 use crate::chunk::hex;
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, ChunkStore};
 use crate::meta::{now_nanos, ChunkRef, ObjRec, PartRec, INLINE_MAX};
 use crate::store::{Pins, Store};
 use crate::{ObjectInfo, ObjectMeta, StorageError};
@@ -36,7 +45,32 @@ pub struct PutWriter {
     size: u64,
     manifest: Vec<ChunkRef>,
     pins: Pins,
+    syncer: Option<Syncer>,
     poisoned: bool,
+}
+
+/// Flushes this writer's chunks in the background, in order; stops at the first failure.
+struct Syncer {
+    tx: Sender<ChunkId>,
+    handle: JoinHandle<Result<(), StorageError>>,
+}
+
+impl Syncer {
+    fn start(chunks: Arc<dyn ChunkStore>) -> Result<Syncer, StorageError> {
+        let (tx, rx) = mpsc::channel::<ChunkId>();
+        let handle = std::thread::Builder::new()
+            .name("tm-storage-sync".into())
+            .spawn(move || rx.iter().try_for_each(|id| chunks.sync(&id)))?;
+        Ok(Syncer { tx, handle })
+    }
+
+    /// Waits until every chunk sent so far is durable.
+    fn finish(self) -> Result<(), StorageError> {
+        drop(self.tx);
+        self.handle
+            .join()
+            .map_err(|_| StorageError::Io(std::io::Error::other("chunk sync thread panicked")))?
+    }
 }
 
 impl PutWriter {
@@ -55,6 +89,7 @@ impl PutWriter {
                 shared,
                 ids: Vec::new(),
             },
+            syncer: None,
             poisoned: false,
         }
     }
@@ -86,8 +121,7 @@ impl PutWriter {
         while !data.is_empty() {
             if self.buf.is_empty() && data.len() >= cs {
                 // Whole chunk straight from the caller's buffer.
-                let c = self.pins.put_chunk(&data[..cs])?;
-                self.manifest.push(c);
+                self.store_chunk(&data[..cs])?;
                 data = &data[cs..];
                 continue;
             }
@@ -95,11 +129,25 @@ impl PutWriter {
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.buf.len() == cs {
-                let c = self.pins.put_chunk(&self.buf)?;
-                self.manifest.push(c);
+                let buf = std::mem::take(&mut self.buf);
+                self.store_chunk(&buf)?;
+                self.buf = buf;
                 self.buf.clear();
             }
         }
+        Ok(())
+    }
+
+    /// Stores one chunk unflushed and queues it for the syncer.
+    fn store_chunk(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let c = self.pins.put_chunk_deferred(data)?;
+        if self.syncer.is_none() {
+            self.syncer = Some(Syncer::start(self.pins.shared.chunks.clone())?);
+        }
+        let s = self.syncer.as_ref().expect("syncer was just started");
+        s.tx.send(c.id)
+            .map_err(|_| StorageError::Io(std::io::Error::other("chunk sync thread stopped")))?;
+        self.manifest.push(c);
         Ok(())
     }
 
@@ -123,9 +171,12 @@ impl PutWriter {
             });
             inline = Some(data);
         } else if !self.buf.is_empty() {
-            let c = self.pins.put_chunk(&self.buf)?;
-            self.manifest.push(c);
-            self.buf = Vec::new();
+            let buf = std::mem::take(&mut self.buf);
+            self.store_chunk(&buf)?;
+        }
+        // Every chunk durable before the metadata that references it commits.
+        if let Some(s) = self.syncer.take() {
+            s.finish()?;
         }
         let etag = hex(&std::mem::take(&mut self.md5).finalize());
         let manifest = std::mem::take(&mut self.manifest);
