@@ -159,6 +159,15 @@ t0=${EPOCHREALTIME/./}
 wait_for 2 "alpha learns natted joined" seen_natted || fail "alpha did not learn of natted within 2 s"
 log "alpha saw natted's join within $(elapsed_ms "$t0") ms of natted being ready"
 
+# Another key cannot take a registered name, nor the reserved `coordinator`.
+for taken in alpha coordinator; do
+    out=$(ns_exec beta env HOME="$TM_TMP/intruder/home" timeout 20 "$TM_BIN" join "$COORD" \
+        --token "$TOKEN" --name "$taken" --config "$TM_TMP/intruder/config.yaml" 2>&1) &&
+        fail "another key registered the name $taken"
+    out=$(tail -1 <<<"$out")
+    log "name $taken by another key: $out"
+    [[ $out == "tunnelmesh: "*"$taken"* ]] || fail "name $taken: unclear error: $out"
+done
 NODES="coord alpha beta natted"
 declare -A IP=()
 for n in $NODES; do
