@@ -3,13 +3,14 @@
 #
 #   1. scripts/install-test-deps.sh          (apt/pip test dependencies; fast when present)
 #   2. cargo build --release --workspace
-#   3. cargo test --workspace --release      (cargo nextest if installed)
-#   4. every scripts/e2e/*.sh, sequentially, each under a timeout
+#   3. cargo fmt --check and cargo clippy --all-targets -D warnings (each counted as a test)
+#   4. cargo test --workspace --release      (cargo nextest if installed)
+#   5. every scripts/e2e/*.sh, sequentially, each under a timeout
 #
 # Ends with one line "N passed, N failed" (", N skipped" if any) where the counts are the
 # unit/integration tests reported by cargo plus one per e2e script; exit 1 if anything failed.
 #
-# Options (for development):  --no-install  --no-cargo  [E2E_NAME...] (run only those scripts)
+# Options (for development):  --no-install  --no-cargo  --no-lint  [E2E_NAME...] (run only those)
 # Environment: CARGO_TARGET_DIR (default ./target), TM_E2E_TIMEOUT (s per script, default 240),
 #   TM_BUDGET_MIN (whole run, default 60: later e2e scripts are not started past it, and
 #   counted as failed), TM_RESULTS (log dir, default $CARGO_TARGET_DIR/test-results).
@@ -22,11 +23,13 @@ START=$SECONDS
 
 do_install=1
 do_cargo=1
+do_lint=1
 only=()
 for arg in "$@"; do
     case $arg in
     --no-install) do_install=0 ;;
     --no-cargo) do_cargo=0 ;;
+    --no-lint) do_lint=0 ;;
     -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) only+=("${arg%.sh}") ;;
     esac
@@ -111,6 +114,31 @@ if ((do_cargo)); then
         finish # nothing else can run without the binaries
     fi
     say "build ok ($(elapsed))"
+
+    if ((do_lint)); then
+        for comp in rustfmt clippy; do
+            cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1 ||
+                rustup component add "$comp" >/dev/null 2>&1 || true
+        done
+        say "cargo fmt --all --check"
+        if cargo fmt --all --check >"$RESULTS/fmt.log" 2>&1; then
+            passed=$((passed + 1))
+        else
+            show_tail "$RESULTS/fmt.log" 30
+            failed=$((failed + 1))
+            failures+=("cargo fmt --all --check (see $RESULTS/fmt.log)")
+        fi
+        say "cargo clippy --workspace --all-targets -- -D warnings"
+        if timeout 1800 cargo clippy --workspace --all-targets --release -- -D warnings </dev/null \
+            >"$RESULTS/clippy.log" 2>&1; then
+            passed=$((passed + 1))
+        else
+            show_tail "$RESULTS/clippy.log" 40
+            failed=$((failed + 1))
+            failures+=("cargo clippy (see $RESULTS/clippy.log)")
+        fi
+        say "lint done ($(elapsed))"
+    fi
 
     if cargo nextest --version >/dev/null 2>&1; then
         say "cargo nextest run --workspace --release"
