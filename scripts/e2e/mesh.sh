@@ -59,6 +59,7 @@ mesh_ip_of() { ctl "$1" status --json | json_get 'd["address"].split("/")[0]'; }
 
 # --- coordinator --------------------------------------------------------------------------
 conf coord 'coordinator: {enabled: true, listen: ":8443"}
+dns: {aliases: {db: alpha}}
 '
 start coord
 TOKEN=$(ctl coord token) || fail "tmctl token"
@@ -189,6 +190,9 @@ for a in $NODES; do
     assert_eq "$(rcode "$a" nobody)" NXDOMAIN "$a: nobody.mesh"
 done
 log "every pair pings by DNS name"
+assert_eq "$(resolve natted db)" "${IP[alpha]}" "natted: alias db.mesh"
+ttl=$(ns_exec natted dig +noall +answer @127.0.0.53 -p 5353 alpha.mesh A | awk '{print $2; exit}')
+assert_le "$ttl" 10 "TTL of alpha.mesh" 
 # alpha reached natted directly, at the NAT's public address (observed by the coordinator).
 ep=$(peer_field alpha natted '["endpoint"]')
 [[ $ep == 192.0.2.4:* ]] || fail "alpha sees natted at '$ep', expected the NAT address 192.0.2.4:*"
