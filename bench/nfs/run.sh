@@ -44,6 +44,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     sleep 1
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
     for n in cli tm ga; do ip netns del "$P-$n" 2>/dev/null || true; done
     rm -rf "$DATA_TM" "$DATA_GA"
 }
