@@ -25,7 +25,10 @@ fn pair() -> (Dataplane, Dataplane, Instant) {
     let b_ep: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
     let mut a = Dataplane::new(DpConfig { mtu: MTU }, now);
     let mut b = Dataplane::new(DpConfig { mtu: MTU }, now);
-    for (dp, peer, ip, ep) in [(&mut a, 1, "10.99.0.2", b_ep), (&mut b, 2, "10.99.0.1", a_ep)] {
+    for (dp, peer, ip, ep) in [
+        (&mut a, 1, "10.99.0.2", b_ep),
+        (&mut b, 2, "10.99.0.1", a_ep),
+    ] {
         dp.handle_ctl(now, CtlMsg::SetTimers(Timers::default()));
         dp.handle_ctl(
             now,
@@ -123,7 +126,10 @@ fn main() {
     let Outbound::Send { len, .. } = a.handle_tun(now, &pkt, &mut out) else {
         panic!("no session");
     };
-    assert!(matches!(b.handle_udp(now, from, &mut out[..len]), Inbound::WriteTun { .. }));
+    assert!(matches!(
+        b.handle_udp(now, from, &mut out[..len]),
+        Inbound::WriteTun { .. }
+    ));
 
     bench("seal_1420", &filter, 1, 1420, || {
         let r = a.handle_tun(now, black_box(&pkt), &mut out);
@@ -214,8 +220,7 @@ fn main() {
         black_box(table.lookup(IpAddr::V4(Ipv4Addr::new(10, o[2], o[3], 9))));
     });
 
-    let (mut parent, child_fds) =
-        tm_ring::create(tm_ring::RingConfig::default(), 1).expect("ring");
+    let (mut parent, child_fds) = tm_ring::create(tm_ring::RingConfig::default(), 1).expect("ring");
     let mut child = tm_ring::attach(child_fds, 1).expect("attach");
     let msg = [7u8; 64];
     bench("ring_64b", &filter, 1, 0, || {

@@ -84,7 +84,8 @@ fn ping(to: SocketAddr, count: u64, interval: Duration, label: &str) -> std::io:
 
 fn main() -> ExitCode {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: latency-probe echo ADDR:PORT | ping ADDR:PORT [COUNT] [INTERVAL_US] [LABEL]";
+    let usage =
+        "usage: latency-probe echo ADDR:PORT | ping ADDR:PORT [COUNT] [INTERVAL_US] [LABEL]";
     let addr = a.get(1).and_then(|s| s.parse::<SocketAddr>().ok());
     let r = match (a.first().map(String::as_str), addr) {
         (Some("echo"), Some(addr)) => echo(addr),

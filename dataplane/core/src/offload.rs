@@ -390,13 +390,7 @@ impl Gro {
     /// `pkt` must be preceded in its buffer by at least [`VNET_HDR_LEN`] spare bytes
     /// (`buf[start - 10..start]`), used for a zero vnet header when it is written alone.
     /// Finished writes go to `emit` (vnet header included).
-    pub fn push(
-        &mut self,
-        buf: &mut [u8],
-        start: usize,
-        len: usize,
-        emit: &mut impl FnMut(&[u8]),
-    ) {
+    pub fn push(&mut self, buf: &mut [u8], start: usize, len: usize, emit: &mut impl FnMut(&[u8])) {
         let pkt = &buf[start..start + len];
         if self.enabled {
             if self.try_append(pkt) {
@@ -578,7 +572,10 @@ mod tests {
             return false;
         }
         let len = pkt.len() - l4.ip_len;
-        csum_fold(csum_add(pseudo(pkt, l4.v6, l4.proto, len), &pkt[l4.ip_len..])) == 0xffff
+        csum_fold(csum_add(
+            pseudo(pkt, l4.v6, l4.proto, len),
+            &pkt[l4.ip_len..],
+        )) == 0xffff
     }
 
     fn seq_of(pkt: &[u8]) -> u32 {
@@ -604,13 +601,16 @@ mod tests {
     #[test]
     fn checksum_known_answer() {
         // RFC 1071 example words 0001 f203 f4f5 f6f7 -> sum ddf2.
-        assert_eq!(csum_fold(csum_add(0, &[0, 1, 0xf2, 3, 0xf4, 0xf5, 0xf6, 0xf7])), 0xddf2);
+        assert_eq!(
+            csum_fold(csum_add(0, &[0, 1, 0xf2, 3, 0xf4, 0xf5, 0xf6, 0xf7])),
+            0xddf2
+        );
         // Odd length: trailing byte is the high half of a word.
         assert_eq!(csum_fold(csum_add(0, &[0xab])), 0xab00);
         // A well-known IPv4 header (checksum b861).
         let h = [
-            0x45, 0, 0, 0x73, 0, 0, 0x40, 0, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0, 1, 0xc0,
-            0xa8, 0, 0xc7,
+            0x45, 0, 0, 0x73, 0, 0, 0x40, 0, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0, 1, 0xc0, 0xa8,
+            0, 0xc7,
         ];
         let mut z = h;
         ipv4_fix_csum(&mut z, 20);
@@ -622,7 +622,7 @@ mod tests {
         for v6 in [false, true] {
             let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
             let mut sup = tcp_pkt(v6, 1000, 0x18 | 0x01 | 0x80, &data); // ACK PSH FIN CWR
-            // The kernel leaves a partial checksum; ours recomputes from scratch.
+                                                                        // The kernel leaves a partial checksum; ours recomputes from scratch.
             let ip = if v6 { 40 } else { 20 };
             sup[ip + 16] = 0x55;
             let h = VnetHdr {
@@ -680,10 +680,16 @@ mod tests {
             csum_offset: 6,
         };
         let segs = segment_all(&p, h);
-        assert_eq!(segs.iter().map(Vec::len).collect::<Vec<_>>(), [1028, 1028, 528]);
+        assert_eq!(
+            segs.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1028, 1028, 528]
+        );
         for s in &segs {
             assert!(csum_ok(s));
-            assert_eq!(usize::from(u16::from_be_bytes([s[24], s[25]])), s.len() - 20);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([s[24], s[25]])),
+                s.len() - 20
+            );
         }
         let joined: Vec<u8> = segs.iter().flat_map(|s| s[28..].to_vec()).collect();
         assert_eq!(joined, data);

@@ -441,7 +441,8 @@ mod tests {
         let rx = bind_dual(0).unwrap();
         rx.set_gro(true).unwrap();
         let port = rx.local_addr().unwrap().port();
-        tx.send_gso(&buf, 1000, ([127, 0, 0, 1], port).into()).unwrap();
+        tx.send_gso(&buf, 1000, ([127, 0, 0, 1], port).into())
+            .unwrap();
         let mut big = vec![0u8; 65536];
         let mut ctrl = [0u64; 8];
         let mut iov = libc::iovec {

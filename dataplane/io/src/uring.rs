@@ -174,7 +174,11 @@ impl Io<'_> {
     /// GSO (`EIO`/`EINVAL`/`ENOPROTOOPT`), GSO is switched off for good and each datagram
     /// is sent on its own. False (and counted) on failure.
     pub fn send_udp_gso(&mut self, buf: &[u8], seg: usize, to: SocketAddr) -> bool {
-        let segments = if seg == 0 { 1 } else { buf.len().div_ceil(seg) as u64 };
+        let segments = if seg == 0 {
+            1
+        } else {
+            buf.len().div_ceil(seg) as u64
+        };
         if segments > 1 && self.stats.gso_enabled {
             match self.udp.send_gso(buf, seg, to) {
                 Ok(_) => {
