@@ -219,6 +219,15 @@ objs=$(ctl coord bucket usage _tunnelmesh --json | json_get 'd["objects"]')
 assert_ge "$objs" 1 "coordinator state objects in _tunnelmesh"
 
 # --- a peer leaves ------------------------------------------------------------------------
+bcreds=$(ctl beta s3 credentials --json) || fail "tmctl s3 credentials on beta"
+BAK=$(json_get 'd["access_key"]' <<<"$bcreds")
+BSK=$(json_get 'd["secret_key"]' <<<"$bcreds")
+beta_s3_ls() {
+    ns_exec alpha env AWS_ACCESS_KEY_ID="$BAK" AWS_SECRET_ACCESS_KEY="$BSK" AWS_DEFAULT_REGION=us-east-1 \
+        AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
+        aws --endpoint-url "http://$CIP:8080/s3" s3 ls --recursive s3://build-artifacts/ 2>&1
+}
+beta_s3_ls | grep -q myapp || fail "beta's join-issued S3 key does not work"
 t0=${EPOCHREALTIME/./}
 ctl beta leave || fail "tmctl leave"
 stop_pid "${PID[beta]}" TERM 10
@@ -229,6 +238,12 @@ rcode_is() { [[ $(rcode "$1" "$2") == "$3" ]]; }
 wait_for 8 "beta.mesh NXDOMAIN at natted" rcode_is natted beta NXDOMAIN ||
     fail "beta.mesh still resolves after beta left"
 [[ ! -e $TM_TMP/beta/mesh.json ]] || fail "beta kept its join state after leaving"
+beta_revoked() { local o; o=$(beta_s3_ls); [[ $o == *InvalidAccessKeyId* ]]; }
+wait_for 20 "beta's S3 key revoked" beta_revoked || {
+    beta_s3_ls >&2
+    fail "beta's S3 key still works after it left"
+}
+log "beta's S3 key is refused after it left: InvalidAccessKeyId"
 
 # --- the coordinator restarts -------------------------------------------------------------
 v0=$(ctl alpha status --json | json_get 'd["mesh"]["netmap_version"]')

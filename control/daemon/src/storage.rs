@@ -98,9 +98,26 @@ impl Storage {
         Ok(())
     }
 
-    /// Installs the S3 credentials the coordinator issued at registration, `(name, access
-    /// key, secret)`, each acting as that node (blocking: call from `spawn_blocking`).
+    /// Makes the store's credentials exactly this node's own key plus the S3 credentials the
+    /// coordinator issued at registration, `(name, access key, secret)`, each acting as that
+    /// node: keys of nodes that left are revoked (blocking: call from `spawn_blocking`).
     pub fn install_credentials(&self, creds: &[(String, String, String)]) {
+        match self.store.list_credentials() {
+            Ok(all) => {
+                for (ak, principal) in all {
+                    let current = ak == self.creds.access_key || creds.iter().any(|c| c.1 == ak);
+                    if !current {
+                        match self.store.delete_credential(&ak) {
+                            Ok(_) => {
+                                tracing::info!(node = %principal, "revoked the S3 key of a departed node")
+                            }
+                            Err(e) => tracing::warn!(node = %principal, "revoking an S3 key: {e}"),
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("listing S3 credentials: {e}"),
+        }
         for (name, ak, sk) in creds {
             match self.store.credential(ak) {
                 Ok(Some((s, p))) if &s == sk && &p == name => continue,

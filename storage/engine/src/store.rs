@@ -1154,6 +1154,32 @@ impl Store {
         Ok(found)
     }
 
+    /// Every credential as `(access_key, principal)`, sorted by access key.
+    pub fn list_credentials(&self) -> Result<Vec<(String, String)>, StorageError> {
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(CREDS)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            let (k, v) = e?;
+            let r: CredRec = serde_json::from_slice(v.value())?;
+            out.push((k.value().to_string(), r.principal));
+        }
+        Ok(out)
+    }
+
+    /// Revoke an access key; returns whether it existed. Later lookups fail at once (the
+    /// in-memory cache entry goes with it).
+    pub fn delete_credential(&self, access_key: &str) -> Result<bool, StorageError> {
+        let ak = access_key.to_string();
+        let existed = self.txn(move |wtx, _| {
+            Ok(wtx.open_table(CREDS)?.remove(ak.as_str())?.is_some())
+        })?;
+        let mut c = self.creds_cache();
+        c.0 += 1;
+        c.1.remove(access_key);
+        Ok(existed)
+    }
+
     /// [`Store::credential`] if it is already in memory; never blocks on I/O (async callers use
     /// it first and fall back to `credential` on the blocking pool).
     pub fn cached_credential(&self, access_key: &str) -> Option<(String, String)> {
