@@ -179,13 +179,35 @@ async fn read_record(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Opt
     }
 }
 
-/// Write one record made of several parts (no concatenation of large parts).
+/// Write one record made of several parts with vectored writes (no concatenation).
 async fn write_record_parts(w: &mut OwnedWriteHalf, parts: &[&[u8]]) -> std::io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let len = u32::try_from(total).map_err(std::io::Error::other)?;
-    w.write_all(&(len | 0x8000_0000).to_be_bytes()).await?;
-    for p in parts {
-        w.write_all(p).await?;
+    let mark = (len | 0x8000_0000).to_be_bytes();
+    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+    all.push(&mark);
+    all.extend(parts.iter().copied().filter(|p| !p.is_empty()));
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < all.len() {
+        let slices: Vec<std::io::IoSlice<'_>> =
+            std::iter::once(std::io::IoSlice::new(&all[idx][off..]))
+                .chain(all[idx + 1..].iter().map(|p| std::io::IoSlice::new(p)))
+                .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && idx < all.len() {
+            let rem = all[idx].len() - off;
+            if n >= rem {
+                n -= rem;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
     }
     Ok(())
 }

@@ -157,8 +157,8 @@ struct Dirty {
     /// (offset, bytes) in arrival order; adjacent appends are coalesced.
     extents: Vec<(u64, Vec<u8>)>,
     bytes: usize,
+    /// When the oldest unflushed write arrived.
     since: Option<Instant>,
-    last_write: Option<SystemTime>,
     /// A background flush failed: reported by the next write or COMMIT.
     error: Option<nfsstat3>,
     /// The flush running in the background (at most one per inode, so flushes apply in
@@ -206,6 +206,9 @@ pub struct Vfs {
     bufs: Arc<Mutex<HashMap<u64, Buf>>>,
     dirty_total: Arc<AtomicUsize>,
     hints: Arc<Mutex<Hints>>,
+    /// Per inode with unflushed writes: (end offset, time of the last write). Read by
+    /// GETATTR without waiting for the inode's buffer lock (a flush may hold it).
+    pending: Arc<Mutex<HashMap<u64, (u64, SystemTime)>>>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -228,6 +231,7 @@ impl Vfs {
             bufs: Arc::new(Mutex::new(HashMap::new())),
             dirty_total: Arc::new(AtomicUsize::new(0)),
             hints: Arc::new(Mutex::new(HashMap::new())),
+            pending: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -288,6 +292,7 @@ impl Vfs {
             self.start_flush(ino, d);
             d.settle().await;
         }
+        self.settled(ino, d);
         match d.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -326,6 +331,7 @@ impl Vfs {
                     }
                 } else if d.inflight.as_ref().is_some_and(|f| f.0.is_finished()) {
                     d.settle().await;
+                    me.settled(ino, &d);
                 }
                 if d.is_clean() {
                     drop(d);
@@ -347,6 +353,7 @@ impl Vfs {
 
     /// Drop (without writing) the buffer of a removed inode.
     fn discard(&self, ino: u64) {
+        lock(&self.pending).remove(&ino);
         if let Some(b) = lock(&self.bufs).remove(&ino) {
             if let Ok(mut d) = b.try_lock() {
                 let n = std::mem::take(&mut d.bytes);
@@ -359,17 +366,19 @@ impl Vfs {
     async fn attr(&self, ino: u64) -> Result<FileAttr, nfsstat3> {
         // A few metadata lookups in redb: cheaper inline than a blocking-pool round trip.
         let mut a = self.fs.getattr(ino).map_err(|e| nfs_status(&e))?;
-        if let Some(b) = self.buf(ino) {
-            let d = b.lock().await;
-            if !d.extents.is_empty() || d.inflight.is_some() {
-                a.size = a.size.max(d.end());
-                if let Some(t) = d.last_write {
-                    a.mtime = t;
-                    a.ctime = t;
-                }
-            }
+        if let Some((end, t)) = lock(&self.pending).get(&ino).copied() {
+            a.size = a.size.max(end);
+            a.mtime = t;
+            a.ctime = t;
         }
         Ok(a)
+    }
+
+    /// Forget the unflushed-size overlay of a clean inode (caller holds its buffer lock).
+    fn settled(&self, ino: u64, d: &Dirty) {
+        if d.extents.is_empty() && d.inflight.is_none() {
+            lock(&self.pending).remove(&ino);
+        }
     }
 
     async fn lookup_ino(&self, dir: u64, name: String) -> Result<FileAttr, nfsstat3> {
@@ -517,9 +526,8 @@ impl NfsFileSystem for Vfs {
     async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3, nfsstat3> {
         let ino = id.as_u64();
         let sa = set_attrs(&setattr);
-        if sa.size.is_some() {
-            self.flush(ino).await?;
-        }
+        // Buffered writes first: they must not land after (and override) the new size or times.
+        self.flush(ino).await?;
         let fs = self.fs.clone();
         let a = blocking(move || fs.setattr(ino, &sa)).await?;
         Ok(fattr(&a))
@@ -569,7 +577,11 @@ impl NfsFileSystem for Vfs {
         d.bytes += data.len();
         d.since.get_or_insert_with(Instant::now);
         let now = SystemTime::now();
-        d.last_write = Some(now);
+        {
+            let mut p = lock(&self.pending);
+            let e = p.entry(ino).or_insert((0, now));
+            *e = (e.0.max(new_end), now);
+        }
         let total = self.dirty_total.fetch_add(data.len(), Ordering::Relaxed) + data.len();
         let sync = stable != stable_how::UNSTABLE;
         if sync {
