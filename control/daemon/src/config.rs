@@ -757,6 +757,16 @@ mod tests {
     }
 
     #[test]
+    fn shipped_examples_parse() {
+        let c = NodeConfig::parse(include_str!("../../../examples/coordinator.yaml")).unwrap();
+        assert!(c.coordinator.is_some() && c.s3.is_some() && c.nfs.is_some());
+        let p = NodeConfig::parse(include_str!("../../../examples/peer.yaml")).unwrap();
+        assert!(p.coordinator.is_none() && p.address.is_none() && p.s3.is_none());
+        let n = NodeConfig::parse(include_str!("../../../examples/node.yaml")).unwrap();
+        assert!(n.address.is_some());
+    }
+
+    #[test]
     fn coordinator_and_dns_sections() {
         let c = NodeConfig::parse(
             "name: seed\ndata_dir: /d\ncoordinator: {enabled: true, listen: \":9443\"}\n\
