@@ -12,7 +12,7 @@
 #
 # Options (for development):  --no-install  --no-cargo  --no-lint  [E2E_NAME...] (run only those)
 # Environment: CARGO_TARGET_DIR (default ./target), TM_E2E_TIMEOUT (s per script, default 240),
-#   TM_BUDGET_MIN (whole run, default 60: later e2e scripts are not started past it, and
+#   TM_BUDGET_MIN (whole run, default 75: later e2e scripts are not started past it, and
 #   counted as failed), TM_RESULTS (log dir, default $CARGO_TARGET_DIR/test-results).
 set -u
 set -o pipefail
@@ -47,7 +47,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 export S3S_FS_BIN=${S3S_FS_BIN:-${TM_TEST_TOOLS:-/opt/tm-test-tools}/bin/s3s-fs}
 export TM_BIN_DIR=${TM_BIN_DIR:-$CARGO_TARGET_DIR/release}
 E2E_TIMEOUT=${TM_E2E_TIMEOUT:-240}
-BUDGET=$((${TM_BUDGET_MIN:-60} * 60))
+BUDGET=$((${TM_BUDGET_MIN:-75} * 60))
 RESULTS=${TM_RESULTS:-$CARGO_TARGET_DIR/test-results}
 mkdir -p "$RESULTS"
 rm -f "$RESULTS"/*.log
