@@ -62,14 +62,29 @@ wait_port() {
 wait_port "$PORT_TM"
 wait_port "$PORT_FS"
 
+# Server CPU time (user+system, all threads) in clock ticks, from /proc.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+
 RESULTS="$OUT/results.jsonl"
+CPU="$OUT/cpu.md"
 : >"$RESULTS"
+{
+    echo "| scenario | server | ops | server CPU s | CPU ms/op |"
+    echo "|---|---|---:|---:|---:|"
+} >"$CPU"
 for sc in ${SCENARIOS:-put-small get-small put-large get-large}; do
     for srv in tm-s3 s3s-fs; do
-        port="$PORT_TM"; [ "$srv" = s3s-fs ] && port="$PORT_FS"
+        port="$PORT_TM"; pid="${PIDS[0]}"
+        [ "$srv" = s3s-fs ] && { port="$PORT_FS"; pid="${PIDS[1]}"; }
         echo "== $(date +%T) $sc against $srv"
+        c0=$(cpu_ticks "$pid")
         "$BIN/s3bench" --target "http://127.0.0.1:$port" --ak "$AK" --sk "$SK" --name "$srv" \
             --scenario "$sc" --out "$RESULTS" "$@"
+        c1=$(cpu_ticks "$pid")
+        ops=$(tail -n 1 "$RESULTS" | sed 's/.*"ops":\([0-9]*\).*/\1/')
+        awk -v sc="$sc" -v srv="$srv" -v ops="$ops" -v t=$((c1 - c0)) -v hz="$TCK" \
+            'BEGIN { printf "| %s | %s | %d | %.2f | %.3f |\n", sc, srv, ops, t / hz, ops ? 1000 * t / hz / ops : 0 }' >>"$CPU"
     done
 done
 
@@ -77,5 +92,9 @@ done
     echo "Machine: nproc=$(nproc), kernel $(uname -r), disk: $(df -h "$DATA_PARENT" | awk 'NR==2{print $1" "$2" ("$5" used)"}')"
     echo
     "$BIN/s3bench" --table "$RESULTS"
+    echo
+    echo "Server CPU per operation (from /proc/PID/stat; independent of other load on the box):"
+    echo
+    cat "$CPU"
 } | tee "$OUT/table.md"
 echo "results: $RESULTS, table: $OUT/table.md"
