@@ -26,7 +26,7 @@ use tm_storage::{
 };
 
 /// Buffered bytes of one inode that trigger a flush.
-pub const FLUSH_BYTES: usize = 16 << 20;
+pub const FLUSH_BYTES: usize = 32 << 20;
 /// Buffered bytes of the whole server that make every write flush its inode.
 pub const MAX_DIRTY: usize = 256 << 20;
 /// Entries fetched from the store per directory page.
@@ -544,21 +544,7 @@ impl NfsFileSystem for Vfs {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(nfsstat3::NFS3ERR_FBIG)?;
-        let fs = &self.fs;
-        let (attr, room) = (|| {
-            let a = fs.getattr(ino)?;
-            if a.kind == FileKind::Directory {
-                return Err(StorageError::IsADirectory);
-            }
-            if a.kind != FileKind::File {
-                return Err(StorageError::Invalid("write to a non-file"));
-            }
-            if fs.share_of(ino)?.1 {
-                return Err(StorageError::ReadOnly);
-            }
-            Ok((a, fs.room(ino)?))
-        })()
-        .map_err(|e| nfs_status(&e))?;
+        let (attr, room) = self.fs.write_check(ino).map_err(|e| nfs_status(&e))?;
         let b = self.buf_or_new(ino);
         let mut d = b.lock().await;
         if let Some(e) = d.error.take() {
