@@ -1,4 +1,4 @@
-//! The io_uring event loop (one worker).
+//! The io_uring event loop (one worker; the ring is single-issuer with deferred task run).
 //!
 //! Flow of one iteration:
 //! 1. submit queued SQEs and wait for at least one completion;
@@ -381,9 +381,14 @@ impl<'a> EventLoop<'a> {
     pub fn new(cfg: LoopConfig, fds: LoopFds<'a>) -> Result<EventLoop<'a>> {
         let ops = cfg.tun_reads + cfg.udp_recvs + 8;
         let entries = (ops.next_power_of_two() as u32).max(64);
+        // Single issuer + deferred task run (6.1+): completions are processed only when this
+        // thread enters the kernel to wait, never by interrupting it. Older kernels: the
+        // cooperative variant, then a plain ring.
         let ring = IoUring::builder()
-            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(entries)
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
             .or_else(|_| IoUring::new(entries))
             .map_err(IoError::Uring)?;
         let pool = BufPool::new(cfg.buf_size, (cfg.tun_reads + cfg.udp_recvs).max(1))
