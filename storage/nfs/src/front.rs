@@ -287,13 +287,27 @@ impl Front {
                 break;
             };
             if up_w.is_some() && fast::handles(&call) {
-                // Hot procedures are served here, concurrently, without the library hop.
-                let (me, cw) = (self.clone(), cw.clone());
-                tokio::spawn(async move {
-                    let parts = fast::serve(&me, &call, &rec).await;
+                // Hot procedures are served here without the library hop. WRITEs run in
+                // arrival order (overlapping writes must land in order; appending to the
+                // buffer is quick, and a full buffer applies back-pressure to this client);
+                // the read-only ones run concurrently.
+                if fast::ordered(&call) {
+                    let parts = fast::serve(&self, &call, &rec).await;
                     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-                    let _ = write_record_parts(&mut *cw.lock().await, &refs).await;
-                });
+                    if write_record_parts(&mut *cw.lock().await, &refs)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                } else {
+                    let (me, cw) = (self.clone(), cw.clone());
+                    tokio::spawn(async move {
+                        let parts = fast::serve(&me, &call, &rec).await;
+                        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                        let _ = write_record_parts(&mut *cw.lock().await, &refs).await;
+                    });
+                }
                 continue;
             }
             let local = match &mut up_w {
@@ -427,6 +441,11 @@ mod fast {
     const LOOKUP: u32 = 3;
     const READ: u32 = 6;
     const WRITE: u32 = 7;
+
+    /// Served in arrival order on its connection.
+    pub(super) fn ordered(c: &Call) -> bool {
+        c.proc_ == WRITE
+    }
 
     pub(super) fn handles(c: &Call) -> bool {
         c.prog == PROG_NFS && c.vers == 3 && matches!(c.proc_, GETATTR | LOOKUP | READ | WRITE)
