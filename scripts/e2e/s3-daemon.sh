@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The object store through the daemon: one node with `s3: {listen: 127.0.0.1:PORT}` in its own
+# namespace. `tunnelmesh bucket ...` (control socket) manages buckets; awscli (a client nobody
+# here wrote) uses the keys from `tmctl s3 credentials --json`:
+#   - create/list buckets with the CLI, see them in `aws s3 ls`
+#   - cp up and down (a 20 MiB multipart file and a small one) byte-identical; usage exact
+#   - quota set: a PUT that does not fit is refused with QuotaExceeded, nothing is stored,
+#     usage unchanged to the byte; one that fits still works
+#   - writes/deletes in the reserved bucket `_tunnelmesh` get AccessDenied
+#   - delete refuses a non-empty bucket, works once it is empty
+source "$(dirname "$0")/../lib/netns.sh"
+source "$(dirname "$0")/../lib/node.sh"
+tm_init s3-daemon 180
+
+command -v aws >/dev/null || fail "awscli missing (run scripts/install-test-deps.sh)"
+PORT=${TM_S3_PORT:-9000}
+BUCKET=e2e-artifacts
+
+ns_create a
+node_new a tm 1
+NODE_EXTRA[a]="s3: {listen: 127.0.0.1:$PORT, max_size: 1GB}"
+node_up a
+wait_for 10 "S3 listener on 127.0.0.1:$PORT" \
+    ns_exec a sh -c "ss -Hltn 'sport = :$PORT' | grep -q ." || fail "S3 endpoint not listening"
+
+# `tunnelmesh bucket ...` talks to the daemon over its control socket.
+tmb() { TUNNELMESH_SOCKET=$(node_sock a) timeout 10 "$TM_BIN" bucket "$@"; }
+usage_of() {
+    local out
+    out=$(tmb usage "$1" --json) || fail "tunnelmesh bucket usage $1 failed"
+    json_get "$2" <<<"$out"
+}
+
+creds=$(tmctl_for a s3 credentials --json) || fail "tmctl s3 credentials --json failed"
+AK=$(json_get 'd["access_key"]' <<<"$creds")
+SK=$(json_get 'd["secret_key"]' <<<"$creds")
+EP=$(json_get 'd["endpoint"]' <<<"$creds")
+assert_eq "$EP" "http://127.0.0.1:$PORT/s3" "endpoint reported by tmctl s3 credentials"
+[[ ${#SK} -ge 20 ]] || fail "secret key too short: '${#SK}' chars"
+
+# awscli inside the node's namespace, with only these keys (no ~/.aws of the caller).
+: >"$TM_TMP/aws-empty"
+s3() {
+    ns_exec a env AWS_ACCESS_KEY_ID="$AK" AWS_SECRET_ACCESS_KEY="$SK" AWS_DEFAULT_REGION=us-east-1 \
+        AWS_CONFIG_FILE="$TM_TMP/aws-empty" AWS_SHARED_CREDENTIALS_FILE="$TM_TMP/aws-empty" \
+        timeout 60 aws --endpoint-url "$EP" "$@"
+}
+
+# --- buckets through the CLI
+run_step "tunnelmesh bucket create $BUCKET" tmb create "$BUCKET"
+if tmb create "$BUCKET" >"$TM_TMP/dup.out" 2>&1; then fail "creating $BUCKET twice succeeded"; fi
+log "ok: second create refused: $(head -c 200 "$TM_TMP/dup.out")"
+list=$(tmb list --json) || fail "tunnelmesh bucket list --json"
+assert_eq "$(json_get "[b['objects'] for b in d if b['name'] == '$BUCKET']" <<<"$list")" "[0]" \
+    "objects in $BUCKET right after create"
+s3 s3 ls >"$TM_TMP/ls.out" 2>&1 || fail "aws s3 ls: $(tail -3 "$TM_TMP/ls.out")"
+grep -q " $BUCKET\$" "$TM_TMP/ls.out" || fail "aws s3 ls does not show $BUCKET: $(cat "$TM_TMP/ls.out")"
+
+# --- copy up and down
+make_blob "$TM_TMP/big" 20
+head -c 12345 /dev/urandom >"$TM_TMP/small"
+run_step "aws s3 cp 20 MiB up (multipart)" s3 s3 cp --only-show-errors "$TM_TMP/big" "s3://$BUCKET/v1.0/big.bin"
+run_step "aws s3 cp 12345 B up" s3 s3 cp --only-show-errors "$TM_TMP/small" "s3://$BUCKET/v1.0/small.bin"
+run_step "aws s3 cp 20 MiB down" s3 s3 cp --only-show-errors "s3://$BUCKET/v1.0/big.bin" "$TM_TMP/big.down"
+run_step "aws s3 cp 12345 B down" s3 s3 cp --only-show-errors "s3://$BUCKET/v1.0/small.bin" "$TM_TMP/small.down"
+cmp -s "$TM_TMP/big" "$TM_TMP/big.down" || fail "20 MiB object differs after the round trip"
+cmp -s "$TM_TMP/small" "$TM_TMP/small.down" || fail "small object differs after the round trip"
+log "ok: both objects byte-identical after cp up and down"
+etag=$(s3 s3api head-object --bucket "$BUCKET" --key v1.0/big.bin --query ETag --output text) ||
+    fail "head-object big.bin"
+[[ $etag == *-3\"* || $etag == *-3 ]] || fail "multipart ETag of 20 MiB (3 x 8 MiB parts) expected md5-3, got $etag"
+
+used=$((20 * 1024 * 1024 + 12345))
+assert_eq "$(usage_of "$BUCKET" 'd["used_bytes"]')" "$used" "usage bytes after two uploads"
+assert_eq "$(usage_of "$BUCKET" 'd["objects"]')" 2 "usage objects after two uploads"
+
+# --- quota: 1 MB left; a 2 MiB PUT is refused, nothing stored; 500 KB still fits
+quota=$((used + 1000000))
+run_step "tunnelmesh bucket quota set $BUCKET ${quota}B" tmb quota set "$BUCKET" "${quota}B"
+assert_eq "$(usage_of "$BUCKET" 'd["quota_bytes"]')" "$quota" "quota reported by usage"
+head -c $((2 * 1024 * 1024)) /dev/urandom >"$TM_TMP/over"
+if s3 s3 cp --only-show-errors "$TM_TMP/over" "s3://$BUCKET/over.bin" >"$TM_TMP/over.out" 2>&1; then
+    fail "a 2 MiB PUT over the quota succeeded"
+fi
+grep -q "QuotaExceeded" "$TM_TMP/over.out" || fail "over-quota PUT: expected QuotaExceeded, got: $(cat "$TM_TMP/over.out")"
+log "ok: over-quota PUT refused: $(grep -o 'An error occurred.*' "$TM_TMP/over.out" | head -c 160)"
+if s3 s3api head-object --bucket "$BUCKET" --key over.bin >"$TM_TMP/head-over.out" 2>&1; then
+    fail "the refused object exists"
+fi
+grep -q "404" "$TM_TMP/head-over.out" || fail "head of refused object: expected 404, got $(cat "$TM_TMP/head-over.out")"
+assert_eq "$(usage_of "$BUCKET" 'd["used_bytes"]')" "$used" "usage bytes after the refused PUT"
+assert_eq "$(usage_of "$BUCKET" 'd["objects"]')" 2 "usage objects after the refused PUT"
+head -c 500000 /dev/urandom >"$TM_TMP/fits"
+run_step "500 KB PUT within the quota" s3 s3 cp --only-show-errors "$TM_TMP/fits" "s3://$BUCKET/fits.bin"
+assert_eq "$(usage_of "$BUCKET" 'd["used_bytes"]')" "$((used + 500000))" "usage bytes after a PUT that fits"
+assert_eq "$(usage_of "$BUCKET" 'd["objects"]')" 3 "usage objects after a PUT that fits"
+
+# --- the reserved system bucket
+if s3 s3 cp --only-show-errors "$TM_TMP/small" "s3://_tunnelmesh/evil" >"$TM_TMP/sys.out" 2>&1; then
+    fail "a peer wrote into _tunnelmesh"
+fi
+grep -q "AccessDenied" "$TM_TMP/sys.out" || fail "_tunnelmesh write: expected AccessDenied, got: $(cat "$TM_TMP/sys.out")"
+log "ok: _tunnelmesh write refused with AccessDenied"
+if s3 s3api delete-bucket --bucket _tunnelmesh >"$TM_TMP/sysdel.out" 2>&1; then
+    fail "a peer deleted _tunnelmesh"
+fi
+grep -q "AccessDenied" "$TM_TMP/sysdel.out" || fail "_tunnelmesh delete: expected AccessDenied, got: $(cat "$TM_TMP/sysdel.out")"
+log "ok: _tunnelmesh delete refused with AccessDenied"
+
+# --- clear the quota, delete
+run_step "tunnelmesh bucket quota clear $BUCKET" tmb quota clear "$BUCKET"
+assert_eq "$(usage_of "$BUCKET" 'd["quota_bytes"]')" "null" "quota after clear"
+if tmb delete "$BUCKET" >"$TM_TMP/del1.out" 2>&1; then fail "deleting a non-empty bucket succeeded"; fi
+log "ok: non-empty delete refused: $(head -c 200 "$TM_TMP/del1.out")"
+run_step "aws s3 rm --recursive" s3 s3 rm --only-show-errors --recursive "s3://$BUCKET/"
+assert_eq "$(usage_of "$BUCKET" 'd["used_bytes"]')" 0 "usage bytes after rm"
+run_step "tunnelmesh bucket delete $BUCKET" tmb delete "$BUCKET"
+list=$(tmb list --json) || fail "tunnelmesh bucket list --json"
+assert_eq "$(json_get "[b['name'] for b in d if b['name'] == '$BUCKET']" <<<"$list")" "[]" \
+    "$BUCKET gone from bucket list"
+
+node_down a
+pass
