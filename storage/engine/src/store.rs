@@ -1171,9 +1171,8 @@ impl Store {
     /// in-memory cache entry goes with it).
     pub fn delete_credential(&self, access_key: &str) -> Result<bool, StorageError> {
         let ak = access_key.to_string();
-        let existed = self.txn(move |wtx, _| {
-            Ok(wtx.open_table(CREDS)?.remove(ak.as_str())?.is_some())
-        })?;
+        let existed =
+            self.txn(move |wtx, _| Ok(wtx.open_table(CREDS)?.remove(ak.as_str())?.is_some()))?;
         let mut c = self.creds_cache();
         c.0 += 1;
         c.1.remove(access_key);
@@ -1186,7 +1185,8 @@ impl Store {
         self.creds_cache().1.get(access_key).cloned()
     }
 
-    /// (generation bumped by every `put_credential`, access key -> (secret, principal)).
+    /// (generation bumped by every `put_credential` / `delete_credential`, access key ->
+    /// (secret, principal)).
     fn creds_cache(&self) -> MutexGuard<'_, CredCache> {
         lock(&self.inner.creds)
     }
