@@ -272,7 +272,7 @@ fn parse_presign(pairs: &[(String, String)], req: &ReqView<'_>) -> Result<SigV4,
             .map(|(_, v)| v.as_str())
             .ok_or_else(|| Error::MalformedAuth(format!("presigned URL lacks {name}")))
     };
-    if get("X-Amz-Algorithm")? != "AWS4-HMAC-SHA256" {
+    if get("X-Amz-Algorithm")? != tm_sigv4::ALGORITHM {
         return Err(Error::MalformedAuth("unsupported X-Amz-Algorithm".into()));
     }
     let (access_key, scope) =
