@@ -215,6 +215,16 @@ cmp -s "$TM_TMP/obj" "$TM_TMP/obj2" || fail "object read back with Bearer differ
 code=$(ns_exec natted curl -s --max-time 10 -o /dev/null -w '%{http_code}' \
     -H "Authorization: Bearer $WRONG_SECRET" "http://$CIP:8080/s3/build-artifacts/v1.0/myapp")
 assert_eq "$code" 403 "Bearer with a wrong token"
+# The same object over NFS from another member, through the mesh (share `default`).
+ns_exec alpha env AWS_ACCESS_KEY_ID="$AK" AWS_SECRET_ACCESS_KEY="$SK" AWS_DEFAULT_REGION=us-east-1 \
+    AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
+    aws --endpoint-url "http://$CIP:8080/s3" s3 cp "$TM_TMP/obj" s3://default/docs/obj.bin \
+    >>"$TM_TMP/aws.log" 2>&1 || fail "aws s3 cp into the default share"
+NFSURL="nfs://$CIP/shares/default/docs/obj.bin?version=3&nfsport=2049&mountport=2049"
+ns_exec natted timeout 20 nfs-cat "$NFSURL" >"$TM_TMP/obj3" 2>>"$TM_TMP/nfs.log" ||
+    fail "nfs-cat over the mesh from natted (see nfs.log)"
+cmp -s "$TM_TMP/obj" "$TM_TMP/obj3" || fail "NFS read of an S3 object differs"
+log "S3 object read back over NFS through the mesh, identical"
 objs=$(ctl coord bucket usage _tunnelmesh --json | json_get 'd["objects"]')
 assert_ge "$objs" 1 "coordinator state objects in _tunnelmesh"
 
