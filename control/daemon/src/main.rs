@@ -70,6 +70,13 @@ enum Cmd {
 }
 
 fn main() {
+    // A panic in any task or thread ends the node (it is supervised like a daemon), as
+    // `panic = "abort"` would; the release profile unwinds so tests share its build.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Genkey => genkey(),

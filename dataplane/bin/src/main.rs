@@ -15,6 +15,12 @@
 //!
 //! Workers: one for now; `--workers N` is accepted and `Ready` reports the number
 //! actually running (1).
+//!
+//! Fast path (default): the TUN is opened with `IFF_VNET_HDR` and TSO/USO/checksum offloads
+//! (negotiated down if the kernel refuses one), the socket with `UDP_GRO`, and sends use UDP
+//! GSO (see `glue`). Environment knobs (inherited from `tunnelmesh`): `TM_DP_OFFLOAD=0`
+//! (plain TUN, one datagram per send/receive), `TM_DP_SOCKBUF` (UDP buffer bytes),
+//! `TM_DP_TUN_READS` / `TM_DP_UDP_RECVS` (receives kept in flight).
 #![forbid(unsafe_code)]
 
 mod args;
@@ -48,6 +54,7 @@ fn fail<E: Display>(what: impl Into<String>) -> impl FnOnce(E) -> Fail {
 }
 
 fn main() -> ExitCode {
+    abort_on_panic();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -114,7 +121,10 @@ fn run() -> Result<(), Fail> {
     {
         sock.set_buffers(b);
     }
-    let gro = want_offload && sock.set_gro(true).is_ok();
+    if want_offload {
+        // Without GRO every receive is one datagram (seg == 0): nothing else changes.
+        let _ = sock.set_gro(true);
+    }
     let mut cfg = if want_offload {
         LoopConfig::for_offload()
     } else {
@@ -127,7 +137,6 @@ fn run() -> Result<(), Fail> {
     if let Some(n) = env_num("TM_DP_UDP_RECVS").filter(|&n| n > 0) {
         cfg.udp_recvs = n;
     }
-    let _ = gro;
     let dp = Dataplane::new(DpConfig { mtu: args.mtu }, Instant::now());
     let coalesce = offload & libc::TUN_F_TSO4 != 0;
     let mut glue = glue::Glue::new(dp, ring, cfg.buf_size, want_offload, coalesce);
@@ -156,4 +165,15 @@ fn run() -> Result<(), Fail> {
     match exit {
         Exit::Signal(_) | Exit::Stopped => Ok(()),
     }
+}
+
+/// A panic on any thread (a worker included) ends the process, as `panic = "abort"` would:
+/// the control plane restarts the dataplane. The release profile unwinds so that tests can share
+/// its build; this hook keeps the process-wide semantics.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
 }
