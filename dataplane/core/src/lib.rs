@@ -17,9 +17,12 @@
 //! **Call order** (driver, e.g. `tm-dp-io`):
 //! 1. [`Dataplane::new`], then feed every decoded `CtlMsg` to [`Dataplane::handle_ctl`]
 //!    (`SetTimers`, `AddPeer`..., later `InstallSession` / `SendDatagram`).
-//! 2. For each TUN packet: [`Dataplane::handle_tun`] -> send `out[..len]` on `Send`.
+//! 2. For each TUN packet: [`Dataplane::handle_tun`] -> send `out[..len]` on `Send`
+//!    (or, packet already at `buf[16..]`, [`Dataplane::handle_tun_in_place`]; with a
+//!    vnet-header TUN first split super-packets with [`offload::Segmenter`]).
 //! 3. For each UDP datagram: [`Dataplane::handle_udp`] -> write
-//!    `dgram[start..start + len]` to the TUN on `WriteTun`.
+//!    `dgram[start..start + len]` to the TUN on `WriteTun` (with a vnet-header TUN through
+//!    [`offload::Gro`], which coalesces TCP segments; flush it at the end of each batch).
 //! 4. When [`Dataplane::poll_timeout`]'s instant passes: [`Dataplane::handle_timeout`].
 //! 5. After any of the above, drain [`Dataplane::poll_transmit`] (send each) and
 //!    [`Dataplane::poll_event`] (encode into the ring) until they return `None`.

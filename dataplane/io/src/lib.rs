@@ -3,10 +3,14 @@
 //!
 //! What it does:
 //! - [`tun::Tun::create`] opens `/dev/net/tun` (`IFF_TUN|IFF_NO_PI`, exclusive, non-persistent:
-//!   the device disappears when the fd is closed).
+//!   the device disappears when the fd is closed); [`tun::Tun::create_with`] adds
+//!   `IFF_VNET_HDR` / `IFF_MULTI_QUEUE`, [`tun::Tun::negotiate_offload`] sets `TUNSETOFFLOAD`
+//!   (checksum, TSO, USO) as far as the kernel accepts, [`tun::Tun::attach_queue`] opens more
+//!   queues.
 //! - [`netlink`] configures it over a raw `NETLINK_ROUTE` socket (MTU, address, up, routes).
 //! - [`udp::bind_dual`] binds the dual-stack UDP socket (`[::]:PORT`, falling back to
-//!   `0.0.0.0:PORT`), with v4-mapped addresses converted to plain IPv4 both ways.
+//!   `0.0.0.0:PORT`), with v4-mapped addresses converted to plain IPv4 both ways;
+//!   [`udp::UdpSock::set_gro`] and [`udp::UdpSock::send_gso`] are the UDP offloads.
 //! - [`fds::claim_inherited`] takes ownership of fds inherited from the parent.
 //! - [`signals::SignalFd`] blocks SIGTERM/SIGINT and exposes them as a pollable fd.
 //! - [`uring::EventLoop`] keeps TUN reads and UDP `recvmsg`s in flight, polls the control

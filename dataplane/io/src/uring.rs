@@ -14,11 +14,12 @@
 //! (TUN reads first, then UDP receives) and is only touched by Rust after that receive's
 //! completion arrived, so the kernel and the handler never see the same slot at once.
 //! Outputs are written with direct nonblocking syscalls from [`Io`] (`write(2)` on the
-//! TUN, `sendto(MSG_DONTWAIT)` on UDP): the handler's buffer is free again as soon as the
-//! call returns, and a full socket buffer is a counted drop, never a stall. Later
-//! (thread-per-core, GSO/GRO, vnet headers) the pool becomes a provided-buffer ring and
-//! sends become `SendMsg` SQEs owning a pool slot until their CQE; the slot/op split here
-//! is what makes that swap local.
+//! TUN, `sendto`/`sendmsg(MSG_DONTWAIT)` on UDP, with `UDP_SEGMENT` for a batch of equal-size
+//! datagrams): the handler's buffer is free again as soon as the call returns, and a full
+//! socket buffer is a counted drop, never a stall. UDP receives carry a control buffer, so
+//! with `UDP_GRO` on one completion hands the handler many datagrams and their segment size.
+//! Later (thread-per-core) the pool may become a provided-buffer ring with multishot
+//! receives; the slot/op split here is what makes that swap local.
 //!
 //! Shutdown: dropping the loop cancels every in-flight operation and waits for each
 //! completion before the pool is freed (if the kernel does not answer, the pool is leaked
