@@ -170,8 +170,8 @@ impl Io<'_> {
         }
     }
 
-    /// Sends `buf` as datagrams of `seg` bytes (the last may be shorter) with one GSO
-    /// `sendmsg`; `segments` is how many that is (for the counters). If the kernel refuses
+    /// Sends `buf` as datagrams of `seg` bytes (the last may be shorter; `seg == 0`: one
+    /// datagram) with one GSO `sendmsg`. If the kernel refuses
     /// GSO (`EIO`/`EINVAL`/`ENOPROTOOPT`), GSO is switched off for good and each datagram
     /// is sent on its own. False (and counted) on failure.
     pub fn send_udp_gso(&mut self, buf: &[u8], seg: usize, to: SocketAddr) -> bool {
@@ -202,7 +202,8 @@ impl Io<'_> {
             }
         }
         let mut ok = true;
-        for d in buf.chunks(seg.max(1).min(buf.len().max(1))) {
+        let each = if seg == 0 { buf.len() } else { seg };
+        for d in buf.chunks(each.max(1)) {
             ok &= self.send_udp(d, to);
         }
         ok

@@ -340,3 +340,88 @@ fn sigterm_stops_the_loop() {
         assert!(so.contains("SIGNAL-EXIT-OK"), "{so}");
     }
 }
+
+/// Answers "go" with three 1400-byte datagrams and "many" with 130 100-byte datagrams, each
+/// as one GSO batch; "stop" stops.
+#[derive(Default)]
+struct GsoProbe {
+    stats: Vec<tm_dp_io::uring::IoStats>,
+}
+
+impl Handler for GsoProbe {
+    fn on_tun(&mut self, _io: &mut Io<'_>, _pkt: &mut [u8]) {}
+    fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgram: &mut [u8], _seg: usize) {
+        let (n, size) = match &dgram[..] {
+            b"go" => (3, 1400),
+            b"many" => (130, 100),
+            b"stop" => return io.stop(),
+            _ => return,
+        };
+        let mut buf = vec![0u8; n * size];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i / size) as u8 + 1;
+        }
+        assert!(io.send_udp_gso(&buf, size, from));
+        self.stats.push(io.stats());
+    }
+    fn on_ctl_ready(&mut self, _io: &mut Io<'_>) {}
+    fn on_timeout(&mut self, _io: &mut Io<'_>) {}
+    fn on_batch_end(&mut self, _io: &mut Io<'_>) -> Option<Instant> {
+        None
+    }
+}
+
+/// UDP GSO sends work; when the kernel refuses one (more segments than `UDP_MAX_SEGMENTS`:
+/// EINVAL) the loop switches GSO off for good and sends the datagrams one by one, in order.
+#[test]
+fn gso_send_falls_back_when_the_kernel_refuses() {
+    let Some(ns) = Netns::new("gso") else { return };
+    let (port_tx, port_rx) = mpsc::channel();
+    let server = ns.spawn(move || {
+        let tun = Tun::create("tmgso0").expect("create tun");
+        let sock = udp::bind_dual(0).unwrap();
+        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
+        let fds = LoopFds {
+            tun: &tun,
+            udp: &sock,
+            ctl_event: None,
+            signals: None,
+        };
+        let cfg = LoopConfig {
+            udp_gso: true,
+            ..LoopConfig::for_mtu(1400)
+        };
+        let mut lp = EventLoop::new(cfg, fds).unwrap();
+        let mut h = GsoProbe::default();
+        assert_eq!(lp.run(&mut h).unwrap(), Exit::Stopped);
+        h
+    });
+    let port: u16 = port_rx.recv().unwrap();
+    let client = ns.spawn(move || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 4096];
+        for (msg, n, size) in [(&b"go"[..], 3, 1400), (b"many", 130, 100), (b"go", 3, 1400)] {
+            c.send_to(msg, ("127.0.0.1", port)).unwrap();
+            for tag in 1..=n {
+                let (len, _) = c.recv_from(&mut b).unwrap();
+                assert_eq!(len, size);
+                assert!(
+                    b[..len].iter().all(|&x| x == tag as u8),
+                    "datagram {tag} in order"
+                );
+            }
+        }
+        c.send_to(b"stop", ("127.0.0.1", port)).unwrap();
+    });
+    client.join().unwrap();
+    let h = server.join().unwrap();
+    assert_eq!(h.stats.len(), 3);
+    assert!(h.stats[0].udp_gso_sends == 1 && h.stats[0].gso_enabled);
+    assert_eq!(h.stats[0].udp_tx, 3);
+    assert!(!h.stats[1].gso_enabled, "GSO switched off after EINVAL");
+    assert_eq!(h.stats[1].udp_tx, 133);
+    assert_eq!(h.stats[2].udp_gso_sends, 1, "no further GSO attempts");
+    assert_eq!(h.stats[2].udp_tx, 136);
+    assert_eq!(h.stats[2].udp_send_errors, 0);
+}
