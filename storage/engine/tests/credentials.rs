@@ -18,12 +18,19 @@ fn deleted_credentials_are_gone_everywhere() {
         ]
     );
     assert!(s.delete_credential("AK1").unwrap());
-    assert!(!s.delete_credential("AK1").unwrap(), "second delete finds nothing");
+    assert!(
+        !s.delete_credential("AK1").unwrap(),
+        "second delete finds nothing"
+    );
     assert_eq!(s.cached_credential("AK1"), None);
     assert_eq!(s.credential("AK1").unwrap(), None);
     drop(s);
     let s = Store::open(StoreConfig::new(d.path())).expect("reopen");
-    assert_eq!(s.credential("AK1").unwrap(), None, "the revocation was committed");
+    assert_eq!(
+        s.credential("AK1").unwrap(),
+        None,
+        "the revocation was committed"
+    );
     assert_eq!(
         s.credential("AK2").unwrap(),
         Some(("s2".to_string(), "beta".to_string()))

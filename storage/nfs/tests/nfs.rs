@@ -219,7 +219,10 @@ async fn create_modes_mkdir_rmdir_remove_rename_symlink() {
     rename(&mut c, &d2, "g", &d2, "inner")
         .await
         .expect("over existing");
-    assert_eq!(getattr(&mut c, &inner).await.err(), Some(nfsstat3::NFS3ERR_STALE));
+    assert_eq!(
+        getattr(&mut c, &inner).await.err(),
+        Some(nfsstat3::NFS3ERR_STALE)
+    );
     let inner2 = lookup(&mut c, &d2, "inner").await.expect("l").0;
     assert_eq!(read_all(&mut c, &inner2).await, b"abc");
     rename(&mut c, &root, "d1", &root, "moved")
@@ -490,7 +493,9 @@ async fn read_only_share_and_quota_store_nothing() {
     let mut c = srv.mount("readonly").await;
     let root = c.root_nfs_fh3();
     let f = mkfile(&mut c, &root, "f").await;
-    srv.store.set_share_read_only("readonly", true).expect("readonly");
+    srv.store
+        .set_share_read_only("readonly", true)
+        .expect("readonly");
     assert_eq!(
         create(&mut c, &root, "g", createhow3::GUARDED(sattr3::default())).await,
         Err(nfsstat3::NFS3ERR_ROFS)
@@ -612,7 +617,10 @@ async fn cross_protocol_same_bytes_both_ways() {
     srv.store
         .delete_object("default", "photos/from-nfs.txt")
         .expect("delete");
-    assert_eq!(getattr(&mut c, &f).await.err(), Some(nfsstat3::NFS3ERR_STALE));
+    assert_eq!(
+        getattr(&mut c, &f).await.err(),
+        Some(nfsstat3::NFS3ERR_STALE)
+    );
     srv.stop().await;
 }
 
