@@ -65,6 +65,32 @@ struct Peer {
     stats: PeerStats,
 }
 
+impl Peer {
+    /// A peer with no session yet.
+    fn new(cfg: PeerConfig, noise: hs::Peer, dynamic: bool) -> Self {
+        Peer {
+            endpoint: cfg.endpoint,
+            cfg,
+            dynamic,
+            is_coordinator: false,
+            candidates: Vec::new(),
+            attempt_since: None,
+            direct: None,
+            last_probe: None,
+            noise,
+            last_handshake: None,
+            sessions: 0,
+            want_until: None,
+            last_init_sent: None,
+            next_retry: None,
+            inflight_index: None,
+            installed: VecDeque::new(),
+            stats_base: PeerStats::default(),
+            stats: PeerStats::default(),
+        }
+    }
+}
+
 #[derive(Default, Clone, Copy)]
 struct DpCounters {
     drops: [u64; DropReason::COUNT],
@@ -130,29 +156,7 @@ impl Node {
         for (i, p) in cfg.peers.iter().enumerate() {
             let noise = hs::Peer::new(&local, p.public_key, p.preshared_key)
                 .map_err(|e| anyhow::anyhow!("peers[{i}].public_key: {e}"))?;
-            peers.insert(
-                i as PeerId,
-                Peer {
-                    noise,
-                    endpoint: p.endpoint,
-                    cfg: p.clone(),
-                    dynamic: false,
-                    is_coordinator: false,
-                    candidates: Vec::new(),
-                    attempt_since: None,
-                    direct: None,
-                    last_probe: None,
-                    last_handshake: None,
-                    sessions: 0,
-                    want_until: None,
-                    last_init_sent: None,
-                    next_retry: None,
-                    inflight_index: None,
-                    installed: VecDeque::new(),
-                    stats_base: PeerStats::default(),
-                    stats: PeerStats::default(),
-                },
-            );
+            peers.insert(i as PeerId, Peer::new(p.clone(), noise, false));
         }
         let by_key = peers.iter().map(|(i, p)| (p.cfg.public_key, *i)).collect();
         let next_id = peers.len() as PeerId;
@@ -426,29 +430,12 @@ impl Node {
                 endpoint: None,
                 persistent_keepalive: cfg.persistent_keepalive,
             });
-            self.peers.insert(
-                id,
-                Peer {
-                    cfg,
-                    dynamic: true,
-                    is_coordinator: w.is_coordinator,
-                    candidates: cands,
-                    attempt_since: Some(now),
-                    direct: None,
-                    last_probe: None,
-                    noise,
-                    endpoint: None,
-                    last_handshake: None,
-                    sessions: 0,
-                    want_until: Some(now + REKEY_ATTEMPT),
-                    last_init_sent: None,
-                    next_retry: None,
-                    inflight_index: None,
-                    installed: VecDeque::new(),
-                    stats_base: PeerStats::default(),
-                    stats: PeerStats::default(),
-                },
-            );
+            let mut p = Peer::new(cfg, noise, true);
+            p.is_coordinator = w.is_coordinator;
+            p.candidates = cands;
+            p.attempt_since = Some(now);
+            p.want_until = Some(now + REKEY_ATTEMPT);
+            self.peers.insert(id, p);
             self.by_key.insert(key, id);
             self.initiate(id, now);
         }
