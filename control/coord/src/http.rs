@@ -238,28 +238,7 @@ pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         s.flush().await
     };
     w.await.map_err(|e| Error::io("send upgrade request", e))?;
-    let (head, rest) = read_head(s, "read coordinator response")
-        .await
-        .map_err(|e| match e {
-            Error::Malformed(m) => Error::BadResponse(m),
-            other => other,
-        })?;
-    let mut lines = head.split("\r\n");
-    let first = lines.next().unwrap_or_default();
-    let status: u16 = first
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| Error::BadResponse(format!("bad status line {first:?}")))?;
-    if status == 101 {
-        return Ok((101, rest));
-    }
-    let len = content_length(lines).map_err(|e| Error::BadResponse(e.to_string()))?;
-    if len > MAX_RESPONSE {
-        return Err(Error::BadResponse("response too large".into()));
-    }
-    let body = read_body(s, rest, len).await?;
-    Ok((status, body))
+    read_response(s, true).await
 }
 
 /// Client side: sends a request and reads the response status and body.
@@ -280,6 +259,15 @@ pub(crate) async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
         s.flush().await
     };
     w.await.map_err(|e| Error::io("send request", e))?;
+    read_response(s, false).await
+}
+
+/// Reads a response: status and body; with `upgrade`, a `101` returns at once with the bytes
+/// already read past its head (the start of the upgraded stream).
+async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    upgrade: bool,
+) -> Result<(u16, Vec<u8>), Error> {
     let (head, rest) = read_head(s, "read coordinator response")
         .await
         .map_err(|e| match e {
@@ -293,6 +281,9 @@ pub(crate) async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| Error::BadResponse(format!("bad status line {first:?}")))?;
+    if upgrade && status == 101 {
+        return Ok((101, rest));
+    }
     let len = content_length(lines).map_err(|e| Error::BadResponse(e.to_string()))?;
     if len > MAX_RESPONSE {
         return Err(Error::BadResponse("response too large".into()));
