@@ -108,17 +108,9 @@ impl StateStore for ObjectStateStore {
             .open_object(tm_storage::SYSTEM_BUCKET, STATE_OBJECT)
         {
             Ok(r) => {
-                let mut buf = vec![0u8; r.size() as usize];
-                let mut off = 0;
-                while off < buf.len() {
-                    let n = r
-                        .read_at(off as u64, &mut buf[off..])
-                        .map_err(|x| e(format!("reading {STATE_OBJECT}: {x}")))?;
-                    if n == 0 {
-                        return Err(e(format!("{STATE_OBJECT}: short read")));
-                    }
-                    off += n;
-                }
+                let mut buf = Vec::with_capacity(r.size() as usize);
+                std::io::Read::read_to_end(&mut r.reader(), &mut buf)
+                    .map_err(|x| e(format!("reading {STATE_OBJECT}: {x}")))?;
                 Ok(Some(buf))
             }
             Err(tm_storage::StorageError::NoSuchKey) => {
