@@ -18,8 +18,19 @@
 //! datagrams): the handler's buffer is free again as soon as the call returns, and a full
 //! socket buffer is a counted drop, never a stall. UDP receives carry a control buffer, so
 //! with `UDP_GRO` on one completion hands the handler many datagrams and their segment size.
-//! Later (thread-per-core) the pool may become a provided-buffer ring with multishot
-//! receives; the slot/op split here is what makes that swap local.
+//!
+//! UDP receive, multishot (default, [`LoopConfig::multishot`]): ONE `recvmsg` SQE with
+//! `IORING_RECV_MULTISHOT` over a provided-buffer ring ([`BufRing`]): every datagram (or GRO
+//! batch) completes into a buffer the kernel picked, laid out as `io_uring_recvmsg_out`,
+//! source address, control messages, payload; the buffer goes back to the ring as soon as
+//! the handler returns. The op stays armed across completions (re-armed when a CQE arrives
+//! without `IORING_CQE_F_MORE`, e.g. after `ENOBUFS`). If the kernel refuses the buffer
+//! ring or the multishot op, the loop falls back for good to one `recvmsg` per pool slot.
+//!
+//! Waiting: with [`LoopConfig::wait_nr`] > 1 and [`LoopConfig::min_wait_us`] > 0 (kernel
+//! 6.12+, `IORING_FEAT_MIN_TIMEOUT`) the loop sleeps until `wait_nr` completions are ready
+//! or `min_wait_us` has passed with at least one: under load one wakeup handles several
+//! completions; an idle loop still wakes on the first completion after `min_wait_us`.
 //!
 //! Shutdown: dropping the loop cancels every in-flight operation and waits for each
 //! completion before the pool is freed (if the kernel does not answer, the pool is leaked
@@ -54,6 +65,15 @@ pub struct LoopConfig {
     pub max_timer: Duration,
     /// Use UDP GSO for [`Io::send_udp_gso`] (falls back by itself if the kernel refuses).
     pub udp_gso: bool,
+    /// Receive UDP with one multishot `recvmsg` over a provided-buffer ring of
+    /// `2 * udp_recvs` buffers (rounded up to a power of two); false: `udp_recvs` single
+    /// `recvmsg` ops. Falls back to the latter by itself if the kernel refuses.
+    pub multishot: bool,
+    /// Completions to wait for before waking (1: wake on the first).
+    pub wait_nr: u32,
+    /// With `wait_nr > 1`: wake with fewer completions once this many microseconds passed
+    /// (0: no batching wait).
+    pub min_wait_us: u32,
 }
 
 impl LoopConfig {
@@ -88,6 +108,9 @@ impl Default for LoopConfig {
             udp_recvs: 16,
             max_timer: Duration::from_millis(100),
             udp_gso: false,
+            multishot: true,
+            wait_nr: 1,
+            min_wait_us: 0,
         }
     }
 }
@@ -129,6 +152,12 @@ pub struct IoStats {
     pub udp_gso_sends: u64,
     /// UDP GSO sends are in use (cleared when the kernel refused one).
     pub gso_enabled: bool,
+    /// Multishot receives ended because every provided buffer was in use (re-armed).
+    pub udp_no_bufs: u64,
+    /// UDP is received with a multishot `recvmsg` (false: one op per buffer).
+    pub multishot: bool,
+    /// Batched waits (`min_wait_us`) are in use (false if never asked for or refused).
+    pub batched_wait: bool,
 }
 
 /// Why [`EventLoop::run`] returned.
@@ -321,6 +350,87 @@ impl Drop for BufPool {
     }
 }
 
+/// Bytes in front of the payload in a multishot receive buffer: the `io_uring_recvmsg_out`
+/// header (four u32), the source address and the control messages (as sized by [`MULTI_NAME_LEN`]
+/// and [`MULTI_CTRL_LEN`] in the multishot op's msghdr).
+const MULTI_HDR_LEN: usize = 16;
+/// Room for the source address of a multishot receive.
+const MULTI_NAME_LEN: usize = size_of::<libc::sockaddr_storage>();
+/// Room for the control messages of a multishot receive (`UDP_GRO`: one `cmsg` of 4 bytes).
+const MULTI_CTRL_LEN: usize = 64;
+const MULTI_PREFIX: usize = MULTI_HDR_LEN + MULTI_NAME_LEN + MULTI_CTRL_LEN;
+/// Buffer group id of the UDP provided-buffer ring.
+const UDP_BGID: u16 = 7;
+
+/// A provided-buffer ring: `n` buffers (a power of two) the kernel picks from for multishot
+/// receives, and the ring of `io_uring_buf` entries it reads them from. Both stay at one
+/// address for their life. A buffer is the kernel's from [`BufRing::provide`] until the
+/// completion naming its id is reaped.
+struct BufRing {
+    entries: NonNull<types::BufRingEntry>,
+    layout: Layout,
+    bufs: BufPool,
+    n: u16,
+    /// Our copy of the tail published to the kernel.
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(n: u16, buf_size: usize) -> io::Result<BufRing> {
+        assert!(
+            n.is_power_of_two(),
+            "buffer ring size must be a power of two"
+        );
+        let layout =
+            Layout::from_size_align(usize::from(n) * size_of::<types::BufRingEntry>(), 4096)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the layout has a non-zero size (n >= 1).
+        let p = unsafe { alloc_zeroed(layout) };
+        let entries = NonNull::new(p.cast::<types::BufRingEntry>())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let bufs = BufPool::new(buf_size, usize::from(n))?;
+        Ok(BufRing {
+            entries,
+            layout,
+            bufs,
+            n,
+            tail: 0,
+        })
+    }
+
+    /// Hands buffer `bid` (back) to the kernel.
+    fn provide(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (self.n - 1));
+        let addr = self.bufs.ptr(usize::from(bid)) as u64;
+        // SAFETY: idx < n, so the entry is inside the allocation. The kernel reads only the
+        // entries between its head and the published tail, and this one is at the tail,
+        // outside that range until the store below; `set_*` leave the `resv` field (the
+        // tail, in entry 0) alone.
+        unsafe {
+            let e = &mut *self.entries.as_ptr().add(idx);
+            e.set_addr(addr);
+            e.set_len(self.bufs.buf_size() as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field is the `resv` of entry 0, a naturally aligned u16 inside the
+        // allocation that only this thread writes; the kernel reads it with acquire
+        // semantics, so the entry written above is visible before the new tail.
+        unsafe {
+            let t = types::BufRingEntry::tail(self.entries.as_ptr()).cast_mut();
+            std::sync::atomic::AtomicU16::from_ptr(t)
+                .store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: `entries` was allocated with exactly this layout and is freed once.
+        unsafe { dealloc(self.entries.as_ptr().cast(), self.layout) };
+    }
+}
+
 /// Per-UDP-receive kernel structures; boxed so their addresses never change.
 struct RecvMeta {
     hdr: libc::msghdr,
@@ -337,6 +447,7 @@ const K_CTL: u64 = 3;
 const K_SIG: u64 = 4;
 const K_TIMER: u64 = 5;
 const K_CANCEL: u64 = 6;
+const K_UDPM: u64 = 7;
 
 fn ud(kind: u64, idx: u64) -> u64 {
     (kind << KIND_SHIFT) | idx
@@ -353,14 +464,21 @@ pub struct EventLoop<'a> {
     cfg: LoopConfig,
     pool: BufPool,
     recv: Box<[RecvMeta]>,
-    /// Ops submitted whose CQE has not arrived yet.
+    /// The multishot receive's buffers and its msghdr (sizes of name and control room),
+    /// while multishot is in use.
+    multi: Option<(BufRing, Box<libc::msghdr>)>,
+    /// The multishot receive is armed (its final CQE has not arrived yet).
+    multi_armed: bool,
+    /// A multishot completion has succeeded (a later EINVAL is an error, not "unsupported").
+    multi_worked: bool,
+    /// Ops submitted whose last CQE has not arrived yet.
     inflight: usize,
     /// Consecutive errors per receive slot.
     errors: Vec<u32>,
     timer_ts: Box<types::Timespec>,
     timer_gen: u64,
     timer_armed: Option<Instant>,
-    cqes: Vec<(u64, i32)>,
+    cqes: Vec<(u64, i32, u32)>,
     stats: IoStats,
     stop: bool,
     exit: Option<Exit>,
@@ -403,6 +521,13 @@ impl<'a> EventLoop<'a> {
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
+        let multi = if cfg.multishot {
+            Self::register_multi(&ring, &cfg)
+        } else {
+            None
+        };
+        let batched_wait =
+            cfg.wait_nr > 1 && cfg.min_wait_us > 0 && ring.params().is_feature_min_timeout();
         Ok(EventLoop {
             ring,
             fds,
@@ -417,8 +542,13 @@ impl<'a> EventLoop<'a> {
             cqes: Vec::with_capacity(entries as usize * 2),
             stats: IoStats {
                 gso_enabled: cfg.udp_gso,
+                multishot: multi.is_some(),
+                batched_wait,
                 ..IoStats::default()
             },
+            multi,
+            multi_armed: false,
+            multi_worked: false,
             stop: false,
             exit: None,
             started: false,
@@ -429,6 +559,68 @@ impl<'a> EventLoop<'a> {
     /// The loop's counters.
     pub fn stats(&self) -> IoStats {
         self.stats
+    }
+
+    /// Allocates and registers the UDP buffer ring, every buffer provided; None if the
+    /// kernel refuses (no provided-buffer rings: the loop uses single receives).
+    fn register_multi(ring: &IoUring, cfg: &LoopConfig) -> Option<(BufRing, Box<libc::msghdr>)> {
+        let n = (cfg.udp_recvs.max(1) * 2).next_power_of_two().min(1 << 15) as u16;
+        let mut br = BufRing::new(n, MULTI_PREFIX + cfg.buf_size).ok()?;
+        // SAFETY: the entry array is page-aligned, `n` entries long, and lives (inside the
+        // loop) until the ring is dropped; Drop unregisters it once no op uses it.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                br.entries.as_ptr() as u64,
+                n,
+                UDP_BGID,
+                0,
+            )
+        }
+        .ok()?;
+        for bid in 0..n {
+            br.provide(bid);
+        }
+        // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+        let mut hdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
+        hdr.msg_namelen = MULTI_NAME_LEN as libc::socklen_t;
+        hdr.msg_controllen = MULTI_CTRL_LEN as _;
+        Some((br, hdr))
+    }
+
+    fn arm_udp_multi(&mut self) -> Result<()> {
+        let Some((_, hdr)) = &self.multi else {
+            return Ok(());
+        };
+        let e = opcode::RecvMsgMulti::new(
+            types::Fd(self.fds.udp.as_fd().as_raw_fd()),
+            &**hdr as *const libc::msghdr,
+            UDP_BGID,
+        )
+        .flags(libc::MSG_TRUNC as u32)
+        .build()
+        .user_data(ud(K_UDPM, 0));
+        // SAFETY: the msghdr is boxed inside `self.multi` and only read by the kernel; the
+        // buffers come from the registered ring, which outlives every op (Drop drains them
+        // before it is unregistered); the socket outlives the loop's in-flight ops.
+        unsafe { self.push(&e) }?;
+        self.multi_armed = true;
+        Ok(())
+    }
+
+    /// Multishot receives are not available: receive with one op per pool slot from now on.
+    fn multi_fallback(&mut self) -> Result<()> {
+        if let Some((br, _)) = self.multi.take() {
+            if self.ring.submitter().unregister_buf_ring(UDP_BGID).is_ok() {
+                drop(br);
+            } else {
+                std::mem::forget(br);
+            }
+        }
+        self.stats.multishot = false;
+        for j in 0..self.cfg.udp_recvs {
+            self.arm_udp(j)?;
+        }
+        Ok(())
     }
 
     /// Pushes one SQE (flushing the SQ to the kernel if it is full).
@@ -544,8 +736,12 @@ impl<'a> EventLoop<'a> {
         for i in 0..self.cfg.tun_reads {
             self.arm_tun(i)?;
         }
-        for j in 0..self.cfg.udp_recvs {
-            self.arm_udp(j)?;
+        if self.multi.is_some() {
+            self.arm_udp_multi()?;
+        } else {
+            for j in 0..self.cfg.udp_recvs {
+                self.arm_udp(j)?;
+            }
         }
         if let Some(fd) = self.fds.ctl_event {
             self.arm_poll(fd.as_raw_fd(), K_CTL)?;
@@ -576,23 +772,48 @@ impl<'a> EventLoop<'a> {
             if self.stop {
                 return Ok(Exit::Stopped);
             }
-            match self.ring.submit_and_wait(1) {
+            let waited = if self.stats.batched_wait {
+                let args = types::SubmitArgs::new().min_wait_usec(self.cfg.min_wait_us);
+                match self
+                    .ring
+                    .submitter()
+                    .submit_with_args(self.cfg.wait_nr as usize, &args)
+                {
+                    // An older kernel rejects the (formerly reserved) field: wait plainly.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.stats.batched_wait = false;
+                        self.ring.submit_and_wait(1)
+                    }
+                    r => r,
+                }
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            match waited {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                    ) => {}
                 Err(e) => return Err(IoError::Uring(e)),
             }
             self.cqes.clear();
-            self.cqes
-                .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             if self.cqes.is_empty() {
                 continue;
             }
             let now = Instant::now();
             let cqes = std::mem::take(&mut self.cqes);
-            for &(data, res) in &cqes {
-                self.inflight -= 1;
-                self.complete(h, now, data, res)?;
+            for &(data, res, flags) in &cqes {
+                if !io_uring::cqueue::more(flags) {
+                    self.inflight -= 1;
+                }
+                self.complete(h, now, data, res, flags)?;
             }
             self.cqes = cqes;
             let deadline = h.on_batch_end(&mut Io {
@@ -606,6 +827,68 @@ impl<'a> EventLoop<'a> {
         }
     }
 
+    /// One completion of the multishot receive: hand the payload to the handler, give the
+    /// buffer back, re-arm if the op ended.
+    fn complete_multi<H: Handler>(
+        &mut self,
+        h: &mut H,
+        now: Instant,
+        res: i32,
+        flags: u32,
+    ) -> Result<()> {
+        let more = io_uring::cqueue::more(flags);
+        if !more {
+            self.multi_armed = false;
+        }
+        let bid = io_uring::cqueue::buffer_select(flags);
+        if res >= 0 {
+            if let (Some(bid), Some((br, _))) = (bid, self.multi.as_mut()) {
+                self.multi_worked = true;
+                let len = (res as usize).min(br.bufs.buf_size());
+                // SAFETY: the completion names buffer `bid`, so the kernel is done writing it
+                // and will not pick it again until `provide(bid)` below; no other reference
+                // to it exists.
+                let buf = unsafe { br.bufs.slice_mut(usize::from(bid), len) };
+                match parse_multi(buf) {
+                    Some((from, seg, payload)) => {
+                        if let Some(e) = self.errors.get_mut(self.cfg.tun_reads) {
+                            *e = 0;
+                        }
+                        self.stats.udp_rx += 1;
+                        let mut io = Io {
+                            now,
+                            tun: self.fds.tun,
+                            udp: self.fds.udp,
+                            stats: &mut self.stats,
+                            stop: &mut self.stop,
+                        };
+                        h.on_udp(&mut io, from, payload, seg);
+                    }
+                    None => self.stats.udp_recv_errors += 1,
+                }
+                br.provide(bid);
+            }
+        } else if res == -libc::ENOBUFS {
+            self.stats.udp_no_bufs += 1;
+        } else if res == -libc::EINVAL && !self.multi_worked {
+            // The kernel does not know multishot recvmsg: single receives from now on.
+            return self.multi_fallback();
+        } else if res != -libc::EAGAIN && res != -libc::EINTR {
+            self.stats.udp_recv_errors += 1;
+            let slot = self.cfg.tun_reads;
+            self.slot_error(slot, -res)?;
+        }
+        if let (Some(bid), true) = (bid, res < 0) {
+            if let Some((br, _)) = self.multi.as_mut() {
+                br.provide(bid);
+            }
+        }
+        if !more && self.multi.is_some() {
+            self.arm_udp_multi()?;
+        }
+        Ok(())
+    }
+
     fn slot_error(&mut self, slot: usize, e: i32) -> Result<()> {
         self.errors[slot] += 1;
         if self.errors[slot] >= MAX_CONSECUTIVE_ERRORS {
@@ -614,13 +897,21 @@ impl<'a> EventLoop<'a> {
         Ok(())
     }
 
-    fn complete<H: Handler>(&mut self, h: &mut H, now: Instant, data: u64, res: i32) -> Result<()> {
+    fn complete<H: Handler>(
+        &mut self,
+        h: &mut H,
+        now: Instant,
+        data: u64,
+        res: i32,
+        flags: u32,
+    ) -> Result<()> {
         let kind = data >> KIND_SHIFT;
         let idx = (data & ((1 << KIND_SHIFT) - 1)) as usize;
         if res == -libc::ECANCELED {
             return Ok(());
         }
         match kind {
+            K_UDPM => self.complete_multi(h, now, res, flags),
             K_TUN => {
                 if res > 0 {
                     self.errors[idx] = 0;
@@ -748,7 +1039,11 @@ impl Drop for EventLoop<'_> {
                     ) => {}
                 Err(_) => break,
             }
-            let n = self.ring.completion().count();
+            let n = self
+                .ring
+                .completion()
+                .filter(|c| !io_uring::cqueue::more(c.flags()))
+                .count();
             self.inflight -= n.min(self.inflight);
         }
         if self.inflight > 0 {
@@ -760,6 +1055,50 @@ impl Drop for EventLoop<'_> {
             std::mem::forget(pool);
             let recv = std::mem::take(&mut self.recv);
             std::mem::forget(recv);
+            std::mem::forget(self.multi.take());
+        } else if self.multi.is_some() {
+            let _ = self.ring.submitter().unregister_buf_ring(UDP_BGID);
         }
     }
+}
+
+/// Splits a multishot receive buffer (`io_uring_recvmsg_out`, name, control, payload) into
+/// the source address, the `UDP_GRO` segment size (0: one datagram) and the payload. None
+/// for a truncated payload or name, or an unknown address family.
+fn parse_multi(buf: &mut [u8]) -> Option<(SocketAddr, usize, &mut [u8])> {
+    if buf.len() < MULTI_PREFIX {
+        return None;
+    }
+    let word = |i: usize| u32::from_ne_bytes(buf[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    let (namelen, controllen, payloadlen, flags) = (word(0), word(1), word(2), word(3));
+    let namelen = namelen as usize;
+    if namelen > MULTI_NAME_LEN || flags & libc::MSG_TRUNC as u32 != 0 {
+        return None;
+    }
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+    // SAFETY: `namelen <= MULTI_NAME_LEN == size_of::<sockaddr_storage>()` bytes are copied from
+    // inside `buf` (checked length) into `name`; the regions do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            buf.as_ptr().add(MULTI_HDR_LEN),
+            (&mut name as *mut libc::sockaddr_storage).cast::<u8>(),
+            namelen,
+        );
+    }
+    let from = RawAddr::decode(&name, namelen as libc::socklen_t)?;
+    let ctrl_at = MULTI_HDR_LEN + MULTI_NAME_LEN;
+    let controllen = (controllen as usize).min(MULTI_CTRL_LEN);
+    // SAFETY: all-zero is a valid msghdr.
+    let mut hdr: libc::msghdr = unsafe { zeroed() };
+    hdr.msg_control = buf[ctrl_at..].as_mut_ptr().cast();
+    hdr.msg_controllen = controllen as _;
+    // SAFETY: the control region is `controllen` readable bytes inside `buf`, filled by the
+    // kernel.
+    let seg = unsafe { crate::udp::gro_segment(&hdr) }.unwrap_or(0);
+    let payloadlen = payloadlen as usize;
+    if MULTI_PREFIX + payloadlen > buf.len() {
+        return None;
+    }
+    Some((from, seg, &mut buf[MULTI_PREFIX..MULTI_PREFIX + payloadlen]))
 }

@@ -205,7 +205,20 @@ fn eventfd() -> OwnedFd {
 
 #[test]
 fn loop_moves_packets_tun_and_udp() {
-    let Some(ns) = Netns::new("loop") else { return };
+    loop_moves_packets(true);
+}
+
+/// The same with one `recvmsg` op per buffer (the fallback for kernels without multishot)
+/// and plain waits.
+#[test]
+fn loop_moves_packets_single_receives() {
+    loop_moves_packets(false);
+}
+
+fn loop_moves_packets(multishot: bool) {
+    let Some(ns) = Netns::new(if multishot { "loop" } else { "loop1" }) else {
+        return;
+    };
     let efd = eventfd();
     let efd_raw = efd.as_raw_fd();
     let (port_tx, port_rx) = mpsc::channel();
@@ -225,7 +238,15 @@ fn loop_moves_packets_tun_and_udp() {
             ctl_event: Some(efd.as_fd()),
             signals: None,
         };
-        let mut lp = EventLoop::new(LoopConfig::for_mtu(1400), fds).unwrap();
+        // The multishot variant also waits in batches (up to 8 completions or 50 us).
+        let (wait_nr, min_wait_us) = if multishot { (8, 50) } else { (1, 0) };
+        let cfg = LoopConfig {
+            multishot,
+            wait_nr,
+            min_wait_us,
+            ..LoopConfig::for_mtu(1400)
+        };
+        let mut lp = EventLoop::new(cfg, fds).unwrap();
         let mut h = Echo {
             ctl_fd: Some(efd.as_raw_fd()),
             ..Echo::default()
@@ -291,6 +312,86 @@ fn loop_moves_packets_tun_and_udp() {
     assert!(stats.tun_rx >= 20);
     assert_eq!(stats.tun_tx, 20);
     assert_eq!(stats.udp_send_errors + stats.tun_write_errors, 0);
+    // This kernel (6.18) has multishot recvmsg and provided-buffer rings.
+    assert_eq!(stats.multishot, multishot);
+    assert_eq!(stats.batched_wait, multishot);
+}
+
+/// Collects datagrams; "stop" stops.
+#[derive(Default)]
+struct Collect {
+    seen: Vec<Vec<u8>>,
+}
+
+impl Handler for Collect {
+    fn on_tun(&mut self, _io: &mut Io<'_>, _pkt: &mut [u8]) {}
+    fn on_udp(&mut self, io: &mut Io<'_>, _from: SocketAddr, dgram: &mut [u8], _seg: usize) {
+        if dgram == b"stop" {
+            io.stop();
+        } else {
+            self.seen.push(dgram.to_vec());
+        }
+    }
+    fn on_ctl_ready(&mut self, _io: &mut Io<'_>) {}
+    fn on_timeout(&mut self, _io: &mut Io<'_>) {}
+    fn on_batch_end(&mut self, _io: &mut Io<'_>) -> Option<Instant> {
+        None
+    }
+}
+
+/// More datagrams queued than the multishot receive has buffers: it ends with ENOBUFS, is
+/// re-armed, and every datagram still arrives once, in order.
+#[test]
+fn multishot_rearms_when_buffers_run_out() {
+    let Some(ns) = Netns::new("nobufs") else {
+        return;
+    };
+    let (port_tx, port_rx) = mpsc::channel();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let server = ns.spawn(move || {
+        let tun = Tun::create("tmnobuf0").expect("create tun");
+        let sock = udp::bind_dual(0).unwrap();
+        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
+        sent_rx.recv().unwrap();
+        let fds = LoopFds {
+            tun: &tun,
+            udp: &sock,
+            ctl_event: None,
+            signals: None,
+        };
+        // 4 receives -> a ring of 8 buffers for 120 queued datagrams.
+        let cfg = LoopConfig {
+            udp_recvs: 4,
+            ..LoopConfig::for_mtu(1400)
+        };
+        let mut lp = EventLoop::new(cfg, fds).unwrap();
+        let mut h = Collect::default();
+        assert_eq!(lp.run(&mut h).unwrap(), Exit::Stopped);
+        let stats = lp.stats();
+        (h, stats)
+    });
+    let port: u16 = port_rx.recv().unwrap();
+    let client = ns.spawn(move || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..120u32 {
+            let mut d = [0u8; 100];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            c.send_to(&d, ("127.0.0.1", port)).unwrap();
+        }
+        c.send_to(b"stop", ("127.0.0.1", port)).unwrap();
+    });
+    client.join().unwrap();
+    sent_tx.send(()).unwrap();
+    let (h, stats) = server.join().unwrap();
+    assert!(stats.multishot);
+    assert!(stats.udp_no_bufs >= 1, "{stats:?}");
+    let got: Vec<u32> = h
+        .seen
+        .iter()
+        .map(|d| u32::from_be_bytes(d[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, (0..120).collect::<Vec<_>>());
+    assert_eq!(stats.udp_recv_errors, 0);
 }
 
 #[test]
