@@ -20,7 +20,9 @@
 //! (negotiated down if the kernel refuses one), the socket with `UDP_GRO`, and sends use UDP
 //! GSO (see `glue`). Environment knobs (inherited from `tunnelmesh`): `TM_DP_OFFLOAD=0`
 //! (plain TUN, one datagram per send/receive), `TM_DP_SOCKBUF` (UDP buffer bytes),
-//! `TM_DP_TUN_READS` / `TM_DP_UDP_RECVS` (receives kept in flight).
+//! `TM_DP_TUN_READS` / `TM_DP_UDP_RECVS` (receives kept in flight), `TM_DP_MULTISHOT=0` (one
+//! `recvmsg` op per buffer instead of a multishot receive), `TM_DP_WAIT_NR` /
+//! `TM_DP_MIN_WAIT_US` (batched waits: wake for N completions or after the minimum wait).
 #![forbid(unsafe_code)]
 
 mod args;
@@ -136,6 +138,15 @@ fn run() -> Result<(), Fail> {
     }
     if let Some(n) = env_num("TM_DP_UDP_RECVS").filter(|&n| n > 0) {
         cfg.udp_recvs = n;
+    }
+    if std::env::var("TM_DP_MULTISHOT").is_ok_and(|v| v == "0") {
+        cfg.multishot = false;
+    }
+    if let Some(n) = env_num("TM_DP_WAIT_NR").filter(|&n| n > 0) {
+        cfg.wait_nr = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = env_num("TM_DP_MIN_WAIT_US") {
+        cfg.min_wait_us = u32::try_from(n).unwrap_or(u32::MAX);
     }
     let dp = Dataplane::new(DpConfig { mtu: args.mtu }, Instant::now());
     let coalesce = offload & libc::TUN_F_TSO4 != 0;
