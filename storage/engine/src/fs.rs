@@ -24,8 +24,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,7 @@ use crate::meta::{
 };
 use crate::share::{ShareRec, SHARES};
 use crate::store::{manifest_etag, Pins};
+use crate::writeback::lock;
 use crate::{ObjectMeta, StorageError, Store, INLINE_MAX, MAX_KEY_LEN};
 
 pub(crate) const FS_INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("fs_inodes");
@@ -164,6 +166,17 @@ pub struct FsStat {
     pub free_bytes: u64,
     /// Objects in the share.
     pub files: u64,
+}
+
+/// What [`FileSystem::stage`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staged {
+    /// The file's attributes including the staged write.
+    pub attr: FileAttr,
+    /// Bytes staged for this inode and not yet being applied.
+    pub inode_bytes: usize,
+    /// Bytes staged in the whole store and not yet being applied.
+    pub total_bytes: usize,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -534,6 +547,15 @@ impl FileSystem {
         })
     }
 
+    /// A view without a handle generation (for the store's own flushes of staged writes).
+    pub(crate) fn bare(store: Store) -> FileSystem {
+        FileSystem {
+            store,
+            generation: 0,
+            readers: Arc::default(),
+        }
+    }
+
     /// The store underneath.
     pub fn store(&self) -> &Store {
         &self.store
@@ -626,7 +648,9 @@ impl FileSystem {
             if let Some(ino) = ino {
                 let rec =
                     get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
-                return Ok(Some(attr_of(ino, &rec, &node)));
+                let mut a = attr_of(ino, &rec, &node);
+                self.overlay(&mut a);
+                return Ok(Some(a));
             }
             if !alloc {
                 return Ok(None);
@@ -641,7 +665,194 @@ impl FileSystem {
     /// Attributes of an inode (`Stale` once it is removed or its object vanished).
     pub fn getattr(&self, ino: u64) -> Result<FileAttr, StorageError> {
         let r = self.resolve(ino)?;
-        Ok(attr_of(ino, &r.rec, &r.node))
+        let mut a = attr_of(ino, &r.rec, &r.node);
+        self.overlay(&mut a);
+        Ok(a)
+    }
+
+    /// Report staged writes in `a` (size and times), as if they were applied.
+    fn overlay(&self, a: &mut FileAttr) {
+        if a.kind != FileKind::File {
+            return;
+        }
+        if let Some(b) = self.store.wb().get(a.ino) {
+            let d = lock(&b.state);
+            if d.overlays() {
+                a.size = a.size.max(d.end);
+                a.mtime = from_nanos(d.mtime);
+                a.ctime = a.mtime;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ staged (UNSTABLE) writes
+
+    /// Stage a write in memory (NFS UNSTABLE): it is visible at once to every reader of the
+    /// store (reads apply staged writes first) and durable after [`FileSystem::flush`]. Quota,
+    /// read-only and file-type checks happen here, so a refusal stores nothing.
+    pub fn stage(&self, ino: u64, offset: u64, data: &[u8]) -> Result<Staged, StorageError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(StorageError::Invalid("offset overflow"))?;
+        let (mut attr, room, key) = self.check_write(ino)?;
+        let wb = self.store.wb();
+        if data.is_empty() {
+            self.overlay(&mut attr);
+            return Ok(Staged {
+                attr,
+                inode_bytes: 0,
+                total_bytes: wb.total.load(Ordering::Relaxed),
+            });
+        }
+        let now = now_nanos();
+        let base = attr.size;
+        let r = wb.with_state(ino, &key, |d| {
+            if let Some(e) = d.error.take() {
+                return Err(e);
+            }
+            let new_end = if d.overlays() { d.end.max(end) } else { end };
+            if let Some(room) = room {
+                if new_end > base && new_end - base > room {
+                    return Err(StorageError::QuotaExceeded);
+                }
+            }
+            match d.extents.last_mut() {
+                Some((o, v)) if *o + v.len() as u64 == offset => v.extend_from_slice(data),
+                _ => d.extents.push((offset, data.to_vec())),
+            }
+            d.bytes += data.len();
+            d.end = new_end;
+            d.mtime = now.max(d.mtime);
+            d.since.get_or_insert_with(Instant::now);
+            Ok((d.bytes, new_end, d.mtime))
+        });
+        let (inode_bytes, new_end, mtime) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                wb.retire(ino, false);
+                return Err(e);
+            }
+        };
+        let total_bytes = wb.total.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+        attr.size = attr.size.max(new_end);
+        attr.mtime = from_nanos(mtime);
+        attr.ctime = attr.mtime;
+        Ok(Staged {
+            attr,
+            inode_bytes,
+            total_bytes,
+        })
+    }
+
+    /// Apply every write staged for `ino` durably (NFS COMMIT); returns at once when nothing
+    /// is staged. Reports a failure of an earlier background flush of this inode.
+    pub fn flush(&self, ino: u64) -> Result<(), StorageError> {
+        self.flush_opt(ino, false)
+    }
+
+    /// Like [`FileSystem::flush`], keeping a failure for the inode's next stage or flush.
+    pub fn flush_background(&self, ino: u64) {
+        let _ = self.flush_opt(ino, true);
+    }
+
+    fn flush_opt(&self, ino: u64, remember: bool) -> Result<(), StorageError> {
+        let wb = self.store.wb();
+        let Some(b) = wb.get(ino) else {
+            return Ok(());
+        };
+        let r = {
+            let _serial = lock(&b.flush);
+            let taken = {
+                let mut d = lock(&b.state);
+                match d.error.take() {
+                    Some(e) if !remember => Err(e),
+                    e => {
+                        d.error = e;
+                        let ex = std::mem::take(&mut d.extents);
+                        let n = std::mem::take(&mut d.bytes);
+                        d.since = None;
+                        d.flushing = !ex.is_empty();
+                        wb.total.fetch_sub(n, Ordering::Relaxed);
+                        Ok(ex)
+                    }
+                }
+            };
+            match taken {
+                Err(e) => Err(e),
+                Ok(ex) if ex.is_empty() => Ok(()),
+                Ok(ex) => {
+                    let refs: Vec<(u64, &[u8])> =
+                        ex.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+                    let r = self.edit(ino, &refs, None, None).map(|_| ());
+                    let mut d = lock(&b.state);
+                    d.flushing = false;
+                    match r {
+                        Err(e) if remember => {
+                            d.error.get_or_insert(e);
+                            Ok(())
+                        }
+                        r => r,
+                    }
+                }
+            }
+        };
+        wb.retire(ino, false);
+        r
+    }
+
+    /// Flush (in the background sense: failures are kept for the inode's next COMMIT) every
+    /// inode whose oldest staged write is older than `age`; all of them with a zero `age`.
+    pub fn flush_idle(&self, age: Duration) {
+        for (ino, b) in self.store.wb().all() {
+            let due = {
+                let d = lock(&b.state);
+                d.since.is_some_and(|t| t.elapsed() >= age)
+            };
+            if due || age.is_zero() {
+                self.flush_background(ino);
+            } else {
+                self.store.wb().retire(ino, false);
+            }
+        }
+    }
+
+    /// Whether `ino` has staged writes, a flush of them running, or a kept flush failure
+    /// (one atomic load when nothing is staged anywhere).
+    pub fn is_staged(&self, ino: u64) -> bool {
+        self.store.wb().get(ino).is_some()
+    }
+
+    /// Number of inodes with staged writes (or a kept flush failure) in the whole store.
+    pub fn staged_inodes(&self) -> usize {
+        self.store.wb().len()
+    }
+
+    /// Bytes staged in the whole store and not yet being applied.
+    pub fn staged_bytes(&self) -> usize {
+        self.store.wb().total.load(Ordering::Relaxed)
+    }
+
+    /// Flush staged writes of every inode at `path` or below it (before a rename moves them).
+    fn flush_under(&self, share: &str, path: &str) -> Result<(), StorageError> {
+        let wb = self.store.wb();
+        if wb.is_empty() {
+            return Ok(());
+        }
+        let mut inos = wb.inodes_at(&obj_key(share, path), false);
+        inos.extend(wb.inodes_at(&obj_key(share, &format!("{path}/")), true));
+        for ino in inos {
+            self.flush_background(ino);
+        }
+        Ok(())
+    }
+
+    /// Drop (without applying) the staged writes to the file at `share/path` (it was removed
+    /// or replaced).
+    fn discard_at(&self, share: &str, path: &str) {
+        let wb = self.store.wb();
+        for ino in wb.inodes_at(&obj_key(share, path), false) {
+            wb.retire(ino, true);
+        }
     }
 
     /// Look `name` up in directory `dir` (`.` and `..` included).
@@ -676,7 +887,21 @@ impl FileSystem {
 
     /// Read up to `count` bytes at `offset`: `(data, eof)`.
     pub fn read(&self, ino: u64, offset: u64, count: u32) -> Result<(Vec<u8>, bool), StorageError> {
+        self.read_with_attr(ino, offset, count)
+            .map(|(data, eof, _)| (data, eof))
+    }
+
+    /// [`FileSystem::read`] plus the file's attributes (from the same metadata snapshot).
+    pub fn read_with_attr(
+        &self,
+        ino: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool, FileAttr), StorageError> {
+        self.flush_background(ino);
         let r = self.resolve(ino)?;
+        let mut attr = attr_of(ino, &r.rec, &r.node);
+        self.overlay(&mut attr);
         let cur = match r.node {
             Node::Dir { .. } => return Err(StorageError::IsADirectory),
             Node::Symlink(_) => return Err(StorageError::Invalid("read of a symlink")),
@@ -690,7 +915,7 @@ impl FileSystem {
         let obj = match cached {
             Some(o) => o,
             None => {
-                let o = match self.store.open_object(&r.rec.share, &r.rec.path) {
+                let o = match self.store.open_object_raw(&r.rec.share, &r.rec.path) {
                     Ok(o) => o,
                     Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
                     Err(e) => return Err(e),
@@ -705,13 +930,13 @@ impl FileSystem {
         };
         let size = obj.size();
         if offset >= size {
-            return Ok((Vec::new(), true));
+            return Ok((Vec::new(), true, attr));
         }
         let n = u64::from(count).min(size - offset) as usize;
         let mut buf = vec![0u8; n];
         let got = obj.read_at(offset, &mut buf)?;
         buf.truncate(got);
-        Ok((buf, offset + got as u64 >= size))
+        Ok((buf, offset + got as u64 >= size, attr))
     }
 
     /// Target of a symlink.
@@ -720,7 +945,7 @@ impl FileSystem {
         if !matches!(r.node, Node::Symlink(_)) {
             return Err(StorageError::Invalid("not a symlink"));
         }
-        let obj = self.store.open_object(&r.rec.share, &r.rec.path)?;
+        let obj = self.store.open_object_raw(&r.rec.share, &r.rec.path)?;
         let mut buf = vec![0u8; obj.size() as usize];
         let n = obj.read_at(0, &mut buf)?;
         buf.truncate(n);
@@ -731,12 +956,15 @@ impl FileSystem {
     /// chunks they touch. Returns the new attributes.
     pub fn write(&self, ino: u64, writes: &[(u64, &[u8])]) -> Result<FileAttr, StorageError> {
         self.writable(ino)?;
+        self.flush(ino)?;
         self.edit(ino, writes, None, None)
     }
 
     /// Change attributes (size changes rewrite only the cut chunk).
     pub fn setattr(&self, ino: u64, sa: &SetAttrs) -> Result<FileAttr, StorageError> {
         self.writable(ino)?;
+        // Staged writes first: they must not land after (and override) the new size or times.
+        self.flush_background(ino);
         let r = self.resolve(ino)?;
         if sa.size.is_some() && !matches!(r.node, Node::File(_)) {
             return Err(match r.node {
@@ -789,7 +1017,7 @@ impl FileSystem {
                 Node::Symlink(_) => return Err(StorageError::Invalid("write to a symlink")),
             }
             let (share, path) = (r.rec.share.clone(), r.rec.path.clone());
-            let old = match self.store.open_object(&share, &path) {
+            let old = match self.store.open_object_raw(&share, &path) {
                 Ok(o) => o,
                 Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
                 Err(e) => return Err(e),
@@ -1190,6 +1418,7 @@ impl FileSystem {
             d.rec.path.clone(),
         );
         let max_size = self.store.max_size();
+        let (share, path) = (sh.clone(), p.clone());
         self.store.txn(move |wtx, freed| {
             let node = probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.ok_or(StorageError::NoSuchKey)?;
             match (&node, want_dir) {
@@ -1217,7 +1446,9 @@ impl FileSystem {
             tombstone(wtx, &sh, &p)?;
             ensure_marker(wtx, freed, max_size, &sh, &dpath)?;
             touch_dir(wtx, &sh, &dpath)
-        })
+        })?;
+        self.discard_at(&share, &path);
+        Ok(())
     }
 
     /// Rename within or across directories of one share; an existing target file (or empty
@@ -1248,7 +1479,11 @@ impl FileSystem {
         }
         let (fpath, tpath) = (fd.rec.path.clone(), td.rec.path.clone());
         let max_size = self.store.max_size();
-        self.store.txn(move |wtx, freed| {
+        // Staged writes of what moves go to the old keys first; those of a replaced target
+        // are dropped with it.
+        self.flush_under(&sh, &src)?;
+        let (share, old_dst) = (sh.clone(), dst.clone());
+        let moved = self.store.txn(move |wtx, freed| {
             let (snode, dnode) = {
                 let objects = wtx.open_table(OBJECTS)?;
                 (probe(&objects, &sh, &src)?, probe(&objects, &sh, &dst)?)
@@ -1330,17 +1565,18 @@ impl FileSystem {
                 let mut paths = wtx.open_table(FS_PATHS)?;
                 let mut inodes = wtx.open_table(FS_INODES)?;
                 let now = now_nanos();
-                for (old, ino) in &repoint {
+                for (old, ino) in &mut repoint {
                     let np = format!("{dst}{}", &old[src.len()..]);
                     paths.remove(obj_key(&sh, old).as_str())?;
                     paths.insert(obj_key(&sh, &np).as_str(), *ino)?;
                     if let Some(mut r) = get_inode(&inodes, *ino)? {
-                        r.path = np;
-                        if old == &src {
+                        r.path = np.clone();
+                        if *old == src {
                             r.ctime = now;
                         }
                         put_inode(&mut inodes, *ino, &r)?;
                     }
+                    *old = np;
                 }
             }
             ensure_marker(wtx, freed, max_size, &sh, &fpath)?;
@@ -1348,8 +1584,21 @@ impl FileSystem {
             if tpath != fpath {
                 touch_dir(wtx, &sh, &tpath)?;
             }
-            Ok(())
-        })
+            Ok(repoint)
+        })?;
+        let wb = self.store.wb();
+        if !wb.is_empty() {
+            let moved_inos: Vec<u64> = moved.iter().map(|(_, i)| *i).collect();
+            for ino in wb.inodes_at(&obj_key(&share, &old_dst), false) {
+                if !moved_inos.contains(&ino) {
+                    wb.retire(ino, true);
+                }
+            }
+            for (path, ino) in moved {
+                wb.rekey(ino, obj_key(&share, &path));
+            }
+        }
+        Ok(())
     }
 
     /// Up to `max` entries of directory `dir` after `cookie` (0 = from the start, with `.` and
@@ -1491,10 +1740,12 @@ impl FileSystem {
         }
         for ((name, node), ino) in found.into_iter().zip(inos) {
             let (ino, rec) = ino.expect("every entry has an inode after allocation");
+            let mut attr = attr_of(ino, &rec, &node);
+            self.overlay(&mut attr);
             out.push(DirEntry {
                 name,
                 cookie: ino,
-                attr: attr_of(ino, &rec, &node),
+                attr,
             });
         }
         Ok((out, eof))
@@ -1532,6 +1783,13 @@ impl FileSystem {
     /// file's attributes and how many bytes its share may still grow by (`None` = unlimited).
     /// `ReadOnly`, `IsADirectory`, `Invalid` (symlink) and `Stale` refuse the write.
     pub fn write_check(&self, ino: u64) -> Result<(FileAttr, Option<u64>), StorageError> {
+        let (mut a, room, _) = self.check_write(ino)?;
+        self.overlay(&mut a);
+        Ok((a, room))
+    }
+
+    /// `write_check` without the staged-write overlay, plus the object key of the file.
+    fn check_write(&self, ino: u64) -> Result<(FileAttr, Option<u64>, String), StorageError> {
         let rtx = self.store.db().begin_read()?;
         let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
         if rec.removed {
@@ -1566,7 +1824,11 @@ impl FileSystem {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Ok((attr_of(ino, &rec, &node), room))
+        Ok((
+            attr_of(ino, &rec, &node),
+            room,
+            obj_key(&rec.share, &rec.path),
+        ))
     }
 
     /// Bytes a file may still grow by in its share (`None` = unlimited); used to refuse

@@ -35,6 +35,7 @@ mod reader;
 pub mod remote;
 mod share;
 mod store;
+mod writeback;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -45,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chunk::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use error::StorageError;
-pub use fs::{CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, SetAttrs};
+pub use fs::{CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, SetAttrs, Staged};
 pub use meta::INLINE_MAX;
 pub use reader::{ObjectReader, RangeReader};
 #[cfg(feature = "remote")]

@@ -141,6 +141,8 @@ struct Inner {
     committer: Option<JoinHandle<()>>,
     stop_reclaim: Option<Sender<()>>,
     reclaimer: Option<JoinHandle<()>>,
+    /// Writes staged by the file-system view (NFS UNSTABLE), applied before any read.
+    wb: crate::writeback::WriteBack,
 }
 
 impl Drop for Inner {
@@ -424,6 +426,7 @@ impl Store {
                 committer: Some(committer),
                 stop_reclaim: Some(stop_reclaim),
                 reclaimer: Some(reclaimer),
+                wb: crate::writeback::WriteBack::default(),
             }),
         };
         store.gc()?;
@@ -442,6 +445,29 @@ impl Store {
     /// The global `max_size` cap.
     pub(crate) fn max_size(&self) -> Option<u64> {
         self.inner.max_size
+    }
+
+    /// Writes staged by the file-system view.
+    pub(crate) fn wb(&self) -> &crate::writeback::WriteBack {
+        &self.inner.wb
+    }
+
+    /// Apply writes staged over NFS to `bucket/key` (every key under it with `prefix`) before
+    /// the object is read, replaced or removed, so it is seen with every acknowledged write.
+    /// Costs one atomic load when nothing is staged. A failed flush is reported to the NFS
+    /// client at its next WRITE or COMMIT.
+    fn settle(&self, bucket: &str, key: &str, prefix: bool) {
+        if self.inner.wb.is_empty() {
+            return;
+        }
+        let inos = self.inner.wb.inodes_at(&obj_key(bucket, key), prefix);
+        if inos.is_empty() {
+            return;
+        }
+        let fs = crate::fs::FileSystem::bare(self.clone());
+        for ino in inos {
+            fs.flush_background(ino);
+        }
     }
 
     /// Run `f` inside the next group-committed write transaction; returns once it is durable.
@@ -651,6 +677,7 @@ impl Store {
         meta: ObjectMeta,
     ) -> Result<PutWriter, StorageError> {
         check_key(key)?;
+        self.settle(bucket, key, false);
         let limit = self.room(bucket, key)?;
         Ok(PutWriter::new(
             self.clone(),
@@ -772,6 +799,7 @@ impl Store {
 
     /// Metadata of an object.
     pub fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StorageError> {
+        self.settle(bucket, key, false);
         let rtx = self.inner.db.begin_read()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
@@ -783,6 +811,17 @@ impl Store {
     /// Open the current version for reading. The reader keeps that version readable (its chunks
     /// are pinned) even if the object is replaced or deleted meanwhile.
     pub fn open_object(&self, bucket: &str, key: &str) -> Result<ObjectReader, StorageError> {
+        self.settle(bucket, key, false);
+        self.open_object_raw(bucket, key)
+    }
+
+    /// [`Store::open_object`] without applying staged writes first (the file-system view
+    /// applies them itself, by inode).
+    pub(crate) fn open_object_raw(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ObjectReader, StorageError> {
         let shared = self.inner.shared.clone();
         let _g = shared.read_guard();
         let rtx = self.inner.db.begin_read()?;
@@ -821,6 +860,7 @@ impl Store {
 
     /// Delete an object; deleting a missing key succeeds.
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        self.settle(bucket, key, false);
         let (bucket, key) = (bucket.to_string(), key.to_string());
         self.txn(move |wtx, freed| remove_object(wtx, freed, &bucket, &key).map(|_| ()))
     }
@@ -836,6 +876,8 @@ impl Store {
         meta: Option<ObjectMeta>,
     ) -> Result<ObjectInfo, StorageError> {
         check_key(dst_key)?;
+        self.settle(src_bucket, src_key, false);
+        self.settle(dst_bucket, dst_key, false);
         let max_size = self.inner.max_size;
         let (sb, sk, db, dk) = (
             src_bucket.to_string(),
@@ -874,6 +916,7 @@ impl Store {
         start_after: Option<&str>,
         max: usize,
     ) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.settle(bucket, prefix, true);
         let rtx = self.inner.db.begin_read()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;

@@ -173,8 +173,13 @@ async fn read_record(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Opt
             return Err(std::io::Error::other("RPC record too large"));
         }
         let start = rec.len();
-        rec.resize(start + len, 0);
-        r.read_exact(&mut rec[start..]).await?;
+        rec.reserve_exact(len);
+        // Into the spare capacity: no zeroing of large WRITE payloads first.
+        let got = (&mut *r).take(len as u64).read_to_end(&mut rec).await?;
+        if got != len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        debug_assert_eq!(rec.len(), start + len);
         if h & 0x8000_0000 != 0 {
             return Ok(Some(rec));
         }
@@ -433,16 +438,22 @@ impl Front {
 /// READ, WRITE, GETATTR and LOOKUP answered by the front itself (same [`Vfs`] calls the library
 /// would make; fewer copies and no loopback hop).
 mod fast {
-    use nfs3_server::nfs3_types::nfs3::{fattr3, filename3, nfsstat3, stable_how};
-    use nfs3_server::nfs3_types::xdr_codec::Pack;
+    use std::io::Cursor;
+
+    use nfs3_server::nfs3_types::nfs3::{createhow3, fattr3, filename3, nfsstat3, stable_how};
+    use nfs3_server::nfs3_types::xdr_codec::{Pack, Unpack};
     use nfs3_server::vfs::{FileHandleU64, NfsFileSystem, NfsReadFileSystem};
+    use tm_storage::{CreateMode, SetAttrs};
 
     use super::{be32, pad4, Call, Front, PROG_NFS};
+    use crate::vfs::{blocking, fattr, set_attrs};
 
     const GETATTR: u32 = 1;
     const LOOKUP: u32 = 3;
     const READ: u32 = 6;
     const WRITE: u32 = 7;
+    const CREATE: u32 = 8;
+    const COMMIT: u32 = 21;
 
     /// Served in arrival order on its connection.
     pub(super) fn ordered(c: &Call) -> bool {
@@ -450,7 +461,9 @@ mod fast {
     }
 
     pub(super) fn handles(c: &Call) -> bool {
-        c.prog == PROG_NFS && c.vers == 3 && matches!(c.proc_, GETATTR | LOOKUP | READ | WRITE)
+        c.prog == PROG_NFS
+            && c.vers == 3
+            && matches!(c.proc_, GETATTR | LOOKUP | READ | WRITE | CREATE | COMMIT)
     }
 
     fn be64(b: &[u8], at: usize) -> Option<u64> {
@@ -579,11 +592,10 @@ mod fast {
                     }
                 };
                 let h = FileHandleU64::new(ino);
-                match vfs.read(&h, off, count).await {
-                    Ok((data, eof)) => {
-                        let attr = vfs.getattr(&h).await.ok();
+                match vfs.read_with_attr(ino, off, count).await {
+                    Ok((data, eof, attr)) => {
                         let mut v = head(c.xid, nfsstat3::NFS3_OK);
-                        post_op(&mut v, attr.as_ref());
+                        post_op(&mut v, Some(&attr));
                         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
                         u32s(&mut v, &[n, u32::from(eof), n]);
                         let pad = vec![0u8; pad4(data.len()) - data.len()];
@@ -596,6 +608,8 @@ mod fast {
                     }
                 }
             }
+            CREATE => create(front, c, rec).await,
+            COMMIT => commit(front, c, rec).await,
             _ => {
                 // WRITE: fh, offset, count, stable, opaque data
                 let parsed = handle(front, rec, c.args).and_then(|(ino, at)| {
@@ -642,6 +656,84 @@ mod fast {
                 }
             }
         }
+    }
+
+    /// CREATE (all three modes; GUARDED and EXCLUSIVE are checked atomically by the engine).
+    /// Durable before the reply: one group-committed metadata transaction.
+    async fn create(front: &Front, c: &Call, rec: &[u8]) -> Vec<Vec<u8>> {
+        let vfs = &front.vfs;
+        let parsed = handle(front, rec, c.args).and_then(|(dir, at)| {
+            let n = be32(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)? as usize;
+            let name = rec.get(at + 4..at + 4 + n).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+            let name = std::str::from_utf8(name)
+                .map_err(|_| nfsstat3::NFS3ERR_INVAL)?
+                .to_string();
+            let tail = rec.get(at + 4 + pad4(n)..).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+            let (how, _) =
+                createhow3::unpack(&mut Cursor::new(tail)).map_err(|_| nfsstat3::NFS3ERR_INVAL)?;
+            let (mode, sa) = match how {
+                createhow3::UNCHECKED(a) => (CreateMode::Unchecked, set_attrs(&a)),
+                createhow3::GUARDED(a) => (CreateMode::Guarded, set_attrs(&a)),
+                createhow3::EXCLUSIVE(v) => (
+                    CreateMode::Exclusive(u64::from_be_bytes(v.0)),
+                    SetAttrs::default(),
+                ),
+            };
+            Ok((dir, name, mode, sa))
+        });
+        let (dir, name, mode, sa) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                let mut v = head(c.xid, e);
+                u32s(&mut v, &[0, 0]);
+                return vec![v];
+            }
+        };
+        let fs = vfs.fs().clone();
+        let r = blocking(move || fs.create(dir, &name, mode, &sa)).await;
+        let dir_attr = vfs.getattr(&FileHandleU64::new(dir)).await.ok();
+        match r {
+            Ok(a) => {
+                let mut v = head(c.xid, nfsstat3::NFS3_OK);
+                v.extend_from_slice(&1u32.to_be_bytes());
+                v.extend_from_slice(&fh_bytes(front, a.ino));
+                post_op(&mut v, Some(&fattr(&a)));
+                post_op_pre_none(&mut v);
+                post_op(&mut v, dir_attr.as_ref());
+                vec![v]
+            }
+            Err(e) => {
+                let mut v = head(c.xid, e);
+                post_op_pre_none(&mut v);
+                post_op(&mut v, dir_attr.as_ref());
+                vec![v]
+            }
+        }
+    }
+
+    /// COMMIT: applies the inode's staged writes durably (answered at once when none are).
+    async fn commit(front: &Front, c: &Call, rec: &[u8]) -> Vec<Vec<u8>> {
+        let vfs = &front.vfs;
+        let ino = match handle(front, rec, c.args) {
+            Ok((ino, _)) => ino,
+            Err(e) => {
+                let mut v = head(c.xid, e);
+                u32s(&mut v, &[0, 0]);
+                return vec![v];
+            }
+        };
+        let status = match vfs.flush(ino).await {
+            Ok(()) => nfsstat3::NFS3_OK,
+            Err(e) => e,
+        };
+        let attr = vfs.getattr(&FileHandleU64::new(ino)).await.ok();
+        let mut v = head(c.xid, status);
+        post_op_pre_none(&mut v);
+        post_op(&mut v, attr.as_ref());
+        if status == nfsstat3::NFS3_OK {
+            v.extend_from_slice(&front.verf);
+        }
+        vec![v]
     }
 
     /// `pre_op_attr` absent (allowed by RFC 1813; clients then use the post-op attributes).

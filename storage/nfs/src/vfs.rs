@@ -1,17 +1,16 @@
-//! [`Vfs`]: the `nfs3_server` file-system traits on top of [`tm_storage::FileSystem`], with a
-//! write-back buffer for UNSTABLE writes.
+//! [`Vfs`]: the `nfs3_server` file-system traits on top of [`tm_storage::FileSystem`].
 //!
-//! Writes: UNSTABLE writes are kept per inode (adjacent writes coalesced) and applied to the
-//! store by COMMIT, by a FILE_SYNC/DATA_SYNC write, when an inode holds [`FLUSH_BYTES`], when
-//! the server holds [`MAX_DIRTY`] in total, before a read or size change of that inode, and by
-//! the idle flusher ([`Vfs::flush_idle`]). The write verifier changes with every process start
+//! Writes: UNSTABLE writes are staged in the engine's write-back buffer
+//! ([`FileSystem::stage`]), where every reader of the store sees them at once (an S3 GET of the
+//! object applies them first), and made durable by COMMIT, by a FILE_SYNC/DATA_SYNC write, in
+//! the background when an inode holds [`FLUSH_BYTES`] or the server [`MAX_DIRTY`], and by the
+//! idle flusher ([`Vfs::flush_idle`]). The write verifier changes with every process start
 //! (see `front.rs`), so a client resends anything a crash lost before COMMIT. Quota and
 //! read-only checks happen when the write arrives, so refusals are immediate and store nothing.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use nfs3_server::nfs3_types::nfs3::{
     createverf3, fattr3, fileid3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, post_op_attr,
@@ -60,7 +59,7 @@ pub fn nfs_status(e: &StorageError) -> nfsstat3 {
     }
 }
 
-async fn blocking<T, F>(f: F) -> Result<T, nfsstat3>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, nfsstat3>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
@@ -152,47 +151,6 @@ pub(crate) enum Hint {
     Rmdir,
 }
 
-#[derive(Default)]
-struct Dirty {
-    /// (offset, bytes) in arrival order; adjacent appends are coalesced.
-    extents: Vec<(u64, Vec<u8>)>,
-    bytes: usize,
-    /// When the oldest unflushed write arrived.
-    since: Option<Instant>,
-    /// A background flush failed: reported by the next write or COMMIT.
-    error: Option<nfsstat3>,
-    /// The flush running in the background (at most one per inode, so flushes apply in
-    /// order) and the end offset it writes; writes keep buffering meanwhile.
-    inflight: Option<(tokio::task::JoinHandle<Result<(), nfsstat3>>, u64)>,
-}
-
-impl Dirty {
-    fn end(&self) -> u64 {
-        let buffered = self
-            .extents
-            .iter()
-            .map(|(o, d)| o + d.len() as u64)
-            .max()
-            .unwrap_or(0);
-        buffered.max(self.inflight.as_ref().map_or(0, |f| f.1))
-    }
-
-    fn is_clean(&self) -> bool {
-        self.extents.is_empty() && self.inflight.is_none() && self.error.is_none()
-    }
-
-    /// Wait for the background flush, keeping its error for the next write/COMMIT.
-    async fn settle(&mut self) {
-        if let Some((h, _)) = self.inflight.take() {
-            let r = h.await.unwrap_or(Err(nfsstat3::NFS3ERR_SERVERFAULT));
-            if let Err(e) = r {
-                self.error.get_or_insert(e);
-            }
-        }
-    }
-}
-
-type Buf = Arc<tokio::sync::Mutex<Dirty>>;
 /// Call details from the front, by (directory inode, name).
 type Hints = HashMap<(u64, Vec<u8>), Hint>;
 
@@ -203,12 +161,10 @@ type Hints = HashMap<(u64, Vec<u8>), Hint>;
 pub struct Vfs {
     fs: FileSystem,
     root: u64,
-    bufs: Arc<Mutex<HashMap<u64, Buf>>>,
-    dirty_total: Arc<AtomicUsize>,
     hints: Arc<Mutex<Hints>>,
-    /// Per inode with unflushed writes: (end offset, time of the last write). Read by
-    /// GETATTR without waiting for the inode's buffer lock (a flush may hold it).
-    pending: Arc<Mutex<HashMap<u64, (u64, SystemTime)>>>,
+    /// The background flush started per inode (at most one, so a writer that fills the
+    /// buffer faster than the store absorbs it waits for the previous one).
+    inflight: Arc<Mutex<HashMap<u64, tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -228,10 +184,8 @@ impl Vfs {
         Ok(Vfs {
             fs,
             root,
-            bufs: Arc::new(Mutex::new(HashMap::new())),
-            dirty_total: Arc::new(AtomicUsize::new(0)),
             hints: Arc::new(Mutex::new(HashMap::new())),
-            pending: Arc::new(Mutex::new(HashMap::new())),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -252,133 +206,61 @@ impl Vfs {
         lock(&self.hints).remove(&(dir, name.to_vec()))
     }
 
-    fn buf(&self, ino: u64) -> Option<Buf> {
-        lock(&self.bufs).get(&ino).cloned()
-    }
-
-    fn buf_or_new(&self, ino: u64) -> Buf {
-        lock(&self.bufs).entry(ino).or_default().clone()
-    }
-
-    /// Start applying the buffered writes in the background (caller holds the inode lock and
-    /// has settled the previous flush).
-    fn start_flush(&self, ino: u64, d: &mut Dirty) {
-        debug_assert!(d.inflight.is_none());
-        if d.extents.is_empty() {
-            return;
+    /// Start applying `ino`'s staged writes in the background, after the previous background
+    /// flush of that inode finished (back-pressure for a writer faster than the store).
+    async fn start_flush(&self, ino: u64) {
+        let prev = lock(&self.inflight).remove(&ino);
+        if let Some(h) = prev {
+            let _ = h.await;
         }
-        let end = d.end();
-        let extents = std::mem::take(&mut d.extents);
-        let n = std::mem::take(&mut d.bytes);
-        d.since = None;
-        self.dirty_total.fetch_sub(n, Ordering::Relaxed);
         let fs = self.fs.clone();
-        let h = tokio::task::spawn_blocking(move || {
-            let refs: Vec<(u64, &[u8])> = extents.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-            fs.write(ino, &refs).map(|_| ()).map_err(|e| {
-                if e.is_failure() {
-                    tracing::warn!("nfs: flushing inode {ino}: {e}");
-                }
-                nfs_status(&e)
-            })
-        });
-        d.inflight = Some((h, end));
+        let h = tokio::task::spawn_blocking(move || fs.flush_background(ino));
+        let mut m = lock(&self.inflight);
+        m.retain(|_, h| !h.is_finished());
+        m.insert(ino, h);
     }
 
-    /// Make everything written to one inode durable (caller holds its lock).
-    async fn flush_locked(&self, ino: u64, d: &mut Dirty) -> Result<(), nfsstat3> {
-        d.settle().await;
-        if !d.extents.is_empty() && d.error.is_none() {
-            self.start_flush(ino, d);
-            d.settle().await;
-        }
-        self.settled(ino, d);
-        match d.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Flush one inode's buffer, if any.
+    /// Make everything written to one inode durable (COMMIT).
     pub async fn flush(&self, ino: u64) -> Result<(), nfsstat3> {
-        match self.buf(ino) {
-            Some(b) => {
-                let mut d = b.lock().await;
-                self.flush_locked(ino, &mut d).await
-            }
-            None => Ok(()),
+        if !self.fs.is_staged(ino) {
+            return Ok(());
         }
+        let fs = self.fs.clone();
+        blocking(move || fs.flush(ino)).await
     }
 
-    /// Flush inodes whose oldest buffered write is older than `age` (all if `age` is zero);
+    /// Flush inodes whose oldest staged write is older than `age` (all if `age` is zero);
     /// failures are kept for the next write/COMMIT of that inode.
     pub async fn flush_idle(&self, age: Duration) {
-        let all: Vec<(u64, Buf)> = lock(&self.bufs)
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        // Flush concurrently: the store's group commit folds them into few transactions.
-        let mut set = tokio::task::JoinSet::new();
-        for (ino, b) in all {
-            let me = self.clone();
-            set.spawn(async move {
-                let mut d = b.lock().await;
-                if d.since.is_some_and(|t| t.elapsed() >= age)
-                    || (age.is_zero() && d.inflight.is_some())
-                {
-                    if let Err(e) = me.flush_locked(ino, &mut d).await {
-                        d.error = Some(e);
-                    }
-                } else if d.inflight.as_ref().is_some_and(|f| f.0.is_finished()) {
-                    d.settle().await;
-                    me.settled(ino, &d);
-                }
-                if d.is_clean() {
-                    drop(d);
-                    let mut m = lock(&me.bufs);
-                    // Only drop the entry if nobody else holds it (map + `b`).
-                    if m.get(&ino)
-                        .is_some_and(|x| Arc::ptr_eq(x, &b) && Arc::strong_count(x) == 2)
-                    {
-                        m.remove(&ino);
-                    }
-                }
-            });
-            if set.len() >= 64 {
-                set.join_next().await;
-            }
+        if self.fs.staged_inodes() > 0 {
+            let fs = self.fs.clone();
+            let _ = tokio::task::spawn_blocking(move || fs.flush_idle(age)).await;
         }
-        while set.join_next().await.is_some() {}
     }
 
-    /// Drop (without writing) the buffer of a removed inode.
-    fn discard(&self, ino: u64) {
-        lock(&self.pending).remove(&ino);
-        if let Some(b) = lock(&self.bufs).remove(&ino) {
-            if let Ok(mut d) = b.try_lock() {
-                let n = std::mem::take(&mut d.bytes);
-                d.extents.clear();
-                self.dirty_total.fetch_sub(n, Ordering::Relaxed);
-            }
-        }
+    /// READ with the file's attributes. Served inline (page-cache reads are quick) unless the
+    /// inode has staged writes to apply first, which may wait for the disk.
+    pub(crate) async fn read_with_attr(
+        &self,
+        ino: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool, fattr3), nfsstat3> {
+        let count = count.min(READ_CAP);
+        let r = if self.fs.is_staged(ino) {
+            let fs = self.fs.clone();
+            blocking(move || fs.read_with_attr(ino, offset, count)).await
+        } else {
+            self.fs
+                .read_with_attr(ino, offset, count)
+                .map_err(|e| nfs_status(&e))
+        };
+        r.map(|(d, eof, a)| (d, eof, fattr(&a)))
     }
 
     async fn attr(&self, ino: u64) -> Result<FileAttr, nfsstat3> {
         // A few metadata lookups in redb: cheaper inline than a blocking-pool round trip.
-        let mut a = self.fs.getattr(ino).map_err(|e| nfs_status(&e))?;
-        if let Some((end, t)) = lock(&self.pending).get(&ino).copied() {
-            a.size = a.size.max(end);
-            a.mtime = t;
-            a.ctime = t;
-        }
-        Ok(a)
-    }
-
-    /// Forget the unflushed-size overlay of a clean inode (caller holds its buffer lock).
-    fn settled(&self, ino: u64, d: &Dirty) {
-        if d.extents.is_empty() && d.inflight.is_none() {
-            lock(&self.pending).remove(&ino);
-        }
+        self.fs.getattr(ino).map_err(|e| nfs_status(&e))
     }
 
     async fn lookup_ino(&self, dir: u64, name: String) -> Result<FileAttr, nfsstat3> {
@@ -475,7 +357,6 @@ impl NfsReadFileSystem for Vfs {
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
         let ino = id.as_u64();
-        self.flush(ino).await?;
         let fs = self.fs.clone();
         blocking(move || fs.read(ino, offset, count.min(READ_CAP))).await
     }
@@ -526,8 +407,6 @@ impl NfsFileSystem for Vfs {
     async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3, nfsstat3> {
         let ino = id.as_u64();
         let sa = set_attrs(&setattr);
-        // Buffered writes first: they must not land after (and override) the new size or times.
-        self.flush(ino).await?;
         let fs = self.fs.clone();
         let a = blocking(move || fs.setattr(ino, &sa)).await?;
         Ok(fattr(&a))
@@ -541,52 +420,27 @@ impl NfsFileSystem for Vfs {
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
         let ino = id.as_u64();
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or(nfsstat3::NFS3ERR_FBIG)?;
-        let (attr, room) = self.fs.write_check(ino).map_err(|e| nfs_status(&e))?;
-        let b = self.buf_or_new(ino);
-        let mut d = b.lock().await;
-        if let Some(e) = d.error.take() {
-            return Err(e);
+        let fs = self.fs.clone();
+        if stable != stable_how::UNSTABLE {
+            let data = data.to_vec();
+            let a = blocking(move || {
+                fs.stage(ino, offset, &data)?;
+                fs.flush(ino)?;
+                fs.getattr(ino)
+            })
+            .await?;
+            return Ok((fattr(&a), stable_how::FILE_SYNC));
         }
-        let new_end = d.end().max(end);
-        if let Some(room) = room {
-            if new_end > attr.size && new_end - attr.size > room {
-                return Err(nfsstat3::NFS3ERR_DQUOT);
+        let st = fs.stage(ino, offset, data).map_err(|e| {
+            if e.is_failure() {
+                tracing::warn!("nfs: storage failure: {e}");
             }
+            nfs_status(&e)
+        })?;
+        if st.inode_bytes >= FLUSH_BYTES || st.total_bytes >= MAX_DIRTY {
+            self.start_flush(ino).await;
         }
-        match d.extents.last_mut() {
-            Some((o, v)) if *o + v.len() as u64 == offset => v.extend_from_slice(data),
-            _ => d.extents.push((offset, data.to_vec())),
-        }
-        d.bytes += data.len();
-        d.since.get_or_insert_with(Instant::now);
-        let now = SystemTime::now();
-        {
-            let mut p = lock(&self.pending);
-            let e = p.entry(ino).or_insert((0, now));
-            *e = (e.0.max(new_end), now);
-        }
-        let total = self.dirty_total.fetch_add(data.len(), Ordering::Relaxed) + data.len();
-        let sync = stable != stable_how::UNSTABLE;
-        if sync {
-            self.flush_locked(ino, &mut d).await?;
-        } else if d.bytes >= FLUSH_BYTES || total >= MAX_DIRTY {
-            // Pipeline: wait for the previous flush (back-pressure), start this one, return.
-            d.settle().await;
-            self.start_flush(ino, &mut d);
-        }
-        let mut a = attr;
-        a.size = a.size.max(new_end);
-        a.mtime = now;
-        a.ctime = now;
-        let committed = if sync {
-            stable_how::FILE_SYNC
-        } else {
-            stable_how::UNSTABLE
-        };
-        Ok((fattr(&a), committed))
+        Ok((fattr(&st.attr), stable_how::UNSTABLE))
     }
 
     async fn create(
@@ -647,9 +501,6 @@ impl NfsFileSystem for Vfs {
         let rmdir = matches!(self.take_hint(dir, filename.as_ref()), Some(Hint::Rmdir));
         let name = name_str(filename)?;
         let fs = self.fs.clone();
-        let n2 = name.clone();
-        let victim = blocking(move || fs.lookup(dir, &n2)).await.ok();
-        let fs = self.fs.clone();
         blocking(move || {
             if rmdir {
                 fs.rmdir(dir, &name)
@@ -657,11 +508,7 @@ impl NfsFileSystem for Vfs {
                 fs.remove(dir, &name)
             }
         })
-        .await?;
-        if let Some(v) = victim {
-            self.discard(v.ino);
-        }
-        Ok(())
+        .await
     }
 
     async fn rename<'a>(
@@ -674,18 +521,7 @@ impl NfsFileSystem for Vfs {
         let (fd, td) = (from_dirid.as_u64(), to_dirid.as_u64());
         let (from, to) = (name_str(from_filename)?, name_str(to_filename)?);
         let fs = self.fs.clone();
-        let t2 = to.clone();
-        let replaced = blocking(move || fs.lookup(td, &t2)).await.ok();
-        let fs = self.fs.clone();
-        blocking(move || fs.rename(fd, &from, td, &to)).await?;
-        if let Some(r) = replaced {
-            // The old target is gone unless it was the source itself.
-            let fs = self.fs.clone();
-            if blocking(move || fs.getattr(r.ino)).await.is_err() {
-                self.discard(r.ino);
-            }
-        }
-        Ok(())
+        blocking(move || fs.rename(fd, &from, td, &to)).await
     }
 
     async fn symlink<'a>(

@@ -624,6 +624,86 @@ async fn cross_protocol_same_bytes_both_ways() {
     srv.stop().await;
 }
 
+/// The "same bytes over S3, immediately": an UNSTABLE write that was never COMMITted
+/// is already what an S3 GET/HEAD/LIST/COPY of the object (same process, same `Store`, as in
+/// the daemon) returns; COMMIT afterwards still makes it durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstable_write_is_visible_over_s3_before_commit() {
+    let d = tempfile::tempdir().expect("tmp");
+    let srv = start(d.path()).await;
+    let mut c = srv.mount("default").await;
+    let root = c.root_nfs_fh3();
+    let f = mkfile(&mut c, &root, "live.txt").await;
+    let w = write(&mut c, &f, 0, b"written over nfs", stable_how::UNSTABLE)
+        .await
+        .expect("w");
+    assert_eq!(w.committed, stable_how::UNSTABLE, "really left unstable");
+    assert_eq!(
+        get_object(&srv.store, "default", "live.txt"),
+        b"written over nfs",
+        "S3 GET sees the UNSTABLE write without COMMIT"
+    );
+    // a second unstable write into the middle and one past the end
+    write(&mut c, &f, 8, b"OVER", stable_how::UNSTABLE)
+        .await
+        .expect("w");
+    write(&mut c, &f, 20, b"tail", stable_how::UNSTABLE)
+        .await
+        .expect("w");
+    assert_eq!(
+        srv.store.head("default", "live.txt").expect("head").size,
+        24
+    );
+    let listed = srv
+        .store
+        .list_objects("default", "live", None, 10)
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].size, 24, "LIST reports the staged size");
+    assert_eq!(
+        get_object(&srv.store, "default", "live.txt"),
+        b"written OVER nfs\0\0\0\0tail"
+    );
+    write(&mut c, &f, 0, b"W", stable_how::UNSTABLE)
+        .await
+        .expect("w");
+    srv.store
+        .copy_object("default", "live.txt", "default", "copy.txt", None)
+        .expect("copy");
+    assert_eq!(
+        get_object(&srv.store, "default", "copy.txt"),
+        b"Written OVER nfs\0\0\0\0tail"
+    );
+    // large unstable write (several chunks) too
+    let big = pattern(3, 3 * MIB + 5);
+    let g = mkfile(&mut c, &root, "big.bin").await;
+    for (i, piece) in big.chunks(256 << 10).enumerate() {
+        write(
+            &mut c,
+            &g,
+            (i * (256 << 10)) as u64,
+            piece,
+            stable_how::UNSTABLE,
+        )
+        .await
+        .expect("w");
+    }
+    assert_eq!(get_object(&srv.store, "default", "big.bin"), big);
+    // COMMIT still answers and the bytes survive a restart
+    write(&mut c, &f, 1, b"X", stable_how::UNSTABLE)
+        .await
+        .expect("w");
+    commit(&mut c, &f).await.expect("commit");
+    drop(c);
+    srv.stop().await;
+    let srv = start(d.path()).await;
+    assert_eq!(
+        get_object(&srv.store, "default", "live.txt"),
+        b"WXitten OVER nfs\0\0\0\0tail"
+    );
+    srv.stop().await;
+}
+
 /// 1 GiB written and read back byte for byte (release test runs only: `cargo test --release`).
 #[cfg_attr(debug_assertions, ignore = "1 GiB: run with --release")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
