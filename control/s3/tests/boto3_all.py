@@ -14,7 +14,10 @@ import sys
 import urllib.parse
 
 import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.client import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 EP = os.environ["S3_ENDPOINT"]
@@ -318,5 +321,45 @@ assert s3.list_objects_v2(Bucket=QB)["KeyCount"] == 1
 assert err_code(s3.get_bucket_versioning, Bucket=B)[0] == "NotImplemented"
 assert err_code(s3.put_object_tagging, Bucket=B, Key="dir/a.txt",
                 Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})[0] == "NotImplemented"
+
+# --- bad input: malformed XML bodies and oversized headers get S3 errors, store nothing, and the
+# server keeps serving
+def signed_raw(method, path_query, body=b"", headers=None):
+    req = AWSRequest(method=method, url=EP.rstrip("/") + path_query, data=body,
+                     headers=dict(headers or {}))
+    req.headers["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
+    SigV4Auth(Credentials(AK, SK), "s3", "us-east-1").add_auth(req)
+    p = req.prepare()
+    u = urllib.parse.urlsplit(p.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request(method, u.path + ("?" + u.query if u.query else ""), body=body,
+                 headers=dict(p.headers))
+    r = conn.getresponse()
+    return r.status, r.read().decode(errors="replace")
+
+
+s3.put_object(Bucket=B, Key="keep-me", Body=b"still here")
+bad = b"<Delete><Object><Key>keep-me</Key></Object>"  # unterminated
+import base64
+md5b64 = base64.b64encode(hashlib.md5(bad).digest()).decode()
+st, txt = signed_raw("POST", f"/{B}?delete", bad, {"Content-MD5": md5b64})
+assert st == 400 and "MalformedXML" in txt, (st, txt)
+assert s3.get_object(Bucket=B, Key="keep-me")["Body"].read() == b"still here"
+up = s3.create_multipart_upload(Bucket=B, Key="mpu-bad")["UploadId"]
+s3.upload_part(Bucket=B, Key="mpu-bad", UploadId=up, PartNumber=1, Body=b"p" * 10)
+st, txt = signed_raw("POST", f"/{B}/mpu-bad?uploadId={urllib.parse.quote(up)}", b"not xml at all")
+assert st == 400 and "MalformedXML" in txt, (st, txt)
+assert err_code(s3.head_object, Bucket=B, Key="mpu-bad")[1] == 404
+s3.abort_multipart_upload(Bucket=B, Key="mpu-bad", UploadId=up)
+# 600 KB of request headers: refused at the HTTP layer (431/400), connection closed, server fine.
+u = urllib.parse.urlsplit(EP)
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+try:
+    conn.request("GET", (u.path.rstrip("/") + f"/{B}/keep-me"), headers={"x-big": "a" * 600_000})
+    big_status = conn.getresponse().status
+except (ConnectionError, http.client.HTTPException):
+    big_status = "closed"
+assert big_status in (400, 431, "closed"), big_status
+s3.head_bucket(Bucket=B)
 
 print("boto3: all operations OK")
