@@ -132,6 +132,10 @@ pub struct Status {
     pub dataplane: DataplaneStatus,
     pub counters: Counters,
     pub peers: usize,
+    /// Per-worker counters of the running dataplane (index 0 = the owner thread); empty
+    /// until its first counters report.
+    #[serde(default)]
+    pub workers: Vec<WorkerInfo>,
     /// Present on mesh nodes (joined or coordinator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshStatus>,
@@ -169,6 +173,26 @@ pub struct DataplaneStatus {
     pub restarts: u64,
     pub running: bool,
     pub workers: u16,
+}
+
+/// Counters of one dataplane worker thread (since the running dataplane started). TUN
+/// counts are reads/writes (a super-packet counts once), UDP counts are datagrams.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct WorkerInfo {
+    pub index: u16,
+    pub tun_rx_packets: u64,
+    pub tun_rx_bytes: u64,
+    pub tun_tx_packets: u64,
+    pub tun_tx_bytes: u64,
+    pub udp_rx_packets: u64,
+    pub udp_rx_bytes: u64,
+    pub udp_tx_packets: u64,
+    pub udp_tx_bytes: u64,
+    /// Packets handed to worker 0 (slow path) and those dropped because its queue was full.
+    pub punts: u64,
+    pub punt_drops: u64,
+    /// Drop counts by reason (only non-zero reasons).
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// Cumulative over every dataplane incarnation since the node started.

@@ -21,7 +21,7 @@ use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tm_api::{Command, Counters, DataplaneStatus, PeerInfo, Response, Status};
+use tm_api::{Command, Counters, DataplaneStatus, PeerInfo, Response, Status, WorkerInfo};
 use tm_coord::wire;
 use tm_dns::MeshDns;
 use tm_noise::handshake::{self as hs, InitiationStep, ResponseStep};
@@ -122,6 +122,8 @@ pub struct Node {
     backoff: Duration,
     base: DpCounters,
     latest: DpCounters,
+    /// Latest per-worker counters of the running dataplane (index = worker).
+    workers: Vec<tm_wire::ipc::WorkerStats>,
     handshakes: u64,
     handshake_errors: u64,
     cookies_sent: u64,
@@ -174,6 +176,7 @@ impl Node {
             backoff: Duration::from_millis(100),
             base: DpCounters::default(),
             latest: DpCounters::default(),
+            workers: Vec::new(),
             handshakes: 0,
             handshake_errors: 0,
             cookies_sent: 0,
@@ -656,6 +659,7 @@ impl Node {
         self.restarts += 1;
         self.base.add(&self.latest);
         self.latest = DpCounters::default();
+        self.workers.clear();
         for p in self.peers.values_mut() {
             add_stats(&mut p.stats_base, &p.stats);
             p.stats = PeerStats::default();
@@ -813,6 +817,16 @@ impl Node {
                     rx: rx_datagrams,
                     tx: tx_datagrams,
                 };
+            }
+            DpMsg::WorkerCounters { worker, stats } => {
+                let i = usize::from(worker);
+                // Bounded by the dataplane's own limit (64 workers); ignore nonsense.
+                if i < 256 {
+                    if self.workers.len() <= i {
+                        self.workers.resize(i + 1, Default::default());
+                    }
+                    self.workers[i] = stats;
+                }
             }
         }
     }
@@ -1090,6 +1104,29 @@ impl Node {
                 cookie_replies_sent: self.cookies_sent,
             },
             peers: self.peers.len(),
+            workers: self
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WorkerInfo {
+                    index: i as u16,
+                    tun_rx_packets: w.tun_rx_packets,
+                    tun_rx_bytes: w.tun_rx_bytes,
+                    tun_tx_packets: w.tun_tx_packets,
+                    tun_tx_bytes: w.tun_tx_bytes,
+                    udp_rx_packets: w.udp_rx_packets,
+                    udp_rx_bytes: w.udp_rx_bytes,
+                    udp_tx_packets: w.udp_tx_packets,
+                    udp_tx_bytes: w.udp_tx_bytes,
+                    punts: w.punts,
+                    punt_drops: w.punt_drops,
+                    drops: DropReason::ALL
+                        .iter()
+                        .filter(|r| w.drops[**r as usize] > 0)
+                        .map(|r| (r.name().to_string(), w.drops[*r as usize]))
+                        .collect(),
+                })
+                .collect(),
             mesh: self.mesh.as_ref().map(|m| tm_api::MeshStatus {
                 role: if m.is_coordinator() {
                     "coordinator".into()

@@ -346,8 +346,8 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
     let state = if dp.running { "running" } else { "down" };
     writeln!(
         out,
-        "dataplane:   {state} (pid {pid}, {} restarts)",
-        dp.restarts
+        "dataplane:   {state} (pid {pid}, {} restarts, {} workers)",
+        dp.restarts, dp.workers
     )?;
     writeln!(out, "peers:       {}", s.peers)?;
     if let Some(m) = &s.mesh {
@@ -398,6 +398,25 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
             drops.join(" ")
         }
     )?;
+    for w in &s.workers {
+        let drops: u64 = w.drops.values().sum();
+        writeln!(
+            out,
+            "worker {:<4} tun rx {} pkts {} B, tx {} pkts {} B; udp rx {} dgrams {} B, tx {} dgrams {} B; punts {} (dropped {}); drops {}",
+            w.index,
+            w.tun_rx_packets,
+            w.tun_rx_bytes,
+            w.tun_tx_packets,
+            w.tun_tx_bytes,
+            w.udp_rx_packets,
+            w.udp_rx_bytes,
+            w.udp_tx_packets,
+            w.udp_tx_bytes,
+            w.punts,
+            w.punt_drops,
+            drops
+        )?;
+    }
     Ok(())
 }
 

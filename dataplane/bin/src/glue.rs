@@ -19,12 +19,50 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use tm_dp::offload::{Gro, Segmenter, VnetHdr, MAX_SUPER, VNET_HDR_LEN};
-use tm_dp::{Dataplane, Inbound, Outbound};
+use tm_dp::{Dataplane, Inbound, Outbound, PuntResult, Shared};
 use tm_dp_io::udp::MAX_GSO_SEGMENTS;
 use tm_dp_io::uring::{Handler, Io};
 use tm_ring::{Endpoint, PushError};
-use tm_wire::ipc::{CtlMsg, DpMsg, DropReason};
+use tm_wire::ipc::{CtlMsg, DpMsg, DropReason, WorkerStats};
+
+/// I/O counters one worker keeps itself (the loop's `IoStats` has packet counts only).
+#[derive(Default)]
+pub(crate) struct IoCounts {
+    pub tun_rx_packets: u64,
+    pub tun_rx_bytes: u64,
+    pub tun_tx_bytes: u64,
+    pub udp_rx_packets: u64,
+    pub udp_rx_bytes: u64,
+    pub udp_tx_bytes: u64,
+}
+
+impl IoCounts {
+    /// Fills the I/O fields of `w` from these counts, the loop's stats and the batch's bytes.
+    pub(crate) fn fill(&self, w: &mut WorkerStats, io: &Io<'_>, tx_batch_bytes: u64) {
+        let s = io.stats();
+        w.tun_rx_packets = self.tun_rx_packets;
+        w.tun_rx_bytes = self.tun_rx_bytes;
+        w.tun_tx_packets = s.tun_tx;
+        w.tun_tx_bytes = self.tun_tx_bytes;
+        w.udp_rx_packets = self.udp_rx_packets;
+        w.udp_rx_bytes = self.udp_rx_bytes;
+        w.udp_tx_packets = s.udp_tx;
+        w.udp_tx_bytes = self.udp_tx_bytes + tx_batch_bytes;
+    }
+
+    /// Counts one receive of `dgrams` bytes split into `seg`-byte datagrams.
+    pub(crate) fn udp_rx(&mut self, len: usize, seg: usize) {
+        self.udp_rx_packets += if seg == 0 {
+            1
+        } else {
+            len.div_ceil(seg) as u64
+        };
+        self.udp_rx_bytes += len as u64;
+    }
+}
 
 /// Events kept while the ring to the control plane is full; beyond this they are dropped.
 const MAX_BACKLOG: usize = 16 * 1024;
@@ -35,18 +73,20 @@ const SEAL_ROOM: usize = 16 + 16 + 15;
 
 /// Sealed datagrams waiting to leave as one GSO send: `buf[..len]`, every datagram `seg`
 /// bytes except possibly the last, all to `to`.
-struct TxBatch {
-    buf: Box<[u8]>,
-    len: usize,
+pub(crate) struct TxBatch {
+    pub(crate) buf: Box<[u8]>,
+    pub(crate) len: usize,
     seg: usize,
     count: usize,
     to: Option<SocketAddr>,
     /// The last datagram was shorter than `seg`: nothing may follow it.
     closed: bool,
+    /// Bytes handed to the socket so far (counters).
+    pub(crate) sent_bytes: u64,
 }
 
 impl TxBatch {
-    fn new() -> TxBatch {
+    pub(crate) fn new() -> TxBatch {
         TxBatch {
             buf: vec![0u8; GSO_MAX_BYTES + MAX_SUPER + 2 * SEAL_ROOM].into_boxed_slice(),
             len: 0,
@@ -54,13 +94,16 @@ impl TxBatch {
             count: 0,
             to: None,
             closed: false,
+            sent_bytes: 0,
         }
     }
 
     /// Sends what is batched.
-    fn flush(&mut self, io: &mut Io<'_>) {
+    pub(crate) fn flush(&mut self, io: &mut Io<'_>) {
         if let (Some(to), true) = (self.to, self.len > 0) {
-            io.send_udp_gso(&self.buf[..self.len], self.seg, to);
+            if io.send_udp_gso(&self.buf[..self.len], self.seg, to) {
+                self.sent_bytes += self.len as u64;
+            }
         }
         self.len = 0;
         self.count = 0;
@@ -69,7 +112,7 @@ impl TxBatch {
     }
 
     /// Makes room for an inner packet of up to `max_len` bytes at `self.len + 16`.
-    fn reserve(&mut self, io: &mut Io<'_>, max_len: usize) -> bool {
+    pub(crate) fn reserve(&mut self, io: &mut Io<'_>, max_len: usize) -> bool {
         if self.count >= MAX_GSO_SEGMENTS
             || self.closed
             || self.len + max_len + SEAL_ROOM > GSO_MAX_BYTES
@@ -81,7 +124,7 @@ impl TxBatch {
 
     /// The datagram `buf[self.len..self.len + n]` for `to` was just sealed: append it, or
     /// flush the batch and start a new one with it.
-    fn commit(&mut self, io: &mut Io<'_>, to: SocketAddr, n: usize) {
+    pub(crate) fn commit(&mut self, io: &mut Io<'_>, to: SocketAddr, n: usize) {
         if self.count > 0 && (self.to != Some(to) || n > self.seg || self.closed) {
             let at = self.len;
             self.flush(io);
@@ -116,12 +159,16 @@ pub struct Glue {
     /// Control messages that did not decode.
     bad_ctl: u64,
     fatal: Option<String>,
+    /// Shared with the fast-path workers (their counters, for the reports).
+    shared: Arc<Shared>,
+    io_counts: IoCounts,
 }
 
 impl Glue {
     /// `vnet`: the TUN was opened with `IFF_VNET_HDR`; `coalesce`: TCP segments may be
     /// written to it as `GSO_TCPV4/6` super-packets.
     pub fn new(dp: Dataplane, ring: Endpoint, buf_size: usize, vnet: bool, coalesce: bool) -> Glue {
+        let shared = dp.shared();
         Glue {
             dp,
             ring,
@@ -135,6 +182,8 @@ impl Glue {
             events_dropped: 0,
             bad_ctl: 0,
             fatal: None,
+            shared,
+            io_counts: IoCounts::default(),
         }
     }
 
@@ -185,7 +234,50 @@ impl Glue {
         Ok(())
     }
 
+    /// Runs every packet the workers punted through the full path.
+    fn drain_punts(&mut self, io: &mut Io<'_>) {
+        let now = io.now();
+        while let Some(mut punt) = self.dp.poll_punt() {
+            match self.dp.handle_punt(now, &mut punt, &mut self.out) {
+                PuntResult::Tun(Outbound::Send { to, len }) => {
+                    let sent = io.send_udp(&self.out[..len], to);
+                    self.io_counts.udp_tx_bytes += if sent { len as u64 } else { 0 };
+                }
+                PuntResult::Udp(Inbound::WriteTun { start, len }) => {
+                    let tm_dp::Punt::Udp { data, .. } = &mut punt else {
+                        continue;
+                    };
+                    if start < VNET_HDR_LEN || start.saturating_add(len) > data.len() {
+                        continue;
+                    }
+                    let counts = &mut self.io_counts;
+                    if self.vnet {
+                        self.gro.push(data, start, len, &mut |w: &[u8]| {
+                            if io.write_tun(w) {
+                                counts.tun_tx_bytes += w.len() as u64;
+                            }
+                        });
+                    } else if io.write_tun(&data[start..start + len]) {
+                        counts.tun_tx_bytes += len as u64;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Worker 0's own counters: its I/O plus the drops seen on this thread.
+    fn own_stats(&self, io: &Io<'_>, drops: &[u64; DropReason::COUNT]) -> WorkerStats {
+        let mut w = WorkerStats {
+            drops: *drops,
+            ..WorkerStats::default()
+        };
+        self.io_counts.fill(&mut w, io, self.tx.sent_bytes);
+        w
+    }
+
     fn timers(&mut self, now: Instant) {
+        self.dp.fold_activity(now);
         if self.dp.poll_timeout().is_some_and(|d| d <= now) {
             self.dp.handle_timeout(now);
         }
@@ -194,6 +286,8 @@ impl Glue {
 
 impl Handler for Glue {
     fn on_tun(&mut self, io: &mut Io<'_>, pkt: &mut [u8]) {
+        self.io_counts.tun_rx_packets += 1;
+        self.io_counts.tun_rx_bytes += pkt.len() as u64;
         let (hdr, pkt) = if self.vnet {
             match VnetHdr::decode(pkt) {
                 Some(h) => (h, &pkt[VNET_HDR_LEN..]),
@@ -235,6 +329,7 @@ impl Handler for Glue {
     }
 
     fn on_udp(&mut self, io: &mut Io<'_>, from: SocketAddr, dgrams: &mut [u8], seg: usize) {
+        self.io_counts.udp_rx(dgrams.len(), seg);
         let now = io.now();
         let seg = if seg == 0 { dgrams.len().max(1) } else { seg };
         for dgram in dgrams.chunks_mut(seg) {
@@ -243,12 +338,15 @@ impl Handler for Glue {
                     if start < VNET_HDR_LEN || start.saturating_add(len) > dgram.len() {
                         continue;
                     }
+                    let counts = &mut self.io_counts;
                     if self.vnet {
                         self.gro.push(dgram, start, len, &mut |w: &[u8]| {
-                            io.write_tun(w);
+                            if io.write_tun(w) {
+                                counts.tun_tx_bytes += w.len() as u64;
+                            }
                         });
-                    } else {
-                        io.write_tun(&dgram[start..start + len]);
+                    } else if io.write_tun(&dgram[start..start + len]) {
+                        counts.tun_tx_bytes += len as u64;
                     }
                 }
                 Inbound::Consumed | Inbound::Drop(_) => {}
@@ -269,6 +367,8 @@ impl Handler for Glue {
             self.fatal = Some("the control plane published a corrupt ring index".into());
             io.stop();
         }
+        // The workers wake us through this eventfd too.
+        self.drain_punts(io);
     }
 
     fn on_timeout(&mut self, io: &mut Io<'_>) {
@@ -277,23 +377,59 @@ impl Handler for Glue {
 
     fn on_batch_end(&mut self, io: &mut Io<'_>) -> Option<Instant> {
         let now = io.now();
+        self.drain_punts(io);
         self.tx.flush(io);
+        let counts = &mut self.io_counts;
         self.gro.flush(&mut |w: &[u8]| {
-            io.write_tun(w);
+            if io.write_tun(w) {
+                counts.tun_tx_bytes += w.len() as u64;
+            }
         });
         self.timers(now);
         while let Some((to, len)) = self.dp.poll_transmit(now, &mut self.out) {
-            io.send_udp(&self.out[..len], to);
+            if io.send_udp(&self.out[..len], to) {
+                self.io_counts.udp_tx_bytes += len as u64;
+            }
         }
         while let Some(mut ev) = self.dp.poll_event() {
-            if let DpMsg::Counters { drops, .. } = &mut ev {
+            let mut own = None;
+            if let DpMsg::Counters {
+                drops,
+                rx_datagrams,
+                tx_datagrams,
+            } = &mut ev
+            {
                 // Socket/TUN write failures are seen here, not in the core.
                 let s = io.stats();
                 drops[DropReason::IoError as usize] += s.udp_send_errors + s.tun_write_errors;
                 drops[DropReason::BadInnerPacket as usize] += self.bad_offload;
                 drops[DropReason::RingFull as usize] += self.events_dropped;
+                own = Some(self.own_stats(io, drops));
+                // The global counters cover every worker.
+                for i in 1..self.shared.workers() {
+                    let w = self.shared.worker_stats(i);
+                    for (a, b) in drops.iter_mut().zip(w.drops) {
+                        *a += b;
+                    }
+                    let (rx, tx) = self.shared.worker_datagrams(i);
+                    *rx_datagrams += rx;
+                    *tx_datagrams += tx;
+                }
             }
             self.push_event(&ev);
+            if let Some(own) = own {
+                self.push_event(&DpMsg::WorkerCounters {
+                    worker: 0,
+                    stats: own,
+                });
+                for i in 1..self.shared.workers() {
+                    let stats = self.shared.worker_stats(i);
+                    self.push_event(&DpMsg::WorkerCounters {
+                        worker: u16::try_from(i).unwrap_or(u16::MAX),
+                        stats,
+                    });
+                }
+            }
         }
         if self.flush_events().is_err() {
             // The eventfd write failed: the parent is gone or the fd is broken; the

@@ -24,6 +24,9 @@ use crate::packet;
 use crate::peer::{Peer, PeerTimers, Slot};
 use crate::route::{self, RouteTable};
 use crate::session::{Role, Session};
+use crate::shared::{
+    Activity, Durations, IndexEntry, PeerEntry, Punt, Shared, Snapshot, ACTIVITIES,
+};
 
 /// Counters are reported this often.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
@@ -78,15 +81,6 @@ enum Pending {
     Keepalive(PeerId),
 }
 
-/// Durations derived from [`Timers`].
-#[derive(Debug, Clone, Copy)]
-struct Durations {
-    rekey_after: Duration,
-    reject_after: Duration,
-    rekey_timeout: Duration,
-    keepalive: Duration,
-}
-
 impl From<Timers> for Durations {
     fn from(t: Timers) -> Self {
         let ms = |v: u32| Duration::from_millis(u64::from(v));
@@ -118,10 +112,24 @@ pub struct Dataplane {
     rx_datagrams: u64,
     tx_datagrams: u64,
     next_counters: Instant,
+    /// State shared with the fast-path workers (snapshot, punt queues, counters).
+    shared: Arc<Shared>,
+    /// Peers, sessions, endpoints, routes or timers changed since the last snapshot.
+    dirty: bool,
+}
+
+/// Result of [`Dataplane::handle_punt`].
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PuntResult {
+    /// A punted TUN packet: `out[..len]` is a datagram for `to` (or, `Queued`/`Drop`, nothing).
+    Tun(Outbound),
+    /// A punted datagram: on `WriteTun`, `data[start..start + len]` of the punt's data.
+    Udp(Inbound),
 }
 
 /// Pads `len` up to a multiple of 16, never beyond `mtu` (and never below `len`).
-fn padded_len(len: usize, mtu: usize) -> usize {
+pub(crate) fn padded_len(len: usize, mtu: usize) -> usize {
     let rounded = len.div_ceil(16) * 16;
     rounded.min(mtu).max(len)
 }
@@ -164,12 +172,15 @@ fn seal_current(
     is_data: bool,
     t: &Durations,
     ev: &mut VecDeque<DpMsg>,
-) -> usize {
-    let s = peer.current.as_mut().expect("caller checked can_send");
-    let n = s.seal(out, padded);
+) -> Option<usize> {
+    let s = peer.current.as_ref().expect("caller checked can_send");
+    let Some(n) = s.seal(out, padded) else {
+        // A worker took the last counters since `can_send`: nothing was written.
+        return None;
+    };
     let rekey = s.role == Role::Initiator
         && (now.saturating_duration_since(s.created) >= t.rekey_after
-            || s.send_counter > REKEY_AFTER_MESSAGES);
+            || s.send_counter() > REKEY_AFTER_MESSAGES);
     peer.traffic.tx_packets += 1;
     peer.traffic.tx_bytes += n as u64;
     let tm = &mut peer.timers;
@@ -183,12 +194,21 @@ fn seal_current(
     if rekey {
         need_handshake(tm, peer.id, now, t, ev);
     }
-    n
+    Some(n)
 }
 
 impl Dataplane {
-    /// A dataplane with no peers and default timers.
+    /// A dataplane with no peers and default timers (one worker: this one).
     pub fn new(cfg: DpConfig, now: Instant) -> Self {
+        Self::with_workers(cfg, now, 1)
+    }
+
+    /// A dataplane that shares its peer table with `workers - 1` fast-path workers
+    /// ([`crate::FastPath::new`] with [`Self::shared`] and indices 1..workers); clamped to
+    /// 1..=64.
+    pub fn with_workers(cfg: DpConfig, now: Instant, workers: usize) -> Self {
+        let t: Durations = Timers::default().into();
+        let shared = Arc::new(Shared::new(workers, now, Snapshot::empty(t, cfg.mtu)));
         Self {
             cfg,
             t: Timers::default().into(),
@@ -203,6 +223,125 @@ impl Dataplane {
             rx_datagrams: 0,
             tx_datagrams: 0,
             next_counters: now + COUNTERS_INTERVAL,
+            shared,
+            dirty: false,
+        }
+    }
+
+    /// The state shared with the fast-path workers.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Publishes a new snapshot for the workers if anything changed (only with workers).
+    fn publish(&mut self) {
+        if !std::mem::take(&mut self.dirty) || self.shared.workers() < 2 {
+            return;
+        }
+        let mut snap = Snapshot::empty(self.t, self.cfg.mtu);
+        snap.routes = self.routes.load_full();
+        for p in self.peers.values() {
+            snap.peers.insert(
+                p.id,
+                PeerEntry {
+                    endpoint: p.endpoint,
+                    current: p.current.clone(),
+                    shared: Arc::clone(&p.shared),
+                },
+            );
+            for (slot, s) in [
+                (Slot::Current, &p.current),
+                (Slot::Previous, &p.previous),
+                (Slot::Next, &p.next),
+            ] {
+                if let Some(s) = s {
+                    snap.by_index.insert(
+                        s.local_index,
+                        IndexEntry {
+                            peer: p.id,
+                            session: Arc::clone(s),
+                            next: slot == Slot::Next,
+                            current: slot == Slot::Current,
+                        },
+                    );
+                }
+            }
+        }
+        self.shared.snapshot.store(Arc::new(snap));
+    }
+
+    /// Folds what the workers recorded (activity stamps, rekey requests) into the timers.
+    /// Called by [`Self::handle_timeout`] and [`Self::poll_timeout`]'s driver before
+    /// deciding what is due; a no-op with one worker.
+    pub fn fold_activity(&mut self, now: Instant) {
+        if self.shared.workers() < 2 {
+            return;
+        }
+        let t = self.t;
+        for (&id, p) in self.peers.iter_mut() {
+            let mut new: [(u64, usize); ACTIVITIES] = [(0, 0); ACTIVITIES];
+            let mut n = 0;
+            for (k, a) in p.shared.activity.iter().enumerate() {
+                let v = a.load(std::sync::atomic::Ordering::Acquire);
+                if v > p.folded[k] {
+                    p.folded[k] = v;
+                    new[n] = (v, k);
+                    n += 1;
+                }
+            }
+            new[..n].sort_unstable();
+            for &(stamp, k) in &new[..n] {
+                let at = self.shared.instant(stamp);
+                let tm = &mut p.timers;
+                if k == Activity::Rx as usize {
+                    tm.last_rx = Some(tm.last_rx.map_or(at, |l| l.max(at)));
+                    tm.handshake_due = None;
+                    if p.persistent_keepalive > 0 {
+                        tm.persistent_due =
+                            Some(at + Duration::from_secs(u64::from(p.persistent_keepalive)));
+                    }
+                } else if k == Activity::DataRx as usize {
+                    if tm.keepalive_due.is_none() {
+                        tm.keepalive_due = Some(at + t.keepalive);
+                    }
+                } else {
+                    tm.keepalive_due = None;
+                    if tm.handshake_due.is_none() {
+                        tm.handshake_due = Some(at + t.keepalive + t.rekey_timeout);
+                    }
+                    if p.persistent_keepalive > 0 {
+                        tm.persistent_due =
+                            Some(at + Duration::from_secs(u64::from(p.persistent_keepalive)));
+                    }
+                }
+            }
+            if p.shared
+                .want_handshake
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                need_handshake(&mut p.timers, id, now, &t, &mut self.events);
+            }
+        }
+    }
+
+    /// Next packet a worker punted to this (owner) dataplane, round robin over workers.
+    pub fn poll_punt(&mut self) -> Option<Punt> {
+        let n = self.shared.workers.len();
+        (1..n).find_map(|i| self.shared.workers[i].punts.pop())
+    }
+
+    /// Runs a punted packet through the full path: a TUN packet as [`Self::handle_tun`]
+    /// (datagram in `out`), a datagram as [`Self::handle_udp`] (decrypted in the punt's
+    /// data). Takes the punt mutably so the datagram can be opened in place.
+    pub fn handle_punt(&mut self, now: Instant, punt: &mut Punt, out: &mut [u8]) -> PuntResult {
+        match punt {
+            Punt::Tun(pkt) => PuntResult::Tun(self.handle_tun(now, pkt, out)),
+            Punt::Udp { from, data } => {
+                let r = self.handle_udp(now, *from, data);
+                // The worker that received it counted it already.
+                self.rx_datagrams -= 1;
+                PuntResult::Udp(r)
+            }
         }
     }
 
@@ -227,11 +366,13 @@ impl Dataplane {
     }
 
     fn stats_of(p: &Peer, now: Instant) -> PeerStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sh = &p.shared;
         PeerStats {
-            rx_bytes: p.traffic.rx_bytes,
-            rx_packets: p.traffic.rx_packets,
-            tx_bytes: p.traffic.tx_bytes,
-            tx_packets: p.traffic.tx_packets,
+            rx_bytes: p.traffic.rx_bytes + sh.rx_bytes.load(Relaxed),
+            rx_packets: p.traffic.rx_packets + sh.rx_packets.load(Relaxed),
+            tx_bytes: p.traffic.tx_bytes + sh.tx_bytes.load(Relaxed),
+            tx_packets: p.traffic.tx_packets + sh.tx_packets.load(Relaxed),
             last_rx_ago_ms: p.timers.last_rx.map_or(u64::MAX, |at| {
                 u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
             }),
@@ -251,6 +392,7 @@ impl Dataplane {
         let table = RouteTable::new(&entries).expect("allowed IPs are normalized on AddPeer");
         self.routes.store(Arc::new(table));
         self.route_cache = None;
+        self.dirty = true;
     }
 
     /// Allowed-IPs lookup through the one-entry cache.
@@ -281,6 +423,12 @@ impl Dataplane {
 
     /// Applies one control-plane message.
     pub fn handle_ctl(&mut self, now: Instant, msg: CtlMsg) {
+        self.ctl(now, msg);
+        self.publish();
+    }
+
+    fn ctl(&mut self, now: Instant, msg: CtlMsg) {
+        self.dirty |= !matches!(msg, CtlMsg::SendDatagram { .. } | CtlMsg::RequestCounters);
         match msg {
             CtlMsg::SetTimers(t) => self.t = t.into(),
             CtlMsg::AddPeer {
@@ -385,7 +533,14 @@ impl Dataplane {
         } else {
             Role::Responder
         };
-        let s = Session::new(now, local_index, remote_index, send_key, recv_key, role);
+        let s = Arc::new(Session::new(
+            now,
+            local_index,
+            remote_index,
+            send_key,
+            recv_key,
+            role,
+        ));
         let p = self.peers.get_mut(&peer).expect("checked above");
         self.by_index.insert(local_index, peer);
         if initiator {
@@ -475,7 +630,8 @@ impl Dataplane {
             return Err(DropReason::IoError);
         }
         buf[DATA_HEADER_LEN + len..DATA_HEADER_LEN + padded].fill(0);
-        let n = seal_current(peer, now, buf, padded, true, &self.t, &mut self.events);
+        let n = seal_current(peer, now, buf, padded, true, &self.t, &mut self.events)
+            .ok_or(DropReason::SessionExpired)?;
         self.tx_datagrams += 1;
         Ok(Outbound::Send { to, len: n })
     }
@@ -498,7 +654,8 @@ impl Dataplane {
         }
         out[DATA_HEADER_LEN..DATA_HEADER_LEN + pkt.len()].copy_from_slice(pkt);
         out[DATA_HEADER_LEN + pkt.len()..DATA_HEADER_LEN + padded].fill(0);
-        let len = seal_current(peer, now, out, padded, true, &self.t, &mut self.events);
+        let len = seal_current(peer, now, out, padded, true, &self.t, &mut self.events)
+            .ok_or(DropReason::SessionExpired)?;
         self.tx_datagrams += 1;
         Ok(Outbound::Send { to, len })
     }
@@ -514,13 +671,17 @@ impl Dataplane {
     /// IPs. Every `Drop` is counted under its reason.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, dgram: &mut [u8]) -> Inbound {
         self.rx_datagrams += 1;
-        match self.udp(now, from, dgram) {
+        let r = match self.udp(now, from, dgram) {
             Ok(i) => i,
             Err(r) => {
                 self.count(r);
                 Inbound::Drop(r)
             }
+        };
+        if self.dirty {
+            self.publish();
         }
+        r
     }
 
     fn udp(
@@ -557,7 +718,7 @@ impl Dataplane {
         let t = self.t;
         let s = peer
             .slot(slot)
-            .as_mut()
+            .as_ref()
             .expect("find returned an occupied slot");
         if expired(s, now, &t) {
             return Err(DropReason::SessionExpired);
@@ -578,6 +739,7 @@ impl Dataplane {
         // Authenticated from here on.
         if slot == Slot::Next {
             peer.promote_next(&mut self.by_index);
+            self.dirty = true;
             self.events.push_back(DpMsg::SessionConfirmed {
                 peer: id,
                 local_index,
@@ -589,6 +751,7 @@ impl Dataplane {
         }
         if peer.endpoint != Some(from) {
             peer.endpoint = Some(from);
+            self.dirty = true;
             self.events.push_back(DpMsg::EndpointChanged {
                 peer: id,
                 endpoint: from,
@@ -643,6 +806,7 @@ impl Dataplane {
             for slot in [Slot::Previous, Slot::Current, Slot::Next] {
                 let dead = p.slot(slot).as_ref().is_some_and(|s| expired(s, now, &t));
                 if dead {
+                    self.dirty = true;
                     if let Some(local_index) = p.clear(slot, &mut self.by_index) {
                         self.events.push_back(DpMsg::SessionExpired {
                             peer: id,
@@ -683,6 +847,7 @@ impl Dataplane {
                 self.next_counters = now + COUNTERS_INTERVAL;
             }
         }
+        self.publish();
     }
 
     /// Earliest instant at which [`Self::handle_timeout`] has work.
@@ -756,7 +921,11 @@ impl Dataplane {
                     }
                     out[DATA_HEADER_LEN..DATA_HEADER_LEN + pkt.len()].copy_from_slice(&pkt);
                     out[DATA_HEADER_LEN + pkt.len()..DATA_HEADER_LEN + padded].fill(0);
-                    let n = seal_current(p, now, out, padded, true, &t, &mut self.events);
+                    let Some(n) = seal_current(p, now, out, padded, true, &t, &mut self.events)
+                    else {
+                        self.drops[DropReason::SessionExpired as usize] += 1;
+                        continue;
+                    };
                     self.tx_datagrams += 1;
                     return Some((to, n));
                 }
@@ -774,7 +943,9 @@ impl Dataplane {
                         self.drops[DropReason::IoError as usize] += 1;
                         continue;
                     }
-                    let n = seal_current(p, now, out, 0, false, &t, &mut self.events);
+                    let Some(n) = seal_current(p, now, out, 0, false, &t, &mut self.events) else {
+                        continue;
+                    };
                     self.tx_datagrams += 1;
                     return Some((to, n));
                 }
@@ -785,8 +956,8 @@ impl Dataplane {
     /// Test hook: jump the send counter of `peer`'s current session.
     #[cfg(test)]
     pub(crate) fn set_send_counter(&mut self, peer: PeerId, v: u64) {
-        if let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.current.as_mut()) {
-            s.send_counter = v;
+        if let Some(s) = self.peers.get(&peer).and_then(|p| p.current.as_ref()) {
+            s.set_send_counter(v);
         }
     }
 

@@ -26,21 +26,34 @@
 //! 4. When [`Dataplane::poll_timeout`]'s instant passes: [`Dataplane::handle_timeout`].
 //! 5. After any of the above, drain [`Dataplane::poll_transmit`] (send each) and
 //!    [`Dataplane::poll_event`] (encode into the ring) until they return `None`.
+//!
+//! **Several workers** (thread per core): the owner (worker 0) builds the dataplane with
+//! [`Dataplane::with_workers`] and runs the steps above; it publishes an immutable
+//! [`Snapshot`] of peers and sessions (shared `Arc<Session>`s: atomic send counter,
+//! lock-free replay window) whenever they change. Workers 1..N each run a [`FastPath`]
+//! on [`Dataplane::shared`] (the common case only; the rest is punted, a copy, through a
+//! bounded per-worker queue) and call [`FastPath::end_batch`] after each batch (wake the
+//! owner when it returns true). The owner drains [`Dataplane::poll_punt`] into
+//! [`Dataplane::handle_punt`] and calls [`Dataplane::fold_activity`] before its timers.
 #![forbid(unsafe_code)]
 
 mod dataplane;
 mod error;
+mod fastpath;
 pub mod offload;
 mod packet;
 mod peer;
 pub mod replay;
 pub mod route;
 mod session;
+mod shared;
 
-pub use dataplane::{Dataplane, DpConfig, Inbound, Outbound};
+pub use dataplane::{Dataplane, DpConfig, Inbound, Outbound, PuntResult};
 pub use error::Error;
+pub use fastpath::{FastIn, FastOut, FastPath};
 pub use peer::MAX_STAGED;
 pub use route::RouteTable;
+pub use shared::{Punt, Shared, Snapshot, MAX_WORKERS, PUNT_QUEUE_LEN};
 
 #[cfg(test)]
 mod tests;

@@ -3,11 +3,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tm_wire::ipc::{PeerId, Prefix};
 
 use crate::session::Session;
+use crate::shared::{PeerShared, ACTIVITIES};
 
 /// Packets staged per peer while it has no usable session (oldest dropped first).
 pub const MAX_STAGED: usize = 32;
@@ -60,12 +62,17 @@ pub struct Peer {
     pub endpoint: Option<SocketAddr>,
     /// Seconds, 0 = off.
     pub persistent_keepalive: u16,
-    pub previous: Option<Session>,
-    pub current: Option<Session>,
-    pub next: Option<Session>,
+    pub previous: Option<Arc<Session>>,
+    pub current: Option<Arc<Session>>,
+    pub next: Option<Arc<Session>>,
     pub staged: VecDeque<Vec<u8>>,
     pub timers: PeerTimers,
+    /// Counted by the owner; the workers' counts are in `shared`.
     pub traffic: Traffic,
+    /// Counters and activity stamps the fast-path workers update.
+    pub shared: Arc<PeerShared>,
+    /// Activity stamps already folded into `timers`.
+    pub folded: [u64; ACTIVITIES],
 }
 
 impl Peer {
@@ -82,10 +89,12 @@ impl Peer {
             staged: VecDeque::new(),
             timers: PeerTimers::default(),
             traffic: Traffic::default(),
+            shared: Arc::new(PeerShared::default()),
+            folded: [0; ACTIVITIES],
         }
     }
 
-    pub fn slot(&mut self, s: Slot) -> &mut Option<Session> {
+    pub fn slot(&mut self, s: Slot) -> &mut Option<Arc<Session>> {
         match s {
             Slot::Previous => &mut self.previous,
             Slot::Current => &mut self.current,

@@ -1,14 +1,26 @@
-//! Sliding replay window over 64-bit counters (RFC 6479 style bitmap ring, as in the
-//! Linux WireGuard module): 8192 bits, of which the newest 8128 counters are always
-//! tracked.
+//! Lock-free sliding replay window over 64-bit counters, shared by every worker that
+//! receives for one session.
+//!
+//! Layout: 256 `AtomicU64` words, each `(tag << 32) | bitmap`, where `tag` is the 32-bit
+//! truncation of `counter / 32` and `bitmap` holds one bit per counter of that 32-counter
+//! block. Word `i` holds blocks `i, i + 256, i + 512, ...`; a word's tag only ever grows.
+//! An `AtomicU64` (`fetch_max`) keeps one more than the greatest accepted counter, for the
+//! "too old" bound: the newest [`WINDOW_SIZE`] counters are always tracked.
 //!
 //! Split in two so the window moves only after authentication:
 //! 1. [`ReplayWindow::check`] (read-only) before opening the packet,
-//! 2. [`ReplayWindow::update`] once the AEAD tag verified.
+//! 2. [`ReplayWindow::update`] once the AEAD tag verified: the atomic *claim* (one CAS on the
+//!    counter's word). It fails if the counter was claimed in the meantime (by another worker)
+//!    or fell out of the window, so every counter is accepted at most once across threads.
+//!
+//! A word's full block is recovered from its tag and the newest accepted block (no word
+//! ever holds a block newer than that), so counters may jump arbitrarily far.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tm_wire::wg::timers::REJECT_AFTER_MESSAGES;
 
-const WORD_BITS: u64 = 64;
+const WORD_BITS: u64 = 32;
 const TOTAL_BITS: u64 = 8192;
 const WORDS: usize = (TOTAL_BITS / WORD_BITS) as usize;
 /// Counters at most this far behind the newest one are still tracked.
@@ -23,12 +35,11 @@ pub enum ReplayError {
     Exhausted,
 }
 
-/// Receive-side replay state of one session.
-#[derive(Clone)]
+/// Receive-side replay state of one session (shared: every method takes `&self`).
 pub struct ReplayWindow {
     /// One more than the greatest counter accepted so far (0 = none yet).
-    next: u64,
-    bitmap: [u64; WORDS],
+    next: AtomicU64,
+    words: [AtomicU64; WORDS],
 }
 
 impl Default for ReplayWindow {
@@ -37,65 +48,110 @@ impl Default for ReplayWindow {
     }
 }
 
+impl std::fmt::Debug for ReplayWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayWindow")
+            .field("greatest", &self.greatest())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Word index, block and bit of `counter`.
+fn locate(counter: u64) -> (usize, u64, u64) {
+    let block = counter / WORD_BITS;
+    (
+        (block % WORDS as u64) as usize,
+        block,
+        1u64 << (counter % WORD_BITS),
+    )
+}
+
+/// The full block a word's 32-bit tag stands for: the greatest block <= `hi` with those
+/// low bits (every stored block is <= the newest accepted block `hi`).
+fn full_block(tag: u32, hi: u64) -> u64 {
+    let c = (hi & !0xffff_ffff) | u64::from(tag);
+    if c > hi {
+        c.saturating_sub(1 << 32)
+    } else {
+        c
+    }
+}
+
 impl ReplayWindow {
     /// An empty window.
     pub fn new() -> Self {
         Self {
-            next: 0,
-            bitmap: [0; WORDS],
+            next: AtomicU64::new(0),
+            words: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
-    /// Would `counter` be accepted? Does not change the window.
-    pub fn check(&self, counter: u64) -> Result<(), ReplayError> {
+    /// Bounds shared by `check` and `update`: exhausted, or older than the window.
+    fn bounds(&self, counter: u64) -> Result<(), ReplayError> {
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(ReplayError::Exhausted);
         }
-        // Work with counter + 1 so that `next == 0` means "nothing seen".
-        let c = counter + 1;
-        if c > self.next {
-            return Ok(());
-        }
-        if c + WINDOW_SIZE < self.next {
-            return Err(ReplayError::Replayed);
-        }
-        if self.bitmap[Self::word(c)] & Self::bit(c) != 0 {
+        if counter + WINDOW_SIZE < self.next.load(Ordering::Acquire) {
             return Err(ReplayError::Replayed);
         }
         Ok(())
     }
 
-    /// Records `counter` as received. Call only after [`Self::check`] passed and the
-    /// packet authenticated; returns false (and changes nothing) if it would not pass.
-    pub fn update(&mut self, counter: u64) -> bool {
-        if self.check(counter).is_err() {
+    /// Would `counter` be accepted? Does not change the window.
+    pub fn check(&self, counter: u64) -> Result<(), ReplayError> {
+        self.bounds(counter)?;
+        let (i, block, bit) = locate(counter);
+        let w = self.words[i].load(Ordering::Acquire);
+        let next = self.next.load(Ordering::Acquire);
+        if next == 0 || counter >= next {
+            return Ok(());
+        }
+        let wblock = full_block((w >> 32) as u32, (next - 1) / WORD_BITS);
+        if wblock > block || (wblock == block && w & bit != 0) {
+            return Err(ReplayError::Replayed);
+        }
+        Ok(())
+    }
+
+    /// Claims `counter` as received. Call only after [`Self::check`] passed and the packet
+    /// authenticated; returns false (and claims nothing) if it would not pass, including
+    /// when another thread claimed it first.
+    ///
+    /// `next` is raised before the word's CAS, so a reader that sees a word also sees a
+    /// `next` at least as new, which is what [`full_block`] needs. Raising it for a counter
+    /// that then loses the CAS changes nothing: that counter (or a newer one in its word)
+    /// was accepted already.
+    pub fn update(&self, counter: u64) -> bool {
+        if self.bounds(counter).is_err() {
             return false;
         }
-        let c = counter + 1;
-        if c > self.next {
-            let index = c / WORD_BITS;
-            let current = self.next / WORD_BITS;
-            let top = (index - current).min(WORDS as u64);
-            for i in 1..=top {
-                self.bitmap[((current + i) % WORDS as u64) as usize] = 0;
+        let (i, block, bit) = locate(counter);
+        self.next.fetch_max(counter + 1, Ordering::AcqRel);
+        let word = &self.words[i];
+        let mut cur = word.load(Ordering::Acquire);
+        loop {
+            let hi = (self.next.load(Ordering::Acquire) - 1) / WORD_BITS;
+            let wblock = full_block((cur >> 32) as u32, hi);
+            let new = if wblock == block {
+                if cur & bit != 0 {
+                    return false;
+                }
+                cur | bit
+            } else if wblock < block {
+                ((block & 0xffff_ffff) << 32) | bit
+            } else {
+                return false;
+            };
+            match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
             }
-            self.next = c;
         }
-        self.bitmap[Self::word(c)] |= Self::bit(c);
-        true
     }
 
     /// Greatest counter accepted so far.
     pub fn greatest(&self) -> Option<u64> {
-        self.next.checked_sub(1)
-    }
-
-    fn word(c: u64) -> usize {
-        ((c / WORD_BITS) % WORDS as u64) as usize
-    }
-
-    fn bit(c: u64) -> u64 {
-        1 << (c % WORD_BITS)
+        self.next.load(Ordering::Acquire).checked_sub(1)
     }
 }
 
@@ -103,15 +159,15 @@ impl ReplayWindow {
 mod tests {
     use super::*;
 
-    fn accept(w: &mut ReplayWindow, c: u64) -> bool {
+    fn accept(w: &ReplayWindow, c: u64) -> bool {
         w.check(c).is_ok() && w.update(c)
     }
 
     #[test]
     fn in_order_and_duplicates() {
-        let mut w = ReplayWindow::new();
+        let w = ReplayWindow::new();
         for c in 0..20_000 {
-            assert!(accept(&mut w, c), "{c}");
+            assert!(accept(&w, c), "{c}");
             assert_eq!(w.check(c), Err(ReplayError::Replayed));
         }
         assert_eq!(w.greatest(), Some(19_999));
@@ -119,40 +175,40 @@ mod tests {
 
     #[test]
     fn out_of_order_within_window_and_too_old() {
-        let mut w = ReplayWindow::new();
-        assert!(accept(&mut w, 10_000));
+        let w = ReplayWindow::new();
+        assert!(accept(&w, 10_000));
         // Everything in [10_000 - WINDOW_SIZE + 1, 10_000) is still acceptable once.
         let oldest = 10_000 - WINDOW_SIZE + 1;
-        assert!(accept(&mut w, oldest));
-        assert!(!accept(&mut w, oldest));
-        assert!(accept(&mut w, 9_999));
-        assert!(accept(&mut w, 5_000));
-        assert!(!accept(&mut w, 5_000));
+        assert!(accept(&w, oldest));
+        assert!(!accept(&w, oldest));
+        assert!(accept(&w, 9_999));
+        assert!(accept(&w, 5_000));
+        assert!(!accept(&w, 5_000));
         // Too old.
         assert_eq!(w.check(oldest - 2), Err(ReplayError::Replayed));
         assert_eq!(w.check(0), Err(ReplayError::Replayed));
         // Jump far ahead: the old bits must not leak into the new range.
-        assert!(accept(&mut w, 10_000 + 3 * TOTAL_BITS));
-        assert!(accept(&mut w, 10_000 + 3 * TOTAL_BITS - 1));
-        assert!(accept(&mut w, 10_000 + 2 * TOTAL_BITS + 100));
+        assert!(accept(&w, 10_000 + 3 * TOTAL_BITS));
+        assert!(accept(&w, 10_000 + 3 * TOTAL_BITS - 1));
+        assert!(accept(&w, 10_000 + 2 * TOTAL_BITS + 100));
     }
 
     #[test]
     fn check_does_not_move_window() {
-        let mut w = ReplayWindow::new();
-        assert!(accept(&mut w, 5));
+        let w = ReplayWindow::new();
+        assert!(accept(&w, 5));
         assert!(w.check(100_000).is_ok());
         assert_eq!(w.greatest(), Some(5));
-        assert!(accept(&mut w, 4));
+        assert!(accept(&w, 4));
     }
 
     #[test]
     fn reject_after_messages() {
-        let mut w = ReplayWindow::new();
+        let w = ReplayWindow::new();
         assert_eq!(w.check(REJECT_AFTER_MESSAGES), Err(ReplayError::Exhausted));
         assert_eq!(w.check(u64::MAX), Err(ReplayError::Exhausted));
         assert!(!w.update(u64::MAX));
-        assert!(accept(&mut w, REJECT_AFTER_MESSAGES - 1));
+        assert!(accept(&w, REJECT_AFTER_MESSAGES - 1));
         assert_eq!(
             w.check(REJECT_AFTER_MESSAGES - 1),
             Err(ReplayError::Replayed)
@@ -162,7 +218,7 @@ mod tests {
     /// Compare against a naive set-based model on a pseudo-random walk.
     #[test]
     fn matches_naive_model() {
-        let mut w = ReplayWindow::new();
+        let w = ReplayWindow::new();
         let mut seen = std::collections::BTreeSet::new();
         let mut greatest: Option<u64> = None;
         let mut x: u64 = 0x1234_5678_9abc_def1;
@@ -179,7 +235,7 @@ mod tests {
                 Some(g) if c > g => true,
                 Some(g) => g - c < WINDOW_SIZE && !seen.contains(&c),
             };
-            let got = accept(&mut w, c);
+            let got = accept(&w, c);
             // The bitmap may remember slightly more than WINDOW_SIZE; never less.
             if let Some(g) = greatest {
                 if c <= g && g - c >= WINDOW_SIZE && g - c < TOTAL_BITS - 1 {
@@ -196,5 +252,53 @@ mod tests {
                 greatest = Some(greatest.map_or(c, |g| g.max(c)));
             }
         }
+    }
+
+    /// Two threads race over the same counters (one in order, one in reverse blocks);
+    /// every counter is accepted exactly once.
+    #[test]
+    fn racing_threads_accept_each_counter_once() {
+        use std::sync::atomic::AtomicU8;
+        use std::sync::Arc;
+        const N: u64 = 200_000;
+        let w = Arc::new(ReplayWindow::new());
+        let hits: Arc<Vec<AtomicU8>> = Arc::new((0..N).map(|_| AtomicU8::new(0)).collect());
+        let run = |order: Vec<u64>| {
+            let (w, hits) = (Arc::clone(&w), Arc::clone(&hits));
+            std::thread::spawn(move || {
+                for c in order {
+                    if w.check(c).is_ok() && w.update(c) {
+                        hits[c as usize].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        // Thread 1: in order. Thread 2: the same counters, each block of 64 reversed, so
+        // the two collide inside blocks and on word replacement.
+        let t1 = run((0..N).collect());
+        let t2 = run((0..N / 64)
+            .flat_map(|b| (b * 64..(b + 1) * 64).rev())
+            .collect());
+        t1.join().expect("thread 1");
+        t2.join().expect("thread 2");
+        for (c, h) in hits.iter().enumerate() {
+            assert_eq!(h.load(Ordering::Relaxed), 1, "counter {c}");
+        }
+        assert_eq!(w.greatest(), Some(N - 1));
+    }
+
+    /// `update` is the claim: a second update of an authenticated counter fails even
+    /// when both callers passed `check` first.
+    #[test]
+    fn update_is_the_claim() {
+        let w = ReplayWindow::new();
+        assert!(w.check(7).is_ok());
+        assert!(w.check(7).is_ok());
+        assert!(w.update(7));
+        assert!(!w.update(7));
+        // A word replaced by a newer block rejects the older block's counters.
+        assert!(w.update(7 + TOTAL_BITS));
+        assert!(!w.update(8));
+        assert_eq!(w.check(8), Err(ReplayError::Replayed));
     }
 }

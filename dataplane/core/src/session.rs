@@ -1,7 +1,9 @@
 //! Transport-data sessions: ChaCha20-Poly1305 (ring) with WireGuard's nonce
 //! (4 zero bytes || counter u64 little-endian) and empty AAD, plus per-session
-//! counters and the replay window.
+//! counters and the replay window. A session is shared between workers (`Arc<Session>`):
+//! the send counter is an `AtomicU64` (`fetch_add`) and the replay window is lock-free.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
@@ -34,7 +36,7 @@ pub struct Session {
     send_key: LessSafeKey,
     recv_key: LessSafeKey,
     /// Next counter to send.
-    pub send_counter: u64,
+    send_counter: AtomicU64,
     pub replay: ReplayWindow,
 }
 
@@ -60,22 +62,39 @@ impl Session {
             created: now,
             send_key: key(send_key),
             recv_key: key(recv_key),
-            send_counter: 0,
+            send_counter: AtomicU64::new(0),
             replay: ReplayWindow::new(),
         }
     }
 
     /// Can this session still send?
     pub fn can_send(&self) -> bool {
-        self.send_counter < REJECT_AFTER_MESSAGES
+        self.send_counter() < REJECT_AFTER_MESSAGES
+    }
+
+    /// The next counter to send (a snapshot: other workers may be sending).
+    pub fn send_counter(&self) -> u64 {
+        self.send_counter.load(Ordering::Relaxed)
+    }
+
+    /// Sets the next counter to send (tests).
+    #[cfg(test)]
+    pub fn set_send_counter(&self, v: u64) {
+        self.send_counter.store(v, Ordering::Relaxed);
     }
 
     /// Seals `out[16..16 + padded_len]` (plaintext already in place) into a data
-    /// message: writes the header, encrypts in place and appends the tag. Returns the
-    /// datagram length. Caller checks `can_send` and that `out` is long enough.
-    pub fn seal(&mut self, out: &mut [u8], padded_len: usize) -> usize {
-        let counter = self.send_counter;
-        self.send_counter += 1;
+    /// message: takes a counter (`fetch_add`), writes the header, encrypts in place and
+    /// appends the tag. Returns the datagram length, or `None` (nothing written) if the
+    /// counter reached `REJECT_AFTER_MESSAGES`. Caller checks that `out` is long enough.
+    pub fn seal(&self, out: &mut [u8], padded_len: usize) -> Option<usize> {
+        let counter = self.send_counter.fetch_add(1, Ordering::Relaxed);
+        if counter >= REJECT_AFTER_MESSAGES {
+            // Keep it saturated so the counter can never wrap back into the valid range.
+            self.send_counter
+                .store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
+            return None;
+        }
         wg::write_data_header(out, self.remote_index, counter);
         let end = DATA_HEADER_LEN + padded_len;
         let tag = self
@@ -87,7 +106,7 @@ impl Session {
             )
             .expect("payload is below ChaCha20-Poly1305's 256 GiB limit");
         out[end..end + TAG_LEN].copy_from_slice(tag.as_ref());
-        end + TAG_LEN
+        Some(end + TAG_LEN)
     }
 
     /// Opens `ct` (ciphertext || tag) in place; returns the plaintext length.
@@ -158,12 +177,12 @@ mod tests {
     fn seal_open_framing() {
         let now = Instant::now();
         let (ka, kb) = ([1u8; 32], [2u8; 32]);
-        let mut a = Session::new(now, 10, 20, &ka, &kb, Role::Initiator);
+        let a = Session::new(now, 10, 20, &ka, &kb, Role::Initiator);
         let b = Session::new(now, 20, 10, &kb, &ka, Role::Responder);
-        a.send_counter = 0x0102_0304_0506_0708;
+        a.set_send_counter(0x0102_0304_0506_0708);
         let mut out = vec![0u8; 16 + 32 + 16];
         out[16..16 + 32].copy_from_slice(&[0xab; 32]);
-        let n = a.seal(&mut out, 32);
+        let n = a.seal(&mut out, 32).expect("below the limit");
         assert_eq!(n, 64);
         assert_eq!(&out[..4], &[4, 0, 0, 0]);
         assert_eq!(&out[4..8], &20u32.to_le_bytes());
@@ -184,6 +203,41 @@ mod tests {
         let ct = &mut out[16..n];
         assert_eq!(b.open(0x0102_0304_0506_0708, ct), Some(32));
         assert_eq!(&out[16..48], &[0xab; 32]);
-        assert_eq!(a.send_counter, 0x0102_0304_0506_0709);
+        assert_eq!(a.send_counter(), 0x0102_0304_0506_0709);
+    }
+
+    /// At `REJECT_AFTER_MESSAGES` sealing refuses and writes nothing, also under a race.
+    #[test]
+    fn seal_refuses_at_reject_after_messages() {
+        let now = Instant::now();
+        let a = Session::new(now, 1, 2, &[1; 32], &[2; 32], Role::Initiator);
+        a.set_send_counter(REJECT_AFTER_MESSAGES - 1);
+        let mut out = vec![0u8; 64];
+        assert!(a.seal(&mut out, 16).is_some());
+        let mut out = vec![0u8; 64];
+        assert_eq!(a.seal(&mut out, 16), None);
+        assert_eq!(a.seal(&mut out, 16), None);
+        assert!(out.iter().all(|&b| b == 0));
+        assert!(!a.can_send());
+        // Two threads share the last 1000 counters: each is used exactly once.
+        let s = std::sync::Arc::new(Session::new(now, 1, 2, &[1; 32], &[2; 32], Role::Initiator));
+        s.set_send_counter(REJECT_AFTER_MESSAGES - 1000);
+        let run = || {
+            let s = std::sync::Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut out = vec![0u8; 64];
+                let mut used = Vec::new();
+                while s.seal(&mut out, 16).is_some() {
+                    used.push(u64::from_le_bytes(out[8..16].try_into().expect("8 bytes")));
+                }
+                used
+            })
+        };
+        let (t1, t2) = (run(), run());
+        let mut all = t1.join().expect("t1");
+        all.extend(t2.join().expect("t2"));
+        all.sort_unstable();
+        let want: Vec<u64> = (REJECT_AFTER_MESSAGES - 1000..REJECT_AFTER_MESSAGES).collect();
+        assert_eq!(all, want);
     }
 }

@@ -8,7 +8,10 @@ use tm_wire::ipc::{CtlMsg, DpMsg, DropReason, PeerId, Prefix, Timers};
 use tm_wire::wg::timers::REJECT_AFTER_MESSAGES;
 
 use crate::packet::build;
-use crate::{Dataplane, DpConfig, Inbound, Outbound, MAX_STAGED};
+use crate::{
+    Dataplane, DpConfig, FastIn, FastOut, FastPath, Inbound, Outbound, Punt, PuntResult,
+    MAX_STAGED, PUNT_QUEUE_LEN,
+};
 
 const PEER_B: PeerId = 1; // B as seen from A
 const PEER_A: PeerId = 2; // A as seen from B
@@ -57,9 +60,14 @@ fn add_peer(dp: &mut Dataplane, now: Instant, peer: PeerId, ips: &[&str], ep: So
 
 impl Pair {
     fn new() -> Self {
+        Self::with_workers(1)
+    }
+
+    /// Both dataplanes shared with `workers - 1` fast-path workers.
+    fn with_workers(workers: usize) -> Self {
         let now = Instant::now();
-        let mut a = Dataplane::new(DpConfig { mtu: MTU }, now);
-        let mut b = Dataplane::new(DpConfig { mtu: MTU }, now);
+        let mut a = Dataplane::with_workers(DpConfig { mtu: MTU }, now, workers);
+        let mut b = Dataplane::with_workers(DpConfig { mtu: MTU }, now, workers);
         a.handle_ctl(now, CtlMsg::SetTimers(Timers::default()));
         b.handle_ctl(now, CtlMsg::SetTimers(Timers::default()));
         add_peer(
@@ -111,7 +119,11 @@ impl Pair {
 
     /// Installs and delivers A's confirming keepalive to B.
     fn established() -> Self {
-        let mut p = Self::new();
+        Self::established_with(1)
+    }
+
+    fn established_with(workers: usize) -> Self {
+        let mut p = Self::with_workers(workers);
         p.install(100, 200);
         let tx = transmits(&mut p.a, p.now);
         assert_eq!(tx.len(), 1, "initiator sends one keepalive");
@@ -906,4 +918,243 @@ fn cryptokey_routing_uses_longest_match_across_peers() {
     );
     let (_, d) = seal(&mut p.b, p.now, &v4("10.2.2.3", "10.0.0.1", b"x"));
     assert!(deliver(&mut p.a, p.now, b_addr(), &d).is_ok());
+}
+
+// ---- fast path (workers 1..N) ----
+
+/// Seals `pkt` on a fast path, as the worker's TUN path does (packet at `buf[16..]`).
+fn fp_seal(fp: &mut FastPath, now: Instant, pkt: &[u8]) -> FastOut {
+    let mut buf = vec![0u8; BUF];
+    buf[16..16 + pkt.len()].copy_from_slice(pkt);
+    fp.handle_tun_in_place(now, &mut buf, pkt.len())
+}
+
+fn fp_seal_send(fp: &mut FastPath, now: Instant, pkt: &[u8]) -> (SocketAddr, Vec<u8>) {
+    let mut buf = vec![0u8; BUF];
+    buf[16..16 + pkt.len()].copy_from_slice(pkt);
+    match fp.handle_tun_in_place(now, &mut buf, pkt.len()) {
+        FastOut::Send { to, len } => (to, buf[..len].to_vec()),
+        o => panic!("expected Send, got {o:?}"),
+    }
+}
+
+fn fp_deliver(
+    fp: &mut FastPath,
+    now: Instant,
+    from: SocketAddr,
+    d: &[u8],
+) -> Result<Vec<u8>, FastIn> {
+    let mut buf = d.to_vec();
+    match fp.handle_udp(now, from, &mut buf) {
+        FastIn::WriteTun { start, len } => Ok(buf[start..start + len].to_vec()),
+        o => Err(o),
+    }
+}
+
+/// Runs every queued punt through the owner; returns the datagrams it sent and the inner
+/// packets it wrote to the TUN.
+type Datagrams = Vec<(SocketAddr, Vec<u8>)>;
+
+fn drain_punts(dp: &mut Dataplane, now: Instant) -> (Datagrams, Vec<Vec<u8>>) {
+    let (mut sent, mut tun) = (Vec::new(), Vec::new());
+    let mut out = vec![0u8; BUF];
+    while let Some(mut punt) = dp.poll_punt() {
+        match dp.handle_punt(now, &mut punt, &mut out) {
+            PuntResult::Tun(Outbound::Send { to, len }) => sent.push((to, out[..len].to_vec())),
+            PuntResult::Udp(Inbound::WriteTun { start, len }) => {
+                let Punt::Udp { data, .. } = &punt else {
+                    panic!("udp result for a tun punt")
+                };
+                tun.push(data[start..start + len].to_vec());
+            }
+            _ => {}
+        }
+    }
+    (sent, tun)
+}
+
+#[test]
+fn fast_path_carries_data_both_ways_and_counts() {
+    let mut p = Pair::established_with(2);
+    let mut fb = FastPath::new(p.b.shared(), 1);
+    let mut fa = FastPath::new(p.a.shared(), 1);
+    for i in 0..20u8 {
+        let pkt = v4("10.0.0.1", "10.0.0.2", &[i; 300]);
+        // A's owner seals, B's worker opens.
+        let (_, d) = seal(&mut p.a, p.now, &pkt);
+        assert_eq!(fp_deliver(&mut fb, p.now, a_addr(), &d), Ok(pkt.clone()));
+        // B's worker seals, A's worker opens.
+        let back = v4("10.0.0.2", "10.0.0.1", &[i; 100]);
+        let (to, d) = fp_seal_send(&mut fb, p.now, &back);
+        assert_eq!(to, a_addr());
+        assert_eq!(fp_deliver(&mut fa, p.now, b_addr(), &d), Ok(back.clone()));
+        // A replay on the owner of what the worker accepted: one shared window.
+        assert_eq!(
+            deliver(&mut p.a, p.now, b_addr(), &d),
+            Err(Inbound::Drop(DropReason::Replay))
+        );
+        // And the other way round.
+        let (_, d) = fp_seal_send(&mut fb, p.now, &back);
+        assert_eq!(deliver(&mut p.a, p.now, b_addr(), &d), Ok(back));
+        assert_eq!(
+            fp_deliver(&mut fa, p.now, b_addr(), &d),
+            Err(FastIn::Drop(DropReason::Replay))
+        );
+    }
+    assert!(!fb.end_batch(), "nothing punted");
+    assert!(!fa.end_batch());
+    // Per-peer counters: the owner's plus the worker's.
+    let sb = p.b.peer_stats(p.now, PEER_A).unwrap();
+    assert_eq!(sb.rx_packets, 21, "keepalive (owner) + 20 (worker)");
+    assert_eq!(sb.tx_packets, 40);
+    let sa = p.a.peer_stats(p.now, PEER_B).unwrap();
+    assert_eq!(sa.tx_packets, 21);
+    assert_eq!(sa.rx_packets, 40, "20 on the worker, 20 on the owner");
+    assert_eq!(sa.tx_bytes, sb.rx_bytes);
+    assert_eq!(sb.tx_bytes, sa.rx_bytes);
+    let w = p.a.shared().worker_stats(1);
+    assert_eq!(w.drops[DropReason::Replay as usize], 20);
+    assert_eq!(p.a.shared().worker_datagrams(1), (40, 0));
+    assert_eq!(p.b.shared().worker_datagrams(1), (20, 40));
+}
+
+#[test]
+fn fast_path_punts_the_slow_cases_to_the_owner() {
+    let mut p = Pair::with_workers(2);
+    let mut fa = FastPath::new(p.a.shared(), 1);
+    let mut fb = FastPath::new(p.b.shared(), 1);
+    // No session: punted; the owner stages it and asks for a handshake.
+    let pkt = v4("10.0.0.1", "10.0.0.2", b"early");
+    assert_eq!(fp_seal(&mut fa, p.now, &pkt), FastOut::Punted);
+    assert!(fa.end_batch(), "punted: wake the owner");
+    let (sent, _) = drain_punts(&mut p.a, p.now);
+    assert!(sent.is_empty());
+    assert_eq!(need_handshakes(&events(&mut p.a)), 1);
+    // Handshake-class datagram: punted, becomes an event on the owner.
+    let mut init = vec![0u8; 148];
+    init[0] = 1;
+    assert_eq!(
+        fp_deliver(&mut fb, p.now, a_addr(), &init),
+        Err(FastIn::Punted)
+    );
+    drain_punts(&mut p.b, p.now);
+    assert!(events(&mut p.b)
+        .iter()
+        .any(|m| matches!(m, DpMsg::HandshakeDatagram { .. })));
+    // Session installed: A flushes the staged packet; it reaches B's worker under B's
+    // `next` session, which only the owner may promote -> punt -> owner confirms.
+    p.install(100, 200);
+    let tx = transmits(&mut p.a, p.now);
+    assert_eq!(tx.len(), 1, "the staged packet");
+    assert_eq!(
+        fp_deliver(&mut fb, p.now, a_addr(), &tx[0].1),
+        Err(FastIn::Punted)
+    );
+    let (_, tun) = drain_punts(&mut p.b, p.now);
+    assert_eq!(tun, vec![pkt]);
+    assert!(events(&mut p.b).contains(&DpMsg::SessionConfirmed {
+        peer: PEER_A,
+        local_index: 200
+    }));
+    // Now current on B (new snapshot from the next batch on): the worker handles it.
+    assert!(fb.end_batch());
+    let pkt = v4("10.0.0.1", "10.0.0.2", b"fast");
+    let (_, d) = seal(&mut p.a, p.now, &pkt);
+    assert_eq!(fp_deliver(&mut fb, p.now, a_addr(), &d), Ok(pkt));
+    // From a new address: roaming is the owner's job.
+    let pkt = v4("10.0.0.1", "10.0.0.2", b"roamed");
+    let (_, d) = seal(&mut p.a, p.now, &pkt);
+    let roamed = sa("198.51.100.7:4000");
+    assert_eq!(fp_deliver(&mut fb, p.now, roamed, &d), Err(FastIn::Punted));
+    let (_, tun) = drain_punts(&mut p.b, p.now);
+    assert_eq!(tun, vec![pkt]);
+    assert!(events(&mut p.b).contains(&DpMsg::EndpointChanged {
+        peer: PEER_A,
+        endpoint: roamed
+    }));
+    // The new snapshot carries the new endpoint: B's worker now sends there.
+    fb.end_batch();
+    let (to, _) = fp_seal_send(&mut fb, p.now, &v4("10.0.0.2", "10.0.0.1", b"x"));
+    assert_eq!(to, roamed);
+    // Garbage stays local: counted on the worker, never punted.
+    assert_eq!(
+        fp_deliver(&mut fb, p.now, a_addr(), &[4, 0, 0]),
+        Err(FastIn::Drop(DropReason::Malformed))
+    );
+    assert_eq!(
+        fp_seal(&mut fb, p.now, &v4("10.0.0.2", "10.9.9.9", b"x")),
+        FastOut::Drop(DropReason::NoRoute)
+    );
+    fb.end_batch();
+    let w = p.b.shared().worker_stats(1);
+    assert_eq!(w.punts, 3);
+    assert_eq!(w.punt_drops, 0);
+    assert_eq!(w.drops[DropReason::Malformed as usize], 1);
+    assert_eq!(w.drops[DropReason::NoRoute as usize], 1);
+}
+
+#[test]
+fn full_punt_queue_drops_and_counts() {
+    let mut p = Pair::with_workers(2);
+    let mut fa = FastPath::new(p.a.shared(), 1);
+    let pkt = v4("10.0.0.1", "10.0.0.2", b"x");
+    for _ in 0..PUNT_QUEUE_LEN + 5 {
+        assert_eq!(fp_seal(&mut fa, p.now, &pkt), FastOut::Punted);
+    }
+    fa.end_batch();
+    let w = p.a.shared().worker_stats(1);
+    assert_eq!(w.punts, PUNT_QUEUE_LEN as u64 + 5);
+    assert_eq!(w.punt_drops, 5);
+    let mut n = 0;
+    while p.a.poll_punt().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, PUNT_QUEUE_LEN);
+}
+
+/// Traffic that only ran on a worker still drives the owner's timers: unanswered data
+/// asks for a handshake, received data gets a passive keepalive, and a rekey condition
+/// seen by the worker reaches the owner.
+#[test]
+fn worker_activity_drives_the_owner_timers() {
+    let mut p = Pair::established_with(2);
+    let mut fa = FastPath::new(p.a.shared(), 1);
+    let mut fb = FastPath::new(p.b.shared(), 1);
+    let t = Timers::default();
+    let _ = events(&mut p.a);
+    // A's worker sends, B's worker receives; nothing comes back.
+    let pkt = v4("10.0.0.1", "10.0.0.2", b"ping");
+    let (_, d) = fp_seal_send(&mut fa, p.now, &pkt);
+    assert_eq!(fp_deliver(&mut fb, p.now, a_addr(), &d), Ok(pkt));
+    fa.end_batch();
+    fb.end_batch();
+    p.b.fold_activity(p.now);
+    assert_eq!(p.b.peer_stats(p.now, PEER_A).unwrap().last_rx_ago_ms, 0);
+    // B: passive keepalive after keepalive_timeout.
+    p.advance(Duration::from_millis(u64::from(t.keepalive_timeout_ms)));
+    p.b.fold_activity(p.now);
+    p.b.handle_timeout(p.now);
+    let tx = transmits(&mut p.b, p.now);
+    assert_eq!(tx.len(), 1, "passive keepalive");
+    assert_eq!(tx[0].1.len(), 32);
+    // A: no answer to data -> handshake after keepalive + rekey timeout (the keepalive
+    // is not delivered).
+    let _ = events(&mut p.a);
+    p.a.fold_activity(p.now);
+    p.a.handle_timeout(p.now);
+    assert_eq!(need_handshakes(&events(&mut p.a)), 0, "not yet");
+    p.advance(Duration::from_millis(u64::from(t.rekey_timeout_ms)));
+    p.a.fold_activity(p.now);
+    p.a.handle_timeout(p.now);
+    assert_eq!(
+        need_handshakes(&events(&mut p.a)),
+        1,
+        "handshake on no reply"
+    );
+    // Rekey-after-time seen by the worker (A is the initiator).
+    p.advance(Duration::from_millis(u64::from(t.rekey_after_ms)));
+    let _ = fp_seal_send(&mut fa, p.now, &v4("10.0.0.1", "10.0.0.2", b"old"));
+    fa.end_batch();
+    p.a.fold_activity(p.now);
+    assert_eq!(need_handshakes(&events(&mut p.a)), 1, "rekey flag folded");
 }

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Bumped on any change to the messages below.
-pub const IPC_VERSION: u32 = 1;
+pub const IPC_VERSION: u32 = 2;
 
 /// Peer identifier assigned by the control plane (dense, small; never reused while the
 /// dataplane runs).
@@ -175,6 +175,64 @@ pub struct PeerStats {
     pub last_rx_ago_ms: u64,
 }
 
+/// Counters of one dataplane worker (thread), cumulative since the dataplane started.
+/// TUN counts are reads/writes (a super-packet counts once), UDP counts are datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerStats {
+    pub tun_rx_packets: u64,
+    pub tun_rx_bytes: u64,
+    pub tun_tx_packets: u64,
+    pub tun_tx_bytes: u64,
+    pub udp_rx_packets: u64,
+    pub udp_rx_bytes: u64,
+    pub udp_tx_packets: u64,
+    pub udp_tx_bytes: u64,
+    /// Packets handed to worker 0 (slow path: handshakes, no session, roaming...).
+    pub punts: u64,
+    /// Punts dropped because worker 0's queue was full.
+    pub punt_drops: u64,
+    /// Drops by [`DropReason`] seen on this worker.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl WorkerStats {
+    /// Number of scalar (non-drop) fields.
+    pub const SCALARS: usize = 10;
+
+    /// The scalar fields in declaration order.
+    pub fn scalars(&self) -> [u64; Self::SCALARS] {
+        [
+            self.tun_rx_packets,
+            self.tun_rx_bytes,
+            self.tun_tx_packets,
+            self.tun_tx_bytes,
+            self.udp_rx_packets,
+            self.udp_rx_bytes,
+            self.udp_tx_packets,
+            self.udp_tx_bytes,
+            self.punts,
+            self.punt_drops,
+        ]
+    }
+
+    /// Builds from [`Self::scalars`] order plus the drops.
+    pub fn from_scalars(v: [u64; Self::SCALARS], drops: [u64; DropReason::COUNT]) -> Self {
+        Self {
+            tun_rx_packets: v[0],
+            tun_rx_bytes: v[1],
+            tun_tx_packets: v[2],
+            tun_tx_bytes: v[3],
+            udp_rx_packets: v[4],
+            udp_rx_bytes: v[5],
+            udp_tx_packets: v[6],
+            udp_tx_bytes: v[7],
+            punts: v[8],
+            punt_drops: v[9],
+            drops,
+        }
+    }
+}
+
 /// Dataplane -> control.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DpMsg {
@@ -213,11 +271,17 @@ pub enum DpMsg {
         peer: PeerId,
         stats: PeerStats,
     },
-    /// Global drop counters, indexed by [`DropReason`].
+    /// Global drop counters, indexed by [`DropReason`] (summed over every worker).
     Counters {
         drops: [u64; DropReason::COUNT],
         rx_datagrams: u64,
         tx_datagrams: u64,
+    },
+    /// Counters of worker `worker` (0 = the owner thread); sent right after `Counters`,
+    /// one per running worker.
+    WorkerCounters {
+        worker: u16,
+        stats: WorkerStats,
     },
 }
 
@@ -539,6 +603,17 @@ impl DpMsg {
                 w.u64(*rx_datagrams);
                 w.u64(*tx_datagrams);
             }
+            DpMsg::WorkerCounters { worker, stats } => {
+                w.u8(9);
+                w.u16(*worker);
+                for v in stats.scalars() {
+                    w.u64(v);
+                }
+                w.u8(DropReason::COUNT as u8);
+                for d in &stats.drops {
+                    w.u64(*d);
+                }
+            }
         }
     }
 
@@ -588,6 +663,24 @@ impl DpMsg {
                     drops,
                     rx_datagrams: r.u64()?,
                     tx_datagrams: r.u64()?,
+                }
+            }
+            9 => {
+                let worker = r.u16()?;
+                let mut v = [0u64; WorkerStats::SCALARS];
+                for x in &mut v {
+                    *x = r.u64()?;
+                }
+                if r.u8()? as usize != DropReason::COUNT {
+                    return Err(DecodeError::Invalid);
+                }
+                let mut drops = [0u64; DropReason::COUNT];
+                for d in &mut drops {
+                    *d = r.u64()?;
+                }
+                DpMsg::WorkerCounters {
+                    worker,
+                    stats: WorkerStats::from_scalars(v, drops),
                 }
             }
             _ => return Err(DecodeError::Invalid),
@@ -691,6 +784,13 @@ mod tests {
                 drops: [7; DropReason::COUNT],
                 rx_datagrams: 5,
                 tx_datagrams: 6,
+            },
+            DpMsg::WorkerCounters {
+                worker: 1,
+                stats: WorkerStats::from_scalars(
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+                    std::array::from_fn(|i| 100 + i as u64),
+                ),
             },
         ]
     }
