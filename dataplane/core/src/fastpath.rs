@@ -116,17 +116,22 @@ impl FastPath {
         &mut self.stats
     }
 
+    /// Takes the batch's snapshot out of `self` (loading it at the first packet of a
+    /// batch); [`Self::put_back`] returns it. Moving the `Arc` keeps its (shared) reference
+    /// count untouched per packet.
     fn begin(&mut self, now: Instant) -> Arc<Snapshot> {
         self.now = now;
-        match &self.snap {
-            Some(s) => Arc::clone(s),
+        match self.snap.take() {
+            Some(s) => s,
             None => {
-                let s = self.shared.snapshot.load_full();
                 self.route_cache = None;
-                self.snap = Some(Arc::clone(&s));
-                s
+                self.shared.snapshot.load_full()
             }
         }
+    }
+
+    fn put_back(&mut self, snap: Arc<Snapshot>) {
+        self.snap = Some(snap);
     }
 
     fn drop(&mut self, r: DropReason) {
@@ -176,7 +181,9 @@ impl FastPath {
     /// datagram. `buf` must hold the padded packet plus the tag (`len + 47` bytes).
     pub fn handle_tun_in_place(&mut self, now: Instant, buf: &mut [u8], len: usize) -> FastOut {
         let snap = self.begin(now);
-        match self.tun(&snap, buf, len) {
+        let r = self.tun(&snap, buf, len);
+        self.put_back(snap);
+        match r {
             Ok(o) => o,
             Err(r) => {
                 self.drop(r);
@@ -229,7 +236,9 @@ impl FastPath {
     /// Inbound: one datagram from `from`, decrypted in place on `WriteTun`.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, dgram: &mut [u8]) -> FastIn {
         let snap = self.begin(now);
-        match self.udp(&snap, from, dgram) {
+        let r = self.udp(&snap, from, dgram);
+        self.put_back(snap);
+        match r {
             Ok(FastIn::Punted) => FastIn::Punted,
             Ok(i) => {
                 self.rx_datagrams += 1;
