@@ -1158,3 +1158,64 @@ fn worker_activity_drives_the_owner_timers() {
     p.a.fold_activity(p.now);
     assert_eq!(need_handshakes(&events(&mut p.a)), 1, "rekey flag folded");
 }
+
+/// The owner and a worker thread receive the same stream of datagrams (every datagram
+/// delivered to both, as a duplicate would be) while both also seal on the shared session:
+/// every datagram reaches the TUN exactly once, and no two sealed datagrams share a counter.
+#[test]
+fn owner_and_worker_threads_share_sessions() {
+    use std::sync::Arc;
+    const N: usize = 3000;
+    let mut p = Pair::established_with(2);
+    let now = p.now;
+    let stream: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..N)
+            .map(|i| {
+                let pkt = v4("10.0.0.1", "10.0.0.2", &(i as u32).to_le_bytes());
+                seal(&mut p.a, now, &pkt).1
+            })
+            .collect(),
+    );
+    let mut fb = FastPath::new(p.b.shared(), 1);
+    let worker = {
+        let stream = Arc::clone(&stream);
+        std::thread::spawn(move || {
+            let (mut got, mut sent) = (Vec::new(), Vec::new());
+            for (i, d) in stream.iter().enumerate() {
+                if let Ok(inner) = fp_deliver(&mut fb, now, a_addr(), d) {
+                    got.push(inner);
+                }
+                let (_, out) = fp_seal_send(&mut fb, now, &v4("10.0.0.2", "10.0.0.1", b"w"));
+                sent.push(u64::from_le_bytes(out[8..16].try_into().expect("counter")));
+                if i % 64 == 0 {
+                    fb.end_batch();
+                }
+            }
+            fb.end_batch();
+            (got, sent)
+        })
+    };
+    let (mut got, mut sent) = (Vec::new(), Vec::new());
+    for d in stream.iter() {
+        if let Ok(inner) = deliver(&mut p.b, now, a_addr(), d) {
+            got.push(inner);
+        }
+        let (_, out) = seal(&mut p.b, now, &v4("10.0.0.2", "10.0.0.1", b"o"));
+        sent.push(u64::from_le_bytes(out[8..16].try_into().expect("counter")));
+    }
+    let (wgot, wsent) = worker.join().expect("worker thread");
+    got.extend(wgot);
+    sent.extend(wsent);
+    got.sort();
+    let mut want: Vec<Vec<u8>> = (0..N)
+        .map(|i| v4("10.0.0.1", "10.0.0.2", &(i as u32).to_le_bytes()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "every datagram delivered exactly once");
+    sent.sort_unstable();
+    sent.dedup();
+    assert_eq!(sent.len(), 2 * N, "no send counter used twice");
+    let sb = p.b.peer_stats(now, PEER_A).unwrap();
+    assert_eq!(sb.rx_packets, N as u64 + 1, "+ the confirming keepalive");
+    assert_eq!(sb.tx_packets, 2 * N as u64);
+}
