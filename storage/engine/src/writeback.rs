@@ -67,7 +67,12 @@ pub(crate) struct WriteBack {
     inodes: AtomicUsize,
     /// Bytes staged and not yet taken by a flush.
     pub total: AtomicUsize,
+    /// Empty buffers of applied extents, for reuse by large staged writes.
+    pool: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most buffers kept for reuse.
+const POOL_MAX: usize = 64;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,6 +82,27 @@ impl WriteBack {
     /// Whether nothing is staged (one atomic load).
     pub fn is_empty(&self) -> bool {
         self.inodes.load(Ordering::Acquire) == 0
+    }
+
+    /// An empty buffer with room for at least `cap` bytes (recycled when possible).
+    pub fn buffer(&self, cap: usize) -> Vec<u8> {
+        let mut pool = lock(&self.pool);
+        if let Some(i) = pool.iter().rposition(|b| b.capacity() >= cap) {
+            return pool.swap_remove(i);
+        }
+        drop(pool);
+        Vec::with_capacity(cap)
+    }
+
+    /// Keep the large buffers of applied extents for reuse.
+    pub fn recycle(&self, extents: Vec<(u64, Vec<u8>)>) {
+        let mut pool = lock(&self.pool);
+        for (_, mut b) in extents {
+            if b.capacity() >= 64 << 10 && pool.len() < POOL_MAX {
+                b.clear();
+                pool.push(b);
+            }
+        }
     }
 
     /// Number of inodes with a buffer.
