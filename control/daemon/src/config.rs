@@ -56,6 +56,8 @@ struct RawConfig {
     #[serde(default)]
     mtu: Option<u16>,
     #[serde(default)]
+    workers: Option<u32>,
+    #[serde(default)]
     peers: Vec<RawPeer>,
     #[serde(default)]
     testing: Option<RawTesting>,
@@ -305,6 +307,8 @@ pub struct NodeConfig {
     /// coordinator assigns it (set before the dataplane starts).
     pub address: Option<Cidr>,
     pub mtu: u16,
+    /// Dataplane worker threads (`workers:`); `None`: `$TM_DP_WORKERS`, else one per core.
+    pub workers: Option<u16>,
     pub peers: Vec<PeerConfig>,
     pub timers: Timers,
     pub force_cookie: bool,
@@ -358,6 +362,16 @@ impl NodeConfig {
         if !(576..=9000).contains(&mtu) {
             return Err(err("mtu", format!("{mtu} is out of range (576-9000)")));
         }
+        let workers = match raw.workers {
+            None => None,
+            Some(n @ 1..=64) => Some(n as u16),
+            Some(n) => {
+                return Err(err(
+                    "workers",
+                    format!("{n} is out of range (1-64 dataplane threads)"),
+                ))
+            }
+        };
         if address.is_some_and(|a| a.addr.is_ipv6()) && mtu < 1280 {
             return Err(err("mtu", "an IPv6 address needs mtu >= 1280"));
         }
@@ -561,6 +575,7 @@ impl NodeConfig {
             listen_port: raw.listen_port.unwrap_or(51820),
             address,
             mtu,
+            workers,
             peers,
             timers,
             force_cookie: t.force_cookie,
@@ -726,6 +741,8 @@ mod tests {
         );
         assert!(e("name: a b\naddress: 100.64.0.1/10\n").starts_with("name:"));
         assert!(e("name: a\naddress: 100.64.0.1/10\nmtu: 100\n").starts_with("mtu:"));
+        assert!(e("name: a\naddress: 100.64.0.1/10\nworkers: 0\n").starts_with("workers:"));
+        assert!(e("name: a\naddress: 100.64.0.1/10\nworkers: 65\n").starts_with("workers:"));
         assert!(
             e("name: a\naddress: 100.64.0.1/10\ninterface: waytoolonginterfacename\n")
                 .starts_with("interface:")
@@ -764,6 +781,8 @@ mod tests {
         assert!(p.coordinator.is_none() && p.address.is_none() && p.s3.is_none());
         let n = NodeConfig::parse(include_str!("../../../examples/node.yaml")).unwrap();
         assert!(n.address.is_some());
+        assert_eq!(n.workers, Some(2));
+        assert_eq!(p.workers, None);
     }
 
     #[test]

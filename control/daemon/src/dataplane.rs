@@ -43,13 +43,14 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("tm-dataplane"))
 }
 
-/// Dataplane worker threads: `$TM_DP_WORKERS` if set (a positive number), else one per
-/// available core; clamped to 1..=64.
-pub fn default_workers() -> u16 {
+/// Dataplane worker threads: `$TM_DP_WORKERS` if set (a positive number), else the
+/// config's `workers:`, else one per available core; clamped to 1..=64.
+pub fn default_workers(configured: Option<u16>) -> u16 {
     let n = std::env::var("TM_DP_WORKERS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
+        .or(configured.map(usize::from))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     n.clamp(1, 64) as u16
 }
@@ -74,7 +75,8 @@ impl Dataplane {
         for r in cfg.routes() {
             cmd.arg("--route").arg(r.to_string());
         }
-        cmd.arg("--workers").arg(default_workers().to_string());
+        cmd.arg("--workers")
+            .arg(default_workers(cfg.workers).to_string());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
