@@ -9,13 +9,13 @@
 # file (1 MiB calls, write ends with fsync = COMMIT), small-file create (creat + 4 KiB write +
 # close) and stat ops/s. Scenarios alternate between the servers, ROUNDS times (median shown).
 #
-#   sudo bench/nfs/run.sh            # env: ROUNDS (3), SIZE_MIB (1024), FILES (1000), OUT,
+#   sudo bench/nfs/run.sh            # env: ROUNDS (5), SIZE_MIB (1024), FILES (1000), OUT,
 #                                    #      TM_NFS_SERVER (prebuilt binary), CARGO_TARGET_DIR
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 OUT="${OUT:-/tmp/tm-nfsbench}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 FILES="${FILES:-1000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"

@@ -131,7 +131,9 @@ impl Storage {
 
     /// Binds the NFSv3 server (mount protocol on the same port) on `addr` (default
     /// `<mesh IP>:2049`) and serves `/shares/<name>` in the background. Loopback and sources in
-    /// `mesh_cidrs` (cryptokey-routed) may mount; others get `MNT3ERR_ACCES`.
+    /// `mesh_cidrs` (cryptokey-routed) may mount; others get `MNT3ERR_ACCES`. NFS and S3 serve
+    /// the same `Store` (one process): UNSTABLE NFS writes are staged in that store, which
+    /// applies them before any S3 read of the object, so S3 sees every acknowledged write.
     #[allow(dead_code)] // called from node.rs once the `nfs:` config is wired
     pub async fn serve_nfs(
         &self,

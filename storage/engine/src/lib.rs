@@ -14,6 +14,13 @@
 //! garbage (removed at [`Store::open`] and by [`Store::gc`]; chunks freed by deletes/overwrites are
 //! reclaimed in the background).
 //!
+//! Staged writes: the file-system view ([`FileSystem::stage`], used for NFS UNSTABLE writes)
+//! keeps writes in a per-store memory buffer until COMMIT ([`FileSystem::flush`]); every read
+//! through the store (`open_object`, `head`, `list_objects`, `copy_object`, and `begin_put` /
+//! `delete_object` before they replace or remove) applies the staged writes of that object
+//! first, so an S3 client sees an acknowledged NFS write at once. Staged bytes are not durable
+//! until flushed (NFS clients resend them after a restart: the write verifier changes).
+//!
 //! What it never does: speak HTTP/S3 or NFS, authorise anybody (the S3 layer decides who may
 //! touch `_tunnelmesh`), or run async code: every method blocks (async callers use
 //! `spawn_blocking`) except [`Store::put_small`], which queues a whole small object for the
