@@ -64,6 +64,8 @@ impl IoCounts {
     }
 }
 
+/// Longest delay before worker activity reaches worker 0's timers.
+const FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// Events kept while the ring to the control plane is full; beyond this they are dropped.
 const MAX_BACKLOG: usize = 16 * 1024;
 /// Payload bytes of one GSO send (the UDP length field and IP total length are 16 bits).
@@ -142,6 +144,9 @@ impl TxBatch {
 
 pub struct Glue {
     dp: Dataplane,
+    /// Next time the workers' activity stamps are folded into the timers (they are also
+    /// folded whenever a timer is due).
+    next_fold: Instant,
     ring: Endpoint,
     /// TUN packets carry a vnet header (offload mode).
     vnet: bool,
@@ -171,6 +176,7 @@ impl Glue {
         let shared = dp.shared();
         Glue {
             dp,
+            next_fold: Instant::now(),
             ring,
             vnet,
             tx: TxBatch::new(),
@@ -277,7 +283,13 @@ impl Glue {
     }
 
     fn timers(&mut self, now: Instant) {
-        self.dp.fold_activity(now);
+        // Folding walks every peer: do it every FOLD_INTERVAL (timers have second
+        // granularity) and right before any timer runs, not on every batch.
+        let due = self.dp.poll_timeout().is_some_and(|d| d <= now);
+        if due || now >= self.next_fold {
+            self.dp.fold_activity(now);
+            self.next_fold = now + FOLD_INTERVAL;
+        }
         if self.dp.poll_timeout().is_some_and(|d| d <= now) {
             self.dp.handle_timeout(now);
         }

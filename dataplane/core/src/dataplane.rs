@@ -315,9 +315,13 @@ impl Dataplane {
                     }
                 }
             }
+            // Load first: a swap would write the shared line on every fold.
             if p.shared
                 .want_handshake
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && p.shared
+                    .want_handshake
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
             {
                 need_handshake(&mut p.timers, id, now, &t, &mut self.events);
             }
@@ -730,8 +734,11 @@ impl Dataplane {
         let plain_len = s
             .open(counter, &mut dgram[DATA_HEADER_LEN..])
             .ok_or(DropReason::AuthFailed)?;
-        let updated = s.replay.update(counter);
-        debug_assert!(updated, "check passed just before");
+        // The claim can fail although the check passed: a worker may have claimed the same
+        // counter (a duplicated datagram) in between. Exactly once: drop it here.
+        if !s.replay.update(counter) {
+            return Err(DropReason::Replay);
+        }
         let role = s.role;
         let created = s.created;
         let local_index = s.local_index;
