@@ -30,10 +30,11 @@ pub const FLUSH_BYTES: usize = 32 << 20;
 pub const MAX_DIRTY: usize = 256 << 20;
 /// Entries fetched from the store per directory page.
 const DIR_PAGE: usize = 256;
-/// Preferred and advertised largest transfer (fsinfo rtmax/wtmax): 256 KiB lets clients such
-/// as libnfs split a large call into several concurrent RPCs, which keeps both the network
-/// and the store busy.
-pub const MAX_IO: u32 = 256 << 10;
+/// Preferred and advertised largest transfer (fsinfo rtmax/wtmax). 1 MiB, one chunk: measured
+/// against 256 KiB (which lets libnfs split a 1 MiB call into concurrent RPCs), whole-chunk
+/// RPCs roughly doubled sequential write and added a third to reads (per-RPC costs dominate;
+/// see docs/benchmarks.md, NFS).
+pub const MAX_IO: u32 = 1 << 20;
 /// Largest READ served (clients that ignore rtmax still get at most this).
 pub const READ_CAP: u32 = 1 << 20;
 
