@@ -142,6 +142,70 @@ impl TxBatch {
     }
 }
 
+/// Splits one TUN read (`pkt`: vnet header + super-packet in offload mode, else one packet)
+/// into segments written straight into `tx` with room for the data header, and has `seal`
+/// seal each in place (`seal(buf, inner_len)` with the inner packet at `buf[16..]`,
+/// returning the datagram's destination and length, or None if it was not sent). Counts the
+/// read; Err(()) if the packet or its offload header was bad.
+pub(crate) fn segment_and_seal(
+    tx: &mut TxBatch,
+    io: &mut Io<'_>,
+    counts: &mut IoCounts,
+    vnet: bool,
+    pkt: &mut [u8],
+    mut seal: impl FnMut(&mut [u8], usize) -> Option<(SocketAddr, usize)>,
+) -> Result<(), ()> {
+    counts.tun_rx_packets += 1;
+    counts.tun_rx_bytes += pkt.len() as u64;
+    let (hdr, pkt) = if vnet {
+        let h = VnetHdr::decode(pkt).ok_or(())?;
+        (h, &pkt[VNET_HDR_LEN..])
+    } else {
+        (VnetHdr::default(), &pkt[..])
+    };
+    let mut seg = Segmenter::new(pkt, hdr).map_err(|_| ())?;
+    let max = seg.max_segment_len();
+    loop {
+        if !tx.reserve(io, max) {
+            return Err(());
+        }
+        let at = tx.len;
+        let Some(r) = seg.next_into(&mut tx.buf[at + 16..]) else {
+            return Ok(());
+        };
+        let n = r.map_err(|_| ())?;
+        if let Some((to, len)) = seal(&mut tx.buf[at..], n) {
+            tx.commit(io, to, len);
+        }
+    }
+}
+
+/// Writes the decrypted inner packet `dgram[start..start + len]` to the TUN: through the
+/// `Gro` coalescer in offload mode (the vnet header goes in front of it, in the datagram's
+/// header room), else as is.
+pub(crate) fn deliver(
+    gro: &mut Gro,
+    vnet: bool,
+    counts: &mut IoCounts,
+    io: &mut Io<'_>,
+    dgram: &mut [u8],
+    start: usize,
+    len: usize,
+) {
+    if start < VNET_HDR_LEN || start.saturating_add(len) > dgram.len() {
+        return;
+    }
+    if vnet {
+        gro.push(dgram, start, len, &mut |w: &[u8]| {
+            if io.write_tun(w) {
+                counts.tun_tx_bytes += w.len() as u64;
+            }
+        });
+    } else if io.write_tun(&dgram[start..start + len]) {
+        counts.tun_tx_bytes += len as u64;
+    }
+}
+
 pub struct Glue {
     dp: Dataplane,
     /// Next time the workers' activity stamps are folded into the timers (they are also
@@ -298,45 +362,21 @@ impl Glue {
 
 impl Handler for Glue {
     fn on_tun(&mut self, io: &mut Io<'_>, pkt: &mut [u8]) {
-        self.io_counts.tun_rx_packets += 1;
-        self.io_counts.tun_rx_bytes += pkt.len() as u64;
-        let (hdr, pkt) = if self.vnet {
-            match VnetHdr::decode(pkt) {
-                Some(h) => (h, &pkt[VNET_HDR_LEN..]),
-                None => {
-                    self.bad_offload += 1;
-                    return;
-                }
-            }
-        } else {
-            (VnetHdr::default(), &pkt[..])
-        };
-        let mut seg = match Segmenter::new(pkt, hdr) {
-            Ok(s) => s,
-            Err(_) => {
-                self.bad_offload += 1;
-                return;
-            }
-        };
         let now = io.now();
-        let max = seg.max_segment_len();
-        loop {
-            if !self.tx.reserve(io, max) {
-                self.bad_offload += 1;
-                return;
-            }
-            let at = self.tx.len;
-            let Some(r) = seg.next_into(&mut self.tx.buf[at + 16..]) else {
-                return;
-            };
-            let Ok(n) = r else {
-                self.bad_offload += 1;
-                return;
-            };
-            match self.dp.handle_tun_in_place(now, &mut self.tx.buf[at..], n) {
-                Outbound::Send { to, len } => self.tx.commit(io, to, len),
-                Outbound::Queued | Outbound::Drop(_) => {}
-            }
+        let dp = &mut self.dp;
+        let r = segment_and_seal(
+            &mut self.tx,
+            io,
+            &mut self.io_counts,
+            self.vnet,
+            pkt,
+            |buf, n| match dp.handle_tun_in_place(now, buf, n) {
+                Outbound::Send { to, len } => Some((to, len)),
+                Outbound::Queued | Outbound::Drop(_) => None,
+            },
+        );
+        if r.is_err() {
+            self.bad_offload += 1;
         }
     }
 
@@ -346,21 +386,15 @@ impl Handler for Glue {
         let seg = if seg == 0 { dgrams.len().max(1) } else { seg };
         for dgram in dgrams.chunks_mut(seg) {
             match self.dp.handle_udp(now, from, dgram) {
-                Inbound::WriteTun { start, len } => {
-                    if start < VNET_HDR_LEN || start.saturating_add(len) > dgram.len() {
-                        continue;
-                    }
-                    let counts = &mut self.io_counts;
-                    if self.vnet {
-                        self.gro.push(dgram, start, len, &mut |w: &[u8]| {
-                            if io.write_tun(w) {
-                                counts.tun_tx_bytes += w.len() as u64;
-                            }
-                        });
-                    } else if io.write_tun(&dgram[start..start + len]) {
-                        counts.tun_tx_bytes += len as u64;
-                    }
-                }
+                Inbound::WriteTun { start, len } => deliver(
+                    &mut self.gro,
+                    self.vnet,
+                    &mut self.io_counts,
+                    io,
+                    dgram,
+                    start,
+                    len,
+                ),
                 Inbound::Consumed | Inbound::Drop(_) => {}
             }
         }

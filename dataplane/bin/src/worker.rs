@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tm_dp::offload::{Gro, Segmenter, VnetHdr, VNET_HDR_LEN};
+use tm_dp::offload::Gro;
 use tm_dp::{FastIn, FastOut, FastPath};
 use tm_dp_io::uring::{Handler, Io};
 use tm_wire::ipc::DropReason;
 
-use crate::glue::{IoCounts, TxBatch};
+use crate::glue::{deliver, segment_and_seal, IoCounts, TxBatch};
 
 /// The loop handler of one fast-path worker.
 pub struct WorkerGlue {
@@ -67,36 +67,21 @@ impl WorkerGlue {
 
 impl Handler for WorkerGlue {
     fn on_tun(&mut self, io: &mut Io<'_>, pkt: &mut [u8]) {
-        self.io_counts.tun_rx_packets += 1;
-        self.io_counts.tun_rx_bytes += pkt.len() as u64;
-        let (hdr, pkt) = if self.vnet {
-            match VnetHdr::decode(pkt) {
-                Some(h) => (h, &pkt[VNET_HDR_LEN..]),
-                None => return self.bad_offload(),
-            }
-        } else {
-            (VnetHdr::default(), &pkt[..])
-        };
-        let Ok(mut seg) = Segmenter::new(pkt, hdr) else {
-            return self.bad_offload();
-        };
         let now = io.now();
-        let max = seg.max_segment_len();
-        loop {
-            if !self.tx.reserve(io, max) {
-                return self.bad_offload();
-            }
-            let at = self.tx.len;
-            let Some(r) = seg.next_into(&mut self.tx.buf[at + 16..]) else {
-                return;
-            };
-            let Ok(n) = r else {
-                return self.bad_offload();
-            };
-            match self.fp.handle_tun_in_place(now, &mut self.tx.buf[at..], n) {
-                FastOut::Send { to, len } => self.tx.commit(io, to, len),
-                FastOut::Punted | FastOut::Drop(_) => {}
-            }
+        let fp = &mut self.fp;
+        let r = segment_and_seal(
+            &mut self.tx,
+            io,
+            &mut self.io_counts,
+            self.vnet,
+            pkt,
+            |buf, n| match fp.handle_tun_in_place(now, buf, n) {
+                FastOut::Send { to, len } => Some((to, len)),
+                FastOut::Punted | FastOut::Drop(_) => None,
+            },
+        );
+        if r.is_err() {
+            self.bad_offload();
         }
     }
 
@@ -106,21 +91,15 @@ impl Handler for WorkerGlue {
         let seg = if seg == 0 { dgrams.len().max(1) } else { seg };
         for dgram in dgrams.chunks_mut(seg) {
             match self.fp.handle_udp(now, from, dgram) {
-                FastIn::WriteTun { start, len } => {
-                    if start < VNET_HDR_LEN || start.saturating_add(len) > dgram.len() {
-                        continue;
-                    }
-                    let counts = &mut self.io_counts;
-                    if self.vnet {
-                        self.gro.push(dgram, start, len, &mut |w: &[u8]| {
-                            if io.write_tun(w) {
-                                counts.tun_tx_bytes += w.len() as u64;
-                            }
-                        });
-                    } else if io.write_tun(&dgram[start..start + len]) {
-                        counts.tun_tx_bytes += len as u64;
-                    }
-                }
+                FastIn::WriteTun { start, len } => deliver(
+                    &mut self.gro,
+                    self.vnet,
+                    &mut self.io_counts,
+                    io,
+                    dgram,
+                    start,
+                    len,
+                ),
                 FastIn::Consumed | FastIn::Punted | FastIn::Drop(_) => {}
             }
         }
