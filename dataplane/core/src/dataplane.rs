@@ -727,18 +727,7 @@ impl Dataplane {
         if expired(s, now, &t) {
             return Err(DropReason::SessionExpired);
         }
-        s.replay.check(counter).map_err(|e| match e {
-            crate::replay::ReplayError::Replayed => DropReason::Replay,
-            crate::replay::ReplayError::Exhausted => DropReason::SessionExpired,
-        })?;
-        let plain_len = s
-            .open(counter, &mut dgram[DATA_HEADER_LEN..])
-            .ok_or(DropReason::AuthFailed)?;
-        // The claim can fail although the check passed: a worker may have claimed the same
-        // counter (a duplicated datagram) in between. Exactly once: drop it here.
-        if !s.replay.update(counter) {
-            return Err(DropReason::Replay);
-        }
+        let plain_len = s.open_once(counter, dgram)?;
         let role = s.role;
         let created = s.created;
         let local_index = s.local_index;

@@ -33,7 +33,6 @@ use tm_wire::wg::{
 
 use crate::dataplane::padded_len;
 use crate::packet;
-use crate::replay::ReplayError;
 use crate::session::{Role, Session};
 use crate::shared::{Activity, PeerShared, Punt, Shared, Snapshot};
 
@@ -291,17 +290,7 @@ impl FastPath {
         if expired(s, self.now, snap) {
             return Err(DropReason::SessionExpired);
         }
-        s.replay.check(counter).map_err(|e| match e {
-            ReplayError::Replayed => DropReason::Replay,
-            ReplayError::Exhausted => DropReason::SessionExpired,
-        })?;
-        let plain_len = s
-            .open(counter, &mut dgram[DATA_HEADER_LEN..])
-            .ok_or(DropReason::AuthFailed)?;
-        if !s.replay.update(counter) {
-            // Another worker claimed this counter between our check and now.
-            return Err(DropReason::Replay);
-        }
+        let plain_len = s.open_once(counter, dgram)?;
         // Authenticated from here on.
         let t = snap.t;
         let fresh_limit = t

@@ -9,7 +9,9 @@ use std::time::Instant;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use tm_wire::wg::{self, timers::REJECT_AFTER_MESSAGES, DATA_HEADER_LEN, TAG_LEN};
 
-use crate::replay::ReplayWindow;
+use tm_wire::ipc::DropReason;
+
+use crate::replay::{ReplayError, ReplayWindow};
 
 /// WireGuard's AEAD nonce for `counter`.
 pub fn nonce_bytes(counter: u64) -> [u8; 12] {
@@ -120,6 +122,24 @@ impl Session {
             )
             .ok()
             .map(|p| p.len())
+    }
+
+    /// The receive path of one data message: replay check, open the ciphertext after the
+    /// data header of `dgram` in place, then claim `counter` in the replay window. Exactly
+    /// once across threads: the claim fails (Replay) if another worker claimed the counter
+    /// after our check. Returns the plaintext length. Expiry is the caller's check.
+    pub fn open_once(&self, counter: u64, dgram: &mut [u8]) -> Result<usize, DropReason> {
+        self.replay.check(counter).map_err(|e| match e {
+            ReplayError::Replayed => DropReason::Replay,
+            ReplayError::Exhausted => DropReason::SessionExpired,
+        })?;
+        let plain_len = self
+            .open(counter, &mut dgram[DATA_HEADER_LEN..])
+            .ok_or(DropReason::AuthFailed)?;
+        if !self.replay.update(counter) {
+            return Err(DropReason::Replay);
+        }
+        Ok(plain_len)
     }
 }
 
