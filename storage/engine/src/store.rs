@@ -735,6 +735,9 @@ impl Store {
         if data.len() > INLINE_MAX {
             return done(Err(StorageError::Unsupported("put_small above INLINE_MAX")));
         }
+        // NFS writes staged to this key were acknowledged first: apply them before the new
+        // version replaces them (blocks only in that rare case).
+        self.settle(bucket, key, false);
         let rec = ObjRec {
             size: data.len() as u64,
             etag: hex(&Md5::digest(&data)),
@@ -1028,6 +1031,7 @@ impl Store {
         upload_id: &str,
         parts: &[(u32, String)],
     ) -> Result<ObjectInfo, StorageError> {
+        self.settle(bucket, key, false);
         let max_size = self.inner.max_size;
         let (bucket, key, upload_id) = (bucket.to_string(), key.to_string(), upload_id.to_string());
         let parts: Vec<(u32, String)> = parts
