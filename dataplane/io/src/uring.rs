@@ -179,7 +179,18 @@ pub struct Io<'a> {
     stop: &'a mut bool,
 }
 
-impl Io<'_> {
+impl<'a> Io<'a> {
+    /// The handler's view of one batch (built by the loop from its own disjoint fields).
+    fn new(now: Instant, fds: &LoopFds<'a>, stats: &'a mut IoStats, stop: &'a mut bool) -> Io<'a> {
+        Io {
+            now,
+            tun: fds.tun,
+            udp: fds.udp,
+            stats,
+            stop,
+        }
+    }
+
     /// The time this batch of completions was reaped (one clock read per batch).
     pub fn now(&self) -> Instant {
         self.now
@@ -756,13 +767,12 @@ impl<'a> EventLoop<'a> {
     fn drive<H: Handler>(&mut self, h: &mut H) -> Result<Exit> {
         // Start-up batch: lets the handler flush and report its first deadline.
         let now = Instant::now();
-        let deadline = h.on_batch_end(&mut Io {
+        let deadline = h.on_batch_end(&mut Io::new(
             now,
-            tun: self.fds.tun,
-            udp: self.fds.udp,
-            stats: &mut self.stats,
-            stop: &mut self.stop,
-        });
+            &self.fds,
+            &mut self.stats,
+            &mut self.stop,
+        ));
         self.arm_timer(now, deadline)?;
 
         loop {
@@ -816,13 +826,12 @@ impl<'a> EventLoop<'a> {
                 self.complete(h, now, data, res, flags)?;
             }
             self.cqes = cqes;
-            let deadline = h.on_batch_end(&mut Io {
+            let deadline = h.on_batch_end(&mut Io::new(
                 now,
-                tun: self.fds.tun,
-                udp: self.fds.udp,
-                stats: &mut self.stats,
-                stop: &mut self.stop,
-            });
+                &self.fds,
+                &mut self.stats,
+                &mut self.stop,
+            ));
             self.arm_timer(now, deadline)?;
         }
     }
@@ -855,13 +864,7 @@ impl<'a> EventLoop<'a> {
                             *e = 0;
                         }
                         self.stats.udp_rx += 1;
-                        let mut io = Io {
-                            now,
-                            tun: self.fds.tun,
-                            udp: self.fds.udp,
-                            stats: &mut self.stats,
-                            stop: &mut self.stop,
-                        };
+                        let mut io = Io::new(now, &self.fds, &mut self.stats, &mut self.stop);
                         h.on_udp(&mut io, from, payload, seg);
                     }
                     None => self.stats.udp_recv_errors += 1,
@@ -919,13 +922,7 @@ impl<'a> EventLoop<'a> {
                     // SAFETY: the read on slot `idx` completed, so the kernel no longer
                     // writes to it; it is re-armed only after this borrow ends.
                     let pkt = unsafe { self.pool.slice_mut(idx, res as usize) };
-                    let mut io = Io {
-                        now,
-                        tun: self.fds.tun,
-                        udp: self.fds.udp,
-                        stats: &mut self.stats,
-                        stop: &mut self.stop,
-                    };
+                    let mut io = Io::new(now, &self.fds, &mut self.stats, &mut self.stop);
                     h.on_tun(&mut io, pkt);
                 } else if res < 0 && res != -libc::EAGAIN && res != -libc::EINTR {
                     self.stats.tun_read_errors += 1;
@@ -949,13 +946,7 @@ impl<'a> EventLoop<'a> {
                             // SAFETY: the receive on this slot completed; the slot is
                             // re-armed only after this borrow ends.
                             let dgram = unsafe { self.pool.slice_mut(slot, len) };
-                            let mut io = Io {
-                                now,
-                                tun: self.fds.tun,
-                                udp: self.fds.udp,
-                                stats: &mut self.stats,
-                                stop: &mut self.stop,
-                            };
+                            let mut io = Io::new(now, &self.fds, &mut self.stats, &mut self.stop);
                             h.on_udp(&mut io, from, dgram, seg);
                         }
                         // Truncated (MSG_TRUNC reports the full length) or odd source.
@@ -972,13 +963,7 @@ impl<'a> EventLoop<'a> {
                     .fds
                     .ctl_event
                     .expect("a ctl poll is armed only with a ctl fd");
-                let mut io = Io {
-                    now,
-                    tun: self.fds.tun,
-                    udp: self.fds.udp,
-                    stats: &mut self.stats,
-                    stop: &mut self.stop,
-                };
+                let mut io = Io::new(now, &self.fds, &mut self.stats, &mut self.stop);
                 h.on_ctl_ready(&mut io);
                 self.arm_poll(fd.as_raw_fd(), K_CTL)
             }
@@ -999,13 +984,7 @@ impl<'a> EventLoop<'a> {
             K_TIMER => {
                 if idx as u64 == self.timer_gen {
                     self.timer_armed = None;
-                    let mut io = Io {
-                        now,
-                        tun: self.fds.tun,
-                        udp: self.fds.udp,
-                        stats: &mut self.stats,
-                        stop: &mut self.stop,
-                    };
+                    let mut io = Io::new(now, &self.fds, &mut self.stats, &mut self.stop);
                     h.on_timeout(&mut io);
                 }
                 Ok(())
