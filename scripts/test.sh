@@ -77,6 +77,20 @@ finish() {
 }
 trap 'echo; say "interrupted"; failed=$((failed + 1)); failures+=("interrupted"); finish' INT TERM
 
+# lint_step NAME TITLE CMD... : one counted test; log in $RESULTS/NAME.log, its tail on failure.
+lint_step() {
+    local name=$1 title=$2
+    shift 2
+    say "$title"
+    if "$@" </dev/null >"$RESULTS/$name.log" 2>&1; then
+        passed=$((passed + 1))
+    else
+        show_tail "$RESULTS/$name.log" 40
+        failed=$((failed + 1))
+        failures+=("$title (see $RESULTS/$name.log)")
+    fi
+}
+
 # show_tail FILE N : the end of a log, indented.
 show_tail() {
     echo "---- last $2 lines of $1 ----"
@@ -120,23 +134,9 @@ if ((do_cargo)); then
             cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1 ||
                 rustup component add "$comp" >/dev/null 2>&1 || true
         done
-        say "cargo fmt --all --check"
-        if cargo fmt --all --check >"$RESULTS/fmt.log" 2>&1; then
-            passed=$((passed + 1))
-        else
-            show_tail "$RESULTS/fmt.log" 30
-            failed=$((failed + 1))
-            failures+=("cargo fmt --all --check (see $RESULTS/fmt.log)")
-        fi
-        say "cargo clippy --workspace --all-targets -- -D warnings"
-        if timeout 1800 cargo clippy --workspace --all-targets --release -- -D warnings </dev/null \
-            >"$RESULTS/clippy.log" 2>&1; then
-            passed=$((passed + 1))
-        else
-            show_tail "$RESULTS/clippy.log" 40
-            failed=$((failed + 1))
-            failures+=("cargo clippy (see $RESULTS/clippy.log)")
-        fi
+        lint_step fmt "cargo fmt --all --check" cargo fmt --all --check
+        lint_step clippy "cargo clippy --workspace --all-targets -- -D warnings" \
+            timeout 1800 cargo clippy --workspace --all-targets --release -- -D warnings
         say "lint done ($(elapsed))"
     fi
 
