@@ -7,14 +7,7 @@ source "$(dirname "$0")/../lib/node.sh"
 tm_init dataplane-restart 120
 RESUME_SECS=${TM_RESUME_SECS:-5}
 
-lan_create a b
-node_new a tm 1
-node_new b tm 2
-node_connect a b
-node_up a
-node_up b
-A=$(node_mesh_ip a)
-B=$(node_mesh_ip b)
+node_pair tm tm
 wait_for 10 "ping a -> b" ping_ok a "$B" 1 || fail "no tunnel before the kill"
 run_step "ping b -> a before the kill" ping_ok b "$A" 3
 

@@ -16,14 +16,7 @@ source "$(dirname "$0")/../lib/node.sh"
 tm_init dataplane-workers 200
 export TM_DP_WORKERS=2
 
-lan_create a b
-node_new a tm 1
-node_new b tm 2
-node_connect a b
-node_up a
-node_up b
-A=$(node_mesh_ip a)
-B=$(node_mesh_ip b)
+node_pair tm tm
 wait_for 10 "ping a -> b" ping_ok a "$B" 1 || fail "no tunnel"
 
 workers_reported() { [[ $(node_counter "$1" "len(d.get('workers', []))") == 2 ]]; }

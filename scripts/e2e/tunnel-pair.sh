@@ -9,14 +9,7 @@ source "$(dirname "$0")/../lib/node.sh"
 tm_init tunnel-pair 170
 KIND=${TM_NODE_KIND:-tm}
 
-lan_create a b
-node_new a "$KIND" 1
-node_new b "$KIND" 2
-node_connect a b
-node_up a
-node_up b
-A=$(node_mesh_ip a)
-B=$(node_mesh_ip b)
+node_pair "$KIND" "$KIND"
 
 # The first packets trigger the handshake; allow a few seconds for it.
 wait_for 10 "ping a -> b over the tunnel" ping_ok a "$B" 1 || fail "no tunnel: a cannot ping $B"

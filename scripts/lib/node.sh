@@ -72,6 +72,19 @@ node_new() {
 
 node_pub() { cat "$TM_TMP/$1/pub"; }
 node_mesh_ip() { printf '100.64.0.%s' "${NODE_IDX[$1]}"; }
+
+# node_pair KIND_A KIND_B : nodes a (index 1) and b (index 2) on one LAN, peered and up;
+# sets A and B to their mesh IPs.
+node_pair() {
+    lan_create a b
+    node_new a "$1" 1
+    node_new b "$2" 2
+    node_connect a b
+    node_up a
+    node_up b
+    A=$(node_mesh_ip a)
+    B=$(node_mesh_ip b)
+}
 node_sock() { printf '%s' "$TM_TMP/$1/control.sock"; }
 
 # node_connect A B [ALLOWED_A_GRANTS_B] [ALLOWED_B_GRANTS_A] : make A and B peers of each other.
