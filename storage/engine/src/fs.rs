@@ -28,7 +28,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::wal::{TableW, Tx};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
@@ -62,7 +63,7 @@ const STAGE_POOLED_MIN: usize = 64 << 10;
 const DIR_SIZE: u64 = 4096;
 
 /// Create the file-system tables and the store generation (called from `Store::open_with`).
-pub(crate) fn create_tables(wtx: &WriteTransaction) -> Result<(), StorageError> {
+pub(crate) fn create_tables(wtx: &redb::WriteTransaction) -> Result<(), StorageError> {
     wtx.open_table(FS_INODES)?;
     wtx.open_table(FS_PATHS)?;
     wtx.open_table(SHARES)?;
@@ -286,7 +287,7 @@ fn get_inode(
 }
 
 fn put_inode(
-    t: &mut redb::Table<u64, &'static [u8]>,
+    t: &mut TableW<'_, u64, &'static [u8]>,
     ino: u64,
     rec: &InodeRec,
 ) -> Result<(), StorageError> {
@@ -374,7 +375,7 @@ fn attr_of(ino: u64, rec: &InodeRec, node: &Node) -> FileAttr {
 }
 
 /// Allocate (or find) the inode of `share/path`; `rec` is used when a new one is made.
-fn alloc_ino(wtx: &WriteTransaction, rec: InodeRec) -> Result<u64, StorageError> {
+fn alloc_ino(wtx: &Tx<'_>, rec: InodeRec) -> Result<u64, StorageError> {
     let mut paths = wtx.open_table(FS_PATHS)?;
     let pk = obj_key(&rec.share, &rec.path);
     if let Some(v) = paths.get(pk.as_str())? {
@@ -392,13 +393,13 @@ fn alloc_ino(wtx: &WriteTransaction, rec: InodeRec) -> Result<u64, StorageError>
 }
 
 /// Replace the inode of `share/path` by a fresh one with `rec` (old one becomes a tombstone).
-fn new_ino(wtx: &WriteTransaction, rec: InodeRec) -> Result<u64, StorageError> {
+fn new_ino(wtx: &Tx<'_>, rec: InodeRec) -> Result<u64, StorageError> {
     tombstone(wtx, &rec.share, &rec.path)?;
     alloc_ino(wtx, rec)
 }
 
 /// Mark the inode at `share/path` (if any) removed and forget the path.
-fn tombstone(wtx: &WriteTransaction, share: &str, path: &str) -> Result<(), StorageError> {
+fn tombstone(wtx: &Tx<'_>, share: &str, path: &str) -> Result<(), StorageError> {
     let mut paths = wtx.open_table(FS_PATHS)?;
     let pk = obj_key(share, path);
     let ino = paths.remove(pk.as_str())?.map(|v| v.value());
@@ -414,7 +415,7 @@ fn tombstone(wtx: &WriteTransaction, share: &str, path: &str) -> Result<(), Stor
 }
 
 /// Set mtime/ctime of the directory `share/path` to now (if it has an inode).
-fn touch_dir(wtx: &WriteTransaction, share: &str, path: &str) -> Result<(), StorageError> {
+fn touch_dir(wtx: &Tx<'_>, share: &str, path: &str) -> Result<(), StorageError> {
     let ino = wtx
         .open_table(FS_PATHS)?
         .get(obj_key(share, path).as_str())?
@@ -433,7 +434,7 @@ fn touch_dir(wtx: &WriteTransaction, share: &str, path: &str) -> Result<(), Stor
 
 /// Make sure the directory `share/dir` keeps existing once it may have no entries (marker).
 fn ensure_marker(
-    wtx: &WriteTransaction,
+    wtx: &Tx<'_>,
     freed: &mut Vec<ChunkId>,
     max_size: Option<u64>,
     share: &str,
@@ -466,7 +467,7 @@ fn empty_rec() -> ObjRec {
 /// Move one object's record and manifest from `src` to `dst` (replacing `dst`); usage and chunk
 /// references do not change except for the replaced object.
 fn move_object(
-    wtx: &WriteTransaction,
+    wtx: &Tx<'_>,
     freed: &mut Vec<ChunkId>,
     share: &str,
     src: &str,

@@ -42,6 +42,7 @@ mod reader;
 pub mod remote;
 mod share;
 mod store;
+mod wal;
 mod writeback;
 mod writer;
 

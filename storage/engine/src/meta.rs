@@ -10,7 +10,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use crate::wal::{TableW, Tx};
+use redb::{ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -162,7 +163,7 @@ where
 }
 
 pub(crate) fn put_json<T: Serialize>(
-    t: &mut Table<&'static str, &'static [u8]>,
+    t: &mut TableW<'_, &'static str, &'static [u8]>,
     k: &str,
     v: &T,
 ) -> Result<(), StorageError> {
@@ -182,7 +183,7 @@ where
 }
 
 /// Increment the reference count of every chunk in `m`.
-pub(crate) fn add_refs(wtx: &WriteTransaction, m: &[ChunkRef]) -> Result<(), StorageError> {
+pub(crate) fn add_refs(wtx: &Tx<'_>, m: &[ChunkRef]) -> Result<(), StorageError> {
     let mut refs = wtx.open_table(REFS)?;
     for c in m {
         let n = refs.get(c.id.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
@@ -193,7 +194,7 @@ pub(crate) fn add_refs(wtx: &WriteTransaction, m: &[ChunkRef]) -> Result<(), Sto
 
 /// Decrement reference counts; chunks reaching zero are pushed to `freed`.
 pub(crate) fn drop_refs(
-    wtx: &WriteTransaction,
+    wtx: &Tx<'_>,
     m: &[ChunkRef],
     freed: &mut Vec<ChunkId>,
 ) -> Result<(), StorageError> {
@@ -224,7 +225,7 @@ pub(crate) fn stat(
 /// the first mutation, so a refusal leaves the transaction untouched.
 #[allow(clippy::too_many_arguments)] // one call per kind of write; a struct would only rename them
 pub(crate) fn install_object(
-    wtx: &WriteTransaction,
+    wtx: &Tx<'_>,
     freed: &mut Vec<ChunkId>,
     max_size: Option<u64>,
     bucket: &str,
@@ -280,7 +281,7 @@ pub(crate) fn install_object(
 
 /// Remove `bucket/key` if present; returns whether it existed.
 pub(crate) fn remove_object(
-    wtx: &WriteTransaction,
+    wtx: &Tx<'_>,
     freed: &mut Vec<ChunkId>,
     bucket: &str,
     key: &str,
@@ -310,7 +311,7 @@ pub(crate) fn remove_object(
 
 /// Remove every part of an upload and the upload record itself.
 pub(crate) fn remove_upload(
-    wtx: &WriteTransaction,
+    wtx: &Tx<'_>,
     freed: &mut Vec<ChunkId>,
     upload_id: &str,
 ) -> Result<(), StorageError> {

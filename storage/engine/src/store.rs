@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::wal::{Tx, Wal, WAL_META};
 use md5::{Digest, Md5};
-use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable};
 
 use crate::chunk::{hex, nibble, ChunkId, ChunkStore, FsChunkStore};
 use crate::meta::*;
@@ -115,7 +116,7 @@ impl Pins {
 
 type CredCache = (u64, HashMap<String, (String, String)>);
 type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
-type RunFn = Box<dyn FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Step + Send>;
+type RunFn = Box<dyn FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Step + Send>;
 
 enum Step {
     /// The job ran (or refused without mutating); tell it the commit result.
@@ -177,18 +178,107 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Open the redo log and replay what it holds beyond the database's last durable commit (one
+/// durable transaction), before anything else touches the store.
+fn open_wal(db: &Database, path: &std::path::Path) -> Result<Wal, StorageError> {
+    let applied = {
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(WAL_META)?;
+        let v = t.get("lsn")?.map(|v| v.value());
+        v.unwrap_or(0)
+    };
+    let (mut wal, records) = Wal::open(path, applied)?;
+    if !records.is_empty() {
+        let wtx = db.begin_write()?;
+        for r in &records {
+            crate::wal::replay(&wtx, r)?;
+        }
+        wtx.open_table(WAL_META)?.insert("lsn", wal.last())?;
+        wtx.commit()?;
+    }
+    wal.reset();
+    Ok(wal)
+}
+
+/// A durable redb commit of everything so far (including the `Durability::None` commits the
+/// log covers); the log then starts again. On failure the log keeps its records.
+fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), String> {
+    let wtx = db.begin_write().map_err(|e| e.to_string())?;
+    wtx.open_table(WAL_META)
+        .and_then(|mut t| t.insert("lsn", wal.last()).map(|_| ()).map_err(Into::into))
+        .map_err(|e| e.to_string())?;
+    wtx.commit().map_err(|e| e.to_string())?;
+    wal.reset();
+    Ok(())
+}
+
+fn set_lsn(wtx: &redb::WriteTransaction, lsn: u64) -> Result<(), String> {
+    let mut t = wtx.open_table(WAL_META).map_err(|e| e.to_string())?;
+    t.insert("lsn", lsn).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Make a batch durable: its redo record synced in the log, then a `Durability::None` commit;
+/// or, when the record does not fit (or the log fails), a durable redb commit.
+fn commit_batch(mut wtx: redb::WriteTransaction, wal: &mut Wal, redo: &[u8]) -> Result<(), String> {
+    if redo.is_empty() {
+        // Nothing changed (refusals only): nothing to make durable.
+        wtx.set_durability(Durability::None);
+        return wtx.commit().map_err(|e| e.to_string());
+    }
+    if wal.fits(redo.len()) {
+        set_lsn(&wtx, wal.last() + 1)?;
+        if wal.append(redo).is_ok() {
+            wtx.set_durability(Durability::None);
+            return match wtx.commit() {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Never replay a batch that was refused: the next record takes its place.
+                    let _ = wal.cancel_last(redo.len());
+                    Err(e.to_string())
+                }
+            };
+        }
+    }
+    set_lsn(&wtx, wal.last())?;
+    wtx.set_durability(Durability::Immediate);
+    wtx.commit().map_err(|e| e.to_string())?;
+    wal.reset();
+    Ok(())
+}
+
 fn committer(
     db: Arc<Database>,
     rx: Receiver<Job>,
     freed_q: Arc<Mutex<Vec<ChunkId>>>,
     stats: Arc<Mutex<CommitStats>>,
+    mut wal: Wal,
 ) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
         if pending.is_empty() {
-            match rx.recv() {
-                Ok(j) => pending.push_back(j),
-                Err(_) => return,
+            let got = match wal.due_in() {
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(j) => Some(j),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if checkpoint(&db, &mut wal).is_err() {
+                            // The log keeps the records; try again a little later.
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+                None => rx.recv().ok(),
+            };
+            match got {
+                Some(j) => pending.push_back(j),
+                None => {
+                    if wal.dirty() {
+                        let _ = checkpoint(&db, &mut wal);
+                    }
+                    return;
+                }
             }
         }
         while pending.len() < MAX_BATCH {
@@ -197,7 +287,7 @@ fn committer(
                 Err(_) => break,
             }
         }
-        let mut wtx = match db.begin_write() {
+        let wtx = match db.begin_write() {
             Ok(w) => w,
             Err(e) => {
                 let msg = e.to_string();
@@ -207,16 +297,16 @@ fn committer(
                 continue;
             }
         };
-        wtx.set_durability(Durability::Immediate);
         let mut done: Vec<Completion> = Vec::new();
         let mut freed = Vec::new();
         let mut fatal = false;
+        let tx = Tx::new(&wtx);
         while let Some(Job { run, fail }) = pending.pop_front() {
             if done.len() >= MAX_BATCH {
                 pending.push_front(Job { run, fail });
                 break;
             }
-            match run(&wtx, &mut freed) {
+            match run(&tx, &mut freed) {
                 Step::Done(c) => done.push(c),
                 Step::Fatal(e) => {
                     fail(e);
@@ -225,11 +315,12 @@ fn committer(
                 }
             }
         }
+        let redo = tx.into_redo();
         let result = if fatal {
             let _ = wtx.abort();
             Err("transaction aborted: another write in the batch failed".to_string())
         } else {
-            wtx.commit().map_err(|e| e.to_string())
+            commit_batch(wtx, &mut wal, &redo)
         };
         match result {
             Ok(()) => {
@@ -362,7 +453,9 @@ impl Store {
         {
             let wtx = db.begin_write()?;
             {
-                let mut buckets = wtx.open_table(BUCKETS)?;
+                wtx.open_table(WAL_META)?;
+                let tx = Tx::new(&wtx);
+                let mut buckets = tx.open_table(BUCKETS)?;
                 wtx.open_table(OBJECTS)?;
                 wtx.open_table(OBJ_CHUNKS)?;
                 wtx.open_table(REFS)?;
@@ -382,9 +475,13 @@ impl Store {
                     };
                     put_json(&mut buckets, SYSTEM_BUCKET, &rec)?;
                 }
+                drop(buckets);
+                // Nothing here needs the log: this transaction commits durably.
+                drop(tx.into_redo());
             }
             wtx.commit()?;
         }
+        let wal = open_wal(&db, &cfg.data_dir.join("meta.wal"))?;
         let chunk_size = if cfg.chunk_size == 0 {
             DEFAULT_CHUNK_SIZE
         } else {
@@ -405,7 +502,7 @@ impl Store {
             let stats = commit_stats.clone();
             std::thread::Builder::new()
                 .name("tm-storage-commit".into())
-                .spawn(move || committer(db, rx, freed, stats))?
+                .spawn(move || committer(db, rx, freed, stats, wal))?
         };
         let (stop_reclaim, stop_rx) = mpsc::channel();
         let reclaimer = {
@@ -477,7 +574,7 @@ impl Store {
     pub(crate) fn txn<T, F>(&self, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel::<Result<T, StorageError>>(1);
         self.submit(f, move |r| {
@@ -493,7 +590,7 @@ impl Store {
     pub(crate) fn submit<T, F, D>(&self, f: F, done: D)
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
         D: FnOnce(Result<T, StorageError>) + Send + 'static,
     {
         // `done` is reached either through `run` (commit result) or `fail` (never ran, or the
