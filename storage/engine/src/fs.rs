@@ -455,6 +455,84 @@ fn ensure_marker(
     Ok(())
 }
 
+/// Outcome of [`create_in`].
+enum Created {
+    /// A new file: its attributes and the directory's after the change.
+    New(FileAttr, FileAttr),
+    /// The name holds a file this mode returns (its inode).
+    Existing(u64),
+}
+
+/// CREATE inside one transaction: checks (directory, read-only share, name, mode) before any
+/// change, then the empty object, its inode and the directory's times.
+fn create_in(
+    wtx: &Tx<'_>,
+    freed: &mut Vec<ChunkId>,
+    max_size: Option<u64>,
+    dir: u64,
+    name: &str,
+    how: CreateMode,
+    sa: &SetAttrs,
+) -> Result<Created, StorageError> {
+    let drec = match get_inode(&wtx.open_table(FS_INODES)?, dir)? {
+        Some(r) if !r.removed => r,
+        _ => return Err(StorageError::Stale),
+    };
+    let share: ShareRec =
+        get_json(&wtx.open_table(SHARES)?, &drec.share)?.ok_or(StorageError::Stale)?;
+    if share.read_only {
+        return Err(StorageError::ReadOnly);
+    }
+    let dnode = match probe(&wtx.open_table(OBJECTS)?, &drec.share, &drec.path)? {
+        Some(n @ Node::Dir { .. }) => n,
+        Some(_) => return Err(StorageError::NotADirectory),
+        None => return Err(StorageError::Stale),
+    };
+    let (sh, p) = (drec.share.as_str(), join(&drec.path, name));
+    check_path(sh, &p)?;
+    if let Some(node) = probe(&wtx.open_table(OBJECTS)?, sh, &p)? {
+        let ino = wtx
+            .open_table(FS_PATHS)?
+            .get(obj_key(sh, &p).as_str())?
+            .map(|v| v.value());
+        let rec = match ino {
+            Some(i) => get_inode(&wtx.open_table(FS_INODES)?, i)?,
+            None => None,
+        };
+        return match (how, &node) {
+            (_, Node::Dir { .. }) => Err(StorageError::Exists),
+            (CreateMode::Guarded, _) => Err(StorageError::Exists),
+            (CreateMode::Exclusive(v), _) => match (ino, rec) {
+                (Some(i), Some(r)) if r.verf == Some(v) => Ok(Created::Existing(i)),
+                _ => Err(StorageError::Exists),
+            },
+            (CreateMode::Unchecked, Node::Symlink(_)) => Err(StorageError::Exists),
+            (CreateMode::Unchecked, Node::File(_)) => match ino {
+                Some(i) => Ok(Created::Existing(i)),
+                None => Ok(Created::Existing(alloc_ino(
+                    wtx,
+                    default_rec(sh, &p, &node),
+                )?)),
+            },
+        };
+    }
+    let orec = empty_rec();
+    install_object(wtx, freed, max_size, sh, &p, &orec, &[], None)?;
+    let mut rec = default_rec(sh, &p, &Node::File(orec.clone()));
+    apply_attrs(&mut rec, sa, orec.modified);
+    rec.ctime = orec.modified;
+    if let CreateMode::Exclusive(v) = how {
+        rec.verf = Some(v);
+    }
+    let ino = new_ino(wtx, rec.clone())?;
+    touch_dir(wtx, sh, &drec.path)?;
+    let drec = get_inode(&wtx.open_table(FS_INODES)?, dir)?.ok_or(StorageError::Stale)?;
+    Ok(Created::New(
+        attr_of(ino, &rec, &Node::File(orec)),
+        attr_of(dir, &drec, &dnode),
+    ))
+}
+
 fn empty_rec() -> ObjRec {
     ObjRec {
         size: 0,
@@ -1267,78 +1345,58 @@ impl FileSystem {
         how: CreateMode,
         sa: &SetAttrs,
     ) -> Result<FileAttr, StorageError> {
-        self.writable(dir)?;
         check_name(name)?;
-        let d = self.resolve_dir(dir)?;
-        let (share, path) = (d.rec.share.clone(), join(&d.rec.path, name));
-        check_path(&share, &path)?;
         let max_size = self.store.max_size();
-        let sa2 = sa.clone();
-        let (sh, p, dpath) = (share.clone(), path.clone(), d.rec.path.clone());
-        // `Some(ino)`: existing file to return (after an optional truncate) instead.
-        let existing = self.store.txn(move |wtx, freed| {
-            let node = probe(&wtx.open_table(OBJECTS)?, &sh, &p)?;
-            if let Some(node) = node {
-                let ino = wtx
-                    .open_table(FS_PATHS)?
-                    .get(obj_key(&sh, &p).as_str())?
-                    .map(|v| v.value());
-                let rec = match ino {
-                    Some(i) => get_inode(&wtx.open_table(FS_INODES)?, i)?,
-                    None => None,
-                };
-                return match (how, &node) {
-                    (_, Node::Dir { .. }) => Err(StorageError::Exists),
-                    (CreateMode::Guarded, _) => Err(StorageError::Exists),
-                    (CreateMode::Exclusive(v), _) => match (ino, rec) {
-                        (Some(i), Some(r)) if r.verf == Some(v) => Ok(Some(i)),
-                        _ => Err(StorageError::Exists),
+        let (name2, sa2) = (name.to_string(), sa.clone());
+        let made = self
+            .store
+            .txn(move |wtx, freed| create_in(wtx, freed, max_size, dir, &name2, how, &sa2))?;
+        match made {
+            Created::Existing(ino) if sa.size.is_some() && how == CreateMode::Unchecked => self
+                .setattr(
+                    ino,
+                    &SetAttrs {
+                        size: sa.size,
+                        ..Default::default()
                     },
-                    (CreateMode::Unchecked, Node::Symlink(_)) => Err(StorageError::Exists),
-                    (CreateMode::Unchecked, Node::File(_)) => match ino {
-                        Some(i) => Ok(Some(i)),
-                        None => {
-                            let i = alloc_ino(wtx, default_rec(&sh, &p, &node))?;
-                            Ok(Some(i))
-                        }
-                    },
-                };
-            }
-            let orec = empty_rec();
-            install_object(wtx, freed, max_size, &sh, &p, &orec, &[], None)?;
-            let mut rec = default_rec(&sh, &p, &Node::File(orec.clone()));
-            apply_attrs(&mut rec, &sa2, orec.modified);
-            rec.ctime = orec.modified;
-            if let CreateMode::Exclusive(v) = how {
-                rec.verf = Some(v);
-            }
-            new_ino(wtx, rec)?;
-            touch_dir(wtx, &sh, &dpath)?;
-            Ok(None)
-        })?;
-        match existing {
-            Some(ino) if sa.size.is_some() && how == CreateMode::Unchecked => self.setattr(
-                ino,
+                ),
+            Created::Existing(ino) => self.getattr(ino),
+            Created::New(a, _) if sa.size.is_some_and(|s| s > 0) => self.setattr(
+                a.ino,
                 &SetAttrs {
                     size: sa.size,
                     ..Default::default()
                 },
             ),
-            Some(ino) => self.getattr(ino),
-            None => {
-                let a = self.attr_at(&share, &path)?;
-                if sa.size.is_some_and(|s| s > 0) {
-                    return self.setattr(
-                        a.ino,
-                        &SetAttrs {
-                            size: sa.size,
-                            ..Default::default()
-                        },
-                    );
-                }
-                Ok(a)
-            }
+            Created::New(a, _) => Ok(a),
         }
+    }
+
+    /// [`FileSystem::create`] without blocking, for the common case: the whole operation runs
+    /// in the group commit and `done` gets the new file's and the directory's attributes once
+    /// it is durable — or `Ok(None)` when the request needs [`FileSystem::create`] instead (the
+    /// name exists and the mode may return it, or a non-zero size is asked for). `done` runs on
+    /// the committer thread and must not block.
+    pub fn create_async<D>(&self, dir: u64, name: String, how: CreateMode, sa: SetAttrs, done: D)
+    where
+        D: FnOnce(Result<Option<(FileAttr, FileAttr)>, StorageError>) + Send + 'static,
+    {
+        if let Err(e) = check_name(&name) {
+            return done(Err(e));
+        }
+        if sa.size.is_some_and(|s| s > 0) {
+            return done(Ok(None));
+        }
+        let max_size = self.store.max_size();
+        self.store.submit(
+            move |wtx, freed| create_in(wtx, freed, max_size, dir, &name, how, &sa),
+            move |r| {
+                done(r.map(|c| match c {
+                    Created::New(a, d) => Some((a, d)),
+                    Created::Existing(_) => None,
+                }))
+            },
+        );
     }
 
     /// Create a directory (a marker object `path/`).

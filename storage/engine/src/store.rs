@@ -204,9 +204,7 @@ fn open_wal(db: &Database, path: &std::path::Path) -> Result<Wal, StorageError> 
 /// log covers); the log then starts again. On failure the log keeps its records.
 fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), String> {
     let wtx = db.begin_write().map_err(|e| e.to_string())?;
-    wtx.open_table(WAL_META)
-        .and_then(|mut t| t.insert("lsn", wal.last()).map(|_| ()).map_err(Into::into))
-        .map_err(|e| e.to_string())?;
+    set_lsn(&wtx, wal.last())?;
     wtx.commit().map_err(|e| e.to_string())?;
     wal.reset();
     Ok(())
@@ -218,27 +216,35 @@ fn set_lsn(wtx: &redb::WriteTransaction, lsn: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Make a batch durable: its redo record synced in the log, then a `Durability::None` commit;
-/// or, when the record does not fit (or the log fails), a durable redb commit.
-fn commit_batch(mut wtx: redb::WriteTransaction, wal: &mut Wal, redo: &[u8]) -> Result<(), String> {
+/// Make a batch durable: its redo record written to the log and synced while the redb
+/// transaction commits with `Durability::None`; or, when the record does not fit (or the log
+/// fails), a durable redb commit.
+fn commit_batch(
+    db: &Database,
+    mut wtx: redb::WriteTransaction,
+    wal: &mut Wal,
+    redo: &[u8],
+) -> Result<(), String> {
     if redo.is_empty() {
         // Nothing changed (refusals only): nothing to make durable.
         wtx.set_durability(Durability::None);
         return wtx.commit().map_err(|e| e.to_string());
     }
-    if wal.fits(redo.len()) {
-        set_lsn(&wtx, wal.last() + 1)?;
-        if wal.append(redo).is_ok() {
-            wtx.set_durability(Durability::None);
-            return match wtx.commit() {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    // Never replay a batch that was refused: the next record takes its place.
-                    let _ = wal.cancel_last(redo.len());
-                    Err(e.to_string())
-                }
-            };
-        }
+    if wal.fits(redo.len()) && wal.write(redo).is_ok() {
+        wal.start_sync();
+        wtx.set_durability(Durability::None);
+        let committed = wtx.commit();
+        let synced = wal.wait_sync();
+        return match (committed, synced) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), _) => {
+                // Never replay a batch that was refused: the next record takes its place.
+                let _ = wal.cancel_last(redo.len());
+                Err(e.to_string())
+            }
+            // Committed but the log sync failed: make it durable in redb instead.
+            (Ok(()), Err(_)) => checkpoint(db, wal),
+        };
     }
     set_lsn(&wtx, wal.last())?;
     wtx.set_durability(Durability::Immediate);
@@ -320,7 +326,7 @@ fn committer(
             let _ = wtx.abort();
             Err("transaction aborted: another write in the batch failed".to_string())
         } else {
-            commit_batch(wtx, &mut wal, &redo)
+            commit_batch(&db, wtx, &mut wal, &redo)
         };
         match result {
             Ok(()) => {

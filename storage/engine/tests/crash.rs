@@ -2,6 +2,8 @@
 //! writer, overwrites, and `put_small` inline objects) and prints
 //! each acknowledged key; we SIGKILL it at a random moment, reopen the store, and check that every
 //! acknowledged write is there intact, no partial object is visible, and GC removed the orphans.
+//! A fifth thread does what an NFS client does through the file-system view (create, unstable
+//! write, commit, chmod): every acknowledged file keeps its inode number, bytes and mode.
 
 mod common;
 
@@ -79,9 +81,40 @@ fn crash_child() {
             })
         })
         .collect();
+    let fs_thread = {
+        let (s, out) = (s.clone(), out.clone());
+        std::thread::spawn(move || {
+            s.ensure_share("fsc").expect("share");
+            let fs = tm_storage::FileSystem::new(s).expect("fs");
+            let root = fs.share_root("fsc").expect("root").ino;
+            for i in 0u64.. {
+                let name = format!("f{i:06}");
+                let a = fs
+                    .create(
+                        root,
+                        &name,
+                        tm_storage::CreateMode::Guarded,
+                        &tm_storage::SetAttrs::default(),
+                    )
+                    .expect("create");
+                fs.stage(a.ino, 0, &small_for(&name)).expect("stage");
+                fs.flush(a.ino).expect("commit");
+                let mode = 0o600 | (i as u32 % 8);
+                let sa = tm_storage::SetAttrs {
+                    mode: Some(mode),
+                    ..Default::default()
+                };
+                fs.setattr(a.ino, &sa).expect("chmod");
+                let mut o = out.lock().expect("stdout lock");
+                writeln!(o, "FS {name} {} {mode}", a.ino).expect("stdout");
+                o.flush().expect("flush");
+            }
+        })
+    };
     for t in threads {
         let _ = t.join();
     }
+    let _ = fs_thread.join();
 }
 
 #[test]
@@ -104,7 +137,7 @@ fn kill9_never_loses_acked_writes() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line.starts_with("ACK ") && tx.send(line).is_err() {
+                if (line.starts_with("ACK ") || line.starts_with("FS ")) && tx.send(line).is_err() {
                     break;
                 }
             }
@@ -135,6 +168,29 @@ fn kill9_never_loses_acked_writes() {
         std::fs::write(orphan.join(format!("{}.tmp1-2", "ab".repeat(32))), b"tmp").expect("plant");
 
         let s = open_cfg(d.path(), CHUNK, None);
+        let (files, acked): (Vec<String>, Vec<String>) =
+            acked.into_iter().partition(|l| l.starts_with("FS "));
+        let fs = tm_storage::FileSystem::new(s.clone()).expect("fs");
+        for line in &files {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let (name, ino, mode) = (parts[1], parts[2], parts[3]);
+            let root = fs.share_root("fsc").expect("root").ino;
+            let a = fs.lookup(root, name).expect("acked file exists");
+            assert_eq!(
+                a.ino.to_string(),
+                ino,
+                "{name} keeps its inode (round {round})"
+            );
+            assert_eq!(
+                a.mode.to_string(),
+                mode,
+                "{name} keeps its mode (round {round})"
+            );
+            let want = small_for(name);
+            let (got, _) = fs.read(a.ino, 0, 1 << 20).expect("read");
+            assert_eq!(got, want, "{name} keeps its bytes (round {round})");
+            assert_eq!(get(&s, "fsc", name), want, "{name} over S3 (round {round})");
+        }
         let mut last_ow = std::collections::HashMap::new();
         for line in &acked {
             let parts: Vec<&str> = line.split(' ').collect();
@@ -183,9 +239,10 @@ fn kill9_never_loses_acked_writes() {
         let u = s.usage("crash").expect("usage");
         assert_eq!(u.objects, all.len() as u64);
         eprintln!(
-            "round {round}: {} acked, {} visible",
+            "round {round}: {} acked, {} visible, {} files",
             acked.len(),
-            all.len()
+            all.len(),
+            files.len()
         );
     }
 }

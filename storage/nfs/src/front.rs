@@ -689,11 +689,34 @@ mod fast {
                 return vec![v];
             }
         };
+        // The common case runs entirely in the group commit (no blocking-pool hop); the rest
+        // (an existing name this mode returns, a size to set) takes the general path.
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let fs = vfs.fs().clone();
-        let r = blocking(move || fs.create(dir, &name, mode, &sa)).await;
-        let dir_attr = vfs.getattr(&FileHandleU64::new(dir)).await.ok();
+        fs.create_async(dir, name.clone(), mode, sa.clone(), move |r| {
+            let _ = tx.send(r);
+        });
+        let r = match rx.await {
+            Ok(Ok(Some((a, d)))) => Ok((a, Some(fattr(&d)))),
+            Ok(Ok(None)) => {
+                let r = blocking(move || fs.create(dir, &name, mode, &sa)).await;
+                let d = vfs.getattr(&FileHandleU64::new(dir)).await.ok();
+                r.map(|a| (a, d))
+            }
+            Ok(Err(e)) => {
+                if e.is_failure() {
+                    tracing::warn!("nfs: storage failure: {e}");
+                }
+                Err(crate::vfs::nfs_status(&e))
+            }
+            Err(_) => Err(nfsstat3::NFS3ERR_SERVERFAULT),
+        };
+        let dir_attr = match &r {
+            Ok((_, d)) => d.clone(),
+            Err(_) => vfs.getattr(&FileHandleU64::new(dir)).await.ok(),
+        };
         match r {
-            Ok(a) => {
+            Ok((a, _)) => {
                 let mut v = head(c.xid, nfsstat3::NFS3_OK);
                 v.extend_from_slice(&1u32.to_be_bytes());
                 v.extend_from_slice(&fh_bytes(front, a.ino));

@@ -60,6 +60,26 @@ pub fn nfs_status(e: &StorageError) -> nfsstat3 {
     }
 }
 
+/// Like [`blocking`], but on a multi-thread runtime runs `f` on this worker thread
+/// (`block_in_place`: no hand-off to the blocking pool and back, which costs two thread
+/// wake-ups on the reply's path); for calls that are short or wait on the group commit.
+pub(crate) async fn blocking_here<T, F>(f: F) -> Result<T, nfsstat3>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
+        return blocking(f).await;
+    }
+    tokio::task::block_in_place(f).map_err(|e| {
+        if e.is_failure() {
+            tracing::warn!("nfs: storage failure: {e}");
+        }
+        nfs_status(&e)
+    })
+}
+
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, nfsstat3>
 where
     T: Send + 'static,
@@ -227,7 +247,7 @@ impl Vfs {
             return Ok(());
         }
         let fs = self.fs.clone();
-        blocking(move || fs.flush(ino)).await
+        blocking_here(move || fs.flush(ino)).await
     }
 
     /// Flush inodes whose oldest staged write is older than `age` (all if `age` is zero);
