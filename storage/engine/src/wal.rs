@@ -43,7 +43,7 @@ pub(crate) const RECORD_MAX: usize = 1 << 20;
 /// Checkpoint once the log holds this much.
 const CHECKPOINT_BYTES: u64 = LOG_SIZE / 2;
 /// Checkpoint when the oldest commit not yet durable in redb is this old.
-pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_millis(250);
 const MAGIC: u32 = 0x4c57_4d54; // "TMWL"
 /// magic u32 | lsn u64 | payload length u32 | checksum 16 bytes
 const HEADER: usize = 32;
