@@ -1372,31 +1372,30 @@ impl FileSystem {
         }
     }
 
-    /// [`FileSystem::create`] without blocking, for the common case: the whole operation runs
-    /// in the group commit and `done` gets the new file's and the directory's attributes once
-    /// it is durable — or `Ok(None)` when the request needs [`FileSystem::create`] instead (the
-    /// name exists and the mode may return it, or a non-zero size is asked for). `done` runs on
-    /// the committer thread and must not block.
-    pub fn create_async<D>(&self, dir: u64, name: String, how: CreateMode, sa: SetAttrs, done: D)
-    where
-        D: FnOnce(Result<Option<(FileAttr, FileAttr)>, StorageError>) + Send + 'static,
-    {
-        if let Err(e) = check_name(&name) {
-            return done(Err(e));
-        }
+    /// [`FileSystem::create`] for the common case, in one transaction: the new file's and the
+    /// directory's attributes once durable, or `Ok(None)` when the request needs
+    /// [`FileSystem::create`] instead (the name exists and the mode may return it, or a
+    /// non-zero size is asked for).
+    pub fn create_quick(
+        &self,
+        dir: u64,
+        name: &str,
+        how: CreateMode,
+        sa: &SetAttrs,
+    ) -> Result<Option<(FileAttr, FileAttr)>, StorageError> {
+        check_name(name)?;
         if sa.size.is_some_and(|s| s > 0) {
-            return done(Ok(None));
+            return Ok(None);
         }
         let max_size = self.store.max_size();
-        self.store.submit(
-            move |wtx, freed| create_in(wtx, freed, max_size, dir, &name, how, &sa),
-            move |r| {
-                done(r.map(|c| match c {
-                    Created::New(a, d) => Some((a, d)),
-                    Created::Existing(_) => None,
-                }))
-            },
-        );
+        let (name, sa) = (name.to_string(), sa.clone());
+        let made = self
+            .store
+            .txn(move |wtx, freed| create_in(wtx, freed, max_size, dir, &name, how, &sa))?;
+        Ok(match made {
+            Created::New(a, d) => Some((a, d)),
+            Created::Existing(_) => None,
+        })
     }
 
     /// Create a directory (a marker object `path/`).

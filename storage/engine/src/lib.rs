@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod chunk;
+mod dbfile;
 mod error;
 pub mod fs;
 mod meta;

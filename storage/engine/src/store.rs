@@ -13,12 +13,13 @@
 //! state in which no reference can appear behind its back.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::wal::{Tx, Wal, WAL_META};
+use crate::wal::{Tx, Wal, CHECKPOINT_AFTER, WAL_META};
 use md5::{Digest, Md5};
 use redb::{Database, Durability, ReadableTable};
 
@@ -32,6 +33,8 @@ use crate::{
     MAX_PART_NUMBER, MIN_PART_SIZE, SYSTEM_BUCKET,
 };
 
+/// Checkpoint once this many bytes of redb pages wait in memory (`dbfile.rs`).
+const HELD_MAX: usize = 32 << 20;
 /// Most jobs folded into one metadata transaction.
 const MAX_BATCH: usize = 512;
 /// Retries of a read-modify-write (`write_at`/`truncate`) that lost a race.
@@ -139,6 +142,10 @@ struct Inner {
     /// Credentials already read from (or written to) the `creds` table.
     creds: Mutex<CredCache>,
     jobs: Option<Sender<Job>>,
+    /// The redo log; whoever commits holds it for the whole commit (committer or caller).
+    wal: Arc<Mutex<Wal>>,
+    /// Jobs sent to the committer and not yet taken into a batch.
+    queued: Arc<AtomicUsize>,
     committer: Option<JoinHandle<()>>,
     stop_reclaim: Option<Sender<()>>,
     reclaimer: Option<JoinHandle<()>>,
@@ -224,6 +231,7 @@ fn commit_batch(
     mut wtx: redb::WriteTransaction,
     wal: &mut Wal,
     redo: &[u8],
+    parallel: bool,
 ) -> Result<(), String> {
     if redo.is_empty() {
         // Nothing changed (refusals only): nothing to make durable.
@@ -231,10 +239,19 @@ fn commit_batch(
         return wtx.commit().map_err(|e| e.to_string());
     }
     if wal.fits(redo.len()) && wal.write(redo).is_ok() {
-        wal.start_sync();
-        wtx.set_durability(Durability::None);
-        let committed = wtx.commit();
-        let synced = wal.wait_sync();
+        // `parallel`: sync on the log thread while redb commits here (the committer, which
+        // serves many waiters); otherwise sync here first (a caller committing its own change:
+        // no thread hand-offs, which cost more than the overlap on an idle machine).
+        let (committed, synced) = if parallel {
+            wal.start_sync();
+            wtx.set_durability(Durability::None);
+            let committed = wtx.commit();
+            (committed, wal.wait_sync())
+        } else {
+            let synced = wal.sync_now();
+            wtx.set_durability(Durability::None);
+            (wtx.commit(), synced)
+        };
         return match (committed, synced) {
             (Ok(()), Ok(())) => Ok(()),
             (Err(e), _) => {
@@ -258,30 +275,36 @@ fn committer(
     rx: Receiver<Job>,
     freed_q: Arc<Mutex<Vec<ChunkId>>>,
     stats: Arc<Mutex<CommitStats>>,
-    mut wal: Wal,
+    wal: Arc<Mutex<Wal>>,
+    queued: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
 ) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
+        {
+            // Checkpoint when due, also while jobs keep coming.
+            let mut w = lock(&wal);
+            let due = w.due_in() == Some(Duration::ZERO) || held.load(Ordering::Relaxed) > HELD_MAX;
+            if due && checkpoint(&db, &mut w).is_err() {
+                drop(w);
+                // The log keeps the records; try again a little later.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         if pending.is_empty() {
-            let got = match wal.due_in() {
-                Some(wait) => match rx.recv_timeout(wait) {
-                    Ok(j) => Some(j),
-                    Err(RecvTimeoutError::Timeout) => {
-                        if checkpoint(&db, &mut wal).is_err() {
-                            // The log keeps the records; try again a little later.
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
-                None => rx.recv().ok(),
-            };
-            match got {
-                Some(j) => pending.push_back(j),
-                None => {
-                    if wal.dirty() {
-                        let _ = checkpoint(&db, &mut wal);
+            // Callers commit too (`Store::commit_here`), so look at the log at least every
+            // `CHECKPOINT_AFTER` even when it was clean.
+            let due = lock(&wal).due_in().unwrap_or(CHECKPOINT_AFTER);
+            match rx.recv_timeout(due) {
+                Ok(j) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    pending.push_back(j);
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let mut w = lock(&wal);
+                    if w.dirty() || held.load(Ordering::Relaxed) > 0 {
+                        let _ = checkpoint(&db, &mut w);
                     }
                     return;
                 }
@@ -289,10 +312,14 @@ fn committer(
         }
         while pending.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => pending.push_back(j),
+                Ok(j) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    pending.push_back(j);
+                }
                 Err(_) => break,
             }
         }
+        let mut wal = lock(&wal);
         let wtx = match db.begin_write() {
             Ok(w) => w,
             Err(e) => {
@@ -326,8 +353,9 @@ fn committer(
             let _ = wtx.abort();
             Err("transaction aborted: another write in the batch failed".to_string())
         } else {
-            commit_batch(&db, wtx, &mut wal, &redo)
+            commit_batch(&db, wtx, &mut wal, &redo, true)
         };
+        drop(wal);
         match result {
             Ok(()) => {
                 lock(&freed_q).extend(freed);
@@ -455,7 +483,23 @@ impl Store {
             return Err(StorageError::Unsupported("chunk_size above 1 GiB"));
         }
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let db = Arc::new(Database::create(cfg.data_dir.join("meta.redb"))?);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(cfg.data_dir.join("meta.redb"))?;
+        file.try_lock().map_err(|_| {
+            StorageError::Db(format!(
+                "{} is open in another process",
+                cfg.data_dir.join("meta.redb").display()
+            ))
+        })?;
+        let held = Arc::new(AtomicUsize::new(0));
+        let db = Arc::new(
+            redb::Builder::new()
+                .create_with_backend(crate::dbfile::DbFile::new(file, held.clone())?)?,
+        );
         {
             let wtx = db.begin_write()?;
             {
@@ -502,13 +546,16 @@ impl Store {
         let freed = Arc::new(Mutex::new(Vec::new()));
         let (jobs, rx) = mpsc::channel();
         let commit_stats = Arc::new(Mutex::new(CommitStats::default()));
+        let wal = Arc::new(Mutex::new(wal));
+        let queued = Arc::new(AtomicUsize::new(0));
         let committer = {
             let db = db.clone();
             let freed = freed.clone();
             let stats = commit_stats.clone();
+            let (wal, queued, held) = (wal.clone(), queued.clone(), held.clone());
             std::thread::Builder::new()
                 .name("tm-storage-commit".into())
-                .spawn(move || committer(db, rx, freed, stats, wal))?
+                .spawn(move || committer(db, rx, freed, stats, wal, queued, held))?
         };
         let (stop_reclaim, stop_rx) = mpsc::channel();
         let reclaimer = {
@@ -526,6 +573,8 @@ impl Store {
                 commit_stats,
                 creds: Mutex::new((0, HashMap::new())),
                 jobs: Some(jobs),
+                wal,
+                queued,
                 committer: Some(committer),
                 stop_reclaim: Some(stop_reclaim),
                 reclaimer: Some(reclaimer),
@@ -582,12 +631,46 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
     {
+        // Nobody else committing or queued: commit here (no hand-off to the committer thread
+        // and back). Otherwise join the committer's next batch (group commit).
+        if self.inner.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(wal) = self.inner.wal.try_lock() {
+                return self.commit_here(wal, f);
+            }
+        }
         let (tx, rx) = mpsc::sync_channel::<Result<T, StorageError>>(1);
         self.submit(f, move |r| {
             let _ = tx.send(r);
         });
         rx.recv()
             .map_err(|_| StorageError::Db("committer thread stopped".into()))?
+    }
+
+    /// [`Store::txn`] on the caller's thread, holding the log.
+    fn commit_here<T, F>(&self, mut wal: MutexGuard<'_, Wal>, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Result<T, StorageError>,
+    {
+        let wtx = self.inner.db.begin_write()?;
+        let mut freed = Vec::new();
+        let tx = Tx::new(&wtx);
+        let r = f(&tx, &mut freed);
+        let redo = tx.into_redo();
+        let v = match r {
+            Ok(v) => v,
+            Err(e) => {
+                // A refusal changed nothing; a failure may have: drop the transaction either way.
+                let _ = wtx.abort();
+                return Err(e);
+            }
+        };
+        commit_batch(&self.inner.db, wtx, &mut wal, &redo, false).map_err(StorageError::Db)?;
+        drop(wal);
+        lock(&self.inner.freed).extend(freed);
+        let mut st = lock(&self.inner.commit_stats);
+        st.transactions += 1;
+        st.operations += 1;
+        Ok(v)
     }
 
     /// Like [`Store::txn`] without blocking: queues `f` for the next group commit and returns at
@@ -626,7 +709,9 @@ impl Store {
         let stopped = || StorageError::Db("committer thread stopped".into());
         match self.inner.jobs.as_ref() {
             Some(jobs) => {
+                self.inner.queued.fetch_add(1, Ordering::AcqRel);
                 if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                    self.inner.queued.fetch_sub(1, Ordering::AcqRel);
                     (job.fail)(stopped());
                 }
             }

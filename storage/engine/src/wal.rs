@@ -377,6 +377,11 @@ impl Wal {
             .unwrap_or_else(|_| Err(std::io::Error::other("write-ahead log sync thread stopped")))
     }
 
+    /// Sync what [`Wal::write`] wrote, on this thread.
+    pub(crate) fn sync_now(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Append one record without syncing it; returns its sequence number.
     pub(crate) fn write(&mut self, payload: &[u8]) -> std::io::Result<u64> {
         let lsn = self.last + 1;

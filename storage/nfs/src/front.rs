@@ -689,27 +689,21 @@ mod fast {
                 return vec![v];
             }
         };
-        // The common case runs entirely in the group commit (no blocking-pool hop); the rest
-        // (an existing name this mode returns, a size to set) takes the general path.
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        // One transaction does the checks, the object, the inode and the directory times, on
+        // this thread (no hand-off to the blocking pool); an existing name this mode returns,
+        // or a size to set, takes the general path.
         let fs = vfs.fs().clone();
-        fs.create_async(dir, name.clone(), mode, sa.clone(), move |r| {
-            let _ = tx.send(r);
-        });
-        let r = match rx.await {
-            Ok(Ok(Some((a, d)))) => Ok((a, Some(fattr(&d)))),
-            Ok(Ok(None)) => {
-                let r = blocking(move || fs.create(dir, &name, mode, &sa)).await;
+        let (name2, sa2) = (name.clone(), sa.clone());
+        let quick = crate::vfs::blocking_here(move || fs.create_quick(dir, &name, mode, &sa)).await;
+        let r = match quick {
+            Ok(Some((a, d))) => Ok((a, Some(fattr(&d)))),
+            Ok(None) => {
+                let fs = vfs.fs().clone();
+                let r = blocking(move || fs.create(dir, &name2, mode, &sa2)).await;
                 let d = vfs.getattr(&FileHandleU64::new(dir)).await.ok();
                 r.map(|a| (a, d))
             }
-            Ok(Err(e)) => {
-                if e.is_failure() {
-                    tracing::warn!("nfs: storage failure: {e}");
-                }
-                Err(crate::vfs::nfs_status(&e))
-            }
-            Err(_) => Err(nfsstat3::NFS3ERR_SERVERFAULT),
+            Err(e) => Err(e),
         };
         let dir_attr = match &r {
             Ok((_, d)) => d.clone(),
