@@ -975,6 +975,19 @@ impl FileSystem {
         self.lookup_opt(dir, name, false)
     }
 
+    /// [`FileSystem::lookup_existing`] plus the directory's attributes (an NFS LOOKUP reply
+    /// carries both): `Err` only when `dir` itself fails; the lookup's own result inside.
+    #[allow(clippy::type_complexity)]
+    pub fn lookup_existing_with_dir(
+        &self,
+        dir: u64,
+        name: &str,
+    ) -> Result<(Result<Option<FileAttr>, StorageError>, FileAttr), StorageError> {
+        let d = self.resolve_dir(dir)?;
+        let dattr = attr_of(dir, &d.rec, &d.node);
+        Ok((self.lookup_in(d, dir, name, false), dattr))
+    }
+
     fn lookup_opt(
         &self,
         dir: u64,
@@ -982,6 +995,16 @@ impl FileSystem {
         alloc: bool,
     ) -> Result<Option<FileAttr>, StorageError> {
         let d = self.resolve_dir(dir)?;
+        self.lookup_in(d, dir, name, alloc)
+    }
+
+    fn lookup_in(
+        &self,
+        d: Resolved,
+        dir: u64,
+        name: &str,
+        alloc: bool,
+    ) -> Result<Option<FileAttr>, StorageError> {
         match name {
             "." => return Ok(Some(attr_of(dir, &d.rec, &d.node))),
             ".." => return self.attr_at_opt(&d.rec.share, parent_of(&d.rec.path), alloc),

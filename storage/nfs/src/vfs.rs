@@ -284,6 +284,27 @@ impl Vfs {
         self.fs.getattr(ino).map_err(|e| nfs_status(&e))
     }
 
+    /// LOOKUP for the front: the entry's attributes and the directory's (`None` when the
+    /// directory itself is gone), reading the directory once.
+    pub(crate) async fn lookup_with_dir(
+        &self,
+        dir: u64,
+        name: String,
+    ) -> (Result<FileAttr, nfsstat3>, Option<fattr3>) {
+        match self.fs.lookup_existing_with_dir(dir, &name) {
+            Ok((Ok(Some(a)), d)) => (Ok(a), Some(fattr(&d))),
+            Ok((Ok(None), d)) => {
+                let fs = self.fs.clone();
+                (
+                    blocking(move || fs.lookup(dir, &name)).await,
+                    Some(fattr(&d)),
+                )
+            }
+            Ok((Err(e), d)) => (Err(nfs_status(&e)), Some(fattr(&d))),
+            Err(e) => (Err(nfs_status(&e)), None),
+        }
+    }
+
     async fn lookup_ino(&self, dir: u64, name: String) -> Result<FileAttr, nfsstat3> {
         // Read-only metadata lookups inline; a blocking-pool trip only to allocate an inode.
         match self.fs.lookup_existing(dir, &name) {
