@@ -21,7 +21,8 @@ use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
 };
 use tm_storage::{
-    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, SetAttrs, StorageError, DEFAULT_SHARE,
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, Segment, SetAttrs, StorageError,
+    DEFAULT_SHARE,
 };
 
 /// Buffered bytes of one inode that trigger a flush.
@@ -239,24 +240,30 @@ impl Vfs {
         }
     }
 
-    /// READ with the file's attributes. Served inline (page-cache reads are quick) unless the
-    /// inode has staged writes to apply first, which may wait for the disk.
-    pub(crate) async fn read_with_attr(
+    /// READ with the file's attributes, as segments (chunk files for `sendfile`, no copy):
+    /// `(segments, byte count, eof, attributes)`. Served inline (page-cache reads are quick)
+    /// unless the inode has staged writes to apply first, which may wait for the disk.
+    pub(crate) async fn read_segments_with_attr(
         &self,
         ino: u64,
         offset: u64,
         count: u32,
-    ) -> Result<(Vec<u8>, bool, fattr3), nfsstat3> {
+    ) -> Result<(Vec<Segment>, usize, bool, fattr3), nfsstat3> {
         let count = count.min(READ_CAP);
         let r = if self.fs.is_staged(ino) {
             let fs = self.fs.clone();
-            blocking(move || fs.read_with_attr(ino, offset, count)).await
+            blocking(move || fs.read_segments_with_attr(ino, offset, count)).await
         } else {
             self.fs
-                .read_with_attr(ino, offset, count)
-                .map_err(|e| nfs_status(&e))
+                .read_segments_with_attr(ino, offset, count)
+                .map_err(|e| {
+                    if e.is_failure() {
+                        tracing::warn!("nfs: storage failure: {e}");
+                    }
+                    nfs_status(&e)
+                })
         };
-        r.map(|(d, eof, a)| (d, eof, fattr(&a)))
+        r.map(|(s, n, eof, a)| (s, n, eof, fattr(&a)))
     }
 
     async fn attr(&self, ino: u64) -> Result<FileAttr, nfsstat3> {
