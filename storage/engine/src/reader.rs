@@ -9,10 +9,10 @@ use crate::meta::ChunkRef;
 use crate::store::Pins;
 use crate::{ChunkId, ObjectInfo, StorageError};
 
-/// Chunk files kept open per reader: the current chunk of a sequential reader and the one
-/// before it (a read that straddles a chunk boundary), without holding one descriptor per
-/// chunk of a large file.
-const OPEN_FILES: usize = 2;
+/// Chunk files kept open per reader: the last one opened, which is where a sequential reader
+/// continues (also when its reads straddle chunk boundaries). One, not one per chunk: the
+/// file system caches up to 256 readers, so this bounds the descriptors they hold to 256.
+const OPEN_FILES: usize = 1;
 
 struct Inner {
     manifest: Vec<ChunkRef>,
