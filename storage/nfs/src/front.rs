@@ -10,7 +10,8 @@
 //! across restarts) and real quota/usage figures in FSSTAT replies; (6) serves the hot
 //! procedures READ, WRITE, GETATTR and LOOKUP itself through the same [`Vfs`] (no loopback hop,
 //! fewer copies; WRITEs in arrival order; READ data goes from the chunk files to the socket by
-//! `sendfile(2)`, see [`write_read_reply`]). Everything else is forwarded byte for byte to the
+//! `sendfile(2)` on connections with a large MSS, see [`crate::ReadSend`] and
+//! [`write_read_reply`]). Everything else is forwarded byte for byte to the
 //! library's listener on loopback.
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::access::Access;
 use crate::vfs::{set_attrs, Hint, Vfs};
+use crate::{ReadSend, SENDFILE_MIN_MSS};
 
 const PROG_NFS: u32 = 100_003;
 const PROG_MOUNT: u32 = 100_005;
@@ -53,6 +55,8 @@ pub(crate) struct Front {
     pub vfs: Vfs,
     /// Write verifier of this process (random per start).
     pub verf: [u8; 8],
+    /// How READ replies carry file data.
+    pub read_send: ReadSend,
 }
 
 #[derive(Clone, Copy)]
@@ -378,6 +382,13 @@ impl Front {
     /// Serve one client connection until it closes.
     pub(crate) async fn connection(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
+        let sendfile = match self.read_send {
+            ReadSend::Copy => false,
+            ReadSend::Sendfile => true,
+            ReadSend::Auto => socket2::SockRef::from(&client)
+                .tcp_mss()
+                .is_ok_and(|m| m >= SENDFILE_MIN_MSS),
+        };
         let allowed = self.access.allows(peer.ip());
         if !allowed {
             tracing::info!(%peer, "nfs: refusing a client outside the mesh");
@@ -427,14 +438,14 @@ impl Front {
                 // buffer is quick, and a full buffer applies back-pressure to this client);
                 // the read-only ones run concurrently.
                 if fast::ordered(&call) {
-                    let reply = fast::serve(&self, &call, &rec).await;
+                    let reply = fast::serve(&self, &call, &rec, sendfile).await;
                     if send_reply(&cw, reply, peer).await.is_err() {
                         break;
                     }
                 } else {
                     let (me, cw) = (self.clone(), cw.clone());
                     tokio::spawn(async move {
-                        let reply = fast::serve(&me, &call, &rec).await;
+                        let reply = fast::serve(&me, &call, &rec, sendfile).await;
                         let _ = send_reply(&cw, reply, peer).await;
                     });
                 }
@@ -662,18 +673,18 @@ mod fast {
         Read { head: Vec<u8>, segs: Vec<Segment> },
     }
 
-    /// The reply record.
-    pub(super) async fn serve(front: &Front, c: &Call, rec: &[u8]) -> Reply {
+    /// The reply record; READ data as chunk-file segments when `sendfile`.
+    pub(super) async fn serve(front: &Front, c: &Call, rec: &[u8], sendfile: bool) -> Reply {
         if c.proc_ == READ {
-            return read(front, c, rec).await;
+            return read(front, c, rec, sendfile).await;
         }
         Reply::Parts(serve_parts(front, c, rec).await)
     }
 
-    /// READ: the data as chunk-file segments (sent with `sendfile`). Errors found while
-    /// collecting them (a missing or short chunk file) are answered with a status before
-    /// anything is sent.
-    async fn read(front: &Front, c: &Call, rec: &[u8]) -> Reply {
+    /// READ: with `sendfile`, the data as chunk-file segments (errors found while collecting
+    /// them, a missing or short chunk file, are answered with a status before anything is
+    /// sent); otherwise read into memory.
+    async fn read(front: &Front, c: &Call, rec: &[u8], sendfile: bool) -> Reply {
         let vfs = &front.vfs;
         let parsed = handle(front, rec, c.args).and_then(|(ino, at)| {
             let off = be64(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)?;
@@ -688,6 +699,24 @@ mod fast {
                 return Reply::Parts(vec![v]);
             }
         };
+        if !sendfile {
+            return match vfs.read_with_attr(ino, off, count).await {
+                Ok((data, eof, attr)) => {
+                    let mut v = head(c.xid, nfsstat3::NFS3_OK);
+                    post_op(&mut v, Some(&attr));
+                    let n = u32::try_from(data.len()).expect("READ_CAP bounds the byte count");
+                    u32s(&mut v, &[n, u32::from(eof), n]);
+                    let pad = vec![0u8; pad4(data.len()) - data.len()];
+                    Reply::Parts(vec![v, data, pad])
+                }
+                Err(e) => {
+                    let mut v = head(c.xid, e);
+                    let h = FileHandleU64::new(ino);
+                    post_op(&mut v, vfs.getattr(&h).await.ok().as_ref());
+                    Reply::Parts(vec![v])
+                }
+            };
+        }
         match vfs.read_segments_with_attr(ino, off, count).await {
             Ok((segs, n, eof, attr)) => {
                 let mut v = head(c.xid, nfsstat3::NFS3_OK);

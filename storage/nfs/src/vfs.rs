@@ -61,6 +61,14 @@ pub fn nfs_status(e: &StorageError) -> nfsstat3 {
     }
 }
 
+/// [`nfs_status`], logging failures (not refusals).
+fn failure_status(e: &StorageError) -> nfsstat3 {
+    if e.is_failure() {
+        tracing::warn!("nfs: storage failure: {e}");
+    }
+    nfs_status(e)
+}
+
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, nfsstat3>
 where
     T: Send + 'static,
@@ -240,9 +248,28 @@ impl Vfs {
         }
     }
 
-    /// READ with the file's attributes, as segments (chunk files for `sendfile`, no copy):
-    /// `(segments, byte count, eof, attributes)`. Served inline (page-cache reads are quick)
-    /// unless the inode has staged writes to apply first, which may wait for the disk.
+    /// READ with the file's attributes. Served inline (page-cache reads are quick) unless the
+    /// inode has staged writes to apply first, which may wait for the disk.
+    pub(crate) async fn read_with_attr(
+        &self,
+        ino: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool, fattr3), nfsstat3> {
+        let count = count.min(READ_CAP);
+        let r = if self.fs.is_staged(ino) {
+            let fs = self.fs.clone();
+            blocking(move || fs.read_with_attr(ino, offset, count)).await
+        } else {
+            self.fs
+                .read_with_attr(ino, offset, count)
+                .map_err(|e| failure_status(&e))
+        };
+        r.map(|(d, eof, a)| (d, eof, fattr(&a)))
+    }
+
+    /// [`Vfs::read_with_attr`] as segments (chunk files for `sendfile`, no copy): `(segments,
+    /// byte count, eof, attributes)`.
     pub(crate) async fn read_segments_with_attr(
         &self,
         ino: u64,
@@ -256,12 +283,7 @@ impl Vfs {
         } else {
             self.fs
                 .read_segments_with_attr(ino, offset, count)
-                .map_err(|e| {
-                    if e.is_failure() {
-                        tracing::warn!("nfs: storage failure: {e}");
-                    }
-                    nfs_status(&e)
-                })
+                .map_err(|e| failure_status(&e))
         };
         r.map(|(s, n, eof, a)| (s, n, eof, fattr(&a)))
     }

@@ -1,4 +1,4 @@
-//! READ served from chunk files (`sendfile`): exact bytes at unaligned offsets across chunk
+//! READ served from chunk files (`sendfile`, and the copying path): exact bytes at unaligned offsets across chunk
 //! boundaries, inline small files, EOF, staged writes, many concurrent READs on one
 //! connection, and corrupt (short) chunk files.
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use nfs3_client::nfs3_types::nfs3::*;
+use tm_nfs::ReadSend;
 use tm_storage::{ChunkStore, FsChunkStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,6 +27,12 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// A server whose READ replies go out by `mode`.
+async fn start_mode(dir: &std::path::Path, mode: ReadSend) -> Srv {
+    let store = open_store(dir, |_| {}).await;
+    start_with(dir, store, |c| c.read_send = mode).await
 }
 
 /// `data` written as one file (FILE_SYNC, 1 MiB calls).
@@ -48,8 +55,14 @@ fn expect(data: &[u8], off: u64, count: u32) -> (Vec<u8>, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unaligned_reads_across_chunks_inline_files_and_eof() {
+    for mode in [ReadSend::Sendfile, ReadSend::Copy, ReadSend::Auto] {
+        unaligned_reads(mode).await;
+    }
+}
+
+async fn unaligned_reads(mode: ReadSend) {
     let d = tempfile::tempdir().expect("tmp");
-    let srv = start(d.path()).await;
+    let srv = start_mode(d.path(), mode).await;
     let mut c = srv.mount("default").await;
     let root = c.root_nfs_fh3();
     let data = pattern(11, 3 * MIB + 12_345);
@@ -112,8 +125,14 @@ async fn unaligned_reads_across_chunks_inline_files_and_eof() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_after_unstable_write_without_commit_sees_new_bytes() {
+    for mode in [ReadSend::Sendfile, ReadSend::Copy] {
+        read_after_unstable_write(mode).await;
+    }
+}
+
+async fn read_after_unstable_write(mode: ReadSend) {
     let d = tempfile::tempdir().expect("tmp");
-    let srv = start(d.path()).await;
+    let srv = start_mode(d.path(), mode).await;
     let mut c = srv.mount("default").await;
     let root = c.root_nfs_fh3();
     let mut data = pattern(21, 2 * MIB + 77);
@@ -193,8 +212,14 @@ fn parse_read_reply(rec: &[u8]) -> (u32, Vec<u8>, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_reads_on_one_connection_do_not_interleave() {
+    for mode in [ReadSend::Sendfile, ReadSend::Copy] {
+        concurrent_reads(mode).await;
+    }
+}
+
+async fn concurrent_reads(mode: ReadSend) {
     let d = tempfile::tempdir().expect("tmp");
-    let srv = start(d.path()).await;
+    let srv = start_mode(d.path(), mode).await;
     let mut c = srv.mount("default").await;
     let root = c.root_nfs_fh3();
     let data = pattern(31, 4 * MIB + 3);
@@ -268,7 +293,7 @@ fn chunk_path(srv: &Srv, key: &str, i: usize) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_chunk_file_is_an_io_error_or_closes_the_connection() {
     let d = tempfile::tempdir().expect("tmp");
-    let srv = start(d.path()).await;
+    let srv = start_mode(d.path(), ReadSend::Sendfile).await;
     let mut c = srv.mount("default").await;
     let root = c.root_nfs_fh3();
     let data = pattern(41, 2 * MIB);
