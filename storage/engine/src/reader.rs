@@ -256,7 +256,13 @@ impl ObjectReader {
             let got = match chunks.open_file(&id)? {
                 Some(mut f) => {
                     f.seek(SeekFrom::Start(within))?;
-                    f.take(want as u64).read_to_end(&mut out)?
+                    if within + want as u64 == u64::from(self.inner.manifest[i].len) {
+                        // To the end of the chunk: `File`'s own `read_to_end` sizes its read
+                        // from the file length (one read, where a `Take` starts small).
+                        f.read_to_end(&mut out)?
+                    } else {
+                        f.take(want as u64).read_to_end(&mut out)?
+                    }
                 }
                 None => {
                     let at = out.len();
