@@ -98,6 +98,12 @@ pub trait ChunkStore: Send + Sync + 'static {
         buf[..n].copy_from_slice(&data[start..start + n]);
         Ok(n)
     }
+    /// The chunk as a local file open for reading, for zero-copy reads (`sendfile`). The
+    /// default is None: the backend has no local files and callers copy through
+    /// [`ChunkStore::read_at`]. A returned file is the stored chunk (not hash-verified here).
+    fn open_file(&self, _id: &ChunkId) -> Result<Option<File>, StorageError> {
+        Ok(None)
+    }
     /// Remove a chunk (missing is fine).
     fn delete(&self, id: &ChunkId) -> Result<(), StorageError>;
     /// Whether the chunk is stored.
@@ -143,6 +149,16 @@ impl FsChunkStore {
     /// Where a chunk lives on disk.
     pub fn path(&self, id: &ChunkId) -> PathBuf {
         self.dir(id).join(id.to_hex())
+    }
+
+    fn open_chunk(&self, id: &ChunkId) -> Result<File, StorageError> {
+        match File::open(self.path(id)) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(StorageError::Corrupt(format!("{id:?} missing")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn ensure_dir(&self, id: &ChunkId) -> Result<PathBuf, StorageError> {
@@ -260,13 +276,7 @@ impl ChunkStore for FsChunkStore {
     }
 
     fn read_at(&self, id: &ChunkId, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
-        let f = match File::open(self.path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StorageError::Corrupt(format!("{id:?} missing")))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let f = self.open_chunk(id)?;
         let mut done = 0;
         while done < buf.len() {
             let n = f.read_at(&mut buf[done..], offset + done as u64)?;
@@ -276,6 +286,10 @@ impl ChunkStore for FsChunkStore {
             done += n;
         }
         Ok(done)
+    }
+
+    fn open_file(&self, id: &ChunkId) -> Result<Option<File>, StorageError> {
+        self.open_chunk(id).map(Some)
     }
 
     fn delete(&self, id: &ChunkId) -> Result<(), StorageError> {

@@ -1029,6 +1029,35 @@ impl FileSystem {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool, FileAttr), StorageError> {
+        let (obj, attr) = self.open_for_read(ino)?;
+        let size = obj.size();
+        if offset >= size {
+            return Ok((Vec::new(), true, attr));
+        }
+        let buf = obj.read_vec(offset, count as usize)?;
+        let eof = offset + buf.len() as u64 >= size;
+        Ok((buf, eof, attr))
+    }
+
+    /// [`FileSystem::read_with_attr`] as segments ([`crate::ObjectReader::segments`]): chunk
+    /// files come as open files (for `sendfile`), so the bytes are not copied here. Returns
+    /// `(segments, byte count, eof, attributes)`.
+    pub fn read_segments_with_attr(
+        &self,
+        ino: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<crate::Segment>, usize, bool, FileAttr), StorageError> {
+        let (obj, attr) = self.open_for_read(ino)?;
+        let segs = obj.segments(offset, count as usize)?;
+        let n: usize = segs.iter().map(crate::Segment::len).sum();
+        let eof = offset.saturating_add(n as u64) >= obj.size();
+        Ok((segs, n, eof, attr))
+    }
+
+    /// Apply staged writes of `ino`, then its (cached) reader and attributes from one
+    /// metadata snapshot.
+    fn open_for_read(&self, ino: u64) -> Result<(crate::ObjectReader, FileAttr), StorageError> {
         self.flush_background(ino);
         let r = self.resolve(ino)?;
         let mut attr = attr_of(ino, &r.rec, &r.node);
@@ -1059,15 +1088,7 @@ impl FileSystem {
                 o
             }
         };
-        let size = obj.size();
-        if offset >= size {
-            return Ok((Vec::new(), true, attr));
-        }
-        let n = u64::from(count).min(size - offset) as usize;
-        let mut buf = vec![0u8; n];
-        let got = obj.read_at(offset, &mut buf)?;
-        buf.truncate(got);
-        Ok((buf, offset + got as u64 >= size, attr))
+        Ok((obj, attr))
     }
 
     /// Target of a symlink.

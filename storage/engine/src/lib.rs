@@ -57,7 +57,7 @@ pub use chunk::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use error::StorageError;
 pub use fs::{CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, SetAttrs, Staged};
 pub use meta::INLINE_MAX;
-pub use reader::{ObjectReader, RangeReader};
+pub use reader::{ObjectReader, RangeReader, Segment};
 #[cfg(feature = "remote")]
 pub use remote::{RemoteConfig, S3ChunkStore};
 pub use share::{ShareInfo, DEFAULT_SHARE};

@@ -1,12 +1,18 @@
 //! [`ObjectReader`]: random and sequential reads of one pinned object version.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::sync::Arc;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex};
 
 use crate::meta::ChunkRef;
 use crate::store::Pins;
-use crate::{ObjectInfo, StorageError};
+use crate::{ChunkId, ObjectInfo, StorageError};
+
+/// Chunk files kept open per reader: the last one opened, which is where a sequential reader
+/// continues (also when its reads straddle chunk boundaries). One, not one per chunk: the
+/// file system caches up to 256 readers, so this bounds the descriptors they hold to 256.
+const OPEN_FILES: usize = 1;
 
 struct Inner {
     manifest: Vec<ChunkRef>,
@@ -14,7 +20,41 @@ struct Inner {
     starts: Vec<u64>,
     /// Bytes of inline chunks, by manifest index.
     inline: HashMap<usize, Vec<u8>>,
+    /// Recently opened chunk files (most recent last), for [`ObjectReader::segments`].
+    files: Mutex<Vec<(ChunkId, Arc<File>)>>,
     pins: Pins,
+}
+
+/// A piece of the bytes of a read, in order: see [`ObjectReader::segments`].
+#[derive(Debug, Clone)]
+pub enum Segment {
+    /// Bytes in memory (inline chunks, and chunks of backends without local files).
+    Bytes(Vec<u8>),
+    /// `len` bytes of an open chunk file from `offset` (the file is immutable and holds at
+    /// least `offset + len` bytes; checked when it was opened).
+    File {
+        /// The chunk file (shared: do not use its file position, read at explicit offsets).
+        file: Arc<File>,
+        /// Offset within the file.
+        offset: u64,
+        /// Byte count.
+        len: usize,
+    },
+}
+
+impl Segment {
+    /// Byte count.
+    pub fn len(&self) -> usize {
+        match self {
+            Segment::Bytes(b) => b.len(),
+            Segment::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One version of an object, readable for as long as this value (or a clone, or a
@@ -53,6 +93,7 @@ impl ObjectReader {
                 manifest,
                 starts,
                 inline,
+                files: Mutex::new(Vec::new()),
                 pins,
             }),
         }
@@ -108,6 +149,136 @@ impl ObjectReader {
         Ok(done)
     }
 
+    /// Up to `len` bytes at `offset` (fewer only at the end of the object, none at or past
+    /// it) as segments, without copying chunk-file bytes: chunk files of a backend that has
+    /// them ([`crate::ChunkStore::open_file`]) come as open files (kept open in this reader
+    /// for the next call), inline chunks and other backends' chunks as bytes. Chunk files are
+    /// not hash-verified here (like [`ObjectReader::read_at`]); a chunk file shorter than its
+    /// manifest length is `Corrupt`.
+    pub fn segments(&self, offset: u64, len: usize) -> Result<Vec<Segment>, StorageError> {
+        let chunks = &self.inner.pins.shared.chunks;
+        let mut out = Vec::new();
+        for (i, within, want) in self.pieces(offset, len) {
+            let c = self.inner.manifest[i];
+            let seg = match self.inline_piece(i, within, want)? {
+                Some(b) => Segment::Bytes(b.to_vec()),
+                None => match self.chunk_file(&c)? {
+                    Some(file) => Segment::File {
+                        file,
+                        offset: within,
+                        len: want,
+                    },
+                    None => {
+                        let mut b = vec![0u8; want];
+                        let n = chunks.read_at(&c.id, within, &mut b)?;
+                        if n != want {
+                            return Err(truncated(&c.id));
+                        }
+                        Segment::Bytes(b)
+                    }
+                },
+            };
+            out.push(seg);
+        }
+        Ok(out)
+    }
+
+    /// `(manifest index, offset within the chunk, byte count)` of each chunk piece of the
+    /// range `offset..offset + len` clamped to the size.
+    fn pieces(&self, offset: u64, len: usize) -> Vec<(usize, u64, usize)> {
+        let end = offset.saturating_add(len as u64).min(self.info.size);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let i = self.chunk_at(pos);
+            let within = pos - self.inner.starts[i];
+            let want = (end - pos).min(u64::from(self.inner.manifest[i].len) - within) as usize;
+            out.push((i, within, want));
+            pos += want as u64;
+        }
+        out
+    }
+
+    /// The bytes of an inline chunk's piece (None: chunk `i` is not inline).
+    fn inline_piece(
+        &self,
+        i: usize,
+        within: u64,
+        want: usize,
+    ) -> Result<Option<&[u8]>, StorageError> {
+        let Some(d) = self.inner.inline.get(&i) else {
+            return Ok(None);
+        };
+        let w = within as usize;
+        match d.get(w..w + want) {
+            Some(b) => Ok(Some(b)),
+            None => Err(truncated(&self.inner.manifest[i].id)),
+        }
+    }
+
+    /// The open file of chunk `c` (cached), or None when the backend has no local files.
+    fn chunk_file(&self, c: &ChunkRef) -> Result<Option<Arc<File>>, StorageError> {
+        let lock = || self.inner.files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, f)) = lock().iter().find(|(id, _)| *id == c.id) {
+            return Ok(Some(f.clone()));
+        }
+        let Some(f) = self.inner.pins.shared.chunks.open_file(&c.id)? else {
+            return Ok(None);
+        };
+        if f.metadata()?.len() < u64::from(c.len) {
+            return Err(truncated(&c.id));
+        }
+        let f = Arc::new(f);
+        let mut files = lock();
+        if !files.iter().any(|(id, _)| *id == c.id) {
+            if files.len() >= OPEN_FILES {
+                files.remove(0);
+            }
+            files.push((c.id, f.clone()));
+        }
+        Ok(Some(f))
+    }
+
+    /// Up to `len` bytes at `offset` into a new vector (fewer only at the end of the object).
+    /// Chunk-file bytes are read straight into the vector's spare capacity (no zeroing first).
+    pub fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+        let pieces = self.pieces(offset, len);
+        let chunks = &self.inner.pins.shared.chunks;
+        let mut out = Vec::with_capacity(pieces.iter().map(|p| p.2).sum());
+        for (i, within, want) in pieces {
+            if let Some(b) = self.inline_piece(i, within, want)? {
+                out.extend_from_slice(b);
+                continue;
+            }
+            let id = self.inner.manifest[i].id;
+            // A private descriptor (its own file position): `read_to_end` then fills the
+            // uninitialised capacity, where a positional read would need zeroed bytes.
+            let got = match chunks.open_file(&id)? {
+                Some(mut f) => {
+                    f.seek(SeekFrom::Start(within))?;
+                    if within + want as u64 == u64::from(self.inner.manifest[i].len) {
+                        // To the end of the chunk: `File`'s own `read_to_end` sizes its read
+                        // from the file length (one read, where a `Take` starts small).
+                        f.read_to_end(&mut out)?
+                    } else {
+                        f.take(want as u64).read_to_end(&mut out)?
+                    }
+                }
+                None => {
+                    let at = out.len();
+                    out.resize(at + want, 0);
+                    let n = chunks.read_at(&id, within, &mut out[at..])?;
+                    out.truncate(at + n);
+                    n
+                }
+            };
+            if got != want {
+                return Err(truncated(&id));
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         let n = self.read_at(offset, buf)?;
         if n != buf.len() {
@@ -132,6 +303,10 @@ impl ObjectReader {
     pub fn reader(&self) -> RangeReader {
         self.range(0, self.info.size)
     }
+}
+
+fn truncated(id: &ChunkId) -> StorageError {
+    StorageError::Corrupt(format!("{id:?} truncated"))
 }
 
 /// Sequential reader over a byte range of an [`ObjectReader`]; owns what it needs (`'static`).
@@ -185,5 +360,195 @@ impl Read for RangeReader {
         buf[..n].copy_from_slice(&data[within..within + n]);
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::store::Shared;
+    use crate::{ChunkStore, FsChunkStore, MemChunkStore, ObjectMeta};
+
+    fn bytes(seed: u8, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A reader over `parts` (bytes, inline?) stored in `chunks`; also returns the whole body.
+    fn reader(chunks: Arc<dyn ChunkStore>, parts: &[(Vec<u8>, bool)]) -> (ObjectReader, Vec<u8>) {
+        let shared = Shared::for_test(chunks.clone());
+        let mut manifest = Vec::new();
+        let mut inline = HashMap::new();
+        let mut body = Vec::new();
+        for (i, (d, is_inline)) in parts.iter().enumerate() {
+            let id = ChunkId::of(d);
+            if *is_inline {
+                inline.insert(i, d.clone());
+            } else {
+                chunks.put(&id, d).expect("put");
+            }
+            manifest.push(ChunkRef {
+                id,
+                len: d.len() as u32,
+                inline: *is_inline,
+            });
+            body.extend_from_slice(d);
+        }
+        let info = ObjectInfo {
+            key: "k".into(),
+            size: body.len() as u64,
+            etag: String::new(),
+            modified: std::time::UNIX_EPOCH,
+            meta: ObjectMeta::default(),
+        };
+        let pins = Pins {
+            shared,
+            ids: Vec::new(),
+        };
+        (ObjectReader::new(info, manifest, inline, pins), body)
+    }
+
+    /// The bytes of `segs`, and how many were file segments.
+    fn gather(segs: &[Segment]) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut files = 0;
+        for s in segs {
+            match s {
+                Segment::Bytes(b) => out.extend_from_slice(b),
+                Segment::File { file, offset, len } => {
+                    files += 1;
+                    let mut b = vec![0u8; *len];
+                    file.read_exact_at(&mut b, *offset).expect("pread");
+                    out.extend_from_slice(&b);
+                }
+            }
+        }
+        (out, files)
+    }
+
+    fn check_ranges(r: &ObjectReader, body: &[u8]) {
+        let n = body.len() as u64;
+        let ranges = [
+            (0, body.len()),
+            (0, 1),
+            (1, 4095),
+            (4095, 2),
+            (4000, 5000),
+            (n - 1, 10),
+            (n - 7, 7),
+            (n, 1),
+            (n + 5, 10),
+            (3, 0),
+            (10, usize::MAX),
+        ];
+        for (off, len) in ranges {
+            let segs = r.segments(off, len).expect("segments");
+            let s = (off.min(n)) as usize;
+            let e = (off.saturating_add(len as u64)).min(n) as usize;
+            let want = &body[s..e.max(s)];
+            assert_eq!(gather(&segs).0, want, "segments {off}+{len}");
+            assert!(segs.iter().all(|s| !s.is_empty()), "no empty segments");
+            assert_eq!(
+                r.read_vec(off, len).expect("read_vec"),
+                want,
+                "read_vec {off}+{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_chunks_come_as_files_and_stay_open() {
+        let d = tempfile::tempdir().expect("tmp");
+        let cs: Arc<dyn ChunkStore> = Arc::new(FsChunkStore::open(d.path()).expect("store"));
+        let parts: Vec<_> = (0..3).map(|i| (bytes(i, 4096), false)).collect();
+        let (r, body) = reader(cs, &parts);
+        check_ranges(&r, &body);
+        // A range over all three chunks: three file segments at the right offsets.
+        let segs = r.segments(100, 3 * 4096).expect("segments");
+        assert_eq!(gather(&segs), (body[100..].to_vec(), 3));
+        match &segs[0] {
+            Segment::File { offset, len, .. } => assert_eq!((*offset, *len), (100, 3996)),
+            s => panic!("expected a file segment, got {s:?}"),
+        }
+        // The chunk file of the last call is reused (same open file), not reopened.
+        let a = r.segments(2 * 4096, 10).expect("segments");
+        let b = r.segments(2 * 4096 + 10, 10).expect("segments");
+        match (&a[0], &b[0]) {
+            (Segment::File { file: fa, .. }, Segment::File { file: fb, .. }) => {
+                assert!(Arc::ptr_eq(fa, fb), "cached chunk file reused");
+            }
+            _ => panic!("expected file segments"),
+        }
+        assert!(r.inner.files.lock().expect("lock").len() <= OPEN_FILES);
+    }
+
+    #[test]
+    fn inline_and_mixed_manifests() {
+        let d = tempfile::tempdir().expect("tmp");
+        let cs: Arc<dyn ChunkStore> = Arc::new(FsChunkStore::open(d.path()).expect("store"));
+        // A lone inline chunk (small object): bytes only.
+        let (r, body) = reader(cs.clone(), &[(bytes(9, 300), true)]);
+        let segs = r.segments(0, 1 << 20).expect("segments");
+        assert_eq!(gather(&segs), (body.clone(), 0));
+        assert_eq!(r.read_vec(10, 5).expect("read_vec"), body[10..15]);
+        // file, inline, file, inline (odd lengths).
+        let parts = vec![
+            (bytes(1, 4096), false),
+            (bytes(2, 777), true),
+            (bytes(3, 5000), false),
+            (bytes(4, 33), true),
+        ];
+        let (r, body) = reader(cs, &parts);
+        check_ranges(&r, &body);
+        let segs = r.segments(4000, 1000).expect("segments");
+        assert_eq!(segs.len(), 3);
+        assert!(matches!(segs[0], Segment::File { len: 96, .. }));
+        assert!(matches!(&segs[1], Segment::Bytes(b) if b.len() == 777));
+        assert!(matches!(
+            segs[2],
+            Segment::File {
+                offset: 0,
+                len: 127,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn backends_without_files_give_bytes() {
+        let cs: Arc<dyn ChunkStore> = Arc::new(MemChunkStore::new());
+        let parts = vec![
+            (bytes(5, 4096), false),
+            (bytes(6, 100), true),
+            (bytes(7, 4096), false),
+        ];
+        let (r, body) = reader(cs, &parts);
+        check_ranges(&r, &body);
+        assert_eq!(gather(&r.segments(0, usize::MAX).expect("segments")).1, 0);
+    }
+
+    #[test]
+    fn truncated_chunk_file_is_corrupt_before_any_segment() {
+        let d = tempfile::tempdir().expect("tmp");
+        let fs_store = Arc::new(FsChunkStore::open(d.path()).expect("store"));
+        let cs: Arc<dyn ChunkStore> = fs_store.clone();
+        let parts = vec![(bytes(1, 4096), false), (bytes(2, 4096), false)];
+        let (r, _) = reader(cs, &parts);
+        let id = ChunkId::of(&parts[1].0);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(fs_store.path(&id))
+            .expect("open chunk")
+            .set_len(100)
+            .expect("truncate");
+        assert!(r.segments(0, 10).is_ok(), "the intact chunk still reads");
+        assert!(matches!(r.segments(0, 8192), Err(StorageError::Corrupt(_))));
+        assert!(matches!(
+            r.read_vec(4096, 200),
+            Err(StorageError::Corrupt(_))
+        ));
     }
 }

@@ -49,6 +49,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A bare instance over `chunks` (unit tests of readers without a database).
+    #[cfg(test)]
+    pub fn for_test(chunks: Arc<dyn ChunkStore>) -> Arc<Shared> {
+        Arc::new(Shared {
+            chunks,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            gc_lock: RwLock::new(()),
+            pins: Mutex::new(HashMap::new()),
+        })
+    }
+
     pub fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
         self.gc_lock.read().unwrap_or_else(|p| p.into_inner())
     }

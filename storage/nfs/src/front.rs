@@ -9,7 +9,9 @@
 //! verifier in WRITE/COMMIT replies (the library would send the handle generation, which we keep
 //! across restarts) and real quota/usage figures in FSSTAT replies; (6) serves the hot
 //! procedures READ, WRITE, GETATTR and LOOKUP itself through the same [`Vfs`] (no loopback hop,
-//! fewer copies; WRITEs in arrival order). Everything else is forwarded byte for byte to the
+//! fewer copies; WRITEs in arrival order; READ data goes from the chunk files to the socket by
+//! `sendfile(2)` on connections with a large MSS, see [`crate::ReadSend`] and
+//! [`write_read_reply`]). Everything else is forwarded byte for byte to the
 //! library's listener on loopback.
 
 use std::collections::HashMap;
@@ -20,12 +22,14 @@ use std::sync::{Arc, Mutex};
 use nfs3_server::nfs3_types::nfs3::sattr3;
 use nfs3_server::nfs3_types::xdr_codec::Unpack;
 use nfs3_server::vfs::{FileHandleU64, NfsReadFileSystem};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tm_storage::Segment;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::access::Access;
 use crate::vfs::{set_attrs, Hint, Vfs};
+use crate::{ReadSend, SENDFILE_MIN_MSS};
 
 const PROG_NFS: u32 = 100_003;
 const PROG_MOUNT: u32 = 100_005;
@@ -51,6 +55,8 @@ pub(crate) struct Front {
     pub vfs: Vfs,
     /// Write verifier of this process (random per start).
     pub verf: [u8; 8],
+    /// How READ replies carry file data.
+    pub read_send: ReadSend,
 }
 
 #[derive(Clone, Copy)]
@@ -219,6 +225,132 @@ async fn write_record_parts(w: &mut OwnedWriteHalf, parts: &[&[u8]]) -> std::io:
     Ok(())
 }
 
+/// Send one fast-path reply while holding the connection's writer (replies of concurrent
+/// calls never interleave). A READ reply whose data cannot all be sent after its record mark
+/// went out (a chunk file shorter than announced, or a socket error) closes the connection:
+/// the client then reconnects and retries instead of parsing a malformed record.
+async fn send_reply(
+    cw: &tokio::sync::Mutex<OwnedWriteHalf>,
+    reply: fast::Reply,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    let mut w = cw.lock().await;
+    match reply {
+        fast::Reply::Parts(parts) => {
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            write_record_parts(&mut w, &refs).await
+        }
+        fast::Reply::Read { head, segs } => {
+            let r = write_read_reply(w.as_ref(), &head, &segs).await;
+            if let Err(e) = &r {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    tracing::error!(%peer, "nfs: READ reply cut short ({e}); closing the connection");
+                } else {
+                    tracing::debug!(%peer, "nfs: READ reply failed: {e}");
+                }
+                let _ = rustix::net::shutdown(w.as_ref(), rustix::net::Shutdown::Both);
+            }
+            r
+        }
+    }
+}
+
+/// Write a READ reply record: record mark and `head` (everything up to and including the
+/// opaque length) with `MSG_MORE`, each segment (bytes with `send`, chunk files with
+/// `sendfile(2)`: no copy through user space), then the XDR pad. The socket is corked while a
+/// chunk file segment is followed by more bytes (`sendfile` pushes at its end otherwise).
+async fn write_read_reply(s: &TcpStream, head: &[u8], segs: &[Segment]) -> std::io::Result<()> {
+    let data: usize = segs.iter().map(Segment::len).sum();
+    let pad = pad4(data) - data;
+    let total = head.len() + data + pad;
+    let len = u32::try_from(total)
+        .ok()
+        .filter(|l| *l < 0x8000_0000)
+        .ok_or_else(|| std::io::Error::other("READ reply too large"))?;
+    let mut first = Vec::with_capacity(4 + head.len());
+    first.extend_from_slice(&(len | 0x8000_0000).to_be_bytes());
+    first.extend_from_slice(head);
+    let cork = segs
+        .iter()
+        .enumerate()
+        .any(|(i, sg)| matches!(sg, Segment::File { .. }) && (i + 1 < segs.len() || pad > 0));
+    if cork {
+        rustix::net::sockopt::set_tcp_cork(s, true)?;
+    }
+    send_all(s, &first, data > 0).await?;
+    for (i, sg) in segs.iter().enumerate() {
+        let more = i + 1 < segs.len() || pad > 0;
+        match sg {
+            Segment::Bytes(b) => send_all(s, b, more).await?,
+            Segment::File { file, offset, len } => sendfile_all(s, file, *offset, *len).await?,
+        }
+    }
+    if pad > 0 {
+        send_all(s, &[0u8; 3][..pad], false).await?;
+    }
+    if cork {
+        rustix::net::sockopt::set_tcp_cork(s, false)?;
+    }
+    Ok(())
+}
+
+/// `send` all of `b` on the non-blocking socket (`MSG_MORE` when more of the record follows).
+async fn send_all(s: &TcpStream, mut b: &[u8], more: bool) -> std::io::Result<()> {
+    let mut flags = rustix::net::SendFlags::NOSIGNAL;
+    if more {
+        flags |= rustix::net::SendFlags::MORE;
+    }
+    while !b.is_empty() {
+        s.writable().await?;
+        let r = s.try_io(Interest::WRITABLE, || {
+            rustix::net::send(s, b, flags).map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => b = &b[n..],
+            Err(e) if retry(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `sendfile` bytes `offset..offset + len` of `file` to the non-blocking socket; a file that
+/// ends early is `UnexpectedEof`.
+async fn sendfile_all(
+    s: &TcpStream,
+    file: &std::fs::File,
+    mut offset: u64,
+    mut len: usize,
+) -> std::io::Result<()> {
+    while len > 0 {
+        s.writable().await?;
+        let r = s.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(s, file, Some(&mut offset), len).map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "chunk file shorter than its segment",
+                ))
+            }
+            Ok(n) => len -= n.min(len),
+            Err(e) if retry(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a socket call should simply be tried again (after the next readiness).
+fn retry(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
 async fn write_record(w: &mut OwnedWriteHalf, rec: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(rec.len()).map_err(std::io::Error::other)?;
     let hdr = (len | 0x8000_0000).to_be_bytes();
@@ -250,6 +382,13 @@ impl Front {
     /// Serve one client connection until it closes.
     pub(crate) async fn connection(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
+        let sendfile = match self.read_send {
+            ReadSend::Copy => false,
+            ReadSend::Sendfile => true,
+            ReadSend::Auto => socket2::SockRef::from(&client)
+                .tcp_mss()
+                .is_ok_and(|m| m >= SENDFILE_MIN_MSS),
+        };
         let allowed = self.access.allows(peer.ip());
         if !allowed {
             tracing::info!(%peer, "nfs: refusing a client outside the mesh");
@@ -299,20 +438,15 @@ impl Front {
                 // buffer is quick, and a full buffer applies back-pressure to this client), as
                 // do GETATTR and LOOKUP (quick); READ, CREATE and COMMIT run concurrently.
                 if fast::ordered(&call) {
-                    let parts = fast::serve(&self, &call, &rec).await;
-                    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-                    if write_record_parts(&mut *cw.lock().await, &refs)
-                        .await
-                        .is_err()
-                    {
+                    let reply = fast::serve(&self, &call, &rec, sendfile).await;
+                    if send_reply(&cw, reply, peer).await.is_err() {
                         break;
                     }
                 } else {
                     let (me, cw) = (self.clone(), cw.clone());
                     tokio::spawn(async move {
-                        let parts = fast::serve(&me, &call, &rec).await;
-                        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-                        let _ = write_record_parts(&mut *cw.lock().await, &refs).await;
+                        let reply = fast::serve(&me, &call, &rec, sendfile).await;
+                        let _ = send_reply(&cw, reply, peer).await;
                     });
                 }
                 continue;
@@ -443,7 +577,7 @@ mod fast {
     use nfs3_server::nfs3_types::nfs3::{createhow3, fattr3, nfsstat3, stable_how};
     use nfs3_server::nfs3_types::xdr_codec::{Pack, Unpack};
     use nfs3_server::vfs::{FileHandleU64, NfsFileSystem, NfsReadFileSystem};
-    use tm_storage::{CreateMode, SetAttrs};
+    use tm_storage::{CreateMode, Segment, SetAttrs};
 
     use super::{be32, pad4, Call, Front, PROG_NFS};
     use crate::vfs::{blocking, fattr, set_attrs};
@@ -532,8 +666,78 @@ mod fast {
         }
     }
 
-    /// The reply record, in parts.
-    pub(super) async fn serve(front: &Front, c: &Call, rec: &[u8]) -> Vec<Vec<u8>> {
+    /// A reply record.
+    pub(super) enum Reply {
+        /// In byte parts (concatenated).
+        Parts(Vec<Vec<u8>>),
+        /// A successful READ: `head` up to and including the opaque data length, then the
+        /// data `segs` (the XDR pad is added when sending).
+        Read { head: Vec<u8>, segs: Vec<Segment> },
+    }
+
+    /// The reply record; READ data as chunk-file segments when `sendfile`.
+    pub(super) async fn serve(front: &Front, c: &Call, rec: &[u8], sendfile: bool) -> Reply {
+        if c.proc_ == READ {
+            return read(front, c, rec, sendfile).await;
+        }
+        Reply::Parts(serve_parts(front, c, rec).await)
+    }
+
+    /// READ: with `sendfile`, the data as chunk-file segments (errors found while collecting
+    /// them, a missing or short chunk file, are answered with a status before anything is
+    /// sent); otherwise read into memory.
+    async fn read(front: &Front, c: &Call, rec: &[u8], sendfile: bool) -> Reply {
+        let vfs = &front.vfs;
+        let parsed = handle(front, rec, c.args).and_then(|(ino, at)| {
+            let off = be64(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+            let count = be32(rec, at + 8).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+            Ok((ino, off, count))
+        });
+        let (ino, off, count) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                let mut v = head(c.xid, e);
+                post_op(&mut v, None);
+                return Reply::Parts(vec![v]);
+            }
+        };
+        if !sendfile {
+            return match vfs.read_with_attr(ino, off, count).await {
+                Ok((data, eof, attr)) => {
+                    let mut v = head(c.xid, nfsstat3::NFS3_OK);
+                    post_op(&mut v, Some(&attr));
+                    let n = u32::try_from(data.len()).expect("READ_CAP bounds the byte count");
+                    u32s(&mut v, &[n, u32::from(eof), n]);
+                    let pad = vec![0u8; pad4(data.len()) - data.len()];
+                    Reply::Parts(vec![v, data, pad])
+                }
+                Err(e) => {
+                    let mut v = head(c.xid, e);
+                    let h = FileHandleU64::new(ino);
+                    post_op(&mut v, vfs.getattr(&h).await.ok().as_ref());
+                    Reply::Parts(vec![v])
+                }
+            };
+        }
+        match vfs.read_segments_with_attr(ino, off, count).await {
+            Ok((segs, n, eof, attr)) => {
+                let mut v = head(c.xid, nfsstat3::NFS3_OK);
+                post_op(&mut v, Some(&attr));
+                let n = u32::try_from(n).expect("READ_CAP bounds the byte count");
+                u32s(&mut v, &[n, u32::from(eof), n]);
+                Reply::Read { head: v, segs }
+            }
+            Err(e) => {
+                let mut v = head(c.xid, e);
+                let h = FileHandleU64::new(ino);
+                post_op(&mut v, vfs.getattr(&h).await.ok().as_ref());
+                Reply::Parts(vec![v])
+            }
+        }
+    }
+
+    /// The reply record of the procedures other than READ, in parts.
+    async fn serve_parts(front: &Front, c: &Call, rec: &[u8]) -> Vec<Vec<u8>> {
         let vfs = &front.vfs;
         match c.proc_ {
             GETATTR => match handle(front, rec, c.args) {
@@ -580,37 +784,6 @@ mod fast {
                     (Err(e), dir_attr) => {
                         let mut v = head(c.xid, e);
                         post_op(&mut v, dir_attr.as_ref());
-                        vec![v]
-                    }
-                }
-            }
-            READ => {
-                let parsed = handle(front, rec, c.args).and_then(|(ino, at)| {
-                    let off = be64(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)?;
-                    let count = be32(rec, at + 8).ok_or(nfsstat3::NFS3ERR_INVAL)?;
-                    Ok((ino, off, count))
-                });
-                let (ino, off, count) = match parsed {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let mut v = head(c.xid, e);
-                        post_op(&mut v, None);
-                        return vec![v];
-                    }
-                };
-                let h = FileHandleU64::new(ino);
-                match vfs.read_with_attr(ino, off, count).await {
-                    Ok((data, eof, attr)) => {
-                        let mut v = head(c.xid, nfsstat3::NFS3_OK);
-                        post_op(&mut v, Some(&attr));
-                        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                        u32s(&mut v, &[n, u32::from(eof), n]);
-                        let pad = vec![0u8; pad4(data.len()) - data.len()];
-                        vec![v, data, pad]
-                    }
-                    Err(e) => {
-                        let mut v = head(c.xid, e);
-                        post_op(&mut v, vfs.getattr(&h).await.ok().as_ref());
                         vec![v]
                     }
                 }

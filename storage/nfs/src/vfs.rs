@@ -21,7 +21,8 @@ use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
 };
 use tm_storage::{
-    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, SetAttrs, StorageError, DEFAULT_SHARE,
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, Segment, SetAttrs, StorageError,
+    DEFAULT_SHARE,
 };
 
 /// Buffered bytes of one inode that trigger a flush.
@@ -72,12 +73,15 @@ where
     if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
         return blocking(f).await;
     }
-    tokio::task::block_in_place(f).map_err(|e| {
-        if e.is_failure() {
-            tracing::warn!("nfs: storage failure: {e}");
-        }
-        nfs_status(&e)
-    })
+    tokio::task::block_in_place(f).map_err(|e| failure_status(&e))
+}
+
+/// [`nfs_status`], logging failures (not refusals).
+fn failure_status(e: &StorageError) -> nfsstat3 {
+    if e.is_failure() {
+        tracing::warn!("nfs: storage failure: {e}");
+    }
+    nfs_status(e)
 }
 
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, nfsstat3>
@@ -87,12 +91,7 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            if e.is_failure() {
-                tracing::warn!("nfs: storage failure: {e}");
-            }
-            Err(nfs_status(&e))
-        }
+        Ok(Err(e)) => Err(failure_status(&e)),
         Err(_) => Err(nfsstat3::NFS3ERR_SERVERFAULT),
     }
 }
@@ -274,9 +273,29 @@ impl Vfs {
         } else {
             self.fs
                 .read_with_attr(ino, offset, count)
-                .map_err(|e| nfs_status(&e))
+                .map_err(|e| failure_status(&e))
         };
         r.map(|(d, eof, a)| (d, eof, fattr(&a)))
+    }
+
+    /// [`Vfs::read_with_attr`] as segments (chunk files for `sendfile`, no copy): `(segments,
+    /// byte count, eof, attributes)`.
+    pub(crate) async fn read_segments_with_attr(
+        &self,
+        ino: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<Segment>, usize, bool, fattr3), nfsstat3> {
+        let count = count.min(READ_CAP);
+        let r = if self.fs.is_staged(ino) {
+            let fs = self.fs.clone();
+            blocking(move || fs.read_segments_with_attr(ino, offset, count)).await
+        } else {
+            self.fs
+                .read_segments_with_attr(ino, offset, count)
+                .map_err(|e| failure_status(&e))
+        };
+        r.map(|(s, n, eof, a)| (s, n, eof, fattr(&a)))
     }
 
     async fn attr(&self, ino: u64) -> Result<FileAttr, nfsstat3> {

@@ -2,20 +2,20 @@
 //! node serves NFS itself with its `nfs:` config).
 //!
 //! `tm-nfs-server --data DIR [--listen ADDR:PORT] [--allow CIDR]... [--no-loopback]
-//!  [--share NAME[:ro][:QUOTA_BYTES]]...` — serves `/shares/<name>` until SIGINT/SIGTERM, then
-//! flushes buffered writes and exits 0.
+//!  [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto]` — serves
+//! `/shares/<name>` until SIGINT/SIGTERM, then flushes buffered writes and exits 0.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tm_nfs::{Cidr, NfsConfig, NfsServer};
+use tm_nfs::{Cidr, NfsConfig, NfsServer, ReadSend};
 use tm_storage::{Store, StoreConfig};
 
 fn usage() -> ! {
     eprintln!(
         "usage: tm-nfs-server --data DIR [--listen ADDR:PORT] [--allow CIDR]... [--no-loopback] \
-         [--share NAME[:ro][:QUOTA_BYTES]]..."
+         [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto]"
     );
     std::process::exit(2)
 }
@@ -26,6 +26,7 @@ fn main() {
     let mut allow: Vec<Cidr> = Vec::new();
     let mut loopback = true;
     let mut shares: Vec<String> = Vec::new();
+    let mut read_send = ReadSend::Auto;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -38,6 +39,7 @@ fn main() {
             })),
             "--no-loopback" => loopback = false,
             "--share" => shares.push(val()),
+            "--read-send" => read_send = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -78,6 +80,7 @@ fn main() {
     let r = rt.block_on(async move {
         let mut cfg = NfsConfig::new(listen, allow);
         cfg.allow_loopback = loopback;
+        cfg.read_send = read_send;
         let server = NfsServer::bind(store, cfg).await?;
         eprintln!("tm-nfs-server: listening on {}", server.local_addr()?);
         server
