@@ -597,11 +597,19 @@ pub struct FileSystem {
     generation: u64,
     /// Open readers by inode, revalidated against the object record on every use (saves the
     /// manifest decode and pinning per NFS READ).
-    readers: Arc<Mutex<HashMap<u64, crate::ObjectReader>>>,
+    readers: Arc<Mutex<HashMap<u64, CachedReader>>>,
 }
 
 /// A rebuilt object: record, manifest, and the bytes of an inline (small) single chunk.
 type Built = (ObjRec, Vec<ChunkRef>, Option<Vec<u8>>);
+
+/// A cached reader with the attributes read with it and the store's commit count then.
+#[derive(Clone, Debug)]
+struct CachedReader {
+    commits: u64,
+    attr: FileAttr,
+    obj: crate::ObjectReader,
+}
 
 /// Most cached readers (the cache is cleared when full).
 const READER_CACHE: usize = 256;
@@ -674,7 +682,7 @@ impl FileSystem {
         }
     }
 
-    fn readers(&self) -> MutexGuard<'_, HashMap<u64, crate::ObjectReader>> {
+    fn readers(&self) -> MutexGuard<'_, HashMap<u64, CachedReader>> {
         self.readers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -1058,7 +1066,16 @@ impl FileSystem {
     /// Apply staged writes of `ino`, then its (cached) reader and attributes from one
     /// metadata snapshot.
     fn open_for_read(&self, ino: u64) -> Result<(crate::ObjectReader, FileAttr), StorageError> {
+        // Nothing committed since the reader was cached and nothing staged: it and its
+        // attributes are current (no read transaction).
+        let commits = self.store.commits();
+        if !self.is_staged(ino) {
+            if let Some(c) = self.readers().get(&ino).filter(|c| c.commits == commits) {
+                return Ok((c.obj.clone(), c.attr.clone()));
+            }
+        }
         self.flush_background(ino);
+        let commits = self.store.commits();
         let r = self.resolve(ino)?;
         let mut attr = attr_of(ino, &r.rec, &r.node);
         self.overlay(&mut attr);
@@ -1067,27 +1084,31 @@ impl FileSystem {
             Node::Symlink(_) => return Err(StorageError::Invalid("read of a symlink")),
             Node::File(o) => o,
         };
-        let cached = self.readers().get(&ino).cloned().filter(|o| {
+        let cached = self.readers().get(&ino).map(|c| c.obj.clone()).filter(|o| {
             o.info.size == cur.size
                 && o.info.etag == cur.etag
                 && o.info.modified == from_nanos(cur.modified)
         });
         let obj = match cached {
             Some(o) => o,
-            None => {
-                let o = match self.store.open_object_raw(&r.rec.share, &r.rec.path) {
-                    Ok(o) => o,
-                    Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
-                    Err(e) => return Err(e),
-                };
-                let mut m = self.readers();
-                if m.len() >= READER_CACHE {
-                    m.clear();
-                }
-                m.insert(ino, o.clone());
-                o
-            }
+            None => match self.store.open_object_raw(&r.rec.share, &r.rec.path) {
+                Ok(o) => o,
+                Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
+                Err(e) => return Err(e),
+            },
         };
+        if !self.is_staged(ino) {
+            let mut m = self.readers();
+            if m.len() >= READER_CACHE && !m.contains_key(&ino) {
+                m.clear();
+            }
+            let c = CachedReader {
+                commits,
+                attr: attr.clone(),
+                obj: obj.clone(),
+            };
+            m.insert(ino, c);
+        }
         Ok((obj, attr))
     }
 
@@ -2084,6 +2105,50 @@ mod tests {
             [".", ".."]
         );
         assert_eq!(fs.store().fsck().expect("fsck").bad_refcounts, 0);
+    }
+
+    #[test]
+    fn cached_readers_follow_every_change() {
+        let (_d, fs) = fs();
+        let root = fs.share_root("default").expect("root").ino;
+        let f = fs
+            .create(root, "c", CreateMode::Unchecked, &SetAttrs::default())
+            .expect("create");
+        fs.write(f.ino, &[(0, b"first version")]).expect("write");
+        let (got, _, a) = fs.read_with_attr(f.ino, 0, 100).expect("read");
+        assert_eq!(got, b"first version");
+        // Replaced over S3: the next read sees the new bytes and size.
+        let mut w = fs
+            .store()
+            .begin_put("default", "c", crate::ObjectMeta::default())
+            .expect("put");
+        w.write_all(&[7u8; 150]).expect("body");
+        w.commit().expect("commit");
+        let (got, _, b) = fs.read_with_attr(f.ino, 0, 1000).expect("read");
+        assert_eq!(got, vec![7u8; 150]);
+        assert_eq!(b.size, 150);
+        // A chmod shows in the attributes a READ returns.
+        fs.setattr(
+            f.ino,
+            &SetAttrs {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .expect("chmod");
+        let (_, _, c) = fs.read_with_attr(f.ino, 0, 10).expect("read");
+        assert_eq!(c.mode, 0o600);
+        assert_ne!(a.mode, 0o600);
+        // A staged (unstable) write shows before it is committed.
+        fs.stage(f.ino, 0, b"ZZ").expect("stage");
+        let (got, _, _) = fs.read_with_attr(f.ino, 0, 4).expect("read");
+        assert_eq!(got, b"ZZ\x07\x07");
+        // Removed: the handle is stale, not served from the cache.
+        fs.remove(root, "c").expect("remove");
+        assert!(matches!(
+            fs.read_with_attr(f.ino, 0, 4),
+            Err(StorageError::Stale)
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! state in which no reference can appear behind its back.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -157,6 +157,9 @@ struct Inner {
     wal: Arc<Mutex<Wal>>,
     /// Jobs sent to the committer and not yet taken into a batch.
     queued: Arc<AtomicUsize>,
+    /// Bumped after every commit that may have changed something (lets caches revalidate
+    /// without a read transaction).
+    commits: Arc<AtomicU64>,
     committer: Option<JoinHandle<()>>,
     stop_reclaim: Option<Sender<()>>,
     reclaimer: Option<JoinHandle<()>>,
@@ -281,15 +284,27 @@ fn commit_batch(
     Ok(())
 }
 
-fn committer(
+/// What the committer thread shares with the store.
+struct CommitterCtx {
     db: Arc<Database>,
-    rx: Receiver<Job>,
     freed_q: Arc<Mutex<Vec<ChunkId>>>,
     stats: Arc<Mutex<CommitStats>>,
     wal: Arc<Mutex<Wal>>,
     queued: Arc<AtomicUsize>,
     held: Arc<AtomicUsize>,
-) {
+    commits: Arc<AtomicU64>,
+}
+
+fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
+    let CommitterCtx {
+        db,
+        freed_q,
+        stats,
+        wal,
+        queued,
+        held,
+        commits,
+    } = ctx;
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
         {
@@ -369,6 +384,7 @@ fn committer(
         drop(wal);
         match result {
             Ok(()) => {
+                commits.fetch_add(1, Ordering::Release);
                 lock(&freed_q).extend(freed);
                 {
                     let mut st = lock(&stats);
@@ -559,14 +575,27 @@ impl Store {
         let commit_stats = Arc::new(Mutex::new(CommitStats::default()));
         let wal = Arc::new(Mutex::new(wal));
         let queued = Arc::new(AtomicUsize::new(0));
+        let commits = Arc::new(AtomicU64::new(0));
         let committer = {
             let db = db.clone();
             let freed = freed.clone();
             let stats = commit_stats.clone();
             let (wal, queued, held) = (wal.clone(), queued.clone(), held.clone());
+            let commits = commits.clone();
             std::thread::Builder::new()
                 .name("tm-storage-commit".into())
-                .spawn(move || committer(db, rx, freed, stats, wal, queued, held))?
+                .spawn(move || {
+                    let ctx = CommitterCtx {
+                        db,
+                        freed_q: freed,
+                        stats,
+                        wal,
+                        queued,
+                        held,
+                        commits,
+                    };
+                    committer(rx, ctx)
+                })?
         };
         let (stop_reclaim, stop_rx) = mpsc::channel();
         let reclaimer = {
@@ -586,6 +615,7 @@ impl Store {
                 jobs: Some(jobs),
                 wal,
                 queued,
+                commits,
                 committer: Some(committer),
                 stop_reclaim: Some(stop_reclaim),
                 reclaimer: Some(reclaimer),
@@ -594,6 +624,11 @@ impl Store {
         };
         store.gc()?;
         Ok(store)
+    }
+
+    /// Number of commits so far: unchanged means the metadata did not change.
+    pub(crate) fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Acquire)
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -675,7 +710,9 @@ impl Store {
                 return Err(e);
             }
         };
-        commit_batch(&self.inner.db, wtx, &mut wal, &redo, false).map_err(StorageError::Db)?;
+        let r = commit_batch(&self.inner.db, wtx, &mut wal, &redo, false);
+        self.inner.commits.fetch_add(1, Ordering::Release);
+        r.map_err(StorageError::Db)?;
         drop(wal);
         lock(&self.inner.freed).extend(freed);
         let mut st = lock(&self.inner.commit_stats);

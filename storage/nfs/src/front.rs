@@ -379,6 +379,14 @@ fn reply_result(rec: &[u8]) -> Option<usize> {
 }
 
 impl Front {
+    /// Whether the client already sent more (a pipelining client): its slow calls are then
+    /// spawned so that the following ones are read meanwhile.
+    fn more_waiting(r: &tokio::net::tcp::OwnedReadHalf) -> bool {
+        let mut b = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        matches!(rustix::net::recv(r.as_ref(), &mut b, flags), Ok((n, _)) if n > 0)
+    }
+
     /// Serve one client connection until it closes.
     pub(crate) async fn connection(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
@@ -437,7 +445,10 @@ impl Front {
                 // arrival order (overlapping writes must land in order; appending to the
                 // buffer is quick, and a full buffer applies back-pressure to this client), as
                 // do GETATTR and LOOKUP (quick); READ, CREATE and COMMIT run concurrently.
-                if fast::ordered(&call) {
+                if fast::ordered(&call) || !Self::more_waiting(&cr) {
+                    // Also READ, CREATE and COMMIT when the client has sent nothing else: a
+                    // spawned task would cost a thread wake-up per call on an idle machine,
+                    // and there is nothing to overlap it with.
                     let reply = fast::serve(&self, &call, &rec, sendfile).await;
                     if send_reply(&cw, reply, peer).await.is_err() {
                         break;
