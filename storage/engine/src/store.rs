@@ -518,7 +518,7 @@ impl Store {
             .open(cfg.data_dir.join("meta.redb"))?;
         file.try_lock().map_err(|_| {
             StorageError::Db(format!(
-                "{} is open in another process",
+                "{} is already open (another store on the same data directory); stop it first",
                 cfg.data_dir.join("meta.redb").display()
             ))
         })?;

@@ -718,3 +718,20 @@ fn small_objects_are_inline_and_refcounted() {
     assert_eq!(&buf, &data(8, tm_storage::INLINE_MAX)[5..15]);
     assert_healthy(&s);
 }
+
+#[test]
+fn second_open_of_a_data_dir_is_refused_and_data_survives_reopen() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = open_cfg(d.path(), 1 << 20, None);
+    s.create_bucket("keep").expect("bucket");
+    let err = tm_storage::Store::open(tm_storage::StoreConfig::new(d.path()))
+        .expect_err("second open of the same data dir");
+    assert!(err.to_string().contains("already open"), "{err}");
+    drop(s);
+    let s = open_cfg(d.path(), 1 << 20, None);
+    assert!(s
+        .list_buckets()
+        .expect("list")
+        .iter()
+        .any(|b| b.name == "keep"));
+}
