@@ -15,20 +15,6 @@ use tm_storage::{ChunkStore, FsChunkStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const MIB: usize = 1 << 20;
-
-fn pattern(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A server whose READ replies go out by `mode`.
 async fn start_mode(dir: &std::path::Path, mode: ReadSend) -> Srv {
     let store = open_store(dir, |_| {}).await;

@@ -18,6 +18,21 @@ use tokio::task::JoinHandle;
 
 pub type Conn = Nfs3Connection<TokioIo<TcpStream>>;
 
+pub const MIB: usize = 1 << 20;
+
+/// Deterministic pseudo-random bytes (xorshift), distinct per `seed`.
+pub fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub struct Srv {
     pub dir: PathBuf,
     pub addr: SocketAddr,
