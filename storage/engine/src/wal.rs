@@ -24,7 +24,6 @@ use std::io::{ErrorKind, Write};
 use std::ops::{Deref, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use redb::{
@@ -258,34 +257,9 @@ fn checksum(lsn: u64, payload: &[u8]) -> [u8; 16] {
     out
 }
 
-/// Runs `fdatasync` of the log on its own thread, so the committer can commit the redb
-/// transaction meanwhile.
-struct Syncer {
-    go: Sender<()>,
-    done: Receiver<std::io::Result<()>>,
-}
-
-impl Syncer {
-    fn spawn(file: File) -> std::io::Result<Syncer> {
-        let (go, go_rx) = mpsc::channel::<()>();
-        let (done_tx, done) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("tm-storage-wal".into())
-            .spawn(move || {
-                while go_rx.recv().is_ok() {
-                    if done_tx.send(file.sync_data()).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Syncer { go, done })
-    }
-}
-
 /// The log file and where the next record goes.
 pub(crate) struct Wal {
     file: File,
-    syncer: Syncer,
     tail: u64,
     /// Sequence number of the last record written (or included in the database).
     last: u64,
@@ -334,10 +308,8 @@ impl Wal {
             }
             at += HEADER + len;
         }
-        let syncer = Syncer::spawn(file.try_clone()?)?;
         let wal = Wal {
             file,
-            syncer,
             tail: 0,
             last: expect - 1,
             oldest: None,
@@ -359,26 +331,12 @@ impl Wal {
     #[cfg(test)]
     pub(crate) fn append(&mut self, payload: &[u8]) -> std::io::Result<u64> {
         let lsn = self.write(payload)?;
-        self.start_sync();
-        self.wait_sync()?;
+        self.sync()?;
         Ok(lsn)
     }
 
-    /// Start syncing what [`Wal::write`] wrote; [`Wal::wait_sync`] waits for it.
-    pub(crate) fn start_sync(&self) {
-        let _ = self.syncer.go.send(());
-    }
-
-    /// Wait for the sync started by [`Wal::start_sync`].
-    pub(crate) fn wait_sync(&self) -> std::io::Result<()> {
-        self.syncer
-            .done
-            .recv()
-            .unwrap_or_else(|_| Err(std::io::Error::other("write-ahead log sync thread stopped")))
-    }
-
-    /// Sync what [`Wal::write`] wrote, on this thread.
-    pub(crate) fn sync_now(&self) -> std::io::Result<()> {
+    /// Sync what [`Wal::write`] wrote.
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
 
