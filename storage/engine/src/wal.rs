@@ -282,31 +282,34 @@ impl Wal {
             std::fs::remove_file(path)?;
             return Wal::open(path, applied);
         }
-        let mut buf = vec![0u8; LOG_SIZE as usize];
-        file.read_exact_at(&mut buf, 0)?;
+        // Read record by record: a clean log (the usual case after a shutdown) costs one
+        // header read, not the whole file.
         let mut out = Vec::new();
         let mut expect = applied + 1;
-        let mut at = 0usize;
-        while at + HEADER <= buf.len() {
-            let h = &buf[at..at + HEADER];
+        let mut at = 0u64;
+        let mut h = [0u8; HEADER];
+        while at + HEADER as u64 <= LOG_SIZE {
+            file.read_exact_at(&mut h, at)?;
             if u32::from_le_bytes(h[0..4].try_into().expect("4")) != MAGIC {
                 break;
             }
             let lsn = u64::from_le_bytes(h[4..12].try_into().expect("8"));
-            let len = u32::from_le_bytes(h[12..16].try_into().expect("4")) as usize;
-            let Some(payload) = buf.get(at + HEADER..at + HEADER + len) else {
+            let len = u32::from_le_bytes(h[12..16].try_into().expect("4")) as u64;
+            if len > RECORD_MAX as u64 || at + HEADER as u64 + len > LOG_SIZE {
                 break;
-            };
-            if h[16..32] != checksum(lsn, payload) {
+            }
+            let mut payload = vec![0u8; len as usize];
+            file.read_exact_at(&mut payload, at + HEADER as u64)?;
+            if h[16..32] != checksum(lsn, &payload) {
                 break;
             }
             if lsn == expect {
-                out.push(payload.to_vec());
+                out.push(payload);
                 expect += 1;
             } else if lsn > applied {
                 break; // a gap: nothing after it belongs to this run
             }
-            at += HEADER + len;
+            at += HEADER as u64 + len;
         }
         let wal = Wal {
             file,
