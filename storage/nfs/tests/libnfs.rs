@@ -41,10 +41,11 @@ async fn run(args: Vec<String>) -> (bool, Vec<u8>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nfs_cp_cat_ls_against_the_store() {
-    if !have_tools() {
-        eprintln!("SKIP: libnfs-utils (nfs-cp, nfs-cat, nfs-ls) not installed");
-        return;
-    }
+    assert!(
+        have_tools(),
+        "libnfs-utils (nfs-cp, nfs-cat, nfs-ls) missing: run scripts/install-test-deps.sh \
+         (the README's test command does)"
+    );
     let d = tempfile::tempdir().expect("tmp");
     let srv = start(d.path()).await;
     // nfs-cp a local file in: the object has the same bytes
