@@ -2,7 +2,7 @@
 # NFSv3 shares end to end over a real network, with libnfs-utils (nfs-cp, nfs-cat, nfs-ls) as
 # the client nobody here wrote:
 #   - the server (tm-nfs-server over an object-store directory; the node serves the same code
-#     once its `nfs:` config is wired) runs in namespace srv on a LAN and trusts loopback plus
+#     with its `nfs:` config, see s3-daemon.sh and mesh.sh) runs in namespace srv on a LAN and trusts loopback plus
 #     192.0.2.2/32, standing in for the mesh CIDR (where cryptokey routing authenticates sources);
 #   - from namespace in (192.0.2.2): copy a 5 MiB file in, read it back byte for byte, list it;
 #   - from namespace out (192.0.2.3, outside the "mesh"): the mount is refused, nothing is read;

@@ -8,17 +8,25 @@
 #     usage unchanged to the byte; one that fits still works
 #   - writes/deletes in the reserved bucket `_tunnelmesh` get AccessDenied
 #   - delete refuses a non-empty bucket, works once it is empty
+#   - `tunnelmesh share create/list/delete` with --quota and --read-only, checked through the
+#     node's NFS server (`nfs: {listen: 127.0.0.1:2049}`) with libnfs-utils: a read-only share
+#     refuses nfs-cp, a quota share refuses a file that does not fit and stores nothing, one
+#     that fits reads back identical over NFS and over S3; a deleted share is no longer listed
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 tm_init s3-daemon 180
 
 command -v aws >/dev/null || fail "awscli missing (run scripts/install-test-deps.sh)"
+for t in nfs-cp nfs-cat; do
+    command -v "$t" >/dev/null || fail "$t missing (libnfs-utils; run scripts/install-test-deps.sh)"
+done
 PORT=${TM_S3_PORT:-9000}
 BUCKET=e2e-artifacts
 
 ns_create a
 node_new a tm 1
-NODE_EXTRA[a]="s3: {listen: 127.0.0.1:$PORT, max_size: 1GB}"
+NODE_EXTRA[a]="s3: {listen: 127.0.0.1:$PORT, max_size: 1GB}
+nfs: {listen: 127.0.0.1:2049}"
 node_up a
 wait_for 10 "S3 listener on 127.0.0.1:$PORT" \
     ns_exec a sh -c "ss -Hltn 'sport = :$PORT' | grep -q ." || fail "S3 endpoint not listening"
@@ -118,6 +126,38 @@ run_step "tunnelmesh bucket delete $BUCKET" tmb delete "$BUCKET"
 list=$(tmb list --json) || fail "tunnelmesh bucket list --json"
 assert_eq "$(json_get "[b['name'] for b in d if b['name'] == '$BUCKET']" <<<"$list")" "[]" \
     "$BUCKET gone from bucket list"
+
+# --- NFS shares through the CLI
+tms() { TUNNELMESH_SOCKET=$(node_sock a) timeout 10 "$TM_BIN" share "$@"; }
+nfsurl() { printf 'nfs://127.0.0.1/shares/%s%s?version=3&nfsport=2049&mountport=2049' "$1" "$2"; }
+wait_for 10 "NFS listener on 127.0.0.1:2049" \
+    ns_exec a sh -c "ss -Hltn 'sport = :2049' | grep -q ." || fail "NFS endpoint not listening"
+run_step "tunnelmesh share create media --read-only" tms create media --read-only
+run_step "tunnelmesh share create small --quota 100KB" tms create small --quota 100KB
+shares=$(tms list --json) || fail "tunnelmesh share list --json"
+assert_eq "$(json_get "sorted((x['name'], x['export'], x['read_only'], x['quota_bytes']) for x in d if x['name'] in ('media', 'small'))" <<<"$shares")" \
+    '[["media", "/shares/media", true, null], ["small", "/shares/small", false, 100000]]' "share list"
+head -c 50000 /dev/urandom >"$TM_TMP/fits"
+head -c 200000 /dev/urandom >"$TM_TMP/toobig"
+if ns_exec a nfs-cp "$TM_TMP/fits" "$(nfsurl media /f.bin)" >"$TM_TMP/ro.out" 2>&1; then
+    fail "nfs-cp into the read-only share succeeded"
+fi
+log "ok: read-only share refused nfs-cp: $(head -c 200 "$TM_TMP/ro.out" | tr '\n' ' ')"
+if ns_exec a nfs-cp "$TM_TMP/toobig" "$(nfsurl small /big.bin)" >"$TM_TMP/q.out" 2>&1; then
+    fail "nfs-cp of 200 KB into a 100 KB share succeeded"
+fi
+log "ok: over-quota nfs-cp refused: $(head -c 200 "$TM_TMP/q.out" | tr '\n' ' ')"
+assert_eq "$(usage_of small 'd["used_bytes"]')" 0 "bytes stored by the refused write"
+run_step "nfs-cp 50 KB into the quota share" ns_exec a nfs-cp "$TM_TMP/fits" "$(nfsurl small /fits.bin)"
+ns_exec a nfs-cat "$(nfsurl small /fits.bin)" >"$TM_TMP/fits.nfs" || fail "nfs-cat fits.bin"
+cmp -s "$TM_TMP/fits" "$TM_TMP/fits.nfs" || fail "nfs-cat returned different bytes"
+s3 s3 cp --only-show-errors s3://small/fits.bin "$TM_TMP/fits.s3" || fail "aws s3 cp of the NFS file"
+cmp -s "$TM_TMP/fits" "$TM_TMP/fits.s3" || fail "the NFS file differs over S3"
+log "ok: file written over NFS is the same object over S3"
+run_step "tunnelmesh share delete media" tms delete media
+shares=$(tms list --json) || fail "tunnelmesh share list --json"
+assert_eq "$(json_get "[x['name'] for x in d if x['name'] == 'media']" <<<"$shares")" "[]" \
+    "media gone from share list"
 
 node_down a
 pass

@@ -134,7 +134,6 @@ impl Storage {
     /// `mesh_cidrs` (cryptokey-routed) may mount; others get `MNT3ERR_ACCES`. NFS and S3 serve
     /// the same `Store` (one process): UNSTABLE NFS writes are staged in that store, which
     /// applies them before any S3 read of the object, so S3 sees every acknowledged write.
-    #[allow(dead_code)] // called from node.rs once the `nfs:` config is wired
     pub async fn serve_nfs(
         &self,
         addr: std::net::SocketAddr,
