@@ -28,8 +28,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::wal::{TableW, Tx};
-use redb::{ReadableTable, TableDefinition};
+use crate::mem::ReadTable;
+use crate::mem::{TableW, Tx};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
@@ -64,6 +65,7 @@ const DIR_SIZE: u64 = 4096;
 
 /// Create the file-system tables and the store generation (called from `Store::open_with`).
 pub(crate) fn create_tables(wtx: &redb::WriteTransaction) -> Result<(), StorageError> {
+    use redb::ReadableTable as _;
     wtx.open_table(FS_INODES)?;
     wtx.open_table(FS_PATHS)?;
     wtx.open_table(SHARES)?;
@@ -277,7 +279,7 @@ fn check_path(share: &str, path: &str) -> Result<(), StorageError> {
 }
 
 fn get_inode(
-    t: &impl ReadableTable<u64, &'static [u8]>,
+    t: &impl ReadTable<u64, &'static [u8]>,
     ino: u64,
 ) -> Result<Option<InodeRec>, StorageError> {
     match t.get(ino)? {
@@ -297,7 +299,7 @@ fn put_inode(
 
 /// What exists at `share/path`.
 fn probe(
-    objects: &impl ReadableTable<&'static str, &'static [u8]>,
+    objects: &impl ReadTable<&'static str, &'static [u8]>,
     share: &str,
     path: &str,
 ) -> Result<Option<Node>, StorageError> {
@@ -375,7 +377,7 @@ fn attr_of(ino: u64, rec: &InodeRec, node: &Node) -> FileAttr {
 }
 
 /// Allocate (or find) the inode of `share/path`; `rec` is used when a new one is made.
-fn alloc_ino(wtx: &Tx<'_>, rec: InodeRec) -> Result<u64, StorageError> {
+fn alloc_ino(wtx: &Tx, rec: InodeRec) -> Result<u64, StorageError> {
     let mut paths = wtx.open_table(FS_PATHS)?;
     let pk = obj_key(&rec.share, &rec.path);
     if let Some(v) = paths.get(pk.as_str())? {
@@ -393,13 +395,13 @@ fn alloc_ino(wtx: &Tx<'_>, rec: InodeRec) -> Result<u64, StorageError> {
 }
 
 /// Replace the inode of `share/path` by a fresh one with `rec` (old one becomes a tombstone).
-fn new_ino(wtx: &Tx<'_>, rec: InodeRec) -> Result<u64, StorageError> {
+fn new_ino(wtx: &Tx, rec: InodeRec) -> Result<u64, StorageError> {
     tombstone(wtx, &rec.share, &rec.path)?;
     alloc_ino(wtx, rec)
 }
 
 /// Mark the inode at `share/path` (if any) removed and forget the path.
-fn tombstone(wtx: &Tx<'_>, share: &str, path: &str) -> Result<(), StorageError> {
+fn tombstone(wtx: &Tx, share: &str, path: &str) -> Result<(), StorageError> {
     let mut paths = wtx.open_table(FS_PATHS)?;
     let pk = obj_key(share, path);
     let ino = paths.remove(pk.as_str())?.map(|v| v.value());
@@ -415,7 +417,7 @@ fn tombstone(wtx: &Tx<'_>, share: &str, path: &str) -> Result<(), StorageError> 
 }
 
 /// Set mtime/ctime of the directory `share/path` to now (if it has an inode).
-fn touch_dir(wtx: &Tx<'_>, share: &str, path: &str) -> Result<(), StorageError> {
+fn touch_dir(wtx: &Tx, share: &str, path: &str) -> Result<(), StorageError> {
     let ino = wtx
         .open_table(FS_PATHS)?
         .get(obj_key(share, path).as_str())?
@@ -434,7 +436,7 @@ fn touch_dir(wtx: &Tx<'_>, share: &str, path: &str) -> Result<(), StorageError> 
 
 /// Make sure the directory `share/dir` keeps existing once it may have no entries (marker).
 fn ensure_marker(
-    wtx: &Tx<'_>,
+    wtx: &Tx,
     freed: &mut Vec<ChunkId>,
     max_size: Option<u64>,
     share: &str,
@@ -466,7 +468,7 @@ enum Created {
 /// CREATE inside one transaction: checks (directory, read-only share, name, mode) before any
 /// change, then the empty object, its inode and the directory's times.
 fn create_in(
-    wtx: &Tx<'_>,
+    wtx: &Tx,
     freed: &mut Vec<ChunkId>,
     max_size: Option<u64>,
     dir: u64,
@@ -545,7 +547,7 @@ fn empty_rec() -> ObjRec {
 /// Move one object's record and manifest from `src` to `dst` (replacing `dst`); usage and chunk
 /// references do not change except for the replaced object.
 fn move_object(
-    wtx: &Tx<'_>,
+    wtx: &Tx,
     freed: &mut Vec<ChunkId>,
     share: &str,
     src: &str,
@@ -623,7 +625,7 @@ struct Resolved {
 impl FileSystem {
     /// The file-system view of `store`.
     pub fn new(store: Store) -> Result<FileSystem, StorageError> {
-        let rtx = store.db().begin_read()?;
+        let rtx = store.view()?;
         let generation = rtx
             .open_table(FS_META)?
             .get("generation")?
@@ -658,7 +660,7 @@ impl FileSystem {
     /// Root directory of a share (allocating its inode on first use).
     pub fn share_root(&self, share: &str) -> Result<FileAttr, StorageError> {
         {
-            let rtx = self.store.db().begin_read()?;
+            let rtx = self.store.view()?;
             if rtx.open_table(SHARES)?.get(share)?.is_none() {
                 return Err(StorageError::NoSuchShare);
             }
@@ -668,7 +670,7 @@ impl FileSystem {
 
     /// Share name and read-only flag of an inode.
     pub fn share_of(&self, ino: u64) -> Result<(String, bool), StorageError> {
-        let rtx = self.store.db().begin_read()?;
+        let rtx = self.store.view()?;
         let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
         let s: ShareRec =
             get_json(&rtx.open_table(SHARES)?, &rec.share)?.ok_or(StorageError::Stale)?;
@@ -692,7 +694,7 @@ impl FileSystem {
     }
 
     fn resolve(&self, ino: u64) -> Result<Resolved, StorageError> {
-        let rtx = self.store.db().begin_read()?;
+        let rtx = self.store.view()?;
         let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
         if rec.removed {
             return Err(StorageError::Stale);
@@ -727,7 +729,7 @@ impl FileSystem {
         alloc: bool,
     ) -> Result<Option<FileAttr>, StorageError> {
         for _ in 0..EDIT_RETRIES {
-            let rtx = self.store.db().begin_read()?;
+            let rtx = self.store.view()?;
             let node =
                 probe(&rtx.open_table(OBJECTS)?, share, path)?.ok_or(StorageError::NoSuchKey)?;
             let ino = rtx
@@ -1790,7 +1792,7 @@ impl FileSystem {
         let mut last: Option<String> = None;
         let mut start: Bound<String> = Bound::Included(prefix.clone());
         if cookie > COOKIE_DOTDOT {
-            let rtx = self.store.db().begin_read()?;
+            let rtx = self.store.view()?;
             let r =
                 get_inode(&rtx.open_table(FS_INODES)?, cookie)?.ok_or(StorageError::BadCookie)?;
             if r.share != share {
@@ -1805,7 +1807,7 @@ impl FileSystem {
         let mut eof = true;
         let want = max.saturating_sub(out.len()).max(1);
         {
-            let rtx = self.store.db().begin_read()?;
+            let rtx = self.store.view()?;
             let objects = rtx.open_table(OBJECTS)?;
             'scan: loop {
                 let range = objects.range::<&str>((
@@ -1858,7 +1860,7 @@ impl FileSystem {
         let dir_path = d.rec.path.clone();
         let mut inos: Vec<Option<(u64, InodeRec)>> = Vec::with_capacity(found.len());
         {
-            let rtx = self.store.db().begin_read()?;
+            let rtx = self.store.view()?;
             let paths = rtx.open_table(FS_PATHS)?;
             let inodes = rtx.open_table(FS_INODES)?;
             for (name, _) in &found {
@@ -1906,7 +1908,7 @@ impl FileSystem {
     /// Space and object figures of the share holding `ino`.
     pub fn fsstat(&self, ino: u64) -> Result<FsStat, StorageError> {
         let (share, _) = self.share_of(ino)?;
-        let rtx = self.store.db().begin_read()?;
+        let rtx = self.store.view()?;
         let b: BucketRec =
             get_json(&rtx.open_table(BUCKETS)?, &share)?.ok_or(StorageError::NoSuchBucket)?;
         let total_used = rtx
@@ -1942,7 +1944,7 @@ impl FileSystem {
 
     /// `write_check` without the staged-write overlay, plus the object key of the file.
     fn check_write(&self, ino: u64) -> Result<(FileAttr, Option<u64>, String), StorageError> {
-        let rtx = self.store.db().begin_read()?;
+        let rtx = self.store.view()?;
         let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
         if rec.removed {
             return Err(StorageError::Stale);
@@ -1988,7 +1990,7 @@ impl FileSystem {
     pub fn room(&self, ino: u64) -> Result<Option<u64>, StorageError> {
         let st = self.fsstat(ino)?;
         let (share, _) = self.share_of(ino)?;
-        let rtx = self.store.db().begin_read()?;
+        let rtx = self.store.view()?;
         let b: BucketRec =
             get_json(&rtx.open_table(BUCKETS)?, &share)?.ok_or(StorageError::NoSuchBucket)?;
         if b.quota.is_none() && self.store.max_size().is_none() {

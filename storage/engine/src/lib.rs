@@ -37,6 +37,7 @@ mod chunk;
 mod dbfile;
 mod error;
 pub mod fs;
+mod mem;
 mod meta;
 mod reader;
 #[cfg(feature = "remote")]

@@ -10,8 +10,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::wal::{TableW, Tx};
-use redb::{ReadableTable, TableDefinition};
+use crate::mem::ReadTable;
+use crate::mem::{TableW, Tx};
+use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +155,7 @@ pub(crate) fn part_key(upload_id: &str, number: u32) -> String {
 pub(crate) fn get_json<T, Tb>(t: &Tb, k: &str) -> Result<Option<T>, StorageError>
 where
     T: DeserializeOwned,
-    Tb: ReadableTable<&'static str, &'static [u8]>,
+    Tb: ReadTable<&'static str, &'static [u8]>,
 {
     match t.get(k)? {
         Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
@@ -174,7 +175,7 @@ pub(crate) fn put_json<T: Serialize>(
 
 pub(crate) fn get_manifest<Tb>(t: &Tb, k: &str) -> Result<Vec<ChunkRef>, StorageError>
 where
-    Tb: ReadableTable<&'static str, &'static [u8]>,
+    Tb: ReadTable<&'static str, &'static [u8]>,
 {
     match t.get(k)? {
         Some(v) => decode_manifest(v.value()),
@@ -183,7 +184,7 @@ where
 }
 
 /// Increment the reference count of every chunk in `m`.
-pub(crate) fn add_refs(wtx: &Tx<'_>, m: &[ChunkRef]) -> Result<(), StorageError> {
+pub(crate) fn add_refs(wtx: &Tx, m: &[ChunkRef]) -> Result<(), StorageError> {
     let mut refs = wtx.open_table(REFS)?;
     for c in m {
         let n = refs.get(c.id.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
@@ -194,7 +195,7 @@ pub(crate) fn add_refs(wtx: &Tx<'_>, m: &[ChunkRef]) -> Result<(), StorageError>
 
 /// Decrement reference counts; chunks reaching zero are pushed to `freed`.
 pub(crate) fn drop_refs(
-    wtx: &Tx<'_>,
+    wtx: &Tx,
     m: &[ChunkRef],
     freed: &mut Vec<ChunkId>,
 ) -> Result<(), StorageError> {
@@ -213,10 +214,7 @@ pub(crate) fn drop_refs(
     Ok(())
 }
 
-pub(crate) fn stat(
-    t: &impl ReadableTable<&'static str, u64>,
-    k: &str,
-) -> Result<u64, StorageError> {
+pub(crate) fn stat(t: &impl ReadTable<&'static str, u64>, k: &str) -> Result<u64, StorageError> {
     Ok(t.get(k)?.map(|v| v.value()).unwrap_or(0))
 }
 
@@ -225,7 +223,7 @@ pub(crate) fn stat(
 /// the first mutation, so a refusal leaves the transaction untouched.
 #[allow(clippy::too_many_arguments)] // one call per kind of write; a struct would only rename them
 pub(crate) fn install_object(
-    wtx: &Tx<'_>,
+    wtx: &Tx,
     freed: &mut Vec<ChunkId>,
     max_size: Option<u64>,
     bucket: &str,
@@ -281,7 +279,7 @@ pub(crate) fn install_object(
 
 /// Remove `bucket/key` if present; returns whether it existed.
 pub(crate) fn remove_object(
-    wtx: &Tx<'_>,
+    wtx: &Tx,
     freed: &mut Vec<ChunkId>,
     bucket: &str,
     key: &str,
@@ -311,7 +309,7 @@ pub(crate) fn remove_object(
 
 /// Remove every part of an upload and the upload record itself.
 pub(crate) fn remove_upload(
-    wtx: &Tx<'_>,
+    wtx: &Tx,
     freed: &mut Vec<ChunkId>,
     upload_id: &str,
 ) -> Result<(), StorageError> {

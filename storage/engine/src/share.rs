@@ -7,7 +7,8 @@
 
 use std::time::SystemTime;
 
-use redb::{ReadableTable, TableDefinition};
+use crate::mem::ReadTable;
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{from_nanos, get_json, now_nanos, put_json, BucketRec, BUCKETS};
@@ -118,7 +119,7 @@ impl Store {
 
     /// One share with its bucket's quota and usage.
     pub fn share(&self, name: &str) -> Result<ShareInfo, StorageError> {
-        let rtx = self.db().begin_read()?;
+        let rtx = self.view()?;
         let r: ShareRec =
             get_json(&rtx.open_table(SHARES)?, name)?.ok_or(StorageError::NoSuchShare)?;
         let b: BucketRec =
@@ -128,7 +129,7 @@ impl Store {
 
     /// All shares, by name.
     pub fn list_shares(&self) -> Result<Vec<ShareInfo>, StorageError> {
-        let rtx = self.db().begin_read()?;
+        let rtx = self.view()?;
         let shares = rtx.open_table(SHARES)?;
         let buckets = rtx.open_table(BUCKETS)?;
         let mut out = Vec::new();

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::wal::{Tx, Wal, CHECKPOINT_AFTER, WAL_META};
+use crate::mem::{Mem, ReadTable, Tx, View};
+use crate::wal::{Wal, CHECKPOINT_AFTER, WAL_META};
 use md5::{Digest, Md5};
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, ReadableTable as _};
 
 use crate::chunk::{hex, nibble, ChunkId, ChunkStore, FsChunkStore};
 use crate::meta::*;
@@ -33,11 +34,6 @@ use crate::{
     MAX_PART_NUMBER, MIN_PART_SIZE, SYSTEM_BUCKET,
 };
 
-/// Checkpoint once this many bytes of redb pages wait in memory (`dbfile.rs`). Every held
-/// page is written at the checkpoint, which blocks commits meanwhile: small bounds the stall
-/// (measured: 4 MiB 7 ms, 32 MiB 50 ms), and the total written is the same. With 1 MiB the S3
-/// put-small p99 is 6.7 ms (32 MiB: 78 ms).
-const HELD_MAX: usize = 1 << 20;
 /// Most jobs folded into one metadata transaction.
 const MAX_BATCH: usize = 512;
 /// Retries of a read-modify-write (`write_at`/`truncate`) that lost a race.
@@ -133,7 +129,7 @@ impl Pins {
 
 type CredCache = (u64, HashMap<String, (String, String)>);
 type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
-type RunFn = Box<dyn FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Step + Send>;
+type RunFn = Box<dyn FnOnce(&Tx, &mut Vec<ChunkId>) -> Step + Send>;
 
 enum Step {
     /// The job ran (or refused without mutating); tell it the commit result.
@@ -148,7 +144,8 @@ struct Job {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    /// redb and the in-memory layer of commits not yet checkpointed into it (`mem.rs`).
+    mem: Arc<Mem>,
     shared: Arc<Shared>,
     max_size: Option<u64>,
     freed: Arc<Mutex<Vec<ChunkId>>>,
@@ -160,8 +157,6 @@ struct Inner {
     wal: Arc<Mutex<Wal>>,
     /// Jobs sent to the committer and not yet taken into a batch.
     queued: Arc<AtomicUsize>,
-    /// Bytes of redb pages held in memory (`dbfile.rs`).
-    held: Arc<AtomicUsize>,
     /// Bumped after every commit that may have changed something (lets caches revalidate
     /// without a read transaction).
     commits: Arc<AtomicU64>,
@@ -216,9 +211,7 @@ fn open_wal(db: &Database, path: &std::path::Path) -> Result<Wal, StorageError> 
     let (mut wal, records) = Wal::open(path, applied)?;
     if !records.is_empty() {
         let wtx = db.begin_write()?;
-        for r in &records {
-            crate::wal::replay(&wtx, r)?;
-        }
+        crate::wal::replay(&wtx, &records)?;
         wtx.open_table(WAL_META)?.insert("lsn", wal.last())?;
         wtx.commit()?;
     }
@@ -226,12 +219,28 @@ fn open_wal(db: &Database, path: &std::path::Path) -> Result<Wal, StorageError> 
     Ok(wal)
 }
 
-/// A durable redb commit of everything so far (including the `Durability::None` commits the
-/// log covers); the log then starts again. On failure the log keeps its records.
-fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), String> {
-    let wtx = db.begin_write().map_err(|e| e.to_string())?;
+/// Apply the in-memory layer (and `extra`, a batch too large for the log) to redb in one
+/// durable commit, then start an empty layer and the log again. On failure the log keeps its
+/// records and the layer its versions.
+fn checkpoint(mem: &Mem, wal: &mut Wal, extra: Option<&crate::mem::Local>) -> Result<(), String> {
+    let layer = mem.layer();
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let wtx = mem.db().begin_write().map_err(|x| e(&x))?;
+    crate::wal::apply(&wtx, &layer.latest()).map_err(|x| e(&x))?;
+    if let Some(x) = extra {
+        crate::wal::apply(&wtx, x).map_err(|x| e(&x))?;
+    }
     set_lsn(&wtx, wal.last())?;
-    wtx.commit().map_err(|e| e.to_string())?;
+    if extra.is_some() {
+        // The base gets a commit the layer does not show: no reader may pair the two.
+        let mut g = mem.exclusive();
+        wtx.commit().map_err(|x| e(&x))?;
+        Mem::swap_locked(&mut g, wal.last());
+    } else {
+        // Until the swap, readers pair the new base with a layer it already includes.
+        wtx.commit().map_err(|x| e(&x))?;
+        mem.swap(wal.last());
+    }
     wal.reset();
     Ok(())
 }
@@ -242,63 +251,48 @@ fn set_lsn(wtx: &redb::WriteTransaction, lsn: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Make a batch durable: its redo record written to the log and synced, then the redb
-/// transaction committed with `Durability::None`; or, when the record does not fit (or the log
-/// fails), a durable redb commit.
-fn commit_batch(
-    db: &Database,
-    mut wtx: redb::WriteTransaction,
-    wal: &mut Wal,
-    redo: &[u8],
-) -> Result<(), String> {
+/// Make a batch durable and visible: its redo record written to the log and synced, then its
+/// writes published in the in-memory layer; or, when the record does not fit (or the log
+/// fails), a checkpoint that includes it.
+fn commit_batch(mem: &Mem, tx: Tx, wal: &mut Wal) -> Result<(), String> {
+    let (redo, local) = tx.into_parts();
     if redo.is_empty() {
-        // Nothing changed (refusals only): nothing to make durable.
-        wtx.set_durability(Durability::None);
-        return wtx.commit().map_err(|e| e.to_string());
+        return Ok(()); // nothing changed (refusals only)
     }
-    if wal.fits(redo.len()) && wal.write(redo).is_ok() {
-        // Log first, then the redb commit makes the batch visible. (Overlapping the two on a
-        // second thread measured no faster: the hand-off costs what the overlap saves.)
-        let synced = wal.sync();
-        wtx.set_durability(Durability::None);
-        let committed = wtx.commit();
-        return match (committed, synced) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), _) => {
-                // Never replay a batch that was refused: the next record takes its place.
-                let _ = wal.cancel_last(redo.len());
-                Err(e.to_string())
+    if wal.fits(redo.len()) {
+        if let Ok(lsn) = wal.write(&redo) {
+            match wal.sync() {
+                Ok(()) => {
+                    mem.publish(local, lsn);
+                    return Ok(());
+                }
+                Err(_) => {
+                    // Never replay a record whose sync failed: the next one takes its place.
+                    let _ = wal.cancel_last(redo.len());
+                }
             }
-            // Committed but the log sync failed: make it durable in redb instead.
-            (Ok(()), Err(_)) => checkpoint(db, wal),
-        };
+        }
     }
-    set_lsn(&wtx, wal.last())?;
-    wtx.set_durability(Durability::Immediate);
-    wtx.commit().map_err(|e| e.to_string())?;
-    wal.reset();
-    Ok(())
+    checkpoint(mem, wal, Some(&local))
 }
 
 /// What the committer thread shares with the store.
 struct CommitterCtx {
-    db: Arc<Database>,
+    mem: Arc<Mem>,
     freed_q: Arc<Mutex<Vec<ChunkId>>>,
     stats: Arc<Mutex<CommitStats>>,
     wal: Arc<Mutex<Wal>>,
     queued: Arc<AtomicUsize>,
-    held: Arc<AtomicUsize>,
     commits: Arc<AtomicU64>,
 }
 
 fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
     let CommitterCtx {
-        db,
+        mem,
         freed_q,
         stats,
         wal,
         queued,
-        held,
         commits,
     } = ctx;
     let mut pending: VecDeque<Job> = VecDeque::new();
@@ -306,8 +300,8 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
         {
             // Checkpoint when due, also while jobs keep coming.
             let mut w = lock(&wal);
-            let due = w.due_in() == Some(Duration::ZERO) || held.load(Ordering::Relaxed) > HELD_MAX;
-            if due && checkpoint(&db, &mut w).is_err() {
+            let due = w.due_in() == Some(Duration::ZERO);
+            if due && checkpoint(&mem, &mut w, None).is_err() {
                 drop(w);
                 // The log keeps the records; try again a little later.
                 std::thread::sleep(Duration::from_millis(100));
@@ -325,8 +319,8 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
                     let mut w = lock(&wal);
-                    if w.dirty() || held.load(Ordering::Relaxed) > 0 {
-                        let _ = checkpoint(&db, &mut w);
+                    if w.dirty() {
+                        let _ = checkpoint(&mem, &mut w, None);
                     }
                     return;
                 }
@@ -342,8 +336,8 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
             }
         }
         let mut wal = lock(&wal);
-        let wtx = match db.begin_write() {
-            Ok(w) => w,
+        let tx = match mem.begin() {
+            Ok(t) => t,
             Err(e) => {
                 let msg = e.to_string();
                 for j in pending.drain(..) {
@@ -355,7 +349,6 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
         let mut done: Vec<Completion> = Vec::new();
         let mut freed = Vec::new();
         let mut fatal = false;
-        let tx = Tx::new(&wtx);
         while let Some(Job { run, fail }) = pending.pop_front() {
             if done.len() >= MAX_BATCH {
                 pending.push_front(Job { run, fail });
@@ -370,12 +363,11 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
                 }
             }
         }
-        let redo = tx.into_redo();
         let result = if fatal {
-            let _ = wtx.abort();
+            drop(tx);
             Err("transaction aborted: another write in the batch failed".to_string())
         } else {
-            commit_batch(&db, wtx, &mut wal, &redo)
+            commit_batch(&mem, tx, &mut wal)
         };
         drop(wal);
         match result {
@@ -401,7 +393,7 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
 }
 
 fn reclaimer(
-    db: Arc<Database>,
+    mem: Arc<Mem>,
     shared: Arc<Shared>,
     freed: Arc<Mutex<Vec<ChunkId>>>,
     stop: Receiver<()>,
@@ -411,23 +403,19 @@ fn reclaimer(
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let _ = reclaim(&db, &shared, &freed);
+        let _ = reclaim(&mem, &shared, &freed);
     }
 }
 
 /// Delete queued chunks that are still unreferenced and unpinned; keep pinned ones queued.
-fn reclaim(
-    db: &Database,
-    shared: &Shared,
-    freed: &Mutex<Vec<ChunkId>>,
-) -> Result<u64, StorageError> {
+fn reclaim(mem: &Mem, shared: &Shared, freed: &Mutex<Vec<ChunkId>>) -> Result<u64, StorageError> {
     let ids: Vec<ChunkId> = std::mem::take(&mut *lock(freed));
     if ids.is_empty() {
         return Ok(0);
     }
     let ids: HashSet<ChunkId> = ids.into_iter().collect();
     let _w = shared.write_guard();
-    let rtx = db.begin_read()?;
+    let rtx = mem.view()?;
     let refs = rtx.open_table(REFS)?;
     let pins = shared.pins();
     let mut requeue = Vec::new();
@@ -518,17 +506,17 @@ impl Store {
                 cfg.data_dir.join("meta.redb").display()
             ))
         })?;
-        let held = Arc::new(AtomicUsize::new(0));
         let db = Arc::new(
-            redb::Builder::new()
-                .create_with_backend(crate::dbfile::DbFile::new(file, held.clone())?)?,
+            redb::Builder::new().create_with_backend(crate::dbfile::DbFile::new(
+                file,
+                Arc::new(AtomicUsize::new(0)),
+            )?)?,
         );
         {
             let wtx = db.begin_write()?;
             {
                 wtx.open_table(WAL_META)?;
-                let tx = Tx::new(&wtx);
-                let mut buckets = tx.open_table(BUCKETS)?;
+                let mut buckets = wtx.open_table(BUCKETS)?;
                 wtx.open_table(OBJECTS)?;
                 wtx.open_table(OBJ_CHUNKS)?;
                 wtx.open_table(REFS)?;
@@ -539,22 +527,21 @@ impl Store {
                 wtx.open_table(STATS)?;
                 wtx.open_table(CHUNK_DATA)?;
                 crate::fs::create_tables(&wtx)?;
-                if get_json::<BucketRec, _>(&buckets, SYSTEM_BUCKET)?.is_none() {
+                if buckets.get(SYSTEM_BUCKET)?.is_none() {
                     let rec = BucketRec {
                         created: now_nanos(),
                         quota: None,
                         bytes: 0,
                         objects: 0,
                     };
-                    put_json(&mut buckets, SYSTEM_BUCKET, &rec)?;
+                    buckets.insert(SYSTEM_BUCKET, serde_json::to_vec(&rec)?.as_slice())?;
                 }
-                drop(buckets);
-                // Nothing here needs the log: this transaction commits durably.
-                drop(tx.into_redo());
             }
+            // Nothing here needs the log: this transaction commits durably.
             wtx.commit()?;
         }
         let wal = open_wal(&db, &cfg.data_dir.join("meta.wal"))?;
+        let mem = Arc::new(Mem::new(db, wal.last()));
         let chunk_size = if cfg.chunk_size == 0 {
             DEFAULT_CHUNK_SIZE
         } else {
@@ -573,21 +560,20 @@ impl Store {
         let queued = Arc::new(AtomicUsize::new(0));
         let commits = Arc::new(AtomicU64::new(0));
         let committer = {
-            let db = db.clone();
+            let mem = mem.clone();
             let freed = freed.clone();
             let stats = commit_stats.clone();
-            let (wal, queued, held) = (wal.clone(), queued.clone(), held.clone());
+            let (wal, queued) = (wal.clone(), queued.clone());
             let commits = commits.clone();
             std::thread::Builder::new()
                 .name("tm-storage-commit".into())
                 .spawn(move || {
                     let ctx = CommitterCtx {
-                        db,
+                        mem,
                         freed_q: freed,
                         stats,
                         wal,
                         queued,
-                        held,
                         commits,
                     };
                     committer(rx, ctx)
@@ -595,14 +581,14 @@ impl Store {
         };
         let (stop_reclaim, stop_rx) = mpsc::channel();
         let reclaimer = {
-            let (db, shared, freed) = (db.clone(), shared.clone(), freed.clone());
+            let (mem, shared, freed) = (mem.clone(), shared.clone(), freed.clone());
             std::thread::Builder::new()
                 .name("tm-storage-reclaim".into())
-                .spawn(move || reclaimer(db, shared, freed, stop_rx))?
+                .spawn(move || reclaimer(mem, shared, freed, stop_rx))?
         };
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                mem,
                 shared,
                 max_size: cfg.max_size,
                 freed,
@@ -611,7 +597,6 @@ impl Store {
                 jobs: Some(jobs),
                 wal,
                 queued,
-                held: held.clone(),
                 commits,
                 committer: Some(committer),
                 stop_reclaim: Some(stop_reclaim),
@@ -632,9 +617,9 @@ impl Store {
         &self.inner.shared
     }
 
-    /// The metadata database (for the file-system view in `fs.rs`).
-    pub(crate) fn db(&self) -> &Arc<Database> {
-        &self.inner.db
+    /// A consistent read snapshot of the metadata (redb and the in-memory layer).
+    pub(crate) fn view(&self) -> Result<View, StorageError> {
+        self.inner.mem.view()
     }
 
     /// The global `max_size` cap.
@@ -672,7 +657,7 @@ impl Store {
     pub(crate) fn txn<T, F>(&self, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
-        F: FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Tx, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
     {
         // Nobody else committing or queued: commit here (no hand-off to the committer thread
         // and back). Otherwise join the committer's next batch (group commit).
@@ -692,28 +677,14 @@ impl Store {
     /// [`Store::txn`] on the caller's thread, holding the log.
     fn commit_here<T, F>(&self, mut wal: MutexGuard<'_, Wal>, f: F) -> Result<T, StorageError>
     where
-        F: FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Result<T, StorageError>,
+        F: FnOnce(&Tx, &mut Vec<ChunkId>) -> Result<T, StorageError>,
     {
-        let wtx = self.inner.db.begin_write()?;
+        let tx = self.inner.mem.begin()?;
         let mut freed = Vec::new();
-        let tx = Tx::new(&wtx);
-        let r = f(&tx, &mut freed);
-        let redo = tx.into_redo();
-        let v = match r {
-            Ok(v) => v,
-            Err(e) => {
-                // A refusal changed nothing; a failure may have: drop the transaction either way.
-                let _ = wtx.abort();
-                return Err(e);
-            }
-        };
-        let r = commit_batch(&self.inner.db, wtx, &mut wal, &redo);
+        let v = f(&tx, &mut freed)?; // a refusal or failure drops the transaction: nothing changed
+        let r = commit_batch(&self.inner.mem, tx, &mut wal);
         self.inner.commits.fetch_add(1, Ordering::Release);
         r.map_err(StorageError::Db)?;
-        if self.inner.held.load(Ordering::Relaxed) > HELD_MAX {
-            // Bound the pages held in memory (the committer also checks on its timer).
-            let _ = checkpoint(&self.inner.db, &mut wal);
-        }
         drop(wal);
         lock(&self.inner.freed).extend(freed);
         let mut st = lock(&self.inner.commit_stats);
@@ -728,7 +699,7 @@ impl Store {
     pub(crate) fn submit<T, F, D>(&self, f: F, done: D)
     where
         T: Send + 'static,
-        F: FnOnce(&Tx<'_>, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Tx, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
         D: FnOnce(Result<T, StorageError>) + Send + 'static,
     {
         // `done` is reached either through `run` (commit result) or `fail` (never ran, or the
@@ -769,7 +740,7 @@ impl Store {
     }
 
     fn read_bucket(&self, name: &str) -> Result<BucketRec, StorageError> {
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let t = rtx.open_table(BUCKETS)?;
         get_json(&t, name)?.ok_or(StorageError::NoSuchBucket)
     }
@@ -835,7 +806,7 @@ impl Store {
 
     /// All buckets (including `_tunnelmesh`), by name.
     pub fn list_buckets(&self) -> Result<Vec<BucketInfo>, StorageError> {
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let t = rtx.open_table(BUCKETS)?;
         let mut out = Vec::new();
         for e in t.iter()? {
@@ -874,7 +845,7 @@ impl Store {
 
     /// Exact usage of the whole store (what `max_size` limits).
     pub fn total_usage(&self) -> Result<Usage, StorageError> {
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let t = rtx.open_table(STATS)?;
         Ok(Usage {
             bytes: stat(&t, "bytes")?,
@@ -886,7 +857,7 @@ impl Store {
 
     /// How many bytes a new version of `bucket/key` may have (None = unlimited).
     fn room(&self, bucket: &str, key: &str) -> Result<Option<u64>, StorageError> {
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let b: BucketRec =
             get_json(&rtx.open_table(BUCKETS)?, bucket)?.ok_or(StorageError::NoSuchBucket)?;
         let old = get_json::<ObjRec, _>(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?
@@ -1040,7 +1011,7 @@ impl Store {
     /// Metadata of an object.
     pub fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StorageError> {
         self.settle(bucket, key, false);
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let rec: ObjRec = get_json(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?
@@ -1064,7 +1035,7 @@ impl Store {
     ) -> Result<ObjectReader, StorageError> {
         let shared = self.inner.shared.clone();
         let _g = shared.read_guard();
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let ok = obj_key(bucket, key);
@@ -1157,7 +1128,7 @@ impl Store {
         max: usize,
     ) -> Result<Vec<ObjectInfo>, StorageError> {
         self.settle(bucket, prefix, true);
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let t = rtx.open_table(OBJECTS)?;
@@ -1197,7 +1168,7 @@ impl Store {
         key: &str,
         upload_id: &str,
     ) -> Result<UploadRec, StorageError> {
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         match get_json::<UploadRec, _>(&rtx.open_table(UPLOADS)?, upload_id)? {
             Some(u) if u.bucket == bucket && u.key == key => Ok(u),
             _ => {
@@ -1347,7 +1318,7 @@ impl Store {
         upload_id: &str,
     ) -> Result<Vec<PartInfo>, StorageError> {
         self.check_upload(bucket, key, upload_id)?;
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let t = rtx.open_table(PARTS)?;
         let (lo, hi) = (format!("{upload_id}/"), format!("{upload_id}0"));
         let mut out = Vec::new();
@@ -1373,7 +1344,7 @@ impl Store {
         bucket: &str,
         prefix: &str,
     ) -> Result<Vec<UploadInfo>, StorageError> {
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let t = rtx.open_table(UPLOADS)?;
@@ -1426,7 +1397,7 @@ impl Store {
             }
             c.0
         };
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let found = get_json::<CredRec, _>(&rtx.open_table(CREDS)?, access_key)?
             .map(|c| (c.secret, c.principal));
         if let Some(f) = &found {
@@ -1440,7 +1411,7 @@ impl Store {
 
     /// Every credential as `(access_key, principal)`, sorted by access key.
     pub fn list_credentials(&self) -> Result<Vec<(String, String)>, StorageError> {
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let t = rtx.open_table(CREDS)?;
         let mut out = Vec::new();
         for e in t.iter()? {
@@ -1624,7 +1595,7 @@ impl Store {
     pub fn gc(&self) -> Result<GcStats, StorageError> {
         let sh = &self.inner.shared;
         let _w = sh.write_guard();
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let refs = rtx.open_table(REFS)?;
         let mut ids = Vec::new();
         sh.chunks.list(&mut |id| ids.push(id))?;
@@ -1656,14 +1627,14 @@ impl Store {
 
     /// Delete queued freed chunks now (the background reclaimer does this every 200 ms).
     pub fn reclaim(&self) -> Result<u64, StorageError> {
-        reclaim(&self.inner.db, &self.inner.shared, &self.inner.freed)
+        reclaim(&self.inner.mem, &self.inner.shared, &self.inner.freed)
     }
 
     /// Check metadata against itself and the chunk backend (reads no chunk contents).
     pub fn fsck(&self) -> Result<FsckReport, StorageError> {
         let sh = &self.inner.shared;
         let _w = sh.write_guard();
-        let rtx = self.inner.db.begin_read()?;
+        let rtx = self.inner.mem.view()?;
         let mut rep = FsckReport::default();
         let mut counts: HashMap<ChunkId, u64> = HashMap::new();
         let mut usage: HashMap<String, (u64, u64)> = HashMap::new();

@@ -2,13 +2,14 @@
 //! per group commit instead of a durable redb commit (a dozen scattered page writes plus the
 //! sync).
 //!
-//! How: every table mutation a batch makes goes through [`Tx`], which records it (table name,
-//! key bytes, value bytes or removal) besides applying it. The committer appends the batch's
-//! record to `meta.wal` (pre-written, fixed size, so an overwrite needs no file-system journal
-//! commit) and syncs it, then commits the redb transaction with `Durability::None` (visible to
-//! readers at once, persisted by the next durable commit). A checkpoint — a durable redb commit
-//! — happens when the log is half full, after [`CHECKPOINT_AFTER`] without one, when a batch is
-//! too large for the log, and when the store closes; after it the log starts again at offset 0.
+//! How: every table mutation a batch makes goes through [`crate::mem::Tx`], which records it
+//! (table name, key bytes, value bytes or removal) besides keeping it. The committer appends
+//! the batch's record to `meta.wal` (pre-written, fixed size, so an overwrite needs no
+//! file-system journal commit) and syncs it, then publishes the writes in the in-memory layer
+//! (`mem.rs`), which makes them visible. A checkpoint — the layer applied to redb in one
+//! durable commit — happens when the log is half full, after [`CHECKPOINT_AFTER`] without
+//! one, when a batch is too large for the log, and when the store closes; after it the log
+//! starts again at offset 0.
 //!
 //! Recovery ([`Wal::open`]): redb comes back at its last durable commit, whose `wal_meta.lsn`
 //! says which record it includes last; the records after it are read from offset 0 (each has a
@@ -17,20 +18,15 @@
 //! and a batch is acknowledged only after that sync, so an acknowledged commit is never lost
 //! and an unacknowledged one is either entirely there or entirely absent.
 
-use std::borrow::Borrow;
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::ops::{Deref, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redb::{
-    AccessGuard, Key, Range, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
-    TableError, TableHandle, TableStats, Value, WriteTransaction,
-};
+use redb::{Key, TableDefinition, Value, WriteTransaction};
 
+use crate::mem::Local;
 use crate::StorageError;
 
 /// `lsn` → sequence number of the last log record included in the database.
@@ -46,202 +42,76 @@ pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_millis(250);
 const MAGIC: u32 = 0x4c57_4d54; // "TMWL"
 /// magic u32 | lsn u64 | payload length u32 | checksum 16 bytes
 const HEADER: usize = 32;
-const OP_INSERT: u8 = 1;
-const OP_REMOVE: u8 = 2;
 
-/// A write transaction whose table mutations are also recorded for the redo log.
-pub(crate) struct Tx<'a> {
-    wtx: &'a WriteTransaction,
-    redo: RefCell<Vec<u8>>,
-}
-
-impl<'a> Tx<'a> {
-    pub(crate) fn new(wtx: &'a WriteTransaction) -> Tx<'a> {
-        Tx {
-            wtx,
-            redo: RefCell::new(Vec::new()),
-        }
+/// Apply writes (table name → key → value, `None` = removal) in `wtx`, one table open per table.
+pub(crate) fn apply(wtx: &WriteTransaction, writes: &Local) -> Result<(), StorageError> {
+    for (name, w) in writes {
+        let mut it = w.iter().map(|(k, v)| (k.bytes(), v.as_deref()));
+        apply_table(wtx, name, &mut it)?;
     }
-
-    /// Open a table for reading and (recorded) writing.
-    pub(crate) fn open_table<K: Key + 'static, V: Value + 'static>(
-        &self,
-        def: TableDefinition<K, V>,
-    ) -> Result<TableW<'_, K, V>, TableError> {
-        Ok(TableW {
-            t: self.wtx.open_table(def)?,
-            name: def.name().to_string(),
-            redo: &self.redo,
-        })
-    }
-
-    /// The recorded mutations (empty when the batch changed nothing).
-    pub(crate) fn into_redo(self) -> Vec<u8> {
-        self.redo.into_inner()
-    }
-}
-
-/// A table of a [`Tx`]: reads through `Deref`, writes through `insert`/`remove` (recorded).
-pub(crate) struct TableW<'t, K: Key + 'static, V: Value + 'static> {
-    t: Table<'t, K, V>,
-    name: String,
-    redo: &'t RefCell<Vec<u8>>,
-}
-
-impl<'t, K: Key + 'static, V: Value + 'static> Deref for TableW<'t, K, V> {
-    type Target = Table<'t, K, V>;
-    fn deref(&self) -> &Table<'t, K, V> {
-        &self.t
-    }
-}
-
-impl<K: Key + 'static, V: Value + 'static> ReadableTableMetadata for TableW<'_, K, V> {
-    fn stats(&self) -> redb::Result<TableStats> {
-        self.t.stats()
-    }
-    fn len(&self) -> redb::Result<u64> {
-        self.t.len()
-    }
-}
-
-impl<K: Key + 'static, V: Value + 'static> ReadableTable<K, V> for TableW<'_, K, V> {
-    fn get<'a>(
-        &self,
-        key: impl Borrow<K::SelfType<'a>>,
-    ) -> redb::Result<Option<AccessGuard<'_, V>>> {
-        self.t.get(key)
-    }
-    fn range<'a, KR>(&self, range: impl RangeBounds<KR> + 'a) -> redb::Result<Range<'_, K, V>>
-    where
-        KR: Borrow<K::SelfType<'a>> + 'a,
-    {
-        self.t.range(range)
-    }
-    fn first(&self) -> redb::Result<Option<(AccessGuard<'_, K>, AccessGuard<'_, V>)>> {
-        self.t.first()
-    }
-    fn last(&self) -> redb::Result<Option<(AccessGuard<'_, K>, AccessGuard<'_, V>)>> {
-        self.t.last()
-    }
-}
-
-impl<K: Key + 'static, V: Value + 'static> TableW<'_, K, V> {
-    fn record(&self, op: u8, key: &[u8], value: Option<&[u8]>) {
-        let mut r = self.redo.borrow_mut();
-        r.push(op);
-        r.push(u8::try_from(self.name.len()).expect("table names are short"));
-        r.extend_from_slice(self.name.as_bytes());
-        put_bytes(&mut r, key);
-        if let Some(v) = value {
-            put_bytes(&mut r, v);
-        }
-    }
-
-    /// Like redb's `Table::insert`.
-    pub(crate) fn insert<'k, 'v>(
-        &mut self,
-        key: impl Borrow<K::SelfType<'k>>,
-        value: impl Borrow<V::SelfType<'v>>,
-    ) -> Result<Option<AccessGuard<'_, V>>, redb::StorageError> {
-        self.record(
-            OP_INSERT,
-            K::as_bytes(key.borrow()).as_ref(),
-            Some(V::as_bytes(value.borrow()).as_ref()),
-        );
-        self.t.insert(key, value)
-    }
-
-    /// Like redb's `Table::remove`.
-    pub(crate) fn remove<'k>(
-        &mut self,
-        key: impl Borrow<K::SelfType<'k>>,
-    ) -> Result<Option<AccessGuard<'_, V>>, redb::StorageError> {
-        self.record(OP_REMOVE, K::as_bytes(key.borrow()).as_ref(), None);
-        self.t.remove(key)
-    }
-}
-
-fn put_bytes(r: &mut Vec<u8>, b: &[u8]) {
-    r.extend_from_slice(
-        &u32::try_from(b.len())
-            .expect("key/value below 4 GiB")
-            .to_le_bytes(),
-    );
-    r.extend_from_slice(b);
-}
-
-/// Re-apply one recorded batch (`payload` of a log record) in `wtx`.
-pub(crate) fn replay(wtx: &WriteTransaction, payload: &[u8]) -> Result<(), StorageError> {
-    use crate::fs::{FS_INODES, FS_META, FS_PATHS};
-    use crate::meta::*;
-    use crate::share::SHARES;
-    let bad = || StorageError::Corrupt("write-ahead log record".into());
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], StorageError> {
-        let s = payload
-            .get(at..at.checked_add(n).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        at += n;
-        Ok(s)
-    };
-    let mut ops = 0usize;
-    while let Ok(op) = take(1) {
-        let op = op[0];
-        let nlen = take(1)?[0] as usize;
-        let name = std::str::from_utf8(take(nlen)?)
-            .map_err(|_| bad())?
-            .to_string();
-        let klen = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-        let key = take(klen)?.to_vec();
-        let value = match op {
-            OP_INSERT => {
-                let vlen = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-                Some(take(vlen)?.to_vec())
-            }
-            OP_REMOVE => None,
-            _ => return Err(bad()),
-        };
-        let v = value.as_deref();
-        match name.as_str() {
-            "buckets" => apply(wtx, BUCKETS, &key, v)?,
-            "objects" => apply(wtx, OBJECTS, &key, v)?,
-            "obj_chunks" => apply(wtx, OBJ_CHUNKS, &key, v)?,
-            "refs" => apply(wtx, REFS, &key, v)?,
-            "uploads" => apply(wtx, UPLOADS, &key, v)?,
-            "parts" => apply(wtx, PARTS, &key, v)?,
-            "part_chunks" => apply(wtx, PART_CHUNKS, &key, v)?,
-            "creds" => apply(wtx, CREDS, &key, v)?,
-            "stats" => apply(wtx, STATS, &key, v)?,
-            "chunk_data" => apply(wtx, CHUNK_DATA, &key, v)?,
-            "fs_inodes" => apply(wtx, FS_INODES, &key, v)?,
-            "fs_paths" => apply(wtx, FS_PATHS, &key, v)?,
-            "fs_meta" => apply(wtx, FS_META, &key, v)?,
-            "shares" => apply(wtx, SHARES, &key, v)?,
-            other => {
-                return Err(StorageError::Corrupt(format!(
-                    "write-ahead log names an unknown table {other:?}"
-                )))
-            }
-        }
-        ops += 1;
-    }
-    debug_assert!(ops > 0, "empty records are never written");
     Ok(())
 }
 
-fn apply<K: Key + 'static, V: Value + 'static>(
+/// Re-apply the redo records of a log (replay at open), in order.
+pub(crate) fn replay(wtx: &WriteTransaction, payloads: &[Vec<u8>]) -> Result<(), StorageError> {
+    for p in payloads {
+        let ops = crate::mem::decode(p)?;
+        debug_assert!(!ops.is_empty(), "empty records are never written");
+        for (name, k, v) in &ops {
+            let mut it = std::iter::once((k.as_slice(), v.as_deref()));
+            apply_table(wtx, name, &mut it)?;
+        }
+    }
+    Ok(())
+}
+
+type Writes<'a, 'b> = dyn Iterator<Item = (&'b [u8], Option<&'b [u8]>)> + 'a;
+
+pub(crate) fn apply_table(
+    wtx: &WriteTransaction,
+    name: &str,
+    it: &mut Writes<'_, '_>,
+) -> Result<(), StorageError> {
+    use crate::fs::{FS_INODES, FS_META, FS_PATHS};
+    use crate::meta::*;
+    use crate::share::SHARES;
+    match name {
+        "buckets" => apply_into(wtx, BUCKETS, it),
+        "objects" => apply_into(wtx, OBJECTS, it),
+        "obj_chunks" => apply_into(wtx, OBJ_CHUNKS, it),
+        "refs" => apply_into(wtx, REFS, it),
+        "uploads" => apply_into(wtx, UPLOADS, it),
+        "parts" => apply_into(wtx, PARTS, it),
+        "part_chunks" => apply_into(wtx, PART_CHUNKS, it),
+        "creds" => apply_into(wtx, CREDS, it),
+        "stats" => apply_into(wtx, STATS, it),
+        "chunk_data" => apply_into(wtx, CHUNK_DATA, it),
+        "fs_inodes" => apply_into(wtx, FS_INODES, it),
+        "fs_paths" => apply_into(wtx, FS_PATHS, it),
+        "fs_meta" => apply_into(wtx, FS_META, it),
+        "shares" => apply_into(wtx, SHARES, it),
+        #[cfg(test)]
+        "t" => apply_into(wtx, crate::mem::tests::T, it),
+        other => Err(StorageError::Corrupt(format!(
+            "write-ahead log names an unknown table {other:?}"
+        ))),
+    }
+}
+
+fn apply_into<K: Key + 'static, V: Value + 'static>(
     wtx: &WriteTransaction,
     def: TableDefinition<K, V>,
-    key: &[u8],
-    value: Option<&[u8]>,
+    it: &mut Writes<'_, '_>,
 ) -> Result<(), StorageError> {
     let mut t = wtx.open_table(def)?;
-    match value {
-        Some(v) => {
-            t.insert(K::from_bytes(key), V::from_bytes(v))?;
-        }
-        None => {
-            t.remove(K::from_bytes(key))?;
+    for (key, value) in it {
+        match value {
+            Some(v) => {
+                t.insert(K::from_bytes(key), V::from_bytes(v))?;
+            }
+            None => {
+                t.remove(K::from_bytes(key))?;
+            }
         }
     }
     Ok(())

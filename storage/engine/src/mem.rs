@@ -1,0 +1,785 @@
+//! The in-memory layer over redb: committed metadata that the redo log made durable but no
+//! checkpoint has written to redb yet.
+//!
+//! Why: a redb commit copies every page it touches (about 18 for a file create), and with
+//! `Durability::None` none of the old pages can be reused until a durable commit, so every
+//! small transaction cost a redb commit (~70 µs) plus ~65 KiB written at the next checkpoint
+//! (~100-170 µs per transaction, measured). Here a commit is: run the transaction against
+//! [`Tx`] (reads see base + layer + own writes; writes stay in the transaction), append its
+//! redo record to the log and sync it, then publish the writes into the [`Overlay`] under a
+//! new sequence number. A checkpoint applies the whole layer to redb in one durable commit —
+//! each page once for hundreds of transactions — and starts an empty layer.
+//!
+//! Readers ([`View`]) pair a redb read transaction (the base, state at checkpoint `c`) with the
+//! layer current when they started and its sequence number `s`; they see a version in the
+//! layer only if its sequence is at most `s`. The pair is taken under the same mutex that
+//! publishes a sequence number and swaps the layer after a checkpoint, so a reader's base
+//! never includes a commit its layer does not show: either the base is older than the layer
+//! (`c` ≤ base ≤ `s`) or the layer holds nothing the base has not got (after a checkpoint
+//! commit, before the swap, the layer is exactly what the base just received).
+//!
+//! Memory: the layer holds every version written since the last checkpoint, which is bounded
+//! by the log (a checkpoint runs when it is half full). Old layers live as long as a reader
+//! that started on them.
+
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering as AO};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use redb::{
+    AccessGuard, Database, Key, ReadOnlyTable, ReadTransaction, ReadableTable as _,
+    TableDefinition, TableError, TableHandle, Value,
+};
+
+use crate::StorageError;
+
+type Bytes = Arc<[u8]>;
+type Cmp = fn(&[u8], &[u8]) -> Ordering;
+
+/// A key of one table, ordered as redb orders it (`Key::compare`).
+#[derive(Clone)]
+pub(crate) struct OKey {
+    b: Bytes,
+    cmp: Cmp,
+}
+
+impl OKey {
+    fn new(b: &[u8], cmp: Cmp) -> OKey {
+        OKey { b: b.into(), cmp }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.b
+    }
+}
+
+impl PartialEq for OKey {
+    fn eq(&self, o: &OKey) -> bool {
+        (self.cmp)(&self.b, &o.b) == Ordering::Equal
+    }
+}
+impl Eq for OKey {}
+impl PartialOrd for OKey {
+    fn partial_cmp(&self, o: &OKey) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for OKey {
+    fn cmp(&self, o: &OKey) -> Ordering {
+        (self.cmp)(&self.b, &o.b)
+    }
+}
+
+/// One table's versions: per key, (sequence, value or `None` = removed), oldest first.
+type Versions = BTreeMap<OKey, Vec<(u64, Option<Bytes>)>>;
+
+/// Writes of one transaction, per table: the last value (or removal) of each key.
+pub(crate) type Local = HashMap<String, BTreeMap<OKey, Option<Bytes>>>;
+
+/// The committed layer over one redb checkpoint.
+pub(crate) struct Overlay {
+    /// Last sequence number published in this layer (readers see versions up to theirs).
+    seq: AtomicU64,
+    tables: RwLock<HashMap<String, Versions>>,
+}
+
+impl Overlay {
+    fn new(seq: u64) -> Overlay {
+        Overlay {
+            seq: AtomicU64::new(seq),
+            tables: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Versions>> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest version of `key` in `table` visible at `seq`: `None` if the layer has none,
+    /// `Some(None)` if it was removed.
+    fn get(&self, table: &str, key: &OKey, seq: u64) -> Option<Option<Bytes>> {
+        let t = self.read();
+        let vs = t.get(table)?.get(key)?;
+        vs.iter()
+            .rev()
+            .find(|(s, _)| *s <= seq)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Newest visible version of every key of `table` within the bounds, in key order.
+    fn range(
+        &self,
+        table: &str,
+        lo: &Bound<OKey>,
+        hi: &Bound<OKey>,
+        seq: u64,
+        out: &mut BTreeMap<OKey, Option<Bytes>>,
+    ) {
+        let t = self.read();
+        let Some(vs) = t.get(table) else { return };
+        for (k, v) in vs.range((lo.clone(), hi.clone())) {
+            if let Some((_, v)) = v.iter().rev().find(|(s, _)| *s <= seq) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    /// Add a transaction's writes as versions `seq` (not yet visible: see [`Mem::publish`]).
+    fn add(&self, local: Local, seq: u64) {
+        let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        for (name, writes) in local {
+            let tab = t.entry(name).or_default();
+            for (k, v) in writes {
+                tab.entry(k).or_default().push((seq, v));
+            }
+        }
+    }
+
+    /// Newest version of every key of every table (what a checkpoint writes).
+    pub(crate) fn latest(&self) -> Local {
+        let t = self.read();
+        t.iter()
+            .map(|(name, vs)| {
+                let m = vs
+                    .iter()
+                    .filter_map(|(k, v)| v.last().map(|(_, v)| (k.clone(), v.clone())))
+                    .collect();
+                (name.clone(), m)
+            })
+            .collect()
+    }
+}
+
+/// The database with its layer; see the module docs for the protocol.
+pub(crate) struct Mem {
+    db: Arc<Database>,
+    cur: Mutex<Arc<Overlay>>,
+}
+
+impl Mem {
+    /// `seq`: sequence number of the last log record the database includes.
+    pub(crate) fn new(db: Arc<Database>, seq: u64) -> Mem {
+        Mem {
+            db,
+            cur: Mutex::new(Arc::new(Overlay::new(seq))),
+        }
+    }
+
+    fn cur(&self) -> MutexGuard<'_, Arc<Overlay>> {
+        self.cur.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// The current layer (for a checkpoint, by the holder of the log).
+    pub(crate) fn layer(&self) -> Arc<Overlay> {
+        self.cur().clone()
+    }
+
+    /// A consistent snapshot for reading.
+    pub(crate) fn view(&self) -> Result<View, StorageError> {
+        let g = self.cur();
+        let ov = g.clone();
+        let seq = ov.seq.load(AO::Acquire);
+        let rtx = self.db.begin_read()?;
+        drop(g);
+        Ok(View { rtx, ov, seq })
+    }
+
+    /// A write transaction; the caller holds the log (one writer at a time).
+    pub(crate) fn begin(&self) -> Result<Tx, StorageError> {
+        let g = self.cur();
+        let ov = g.clone();
+        let rtx = self.db.begin_read()?;
+        drop(g);
+        Ok(Tx {
+            rtx,
+            ov,
+            local: RefCell::new(HashMap::new()),
+            redo: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Make a committed transaction's writes visible as sequence `seq` (its log record's).
+    pub(crate) fn publish(&self, local: Local, seq: u64) {
+        let ov = self.layer();
+        ov.add(local, seq);
+        let _g = self.cur();
+        ov.seq.store(seq, AO::Release);
+    }
+
+    /// After a checkpoint committed `layer` to redb: start an empty layer at the same sequence.
+    pub(crate) fn swap(&self, seq: u64) {
+        *self.cur() = Arc::new(Overlay::new(seq));
+    }
+
+    /// Hold off new readers (and publishes) while a commit that changes what the base shows
+    /// beyond the layer runs.
+    pub(crate) fn exclusive(&self) -> MutexGuard<'_, Arc<Overlay>> {
+        self.cur()
+    }
+
+    /// `swap` for a caller holding [`Mem::exclusive`].
+    pub(crate) fn swap_locked(g: &mut MutexGuard<'_, Arc<Overlay>>, seq: u64) {
+        **g = Arc::new(Overlay::new(seq));
+    }
+}
+
+/// Where a table's layer versions come from.
+#[derive(Clone, Copy)]
+struct Side<'t> {
+    ov: &'t Overlay,
+    seq: u64,
+    local: Option<&'t RefCell<Local>>,
+}
+
+impl Side<'_> {
+    fn get(&self, table: &str, key: &OKey) -> Option<Option<Bytes>> {
+        if let Some(l) = self.local {
+            if let Some(v) = l.borrow().get(table).and_then(|t| t.get(key)) {
+                return Some(v.clone());
+            }
+        }
+        self.ov.get(table, key, self.seq)
+    }
+
+    fn range(
+        &self,
+        table: &str,
+        lo: &Bound<OKey>,
+        hi: &Bound<OKey>,
+    ) -> Vec<(Bytes, Option<Bytes>)> {
+        let mut m = BTreeMap::new();
+        self.ov.range(table, lo, hi, self.seq, &mut m);
+        if let Some(l) = self.local {
+            if let Some(t) = l.borrow().get(table) {
+                for (k, v) in t.range((lo.clone(), hi.clone())) {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        m.into_iter().map(|(k, v)| (k.b, v)).collect()
+    }
+}
+
+/// A value (or key) read through the layer: redb's guard, or bytes from the layer.
+pub(crate) enum Val<'t, V: Value + 'static> {
+    Base(AccessGuard<'t, V>),
+    Mem(Bytes, PhantomData<V>),
+}
+
+impl<V: Value + 'static> Val<'_, V> {
+    pub(crate) fn value(&self) -> V::SelfType<'_> {
+        match self {
+            Val::Base(g) => g.value(),
+            Val::Mem(b, _) => V::from_bytes(b),
+        }
+    }
+}
+
+/// Reading a table through the layer (readers and writers alike).
+pub(crate) trait ReadTable<K: Key + 'static, V: Value + 'static> {
+    fn get<'a>(
+        &self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<Val<'_, V>>, redb::StorageError>;
+
+    /// Entries within `range`, in key order.
+    fn range<'a, KR>(
+        &self,
+        range: impl RangeBounds<KR> + 'a,
+    ) -> Result<Iter<'_, K, V>, redb::StorageError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a;
+
+    /// Every entry, in key order.
+    fn iter(&self) -> Result<Iter<'_, K, V>, redb::StorageError>;
+}
+
+/// A table of a [`View`] or a [`Tx`].
+pub(crate) struct TableR<'t, K: Key + 'static, V: Value + 'static> {
+    base: ReadOnlyTable<K, V>,
+    side: Side<'t>,
+    name: String,
+}
+
+fn to_bound<'a, K: Key + 'static, KR: Borrow<K::SelfType<'a>>>(b: Bound<&KR>) -> Bound<OKey> {
+    match b {
+        Bound::Included(k) => {
+            Bound::Included(OKey::new(K::as_bytes(k.borrow()).as_ref(), K::compare))
+        }
+        Bound::Excluded(k) => {
+            Bound::Excluded(OKey::new(K::as_bytes(k.borrow()).as_ref(), K::compare))
+        }
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Whether `(lo, hi)` holds no key (BTreeMap::range panics on such bounds).
+fn empty_bounds(lo: &Bound<OKey>, hi: &Bound<OKey>) -> bool {
+    match (lo, hi) {
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        (Bound::Included(a), Bound::Excluded(b))
+        | (Bound::Excluded(a), Bound::Included(b))
+        | (Bound::Excluded(a), Bound::Excluded(b)) => a >= b,
+        _ => false,
+    }
+}
+
+impl<K: Key + 'static, V: Value + 'static> ReadTable<K, V> for TableR<'_, K, V> {
+    fn get<'a>(
+        &self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<Val<'_, V>>, redb::StorageError> {
+        let hit = {
+            let k = OKey::new(K::as_bytes(key.borrow()).as_ref(), K::compare);
+            self.side.get(&self.name, &k)
+        };
+        match hit {
+            Some(Some(v)) => Ok(Some(Val::Mem(v, PhantomData))),
+            Some(None) => Ok(None),
+            None => Ok(self.base.get(key)?.map(Val::Base)),
+        }
+    }
+
+    fn range<'a, KR>(
+        &self,
+        range: impl RangeBounds<KR> + 'a,
+    ) -> Result<Iter<'_, K, V>, redb::StorageError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+    {
+        let lo = to_bound::<K, KR>(range.start_bound());
+        let hi = to_bound::<K, KR>(range.end_bound());
+        if empty_bounds(&lo, &hi) {
+            return Ok(Iter::empty(self.base.range::<KR>(range)?));
+        }
+        let mem = self.side.range(&self.name, &lo, &hi);
+        Ok(Iter::new(self.base.range::<KR>(range)?, mem))
+    }
+
+    fn iter(&self) -> Result<Iter<'_, K, V>, redb::StorageError> {
+        let mem = self
+            .side
+            .range(&self.name, &Bound::Unbounded, &Bound::Unbounded);
+        Ok(Iter::new(self.base.iter()?, mem))
+    }
+}
+
+/// Entries of the base merged with the layer's (a layer version replaces the base's; a
+/// removal hides it).
+pub(crate) struct Iter<'t, K: Key + 'static, V: Value + 'static> {
+    base: redb::Range<'t, K, V>,
+    base_done: bool,
+    b: Option<(AccessGuard<'t, K>, AccessGuard<'t, V>)>,
+    mem: std::vec::IntoIter<(Bytes, Option<Bytes>)>,
+    m: Option<(Bytes, Option<Bytes>)>,
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> Iter<'t, K, V> {
+    fn new(base: redb::Range<'t, K, V>, mem: Vec<(Bytes, Option<Bytes>)>) -> Self {
+        Iter {
+            base,
+            base_done: false,
+            b: None,
+            mem: mem.into_iter(),
+            m: None,
+        }
+    }
+
+    fn empty(base: redb::Range<'t, K, V>) -> Self {
+        Iter {
+            base,
+            base_done: true,
+            b: None,
+            mem: Vec::new().into_iter(),
+            m: None,
+        }
+    }
+}
+
+type Entry<'t, K, V> = (Val<'t, K>, Val<'t, V>);
+
+impl<'t, K: Key + 'static, V: Value + 'static> Iterator for Iter<'t, K, V> {
+    type Item = Result<Entry<'t, K, V>, redb::StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.b.is_none() && !self.base_done {
+                match self.base.next() {
+                    Some(Ok(e)) => self.b = Some(e),
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => self.base_done = true,
+                }
+            }
+            if self.m.is_none() {
+                self.m = self.mem.next();
+            }
+            let order = match (&self.b, &self.m) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((bk, _)), Some((mk, _))) => K::compare(K::as_bytes(&bk.value()).as_ref(), mk),
+            };
+            if order == Ordering::Less {
+                let (k, v) = self.b.take().expect("base entry");
+                return Some(Ok((Val::Base(k), Val::Base(v))));
+            }
+            if order == Ordering::Equal {
+                self.b = None; // replaced or removed by the layer
+            }
+            let (k, v) = self.m.take().expect("layer entry");
+            if let Some(v) = v {
+                return Some(Ok((Val::Mem(k, PhantomData), Val::Mem(v, PhantomData))));
+            }
+        }
+    }
+}
+
+/// A read snapshot: a redb read transaction and the layer that goes with it.
+pub(crate) struct View {
+    rtx: ReadTransaction,
+    ov: Arc<Overlay>,
+    seq: u64,
+}
+
+impl View {
+    pub(crate) fn open_table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<TableR<'_, K, V>, TableError> {
+        Ok(TableR {
+            base: self.rtx.open_table(def)?,
+            side: Side {
+                ov: &self.ov,
+                seq: self.seq,
+                local: None,
+            },
+            name: def.name().to_string(),
+        })
+    }
+}
+
+const OP_INSERT: u8 = 1;
+const OP_REMOVE: u8 = 2;
+
+/// A write transaction: reads see the base, the layer and the transaction's own writes;
+/// writes are kept (and recorded for the redo log) until the commit publishes them.
+pub(crate) struct Tx {
+    rtx: ReadTransaction,
+    ov: Arc<Overlay>,
+    local: RefCell<Local>,
+    redo: RefCell<Vec<u8>>,
+}
+
+impl Tx {
+    /// Open a table for reading and (recorded) writing.
+    pub(crate) fn open_table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<TableW<'_, K, V>, TableError> {
+        Ok(TableW {
+            r: TableR {
+                base: self.rtx.open_table(def)?,
+                side: Side {
+                    ov: &self.ov,
+                    seq: u64::MAX,
+                    local: Some(&self.local),
+                },
+                name: def.name().to_string(),
+            },
+            local: &self.local,
+            redo: &self.redo,
+        })
+    }
+
+    /// The redo record (empty when nothing changed) and the writes.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Local) {
+        (self.redo.into_inner(), self.local.into_inner())
+    }
+}
+
+/// A table of a [`Tx`]: reads through [`ReadTable`], writes through `insert`/`remove`.
+pub(crate) struct TableW<'t, K: Key + 'static, V: Value + 'static> {
+    r: TableR<'t, K, V>,
+    local: &'t RefCell<Local>,
+    redo: &'t RefCell<Vec<u8>>,
+}
+
+impl<K: Key + 'static, V: Value + 'static> ReadTable<K, V> for TableW<'_, K, V> {
+    fn get<'a>(
+        &self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<Val<'_, V>>, redb::StorageError> {
+        self.r.get(key)
+    }
+
+    fn range<'a, KR>(
+        &self,
+        range: impl RangeBounds<KR> + 'a,
+    ) -> Result<Iter<'_, K, V>, redb::StorageError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+    {
+        self.r.range(range)
+    }
+
+    fn iter(&self) -> Result<Iter<'_, K, V>, redb::StorageError> {
+        self.r.iter()
+    }
+}
+
+impl<K: Key + 'static, V: Value + 'static> TableW<'_, K, V> {
+    fn write(&self, key: &[u8], value: Option<&[u8]>) {
+        {
+            let mut r = self.redo.borrow_mut();
+            r.push(if value.is_some() {
+                OP_INSERT
+            } else {
+                OP_REMOVE
+            });
+            let name = &self.r.name;
+            r.push(u8::try_from(name.len()).expect("table names are short"));
+            r.extend_from_slice(name.as_bytes());
+            put_bytes(&mut r, key);
+            if let Some(v) = value {
+                put_bytes(&mut r, v);
+            }
+        }
+        self.local
+            .borrow_mut()
+            .entry(self.r.name.clone())
+            .or_default()
+            .insert(OKey::new(key, K::compare), value.map(Bytes::from));
+    }
+
+    /// Like redb's `Table::insert` (without returning the old value).
+    pub(crate) fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<(), redb::StorageError> {
+        self.write(
+            K::as_bytes(key.borrow()).as_ref(),
+            Some(V::as_bytes(value.borrow()).as_ref()),
+        );
+        Ok(())
+    }
+
+    /// Like redb's `Table::remove`: returns the value removed.
+    pub(crate) fn remove<'k>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<Val<'static, V>>, redb::StorageError> {
+        let k = K::as_bytes(key.borrow());
+        let old = self
+            .r
+            .get(K::from_bytes(k.as_ref()))?
+            .map(|v| Val::Mem(Bytes::from(V::as_bytes(&v.value()).as_ref()), PhantomData));
+        self.write(k.as_ref(), None);
+        Ok(old)
+    }
+}
+
+fn put_bytes(r: &mut Vec<u8>, b: &[u8]) {
+    r.extend_from_slice(
+        &u32::try_from(b.len())
+            .expect("key/value below 4 GiB")
+            .to_le_bytes(),
+    );
+    r.extend_from_slice(b);
+}
+
+/// One recorded write: table name, key, value (`None`: removed).
+pub(crate) type Write = (String, Vec<u8>, Option<Vec<u8>>);
+
+/// Decode a redo record into per-table writes, in order (a later write of a key wins).
+pub(crate) fn decode(payload: &[u8]) -> Result<Vec<Write>, StorageError> {
+    let bad = || StorageError::Corrupt("write-ahead log record".into());
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], StorageError> {
+        let s = payload
+            .get(at..at.checked_add(n).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        at += n;
+        Ok(s)
+    };
+    let mut out = Vec::new();
+    while let Ok(op) = take(1) {
+        let op = op[0];
+        let nlen = take(1)?[0] as usize;
+        let name = std::str::from_utf8(take(nlen)?)
+            .map_err(|_| bad())?
+            .to_string();
+        let klen = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let key = take(klen)?.to_vec();
+        let value = match op {
+            OP_INSERT => {
+                let vlen = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+                Some(take(vlen)?.to_vec())
+            }
+            OP_REMOVE => None,
+            _ => return Err(bad()),
+        };
+        out.push((name, key, value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+
+    fn mem() -> Mem {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("db");
+        let w = db.begin_write().expect("write");
+        {
+            let mut t = w.open_table(T).expect("table");
+            for k in [1u64, 3, 300] {
+                t.insert(k, format!("base{k}").as_bytes()).expect("insert");
+            }
+        }
+        w.commit().expect("commit");
+        Mem::new(Arc::new(db), 0)
+    }
+
+    fn commit(m: &Mem, seq: u64, f: impl FnOnce(&mut TableW<'_, u64, &'static [u8]>)) {
+        let tx = m.begin().expect("begin");
+        f(&mut tx.open_table(T).expect("table"));
+        let (redo, local) = tx.into_parts();
+        assert!(!redo.is_empty());
+        m.publish(local, seq);
+    }
+
+    fn all(v: &View) -> Vec<(u64, String)> {
+        let t = v.open_table(T).expect("table");
+        t.iter()
+            .expect("iter")
+            .map(|e| {
+                let (k, v) = e.expect("entry");
+                (
+                    k.value(),
+                    String::from_utf8(v.value().to_vec()).expect("utf8"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_replaces_hides_and_adds_in_key_order() {
+        let m = mem();
+        commit(&m, 1, |t| {
+            t.insert(3, b"new3".as_slice()).expect("insert");
+            t.insert(2, b"new2".as_slice()).expect("insert");
+            t.insert(256, b"new256".as_slice()).expect("insert"); // LE bytes sort before 3's
+            assert_eq!(
+                t.remove(1).expect("remove").expect("had 1").value(),
+                b"base1"
+            );
+            // The transaction reads its own writes.
+            assert_eq!(t.get(2).expect("get").expect("2").value(), b"new2");
+            assert!(t.get(1).expect("get").is_none());
+        });
+        let v = m.view().expect("view");
+        let got = all(&v);
+        let want = [(2, "new2"), (3, "new3"), (256, "new256"), (300, "base300")];
+        assert_eq!(got, want.map(|(k, s)| (k, s.to_string())));
+        let t = v.open_table(T).expect("table");
+        let r: Vec<u64> = t
+            .range(3..=256)
+            .expect("range")
+            .map(|e| e.expect("entry").0.value())
+            .collect();
+        assert_eq!(r, vec![3, 256]);
+        assert!(t.get(1).expect("get").is_none());
+        assert_eq!(t.range(5..5).expect("range").count(), 0);
+    }
+
+    #[test]
+    fn views_keep_their_snapshot_across_commits_and_checkpoints() {
+        let m = mem();
+        commit(&m, 1, |t| t.insert(7, b"v1".as_slice()).expect("insert"));
+        let before = m.view().expect("view");
+        commit(&m, 2, |t| {
+            t.insert(7, b"v2".as_slice()).expect("insert");
+            t.remove(3).expect("remove");
+        });
+        // Checkpoint: the layer goes into redb, a new empty layer starts.
+        let w = m.db().begin_write().expect("write");
+        crate::wal::apply_table(
+            &w,
+            "t",
+            &mut m.layer().latest()["t"]
+                .iter()
+                .map(|(k, v)| (k.bytes(), v.as_deref())),
+        )
+        .expect("apply");
+        w.commit().expect("commit");
+        m.swap(2);
+        let after = m.view().expect("view");
+        let t = before.open_table(T).expect("table");
+        assert_eq!(t.get(7).expect("get").expect("7").value(), b"v1");
+        assert_eq!(t.get(3).expect("get").expect("3").value(), b"base3");
+        let t = after.open_table(T).expect("table");
+        assert_eq!(t.get(7).expect("get").expect("7").value(), b"v2");
+        assert!(t.get(3).expect("get").is_none());
+        assert_eq!(all(&after).len(), 3);
+    }
+
+    #[test]
+    fn uncommitted_writes_are_invisible_and_dropping_discards_them() {
+        let m = mem();
+        let tx = m.begin().expect("begin");
+        tx.open_table(T)
+            .expect("table")
+            .insert(9, b"x".as_slice())
+            .expect("insert");
+        assert!(m
+            .view()
+            .expect("view")
+            .open_table(T)
+            .expect("t")
+            .get(9)
+            .expect("get")
+            .is_none());
+        drop(tx);
+        let tx = m.begin().expect("begin");
+        assert!(tx.open_table(T).expect("t").get(9).expect("get").is_none());
+    }
+
+    #[test]
+    fn redo_records_decode_to_the_writes() {
+        let m = mem();
+        let tx = m.begin().expect("begin");
+        {
+            let mut t = tx.open_table(T).expect("table");
+            t.insert(5, b"five".as_slice()).expect("insert");
+            t.remove(1).expect("remove");
+        }
+        let (redo, _) = tx.into_parts();
+        let w = decode(&redo).expect("decode");
+        assert_eq!(
+            w,
+            vec![
+                (
+                    "t".to_string(),
+                    5u64.to_le_bytes().to_vec(),
+                    Some(b"five".to_vec())
+                ),
+                ("t".to_string(), 1u64.to_le_bytes().to_vec(), None),
+            ]
+        );
+        assert!(decode(&redo[..redo.len() - 1]).is_err());
+    }
+}
