@@ -111,22 +111,30 @@ impl Overlay {
             .map(|(_, v)| v.clone())
     }
 
-    /// Newest visible version of every key of `table` within the bounds, in key order.
+    /// The newest visible versions of the first `n` keys of `table` within the bounds (that
+    /// have one), in key order; whether there may be more.
     fn range(
         &self,
         table: &str,
         lo: &Bound<OKey>,
         hi: &Bound<OKey>,
         seq: u64,
-        out: &mut BTreeMap<OKey, Option<Bytes>>,
-    ) {
+        n: usize,
+    ) -> (Vec<(OKey, Option<Bytes>)>, bool) {
         let t = self.read();
-        let Some(vs) = t.get(table) else { return };
+        let Some(vs) = t.get(table) else {
+            return (Vec::new(), false);
+        };
+        let mut out = Vec::new();
         for (k, v) in vs.range((lo.clone(), hi.clone())) {
+            if out.len() == n {
+                return (out, true);
+            }
             if let Some((_, v)) = v.iter().rev().find(|(s, _)| *s <= seq) {
-                out.insert(k.clone(), v.clone());
+                out.push((k.clone(), v.clone()));
             }
         }
+        (out, false)
     }
 
     /// Add a transaction's writes as versions `seq` (not yet visible: see [`Mem::publish`]).
@@ -250,22 +258,45 @@ impl Side<'_> {
         self.ov.get(table, key, self.seq)
     }
 
-    fn range(
+    /// Up to about `n` layer entries of `table` within the bounds, in key order (the
+    /// transaction's own writes over the layer's); whether there may be more after them.
+    fn batch(
         &self,
         table: &str,
         lo: &Bound<OKey>,
         hi: &Bound<OKey>,
-    ) -> Vec<(Bytes, Option<Bytes>)> {
-        let mut m = BTreeMap::new();
-        self.ov.range(table, lo, hi, self.seq, &mut m);
-        if let Some(l) = self.local {
-            if let Some(t) = l.borrow().get(table) {
-                for (k, v) in t.range((lo.clone(), hi.clone())) {
-                    m.insert(k.clone(), v.clone());
-                }
+        n: usize,
+    ) -> (Vec<(OKey, Option<Bytes>)>, bool) {
+        let (ov, ov_more) = self.ov.range(table, lo, hi, self.seq, n);
+        let Some(l) = self.local else {
+            return (ov, ov_more);
+        };
+        let l = l.borrow();
+        let Some(t) = l.get(table) else {
+            return (ov, ov_more);
+        };
+        let mut own = t.range((lo.clone(), hi.clone()));
+        let mine: Vec<_> = own
+            .by_ref()
+            .take(n)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let own_more = own.next().is_some();
+        // Only keys up to the smaller last key of a cut-off side are complete.
+        let mut cut: Option<&OKey> = None;
+        for (more, v) in [(ov_more, &ov), (own_more, &mine)] {
+            if let (true, Some((k, _))) = (more, v.last()) {
+                cut = Some(cut.map_or(k, |c| c.min(k)));
             }
         }
-        m.into_iter().map(|(k, v)| (k.b, v)).collect()
+        let cut = cut.cloned();
+        let mut m: BTreeMap<OKey, Option<Bytes>> = ov.into_iter().collect();
+        m.extend(mine);
+        let out = m
+            .into_iter()
+            .filter(|(k, _)| cut.as_ref().is_none_or(|c| k <= c))
+            .collect();
+        (out, cut.is_some())
     }
 }
 
@@ -308,16 +339,27 @@ pub(crate) struct TableR<'t, K: Key + 'static, V: Value + 'static> {
     base: ReadOnlyTable<K, V>,
     side: Side<'t>,
     name: String,
+    cmp: Cmp,
 }
 
-fn to_bound<'a, K: Key + 'static, KR: Borrow<K::SelfType<'a>>>(b: Bound<&KR>) -> Bound<OKey> {
+/// `K::compare`, or plain byte order where it is the same (redb's `&str` compare validates
+/// UTF-8 on every call).
+fn cmp_of<K: Key + 'static>() -> Cmp {
+    let t = K::type_name();
+    if t == <&str>::type_name() || t == <&[u8]>::type_name() {
+        |a: &[u8], b: &[u8]| a.cmp(b)
+    } else {
+        K::compare
+    }
+}
+
+fn to_bound<'a, K: Key + 'static, KR: Borrow<K::SelfType<'a>>>(
+    b: Bound<&KR>,
+    cmp: Cmp,
+) -> Bound<OKey> {
     match b {
-        Bound::Included(k) => {
-            Bound::Included(OKey::new(K::as_bytes(k.borrow()).as_ref(), K::compare))
-        }
-        Bound::Excluded(k) => {
-            Bound::Excluded(OKey::new(K::as_bytes(k.borrow()).as_ref(), K::compare))
-        }
+        Bound::Included(k) => Bound::Included(OKey::new(K::as_bytes(k.borrow()).as_ref(), cmp)),
+        Bound::Excluded(k) => Bound::Excluded(OKey::new(K::as_bytes(k.borrow()).as_ref(), cmp)),
         Bound::Unbounded => Bound::Unbounded,
     }
 }
@@ -339,7 +381,7 @@ impl<K: Key + 'static, V: Value + 'static> ReadTable<K, V> for TableR<'_, K, V> 
         key: impl Borrow<K::SelfType<'a>>,
     ) -> Result<Option<Val<'_, V>>, redb::StorageError> {
         let hit = {
-            let k = OKey::new(K::as_bytes(key.borrow()).as_ref(), K::compare);
+            let k = OKey::new(K::as_bytes(key.borrow()).as_ref(), self.cmp);
             self.side.get(&self.name, &k)
         };
         match hit {
@@ -356,52 +398,77 @@ impl<K: Key + 'static, V: Value + 'static> ReadTable<K, V> for TableR<'_, K, V> 
     where
         KR: Borrow<K::SelfType<'a>> + 'a,
     {
-        let lo = to_bound::<K, KR>(range.start_bound());
-        let hi = to_bound::<K, KR>(range.end_bound());
-        if empty_bounds(&lo, &hi) {
-            return Ok(Iter::empty(self.base.range::<KR>(range)?));
+        let lo = to_bound::<K, KR>(range.start_bound(), self.cmp);
+        let hi = to_bound::<K, KR>(range.end_bound(), self.cmp);
+        let empty = empty_bounds(&lo, &hi);
+        let mut it = Iter::new(self, self.base.range::<KR>(range)?, lo, hi);
+        if empty {
+            (it.base_done, it.more) = (true, false);
         }
-        let mem = self.side.range(&self.name, &lo, &hi);
-        Ok(Iter::new(self.base.range::<KR>(range)?, mem))
+        Ok(it)
     }
 
     fn iter(&self) -> Result<Iter<'_, K, V>, redb::StorageError> {
-        let mem = self
-            .side
-            .range(&self.name, &Bound::Unbounded, &Bound::Unbounded);
-        Ok(Iter::new(self.base.iter()?, mem))
+        Ok(Iter::new(
+            self,
+            self.base.iter()?,
+            Bound::Unbounded,
+            Bound::Unbounded,
+        ))
     }
 }
 
 /// Entries of the base merged with the layer's (a layer version replaces the base's; a
-/// removal hides it).
+/// removal hides it). The layer is read in growing batches, so taking the first few entries of
+/// a large range costs a few lookups, not the whole range.
 pub(crate) struct Iter<'t, K: Key + 'static, V: Value + 'static> {
     base: redb::Range<'t, K, V>,
     base_done: bool,
     b: Option<(AccessGuard<'t, K>, AccessGuard<'t, V>)>,
-    mem: std::vec::IntoIter<(Bytes, Option<Bytes>)>,
-    m: Option<(Bytes, Option<Bytes>)>,
+    side: Side<'t>,
+    table: &'t str,
+    cmp: Cmp,
+    /// Where the next layer batch starts and ends.
+    lo: Bound<OKey>,
+    hi: Bound<OKey>,
+    more: bool,
+    batch: usize,
+    mem: std::collections::VecDeque<(OKey, Option<Bytes>)>,
 }
 
 impl<'t, K: Key + 'static, V: Value + 'static> Iter<'t, K, V> {
-    fn new(base: redb::Range<'t, K, V>, mem: Vec<(Bytes, Option<Bytes>)>) -> Self {
+    fn new(
+        t: &'t TableR<'t, K, V>,
+        base: redb::Range<'t, K, V>,
+        lo: Bound<OKey>,
+        hi: Bound<OKey>,
+    ) -> Self {
         Iter {
             base,
             base_done: false,
             b: None,
-            mem: mem.into_iter(),
-            m: None,
+            side: t.side,
+            table: &t.name,
+            cmp: t.cmp,
+            lo,
+            hi,
+            more: true,
+            batch: 8,
+            mem: Default::default(),
         }
     }
 
-    fn empty(base: redb::Range<'t, K, V>) -> Self {
-        Iter {
-            base,
-            base_done: true,
-            b: None,
-            mem: Vec::new().into_iter(),
-            m: None,
+    fn refill(&mut self) {
+        if !self.mem.is_empty() || !self.more {
+            return;
         }
+        let (v, more) = self.side.batch(self.table, &self.lo, &self.hi, self.batch);
+        self.batch = (self.batch * 4).min(1024);
+        self.more = more;
+        if let Some((k, _)) = v.last() {
+            self.lo = Bound::Excluded(k.clone());
+        }
+        self.mem.extend(v);
     }
 }
 
@@ -419,14 +486,14 @@ impl<'t, K: Key + 'static, V: Value + 'static> Iterator for Iter<'t, K, V> {
                     None => self.base_done = true,
                 }
             }
-            if self.m.is_none() {
-                self.m = self.mem.next();
-            }
-            let order = match (&self.b, &self.m) {
+            self.refill();
+            let order = match (&self.b, self.mem.front()) {
                 (None, None) => return None,
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
-                (Some((bk, _)), Some((mk, _))) => K::compare(K::as_bytes(&bk.value()).as_ref(), mk),
+                (Some((bk, _)), Some((mk, _))) => {
+                    (self.cmp)(K::as_bytes(&bk.value()).as_ref(), mk.bytes())
+                }
             };
             if order == Ordering::Less {
                 let (k, v) = self.b.take().expect("base entry");
@@ -435,9 +502,9 @@ impl<'t, K: Key + 'static, V: Value + 'static> Iterator for Iter<'t, K, V> {
             if order == Ordering::Equal {
                 self.b = None; // replaced or removed by the layer
             }
-            let (k, v) = self.m.take().expect("layer entry");
+            let (k, v) = self.mem.pop_front().expect("layer entry");
             if let Some(v) = v {
-                return Some(Ok((Val::Mem(k, PhantomData), Val::Mem(v, PhantomData))));
+                return Some(Ok((Val::Mem(k.b, PhantomData), Val::Mem(v, PhantomData))));
             }
         }
     }
@@ -463,6 +530,7 @@ impl View {
                 local: None,
             },
             name: def.name().to_string(),
+            cmp: cmp_of::<K>(),
         })
     }
 }
@@ -494,6 +562,7 @@ impl Tx {
                     local: Some(&self.local),
                 },
                 name: def.name().to_string(),
+                cmp: cmp_of::<K>(),
             },
             local: &self.local,
             redo: &self.redo,
@@ -557,7 +626,7 @@ impl<K: Key + 'static, V: Value + 'static> TableW<'_, K, V> {
             .borrow_mut()
             .entry(self.r.name.clone())
             .or_default()
-            .insert(OKey::new(key, K::compare), value.map(Bytes::from));
+            .insert(OKey::new(key, self.r.cmp), value.map(Bytes::from));
     }
 
     /// Like redb's `Table::insert` (without returning the old value).
@@ -781,5 +850,87 @@ pub(crate) mod tests {
             ]
         );
         assert!(decode(&redo[..redo.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn ranges_merge_base_layer_and_own_writes_like_a_model() {
+        let m = mem();
+        let mut model: BTreeMap<u64, String> =
+            [1u64, 3, 300].map(|k| (k, format!("base{k}"))).into();
+        let mut x = 12345u64;
+        let mut rnd = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut ops = Vec::new();
+        for _ in 0..3000 {
+            ops.push((rnd(4000), rnd(3) == 0));
+        }
+        let (committed, own) = ops.split_at(2500);
+        for (seq, chunk) in committed.chunks(100).enumerate() {
+            commit(&m, seq as u64 + 1, |t| {
+                for &(k, del) in chunk {
+                    if del {
+                        t.remove(k).expect("remove");
+                    } else {
+                        t.insert(k, format!("c{k}").as_bytes()).expect("insert");
+                    }
+                }
+            });
+        }
+        for &(k, del) in committed {
+            if del {
+                model.remove(&k);
+            } else {
+                model.insert(k, format!("c{k}"));
+            }
+        }
+        let check = |t: &dyn Fn(u64, u64) -> Vec<(u64, String)>, model: &BTreeMap<u64, String>| {
+            for (a, b) in [(0, u64::MAX), (0, 10), (17, 2900), (3999, 4000), (500, 501)] {
+                let want: Vec<_> = model.range(a..b).map(|(k, v)| (*k, v.clone())).collect();
+                assert_eq!(t(a, b), want, "range {a}..{b}");
+            }
+        };
+        let v = m.view().expect("view");
+        let vt = v.open_table(T).expect("table");
+        let read = |a: u64, b: u64| -> Vec<(u64, String)> {
+            vt.range(a..b)
+                .expect("range")
+                .map(|e| {
+                    let (k, v) = e.expect("entry");
+                    (
+                        k.value(),
+                        String::from_utf8(v.value().to_vec()).expect("utf8"),
+                    )
+                })
+                .collect()
+        };
+        check(&read, &model);
+        let tx = m.begin().expect("begin");
+        let mut t = tx.open_table(T).expect("table");
+        for &(k, del) in own {
+            if del {
+                t.remove(k).expect("remove");
+                model.remove(&k);
+            } else {
+                t.insert(k, format!("o{k}").as_bytes()).expect("insert");
+                model.insert(k, format!("o{k}"));
+            }
+        }
+        let read = |a: u64, b: u64| -> Vec<(u64, String)> {
+            t.range(a..b)
+                .expect("range")
+                .map(|e| {
+                    let (k, v) = e.expect("entry");
+                    (
+                        k.value(),
+                        String::from_utf8(v.value().to_vec()).expect("utf8"),
+                    )
+                })
+                .collect()
+        };
+        check(&read, &model);
     }
 }
