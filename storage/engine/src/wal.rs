@@ -442,7 +442,7 @@ mod tests {
         w.cancel_last(5000).expect("cancel");
         assert_eq!(w.append(&[5; 30]).expect("append"), 3);
         drop(w);
-        let (w, got) = Wal::open(&p, 0).expect("reopen");
+        let (_, got) = Wal::open(&p, 0).expect("reopen");
         assert_eq!(got, vec![vec![1u8; 10], vec![3u8; 20], vec![5u8; 30]]);
     }
 }
