@@ -1,11 +1,10 @@
 //! The redb storage backend: `meta.redb` with page writes kept in memory until redb syncs.
 //!
-//! Why: between checkpoints redb commits with `Durability::None` (the redo log makes batches
-//! durable, see `wal.rs`), and each such commit writes a dozen pages. Written through to the
-//! page cache they cost a buffered-write syscall each (most of a commit's time); here they are
-//! a copy into a map. `sync_data` — called by redb only for durable commits (checkpoints) —
-//! writes them out in one pass and syncs the file. After a crash the file holds the state of
-//! the last checkpoint, which is all redb and the redo log assume.
+//! Every redb commit is a checkpoint (`mem.rs`: the in-memory layer written out in one durable
+//! commit), so redb writes a batch of pages and then calls `sync_data`. The pages wait here as
+//! copies in a map and are written in one pass at `sync_data`, which then syncs the file.
+//! After a crash the file holds the state of the last checkpoint, which is all redb and the
+//! redo log assume. The caller (`Store::open_with`) holds the file's lock.
 //!
 //! Extents in the map never overlap (a write replaces what it covers), so a read is the file's
 //! bytes with the overlapping extents copied over them.
@@ -15,7 +14,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::StorageBackend;
 
@@ -31,8 +30,8 @@ struct State {
 pub(crate) struct DbFile {
     file: File,
     st: RwLock<State>,
-    /// Bytes held in `dirty` (the committer checkpoints when it grows large).
-    held: Arc<AtomicUsize>,
+    /// Bytes held in `dirty`.
+    held: AtomicUsize,
 }
 
 impl std::fmt::Debug for DbFile {
@@ -44,8 +43,8 @@ impl std::fmt::Debug for DbFile {
 }
 
 impl DbFile {
-    /// Wrap `file` (already locked by the caller); `held` reports the bytes kept in memory.
-    pub(crate) fn new(file: File, held: Arc<AtomicUsize>) -> io::Result<DbFile> {
+    /// Wrap `file` (already locked by the caller).
+    pub(crate) fn new(file: File) -> io::Result<DbFile> {
         let len = file.metadata()?.len();
         Ok(DbFile {
             file,
@@ -53,7 +52,7 @@ impl DbFile {
                 len,
                 dirty: BTreeMap::new(),
             }),
-            held,
+            held: AtomicUsize::new(0),
         })
     }
 
@@ -164,7 +163,7 @@ impl StorageBackend for DbFile {
 mod tests {
     use super::*;
 
-    fn open(dir: &std::path::Path) -> (DbFile, Arc<AtomicUsize>) {
+    fn open(dir: &std::path::Path) -> DbFile {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -172,14 +171,13 @@ mod tests {
             .truncate(false)
             .open(dir.join("db"))
             .expect("open");
-        let held = Arc::new(AtomicUsize::new(0));
-        (DbFile::new(f, held.clone()).expect("new"), held)
+        DbFile::new(f).expect("new")
     }
 
     #[test]
     fn reads_see_overlapping_writes_and_sync_writes_them_out() {
         let d = tempfile::tempdir().expect("tempdir");
-        let (b, held) = open(d.path());
+        let b = open(d.path());
         b.set_len(100).expect("set_len");
         let mut model = vec![0u8; 100];
         let writes: [(u64, &[u8]); 5] = [
@@ -195,28 +193,28 @@ mod tests {
             assert_eq!(b.read(0, 100).expect("read"), model);
         }
         assert_eq!(b.read(12, 50).expect("read"), model[12..62]);
-        assert_eq!(held.load(Ordering::Relaxed), 53); // bytes 0..3 and 10..60
-                                                      // Nothing reached the file before the sync; everything after it.
+        assert_eq!(b.held.load(Ordering::Relaxed), 53); // bytes 0..3 and 10..60
+                                                        // Nothing reached the file before the sync; everything after it.
         assert_eq!(
             std::fs::read(d.path().join("db")).expect("read"),
             vec![0; 100]
         );
         b.sync_data(false).expect("sync");
-        assert_eq!(held.load(Ordering::Relaxed), 0);
+        assert_eq!(b.held.load(Ordering::Relaxed), 0);
         assert_eq!(std::fs::read(d.path().join("db")).expect("read"), model);
         drop(b);
-        let (b, _) = open(d.path());
+        let b = open(d.path());
         assert_eq!(b.read(0, 100).expect("read"), model);
     }
 
     #[test]
     fn shrinking_drops_writes_past_the_end_and_bounds_are_checked() {
         let d = tempfile::tempdir().expect("tempdir");
-        let (b, held) = open(d.path());
+        let b = open(d.path());
         b.set_len(64).expect("set_len");
         b.write(40, &[7; 20]).expect("write");
         b.set_len(50).expect("shrink");
-        assert_eq!(held.load(Ordering::Relaxed), 10);
+        assert_eq!(b.held.load(Ordering::Relaxed), 10);
         assert_eq!(b.len().expect("len"), 50);
         assert!(b.read(45, 10).is_err());
         assert!(b.write(45, &[1; 10]).is_err());

@@ -7,12 +7,13 @@
 //! reference counts, S3 credentials — lives in one embedded redb database (`data_dir/meta.redb`).
 //!
 //! Durability: a write returns only after its chunks were written to a temp file, fsynced, renamed
-//! and the directory fsynced, and then ONE metadata transaction committed with
-//! `Durability::Immediate`. Concurrent writers' metadata transactions are batched by a committer
-//! thread (group commit: many puts, one fsync). An object becomes visible only through that
-//! commit, so a crash never exposes a partial object; chunks written but never referenced are
-//! garbage (removed at [`Store::open`] and by [`Store::gc`]; chunks freed by deletes/overwrites are
-//! reclaimed in the background).
+//! and the directory fsynced, and then ONE metadata transaction was made durable: its redo
+//! record written synchronously to `data_dir/meta.wal`, then its writes published in an
+//! in-memory layer that checkpoints fold into redb (`wal.rs`, `mem.rs`). Concurrent writers'
+//! transactions are batched by a committer thread (group commit: many puts, one log write). An
+//! object becomes visible only through that commit, so a crash never exposes a partial object;
+//! chunks written but never referenced are garbage (removed at [`Store::open`] and by
+//! [`Store::gc`]; chunks freed by deletes/overwrites are reclaimed in the background).
 //!
 //! Staged writes: the file-system view ([`FileSystem::stage`], used for NFS UNSTABLE writes)
 //! keeps writes in a per-store memory buffer until COMMIT ([`FileSystem::flush`]); every read

@@ -2,8 +2,9 @@
 //! background reclaimer and garbage collection.
 //!
 //! Flow of a put: 1. `PutWriter` cuts the body into chunks, pins each (under the GC read lock) and
-//! writes it durably through the [`ChunkStore`] 2. `commit` sends one closure to the committer
-//! thread, which runs all queued closures in ONE redb write transaction and commits once
+//! writes it durably through the [`ChunkStore`] 2. `commit` runs one closure in a metadata
+//! transaction (on the caller's thread when nobody else commits, else the committer thread
+//! runs all queued closures in ONE transaction and commits once: one log record, `mem.rs`)
 //! 3. pins are released. Deletes/overwrites push chunks whose refcount reached 0 onto a queue the
 //! reclaimer drains.
 //!
@@ -506,12 +507,8 @@ impl Store {
                 cfg.data_dir.join("meta.redb").display()
             ))
         })?;
-        let db = Arc::new(
-            redb::Builder::new().create_with_backend(crate::dbfile::DbFile::new(
-                file,
-                Arc::new(AtomicUsize::new(0)),
-            )?)?,
-        );
+        let db =
+            Arc::new(redb::Builder::new().create_with_backend(crate::dbfile::DbFile::new(file)?)?);
         {
             let wtx = db.begin_write()?;
             {
