@@ -84,6 +84,18 @@ pub(crate) fn create_tables(wtx: &redb::WriteTransaction) -> Result<(), StorageE
     Ok(())
 }
 
+/// Bytes read ahead by [`FileSystem::read_ahead`], for [`FileSystem::read_with_attr_ahead`].
+#[derive(Debug)]
+pub struct ReadAhead {
+    ino: u64,
+    offset: u64,
+    count: u32,
+    /// The store's commit counter before the read.
+    commits: u64,
+    data: Vec<u8>,
+    eof: bool,
+}
+
 /// Kind of a file-system object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
@@ -1047,6 +1059,52 @@ impl FileSystem {
         let buf = obj.read_vec(offset, count as usize)?;
         let eof = offset + buf.len() as u64 >= size;
         Ok((buf, eof, attr))
+    }
+
+    /// Read `count` bytes at `offset` of `ino` before anybody asks (a sequential reader's next
+    /// range, read while its previous reply is in flight). `None` when there is nothing to read
+    /// or something is staged; errors are left for the real read to report.
+    pub fn read_ahead(&self, ino: u64, offset: u64, count: u32) -> Option<ReadAhead> {
+        // Sampled first: a commit during the read makes the result unusable.
+        let commits = self.store.commits();
+        if self.is_staged(ino) {
+            return None;
+        }
+        let (obj, _) = self.open_for_read(ino).ok()?;
+        if offset >= obj.size() {
+            return None;
+        }
+        let data = obj.read_vec(offset, count as usize).ok()?;
+        let eof = offset + data.len() as u64 >= obj.size();
+        Some(ReadAhead {
+            ino,
+            offset,
+            count,
+            commits,
+            data,
+            eof,
+        })
+    }
+
+    /// [`FileSystem::read_with_attr`], answered from `ahead` when it read this range and
+    /// nothing was committed or staged since (the same bytes a read now would return).
+    pub fn read_with_attr_ahead(
+        &self,
+        ahead: Option<ReadAhead>,
+        ino: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool, FileAttr), StorageError> {
+        if let Some(a) = ahead.filter(|a| (a.ino, a.offset, a.count) == (ino, offset, count)) {
+            if !self.is_staged(ino) {
+                let (_, attr) = self.open_for_read(ino)?;
+                // Checked after the attributes: both are as of now.
+                if self.store.commits() == a.commits && !self.is_staged(ino) {
+                    return Ok((a.data, a.eof, attr));
+                }
+            }
+        }
+        self.read_with_attr(ino, offset, count)
     }
 
     /// [`FileSystem::read_with_attr`] as segments ([`crate::ObjectReader::segments`]): chunk
@@ -2151,6 +2209,40 @@ mod tests {
             fs.read_with_attr(f.ino, 0, 4),
             Err(StorageError::Stale)
         ));
+    }
+
+    #[test]
+    fn read_ahead_is_used_only_while_current() {
+        let (_d, fs) = fs();
+        let root = fs.share_root("default").expect("root").ino;
+        let f = fs
+            .create(root, "ra", CreateMode::Unchecked, &SetAttrs::default())
+            .expect("create");
+        fs.write(f.ino, &[(0, b"0123456789")]).expect("write");
+        let read = |ahead| fs.read_with_attr_ahead(ahead, f.ino, 4, 4).expect("read").0;
+        // Current: the bytes read ahead; beyond the end: nothing to read ahead.
+        assert_eq!(read(fs.read_ahead(f.ino, 4, 4)), b"4567");
+        assert!(fs.read_ahead(f.ino, 10, 4).is_none());
+        // Another range than the one asked for: read afresh.
+        assert_eq!(read(fs.read_ahead(f.ino, 0, 4)), b"4567");
+        // Replaced over S3 after the read-ahead: the new bytes.
+        let ahead = fs.read_ahead(f.ino, 4, 4);
+        let mut w = fs
+            .store()
+            .begin_put("default", "ra", crate::ObjectMeta::default())
+            .expect("put");
+        w.write_all(b"abcdefghij").expect("body");
+        w.commit().expect("commit");
+        assert_eq!(read(ahead), b"efgh");
+        // Written over NFS (staged, not committed) after the read-ahead: the new bytes.
+        let ahead = fs.read_ahead(f.ino, 4, 4);
+        fs.stage(f.ino, 5, b"XY").expect("stage");
+        assert_eq!(read(ahead), b"eXYh");
+        fs.stage(f.ino, 0, b"Q").expect("stage");
+        assert!(
+            fs.read_ahead(f.ino, 4, 4).is_none(),
+            "nothing ahead while staged"
+        );
     }
 
     #[test]

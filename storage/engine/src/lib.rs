@@ -57,7 +57,9 @@ use serde::{Deserialize, Serialize};
 
 pub use chunk::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use error::StorageError;
-pub use fs::{CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, SetAttrs, Staged};
+pub use fs::{
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, ReadAhead, SetAttrs, Staged,
+};
 pub use meta::INLINE_MAX;
 pub use reader::{ObjectReader, RangeReader, Segment};
 #[cfg(feature = "remote")]

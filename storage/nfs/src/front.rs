@@ -436,6 +436,7 @@ impl Front {
                 let _ = cw.lock().await.shutdown().await;
             }));
         }
+        let mut seq = fast::Sequential::default();
         while let Ok(Some(mut rec)) = read_record(&mut cr).await {
             let Some(call) = parse_call(&rec) else {
                 break;
@@ -449,10 +450,15 @@ impl Front {
                     // Also READ, CREATE and COMMIT when the client has sent nothing else: a
                     // spawned task would cost a thread wake-up per call on an idle machine,
                     // and there is nothing to overlap it with.
-                    let reply = fast::serve(&self, &call, &rec, sendfile).await;
+                    let reply = if !sendfile && fast::is_read(&call) {
+                        fast::read_in_order(&self, &call, &rec, &mut seq).await
+                    } else {
+                        fast::serve(&self, &call, &rec, sendfile).await
+                    };
                     if send_reply(&cw, reply, peer).await.is_err() {
                         break;
                     }
+                    seq.read_ahead(&self);
                 } else {
                     let (me, cw) = (self.clone(), cw.clone());
                     tokio::spawn(async move {
@@ -600,6 +606,10 @@ mod fast {
     const CREATE: u32 = 8;
     const COMMIT: u32 = 21;
 
+    pub(super) fn is_read(c: &Call) -> bool {
+        c.prog == PROG_NFS && c.vers == 3 && c.proc_ == READ
+    }
+
     /// Served in arrival order on its connection: WRITE (order matters) and the metadata
     /// reads that answer from memory in microseconds (a spawned task would cost a thread
     /// wake-up per call on an idle machine).
@@ -713,22 +723,7 @@ mod fast {
             }
         };
         if !sendfile {
-            return match vfs.read_with_attr(ino, off, count).await {
-                Ok((data, eof, attr)) => {
-                    let mut v = head(c.xid, nfsstat3::NFS3_OK);
-                    post_op(&mut v, Some(&attr));
-                    let n = u32::try_from(data.len()).expect("READ_CAP bounds the byte count");
-                    u32s(&mut v, &[n, u32::from(eof), n]);
-                    let pad = vec![0u8; pad4(data.len()) - data.len()];
-                    Reply::Parts(vec![v, data, pad])
-                }
-                Err(e) => {
-                    let mut v = head(c.xid, e);
-                    let h = FileHandleU64::new(ino);
-                    post_op(&mut v, vfs.getattr(&h).await.ok().as_ref());
-                    Reply::Parts(vec![v])
-                }
-            };
+            return copy_reply(vfs, c, ino, vfs.read_with_attr(ino, off, count).await).await;
         }
         match vfs.read_segments_with_attr(ino, off, count).await {
             Ok((segs, n, eof, attr)) => {
@@ -745,6 +740,81 @@ mod fast {
                 Reply::Parts(vec![v])
             }
         }
+    }
+
+    /// A READ reply with the data in memory.
+    async fn copy_reply(
+        vfs: &crate::vfs::Vfs,
+        c: &Call,
+        ino: u64,
+        r: Result<(Vec<u8>, bool, fattr3), nfsstat3>,
+    ) -> Reply {
+        match r {
+            Ok((data, eof, attr)) => {
+                let mut v = head(c.xid, nfsstat3::NFS3_OK);
+                post_op(&mut v, Some(&attr));
+                let n = u32::try_from(data.len()).expect("READ_CAP bounds the byte count");
+                u32s(&mut v, &[n, u32::from(eof), n]);
+                let pad = vec![0u8; pad4(data.len()) - data.len()];
+                Reply::Parts(vec![v, data, pad])
+            }
+            Err(e) => {
+                let mut v = head(c.xid, e);
+                let h = FileHandleU64::new(ino);
+                post_op(&mut v, vfs.getattr(&h).await.ok().as_ref());
+                Reply::Parts(vec![v])
+            }
+        }
+    }
+
+    /// Per-connection state of a sequential reader (READs served in memory, one at a time).
+    #[derive(Default)]
+    pub(super) struct Sequential {
+        /// Inode and end of the last READ.
+        last: Option<(u64, u64)>,
+        /// The range to read ahead once the reply is sent.
+        next: Option<(u64, u64, u32)>,
+        ahead: Option<tm_storage::ReadAhead>,
+    }
+
+    impl Sequential {
+        /// Read the next range (after the reply went out, while the client takes it in).
+        pub(super) fn read_ahead(&mut self, front: &Front) {
+            if let Some((ino, off, count)) = self.next.take() {
+                self.ahead = front.vfs.read_ahead(ino, off, count);
+            }
+        }
+    }
+
+    /// A READ served in memory for a client with nothing else in flight: answered from the
+    /// range read ahead when it is this one; a second READ continuing the last one schedules
+    /// the next range to be read ahead.
+    pub(super) async fn read_in_order(
+        front: &Front,
+        c: &Call,
+        rec: &[u8],
+        seq: &mut Sequential,
+    ) -> Reply {
+        let vfs = &front.vfs;
+        let ahead = seq.ahead.take();
+        seq.next = None;
+        let parsed = handle(front, rec, c.args).and_then(|(ino, at)| {
+            let off = be64(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+            let count = be32(rec, at + 8).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+            Ok((ino, off, count))
+        });
+        let Ok((ino, off, count)) = parsed else {
+            return read(front, c, rec, false).await;
+        };
+        let r = vfs.read_with_attr_ahead(ahead, ino, off, count).await;
+        if let Ok((data, eof, _)) = &r {
+            let end = off + data.len() as u64;
+            if seq.last == Some((ino, off)) && !eof && !data.is_empty() {
+                seq.next = Some((ino, end, count));
+            }
+            seq.last = Some((ino, end));
+        }
+        copy_reply(vfs, c, ino, r).await
     }
 
     /// The reply record of the procedures other than READ, in parts.

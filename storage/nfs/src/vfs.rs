@@ -21,8 +21,8 @@ use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
 };
 use tm_storage::{
-    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, Segment, SetAttrs, StorageError,
-    DEFAULT_SHARE,
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, ReadAhead, Segment, SetAttrs,
+    StorageError, DEFAULT_SHARE,
 };
 
 /// Buffered bytes of one inode that trigger a flush.
@@ -276,6 +276,28 @@ impl Vfs {
                 .map_err(|e| failure_status(&e))
         };
         r.map(|(d, eof, a)| (d, eof, fattr(&a)))
+    }
+
+    /// Read a sequential reader's next range before it asks (see [`FileSystem::read_ahead`]).
+    pub(crate) fn read_ahead(&self, ino: u64, offset: u64, count: u32) -> Option<ReadAhead> {
+        self.fs.read_ahead(ino, offset, count.min(READ_CAP))
+    }
+
+    /// [`Vfs::read_with_attr`], from `ahead` when it holds this range and is still current.
+    pub(crate) async fn read_with_attr_ahead(
+        &self,
+        ahead: Option<ReadAhead>,
+        ino: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool, fattr3), nfsstat3> {
+        if ahead.is_none() || self.fs.is_staged(ino) {
+            return self.read_with_attr(ino, offset, count).await;
+        }
+        self.fs
+            .read_with_attr_ahead(ahead, ino, offset, count.min(READ_CAP))
+            .map(|(d, eof, a)| (d, eof, fattr(&a)))
+            .map_err(|e| failure_status(&e))
     }
 
     /// [`Vfs::read_with_attr`] as segments (chunk files for `sendfile`, no copy): `(segments,

@@ -151,6 +151,49 @@ async fn read_after_unstable_write(mode: ReadSend) {
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_never_return_bytes_read_ahead_before_a_change() {
+    // Copy mode, one READ at a time: from the second sequential READ on, the server reads the
+    // next range ahead after each reply.
+    let d = tempfile::tempdir().expect("tmp");
+    let srv = start_mode(d.path(), ReadSend::Copy).await;
+    let mut c = srv.mount("default").await;
+    let root = c.root_nfs_fh3();
+    let mut data = pattern(31, 6 * MIB);
+    let f = file_with(&mut c, &root, "seq", &data).await;
+    let m = MIB as u64;
+    let count = 1 << 20;
+    for i in 0..2 {
+        let got = read(&mut c, &f, i * m, count).await.expect("read");
+        assert!(got == expect(&data, i * m, count), "range {i}");
+    }
+    // Range 2 was read ahead; replaced over S3 before the client asks for it.
+    data = pattern(32, 6 * MIB);
+    put_object(&srv.store, "default", "seq", &data);
+    let got = read(&mut c, &f, 2 * m, count).await.expect("read");
+    assert!(
+        got == expect(&data, 2 * m, count),
+        "range 2 after the S3 replace"
+    );
+    // Range 3 was read ahead; an unstable write over NFS changes it.
+    let patch = pattern(33, 100);
+    write(&mut c, &f, 3 * m + 10, &patch, stable_how::UNSTABLE)
+        .await
+        .expect("write");
+    data[3 * MIB + 10..3 * MIB + 110].copy_from_slice(&patch);
+    let got = read(&mut c, &f, 3 * m, count).await.expect("read");
+    assert!(
+        got == expect(&data, 3 * m, count),
+        "range 3 after the NFS write"
+    );
+    // Unchanged ranges read ahead, a skip backwards, and the end.
+    for off in [4 * m, 5 * m, m, 2 * m, 5 * m + 7] {
+        let got = read(&mut c, &f, off, count).await.expect("read");
+        assert!(got == expect(&data, off, count), "at {off}");
+    }
+    srv.stop().await;
+}
+
 /// One READ call record (AUTH_NULL) for file handle `fh`.
 fn read_call(xid: u32, fh: &[u8], off: u64, count: u32) -> Vec<u8> {
     let mut v = Vec::new();
