@@ -28,7 +28,6 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering as AO};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use redb::{
@@ -83,15 +82,12 @@ pub(crate) type Local = HashMap<String, BTreeMap<OKey, Option<Bytes>>>;
 
 /// The committed layer over one redb checkpoint.
 pub(crate) struct Overlay {
-    /// Last sequence number published in this layer (readers see versions up to theirs).
-    seq: AtomicU64,
     tables: RwLock<HashMap<String, Versions>>,
 }
 
 impl Overlay {
-    fn new(seq: u64) -> Overlay {
+    fn new() -> Overlay {
         Overlay {
-            seq: AtomicU64::new(seq),
             tables: RwLock::new(HashMap::new()),
         }
     }
@@ -163,10 +159,20 @@ impl Overlay {
     }
 }
 
-/// The database with its layer; see the module docs for the protocol.
+/// The layers over redb and the last published sequence number; changed only under
+/// [`Mem`]'s mutex, so a snapshot of them and a redb read transaction taken under it match.
+struct Layers {
+    /// Where commits are published.
+    active: Arc<Overlay>,
+    /// The layer a running checkpoint is writing to redb (read under `active`).
+    frozen: Option<Arc<Overlay>>,
+    seq: u64,
+}
+
+/// The database with its layers; see the module docs for the protocol.
 pub(crate) struct Mem {
     db: Arc<Database>,
-    cur: Mutex<Arc<Overlay>>,
+    cur: Mutex<Layers>,
 }
 
 impl Mem {
@@ -174,11 +180,15 @@ impl Mem {
     pub(crate) fn new(db: Arc<Database>, seq: u64) -> Mem {
         Mem {
             db,
-            cur: Mutex::new(Arc::new(Overlay::new(seq))),
+            cur: Mutex::new(Layers {
+                active: Arc::new(Overlay::new()),
+                frozen: None,
+                seq,
+            }),
         }
     }
 
-    fn cur(&self) -> MutexGuard<'_, Arc<Overlay>> {
+    fn cur(&self) -> MutexGuard<'_, Layers> {
         self.cur.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -186,30 +196,30 @@ impl Mem {
         &self.db
     }
 
-    /// The current layer (for a checkpoint, by the holder of the log).
-    pub(crate) fn layer(&self) -> Arc<Overlay> {
-        self.cur().clone()
-    }
-
     /// A consistent snapshot for reading.
     pub(crate) fn view(&self) -> Result<View, StorageError> {
         let g = self.cur();
-        let ov = g.clone();
-        let seq = ov.seq.load(AO::Acquire);
+        let (active, frozen, seq) = (g.active.clone(), g.frozen.clone(), g.seq);
         let rtx = self.db.begin_read()?;
         drop(g);
-        Ok(View { rtx, ov, seq })
+        Ok(View {
+            rtx,
+            active,
+            frozen,
+            seq,
+        })
     }
 
     /// A write transaction; the caller holds the log (one writer at a time).
     pub(crate) fn begin(&self) -> Result<Tx, StorageError> {
         let g = self.cur();
-        let ov = g.clone();
+        let (active, frozen) = (g.active.clone(), g.frozen.clone());
         let rtx = self.db.begin_read()?;
         drop(g);
         Ok(Tx {
             rtx,
-            ov,
+            active,
+            frozen,
             local: RefCell::new(HashMap::new()),
             redo: RefCell::new(Vec::new()),
         })
@@ -217,36 +227,63 @@ impl Mem {
 
     /// Make a committed transaction's writes visible as sequence `seq` (its log record's).
     pub(crate) fn publish(&self, local: Local, seq: u64) {
-        let ov = self.layer();
-        ov.add(local, seq);
-        let _g = self.cur();
-        ov.seq.store(seq, AO::Release);
+        let active = self.cur().active.clone();
+        active.add(local, seq);
+        self.cur().seq = seq;
     }
 
-    /// After a checkpoint committed `layer` to redb: start an empty layer at the same sequence.
-    pub(crate) fn swap(&self, seq: u64) {
-        *self.cur() = Arc::new(Overlay::new(seq));
+    /// Start a checkpoint (the caller holds the log): the active layer becomes the frozen one,
+    /// commits go to a new layer; returns what to write to redb. `None` while one runs.
+    pub(crate) fn freeze(&self) -> Option<Arc<Overlay>> {
+        let mut g = self.cur();
+        if g.frozen.is_some() {
+            return None;
+        }
+        let f = std::mem::replace(&mut g.active, Arc::new(Overlay::new()));
+        g.frozen = Some(f.clone());
+        Some(f)
     }
 
-    /// Hold off new readers (and publishes) while a commit that changes what the base shows
-    /// beyond the layer runs.
-    pub(crate) fn exclusive(&self) -> MutexGuard<'_, Arc<Overlay>> {
-        self.cur()
+    /// The checkpoint of the frozen layer is durable in redb: drop it. (Until now readers
+    /// paired the new base with a layer it already includes, which reads the same.)
+    pub(crate) fn thaw(&self) {
+        self.cur().frozen = None;
     }
 
-    /// `swap` for a caller holding [`Mem::exclusive`].
-    pub(crate) fn swap_locked(g: &mut MutexGuard<'_, Arc<Overlay>>, seq: u64) {
-        **g = Arc::new(Overlay::new(seq));
+    /// Whether a checkpoint is writing a frozen layer.
+    pub(crate) fn frozen(&self) -> bool {
+        self.cur().frozen.is_some()
+    }
+
+    /// A checkpoint of everything (no frozen layer may exist; the caller holds the log):
+    /// `commit` gets the active layer's newest versions and must make them (and whatever it
+    /// adds) durable in redb; readers are held off meanwhile, as the base then holds more
+    /// than the layer shows. On success the layer is emptied.
+    pub(crate) fn checkpoint_all<E>(
+        &self,
+        commit: impl FnOnce(&Local) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut g = self.cur();
+        debug_assert!(
+            g.frozen.is_none(),
+            "checkpoint_all during a background checkpoint"
+        );
+        commit(&g.active.latest())?;
+        g.active = Arc::new(Overlay::new());
+        Ok(())
     }
 }
 
-/// Where a table's layer versions come from.
+/// Where a table's layer versions come from, in rising priority: frozen, active, own writes.
 #[derive(Clone, Copy)]
 struct Side<'t> {
-    ov: &'t Overlay,
+    active: &'t Overlay,
+    frozen: Option<&'t Overlay>,
     seq: u64,
     local: Option<&'t RefCell<Local>>,
 }
+
+type Batch = (Vec<(OKey, Option<Bytes>)>, bool);
 
 impl Side<'_> {
     fn get(&self, table: &str, key: &OKey) -> Option<Option<Bytes>> {
@@ -255,43 +292,48 @@ impl Side<'_> {
                 return Some(v.clone());
             }
         }
-        self.ov.get(table, key, self.seq)
+        if let Some(v) = self.active.get(table, key, self.seq) {
+            return Some(v);
+        }
+        self.frozen.and_then(|f| f.get(table, key, self.seq))
     }
 
-    /// Up to about `n` layer entries of `table` within the bounds, in key order (the
-    /// transaction's own writes over the layer's); whether there may be more after them.
-    fn batch(
-        &self,
-        table: &str,
-        lo: &Bound<OKey>,
-        hi: &Bound<OKey>,
-        n: usize,
-    ) -> (Vec<(OKey, Option<Bytes>)>, bool) {
-        let (ov, ov_more) = self.ov.range(table, lo, hi, self.seq, n);
-        let Some(l) = self.local else {
-            return (ov, ov_more);
-        };
-        let l = l.borrow();
-        let Some(t) = l.get(table) else {
-            return (ov, ov_more);
-        };
-        let mut own = t.range((lo.clone(), hi.clone()));
-        let mine: Vec<_> = own
-            .by_ref()
-            .take(n)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let own_more = own.next().is_some();
-        // Only keys up to the smaller last key of a cut-off side are complete.
+    /// Up to about `n` layer entries of `table` within the bounds per source, in key order
+    /// (a higher-priority source's version of a key wins); whether there may be more after
+    /// them.
+    fn batch(&self, table: &str, lo: &Bound<OKey>, hi: &Bound<OKey>, n: usize) -> Batch {
+        let mut parts: Vec<Batch> = Vec::with_capacity(3);
+        if let Some(f) = self.frozen {
+            parts.push(f.range(table, lo, hi, self.seq, n));
+        }
+        parts.push(self.active.range(table, lo, hi, self.seq, n));
+        if let Some(l) = self.local {
+            if let Some(t) = l.borrow().get(table) {
+                let mut own = t.range((lo.clone(), hi.clone()));
+                let mine: Vec<_> = own
+                    .by_ref()
+                    .take(n)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let more = own.next().is_some();
+                parts.push((mine, more));
+            }
+        }
+        if parts.len() == 1 {
+            return parts.pop().expect("one part");
+        }
+        // Only keys up to the smallest last key of a cut-off source are complete.
         let mut cut: Option<&OKey> = None;
-        for (more, v) in [(ov_more, &ov), (own_more, &mine)] {
+        for (v, more) in &parts {
             if let (true, Some((k, _))) = (more, v.last()) {
                 cut = Some(cut.map_or(k, |c| c.min(k)));
             }
         }
         let cut = cut.cloned();
-        let mut m: BTreeMap<OKey, Option<Bytes>> = ov.into_iter().collect();
-        m.extend(mine);
+        let mut m: BTreeMap<OKey, Option<Bytes>> = BTreeMap::new();
+        for (v, _) in parts {
+            m.extend(v);
+        }
         let out = m
             .into_iter()
             .filter(|(k, _)| cut.as_ref().is_none_or(|c| k <= c))
@@ -513,7 +555,8 @@ impl<'t, K: Key + 'static, V: Value + 'static> Iterator for Iter<'t, K, V> {
 /// A read snapshot: a redb read transaction and the layer that goes with it.
 pub(crate) struct View {
     rtx: ReadTransaction,
-    ov: Arc<Overlay>,
+    active: Arc<Overlay>,
+    frozen: Option<Arc<Overlay>>,
     seq: u64,
 }
 
@@ -525,7 +568,8 @@ impl View {
         Ok(TableR {
             base: self.rtx.open_table(def)?,
             side: Side {
-                ov: &self.ov,
+                active: &self.active,
+                frozen: self.frozen.as_deref(),
                 seq: self.seq,
                 local: None,
             },
@@ -542,7 +586,8 @@ const OP_REMOVE: u8 = 2;
 /// writes are kept (and recorded for the redo log) until the commit publishes them.
 pub(crate) struct Tx {
     rtx: ReadTransaction,
-    ov: Arc<Overlay>,
+    active: Arc<Overlay>,
+    frozen: Option<Arc<Overlay>>,
     local: RefCell<Local>,
     redo: RefCell<Vec<u8>>,
 }
@@ -557,7 +602,8 @@ impl Tx {
             r: TableR {
                 base: self.rtx.open_table(def)?,
                 side: Side {
-                    ov: &self.ov,
+                    active: &self.active,
+                    frozen: self.frozen.as_deref(),
                     seq: u64::MAX,
                     local: Some(&self.local),
                 },
@@ -784,18 +830,27 @@ pub(crate) mod tests {
             t.insert(7, b"v2".as_slice()).expect("insert");
             t.remove(3).expect("remove");
         });
-        // Checkpoint: the layer goes into redb, a new empty layer starts.
+        // Checkpoint: the layer is frozen, commits go on in a new one, the frozen one goes
+        // into redb and is dropped.
+        let frozen = m.freeze().expect("no checkpoint running");
+        assert!(m.freeze().is_none(), "one checkpoint at a time");
+        commit(&m, 3, |t| {
+            t.insert(8, b"during".as_slice()).expect("insert")
+        });
+        let during = m.view().expect("view");
         let w = m.db().begin_write().expect("write");
-        crate::wal::apply_table(
-            &w,
-            "t",
-            &mut m.layer().latest()["t"]
-                .iter()
-                .map(|(k, v)| (k.bytes(), v.as_deref())),
-        )
-        .expect("apply");
+        crate::wal::apply(&w, &frozen.latest()).expect("apply");
         w.commit().expect("commit");
-        m.swap(2);
+        // Base and frozen layer agree until the thaw: a view taken now reads the same.
+        let between = m.view().expect("view");
+        m.thaw();
+        for v in [&during, &between] {
+            let t = v.open_table(T).expect("table");
+            assert_eq!(t.get(7).expect("get").expect("7").value(), b"v2");
+            assert_eq!(t.get(8).expect("get").expect("8").value(), b"during");
+            assert!(t.get(3).expect("get").is_none());
+            assert_eq!(all(v).len(), 4);
+        }
         let after = m.view().expect("view");
         let t = before.open_table(T).expect("table");
         assert_eq!(t.get(7).expect("get").expect("7").value(), b"v1");
@@ -803,7 +858,8 @@ pub(crate) mod tests {
         let t = after.open_table(T).expect("table");
         assert_eq!(t.get(7).expect("get").expect("7").value(), b"v2");
         assert!(t.get(3).expect("get").is_none());
-        assert_eq!(all(&after).len(), 3);
+        assert_eq!(t.get(8).expect("get").expect("8").value(), b"during");
+        assert_eq!(all(&after).len(), 4);
     }
 
     #[test]
@@ -870,6 +926,10 @@ pub(crate) mod tests {
         }
         let (committed, own) = ops.split_at(2500);
         for (seq, chunk) in committed.chunks(100).enumerate() {
+            if seq == 12 {
+                // Half the commits in a frozen layer (a checkpoint running), half over it.
+                m.freeze().expect("freeze");
+            }
             commit(&m, seq as u64 + 1, |t| {
                 for &(k, del) in chunk {
                     if del {

@@ -14,13 +14,13 @@
 //! state in which no reference can appear behind its back.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::mem::{Mem, ReadTable, Tx, View};
+use crate::mem::{Local, Mem, Overlay, ReadTable, Tx, View};
 use crate::wal::{Wal, CHECKPOINT_AFTER, WAL_META};
 use md5::{Digest, Md5};
 use redb::{Database, ReadableTable as _};
@@ -162,6 +162,10 @@ struct Inner {
     /// without a read transaction).
     commits: Arc<AtomicU64>,
     committer: Option<JoinHandle<()>>,
+    /// The checkpoint thread (woken when a checkpoint is due) and its stop flag.
+    ckpt_thread: std::thread::Thread,
+    checkpointer: Option<JoinHandle<()>>,
+    stop_ckpt: Arc<AtomicBool>,
     stop_reclaim: Option<Sender<()>>,
     reclaimer: Option<JoinHandle<()>>,
     /// Writes staged by the file-system view (NFS UNSTABLE), applied before any read.
@@ -173,6 +177,12 @@ impl Drop for Inner {
         self.jobs.take();
         self.stop_reclaim.take();
         if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+        // After the last commit: the checkpoint thread writes everything to redb.
+        self.stop_ckpt.store(true, Ordering::Release);
+        self.ckpt_thread.unpark();
+        if let Some(h) = self.checkpointer.take() {
             let _ = h.join();
         }
         if let Some(h) = self.reclaimer.take() {
@@ -220,30 +230,80 @@ fn open_wal(db: &Database, path: &std::path::Path) -> Result<Wal, StorageError> 
     Ok(wal)
 }
 
-/// Apply the in-memory layer (and `extra`, a batch too large for the log) to redb in one
-/// durable commit, then start an empty layer and the log again. On failure the log keeps its
+/// A blocking checkpoint of everything (the caller holds the log): waits for a running
+/// background checkpoint, then applies the layer (and `extra`, a batch too large for the log)
+/// to redb in one durable commit and starts the log region again. On failure the log keeps its
 /// records and the layer its versions.
-fn checkpoint(mem: &Mem, wal: &mut Wal, extra: Option<&crate::mem::Local>) -> Result<(), String> {
-    let layer = mem.layer();
+fn checkpoint_all(mem: &Mem, wal: &mut Wal, extra: Option<&Local>) -> Result<(), String> {
+    while mem.frozen() {
+        // The background checkpoint finishes without the log.
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let lsn = wal.last();
+    mem.checkpoint_all(|latest| -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let wtx = mem.db().begin_write().map_err(|x| e(&x))?;
+        crate::wal::apply(&wtx, latest).map_err(|x| e(&x))?;
+        if let Some(x) = extra {
+            crate::wal::apply(&wtx, x).map_err(|x| e(&x))?;
+        }
+        set_lsn(&wtx, lsn)?;
+        wtx.commit().map_err(|x| e(&x))
+    })?;
+    wal.reset();
+    Ok(())
+}
+
+/// Write a frozen layer, which holds the log's records up to `lsn`, to redb durably.
+fn commit_layer(mem: &Mem, layer: &Overlay, lsn: u64) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let wtx = mem.db().begin_write().map_err(|x| e(&x))?;
     crate::wal::apply(&wtx, &layer.latest()).map_err(|x| e(&x))?;
-    if let Some(x) = extra {
-        crate::wal::apply(&wtx, x).map_err(|x| e(&x))?;
+    set_lsn(&wtx, lsn)?;
+    wtx.commit().map_err(|x| e(&x))
+}
+
+/// The checkpoint thread: when the log region is a quarter full or its oldest record is
+/// [`CHECKPOINT_AFTER`] old, freeze the layer and switch log regions (briefly holding the log),
+/// then write the frozen layer to redb while commits go on. At `stop`, a last checkpoint of
+/// everything.
+fn checkpointer(mem: Arc<Mem>, wal: Arc<Mutex<Wal>>, stop: Arc<AtomicBool>) {
+    let mut pending: Option<(Arc<Overlay>, u64)> = None;
+    loop {
+        if let Some((layer, lsn)) = &pending {
+            match commit_layer(&mem, layer, *lsn) {
+                Ok(()) => {
+                    mem.thaw();
+                    pending = None;
+                }
+                Err(_) if stop.load(Ordering::Acquire) => return, // the log keeps the records
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+            continue;
+        }
+        let due = {
+            let mut w = lock(&wal);
+            if stop.load(Ordering::Acquire) {
+                if w.dirty() {
+                    let _ = checkpoint_all(&mem, &mut w, None);
+                }
+                return;
+            }
+            match w.due_in() {
+                Some(d) if d.is_zero() => {
+                    if let Some(layer) = mem.freeze() {
+                        pending = Some((layer, w.last()));
+                        w.switch();
+                    }
+                    None
+                }
+                d => Some(d.unwrap_or(CHECKPOINT_AFTER)),
+            }
+        };
+        if let Some(d) = due {
+            std::thread::park_timeout(d);
+        }
     }
-    set_lsn(&wtx, wal.last())?;
-    if extra.is_some() {
-        // The base gets a commit the layer does not show: no reader may pair the two.
-        let mut g = mem.exclusive();
-        wtx.commit().map_err(|x| e(&x))?;
-        Mem::swap_locked(&mut g, wal.last());
-    } else {
-        // Until the swap, readers pair the new base with a layer it already includes.
-        wtx.commit().map_err(|x| e(&x))?;
-        mem.swap(wal.last());
-    }
-    wal.reset();
-    Ok(())
 }
 
 fn set_lsn(wtx: &redb::WriteTransaction, lsn: u64) -> Result<(), String> {
@@ -253,9 +313,14 @@ fn set_lsn(wtx: &redb::WriteTransaction, lsn: u64) -> Result<(), String> {
 }
 
 /// Make a batch durable and visible: its redo record written to the log and synced, then its
-/// writes published in the in-memory layer; or, when the record does not fit (or the log
-/// fails), a checkpoint that includes it.
-fn commit_batch(mem: &Mem, tx: Tx, wal: &mut Wal) -> Result<(), String> {
+/// writes published in the in-memory layer (waking the checkpoint thread when one is due);
+/// or, when the record does not fit (or the log fails), a checkpoint that includes it.
+fn commit_batch(
+    mem: &Mem,
+    tx: Tx,
+    wal: &mut Wal,
+    ckpt: &std::thread::Thread,
+) -> Result<(), String> {
     let (redo, local) = tx.into_parts();
     if redo.is_empty() {
         return Ok(()); // nothing changed (refusals only)
@@ -265,6 +330,9 @@ fn commit_batch(mem: &Mem, tx: Tx, wal: &mut Wal) -> Result<(), String> {
             match wal.sync() {
                 Ok(()) => {
                     mem.publish(local, lsn);
+                    if wal.due_in() == Some(Duration::ZERO) {
+                        ckpt.unpark();
+                    }
                     return Ok(());
                 }
                 Err(_) => {
@@ -274,7 +342,7 @@ fn commit_batch(mem: &Mem, tx: Tx, wal: &mut Wal) -> Result<(), String> {
             }
         }
     }
-    checkpoint(mem, wal, Some(&local))
+    checkpoint_all(mem, wal, Some(&local))
 }
 
 /// What the committer thread shares with the store.
@@ -285,6 +353,7 @@ struct CommitterCtx {
     wal: Arc<Mutex<Wal>>,
     queued: Arc<AtomicUsize>,
     commits: Arc<AtomicU64>,
+    ckpt: std::thread::Thread,
 }
 
 fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
@@ -295,36 +364,17 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
         wal,
         queued,
         commits,
+        ckpt,
     } = ctx;
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
-        {
-            // Checkpoint when due, also while jobs keep coming.
-            let mut w = lock(&wal);
-            let due = w.due_in() == Some(Duration::ZERO);
-            if due && checkpoint(&mem, &mut w, None).is_err() {
-                drop(w);
-                // The log keeps the records; try again a little later.
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
         if pending.is_empty() {
-            // Callers commit too (`Store::commit_here`), so look at the log at least every
-            // `CHECKPOINT_AFTER` even when it was clean.
-            let due = lock(&wal).due_in().unwrap_or(CHECKPOINT_AFTER);
-            match rx.recv_timeout(due) {
+            match rx.recv() {
                 Ok(j) => {
                     queued.fetch_sub(1, Ordering::AcqRel);
                     pending.push_back(j);
                 }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    let mut w = lock(&wal);
-                    if w.dirty() {
-                        let _ = checkpoint(&mem, &mut w, None);
-                    }
-                    return;
-                }
+                Err(_) => return, // the store closed; the checkpoint thread writes the rest
             }
         }
         while pending.len() < MAX_BATCH {
@@ -368,7 +418,7 @@ fn committer(rx: Receiver<Job>, ctx: CommitterCtx) {
             drop(tx);
             Err("transaction aborted: another write in the batch failed".to_string())
         } else {
-            commit_batch(&mem, tx, &mut wal)
+            commit_batch(&mem, tx, &mut wal, &ckpt)
         };
         drop(wal);
         match result {
@@ -556,7 +606,16 @@ impl Store {
         let wal = Arc::new(Mutex::new(wal));
         let queued = Arc::new(AtomicUsize::new(0));
         let commits = Arc::new(AtomicU64::new(0));
+        let stop_ckpt = Arc::new(AtomicBool::new(false));
+        let checkpointer = {
+            let (mem, wal, stop) = (mem.clone(), wal.clone(), stop_ckpt.clone());
+            std::thread::Builder::new()
+                .name("tm-storage-ckpt".into())
+                .spawn(move || checkpointer(mem, wal, stop))?
+        };
+        let ckpt_thread = checkpointer.thread().clone();
         let committer = {
+            let ckpt = ckpt_thread.clone();
             let mem = mem.clone();
             let freed = freed.clone();
             let stats = commit_stats.clone();
@@ -572,6 +631,7 @@ impl Store {
                         wal,
                         queued,
                         commits,
+                        ckpt,
                     };
                     committer(rx, ctx)
                 })?
@@ -596,6 +656,9 @@ impl Store {
                 queued,
                 commits,
                 committer: Some(committer),
+                ckpt_thread,
+                checkpointer: Some(checkpointer),
+                stop_ckpt,
                 stop_reclaim: Some(stop_reclaim),
                 reclaimer: Some(reclaimer),
                 wb: crate::writeback::WriteBack::default(),
@@ -679,7 +742,7 @@ impl Store {
         let tx = self.inner.mem.begin()?;
         let mut freed = Vec::new();
         let v = f(&tx, &mut freed)?; // a refusal or failure drops the transaction: nothing changed
-        let r = commit_batch(&self.inner.mem, tx, &mut wal);
+        let r = commit_batch(&self.inner.mem, tx, &mut wal, &self.inner.ckpt_thread);
         self.inner.commits.fetch_add(1, Ordering::Release);
         r.map_err(StorageError::Db)?;
         drop(wal);

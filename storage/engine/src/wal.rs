@@ -35,8 +35,11 @@ pub(crate) const WAL_META: TableDefinition<&str, u64> = TableDefinition::new("wa
 pub(crate) const LOG_SIZE: u64 = 8 << 20;
 /// Largest record; larger batches commit durably in redb instead.
 pub(crate) const RECORD_MAX: usize = 1 << 20;
-/// Checkpoint once the log holds this much.
-const CHECKPOINT_BYTES: u64 = LOG_SIZE / 2;
+/// The log is two regions: while a checkpoint writes the records of one to redb, commits go
+/// on in the other.
+const REGION: u64 = LOG_SIZE / 2;
+/// Checkpoint once the current region holds this much.
+const CHECKPOINT_BYTES: u64 = REGION / 2;
 /// Checkpoint when the oldest commit not yet durable in redb is this old.
 pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_millis(250);
 const MAGIC: u32 = 0x4c57_4d54; // "TMWL"
@@ -133,6 +136,9 @@ pub(crate) struct Wal {
     /// The log opened `O_DIRECT | O_DSYNC` (`None` where the file system refuses): a record is
     /// durable when its write returns — one device write and flush, no page-cache writeback.
     direct: Option<Direct>,
+    /// Start of the region in use.
+    base: u64,
+    /// Where the next record goes, within the region.
     tail: u64,
     /// Sequence number of the last record written (or included in the database).
     last: u64,
@@ -155,39 +161,44 @@ impl Wal {
             std::fs::remove_file(path)?;
             return Wal::open(path, applied);
         }
-        // Read record by record: a clean log (the usual case after a shutdown) costs one
-        // header read, not the whole file.
+        // Both regions, record by record (a clean log, the usual case after a shutdown, costs
+        // two header reads): the records after `applied`, in sequence order, up to a gap.
+        let mut found = std::collections::BTreeMap::new();
+        for region in [0, REGION] {
+            let mut at = 0u64;
+            let mut h = [0u8; HEADER];
+            while at + HEADER as u64 <= REGION {
+                file.read_exact_at(&mut h, region + at)?;
+                if u32::from_le_bytes(h[0..4].try_into().expect("4")) != MAGIC {
+                    break;
+                }
+                let lsn = u64::from_le_bytes(h[4..12].try_into().expect("8"));
+                let len = u32::from_le_bytes(h[12..16].try_into().expect("4")) as u64;
+                if len > RECORD_MAX as u64 || at + HEADER as u64 + len > REGION {
+                    break;
+                }
+                let mut payload = vec![0u8; len as usize];
+                file.read_exact_at(&mut payload, region + at + HEADER as u64)?;
+                if h[16..32] != checksum(lsn, &payload) {
+                    break;
+                }
+                if lsn > applied {
+                    found.insert(lsn, payload);
+                }
+                at += HEADER as u64 + len;
+            }
+        }
         let mut out = Vec::new();
         let mut expect = applied + 1;
-        let mut at = 0u64;
-        let mut h = [0u8; HEADER];
-        while at + HEADER as u64 <= LOG_SIZE {
-            file.read_exact_at(&mut h, at)?;
-            if u32::from_le_bytes(h[0..4].try_into().expect("4")) != MAGIC {
-                break;
-            }
-            let lsn = u64::from_le_bytes(h[4..12].try_into().expect("8"));
-            let len = u32::from_le_bytes(h[12..16].try_into().expect("4")) as u64;
-            if len > RECORD_MAX as u64 || at + HEADER as u64 + len > LOG_SIZE {
-                break;
-            }
-            let mut payload = vec![0u8; len as usize];
-            file.read_exact_at(&mut payload, at + HEADER as u64)?;
-            if h[16..32] != checksum(lsn, &payload) {
-                break;
-            }
-            if lsn == expect {
-                out.push(payload);
-                expect += 1;
-            } else if lsn > applied {
-                break; // a gap: nothing after it belongs to this run
-            }
-            at += HEADER as u64 + len;
+        while let Some(p) = found.remove(&expect) {
+            out.push(p);
+            expect += 1;
         }
         let direct = Direct::open(path);
         let wal = Wal {
             file,
             direct,
+            base: 0,
             tail: 0,
             last: expect - 1,
             oldest: None,
@@ -202,7 +213,7 @@ impl Wal {
 
     /// Whether a record with `len` payload bytes fits now.
     pub(crate) fn fits(&self, len: usize) -> bool {
-        len <= RECORD_MAX && self.tail + (HEADER + len) as u64 <= LOG_SIZE
+        len <= RECORD_MAX && self.tail + (HEADER + len) as u64 <= REGION
     }
 
     /// Append one record and sync it; returns its sequence number.
@@ -230,15 +241,16 @@ impl Wal {
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         rec.extend_from_slice(&checksum(lsn, payload));
         rec.extend_from_slice(payload);
-        match self.direct.as_mut().map(|d| d.write(self.tail, &rec)) {
+        let at = self.base + self.tail;
+        match self.direct.as_mut().map(|d| d.write(at, &rec)) {
             Some(Ok(())) => {}
             // Some file systems accept O_DIRECT at open and refuse the writes: go buffered.
             Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.direct = None;
-                self.file.write_all_at(&rec, self.tail)?;
+                self.file.write_all_at(&rec, at)?;
             }
             Some(Err(e)) => return Err(e),
-            None => self.file.write_all_at(&rec, self.tail)?,
+            None => self.file.write_all_at(&rec, at)?,
         }
         self.tail += rec.len() as u64;
         self.last = lsn;
@@ -250,10 +262,11 @@ impl Wal {
     /// stops before it; the next record takes its place and its sequence number.
     pub(crate) fn cancel_last(&mut self, len: usize) -> std::io::Result<()> {
         let at = self.tail - (HEADER + len) as u64;
+        let abs = self.base + at;
         match &mut self.direct {
-            Some(d) => d.cancel(at)?,
+            Some(d) => d.cancel(abs)?,
             None => {
-                self.file.write_all_at(&[0u8; HEADER], at)?;
+                self.file.write_all_at(&[0u8; HEADER], abs)?;
                 self.file.sync_data()?;
             }
         }
@@ -262,13 +275,21 @@ impl Wal {
         Ok(())
     }
 
-    /// Everything up to [`Wal::last`] is durable in the database: start again at offset 0.
+    /// Everything up to [`Wal::last`] is durable in the database: start the region again.
     pub(crate) fn reset(&mut self) {
         if let Some(d) = &mut self.direct {
             d.head.clear();
         }
         self.tail = 0;
         self.oldest = None;
+    }
+
+    /// A checkpoint of everything up to [`Wal::last`] starts: go on in the other region
+    /// (whose records a finished checkpoint covers). Its old records carry lower sequence
+    /// numbers than the checkpoint's, so recovery skips them.
+    pub(crate) fn switch(&mut self) {
+        self.base = REGION - self.base;
+        self.reset();
     }
 
     /// Whether records wait for a checkpoint.
@@ -422,6 +443,32 @@ mod tests {
         // Nothing new after the checkpoint: old records are all skipped.
         let (w, got) = Wal::open(&p, 6).expect("reopen");
         assert!(got.is_empty());
+        assert_eq!(w.last(), 6);
+    }
+
+    #[test]
+    fn records_of_both_regions_replay_in_sequence_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("meta.wal");
+        let (mut w, _) = Wal::open(&p, 0).expect("open");
+        for i in 1..=3u8 {
+            w.append(&[i; 100]).expect("append");
+        }
+        w.switch(); // a checkpoint of 1..=3 starts; commits go on in the other region
+        for i in 4..=5u8 {
+            w.append(&[i; 100]).expect("append");
+        }
+        let (_, got) = Wal::open(&p, 0).expect("reopen");
+        assert_eq!(got, (1..=5u8).map(|i| vec![i; 100]).collect::<Vec<_>>());
+        // The checkpoint of 1..=3 finished: only 4..=5 are replayed.
+        let (_, got) = Wal::open(&p, 3).expect("reopen");
+        assert_eq!(got, vec![vec![4u8; 100], vec![5u8; 100]]);
+        // Next checkpoint (of 4..=5): back in the first region, over the old records.
+        w.switch();
+        w.append(&[6; 10]).expect("append");
+        drop(w);
+        let (w, got) = Wal::open(&p, 5).expect("reopen");
+        assert_eq!(got, vec![vec![6u8; 10]]);
         assert_eq!(w.last(), 6);
     }
 

@@ -123,7 +123,7 @@ fn kill9_never_loses_acked_writes() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("clock")
         .subsec_nanos() as u64;
-    for round in 0..3 {
+    for round in 0..4u64 {
         let d = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(std::env::current_exe().expect("exe"))
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
@@ -154,7 +154,8 @@ fn kill9_never_loses_acked_writes() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis((seed >> 33) % 400));
+        // Later rounds run long enough for checkpoints (every 250 ms) to be under way.
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 400 + 300 * round));
         child.kill().expect("kill -9"); // SIGKILL on Unix
         child.wait().expect("wait");
         reader.join().expect("reader");
