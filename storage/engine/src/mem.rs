@@ -7,20 +7,23 @@
 //! (~100-170 µs per transaction, measured). Here a commit is: run the transaction against
 //! [`Tx`] (reads see base + layer + own writes; writes stay in the transaction), append its
 //! redo record to the log and sync it, then publish the writes into the [`Overlay`] under a
-//! new sequence number. A checkpoint applies the whole layer to redb in one durable commit —
-//! each page once for hundreds of transactions — and starts an empty layer.
+//! new sequence number. A checkpoint freezes the layer (commits go on in a new one, read
+//! over it), writes the frozen layer to redb in one durable commit — each page once for
+//! hundreds of transactions — on the checkpoint thread, and then drops it.
 //!
-//! Readers ([`View`]) pair a redb read transaction (the base, state at checkpoint `c`) with the
-//! layer current when they started and its sequence number `s`; they see a version in the
-//! layer only if its sequence is at most `s`. The pair is taken under the same mutex that
-//! publishes a sequence number and swaps the layer after a checkpoint, so a reader's base
-//! never includes a commit its layer does not show: either the base is older than the layer
-//! (`c` ≤ base ≤ `s`) or the layer holds nothing the base has not got (after a checkpoint
-//! commit, before the swap, the layer is exactly what the base just received).
+//! Readers ([`View`]) pair a redb read transaction (the base) with the layers current when
+//! they started and the last published sequence number `s`; they see a version in a layer
+//! only if its sequence is at most `s`. The pair is taken under the mutex that publishes
+//! sequence numbers, freezes and drops layers, so a reader's base never holds a commit its
+//! layers do not show: the base is either older than the frozen layer, or (after the
+//! checkpoint's commit, before the drop) holds exactly what the frozen layer holds, which
+//! reads the same. The rare blocking checkpoint that adds a batch too large for the log
+//! holds readers off for its commit.
 //!
-//! Memory: the layer holds every version written since the last checkpoint, which is bounded
-//! by the log (a checkpoint runs when it is half full). Old layers live as long as a reader
-//! that started on them.
+//! Memory: the layers hold every version written since the last checkpoint, which the log
+//! bounds (a checkpoint starts when its region holds 512 KiB, and commits wait for a running
+//! checkpoint when the other region is full). Old layers live as long as a reader that
+//! started on them.
 
 use std::borrow::Borrow;
 use std::cell::RefCell;

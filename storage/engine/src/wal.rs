@@ -6,15 +6,16 @@
 //! (table name, key bytes, value bytes or removal) besides keeping it. The committer appends
 //! the batch's record to `meta.wal` (pre-written, fixed size, so an overwrite needs no
 //! file-system journal commit) and syncs it, then publishes the writes in the in-memory layer
-//! (`mem.rs`), which makes them visible. A checkpoint — the layer applied to redb in one
-//! durable commit — happens when the log is half full, after [`CHECKPOINT_AFTER`] without
-//! one, when a batch is too large for the log, and when the store closes; after it the log
-//! starts again at offset 0.
+//! (`mem.rs`), which makes them visible. The log has two regions: a checkpoint (the checkpoint
+//! thread in `store.rs`) switches commits to the other region, then writes the frozen layer to
+//! redb in one durable commit while they go on; it starts when the region holds
+//! [`CHECKPOINT_BYTES`] or its oldest record is [`CHECKPOINT_AFTER`] old. A batch too large
+//! for the log, a full region and closing the store take a blocking checkpoint of everything.
 //!
 //! Recovery ([`Wal::open`]): redb comes back at its last durable commit, whose `wal_meta.lsn`
-//! says which record it includes last; the records after it are read from offset 0 (each has a
-//! sequence number and a BLAKE3 checksum; reading stops at the first torn or foreign one) and
-//! their mutations replayed in order. A record is replayed only if its whole batch was synced,
+//! says which record it includes last; the records after it are read from both regions (each
+//! has a sequence number and a BLAKE3 checksum; reading a region stops at the first torn or
+//! foreign record) and their mutations replayed in sequence order, up to the first gap. A record is replayed only if its whole batch was synced,
 //! and a batch is acknowledged only after that sync, so an acknowledged commit is never lost
 //! and an unacknowledged one is either entirely there or entirely absent.
 
@@ -38,8 +39,10 @@ pub(crate) const RECORD_MAX: usize = 1 << 20;
 /// The log is two regions: while a checkpoint writes the records of one to redb, commits go
 /// on in the other.
 const REGION: u64 = LOG_SIZE / 2;
-/// Checkpoint once the current region holds this much.
-const CHECKPOINT_BYTES: u64 = REGION / 2;
+/// Checkpoint once the current region holds this much. A checkpoint's writes and sync share
+/// the device with the log's, so smaller ones keep commit latency even (S3 put-small p99,
+/// 16 clients: 22 ms at 2 MiB, 11 ms at 512 KiB, 9 ms at 256 KiB; throughput within noise).
+const CHECKPOINT_BYTES: u64 = 512 << 10;
 /// Checkpoint when the oldest commit not yet durable in redb is this old.
 pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_millis(250);
 const MAGIC: u32 = 0x4c57_4d54; // "TMWL"
