@@ -8,7 +8,7 @@
 //! the reverse.
 //!
 //! Inodes: `fs_paths` maps `bucket/path` to an inode number, `fs_inodes` maps the number to an
-//! [`InodeRec`] (path, mode, uid, gid, times, exclusive-create verifier). Numbers come from a
+//! `InodeRec` (path, mode, uid, gid, times, exclusive-create verifier). Numbers come from a
 //! persisted counter and are never reused, so a (generation, inode) file handle stays valid
 //! across restarts and renames; `fs_meta.generation` is random, created once per store. Objects
 //! that arrive over S3 get an inode the first time NFS sees them (one group-committed write).
