@@ -57,6 +57,8 @@ pub(crate) struct Front {
     pub verf: [u8; 8],
     /// How READ replies carry file data.
     pub read_send: ReadSend,
+    /// See [`crate::NfsConfig::busy_poll`].
+    pub busy_poll: std::time::Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -437,7 +439,14 @@ impl Front {
             }));
         }
         let mut seq = fast::Sequential::default();
+        // Busy polling (`NfsConfig::busy_poll`): when the last reply was sent and how soon
+        // the client's next call followed it.
+        let mut sent_at: Option<std::time::Instant> = None;
+        let mut last_gap = std::time::Duration::MAX;
         while let Ok(Some(mut rec)) = read_record(&mut cr).await {
+            if let Some(t) = sent_at.take() {
+                last_gap = t.elapsed();
+            }
             let Some(call) = parse_call(&rec) else {
                 break;
             };
@@ -459,6 +468,15 @@ impl Front {
                         break;
                     }
                     seq.read_ahead(&self);
+                    if last_gap < self.busy_poll {
+                        // A client in a tight loop: its next call is due within the budget,
+                        // sooner than a sleeping thread would wake for it.
+                        let t = std::time::Instant::now();
+                        while t.elapsed() < self.busy_poll && !Self::more_waiting(&cr) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    sent_at = Some(std::time::Instant::now());
                 } else {
                     let (me, cw) = (self.clone(), cw.clone());
                     tokio::spawn(async move {

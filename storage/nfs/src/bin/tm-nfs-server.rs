@@ -2,7 +2,8 @@
 //! node serves NFS itself with its `nfs:` config).
 //!
 //! `tm-nfs-server --data DIR [--listen ADDR:PORT] [--allow CIDR]... [--no-loopback]
-//!  [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto]` — serves
+//!  [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto] [--busy-poll-us N]`
+//! — serves
 //! `/shares/<name>` until SIGINT/SIGTERM, then flushes buffered writes and exits 0.
 #![forbid(unsafe_code)]
 
@@ -15,7 +16,7 @@ use tm_storage::{Store, StoreConfig};
 fn usage() -> ! {
     eprintln!(
         "usage: tm-nfs-server --data DIR [--listen ADDR:PORT] [--allow CIDR]... [--no-loopback] \
-         [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto]"
+         [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto] [--busy-poll-us N]"
     );
     std::process::exit(2)
 }
@@ -27,6 +28,7 @@ fn main() {
     let mut loopback = true;
     let mut shares: Vec<String> = Vec::new();
     let mut read_send = ReadSend::Auto;
+    let mut busy_poll = tm_nfs::BUSY_POLL;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -40,6 +42,10 @@ fn main() {
             "--no-loopback" => loopback = false,
             "--share" => shares.push(val()),
             "--read-send" => read_send = val().parse().unwrap_or_else(|_| usage()),
+            "--busy-poll-us" => {
+                busy_poll =
+                    std::time::Duration::from_micros(val().parse().unwrap_or_else(|_| usage()))
+            }
             _ => usage(),
         }
     }
@@ -81,6 +87,7 @@ fn main() {
         let mut cfg = NfsConfig::new(listen, allow);
         cfg.allow_loopback = loopback;
         cfg.read_send = read_send;
+        cfg.busy_poll = busy_poll;
         let server = NfsServer::bind(store, cfg).await?;
         eprintln!("tm-nfs-server: listening on {}", server.local_addr()?);
         server
