@@ -21,7 +21,7 @@
 //! holds readers off for its commit.
 //!
 //! Memory: the layers hold every version written since the last checkpoint, which the log
-//! bounds (a checkpoint starts when its region holds 512 KiB, and commits wait for a running
+//! bounds (a checkpoint starts when its region holds 256 KiB, and commits wait for a running
 //! checkpoint when the other region is full). Old layers live as long as a reader that
 //! started on them.
 

@@ -40,9 +40,10 @@ pub(crate) const RECORD_MAX: usize = 1 << 20;
 /// on in the other.
 const REGION: u64 = LOG_SIZE / 2;
 /// Checkpoint once the current region holds this much. A checkpoint's writes and sync share
-/// the device with the log's, so smaller ones keep commit latency even (S3 put-small p99,
-/// 16 clients: 22 ms at 2 MiB, 11 ms at 512 KiB, 9 ms at 256 KiB; throughput within noise).
-const CHECKPOINT_BYTES: u64 = 512 << 10;
+/// the device with the log's, so smaller ones keep commit latency even. S3 put-small, 16
+/// clients, alternating runs: 256 KiB 5509/6003 ops/s, p99 9.8/8.9 ms; 512 KiB 6038/6132,
+/// p99 11.1/10.0 ms; 2 MiB (one run) 6633, p99 22 ms.
+const CHECKPOINT_BYTES: u64 = 256 << 10;
 /// Checkpoint when the oldest commit not yet durable in redb is this old.
 pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_millis(250);
 const MAGIC: u32 = 0x4c57_4d54; // "TMWL"
