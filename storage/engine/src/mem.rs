@@ -80,6 +80,11 @@ impl Ord for OKey {
 /// One table's versions: per key, (sequence, value or `None` = removed), oldest first.
 type Versions = BTreeMap<OKey, Vec<(u64, Option<Bytes>)>>;
 
+/// The newest of a key's versions visible at `seq`.
+fn visible(vs: &[(u64, Option<Bytes>)], seq: u64) -> Option<&Option<Bytes>> {
+    vs.iter().rev().find(|(s, _)| *s <= seq).map(|(_, v)| v)
+}
+
 /// Writes of one transaction, per table: the last value (or removal) of each key.
 pub(crate) type Local = HashMap<String, BTreeMap<OKey, Option<Bytes>>>;
 
@@ -103,11 +108,7 @@ impl Overlay {
     /// `Some(None)` if it was removed.
     fn get(&self, table: &str, key: &OKey, seq: u64) -> Option<Option<Bytes>> {
         let t = self.read();
-        let vs = t.get(table)?.get(key)?;
-        vs.iter()
-            .rev()
-            .find(|(s, _)| *s <= seq)
-            .map(|(_, v)| v.clone())
+        visible(t.get(table)?.get(key)?, seq).cloned()
     }
 
     /// The newest visible versions of the first `n` keys of `table` within the bounds (that
@@ -129,7 +130,7 @@ impl Overlay {
             if out.len() == n {
                 return (out, true);
             }
-            if let Some((_, v)) = v.iter().rev().find(|(s, _)| *s <= seq) {
+            if let Some(v) = visible(v, seq) {
                 out.push((k.clone(), v.clone()));
             }
         }
@@ -387,11 +388,27 @@ pub(crate) struct TableR<'t, K: Key + 'static, V: Value + 'static> {
     cmp: Cmp,
 }
 
+impl<'t, K: Key + 'static, V: Value + 'static> TableR<'t, K, V> {
+    fn open(
+        rtx: &ReadTransaction,
+        def: TableDefinition<K, V>,
+        side: Side<'t>,
+    ) -> Result<Self, TableError> {
+        Ok(TableR {
+            base: rtx.open_table(def)?,
+            side,
+            name: def.name().to_string(),
+            cmp: cmp_of::<K>(),
+        })
+    }
+}
+
 /// `K::compare`, or plain byte order where it is the same (redb's `&str` compare validates
 /// UTF-8 on every call).
 fn cmp_of<K: Key + 'static>() -> Cmp {
-    let t = K::type_name();
-    if t == <&str>::type_name() || t == <&[u8]>::type_name() {
+    use std::any::TypeId;
+    let t = TypeId::of::<K>();
+    if t == TypeId::of::<&'static str>() || t == TypeId::of::<&'static [u8]>() {
         |a: &[u8], b: &[u8]| a.cmp(b)
     } else {
         K::compare
@@ -568,17 +585,13 @@ impl View {
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<TableR<'_, K, V>, TableError> {
-        Ok(TableR {
-            base: self.rtx.open_table(def)?,
-            side: Side {
-                active: &self.active,
-                frozen: self.frozen.as_deref(),
-                seq: self.seq,
-                local: None,
-            },
-            name: def.name().to_string(),
-            cmp: cmp_of::<K>(),
-        })
+        let side = Side {
+            active: &self.active,
+            frozen: self.frozen.as_deref(),
+            seq: self.seq,
+            local: None,
+        };
+        TableR::open(&self.rtx, def, side)
     }
 }
 
@@ -601,18 +614,14 @@ impl Tx {
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<TableW<'_, K, V>, TableError> {
+        let side = Side {
+            active: &self.active,
+            frozen: self.frozen.as_deref(),
+            seq: u64::MAX,
+            local: Some(&self.local),
+        };
         Ok(TableW {
-            r: TableR {
-                base: self.rtx.open_table(def)?,
-                side: Side {
-                    active: &self.active,
-                    frozen: self.frozen.as_deref(),
-                    seq: u64::MAX,
-                    local: Some(&self.local),
-                },
-                name: def.name().to_string(),
-                cmp: cmp_of::<K>(),
-            },
+            r: TableR::open(&self.rtx, def, side)?,
             local: &self.local,
             redo: &self.redo,
         })
@@ -780,18 +789,19 @@ pub(crate) mod tests {
         m.publish(local, seq);
     }
 
+    fn entries(it: Iter<'_, u64, &'static [u8]>) -> Vec<(u64, String)> {
+        it.map(|e| {
+            let (k, v) = e.expect("entry");
+            (
+                k.value(),
+                String::from_utf8(v.value().to_vec()).expect("utf8"),
+            )
+        })
+        .collect()
+    }
+
     fn all(v: &View) -> Vec<(u64, String)> {
-        let t = v.open_table(T).expect("table");
-        t.iter()
-            .expect("iter")
-            .map(|e| {
-                let (k, v) = e.expect("entry");
-                (
-                    k.value(),
-                    String::from_utf8(v.value().to_vec()).expect("utf8"),
-                )
-            })
-            .collect()
+        entries(v.open_table(T).expect("table").iter().expect("iter"))
     }
 
     #[test]
@@ -887,6 +897,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn byte_ordered_keys_compare_as_bytes_others_as_redb_does() {
+        // No UTF-8 validation for `&str` keys (redb's compare checks it on every call).
+        assert_eq!(cmp_of::<&str>()(b"\xff", b"a"), Ordering::Greater);
+        assert_eq!(cmp_of::<&[u8]>()(b"ab", b"b"), Ordering::Less);
+        // u64 keys are little-endian bytes: byte order would put 256 before 3.
+        let (a, b) = (256u64.to_le_bytes(), 3u64.to_le_bytes());
+        assert_eq!(cmp_of::<u64>()(&a, &b), Ordering::Greater);
+    }
+
+    #[test]
     fn redo_records_decode_to_the_writes() {
         let m = mem();
         let tx = m.begin().expect("begin");
@@ -958,18 +978,7 @@ pub(crate) mod tests {
         };
         let v = m.view().expect("view");
         let vt = v.open_table(T).expect("table");
-        let read = |a: u64, b: u64| -> Vec<(u64, String)> {
-            vt.range(a..b)
-                .expect("range")
-                .map(|e| {
-                    let (k, v) = e.expect("entry");
-                    (
-                        k.value(),
-                        String::from_utf8(v.value().to_vec()).expect("utf8"),
-                    )
-                })
-                .collect()
-        };
+        let read = |a: u64, b: u64| entries(vt.range(a..b).expect("range"));
         check(&read, &model);
         let tx = m.begin().expect("begin");
         let mut t = tx.open_table(T).expect("table");
@@ -982,18 +991,7 @@ pub(crate) mod tests {
                 model.insert(k, format!("o{k}"));
             }
         }
-        let read = |a: u64, b: u64| -> Vec<(u64, String)> {
-            t.range(a..b)
-                .expect("range")
-                .map(|e| {
-                    let (k, v) = e.expect("entry");
-                    (
-                        k.value(),
-                        String::from_utf8(v.value().to_vec()).expect("utf8"),
-                    )
-                })
-                .collect()
-        };
+        let read = |a: u64, b: u64| entries(t.range(a..b).expect("range"));
         check(&read, &model);
     }
 }

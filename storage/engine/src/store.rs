@@ -240,38 +240,35 @@ fn checkpoint_all(mem: &Mem, wal: &mut Wal, extra: Option<&Local>) -> Result<(),
         std::thread::sleep(Duration::from_micros(200));
     }
     let lsn = wal.last();
-    mem.checkpoint_all(|latest| -> Result<(), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let wtx = mem.db().begin_write().map_err(|x| e(&x))?;
-        crate::wal::apply(&wtx, latest).map_err(|x| e(&x))?;
-        if let Some(x) = extra {
-            crate::wal::apply(&wtx, x).map_err(|x| e(&x))?;
-        }
-        set_lsn(&wtx, lsn)?;
-        wtx.commit().map_err(|x| e(&x))
-    })?;
+    mem.checkpoint_all(|latest| commit_to_redb(mem, [Some(latest), extra], lsn))?;
     wal.reset();
     Ok(())
 }
 
-/// Write a frozen layer, which holds the log's records up to `lsn`, to redb durably.
-fn commit_layer(mem: &Mem, layer: &Overlay, lsn: u64) -> Result<(), String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
-    let wtx = mem.db().begin_write().map_err(|x| e(&x))?;
-    crate::wal::apply(&wtx, &layer.latest()).map_err(|x| e(&x))?;
+/// Apply `writes` (in order) to redb in one durable commit that records the log's records up
+/// to `lsn` as included.
+fn commit_to_redb<'a>(
+    mem: &Mem,
+    writes: impl IntoIterator<Item = Option<&'a Local>>,
+    lsn: u64,
+) -> Result<(), String> {
+    let wtx = mem.db().begin_write().map_err(|e| e.to_string())?;
+    for w in writes.into_iter().flatten() {
+        crate::wal::apply(&wtx, w).map_err(|e| e.to_string())?;
+    }
     set_lsn(&wtx, lsn)?;
-    wtx.commit().map_err(|x| e(&x))
+    wtx.commit().map_err(|e| e.to_string())
 }
 
-/// The checkpoint thread: when the log region is a quarter full or its oldest record is
-/// [`CHECKPOINT_AFTER`] old, freeze the layer and switch log regions (briefly holding the log),
+/// The checkpoint thread: when the log region holds `wal::CHECKPOINT_BYTES` or its oldest
+/// record is [`CHECKPOINT_AFTER`] old, freeze the layer and switch log regions (briefly holding the log),
 /// then write the frozen layer to redb while commits go on. At `stop`, a last checkpoint of
 /// everything.
 fn checkpointer(mem: Arc<Mem>, wal: Arc<Mutex<Wal>>, stop: Arc<AtomicBool>) {
     let mut pending: Option<(Arc<Overlay>, u64)> = None;
     loop {
         if let Some((layer, lsn)) = &pending {
-            match commit_layer(&mem, layer, *lsn) {
+            match commit_to_redb(&mem, [Some(&layer.latest())], *lsn) {
                 Ok(()) => {
                     mem.thaw();
                     pending = None;
@@ -800,7 +797,7 @@ impl Store {
     }
 
     fn read_bucket(&self, name: &str) -> Result<BucketRec, StorageError> {
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let t = rtx.open_table(BUCKETS)?;
         get_json(&t, name)?.ok_or(StorageError::NoSuchBucket)
     }
@@ -866,7 +863,7 @@ impl Store {
 
     /// All buckets (including `_tunnelmesh`), by name.
     pub fn list_buckets(&self) -> Result<Vec<BucketInfo>, StorageError> {
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let t = rtx.open_table(BUCKETS)?;
         let mut out = Vec::new();
         for e in t.iter()? {
@@ -905,7 +902,7 @@ impl Store {
 
     /// Exact usage of the whole store (what `max_size` limits).
     pub fn total_usage(&self) -> Result<Usage, StorageError> {
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let t = rtx.open_table(STATS)?;
         Ok(Usage {
             bytes: stat(&t, "bytes")?,
@@ -917,7 +914,7 @@ impl Store {
 
     /// How many bytes a new version of `bucket/key` may have (None = unlimited).
     fn room(&self, bucket: &str, key: &str) -> Result<Option<u64>, StorageError> {
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let b: BucketRec =
             get_json(&rtx.open_table(BUCKETS)?, bucket)?.ok_or(StorageError::NoSuchBucket)?;
         let old = get_json::<ObjRec, _>(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?
@@ -1071,7 +1068,7 @@ impl Store {
     /// Metadata of an object.
     pub fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StorageError> {
         self.settle(bucket, key, false);
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let rec: ObjRec = get_json(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?
@@ -1095,7 +1092,7 @@ impl Store {
     ) -> Result<ObjectReader, StorageError> {
         let shared = self.inner.shared.clone();
         let _g = shared.read_guard();
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let ok = obj_key(bucket, key);
@@ -1188,7 +1185,7 @@ impl Store {
         max: usize,
     ) -> Result<Vec<ObjectInfo>, StorageError> {
         self.settle(bucket, prefix, true);
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let t = rtx.open_table(OBJECTS)?;
@@ -1228,7 +1225,7 @@ impl Store {
         key: &str,
         upload_id: &str,
     ) -> Result<UploadRec, StorageError> {
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         match get_json::<UploadRec, _>(&rtx.open_table(UPLOADS)?, upload_id)? {
             Some(u) if u.bucket == bucket && u.key == key => Ok(u),
             _ => {
@@ -1378,7 +1375,7 @@ impl Store {
         upload_id: &str,
     ) -> Result<Vec<PartInfo>, StorageError> {
         self.check_upload(bucket, key, upload_id)?;
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let t = rtx.open_table(PARTS)?;
         let (lo, hi) = (format!("{upload_id}/"), format!("{upload_id}0"));
         let mut out = Vec::new();
@@ -1404,7 +1401,7 @@ impl Store {
         bucket: &str,
         prefix: &str,
     ) -> Result<Vec<UploadInfo>, StorageError> {
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         get_json::<BucketRec, _>(&rtx.open_table(BUCKETS)?, bucket)?
             .ok_or(StorageError::NoSuchBucket)?;
         let t = rtx.open_table(UPLOADS)?;
@@ -1457,7 +1454,7 @@ impl Store {
             }
             c.0
         };
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let found = get_json::<CredRec, _>(&rtx.open_table(CREDS)?, access_key)?
             .map(|c| (c.secret, c.principal));
         if let Some(f) = &found {
@@ -1471,7 +1468,7 @@ impl Store {
 
     /// Every credential as `(access_key, principal)`, sorted by access key.
     pub fn list_credentials(&self) -> Result<Vec<(String, String)>, StorageError> {
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let t = rtx.open_table(CREDS)?;
         let mut out = Vec::new();
         for e in t.iter()? {
@@ -1655,7 +1652,7 @@ impl Store {
     pub fn gc(&self) -> Result<GcStats, StorageError> {
         let sh = &self.inner.shared;
         let _w = sh.write_guard();
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let refs = rtx.open_table(REFS)?;
         let mut ids = Vec::new();
         sh.chunks.list(&mut |id| ids.push(id))?;
@@ -1694,7 +1691,7 @@ impl Store {
     pub fn fsck(&self) -> Result<FsckReport, StorageError> {
         let sh = &self.inner.shared;
         let _w = sh.write_guard();
-        let rtx = self.inner.mem.view()?;
+        let rtx = self.view()?;
         let mut rep = FsckReport::default();
         let mut counts: HashMap<ChunkId, u64> = HashMap::new();
         let mut usage: HashMap<String, (u64, u64)> = HashMap::new();

@@ -722,16 +722,20 @@ mod fast {
         Reply::Parts(serve_parts(front, c, rec).await)
     }
 
+    /// READ's arguments: `(inode, offset, count)`.
+    fn read_args(front: &Front, c: &Call, rec: &[u8]) -> Result<(u64, u64, u32), nfsstat3> {
+        let (ino, at) = handle(front, rec, c.args)?;
+        let off = be64(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+        let count = be32(rec, at + 8).ok_or(nfsstat3::NFS3ERR_INVAL)?;
+        Ok((ino, off, count))
+    }
+
     /// READ: with `sendfile`, the data as chunk-file segments (errors found while collecting
     /// them, a missing or short chunk file, are answered with a status before anything is
     /// sent); otherwise read into memory.
     async fn read(front: &Front, c: &Call, rec: &[u8], sendfile: bool) -> Reply {
         let vfs = &front.vfs;
-        let parsed = handle(front, rec, c.args).and_then(|(ino, at)| {
-            let off = be64(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)?;
-            let count = be32(rec, at + 8).ok_or(nfsstat3::NFS3ERR_INVAL)?;
-            Ok((ino, off, count))
-        });
+        let parsed = read_args(front, c, rec);
         let (ino, off, count) = match parsed {
             Ok(x) => x,
             Err(e) => {
@@ -816,11 +820,7 @@ mod fast {
         let vfs = &front.vfs;
         let ahead = seq.ahead.take();
         seq.next = None;
-        let parsed = handle(front, rec, c.args).and_then(|(ino, at)| {
-            let off = be64(rec, at).ok_or(nfsstat3::NFS3ERR_INVAL)?;
-            let count = be32(rec, at + 8).ok_or(nfsstat3::NFS3ERR_INVAL)?;
-            Ok((ino, off, count))
-        });
+        let parsed = read_args(front, c, rec);
         let Ok((ino, off, count)) = parsed else {
             return read(front, c, rec, false).await;
         };
