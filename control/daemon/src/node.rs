@@ -883,11 +883,14 @@ impl Node {
                 return Err(e.to_string());
             }
         };
+        // Install first: the initiator's first packet (its keepalive) follows our response
+        // within a round trip, and the dataplane must know the session by then. The ring is
+        // in order, so the install is applied before the response is sent.
+        self.established(id, from, &keys);
         self.send(CtlMsg::SendDatagram {
             to: from,
             data: resp.to_vec(),
         });
-        self.established(id, from, &keys);
         Ok(())
     }
 
