@@ -138,6 +138,9 @@ pub struct Node {
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
     stop: bool,
+    /// Every message handed to the dataplane, in order (unit tests of the handshake driver).
+    #[cfg(test)]
+    sent: Vec<CtlMsg>,
 }
 
 enum Event {
@@ -190,6 +193,8 @@ impl Node {
             netmap_version: 0,
             leaving: None,
             stop: false,
+            #[cfg(test)]
+            sent: Vec::new(),
         })
     }
 
@@ -671,6 +676,8 @@ impl Node {
     }
 
     fn send(&mut self, m: CtlMsg) {
+        #[cfg(test)]
+        self.sent.push(m.clone());
         if let Some(dp) = self.dp.as_mut() {
             dp.send(&m);
         }
@@ -1203,4 +1210,84 @@ fn add_stats(a: &mut PeerStats, b: &PeerStats) {
     a.tx_bytes += b.tx_bytes;
     a.tx_packets += b.tx_packets;
     a.last_rx_ago_ms = b.last_rx_ago_ms;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node `a` with one configured peer `b`, and `b`'s handshake state towards `a`.
+    fn pair() -> (Node, hs::Local, hs::Peer) {
+        let a = PrivateKey::generate(&mut OsRng);
+        let b = PrivateKey::generate(&mut OsRng);
+        let yaml = format!(
+            "name: a\naddress: 100.64.0.1/10\ndata_dir: /tmp/unused\npeers:\n  - name: b\n    \
+             public_key: \"{}\"\n    allowed_ips: [100.64.0.2/32]\n",
+            b.public_key()
+        );
+        let a_public = a.public_key();
+        let node = Node::new(NodeConfig::parse(&yaml).expect("config"), a).expect("node");
+        let b = hs::Local::new(b);
+        let b_to_a = hs::Peer::new(&b, a_public, None).expect("peer");
+        (node, b, b_to_a)
+    }
+
+    /// The initiator sends its first packet (a keepalive, if nothing is queued) as soon as the
+    /// response arrives; a responder whose dataplane learnt the session only after sending the
+    /// response dropped it, and the peer then sat on a dead session until WireGuard's 15 s
+    /// fallback (a restarted peer looked unreachable).
+    #[test]
+    fn responder_installs_its_session_before_sending_the_response() {
+        let (mut node, mut b, mut b_to_a) = pair();
+        let now = Instant::now();
+        let from: SocketAddr = "192.0.2.2:51820".parse().unwrap();
+        let init = b.initiate(now, SystemTime::now(), &mut b_to_a, 7, &mut OsRng);
+        node.handle_handshake(now, from, &init);
+        assert_eq!(node.handshake_errors, 0);
+        let install = node
+            .sent
+            .iter()
+            .position(|m| {
+                matches!(
+                    m,
+                    CtlMsg::InstallSession {
+                        initiator: false,
+                        ..
+                    }
+                )
+            })
+            .expect("a responder session is installed");
+        let reply = node
+            .sent
+            .iter()
+            .position(|m| matches!(m, CtlMsg::SendDatagram { .. }))
+            .expect("a response is sent");
+        assert!(install < reply, "install at {install}, response at {reply}");
+        // And the response really completes the handshake into the installed session.
+        let (
+            CtlMsg::InstallSession {
+                local_index,
+                remote_index,
+                send_key,
+                recv_key,
+                ..
+            },
+            CtlMsg::SendDatagram { to, data },
+        ) = (&node.sent[install], &node.sent[reply])
+        else {
+            unreachable!("matched above")
+        };
+        assert_eq!(*to, from);
+        match b
+            .handle_response(now, data, *to, false, &mut b_to_a, &mut OsRng)
+            .expect("b accepts the response")
+        {
+            ResponseStep::Established(k) => {
+                assert_eq!((k.local_index, k.remote_index), (7, *local_index));
+                assert_eq!(*remote_index, 7);
+                assert_eq!((k.send_key, k.recv_key), (*recv_key, *send_key));
+            }
+            ResponseStep::Cookie(_) => panic!("no cookie expected"),
+        }
+    }
 }
