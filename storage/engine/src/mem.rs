@@ -200,13 +200,15 @@ impl Mem {
         &self.db
     }
 
-    /// A consistent snapshot for reading.
-    pub(crate) fn view(&self) -> Result<View, StorageError> {
+    /// The base and the layers as of now, taken under the layer mutex so that they agree.
+    /// `all`: every published version (a writer's), else those up to the current sequence.
+    fn snap(&self, all: bool) -> Result<Snap, StorageError> {
         let g = self.cur();
-        let (active, frozen, seq) = (g.active.clone(), g.frozen.clone(), g.seq);
+        let (active, frozen) = (g.active.clone(), g.frozen.clone());
+        let seq = if all { u64::MAX } else { g.seq };
         let rtx = self.db.begin_read()?;
         drop(g);
-        Ok(View {
+        Ok(Snap {
             rtx,
             active,
             frozen,
@@ -214,16 +216,15 @@ impl Mem {
         })
     }
 
+    /// A consistent snapshot for reading.
+    pub(crate) fn view(&self) -> Result<View, StorageError> {
+        Ok(View(self.snap(false)?))
+    }
+
     /// A write transaction; the caller holds the log (one writer at a time).
     pub(crate) fn begin(&self) -> Result<Tx, StorageError> {
-        let g = self.cur();
-        let (active, frozen) = (g.active.clone(), g.frozen.clone());
-        let rtx = self.db.begin_read()?;
-        drop(g);
         Ok(Tx {
-            rtx,
-            active,
-            frozen,
+            snap: self.snap(true)?,
             local: RefCell::new(HashMap::new()),
             redo: RefCell::new(Vec::new()),
         })
@@ -572,26 +573,40 @@ impl<'t, K: Key + 'static, V: Value + 'static> Iterator for Iter<'t, K, V> {
     }
 }
 
-/// A read snapshot: a redb read transaction and the layer that goes with it.
-pub(crate) struct View {
+/// A redb read transaction and the layers (and sequence) that go with it.
+struct Snap {
     rtx: ReadTransaction,
     active: Arc<Overlay>,
     frozen: Option<Arc<Overlay>>,
     seq: u64,
 }
 
+impl Snap {
+    /// A table over this snapshot, with a transaction's own writes on top when `local` is set.
+    fn table<'t, K: Key + 'static, V: Value + 'static>(
+        &'t self,
+        def: TableDefinition<K, V>,
+        local: Option<&'t RefCell<Local>>,
+    ) -> Result<TableR<'t, K, V>, TableError> {
+        let side = Side {
+            active: &self.active,
+            frozen: self.frozen.as_deref(),
+            seq: self.seq,
+            local,
+        };
+        TableR::open(&self.rtx, def, side)
+    }
+}
+
+/// A read snapshot: a redb read transaction and the layer that goes with it.
+pub(crate) struct View(Snap);
+
 impl View {
     pub(crate) fn open_table<K: Key + 'static, V: Value + 'static>(
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<TableR<'_, K, V>, TableError> {
-        let side = Side {
-            active: &self.active,
-            frozen: self.frozen.as_deref(),
-            seq: self.seq,
-            local: None,
-        };
-        TableR::open(&self.rtx, def, side)
+        self.0.table(def, None)
     }
 }
 
@@ -601,9 +616,7 @@ const OP_REMOVE: u8 = 2;
 /// A write transaction: reads see the base, the layer and the transaction's own writes;
 /// writes are kept (and recorded for the redo log) until the commit publishes them.
 pub(crate) struct Tx {
-    rtx: ReadTransaction,
-    active: Arc<Overlay>,
-    frozen: Option<Arc<Overlay>>,
+    snap: Snap,
     local: RefCell<Local>,
     redo: RefCell<Vec<u8>>,
 }
@@ -614,14 +627,8 @@ impl Tx {
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<TableW<'_, K, V>, TableError> {
-        let side = Side {
-            active: &self.active,
-            frozen: self.frozen.as_deref(),
-            seq: u64::MAX,
-            local: Some(&self.local),
-        };
         Ok(TableW {
-            r: TableR::open(&self.rtx, def, side)?,
+            r: self.snap.table(def, Some(&self.local))?,
             local: &self.local,
             redo: &self.redo,
         })
