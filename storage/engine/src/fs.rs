@@ -2124,6 +2124,16 @@ mod tests {
         (d, FileSystem::new(s).expect("fs"))
     }
 
+    /// [`fs`] with an empty file `name` in the default share's root: (dir, fs, root, file).
+    fn fs_with_file(name: &str) -> (tempfile::TempDir, FileSystem, u64, FileAttr) {
+        let (d, fs) = fs();
+        let root = fs.share_root("default").expect("root").ino;
+        let f = fs
+            .create(root, name, CreateMode::Unchecked, &SetAttrs::default())
+            .expect("create");
+        (d, fs, root, f)
+    }
+
     #[test]
     fn create_write_read_rename_remove() {
         let (_d, fs) = fs();
@@ -2169,11 +2179,7 @@ mod tests {
 
     #[test]
     fn cached_readers_follow_every_change() {
-        let (_d, fs) = fs();
-        let root = fs.share_root("default").expect("root").ino;
-        let f = fs
-            .create(root, "c", CreateMode::Unchecked, &SetAttrs::default())
-            .expect("create");
+        let (_d, fs, root, f) = fs_with_file("c");
         fs.write(f.ino, &[(0, b"first version")]).expect("write");
         let (got, _, a) = fs.read_with_attr(f.ino, 0, 100).expect("read");
         assert_eq!(got, b"first version");
@@ -2213,11 +2219,7 @@ mod tests {
 
     #[test]
     fn read_ahead_is_used_only_while_current() {
-        let (_d, fs) = fs();
-        let root = fs.share_root("default").expect("root").ino;
-        let f = fs
-            .create(root, "ra", CreateMode::Unchecked, &SetAttrs::default())
-            .expect("create");
+        let (_d, fs, _, f) = fs_with_file("ra");
         fs.write(f.ino, &[(0, b"0123456789")]).expect("write");
         let read = |ahead| fs.read_with_attr_ahead(ahead, f.ino, 4, 4).expect("read").0;
         // Current: the bytes read ahead; beyond the end: nothing to read ahead.
@@ -2247,11 +2249,7 @@ mod tests {
 
     #[test]
     fn staged_writes_are_seen_by_store_reads_and_follow_renames() {
-        let (_d, fs) = fs();
-        let root = fs.share_root("default").expect("root").ino;
-        let f = fs
-            .create(root, "s", CreateMode::Unchecked, &SetAttrs::default())
-            .expect("create");
+        let (_d, fs, root, f) = fs_with_file("s");
         // 200 bytes over 64-byte chunks, in pieces that cross chunk boundaries
         let data: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
         for (i, piece) in data.chunks(30).enumerate() {
@@ -2283,11 +2281,7 @@ mod tests {
 
     #[test]
     fn edit_touches_only_covered_chunks() {
-        let (_d, fs) = fs();
-        let root = fs.share_root("default").expect("root").ino;
-        let f = fs
-            .create(root, "f", CreateMode::Unchecked, &SetAttrs::default())
-            .expect("create");
+        let (_d, fs, _, f) = fs_with_file("f");
         let data = vec![7u8; 64 * 10];
         fs.write(f.ino, &[(0, &data)]).expect("write");
         let before = fs
