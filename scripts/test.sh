@@ -2,9 +2,9 @@
 # Run every TunnelMesh test on this machine:  sudo scripts/test.sh
 #
 #   1. scripts/install-test-deps.sh          (apt/pip test dependencies; fast when present)
-#   2. cargo build --release --workspace
+#   2. cargo build --profile ci --workspace  (release code generation without LTO)
 #   3. cargo fmt --check and cargo clippy --all-targets -D warnings (each counted as a test)
-#   4. cargo test --workspace --release      (cargo nextest if installed)
+#   4. cargo test --workspace --profile ci   (cargo nextest if installed)
 #   5. every scripts/e2e/*.sh, sequentially, each under a timeout
 #
 # Ends with one line "N passed, N failed" (", N skipped" if any) where the counts are the
@@ -45,7 +45,9 @@ fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 # Reference servers installed by install-test-deps.sh (s3s-fs for the remote chunk backend).
 export S3S_FS_BIN=${S3S_FS_BIN:-${TM_TEST_TOOLS:-/opt/tm-test-tools}/bin/s3s-fs}
-export TM_BIN_DIR=${TM_BIN_DIR:-$CARGO_TARGET_DIR/release}
+# One cargo profile for the build, the lints, the tests and the e2e binaries (Cargo.toml: [profile.ci]).
+PROFILE=${TM_CARGO_PROFILE:-ci}
+export TM_BIN_DIR=${TM_BIN_DIR:-$CARGO_TARGET_DIR/$PROFILE}
 E2E_TIMEOUT=${TM_E2E_TIMEOUT:-240}
 BUDGET=$((${TM_BUDGET_MIN:-75} * 60))
 RESULTS=${TM_RESULTS:-$CARGO_TARGET_DIR/test-results}
@@ -120,11 +122,11 @@ fi
 # ---------------------------------------------------------------------------------------------
 if ((do_cargo)); then
     command -v cargo >/dev/null || { failed=$((failed + 1)); failures+=("cargo not found"); finish; }
-    say "cargo build --release --workspace ($(cargo --version))"
-    if ! timeout 2400 cargo build --release --workspace </dev/null >"$RESULTS/build.log" 2>&1; then
+    say "cargo build --profile $PROFILE --workspace ($(cargo --version))"
+    if ! timeout 2400 cargo build --profile "$PROFILE" --workspace </dev/null >"$RESULTS/build.log" 2>&1; then
         show_tail "$RESULTS/build.log" 60
         failed=$((failed + 1))
-        failures+=("cargo build --release --workspace (see $RESULTS/build.log)")
+        failures+=("cargo build --profile $PROFILE --workspace (see $RESULTS/build.log)")
         finish # nothing else can run without the binaries
     fi
     say "build ok ($(elapsed))"
@@ -136,13 +138,13 @@ if ((do_cargo)); then
         done
         lint_step fmt "cargo fmt --all --check" cargo fmt --all --check
         lint_step clippy "cargo clippy --workspace --all-targets -- -D warnings" \
-            timeout 1800 cargo clippy --workspace --all-targets --release -- -D warnings
+            timeout 1800 cargo clippy --workspace --all-targets --profile "$PROFILE" -- -D warnings
         say "lint done ($(elapsed))"
     fi
 
     if cargo nextest --version >/dev/null 2>&1; then
-        say "cargo nextest run --workspace --release"
-        timeout 2400 cargo nextest run --workspace --release --no-fail-fast </dev/null 2>&1 |
+        say "cargo nextest run --workspace --cargo-profile $PROFILE"
+        timeout 2400 cargo nextest run --workspace --cargo-profile "$PROFILE" --no-fail-fast </dev/null 2>&1 |
             tee "$RESULTS/cargo-test.log"
         rc=${PIPESTATUS[0]}
         # "Summary [ 1.2s] 42 tests run: 41 passed, 1 failed, 0 skipped"
@@ -151,15 +153,15 @@ if ((do_cargo)); then
         f=$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || true)
         p=${p:-0} f=${f:-0}
         # nextest does not run doctests
-        say "cargo test --doc --workspace --release"
-        timeout 1200 cargo test --doc --workspace --release </dev/null 2>&1 | tee -a "$RESULTS/cargo-test.log"
+        say "cargo test --doc --workspace --profile $PROFILE"
+        timeout 1200 cargo test --doc --workspace --profile "$PROFILE" </dev/null 2>&1 | tee -a "$RESULTS/cargo-test.log"
         rc2=${PIPESTATUS[0]}
         ((rc == 0)) && rc=$rc2
         while read -r dp df; do p=$((p + dp)) f=$((f + df)); done < <(
             sed -n '/Doc-tests/,$s/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1 \2/p' "$RESULTS/cargo-test.log")
     else
-        say "cargo test --workspace --release"
-        timeout 2400 cargo test --workspace --release --no-fail-fast </dev/null 2>&1 |
+        say "cargo test --workspace --profile $PROFILE"
+        timeout 2400 cargo test --workspace --profile "$PROFILE" --no-fail-fast </dev/null 2>&1 |
             tee "$RESULTS/cargo-test.log"
         rc=${PIPESTATUS[0]}
         p=0 f=0
