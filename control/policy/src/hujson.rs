@@ -432,12 +432,22 @@ impl<'a> Parser<'a> {
             return Err(bad(self));
         }
         let text = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| bad(self))?;
-        serde_json::from_str::<serde_json::Number>(text)
-            .map(Kind::Number)
-            .map_err(|_| SyntaxError {
-                pos: start_pos,
-                msg: format!("number {text} is out of range"),
-            })
+        // Integers exactly when they fit; everything else through std's correctly rounded
+        // float parser (so a printed f64 reads back bit for bit).
+        let is_int = !text.contains(['.', 'e', 'E']);
+        let n = if let (true, Ok(u)) = (is_int, text.parse::<u64>()) {
+            Some(serde_json::Number::from(u))
+        } else if let (true, Ok(i)) = (is_int, text.parse::<i64>()) {
+            Some(serde_json::Number::from(i))
+        } else {
+            text.parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+        };
+        n.map(Kind::Number).ok_or_else(|| SyntaxError {
+            pos: start_pos,
+            msg: format!("number {text} is out of range"),
+        })
     }
 
     fn hex4(&mut self) -> Result<u32, SyntaxError> {
