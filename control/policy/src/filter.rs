@@ -287,9 +287,10 @@ impl Artifact {
                 {
                     allow.extend(r.ip.iter());
                 }
-                // Conservative: a deny touching any part of the prefix applies to all of it.
+                // Exact: prefixes nest or are disjoint and every src prefix has its own entry
+                // (longer ones first), so a narrower deny is decided by its own entry.
                 if r.effect == Effect::Deny
-                    && (r.src.all || r.src.cidrs.iter().any(|c| c.intersects(&p)))
+                    && (r.src.all || r.src.cidrs.iter().any(|c| c.covers(&p)))
                 {
                     deny.extend(r.ip.iter());
                 }
