@@ -7,9 +7,9 @@
 //! this on every port boundary), so `filter test` and the dataplane cannot disagree.
 
 use crate::compile::Artifact;
-use crate::identity::{NodeInfo, NodeKey};
-use crate::model::{DefaultAction, Effect, Rule};
-use crate::selector::{has_ports, Cidr, IpSpec, PortRange, ProtoSel, ALL_PORTS};
+use crate::identity::NodeKey;
+use crate::model::{DefaultAction, Effect};
+use crate::selector::{has_ports, Cidr, IpSpec, PortRange, ProtoSel, SelectorSet, ALL_PORTS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -194,126 +194,231 @@ impl Builder {
     }
 }
 
-fn dst_matches(r: &Rule, n: &NodeInfo) -> bool {
-    r.dst.matches(true, Some(&n.name), &n.tags, &n.addrs)
+/// Which rules select each node as source and as destination, interned: nodes with the same
+/// tags/groups/addresses-in-rules share a signature, and a class is computed once per
+/// (source signature, destination signature) pair. Building every node's table is then
+/// O(nodes x rules) to match plus O(nodes^2) lookups, not O(nodes^2 x rules).
+struct Plan<'a> {
+    art: &'a Artifact,
+    keys: Vec<&'a NodeKey>,
+    src_of: Vec<usize>,
+    dst_of: Vec<usize>,
+    src_sets: Vec<Vec<usize>>,
+    dst_sets: Vec<Vec<usize>>,
+    /// (src sig, dst sig) -> class (None: nothing allowed).
+    cache: BTreeMap<(usize, usize), Option<PolicyClass>>,
 }
 
-fn src_matches(r: &Rule, n: &NodeInfo) -> bool {
-    r.src.matches(true, Some(&n.name), &n.tags, &n.addrs)
-}
-
-/// The class for packets from a source whose matching rules are `src_rules` (indices) to a
-/// destination whose matching rules are `dst_rules`.
-fn class_for(
-    art: &Artifact,
-    src_rules: &[usize],
-    dst_rules: &BTreeSet<usize>,
-    member: bool,
-) -> PolicyClass {
-    let mut allow = Vec::new();
-    let mut deny = Vec::new();
-    for i in src_rules.iter().filter(|i| dst_rules.contains(i)) {
-        let r = &art.rules[*i];
-        let into = if r.effect == Effect::Allow {
-            &mut allow
-        } else {
-            &mut deny
-        };
-        into.extend(r.ip.iter());
+fn intern<T: Ord + Clone>(v: T, sets: &mut Vec<T>, index: &mut BTreeMap<T, usize>) -> usize {
+    if let Some(i) = index.get(&v) {
+        return *i;
     }
-    class(&allow, &deny, member && art.default == DefaultAction::Allow)
+    sets.push(v.clone());
+    index.insert(v, sets.len() - 1);
+    sets.len() - 1
 }
 
-impl Artifact {
-    /// The packet filter of `node` (a node not in the inventory gets an empty table).
-    pub fn filter_for(&self, node: &NodeKey) -> FilterTable {
-        let empty = NodeInfo::default();
-        let me = self.nodes.get(node).unwrap_or(&empty);
-        // Rules selecting each source, computed once; sources with the same matching rules
-        // share a class computation.
-        let src_sig = |n: &NodeInfo| -> Vec<usize> {
-            (0..self.rules.len())
-                .filter(|i| !self.rules[*i].ip.is_empty() && src_matches(&self.rules[*i], n))
-                .collect()
-        };
-        let to_me: BTreeSet<usize> = (0..self.rules.len())
-            .filter(|i| dst_matches(&self.rules[*i], me))
+impl<'a> Plan<'a> {
+    fn new(art: &'a Artifact) -> Self {
+        let keys: Vec<&NodeKey> = art.nodes.keys().collect();
+        let infos: Vec<_> = art.nodes.values().collect();
+        let by_name: BTreeMap<&str, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
             .collect();
-        let my_sig = src_sig(me);
+        let mut by_tag: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, n) in infos.iter().enumerate() {
+            for t in &n.tags {
+                by_tag.entry(t.as_str()).or_default().push(i);
+            }
+        }
+        // Per node, the rules selecting it, in rule order: found from each rule's selectors
+        // through the indexes (cost: the selected nodes, not nodes x rules).
+        let add = |lists: &mut Vec<Vec<usize>>, set: &SelectorSet, rule: usize| {
+            let mut push = |n: usize| {
+                if lists[n].last() != Some(&rule) {
+                    lists[n].push(rule);
+                }
+            };
+            if set.all || set.member {
+                (0..infos.len()).for_each(&mut push);
+                return;
+            }
+            for n in &set.nodes {
+                if let Some(i) = by_name.get(n.as_str()) {
+                    push(*i);
+                }
+            }
+            for t in &set.tags {
+                for i in by_tag.get(t.as_str()).into_iter().flatten() {
+                    push(*i);
+                }
+            }
+            if !set.cidrs.is_empty() {
+                for (i, n) in infos.iter().enumerate() {
+                    if n.addrs
+                        .iter()
+                        .any(|a| set.cidrs.iter().any(|c| c.contains(a)))
+                    {
+                        push(i);
+                    }
+                }
+            }
+        };
+        let mut src_lists: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
+        let mut dst_lists: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
+        for (i, r) in art
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.ip.is_empty())
+        {
+            add(&mut src_lists, &r.src, i);
+            add(&mut dst_lists, &r.dst, i);
+        }
+        let (mut src_sets, mut dst_sets) = (Vec::new(), Vec::new());
+        let (mut src_index, mut dst_index) = (BTreeMap::new(), BTreeMap::new());
+        let src_of = src_lists
+            .into_iter()
+            .map(|l| intern(l, &mut src_sets, &mut src_index))
+            .collect();
+        let dst_of = dst_lists
+            .into_iter()
+            .map(|l| intern(l, &mut dst_sets, &mut dst_index))
+            .collect();
+        Plan {
+            art,
+            keys,
+            src_of,
+            dst_of,
+            src_sets,
+            dst_sets,
+            cache: BTreeMap::new(),
+        }
+    }
+
+    /// The class for packets from node index `s` to node index `d`.
+    fn class(&mut self, s: usize, d: usize) -> Option<PolicyClass> {
+        let key = (self.src_of[s], self.dst_of[d]);
+        if let Some(c) = self.cache.get(&key) {
+            return c.clone();
+        }
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        // Both lists are sorted by rule index: merge to intersect.
+        let (a, b) = (&self.src_sets[key.0], &self.dst_sets[key.1]);
+        let (mut x, mut y) = (0, 0);
+        while x < a.len() && y < b.len() {
+            if a[x] != b[y] {
+                if a[x] < b[y] {
+                    x += 1;
+                } else {
+                    y += 1;
+                }
+                continue;
+            }
+            let r = &self.art.rules[a[x]];
+            x += 1;
+            y += 1;
+            let into = if r.effect == Effect::Allow {
+                &mut allow
+            } else {
+                &mut deny
+            };
+            into.extend(r.ip.iter());
+        }
+        let c = class(&allow, &deny, self.art.default == DefaultAction::Allow);
+        let c = (!c.is_empty()).then_some(c);
+        self.cache.insert(key, c.clone());
+        c
+    }
+
+    fn table(&mut self, d: usize) -> FilterTable {
         let mut b = Builder {
             classes: Vec::new(),
             index: BTreeMap::new(),
         };
-        let mut inbound_cache: BTreeMap<Vec<usize>, Option<u32>> = BTreeMap::new();
         let mut peers = BTreeMap::new();
         let mut reachable = BTreeSet::new();
-        for (k, n) in &self.nodes {
-            if k == node {
+        for s in 0..self.keys.len() {
+            if s == d {
                 continue;
             }
-            let sig = src_sig(n);
-            let id = *inbound_cache.entry(sig.clone()).or_insert_with(|| {
-                let c = class_for(self, &sig, &to_me, true);
-                (!c.is_empty()).then(|| b.id(c))
-            });
-            if let Some(id) = id {
-                peers.insert(k.clone(), id);
+            if let Some(c) = self.class(s, d) {
+                peers.insert(self.keys[s].clone(), b.id(c));
             }
-            let to_peer: BTreeSet<usize> = (0..self.rules.len())
-                .filter(|i| dst_matches(&self.rules[*i], n))
-                .collect();
-            if !class_for(self, &my_sig, &to_peer, true).is_empty() {
-                reachable.insert(k.clone());
+            if self.class(d, s).is_some() {
+                reachable.insert(self.keys[s].clone());
             }
         }
-        // Non-node sources: every prefix named in a src (and /0 for `*`).
-        let mut prefixes: BTreeSet<Cidr> = BTreeSet::new();
-        for r in self.rules.iter().filter(|r| !r.ip.is_empty()) {
-            prefixes.extend(r.src.cidrs.iter().copied());
-            if r.src.all {
-                for a in ["0.0.0.0/0", "::/0"] {
-                    prefixes.insert(Cidr::parse(a).expect("a literal prefix"));
-                }
-            }
-        }
-        let mut addrs = Vec::new();
-        for p in prefixes {
-            let mut allow = Vec::new();
-            let mut deny = Vec::new();
-            for i in &to_me {
-                let r = &self.rules[*i];
-                if r.effect == Effect::Allow
-                    && (r.src.all || r.src.cidrs.iter().any(|c| c.covers(&p)))
-                {
-                    allow.extend(r.ip.iter());
-                }
-                // Exact: prefixes nest or are disjoint and every src prefix has its own entry
-                // (longer ones first), so a narrower deny is decided by its own entry.
-                if r.effect == Effect::Deny
-                    && (r.src.all || r.src.cidrs.iter().any(|c| c.covers(&p)))
-                {
-                    deny.extend(r.ip.iter());
-                }
-            }
-            let c = class(&allow, &deny, false);
-            let id = if c.is_empty() { None } else { Some(b.id(c)) };
-            // An empty class still shadows a shorter prefix: store it too.
-            let id = id.unwrap_or_else(|| {
-                b.id(PolicyClass {
-                    by_proto: Vec::new(),
-                    other_protos: false,
-                })
-            });
-            addrs.push((p, id));
-        }
-        addrs.sort_by(|a, b| b.0.len.cmp(&a.0.len).then(a.0.cmp(&b.0)));
+        let addrs = addr_entries(self.art, &self.dst_sets[self.dst_of[d]], &mut b);
         FilterTable {
-            node: node.clone(),
+            node: self.keys[d].clone(),
             classes: b.classes,
             peers,
             addrs,
             reachable,
         }
+    }
+}
+
+/// Non-node sources: every prefix named in a src (and /0 for `*`), longest first.
+fn addr_entries(art: &Artifact, to_me: &[usize], b: &mut Builder) -> Vec<(Cidr, u32)> {
+    let mut prefixes: BTreeSet<Cidr> = BTreeSet::new();
+    for r in art.rules.iter().filter(|r| !r.ip.is_empty()) {
+        prefixes.extend(r.src.cidrs.iter().copied());
+        if r.src.all {
+            for a in ["0.0.0.0/0", "::/0"] {
+                prefixes.insert(Cidr::parse(a).expect("a literal prefix"));
+            }
+        }
+    }
+    let mut addrs = Vec::new();
+    for p in prefixes {
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        for i in to_me {
+            let r = &art.rules[*i];
+            // Exact: prefixes nest or are disjoint and every src prefix has its own entry
+            // (longer ones first), so a narrower rule is decided by its own entry. The
+            // default covers members (nodes) only.
+            if r.src.all || r.src.cidrs.iter().any(|c| c.covers(&p)) {
+                let into = if r.effect == Effect::Allow {
+                    &mut allow
+                } else {
+                    &mut deny
+                };
+                into.extend(r.ip.iter());
+            }
+        }
+        // An empty class is stored too: it shadows a shorter prefix.
+        addrs.push((p, b.id(class(&allow, &deny, false))));
+    }
+    addrs.sort_by(|a, b| b.0.len.cmp(&a.0.len).then(a.0.cmp(&b.0)));
+    addrs
+}
+
+impl Artifact {
+    /// The packet filter of `node` (a node not in the inventory gets an empty table).
+    pub fn filter_for(&self, node: &NodeKey) -> FilterTable {
+        let mut plan = Plan::new(self);
+        match plan.keys.iter().position(|k| *k == node) {
+            Some(d) => plan.table(d),
+            None => FilterTable {
+                node: node.clone(),
+                classes: Vec::new(),
+                peers: BTreeMap::new(),
+                addrs: Vec::new(),
+                reachable: BTreeSet::new(),
+            },
+        }
+    }
+
+    /// Every node's packet filter (what the coordinator ships, one per node's netmap).
+    pub fn filter_tables(&self) -> BTreeMap<NodeKey, FilterTable> {
+        let mut plan = Plan::new(self);
+        (0..plan.keys.len())
+            .map(|d| (plan.keys[d].clone(), plan.table(d)))
+            .collect()
     }
 }
 

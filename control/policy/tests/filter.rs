@@ -111,8 +111,10 @@ proptest! {
         let p = parse_policy("f.hujson", text.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         let inv = inv();
         let art = compile(&p, &inv).unwrap();
+        let all = art.filter_tables();
         for (dk, dn) in &inv.nodes {
             let table = art.filter_for(dk);
+            prop_assert_eq!(&all[dk], &table);
             for (sk, _) in inv.nodes.iter().filter(|(k, _)| *k != dk) {
                 let out = art.filter_for(sk);
                 prop_assert_eq!(out.reachable.contains(dk), table.peers.contains_key(sk), "reachable {} -> {}", sk, dk);
@@ -190,4 +192,45 @@ fn non_node_sources_use_the_longest_prefix() {
     );
     assert!(!t.allows_addr(&"192.0.2.7".parse().unwrap(), 6, 443));
     assert!(!t.allows_addr(&"198.51.100.1".parse().unwrap(), 6, 443));
+}
+
+#[test]
+fn thousand_peers_ten_thousand_rules_compile_in_reasonable_time() {
+    // Issue 16's scale: 1,000 peers, 10,000 rules (over 20 tags). Every node's table.
+    let mut inv = Inventory::default();
+    for i in 0..1000 {
+        let t1 = format!("tag:t{}", i % 20);
+        let t2 = format!("tag:t{}", (i / 20) % 20);
+        inv = inv.with_node(&format!("k{i}"), &format!("n{i}"), &[&t1, &t2], &[]);
+    }
+    let tags: Vec<String> = (0..20).map(|i| format!("\"tag:t{i}\": []")).collect();
+    let rules: Vec<String> = (0..10_000)
+        .map(|i| {
+            format!(
+                "{{\"action\": \"accept\", \"src\": [\"tag:t{}\"], \"dst\": [\"tag:t{}:{}\"]}}",
+                i % 20,
+                (i / 20) % 20,
+                1000 + i % 5000
+            )
+        })
+        .collect();
+    let text = format!(
+        "{{\"default\": \"deny\", \"tagOwners\": {{{}}}, \"acls\": [{}]}}",
+        tags.join(","),
+        rules.join(",\n")
+    );
+    let p = parse_policy("big.hujson", text.as_bytes()).unwrap();
+    let art = compile(&p, &inv).unwrap();
+    let t0 = std::time::Instant::now();
+    let one = art.filter_for(&NodeKey("k0".into()));
+    let one_took = t0.elapsed();
+    assert!(one.classes.len() <= 400, "{}", one.classes.len());
+    assert!(!one.peers.is_empty());
+    // Generous bound for an unoptimized build on a shared 2-core machine; it measures the
+    // complexity (a quadratic-in-rules build would take minutes), not speed.
+    assert!(one_took.as_secs() < 20, "one table took {one_took:?}");
+    eprintln!(
+        "1000 peers x 10000 rules: one table in {one_took:?}, {} classes",
+        one.classes.len()
+    );
 }
