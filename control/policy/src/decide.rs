@@ -156,6 +156,13 @@ pub enum Request<'a> {
 impl fmt::Display for Request<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Request::S3 {
+                bucket,
+                key: "",
+                op,
+            } => {
+                write!(f, "{CAP_S3} {} on bucket {bucket}", op.name())
+            }
             Request::S3 { bucket, key, op } => {
                 write!(f, "{CAP_S3} {} on {bucket}/{key}", op.name())
             }

@@ -7,6 +7,8 @@
 //! this on every port boundary), so `filter test` and the dataplane cannot disagree.
 
 use crate::compile::Artifact;
+use crate::decide::{decide, Decision, Request, Target};
+use crate::identity::Identity;
 use crate::identity::NodeKey;
 use crate::model::{DefaultAction, Effect};
 use crate::selector::{has_ports, Cidr, IpSpec, PortRange, ProtoSel, SelectorSet, ALL_PORTS};
@@ -395,6 +397,33 @@ fn addr_entries(art: &Artifact, to_me: &[usize], b: &mut Builder) -> Vec<(Cidr, 
     }
     addrs.sort_by(|a, b| b.0.len.cmp(&a.0.len).then(a.0.cmp(&b.0)));
     addrs
+}
+
+/// `tunnelmesh filter test --src NODE --dst HOST:PORT/PROTO`: the decision (and deciding rule)
+/// for a packet from node `src` to `dst` (a node name or an address). The same answer the
+/// dataplane's table gives (see the module doc).
+pub fn filter_test(art: &Artifact, src: &str, dst: &str) -> Result<Decision, String> {
+    let (k, _) = art
+        .node_by_name(src)
+        .ok_or_else(|| format!("unknown node {src:?}"))?;
+    let (host, proto, port) = crate::golden::parse_ip_dst(dst)?;
+    let target = match host.parse::<IpAddr>() {
+        Ok(a) => Target::Addr(a),
+        Err(_) => {
+            art.node_by_name(&host)
+                .ok_or_else(|| format!("unknown node {host:?}"))?;
+            Target::Node(&host)
+        }
+    };
+    Ok(decide(
+        art,
+        &Identity::Node(k.clone()),
+        &Request::Ip {
+            dst: target,
+            proto,
+            port,
+        },
+    ))
 }
 
 impl Artifact {

@@ -37,7 +37,7 @@ pub use caps::{Access, Verb, CAP_ADMIN, CAP_DOCKER, CAP_NFS, CAP_S3, SYSTEM_BUCK
 pub use check::{check, TestFailure};
 pub use compile::{compile, lint, Artifact, PolicyHash};
 pub use decide::{decide, explain, Decision, Explanation, NfsOp, Request, S3Op, Target};
-pub use filter::{FilterTable, PolicyClass};
+pub use filter::{filter_test, FilterTable, PolicyClass};
 pub use identity::{
     validate_node_name, Identity, Inventory, NodeInfo, NodeKey, TokenId, TokenInfo,
 };
