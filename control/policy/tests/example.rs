@@ -191,3 +191,52 @@ fn a_failing_test_refuses_the_file_with_the_assertion_and_decision() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn readme_policy_example_is_valid_and_passes_its_tests() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("```hujson\n")
+        .expect("README has a hujson example")
+        + 10;
+    let len = readme[start..].find("```").unwrap();
+    let text = &readme[start..start + len];
+    let l = load("policy.hujson", text.as_bytes(), &inventory()).unwrap_or_else(|e| panic!("{e}"));
+    let beta = Identity::Node(NodeKey("nodekey:beta".into()));
+    assert!(
+        !decide(
+            &l.artifact,
+            &beta,
+            &Request::S3 {
+                bucket: "b",
+                key: "k",
+                op: S3Op::Write
+            }
+        )
+        .allow
+    );
+    assert!(
+        decide(
+            &l.artifact,
+            &beta,
+            &Request::S3 {
+                bucket: "b",
+                key: "k",
+                op: S3Op::Read
+            }
+        )
+        .allow
+    );
+    assert!(
+        !decide(
+            &l.artifact,
+            &beta,
+            &Request::Nfs {
+                share: "default",
+                op: NfsOp::Mount
+            }
+        )
+        .allow
+    );
+}
