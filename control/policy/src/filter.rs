@@ -66,7 +66,8 @@ pub struct FilterTable {
     /// Inbound from non-node addresses: longest prefix first; the first containing prefix
     /// decides.
     pub addrs: Vec<(Cidr, u32)>,
-    /// Outbound: peers this node may reach on at least one port (send nothing to others).
+    /// Outbound: peers this node may exchange anything with, in either direction (it may open
+    /// flows to them, or they to it and it answers). Send nothing to other peers.
     pub reachable: BTreeSet<NodeKey>,
 }
 
@@ -349,7 +350,8 @@ impl<'a> Plan<'a> {
             if let Some(c) = self.class(s, d) {
                 peers.insert(self.keys[s].clone(), b.id(c));
             }
-            if self.class(d, s).is_some() {
+            // Replies to flows the peer may open must leave too: reachable in either direction.
+            if self.class(d, s).is_some() || peers.contains_key(self.keys[s]) {
                 reachable.insert(self.keys[s].clone());
             }
         }

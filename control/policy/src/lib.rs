@@ -120,11 +120,15 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Parses, compiles and tests a policy file: what `policy set` and `policy check` do.
+/// Parses, checks node names against the inventory ([`Policy::check_names`]), compiles and
+/// tests a policy file: what `policy set` and `policy check` do. (At coordinator start, a
+/// stored policy is loaded with [`parse_policy`] + [`compile`] even if its tests now fail, and
+/// [`check`]'s failures are logged loudly.)
 /// Pass the file's base name as `file` so that rule references and the hash do not depend on
 /// the directory it was set from.
 pub fn load(file: &str, src: &[u8], inv: &Inventory) -> Result<Loaded, Refusal> {
     let policy = parse_policy(file, src).map_err(Refusal::Error)?;
+    policy.check_names(inv).map_err(Refusal::Error)?;
     let artifact = compile(&policy, inv).map_err(Refusal::Error)?;
     let failures = check(&policy, inv).map_err(Refusal::Error)?;
     if !failures.is_empty() {

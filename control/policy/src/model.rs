@@ -71,6 +71,9 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// The file's tests.
     pub tests: Vec<PolicyTest>,
+    /// Every node name written in rules and groups, with its place (see
+    /// [`Policy::check_names`]).
+    pub node_refs: Vec<(String, Pos)>,
 }
 
 /// A test from the `tests` list.
@@ -151,6 +154,8 @@ pub enum AppTestReq {
 /// Parse helpers that turn every problem into `file:line:col: message`.
 pub(crate) struct Doc<'a> {
     pub(crate) file: &'a str,
+    /// Node names written in rules and groups, with their places (collected while parsing).
+    pub(crate) node_refs: std::cell::RefCell<Vec<(String, Pos)>>,
 }
 
 impl Doc<'_> {
@@ -259,7 +264,10 @@ pub fn parse_policy(file: &str, src: &[u8]) -> Result<Policy, Error> {
         col: e.pos.col,
         msg: e.msg,
     })?;
-    let doc = Doc { file };
+    let doc = Doc {
+        file,
+        node_refs: Default::default(),
+    };
     let top = doc.object(&root, "the policy", TOP)?;
 
     let default = match Doc::field(top, "default") {
@@ -333,6 +341,7 @@ pub fn parse_policy(file: &str, src: &[u8]) -> Result<Policy, Error> {
         hosts,
         rules: Vec::new(),
         tests: Vec::new(),
+        node_refs: Vec::new(),
     };
 
     if let Some(acls) = Doc::field(top, "acls") {
@@ -354,7 +363,28 @@ pub fn parse_policy(file: &str, src: &[u8]) -> Result<Policy, Error> {
             p.tests.push(test);
         }
     }
+    p.node_refs = doc.node_refs.take();
     Ok(p)
+}
+
+impl Policy {
+    /// Refuses node names (in rules and groups) that no node of `inv` has: what `policy set`
+    /// does against typos (`web2` for `web1`). Recompiling after a node is removed does not
+    /// call this, so a removal never breaks the stored policy. Pre-authorize nodes that have
+    /// not joined yet with a tag.
+    pub fn check_names(&self, inv: &crate::identity::Inventory) -> Result<(), Error> {
+        for (n, pos) in &self.node_refs {
+            if inv.node_by_name(n).is_none() {
+                return Err(Error::Invalid {
+                    file: self.file.clone(),
+                    line: pos.line,
+                    col: pos.col,
+                    msg: format!("unknown node or host {n:?} (no node has this name and hosts does not define it; pre-authorize nodes that have not joined with a tag)"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Group name -> (its position, its members with theirs).
@@ -397,6 +427,8 @@ fn parse_groups(
                     *pos,
                     format!("group member {mname:?} is neither a node name ({e}) nor a group:"),
                 ));
+            } else {
+                doc.node_refs.borrow_mut().push((mname.to_string(), *pos));
             }
         }
     }
@@ -452,6 +484,7 @@ fn add_selector(
         Selector::All => set.all = true,
         Selector::Member => set.member = true,
         Selector::Node(n) => {
+            doc.node_refs.borrow_mut().push((n.clone(), pos));
             set.nodes.insert(n);
         }
         Selector::Group(g) => {

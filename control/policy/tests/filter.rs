@@ -117,7 +117,11 @@ proptest! {
             prop_assert_eq!(&all[dk], &table);
             for (sk, _) in inv.nodes.iter().filter(|(k, _)| *k != dk) {
                 let out = art.filter_for(sk);
-                prop_assert_eq!(out.reachable.contains(dk), table.peers.contains_key(sk), "reachable {} -> {}", sk, dk);
+                prop_assert_eq!(
+                    out.reachable.contains(dk),
+                    table.peers.contains_key(sk) || out.peers.contains_key(dk),
+                    "reachable {} <-> {}", sk, dk
+                );
                 for proto in PROTOS {
                     for port in PORTS {
                         let req = Request::Ip { dst: Target::Node(&dn.name), proto: *proto, port: *port };
