@@ -197,6 +197,18 @@ pub struct Decision {
     pub reason: String,
 }
 
+impl Decision {
+    /// The one line an enforcer shows the caller, e.g. `not allowed: tunnelmesh.io/cap/admin
+    /// (rule policy.hujson:12)` or `not allowed: tunnelmesh.io/cap/nfs mount on share default
+    /// (no rule grants it; the default is deny)`.
+    pub fn message(&self) -> String {
+        match &self.rule {
+            Some(r) => format!("{} (rule {r})", self.reason),
+            None => self.reason.clone(),
+        }
+    }
+}
+
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.allow { "allow" } else { "deny" })?;
@@ -448,8 +460,8 @@ fn explain_inner(art: &Artifact, who: &Identity, req: &Request<'_>, all: bool) -
                         allow: effect == Effect::Allow,
                         rule: Some(at.clone()),
                         reason: match effect {
-                            Effect::Deny => format!("{req}: denied by rule"),
-                            Effect::Allow => format!("{req}: granted by rule"),
+                            Effect::Deny => format!("not allowed: {req}"),
+                            Effect::Allow => format!("allowed: {req}"),
                         },
                     });
                 }

@@ -35,7 +35,11 @@ fn tests_see_the_inventory_and_report_each_failure() {
     let f = check(&p, &inv(&["tag:untrusted"])).unwrap();
     assert_eq!(f.len(), 2, "{f:?}");
     let s3 = f[0].to_string();
-    assert!(s3.starts_with("p.hujson:8: test failed: beta: tunnelmesh.io/cap/s3 write on b/k: expected allow, got deny (rule p.hujson:6)"), "{s3}");
+    assert_eq!(s3, "p.hujson:8: test failed: beta: tunnelmesh.io/cap/s3 write on b/k: expected allow, got deny (rule p.hujson:6): not allowed: tunnelmesh.io/cap/s3 write on b/k");
+    assert_eq!(
+        f[0].got.message(),
+        "not allowed: tunnelmesh.io/cap/s3 write on b/k (rule p.hujson:6)"
+    );
     assert_eq!(f[0].got.rule.as_ref().map(|r| r.line), Some(6));
     match load("p.hujson", POLICY.as_bytes(), &inv(&[])) {
         Err(Refusal::TestsFailed(v)) => assert_eq!(v.len(), 1),

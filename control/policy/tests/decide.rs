@@ -91,6 +91,10 @@ fn no_policy_members_use_s3_and_nfs_read_write_nobody_but_root_is_admin() {
         };
         assert!(!decide(&a, &node(who), &bucket_admin).allow, "{who}");
     }
+    assert_eq!(
+        decide(&a, &node("alpha"), &Request::Admin).message(),
+        "not allowed: tunnelmesh.io/cap/admin (no rule grants it; the default never does)"
+    );
     assert!(decide(&a, &Identity::LocalRoot, &Request::Admin).allow);
     assert!(decide(&a, &Identity::Coordinator, &SYS_GET).allow);
     assert!(decide(&a, &Identity::LocalRoot, &SYS_LIST).allow);
