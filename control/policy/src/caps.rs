@@ -25,7 +25,7 @@ pub const CAP_NFS: &str = "tunnelmesh.io/cap/nfs";
 pub const CAP_DOCKER: &str = "tunnelmesh.io/cap/docker";
 /// The admin capability name (coordinator API: nodes, tags, tokens, policy, system bucket).
 pub const CAP_ADMIN: &str = "tunnelmesh.io/cap/admin";
-/// The bucket holding the coordinators' own state; private (see [`crate::decide`]).
+/// The bucket holding the coordinators' own state; private (see [`crate::decide()`]).
 pub const SYSTEM_BUCKET: &str = "_tunnelmesh";
 
 /// An access level; ordered.

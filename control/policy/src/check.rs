@@ -1,4 +1,4 @@
-//! The policy file's `tests`, run by [`check`] on every `policy set` / `policy check`.
+//! The policy file's `tests`, run by [`check()`] on every `policy set` / `policy check`.
 //!
 //! Two forms:
 //! ```text

@@ -222,7 +222,7 @@ impl fmt::Display for Decision {
 /// A decision and every rule that matched (for `policy explain`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explanation {
-    /// The decision, as [`decide`] returns it.
+    /// The decision, as [`decide()`] returns it.
     pub decision: Decision,
     /// Every matching rule in evaluation order (deny entries first).
     pub matched: Vec<(Effect, SourceRef)>,

@@ -3,7 +3,7 @@
 //! grows with tag/group combinations, not with peers); a class holds, per protocol, sorted
 //! disjoint port ranges looked up by binary search.
 //!
-//! The table answers exactly what [`crate::decide`] answers for `Request::Ip` (a test checks
+//! The table answers exactly what [`crate::decide()`] answers for `Request::Ip` (a test checks
 //! this on every port boundary), so `filter test` and the dataplane cannot disagree.
 
 use crate::compile::Artifact;

@@ -1,6 +1,6 @@
 //! The golden decision table: one file of (policy, principal, surface, operation, expected
 //! decision) that every enforcer must answer identically (issue 13's differential test).
-//! `tests/golden.txt` runs through [`crate::decide`] here; the S3, NFS, admin-API, Docker and
+//! `tests/golden.txt` runs through [`crate::decide()`] here; the S3, NFS, admin-API, Docker and
 //! packet-filter enforcers run the same file through their real request paths.
 //!
 //! Format, one item per line (`#` starts a comment):
@@ -66,7 +66,7 @@ pub enum OwnedRequest {
 }
 
 impl OwnedRequest {
-    /// The borrowed form [`crate::decide`] takes.
+    /// The borrowed form [`crate::decide()`] takes.
     pub fn as_request(&self) -> Request<'_> {
         match self {
             OwnedRequest::S3 { bucket, key, op } => Request::S3 {

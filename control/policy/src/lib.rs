@@ -4,17 +4,17 @@
 //! One policy file (HuJSON, a Tailscale-compatible subset plus a `deny` list and our
 //! `tunnelmesh.io/cap/*` application capabilities) is compiled once into an [`Artifact`]; S3,
 //! NFS, the coordinator's admin API, the Docker agent, `policy explain` and `filter test` all
-//! call [`decide`] on it, and the dataplane packet filter uses [`Artifact::filter_for`], which
+//! call [`decide()`] on it, and the dataplane packet filter uses [`Artifact::filter_for`], which
 //! agrees with `decide` by construction and by test. Precedence: **deny beats allow beats the
 //! default**.
 //!
 //! Call order (the coordinator):
 //! 1. [`load`] on `policy set`/`check`: parse ([`parse_policy`]), compile against the current
-//!    [`Inventory`] ([`compile`]), run the file's tests ([`check`]); any error or failed test
+//!    [`Inventory`] ([`compile()`]), run the file's tests ([`check()`]); any error or failed test
 //!    refuses the whole file.
 //! 2. Ship [`Artifact`] (or [`Artifact::project`] per node) with [`Artifact::hash`] in the
 //!    netmap; recompile with the stored policy on every node/tag/token change.
-//! 3. Enforcers: authenticate, build an [`Identity`], call [`decide`] per request.
+//! 3. Enforcers: authenticate, build an [`Identity`], call [`decide()`] per request.
 //!
 //! This crate never authenticates anyone, never reads the policy file, and never decides who
 //! may *change* the policy beyond answering `Request::Admin`.
@@ -116,14 +116,14 @@ pub struct Loaded {
     pub artifact: Artifact,
     /// `artifact.hash()`.
     pub hash: PolicyHash,
-    /// Legal but suspicious things (see [`lint`]).
+    /// Legal but suspicious things (see [`lint()`]).
     pub warnings: Vec<String>,
 }
 
 /// Parses, checks node names against the inventory ([`Policy::check_names`]), compiles and
 /// tests a policy file: what `policy set` and `policy check` do. (At coordinator start, a
-/// stored policy is loaded with [`parse_policy`] + [`compile`] even if its tests now fail, and
-/// [`check`]'s failures are logged loudly.)
+/// stored policy is loaded with [`parse_policy`] + [`compile()`] even if its tests now fail, and
+/// [`check()`]'s failures are logged loudly.)
 /// Pass the file's base name as `file` so that rule references and the hash do not depend on
 /// the directory it was set from.
 pub fn load(file: &str, src: &[u8], inv: &Inventory) -> Result<Loaded, Refusal> {
