@@ -172,6 +172,13 @@ impl Artifact {
         PolicyHash(s)
     }
 
+    /// The identity of the node with this display name (for operator tools such as
+    /// `policy explain --src beta`; enforcers build identities from what they authenticated).
+    pub fn node_identity(&self, name: &str) -> Option<crate::identity::Identity> {
+        self.node_by_name(name)
+            .map(|(k, _)| crate::identity::Identity::Node(k.clone()))
+    }
+
     /// The node with this display name.
     pub fn node_by_name(&self, name: &str) -> Option<(&NodeKey, &NodeInfo)> {
         self.nodes.iter().find(|(_, n)| n.name == name)

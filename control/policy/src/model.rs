@@ -74,6 +74,8 @@ pub struct Policy {
     /// Every node name written in rules and groups, with its place (see
     /// [`Policy::check_names`]).
     pub node_refs: Vec<(String, Pos)>,
+    /// Every `hosts` name with its place.
+    pub host_refs: Vec<(String, Pos)>,
 }
 
 /// A test from the `tests` list.
@@ -285,6 +287,7 @@ pub fn parse_policy(file: &str, src: &[u8]) -> Result<Policy, Error> {
     };
 
     let mut hosts = BTreeMap::new();
+    let mut host_refs = Vec::new();
     if let Some(h) = Doc::field(top, "hosts") {
         let Kind::Object(m) = &h.kind else {
             return Err(doc.err(h.pos, "hosts must be an object of name: \"CIDR\""));
@@ -295,6 +298,7 @@ pub fn parse_policy(file: &str, src: &[u8]) -> Result<Policy, Error> {
             let c = Cidr::parse(doc.str(&member.value, "a host")?)
                 .map_err(|e| doc.err(member.value.pos, e))?;
             hosts.insert(member.key.clone(), c);
+            host_refs.push((member.key.clone(), member.key_pos));
         }
     }
 
@@ -342,6 +346,7 @@ pub fn parse_policy(file: &str, src: &[u8]) -> Result<Policy, Error> {
         rules: Vec::new(),
         tests: Vec::new(),
         node_refs: Vec::new(),
+        host_refs: Vec::new(),
     };
 
     if let Some(acls) = Doc::field(top, "acls") {
@@ -364,6 +369,7 @@ pub fn parse_policy(file: &str, src: &[u8]) -> Result<Policy, Error> {
         }
     }
     p.node_refs = doc.node_refs.take();
+    p.host_refs = host_refs;
     Ok(p)
 }
 
@@ -373,6 +379,16 @@ impl Policy {
     /// call this, so a removal never breaks the stored policy. Pre-authorize nodes that have
     /// not joined yet with a tag.
     pub fn check_names(&self, inv: &crate::identity::Inventory) -> Result<(), Error> {
+        for (h, pos) in &self.host_refs {
+            if inv.node_by_name(h).is_some() {
+                return Err(Error::Invalid {
+                    file: self.file.clone(),
+                    line: pos.line,
+                    col: pos.col,
+                    msg: format!("hosts name {h:?} is also a node's name; rename one of them"),
+                });
+            }
+        }
         for (n, pos) in &self.node_refs {
             if inv.node_by_name(n).is_none() {
                 return Err(Error::Invalid {

@@ -117,3 +117,39 @@ fn filter_test_is_the_cli_matcher() {
         .contains("unknown protocol"));
     assert!(filter_test(&l, "beta", "web1").is_err());
 }
+
+#[test]
+fn policy_set_refuses_unknown_node_names_and_hosts_shadowing_nodes() {
+    let inv = inv(&[]);
+    let typo = br#"{"default": "deny",
+  "acls": [{"action": "accept", "src": ["beta"], "dst": ["web2:443"]}]}"#;
+    let e = load("p.hujson", typo, &inv).unwrap_err().to_string();
+    assert!(
+        e.starts_with("p.hujson:2:58: unknown node or host \"web2\""),
+        "{e}"
+    );
+    let grp = br#"{"default": "deny", "groups": {"group:g": ["beta", "gamma"]}}"#;
+    let e = load("p.hujson", grp, &inv).unwrap_err().to_string();
+    assert!(
+        e.starts_with("p.hujson:1:52: unknown node or host \"gamma\""),
+        "{e}"
+    );
+    let shadow = br#"{"default": "deny", "hosts": {"web1": "10.0.0.1"}}"#;
+    let e = load("p.hujson", shadow, &inv).unwrap_err().to_string();
+    assert!(
+        e.starts_with("p.hujson:1:31: hosts name \"web1\" is also a node's name"),
+        "{e}"
+    );
+    // The same files compile (a removed node never breaks the stored policy).
+    let p = parse_policy("p.hujson", typo).unwrap();
+    assert!(tm_policy::compile(&p, &inv).is_ok());
+    // And node_identity is how operator tools name a principal.
+    let a = tm_policy::compile(&p, &inv).unwrap();
+    assert_eq!(
+        a.node_identity("beta"),
+        Some(tm_policy::Identity::Node(tm_policy::NodeKey(
+            "k-beta".into()
+        )))
+    );
+    assert_eq!(a.node_identity("nobody"), None);
+}
