@@ -7,12 +7,14 @@
 
 use std::time::SystemTime;
 
-use crate::mem::ReadTable;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{from_nanos, get_json, now_nanos, put_json, BucketRec, BUCKETS};
-use crate::{valid_bucket_name, StorageError, Store, SYSTEM_BUCKET};
+use crate::db::ReadTable as _;
+use crate::object::meta::{from_nanos, get_json, now_nanos, put_json, BucketRec, BUCKETS};
+use crate::object::types::{valid_bucket_name, SYSTEM_BUCKET};
+use crate::object::Store;
+use crate::StorageError;
 
 pub(crate) const SHARES: TableDefinition<&str, &[u8]> = TableDefinition::new("shares");
 

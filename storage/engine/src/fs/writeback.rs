@@ -1,9 +1,10 @@
 //! Write-back buffer of the file-system view: NFS UNSTABLE writes staged in memory until COMMIT
 //! (or a flush trigger) applies them to the store.
 //!
-//! It lives in the [`crate::Store`] (one per store, shared by every clone and every
+//! It hangs off the [`crate::Store`] (one per store, its staging hook, shared by every clone and every
 //! [`crate::FileSystem`] over it), so every read of an object through the store — S3 GET/HEAD,
-//! list, copy, NFS READ — first applies the staged writes of that object (`Store::settle`):
+//! list, copy, NFS READ — first applies the staged writes of that object (the store calls
+//! its `Staging` hook, implemented in `stage.rs`):
 //! a write is visible to everybody as soon as it is acknowledged, and durable at COMMIT.
 //!
 //! Locks: the map lock is taken before an inode's `state` lock and never while holding a
