@@ -84,8 +84,8 @@ pub use chunks::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use db::CommitStats;
 pub use error::StorageError;
 pub use fs::{
-    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, ReadAhead, SetAttrs, ShareInfo,
-    Staged, DEFAULT_SHARE,
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsError, FsStat, ReadAhead, SetAttrs,
+    ShareInfo, Staged, DEFAULT_SHARE,
 };
 pub use object::meta::INLINE_MAX;
 pub use object::reader::{ObjectReader, RangeReader, Segment};

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 pub use commit::CommitStats;
-#[allow(unused_imports)] // used by the file-system view once it has its own error type
 pub(crate) use commit::TxError;
 pub(crate) use mem::{Mem, Tx, View};
 pub(crate) use schema::Schema;

@@ -18,22 +18,22 @@ type Built = (ObjRec, Vec<ChunkRef>, Option<Vec<u8>>);
 impl FileSystem {
     /// Apply `writes` (in order; later ones win where they overlap) durably, rewriting only the
     /// chunks they touch. Returns the new attributes.
-    pub fn write(&self, ino: u64, writes: &[(u64, &[u8])]) -> Result<FileAttr, StorageError> {
+    pub fn write(&self, ino: u64, writes: &[(u64, &[u8])]) -> Result<FileAttr, FsError> {
         self.writable(ino)?;
         self.flush(ino)?;
         self.edit(ino, writes, None, None)
     }
 
     /// Change attributes (size changes rewrite only the cut chunk).
-    pub fn setattr(&self, ino: u64, sa: &SetAttrs) -> Result<FileAttr, StorageError> {
+    pub fn setattr(&self, ino: u64, sa: &SetAttrs) -> Result<FileAttr, FsError> {
         self.writable(ino)?;
         // Staged writes first: they must not land after (and override) the new size or times.
         self.flush_background(ino);
         let r = self.resolve(ino)?;
         if sa.size.is_some() && !matches!(r.node, Node::File(_)) {
             return Err(match r.node {
-                Node::Dir { .. } => StorageError::IsADirectory,
-                _ => StorageError::Invalid("size of a symlink"),
+                Node::Dir { .. } => FsError::IsADirectory,
+                _ => FsError::Invalid("size of a symlink"),
             });
         }
         if sa.size.is_some() {
@@ -41,13 +41,13 @@ impl FileSystem {
         }
         let sa = sa.clone();
         let (share, path) = (r.rec.share.clone(), r.rec.path.clone());
-        self.store.txn(move |wtx, _| {
+        self.store.txn_as(move |wtx, _| {
             let seen = get_json::<ObjRec, _>(&wtx.open_table(OBJECTS)?, &obj_key(&share, &path))?
                 .map(|o| o.modified);
             let mut inodes = wtx.open_table(FS_INODES)?;
-            let mut rec = get_inode(&inodes, ino)?.ok_or(StorageError::Stale)?;
+            let mut rec = get_inode(&inodes, ino)?.ok_or(FsError::Stale)?;
             if rec.removed {
-                return Err(StorageError::Stale);
+                return Err(FsError::Stale);
             }
             if let Some(s) = seen {
                 if s != rec.seen {
@@ -72,19 +72,19 @@ impl FileSystem {
         writes: &[(u64, &[u8])],
         truncate: Option<u64>,
         sa: Option<SetAttrs>,
-    ) -> Result<FileAttr, StorageError> {
+    ) -> Result<FileAttr, FsError> {
         for _ in 0..EDIT_RETRIES {
             let r = self.resolve(ino)?;
             match r.node {
                 Node::File(_) => {}
-                Node::Dir { .. } => return Err(StorageError::IsADirectory),
-                Node::Symlink(_) => return Err(StorageError::Invalid("write to a symlink")),
+                Node::Dir { .. } => return Err(FsError::IsADirectory),
+                Node::Symlink(_) => return Err(FsError::Invalid("write to a symlink")),
             }
             let (share, path) = (r.rec.share.clone(), r.rec.path.clone());
             let old = match self.store.open_object_raw(&share, &path) {
                 Ok(o) => o,
-                Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
-                Err(e) => return Err(e),
+                Err(StorageError::NoSuchKey) => return Err(FsError::Stale),
+                Err(e) => return Err(e.into()),
             };
             let mut pins = Pins {
                 shared: self.store.shared().clone(),
@@ -97,20 +97,20 @@ impl FileSystem {
             let max_size = self.store.max_size();
             let sa = sa.clone();
             let _g = self.store.shared().read_guard();
-            let res = self.store.txn(move |wtx, freed| {
+            let res = self.store.txn_as(move |wtx, freed| {
                 let ok = obj_key(&share, &path);
                 let cur = wtx
                     .open_table(OBJ_CHUNKS)?
                     .get(ok.as_str())?
                     .map(|v| v.value().to_vec());
                 if cur.as_deref() != Some(expect.as_slice()) {
-                    return Err(StorageError::Conflict);
+                    return Err(StorageError::Conflict.into());
                 }
                 {
                     let inodes = wtx.open_table(FS_INODES)?;
                     match get_inode(&inodes, ino)? {
                         Some(i) if !i.removed && i.path == path && i.share == share => {}
-                        _ => return Err(StorageError::Conflict),
+                        _ => return Err(StorageError::Conflict.into()),
                     }
                 }
                 install_object(
@@ -124,7 +124,7 @@ impl FileSystem {
                     inline.as_deref(),
                 )?;
                 let mut inodes = wtx.open_table(FS_INODES)?;
-                let mut i = get_inode(&inodes, ino)?.ok_or(StorageError::Stale)?;
+                let mut i = get_inode(&inodes, ino)?.ok_or(FsError::Stale)?;
                 i.mtime = rec.modified;
                 i.ctime = rec.modified;
                 i.seen = rec.modified;
@@ -137,12 +137,12 @@ impl FileSystem {
             drop(_g);
             drop(pins);
             match res {
-                Err(StorageError::Conflict) => continue,
+                Err(FsError::Storage(StorageError::Conflict)) => continue,
                 Err(e) => return Err(e),
                 Ok(()) => return self.getattr(ino),
             }
         }
-        Err(StorageError::Conflict)
+        Err(StorageError::Conflict.into())
     }
 
     /// New object record and manifest for `old` with `truncate` then `writes` applied. Chunks no
@@ -153,7 +153,7 @@ impl FileSystem {
         writes: &[(u64, &[u8])],
         truncate: Option<u64>,
         pins: &mut Pins,
-    ) -> Result<Built, StorageError> {
+    ) -> Result<Built, FsError> {
         let cs = u64::from(self.store.shared().chunk_size);
         let size = old.size();
         let t = truncate.unwrap_or(size);
@@ -162,7 +162,7 @@ impl FileSystem {
         for (o, d) in writes {
             let end = o
                 .checked_add(d.len() as u64)
-                .ok_or(StorageError::Invalid("offset overflow"))?;
+                .ok_or(FsError::Invalid("offset overflow"))?;
             if !d.is_empty() {
                 new_size = new_size.max(end);
             }

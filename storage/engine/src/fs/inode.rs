@@ -47,20 +47,20 @@ pub(super) fn last_name(path: &str) -> &str {
 }
 
 /// Check an NFS file name.
-pub fn check_name(name: &str) -> Result<(), StorageError> {
+pub fn check_name(name: &str) -> Result<(), FsError> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(StorageError::InvalidName);
+        return Err(FsError::InvalidName);
     }
     if name.len() > 255 {
-        return Err(StorageError::NameTooLong);
+        return Err(FsError::NameTooLong);
     }
     Ok(())
 }
 
-pub(super) fn check_path(share: &str, path: &str) -> Result<(), StorageError> {
+pub(super) fn check_path(share: &str, path: &str) -> Result<(), FsError> {
     // +1 for a directory marker's trailing slash.
     if path.len() + 1 > MAX_KEY_LEN || share.len() + path.len() + 2 > MAX_KEY_LEN + 64 {
-        return Err(StorageError::NameTooLong);
+        return Err(FsError::NameTooLong);
     }
     Ok(())
 }
@@ -68,7 +68,7 @@ pub(super) fn check_path(share: &str, path: &str) -> Result<(), StorageError> {
 pub(super) fn get_inode(
     t: &impl ReadTable<u64, &'static [u8]>,
     ino: u64,
-) -> Result<Option<InodeRec>, StorageError> {
+) -> Result<Option<InodeRec>, FsError> {
     match t.get(ino)? {
         Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
         None => Ok(None),
@@ -79,7 +79,7 @@ pub(super) fn put_inode(
     t: &mut TableW<'_, u64, &'static [u8]>,
     ino: u64,
     rec: &InodeRec,
-) -> Result<(), StorageError> {
+) -> Result<(), FsError> {
     t.insert(ino, serde_json::to_vec(rec)?.as_slice())?;
     Ok(())
 }
@@ -89,7 +89,7 @@ pub(super) fn probe(
     objects: &impl ReadTable<&'static str, &'static [u8]>,
     share: &str,
     path: &str,
-) -> Result<Option<Node>, StorageError> {
+) -> Result<Option<Node>, FsError> {
     if path.is_empty() {
         return Ok(Some(Node::Dir { marker: None }));
     }
@@ -164,7 +164,7 @@ pub(super) fn attr_of(ino: u64, rec: &InodeRec, node: &Node) -> FileAttr {
 }
 
 /// Allocate (or find) the inode of `share/path`; `rec` is used when a new one is made.
-pub(super) fn alloc_ino(wtx: &Tx, rec: InodeRec) -> Result<u64, StorageError> {
+pub(super) fn alloc_ino(wtx: &Tx, rec: InodeRec) -> Result<u64, FsError> {
     let mut paths = wtx.open_table(FS_PATHS)?;
     let pk = obj_key(&rec.share, &rec.path);
     if let Some(v) = paths.get(pk.as_str())? {
@@ -182,13 +182,13 @@ pub(super) fn alloc_ino(wtx: &Tx, rec: InodeRec) -> Result<u64, StorageError> {
 }
 
 /// Replace the inode of `share/path` by a fresh one with `rec` (old one becomes a tombstone).
-pub(super) fn new_ino(wtx: &Tx, rec: InodeRec) -> Result<u64, StorageError> {
+pub(super) fn new_ino(wtx: &Tx, rec: InodeRec) -> Result<u64, FsError> {
     tombstone(wtx, &rec.share, &rec.path)?;
     alloc_ino(wtx, rec)
 }
 
 /// Mark the inode at `share/path` (if any) removed and forget the path.
-pub(super) fn tombstone(wtx: &Tx, share: &str, path: &str) -> Result<(), StorageError> {
+pub(super) fn tombstone(wtx: &Tx, share: &str, path: &str) -> Result<(), FsError> {
     let mut paths = wtx.open_table(FS_PATHS)?;
     let pk = obj_key(share, path);
     let ino = paths.remove(pk.as_str())?.map(|v| v.value());
@@ -204,7 +204,7 @@ pub(super) fn tombstone(wtx: &Tx, share: &str, path: &str) -> Result<(), Storage
 }
 
 /// Set mtime/ctime of the directory `share/path` to now (if it has an inode).
-pub(super) fn touch_dir(wtx: &Tx, share: &str, path: &str) -> Result<(), StorageError> {
+pub(super) fn touch_dir(wtx: &Tx, share: &str, path: &str) -> Result<(), FsError> {
     let ino = wtx
         .open_table(FS_PATHS)?
         .get(obj_key(share, path).as_str())?
@@ -228,7 +228,7 @@ pub(super) fn ensure_marker(
     max_size: Option<u64>,
     share: &str,
     dir: &str,
-) -> Result<(), StorageError> {
+) -> Result<(), FsError> {
     if dir.is_empty() {
         return Ok(());
     }
@@ -261,7 +261,7 @@ pub(super) fn move_object(
     share: &str,
     src: &str,
     dst: &str,
-) -> Result<(), StorageError> {
+) -> Result<(), FsError> {
     remove_object(wtx, freed, share, dst)?;
     let (sk, dk) = (obj_key(share, src), obj_key(share, dst));
     let mut objects = wtx.open_table(OBJECTS)?;

@@ -22,6 +22,7 @@
 //! cookies stay valid while the directory changes.
 
 mod edit;
+mod error;
 mod inode;
 mod namespace;
 mod read;
@@ -49,6 +50,7 @@ use inode::{alloc_ino, attr_of, default_rec, get_inode, probe};
 use share::{ShareRec, SHARES};
 use writeback::{lock, WriteBack};
 
+pub use error::FsError;
 pub use inode::check_name;
 pub use share::{ShareInfo, DEFAULT_SHARE};
 
@@ -293,7 +295,7 @@ struct Resolved {
 
 impl FileSystem {
     /// The file-system view of `store`.
-    pub fn new(store: Store) -> Result<FileSystem, StorageError> {
+    pub fn new(store: Store) -> Result<FileSystem, FsError> {
         let rtx = store.view()?;
         let generation = rtx
             .open_table(FS_META)?
@@ -337,28 +339,27 @@ impl FileSystem {
     }
 
     /// Root directory of a share (allocating its inode on first use).
-    pub fn share_root(&self, share: &str) -> Result<FileAttr, StorageError> {
+    pub fn share_root(&self, share: &str) -> Result<FileAttr, FsError> {
         {
             let rtx = self.store.view()?;
             if rtx.open_table(SHARES)?.get(share)?.is_none() {
-                return Err(StorageError::NoSuchShare);
+                return Err(FsError::NoSuchShare);
             }
         }
         self.attr_at(share, "")
     }
 
     /// Share name and read-only flag of an inode.
-    pub fn share_of(&self, ino: u64) -> Result<(String, bool), StorageError> {
+    pub fn share_of(&self, ino: u64) -> Result<(String, bool), FsError> {
         let rtx = self.store.view()?;
-        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
-        let s: ShareRec =
-            get_json(&rtx.open_table(SHARES)?, &rec.share)?.ok_or(StorageError::Stale)?;
+        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(FsError::Stale)?;
+        let s: ShareRec = get_json(&rtx.open_table(SHARES)?, &rec.share)?.ok_or(FsError::Stale)?;
         Ok((rec.share, s.read_only))
     }
 
-    fn writable(&self, ino: u64) -> Result<(), StorageError> {
+    fn writable(&self, ino: u64) -> Result<(), FsError> {
         match self.share_of(ino)? {
-            (_, true) => Err(StorageError::ReadOnly),
+            (_, true) => Err(FsError::ReadOnly),
             _ => Ok(()),
         }
     }
@@ -372,32 +373,32 @@ impl FileSystem {
         self.readers().remove(&ino);
     }
 
-    fn resolve(&self, ino: u64) -> Result<Resolved, StorageError> {
+    fn resolve(&self, ino: u64) -> Result<Resolved, FsError> {
         let rtx = self.store.view()?;
-        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
+        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(FsError::Stale)?;
         if rec.removed {
-            return Err(StorageError::Stale);
+            return Err(FsError::Stale);
         }
         let node = probe(&rtx.open_table(OBJECTS)?, &rec.share, &rec.path)?;
         let node = match node {
             Some(n) => n,
-            None => return Err(StorageError::Stale),
+            None => return Err(FsError::Stale),
         };
         Ok(Resolved { rec, node })
     }
 
-    fn resolve_dir(&self, ino: u64) -> Result<Resolved, StorageError> {
+    fn resolve_dir(&self, ino: u64) -> Result<Resolved, FsError> {
         let r = self.resolve(ino)?;
         if !matches!(r.node, Node::Dir { .. }) {
-            return Err(StorageError::NotADirectory);
+            return Err(FsError::NotADirectory);
         }
         Ok(r)
     }
 
     /// Attributes of whatever is at `share/path`, allocating its inode if needed.
-    fn attr_at(&self, share: &str, path: &str) -> Result<FileAttr, StorageError> {
+    fn attr_at(&self, share: &str, path: &str) -> Result<FileAttr, FsError> {
         self.attr_at_opt(share, path, true)?
-            .ok_or(StorageError::Conflict)
+            .ok_or(FsError::Storage(StorageError::Conflict))
     }
 
     /// Like `attr_at`; with `alloc == false` returns `None` instead of writing a new inode.
@@ -406,7 +407,7 @@ impl FileSystem {
         share: &str,
         path: &str,
         alloc: bool,
-    ) -> Result<Option<FileAttr>, StorageError> {
+    ) -> Result<Option<FileAttr>, FsError> {
         for _ in 0..EDIT_RETRIES {
             let rtx = self.store.view()?;
             let node =
@@ -416,8 +417,7 @@ impl FileSystem {
                 .get(obj_key(share, path).as_str())?
                 .map(|v| v.value());
             if let Some(ino) = ino {
-                let rec =
-                    get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
+                let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(FsError::Stale)?;
                 let mut a = attr_of(ino, &rec, &node);
                 self.overlay(&mut a);
                 return Ok(Some(a));
@@ -427,13 +427,13 @@ impl FileSystem {
             }
             drop(rtx);
             let rec = default_rec(share, path, &node);
-            self.store.txn(move |wtx, _| alloc_ino(wtx, rec))?;
+            self.store.txn_as(move |wtx, _| alloc_ino(wtx, rec))?;
         }
-        Err(StorageError::Conflict)
+        Err(StorageError::Conflict.into())
     }
 
     /// Attributes of an inode (`Stale` once it is removed or its object vanished).
-    pub fn getattr(&self, ino: u64) -> Result<FileAttr, StorageError> {
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr, FsError> {
         let r = self.resolve(ino)?;
         let mut a = attr_of(ino, &r.rec, &r.node);
         self.overlay(&mut a);

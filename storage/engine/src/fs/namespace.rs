@@ -27,20 +27,19 @@ pub(super) fn create_in(
     name: &str,
     how: CreateMode,
     sa: &SetAttrs,
-) -> Result<Created, StorageError> {
+) -> Result<Created, FsError> {
     let drec = match get_inode(&wtx.open_table(FS_INODES)?, dir)? {
         Some(r) if !r.removed => r,
-        _ => return Err(StorageError::Stale),
+        _ => return Err(FsError::Stale),
     };
-    let share: ShareRec =
-        get_json(&wtx.open_table(SHARES)?, &drec.share)?.ok_or(StorageError::Stale)?;
+    let share: ShareRec = get_json(&wtx.open_table(SHARES)?, &drec.share)?.ok_or(FsError::Stale)?;
     if share.read_only {
-        return Err(StorageError::ReadOnly);
+        return Err(FsError::ReadOnly);
     }
     let dnode = match probe(&wtx.open_table(OBJECTS)?, &drec.share, &drec.path)? {
         Some(n @ Node::Dir { .. }) => n,
-        Some(_) => return Err(StorageError::NotADirectory),
-        None => return Err(StorageError::Stale),
+        Some(_) => return Err(FsError::NotADirectory),
+        None => return Err(FsError::Stale),
     };
     let (sh, p) = (drec.share.as_str(), join(&drec.path, name));
     check_path(sh, &p)?;
@@ -54,13 +53,13 @@ pub(super) fn create_in(
             None => None,
         };
         return match (how, &node) {
-            (_, Node::Dir { .. }) => Err(StorageError::Exists),
-            (CreateMode::Guarded, _) => Err(StorageError::Exists),
+            (_, Node::Dir { .. }) => Err(FsError::Exists),
+            (CreateMode::Guarded, _) => Err(FsError::Exists),
             (CreateMode::Exclusive(v), _) => match (ino, rec) {
                 (Some(i), Some(r)) if r.verf == Some(v) => Ok(Created::Existing(i)),
-                _ => Err(StorageError::Exists),
+                _ => Err(FsError::Exists),
             },
-            (CreateMode::Unchecked, Node::Symlink(_)) => Err(StorageError::Exists),
+            (CreateMode::Unchecked, Node::Symlink(_)) => Err(FsError::Exists),
             (CreateMode::Unchecked, Node::File(_)) => match ino {
                 Some(i) => Ok(Created::Existing(i)),
                 None => Ok(Created::Existing(alloc_ino(
@@ -80,7 +79,7 @@ pub(super) fn create_in(
     }
     let ino = new_ino(wtx, rec.clone())?;
     touch_dir(wtx, sh, &drec.path)?;
-    let drec = get_inode(&wtx.open_table(FS_INODES)?, dir)?.ok_or(StorageError::Stale)?;
+    let drec = get_inode(&wtx.open_table(FS_INODES)?, dir)?.ok_or(FsError::Stale)?;
     Ok(Created::New(
         attr_of(ino, &rec, &Node::File(orec)),
         attr_of(dir, &drec, &dnode),
@@ -95,13 +94,13 @@ impl FileSystem {
         name: &str,
         how: CreateMode,
         sa: &SetAttrs,
-    ) -> Result<FileAttr, StorageError> {
+    ) -> Result<FileAttr, FsError> {
         check_name(name)?;
         let max_size = self.store.max_size();
         let (name2, sa2) = (name.to_string(), sa.clone());
         let made = self
             .store
-            .txn(move |wtx, freed| create_in(wtx, freed, max_size, dir, &name2, how, &sa2))?;
+            .txn_as(move |wtx, freed| create_in(wtx, freed, max_size, dir, &name2, how, &sa2))?;
         match made {
             Created::Existing(ino) if sa.size.is_some() && how == CreateMode::Unchecked => self
                 .setattr(
@@ -133,7 +132,7 @@ impl FileSystem {
         name: &str,
         how: CreateMode,
         sa: &SetAttrs,
-    ) -> Result<Option<(FileAttr, FileAttr)>, StorageError> {
+    ) -> Result<Option<(FileAttr, FileAttr)>, FsError> {
         check_name(name)?;
         if sa.size.is_some_and(|s| s > 0) {
             return Ok(None);
@@ -142,7 +141,7 @@ impl FileSystem {
         let (name, sa) = (name.to_string(), sa.clone());
         let made = self
             .store
-            .txn(move |wtx, freed| create_in(wtx, freed, max_size, dir, &name, how, &sa))?;
+            .txn_as(move |wtx, freed| create_in(wtx, freed, max_size, dir, &name, how, &sa))?;
         Ok(match made {
             Created::New(a, d) => Some((a, d)),
             Created::Existing(_) => None,
@@ -150,7 +149,7 @@ impl FileSystem {
     }
 
     /// Create a directory (a marker object `path/`).
-    pub fn mkdir(&self, dir: u64, name: &str, sa: &SetAttrs) -> Result<FileAttr, StorageError> {
+    pub fn mkdir(&self, dir: u64, name: &str, sa: &SetAttrs) -> Result<FileAttr, FsError> {
         self.writable(dir)?;
         check_name(name)?;
         let d = self.resolve_dir(dir)?;
@@ -159,9 +158,9 @@ impl FileSystem {
         let max_size = self.store.max_size();
         let sa = sa.clone();
         let (sh, p, dpath) = (share.clone(), path.clone(), d.rec.path.clone());
-        self.store.txn(move |wtx, freed| {
+        self.store.txn_as(move |wtx, freed| {
             if probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.is_some() {
-                return Err(StorageError::Exists);
+                return Err(FsError::Exists);
             }
             let orec = empty_rec();
             install_object(
@@ -195,11 +194,11 @@ impl FileSystem {
         name: &str,
         target: &str,
         sa: &SetAttrs,
-    ) -> Result<FileAttr, StorageError> {
+    ) -> Result<FileAttr, FsError> {
         self.writable(dir)?;
         check_name(name)?;
         if target.is_empty() || target.len() > INLINE_MAX.min(4096) {
-            return Err(StorageError::NameTooLong);
+            return Err(FsError::NameTooLong);
         }
         let d = self.resolve_dir(dir)?;
         let (share, path) = (d.rec.share.clone(), join(&d.rec.path, name));
@@ -208,9 +207,9 @@ impl FileSystem {
         let sa = sa.clone();
         let body = target.as_bytes().to_vec();
         let (sh, p, dpath) = (share.clone(), path.clone(), d.rec.path.clone());
-        self.store.txn(move |wtx, freed| {
+        self.store.txn_as(move |wtx, freed| {
             if probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.is_some() {
-                return Err(StorageError::Exists);
+                return Err(FsError::Exists);
             }
             let mut meta = ObjectMeta::default();
             meta.user.insert(TYPE_META.into(), SYMLINK.into());
@@ -237,16 +236,16 @@ impl FileSystem {
     }
 
     /// Remove a file or symlink.
-    pub fn remove(&self, dir: u64, name: &str) -> Result<(), StorageError> {
+    pub fn remove(&self, dir: u64, name: &str) -> Result<(), FsError> {
         self.unlink(dir, name, false)
     }
 
     /// Remove an empty directory.
-    pub fn rmdir(&self, dir: u64, name: &str) -> Result<(), StorageError> {
+    pub fn rmdir(&self, dir: u64, name: &str) -> Result<(), FsError> {
         self.unlink(dir, name, true)
     }
 
-    fn unlink(&self, dir: u64, name: &str, want_dir: bool) -> Result<(), StorageError> {
+    fn unlink(&self, dir: u64, name: &str, want_dir: bool) -> Result<(), FsError> {
         self.writable(dir)?;
         check_name(name)?;
         let d = self.resolve_dir(dir)?;
@@ -257,13 +256,11 @@ impl FileSystem {
         );
         let max_size = self.store.max_size();
         let (share, path) = (sh.clone(), p.clone());
-        self.store.txn(move |wtx, freed| {
+        self.store.txn_as(move |wtx, freed| {
             let node = probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.ok_or(StorageError::NoSuchKey)?;
             match (&node, want_dir) {
-                (Node::Dir { .. }, false) => return Err(StorageError::IsADirectory),
-                (Node::File(_) | Node::Symlink(_), true) => {
-                    return Err(StorageError::NotADirectory)
-                }
+                (Node::Dir { .. }, false) => return Err(FsError::IsADirectory),
+                (Node::File(_) | Node::Symlink(_), true) => return Err(FsError::NotADirectory),
                 (Node::Dir { .. }, true) => {
                     let pfx = obj_key(&sh, &format!("{p}/"));
                     let objects = wtx.open_table(OBJECTS)?;
@@ -273,7 +270,7 @@ impl FileSystem {
                             break;
                         }
                         if k.value() != pfx {
-                            return Err(StorageError::DirectoryNotEmpty);
+                            return Err(FsError::DirectoryNotEmpty);
                         }
                     }
                 }
@@ -291,20 +288,14 @@ impl FileSystem {
 
     /// Rename within or across directories of one share; an existing target file (or empty
     /// directory, for a directory source) is replaced.
-    pub fn rename(
-        &self,
-        from_dir: u64,
-        from: &str,
-        to_dir: u64,
-        to: &str,
-    ) -> Result<(), StorageError> {
+    pub fn rename(&self, from_dir: u64, from: &str, to_dir: u64, to: &str) -> Result<(), FsError> {
         self.writable(from_dir)?;
         check_name(from)?;
         check_name(to)?;
         let fd = self.resolve_dir(from_dir)?;
         let td = self.resolve_dir(to_dir)?;
         if fd.rec.share != td.rec.share {
-            return Err(StorageError::Invalid("rename across shares"));
+            return Err(FsError::Invalid("rename across shares"));
         }
         let sh = fd.rec.share.clone();
         let (src, dst) = (join(&fd.rec.path, from), join(&td.rec.path, to));
@@ -313,7 +304,7 @@ impl FileSystem {
             return Ok(());
         }
         if dst.starts_with(&format!("{src}/")) {
-            return Err(StorageError::Invalid("directory moved into itself"));
+            return Err(FsError::Invalid("directory moved into itself"));
         }
         let (fpath, tpath) = (fd.rec.path.clone(), td.rec.path.clone());
         let max_size = self.store.max_size();
@@ -321,7 +312,7 @@ impl FileSystem {
         // are dropped with it.
         self.flush_under(&sh, &src)?;
         let (share, old_dst) = (sh.clone(), dst.clone());
-        let moved = self.store.txn(move |wtx, freed| {
+        let moved = self.store.txn_as(move |wtx, freed| {
             let (snode, dnode) = {
                 let objects = wtx.open_table(OBJECTS)?;
                 (probe(&objects, &sh, &src)?, probe(&objects, &sh, &dst)?)
@@ -342,11 +333,11 @@ impl FileSystem {
                                 break;
                             }
                             if k.value() != pfx {
-                                return Err(StorageError::DirectoryNotEmpty);
+                                return Err(FsError::DirectoryNotEmpty);
                             }
                         }
                     }
-                    Some(_) => return Err(StorageError::NotADirectory),
+                    Some(_) => return Err(FsError::NotADirectory),
                     None => {}
                 }
                 let base = obj_key(&sh, "");
@@ -361,13 +352,13 @@ impl FileSystem {
                     let rel = &k[base.len()..];
                     let nk = format!("{dst}/{}", &rel[spfx.len()..]);
                     if nk.len() > MAX_KEY_LEN {
-                        return Err(StorageError::NameTooLong);
+                        return Err(FsError::NameTooLong);
                     }
                     moves.push((rel.to_string(), nk));
                 }
             } else {
                 if let Some(Node::Dir { .. }) = dnode {
-                    return Err(StorageError::IsADirectory);
+                    return Err(FsError::IsADirectory);
                 }
                 moves.push((src.clone(), dst.clone()));
             }

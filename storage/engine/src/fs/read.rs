@@ -8,14 +8,14 @@ use crate::StorageError;
 
 impl FileSystem {
     /// Look `name` up in directory `dir` (`.` and `..` included).
-    pub fn lookup(&self, dir: u64, name: &str) -> Result<FileAttr, StorageError> {
+    pub fn lookup(&self, dir: u64, name: &str) -> Result<FileAttr, FsError> {
         self.lookup_opt(dir, name, true)?
-            .ok_or(StorageError::Conflict)
+            .ok_or(FsError::Storage(StorageError::Conflict))
     }
 
     /// Read-only lookup: `Ok(None)` when the name exists but has no inode yet (an object put
     /// over S3 that NFS never saw); [`FileSystem::lookup`] then allocates one (a write).
-    pub fn lookup_existing(&self, dir: u64, name: &str) -> Result<Option<FileAttr>, StorageError> {
+    pub fn lookup_existing(&self, dir: u64, name: &str) -> Result<Option<FileAttr>, FsError> {
         self.lookup_opt(dir, name, false)
     }
 
@@ -26,7 +26,7 @@ impl FileSystem {
         &self,
         dir: u64,
         name: &str,
-    ) -> Result<(Result<Option<FileAttr>, StorageError>, FileAttr), StorageError> {
+    ) -> Result<(Result<Option<FileAttr>, FsError>, FileAttr), FsError> {
         let d = self.resolve_dir(dir)?;
         let dattr = attr_of(dir, &d.rec, &d.node);
         Ok((self.lookup_in(d, dir, name, false), dattr))
@@ -37,7 +37,7 @@ impl FileSystem {
         dir: u64,
         name: &str,
         alloc: bool,
-    ) -> Result<Option<FileAttr>, StorageError> {
+    ) -> Result<Option<FileAttr>, FsError> {
         let d = self.resolve_dir(dir)?;
         self.lookup_in(d, dir, name, alloc)
     }
@@ -48,7 +48,7 @@ impl FileSystem {
         dir: u64,
         name: &str,
         alloc: bool,
-    ) -> Result<Option<FileAttr>, StorageError> {
+    ) -> Result<Option<FileAttr>, FsError> {
         match name {
             "." => return Ok(Some(attr_of(dir, &d.rec, &d.node))),
             ".." => return self.attr_at_opt(&d.rec.share, parent_of(&d.rec.path), alloc),
@@ -61,7 +61,7 @@ impl FileSystem {
     }
 
     /// Read up to `count` bytes at `offset`: `(data, eof)`.
-    pub fn read(&self, ino: u64, offset: u64, count: u32) -> Result<(Vec<u8>, bool), StorageError> {
+    pub fn read(&self, ino: u64, offset: u64, count: u32) -> Result<(Vec<u8>, bool), FsError> {
         self.read_with_attr(ino, offset, count)
             .map(|(data, eof, _)| (data, eof))
     }
@@ -72,7 +72,7 @@ impl FileSystem {
         ino: u64,
         offset: u64,
         count: u32,
-    ) -> Result<(Vec<u8>, bool, FileAttr), StorageError> {
+    ) -> Result<(Vec<u8>, bool, FileAttr), FsError> {
         let (obj, attr) = self.open_for_read(ino)?;
         let size = obj.size();
         if offset >= size {
@@ -116,7 +116,7 @@ impl FileSystem {
         ino: u64,
         offset: u64,
         count: u32,
-    ) -> Result<(Vec<u8>, bool, FileAttr), StorageError> {
+    ) -> Result<(Vec<u8>, bool, FileAttr), FsError> {
         if let Some(a) = ahead.filter(|a| (a.ino, a.offset, a.count) == (ino, offset, count)) {
             if !self.is_staged(ino) {
                 let (_, attr) = self.open_for_read(ino)?;
@@ -137,7 +137,7 @@ impl FileSystem {
         ino: u64,
         offset: u64,
         count: u32,
-    ) -> Result<(Vec<crate::object::reader::Segment>, usize, bool, FileAttr), StorageError> {
+    ) -> Result<(Vec<crate::object::reader::Segment>, usize, bool, FileAttr), FsError> {
         let (obj, attr) = self.open_for_read(ino)?;
         let segs = obj.segments(offset, count as usize)?;
         let n: usize = segs.iter().map(crate::object::reader::Segment::len).sum();
@@ -147,7 +147,7 @@ impl FileSystem {
 
     /// Apply staged writes of `ino`, then its (cached) reader and attributes from one
     /// metadata snapshot.
-    pub(super) fn open_for_read(&self, ino: u64) -> Result<(ObjectReader, FileAttr), StorageError> {
+    pub(super) fn open_for_read(&self, ino: u64) -> Result<(ObjectReader, FileAttr), FsError> {
         // Nothing committed since the reader was cached and nothing staged: it and its
         // attributes are current (no read transaction).
         let commits = self.store.commits();
@@ -162,8 +162,8 @@ impl FileSystem {
         let mut attr = attr_of(ino, &r.rec, &r.node);
         self.overlay(&mut attr);
         let cur = match r.node {
-            Node::Dir { .. } => return Err(StorageError::IsADirectory),
-            Node::Symlink(_) => return Err(StorageError::Invalid("read of a symlink")),
+            Node::Dir { .. } => return Err(FsError::IsADirectory),
+            Node::Symlink(_) => return Err(FsError::Invalid("read of a symlink")),
             Node::File(o) => o,
         };
         let cached = self.readers().get(&ino).map(|c| c.obj.clone()).filter(|o| {
@@ -175,8 +175,8 @@ impl FileSystem {
             Some(o) => o,
             None => match self.store.open_object_raw(&r.rec.share, &r.rec.path) {
                 Ok(o) => o,
-                Err(StorageError::NoSuchKey) => return Err(StorageError::Stale),
-                Err(e) => return Err(e),
+                Err(StorageError::NoSuchKey) => return Err(FsError::Stale),
+                Err(e) => return Err(e.into()),
             },
         };
         if !self.is_staged(ino) {
@@ -195,15 +195,16 @@ impl FileSystem {
     }
 
     /// Target of a symlink.
-    pub fn readlink(&self, ino: u64) -> Result<String, StorageError> {
+    pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
         let r = self.resolve(ino)?;
         if !matches!(r.node, Node::Symlink(_)) {
-            return Err(StorageError::Invalid("not a symlink"));
+            return Err(FsError::Invalid("not a symlink"));
         }
         let obj = self.store.open_object_raw(&r.rec.share, &r.rec.path)?;
         let mut buf = vec![0u8; obj.size() as usize];
         let n = obj.read_at(0, &mut buf)?;
         buf.truncate(n);
-        String::from_utf8(buf).map_err(|_| StorageError::Corrupt("symlink target".into()))
+        String::from_utf8(buf)
+            .map_err(|_| FsError::Storage(StorageError::Corrupt("symlink target".into())))
     }
 }

@@ -17,7 +17,7 @@ impl FileSystem {
         dir: u64,
         cookie: u64,
         max: usize,
-    ) -> Result<(Vec<DirEntry>, bool), StorageError> {
+    ) -> Result<(Vec<DirEntry>, bool), FsError> {
         let d = self.resolve_dir(dir)?;
         let share = d.rec.share.clone();
         let mut out = Vec::new();
@@ -48,10 +48,9 @@ impl FileSystem {
         let mut start: Bound<String> = Bound::Included(prefix.clone());
         if cookie > COOKIE_DOTDOT {
             let rtx = self.store.view()?;
-            let r =
-                get_inode(&rtx.open_table(FS_INODES)?, cookie)?.ok_or(StorageError::BadCookie)?;
+            let r = get_inode(&rtx.open_table(FS_INODES)?, cookie)?.ok_or(FsError::BadCookie)?;
             if r.share != share {
-                return Err(StorageError::BadCookie);
+                return Err(FsError::BadCookie);
             }
             let name = last_name(&r.path).to_string();
             start = Bound::Excluded(format!("{prefix}{name}"));
@@ -135,12 +134,12 @@ impl FileSystem {
             .collect();
         if !missing.is_empty() {
             let recs = missing.clone();
-            let new = self.store.txn(move |wtx, _| {
+            let new = self.store.txn_as(move |wtx, _| {
                 let mut v = Vec::new();
                 for r in recs {
                     v.push(alloc_ino(wtx, r)?);
                 }
-                Ok(v)
+                Ok::<_, FsError>(v)
             })?;
             let mut it = new.into_iter().zip(missing);
             for slot in inos.iter_mut().filter(|s| s.is_none()) {
@@ -161,7 +160,7 @@ impl FileSystem {
     }
 
     /// Space and object figures of the share holding `ino`.
-    pub fn fsstat(&self, ino: u64) -> Result<FsStat, StorageError> {
+    pub fn fsstat(&self, ino: u64) -> Result<FsStat, FsError> {
         let (share, _) = self.share_of(ino)?;
         let rtx = self.store.view()?;
         let b: BucketRec =
@@ -191,33 +190,29 @@ impl FileSystem {
     /// Everything a WRITE must know before it is buffered, in one read transaction: the
     /// file's attributes and how many bytes its share may still grow by (`None` = unlimited).
     /// `ReadOnly`, `IsADirectory`, `Invalid` (symlink) and `Stale` refuse the write.
-    pub fn write_check(&self, ino: u64) -> Result<(FileAttr, Option<u64>), StorageError> {
+    pub fn write_check(&self, ino: u64) -> Result<(FileAttr, Option<u64>), FsError> {
         let (mut a, room, _) = self.check_write(ino)?;
         self.overlay(&mut a);
         Ok((a, room))
     }
 
     /// `write_check` without the staged-write overlay, plus the object key of the file.
-    pub(super) fn check_write(
-        &self,
-        ino: u64,
-    ) -> Result<(FileAttr, Option<u64>, String), StorageError> {
+    pub(super) fn check_write(&self, ino: u64) -> Result<(FileAttr, Option<u64>, String), FsError> {
         let rtx = self.store.view()?;
-        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(StorageError::Stale)?;
+        let rec = get_inode(&rtx.open_table(FS_INODES)?, ino)?.ok_or(FsError::Stale)?;
         if rec.removed {
-            return Err(StorageError::Stale);
+            return Err(FsError::Stale);
         }
         let node =
-            probe(&rtx.open_table(OBJECTS)?, &rec.share, &rec.path)?.ok_or(StorageError::Stale)?;
+            probe(&rtx.open_table(OBJECTS)?, &rec.share, &rec.path)?.ok_or(FsError::Stale)?;
         match node {
             Node::File(_) => {}
-            Node::Dir { .. } => return Err(StorageError::IsADirectory),
-            Node::Symlink(_) => return Err(StorageError::Invalid("write to a symlink")),
+            Node::Dir { .. } => return Err(FsError::IsADirectory),
+            Node::Symlink(_) => return Err(FsError::Invalid("write to a symlink")),
         }
-        let sh: ShareRec =
-            get_json(&rtx.open_table(SHARES)?, &rec.share)?.ok_or(StorageError::Stale)?;
+        let sh: ShareRec = get_json(&rtx.open_table(SHARES)?, &rec.share)?.ok_or(FsError::Stale)?;
         if sh.read_only {
-            return Err(StorageError::ReadOnly);
+            return Err(FsError::ReadOnly);
         }
         let b: BucketRec =
             get_json(&rtx.open_table(BUCKETS)?, &rec.share)?.ok_or(StorageError::NoSuchBucket)?;
@@ -245,7 +240,7 @@ impl FileSystem {
 
     /// Bytes a file may still grow by in its share (`None` = unlimited); used to refuse
     /// buffered writes early with a quota error.
-    pub fn room(&self, ino: u64) -> Result<Option<u64>, StorageError> {
+    pub fn room(&self, ino: u64) -> Result<Option<u64>, FsError> {
         let st = self.fsstat(ino)?;
         let (share, _) = self.share_of(ino)?;
         let rtx = self.store.view()?;

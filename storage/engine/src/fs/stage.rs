@@ -39,10 +39,10 @@ impl FileSystem {
     /// Stage a write in memory (NFS UNSTABLE): it is visible at once to every reader of the
     /// store (reads apply staged writes first) and durable after [`FileSystem::flush`]. Quota,
     /// read-only and file-type checks happen here, so a refusal stores nothing.
-    pub fn stage(&self, ino: u64, offset: u64, data: &[u8]) -> Result<Staged, StorageError> {
+    pub fn stage(&self, ino: u64, offset: u64, data: &[u8]) -> Result<Staged, FsError> {
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or(StorageError::Invalid("offset overflow"))?;
+            .ok_or(FsError::Invalid("offset overflow"))?;
         let (mut attr, room, key) = self.check_write(ino)?;
         let wb = self.wb();
         if data.is_empty() {
@@ -63,7 +63,7 @@ impl FileSystem {
             let new_end = if d.overlays() { d.end.max(end) } else { end };
             if let Some(room) = room {
                 if new_end > base && new_end - base > room {
-                    return Err(StorageError::QuotaExceeded);
+                    return Err(StorageError::QuotaExceeded.into());
                 }
             }
             // Extents never cross a chunk boundary, so a sequential writer fills whole-chunk
@@ -120,7 +120,7 @@ impl FileSystem {
 
     /// Apply every write staged for `ino` durably (NFS COMMIT); returns at once when nothing
     /// is staged. Reports a failure of an earlier background flush of this inode.
-    pub fn flush(&self, ino: u64) -> Result<(), StorageError> {
+    pub fn flush(&self, ino: u64) -> Result<(), FsError> {
         self.flush_opt(ino, false)
     }
 
@@ -129,7 +129,7 @@ impl FileSystem {
         let _ = self.flush_opt(ino, true);
     }
 
-    pub(super) fn flush_opt(&self, ino: u64, remember: bool) -> Result<(), StorageError> {
+    pub(super) fn flush_opt(&self, ino: u64, remember: bool) -> Result<(), FsError> {
         let wb = self.wb();
         let Some(b) = wb.get(ino) else {
             return Ok(());
@@ -209,7 +209,7 @@ impl FileSystem {
     }
 
     /// Flush staged writes of every inode at `path` or below it (before a rename moves them).
-    pub(super) fn flush_under(&self, share: &str, path: &str) -> Result<(), StorageError> {
+    pub(super) fn flush_under(&self, share: &str, path: &str) -> Result<(), FsError> {
         let wb = self.wb();
         if wb.is_empty() {
             return Ok(());

@@ -51,10 +51,10 @@ fn create_write_read_rename_remove() {
     assert!(fs.store().head("default", "sub/b.txt").is_ok());
     assert!(matches!(
         fs.rmdir(root, "sub"),
-        Err(StorageError::DirectoryNotEmpty)
+        Err(FsError::DirectoryNotEmpty)
     ));
     fs.remove(sub.ino, "b.txt").expect("remove");
-    assert!(matches!(fs.getattr(f.ino), Err(StorageError::Stale)));
+    assert!(matches!(fs.getattr(f.ino), Err(FsError::Stale)));
     fs.rmdir(root, "sub").expect("rmdir");
     let (ents, eof) = fs.readdir(root, 0, 100).expect("readdir");
     assert!(eof);
@@ -101,7 +101,7 @@ fn cached_readers_follow_every_change() {
     fs.remove(root, "c").expect("remove");
     assert!(matches!(
         fs.read_with_attr(f.ino, 0, 4),
-        Err(StorageError::Stale)
+        Err(FsError::Stale)
     ));
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::StorageError;
+use super::FsError;
 
 /// Staged writes of one inode.
 #[derive(Default)]
@@ -34,7 +34,7 @@ pub(crate) struct Dirty {
     /// Extents taken by a flush that has not finished yet.
     pub flushing: bool,
     /// A background flush failed: reported by the next stage or flush.
-    pub error: Option<StorageError>,
+    pub error: Option<FsError>,
     /// Removed from the map: stage again through the map.
     pub dead: bool,
 }

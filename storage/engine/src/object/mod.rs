@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 
 use crate::chunks::{ChunkId, ChunkStore};
 pub(crate) use crate::db::lock;
-use crate::db::{Db, Schema, Tx, View};
+use crate::db::{Db, Schema, Tx, TxError, View};
 use crate::StorageError;
 use pins::Shared;
 use types::{StoreConfig, DEFAULT_CHUNK_SIZE};
@@ -193,6 +193,17 @@ impl Store {
     where
         T: Send + 'static,
         F: FnOnce(&Tx, &mut Vec<ChunkId>) -> Result<T, StorageError> + Send + 'static,
+    {
+        self.inner.db.txn(f)
+    }
+
+    /// [`Store::txn`] for a layer above with its own error type (which must carry every
+    /// [`StorageError`] and tell refusals from failures).
+    pub(crate) fn txn_as<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: TxError,
+        F: FnOnce(&Tx, &mut Vec<ChunkId>) -> Result<T, E> + Send + 'static,
     {
         self.inner.db.txn(f)
     }
