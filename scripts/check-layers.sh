@@ -107,6 +107,8 @@ for dirpath, _, files in os.walk(root):
                 theirs, what = rank[name], f"crate::{name} (rank {rank[name]})"
             elif name in allowed_root_items:
                 theirs, what = allowed_root_items[name], f"crate::{name} (rank {allowed_root_items[name]})"
+            elif name[:1].islower():
+                theirs, what = ROOT_RANK, f"crate::{name} (not a layer directory, rank {ROOT_RANK})"
             else:
                 theirs, what = ROOT_RANK, f"crate::{name} (a crate-root re-export, rank {ROOT_RANK}; name its layer's module path instead)"
             if theirs >= mine:
