@@ -3,7 +3,8 @@
 #
 #   1. scripts/install-test-deps.sh          (apt/pip test dependencies; fast when present)
 #   2. cargo build --profile ci --workspace  (release code generation without LTO)
-#   3. cargo fmt --check and cargo clippy --all-targets -D warnings (each counted as a test)
+#   3. cargo fmt --check, scripts/check-layers.sh and cargo clippy --all-targets -D warnings
+#      (each counted as a test)
 #   4. cargo test --workspace --profile ci   (cargo nextest if installed)
 #   5. every scripts/e2e/*.sh, sequentially, each under a timeout
 #
@@ -30,7 +31,7 @@ for arg in "$@"; do
     --no-install) do_install=0 ;;
     --no-cargo) do_cargo=0 ;;
     --no-lint) do_lint=0 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) only+=("${arg%.sh}") ;;
     esac
 done
@@ -137,6 +138,7 @@ if ((do_cargo)); then
                 rustup component add "$comp" >/dev/null 2>&1 || true
         done
         lint_step fmt "cargo fmt --all --check" cargo fmt --all --check
+        lint_step layers "scripts/check-layers.sh (layers import one way)" "$REPO/scripts/check-layers.sh"
         lint_step clippy "cargo clippy --workspace --all-targets -- -D warnings" \
             timeout 1800 cargo clippy --workspace --all-targets --profile "$PROFILE" -- -D warnings
         say "lint done ($(elapsed))"

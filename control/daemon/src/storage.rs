@@ -161,7 +161,7 @@ impl Storage {
     /// Runs a storage command (blocking: call from `spawn_blocking`).
     pub fn handle(&self, c: &Command) -> Response {
         let s = &self.store;
-        let r: Result<Response, tm_storage::StorageError> = (|| {
+        let r: Result<Response, tm_storage::FsError> = (|| {
             Ok(match c {
                 Command::BucketList => {
                     let mut out = Vec::new();
@@ -238,7 +238,7 @@ fn share_info(s: &tm_storage::ShareInfo) -> ShareInfo {
     }
 }
 
-fn describe(c: &Command, e: &tm_storage::StorageError) -> String {
+fn describe(c: &Command, e: &tm_storage::FsError) -> String {
     let name = match c {
         Command::BucketCreate { name }
         | Command::BucketDelete { name }
@@ -248,15 +248,15 @@ fn describe(c: &Command, e: &tm_storage::StorageError) -> String {
         | Command::ShareDelete { name } => name.as_str(),
         _ => "",
     };
-    use tm_storage::StorageError as E;
+    use tm_storage::{FsError as F, StorageError as E};
     match e {
-        E::NoSuchBucket => format!("bucket '{name}' does not exist"),
-        E::BucketExists => format!("bucket '{name}' already exists"),
-        E::BucketNotEmpty => format!("bucket '{name}' is not empty (delete its objects first)"),
-        E::InvalidBucketName => format!("'{name}' is not a valid bucket name (3-63 of a-z, 0-9, '-', '.', starting and ending with a letter or digit)"),
-        E::ReservedBucket => format!("'{name}' is reserved for the coordinator"),
-        E::NoSuchShare => format!("share '{name}' does not exist"),
-        E::Exists => format!("share '{name}' already exists"),
+        F::Storage(E::NoSuchBucket) => format!("bucket '{name}' does not exist"),
+        F::Storage(E::BucketExists) => format!("bucket '{name}' already exists"),
+        F::Storage(E::BucketNotEmpty) => format!("bucket '{name}' is not empty (delete its objects first)"),
+        F::Storage(E::InvalidBucketName) => format!("'{name}' is not a valid bucket name (3-63 of a-z, 0-9, '-', '.', starting and ending with a letter or digit)"),
+        F::Storage(E::ReservedBucket) => format!("'{name}' is reserved for the coordinator"),
+        F::NoSuchShare => format!("share '{name}' does not exist"),
+        F::Exists => format!("share '{name}' already exists"),
         other => format!("{other}"),
     }
 }

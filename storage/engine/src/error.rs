@@ -2,8 +2,10 @@
 
 /// Everything that can go wrong in the storage engine.
 ///
-/// Variants up to `Conflict` are *refusals*: the engine checked the request, stored nothing and
-/// changed nothing. `Io`, `Db` and `Corrupt` are *failures* of the machine underneath.
+/// Variants up to `Unsupported` are *refusals*: the engine checked the request, stored nothing
+/// and changed nothing. `Io`, `Db`, `Corrupt` and `Remote` are *failures* of the machine
+/// underneath. The file-system view's own refusals (NFS-shaped: stale handle, not a directory,
+/// ...) are in its error type, [`crate::FsError`], which wraps this one.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -52,39 +54,6 @@ pub enum StorageError {
     /// The operation is not supported by this engine or backend.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
-    /// File-system view: the named share does not exist.
-    #[error("no such share")]
-    NoSuchShare,
-    /// File-system view: the name already exists (guarded/exclusive create, mkdir, share create).
-    #[error("already exists")]
-    Exists,
-    /// File-system view: a directory was expected.
-    #[error("not a directory")]
-    NotADirectory,
-    /// File-system view: the operation does not apply to a directory.
-    #[error("is a directory")]
-    IsADirectory,
-    /// File-system view: the directory still has entries.
-    #[error("directory not empty")]
-    DirectoryNotEmpty,
-    /// File-system view: the inode no longer exists (removed, or its object was deleted).
-    #[error("stale file handle")]
-    Stale,
-    /// File-system view: the share is read-only.
-    #[error("read-only share")]
-    ReadOnly,
-    /// File-system view: the name is `.`/`..`, empty, not UTF-8, or contains `/` or NUL.
-    #[error("invalid file name")]
-    InvalidName,
-    /// File-system view: the resulting key would exceed 1024 bytes.
-    #[error("name too long")]
-    NameTooLong,
-    /// File-system view: a directory cookie that this store never issued.
-    #[error("bad directory cookie")]
-    BadCookie,
-    /// File-system view: the operation would move a directory into itself, or similar.
-    #[error("invalid argument: {0}")]
-    Invalid(&'static str),
     /// Filesystem or backend I/O failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

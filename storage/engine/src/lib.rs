@@ -9,7 +9,7 @@
 //! Durability: a write returns only after its chunks were written to a temp file, fsynced, renamed
 //! and the directory fsynced, and then ONE metadata transaction was made durable: its redo
 //! record written synchronously to `data_dir/meta.wal`, then its writes published in an
-//! in-memory layer that checkpoints fold into redb (`wal.rs`, `mem.rs`). Concurrent writers'
+//! in-memory layer that checkpoints fold into redb (`db/`). Concurrent writers'
 //! transactions are batched by a committer thread (group commit: many puts, one log write). An
 //! object becomes visible only through that commit, so a crash never exposes a partial object;
 //! chunks written but never referenced are garbage (removed at [`Store::open`] and by
@@ -32,220 +32,93 @@
 //! [`Store::open_object`] → [`ObjectReader::read_at`] / [`ObjectReader::range`]. Multipart:
 //! [`Store::create_multipart`] → [`Store::begin_part`]/commit per part →
 //! [`Store::complete_multipart`] (or [`Store::abort_multipart`]).
+//!
+//! # Layers
+//!
+//! The crate is five layers; each module directory imports only the layers below it
+//! (`scripts/check-layers.sh` checks the `use crate::...` lines, rank per directory):
+//!
+//! ```text
+//!  rank 4   fs/  file-system view for NFS          replication/  (empty, to come)
+//!           (inodes, paths, staging; FsError)            |
+//!              |                                          |
+//!  rank 3   object/  Store: buckets, objects, manifests, multipart, quotas & usage,
+//!           credentials, GC (`object/gc.rs`)
+//!              |                        |
+//!  rank 2   chunks/  ChunkStore trait:  |
+//!           local files, remote S3      |
+//!                                       |
+//!  rank 1   db/  metadata database: redb + redo log + in-memory layer + checkpoints;
+//!           typed tables registered by the layers above, replayed generically
+//!
+//!  rank 0   error.rs (StorageError)     crate root (lib.rs): wires the layers (Store::open)
+//! ```
+//!
+//! Where things become durable or get deleted:
+//! - a chunk: `chunks/local.rs`, `make_durable` (fsync of the chunk file, then of its
+//!   directory); the remote backend's chunk is durable when S3 answers its PUT.
+//! - a metadata commit: `db/commit.rs`, `commit_batch` (redo record written and synced to
+//!   `meta.wal`, then published); checkpoints into redb: `db/checkpoint.rs`, `commit_to_redb`.
+//! - GC decides to delete a chunk in `object/gc.rs` (`reclaim` and `Store::gc`: no `refs`
+//!   entry and no pin, under the GC write lock).
+//!
+//! Callers (tm-s3, tm-nfs, the daemon, the benches) use the object layer's [`Store`] and the
+//! file-system view's [`FileSystem`] (plus the chunk-store trait to plug in a backend); the
+//! metadata database is private.
 #![forbid(unsafe_code)]
 
-mod chunk;
-mod dbfile;
+mod chunks;
+mod db;
 mod error;
 pub mod fs;
-mod mem;
-mod meta;
-mod reader;
+mod object;
+mod replication;
+
+use std::sync::Arc;
+
 #[cfg(feature = "remote")]
-pub mod remote;
-mod share;
-mod store;
-mod wal;
-mod writeback;
-mod writer;
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::SystemTime;
-
-use serde::{Deserialize, Serialize};
-
-pub use chunk::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
+pub use chunks::remote;
+#[cfg(feature = "remote")]
+pub use chunks::remote::{RemoteConfig, S3ChunkStore};
+pub use chunks::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
+pub use db::CommitStats;
 pub use error::StorageError;
 pub use fs::{
-    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsStat, ReadAhead, SetAttrs, Staged,
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsError, FsStat, ReadAhead, SetAttrs,
+    ShareInfo, Staged, DEFAULT_SHARE,
 };
-pub use meta::INLINE_MAX;
-pub use reader::{ObjectReader, RangeReader, Segment};
-#[cfg(feature = "remote")]
-pub use remote::{RemoteConfig, S3ChunkStore};
-pub use share::{ShareInfo, DEFAULT_SHARE};
-pub use store::Store;
-pub use writer::PutWriter;
+pub use object::meta::INLINE_MAX;
+pub use object::reader::{ObjectReader, RangeReader, Segment};
+pub use object::types::{
+    valid_bucket_name, BucketInfo, FsckReport, GcStats, ObjectInfo, ObjectMeta, PartInfo,
+    StoreConfig, UploadInfo, Usage, DEFAULT_CHUNK_SIZE, MAX_KEY_LEN, MAX_PART_NUMBER,
+    MIN_PART_SIZE, SYSTEM_BUCKET,
+};
+pub use object::writer::PutWriter;
+pub use object::Store;
 
-/// The reserved system bucket; always exists, cannot be deleted.
-pub const SYSTEM_BUCKET: &str = "_tunnelmesh";
-/// Default chunk size (1 MiB).
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
-/// Minimum size of every multipart part except the last (5 MiB, as S3).
-pub const MIN_PART_SIZE: u64 = 5 << 20;
-/// Highest multipart part number (as S3).
-pub const MAX_PART_NUMBER: u32 = 10_000;
-/// Longest object key in bytes.
-pub const MAX_KEY_LEN: usize = 1024;
-
-/// Where and how to store.
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    /// Directory holding `meta.redb` and `chunks/`.
-    pub data_dir: PathBuf,
-    /// Global cap on the sum of all object sizes (logical bytes), if any.
-    pub max_size: Option<u64>,
-    /// Chunk size in bytes (0 means [`DEFAULT_CHUNK_SIZE`]; at most 1 GiB). Changing it for an existing store is
-    /// allowed: manifests record each chunk's length.
-    pub chunk_size: u32,
-}
-
-impl StoreConfig {
-    /// Defaults: no global cap, 1 MiB chunks.
-    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
-        StoreConfig {
-            data_dir: data_dir.into(),
-            max_size: None,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-        }
+/// Opening a store wires the layers together: the object layer's [`Store`] over a chunk store,
+/// with the tables of every layer above it registered in the metadata database.
+impl Store {
+    /// Open (creating if needed) the store in `cfg.data_dir` with the local filesystem backend,
+    /// create the system bucket, and run a GC pass.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let chunks = FsChunkStore::open(cfg.data_dir.join("chunks"))?;
+        Store::open_with(cfg, Arc::new(chunks))
     }
-}
 
-/// Standard and user metadata stored with an object.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectMeta {
-    /// `Content-Type`.
-    pub content_type: Option<String>,
-    /// `Content-Encoding`.
-    pub content_encoding: Option<String>,
-    /// `Content-Disposition`.
-    pub content_disposition: Option<String>,
-    /// `Cache-Control`.
-    pub cache_control: Option<String>,
-    /// `x-amz-meta-*` pairs (names without the prefix).
-    pub user: BTreeMap<String, String>,
-}
-
-/// What `head`/`list`/`commit` report about an object (or, from a part commit, a part).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectInfo {
-    /// Object key.
-    pub key: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// ETag WITHOUT quotes: MD5 hex of the body, or `md5(part md5s)-N` for multipart (and for
-    /// objects rewritten in place by `write_at`/`truncate`, `md5(chunk ids)-N`).
-    pub etag: String,
-    /// Last modification time.
-    pub modified: SystemTime,
-    /// Object metadata.
-    pub meta: ObjectMeta,
-}
-
-/// A bucket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BucketInfo {
-    /// Bucket name.
-    pub name: String,
-    /// Creation time.
-    pub created: SystemTime,
-    /// Byte quota, if any.
-    pub quota: Option<u64>,
-}
-
-/// Exact usage: sum of object sizes and object count (multipart parts in progress not included).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Logical bytes.
-    pub bytes: u64,
-    /// Number of objects.
-    pub objects: u64,
-}
-
-/// One uploaded part of a multipart upload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartInfo {
-    /// Part number (1..=10000).
-    pub number: u32,
-    /// MD5 hex of the part, without quotes.
-    pub etag: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Upload time.
-    pub modified: SystemTime,
-}
-
-/// A multipart upload in progress.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UploadInfo {
-    /// Target key.
-    pub key: String,
-    /// Upload id.
-    pub upload_id: String,
-    /// Creation time.
-    pub initiated: SystemTime,
-}
-
-/// What a GC pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GcStats {
-    /// Unreferenced chunks removed.
-    pub chunks_deleted: u64,
-    /// Referenced (or pinned) chunks kept.
-    pub chunks_kept: u64,
-    /// Temp files of interrupted chunk writes removed.
-    pub temp_deleted: u64,
-}
-
-/// Group-commit counters since open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CommitStats {
-    /// Metadata write transactions committed (one fsync each).
-    pub transactions: u64,
-    /// Operations carried by them.
-    pub operations: u64,
-}
-
-/// Consistency report from [`Store::fsck`]; all problem counters are 0 on a healthy store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FsckReport {
-    /// Objects checked.
-    pub objects: u64,
-    /// Distinct chunks referenced by objects and parts.
-    pub chunks_referenced: u64,
-    /// Referenced chunks present in the chunk backend (the rest are inline in the metadata).
-    pub chunks_in_backend: u64,
-    /// Referenced chunks missing from the backend.
-    pub missing_chunks: u64,
-    /// Chunks whose stored refcount differs from the number of manifest references.
-    pub bad_refcounts: u64,
-    /// Stored chunks no manifest references (garbage not yet collected).
-    pub orphan_chunks: u64,
-    /// Objects whose size differs from the sum of their chunk lengths.
-    pub bad_sizes: u64,
-    /// Buckets whose recorded usage differs from their objects (plus 1 if the global total does).
-    pub bad_usage: u64,
-}
-
-/// Whether `name` is a valid S3 bucket name (3-63 chars of `a-z0-9.-`, starting and ending with a
-/// letter or digit, no `..`/`.-`/`-.`, not an IPv4 address, no reserved prefixes/suffixes).
-/// [`SYSTEM_BUCKET`] is not valid here: it cannot be created, it always exists.
-pub fn valid_bucket_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    if !(3..=63).contains(&b.len()) {
-        return false;
+    /// Like [`Store::open`] with another chunk backend (metadata still lives in `data_dir`).
+    pub fn open_with(cfg: StoreConfig, chunks: Arc<dyn ChunkStore>) -> Result<Store, StorageError> {
+        Store::open_layers(cfg, chunks, &fs::schema())
     }
-    let ok_char = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-';
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if !b.iter().all(ok_char) || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    if name.contains("..") || name.contains(".-") || name.contains("-.") {
-        return false;
-    }
-    if name.parse::<std::net::Ipv4Addr>().is_ok() {
-        return false;
-    }
-    let reserved_prefix = ["xn--", "sthree-", "amzn-s3-demo-"];
-    let reserved_suffix = ["-s3alias", "--ol-s3", ".mrap", "--x-s3"];
-    !reserved_prefix.iter().any(|p| name.starts_with(p))
-        && !reserved_suffix.iter().any(|s| name.ends_with(s))
-}
 
-pub(crate) fn check_key(key: &str) -> Result<(), StorageError> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(StorageError::InvalidKey);
+    /// Like [`Store::open`], but chunks live in the S3-compatible store described by `remote`
+    /// (metadata still lives in `cfg.data_dir`). Fails early if the bucket is unreachable, missing
+    /// or the credentials are refused.
+    #[cfg(feature = "remote")]
+    pub fn open_remote(cfg: StoreConfig, remote: RemoteConfig) -> Result<Store, StorageError> {
+        let chunks = S3ChunkStore::new(remote)?;
+        Store::open_with(cfg, Arc::new(chunks))
     }
-    Ok(())
 }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
-use tm_storage::{FileSystem, StorageError, Store, DEFAULT_SHARE};
+use tm_storage::{FileSystem, FsError, Store, DEFAULT_SHARE};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -63,7 +63,7 @@ pub enum NfsError {
     Io(#[from] std::io::Error),
     /// The object store refused or failed.
     #[error("storage: {0}")]
-    Storage(#[from] StorageError),
+    Storage(#[from] FsError),
     /// A network in the allow list does not parse.
     #[error("not a network (want ADDR/PREFIX): {0}")]
     BadCidr(String),
@@ -174,7 +174,7 @@ fn random_verf() -> [u8; 8] {
 impl NfsServer {
     /// Ensure the `default` share exists, open the file-system view and bind `cfg.listen`.
     pub async fn bind(store: Store, cfg: NfsConfig) -> Result<NfsServer, NfsError> {
-        let vfs = tokio::task::spawn_blocking(move || -> Result<Vfs, StorageError> {
+        let vfs = tokio::task::spawn_blocking(move || -> Result<Vfs, FsError> {
             store.ensure_share(DEFAULT_SHARE)?;
             Vfs::new(FileSystem::new(store)?)
         })

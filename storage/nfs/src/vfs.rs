@@ -21,7 +21,7 @@ use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
 };
 use tm_storage::{
-    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, ReadAhead, Segment, SetAttrs,
+    CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsError, ReadAhead, Segment, SetAttrs,
     StorageError, DEFAULT_SHARE,
 };
 
@@ -39,24 +39,26 @@ pub const MAX_IO: u32 = 1 << 20;
 /// Largest READ served (clients that ignore rtmax still get at most this).
 pub const READ_CAP: u32 = 1 << 20;
 
-/// Map an engine error to an NFS status.
-pub fn nfs_status(e: &StorageError) -> nfsstat3 {
+/// Map an error of the file-system view (its own, or the object layer's it wraps) to an NFS
+/// status: the one place where engine errors become NFS status codes.
+pub fn nfs_status(e: &FsError) -> nfsstat3 {
+    use FsError as F;
     use StorageError as E;
     match e {
-        E::NoSuchKey | E::NoSuchBucket | E::NoSuchShare => nfsstat3::NFS3ERR_NOENT,
-        E::Exists | E::BucketExists => nfsstat3::NFS3ERR_EXIST,
-        E::NotADirectory => nfsstat3::NFS3ERR_NOTDIR,
-        E::IsADirectory => nfsstat3::NFS3ERR_ISDIR,
-        E::DirectoryNotEmpty | E::BucketNotEmpty => nfsstat3::NFS3ERR_NOTEMPTY,
-        E::Stale => nfsstat3::NFS3ERR_STALE,
-        E::ReadOnly => nfsstat3::NFS3ERR_ROFS,
-        E::InvalidName | E::InvalidKey | E::Invalid(_) => nfsstat3::NFS3ERR_INVAL,
-        E::NameTooLong => nfsstat3::NFS3ERR_NAMETOOLONG,
-        E::BadCookie => nfsstat3::NFS3ERR_BAD_COOKIE,
-        E::QuotaExceeded => nfsstat3::NFS3ERR_DQUOT,
-        E::Conflict => nfsstat3::NFS3ERR_JUKEBOX,
-        E::Unsupported(_) => nfsstat3::NFS3ERR_NOTSUPP,
-        E::Io(io) if io.raw_os_error() == Some(28) => nfsstat3::NFS3ERR_NOSPC,
+        F::NoSuchShare | F::Storage(E::NoSuchKey | E::NoSuchBucket) => nfsstat3::NFS3ERR_NOENT,
+        F::Exists | F::Storage(E::BucketExists) => nfsstat3::NFS3ERR_EXIST,
+        F::NotADirectory => nfsstat3::NFS3ERR_NOTDIR,
+        F::IsADirectory => nfsstat3::NFS3ERR_ISDIR,
+        F::DirectoryNotEmpty | F::Storage(E::BucketNotEmpty) => nfsstat3::NFS3ERR_NOTEMPTY,
+        F::Stale => nfsstat3::NFS3ERR_STALE,
+        F::ReadOnly => nfsstat3::NFS3ERR_ROFS,
+        F::InvalidName | F::Invalid(_) | F::Storage(E::InvalidKey) => nfsstat3::NFS3ERR_INVAL,
+        F::NameTooLong => nfsstat3::NFS3ERR_NAMETOOLONG,
+        F::BadCookie => nfsstat3::NFS3ERR_BAD_COOKIE,
+        F::Storage(E::QuotaExceeded) => nfsstat3::NFS3ERR_DQUOT,
+        F::Storage(E::Conflict) => nfsstat3::NFS3ERR_JUKEBOX,
+        F::Storage(E::Unsupported(_)) => nfsstat3::NFS3ERR_NOTSUPP,
+        F::Storage(E::Io(io)) if io.raw_os_error() == Some(28) => nfsstat3::NFS3ERR_NOSPC,
         _ => nfsstat3::NFS3ERR_IO,
     }
 }
@@ -64,34 +66,36 @@ pub fn nfs_status(e: &StorageError) -> nfsstat3 {
 /// Like [`blocking`], but on a multi-thread runtime runs `f` on this worker thread
 /// (`block_in_place`: no hand-off to the blocking pool and back, which costs two thread
 /// wake-ups on the reply's path); for calls that are short or wait on the group commit.
-pub(crate) async fn blocking_here<T, F>(f: F) -> Result<T, nfsstat3>
+pub(crate) async fn blocking_here<T, E, F>(f: F) -> Result<T, nfsstat3>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    E: Into<FsError> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
 {
     use tokio::runtime::{Handle, RuntimeFlavor};
     if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
         return blocking(f).await;
     }
-    tokio::task::block_in_place(f).map_err(|e| failure_status(&e))
+    tokio::task::block_in_place(f).map_err(|e| failure_status(&e.into()))
 }
 
 /// [`nfs_status`], logging failures (not refusals).
-fn failure_status(e: &StorageError) -> nfsstat3 {
+fn failure_status(e: &FsError) -> nfsstat3 {
     if e.is_failure() {
         tracing::warn!("nfs: storage failure: {e}");
     }
     nfs_status(e)
 }
 
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T, nfsstat3>
+pub(crate) async fn blocking<T, E, F>(f: F) -> Result<T, nfsstat3>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    E: Into<FsError> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(failure_status(&e)),
+        Ok(Err(e)) => Err(failure_status(&e.into())),
         Err(_) => Err(nfsstat3::NFS3ERR_SERVERFAULT),
     }
 }
@@ -199,7 +203,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Vfs {
     /// Wrap a file system; `DEFAULT_SHARE` must exist (its root is the server's root handle).
-    pub fn new(fs: FileSystem) -> Result<Vfs, StorageError> {
+    pub fn new(fs: FileSystem) -> Result<Vfs, FsError> {
         let root = fs.share_root(DEFAULT_SHARE)?.ino;
         Ok(Vfs {
             fs,

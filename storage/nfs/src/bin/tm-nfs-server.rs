@@ -72,7 +72,7 @@ fn main() {
             }
         }
         match store.create_share(name, quota, ro) {
-            Ok(_) | Err(tm_storage::StorageError::Exists) => {}
+            Ok(_) | Err(tm_storage::FsError::Exists) => {}
             Err(e) => {
                 eprintln!("tm-nfs-server: share {name}: {e}");
                 std::process::exit(1)

@@ -5,9 +5,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 
-use crate::meta::ChunkRef;
-use crate::store::Pins;
-use crate::{ChunkId, ObjectInfo, StorageError};
+use super::meta::ChunkRef;
+use super::pins::Pins;
+use super::types::ObjectInfo;
+use crate::chunks::ChunkId;
+use crate::StorageError;
 
 /// Chunk files kept open per reader: the last one opened, which is where a sequential reader
 /// continues (also when its reads straddle chunk boundaries). One, not one per chunk: the
@@ -104,7 +106,7 @@ impl ObjectReader {
     }
 
     /// The chunk ids of this version, in order (lets tests see which chunks an edit replaced).
-    pub fn chunk_ids(&self) -> Vec<crate::ChunkId> {
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
         self.inner.manifest.iter().map(|c| c.id).collect()
     }
 
@@ -368,8 +370,9 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     use super::*;
-    use crate::store::Shared;
-    use crate::{ChunkStore, FsChunkStore, MemChunkStore, ObjectMeta};
+    use crate::chunks::{ChunkStore, FsChunkStore, MemChunkStore};
+    use crate::object::pins::Shared;
+    use crate::object::types::ObjectMeta;
 
     fn bytes(seed: u8, n: usize) -> Vec<u8> {
         (0..n)

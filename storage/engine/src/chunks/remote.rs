@@ -17,20 +17,20 @@
 //! connection turned out to be closed (every request here is idempotent).
 //!
 //! Call order: [`RemoteConfig::new`] (adjust fields) → [`S3ChunkStore::new`] → use it as a
-//! [`ChunkStore`], or [`Store::open_remote`] for a whole store whose metadata stays in
+//! [`ChunkStore`], or [`crate::Store::open_remote`] for a whole store whose metadata stays in
 //! `data_dir` and whose chunks live remotely.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use tm_sigv4::{canonical_query, sha256_hex, uri_encode, Signer, EMPTY_SHA256};
 
-use crate::chunk::{hex, ChunkId, ChunkStore};
-use crate::{StorageError, Store, StoreConfig};
+use super::{hex, ChunkId, ChunkStore};
+use crate::StorageError;
 
 /// Where the remote chunks live and how to authenticate.
 #[derive(Clone)]
@@ -87,16 +87,6 @@ impl RemoteConfig {
             path_style: true,
             timeout: Duration::from_secs(30),
         }
-    }
-}
-
-impl Store {
-    /// Like [`Store::open`], but chunks live in the S3-compatible store described by `remote`
-    /// (metadata still lives in `cfg.data_dir`). Fails early if the bucket is unreachable, missing
-    /// or the credentials are refused.
-    pub fn open_remote(cfg: StoreConfig, remote: RemoteConfig) -> Result<Store, StorageError> {
-        let chunks = S3ChunkStore::new(remote)?;
-        Store::open_with(cfg, Arc::new(chunks))
     }
 }
 

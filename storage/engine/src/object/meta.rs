@@ -10,14 +10,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::mem::ReadTable;
-use crate::mem::{TableW, Tx};
+use md5::{Digest, Md5};
 use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::ChunkId;
-use crate::{ObjectInfo, ObjectMeta, StorageError};
+use super::types::{ObjectInfo, ObjectMeta};
+use crate::chunks::{hex, ChunkId};
+use crate::db::{ReadTable, Schema, TableW, Tx};
+use crate::StorageError;
 
 pub(crate) const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
 pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -29,6 +30,41 @@ pub(crate) const PART_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) const CREDS: TableDefinition<&str, &[u8]> = TableDefinition::new("creds");
 pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 pub(crate) const CHUNK_DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk_data");
+
+/// The object layer's tables, and the system bucket created with them.
+pub(crate) fn schema() -> Schema {
+    let mut s = Schema::default();
+    s.table(BUCKETS)
+        .table(OBJECTS)
+        .table(OBJ_CHUNKS)
+        .table(REFS)
+        .table(UPLOADS)
+        .table(PARTS)
+        .table(PART_CHUNKS)
+        .table(CREDS)
+        .table(STATS)
+        .table(CHUNK_DATA)
+        .on_create(create_system_bucket);
+    s
+}
+
+fn create_system_bucket(wtx: &redb::WriteTransaction) -> Result<(), StorageError> {
+    use redb::ReadableTable as _;
+    let mut buckets = wtx.open_table(BUCKETS)?;
+    if buckets.get(super::types::SYSTEM_BUCKET)?.is_none() {
+        let rec = BucketRec {
+            created: now_nanos(),
+            quota: None,
+            bytes: 0,
+            objects: 0,
+        };
+        buckets.insert(
+            super::types::SYSTEM_BUCKET,
+            serde_json::to_vec(&rec)?.as_slice(),
+        )?;
+    }
+    Ok(())
+}
 
 /// Single-chunk objects up to this size keep their bytes in the metadata store (`chunk_data`,
 /// refcounted like files): a small PUT then costs one group-committed fsync, not three.
@@ -330,4 +366,14 @@ pub(crate) fn remove_upload(
     }
     wtx.open_table(UPLOADS)?.remove(upload_id)?;
     Ok(())
+}
+
+/// ETag of an object whose body was rewritten in place: not an MD5 of the body, hence `-N`.
+pub(crate) fn manifest_etag(m: &[ChunkRef]) -> String {
+    let mut h = Md5::new();
+    for c in m {
+        h.update(c.id.0);
+        h.update(c.len.to_le_bytes());
+    }
+    format!("{}-{}", hex(&h.finalize()), m.len().max(1))
 }

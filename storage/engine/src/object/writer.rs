@@ -11,11 +11,12 @@ use std::thread::JoinHandle;
 
 use md5::{Digest, Md5};
 
-use crate::chunk::hex;
-use crate::chunk::{ChunkId, ChunkStore};
-use crate::meta::{now_nanos, ChunkRef, ObjRec, PartRec, INLINE_MAX};
-use crate::store::{Pins, Store};
-use crate::{ObjectInfo, ObjectMeta, StorageError};
+use super::meta::{now_nanos, ChunkRef, ObjRec, PartRec, INLINE_MAX};
+use super::pins::Pins;
+use super::types::{ObjectInfo, ObjectMeta};
+use super::Store;
+use crate::chunks::{hex, ChunkId, ChunkStore};
+use crate::StorageError;
 
 pub(crate) enum Target {
     Object {

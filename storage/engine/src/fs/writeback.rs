@@ -1,9 +1,10 @@
 //! Write-back buffer of the file-system view: NFS UNSTABLE writes staged in memory until COMMIT
 //! (or a flush trigger) applies them to the store.
 //!
-//! It lives in the [`crate::Store`] (one per store, shared by every clone and every
+//! It hangs off the [`crate::Store`] (one per store, its staging hook, shared by every clone and every
 //! [`crate::FileSystem`] over it), so every read of an object through the store — S3 GET/HEAD,
-//! list, copy, NFS READ — first applies the staged writes of that object (`Store::settle`):
+//! list, copy, NFS READ — first applies the staged writes of that object (the store calls
+//! its `Staging` hook, implemented in `stage.rs`):
 //! a write is visible to everybody as soon as it is acknowledged, and durable at COMMIT.
 //!
 //! Locks: the map lock is taken before an inode's `state` lock and never while holding a
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::StorageError;
+use super::FsError;
 
 /// Staged writes of one inode.
 #[derive(Default)]
@@ -33,7 +34,7 @@ pub(crate) struct Dirty {
     /// Extents taken by a flush that has not finished yet.
     pub flushing: bool,
     /// A background flush failed: reported by the next stage or flush.
-    pub error: Option<StorageError>,
+    pub error: Option<FsError>,
     /// Removed from the map: stage again through the map.
     pub dead: bool,
 }

@@ -7,12 +7,15 @@
 
 use std::time::SystemTime;
 
-use crate::mem::ReadTable;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{from_nanos, get_json, now_nanos, put_json, BucketRec, BUCKETS};
-use crate::{valid_bucket_name, StorageError, Store, SYSTEM_BUCKET};
+use super::FsError;
+use crate::db::ReadTable as _;
+use crate::object::meta::{from_nanos, get_json, now_nanos, put_json, BucketRec, BUCKETS};
+use crate::object::types::{valid_bucket_name, SYSTEM_BUCKET};
+use crate::object::Store;
+use crate::StorageError;
 
 pub(crate) const SHARES: TableDefinition<&str, &[u8]> = TableDefinition::new("shares");
 
@@ -50,15 +53,15 @@ impl Store {
         name: &str,
         quota: Option<u64>,
         read_only: bool,
-    ) -> Result<ShareInfo, StorageError> {
+    ) -> Result<ShareInfo, FsError> {
         if name == SYSTEM_BUCKET || !valid_bucket_name(name) {
-            return Err(StorageError::InvalidBucketName);
+            return Err(StorageError::InvalidBucketName.into());
         }
         let n = name.to_string();
-        self.txn(move |wtx, _| {
+        self.txn_as(move |wtx, _| {
             let mut shares = wtx.open_table(SHARES)?;
             if shares.get(n.as_str())?.is_some() {
-                return Err(StorageError::Exists);
+                return Err(FsError::Exists);
             }
             let mut buckets = wtx.open_table(BUCKETS)?;
             let mut b: BucketRec = get_json(&buckets, &n)?.unwrap_or(BucketRec {
@@ -75,42 +78,42 @@ impl Store {
                 created: now_nanos(),
                 read_only,
             };
-            put_json(&mut shares, &n, &rec)
+            Ok(put_json(&mut shares, &n, &rec)?)
         })?;
         self.share(name)
     }
 
     /// Create the share if it is missing (used for [`DEFAULT_SHARE`] at start).
-    pub fn ensure_share(&self, name: &str) -> Result<ShareInfo, StorageError> {
+    pub fn ensure_share(&self, name: &str) -> Result<ShareInfo, FsError> {
         match self.create_share(name, None, false) {
             Ok(s) => Ok(s),
-            Err(StorageError::Exists) => self.share(name),
+            Err(FsError::Exists) => self.share(name),
             Err(e) => Err(e),
         }
     }
 
     /// Change the read-only flag of a share.
-    pub fn set_share_read_only(&self, name: &str, read_only: bool) -> Result<(), StorageError> {
+    pub fn set_share_read_only(&self, name: &str, read_only: bool) -> Result<(), FsError> {
         let n = name.to_string();
-        self.txn(move |wtx, _| {
+        self.txn_as(move |wtx, _| {
             let mut shares = wtx.open_table(SHARES)?;
-            let mut r: ShareRec = get_json(&shares, &n)?.ok_or(StorageError::NoSuchShare)?;
+            let mut r: ShareRec = get_json(&shares, &n)?.ok_or(FsError::NoSuchShare)?;
             r.read_only = read_only;
-            put_json(&mut shares, &n, &r)
+            Ok(put_json(&mut shares, &n, &r)?)
         })
     }
 
     /// Remove the share record (the bucket and its objects stay). The default share cannot be
     /// deleted.
-    pub fn delete_share(&self, name: &str) -> Result<(), StorageError> {
+    pub fn delete_share(&self, name: &str) -> Result<(), FsError> {
         if name == DEFAULT_SHARE {
-            return Err(StorageError::Invalid("the default share cannot be deleted"));
+            return Err(FsError::Invalid("the default share cannot be deleted"));
         }
         let n = name.to_string();
-        self.txn(move |wtx, _| {
+        self.txn_as(move |wtx, _| {
             let mut shares = wtx.open_table(SHARES)?;
             if shares.get(n.as_str())?.is_none() {
-                return Err(StorageError::NoSuchShare);
+                return Err(FsError::NoSuchShare);
             }
             shares.remove(n.as_str())?;
             Ok(())
@@ -118,17 +121,16 @@ impl Store {
     }
 
     /// One share with its bucket's quota and usage.
-    pub fn share(&self, name: &str) -> Result<ShareInfo, StorageError> {
+    pub fn share(&self, name: &str) -> Result<ShareInfo, FsError> {
         let rtx = self.view()?;
-        let r: ShareRec =
-            get_json(&rtx.open_table(SHARES)?, name)?.ok_or(StorageError::NoSuchShare)?;
+        let r: ShareRec = get_json(&rtx.open_table(SHARES)?, name)?.ok_or(FsError::NoSuchShare)?;
         let b: BucketRec =
             get_json(&rtx.open_table(BUCKETS)?, name)?.ok_or(StorageError::NoSuchBucket)?;
         Ok(info(name, &r, &b))
     }
 
     /// All shares, by name.
-    pub fn list_shares(&self) -> Result<Vec<ShareInfo>, StorageError> {
+    pub fn list_shares(&self) -> Result<Vec<ShareInfo>, FsError> {
         let rtx = self.view()?;
         let shares = rtx.open_table(SHARES)?;
         let buckets = rtx.open_table(BUCKETS)?;

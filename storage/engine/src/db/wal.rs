@@ -2,12 +2,15 @@
 //! per group commit instead of a durable redb commit (a dozen scattered page writes plus the
 //! sync).
 //!
-//! How: every table mutation a batch makes goes through [`crate::mem::Tx`], which records it
+//! The log knows no table: a record is a list of (table name, key bytes, value bytes or
+//! removal), and replay writes each table through the [`super::Schema`] its callers registered.
+//!
+//! How: every table mutation a batch makes goes through [`super::Tx`], which records it
 //! (table name, key bytes, value bytes or removal) besides keeping it. The committer appends
 //! the batch's record to `meta.wal` (pre-written, fixed size, so an overwrite needs no
 //! file-system journal commit) and syncs it, then publishes the writes in the in-memory layer
 //! (`mem.rs`), which makes them visible. The log has two regions: a checkpoint (the checkpoint
-//! thread in `store.rs`) switches commits to the other region, then writes the frozen layer to
+//! thread in `checkpoint.rs`) switches commits to the other region, then writes the frozen layer to
 //! redb in one durable commit while they go on; it starts when the region holds
 //! [`CHECKPOINT_BYTES`] or its oldest record is [`CHECKPOINT_AFTER`] old. A batch too large
 //! for the log, a full region and closing the store take a blocking checkpoint of everything.
@@ -25,9 +28,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redb::{Key, TableDefinition, Value, WriteTransaction};
+use redb::TableDefinition;
 
-use crate::mem::Local;
 use crate::StorageError;
 
 /// `lsn` → sequence number of the last log record included in the database.
@@ -49,80 +51,6 @@ pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_millis(250);
 const MAGIC: u32 = 0x4c57_4d54; // "TMWL"
 /// magic u32 | lsn u64 | payload length u32 | checksum 16 bytes
 const HEADER: usize = 32;
-
-/// Apply writes (table name → key → value, `None` = removal) in `wtx`, one table open per table.
-pub(crate) fn apply(wtx: &WriteTransaction, writes: &Local) -> Result<(), StorageError> {
-    for (name, w) in writes {
-        let mut it = w.iter().map(|(k, v)| (k.bytes(), v.as_deref()));
-        apply_table(wtx, name, &mut it)?;
-    }
-    Ok(())
-}
-
-/// Re-apply the redo records of a log (replay at open), in order.
-pub(crate) fn replay(wtx: &WriteTransaction, payloads: &[Vec<u8>]) -> Result<(), StorageError> {
-    for p in payloads {
-        let ops = crate::mem::decode(p)?;
-        debug_assert!(!ops.is_empty(), "empty records are never written");
-        for (name, k, v) in &ops {
-            let mut it = std::iter::once((k.as_slice(), v.as_deref()));
-            apply_table(wtx, name, &mut it)?;
-        }
-    }
-    Ok(())
-}
-
-type Writes<'a, 'b> = dyn Iterator<Item = (&'b [u8], Option<&'b [u8]>)> + 'a;
-
-pub(crate) fn apply_table(
-    wtx: &WriteTransaction,
-    name: &str,
-    it: &mut Writes<'_, '_>,
-) -> Result<(), StorageError> {
-    use crate::fs::{FS_INODES, FS_META, FS_PATHS};
-    use crate::meta::*;
-    use crate::share::SHARES;
-    match name {
-        "buckets" => apply_into(wtx, BUCKETS, it),
-        "objects" => apply_into(wtx, OBJECTS, it),
-        "obj_chunks" => apply_into(wtx, OBJ_CHUNKS, it),
-        "refs" => apply_into(wtx, REFS, it),
-        "uploads" => apply_into(wtx, UPLOADS, it),
-        "parts" => apply_into(wtx, PARTS, it),
-        "part_chunks" => apply_into(wtx, PART_CHUNKS, it),
-        "creds" => apply_into(wtx, CREDS, it),
-        "stats" => apply_into(wtx, STATS, it),
-        "chunk_data" => apply_into(wtx, CHUNK_DATA, it),
-        "fs_inodes" => apply_into(wtx, FS_INODES, it),
-        "fs_paths" => apply_into(wtx, FS_PATHS, it),
-        "fs_meta" => apply_into(wtx, FS_META, it),
-        "shares" => apply_into(wtx, SHARES, it),
-        #[cfg(test)]
-        "t" => apply_into(wtx, crate::mem::tests::T, it),
-        other => Err(StorageError::Corrupt(format!(
-            "write-ahead log names an unknown table {other:?}"
-        ))),
-    }
-}
-
-fn apply_into<K: Key + 'static, V: Value + 'static>(
-    wtx: &WriteTransaction,
-    def: TableDefinition<K, V>,
-    it: &mut Writes<'_, '_>,
-) -> Result<(), StorageError> {
-    let mut t = wtx.open_table(def)?;
-    for (key, value) in it {
-        match value {
-            Some(v) => {
-                t.insert(K::from_bytes(key), V::from_bytes(v))?;
-            }
-            None => {
-                t.remove(K::from_bytes(key))?;
-            }
-        }
-    }
-    Ok(())
-}
 
 fn checksum(lsn: u64, payload: &[u8]) -> [u8; 16] {
     let mut h = blake3::Hasher::new();

@@ -1,10 +1,10 @@
-//! Content-addressed chunk backends.
+//! Local filesystem chunk backend: `root/xx/yy/<hex>`.
 //!
-//! A chunk is an immutable byte string named by its BLAKE3 hash ([`ChunkId`]). Backends only store
-//! and fetch bytes; reference counting, pinning and garbage collection live in the engine.
+//! Where a chunk becomes durable: [`make_durable`] (fsync of the chunk file, then of its
+//! directory, after the rename that put it in place). `put` calls it before returning;
+//! `put_deferred` renames unflushed and `sync` calls it later.
 
-use std::collections::{HashMap, HashSet};
-use std::fmt;
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
@@ -12,110 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use super::{hex, ChunkId, ChunkStore};
 use crate::StorageError;
-
-/// BLAKE3 hash of a chunk's bytes; the chunk's name in every backend.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkId(pub [u8; 32]);
-
-impl ChunkId {
-    /// Hash `data`.
-    pub fn of(data: &[u8]) -> ChunkId {
-        ChunkId(*blake3::hash(data).as_bytes())
-    }
-
-    /// Lowercase hex form (64 chars).
-    pub fn to_hex(&self) -> String {
-        hex(&self.0)
-    }
-
-    /// Parse the 64-char hex form.
-    pub fn from_hex(s: &str) -> Option<ChunkId> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
-        }
-        Some(ChunkId(out))
-    }
-}
-
-impl fmt::Debug for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "chunk:{}", &self.to_hex()[..16])
-    }
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(H[(x >> 4) as usize] as char);
-        s.push(H[(x & 15) as usize] as char);
-    }
-    s
-}
-
-pub(crate) fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// A chunk backend. Methods are synchronous; async callers use `spawn_blocking`.
-///
-/// Contract: `put` is idempotent and durable when it returns (a later crash never loses the chunk);
-/// `get` returns exactly the bytes that were put (backends verify the hash); `delete` of a missing
-/// chunk is not an error. The engine never calls `delete` on a chunk that is referenced or pinned.
-pub trait ChunkStore: Send + Sync + 'static {
-    /// Store `data` under `id` (= `ChunkId::of(data)`), durably.
-    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StorageError>;
-    /// Like `put`, but the chunk need only be durable once [`ChunkStore::sync`] of its id has
-    /// returned (lets a writer overlap the next chunk with this one's flush). The default is
-    /// `put` (already durable; `sync` is then a no-op).
-    fn put_deferred(&self, id: &ChunkId, data: &[u8]) -> Result<(), StorageError> {
-        self.put(id, data)
-    }
-    /// Make a chunk stored with `put_deferred` durable.
-    fn sync(&self, _id: &ChunkId) -> Result<(), StorageError> {
-        Ok(())
-    }
-    /// Fetch a whole chunk, verifying its hash.
-    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StorageError>;
-    /// Read up to `buf.len()` bytes of the chunk starting at `offset`; returns the count (0 at end).
-    fn read_at(&self, id: &ChunkId, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
-        let data = self.get(id)?;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
-        Ok(n)
-    }
-    /// The chunk as a local file open for reading, for zero-copy reads (`sendfile`). The
-    /// default is None: the backend has no local files and callers copy through
-    /// [`ChunkStore::read_at`]. A returned file is the stored chunk (not hash-verified here).
-    fn open_file(&self, _id: &ChunkId) -> Result<Option<File>, StorageError> {
-        Ok(None)
-    }
-    /// Remove a chunk (missing is fine).
-    fn delete(&self, id: &ChunkId) -> Result<(), StorageError>;
-    /// Whether the chunk is stored.
-    fn exists(&self, id: &ChunkId) -> Result<bool, StorageError>;
-    /// Call `f` for every stored chunk.
-    fn list(&self, f: &mut dyn FnMut(ChunkId)) -> Result<(), StorageError>;
-    /// Remove leftovers of interrupted `put`s (and files that are not where their name says).
-    /// Called by GC while no `put` is running.
-    fn cleanup_temp(&self) -> Result<u64, StorageError> {
-        Ok(0)
-    }
-}
 
 /// Local filesystem backend: `root/xx/yy/<hex>`, written to a temp name, fsynced, renamed, and the
 /// directory fsynced.
@@ -184,8 +82,8 @@ impl FsChunkStore {
         Ok(dir)
     }
 
-    /// Writes a new chunk file under a temp name and renames it into place; `durable`: fsync
-    /// the file before and the directory after the rename.
+    /// Writes a new chunk file under a temp name and renames it into place; `durable`: then
+    /// [`make_durable`].
     fn write_new(
         &self,
         dir: &Path,
@@ -203,13 +101,9 @@ impl FsChunkStore {
         let res = (|| -> Result<(), StorageError> {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
-            if durable {
-                f.sync_all()?;
-            }
-            drop(f);
             fs::rename(&tmp, path)?;
             if durable {
-                fsync_dir(dir)?;
+                make_durable(&f, dir)?;
             }
             Ok(())
         })();
@@ -218,6 +112,15 @@ impl FsChunkStore {
         }
         res
     }
+}
+
+/// THE place a chunk becomes durable (every `put`, and `sync` after `put_deferred`): its file's
+/// bytes are flushed, then the directory holding its final name. A chunk file is renamed into
+/// place before this; until it returns no metadata commit references the chunk, and a crash
+/// before it leaves a file that the garbage collection at open removes (it is unreferenced).
+fn make_durable(file: &File, dir: &Path) -> Result<(), StorageError> {
+    file.sync_all()?;
+    fsync_dir(dir)
 }
 
 fn fsync_dir(p: &Path) -> Result<(), StorageError> {
@@ -251,14 +154,14 @@ impl ChunkStore for FsChunkStore {
 
     fn sync(&self, id: &ChunkId) -> Result<(), StorageError> {
         let path = self.path(id);
-        match File::open(&path) {
-            Ok(f) => f.sync_all()?,
+        let f = match File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(StorageError::Corrupt(format!("{id:?} missing at sync")))
             }
             Err(e) => return Err(e.into()),
-        }
-        fsync_dir(path.parent().expect("chunk path has a parent"))
+        };
+        make_durable(&f, path.parent().expect("chunk path has a parent"))
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StorageError> {
@@ -354,50 +257,4 @@ fn walk(
         }
     }
     Ok(())
-}
-
-/// In-memory backend for tests and fakes (not durable).
-#[derive(Default)]
-pub struct MemChunkStore {
-    chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
-}
-
-impl MemChunkStore {
-    /// Empty store.
-    pub fn new() -> MemChunkStore {
-        MemChunkStore::default()
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, Vec<u8>>> {
-        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl ChunkStore for MemChunkStore {
-    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StorageError> {
-        self.map().entry(*id).or_insert_with(|| data.to_vec());
-        Ok(())
-    }
-
-    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StorageError> {
-        self.map()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| StorageError::Corrupt(format!("{id:?} missing")))
-    }
-
-    fn delete(&self, id: &ChunkId) -> Result<(), StorageError> {
-        self.map().remove(id);
-        Ok(())
-    }
-
-    fn exists(&self, id: &ChunkId) -> Result<bool, StorageError> {
-        Ok(self.map().contains_key(id))
-    }
-
-    fn list(&self, f: &mut dyn FnMut(ChunkId)) -> Result<(), StorageError> {
-        let ids: Vec<ChunkId> = self.map().keys().copied().collect();
-        ids.into_iter().for_each(f);
-        Ok(())
-    }
 }
