@@ -132,7 +132,10 @@ impl Drop for LazyFs {
         if let Err(e) = self.unmount() {
             // Still in use (a test failed with its writer alive): detach it, so no dead
             // mount is left behind; it goes away with its last user.
-            eprintln!("tm-lazyfs: unmount {}: {e}; detaching", self.mountpoint.display());
+            eprintln!(
+                "tm-lazyfs: unmount {}: {e}; detaching",
+                self.mountpoint.display()
+            );
             let _ = std::process::Command::new("umount")
                 .arg("-l")
                 .arg(&self.mountpoint)

@@ -1,6 +1,7 @@
 //! Power cuts under the object store: a child process writes concurrently (streaming puts,
-//! overwrites, inline `put_small`, and the file-system view as an NFS server drives it:
-//! create, unstable write, commit, chmod) on a tm-lazyfs mount and prints each acknowledged
+//! overwrites, inline `put_small`, the file-system view as an NFS server drives it: create,
+//! unstable write, commit, chmod; and the coordinator's state snapshot, rewritten in the system
+//! bucket as the daemon's `ObjectStateStore` does) on a tm-lazyfs mount and prints each acknowledged
 //! write; the power is cut at a seeded random moment (half of the cuts torn), the child is
 //! killed, the mount comes back with only what was made durable, and the store is reopened:
 //! every acknowledged write is intact, nothing visible is half written, fsck is clean. The
@@ -29,9 +30,13 @@ fn open(dir: &Path) -> Store {
 }
 
 fn get(s: &Store, bucket: &str, key: &str) -> Vec<u8> {
-    let r = s.open_object(bucket, key).expect("open_object");
+    let r = s
+        .open_object(bucket, key)
+        .unwrap_or_else(|e| panic!("open {bucket}/{key}: {e}"));
     let mut out = Vec::new();
-    r.reader().read_to_end(&mut out).expect("read");
+    r.reader()
+        .read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("read {bucket}/{key}: {e}"));
     out
 }
 
@@ -136,9 +141,39 @@ fn store_child() {
             }
         })
     });
+    threads.push({
+        let (s, out) = (s.clone(), out.clone());
+        std::thread::spawn(move || {
+            // What the coordinator's state store (control/daemon mesh.rs `ObjectStateStore::save`)
+            // does for every state change: one whole snapshot through begin_put → commit.
+            for i in 0u64.. {
+                let v = round << 32 | i;
+                let meta = ObjectMeta {
+                    content_type: Some("application/json".into()),
+                    ..Default::default()
+                };
+                let mut w = s
+                    .begin_put(tm_storage::SYSTEM_BUCKET, STATE_OBJECT, meta)
+                    .expect("begin state");
+                w.write_all(&state_for(v)).expect("write state");
+                w.commit().expect("commit state");
+                say(&out, format!("COORD {v}"));
+            }
+        })
+    });
     for t in threads {
         let _ = t.join();
     }
+}
+
+/// Where the coordinator keeps its state (control/daemon mesh.rs `STATE_OBJECT`).
+const STATE_OBJECT: &str = "coordinator/state.json";
+
+/// Snapshot number `v` of a coordinator state: JSON naming its version, 2..~70 KiB.
+fn state_for(v: u64) -> Vec<u8> {
+    let pad = data(v, 2000 + (v % 17) as usize * 4000);
+    let hex: String = pad.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{{\"version\":{v},\"pad\":\"{hex}\"}}").into_bytes()
 }
 
 #[derive(Default)]
@@ -149,6 +184,8 @@ struct Acked {
     ow: HashMap<String, u64>,
     /// File name → (inode, mode).
     files: HashMap<String, (u64, u32)>,
+    /// Last acknowledged coordinator-state version.
+    coord: Option<u64>,
 }
 
 impl Acked {
@@ -167,6 +204,10 @@ impl Acked {
                     let ino = p[2].parse().expect("ino");
                     let mode = p[3].parse().expect("mode");
                     self.files.insert(p[1].into(), (ino, mode));
+                }
+                "COORD" => {
+                    let v: u64 = p[1].parse().expect("version");
+                    self.coord = Some(self.coord.map_or(v, |c| c.max(v)));
                 }
                 _ => unreachable!("filtered"),
             }
@@ -197,6 +238,26 @@ fn check(s: &Store, acked: &Acked, round: u64) {
         assert!(
             got >= v,
             "{key} went back to version {got:#x} < {v:#x} (round {round})"
+        );
+    }
+    if let Some(v) = acked.coord {
+        let got = get(s, tm_storage::SYSTEM_BUCKET, STATE_OBJECT);
+        let text = String::from_utf8_lossy(&got[..got.len().min(40)]).to_string();
+        let at: u64 = text
+            .strip_prefix("{\"version\":")
+            .and_then(|t| t.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("coordinator state is not a snapshot: {text:?} (round {round})")
+            });
+        assert!(
+            at >= v,
+            "coordinator state went back to {at:#x} < {v:#x} (round {round})"
+        );
+        assert_eq!(
+            got,
+            state_for(at),
+            "coordinator state {at:#x} whole (round {round})"
         );
     }
     let fs = tm_storage::FileSystem::new(s.clone()).expect("fs");
@@ -289,7 +350,7 @@ fn power_cut_never_loses_acked_store_writes() {
         let w = Worker::spawn(
             "store_child",
             &[(ENV, &dirs), ("TM_POWERLOSS_ROUND", &r)],
-            &["ACK ", "FS "],
+            &["ACK ", "FS ", "COORD "],
         );
         let mut lines = Vec::new();
         // Later rounds run longer: checkpoints (every 250 ms) and chunk reclaim under way.
@@ -301,11 +362,15 @@ fn power_cut_never_loses_acked_store_writes() {
         let st = fs.stats();
         eprintln!(
             "round {round}: cut{} after {} acks; total {} objects, {} files acked; \
+             coordinator state {:?}; \
              {} fsyncs, {} dir fsyncs, {} O_DSYNC writes, {} pages and {} entries lost so far",
             if torn { " (torn)" } else { "" },
             lines.len(),
             acked.objects.len() + acked.small.len(),
             acked.files.len(),
+            acked
+                .coord
+                .map(|v| format!("{}.{}", v >> 32, v & 0xffff_ffff)),
             st.fsyncs,
             st.dir_fsyncs,
             st.sync_writes,
