@@ -34,6 +34,7 @@ APT_PACKAGES=(
     wireguard-tools   # wg, wg-quick
     rclone            # S3 tests (later issues)
     libnfs-utils      # nfs-ls/nfs-cp/nfs-cat (no kernel NFS client here)
+    fuse3             # fusermount3: tm-lazyfs (scripts/powerloss) mounts through it when mount(2) is refused
     docker.io         # Docker management tests (later issues)
     bind9-dnsutils    # dig, for the mesh DNS tests
     curl              # S3 Basic/Bearer/presign tests
