@@ -4,14 +4,15 @@
 #   1. scripts/install-test-deps.sh          (apt/pip test dependencies; fast when present)
 #   2. cargo build --profile ci --workspace  (release code generation without LTO)
 #   3. cargo fmt --check, scripts/check-layers.sh and cargo clippy --all-targets -D warnings
-#      (each counted as a test)
+#      (each counted as a test); scripts/fuzz-smoke.sh (every fuzz target: corpus replay + a few
+#      seconds; one counted test)
 #   4. cargo test --workspace --profile ci   (cargo nextest if installed)
 #   5. every scripts/e2e/*.sh, sequentially, each under a timeout
 #
 # Ends with one line "N passed, N failed" (", N skipped" if any) where the counts are the
 # unit/integration tests reported by cargo plus one per e2e script; exit 1 if anything failed.
 #
-# Options (for development):  --no-install  --no-cargo  --no-lint  [E2E_NAME...] (run only those)
+# Options (for development):  --no-install  --no-cargo  --no-lint  --no-fuzz  [E2E_NAME...] (run only those)
 # Environment: CARGO_TARGET_DIR (default ./target), TM_E2E_TIMEOUT (s per script, default 240),
 #   TM_BUDGET_MIN (whole run, default 75: later e2e scripts are not started past it, and
 #   counted as failed), TM_RESULTS (log dir, default $CARGO_TARGET_DIR/test-results).
@@ -25,12 +26,14 @@ START=$SECONDS
 do_install=1
 do_cargo=1
 do_lint=1
+do_fuzz=1
 only=()
 for arg in "$@"; do
     case $arg in
     --no-install) do_install=0 ;;
     --no-cargo) do_cargo=0 ;;
     --no-lint) do_lint=0 ;;
+    --no-fuzz) do_fuzz=0 ;;
     -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) only+=("${arg%.sh}") ;;
     esac
@@ -142,6 +145,11 @@ if ((do_cargo)); then
         lint_step clippy "cargo clippy --workspace --all-targets -- -D warnings" \
             timeout 1800 cargo clippy --workspace --all-targets --profile "$PROFILE" -- -D warnings
         say "lint done ($(elapsed))"
+    fi
+    if ((do_fuzz)); then
+        lint_step fuzz "fuzz smoke (scripts/fuzz-smoke.sh: build, corpus replay, ${TM_FUZZ_SECS:-10} s per target)" \
+            env TM_RESULTS="$RESULTS" timeout 1200 "$REPO/scripts/fuzz-smoke.sh"
+        say "fuzz smoke done ($(elapsed))"
     fi
 
     if cargo nextest --version >/dev/null 2>&1; then

@@ -264,7 +264,7 @@ pub(crate) async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Reads a response: status and body; with `upgrade`, a `101` returns at once with the bytes
 /// already read past its head (the start of the upgraded stream).
-async fn read_response<S: AsyncRead + Unpin>(
+pub(crate) async fn read_response<S: AsyncRead + Unpin>(
     s: &mut S,
     upgrade: bool,
 ) -> Result<(u16, Vec<u8>), Error> {

@@ -78,3 +78,71 @@ pub const DEFAULT_MESH_CIDR: &str = "100.64.0.0/10";
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API; hidden from the docs).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use tm_noise::PublicKey;
+
+    use crate::{http, relay, Coordinator, Error};
+
+    /// Polls `f` once with a waker that does nothing: `None` if it would wait (the fuzz
+    /// targets only feed in-memory input, so waiting means "needs more than was given").
+    fn now_or_never<T>(f: impl Future<Output = T>) -> Option<T> {
+        match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Handles one request as a connection without a client certificate would have it
+    /// handled (`raw`: the bytes after the TLS handshake): the HTTP status and JSON body of
+    /// the answer, or `None` if the handler would wait (a long poll).
+    pub fn serve_request(coord: &Coordinator, raw: &[u8]) -> Option<(u16, Vec<u8>)> {
+        let mut input = raw;
+        let result = now_or_never(async {
+            match http::read_request(&mut input).await {
+                Ok(req) if req.method == "GET" && req.path == "/v1/relay" => {
+                    coord.relay_accept(&req, None).map(|_| Vec::new())
+                }
+                Ok(req) => coord.dispatch(req, None).await,
+                Err(e) => Err(e),
+            }
+        })?;
+        Some(match result {
+            Ok(b) => (200, b),
+            Err(e) => (e.http_status(), e.to_string().into_bytes()),
+        })
+    }
+
+    /// Reads a client's response (`upgrade`: a relay upgrade request was sent).
+    pub fn read_response(raw: &[u8], upgrade: bool) -> Result<(u16, Vec<u8>), String> {
+        let mut input = raw;
+        now_or_never(http::read_response(&mut input, upgrade))
+            .unwrap_or_else(|| Err(Error::Malformed("waited".into())))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads relay frames from `raw` until the end or the first error (returned too).
+    pub fn relay_frames(raw: &[u8]) -> (Vec<(PublicKey, Vec<u8>)>, Option<String>) {
+        let mut input = raw;
+        let mut frames = Vec::new();
+        loop {
+            match now_or_never(relay::read_frame(&mut input)) {
+                Some(Ok(Some(f))) => frames.push(f),
+                Some(Ok(None)) => return (frames, None),
+                Some(Err(e)) => return (frames, Some(e.to_string())),
+                None => return (frames, Some("waited".into())),
+            }
+        }
+    }
+
+    /// Encodes one relay frame (`None` if the payload is too large).
+    pub fn frame_bytes(key: &PublicKey, payload: &[u8]) -> Option<Vec<u8>> {
+        relay::frame_bytes(key, payload)
+    }
+}

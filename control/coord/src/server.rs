@@ -767,7 +767,11 @@ impl Coordinator {
         self.netmap()
     }
 
-    async fn dispatch(&self, req: Request, client: Option<[u8; 32]>) -> Result<Vec<u8>, Error> {
+    pub(crate) async fn dispatch(
+        &self,
+        req: Request,
+        client: Option<[u8; 32]>,
+    ) -> Result<Vec<u8>, Error> {
         let path = req.path.as_str();
         match (req.method.as_str(), path) {
             ("GET", "/v1/challenge") => {
@@ -873,7 +877,7 @@ impl Coordinator {
 
     /// Checks a relay upgrade request: the caller's identity (client certificate only) and
     /// the upgrade headers. Returns the caller's name and key.
-    fn relay_accept(
+    pub(crate) fn relay_accept(
         &self,
         req: &Request,
         client: Option<&[u8; 32]>,

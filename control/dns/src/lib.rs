@@ -32,3 +32,67 @@ pub use zone::{Answer, Zone, COORDINATOR_LABEL, MAX_ALIAS_CHAIN, TTL};
 
 /// Re-exported so callers can build names and inspect answers without naming the version.
 pub use hickory_proto as proto;
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API; hidden from the docs).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::pin::pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::net::NetError;
+    use hickory_server::proto::rr::Record;
+    use hickory_server::proto::serialize::binary::BinEncoder;
+    use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+    use hickory_server::zone_handler::MessageResponse;
+
+    use crate::{Handler, MeshDns};
+
+    /// Keeps the encoded response instead of sending it.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, NetError> {
+            let mut buf = Vec::new();
+            let info = response
+                .destructive_emit(&mut BinEncoder::new(&mut buf))
+                .map_err(|e| NetError::from(e.to_string()))?;
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = buf;
+            Ok(info)
+        }
+    }
+
+    /// Answers the datagram `raw` the way the server does: `None` if hickory cannot decode
+    /// it (its server answers FORMERR itself, without our handler), else the encoded
+    /// response our handler produced.
+    pub fn answer(dns: &Arc<MeshDns>, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        let src: SocketAddr = ([127, 0, 0, 1], 5300).into();
+        let proto = if tcp { Protocol::Tcp } else { Protocol::Udp };
+        let req = Request::from_bytes(raw.to_vec(), src, proto).ok()?;
+        let cap = Capture::default();
+        let handler = Handler(dns.clone());
+        let fut = handler.handle_request::<_, TokioTime>(&req, cap.clone());
+        match pin!(fut).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(_) => {}
+            Poll::Pending => panic!("the handler waited on an in-memory response handle"),
+        }
+        let out = cap.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(out)
+    }
+}

@@ -78,3 +78,89 @@ pub async fn serve(
 ) -> io::Result<()> {
     front::serve_with(listener, store, cfg, shutdown, std::time::SystemTime::now).await
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API; hidden from the docs).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+    use crate::auth::{self, ReqView};
+    use crate::body;
+
+    /// Drains an in-memory body stream (it never waits).
+    fn drain(mut s: body::BodyStream) -> Result<Vec<u8>, String> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            match Pin::as_mut(&mut s).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(b))) => out.extend_from_slice(&b),
+                Poll::Ready(Some(Err(e))) => return Err(e.to_string()),
+                Poll::Ready(None) => return Ok(out),
+                Poll::Pending => return Err("in-memory body stream waited".into()),
+            }
+        }
+    }
+
+    /// Decodes `parts` (the body as it arrived, piece by piece) as aws-chunked, exactly as the
+    /// front does; `signed` verifies chunk signatures against a fixed key and seed.
+    pub fn aws_chunked(
+        parts: Vec<Vec<u8>>,
+        signed: bool,
+        trailer: bool,
+        expected: Option<u64>,
+    ) -> Result<Vec<u8>, String> {
+        let signer = signed.then(|| {
+            let date = "20250101T000000Z";
+            let scope = tm_sigv4::Scope::new(date, "us-east-1", "s3");
+            let key = tm_sigv4::SigningKey::derive("secret", &scope);
+            auth::ChunkSigner::new(key, date, &scope, &"0".repeat(64))
+        });
+        let input = futures::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from(p))));
+        drain(body::aws_chunked(
+            Box::pin(input),
+            signer,
+            trailer,
+            expected,
+        ))
+    }
+
+    /// Parses the credentials of a request (SigV4 header or presigned query, Basic, Bearer)
+    /// and verifies them against the secret `"secret"` for every access key and the mesh
+    /// token `"token"` at `now`, as the front does. Headers that are not valid HTTP are left
+    /// out. Returns the principal.
+    pub fn authenticate(
+        method: &[u8],
+        path: &str,
+        query: Option<&str>,
+        headers: &[(&[u8], &[u8])],
+        now: SystemTime,
+    ) -> Result<Option<String>, String> {
+        let method = Method::from_bytes(method).map_err(|e| e.to_string())?;
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
+                map.append(k, v);
+            }
+        }
+        let view = ReqView {
+            method: &method,
+            path,
+            query,
+            headers: &map,
+        };
+        let Some(claim) = auth::parse(&view).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let cred = claim
+            .access_key()
+            .map(|ak| ("secret".to_owned(), format!("user-{ak}")));
+        auth::verify(&claim, cred, Some("token"), &view, now)
+            .map(|v| Some(v.principal))
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,9 +1,10 @@
 //! Lock-free sliding replay window over 64-bit counters, shared by every worker that
 //! receives for one session.
 //!
-//! Layout: 256 `AtomicU64` words, each `(tag << 32) | bitmap`, where `tag` is the 32-bit
-//! truncation of `counter / 32` and `bitmap` holds one bit per counter of that 32-counter
-//! block. Word `i` holds blocks `i, i + 256, i + 512, ...`; a word's tag only ever grows.
+//! Layout: 256 `AtomicU64` words, each `(tag << 32) | bitmap`, where `bitmap` holds one bit
+//! per counter of one 32-counter block and `tag` is bits 8..40 of that block's number (its
+//! low 8 bits are the word's index: word `i` holds blocks `i, i + 256, i + 512, ...`). A
+//! word's block only ever grows; a zero word is block `i` with nothing seen.
 //! An `AtomicU64` (`fetch_max`) keeps one more than the greatest accepted counter, for the
 //! "too old" bound: the newest [`WINDOW_SIZE`] counters are always tracked.
 //!
@@ -13,8 +14,11 @@
 //!    counter's word). It fails if the counter was claimed in the meantime (by another worker)
 //!    or fell out of the window, so every counter is accepted at most once across threads.
 //!
-//! A word's full block is recovered from its tag and the newest accepted block (no word
-//! ever holds a block newer than that), so counters may jump arbitrarily far.
+//! A word's full block is recovered from its index, its tag and the newest accepted block (no
+//! word ever holds a block newer than that), so counters may jump far ahead. The one blind
+//! spot: a jump of an exact multiple of 2^45 counters lands on a block whose word, if not
+//! rewritten since, still carries the tag of the older block, so its counters already seen
+//! there are refused once (a sender cannot get there: sessions rekey long before).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -66,15 +70,26 @@ fn locate(counter: u64) -> (usize, u64, u64) {
     )
 }
 
-/// The full block a word's 32-bit tag stands for: the greatest block <= `hi` with those
-/// low bits (every stored block is <= the newest accepted block `hi`).
-fn full_block(tag: u32, hi: u64) -> u64 {
-    let c = (hi & !0xffff_ffff) | u64::from(tag);
-    if c > hi {
-        c.saturating_sub(1 << 32)
-    } else {
-        c
+/// The tag stored for `block`: bits 8..40 of the block number (bits 0..8 are the word index).
+fn tag_of(block: u64) -> u64 {
+    (block >> 8) & 0xffff_ffff
+}
+
+/// The block word `i` holds, given its tag: the greatest block <= `hi` (the newest accepted
+/// block; no word holds a newer one) that maps to word `i` and has that tag. `None` when no
+/// block <= `hi` fits, i.e. the word was never written (a zero word of index > `hi`).
+fn full_block(tag: u32, i: usize, hi: u64) -> Option<u64> {
+    let hq = hi >> 8;
+    let mut q = (hq & !0xffff_ffff) | u64::from(tag);
+    if q > hq {
+        q = q.checked_sub(1 << 32)?;
     }
+    let b = (q << 8) | i as u64;
+    if b <= hi {
+        return Some(b);
+    }
+    // Same tag, same word, but above `hi`: the one before it with that tag.
+    Some((q.checked_sub(1 << 32)? << 8) | i as u64)
 }
 
 impl ReplayWindow {
@@ -106,11 +121,12 @@ impl ReplayWindow {
         if next == 0 || counter >= next {
             return Ok(());
         }
-        let wblock = full_block((w >> 32) as u32, (next - 1) / WORD_BITS);
-        if wblock > block || (wblock == block && w & bit != 0) {
-            return Err(ReplayError::Replayed);
+        match full_block((w >> 32) as u32, i, (next - 1) / WORD_BITS) {
+            Some(wblock) if wblock > block || (wblock == block && w & bit != 0) => {
+                Err(ReplayError::Replayed)
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Claims `counter` as received. Call only after [`Self::check`] passed and the packet
@@ -131,16 +147,15 @@ impl ReplayWindow {
         let mut cur = word.load(Ordering::Acquire);
         loop {
             let hi = (self.next.load(Ordering::Acquire) - 1) / WORD_BITS;
-            let wblock = full_block((cur >> 32) as u32, hi);
-            let new = if wblock == block {
-                if cur & bit != 0 {
-                    return false;
+            let new = match full_block((cur >> 32) as u32, i, hi) {
+                Some(wblock) if wblock == block => {
+                    if cur & bit != 0 {
+                        return false;
+                    }
+                    cur | bit
                 }
-                cur | bit
-            } else if wblock < block {
-                ((block & 0xffff_ffff) << 32) | bit
-            } else {
-                return false;
+                Some(wblock) if wblock > block => return false,
+                _ => (tag_of(block) << 32) | bit,
             };
             match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
@@ -161,6 +176,27 @@ mod tests {
 
     fn accept(w: &ReplayWindow, c: u64) -> bool {
         w.check(c).is_ok() && w.update(c)
+    }
+
+    /// Found by the property test (tests/models.rs): after a jump to 2^37, a counter just
+    /// below it whose word was never written was refused as replayed (the zero word's tag
+    /// was read as block 2^32, newer than the counter's block).
+    #[test]
+    fn far_jump_keeps_the_window_below_it() {
+        let w = ReplayWindow::new();
+        assert!(accept(&w, 1 << 37));
+        assert_eq!(w.check((1 << 37) - 1), Ok(()));
+        assert!(accept(&w, (1 << 37) - 1));
+        assert!(!accept(&w, (1 << 37) - 1));
+        // The oldest counter still in the window, and the first one out of it.
+        assert!(accept(&w, (1 << 37) + 1 - WINDOW_SIZE));
+        assert_eq!(w.check((1 << 37) - WINDOW_SIZE), Err(ReplayError::Replayed));
+        // And across a 2^32-block (2^37-counter) jump from a counter seen in the same word.
+        let w = ReplayWindow::new();
+        assert!(accept(&w, 5));
+        assert!(accept(&w, 5 + (1 << 37)));
+        assert!(accept(&w, 5 + (2 << 37)));
+        assert_eq!(w.check(6 + (2 << 37)), Ok(()));
     }
 
     #[test]

@@ -31,6 +31,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod spsc;
 mod sys;

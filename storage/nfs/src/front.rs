@@ -109,7 +109,7 @@ pub(crate) fn parse_call(rec: &[u8]) -> Option<Call> {
 }
 
 /// `(inode, offset after the handle)` of the nfs_fh3 at `at`.
-fn handle_at(rec: &[u8], at: usize) -> Option<(u64, usize)> {
+pub(crate) fn handle_at(rec: &[u8], at: usize) -> Option<(u64, usize)> {
     let len = be32(rec, at)? as usize;
     let data = rec.get(at + 4..at + 4 + len)?;
     if len != 16 {
@@ -132,7 +132,7 @@ impl FromNe for FileHandleU64 {
 }
 
 /// `(dir inode, name, offset after the name)` of a diropargs3 at `at`.
-fn dirop_at(rec: &[u8], at: usize) -> Option<(u64, Vec<u8>, usize)> {
+pub(crate) fn dirop_at(rec: &[u8], at: usize) -> Option<(u64, Vec<u8>, usize)> {
     let (dir, at) = handle_at(rec, at)?;
     let len = be32(rec, at)? as usize;
     let name = rec.get(at + 4..at + 4 + len)?.to_vec();
@@ -164,7 +164,9 @@ pub(crate) fn refuse(call: &Call) -> Vec<u8> {
     }
 }
 
-async fn read_record(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) async fn read_record(
+    r: &mut (impl AsyncReadExt + Unpin),
+) -> std::io::Result<Option<Vec<u8>>> {
     let mut rec = Vec::new();
     loop {
         let mut h = [0u8; 4];

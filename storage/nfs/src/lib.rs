@@ -271,3 +271,75 @@ impl NfsServer {
         result
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API; hidden from the docs).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::future::Future;
+    use std::io::Cursor;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use nfs3_server::nfs3_types::nfs3::{createhow3, sattr3};
+    use nfs3_server::nfs3_types::xdr_codec::Unpack;
+
+    use crate::front;
+
+    /// What the front makes of one call record.
+    #[derive(Debug, Default)]
+    pub struct Parsed {
+        /// `(xid, prog, vers, proc, args offset)` of an RPC call.
+        pub call: Option<(u32, u32, u32, u32, usize)>,
+        /// The answer to a refused source.
+        pub refusal: Option<Vec<u8>>,
+        /// The file handle (inode) at the arguments, and the offset after it.
+        pub handle: Option<(u64, usize)>,
+        /// A diropargs3 at the arguments: `(dir inode, name length, offset after)`.
+        pub dirop: Option<(u64, usize, usize)>,
+        /// Whether sattr3 (MKDIR) and createhow3 (CREATE) decode after the dirop.
+        pub sattr: bool,
+        pub createhow: bool,
+    }
+
+    /// Splits `raw` into RPC records (record marking, as read from the socket) and parses
+    /// each the way the front does before serving or forwarding it. Stops at the first
+    /// framing error (returned).
+    pub fn records(raw: &[u8]) -> (Vec<Parsed>, Option<String>) {
+        let mut input = raw;
+        let mut out = Vec::new();
+        loop {
+            let next = {
+                let fut = front::read_record(&mut input);
+                match pin!(fut).poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return (out, Some("waited".into())),
+                }
+            };
+            match next {
+                Ok(Some(rec)) => out.push(call(&rec)),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+
+    /// Parses one record (without its record mark).
+    pub fn call(rec: &[u8]) -> Parsed {
+        let mut p = Parsed::default();
+        let Some(c) = front::parse_call(rec) else {
+            return p;
+        };
+        assert!(c.args <= rec.len());
+        p.call = Some((c.xid, c.prog, c.vers, c.proc_, c.args));
+        p.refusal = Some(front::refuse(&c));
+        p.handle = front::handle_at(rec, c.args);
+        if let Some((dir, name, at)) = front::dirop_at(rec, c.args) {
+            p.dirop = Some((dir, name.len(), at));
+            if let Some(tail) = rec.get(at..) {
+                p.sattr = sattr3::unpack(&mut Cursor::new(tail)).is_ok();
+                p.createhow = createhow3::unpack(&mut Cursor::new(tail)).is_ok();
+            }
+        }
+        p
+    }
+}

@@ -637,6 +637,30 @@ fn xml_unescape(s: &str) -> String {
     out
 }
 
+/// Entry point for the fuzz target in `fuzz/` (not a stable API): reads responses from `raw`
+/// as the client does on one connection, until it is closed or a response fails. Returns
+/// `(status, body length, reusable)` per response, and the error that ended the sequence.
+#[doc(hidden)]
+pub fn fuzz_read_responses(
+    raw: &[u8],
+    head_only: bool,
+) -> (Vec<(u16, usize, bool)>, Option<String>) {
+    let mut r = BufReader::new(raw);
+    let mut out = Vec::new();
+    loop {
+        match read_response(&mut r, head_only) {
+            Ok((resp, reuse)) => {
+                out.push((resp.status, resp.body.len(), reuse));
+                if !reuse {
+                    return (out, None);
+                }
+            }
+            Err(Exchange::Stale) => return (out, None),
+            Err(Exchange::Failed(e)) => return (out, Some(e.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
