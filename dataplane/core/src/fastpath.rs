@@ -32,6 +32,7 @@ use tm_wire::wg::{
 };
 
 use crate::dataplane::padded_len;
+use crate::filter::Dir;
 use crate::packet;
 use crate::session::{Role, Session};
 use crate::shared::{Activity, PeerShared, Punt, Shared, Snapshot};
@@ -197,6 +198,11 @@ impl FastPath {
             .ok_or(DropReason::IoError)?;
         let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
         let id = self.lookup(snap, dst).ok_or(DropReason::NoRoute)?;
+        if let Some(f) = &snap.filter {
+            f.check(id, pkt, Dir::Out, self.shared.secs(self.now), |a| {
+                snap.routes.lookup(a) == Some(id)
+            })?;
+        }
         let peer = snap.peers.get(&id).ok_or(DropReason::NoRoute)?;
         let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
         let usable = peer
@@ -318,6 +324,12 @@ impl FastPath {
         let (src, len) = packet::inbound(plain).ok_or(DropReason::BadInnerPacket)?;
         if self.lookup(snap, src) != Some(id) {
             return Err(DropReason::SourceNotAllowed);
+        }
+        if let Some(f) = &snap.filter {
+            let inner = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
+            f.check(id, inner, Dir::In, self.shared.secs(self.now), |a| {
+                snap.routes.lookup(a) == Some(id)
+            })?;
         }
         Ok(FastIn::WriteTun {
             start: DATA_HEADER_LEN,
