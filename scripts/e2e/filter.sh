@@ -6,7 +6,8 @@
 #   - web1's UDP query to beta gets its answer under "default": "deny" (stateful replies),
 #     while beta's unsolicited UDP to web1 is dropped;
 #   - revocation: a policy change cuts beta's established TCP stream within 2 s
-#     (filter_revoked counted); alpha (group:ops) keeps working throughout.
+#     (filter_revoked counted); alpha (group:ops) keeps working throughout;
+#   - `tunnelmesh filter log --peer beta` shows beta's sampled drops.
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 tm_init filter 170
@@ -98,6 +99,15 @@ assert_eq "$(tcp_ok beta 22 && echo y || echo n)" n "beta -> web1:22 is dropped"
 assert_ge "$(node_drop web1 filter_denied)" $((before_denied + 1)) "web1 filter_denied (tcp:22 denied explicitly)"
 assert_ge "$(node_drop web1 filter_no_rule)" $((before_norule + 1)) "web1 filter_no_rule (8080: no rule)"
 run_step "alpha (group:ops) pings web1" ping_ok alpha "$WEB1" 3
+# `filter log --peer beta`: sampled drops (at most one line per second per peer).
+filter_log_has_22() {
+    "$TM_BIN" --socket "$(node_sock web1)" filter log --peer beta >"$TM_TMP/filter-log.txt" 2>&1 &&
+        grep -q "beta in tcp $BETA:[0-9]* -> $WEB1:22 filter_denied" "$TM_TMP/filter-log.txt"
+}
+wait_for 5 "filter log shows beta's drop to :22" filter_log_has_22 ||
+    fail "filter log --peer beta: $(cat "$TM_TMP/filter-log.txt")"
+grep -q " alpha " "$TM_TMP/filter-log.txt" && fail "filter log --peer beta shows other peers"
+log "ok: filter log --peer beta: $(wc -l <"$TM_TMP/filter-log.txt") lines, e.g. $(grep -m1 ':22 filter_denied' "$TM_TMP/filter-log.txt")"
 
 # UDP replies under default deny: web1 asks beta (port 53), beta's answer comes back.
 ns_spawn beta udp-srv.log socat "UDP-RECVFROM:53,bind=$BETA,fork" "SYSTEM:echo answer"

@@ -86,6 +86,12 @@ pub enum Command {
         src: String,
         dst: String,
     },
+    /// Recent sampled filter drops (at most one per peer per second), oldest first, optionally
+    /// of one peer (by name): `Vec<String>`, one line each.
+    FilterLog {
+        #[serde(default)]
+        peer: Option<String>,
+    },
 }
 
 impl Command {

@@ -129,7 +129,12 @@ pub struct LocalFilter {
     sent: Option<FilterSpec>,
     /// From the dataplane's `FilterCounters`.
     pub flows: (u64, u64, u64),
+    /// Recent sampled drops: (peer name, line), oldest first, at most [`LOG_LINES`].
+    pub log: std::collections::VecDeque<(String, String)>,
 }
+
+/// Sampled drop lines kept for `filter log`.
+pub const LOG_LINES: usize = 512;
 
 impl LocalFilter {
     pub fn new(seed: u64) -> LocalFilter {
@@ -141,6 +146,7 @@ impl LocalFilter {
             seed,
             sent: None,
             flows: (0, 0, 0),
+            log: std::collections::VecDeque::new(),
         }
     }
 

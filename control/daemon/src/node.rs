@@ -830,6 +830,7 @@ impl Node {
                     tx: tx_datagrams,
                 };
             }
+            m @ DpMsg::FilterDrop { .. } => self.filter_drop(m),
             DpMsg::FilterCounters {
                 flows,
                 capacity,
@@ -1034,6 +1035,7 @@ impl Node {
             },
             Command::Leave => self.leave(r),
             Command::FilterLoad { .. }
+            | Command::FilterLog { .. }
             | Command::FilterClear
             | Command::FilterShow
             | Command::FilterTest { .. } => {

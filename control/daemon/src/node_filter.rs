@@ -5,6 +5,7 @@
 use super::Node;
 use crate::filter::Member;
 use tm_api::{Command, Response};
+use tm_wire::ipc::DpMsg;
 
 impl Node {
     /// This node and every peer (static and mesh), as policy principals.
@@ -40,6 +41,53 @@ impl Node {
         }
     }
 
+    /// A sampled drop from the dataplane becomes a `filter log` line.
+    pub(super) fn filter_drop(&mut self, m: DpMsg) {
+        let DpMsg::FilterDrop {
+            peer,
+            reason,
+            inbound,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        } = m
+        else {
+            return;
+        };
+        let name = self
+            .peers
+            .get(&peer)
+            .map_or_else(|| format!("peer{peer}"), |p| p.cfg.name.clone());
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let proto = match proto {
+            1 => "icmp".to_string(),
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            58 => "icmpv6".to_string(),
+            n => n.to_string(),
+        };
+        let dir = if inbound { "in" } else { "out" };
+        let at = |a: std::net::IpAddr, p: u16| match a {
+            std::net::IpAddr::V6(_) => format!("[{a}]:{p}"),
+            _ => format!("{a}:{p}"),
+        };
+        let line = format!(
+            "{secs} {name} {dir} {proto} {} -> {} {}",
+            at(src, sport),
+            at(dst, dport),
+            reason.name()
+        );
+        let log = &mut self.filter.log;
+        if log.len() >= crate::filter::LOG_LINES {
+            log.pop_front();
+        }
+        log.push_back((name, line));
+    }
+
     /// The `filter` commands.
     pub(super) fn filter_api(&mut self, c: &Command) -> Response {
         match c {
@@ -54,6 +102,16 @@ impl Node {
             Command::FilterClear => {
                 self.filter.clear();
                 self.refresh_filter(false);
+            }
+            Command::FilterLog { peer } => {
+                let lines: Vec<&String> = self
+                    .filter
+                    .log
+                    .iter()
+                    .filter(|(n, _)| peer.as_ref().is_none_or(|p| p == n))
+                    .map(|(_, l)| l)
+                    .collect();
+                return Response::ok(&lines);
             }
             Command::FilterTest { src, dst } => {
                 return match self.filter.test(src, dst) {

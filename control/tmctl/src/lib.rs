@@ -81,6 +81,12 @@ pub enum FilterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Recent dropped packets (sampled: at most one line per second per peer).
+    Log {
+        /// Only this peer (by name).
+        #[arg(long)]
+        peer: Option<String>,
+    },
     /// Decision and deciding rule for a packet from node SRC to HOST:PORT/PROTO (the
     /// dataplane's matcher).
     Test {
@@ -405,6 +411,13 @@ fn filter(target: &Target, f: &FilterCommand, out: &mut impl Write) -> Result<()
         FilterCommand::Clear => {
             let v = call(target, Command::FilterClear)?;
             show(out, v)?;
+        }
+        FilterCommand::Log { peer } => {
+            let v = call(target, Command::FilterLog { peer: peer.clone() })?;
+            let lines: Vec<String> = serde_json::from_value(v)?;
+            for l in lines {
+                writeln!(out, "{l}")?;
+            }
         }
         FilterCommand::Show { json } => {
             let v = call(target, Command::FilterShow)?;

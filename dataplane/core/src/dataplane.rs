@@ -271,9 +271,14 @@ impl Dataplane {
             return Ok(());
         };
         let routes = self.routes.load();
-        f.check(peer, pkt, Dir::Out, self.shared.secs(now), |a| {
+        let now_s = self.shared.secs(now);
+        let r = f.check(peer, pkt, Dir::Out, now_s, |a| {
             routes.lookup(a) == Some(peer)
-        })
+        });
+        if let (Err(e), Some(p)) = (r, self.peers.get(&peer)) {
+            crate::filter::sample(&p.shared, now_s, e, pkt, Dir::Out);
+        }
+        r
     }
 
     /// The state shared with the fast-path workers.
@@ -679,9 +684,13 @@ impl Dataplane {
         if let Some(f) = &self.filter {
             let routes = self.routes.load();
             let inner = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
-            f.check(id, inner, Dir::In, self.shared.secs(now), |a| {
-                routes.lookup(a) == Some(id)
-            })?;
+            let now_s = self.shared.secs(now);
+            if let Err(e) = f.check(id, inner, Dir::In, now_s, |a| routes.lookup(a) == Some(id)) {
+                if let Some(p) = self.peers.get(&id) {
+                    crate::filter::sample(&p.shared, now_s, e, inner, Dir::In);
+                }
+                return Err(e);
+            }
         }
         Ok(Inbound::WriteTun {
             start: DATA_HEADER_LEN,
@@ -694,6 +703,20 @@ impl Dataplane {
     pub fn handle_timeout(&mut self, now: Instant) {
         let t = self.t;
         for (&id, p) in self.peers.iter_mut() {
+            if p.shared.drop_sample.load().is_some() {
+                if let Some(d) = p.shared.drop_sample.swap(None) {
+                    self.events.push_back(DpMsg::FilterDrop {
+                        peer: id,
+                        reason: d.reason,
+                        inbound: d.dir == Dir::In,
+                        proto: d.proto,
+                        src: d.src,
+                        dst: d.dst,
+                        sport: d.sport,
+                        dport: d.dport,
+                    });
+                }
+            }
             for slot in [Slot::Previous, Slot::Current, Slot::Next] {
                 let dead = p.slot(slot).as_ref().is_some_and(|s| expired(s, now, &t));
                 if dead {

@@ -198,12 +198,16 @@ impl FastPath {
             .ok_or(DropReason::IoError)?;
         let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
         let id = self.lookup(snap, dst).ok_or(DropReason::NoRoute)?;
-        if let Some(f) = &snap.filter {
-            f.check(id, pkt, Dir::Out, self.shared.secs(self.now), |a| {
-                snap.routes.lookup(a) == Some(id)
-            })?;
-        }
         let peer = snap.peers.get(&id).ok_or(DropReason::NoRoute)?;
+        if let Some(f) = &snap.filter {
+            let now_s = self.shared.secs(self.now);
+            if let Err(e) = f.check(id, pkt, Dir::Out, now_s, |a| {
+                snap.routes.lookup(a) == Some(id)
+            }) {
+                crate::filter::sample(&peer.shared, now_s, e, pkt, Dir::Out);
+                return Err(e);
+            }
+        }
         let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
         let usable = peer
             .current
@@ -327,9 +331,13 @@ impl FastPath {
         }
         if let Some(f) = &snap.filter {
             let inner = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
-            f.check(id, inner, Dir::In, self.shared.secs(self.now), |a| {
+            let now_s = self.shared.secs(self.now);
+            if let Err(e) = f.check(id, inner, Dir::In, now_s, |a| {
                 snap.routes.lookup(a) == Some(id)
-            })?;
+            }) {
+                crate::filter::sample(&peer.shared, now_s, e, inner, Dir::In);
+                return Err(e);
+            }
         }
         Ok(FastIn::WriteTun {
             start: DATA_HEADER_LEN,

@@ -489,6 +489,65 @@ impl ActiveFilter {
     }
 }
 
+/// A filter drop as `filter log` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropSample {
+    pub reason: DropReason,
+    pub dir: Dir,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Records a filter drop of `peer` for `filter log`: at most one per peer per second (an
+/// atomic compare-exchange; the allocation happens only for the sample taken).
+pub(crate) fn sample(
+    shared: &crate::shared::PeerShared,
+    now_s: u32,
+    reason: DropReason,
+    pkt: &[u8],
+    dir: Dir,
+) {
+    if !matches!(
+        reason,
+        DropReason::FilterNoRule | DropReason::FilterDenied | DropReason::FilterRevoked
+    ) {
+        return;
+    }
+    let last = shared.drop_sampled_s.load(Ordering::Relaxed);
+    if last == now_s
+        || shared
+            .drop_sampled_s
+            .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let Some((proto, src, dst, at, first)) = ip_header(pkt) else {
+        return;
+    };
+    let (sport, dport) = if first {
+        pkt.get(at..)
+            .and_then(|l4| ports(proto, l4))
+            .unwrap_or((0, 0))
+    } else {
+        (0, 0)
+    };
+    shared
+        .drop_sample
+        .store(Some(std::sync::Arc::new(DropSample {
+            reason,
+            dir,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        })));
+}
+
 /// Test helpers: TCP/UDP/ICMP packets.
 #[cfg(test)]
 pub mod build {

@@ -60,6 +60,10 @@ pub struct PeerShared {
     pub(crate) activity: [AtomicU64; ACTIVITIES],
     /// A worker saw a rekey condition (initiator session too old or too many messages).
     pub(crate) want_handshake: AtomicBool,
+    /// Second (flow-table clock) of the last sampled filter drop of this peer.
+    pub(crate) drop_sampled_s: std::sync::atomic::AtomicU32,
+    /// The sampled drop waiting for the owner to report it (`filter log`).
+    pub(crate) drop_sample: ArcSwapOption<crate::filter::DropSample>,
 }
 
 /// One peer as the fast path sees it.

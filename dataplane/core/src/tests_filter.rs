@@ -412,3 +412,51 @@ fn fast_path_filters_and_shares_the_flow_table_with_the_owner() {
     assert_eq!(w.drops[DropReason::FilterDenied as usize], 1);
     assert_eq!(w.drops[DropReason::FilterRevoked as usize], 2);
 }
+
+#[test]
+fn drops_are_sampled_once_per_second_per_peer_for_filter_log() {
+    let mut p = Pair::established();
+    set_filter(&mut p.b, p.now, 1, Some(&spec(1, Some(0))));
+    for port in 0..20u16 {
+        let _ = a_to_b(&mut p, &tcp(a_ip(), 40000 + port, b_ip(), 22, SYN, b""));
+    }
+    p.b.handle_timeout(p.now);
+    let drops: Vec<DpMsg> = events(&mut p.b)
+        .into_iter()
+        .filter(|m| matches!(m, DpMsg::FilterDrop { .. }))
+        .collect();
+    assert_eq!(
+        drops,
+        vec![DpMsg::FilterDrop {
+            peer: PEER_A,
+            reason: DropReason::FilterDenied,
+            inbound: true,
+            proto: 6,
+            src: a_ip(),
+            dst: b_ip(),
+            sport: 40000,
+            dport: 22,
+        }],
+        "one sample for 20 drops within a second"
+    );
+    assert_eq!(p.b.drop_count(DropReason::FilterDenied), 20);
+    // The next second: the next drop is sampled (an outbound one here).
+    p.advance(Duration::from_millis(1000));
+    let mut s = spec(2, Some(0));
+    s.reachable.clear();
+    set_filter(&mut p.b, p.now, 2, Some(&s));
+    assert_eq!(
+        b_to_a(&mut p, &udp(b_ip(), 6000, a_ip(), 53, b"q")),
+        Err(Outbound::Drop(DropReason::FilterNoRule))
+    );
+    p.b.handle_timeout(p.now);
+    assert!(events(&mut p.b).iter().any(|m| matches!(
+        m,
+        DpMsg::FilterDrop {
+            inbound: false,
+            reason: DropReason::FilterNoRule,
+            dport: 53,
+            ..
+        }
+    )));
+}

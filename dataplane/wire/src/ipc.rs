@@ -320,6 +320,18 @@ pub enum DpMsg {
         /// `SetFilter` transfers dropped (out of order or undecodable).
         bad_updates: u64,
     },
+    /// A sampled packet-filter drop (at most one per peer per second): what `filter log`
+    /// shows. Addresses and ports as in the packet (`inbound`: from the peer).
+    FilterDrop {
+        peer: PeerId,
+        reason: DropReason,
+        inbound: bool,
+        proto: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+    },
 }
 
 /// A message did not decode.
@@ -685,6 +697,26 @@ impl DpMsg {
                 w.u64(*evictions);
                 w.u64(*bad_updates);
             }
+            DpMsg::FilterDrop {
+                peer,
+                reason,
+                inbound,
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+            } => {
+                w.u8(11);
+                w.u32(*peer);
+                w.u8(*reason as u8);
+                w.u8(u8::from(*inbound));
+                w.u8(*proto);
+                w.ip(src);
+                w.ip(dst);
+                w.u16(*sport);
+                w.u16(*dport);
+            }
         }
     }
 
@@ -761,6 +793,16 @@ impl DpMsg {
                 capacity: r.u64()?,
                 evictions: r.u64()?,
                 bad_updates: r.u64()?,
+            },
+            11 => DpMsg::FilterDrop {
+                peer: r.u32()?,
+                reason: DropReason::from_u8(r.u8()?).ok_or(DecodeError::Invalid)?,
+                inbound: r.bool()?,
+                proto: r.u8()?,
+                src: r.ip()?,
+                dst: r.ip()?,
+                sport: r.u16()?,
+                dport: r.u16()?,
             },
             _ => return Err(DecodeError::Invalid),
         };

@@ -107,6 +107,16 @@ fn dp_samples() -> Vec<DpMsg> {
             evictions: 2,
             bad_updates: 1,
         },
+        DpMsg::FilterDrop {
+            peer: 2,
+            reason: DropReason::FilterDenied,
+            inbound: true,
+            proto: 6,
+            src: "100.64.0.2".parse().unwrap(),
+            dst: "100.64.0.3".parse().unwrap(),
+            sport: 40000,
+            dport: 22,
+        },
     ]
 }
 
