@@ -129,6 +129,8 @@ pub struct LocalFilter {
     sent: Option<FilterSpec>,
     /// From the dataplane's `FilterCounters`.
     pub flows: (u64, u64, u64),
+    /// The inventory the artifact was compiled against (recompile only when it changes).
+    inv: Option<Inventory>,
     /// Recent sampled drops: (peer name, line), oldest first, at most [`LOG_LINES`].
     pub log: std::collections::VecDeque<(String, String)>,
 }
@@ -147,6 +149,7 @@ impl LocalFilter {
             sent: None,
             flows: (0, 0, 0),
             log: std::collections::VecDeque::new(),
+            inv: None,
         }
     }
 
@@ -166,6 +169,7 @@ impl LocalFilter {
         let l = tm_policy::load(file, text.as_bytes(), &inv).map_err(|e| e.to_string())?;
         self.policy = Some((file.to_string(), text.to_string()));
         self.artifact = Some(l.artifact);
+        self.inv = Some(inv);
         self.warnings = l.warnings;
         Ok(())
     }
@@ -175,6 +179,7 @@ impl LocalFilter {
         self.policy = None;
         self.artifact = None;
         self.warnings.clear();
+        self.inv = None;
     }
 
     /// Hook for the coordinator-pushed artifact (replaces the local policy).
@@ -191,10 +196,16 @@ impl LocalFilter {
             return;
         };
         let inv = Self::inventory(members);
+        if self.inv.as_ref() == Some(&inv) {
+            return;
+        }
         match tm_policy::parse_policy(&file, text.as_bytes())
             .and_then(|p| tm_policy::compile(&p, &inv))
         {
-            Ok(a) => self.artifact = Some(a),
+            Ok(a) => {
+                self.artifact = Some(a);
+                self.inv = Some(inv);
+            }
             Err(e) => tracing::warn!("local policy no longer compiles, keeping the last one: {e}"),
         }
     }
