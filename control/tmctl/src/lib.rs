@@ -464,6 +464,17 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
         dp.restarts, dp.workers
     )?;
     writeln!(out, "peers:       {}", s.peers)?;
+    if let Some(f) = &s.filter {
+        if f.active {
+            writeln!(
+                out,
+                "filter:      generation {}, {} classes, flows {}/{} ({} evicted)",
+                f.generation, f.classes, f.flows, f.flow_capacity, f.flow_evictions
+            )?;
+        } else {
+            writeln!(out, "filter:      no policy: all members allowed")?;
+        }
+    }
     if let Some(m) = &s.mesh {
         let via = m
             .coordinator
