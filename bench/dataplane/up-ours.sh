@@ -7,6 +7,10 @@
 #   TM_BIN_DIR   directory holding tunnelmesh + tm-dataplane (default: target/release of the repo)
 #   TM_DP_WORKERS  optional, exported to tm-dataplane (worker threads; default = cores)
 #   TM_DP_OFFLOAD  optional, exported to tm-dataplane (0 = no TUN/UDP offloads)
+#   TM_BENCH_FILTER  optional packet-filter cost variant (issue 16): `rules10` (a policy of 10
+#                  rules) or `big` (998 more static peers per node, 1,000 nodes in all, and a
+#                  policy of 10,000 rules); loaded with `tunnelmesh filter load` on both nodes
+#                  once they run (bench/dataplane/filter-policy.py). Unset: no filter.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${TM_BIN_DIR:=$HERE/../../target/release}"
@@ -17,6 +21,10 @@ export TM_DATAPLANE=$TM_BIN_DIR/tm-dataplane
 [ -n "${TM_DP_WORKERS:-}" ] && export TM_DP_WORKERS
 [ -n "${TM_DP_OFFLOAD:-}" ] && export TM_DP_OFFLOAD
 mkdir -p "$WORKDIR/a" "$WORKDIR/b"
+: > "$WORKDIR/extra-peers.yaml"
+if [ -n "${TM_BENCH_FILTER:-}" ]; then
+  python3 "$HERE/filter-policy.py" "$TM_BENCH_FILTER" "$WORKDIR"
+fi
 for s in a b; do
   (umask 077 && "$BIN" genkey > "$WORKDIR/$s/key")
   "$BIN" pubkey < "$WORKDIR/$s/key" > "$WORKDIR/$s/pub"
@@ -36,6 +44,7 @@ peers:
     endpoint: $7:$8
     allowed_ips: [$6/32]
 YAML
+  cat "$WORKDIR/extra-peers.yaml" >> "$WORKDIR/$1/config.yaml"
 }
 conf a "$TUN_A_DEV" "$PORT_A" "$TUN_A_IP" b "$TUN_B_IP" "$UNDERLAY_B" "$PORT_B"
 conf b "$TUN_B_DEV" "$PORT_B" "$TUN_B_IP" a "$TUN_A_IP" "$UNDERLAY_A" "$PORT_A"
@@ -54,3 +63,13 @@ start() { # side ns dev
 }
 start a "$NS_A" "$TUN_A_DEV"
 start b "$NS_B" "$TUN_B_DEV"
+if [ -n "${TM_BENCH_FILTER:-}" ]; then
+  for s in a b; do
+    for _ in $(seq 100); do
+      "$BIN" --socket "$WORKDIR/$s/control.sock" filter load "$WORKDIR/policy.hujson" \
+        > "$WORKDIR/filter-$s.out" 2>&1 && break
+      sleep 0.1
+    done
+    grep -q generation "$WORKDIR/filter-$s.out" || { echo "filter load ($s) failed:" >&2; cat "$WORKDIR/filter-$s.out" >&2; exit 1; }
+  done
+fi

@@ -71,6 +71,27 @@ pub enum Command {
     Token,
     /// Leave the mesh: deregister at the coordinator, forget the identity, stop the node.
     Leave,
+    /// Packet filter, local policy (until the coordinator pushes one): compile `text` (a
+    /// policy file named `file`) against this node's peers and install it: [`FilterInfo`].
+    FilterLoad {
+        file: String,
+        text: String,
+    },
+    /// Remove the local policy (allow all): [`FilterInfo`].
+    FilterClear,
+    /// The packet filter's state: [`FilterInfo`].
+    FilterShow,
+    /// `filter test --src NODE --dst HOST:PORT/PROTO`: [`FilterDecision`].
+    FilterTest {
+        src: String,
+        dst: String,
+    },
+    /// Recent sampled filter drops (at most one per peer per second), oldest first, optionally
+    /// of one peer (by name): `Vec<String>`, one line each.
+    FilterLog {
+        #[serde(default)]
+        peer: Option<String>,
+    },
 }
 
 impl Command {
@@ -139,6 +160,46 @@ pub struct Status {
     /// Present on mesh nodes (joined or coordinator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshStatus>,
+    /// The packet filter (absent: no policy, allow all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterInfo>,
+}
+
+/// The packet filter of a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FilterInfo {
+    /// A policy is loaded (false: allow all).
+    pub active: bool,
+    /// Where the policy came from (`local FILE`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The policy hash (`sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Generation last sent to the dataplane.
+    pub generation: u64,
+    /// Policy classes and peers with a class in this node's table.
+    pub classes: usize,
+    pub peers_with_class: usize,
+    /// Peers this node may send to.
+    pub reachable: usize,
+    /// Live flows / flow-table capacity / evictions (from the dataplane).
+    pub flows: u64,
+    pub flow_capacity: u64,
+    pub flow_evictions: u64,
+    /// Compile warnings (lint) of the loaded policy.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Answer of `filter test`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FilterDecision {
+    pub allow: bool,
+    /// The deciding rule (`file:line`), if a rule decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub reason: String,
 }
 
 /// A mesh node's view of its mesh.

@@ -48,7 +48,9 @@ pub fn serve(path: &Path, to_node: mpsc::Sender<ApiRequest>) -> Result<SocketGua
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
-                let mut r = BufReader::new(r.take(64 * 1024));
+                // A request is one line; `filter load` carries a policy file (up to 1 MiB,
+                // JSON-escaped), everything else is small.
+                let mut r = BufReader::new(r.take(4 << 20));
                 let resp = match r.read_line(&mut line).await {
                     Ok(_) => handle(&line, &to_node).await,
                     Err(e) => Response::err(format!("reading request: {e}")),

@@ -135,6 +135,8 @@ pub struct Node {
     dns: Option<Arc<MeshDns>>,
     dns_addrs: Vec<SocketAddr>,
     netmap_version: u64,
+    /// The packet filter (local policy for now).
+    filter: crate::filter::LocalFilter,
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
     stop: bool,
@@ -191,6 +193,7 @@ impl Node {
             dns: None,
             dns_addrs: Vec::new(),
             netmap_version: 0,
+            filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
             leaving: None,
             stop: false,
             #[cfg(test)]
@@ -460,6 +463,7 @@ impl Node {
                 tokio::task::spawn_blocking(move || st.install_credentials(&creds));
             }
         }
+        self.refresh_filter(false);
     }
 
     /// On a coordinator: an authenticated packet from `key` came from `from` — publish it as
@@ -513,6 +517,7 @@ impl Node {
                 self.initiate(i, now);
             }
         }
+        self.refresh_filter(true);
     }
 
     pub async fn run(mut self, mut api: mpsc::Receiver<ApiRequest>) -> Result<()> {
@@ -825,6 +830,13 @@ impl Node {
                     tx: tx_datagrams,
                 };
             }
+            m @ DpMsg::FilterDrop { .. } => self.filter_drop(m),
+            DpMsg::FilterCounters {
+                flows,
+                capacity,
+                evictions,
+                ..
+            } => self.filter.flows = (flows, capacity, evictions),
             DpMsg::WorkerCounters { worker, stats } => {
                 let i = usize::from(worker);
                 // Bounded by the dataplane's own limit (64 workers); ignore nonsense.
@@ -1022,6 +1034,14 @@ impl Node {
                 }
             },
             Command::Leave => self.leave(r),
+            Command::FilterLoad { .. }
+            | Command::FilterLog { .. }
+            | Command::FilterClear
+            | Command::FilterShow
+            | Command::FilterTest { .. } => {
+                let resp = self.filter_api(&r.command);
+                let _ = r.reply.send(resp);
+            }
             Command::Status | Command::Peers if self.dp.is_some() => {
                 // Answer once fresh counters arrive (or after a short wait).
                 self.send(CtlMsg::RequestCounters);
@@ -1158,6 +1178,7 @@ impl Node {
                     + relay.dropped_full
                     + relay.dropped_other,
             }),
+            filter: self.filter.info(),
         }
     }
 
@@ -1211,6 +1232,9 @@ fn add_stats(a: &mut PeerStats, b: &PeerStats) {
     a.tx_packets += b.tx_packets;
     a.last_rx_ago_ms = b.last_rx_ago_ms;
 }
+
+#[path = "node_filter.rs"]
+mod node_filter;
 
 #[cfg(test)]
 mod tests {

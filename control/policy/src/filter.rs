@@ -32,6 +32,13 @@ pub struct PolicyClass {
     pub by_proto: Vec<ProtoRanges>,
     /// Whether every protocol not in `by_proto` is allowed (from `*` entries).
     pub other_protos: bool,
+    /// Ports an explicit deny rule covers, per protocol of `by_proto` (so the dataplane can
+    /// tell "denied" from "no rule"; never overlaps the allowed ranges).
+    #[serde(default)]
+    pub denied: Vec<ProtoRanges>,
+    /// Whether a deny rule covers every protocol not in `by_proto`.
+    #[serde(default)]
+    pub other_denied: bool,
 }
 
 impl PolicyClass {
@@ -167,16 +174,26 @@ fn class(allow: &[&IpSpec], deny: &[&IpSpec], default_all: bool) -> PolicyClass 
         subtract(&a, &spec_ranges(deny, p))
     };
     let by_proto = protos
-        .into_iter()
+        .iter()
         .map(|p| ProtoRanges {
-            proto: p,
-            ranges: range(Some(p)),
+            proto: *p,
+            ranges: range(Some(*p)),
         })
+        .collect();
+    let denied = protos
+        .iter()
+        .map(|p| ProtoRanges {
+            proto: *p,
+            ranges: spec_ranges(deny, Some(*p)),
+        })
+        .filter(|p| !p.ranges.is_empty())
         .collect();
     let other_protos = range(None) == vec![ALL_PORTS];
     PolicyClass {
         by_proto,
         other_protos,
+        denied,
+        other_denied: spec_ranges(deny, None) == vec![ALL_PORTS],
     }
 }
 
@@ -486,6 +503,8 @@ mod tests {
                 ranges: vec![r(22, 22), r(80, 90), r(443, 443)],
             }],
             other_protos: false,
+            denied: Vec::new(),
+            other_denied: false,
         };
         for (p, ok) in [
             (21, false),

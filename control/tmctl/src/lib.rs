@@ -12,7 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 use tm_api::{
-    BucketInfo, Command, PeerInfo, Request, Response, S3Credentials, ShareInfo, Status, API_VERSION,
+    BucketInfo, Command, FilterDecision, FilterInfo, PeerInfo, Request, Response, S3Credentials,
+    ShareInfo, Status, API_VERSION,
 };
 
 /// Default data directory of a node (also the default place of its control socket).
@@ -62,6 +63,41 @@ pub enum OperatorCommand {
     Token,
     /// Leave the mesh: deregister this node, forget its identity and stop it.
     Leave,
+    /// The packet filter: load a local policy, test a packet against it, show its state.
+    #[command(subcommand)]
+    Filter(FilterCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum FilterCommand {
+    /// Compile a policy file (HuJSON) against this node's peers and install it (local policy,
+    /// until the coordinator pushes one). Refused with file:line on error; nothing changes.
+    Load { file: PathBuf },
+    /// Remove the local policy: allow all.
+    Clear,
+    /// Filter state: generation, classes, flows.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent dropped packets (sampled: at most one line per second per peer).
+    Log {
+        /// Only this peer (by name).
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Decision and deciding rule for a packet from node SRC to HOST:PORT/PROTO (the
+    /// dataplane's matcher).
+    Test {
+        #[arg(long)]
+        src: String,
+        #[arg(long)]
+        dst: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -186,6 +222,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
             call(target, Command::Leave)?;
             writeln!(out, "left the mesh; the node is stopping")?;
         }
+        OperatorCommand::Filter(f) => filter(target, f, &mut out)?,
         OperatorCommand::Bucket(b) => match b {
             BucketCommand::Create { name } => {
                 call(target, Command::BucketCreate { name: name.clone() })?;
@@ -336,6 +373,83 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
     Ok(())
 }
 
+fn filter(target: &Target, f: &FilterCommand, out: &mut impl Write) -> Result<()> {
+    let show = |out: &mut dyn Write, v: serde_json::Value| -> Result<()> {
+        let i: FilterInfo = serde_json::from_value(v)?;
+        if !i.active {
+            writeln!(out, "no policy: all members allowed")?;
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "policy {} ({}), generation {}",
+            i.hash.as_deref().unwrap_or("-"),
+            i.source.as_deref().unwrap_or("-"),
+            i.generation
+        )?;
+        writeln!(
+            out,
+            "{} classes, {} peers with a class, {} reachable; flows {}/{} ({} evicted)",
+            i.classes, i.peers_with_class, i.reachable, i.flows, i.flow_capacity, i.flow_evictions
+        )?;
+        for w in &i.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
+        Ok(())
+    };
+    match f {
+        FilterCommand::Load { file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| file.display().to_string());
+            let v = call(target, Command::FilterLoad { file: name, text })?;
+            show(out, v)?;
+        }
+        FilterCommand::Clear => {
+            let v = call(target, Command::FilterClear)?;
+            show(out, v)?;
+        }
+        FilterCommand::Log { peer } => {
+            let v = call(target, Command::FilterLog { peer: peer.clone() })?;
+            let lines: Vec<String> = serde_json::from_value(v)?;
+            for l in lines {
+                writeln!(out, "{l}")?;
+            }
+        }
+        FilterCommand::Show { json } => {
+            let v = call(target, Command::FilterShow)?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                show(out, v)?;
+            }
+        }
+        FilterCommand::Test { src, dst, json } => {
+            let v = call(
+                target,
+                Command::FilterTest {
+                    src: src.clone(),
+                    dst: dst.clone(),
+                },
+            )?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let d: FilterDecision = serde_json::from_value(v)?;
+                let verdict = if d.allow { "accept" } else { "deny" };
+                match &d.rule {
+                    Some(r) => writeln!(out, "{verdict} ({r}): {}", d.reason)?,
+                    None => writeln!(out, "{verdict}: {}", d.reason)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
     writeln!(out, "node:        {}", s.name)?;
     writeln!(out, "public key:  {}", s.public_key)?;
@@ -350,6 +464,17 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
         dp.restarts, dp.workers
     )?;
     writeln!(out, "peers:       {}", s.peers)?;
+    if let Some(f) = &s.filter {
+        if f.active {
+            writeln!(
+                out,
+                "filter:      generation {}, {} classes, flows {}/{} ({} evicted)",
+                f.generation, f.classes, f.flows, f.flow_capacity, f.flow_evictions
+            )?;
+        } else {
+            writeln!(out, "filter:      no policy: all members allowed")?;
+        }
+    }
     if let Some(m) = &s.mesh {
         let via = m
             .coordinator

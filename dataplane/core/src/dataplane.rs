@@ -8,25 +8,29 @@
 //! update -> 7. confirm `next`, roam, timers -> 8. keepalive? -> 9. inner header,
 //! trim padding -> 10. cryptokey routing on the inner source -> 11. WriteTun.
 
+mod ctl;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tm_wire::ipc::{CtlMsg, DpMsg, DropReason, PeerId, PeerStats, Prefix, Timers};
+use tm_wire::ipc::{DpMsg, DropReason, PeerId, PeerStats, Prefix, Timers};
 use tm_wire::wg::{
     self, timers::REKEY_AFTER_MESSAGES, DataPacket, WireError, DATA_HEADER_LEN, DATA_OVERHEAD,
     MSG_DATA,
 };
 
+use crate::filter::{ActiveFilter, Dir, FlowTable, DEFAULT_FLOWS};
 use crate::packet;
 use crate::peer::{Peer, PeerTimers, Slot};
-use crate::route::{self, RouteTable};
+use crate::route::RouteTable;
 use crate::session::{Role, Session};
 use crate::shared::{
     Activity, Durations, IndexEntry, PeerEntry, Punt, Shared, Snapshot, ACTIVITIES,
 };
+use tm_wire::filter::Reassembly;
 
 /// Counters are reported this often.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
@@ -114,8 +118,19 @@ pub struct Dataplane {
     next_counters: Instant,
     /// State shared with the fast-path workers (snapshot, punt queues, counters).
     shared: Arc<Shared>,
-    /// Peers, sessions, endpoints, routes or timers changed since the last snapshot.
+    /// Peers, sessions, endpoints, routes, timers or the filter changed since the last
+    /// snapshot.
     dirty: bool,
+    /// The packet filter (None: allow all).
+    filter: Option<Arc<ActiveFilter>>,
+    /// Generation of the last filter update applied (set or cleared).
+    filter_generation: u64,
+    /// `SetFilter` transfers that were out of order or did not decode.
+    filter_bad: u64,
+    reassembly: Reassembly,
+    /// The flow table, created with the first filter and kept across generations.
+    flows: Option<Arc<FlowTable>>,
+    flow_capacity: usize,
 }
 
 /// Result of [`Dataplane::handle_punt`].
@@ -225,7 +240,45 @@ impl Dataplane {
             next_counters: now + COUNTERS_INTERVAL,
             shared,
             dirty: false,
+            filter: None,
+            filter_generation: 0,
+            filter_bad: 0,
+            reassembly: Reassembly::default(),
+            flows: None,
+            flow_capacity: DEFAULT_FLOWS,
         }
+    }
+
+    /// Sets the flow table's size (entries) used when the first filter arrives (default
+    /// [`crate::filter::DEFAULT_FLOWS`]).
+    pub fn set_flow_capacity(&mut self, entries: usize) {
+        self.flow_capacity = entries.max(crate::filter::WAYS);
+    }
+
+    /// The flow table (once a filter was installed).
+    pub fn flow_table(&self) -> Option<&FlowTable> {
+        self.flows.as_deref()
+    }
+
+    /// Generation of the installed filter, if any.
+    pub fn filter_generation(&self) -> Option<u64> {
+        self.filter.as_ref().map(|f| f.spec.generation)
+    }
+
+    /// Runs the filter on an outbound packet to `peer`.
+    fn filter_out(&self, now: Instant, peer: PeerId, pkt: &[u8]) -> Result<(), DropReason> {
+        let Some(f) = &self.filter else {
+            return Ok(());
+        };
+        let routes = self.routes.load();
+        let now_s = self.shared.secs(now);
+        let r = f.check(peer, pkt, Dir::Out, now_s, |a| {
+            routes.lookup(a) == Some(peer)
+        });
+        if let (Err(e), Some(p)) = (r, self.peers.get(&peer)) {
+            crate::filter::sample(&p.shared, now_s, e, pkt, Dir::Out);
+        }
+        r
     }
 
     /// The state shared with the fast-path workers.
@@ -240,6 +293,7 @@ impl Dataplane {
         }
         let mut snap = Snapshot::empty(self.t, self.cfg.mtu);
         snap.routes = self.routes.load_full();
+        snap.filter = self.filter.clone();
         for p in self.peers.values() {
             snap.peers.insert(
                 p.id,
@@ -411,169 +465,6 @@ impl Dataplane {
         }
     }
 
-    fn emit_counters(&mut self, now: Instant) {
-        self.events.push_back(DpMsg::Counters {
-            drops: self.drops,
-            rx_datagrams: self.rx_datagrams,
-            tx_datagrams: self.tx_datagrams,
-        });
-        for p in self.peers.values() {
-            self.events.push_back(DpMsg::PeerCounters {
-                peer: p.id,
-                stats: Self::stats_of(p, now),
-            });
-        }
-    }
-
-    /// Applies one control-plane message.
-    pub fn handle_ctl(&mut self, now: Instant, msg: CtlMsg) {
-        self.ctl(now, msg);
-        self.publish();
-    }
-
-    fn ctl(&mut self, now: Instant, msg: CtlMsg) {
-        self.dirty |= !matches!(msg, CtlMsg::SendDatagram { .. } | CtlMsg::RequestCounters);
-        match msg {
-            CtlMsg::SetTimers(t) => self.t = t.into(),
-            CtlMsg::AddPeer {
-                peer,
-                public_key,
-                allowed_ips,
-                endpoint,
-                persistent_keepalive,
-            } => {
-                // Invalid prefixes cannot come through the IPC decoder; skip them if a
-                // caller builds one by hand.
-                let mut ips: Vec<Prefix> = allowed_ips
-                    .into_iter()
-                    .filter_map(|p| route::normalize(p).ok())
-                    .collect();
-                ips.sort_by_key(|p| (p.addr, p.len));
-                ips.dedup();
-                // A prefix belongs to one peer: the latest to claim it (as in WireGuard).
-                for other in self.peers.values_mut().filter(|p| p.id != peer) {
-                    other.allowed_ips.retain(|a| !ips.contains(a));
-                }
-                let p = self.peers.entry(peer).or_insert_with(|| Peer::new(peer));
-                p.public_key = public_key;
-                p.allowed_ips = ips;
-                if endpoint.is_some() {
-                    p.endpoint = endpoint;
-                }
-                if persistent_keepalive == 0 {
-                    p.timers.persistent_due = None;
-                } else if p.persistent_keepalive == 0 {
-                    // Newly enabled: open the NAT mapping right away.
-                    p.timers.persistent_due = Some(now);
-                }
-                p.persistent_keepalive = persistent_keepalive;
-                self.rebuild_routes();
-            }
-            CtlMsg::RemovePeer { peer } => {
-                if let Some(mut p) = self.peers.remove(&peer) {
-                    p.clear_all(&mut self.by_index);
-                    self.rebuild_routes();
-                }
-            }
-            CtlMsg::SetEndpoint { peer, endpoint } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.endpoint = Some(endpoint);
-                }
-            }
-            CtlMsg::InstallSession {
-                peer,
-                local_index,
-                remote_index,
-                send_key,
-                recv_key,
-                initiator,
-            } => self.install(
-                now,
-                peer,
-                local_index,
-                remote_index,
-                &send_key,
-                &recv_key,
-                initiator,
-            ),
-            CtlMsg::ClearSessions { peer } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.clear_all(&mut self.by_index);
-                    p.timers.keepalive_due = None;
-                    p.timers.handshake_due = None;
-                }
-            }
-            CtlMsg::SendDatagram { to, data } => {
-                self.transmits.push_back(Pending::Datagram { to, data });
-            }
-            CtlMsg::RequestCounters => self.emit_counters(now),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn install(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        local_index: u32,
-        remote_index: u32,
-        send_key: &[u8; 32],
-        recv_key: &[u8; 32],
-        initiator: bool,
-    ) {
-        if !self.peers.contains_key(&peer) {
-            return;
-        }
-        // A reused local index evicts whichever session held it.
-        if let Some(owner) = self.by_index.get(&local_index).copied() {
-            if let Some(o) = self.peers.get_mut(&owner) {
-                if let Some(slot) = o.find(local_index) {
-                    o.clear(slot, &mut self.by_index);
-                }
-            }
-        }
-        let role = if initiator {
-            Role::Initiator
-        } else {
-            Role::Responder
-        };
-        let s = Arc::new(Session::new(
-            now,
-            local_index,
-            remote_index,
-            send_key,
-            recv_key,
-            role,
-        ));
-        let p = self.peers.get_mut(&peer).expect("checked above");
-        self.by_index.insert(local_index, peer);
-        if initiator {
-            // WireGuard: an unconfirmed `next` becomes `previous`, else `current` does.
-            if p.next.is_some() {
-                p.clear(Slot::Previous, &mut self.by_index);
-                p.previous = p.next.take();
-                p.clear(Slot::Current, &mut self.by_index);
-            } else {
-                p.clear(Slot::Previous, &mut self.by_index);
-                p.previous = p.current.take();
-            }
-            p.current = Some(s);
-            if p.staged.is_empty() {
-                if !p.timers.keepalive_queued {
-                    p.timers.keepalive_queued = true;
-                    self.transmits.push_back(Pending::Keepalive(peer));
-                }
-            } else if !p.timers.flush_queued {
-                p.timers.flush_queued = true;
-                self.transmits.push_back(Pending::Flush(peer));
-            }
-        } else {
-            p.clear(Slot::Next, &mut self.by_index);
-            p.clear(Slot::Previous, &mut self.by_index);
-            p.next = Some(s);
-        }
-    }
-
     /// Encapsulates one IP packet read from the TUN into `out`.
     ///
     /// Routes by destination (allowed-IPs longest prefix match), seals for the peer's
@@ -619,6 +510,7 @@ impl Dataplane {
             .ok_or(DropReason::IoError)?;
         let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
         let id = self.lookup(dst).ok_or(DropReason::NoRoute)?;
+        self.filter_out(now, id, &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len])?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::NoRoute)?;
         let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
         if !can_send(peer, now, &self.t) {
@@ -643,6 +535,7 @@ impl Dataplane {
     fn tun(&mut self, now: Instant, pkt: &[u8], out: &mut [u8]) -> Result<Outbound, DropReason> {
         let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
         let id = self.routes.load().lookup(dst).ok_or(DropReason::NoRoute)?;
+        self.filter_out(now, id, pkt)?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::NoRoute)?;
         let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
         if !can_send(peer, now, &self.t) {
@@ -788,6 +681,17 @@ impl Dataplane {
         if self.lookup(src) != Some(id) {
             return Err(DropReason::SourceNotAllowed);
         }
+        if let Some(f) = &self.filter {
+            let routes = self.routes.load();
+            let inner = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
+            let now_s = self.shared.secs(now);
+            if let Err(e) = f.check(id, inner, Dir::In, now_s, |a| routes.lookup(a) == Some(id)) {
+                if let Some(p) = self.peers.get(&id) {
+                    crate::filter::sample(&p.shared, now_s, e, inner, Dir::In);
+                }
+                return Err(e);
+            }
+        }
         Ok(Inbound::WriteTun {
             start: DATA_HEADER_LEN,
             len,
@@ -799,6 +703,20 @@ impl Dataplane {
     pub fn handle_timeout(&mut self, now: Instant) {
         let t = self.t;
         for (&id, p) in self.peers.iter_mut() {
+            if p.shared.drop_sample.load().is_some() {
+                if let Some(d) = p.shared.drop_sample.swap(None) {
+                    self.events.push_back(DpMsg::FilterDrop {
+                        peer: id,
+                        reason: d.reason,
+                        inbound: d.dir == Dir::In,
+                        proto: d.proto,
+                        src: d.src,
+                        dst: d.dst,
+                        sport: d.sport,
+                        dport: d.dport,
+                    });
+                }
+            }
             for slot in [Slot::Previous, Slot::Current, Slot::Next] {
                 let dead = p.slot(slot).as_ref().is_some_and(|s| expired(s, now, &t));
                 if dead {

@@ -32,6 +32,7 @@ use tm_wire::wg::{
 };
 
 use crate::dataplane::padded_len;
+use crate::filter::Dir;
 use crate::packet;
 use crate::session::{Role, Session};
 use crate::shared::{Activity, PeerShared, Punt, Shared, Snapshot};
@@ -198,6 +199,15 @@ impl FastPath {
         let dst = packet::destination(pkt).ok_or(DropReason::BadInnerPacket)?;
         let id = self.lookup(snap, dst).ok_or(DropReason::NoRoute)?;
         let peer = snap.peers.get(&id).ok_or(DropReason::NoRoute)?;
+        if let Some(f) = &snap.filter {
+            let now_s = self.shared.secs(self.now);
+            if let Err(e) = f.check(id, pkt, Dir::Out, now_s, |a| {
+                snap.routes.lookup(a) == Some(id)
+            }) {
+                crate::filter::sample(&peer.shared, now_s, e, pkt, Dir::Out);
+                return Err(e);
+            }
+        }
         let to = peer.endpoint.ok_or(DropReason::NoEndpoint)?;
         let usable = peer
             .current
@@ -318,6 +328,16 @@ impl FastPath {
         let (src, len) = packet::inbound(plain).ok_or(DropReason::BadInnerPacket)?;
         if self.lookup(snap, src) != Some(id) {
             return Err(DropReason::SourceNotAllowed);
+        }
+        if let Some(f) = &snap.filter {
+            let inner = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
+            let now_s = self.shared.secs(self.now);
+            if let Err(e) = f.check(id, inner, Dir::In, now_s, |a| {
+                snap.routes.lookup(a) == Some(id)
+            }) {
+                crate::filter::sample(&peer.shared, now_s, e, inner, Dir::In);
+                return Err(e);
+            }
         }
         Ok(FastIn::WriteTun {
             start: DATA_HEADER_LEN,

@@ -40,6 +40,7 @@
 mod dataplane;
 mod error;
 mod fastpath;
+pub mod filter;
 pub mod offload;
 mod packet;
 mod peer;

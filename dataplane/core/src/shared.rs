@@ -60,6 +60,10 @@ pub struct PeerShared {
     pub(crate) activity: [AtomicU64; ACTIVITIES],
     /// A worker saw a rekey condition (initiator session too old or too many messages).
     pub(crate) want_handshake: AtomicBool,
+    /// Second (flow-table clock) of the last sampled filter drop of this peer.
+    pub(crate) drop_sampled_s: std::sync::atomic::AtomicU32,
+    /// The sampled drop waiting for the owner to report it (`filter log`).
+    pub(crate) drop_sample: ArcSwapOption<crate::filter::DropSample>,
 }
 
 /// One peer as the fast path sees it.
@@ -89,6 +93,8 @@ pub struct Snapshot {
     pub(crate) by_index: HashMap<u32, IndexEntry>,
     pub(crate) t: Durations,
     pub(crate) mtu: u16,
+    /// The packet filter (None: allow all).
+    pub(crate) filter: Option<Arc<crate::filter::ActiveFilter>>,
 }
 
 impl Snapshot {
@@ -99,6 +105,7 @@ impl Snapshot {
             by_index: HashMap::new(),
             t,
             mtu,
+            filter: None,
         }
     }
 
@@ -248,6 +255,13 @@ impl Shared {
     /// `t` as a stamp (nanoseconds since the base + 1, so 0 means never).
     pub(crate) fn stamp(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// `t` in whole seconds since the base + 1 (the flow table's clock).
+    pub(crate) fn secs(&self, t: Instant) -> u32 {
+        u32::try_from(t.saturating_duration_since(self.base).as_secs())
+            .unwrap_or(u32::MAX - 1)
+            .saturating_add(1)
     }
 
     /// The instant of a non-zero stamp.

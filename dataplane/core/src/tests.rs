@@ -1219,3 +1219,6 @@ fn owner_and_worker_threads_share_sessions() {
     assert_eq!(sb.rx_packets, N as u64 + 1, "+ the confirming keepalive");
     assert_eq!(sb.tx_packets, 2 * N as u64);
 }
+
+#[path = "tests_filter.rs"]
+mod filter;

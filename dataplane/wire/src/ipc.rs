@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Bumped on any change to the messages below.
-pub const IPC_VERSION: u32 = 2;
+pub const IPC_VERSION: u32 = 3;
 
 /// Peer identifier assigned by the control plane (dense, small; never reused while the
 /// dataplane runs).
@@ -86,6 +86,15 @@ pub enum CtlMsg {
     },
     /// Asks for a `Counters` + `PeerCounters` report now.
     RequestCounters,
+    /// One chunk of the packet filter's blob ([`crate::filter`]): `data` is
+    /// `blob[offset..offset + data.len()]` of a `total`-byte blob of `generation`; chunks come
+    /// in order; `total == 0` removes the filter (allow all). See [`crate::filter::chunks`].
+    SetFilter {
+        generation: u64,
+        total: u32,
+        offset: u32,
+        data: Vec<u8>,
+    },
 }
 
 /// Reasons the dataplane dropped a packet; the index is the counter slot.
@@ -120,10 +129,17 @@ pub enum DropReason {
     IoError = 12,
     /// Handshake message could not be forwarded to the control plane (ring full).
     RingFull = 13,
+    /// Packet filter: no rule allows it (the policy's default).
+    FilterNoRule = 14,
+    /// Packet filter: an explicit deny rule matches.
+    FilterDenied = 15,
+    /// Packet filter: the packet's flow was admitted under an older policy generation and the
+    /// current one no longer allows it.
+    FilterRevoked = 16,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 17;
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::Malformed,
         Self::UnknownType,
@@ -139,6 +155,9 @@ impl DropReason {
         Self::Filtered,
         Self::IoError,
         Self::RingFull,
+        Self::FilterNoRule,
+        Self::FilterDenied,
+        Self::FilterRevoked,
     ];
     /// Stable snake_case name, used as the key in `tmctl status --json`.
     pub fn name(self) -> &'static str {
@@ -157,6 +176,9 @@ impl DropReason {
             Self::Filtered => "filtered",
             Self::IoError => "io_error",
             Self::RingFull => "ring_full",
+            Self::FilterNoRule => "filter_no_rule",
+            Self::FilterDenied => "filter_denied",
+            Self::FilterRevoked => "filter_revoked",
         }
     }
     fn from_u8(v: u8) -> Option<Self> {
@@ -282,6 +304,33 @@ pub enum DpMsg {
     WorkerCounters {
         worker: u16,
         stats: WorkerStats,
+    },
+    /// Packet-filter state, sent with `Counters` once a filter was ever installed.
+    FilterCounters {
+        /// Generation of the last filter update applied.
+        generation: u64,
+        /// A filter is installed (false: allow all).
+        active: bool,
+        /// Live flow-table entries.
+        flows: u64,
+        /// Flow-table capacity (entries).
+        capacity: u64,
+        /// Live entries evicted to make room.
+        evictions: u64,
+        /// `SetFilter` transfers dropped (out of order or undecodable).
+        bad_updates: u64,
+    },
+    /// A sampled packet-filter drop (at most one per peer per second): what `filter log`
+    /// shows. Addresses and ports as in the packet (`inbound`: from the peer).
+    FilterDrop {
+        peer: PeerId,
+        reason: DropReason,
+        inbound: bool,
+        proto: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
     },
 }
 
@@ -482,6 +531,18 @@ impl CtlMsg {
                 w.bytes(data);
             }
             CtlMsg::RequestCounters => w.u8(8),
+            CtlMsg::SetFilter {
+                generation,
+                total,
+                offset,
+                data,
+            } => {
+                w.u8(9);
+                w.u64(*generation);
+                w.u32(*total);
+                w.u32(*offset);
+                w.bytes(data);
+            }
         }
     }
 
@@ -537,6 +598,12 @@ impl CtlMsg {
                 data: r.bytes()?,
             },
             8 => CtlMsg::RequestCounters,
+            9 => CtlMsg::SetFilter {
+                generation: r.u64()?,
+                total: r.u32()?,
+                offset: r.u32()?,
+                data: r.bytes()?,
+            },
             _ => return Err(DecodeError::Invalid),
         };
         r.finish()?;
@@ -614,6 +681,42 @@ impl DpMsg {
                     w.u64(*d);
                 }
             }
+            DpMsg::FilterCounters {
+                generation,
+                active,
+                flows,
+                capacity,
+                evictions,
+                bad_updates,
+            } => {
+                w.u8(10);
+                w.u64(*generation);
+                w.u8(u8::from(*active));
+                w.u64(*flows);
+                w.u64(*capacity);
+                w.u64(*evictions);
+                w.u64(*bad_updates);
+            }
+            DpMsg::FilterDrop {
+                peer,
+                reason,
+                inbound,
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+            } => {
+                w.u8(11);
+                w.u32(*peer);
+                w.u8(*reason as u8);
+                w.u8(u8::from(*inbound));
+                w.u8(*proto);
+                w.ip(src);
+                w.ip(dst);
+                w.u16(*sport);
+                w.u16(*dport);
+            }
         }
     }
 
@@ -683,6 +786,24 @@ impl DpMsg {
                     stats: WorkerStats::from_scalars(v, drops),
                 }
             }
+            10 => DpMsg::FilterCounters {
+                generation: r.u64()?,
+                active: r.bool()?,
+                flows: r.u64()?,
+                capacity: r.u64()?,
+                evictions: r.u64()?,
+                bad_updates: r.u64()?,
+            },
+            11 => DpMsg::FilterDrop {
+                peer: r.u32()?,
+                reason: DropReason::from_u8(r.u8()?).ok_or(DecodeError::Invalid)?,
+                inbound: r.bool()?,
+                proto: r.u8()?,
+                src: r.ip()?,
+                dst: r.ip()?,
+                sport: r.u16()?,
+                dport: r.u16()?,
+            },
             _ => return Err(DecodeError::Invalid),
         };
         r.finish()?;
@@ -696,155 +817,5 @@ pub fn drop_reason(i: u8) -> Option<DropReason> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ctl_samples() -> Vec<CtlMsg> {
-        vec![
-            CtlMsg::SetTimers(Timers::default()),
-            CtlMsg::AddPeer {
-                peer: 7,
-                public_key: [3; 32],
-                allowed_ips: vec![
-                    Prefix {
-                        addr: "100.64.0.2".parse().unwrap(),
-                        len: 32,
-                    },
-                    Prefix {
-                        addr: "fd00::".parse().unwrap(),
-                        len: 64,
-                    },
-                ],
-                endpoint: Some("192.0.2.2:51820".parse().unwrap()),
-                persistent_keepalive: 25,
-            },
-            CtlMsg::AddPeer {
-                peer: 1,
-                public_key: [0; 32],
-                allowed_ips: vec![],
-                endpoint: None,
-                persistent_keepalive: 0,
-            },
-            CtlMsg::RemovePeer { peer: 9 },
-            CtlMsg::SetEndpoint {
-                peer: 1,
-                endpoint: "[2001:db8::1]:9".parse().unwrap(),
-            },
-            CtlMsg::InstallSession {
-                peer: 1,
-                local_index: 2,
-                remote_index: 3,
-                send_key: [4; 32],
-                recv_key: [5; 32],
-                initiator: true,
-            },
-            CtlMsg::ClearSessions { peer: 4 },
-            CtlMsg::SendDatagram {
-                to: "192.0.2.1:1".parse().unwrap(),
-                data: vec![1; 148],
-            },
-            CtlMsg::RequestCounters,
-        ]
-    }
-
-    fn dp_samples() -> Vec<DpMsg> {
-        vec![
-            DpMsg::Ready {
-                workers: 2,
-                listen_port: 51820,
-            },
-            DpMsg::HandshakeDatagram {
-                from: "192.0.2.1:5".parse().unwrap(),
-                data: vec![2; 92],
-            },
-            DpMsg::NeedHandshake { peer: 3 },
-            DpMsg::EndpointChanged {
-                peer: 3,
-                endpoint: "192.0.2.9:7".parse().unwrap(),
-            },
-            DpMsg::SessionExpired {
-                peer: 3,
-                local_index: 11,
-            },
-            DpMsg::SessionConfirmed {
-                peer: 3,
-                local_index: 12,
-            },
-            DpMsg::PeerCounters {
-                peer: 1,
-                stats: PeerStats {
-                    rx_bytes: 1,
-                    rx_packets: 2,
-                    tx_bytes: 3,
-                    tx_packets: 4,
-                    last_rx_ago_ms: u64::MAX,
-                },
-            },
-            DpMsg::Counters {
-                drops: [7; DropReason::COUNT],
-                rx_datagrams: 5,
-                tx_datagrams: 6,
-            },
-            DpMsg::WorkerCounters {
-                worker: 1,
-                stats: WorkerStats::from_scalars(
-                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-                    std::array::from_fn(|i| 100 + i as u64),
-                ),
-            },
-        ]
-    }
-
-    #[test]
-    fn roundtrip_and_truncation() {
-        for m in ctl_samples() {
-            let mut b = Vec::new();
-            m.encode(&mut b);
-            assert_eq!(CtlMsg::decode(&b), Ok(m.clone()));
-            for cut in 0..b.len() {
-                assert!(CtlMsg::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");
-            }
-            b.push(0);
-            assert_eq!(CtlMsg::decode(&b), Err(DecodeError::Trailing));
-        }
-        for m in dp_samples() {
-            let mut b = Vec::new();
-            m.encode(&mut b);
-            assert_eq!(DpMsg::decode(&b), Ok(m.clone()));
-            for cut in 0..b.len() {
-                assert!(DpMsg::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");
-            }
-        }
-    }
-
-    #[test]
-    fn rejects_bad_prefix_and_tags() {
-        assert_eq!(CtlMsg::decode(&[0xee]), Err(DecodeError::Invalid));
-        assert_eq!(DpMsg::decode(&[0]), Err(DecodeError::Invalid));
-        let mut b = Vec::new();
-        CtlMsg::AddPeer {
-            peer: 1,
-            public_key: [0; 32],
-            allowed_ips: vec![Prefix {
-                addr: "10.0.0.0".parse().unwrap(),
-                len: 33,
-            }],
-            endpoint: None,
-            persistent_keepalive: 0,
-        }
-        .encode(&mut b);
-        assert_eq!(CtlMsg::decode(&b), Err(DecodeError::Invalid));
-    }
-
-    #[test]
-    fn drop_reason_names_are_unique_and_indexed() {
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            assert_eq!(*r as usize, i);
-            assert_eq!(drop_reason(i as u8), Some(*r));
-        }
-        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), DropReason::COUNT);
-    }
-}
+#[path = "ipc_tests.rs"]
+mod tests;
