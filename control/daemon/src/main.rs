@@ -12,6 +12,7 @@
 mod api;
 mod config;
 mod dataplane;
+mod identity;
 mod mesh;
 mod node;
 mod relay;
