@@ -1,7 +1,8 @@
 //! Who may do what, decided from the typed [`Principal`] alone (the policy file will refine the
-//! ordinary-bucket part): the system bucket is private to [`Principal::Coordinator`] for every
-//! operation (GET, HEAD, LIST, copy source, writes); ordinary buckets are open to every
-//! authenticated principal; [`Principal::Anonymous`] may do nothing.
+//! ordinary-bucket part): only [`Principal::Coordinator`] may read the system bucket (GET,
+//! HEAD, LIST, copy source) and nobody writes it over S3 (the coordinator writes its state into
+//! the store directly); ordinary buckets are open to every authenticated principal;
+//! [`Principal::Anonymous`] may do nothing.
 
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Result};
 
@@ -26,9 +27,8 @@ pub(crate) fn principal<T>(req: &S3Request<T>) -> S3Result<&Principal> {
 
 /// Whether `p` may have `access` to `bucket`.
 pub(crate) fn allowed(p: &Principal, bucket: &str, access: Access) -> bool {
-    let _ = access; // without a policy, reads and writes are decided alike
     if bucket == SYSTEM_BUCKET {
-        p.may_use_system_bucket()
+        access == Access::Read && p.may_read_system_bucket()
     } else {
         p.may_use_buckets()
     }
@@ -40,7 +40,9 @@ pub(crate) fn check<T>(req: &S3Request<T>, bucket: &str, access: Access) -> S3Re
     if allowed(p, bucket, access) {
         return Ok(());
     }
-    let msg = if bucket == SYSTEM_BUCKET {
+    let msg = if bucket == SYSTEM_BUCKET && access == Access::Write {
+        format!("the system bucket {SYSTEM_BUCKET} is written only by the coordinator itself")
+    } else if bucket == SYSTEM_BUCKET {
         format!("the system bucket {SYSTEM_BUCKET} is private to the coordinator")
     } else {
         format!("{p} may not access bucket {bucket}")
@@ -74,8 +76,17 @@ mod tests {
             id: "t".into(),
             tags: vec![],
         };
+        assert!(allowed(
+            &Principal::Coordinator,
+            SYSTEM_BUCKET,
+            Access::Read
+        ));
+        assert!(!allowed(
+            &Principal::Coordinator,
+            SYSTEM_BUCKET,
+            Access::Write
+        ));
         for a in [Access::Read, Access::Write] {
-            assert!(allowed(&Principal::Coordinator, SYSTEM_BUCKET, a));
             assert!(allowed(&Principal::Coordinator, "data", a));
             for p in [
                 node("beta"),

@@ -14,8 +14,8 @@
 //!   the request to s3s, which is configured WITHOUT its own auth. The [`S3`](s3s::S3) impl refuses
 //!   any request without a [`Principal`] (AccessDenied).
 //! - Principals are typed ([`Principal`]): node names never alias a built-in principal. The
-//!   reserved system bucket [`SYSTEM_BUCKET`] is private to [`Principal::Coordinator`] (read,
-//!   list and write); everyone else gets AccessDenied, also as a copy source.
+//!   reserved system bucket [`SYSTEM_BUCKET`] is readable only by [`Principal::Coordinator`]
+//!   and written by nobody over S3; everyone else gets AccessDenied, also as a copy source.
 //!
 //! What it never does: derive secrets from public data, accept anonymous requests, buffer whole
 //! object bodies in memory (bodies stream into the engine's `PutWriter` on a blocking thread;
@@ -46,7 +46,8 @@ pub use error::Error;
 pub use front::serve_with;
 pub use principal::{Authority, NodeKey, Principal, SeedLogin, TokenRefusal};
 
-/// The reserved system bucket: only [`Principal::Coordinator`] may read, list or write it.
+/// The reserved system bucket: only [`Principal::Coordinator`] may read or list it; nobody
+/// writes it over S3.
 pub const SYSTEM_BUCKET: &str = "_tunnelmesh";
 
 /// Server configuration.

@@ -49,7 +49,7 @@ pub enum Principal {
     /// Root on the node, through its control socket (never arrives over S3).
     LocalRoot,
     /// The node process that owns this store (on a mesh: the coordinator itself), through its
-    /// own random S3 credential. The only principal that may use [`crate::SYSTEM_BUCKET`].
+    /// own random S3 credential. The only principal that may read [`crate::SYSTEM_BUCKET`].
     Coordinator,
     /// A mesh node, by its static key: through its per-node S3 credential, or the seed login
     /// from its own mesh address.
@@ -110,9 +110,10 @@ impl Principal {
         Principal::Anonymous
     }
 
-    /// Whether this principal may read, list and write the system bucket.
+    /// Whether this principal may read and list the system bucket (nobody writes it over S3:
+    /// the coordinator writes its state into the store directly).
     #[must_use]
-    pub fn may_use_system_bucket(&self) -> bool {
+    pub fn may_read_system_bucket(&self) -> bool {
         matches!(self, Principal::Coordinator | Principal::LocalRoot)
     }
 
@@ -260,7 +261,7 @@ mod tests {
         ] {
             let p = Principal::from_credential(legacy);
             assert_eq!(p, Principal::Anonymous, "{legacy}");
-            assert!(!p.may_use_system_bucket());
+            assert!(!p.may_read_system_bucket());
             assert!(!p.may_use_buckets());
         }
         // A node named `coordinator` or `system` is a plain node.
@@ -272,9 +273,9 @@ mod tests {
             };
             let back = Principal::from_credential(&n.credential_string());
             assert!(matches!(back, Principal::Node { .. }));
-            assert!(!back.may_use_system_bucket());
+            assert!(!back.may_read_system_bucket());
         }
-        assert!(Principal::Coordinator.may_use_system_bucket());
+        assert!(Principal::Coordinator.may_read_system_bucket());
     }
 
     #[derive(Debug, Default)]

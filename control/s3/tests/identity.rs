@@ -56,14 +56,24 @@ fn members_cannot_read_the_system_bucket() {
     let s = Server::start();
     s.store.create_bucket("_tunnelmesh").ok();
     let w = s.work("st");
-    let f = w.join("state.json");
-    std::fs::write(&f, b"{\"nodes\":{\"beta\":{\"s3_secret\":\"SECRET\"}}}").expect("write");
+    let mut wr = s
+        .store
+        .begin_put("_tunnelmesh", "coordinator/state.json", Default::default())
+        .expect("begin");
+    wr.write_all(b"{\"nodes\":{\"beta\":{\"s3_secret\":\"SECRET\"}}}")
+        .expect("write");
+    wr.commit().expect("commit");
+    // the coordinator's own key reads it
+    let own = w.join("own");
     ok(aws(&s, &s.sys_ak, &s.sys_secret).args([
         "s3",
         "cp",
-        f.to_str().expect("p"),
         "s3://_tunnelmesh/coordinator/state.json",
+        own.to_str().expect("p"),
     ]));
+    assert!(std::fs::read_to_string(&own)
+        .expect("read")
+        .contains("SECRET"));
     let back = w.join("back");
     for args in [
         vec![
