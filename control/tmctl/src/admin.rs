@@ -259,3 +259,75 @@ pub fn audit(target: &Target, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OperatorCommand;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: OperatorCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<OperatorCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tmctl").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn admin_command_lines() {
+        let c = parse(&[
+            "token",
+            "create",
+            "--tag",
+            "tag:ci",
+            "--tag",
+            "tag:b",
+            "--expires",
+            "24h",
+            "--reusable",
+            "--json",
+        ])
+        .expect("parses");
+        let OperatorCommand::Token {
+            cmd:
+                Some(TokenCommand::Create {
+                    tags,
+                    expires,
+                    reusable,
+                    json,
+                }),
+        } = c
+        else {
+            panic!("wrong command: {c:?}")
+        };
+        assert_eq!(tags, ["tag:ci", "tag:b"]);
+        assert_eq!(expires, Some(86400));
+        assert!(reusable && json);
+        assert!(matches!(
+            parse(&["token"]).expect("bare token"),
+            OperatorCommand::Token { cmd: None }
+        ));
+        let e = parse(&["token", "create", "--expires", "24"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unit"), "{e}");
+        assert!(matches!(
+            parse(&["node", "tag", "beta", "tag:x"]).expect("node tag"),
+            OperatorCommand::Node(NodeCommand::Tag { .. })
+        ));
+        assert!(parse(&["node", "remove"]).is_err(), "a name is required");
+        assert!(matches!(
+            parse(&["audit", "--json"]).expect("audit"),
+            OperatorCommand::Audit { json: true }
+        ));
+        assert!(matches!(
+            parse(&["token", "revoke", "tk1"]).expect("revoke"),
+            OperatorCommand::Token {
+                cmd: Some(TokenCommand::Revoke { .. })
+            }
+        ));
+    }
+}
