@@ -105,7 +105,8 @@ assert_eq "$code" 400 "malformed register: HTTP status"
 grep -q '"error"' "$TM_TMP/malformed.json" || fail "malformed register: no error message"
 log "malformed: $(cat "$TM_TMP/malformed.json")"
 # A replayed registration (same challenge nonce twice) is refused; a stock Python TLS client
-# builds it (X25519 proof of possession, BLAKE2s MACs, a CSR from `cryptography`).
+# builds it (X25519 proof of possession, a BLAKE2s MAC, a CSR from `cryptography`; the token
+# secret goes inside TLS).
 ns_exec alpha python3 - "$TOKEN" "$COORD" >"$TM_TMP/replay.log" 2>&1 <<'EOF' || fail "replayed registration was not refused (see replay.log)"
 import base64, hashlib, json, ssl, sys, http.client
 from cryptography import x509
@@ -134,10 +135,9 @@ der = csr.public_bytes(serialization.Encoding.DER)
 name = b"replayer"
 proof = hashlib.blake2s(b"tunnelmesh register v1" + nonce + pub + bytes([len(name)]) + name + der,
                         key=dh, digest_size=32).digest()
-mac = hashlib.blake2s(nonce + pub, key=secret, digest_size=32).digest()
 e = lambda b: base64.b64encode(b).decode()
 body = json.dumps({"name": "replayer", "public_key": e(pub), "nonce": e(nonce), "proof": e(proof),
-    "token_secret_mac": e(mac), "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+    "token_secret": e(secret), "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
     "endpoints": []})
 s1, r1 = call("POST", "/v1/register", body)
 print("first", s1, r1[:200])

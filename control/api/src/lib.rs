@@ -92,6 +92,41 @@ pub enum Command {
         #[serde(default)]
         peer: Option<String>,
     },
+    /// On a coordinator (admin): create a token: [`NewToken`] (its text is shown only here).
+    TokenCreate {
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        expires_secs: Option<u64>,
+        #[serde(default)]
+        reusable: bool,
+    },
+    /// On a coordinator (admin): `Vec<`[`TokenInfo`]`>` (never secrets).
+    TokenList,
+    /// On a coordinator (admin): revoke a token by id: [`TokenInfo`].
+    TokenRevoke {
+        id: String,
+    },
+    /// On a coordinator (admin): new default token, the old one revoked: [`NewToken`].
+    TokenRotate,
+    /// On a coordinator (admin): `Vec<`[`NodeInfo`]`>`.
+    NodeList,
+    /// On a coordinator (admin): add a tag to a node: [`NodeInfo`].
+    NodeTag {
+        name: String,
+        tag: String,
+    },
+    /// On a coordinator (admin): remove a tag from a node: [`NodeInfo`].
+    NodeUntag {
+        name: String,
+        tag: String,
+    },
+    /// On a coordinator (admin): remove a node (tunnels and S3 keys stop): [`NodeInfo`].
+    NodeRemove {
+        name: String,
+    },
+    /// On a coordinator (admin): `Vec<`[`AuditInfo`]`>`, oldest first.
+    Audit,
 }
 
 impl Command {
@@ -111,6 +146,92 @@ impl Command {
                 | Command::ShareDelete { .. }
         )
     }
+}
+
+impl Command {
+    /// Whether this is an identity-administration command (answered by a coordinator to local
+    /// root; forwarding from members is not implemented yet).
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Command::TokenCreate { .. }
+                | Command::TokenList
+                | Command::TokenRevoke { .. }
+                | Command::TokenRotate
+                | Command::NodeList
+                | Command::NodeTag { .. }
+                | Command::NodeUntag { .. }
+                | Command::NodeRemove { .. }
+                | Command::Audit
+        )
+    }
+}
+
+/// A token as listed (no secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub created_unix: u64,
+    pub expires_unix: Option<u64>,
+    pub reusable: bool,
+    /// Single-use tokens: the node that joined with it.
+    pub used_by: Option<String>,
+    pub created_by: String,
+    pub revoked_unix: Option<u64>,
+    /// The default token (printed by `tmctl token`, used by the seed's S3 login).
+    pub default: bool,
+}
+
+/// A newly created token: its text is shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NewToken {
+    pub token: String,
+    pub info: TokenInfo,
+}
+
+/// A mesh node as admins see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub public_key: String,
+    pub mesh_ip: String,
+    pub tags: Vec<String>,
+    pub is_coordinator: bool,
+    pub endpoints: Vec<String>,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditInfo {
+    pub unix: u64,
+    pub who: String,
+    pub action: String,
+    pub target: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Parses a duration like `30s`, `15m`, `24h` or `7d` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 30m, 24h, 7d)"))?;
+    let mult = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("'{s}': give a unit: s, m, h or d (e.g. 24h)")),
+    };
+    if n == 0 {
+        return Err(format!("'{s}': must be longer than 0"));
+    }
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is out of range"))
 }
 
 /// `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
@@ -389,6 +510,30 @@ mod tests {
             r#"{"version":1,"cmd":"bucket_quota_set","name":"b","bytes":5}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+    }
+
+    #[test]
+    fn durations_and_admin_commands() {
+        assert_eq!(parse_duration("24h"), Ok(86400));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("7d"), Ok(7 * 86400));
+        assert!(parse_duration("24").unwrap_err().contains("unit"));
+        assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("h").is_err());
+        let r = Request {
+            version: API_VERSION,
+            command: Command::NodeTag {
+                name: "beta".into(),
+                tag: "tag:x".into(),
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"version":1,"cmd":"node_tag","name":"beta","tag":"tag:x"}"#
+        );
+        assert!(r.command.is_admin() && !r.command.is_storage());
+        assert!(!Command::Token.is_admin());
     }
 
     #[test]

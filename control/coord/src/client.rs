@@ -148,7 +148,7 @@ pub fn build_register_request(
             name,
             csr_der,
         )?,
-        token_secret_mac: proof::token_mac(&token.secret, &challenge.nonce, &public_key),
+        token_secret: token.secret,
         csr: csr_pem,
         endpoints: endpoints.to_vec(),
     })

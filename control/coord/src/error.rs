@@ -35,6 +35,21 @@ pub enum Error {
     /// The name is not a valid DNS label or is reserved.
     #[error("invalid node name {0:?}: {1}")]
     BadName(String, &'static str),
+    /// The join token is known but may not be used (revoked, expired, single-use and used).
+    #[error("{0}")]
+    TokenRefused(String),
+    /// A tag is not `tag:<dns label>`.
+    #[error("invalid tag {0:?}: {1}")]
+    BadTag(String, &'static str),
+    /// No node of that name.
+    #[error("no node named {0:?} (see `tunnelmesh node list`)")]
+    NoSuchNode(String),
+    /// No token with that id.
+    #[error("no token with id {0:?} (see `tunnelmesh token list`)")]
+    NoSuchToken(String),
+    /// An admin request that cannot be done (the message says why and what to do instead).
+    #[error("{0}")]
+    AdminRefused(String),
     /// An authenticated endpoint was called without a client certificate.
     #[error("client certificate required")]
     ClientCertRequired,
@@ -114,14 +129,19 @@ impl Error {
     /// The HTTP status the server answers with for this error (the one place this is decided).
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::Malformed(_) | Error::BadName(..) | Error::InvalidToken(_) => 400,
+            Error::Malformed(_)
+            | Error::BadName(..)
+            | Error::InvalidToken(_)
+            | Error::BadTag(..)
+            | Error::AdminRefused(_) => 400,
             Error::ClientCertRequired | Error::UnknownClient => 401,
             Error::WrongToken
+            | Error::TokenRefused(_)
             | Error::ChallengeUsed
             | Error::ChallengeUnknown
             | Error::BadProof
             | Error::SmallOrderKey => 403,
-            Error::NotFound(_) => 404,
+            Error::NotFound(_) | Error::NoSuchNode(_) | Error::NoSuchToken(_) => 404,
             Error::MethodNotAllowed => 405,
             Error::KeyTaken(_) | Error::NameTaken(_) => 409,
             Error::TooLarge => 413,

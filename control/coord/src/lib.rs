@@ -26,7 +26,13 @@
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed), 401 (no or unknown client
 //! certificate), 403 (wrong token, bad proof, replayed or expired challenge, reserved name),
-//! 404, 405, 409 (key or name already registered), 413 and 503.
+//! 404, 405, 409 (key or name already registered), 413 and 503. A registration presents a
+//! token's secret (inside the TLS connection pinned to the mesh CA); the coordinator finds the
+//! token by the SHA-256 of the secret and refuses revoked, expired and used single-use ones.
+//!
+//! Identity administration (tokens, tags, node removal, the audit log): `identity.rs`,
+//! [`Coordinator::create_token`], [`Coordinator::rotate_token`], [`Coordinator::tag_node`],
+//! [`Coordinator::remove_node_as`], [`Coordinator::audit_log`].
 //!
 //! Call order, coordinator: [`Coordinator::open`] (creates or loads the CA, the join secret
 //! and the state from the [`StateStore`]) -> print [`Coordinator::token`] ->
@@ -49,6 +55,7 @@ mod ca;
 mod client;
 mod error;
 mod http;
+mod identity;
 pub mod proof;
 pub mod relay;
 mod server;
@@ -60,13 +67,14 @@ pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient};
 pub use error::Error;
+pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};
 pub use relay::{
     LocalRelaySender, RelayConn, RelayReceiver, RelayRoute, RelaySender, RelayStats,
     MAX_RELAY_PAYLOAD,
 };
 pub use server::{read_token, validate_name, Coordinator, CoordinatorConfig};
 pub use store::{FileStore, MemStore, StateStore};
-pub use token::JoinToken;
+pub use token::{JoinToken, TokenRecord, TokenStatus};
 
 /// The TLS server name a client always asks for; every coordinator certificate carries it.
 pub const COORDINATOR_SERVER_NAME: &str = "coordinator.mesh";

@@ -4,8 +4,9 @@
 //! `proof = BLAKE2s-MAC-256(key = DH(node_priv, coordinator_pub), "tunnelmesh register v1" ||
 //! nonce || node_pub || len(name) as u8 || name || csr_der)`
 //!
-//! The coordinator recomputes it with `DH(coordinator_priv, node_pub)`. The join secret is
-//! proven separately: `token_mac = BLAKE2s-MAC-256(key = join_secret, nonce || node_pub)`.
+//! The coordinator recomputes it with `DH(coordinator_priv, node_pub)`. The join token's secret
+//! is sent as is inside the pinned TLS connection (the coordinator stores only its SHA-256, so
+//! it could not check a MAC keyed by it); [`token_mac`] remains for other uses.
 
 use blake2::digest::{KeyInit, Mac};
 use blake2::Blake2sMac256;

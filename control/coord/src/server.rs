@@ -32,7 +32,6 @@ use crate::relay::{
     read_frame, write_loop, LocalRelaySender, RelayHub, RelayRoute, RelayStats, KEEPALIVE_KEY,
     RELAY_IDLE_TIMEOUT, RELAY_PROTOCOL,
 };
-use crate::store::write_atomic;
 use crate::wire::{
     b64_key, hex, Challenge, Dns, EndpointsUpdate, ErrorBody, Netmap, NetmapPeer, RegisterRequest,
     Registration,
@@ -41,9 +40,22 @@ use crate::{address, proof, Error, JoinToken, MeshCa, MeshCidr, StateStore};
 
 /// Most endpoints a node may declare.
 pub const MAX_ENDPOINTS: usize = 16;
-/// Names nobody may register (they would impersonate a role in DNS).
-pub const RESERVED_NAMES: &[&str] = &["coordinator", "localhost", "mesh"];
-const STATE_FORMAT: u32 = 1;
+/// Names nobody may register: they would impersonate a role in DNS or read like a built-in
+/// identity (principals are typed, so such a name would have no powers anyway).
+pub const RESERVED_NAMES: &[&str] = &[
+    "admin",
+    "anonymous",
+    "coordinator",
+    "local",
+    "localhost",
+    "mesh",
+    "root",
+    "system",
+    "token",
+    "tunnelmesh",
+];
+/// Format 2 added tokens and node tags; format 1 states are migrated at open.
+pub(crate) const STATE_FORMAT: u32 = 2;
 /// Time allowed for the TLS handshake and reading the request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,21 +109,24 @@ impl CoordinatorConfig {
 
 /// One node as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct NodeRecord {
-    name: String,
+pub(crate) struct NodeRecord {
+    pub(crate) name: String,
     #[serde(with = "b64_key")]
-    public_key: PublicKey,
-    mesh_ip: Ipv4Addr,
-    endpoints: Vec<SocketAddr>,
-    is_coordinator: bool,
+    pub(crate) public_key: PublicKey,
+    pub(crate) mesh_ip: Ipv4Addr,
+    pub(crate) endpoints: Vec<SocketAddr>,
+    pub(crate) is_coordinator: bool,
     /// SHA-256 (hex) of the node's current client certificate: the only mTLS identity map.
     cert_sha256: Option<String>,
-    s3_access_key: String,
-    s3_secret: String,
+    pub(crate) s3_access_key: String,
+    pub(crate) s3_secret: String,
     /// The address the coordinator last saw authenticated WireGuard traffic from (NAT
     /// mapping); published first in `endpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     observed: Option<SocketAddr>,
+    /// Tags (`tag:...`), set by admins or by the token the node joined with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tags: Vec<String>,
 }
 
 impl NodeRecord {
@@ -133,16 +148,19 @@ impl NodeRecord {
 
 /// The whole persisted snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PersistedState {
+pub(crate) struct PersistedState {
     format: u32,
     version: u64,
     mesh_cidr: MeshCidr,
     /// By name.
-    nodes: BTreeMap<String, NodeRecord>,
+    pub(crate) nodes: BTreeMap<String, NodeRecord>,
+    /// Join tokens by id (secrets hashed; see [`crate::token::TokenRecord`]).
+    #[serde(default)]
+    pub(crate) tokens: BTreeMap<String, crate::token::TokenRecord>,
 }
 
 impl PersistedState {
-    fn by_key(&self, key: &PublicKey) -> Option<&NodeRecord> {
+    pub(crate) fn by_key(&self, key: &PublicKey) -> Option<&NodeRecord> {
         self.nodes.values().find(|n| &n.public_key == key)
     }
 
@@ -163,17 +181,20 @@ struct ChallengeEntry {
     used: bool,
 }
 
-struct Inner {
-    state: PersistedState,
+pub(crate) struct Inner {
+    pub(crate) state: PersistedState,
     challenges: HashMap<[u8; 32], ChallengeEntry>,
+    /// The default token's secret (also in `coordinator/join_secret`; the state has its hash).
+    pub(crate) default_secret: Zeroizing<[u8; 32]>,
 }
 
-struct Shared {
-    cfg: CoordinatorConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: CoordinatorConfig,
     node_static: PrivateKey,
-    ca: MeshCa,
-    join_secret: Zeroizing<[u8; 32]>,
-    store: Arc<dyn StateStore>,
+    pub(crate) ca: MeshCa,
+    /// `data_dir/coordinator`.
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) store: Arc<dyn StateStore>,
     tls: Arc<ServerConfig>,
     inner: Mutex<Inner>,
     version: watch::Sender<u64>,
@@ -183,7 +204,7 @@ struct Shared {
 /// A coordinator: cheap to clone (shared state).
 #[derive(Clone)]
 pub struct Coordinator {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl core::fmt::Debug for Coordinator {
@@ -211,7 +232,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
         return bad("must not start or end with '-'");
     }
     if RESERVED_NAMES.contains(&name) {
-        return bad("reserved name");
+        return bad("reserved name (it reads like a built-in identity); choose another name");
     }
     Ok(())
 }
@@ -300,32 +321,15 @@ impl Coordinator {
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let ca = MeshCa::load_or_create(&dir, &cfg.tls_names)?;
 
-        let secret_path = dir.join("join_secret");
-        let join_secret = match std::fs::read_to_string(&secret_path) {
-            Ok(t) => {
-                let v = STANDARD
-                    .decode(t.trim())
-                    .map_err(|_| Error::Config("join_secret is not base64".into()))?;
-                let a: [u8; 32] = v
-                    .try_into()
-                    .map_err(|_| Error::Config("join_secret must be 32 bytes".into()))?;
-                Zeroizing::new(a)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut s = Zeroizing::new([0u8; 32]);
-                OsRng.fill_bytes(&mut s[..]);
-                write_atomic(&secret_path, STANDARD.encode(&s[..]).as_bytes(), 0o600)?;
-                s
-            }
-            Err(e) => return Err(Error::io(format!("read {}", secret_path.display()), e)),
-        };
-
         let stored = store.load()?;
         let fresh = stored.is_none();
         let mut state = match stored {
             Some(b) => {
-                let s: PersistedState = serde_json::from_slice(&b)
+                let mut s: PersistedState = serde_json::from_slice(&b)
                     .map_err(|e| Error::State(format!("cannot parse state: {e}")))?;
+                if s.format == 1 {
+                    s.format = STATE_FORMAT; // tokens and tags start empty (migrated below)
+                }
                 if s.format != STATE_FORMAT {
                     return Err(Error::State(format!("unknown state format {}", s.format)));
                 }
@@ -342,8 +346,11 @@ impl Coordinator {
                 version: 0,
                 mesh_cidr: cfg.mesh_cidr,
                 nodes: BTreeMap::new(),
+                tokens: BTreeMap::new(),
             },
         };
+        let tokens_before = state.tokens.clone();
+        let join_secret = crate::identity::open_default_secret(&dir, &mut state, fresh)?;
 
         // The coordinator's own record.
         let me = node_static.public_key();
@@ -381,12 +388,16 @@ impl Coordinator {
                         s3_access_key: ak,
                         s3_secret: sk,
                         observed: None,
+                        tags: Vec::new(),
                     },
                 );
             }
         }
-        if fresh || state.nodes != before.nodes {
+        let nodes_changed = fresh || state.nodes != before.nodes;
+        if nodes_changed {
             state.version += 1;
+        }
+        if nodes_changed || state.tokens != tokens_before {
             store.save(&json(&state))?;
         }
 
@@ -413,12 +424,13 @@ impl Coordinator {
                 cfg,
                 node_static,
                 ca,
-                join_secret,
+                dir,
                 store,
                 tls: Arc::new(tls),
                 inner: Mutex::new(Inner {
                     state,
                     challenges: HashMap::new(),
+                    default_secret: join_secret,
                 }),
                 version,
                 relay: RelayHub::new(),
@@ -426,21 +438,22 @@ impl Coordinator {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.shared
             .inner
             .lock()
             .expect("coordinator state lock poisoned")
     }
 
-    /// The join token (`tm1_...`): pins this coordinator's CA and carries the join secret.
+    /// The default join token (`tm1_...`): pins this coordinator's CA and carries its secret.
     pub fn token(&self) -> String {
         self.join_token().format()
     }
 
-    /// The parsed join token.
+    /// The parsed default join token.
     pub fn join_token(&self) -> JoinToken {
-        JoinToken::new(self.shared.ca.ca_der().as_ref(), *self.shared.join_secret)
+        let secret = *self.lock().default_secret;
+        JoinToken::new(self.shared.ca.ca_der().as_ref(), secret)
     }
 
     /// The mesh CA certificate (PEM).
@@ -485,7 +498,7 @@ impl Coordinator {
         self.shared.version.subscribe()
     }
 
-    fn netmap_of(&self, s: &PersistedState) -> Netmap {
+    pub(crate) fn netmap_of(&self, s: &PersistedState) -> Netmap {
         Netmap {
             version: s.version,
             peers: s
@@ -497,6 +510,7 @@ impl Coordinator {
                     mesh_ip: n.mesh_ip,
                     endpoints: n.published_endpoints(),
                     is_coordinator: n.is_coordinator,
+                    tags: n.tags.clone(),
                 })
                 .collect(),
             dns: Dns {
@@ -508,7 +522,7 @@ impl Coordinator {
 
     /// Applies `f` to a copy of the state, persists it (bumping the netmap version if
     /// `bump`), then publishes it. On a store error nothing changes.
-    fn commit<T>(
+    pub(crate) fn commit<T>(
         &self,
         inner: &mut Inner,
         bump: bool,
@@ -574,12 +588,7 @@ impl Coordinator {
             Some(c) if c.used => return Err(Error::ChallengeUsed),
             Some(c) => c.used = true,
         }
-        proof::verify_token_mac(
-            &self.shared.join_secret,
-            &req.nonce,
-            &req.public_key,
-            &req.token_secret_mac,
-        )?;
+        let token_id = crate::identity::check_join_token(&g.state, &req.token_secret, &req.name)?;
         let csr_der = CertificateSigningRequestDer::from_pem_slice(req.csr.as_bytes())
             .map_err(|e| Error::Malformed(format!("csr is not a PEM certificate request: {e}")))?;
         proof::verify_proof(
@@ -610,7 +619,7 @@ impl Coordinator {
         let bump = match &existing {
             None => true,
             Some(n) => !req.endpoints.is_empty() && n.endpoints != req.endpoints,
-        };
+        } || crate::identity::token_has_tags(&g.state, &token_id);
         let creds = s3_credentials(rng);
         let cidr = self.shared.cfg.mesh_cidr;
         let rec = self.commit(&mut g, bump, |s| {
@@ -632,8 +641,10 @@ impl Coordinator {
                     s3_access_key: creds.0,
                     s3_secret: creds.1,
                     observed: None,
+                    tags: Vec::new(),
                 },
             };
+            let rec = crate::identity::consume_join_token(s, &token_id, rec);
             s.nodes.insert(rec.name.clone(), rec.clone());
             Ok(rec)
         })?;

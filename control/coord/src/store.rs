@@ -1,6 +1,7 @@
 //! Where coordinator state lives: a whole-state snapshot behind [`StateStore`]. [`FileStore`]
 //! writes a file atomically (temp, fsync, rename, fsync dir); [`MemStore`] is for tests.
-//! The object store's `_tunnelmesh` bucket will be another implementation.
+//! The daemon keeps it in the object store's `_tunnelmesh` bucket. Each store also keeps the
+//! append-only audit log of identity changes.
 
 use std::fs;
 use std::io::Write as _;
@@ -16,6 +17,15 @@ pub trait StateStore: Send + Sync {
     fn load(&self) -> Result<Option<Vec<u8>>, Error>;
     /// Replaces the snapshot durably (returns only once it survives a crash).
     fn save(&self, bytes: &[u8]) -> Result<(), Error>;
+    /// Appends one audit entry (a JSON document) durably.
+    fn append_audit(&self, entry: &[u8]) -> Result<(), Error> {
+        let _ = entry;
+        Err(Error::State("this state store keeps no audit log".into()))
+    }
+    /// Every audit entry appended so far, oldest first.
+    fn load_audit(&self) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// A snapshot in one file (mode 0600: it holds S3 secrets).
@@ -47,6 +57,41 @@ impl StateStore for FileStore {
 
     fn save(&self, bytes: &[u8]) -> Result<(), Error> {
         write_atomic(&self.path, bytes, 0o600)
+    }
+
+    /// One JSON line per entry in `audit.jsonl` next to the state file (mode 0600, fsynced).
+    fn append_audit(&self, entry: &[u8]) -> Result<(), Error> {
+        let p = self.audit_path();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| Error::io(format!("open {}", p.display()), e))?;
+        let mut line = entry.to_vec();
+        line.push(b'\n');
+        f.write_all(&line)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io(format!("append to {}", p.display()), e))
+    }
+
+    fn load_audit(&self) -> Result<Vec<Vec<u8>>, Error> {
+        let p = self.audit_path();
+        match fs::read(&p) {
+            Ok(b) => Ok(b
+                .split(|c| *c == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(format!("read {}", p.display()), e)),
+        }
+    }
+}
+
+impl FileStore {
+    fn audit_path(&self) -> PathBuf {
+        self.path.with_file_name("audit.jsonl")
     }
 }
 
@@ -84,6 +129,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), E
 #[derive(Debug, Clone, Default)]
 pub struct MemStore {
     inner: Arc<Mutex<Option<Vec<u8>>>>,
+    audit: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl MemStore {
@@ -101,6 +147,18 @@ impl StateStore for MemStore {
     fn save(&self, bytes: &[u8]) -> Result<(), Error> {
         *self.inner.lock().expect("MemStore lock poisoned") = Some(bytes.to_vec());
         Ok(())
+    }
+
+    fn append_audit(&self, entry: &[u8]) -> Result<(), Error> {
+        self.audit
+            .lock()
+            .expect("MemStore lock poisoned")
+            .push(entry.to_vec());
+        Ok(())
+    }
+
+    fn load_audit(&self) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self.audit.lock().expect("MemStore lock poisoned").clone())
     }
 }
 

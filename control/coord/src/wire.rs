@@ -78,9 +78,10 @@ pub struct RegisterRequest {
     /// [`crate::proof::node_proof`].
     #[serde(with = "b64_32")]
     pub proof: [u8; 32],
-    /// [`crate::proof::token_mac`].
+    /// The secret of the join token. Sent only inside TLS to a coordinator whose certificate
+    /// chains to the CA the token pins; the coordinator keeps only its SHA-256.
     #[serde(with = "b64_32")]
-    pub token_secret_mac: [u8; 32],
+    pub token_secret: [u8; 32],
     /// PEM certificate signing request for the node's TLS key (made on the node).
     pub csr: String,
     /// Addresses the node believes it is reachable at.
@@ -121,6 +122,9 @@ pub struct NetmapPeer {
     pub endpoints: Vec<SocketAddr>,
     /// Whether this node runs coordinator services (server-side fact).
     pub is_coordinator: bool,
+    /// The node's tags (`tag:...`), as the coordinator has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// DNS data distributed with the netmap.

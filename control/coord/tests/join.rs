@@ -178,7 +178,6 @@ async fn key_and_name_conflicts_and_roles() {
     let intruder = key();
     let mut req = prepared(&c, &intruder, "other", &token).await;
     req.public_key = ka.public_key();
-    req.token_secret_mac = tm_coord::proof::token_mac(&token.secret, &req.nonce, &req.public_key);
     refused(
         c.register_request(&req).await,
         403,
@@ -266,9 +265,9 @@ async fn wrong_token_replay_bad_proof_malformed() {
     );
     // A failed attempt also consumes the nonce.
     let mut bad = prepared(&c, &key(), "gamma", &token).await;
-    bad.token_secret_mac[0] ^= 1;
+    bad.token_secret[0] ^= 1;
     refused(c.register_request(&bad).await, 403, "wrong join token");
-    bad.token_secret_mac[0] ^= 1;
+    bad.token_secret[0] ^= 1;
     refused(
         c.register_request(&bad).await,
         403,
@@ -279,7 +278,6 @@ async fn wrong_token_replay_bad_proof_malformed() {
     let kd = key();
     let mut req = prepared(&c, &key(), "delta", &token).await;
     req.public_key = kd.public_key();
-    req.token_secret_mac = tm_coord::proof::token_mac(&token.secret, &req.nonce, &req.public_key);
     refused(
         c.register_request(&req).await,
         403,

@@ -13,6 +13,7 @@ mod api;
 mod config;
 mod dataplane;
 mod filter;
+mod identity;
 mod mesh;
 mod node;
 mod relay;

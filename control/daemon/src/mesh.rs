@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 pub const JOIN_STATE_FILE: &str = "mesh.json";
 /// Object key of the coordinator state inside the system bucket.
 pub const STATE_OBJECT: &str = "coordinator/state.json";
+/// Prefix of the audit-log objects inside the system bucket.
+pub const AUDIT_PREFIX: &str = "audit/";
 /// Keepalive interval for mesh peers (keeps NAT mappings open).
 pub const MESH_KEEPALIVE_SECS: u16 = 25;
 
@@ -136,6 +138,67 @@ impl StateStore for ObjectStateStore {
         w.commit()
             .map_err(|x| e(format!("writing {STATE_OBJECT}: {x}")))?;
         Ok(())
+    }
+
+    /// One object per entry, `_tunnelmesh/audit/<nanoseconds>-<random>.json` (keys sort by
+    /// time; nothing is ever rewritten).
+    fn append_audit(&self, entry: &[u8]) -> Result<(), tm_coord::Error> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut r = [0u8; 4];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut r);
+        let key = format!(
+            "{AUDIT_PREFIX}{nanos:020}-{:08x}.json",
+            u32::from_le_bytes(r)
+        );
+        let meta = tm_storage::ObjectMeta {
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        let e = |x: tm_storage::StorageError| tm_coord::Error::State(format!("writing {key}: {x}"));
+        let mut w = self
+            .store
+            .begin_put(tm_storage::SYSTEM_BUCKET, &key, meta)
+            .map_err(e)?;
+        w.write_all(entry).map_err(e)?;
+        w.commit().map_err(e)?;
+        Ok(())
+    }
+
+    fn load_audit(&self) -> Result<Vec<Vec<u8>>, tm_coord::Error> {
+        let e = |x: tm_storage::StorageError| {
+            tm_coord::Error::State(format!("reading the audit log: {x}"))
+        };
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_objects(
+                    tm_storage::SYSTEM_BUCKET,
+                    AUDIT_PREFIX,
+                    after.as_deref(),
+                    1000,
+                )
+                .map_err(e)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for o in &page {
+                let r = self
+                    .store
+                    .open_object(tm_storage::SYSTEM_BUCKET, &o.key)
+                    .map_err(e)?;
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut r.reader(), &mut buf)
+                    .map_err(|x| tm_coord::Error::State(format!("reading {}: {x}", o.key)))?;
+                out.push(buf);
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 

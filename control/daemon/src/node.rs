@@ -302,11 +302,11 @@ impl Node {
         self.sync_dataplane(false);
         let mesh_ip = self.cfg.address().addr;
         if let Some(s) = &self.storage {
-            let token = match self.mesh.as_ref().map(|m| &m.role) {
-                Some(Role::Coordinator(c)) => Some(c.token()),
+            let authority = match self.mesh.as_ref().map(|m| &m.role) {
+                Some(Role::Coordinator(c)) => Some(crate::identity::authority(c)),
                 _ => None,
             };
-            s.serve(mesh_ip, token).await?;
+            s.serve(mesh_ip, authority).await?;
             if let Some(n) = &self.cfg.nfs {
                 let addr = n.listen.unwrap_or_else(|| SocketAddr::new(mesh_ip, 2049));
                 let cidrs: Vec<String> = match &self.mesh {
@@ -459,7 +459,7 @@ impl Node {
             if let (Some(st), Some(Role::Coordinator(c))) =
                 (self.storage.clone(), self.mesh.as_ref().map(|m| &m.role))
             {
-                let creds = c.s3_credentials();
+                let creds = c.node_credentials();
                 tokio::task::spawn_blocking(move || st.install_credentials(&creds));
             }
         }
@@ -1042,6 +1042,21 @@ impl Node {
                 let resp = self.filter_api(&r.command);
                 let _ = r.reply.send(resp);
             }
+            ref c if c.is_admin() => match self.mesh.as_ref().map(|m| &m.role) {
+                Some(Role::Coordinator(co)) => {
+                    let (co, st) = (co.clone(), self.storage.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let resp = crate::identity::handle(&co, st.as_ref(), &r.command);
+                        let _ = r.reply.send(resp);
+                    });
+                }
+                _ => {
+                    let _ = r.reply.send(Response::err(
+                        "admin commands run on the coordinator (forwarding from members is not \
+                         implemented yet)",
+                    ));
+                }
+            },
             Command::Status | Command::Peers if self.dp.is_some() => {
                 // Answer once fresh counters arrive (or after a short wait).
                 self.send(CtlMsg::RequestCounters);

@@ -55,8 +55,13 @@ impl Storage {
             .ensure_share(tm_storage::DEFAULT_SHARE)
             .context("creating the default file share")?;
         let saved = load_or_create_creds(&cfg.data_dir.join("s3-credentials.json"))?;
+        // The store owner's own key: the only principal that may use the system bucket.
         store
-            .put_credential(&saved.access_key, &saved.secret_key, &cfg.name)
+            .put_credential(
+                &saved.access_key,
+                &saved.secret_key,
+                &tm_s3::Principal::Coordinator.credential_string(),
+            )
             .context("storing this node's S3 credential")?;
         let creds = S3Credentials {
             access_key: saved.access_key,
@@ -74,8 +79,13 @@ impl Storage {
     }
 
     /// Binds the S3 listener (default `<mesh IP>:8080`) and serves it in the background.
-    /// `mesh_token` (a coordinator's join token) is accepted as `Authorization: Bearer`.
-    pub async fn serve(&self, mesh_ip: std::net::IpAddr, mesh_token: Option<String>) -> Result<()> {
+    /// `authority` (on a coordinator) answers tokens (Bearer, Basic), node identities and the
+    /// seed login.
+    pub async fn serve(
+        &self,
+        mesh_ip: std::net::IpAddr,
+        authority: Option<std::sync::Arc<dyn tm_s3::Authority>>,
+    ) -> Result<()> {
         let listen = self
             .settings
             .listen
@@ -86,7 +96,7 @@ impl Storage {
         let cfg = tm_s3::S3Config {
             listen,
             max_body: 5 << 30,
-            mesh_token,
+            authority,
         };
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -99,13 +109,14 @@ impl Storage {
     }
 
     /// Makes the store's credentials exactly this node's own key plus the S3 credentials the
-    /// coordinator issued at registration, `(name, access key, secret)`, each acting as that
-    /// node: keys of nodes that left are revoked (blocking: call from `spawn_blocking`).
-    pub fn install_credentials(&self, creds: &[(String, String, String)]) {
+    /// coordinator issued at registration, each acting as that node (by its key): keys of
+    /// nodes that left are revoked (blocking: call from `spawn_blocking`).
+    pub fn install_credentials(&self, creds: &[tm_coord::NodeCredential]) {
         match self.store.list_credentials() {
             Ok(all) => {
                 for (ak, principal) in all {
-                    let current = ak == self.creds.access_key || creds.iter().any(|c| c.1 == ak);
+                    let current =
+                        ak == self.creds.access_key || creds.iter().any(|c| c.access_key == ak);
                     if !current {
                         match self.store.delete_credential(&ak) {
                             Ok(_) => {
@@ -118,13 +129,22 @@ impl Storage {
             }
             Err(e) => tracing::warn!("listing S3 credentials: {e}"),
         }
-        for (name, ak, sk) in creds {
-            match self.store.credential(ak) {
-                Ok(Some((s, p))) if &s == sk && &p == name => continue,
+        for c in creds {
+            let principal = tm_s3::Principal::Node {
+                key: tm_s3::NodeKey(c.public_key.0),
+                name: c.name.clone(),
+                tags: Vec::new(),
+            }
+            .credential_string();
+            match self.store.credential(&c.access_key) {
+                Ok(Some((s, p))) if s == c.secret && p == principal => continue,
                 _ => {}
             }
-            if let Err(e) = self.store.put_credential(ak, sk, name) {
-                tracing::warn!(node = %name, "installing S3 credentials: {e}");
+            if let Err(e) = self
+                .store
+                .put_credential(&c.access_key, &c.secret, &principal)
+            {
+                tracing::warn!(node = %c.name, "installing S3 credentials: {e}");
             }
         }
     }

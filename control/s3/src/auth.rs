@@ -3,7 +3,7 @@
 //! method, path, query and headers at an injected time `now`.
 //!
 //! Supported: SigV4 header auth, SigV4 presigned query auth, HTTP Basic (access key / secret) and
-//! Bearer (mesh token). The verified outcome says how the body must be checked or decoded
+//! Bearer (a mesh token, decided in [`crate::principal`]). The verified outcome says how the body must be checked or decoded
 //! ([`BodyMode`]).
 
 use std::time::{Duration, SystemTime};
@@ -14,6 +14,7 @@ pub(crate) use tm_sigv4::{ct_eq, uri_encode, ChunkSigner};
 use tm_sigv4::{CanonicalRequest, Scope, SigV4Error, SigningKey};
 
 use crate::error::Error;
+use crate::Principal;
 
 /// Maximum accepted clock difference for signed requests.
 pub(crate) const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -140,8 +141,8 @@ pub(crate) enum BodyMode {
 /// Result of a successful verification.
 #[derive(Clone, Debug)]
 pub(crate) struct Verified {
-    /// Principal name from the credential table (or [`crate::MESH_PRINCIPAL`]).
-    pub principal: String,
+    /// Who the request is.
+    pub principal: Principal,
     pub body: BodyMode,
 }
 
@@ -336,22 +337,16 @@ fn abs_diff(a: SystemTime, b: SystemTime) -> Duration {
 }
 
 /// Verifies `claim` given the looked-up credential `(secret, principal)` of its access key
-/// (`None`: unknown key), the mesh token, and the current time.
+/// (`None`: unknown key) and the current time. Bearer tokens are decided by
+/// [`crate::principal::authenticate`]; here they never verify.
 pub(crate) fn verify(
     claim: &Claim,
-    cred: Option<(String, String)>,
-    mesh_token: Option<&str>,
+    cred: Option<(String, Principal)>,
     req: &ReqView<'_>,
     now: SystemTime,
 ) -> Result<Verified, Error> {
     match claim {
-        Claim::Bearer { token } => match mesh_token {
-            Some(t) if ct_eq(t.as_bytes(), token.as_bytes()) => Ok(Verified {
-                principal: crate::MESH_PRINCIPAL.to_owned(),
-                body: BodyMode::Plain,
-            }),
-            _ => Err(Error::SignatureDoesNotMatch),
-        },
+        Claim::Bearer { .. } => Err(Error::SignatureDoesNotMatch),
         Claim::Basic { secret, .. } => {
             let (want, principal) = cred.ok_or(Error::InvalidAccessKeyId)?;
             if !ct_eq(want.as_bytes(), secret.as_bytes()) {
@@ -368,7 +363,7 @@ pub(crate) fn verify(
 
 fn verify_v4(
     s: &SigV4,
-    cred: Option<(String, String)>,
+    cred: Option<(String, Principal)>,
     req: &ReqView<'_>,
     now: SystemTime,
 ) -> Result<Verified, Error> {
@@ -463,18 +458,30 @@ mod tests {
         let claim = parse(&req).expect("parse").expect("claim");
         let now = parse_amz_date("20130524T000500Z").expect("date");
         let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned();
-        let v = verify(&claim, Some((secret.clone(), "p".into())), None, &req, now).expect("valid");
-        assert_eq!(v.principal, "p");
+        let v = verify(
+            &claim,
+            Some((secret.clone(), Principal::Coordinator)),
+            &req,
+            now,
+        )
+        .expect("valid");
+        assert_eq!(v.principal, Principal::Coordinator);
         assert!(matches!(v.body, BodyMode::Sha256(ref x) if x == EMPTY_SHA256));
         // wrong secret
-        let e = verify(&claim, Some(("nope".into(), "p".into())), None, &req, now).unwrap_err();
+        let e = verify(
+            &claim,
+            Some(("nope".into(), Principal::Coordinator)),
+            &req,
+            now,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::SignatureDoesNotMatch));
         // unknown key
-        let e = verify(&claim, None, None, &req, now).unwrap_err();
+        let e = verify(&claim, None, &req, now).unwrap_err();
         assert!(matches!(e, Error::InvalidAccessKeyId));
         // skew
         let late = now + Duration::from_secs(16 * 60);
-        let e = verify(&claim, Some((secret, "p".into())), None, &req, late).unwrap_err();
+        let e = verify(&claim, Some((secret, Principal::Coordinator)), &req, late).unwrap_err();
         assert!(matches!(e, Error::RequestTimeTooSkewed));
     }
 
@@ -499,16 +506,14 @@ mod tests {
         let t0 = parse_amz_date("20130524T000000Z").expect("date");
         let ok = verify(
             &claim,
-            Some((secret.clone(), "p".into())),
-            None,
+            Some((secret.clone(), Principal::Coordinator)),
             &req,
             t0 + Duration::from_secs(3600),
         );
         assert!(ok.is_ok(), "{ok:?}");
         let exp = verify(
             &claim,
-            Some((secret, "p".into())),
-            None,
+            Some((secret, Principal::Coordinator)),
             &req,
             t0 + Duration::from_secs(86401),
         );
@@ -546,7 +551,7 @@ mod tests {
         let claim = parse(&req).expect("parse").expect("claim");
         let now = parse_amz_date("20130524T000000Z").expect("date");
         let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned();
-        let v = verify(&claim, Some((secret, "p".into())), None, &req, now).expect("valid");
+        let v = verify(&claim, Some((secret, Principal::Coordinator)), &req, now).expect("valid");
         let BodyMode::Chunked {
             signer: Some(mut s),
             trailer: false,
@@ -583,8 +588,7 @@ mod tests {
         let now = SystemTime::now();
         assert!(verify(
             &basic,
-            Some(("s3cret".into(), "alice".into())),
-            None,
+            Some(("s3cret".into(), Principal::Coordinator)),
             &req,
             now
         )
@@ -592,28 +596,21 @@ mod tests {
         assert!(matches!(
             verify(
                 &basic,
-                Some(("other".into(), "alice".into())),
-                None,
+                Some(("other".into(), Principal::Coordinator)),
                 &req,
                 now
             ),
             Err(Error::SignatureDoesNotMatch)
         ));
         assert!(matches!(
-            verify(&basic, None, None, &req, now),
+            verify(&basic, None, &req, now),
             Err(Error::InvalidAccessKeyId)
         ));
         let bearer = Claim::Bearer {
             token: "tok".into(),
         };
-        assert_eq!(
-            verify(&bearer, None, Some("tok"), &req, now)
-                .expect("ok")
-                .principal,
-            crate::MESH_PRINCIPAL
-        );
-        assert!(verify(&bearer, None, Some("tok2"), &req, now).is_err());
-        assert!(verify(&bearer, None, None, &req, now).is_err());
+        // Tokens are decided by `principal::authenticate`, never here.
+        assert!(verify(&bearer, None, &req, now).is_err());
     }
 
     #[test]

@@ -16,6 +16,13 @@ pub enum Error {
     /// The signature (or Basic secret, or Bearer token) does not match.
     #[error("signature does not match")]
     SignatureDoesNotMatch,
+    /// A mesh token is known but revoked or expired (the message says which).
+    #[error("{0}")]
+    TokenRefused(String),
+    /// The seed login (access key = this node name, secret = the mesh token) came from
+    /// another address than the node's mesh address.
+    #[error("the seed login of node {0} is accepted only from its mesh address")]
+    SeedLoginSource(String),
     /// A presigned URL is past its expiry.
     #[error("request has expired")]
     Expired,
@@ -70,6 +77,8 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
             "The request signature we calculated does not match the signature you provided.",
         ),
         Error::Expired => S3Error::with_message(C::AccessDenied, "Request has expired"),
+        Error::TokenRefused(m) => S3Error::with_message(C::AccessDenied, m),
+        e @ Error::SeedLoginSource(_) => S3Error::with_message(C::AccessDenied, e.to_string()),
         Error::RequestTimeTooSkewed => S3Error::with_message(
             C::RequestTimeTooSkewed,
             "The difference between the request time and the server's time is too large.",

@@ -1,5 +1,5 @@
 //! The HTTP front layer: accepts connections, authenticates each ORIGINAL request, rewrites it for
-//! s3s (strips `/s3`, credentials and aws-chunked framing, inserts the [`Principal`]), and answers
+//! s3s (strips `/s3`, credentials and aws-chunked framing, inserts the [`crate::Principal`]), and answers
 //! authentication failures as S3 error XML.
 //!
 //! Flow per request: 1. size checks 2. parse claim 3. look up secret (in memory, else on the
@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +26,7 @@ use crate::auth::{self, BodyMode, ReqView};
 use crate::body::{self, BodyStream, StdError};
 use crate::error::{aws_error, Error};
 use crate::service::TmS3;
-use crate::{Principal, S3Config};
+use crate::S3Config;
 
 /// Largest accepted request header section (all names and values), in bytes.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -62,7 +63,7 @@ pub async fn serve_with(
     loop {
         tokio::select! {
             res = listener.accept() => {
-                let (stream, _) = match res {
+                let (stream, remote) = match res {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "s3 accept failed");
@@ -74,7 +75,7 @@ pub async fn serve_with(
                 let f = front.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let f = f.clone();
-                    async move { Ok::<_, Infallible>(f.handle(req).await) }
+                    async move { Ok::<_, Infallible>(f.handle(req, remote.ip()).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .max_buf_size(128 * 1024)
@@ -132,9 +133,13 @@ fn strip_presign(query: &str) -> String {
 }
 
 impl Front {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<s3s::Body> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: IpAddr,
+    ) -> Response<s3s::Body> {
         let path = req.uri().path().to_owned();
-        match self.prepare(req).await {
+        match self.prepare(req, remote).await {
             Ok(req) => match self.s3.call(req).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -151,7 +156,11 @@ impl Front {
         }
     }
 
-    async fn prepare(&self, req: Request<Incoming>) -> Result<Request<s3s::Body>, Error> {
+    async fn prepare(
+        &self,
+        req: Request<Incoming>,
+        remote: IpAddr,
+    ) -> Result<Request<s3s::Body>, Error> {
         let (mut parts, incoming) = req.into_parts();
 
         // 1. size checks
@@ -203,10 +212,11 @@ impl Front {
             }
             None => None,
         };
-        let verified = auth::verify(
+        let verified = crate::principal::authenticate(
             &claim,
             cred,
-            self.cfg.mesh_token.as_deref(),
+            self.cfg.authority.as_deref(),
+            remote,
             &view,
             (self.now)(),
         )?;
@@ -279,7 +289,7 @@ impl Front {
                 }
             }
         }
-        parts.extensions.insert(Principal(verified.principal));
+        parts.extensions.insert(verified.principal);
         let body =
             s3s::Body::http_body_unsync(StreamBody::new(stream.map_ok(Frame::<Bytes>::data)));
         Ok(Request::from_parts(parts, body))

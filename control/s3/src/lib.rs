@@ -6,13 +6,16 @@
 //!   s3s sees it: AWS SigV4 (header and presigned query, `UNSIGNED-PAYLOAD`, signed payload hashes,
 //!   and `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]` / `STREAMING-UNSIGNED-PAYLOAD-TRAILER`
 //!   aws-chunked bodies with per-chunk signature verification), HTTP Basic (access key / secret)
-//!   and Bearer (the mesh token). Secrets come from the engine's credential table.
+//!   and Bearer (a mesh token). Secrets come from the engine's credential table; tokens, node
+//!   identities and the seed login (access key = node name, secret = the mesh's default token,
+//!   accepted only from that node's mesh address) come from the [`Authority`].
 //! - Then strips the `/s3` prefix, the `Authorization` header, the presign query parameters and the
 //!   aws-chunked framing, puts the authenticated [`Principal`] into the request extensions and hands
 //!   the request to s3s, which is configured WITHOUT its own auth. The [`S3`](s3s::S3) impl refuses
 //!   any request without a [`Principal`] (AccessDenied).
-//! - Enforces the reserved system bucket [`SYSTEM_BUCKET`]: only [`SYSTEM_PRINCIPAL`] may write or
-//!   delete in it.
+//! - Principals are typed ([`Principal`]): node names never alias a built-in principal. The
+//!   reserved system bucket [`SYSTEM_BUCKET`] is readable only by [`Principal::Coordinator`]
+//!   and written by nobody over S3; everyone else gets AccessDenied, also as a copy source.
 //!
 //! What it never does: derive secrets from public data, accept anonymous requests, buffer whole
 //! object bodies in memory (bodies stream into the engine's `PutWriter` on a blocking thread;
@@ -25,26 +28,27 @@
 //! and in-flight connections finished.
 #![forbid(unsafe_code)]
 
+mod access;
 mod auth;
 mod body;
 mod error;
 mod front;
 mod list;
+mod principal;
 mod service;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub use error::Error;
 pub use front::serve_with;
+pub use principal::{Authority, NodeKey, Principal, SeedLogin, TokenRefusal};
 
-/// The reserved system bucket; only [`SYSTEM_PRINCIPAL`] may write or delete in it.
+/// The reserved system bucket: only [`Principal::Coordinator`] may read or list it; nobody
+/// writes it over S3.
 pub const SYSTEM_BUCKET: &str = "_tunnelmesh";
-/// The principal name of the coordinator itself.
-pub const SYSTEM_PRINCIPAL: &str = "system";
-/// The principal name given to requests authenticated with the mesh token (Bearer).
-pub const MESH_PRINCIPAL: &str = "mesh";
 
 /// Server configuration.
 #[derive(Clone, Debug)]
@@ -53,20 +57,9 @@ pub struct S3Config {
     pub listen: SocketAddr,
     /// Largest accepted request body in bytes (after aws-chunked decoding), e.g. 5 GiB.
     pub max_body: u64,
-    /// Mesh token accepted as `Authorization: Bearer <token>`; `None` disables Bearer auth.
-    pub mesh_token: Option<String>,
-}
-
-/// The authenticated identity of a request, stored in the request extensions by the front layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal(pub String);
-
-impl Principal {
-    /// True for the coordinator itself (may write the system bucket).
-    #[must_use]
-    pub fn is_system(&self) -> bool {
-        self.0 == SYSTEM_PRINCIPAL
-    }
+    /// The mesh's identities (tokens, nodes, the seed login); `None` disables Bearer, token
+    /// and seed-login authentication (only the credential table is used).
+    pub authority: Option<Arc<dyn Authority>>,
 }
 
 /// Serves the S3 API on `listener` until `shutdown` resolves.

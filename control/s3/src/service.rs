@@ -1,6 +1,6 @@
-//! The `s3s::S3` implementation over `tm_storage::Store`. Every operation first requires the
-//! [`Principal`] the front layer put into the request extensions, and write operations on the
-//! system bucket additionally require the system principal. Engine calls run on the blocking pool.
+//! The `s3s::S3` implementation over `tm_storage::Store`. Every operation first asks
+//! [`crate::access`] whether the principal the front layer put into the request extensions may
+//! read or write the bucket (and, for copies, read the source bucket). Engine calls run on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,8 +17,9 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tm_storage::{ObjectInfo, ObjectMeta, PutWriter, StorageError, Store};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::{check_read, check_write, principal};
 use crate::error::{aws_error, body_error, Error};
-use crate::{list, Principal, SYSTEM_BUCKET};
+use crate::{list, SYSTEM_BUCKET};
 
 /// Bytes per message when streaming an object out of the engine.
 const READ_PIECE: usize = 256 * 1024;
@@ -124,24 +125,6 @@ impl TmS3 {
             next_after: page.next_marker,
         })
     }
-}
-
-fn principal<T>(req: &S3Request<T>) -> S3Result<&Principal> {
-    req.extensions
-        .get::<Principal>()
-        .ok_or_else(|| aws_error(Error::MissingAuth, ""))
-}
-
-/// Any authenticated principal may read; only the system principal may write the system bucket.
-fn check_write<T>(req: &S3Request<T>, bucket: &str) -> S3Result<()> {
-    let p = principal(req)?;
-    if bucket == SYSTEM_BUCKET && !p.is_system() {
-        return Err(S3Error::with_message(
-            S3ErrorCode::AccessDenied,
-            "the system bucket _tunnelmesh is reserved",
-        ));
-    }
-    Ok(())
 }
 
 fn strip_quotes(s: &str) -> &str {
@@ -518,10 +501,11 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        principal(&req)?;
+        let me = principal(&req)?.clone();
         let buckets = self.run("", |s| s.list_buckets()).await?;
         let buckets = buckets
             .into_iter()
+            .filter(|b| crate::access::allowed(&me, &b.name, crate::access::Access::Read))
             .map(|b| Bucket {
                 name: Some(b.name),
                 creation_date: Some(ts(b.created)),
@@ -563,7 +547,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let b = req.input.bucket.clone();
         self.run(&req.input.bucket, move |s| s.bucket(&b)).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
@@ -573,7 +557,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let b = req.input.bucket.clone();
         self.run(&req.input.bucket, move |s| s.bucket(&b)).await?;
         Ok(S3Response::new(GetBucketLocationOutput {
@@ -639,7 +623,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let i = req.input;
         if i.part_number.is_some() {
             return Err(S3Error::with_message(
@@ -690,7 +674,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let i = req.input;
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let info = self.run(&i.bucket, move |s| s.head(&b, &k)).await?;
@@ -798,8 +782,9 @@ impl S3 for TmS3 {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         check_write(&req, &req.input.bucket)?;
+        let (sb, sk) = copy_source(&req.input.copy_source)?;
+        check_read(&req, &sb)?;
         let i = req.input;
-        let (sb, sk) = copy_source(&i.copy_source)?;
         let replace = i
             .metadata_directive
             .as_ref()
@@ -847,7 +832,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let i = req.input;
         let after = i.marker.clone().filter(|m| !m.is_empty());
         let l = self
@@ -884,7 +869,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let i = req.input;
         let after = match i.continuation_token.as_deref() {
             Some(t) => Some(decode_token(t)?),
@@ -969,9 +954,10 @@ impl S3 for TmS3 {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         check_write(&req, &req.input.bucket)?;
+        let (sb, sk) = copy_source(&req.input.copy_source)?;
+        check_read(&req, &sb)?;
         let i = req.input;
         let n = part_number(i.part_number)?;
-        let (sb, sk) = copy_source(&i.copy_source)?;
         let (b2, k2) = (sb.clone(), sk.clone());
         let reader = self.run(&sb, move |s| s.open_object(&b2, &k2)).await?;
         check_copy_conditions(
@@ -1069,7 +1055,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let i = req.input;
         let (b, k, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let all = self
@@ -1114,7 +1100,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        principal(&req)?;
+        check_read(&req, &req.input.bucket)?;
         let i = req.input;
         let url = is_url(i.encoding_type.as_ref());
         let (b, prefix) = (i.bucket.clone(), i.prefix.clone().unwrap_or_default());

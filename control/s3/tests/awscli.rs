@@ -140,13 +140,37 @@ fn awscli_wrong_secret_and_system_bucket() {
         String::from_utf8_lossy(&out.stderr).contains("AccessDenied"),
         "{out:?}"
     );
-    // the system principal may write it
-    let mut c = aws(&s, &s.url());
-    c.env("AWS_ACCESS_KEY_ID", &s.sys_ak)
-        .env("AWS_SECRET_ACCESS_KEY", &s.sys_secret);
-    ok(c.args(["s3", "cp", f.to_str().expect("p"), "s3://_tunnelmesh/x"]));
-    // and peers can read it
+    // nobody writes it over S3, not even the coordinator's own key (it writes the store
+    // directly); the coordinator's key may read it
+    let sys = |s: &Server| {
+        let mut c = aws(s, &s.url());
+        c.env("AWS_ACCESS_KEY_ID", &s.sys_ak)
+            .env("AWS_SECRET_ACCESS_KEY", &s.sys_secret);
+        c
+    };
+    let out = run(sys(&s).args(["s3", "cp", f.to_str().expect("p"), "s3://_tunnelmesh/x"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AccessDenied"),
+        "{out:?}"
+    );
+    s.store.create_bucket("_tunnelmesh").ok();
+    let data = std::fs::read(&f).expect("read");
+    let mut wr = s
+        .store
+        .begin_put("_tunnelmesh", "x", Default::default())
+        .expect("begin");
+    wr.write_all(&data).expect("write");
+    wr.commit().expect("commit");
     let back = w.join("back");
-    ok(aws(&s, &s.url()).args(["s3", "cp", "s3://_tunnelmesh/x", back.to_str().expect("p")]));
+    ok(sys(&s).args(["s3", "cp", "s3://_tunnelmesh/x", back.to_str().expect("p")]));
     assert!(same_file(&f, &back));
+    // peers can NOT read it (it holds every node's S3 secret): this used to succeed
+    let out =
+        run(aws(&s, &s.url()).args(["s3", "cp", "s3://_tunnelmesh/x", back.to_str().expect("p")]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AccessDenied")
+            || String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{out:?}"
+    );
 }

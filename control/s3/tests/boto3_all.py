@@ -303,12 +303,23 @@ assert err_code(client(ak="AKNOSUCHKEY").list_buckets)[0] == "InvalidAccessKeyId
 assert err_code(client(sk="wrong-secret").put_object, Bucket=B, Key="nope", Body=b"x")[0] == "SignatureDoesNotMatch"
 assert err_code(s3.head_object, Bucket=B, Key="nope")[1] == 404
 
-# --- system bucket is read-only for peers
+# --- the system bucket is private to the coordinator: peers can neither write nor read it
 assert err_code(s3.put_object, Bucket="_tunnelmesh", Key="x", Body=b"x")[0] == "AccessDenied"
 assert err_code(s3.delete_object, Bucket="_tunnelmesh", Key="x")[0] == "AccessDenied"
 assert err_code(s3.delete_bucket, Bucket="_tunnelmesh")[0] == "AccessDenied"
 assert err_code(s3.create_multipart_upload, Bucket="_tunnelmesh", Key="x")[0] == "AccessDenied"
-s3.list_objects_v2(Bucket="_tunnelmesh")
+assert err_code(s3.list_objects_v2, Bucket="_tunnelmesh")[0] == "AccessDenied"
+assert err_code(s3.list_objects, Bucket="_tunnelmesh")[0] == "AccessDenied"
+assert err_code(s3.head_bucket, Bucket="_tunnelmesh")[1] == 403
+assert err_code(s3.get_object, Bucket="_tunnelmesh", Key="coordinator/state.json")[0] == "AccessDenied"
+assert err_code(s3.head_object, Bucket="_tunnelmesh", Key="coordinator/state.json")[1] == 403
+assert err_code(s3.list_multipart_uploads, Bucket="_tunnelmesh")[0] == "AccessDenied"
+_c = err_code(s3.copy_object, Bucket=B, Key="stolen",
+                CopySource={"Bucket": "_tunnelmesh", "Key": "coordinator/state.json"})
+# (s3s refuses the `_tunnelmesh` copy-source name itself, before our access check)
+assert _c[0] in ("AccessDenied", "InvalidArgument"), _c
+assert err_code(s3.head_object, Bucket=B, Key="stolen")[1] == 404
+assert "_tunnelmesh" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
 # --- quota: refused with QuotaExceeded, nothing stored, smaller writes still fit
 code, status = err_code(s3.put_object, Bucket=QB, Key="too-big", Body=os.urandom(2 * 1024 * 1024))

@@ -5,6 +5,10 @@
 //! directory. Read commands take `--json`. This crate never touches the network or keys.
 #![forbid(unsafe_code)]
 
+mod admin;
+
+pub use admin::{NodeCommand, TokenCommand};
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::io::{BufRead, BufReader, Write};
@@ -59,8 +63,19 @@ pub enum OperatorCommand {
     /// NFS file shares (`/shares/<name>`) backed by the object store.
     #[command(subcommand)]
     Share(ShareCommand),
-    /// On a coordinator: print the join token again.
-    Token,
+    /// On a coordinator: print the default join token again, or manage tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: Option<TokenCommand>,
+    },
+    /// On a coordinator: the mesh's nodes and their tags.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// On a coordinator: the audit log of token, tag and node changes.
+    Audit {
+        #[arg(long)]
+        json: bool,
+    },
     /// Leave the mesh: deregister this node, forget its identity and stop it.
     Leave,
     /// The packet filter: load a local policy, test a packet against it, show its state.
@@ -214,10 +229,9 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                 write_peers(&mut out, &peers)?;
             }
         }
-        OperatorCommand::Token => {
-            let v = call(target, Command::Token)?;
-            writeln!(out, "{}", v.as_str().unwrap_or_default())?;
-        }
+        OperatorCommand::Token { cmd } => admin::token(target, cmd)?,
+        OperatorCommand::Node(cmd) => admin::node(target, cmd)?,
+        OperatorCommand::Audit { json } => admin::audit(target, *json)?,
         OperatorCommand::Leave => {
             call(target, Command::Leave)?;
             writeln!(out, "left the mesh; the node is stopping")?;

@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use tm_s3::S3Config;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tm_s3::{Authority, NodeKey, Principal, S3Config, SeedLogin, TokenRefusal};
 use tm_storage::{Store, StoreConfig};
 
 pub struct Server {
@@ -17,6 +21,7 @@ pub struct Server {
     pub sys_ak: String,
     pub sys_secret: String,
     pub token: String,
+    pub authority: Arc<TestAuthority>,
     pub store: Store,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -40,18 +45,23 @@ impl Server {
         let ak = format!("AK{}", random_hex(8).to_uppercase());
         let secret = random_hex(20);
         store
-            .put_credential(&ak, &secret, "peer-alice")
+            .put_credential(&ak, &secret, &alice().credential_string())
             .expect("cred");
         let sys_ak = format!("SYS{}", random_hex(8).to_uppercase());
         let sys_secret = random_hex(20);
         store
-            .put_credential(&sys_ak, &sys_secret, tm_s3::SYSTEM_PRINCIPAL)
+            .put_credential(
+                &sys_ak,
+                &sys_secret,
+                &Principal::Coordinator.credential_string(),
+            )
             .expect("cred");
-        let token = random_hex(16);
+        let token = format!("tm1_{}", random_hex(16));
+        let authority = Arc::new(TestAuthority::new(&token));
+        let auth = authority.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (atx, arx) = std::sync::mpsc::channel();
         let st = store.clone();
-        let tok = token.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -66,7 +76,7 @@ impl Server {
                 let cfg = S3Config {
                     listen: l.local_addr().expect("addr"),
                     max_body: 5 << 30,
-                    mesh_token: Some(tok),
+                    authority: Some(auth as Arc<dyn Authority>),
                 };
                 tm_s3::serve(l, st, cfg, async {
                     let _ = rx.await;
@@ -83,6 +93,7 @@ impl Server {
             sys_ak,
             sys_secret,
             token,
+            authority,
             store,
             dir,
             stop: Some(tx),
@@ -120,6 +131,90 @@ impl Server {
             .env_remove("HTTP_PROXY")
             .env_remove("http_proxy")
             .env("NO_PROXY", "127.0.0.1");
+    }
+}
+
+/// The node the random credential `ak` belongs to.
+pub fn alice() -> Principal {
+    Principal::Node {
+        key: NodeKey([0xa1; 32]),
+        name: "peer-alice".into(),
+        tags: vec![],
+    }
+}
+
+/// The mesh's identities for tests: one default token (`Server::token`, id `tk-default`),
+/// node `peer-alice` (mesh address 127.0.0.1, so the seed login works from this host) and node
+/// `peer-far` (mesh address 127.0.0.2: its seed login is refused from 127.0.0.1).
+#[derive(Debug)]
+pub struct TestAuthority {
+    /// token text -> (id, revoked)
+    tokens: Mutex<HashMap<String, (String, bool)>>,
+    default: Mutex<Option<String>>,
+    removed: Mutex<bool>,
+}
+
+impl TestAuthority {
+    fn new(token: &str) -> Self {
+        let mut m = HashMap::new();
+        m.insert(token.to_owned(), ("tk-default".to_owned(), false));
+        Self {
+            tokens: Mutex::new(m),
+            default: Mutex::new(Some(token.to_owned())),
+            removed: Mutex::new(false),
+        }
+    }
+
+    /// Revokes a token (and it stops being the default).
+    pub fn revoke(&self, token: &str) {
+        if let Some(t) = self.tokens.lock().expect("lock").get_mut(token) {
+            t.1 = true;
+        }
+        let mut d = self.default.lock().expect("lock");
+        if d.as_deref() == Some(token) {
+            *d = None;
+        }
+    }
+
+    /// Removes node `peer-alice` from the mesh.
+    pub fn remove_alice(&self) {
+        *self.removed.lock().expect("lock") = true;
+    }
+}
+
+impl Authority for TestAuthority {
+    fn token(&self, token: &str) -> Result<Principal, TokenRefusal> {
+        match self.tokens.lock().expect("lock").get(token) {
+            None => Err(TokenRefusal::Unknown),
+            Some((id, true)) => Err(TokenRefusal::Revoked(id.clone())),
+            Some((id, false)) => Ok(Principal::Token {
+                id: id.clone(),
+                tags: vec![],
+            }),
+        }
+    }
+
+    fn seed_login(&self, name: &str) -> Option<SeedLogin> {
+        let (key, ip): (NodeKey, IpAddr) = match name {
+            "peer-alice" if !*self.removed.lock().expect("lock") => {
+                (NodeKey([0xa1; 32]), "127.0.0.1".parse().expect("ip"))
+            }
+            "peer-far" => (NodeKey([0xfa; 32]), "127.0.0.2".parse().expect("ip")),
+            _ => return None,
+        };
+        Some(SeedLogin {
+            principal: Principal::Node {
+                key,
+                name: name.into(),
+                tags: vec![],
+            },
+            mesh_ip: ip,
+            secret: self.default.lock().expect("lock").clone(),
+        })
+    }
+
+    fn node(&self, key: &NodeKey) -> Option<Principal> {
+        (key.0 == [0xa1; 32] && !*self.removed.lock().expect("lock")).then(alice)
     }
 }
 

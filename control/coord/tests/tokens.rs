@@ -1,0 +1,387 @@
+//! Identity on the coordinator over real TLS: reserved names, tokens (single-use, tagged,
+//! expired, revoked, rotated), the upgrade of a mesh from before tokens, tags, node removal
+//! and the audit log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use tm_coord::{
+    Coordinator, CoordinatorConfig, Error, FileStore, JoinClient, JoinToken, MemStore, StateStore,
+    TokenSpec,
+};
+use tm_noise::PrivateKey;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let mut r = [0u8; 8];
+    OsRng.fill_bytes(&mut r);
+    let d = std::env::temp_dir().join(format!(
+        "tm-coord-{tag}-{}-{}",
+        std::process::id(),
+        u64::from_le_bytes(r)
+    ));
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+fn key() -> PrivateKey {
+    PrivateKey::generate(&mut OsRng)
+}
+
+struct Server {
+    coord: Coordinator,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(dir: &Path, store: Arc<dyn StateStore>, hub: PrivateKey) -> Self {
+        let mut cfg = CoordinatorConfig::new("hub");
+        cfg.tls_names = vec!["127.0.0.1".into()];
+        let coord = Coordinator::open(dir, cfg, hub, store).expect("open coordinator");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let c = coord.clone();
+        let task = tokio::spawn(async move {
+            c.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Self {
+            coord,
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn start_mem() -> Self {
+        Self::start(&tmpdir("tok"), Arc::new(MemStore::new()), key()).await
+    }
+
+    async fn join(&self, token: &str, name: &str) -> Result<tm_coord::wire::Registration, Error> {
+        self.join_with(token, name, &key()).await
+    }
+
+    async fn join_with(
+        &self,
+        token: &str,
+        name: &str,
+        k: &PrivateKey,
+    ) -> Result<tm_coord::wire::Registration, Error> {
+        let t = JoinToken::parse(token).expect("token text");
+        let mut c = JoinClient::new(self.addr.to_string(), t).expect("client");
+        c.register(k, name, &[]).await
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.expect("server task");
+    }
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T, Error>, status: u16, needle: &str) {
+    match r {
+        Err(Error::Refused { status: s, message }) => {
+            assert_eq!(s, status, "message: {message}");
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        }
+        other => panic!("expected refusal {status} {needle:?}, got {other:?}"),
+    }
+}
+
+const ROOT: &str = "local root";
+
+/// Fails on the old code: `system` (and admin, root) were ordinary names that a node could take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_identity_names_are_refused_at_join() {
+    let s = Server::start_mem().await;
+    let t = s.coord.token();
+    for name in [
+        "system",
+        "admin",
+        "root",
+        "coordinator",
+        "anonymous",
+        "token",
+    ] {
+        refused(s.join(&t, name).await, 400, "reserved name");
+    }
+    s.join(&t, "systems").await.expect("an ordinary name");
+    assert_eq!(s.coord.nodes().len(), 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_use_tagged_token_and_revocation() {
+    let s = Server::start_mem().await;
+    let now = tm_coord::now_unix();
+    let spec = TokenSpec {
+        tags: vec!["tag:ci".into(), "tag:build".into()],
+        ..TokenSpec::default()
+    };
+    let (rec, text) = s.coord.create_token(&spec, ROOT, now).expect("create");
+    assert!(!rec.reusable && !rec.default);
+    assert_eq!(rec.tags, ["tag:build", "tag:ci"]);
+    // the state never holds the secret
+    let secret = JoinToken::parse(&text).expect("parse").secret;
+    let listed = serde_json::to_string(&s.coord.tokens()).expect("json");
+    assert!(!listed.contains(&tm_coord::wire::hex(&secret)));
+    assert!(!listed.contains(&text[4..]));
+
+    let kb = key();
+    let r = s
+        .join_with(&text, "builder", &kb)
+        .await
+        .expect("first join");
+    let nm = r.netmap;
+    assert_eq!(
+        nm.peer("builder").expect("peer").tags,
+        ["tag:build", "tag:ci"]
+    );
+    assert_eq!(
+        s.coord.node_by_name("builder").expect("node").tags,
+        ["tag:build", "tag:ci"]
+    );
+    // the same node may register again; another node may not
+    s.join_with(&text, "builder", &kb)
+        .await
+        .expect("same node again");
+    refused(s.join(&text, "other").await, 403, "single-use");
+    // a tagged token acts as itself for other services until revoked
+    let checked = s
+        .coord
+        .check_token(&text, now)
+        .expect_err("used single-use token");
+    assert!(checked.to_string().contains("single-use"), "{checked}");
+
+    let (r2, t2) = s
+        .coord
+        .create_token(
+            &TokenSpec {
+                reusable: true,
+                ..TokenSpec::default()
+            },
+            ROOT,
+            now,
+        )
+        .expect("create");
+    s.join(&t2, "r1").await.expect("reusable 1");
+    s.join(&t2, "r2").await.expect("reusable 2");
+    assert_eq!(s.coord.check_token(&t2, now).expect("valid").id, r2.id);
+    s.coord.revoke_token(&r2.id, ROOT, now).expect("revoke");
+    refused(s.join(&t2, "r3").await, 403, "revoked");
+    assert!(s.coord.check_token(&t2, now).is_err());
+    // revoking twice, unknown ids and the default token are refused with a reason
+    assert!(s.coord.revoke_token(&r2.id, ROOT, now).is_err());
+    let e = s
+        .coord
+        .revoke_token("tk000000000000", ROOT, now)
+        .unwrap_err();
+    assert!(matches!(e, Error::NoSuchToken(_)), "{e}");
+    let default = s
+        .coord
+        .tokens()
+        .into_iter()
+        .find(|t| t.default)
+        .expect("default");
+    let e = s.coord.revoke_token(&default.id, ROOT, now).unwrap_err();
+    assert!(e.to_string().contains("token rotate"), "{e}");
+    // bad tags
+    let e = s
+        .coord
+        .create_token(
+            &TokenSpec {
+                tags: vec!["ci".into()],
+                ..TokenSpec::default()
+            },
+            ROOT,
+            now,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::BadTag(..)), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_are_refused() {
+    let s = Server::start_mem().await;
+    let long_ago = tm_coord::now_unix() - 7200;
+    let (_, text) = s
+        .coord
+        .create_token(
+            &TokenSpec {
+                expires_in: Some(Duration::from_secs(3600)),
+                reusable: true,
+                ..TokenSpec::default()
+            },
+            ROOT,
+            long_ago,
+        )
+        .expect("create");
+    refused(s.join(&text, "late").await, 403, "expired");
+    let (_, fresh) = s
+        .coord
+        .create_token(
+            &TokenSpec {
+                expires_in: Some(Duration::from_secs(3600)),
+                ..TokenSpec::default()
+            },
+            ROOT,
+            tm_coord::now_unix(),
+        )
+        .expect("create");
+    s.join(&fresh, "early").await.expect("within its lifetime");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_replaces_the_default_token_across_restarts() {
+    let dir = tmpdir("rot");
+    let store = dir.join("state.json");
+    let hub = key();
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub.clone()).await;
+    let old = s.coord.token();
+    s.join(&old, "alpha").await.expect("old token works");
+    let (rec, new) = s
+        .coord
+        .rotate_token(ROOT, tm_coord::now_unix())
+        .expect("rotate");
+    assert!(rec.default);
+    assert_ne!(old, new);
+    assert_eq!(s.coord.token(), new);
+    refused(s.join(&old, "beta").await, 403, "revoked");
+    assert!(s.coord.check_token(&old, tm_coord::now_unix()).is_err());
+    s.join(&new, "beta").await.expect("new token works");
+    s.stop().await;
+
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub.clone()).await;
+    assert_eq!(s.coord.token(), new, "the new default survives a restart");
+    assert_eq!(tm_coord::read_token(&dir).expect("read").format(), new);
+    refused(s.join(&old, "gamma").await, 403, "revoked");
+    let defaults: Vec<_> = s.coord.tokens().into_iter().filter(|t| t.default).collect();
+    assert_eq!(defaults.len(), 1);
+    // an interrupted rotation (secret written, state never committed) is discarded
+    let stray = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    std::fs::write(dir.join("coordinator/join_secret.next"), stray).expect("write");
+    s.stop().await;
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub).await;
+    assert_eq!(s.coord.token(), new);
+    assert!(!dir.join("coordinator/join_secret.next").exists());
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A mesh from before tokens: its state has no tokens, its join secret becomes the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_keeps_the_existing_join_token() {
+    let dir = tmpdir("upg");
+    let store = dir.join("state.json");
+    let hub = key();
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub.clone()).await;
+    let token = s.coord.token();
+    s.join(&token, "alpha").await.expect("alpha");
+    s.stop().await;
+    // Rewrite the state as the previous release wrote it: format 1, no tokens, no tags.
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&store).expect("read")).expect("json");
+    v["format"] = 1.into();
+    v.as_object_mut().expect("object").remove("tokens");
+    std::fs::write(&store, serde_json::to_vec(&v).expect("json")).expect("write");
+
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub).await;
+    assert_eq!(s.coord.token(), token);
+    let toks = s.coord.tokens();
+    assert_eq!(toks.len(), 1);
+    assert!(toks[0].default && toks[0].created_by == "upgrade");
+    s.join(&token, "beta")
+        .await
+        .expect("the old token still joins");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&store).expect("read")).expect("json");
+    assert_eq!(saved["format"], 2);
+    let secret = JoinToken::parse(&token).expect("parse").secret;
+    let text = String::from_utf8(std::fs::read(&store).expect("read")).expect("utf8");
+    assert!(
+        !text.contains(&tm_coord::wire::hex(&secret)),
+        "secret stored in the state"
+    );
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_removal_and_audit_log() {
+    let s = Server::start_mem().await;
+    let t = s.coord.token();
+    s.join(&t, "beta").await.expect("beta");
+    let v0 = s.coord.netmap().version;
+    let n = s
+        .coord
+        .tag_node("beta", "tag:untrusted", ROOT)
+        .expect("tag");
+    assert_eq!(n.tags, ["tag:untrusted"]);
+    assert!(
+        s.coord.netmap().version > v0,
+        "a tag change is a netmap change"
+    );
+    assert_eq!(
+        s.coord.netmap().peer("beta").expect("beta").tags,
+        ["tag:untrusted"]
+    );
+    assert!(s.coord.tag_node("beta", "tag:untrusted", ROOT).is_err());
+    assert!(matches!(
+        s.coord.tag_node("nobody", "tag:x", ROOT),
+        Err(Error::NoSuchNode(_))
+    ));
+    assert!(matches!(
+        s.coord.tag_node("beta", "untrusted", ROOT),
+        Err(Error::BadTag(..))
+    ));
+    s.coord
+        .untag_node("beta", "tag:untrusted", ROOT)
+        .expect("untag");
+    assert!(s.coord.node_by_name("beta").expect("beta").tags.is_empty());
+    assert!(s.coord.remove_node_as("hub", ROOT).is_err());
+    let gone = s.coord.remove_node_as("beta", ROOT).expect("remove");
+    assert_eq!(gone.name, "beta");
+    assert!(s.coord.netmap().peer("beta").is_none());
+    let (rec, _) = s
+        .coord
+        .create_token(&TokenSpec::default(), ROOT, tm_coord::now_unix())
+        .expect("token");
+    s.coord
+        .revoke_token(&rec.id, ROOT, tm_coord::now_unix())
+        .expect("revoke");
+    s.coord
+        .rotate_token(ROOT, tm_coord::now_unix())
+        .expect("rotate");
+    let log = s.coord.audit_log().expect("audit");
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.action.as_str(), e.target.as_str()))
+        .collect();
+    assert_eq!(
+        &actions[..5],
+        [
+            ("node.tag", "beta"),
+            ("node.untag", "beta"),
+            ("node.remove", "beta"),
+            ("token.create", rec.id.as_str()),
+            ("token.revoke", rec.id.as_str()),
+        ]
+    );
+    assert_eq!(actions[5].0, "token.rotate");
+    assert!(log.iter().all(|e| e.who == ROOT && e.unix > 0));
+    assert_eq!(log[0].detail, "tag:untrusted");
+    s.stop().await;
+}
