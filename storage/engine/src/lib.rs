@@ -6,8 +6,9 @@
 //! [`remote`]); everything else — buckets, object manifests, multipart uploads, quotas, exact usage, chunk
 //! reference counts, S3 credentials — lives in one embedded redb database (`data_dir/meta.redb`).
 //!
-//! Durability: a write returns only after its chunks were written to a temp file, fsynced, renamed
-//! and the directory fsynced, and then ONE metadata transaction was made durable: its redo
+//! Durability: a write returns only after its chunks were written to a temp file, renamed into
+//! place, and the file and its directory fsynced (`chunks/local.rs`, `make_durable`), and then
+//! ONE metadata transaction was made durable: its redo
 //! record written synchronously to `data_dir/meta.wal`, then its writes published in an
 //! in-memory layer that checkpoints fold into redb (`db/`). Concurrent writers'
 //! transactions are batched by a committer thread (group commit: many puts, one log write). An
