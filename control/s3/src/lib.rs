@@ -83,6 +83,7 @@ pub mod fuzzing {
     use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
     use crate::auth::{self, ReqView};
+    use crate::Principal;
     use crate::body;
 
     /// Drains an in-memory body stream (it never waits).
@@ -123,9 +124,10 @@ pub mod fuzzing {
     }
 
     /// Parses the credentials of a request (SigV4 header or presigned query, Basic, Bearer)
-    /// and verifies them against the secret `"secret"` for every access key and the mesh
-    /// token `"token"` at `now`, as the front does. Headers that are not valid HTTP are left
-    /// out. Returns the principal.
+    /// and verifies them against the secret `"secret"` for every access key at `now`, as the
+    /// front does (Bearer tokens are decided by the coordinator's token table, not here: they
+    /// never verify). Headers that are not valid HTTP are left out. Returns the id of the
+    /// principal the access key `AK` stands for (`user-AK`).
     pub fn authenticate(
         method: &[u8],
         path: &str,
@@ -151,9 +153,19 @@ pub mod fuzzing {
         };
         let cred = claim
             .access_key()
-            .map(|ak| ("secret".to_owned(), format!("user-{ak}")));
-        auth::verify(&claim, cred, Some("token"), &view, now)
-            .map(|v| Some(v.principal))
-            .map_err(|e| e.to_string())
+            .map(|ak| {
+                let principal = Principal::Token {
+                    id: format!("user-{ak}"),
+                    tags: Vec::new(),
+                };
+                ("secret".to_owned(), principal)
+            });
+        match auth::verify(&claim, cred, &view, now).map_err(|e| e.to_string())? {
+            auth::Verified {
+                principal: Principal::Token { id, .. },
+                ..
+            } => Ok(Some(id)),
+            v => Err(format!("unexpected principal {}", v.principal)),
+        }
     }
 }
