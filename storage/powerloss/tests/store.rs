@@ -52,8 +52,9 @@ fn small_for(key: &str) -> Vec<u8> {
     data(seed, (seed % (tm_storage::INLINE_MAX as u64 + 1)) as usize)
 }
 
-/// The writer: not a test on its own (does nothing unless re-executed by the test below).
+/// The writer, in the child process the test below starts (`--include-ignored`).
 #[test]
+#[ignore = "the child process of power_cut_never_loses_acked_store_writes (which runs it)"]
 fn store_child() {
     let Ok(dir) = std::env::var(ENV) else { return };
     let round: u64 = std::env::var("TM_POWERLOSS_ROUND")
