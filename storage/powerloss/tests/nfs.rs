@@ -149,10 +149,10 @@ fn check(s: &Store, acks: &HashMap<String, usize>, round: u64) -> usize {
             "{name}: {} bytes, {len} acknowledged (round {round})",
             got.len()
         );
-        assert_eq!(
+        same(
             &got[..len],
             want,
-            "{name}: acknowledged bytes (round {round})"
+            format!("{name}: acknowledged bytes (round {round})"),
         );
     }
     let mut n = 0;
