@@ -52,8 +52,9 @@ fn small_for(key: &str) -> Vec<u8> {
     data(seed, (seed % (tm_storage::INLINE_MAX as u64 + 1)) as usize)
 }
 
-/// The writer: not a test on its own (does nothing unless re-executed by the test below).
+/// The writer, in the child process the test below starts (`--include-ignored`).
 #[test]
+#[ignore = "the child process of power_cut_never_loses_acked_store_writes (which runs it)"]
 fn store_child() {
     let Ok(dir) = std::env::var(ENV) else { return };
     let round: u64 = std::env::var("TM_POWERLOSS_ROUND")
@@ -217,17 +218,17 @@ impl Acked {
 
 fn check(s: &Store, acked: &Acked, round: u64) {
     for key in &acked.objects {
-        assert_eq!(
-            get(s, "powerloss", key),
-            body_for(key, 0),
-            "acked {key} (round {round})"
+        same(
+            &get(s, "powerloss", key),
+            &body_for(key, 0),
+            format!("acked {key} (round {round})"),
         );
     }
     for key in &acked.small {
-        assert_eq!(
-            get(s, "powerloss", key),
-            small_for(key),
-            "acked small {key} (round {round})"
+        same(
+            &get(s, "powerloss", key),
+            &small_for(key),
+            format!("acked small {key} (round {round})"),
         );
     }
     for (key, &v) in &acked.ow {
@@ -254,10 +255,10 @@ fn check(s: &Store, acked: &Acked, round: u64) {
             at >= v,
             "coordinator state went back to {at:#x} < {v:#x} (round {round})"
         );
-        assert_eq!(
-            got,
-            state_for(at),
-            "coordinator state {at:#x} whole (round {round})"
+        same(
+            &got,
+            &state_for(at),
+            format!("coordinator state {at:#x} whole (round {round})"),
         );
     }
     let fs = tm_storage::FileSystem::new(s.clone()).expect("fs");
@@ -270,10 +271,10 @@ fn check(s: &Store, acked: &Acked, round: u64) {
             assert_eq!(a.ino, ino, "{name} keeps its inode (round {round})");
             assert_eq!(a.mode, mode, "{name} keeps its mode (round {round})");
             let (got, _) = fs.read(a.ino, 0, 1 << 20).expect("read");
-            assert_eq!(
-                got,
-                body_for(name, 1),
-                "{name} keeps its bytes (round {round})"
+            same(
+                &got,
+                &body_for(name, 1),
+                format!("{name} keeps its bytes (round {round})"),
             );
         }
     }
@@ -291,25 +292,22 @@ fn check(s: &Store, acked: &Acked, round: u64) {
                 "{} went back to version {v:#x} < {last:#x}",
                 o.key
             );
-            assert_eq!(
-                body,
-                body_for(&o.key, v),
-                "{} v{v:#x} (round {round})",
-                o.key
+            same(
+                &body,
+                &body_for(&o.key, v),
+                format!("{} v{v:#x} (round {round})", o.key),
             );
         } else if o.key.starts_with('s') {
-            assert_eq!(
-                body,
-                small_for(&o.key),
-                "half-written small {} (round {round})",
-                o.key
+            same(
+                &body,
+                &small_for(&o.key),
+                format!("half-written small {} (round {round})", o.key),
             );
         } else {
-            assert_eq!(
-                body,
-                body_for(&o.key, 0),
-                "half-written {} (round {round})",
-                o.key
+            same(
+                &body,
+                &body_for(&o.key, 0),
+                format!("half-written {} (round {round})", o.key),
             );
         }
         assert_eq!(o.etag, md5_hex(&body), "{} etag (round {round})", o.key);

@@ -29,6 +29,19 @@ pub fn key_seed(key: &str, v: u64) -> u64 {
         .fold(v, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)))
 }
 
+/// `got == want`, reported as lengths and the first differing offset (not two byte dumps).
+#[track_caller]
+pub fn same(got: &[u8], want: &[u8], what: impl std::fmt::Display) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {} bytes, expected {}; first difference at {at:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
 pub fn md5_hex(b: &[u8]) -> String {
     Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
