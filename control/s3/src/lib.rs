@@ -29,6 +29,7 @@ mod auth;
 mod body;
 mod error;
 mod front;
+mod guard;
 mod list;
 mod service;
 
@@ -37,7 +38,8 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use error::Error;
-pub use front::serve_with;
+pub use front::{serve_limited, serve_with};
+pub use guard::{in_request, panics, Limits};
 
 /// The reserved system bucket; only [`SYSTEM_PRINCIPAL`] may write or delete in it.
 pub const SYSTEM_BUCKET: &str = "_tunnelmesh";
