@@ -46,9 +46,13 @@
 
 pub mod address;
 mod ca;
+mod challenge;
 mod client;
+mod contain;
 mod error;
 mod http;
+mod index;
+mod limit;
 pub mod proof;
 pub mod relay;
 mod server;
@@ -56,9 +60,13 @@ mod store;
 pub mod token;
 pub mod wire;
 
+#[cfg(test)]
+mod bounds_tests;
+
 pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient};
+pub use contain::{in_request, panics};
 pub use error::Error;
 pub use relay::{
     LocalRelaySender, RelayConn, RelayReceiver, RelayRoute, RelaySender, RelayStats,
