@@ -20,11 +20,13 @@
 //! server around it only do framing.
 #![forbid(unsafe_code)]
 
+mod contain;
 mod error;
 mod handler;
 mod server;
 mod zone;
 
+pub use contain::{in_request, panics};
 pub use error::DnsError;
 pub use handler::{Handler, MeshDns, UpdateReport};
 pub use server::{serve, DnsServer, DEFAULT_ADDR};
@@ -32,3 +34,6 @@ pub use zone::{Answer, Zone, COORDINATOR_LABEL, MAX_ALIAS_CHAIN, TTL};
 
 /// Re-exported so callers can build names and inspect answers without naming the version.
 pub use hickory_proto as proto;
+
+#[cfg(test)]
+mod contain_tests;
