@@ -1,4 +1,4 @@
-//! Panic containment for DNS requests: [`contained`] runs one request future so that a
+//! Panic containment for DNS requests: `contained` runs one request future so that a
 //! panic in it becomes an internal-error answer for that request only (SERVFAIL). The panic
 //! is logged with the request kind and counted ([`panics`]). [`in_request`] tells the daemon's
 //! panic hook that the panic will be caught (the hook aborts the process for any other panic).
@@ -21,7 +21,7 @@ pub fn panics() -> u64 {
     PANICS.load(Ordering::Relaxed)
 }
 
-/// Whether the current thread is polling a DNS request inside [`contained`] (a panic here
+/// Whether the current thread is polling a DNS request inside `contained` (a panic here
 /// is caught and answered; the daemon's panic hook must not abort).
 pub fn in_request() -> bool {
     DEPTH.with(Cell::get) > 0

@@ -4,7 +4,7 @@
 //!   limit between requests: hyper's header-read timer runs while it waits for the next head),
 //!   and the slowest request body accepted (a body that stalls, or trickles in below
 //!   `min_body_rate` once `body_grace` of waiting has passed, fails with `RequestTimeout`).
-//! - [`contained`]: runs one request future so that a panic in it (ours, s3s' or the engine's)
+//! - `contained`: runs one request future so that a panic in it (ours, s3s' or the engine's)
 //!   becomes a `500 InternalError` for that request only; it is logged with the request kind and
 //!   counted ([`panics`]). [`in_request`] tells the daemon's panic hook that the panic will be
 //!   caught (the hook aborts the process for any other panic).
@@ -96,7 +96,7 @@ pub fn panics() -> u64 {
     PANICS.load(Ordering::Relaxed)
 }
 
-/// Whether the current thread is polling an S3 request inside [`contained`] (a panic here is
+/// Whether the current thread is polling an S3 request inside `contained` (a panic here is
 /// caught and answered; the daemon's panic hook must not abort).
 pub fn in_request() -> bool {
     DEPTH.with(Cell::get) > 0

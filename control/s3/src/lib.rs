@@ -2,7 +2,7 @@
 //!
 //! What it does:
 //! - Serves the S3 REST API both at the root path and under `/s3` (`http://HOST:PORT/s3/...`).
-//! - Authenticates every request in its own front layer ([`front`]) on the ORIGINAL request, before
+//! - Authenticates every request in its own front layer (`front.rs`) on the ORIGINAL request, before
 //!   s3s sees it: AWS SigV4 (header and presigned query, `UNSIGNED-PAYLOAD`, signed payload hashes,
 //!   and `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]` / `STREAMING-UNSIGNED-PAYLOAD-TRAILER`
 //!   aws-chunked bodies with per-chunk signature verification), HTTP Basic (access key / secret)

@@ -3,7 +3,7 @@
 //!
 //! What it does: serves the file-system view of [`tm_storage`] ([`tm_storage::FileSystem`]:
 //! persistent inodes, attributes, directories as key prefixes, in-place chunk-local writes) with
-//! the `nfs3_server` crate behind an RPC front ([`front`]) that enforces who may mount.
+//! the `nfs3_server` crate behind an RPC front (`front.rs`) that enforces who may mount.
 //!
 //! Why `nfs3_server` (0.11, the maintained fork of `nfsserve` 0.11): `nfsserve` puts the process
 //! start time in every file handle (a static, not settable), so every restart makes all client
@@ -11,7 +11,7 @@
 //! with no say for the file system. `nfs3_server` lets us choose the handle bytes, set the
 //! handle generation (we use a random number persisted once per store) and choose cookies.
 //! Neither library shows the client address to the MNT handler; the front wraps the listener
-//! for that (and fixes a few answers, see [`front`]).
+//! for that (and fixes a few answers, see `front.rs`).
 //!
 //! What it never does: talk to anything but its listener and the loopback socket of the
 //! library; accept clients outside loopback and the configured mesh networks; create shares
