@@ -193,7 +193,8 @@ if ((do_cargo)); then
     say "cargo tests: $p passed, $f failed, exit $rc ($(elapsed))"
 
     # extra_tests NAME TITLE CMD... : a cargo test run outside the workspace build; its
-    # "test result:" counts are added (a run that fails without a count is one failure).
+    # "test result:" counts are added (a run that fails without a count is one failure, a
+    # successful one without tests one pass).
     extra_tests() {
         local name=$1 title=$2 ep=0 ef=0 erc
         shift 2
@@ -205,7 +206,10 @@ if ((do_cargo)); then
         passed=$((passed + ep))
         failed=$((failed + ef))
         ((ef > 0)) && failures+=("$title: $ef failed (see $RESULTS/$name.log)")
-        if ((erc != 0 && ef == 0)) || ((ep + ef == 0)); then
+        if ((erc == 0 && ep + ef == 0)); then
+            ep=1 # a crate without tests: its build is the check
+            passed=$((passed + 1))
+        elif ((erc != 0 && ef == 0)); then
             show_tail "$RESULTS/$name.log" 40
             failed=$((failed + 1))
             failures+=("$title exited $erc (see $RESULTS/$name.log)")
