@@ -3,11 +3,14 @@
 #
 #   1. scripts/install-test-deps.sh          (apt/pip test dependencies; fast when present)
 #   2. cargo build --profile ci --workspace  (release code generation without LTO)
-#   3. cargo fmt --check, scripts/check-layers.sh and cargo clippy --all-targets -D warnings
-#      (each counted as a test); scripts/fuzz-smoke.sh (every fuzz target: corpus replay + a few
-#      seconds; one counted test)
-#   4. cargo test --workspace --profile ci   (cargo nextest if installed)
-#   5. every scripts/e2e/*.sh, sequentially, each under a timeout
+#   3. cargo fmt --check, scripts/check-layers.sh, cargo clippy --all-targets -D warnings and
+#      cargo doc -D warnings (each counted as a test); scripts/fuzz-smoke.sh (every fuzz target:
+#      corpus replay + a few seconds; one counted test)
+#   4. cargo test --workspace --profile ci   (cargo nextest if installed); as root also the
+#      root-only tests, which are #[ignore]d otherwise (--include-ignored / --run-ignored all)
+#   5. the loom model of the ring (tm-ring under --cfg loom) and the tests of the standalone bench
+#      crates (bench/dataplane, bench/s3); their test counts are added
+#   6. every scripts/e2e/*.sh, sequentially, each under a timeout
 #
 # Ends with one line "N passed, N failed" (", N skipped" if any) where the counts are the
 # unit/integration tests reported by cargo plus one per e2e script; exit 1 if anything failed.
@@ -34,7 +37,7 @@ for arg in "$@"; do
     --no-cargo) do_cargo=0 ;;
     --no-lint) do_lint=0 ;;
     --no-fuzz) do_fuzz=0 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) only+=("${arg%.sh}") ;;
     esac
 done
@@ -144,6 +147,8 @@ if ((do_cargo)); then
         lint_step layers "scripts/check-layers.sh (layers import one way)" "$REPO/scripts/check-layers.sh"
         lint_step clippy "cargo clippy --workspace --all-targets -- -D warnings" \
             timeout 1800 cargo clippy --workspace --all-targets --profile "$PROFILE" -- -D warnings
+        lint_step doc "cargo doc --workspace --no-deps (RUSTDOCFLAGS=-D warnings)" \
+            env RUSTDOCFLAGS="-D warnings" timeout 1200 cargo doc --workspace --no-deps --profile "$PROFILE"
         say "lint done ($(elapsed))"
     fi
     if ((do_fuzz)); then
@@ -152,9 +157,14 @@ if ((do_cargo)); then
         say "fuzz smoke done ($(elapsed))"
     fi
 
+    # Root-only tests are #[ignore = "needs root..."]: run them when we are root.
+    nextest_ignored=() libtest_ignored=()
+    if [[ $(id -u) -eq 0 ]]; then
+        nextest_ignored=(--run-ignored all) libtest_ignored=(--include-ignored)
+    fi
     if cargo nextest --version >/dev/null 2>&1; then
-        say "cargo nextest run --workspace --cargo-profile $PROFILE"
-        timeout 2400 cargo nextest run --workspace --cargo-profile "$PROFILE" --no-fail-fast </dev/null 2>&1 |
+        say "cargo nextest run --workspace --cargo-profile $PROFILE ${nextest_ignored[*]}"
+        timeout 2400 cargo nextest run --workspace --cargo-profile "$PROFILE" --no-fail-fast "${nextest_ignored[@]}" </dev/null 2>&1 |
             tee "$RESULTS/cargo-test.log"
         rc=${PIPESTATUS[0]}
         # "Summary [ 1.2s] 42 tests run: 41 passed, 1 failed, 0 skipped"
@@ -170,8 +180,8 @@ if ((do_cargo)); then
         while read -r dp df; do p=$((p + dp)) f=$((f + df)); done < <(
             sed -n '/Doc-tests/,$s/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1 \2/p' "$RESULTS/cargo-test.log")
     else
-        say "cargo test --workspace --profile $PROFILE"
-        timeout 2400 cargo test --workspace --profile "$PROFILE" --no-fail-fast </dev/null 2>&1 |
+        say "cargo test --workspace --profile $PROFILE -- ${libtest_ignored[*]}"
+        timeout 2400 cargo test --workspace --profile "$PROFILE" --no-fail-fast -- "${libtest_ignored[@]}" </dev/null 2>&1 |
             tee "$RESULTS/cargo-test.log"
         rc=${PIPESTATUS[0]}
         p=0 f=0
@@ -190,6 +200,43 @@ if ((do_cargo)); then
         grep -E '^error|panicked|SIGSEGV|SIGABRT' "$RESULTS/cargo-test.log" | head -20
     fi
     say "cargo tests: $p passed, $f failed, exit $rc ($(elapsed))"
+
+    # extra_tests NAME TITLE CMD... : a cargo test run outside the workspace build; its
+    # "test result:" counts are added (a run that fails without a count is one failure, a
+    # successful one without tests one pass).
+    extra_tests() {
+        local name=$1 title=$2 ep=0 ef=0 erc
+        shift 2
+        say "$title"
+        "$@" </dev/null >"$RESULTS/$name.log" 2>&1
+        erc=$?
+        while read -r dp df; do ep=$((ep + dp)) ef=$((ef + df)); done < <(
+            sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1 \2/p' "$RESULTS/$name.log")
+        passed=$((passed + ep))
+        failed=$((failed + ef))
+        ((ef > 0)) && failures+=("$title: $ef failed (see $RESULTS/$name.log)")
+        if ((erc == 0 && ep + ef == 0)); then
+            ep=1 # a crate without tests: its build is the check
+            passed=$((passed + 1))
+        elif ((erc != 0 && ef == 0)); then
+            show_tail "$RESULTS/$name.log" 40
+            failed=$((failed + 1))
+            failures+=("$title exited $erc (see $RESULTS/$name.log)")
+        fi
+        say "  $ep passed, $ef failed ($(elapsed))"
+    }
+    # The loom model of the ring's index protocol (its own target dir: --cfg loom changes
+    # every crate's flags).
+    extra_tests loom "loom model of tm-ring (--cfg loom)" \
+        env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$CARGO_TARGET_DIR/loom" \
+        timeout 1200 cargo test -p tm-ring --lib --release
+    # The bench crates are standalone projects (their own profiles): build them and run their
+    # tests so they keep compiling against the workspace.
+    for b in dataplane s3; do
+        extra_tests "bench-$b" "bench/$b: cargo test" \
+            env CARGO_TARGET_DIR="$CARGO_TARGET_DIR/bench" \
+            timeout 1800 cargo test --manifest-path "$REPO/bench/$b/Cargo.toml"
+    done
 else
     say "skipping cargo (--no-cargo); binaries from $TM_BIN_DIR"
 fi

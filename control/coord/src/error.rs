@@ -56,9 +56,15 @@ pub enum Error {
     /// The client certificate is valid but maps to no registered node (left or removed).
     #[error("client certificate does not belong to a registered node")]
     UnknownClient,
-    /// Too many outstanding challenges (try again later).
-    #[error("too many outstanding challenges")]
+    /// Too many registrations in one challenge lifetime (try again later).
+    #[error("too many registrations at once, try again later")]
     Busy,
+    /// This source asked for too many challenges (try again later).
+    #[error("too many requests from this address, try again later")]
+    RateLimited,
+    /// The request handler failed unexpectedly (a panic, contained to this request).
+    #[error("internal error")]
+    Internal,
     /// Unknown path.
     #[error("not found: {0}")]
     NotFound(String),
@@ -145,6 +151,7 @@ impl Error {
             Error::MethodNotAllowed => 405,
             Error::KeyTaken(_) | Error::NameTaken(_) => 409,
             Error::TooLarge => 413,
+            Error::RateLimited => 429,
             Error::Busy | Error::AddressPoolExhausted(_) => 503,
             _ => 500,
         }

@@ -325,13 +325,10 @@ impl Coordinator {
             revoked_unix: None,
             default: false,
         };
-        {
-            let mut g = self.lock();
-            self.commit(&mut g, false, |s| {
-                s.tokens.insert(rec.id.clone(), rec.clone());
-                Ok(())
-            })?;
-        }
+        self.commit(|s| {
+            s.tokens.insert(rec.id.clone(), rec.clone());
+            Ok(((), false))
+        })?;
         let text = JoinToken::new(self.shared.ca.ca_der().as_ref(), *secret).format();
         let detail = format!(
             "tags={} expires={} reusable={}",
@@ -347,12 +344,10 @@ impl Coordinator {
     /// Revokes a token: joins and S3 requests with it are refused from now on. The default
     /// token is replaced with [`Coordinator::rotate_token`] instead.
     pub fn revoke_token(&self, id: &str, actor: &str, now: u64) -> Result<TokenRecord, Error> {
-        let rec = {
-            let mut g = self.lock();
-            let t = g
-                .state
+        let rec = self.commit(|s| {
+            let t = s
                 .tokens
-                .get(id)
+                .get_mut(id)
                 .ok_or_else(|| Error::NoSuchToken(id.to_owned()))?;
             if t.default {
                 return Err(Error::AdminRefused(format!(
@@ -364,12 +359,9 @@ impl Coordinator {
                     "token {id} is already revoked"
                 )));
             }
-            self.commit(&mut g, false, |s| {
-                let t = s.tokens.get_mut(id).expect("checked above");
-                t.revoked_unix = Some(now);
-                Ok(t.clone())
-            })?
-        };
+            t.revoked_unix = Some(now);
+            Ok((t.clone(), false))
+        })?;
         self.audit(actor, "token.revoke", id, String::new())?;
         Ok(rec)
     }
@@ -383,11 +375,10 @@ impl Coordinator {
         let dir = &self.shared.dir;
         let next = dir.join(NEXT_SECRET_FILE);
         let old = {
-            let mut g = self.lock();
             // The new secret is on disk before the state names it: a crash in between is
             // finished (or discarded) by the next open.
             write_atomic(&next, STANDARD.encode(&secret[..]).as_bytes(), 0o600)?;
-            let old = self.commit(&mut g, false, |s| {
+            let old = self.commit(|s| {
                 let mut old = Vec::new();
                 for t in s.tokens.values_mut().filter(|t| t.default) {
                     t.default = false;
@@ -397,7 +388,7 @@ impl Coordinator {
                     }
                 }
                 s.tokens.insert(rec.id.clone(), rec.clone());
-                Ok(old)
+                Ok((old, false))
             });
             let old = match old {
                 Ok(o) => o,
@@ -412,7 +403,7 @@ impl Coordinator {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| Error::io(format!("fsync {}", dir.display()), e))?;
-            g.default_secret = secret.clone();
+            self.lock().default_secret = secret.clone();
             old
         };
         let text = JoinToken::new(self.shared.ca.ca_der().as_ref(), *secret).format();
@@ -480,12 +471,10 @@ impl Coordinator {
         actor: &str,
     ) -> Result<NodeSummary, Error> {
         token::validate_tag(tag)?;
-        let n = {
-            let mut g = self.lock();
-            let n = g
-                .state
+        let n = self.commit(|s| {
+            let n = s
                 .nodes
-                .get(name)
+                .get_mut(name)
                 .ok_or_else(|| Error::NoSuchNode(name.to_owned()))?;
             let has = n.tags.iter().any(|t| t == tag);
             if add && has {
@@ -503,17 +492,14 @@ impl Coordinator {
                     "node {name} already has {MAX_TAGS} tags"
                 )));
             }
-            self.commit(&mut g, true, |s| {
-                let n = s.nodes.get_mut(name).expect("checked above");
-                if add {
-                    n.tags.push(tag.to_owned());
-                    n.tags.sort();
-                } else {
-                    n.tags.retain(|t| t != tag);
-                }
-                Ok(summary(n))
-            })?
-        };
+            if add {
+                n.tags.push(tag.to_owned());
+                n.tags.sort();
+            } else {
+                n.tags.retain(|t| t != tag);
+            }
+            Ok((summary(n), true))
+        })?;
         let action = if add { "node.tag" } else { "node.untag" };
         self.audit(actor, action, name, tag.to_owned())?;
         Ok(n)

@@ -52,10 +52,14 @@
 
 pub mod address;
 mod ca;
+mod challenge;
 mod client;
+mod contain;
 mod error;
 mod http;
 mod identity;
+mod index;
+mod limit;
 pub mod proof;
 pub mod relay;
 mod server;
@@ -63,9 +67,13 @@ mod store;
 pub mod token;
 pub mod wire;
 
+#[cfg(test)]
+mod bounds_tests;
+
 pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient};
+pub use contain::{in_request, panics};
 pub use error::Error;
 pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};
 pub use relay::{

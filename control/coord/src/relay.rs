@@ -8,7 +8,7 @@
 //! payload is a keepalive. Payloads are at most [`MAX_RELAY_PAYLOAD`] bytes; a larger frame
 //! closes the connection. The relay never decrypts anything: payloads are opaque.
 //!
-//! This module holds the frame codec, the server's routing table ([`RelayHub`]) and the
+//! This module holds the frame codec, the server's routing table (`RelayHub`) and the
 //! client's connection ([`RelayConn`], from [`crate::JoinClient::relay`]).
 
 use std::collections::HashMap;

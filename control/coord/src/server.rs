@@ -4,11 +4,11 @@
 //! The `handle_*` methods are the protocol core: they take the time and an RNG and touch no
 //! network. [`Coordinator::serve`] is the I/O driver (TLS accept, HTTP parse, dispatch).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -27,7 +27,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
+use crate::challenge::Challenges;
 use crate::http::{self, Request};
+use crate::index::Index;
+use crate::limit::SourceLimiter;
 use crate::relay::{
     read_frame, write_loop, LocalRelaySender, RelayHub, RelayRoute, RelayStats, KEEPALIVE_KEY,
     RELAY_IDLE_TIMEOUT, RELAY_PROTOCOL,
@@ -56,8 +59,6 @@ pub const RESERVED_NAMES: &[&str] = &[
 ];
 /// Format 2 added tokens and node tags; format 1 states are migrated at open.
 pub(crate) const STATE_FORMAT: u32 = 2;
-/// Time allowed for the TLS handshake and reading the request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Coordinator settings (the daemon fills them from its YAML).
 #[derive(Debug, Clone)]
@@ -79,8 +80,20 @@ pub struct CoordinatorConfig {
     pub long_poll: Duration,
     /// Lifetime of a challenge nonce (60 s).
     pub challenge_ttl: Duration,
-    /// Most outstanding challenges kept at once.
+    /// Most nonces remembered as used (registrations within one challenge lifetime) and, as
+    /// many again, nonces of refused attempts. Issuing a challenge remembers nothing.
     pub max_challenges: usize,
+    /// Time allowed for the TLS handshake and reading a whole request (10 s): a client that
+    /// trickles its request is dropped after it.
+    pub request_timeout: Duration,
+    /// Challenges per second one source (IPv4 address or IPv6 /64) may ask for (2), after a
+    /// burst of `challenge_burst` (20); more are answered 429.
+    pub challenge_rate: f64,
+    /// See `challenge_rate`.
+    pub challenge_burst: u32,
+    /// Most sources whose challenge rate is tracked (4096); beyond, new sources share one
+    /// bucket.
+    pub rate_sources: usize,
     /// Keepalive interval on idle relay connections (20 s; must stay well below the 75 s
     /// idle timeout).
     pub relay_keepalive: Duration,
@@ -101,6 +114,10 @@ impl CoordinatorConfig {
             long_poll: Duration::from_secs(25),
             challenge_ttl: Duration::from_secs(60),
             max_challenges: 4096,
+            request_timeout: Duration::from_secs(10),
+            challenge_rate: 2.0,
+            challenge_burst: 20,
+            rate_sources: 4096,
             relay_keepalive: crate::relay::RELAY_KEEPALIVE,
             relay_queue: crate::relay::RELAY_QUEUE,
         }
@@ -147,7 +164,7 @@ impl NodeRecord {
 }
 
 /// The whole persisted snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PersistedState {
     format: u32,
     version: u64,
@@ -167,23 +184,18 @@ impl PersistedState {
     fn ip_taken(&self, ip: Ipv4Addr) -> bool {
         self.nodes.values().any(|n| n.mesh_ip == ip)
     }
-
-    fn by_cert(&self, fp: &[u8; 32]) -> Option<&NodeRecord> {
-        let h = hex(fp);
-        self.nodes
-            .values()
-            .find(|n| n.cert_sha256.as_deref() == Some(h.as_str()))
-    }
 }
 
-struct ChallengeEntry {
-    issued: Instant,
-    used: bool,
+fn index_of(s: &PersistedState) -> Index {
+    Index::build(
+        s.nodes
+            .values()
+            .map(|n| (n.name.as_str(), n.public_key, n.cert_sha256.as_deref())),
+    )
 }
 
 pub(crate) struct Inner {
     pub(crate) state: PersistedState,
-    challenges: HashMap<[u8; 32], ChallengeEntry>,
     /// The default token's secret (also in `coordinator/join_secret`; the state has its hash).
     pub(crate) default_secret: Zeroizing<[u8; 32]>,
 }
@@ -196,7 +208,15 @@ pub(crate) struct Shared {
     pub(crate) dir: std::path::PathBuf,
     pub(crate) store: Arc<dyn StateStore>,
     tls: Arc<ServerConfig>,
+    /// The published state: held only to read it or swap in a new one, never across I/O.
     inner: Mutex<Inner>,
+    /// Write sequencer: held by one state change from reading the state to publishing it,
+    /// across the durable write, so changes are persisted and published in order.
+    writer: Mutex<()>,
+    /// Lookup maps of the published state (relay and client-certificate hot paths).
+    index: RwLock<Index>,
+    challenges: Mutex<Challenges>,
+    limiter: SourceLimiter,
     version: watch::Sender<u64>,
     relay: RelayHub,
 }
@@ -419,6 +439,15 @@ impl Coordinator {
             .map_err(|e| Error::Tls(format!("server certificate: {e}")))?;
 
         let (version, _) = watch::channel(state.version);
+        let index = RwLock::new(index_of(&state));
+        let now = Instant::now();
+        let challenges = Mutex::new(Challenges::new(cfg.challenge_ttl, cfg.max_challenges, now));
+        let limiter = SourceLimiter::new(
+            cfg.challenge_rate,
+            cfg.challenge_burst,
+            cfg.rate_sources,
+            now,
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 cfg,
@@ -429,9 +458,12 @@ impl Coordinator {
                 tls: Arc::new(tls),
                 inner: Mutex::new(Inner {
                     state,
-                    challenges: HashMap::new(),
                     default_secret: join_secret,
                 }),
+                writer: Mutex::new(()),
+                index,
+                challenges,
+                limiter,
                 version,
                 relay: RelayHub::new(),
             }),
@@ -520,49 +552,58 @@ impl Coordinator {
         }
     }
 
-    /// Applies `f` to a copy of the state, persists it (bumping the netmap version if
-    /// `bump`), then publishes it. On a store error nothing changes.
+    /// Applies `f` to a copy of the state; `f` returns its result and whether the netmap
+    /// version is bumped. If the state changed, persists the copy, then publishes it. On an
+    /// error (of `f` or of the store) nothing changes. Changes are serialised by the write
+    /// sequencer; the state lock is held only to copy and to swap, never during the durable
+    /// write, so readers (netmap, relay, certificate lookups) never wait for an fsync.
     pub(crate) fn commit<T>(
         &self,
-        inner: &mut Inner,
-        bump: bool,
-        f: impl FnOnce(&mut PersistedState) -> Result<T, Error>,
+        f: impl FnOnce(&mut PersistedState) -> Result<(T, bool), Error>,
     ) -> Result<T, Error> {
-        let mut next = inner.state.clone();
-        let out = f(&mut next)?;
+        let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.lock().state.clone();
+        let mut next = cur.clone();
+        let (out, bump) = f(&mut next)?;
+        if next == cur {
+            return Ok(out);
+        }
         if bump {
             next.version += 1;
         }
         self.shared.store.save(&json(&next))?;
-        inner.state = next;
+        let index = index_of(&next);
+        let version = next.version;
+        self.lock().state = next;
+        *self.shared.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         if bump {
-            self.shared.version.send_replace(inner.state.version);
+            self.shared.version.send_replace(version);
         }
         Ok(out)
     }
 
-    /// Issues a single-use challenge valid for `challenge_ttl`.
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.shared.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a node with `key` is registered (a map lookup; no state lock).
+    pub(crate) fn is_member(&self, key: &PublicKey) -> bool {
+        self.index().has_key(key)
+    }
+
+    /// Issues a single-use challenge valid for `challenge_ttl`. Costs no memory (see
+    /// `challenge.rs`); the I/O driver rate-limits it per source.
     pub fn handle_challenge<R: RngCore + CryptoRng + ?Sized>(
         &self,
         now: Instant,
         rng: &mut R,
     ) -> Result<Challenge, Error> {
-        let ttl = self.shared.cfg.challenge_ttl;
-        let mut g = self.lock();
-        g.challenges
-            .retain(|_, c| now.saturating_duration_since(c.issued) < ttl);
-        if g.challenges.len() >= self.shared.cfg.max_challenges {
-            return Err(Error::Busy);
-        }
-        let mut nonce = [0u8; 32];
-        rng.fill_bytes(&mut nonce);
-        g.challenges.insert(
-            nonce,
-            ChallengeEntry {
-                issued: now,
-                used: false,
-            },
-        );
+        let nonce = self
+            .shared
+            .challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .issue(now, rng);
         Ok(Challenge {
             nonce,
             coordinator_static: self.public_key(),
@@ -578,17 +619,17 @@ impl Coordinator {
         req: RegisterRequest,
         rng: &mut R,
     ) -> Result<Registration, Error> {
-        let ttl = self.shared.cfg.challenge_ttl;
-        let mut g = self.lock();
-        match g.challenges.get_mut(&req.nonce) {
-            None => return Err(Error::ChallengeUnknown),
-            Some(c) if now.saturating_duration_since(c.issued) >= ttl => {
-                return Err(Error::ChallengeUnknown)
-            }
-            Some(c) if c.used => return Err(Error::ChallengeUsed),
-            Some(c) => c.used = true,
-        }
-        let token_id = crate::identity::check_join_token(&g.state, &req.token_secret, &req.name)?;
+        // The nonce is consumed whether or not the token is good (a wrong token is remembered
+        // apart, so guessing cannot crowd out token holders); the token is checked again
+        // inside the change, where a single-use token is used up atomically.
+        self.shared
+            .challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .consume(now, &req.nonce, || {
+                crate::identity::check_join_token(&self.lock().state, &req.token_secret, &req.name)
+                    .map(drop)
+            })?;
         let csr_der = CertificateSigningRequestDer::from_pem_slice(req.csr.as_bytes())
             .map_err(|e| Error::Malformed(format!("csr is not a PEM certificate request: {e}")))?;
         proof::verify_proof(
@@ -602,27 +643,28 @@ impl Coordinator {
         validate_name(&req.name)?;
         validate_endpoints(&req.endpoints)?;
 
-        let existing = g.state.by_key(&req.public_key).cloned();
-        match &existing {
-            Some(n) if n.name != req.name => return Err(Error::KeyTaken(n.name.clone())),
-            Some(n) if n.is_coordinator => return Err(Error::KeyTaken(n.name.clone())),
-            Some(_) => {}
-            None if g.state.nodes.contains_key(&req.name) => {
-                return Err(Error::NameTaken(req.name.clone()))
-            }
-            None => {}
-        }
-        let (cert_pem, fp) =
-            self.shared
-                .ca
-                .sign_node(csr_der.as_ref(), &req.name, &req.public_key)?;
-        let bump = match &existing {
-            None => true,
-            Some(n) => !req.endpoints.is_empty() && n.endpoints != req.endpoints,
-        } || crate::identity::token_has_tags(&g.state, &token_id);
         let creds = s3_credentials(rng);
         let cidr = self.shared.cfg.mesh_cidr;
-        let rec = self.commit(&mut g, bump, |s| {
+        let (rec, cert_pem) = self.commit(|s| {
+            let token_id = crate::identity::check_join_token(s, &req.token_secret, &req.name)?;
+            let existing = s.by_key(&req.public_key).cloned();
+            match &existing {
+                Some(n) if n.name != req.name => return Err(Error::KeyTaken(n.name.clone())),
+                Some(n) if n.is_coordinator => return Err(Error::KeyTaken(n.name.clone())),
+                Some(_) => {}
+                None if s.nodes.contains_key(&req.name) => {
+                    return Err(Error::NameTaken(req.name.clone()))
+                }
+                None => {}
+            }
+            let (cert_pem, fp) =
+                self.shared
+                    .ca
+                    .sign_node(csr_der.as_ref(), &req.name, &req.public_key)?;
+            let bump = match &existing {
+                None => true,
+                Some(n) => !req.endpoints.is_empty() && n.endpoints != req.endpoints,
+            } || crate::identity::token_has_tags(s, &token_id);
             let rec = match existing {
                 Some(mut n) => {
                     if !req.endpoints.is_empty() {
@@ -646,7 +688,7 @@ impl Coordinator {
             };
             let rec = crate::identity::consume_join_token(s, &token_id, rec);
             s.nodes.insert(rec.name.clone(), rec.clone());
-            Ok(rec)
+            Ok(((rec, cert_pem), bump))
         })?;
         tracing::info!(name = %rec.name, ip = %rec.mesh_ip, "node registered");
         Ok(Registration {
@@ -656,17 +698,16 @@ impl Coordinator {
             ca_cert: self.shared.ca.ca_pem().to_owned(),
             s3_access_key: rec.s3_access_key,
             s3_secret: rec.s3_secret,
-            netmap: self.netmap_of(&g.state),
+            netmap: self.netmap(),
         })
     }
 
     /// The registered node a verified client certificate (SHA-256 of its DER) belongs to.
     pub fn caller(&self, client_cert_sha256: Option<&[u8; 32]>) -> Result<String, Error> {
         let fp = client_cert_sha256.ok_or(Error::ClientCertRequired)?;
-        let g = self.lock();
-        g.state
-            .by_cert(fp)
-            .map(|n| n.name.clone())
+        self.index()
+            .by_cert(&hex(fp))
+            .map(|(name, _)| name.clone())
             .ok_or(Error::UnknownClient)
     }
 
@@ -677,19 +718,12 @@ impl Coordinator {
         endpoints: Vec<SocketAddr>,
     ) -> Result<Netmap, Error> {
         validate_endpoints(&endpoints)?;
-        let mut g = self.lock();
-        let same = g.state.nodes.get(name).map(|n| n.endpoints == endpoints);
-        match same {
-            None => return Err(Error::UnknownClient),
-            Some(true) => {}
-            Some(false) => self.commit(&mut g, true, |s| {
-                if let Some(n) = s.nodes.get_mut(name) {
-                    n.endpoints = endpoints;
-                }
-                Ok(())
-            })?,
-        }
-        Ok(self.netmap_of(&g.state))
+        self.commit(|s| {
+            let n = s.nodes.get_mut(name).ok_or(Error::UnknownClient)?;
+            n.endpoints = endpoints;
+            Ok(((), true))
+        })?;
+        Ok(self.netmap())
     }
 
     /// Records the address an AUTHENTICATED WireGuard packet from the node with `key` came
@@ -709,25 +743,31 @@ impl Coordinator {
         {
             return false;
         }
-        let mut g = self.lock();
-        let Some(name) = g
-            .state
-            .by_key(key)
-            .filter(|n| n.observed != Some(addr))
-            .map(|n| n.name.clone())
-        else {
+        let Some(name) = self.index().name_of(key).map(str::to_owned) else {
             return false;
         };
-        let r = self.commit(&mut g, true, |s| {
-            if let Some(n) = s.nodes.get_mut(&name) {
+        let known = self
+            .lock()
+            .state
+            .nodes
+            .get(&name)
+            .is_some_and(|n| n.observed == Some(addr));
+        if known {
+            return false;
+        }
+        let r = self.commit(|s| match s.nodes.get_mut(&name) {
+            Some(n) if n.observed != Some(addr) => {
                 n.observed = Some(addr);
+                Ok((true, true))
             }
-            Ok(())
+            _ => Ok((false, false)),
         });
         match r {
-            Ok(()) => {
-                tracing::debug!(%name, %addr, "observed endpoint");
-                true
+            Ok(changed) => {
+                if changed {
+                    tracing::debug!(%name, %addr, "observed endpoint");
+                }
+                changed
             }
             Err(e) => {
                 tracing::warn!(%name, %addr, "cannot record observed endpoint: {e}");
@@ -742,15 +782,10 @@ impl Coordinator {
         if name == self.shared.cfg.name {
             return Err(Error::Config("the coordinator cannot remove itself".into()));
         }
-        let mut g = self.lock();
-        let Some(key) = g.state.nodes.get(name).map(|n| n.public_key) else {
+        let Some(key) = self.commit(|s| Ok((s.nodes.remove(name).map(|n| n.public_key), true)))?
+        else {
             return Ok(false);
         };
-        self.commit(&mut g, true, |s| {
-            s.nodes.remove(name);
-            Ok(())
-        })?;
-        drop(g);
         if self.shared.relay.close(&key) {
             tracing::info!(name, "relay connection of removed node closed");
         }
@@ -784,6 +819,8 @@ impl Coordinator {
         client: Option<[u8; 32]>,
     ) -> Result<Vec<u8>, Error> {
         let path = req.path.as_str();
+        #[cfg(test)]
+        crate::contain::maybe_panic(path);
         match (req.method.as_str(), path) {
             ("GET", "/v1/challenge") => {
                 Ok(json(&self.handle_challenge(Instant::now(), &mut OsRng)?))
@@ -840,17 +877,18 @@ impl Coordinator {
             let req = http::read_request(&mut tls).await;
             Ok::<_, Error>((tls, fp, req))
         };
-        let (mut tls, fp, req) = match tokio::time::timeout(REQUEST_TIMEOUT, head).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "connection failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "request timed out");
-                return;
-            }
-        };
+        let (mut tls, fp, req) =
+            match tokio::time::timeout(self.shared.cfg.request_timeout, head).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "connection failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "request timed out");
+                    return;
+                }
+            };
         let result = match req {
             Ok(req) if req.method == "GET" && req.path == "/v1/relay" => {
                 match self.relay_accept(&req, fp.as_ref()) {
@@ -861,7 +899,18 @@ impl Coordinator {
                     Err(e) => Err(e),
                 }
             }
-            Ok(req) => self.dispatch(req, fp).await,
+            Ok(req)
+                if req.path == "/v1/challenge"
+                    && !self.shared.limiter.allow(peer.ip(), Instant::now()) =>
+            {
+                Err(Error::RateLimited)
+            }
+            Ok(req) => {
+                let kind = format!("{} {}", req.method, req.path);
+                crate::contain::contained(kind, self.dispatch(req, fp))
+                    .await
+                    .unwrap_or(Err(Error::Internal))
+            }
             Err(e) => Err(e),
         };
         let (status, body) = match result {
@@ -894,11 +943,11 @@ impl Coordinator {
         client: Option<&[u8; 32]>,
     ) -> Result<(String, PublicKey), Error> {
         let fp = client.ok_or(Error::ClientCertRequired)?;
-        let (name, key) = {
-            let g = self.lock();
-            let n = g.state.by_cert(fp).ok_or(Error::UnknownClient)?;
-            (n.name.clone(), n.public_key)
-        };
+        let (name, key) = self
+            .index()
+            .by_cert(&hex(fp))
+            .cloned()
+            .ok_or(Error::UnknownClient)?;
         let has_token = |h: &str, t: &str| {
             req.header(h)
                 .is_some_and(|v| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))
@@ -927,7 +976,7 @@ impl Coordinator {
         let hub = &self.shared.relay;
         let mut reg = hub.register(key, self.shared.cfg.relay_queue);
         // The node may have been removed between the identity check and registering.
-        if self.lock().state.by_key(&key).is_none() {
+        if !self.is_member(&key) {
             hub.unregister(&key, reg.id);
             let body = json(&ErrorBody {
                 error: Error::UnknownClient.to_string(),
@@ -964,9 +1013,7 @@ impl Coordinator {
                 if dst == KEEPALIVE_KEY && payload.is_empty() {
                     continue;
                 }
-                hub.route(key, &dst, payload, |k| {
-                    self.lock().state.by_key(k).is_some()
-                });
+                hub.route(key, &dst, payload, |k| self.is_member(k));
             }
         };
         let writer = write_loop(&mut wr, &mut reg.rx, keepalive);
@@ -1003,9 +1050,7 @@ impl Coordinator {
     pub(crate) fn relay_from_local(&self, dst: &PublicKey, payload: Vec<u8>) -> RelayRoute {
         self.shared
             .relay
-            .route(self.public_key(), dst, payload, |k| {
-                self.lock().state.by_key(k).is_some()
-            })
+            .route(self.public_key(), dst, payload, |k| self.is_member(k))
     }
 
     /// Relay counters.

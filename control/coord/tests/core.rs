@@ -50,18 +50,27 @@ fn challenge_expires_after_ttl() {
 }
 
 #[test]
-fn outstanding_challenges_are_bounded_and_purged() {
+fn challenges_cost_nothing_used_nonces_are_bounded_and_purged() {
     let (c, _) = open(3);
     let t0 = Instant::now();
-    for _ in 0..3 {
+    // Issuing is free: far more challenges than the bound.
+    for _ in 0..100 {
         c.handle_challenge(t0, &mut OsRng).expect("room");
     }
-    let e = c.handle_challenge(t0, &mut OsRng).expect_err("full");
-    assert!(matches!(e, Error::Busy));
+    // Nonces of successful registrations are remembered (replay protection), at most 3
+    // within one challenge lifetime.
+    for i in 0..3 {
+        let req = request(&c, t0, &PrivateKey::generate(&mut OsRng), &format!("n{i}"));
+        c.handle_register(t0, req, &mut OsRng).expect("room");
+    }
+    let req = request(&c, t0, &PrivateKey::generate(&mut OsRng), "n3");
+    let e = c.handle_register(t0, req, &mut OsRng).expect_err("full");
+    assert!(matches!(e, Error::Busy), "{e:?}");
     assert_eq!(e.http_status(), 503);
     // Expired ones are dropped on the next call.
-    c.handle_challenge(t0 + Duration::from_secs(61), &mut OsRng)
-        .expect("purged");
+    let later = t0 + Duration::from_secs(61);
+    let req = request(&c, later, &PrivateKey::generate(&mut OsRng), "n3");
+    c.handle_register(later, req, &mut OsRng).expect("purged");
 }
 
 #[test]

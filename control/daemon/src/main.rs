@@ -72,12 +72,17 @@ enum Cmd {
 }
 
 fn main() {
-    // A panic in any task or thread ends the node (it is supervised like a daemon), as
-    // `panic = "abort"` would; the release profile unwinds so tests share its build.
+    // A panic while serving one request (S3, NFS fast path, coordinator API, DNS) is caught
+    // at that request's task boundary, logged with the request kind, counted and answered with
+    // an internal error: the node goes on. Any other panic ends the node (it is supervised like
+    // a daemon), as `panic = "abort"` would; the release profile unwinds so that the requests'
+    // `catch_unwind` works (and tests share its build).
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        std::process::abort();
+        if !panic_is_contained() {
+            std::process::abort();
+        }
     }));
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -100,6 +105,11 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// Whether the current thread is serving a request whose panics are caught and answered.
+fn panic_is_contained() -> bool {
+    tm_s3::in_request() || tm_nfs::in_request() || tm_coord::in_request() || tm_dns::in_request()
 }
 
 fn genkey() -> Result<()> {

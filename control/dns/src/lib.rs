@@ -20,11 +20,13 @@
 //! server around it only do framing.
 #![forbid(unsafe_code)]
 
+mod contain;
 mod error;
 mod handler;
 mod server;
 mod zone;
 
+pub use contain::{in_request, panics};
 pub use error::DnsError;
 pub use handler::{Handler, MeshDns, UpdateReport};
 pub use server::{serve, DnsServer, DEFAULT_ADDR};
@@ -96,3 +98,5 @@ pub mod fuzzing {
         Some(out)
     }
 }
+#[cfg(test)]
+mod contain_tests;

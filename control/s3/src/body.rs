@@ -21,6 +21,13 @@ pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, StdError>> 
 const MAX_CHUNK: usize = 16 << 20;
 /// Longest chunk header or trailer line.
 const MAX_LINE: usize = 4096;
+/// Longest chunk extension (after `;`): `chunk-signature=` and 64 hex digits is 80 bytes.
+pub(crate) const MAX_CHUNK_EXT: usize = 256;
+/// Largest trailer section (all trailing header lines after the final chunk): AWS SDKs send one
+/// checksum and the trailer signature, well under 1 KiB.
+pub(crate) const MAX_TRAILER: usize = 8 * 1024;
+/// Most trailing header lines.
+pub(crate) const MAX_TRAILER_LINES: usize = 16;
 
 fn err(e: Error) -> StdError {
     Box::new(e)
@@ -140,6 +147,11 @@ impl Dechunk {
         let line = std::str::from_utf8(&line)
             .map_err(|_| err(Error::InvalidChunk("non-UTF-8 chunk header".into())))?;
         let (size_hex, ext) = line.split_once(';').unwrap_or((line, ""));
+        if ext.len() > MAX_CHUNK_EXT {
+            return Err(err(Error::InvalidChunk(format!(
+                "chunk extension longer than {MAX_CHUNK_EXT} bytes"
+            ))));
+        }
         let size = usize::from_str_radix(size_hex.trim(), 16)
             .map_err(|_| err(Error::InvalidChunk(format!("bad chunk size {size_hex:?}"))))?;
         if size > MAX_CHUNK {
@@ -181,6 +193,7 @@ impl Dechunk {
     async fn read_trailer(&mut self) -> Result<(), StdError> {
         let mut canonical = Vec::new();
         let mut trailer_sig = None;
+        let (mut bytes, mut lines) = (0usize, 0usize);
         loop {
             let Some(line) = self.line().await? else {
                 break; // lenient: some clients omit the final empty line
@@ -188,11 +201,18 @@ impl Dechunk {
             if line.is_empty() {
                 break;
             }
+            bytes += line.len() + 2;
+            lines += 1;
+            if bytes > MAX_TRAILER || lines > MAX_TRAILER_LINES {
+                return Err(err(Error::MalformedTrailer(format!(
+                    "trailer larger than {MAX_TRAILER} bytes or {MAX_TRAILER_LINES} lines"
+                ))));
+            }
             let text = std::str::from_utf8(&line)
                 .map_err(|_| err(Error::InvalidChunk("non-UTF-8 trailer".into())))?;
             let (name, value) = text
                 .split_once(':')
-                .ok_or_else(|| err(Error::InvalidChunk("bad trailer line".into())))?;
+                .ok_or_else(|| err(Error::MalformedTrailer("bad trailer line".into())))?;
             let name = name.trim().to_ascii_lowercase();
             if name == "x-amz-trailer-signature" {
                 trailer_sig = Some(value.trim().to_owned());
@@ -309,6 +329,56 @@ mod tests {
             .await
             .unwrap_err();
         assert!(kind(&e).contains("InvalidChunk"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn long_chunk_extension_is_refused() {
+        let ext = format!("3;{}\r\nabc\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_EXT + 1));
+        let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(ext))]));
+        let e = collect(aws_chunked(s, None, false, None))
+            .await
+            .unwrap_err();
+        assert!(kind(&e).contains("InvalidChunk"), "{e}");
+        // At the limit it is accepted (an unsigned body ignores unknown extensions).
+        let ok = format!("3;{}\r\nabc\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_EXT));
+        let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(ok))]));
+        assert_eq!(
+            collect(aws_chunked(s, None, false, None))
+                .await
+                .expect("ok"),
+            b"abc"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_trailer_is_refused() {
+        // Many short trailer lines (each under the line limit) used to be accepted without
+        // bound; now the section is capped in bytes and in lines.
+        let mut body = b"3\r\nabc\r\n0\r\n".to_vec();
+        for i in 0..MAX_TRAILER_LINES + 1 {
+            body.extend_from_slice(format!("x-amz-meta-{i}:v\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(body))]));
+        let e = collect(aws_chunked(s, None, true, None)).await.unwrap_err();
+        assert!(kind(&e).contains("MalformedTrailer"), "{e}");
+
+        let mut body = b"3\r\nabc\r\n0\r\n".to_vec();
+        for _ in 0..3 {
+            body.extend_from_slice(format!("x-big:{}\r\n", "v".repeat(MAX_LINE - 8)).as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(body))]));
+        let e = collect(aws_chunked(s, None, true, None)).await.unwrap_err();
+        assert!(kind(&e).contains("MalformedTrailer"), "{e}");
+
+        // Trailer arriving in a stream that never ends: refused once the cap is passed,
+        // not buffered forever.
+        let head = futures::stream::iter([Ok(Bytes::from_static(b"3\r\nabc\r\n0\r\n"))]);
+        let endless = futures::stream::repeat_with(|| Ok(Bytes::from_static(b"a:b\r\n")));
+        let s: BodyStream = Box::pin(head.chain(endless));
+        let e = collect(aws_chunked(s, None, true, None)).await.unwrap_err();
+        assert!(kind(&e).contains("MalformedTrailer"), "{e}");
     }
 
     #[tokio::test]

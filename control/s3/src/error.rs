@@ -47,6 +47,15 @@ pub enum Error {
     /// The aws-chunked framing is invalid.
     #[error("invalid aws-chunked body: {0}")]
     InvalidChunk(String),
+    /// The aws-chunked trailer section is malformed or too large.
+    #[error("malformed trailer: {0}")]
+    MalformedTrailer(String),
+    /// The client sent its request body too slowly.
+    #[error("request body arrived too slowly")]
+    RequestTimeout,
+    /// A request handler panicked (answered 500 InternalError; the node keeps running).
+    #[error("internal error")]
+    Internal,
     /// An engine error.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -103,6 +112,12 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
             "Your request header section exceeds the maximum allowed size.".into(),
         ),
         Error::InvalidChunk(m) => custom("InvalidChunkSizeError", St::BAD_REQUEST, m),
+        Error::MalformedTrailer(m) => custom("MalformedTrailerError", St::BAD_REQUEST, m),
+        Error::RequestTimeout => S3Error::with_message(
+            C::RequestTimeout,
+            "Your socket connection to the server was not read from or written to within the timeout period",
+        ),
+        Error::Internal => S3Error::with_message(C::InternalError, "internal error"),
         Error::Storage(e) => match e {
             StorageError::NoSuchBucket => S3Error::with_message(
                 C::NoSuchBucket,
@@ -179,6 +194,8 @@ pub(crate) fn body_error(err: &(dyn std::error::Error + 'static), bucket: &str) 
             Error::ContentSha256Mismatch => Error::ContentSha256Mismatch,
             Error::EntityTooLarge => Error::EntityTooLarge,
             Error::InvalidChunk(m) => Error::InvalidChunk(m.clone()),
+            Error::MalformedTrailer(m) => Error::MalformedTrailer(m.clone()),
+            Error::RequestTimeout => Error::RequestTimeout,
             _ => Error::IncompleteBody,
         };
         return aws_error(mapped, bucket);
@@ -225,6 +242,11 @@ mod tests {
             body_error(&*e, "b").code().as_str(),
             "XAmzContentSHA256Mismatch"
         );
+        let e: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(Error::MalformedTrailer("too large".into()));
+        let e = body_error(&*e, "b");
+        assert_eq!(e.code().as_str(), "MalformedTrailerError");
+        assert_eq!(e.status_code(), Some(http::StatusCode::BAD_REQUEST));
         let io = std::io::Error::other("x");
         assert_eq!(body_error(&io, "b").code(), &S3ErrorCode::IncompleteBody);
     }

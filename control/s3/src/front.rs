@@ -18,13 +18,14 @@ use futures::TryStreamExt;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyDataStream, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tm_storage::Store;
 
 use crate::auth::{self, BodyMode, ReqView};
 use crate::body::{self, BodyStream, StdError};
 use crate::error::{aws_error, Error};
+use crate::guard::{self, Limits};
 use crate::service::TmS3;
 use crate::S3Config;
 
@@ -39,6 +40,7 @@ struct Front {
     s3: S3Service,
     store: Store,
     cfg: S3Config,
+    limits: Limits,
     now: fn() -> SystemTime,
 }
 
@@ -50,12 +52,25 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
     now: fn() -> SystemTime,
 ) -> io::Result<()> {
+    serve_limited(listener, store, cfg, Limits::default(), shutdown, now).await
+}
+
+/// Like [`serve_with`], with explicit time and rate bounds (tests use short ones).
+pub async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    cfg: S3Config,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    now: fn() -> SystemTime,
+) -> io::Result<()> {
     let mut b = S3ServiceBuilder::new(TmS3::new(store.clone()));
     b.set_validation(crate::service::Names);
     let front = Arc::new(Front {
         s3: b.build(),
         store,
         cfg,
+        limits,
         now,
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -73,12 +88,19 @@ pub async fn serve_with(
                 };
                 let _ = stream.set_nodelay(true);
                 let f = front.clone();
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let f = f.clone();
-                    async move { Ok::<_, Infallible>(f.handle(req, remote.ip()).await) }
+                    let path = req.uri().path().to_owned();
+                    let kind = format!("{} {path}", req.method());
+                    async move {
+                        let r = guard::contained(kind, f.handle(req, remote.ip())).await;
+                        Ok::<_, Infallible>(r.unwrap_or_else(|()| error_response(Error::Internal, &path)))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .max_buf_size(128 * 1024)
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(front.limits.header_timeout)
                     .serve_connection(TokioIo::new(stream), svc);
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -138,6 +160,8 @@ impl Front {
         req: Request<Incoming>,
         remote: IpAddr,
     ) -> Response<s3s::Body> {
+        #[cfg(test)]
+        guard::maybe_panic(req.uri().path());
         let path = req.uri().path().to_owned();
         match self.prepare(req, remote).await {
             Ok(req) => match self.s3.call(req).await {
@@ -243,8 +267,10 @@ impl Front {
             .iter()
             .any(|v| v.to_str().is_ok_and(|s| s.contains("aws-chunked")));
         let decoded_len = header_u64(&parts.headers, "x-amz-decoded-content-length");
-        let raw: BodyStream =
-            Box::pin(BodyDataStream::new(incoming).map_err(|e| -> StdError { Box::new(e) }));
+        let raw: BodyStream = guard::paced(
+            Box::pin(BodyDataStream::new(incoming).map_err(|e| -> StdError { Box::new(e) })),
+            self.limits,
+        );
         let stream = match verified.body {
             BodyMode::Plain if chunked_encoding => body::aws_chunked(raw, None, false, decoded_len),
             BodyMode::Plain => raw,

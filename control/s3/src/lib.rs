@@ -2,7 +2,7 @@
 //!
 //! What it does:
 //! - Serves the S3 REST API both at the root path and under `/s3` (`http://HOST:PORT/s3/...`).
-//! - Authenticates every request in its own front layer ([`front`]) on the ORIGINAL request, before
+//! - Authenticates every request in its own front layer (`front.rs`) on the ORIGINAL request, before
 //!   s3s sees it: AWS SigV4 (header and presigned query, `UNSIGNED-PAYLOAD`, signed payload hashes,
 //!   and `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]` / `STREAMING-UNSIGNED-PAYLOAD-TRAILER`
 //!   aws-chunked bodies with per-chunk signature verification), HTTP Basic (access key / secret)
@@ -33,6 +33,7 @@ mod auth;
 mod body;
 mod error;
 mod front;
+mod guard;
 mod list;
 mod principal;
 mod service;
@@ -43,7 +44,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use error::Error;
-pub use front::serve_with;
+pub use front::{serve_limited, serve_with};
+pub use guard::{in_request, panics, Limits};
 pub use principal::{Authority, NodeKey, Principal, SeedLogin, TokenRefusal};
 
 /// The reserved system bucket: only [`Principal::Coordinator`] may read or list it; nobody
@@ -83,8 +85,8 @@ pub mod fuzzing {
     use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
     use crate::auth::{self, ReqView};
-    use crate::Principal;
     use crate::body;
+    use crate::Principal;
 
     /// Drains an in-memory body stream (it never waits).
     fn drain(mut s: body::BodyStream) -> Result<Vec<u8>, String> {
@@ -151,15 +153,13 @@ pub mod fuzzing {
         let Some(claim) = auth::parse(&view).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let cred = claim
-            .access_key()
-            .map(|ak| {
-                let principal = Principal::Token {
-                    id: format!("user-{ak}"),
-                    tags: Vec::new(),
-                };
-                ("secret".to_owned(), principal)
-            });
+        let cred = claim.access_key().map(|ak| {
+            let principal = Principal::Token {
+                id: format!("user-{ak}"),
+                tags: Vec::new(),
+            };
+            ("secret".to_owned(), principal)
+        });
         match auth::verify(&claim, cred, &view, now).map_err(|e| e.to_string())? {
             auth::Verified {
                 principal: Principal::Token { id, .. },

@@ -134,7 +134,7 @@ impl ReplayWindow {
     /// when another thread claimed it first.
     ///
     /// `next` is raised before the word's CAS, so a reader that sees a word also sees a
-    /// `next` at least as new, which is what [`full_block`] needs. Raising it for a counter
+    /// `next` at least as new, which is what `full_block` needs. Raising it for a counter
     /// that then loses the CAS changes nothing: that counter (or a newer one in its word)
     /// was accepted already.
     pub fn update(&self, counter: u64) -> bool {

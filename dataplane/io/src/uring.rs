@@ -20,7 +20,7 @@
 //! with `UDP_GRO` on one completion hands the handler many datagrams and their segment size.
 //!
 //! UDP receive, multishot (default, [`LoopConfig::multishot`]): ONE `recvmsg` SQE with
-//! `IORING_RECV_MULTISHOT` over a provided-buffer ring ([`BufRing`]): every datagram (or GRO
+//! `IORING_RECV_MULTISHOT` over a provided-buffer ring (`BufRing`): every datagram (or GRO
 //! batch) completes into a buffer the kernel picked, laid out as `io_uring_recvmsg_out`,
 //! source address, control messages, payload; the buffer goes back to the ring as soon as
 //! the handler returns. The op stays armed across completions (re-armed when a CQE arrives

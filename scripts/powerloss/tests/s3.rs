@@ -55,12 +55,35 @@ fn s3_child() {
         let cfg = tm_s3::S3Config {
             listen: addr,
             max_body: 1 << 30,
-            mesh_token: Some(TOKEN.into()),
+            authority: Some(std::sync::Arc::new(OneToken)),
         };
         tm_s3::serve(l, store, cfg, std::future::pending())
             .await
             .expect("serve");
     });
+}
+
+/// The mesh's identities as the S3 server sees them: one token, no nodes.
+#[derive(Debug)]
+struct OneToken;
+
+impl tm_s3::Authority for OneToken {
+    fn token(&self, token: &str) -> Result<tm_s3::Principal, tm_s3::TokenRefusal> {
+        if token == TOKEN {
+            Ok(tm_s3::Principal::Token {
+                id: "powerloss".into(),
+                tags: Vec::new(),
+            })
+        } else {
+            Err(tm_s3::TokenRefusal::Unknown)
+        }
+    }
+    fn seed_login(&self, _name: &str) -> Option<tm_s3::SeedLogin> {
+        None
+    }
+    fn node(&self, _key: &tm_s3::NodeKey) -> Option<tm_s3::Principal> {
+        None
+    }
 }
 
 /// PUT one object; true on 200.

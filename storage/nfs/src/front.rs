@@ -59,6 +59,8 @@ pub(crate) struct Front {
     pub read_send: ReadSend,
     /// See [`crate::NfsConfig::busy_poll`].
     pub busy_poll: std::time::Duration,
+    /// Calls in flight, per connection and in the server ([`crate::limit`]).
+    pub slots: Arc<crate::limit::Slots>,
 }
 
 #[derive(Clone, Copy)]
@@ -193,6 +195,21 @@ pub(crate) async fn read_record(
         if h & 0x8000_0000 != 0 {
             return Ok(Some(rec));
         }
+    }
+}
+
+/// Runs one fast-path call with its panics contained: a panic is logged with the procedure,
+/// counted, and answered `NFS3ERR_SERVERFAULT`; the connection and the server go on.
+async fn contained(call: &Call, f: impl std::future::Future<Output = fast::Reply>) -> fast::Reply {
+    let kind = format!("NFSv3 procedure {}", call.proc_);
+    #[cfg(test)]
+    let f = async {
+        crate::contain::maybe_panic(call.xid);
+        f.await
+    };
+    match crate::contain::contained(kind, f).await {
+        Ok(r) => r,
+        Err(()) => fast::Reply::Parts(vec![crate::limit::serverfault(call.xid, call.proc_)]),
     }
 }
 
@@ -408,6 +425,9 @@ impl Front {
         let (mut cr, cw) = client.into_split();
         let cw = Arc::new(tokio::sync::Mutex::new(cw));
         let pending: Arc<Mutex<HashMap<u32, Patch>>> = Arc::default();
+        // Slots of calls forwarded to the library, freed when their reply comes back.
+        let slots = self.slots.conn();
+        let forwarded: Arc<Mutex<HashMap<u32, crate::limit::Slot>>> = Arc::default();
         let mut up_w = None;
         let mut pump = None;
         if allowed {
@@ -422,10 +442,18 @@ impl Front {
             let (mut ur, uw) = up.into_split();
             up_w = Some(uw);
             let (cw, pending, me) = (cw.clone(), pending.clone(), self.clone());
+            let forwarded = forwarded.clone();
             pump = Some(tokio::spawn(async move {
                 while let Ok(Some(mut rec)) = read_record(&mut ur).await {
-                    let patch = be32(&rec, 0).and_then(|xid| {
+                    let xid = be32(&rec, 0);
+                    let patch = xid.and_then(|xid| {
                         pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&xid)
+                    });
+                    let slot = xid.and_then(|xid| {
+                        forwarded
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&xid)
@@ -436,6 +464,7 @@ impl Front {
                     if write_record(&mut *cw.lock().await, &rec).await.is_err() {
                         break;
                     }
+                    drop(slot);
                 }
                 let _ = cw.lock().await.shutdown().await;
             }));
@@ -462,9 +491,9 @@ impl Front {
                     // spawned task would cost a thread wake-up per call on an idle machine,
                     // and there is nothing to overlap it with.
                     let reply = if !sendfile && fast::is_read(&call) {
-                        fast::read_in_order(&self, &call, &rec, &mut seq).await
+                        contained(&call, fast::read_in_order(&self, &call, &rec, &mut seq)).await
                     } else {
-                        fast::serve(&self, &call, &rec, sendfile).await
+                        contained(&call, fast::serve(&self, &call, &rec, sendfile)).await
                     };
                     if send_reply(&cw, reply, peer).await.is_err() {
                         break;
@@ -480,10 +509,13 @@ impl Front {
                     }
                     sent_at = Some(std::time::Instant::now());
                 } else {
+                    // Waiting for a slot stops reading this client (back-pressure).
+                    let slot = slots.acquire().await;
                     let (me, cw) = (self.clone(), cw.clone());
                     tokio::spawn(async move {
-                        let reply = fast::serve(&me, &call, &rec, sendfile).await;
+                        let reply = contained(&call, fast::serve(&me, &call, &rec, sendfile)).await;
                         let _ = send_reply(&cw, reply, peer).await;
+                        drop(slot);
                     });
                 }
                 continue;
@@ -494,7 +526,14 @@ impl Front {
             };
             let r = match (local, &mut up_w) {
                 (Some(reply), _) => write_record(&mut *cw.lock().await, &reply).await,
-                (None, Some(uw)) => write_record(uw, &rec).await,
+                (None, Some(uw)) => {
+                    let slot = slots.acquire().await;
+                    forwarded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(call.xid, slot);
+                    write_record(uw, &rec).await
+                }
                 (None, None) => Ok(()),
             };
             if r.is_err() {

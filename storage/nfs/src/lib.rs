@@ -3,7 +3,7 @@
 //!
 //! What it does: serves the file-system view of [`tm_storage`] ([`tm_storage::FileSystem`]:
 //! persistent inodes, attributes, directories as key prefixes, in-place chunk-local writes) with
-//! the `nfs3_server` crate behind an RPC front ([`front`]) that enforces who may mount.
+//! the `nfs3_server` crate behind an RPC front (`front.rs`) that enforces who may mount.
 //!
 //! Why `nfs3_server` (0.11, the maintained fork of `nfsserve` 0.11): `nfsserve` puts the process
 //! start time in every file handle (a static, not settable), so every restart makes all client
@@ -11,7 +11,7 @@
 //! with no say for the file system. `nfs3_server` lets us choose the handle bytes, set the
 //! handle generation (we use a random number persisted once per store) and choose cookies.
 //! Neither library shows the client address to the MNT handler; the front wraps the listener
-//! for that (and fixes a few answers, see [`front`]).
+//! for that (and fixes a few answers, see `front.rs`).
 //!
 //! What it never does: talk to anything but its listener and the loopback socket of the
 //! library; accept clients outside loopback and the configured mesh networks; create shares
@@ -24,7 +24,9 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod contain;
 mod front;
+pub mod limit;
 pub mod vfs;
 
 use std::future::Future;
@@ -38,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use access::{Access, Cidr};
+pub use contain::{in_request, panics};
 pub use vfs::Vfs;
 
 /// Default NFS port.
@@ -90,6 +93,12 @@ pub struct NfsConfig {
     /// before, watch its socket for this long before going to sleep (default
     /// [`BUSY_POLL`]; zero: never).
     pub busy_poll: std::time::Duration,
+    /// Most calls of one connection in flight at once (spawned or forwarded, not yet
+    /// answered); beyond it the connection is not read (back-pressure). Default
+    /// [`limit::MAX_IN_FLIGHT_PER_CONN`].
+    pub max_in_flight_per_conn: usize,
+    /// Most calls of all connections in flight at once. Default [`limit::MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
 }
 
 /// Default [`NfsConfig::busy_poll`]. A client in a tight loop (libnfs on the same host, a
@@ -140,6 +149,8 @@ impl NfsConfig {
             allow_loopback: true,
             read_send: ReadSend::Auto,
             busy_poll: BUSY_POLL,
+            max_in_flight_per_conn: limit::MAX_IN_FLIGHT_PER_CONN,
+            max_in_flight: limit::MAX_IN_FLIGHT,
         }
     }
 }
@@ -203,6 +214,7 @@ impl NfsServer {
             verf: random_verf(),
             read_send: cfg.read_send,
             busy_poll: cfg.busy_poll,
+            slots: limit::Slots::new(cfg.max_in_flight, cfg.max_in_flight_per_conn),
         });
         Ok(NfsServer {
             listener,

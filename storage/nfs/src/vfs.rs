@@ -362,7 +362,7 @@ impl Vfs {
     }
 }
 
-/// Directory listing iterator: fetches pages of [`DIR_PAGE`] entries from the store.
+/// Directory listing iterator: fetches pages of `DIR_PAGE` entries from the store.
 pub struct DirIter {
     fs: FileSystem,
     dir: u64,

@@ -1,0 +1,122 @@
+//! Bounded concurrency of the RPC front: at most `per_conn` calls of one connection and
+//! `server` calls of all connections together are in flight (spawned on the fast path, or
+//! forwarded to the library and not yet answered). When a connection has no slot left its
+//! reader stops reading: the client sees TCP back-pressure, not an error, and no task or
+//! buffer is created for calls it has not been given a slot for. Calls served inline on the
+//! reading task (WRITE, GETATTR, LOOKUP, and any call of a client that is not pipelining) need
+//! no slot: they are already one at a time per connection.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Default most calls in flight per connection.
+pub const MAX_IN_FLIGHT_PER_CONN: usize = 128;
+/// Default most calls in flight in the whole server.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// The server-wide slots.
+pub(crate) struct Slots {
+    server: Arc<Semaphore>,
+    per_conn: usize,
+    in_flight: AtomicUsize,
+    high: AtomicUsize,
+}
+
+impl Slots {
+    pub(crate) fn new(server: usize, per_conn: usize) -> Arc<Self> {
+        Arc::new(Self {
+            server: Arc::new(Semaphore::new(server.max(1))),
+            per_conn: per_conn.max(1),
+            in_flight: AtomicUsize::new(0),
+            high: AtomicUsize::new(0),
+        })
+    }
+
+    /// A new connection's slots.
+    pub(crate) fn conn(self: &Arc<Self>) -> ConnSlots {
+        ConnSlots {
+            conn: Arc::new(Semaphore::new(self.per_conn)),
+            shared: self.clone(),
+        }
+    }
+
+    /// The most calls that were ever in flight at once.
+    #[cfg(test)]
+    pub(crate) fn high_water(&self) -> usize {
+        self.high.load(Ordering::SeqCst)
+    }
+}
+
+/// One connection's slots.
+pub(crate) struct ConnSlots {
+    conn: Arc<Semaphore>,
+    shared: Arc<Slots>,
+}
+
+impl ConnSlots {
+    /// Waits for a slot of this connection and one of the server.
+    pub(crate) async fn acquire(&self) -> Slot {
+        let c = self
+            .conn
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let s = self
+            .shared
+            .server
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let n = self.shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.high.fetch_max(n, Ordering::SeqCst);
+        Slot {
+            _conn: c,
+            _server: s,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A call in flight; dropping it frees its slots.
+pub(crate) struct Slot {
+    _conn: OwnedSemaphorePermit,
+    _server: OwnedSemaphorePermit,
+    shared: Arc<Slots>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `NFS3ERR_SERVERFAULT` reply to an NFSv3 call of procedure `proc_` (status and the
+/// procedure's failure body: no attributes).
+pub(crate) fn serverfault(xid: u32, proc_: u32) -> Vec<u8> {
+    const SERVERFAULT: u32 = 10006;
+    // post_op_attr (1 word) for LOOKUP/READ/ACCESS/READLINK/READDIR(PLUS)/FSSTAT/FSINFO/
+    // PATHCONF, wcc_data (2 words) for SETATTR/WRITE/CREATE/MKDIR/SYMLINK/MKNOD/REMOVE/RMDIR/
+    // COMMIT; RENAME and LINK two of them; GETATTR nothing.
+    let fail_words = match proc_ {
+        1 => 0,
+        3 | 4 | 5 | 6 | 16 | 17 | 18 | 19 | 20 => 1,
+        14 => 4,
+        15 => 3,
+        _ => 2,
+    };
+    let mut v = Vec::with_capacity(40);
+    for w in [xid, 1, 0, 0, 0, 0, SERVERFAULT] {
+        v.extend_from_slice(&u32::to_be_bytes(w));
+    }
+    for _ in 0..fail_words {
+        v.extend_from_slice(&0u32.to_be_bytes());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests;
