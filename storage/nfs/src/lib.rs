@@ -25,6 +25,7 @@
 
 pub mod access;
 mod front;
+pub mod portmap;
 pub mod vfs;
 
 use std::future::Future;
