@@ -134,6 +134,8 @@ pub struct Node {
     relay: Option<RelayBridge>,
     dns: Option<Arc<MeshDns>>,
     dns_addrs: Vec<SocketAddr>,
+    /// System resolver settings made for the mesh DNS; undone when the node is dropped.
+    sysdns: Option<crate::sysdns::SystemDns>,
     netmap_version: u64,
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
@@ -190,6 +192,7 @@ impl Node {
             relay: None,
             dns: None,
             dns_addrs: Vec::new(),
+            sysdns: None,
             netmap_version: 0,
             leaving: None,
             stop: false,
@@ -330,6 +333,9 @@ impl Node {
                     tracing::error!("mesh DNS stopped: {e}");
                 }
             });
+            if d.manage_system {
+                self.sysdns = crate::sysdns::manage(&self.cfg, mesh_ip, &d.domain, &dns);
+            }
             self.dns = Some(dns);
         }
         Ok(())
