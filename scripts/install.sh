@@ -38,7 +38,7 @@ install -d "$bindir"
 for b in "${BINS[@]}"; do
     install -m 0755 "$BIN_SRC/$b" "$bindir/$b"
 done
-log "binaries: $bindir/{${BINS[*]// /,}}"
+log "binaries: $bindir/{$(IFS=,; echo "${BINS[*]}")}"
 
 tm=$bindir/tunnelmesh
 share=$DESTDIR$PREFIX/share

@@ -102,9 +102,12 @@ out=$(ns_exec beta timeout 10 rpcinfo -p coordinator.mesh 2>&1) || fail "rpcinfo
 grep -Eq '100005 +3 +tcp +2049' <<<"$out" || fail "rpcinfo -p has no MOUNT v3 on 2049: $out"
 grep -Eq '100003 +3 +tcp +2049' <<<"$out" || fail "rpcinfo -p has no NFS v3 on 2049: $out"
 log "ok: rpcinfo -p coordinator.mesh lists MOUNT and NFS v3 on 2049"
-echo hello | ns_exec beta timeout 20 nfs-cp /dev/stdin 'nfs://coordinator.mesh/shares/default/hello.txt?version=3' >/dev/null 2>&1 || true
+echo hello >"$TM_TMP/hello.txt"
+out=$(ns_exec beta timeout 20 nfs-cp "$TM_TMP/hello.txt" 'nfs://coordinator.mesh/shares/default/hello.txt?version=3' 2>&1) ||
+    fail "nfs-cp without ports: $out"
 out=$(ns_exec beta timeout 20 nfs-ls 'nfs://coordinator.mesh/shares/default?version=3' 2>&1) ||
     fail "nfs-ls without nfsport/mountport: $out"
+grep -q hello.txt <<<"$out" || fail "nfs-ls does not list hello.txt: $out"
 log "ok: nfs-ls nfs://coordinator.mesh/shares/default without ports ($(wc -l <<<"$out") entries)"
 
 # --- restore ------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ cmp "$RC_BETA" "$TM_TMP/beta.orig" || fail "resolv.conf differs after stop"
 log "ok: resolv.conf byte-identical after stop"
 start beta
 grep -q "^nameserver $BETA_IP" "$RC_BETA" || fail "no block after restart"
-kill -KILL "${PID[beta]}"
+kill -KILL "${PID[beta]}" 2>/dev/null
 wait_for 10 "beta dead" bash -c "! kill -0 ${PID[beta]}" || fail "kill -9"
 grep -q "^nameserver $BETA_IP" "$RC_BETA" || fail "the block should survive kill -9 (nothing ran)"
 wait_for 10 "the dataplane follows" bash -c "! ip netns exec $(ns_name beta) ip link show tunnelmesh0" || fail "TUN left behind after kill -9"
