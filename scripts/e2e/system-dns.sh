@@ -97,6 +97,16 @@ got=$(ns_exec beta getent hosts www.example.test) || fail "a non-mesh name no lo
 [[ $got == "192.0.2.200 "* ]] || fail "getent hosts www.example.test: '$got'"
 log "ok: non-mesh names go to the previous resolver ($got)"
 
+# tmctl without --socket: with two nodes running it names both instead of guessing.
+if [[ ! -e /var/lib/tunnelmesh/control.sock ]]; then
+    out=$(env -u TUNNELMESH_SOCKET timeout 10 "$TMCTL_BIN" status 2>&1) && fail "tmctl guessed between two nodes: $out"
+    [[ $out == *"several nodes run here"*"$TM_TMP/coord/control.sock"* || $out == *"several nodes run here"*"$TM_TMP/beta/control.sock"* ]] ||
+        fail "tmctl without --socket: $out"
+    grep -q "$TM_TMP/beta/control.sock" <<<"$out" && grep -q "$TM_TMP/coord/control.sock" <<<"$out" ||
+        fail "tmctl does not name both running nodes: $out"
+    log "ok: tmctl without --socket names the running nodes ($out)"
+fi
+
 # --- portmapper ---------------------------------------------------------------------------
 out=$(ns_exec beta timeout 10 rpcinfo -p coordinator.mesh 2>&1) || fail "rpcinfo -p: $out"
 grep -Eq '100005 +3 +tcp +2049' <<<"$out" || fail "rpcinfo -p has no MOUNT v3 on 2049: $out"
