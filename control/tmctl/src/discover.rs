@@ -58,6 +58,18 @@ pub fn register(socket: &Path) -> Registration {
 
 /// [`register`] in another directory (tests).
 pub fn register_in(dir: &Path, socket: &Path) -> Registration {
+    // Links of nodes that died without cleaning up (kill -9) go first.
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_suffix(".sock")
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let socket = std::fs::canonicalize(socket).unwrap_or_else(|_| socket.to_path_buf());
     let link = dir.join(format!("{}.sock", std::process::id()));
     let ok = std::fs::create_dir_all(dir).is_ok() && {
@@ -92,9 +104,13 @@ mod tests {
             running_sockets(&run),
             vec![std::fs::canonicalize(&a).unwrap()]
         );
-        // A stale link (nothing listening) is skipped.
-        std::os::unix::fs::symlink(base.join("gone.sock"), run.join("1.sock")).unwrap();
+        // A stale link (nothing listening) is skipped, and pruned at the next registration
+        // when its process is gone (pid 0x7ffffffe does not exist).
+        std::os::unix::fs::symlink(base.join("gone.sock"), run.join("2147483646.sock")).unwrap();
         assert_eq!(running_sockets(&run).len(), 1);
+        let again = register_in(&run, &a);
+        assert!(!run.join("2147483646.sock").exists());
+        drop(again);
         drop(reg);
         assert!(
             running_sockets(&run).is_empty(),
