@@ -35,6 +35,7 @@ APT_PACKAGES=(
     rclone            # S3 tests (later issues)
     libnfs-utils      # nfs-ls/nfs-cp/nfs-cat (no kernel NFS client here)
     fuse3             # fusermount3: tm-lazyfs (scripts/powerloss) mounts through it when mount(2) is refused
+    rpcbind           # rpcinfo -p: the portmapper test (the rpcbind daemon is not started)
     docker.io         # Docker management tests (later issues)
     bind9-dnsutils    # dig, for the mesh DNS tests
     curl              # S3 Basic/Bearer/presign tests
@@ -57,10 +58,13 @@ if ((${#missing_apt[@]})); then
         log "apt-get not found; install manually: ${missing_apt[*]}" >&2
         exit 1
     fi
+    # Another apt/dpkg (unattended-upgrades, a second test run) may hold the lock: wait for it
+    # up to 10 minutes instead of failing at once.
+    lock=(-o DPkg::Lock::Timeout=600)
     log "apt-get update"
-    apt-get update -qq </dev/null
+    apt-get "${lock[@]}" update -qq </dev/null
     log "apt-get install ${missing_apt[*]}"
-    apt-get install -y -qq --no-install-recommends \
+    apt-get "${lock[@]}" install -y -qq --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${missing_apt[@]}" </dev/null >/dev/null
 else

@@ -251,6 +251,7 @@ sweep_netns() {
         kill -0 "$pid" 2>/dev/null && continue
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
         ip netns del "$ns" 2>/dev/null && echo "    removed leftover namespace $ns"
+        rm -rf "/etc/netns/$ns"
     done
 }
 

@@ -24,7 +24,7 @@ url() { printf 'nfs://%s/shares/%s%s?version=3&nfsport=2049&mountport=2049' "$SR
 
 start_server() {
     ns_spawn srv nfs-server.log "$BIN" --data "$DATA" --listen "$SRV:2049" \
-        --allow "$(lan_ip in)/32" --share archive:ro
+        --allow "$(lan_ip in)/32" --share archive:ro --portmap
     SRV_PID=$TM_LAST_PID
     wait_for 15 "NFS server listening" \
         ns_exec srv bash -c "ss -ltnH 'sport = :2049' | grep -q ." ||
@@ -42,6 +42,23 @@ log "ok: 5 MiB read back byte for byte"
 ns_exec in nfs-ls "$(url default /)" >"$TM_TMP/ls.txt" 2>&1 || fail "nfs-ls from inside"
 grep -q "blob.bin" "$TM_TMP/ls.txt" || fail "nfs-ls does not show blob.bin: $(cat "$TM_TMP/ls.txt")"
 log "ok: nfs-ls lists blob.bin"
+
+# Stock clients ask the portmapper (port 111) for MOUNT and NFS: no port options needed.
+if command -v rpcinfo >/dev/null; then
+    out=$(ns_exec in timeout 10 rpcinfo -p "$SRV" 2>&1) || fail "rpcinfo -p $SRV: $out"
+    grep -Eq '100000 +2 +udp +111' <<<"$out" || fail "rpcinfo -p: no portmapper v2 on udp 111: $out"
+    grep -Eq '100005 +3 +tcp +2049' <<<"$out" || fail "rpcinfo -p: no MOUNT v3 on 2049: $out"
+    grep -Eq '100003 +3 +tcp +2049' <<<"$out" || fail "rpcinfo -p: no NFS v3 on 2049: $out"
+    out=$(ns_exec in timeout 10 rpcinfo -T tcp "$SRV" 100003 3 2>&1) || fail "rpcinfo -T tcp NFS v3 NULL: $out"
+    log "ok: rpcinfo -p lists the portmapper, MOUNT and NFS v3 on 2049; NFS answers NULL"
+    out=$(ns_exec out timeout 5 rpcinfo -p "$SRV" 2>&1) && fail "the portmapper answered a client outside the mesh: $out"
+else
+    fail "rpcinfo missing (rpcbind; run scripts/install-test-deps.sh)"
+fi
+ns_exec in nfs-ls "nfs://$SRV/shares/default/?version=3" >"$TM_TMP/ls-noport.txt" 2>&1 ||
+    fail "nfs-ls without nfsport/mountport: $(cat "$TM_TMP/ls-noport.txt")"
+grep -q "blob.bin" "$TM_TMP/ls-noport.txt" || fail "nfs-ls without ports does not show blob.bin"
+log "ok: nfs-ls without nfsport/mountport lists blob.bin (through the portmapper)"
 
 # Outside the mesh: refused at MNT, so neither listing nor reading works.
 if ns_exec out nfs-ls "$(url default /)" >"$TM_TMP/out-ls.txt" 2>&1; then

@@ -165,6 +165,7 @@ tm_cleanup() {
     local ns
     for ns in $(tm_list_namespaces); do
         ip netns del "$ns" 2>/dev/null || log "cleanup: could not delete namespace $ns"
+        [[ -n $ns ]] && rm -rf "/etc/netns/$ns"
     done
     if ((rc != 0)); then
         tm_dump_logs
@@ -207,6 +208,11 @@ ns_create() {
         full=$(ns_name "$s")
         ip netns add "$full" || fail "ip netns add $full"
         TM_NAMESPACES+=("$full")
+        # Its own resolv.conf (`ip netns exec` bind-mounts it over /etc/resolv.conf): a node
+        # manages the file it sees (dns.manage_system), never the host's.
+        mkdir -p "/etc/netns/$full"
+        cp /etc/resolv.conf "/etc/netns/$full/resolv.conf" 2>/dev/null ||
+            : >"/etc/netns/$full/resolv.conf"
         ip -n "$full" link set lo up || fail "lo up in $full"
     done
 }

@@ -120,6 +120,9 @@ struct RawDns {
     domain: Option<String>,
     #[serde(default)]
     aliases: std::collections::BTreeMap<String, String>,
+    /// Point the system resolver at the mesh DNS while the node runs (see `sysdns`).
+    #[serde(default = "yes")]
+    manage_system: bool,
 }
 
 /// Coordinator services of this node.
@@ -136,6 +139,8 @@ pub struct DnsSettings {
     pub listen: SocketAddr,
     pub domain: String,
     pub aliases: std::collections::BTreeMap<String, String>,
+    /// `.mesh` for every program: systemd-resolved link DNS or a resolv.conf block.
+    pub manage_system: bool,
 }
 
 /// Default local DNS address (`dig @127.0.0.53 -p 5353 NAME.mesh`).
@@ -503,6 +508,7 @@ impl NodeConfig {
                     listen: None,
                     domain: None,
                     aliases: Default::default(),
+                    manage_system: true,
                 });
                 let listen = d.listen.as_deref().map(str::trim).unwrap_or("");
                 let listen = if listen.is_empty() {
@@ -521,6 +527,7 @@ impl NodeConfig {
                     listen,
                     domain,
                     aliases: d.aliases,
+                    manage_system: d.manage_system,
                 })
             }
         };
@@ -801,6 +808,9 @@ mod tests {
         assert_eq!(d.domain, "corp");
         assert_eq!(d.aliases.get("db").map(String::as_str), Some("seed"));
         assert_eq!(c.mesh_cidr, "100.64.0.0/10");
+        assert!(d.manage_system, "on by default");
+        let c = NodeConfig::parse("name: p\ndns: {manage_system: false}\n").unwrap();
+        assert!(!c.dns.unwrap().manage_system);
         let c = NodeConfig::parse("name: p\ndns: {enabled: false}\n").unwrap();
         assert!(c.dns.is_none() && c.s3.is_none() && c.coordinator.is_none());
         let c = NodeConfig::parse("name: s\ncoordinator: {}\ns3: {enabled: false}\n").unwrap();

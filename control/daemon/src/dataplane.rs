@@ -32,7 +32,8 @@ pub struct RingRx {
     wake: AsyncFd<OwnedFd>,
 }
 
-/// Path of the dataplane binary: `$TM_DATAPLANE`, else next to our own executable.
+/// Path of the dataplane binary: `$TM_DATAPLANE`, else next to our own executable, else
+/// `tm-dataplane` on `PATH`.
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TM_DATAPLANE") {
         return p.into();
@@ -40,6 +41,7 @@ pub fn binary() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("tm-dataplane")))
+        .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("tm-dataplane"))
 }
 

@@ -13,11 +13,14 @@ mod api;
 mod config;
 mod dataplane;
 mod filter;
+mod gen;
 mod identity;
 mod mesh;
 mod node;
+mod portmap;
 mod relay;
 mod storage;
+mod sysdns;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -69,6 +72,12 @@ enum Cmd {
     },
     #[command(flatten)]
     Op(OperatorCommand),
+    /// Shell completions and man pages (used by scripts/install.sh).
+    #[command(hide = true)]
+    Gen {
+        #[command(subcommand)]
+        what: gen::Gen,
+    },
 }
 
 fn main() {
@@ -96,6 +105,7 @@ fn main() {
             config,
         } => join(coordinator, token, name, config),
         Cmd::Op(op) => tmctl::run(&cli.target, &op),
+        Cmd::Gen { what } => gen::run(what),
     };
     if let Err(e) = r {
         let msg = format!("{e:#}");
@@ -288,6 +298,7 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
         let listen_port = cfg.listen_port;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let _sock = api::serve(&cfg.data_dir.join(tm_api::SOCKET_NAME), tx)?;
+        let _registered = tmctl::discover::register(&cfg.data_dir.join(tm_api::SOCKET_NAME));
         let mut node = node::Node::new(cfg, key)?;
         if let Some(st) = st {
             node.set_storage(st);

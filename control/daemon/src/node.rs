@@ -134,6 +134,8 @@ pub struct Node {
     relay: Option<RelayBridge>,
     dns: Option<Arc<MeshDns>>,
     dns_addrs: Vec<SocketAddr>,
+    /// System resolver settings made for the mesh DNS; undone when the node is dropped.
+    sysdns: Option<crate::sysdns::SystemDns>,
     netmap_version: u64,
     /// The packet filter (local policy for now).
     filter: crate::filter::LocalFilter,
@@ -192,6 +194,7 @@ impl Node {
             relay: None,
             dns: None,
             dns_addrs: Vec::new(),
+            sysdns: None,
             netmap_version: 0,
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
             leaving: None,
@@ -333,6 +336,9 @@ impl Node {
                     tracing::error!("mesh DNS stopped: {e}");
                 }
             });
+            if d.manage_system {
+                self.sysdns = crate::sysdns::manage(&self.cfg, mesh_ip, &d.domain, &dns);
+            }
             self.dns = Some(dns);
         }
         Ok(())

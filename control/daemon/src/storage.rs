@@ -164,16 +164,19 @@ impl Storage {
             .map(|c| c.parse::<tm_nfs::Cidr>())
             .collect::<Result<Vec<_>, _>>()
             .context("nfs: mesh CIDR")?;
-        let server =
-            tm_nfs::NfsServer::bind(self.store.clone(), tm_nfs::NfsConfig::new(addr, allow))
-                .await
-                .with_context(|| format!("nfs.listen: cannot serve NFS on {addr}"))?;
+        let server = tm_nfs::NfsServer::bind(
+            self.store.clone(),
+            tm_nfs::NfsConfig::new(addr, allow.clone()),
+        )
+        .await
+        .with_context(|| format!("nfs.listen: cannot serve NFS on {addr}"))?;
         let local = server.local_addr()?;
         tokio::spawn(async move {
             if let Err(e) = server.serve(std::future::pending()).await {
                 tracing::error!("NFS server stopped: {e}");
             }
         });
+        crate::portmap::start(local, &allow).await;
         tracing::info!(listen = %local, "NFSv3 shares at {local}:/shares/<name>");
         Ok(local)
     }

@@ -4,6 +4,7 @@
 //! 3. exactly one question (FORMERR) 4. [`MeshDns::lookup`] 5. encode via the response handle.
 //! Undecodable messages never get here: hickory's server answers them with FORMERR itself.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -41,6 +42,8 @@ pub struct MeshDns {
     zone: ArcSwap<Compiled>,
     /// Serialises writers so the stored zone always carries the highest serial.
     last_serial: Mutex<u32>,
+    /// Where names outside the zone go (empty: they are REFUSED).
+    upstreams: ArcSwap<Vec<SocketAddr>>,
 }
 
 impl MeshDns {
@@ -54,7 +57,19 @@ impl MeshDns {
         Ok(Self {
             zone: ArcSwap::from_pointee(compiled),
             last_serial: Mutex::new(1),
+            upstreams: ArcSwap::from_pointee(Vec::new()),
         })
+    }
+
+    /// Forward names outside the zone to these resolvers (tried in order), as the system's
+    /// resolver does when the node manages `/etc/resolv.conf`. Empty (the default): REFUSED.
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        self.upstreams.store(Arc::new(upstreams));
+    }
+
+    /// The resolvers names outside the zone are forwarded to.
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.upstreams.load().as_ref().clone()
     }
 
     /// Replaces the served zone atomically; queries see either the old or the new zone, and
@@ -149,6 +164,14 @@ impl Handler {
             query.query_type(),
             query.query_class(),
         );
+        let upstreams = self.0.upstreams.load_full();
+        if !answer.authoritative
+            && !upstreams.is_empty()
+            && !matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
+            && !self.0.zone.load().in_zone(query.original().name())
+        {
+            return forwarded(request, query.original(), &upstreams, edns, response_handle).await;
+        }
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.authoritative = answer.authoritative;
         meta.response_code = answer.rcode;
@@ -165,6 +188,36 @@ impl Handler {
                 tracing::warn!(%error, "dns: sending response failed");
                 serve_failed(request)
             }
+        }
+    }
+}
+
+/// Answers with what an upstream said (SERVFAIL when none answered).
+async fn forwarded<R: ResponseHandler>(
+    request: &Request,
+    query: &hickory_server::proto::op::Query,
+    upstreams: &[SocketAddr],
+    edns: Option<&Edns>,
+    mut response_handle: R,
+) -> ResponseInfo {
+    let Some(up) = crate::forward::forward(upstreams, query).await else {
+        return send_error(request, ResponseCode::ServFail, edns, response_handle).await;
+    };
+    let mut meta = Metadata::response_from_request(&request.metadata);
+    meta.recursion_available = true;
+    meta.response_code = up.metadata.response_code;
+    let response = MessageResponseBuilder::new(&request.queries, edns).build(
+        meta,
+        up.answers.iter(),
+        up.authorities.iter(),
+        std::iter::empty(),
+        up.additionals.iter(),
+    );
+    match response_handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::warn!(%error, "dns: sending forwarded response failed");
+            serve_failed(request)
         }
     }
 }

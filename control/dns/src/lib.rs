@@ -6,7 +6,9 @@
 //! NXDOMAIN / NODATA with the SOA in the authority section, all with a TTL of 5 s (also the SOA
 //! minimum, so negative answers are cached 5 s too). Names are case-insensitive.
 //!
-//! It never: recurses or forwards (names outside the zone get REFUSED), transfers zones
+//! It never recurses; it forwards names outside the zone only to the resolvers given with
+//! [`MeshDns::set_upstreams`] (what the node does when it manages `/etc/resolv.conf`), else
+//! they get REFUSED. It never transfers zones
 //! (AXFR/IXFR are REFUSED), accepts updates (NOTIMP for every opcode but QUERY), or touches
 //! the netmap itself: the daemon builds a [`Zone`] and pushes it.
 //!
@@ -22,6 +24,7 @@
 
 mod contain;
 mod error;
+mod forward;
 mod handler;
 mod server;
 mod zone;

@@ -252,6 +252,13 @@ impl Compiled {
         self.serial
     }
 
+    /// Whether `qname` is the apex or below it.
+    pub(crate) fn in_zone(&self, qname: &Name) -> bool {
+        let mut key = qname.to_lowercase();
+        key.set_fqdn(true);
+        self.apex.zone_of(&key)
+    }
+
     /// Answers one question. `qname` keeps the asker's case for the first owner name.
     pub(crate) fn lookup(&self, qname: &Name, qtype: RecordType, qclass: DNSClass) -> Answer {
         let mut ans = Answer::refused();

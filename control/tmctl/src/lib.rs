@@ -15,6 +15,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
+pub mod discover;
+
 use tm_api::{
     BucketInfo, Command, FilterDecision, FilterInfo, PeerInfo, Request, Response, S3Credentials,
     ShareInfo, Status, API_VERSION,
@@ -26,16 +28,21 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/tunnelmesh";
 /// Where to reach the node.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Control socket of the node [default: $TUNNELMESH_SOCKET or /var/lib/tunnelmesh/control.sock]
+    /// Control socket of the node [default: $TUNNELMESH_SOCKET, /var/lib/tunnelmesh/control.sock,
+    /// else the one running node's]
     #[arg(long, global = true, env = tm_api::SOCKET_ENV)]
     pub socket: Option<PathBuf>,
 }
 
 impl Target {
-    pub fn path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join(tm_api::SOCKET_NAME))
+    /// The socket to talk to: `--socket`, else found by [`discover::find_socket`].
+    pub fn path(&self) -> Result<PathBuf> {
+        match &self.socket {
+            Some(s) => Ok(s.clone()),
+            None => {
+                discover::find_socket(&PathBuf::from(DEFAULT_DATA_DIR).join(tm_api::SOCKET_NAME))
+            }
+        }
     }
 }
 
@@ -181,7 +188,7 @@ pub enum ShareCommand {
 
 /// Sends one request and returns the `data` of a successful response.
 pub fn call(target: &Target, command: Command) -> Result<serde_json::Value> {
-    let path = target.path();
+    let path = target.path()?;
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!(
             "cannot reach the node at {} (is `tunnelmesh up` running? use --socket)",
@@ -333,7 +340,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                 let s: ShareInfo = serde_json::from_value(v)?;
                 writeln!(
                     out,
-                    "created share {name}{}: mount -t nfs -o vers=3,tcp,nolock <coordinator>:{} /mnt",
+                    "created share {name}{}: mount -t nfs -o vers=3,nolock coordinator.mesh:{} /mnt",
                     if s.read_only { " (read-only)" } else { "" },
                     s.export
                 )?;

@@ -27,6 +27,7 @@ pub mod access;
 mod contain;
 mod front;
 pub mod limit;
+pub mod portmap;
 pub mod vfs;
 
 use std::future::Future;

@@ -2,21 +2,23 @@
 //! node serves NFS itself with its `nfs:` config).
 //!
 //! `tm-nfs-server --data DIR [--listen ADDR:PORT] [--allow CIDR]... [--no-loopback]
-//!  [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto] [--busy-poll-us N]`
-//! — serves
-//! `/shares/<name>` until SIGINT/SIGTERM, then flushes buffered writes and exits 0.
+//!  [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto] [--busy-poll-us N]
+//!  [--portmap]` — serves
+//! `/shares/<name>` (and with `--portmap` the portmapper on port 111 of the listen address)
+//! until SIGINT/SIGTERM, then flushes buffered writes and exits 0.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use tm_nfs::portmap::PMAP_PORT;
 use tm_nfs::{Cidr, NfsConfig, NfsServer, ReadSend};
 use tm_storage::{Store, StoreConfig};
 
 fn usage() -> ! {
     eprintln!(
         "usage: tm-nfs-server --data DIR [--listen ADDR:PORT] [--allow CIDR]... [--no-loopback] \
-         [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto] [--busy-poll-us N]"
+         [--share NAME[:ro][:QUOTA_BYTES]]... [--read-send copy|sendfile|auto] [--busy-poll-us N] [--portmap]"
     );
     std::process::exit(2)
 }
@@ -29,6 +31,7 @@ fn main() {
     let mut shares: Vec<String> = Vec::new();
     let mut read_send = ReadSend::Auto;
     let mut busy_poll = tm_nfs::BUSY_POLL;
+    let mut portmap = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -40,6 +43,7 @@ fn main() {
                 usage()
             })),
             "--no-loopback" => loopback = false,
+            "--portmap" => portmap = true,
             "--share" => shares.push(val()),
             "--read-send" => read_send = val().parse().unwrap_or_else(|_| usage()),
             "--busy-poll-us" => {
@@ -84,6 +88,17 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let r = rt.block_on(async move {
+        if portmap {
+            let access = tm_nfs::Access {
+                allow: allow.clone(),
+                loopback,
+            };
+            let pm = tm_nfs::portmap::Portmap::for_nfs(listen.port(), PMAP_PORT, access)
+                .bind(&[SocketAddr::new(listen.ip(), PMAP_PORT)])
+                .await?;
+            eprintln!("tm-nfs-server: portmapper on {:?}", pm.local_addrs());
+            tokio::spawn(pm.run(std::future::pending()));
+        }
         let mut cfg = NfsConfig::new(listen, allow);
         cfg.allow_loopback = loopback;
         cfg.read_send = read_send;
