@@ -40,6 +40,7 @@ APT_PACKAGES=(
     bind9-dnsutils    # dig, for the mesh DNS tests
     curl              # S3 Basic/Bearer/presign tests
     ca-certificates
+    g++               # libfuzzer-sys compiles libFuzzer (scripts/fuzz-smoke.sh)
 )
 
 # PyPI packages: import/command name -> package name.

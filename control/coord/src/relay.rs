@@ -64,11 +64,16 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<(PublicKey, Vec<u8>)>, Error> {
     let mut len = [0u8; 2];
-    match r.read_exact(&mut len).await {
+    // Only an end before the first byte is clean; one byte of a length and then the end is
+    // a truncated frame.
+    match r.read_exact(&mut len[..1]).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(Error::io("read relay frame", e)),
     }
+    r.read_exact(&mut len[1..])
+        .await
+        .map_err(|e| Error::io("read relay frame", e))?;
     let len = usize::from(u16::from_be_bytes(len));
     if len < KEY_LEN {
         return Err(Error::RelayProtocol(format!(
@@ -459,5 +464,31 @@ impl RelayReceiver {
     /// Keepalive frames received so far.
     pub fn keepalives(&self) -> u64 {
         self.keepalives
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `relay_frames` fuzz target: a stream that ended one byte into a frame's
+    /// length was reported as a clean end between frames.
+    #[tokio::test]
+    async fn one_byte_of_a_length_is_a_truncated_frame() {
+        let key = PublicKey([7; 32]);
+        let mut bytes = frame_bytes(&key, b"abc").expect("small payload");
+        bytes.push(0);
+        let mut r = &bytes[..];
+        let (k, payload) = read_frame(&mut r)
+            .await
+            .expect("first frame")
+            .expect("a frame");
+        assert_eq!((k, payload.as_slice()), (key, &b"abc"[..]));
+        let e = read_frame(&mut r).await.expect_err("truncated length");
+        assert!(e.to_string().contains("read relay frame"), "{e}");
+        // An end exactly between frames is clean.
+        let mut r = &bytes[..bytes.len() - 1];
+        assert!(read_frame(&mut r).await.expect("frame").is_some());
+        assert!(read_frame(&mut r).await.expect("clean end").is_none());
     }
 }
