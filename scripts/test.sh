@@ -157,10 +157,13 @@ if ((do_cargo)); then
         say "fuzz smoke done ($(elapsed))"
     fi
 
-    # Root-only tests are #[ignore = "needs root..."]: run them when we are root.
+    # Root-only tests are #[ignore = "needs root..."]: run them when we are root. Tests named
+    # `*_child` are the child-process halves of other tests (crash and power-cut writers): they
+    # run only when their parent starts them, never on their own.
     nextest_ignored=() libtest_ignored=()
     if [[ $(id -u) -eq 0 ]]; then
-        nextest_ignored=(--run-ignored all) libtest_ignored=(--include-ignored)
+        nextest_ignored=(--run-ignored all -E 'not test(/_child$/)')
+        libtest_ignored=(--include-ignored --skip _child)
     fi
     if cargo nextest --version >/dev/null 2>&1; then
         say "cargo nextest run --workspace --cargo-profile $PROFILE ${nextest_ignored[*]}"
