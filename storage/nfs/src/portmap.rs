@@ -7,10 +7,10 @@
 //! GETTIME and v4 GETVERSADDR. CALLIT (an amplifier) and the rest answer PROC_UNAVAIL.
 //! Over UDP and TCP (record marking). Only clients the NFS access list admits get answers.
 //!
-//! Input is untrusted: [`Xdr`] checks every length against the bytes received, opaque and
+//! Input is untrusted: the XDR reader checks every length against the bytes received, opaque and
 //! string lengths are bounded, a TCP record may not exceed [`MAX_RECORD`] and connections are
 //! capped at [`MAX_CONNS`] with an idle timeout. [`Portmap::handle`] is the sans-IO core
-//! (call bytes in, reply bytes out); [`Portmap::serve`] owns the sockets.
+//! (call bytes in, reply bytes out); [`Portmap::bind`] and [`PortmapServer::run`] own the sockets.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
