@@ -20,6 +20,7 @@ fi
 # Debian packages. iperf3 is not used by the tests and therefore not listed.
 APT_PACKAGES=(
     iproute2          # ip netns, veth, ip link/addr/route
+    ethtool           # dataplane-offload: reads and sets the TUN device's offloads
     iputils-ping      # ping (interval 0.2 s needs root, we are)
     nftables
     iptables

@@ -223,6 +223,7 @@ if ((do_cargo)); then
             passed=$((passed + 1))
         elif ((erc != 0 && ef == 0)); then
             show_tail "$RESULTS/$name.log" 40
+            ef=1 # did not build, crashed or timed out: one failure
             failed=$((failed + 1))
             failures+=("$title exited $erc (see $RESULTS/$name.log)")
         fi

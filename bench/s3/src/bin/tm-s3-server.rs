@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = tm_s3::S3Config {
         listen: listener.local_addr()?,
         max_body: 5 << 30,
-        mesh_token: None,
+        authority: None,
     };
     eprintln!("tm-s3-server listening on http://{}", cfg.listen);
     let shutdown = async {

@@ -16,7 +16,7 @@ use super::{hex, ChunkId, ChunkStore};
 use crate::StorageError;
 
 /// Local filesystem backend: `root/xx/yy/<hex>`, written to a temp name, renamed into place, then
-/// the file and its directory fsynced ([`make_durable`]).
+/// the file and its directory fsynced (`make_durable`).
 pub struct FsChunkStore {
     root: PathBuf,
     known_dirs: Mutex<HashSet<u16>>,
