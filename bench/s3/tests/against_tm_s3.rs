@@ -14,7 +14,11 @@ fn start() -> (
     let store = tm_storage::Store::open(tm_storage::StoreConfig::new(dir.path().join("d")))
         .expect("open store");
     store
-        .put_credential("AKBENCH", "secretbench", "bench")
+        .put_credential(
+            "AKBENCH",
+            "secretbench",
+            &tm_s3::Principal::Coordinator.credential_string(),
+        )
         .expect("cred");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (atx, arx) = std::sync::mpsc::channel();
@@ -33,7 +37,7 @@ fn start() -> (
             let cfg = tm_s3::S3Config {
                 listen: addr,
                 max_body: 1 << 30,
-                mesh_token: None,
+                authority: None,
             };
             tm_s3::serve(l, store, cfg, async {
                 let _ = rx.await;

@@ -27,7 +27,12 @@ async fn main() -> anyhow::Result<()> {
     let store = tm_storage::Store::open(tm_storage::StoreConfig::new(&o.data))
         .with_context(|| format!("open store {}", o.data.display()))?;
     store
-        .put_credential(&o.ak, &o.sk, "bench")
+        .put_credential(
+            &o.ak,
+            &o.sk,
+            // The store's owner (typed principals: a bare name would have no powers).
+            &tm_s3::Principal::Coordinator.credential_string(),
+        )
         .context("put credential")?;
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await
