@@ -251,43 +251,14 @@ fn serve_failed(request: &Request) -> ResponseInfo {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::sync::Mutex;
 
     use hickory_server::net::runtime::TokioTime;
     use hickory_server::net::xfer::Protocol;
-    use hickory_server::net::NetError;
     use hickory_server::proto::op::{Message, Query};
-    use hickory_server::proto::rr::Record;
-    use hickory_server::proto::serialize::binary::BinEncoder;
-    use hickory_server::zone_handler::MessageResponse;
 
     use super::*;
 
-    /// Captures the encoded response instead of sending it.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    #[async_trait::async_trait]
-    impl ResponseHandler for Capture {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let mut buf = Vec::new();
-            let info = response
-                .destructive_emit(&mut BinEncoder::new(&mut buf))
-                .map_err(|e| NetError::from(e.to_string()))?;
-            *self.0.lock().expect("not poisoned") = buf;
-            Ok(info)
-        }
-    }
+    use crate::fuzzing::Capture;
 
     fn handler() -> Handler {
         let zone = Zone::default()

@@ -57,9 +57,10 @@ pub mod fuzzing {
 
     use crate::{Handler, MeshDns};
 
-    /// Keeps the encoded response instead of sending it.
+    /// Keeps the encoded response instead of sending it (also the handler's tests' response
+    /// handle).
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Capture(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     #[async_trait::async_trait]
     impl ResponseHandler for Capture {

@@ -232,18 +232,7 @@ fn power_cut_keeps_committed_nfs_writes() {
         all.extend(acked);
         let s = Store::open(StoreConfig::new(&dir)).expect("reopen store");
         let visible = check(&s, &all, round);
-        let r = s.fsck().expect("fsck");
-        assert_eq!(
-            (
-                r.missing_chunks,
-                r.bad_refcounts,
-                r.bad_sizes,
-                r.bad_usage,
-                r.orphan_chunks
-            ),
-            (0, 0, 0, 0, 0),
-            "fsck after recovery (round {round}): {r:?}"
-        );
+        fsck_clean(&s, round);
         drop(s);
         eprintln!(
             "round {round}: cut{} after {n_round} acknowledged files; {} acknowledged in all, {visible} visible",

@@ -228,18 +228,7 @@ fn power_cut_keeps_acknowledged_s3_puts() {
             );
             assert_eq!(o.etag, md5_hex(&b), "{} etag (round {round})", o.key);
         }
-        let r = s.fsck().expect("fsck");
-        assert_eq!(
-            (
-                r.missing_chunks,
-                r.bad_refcounts,
-                r.bad_sizes,
-                r.bad_usage,
-                r.orphan_chunks
-            ),
-            (0, 0, 0, 0, 0),
-            "fsck after recovery (round {round}): {r:?}"
-        );
+        fsck_clean(&s, round);
         drop(s);
         eprintln!(
             "round {round}: cut{} after {n_round} acknowledged PUTs; {} in all, {} visible",

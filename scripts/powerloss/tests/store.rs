@@ -312,18 +312,7 @@ fn check(s: &Store, acked: &Acked, round: u64) {
         }
         assert_eq!(o.etag, md5_hex(&body), "{} etag (round {round})", o.key);
     }
-    let r = s.fsck().expect("fsck");
-    assert_eq!(
-        (
-            r.missing_chunks,
-            r.bad_refcounts,
-            r.bad_sizes,
-            r.bad_usage,
-            r.orphan_chunks
-        ),
-        (0, 0, 0, 0, 0),
-        "fsck after recovery (round {round}): {r:?}"
-    );
+    fsck_clean(s, round);
     assert_eq!(
         s.usage("powerloss").expect("usage").objects,
         all.len() as u64

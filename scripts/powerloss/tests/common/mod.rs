@@ -198,3 +198,20 @@ pub fn cut(
     fs.remount().expect("remount");
     torn
 }
+
+/// The store's consistency check after a recovery finds nothing wrong (no missing or orphan
+/// chunk, refcounts, sizes and usage exact).
+pub fn fsck_clean(s: &tm_storage::Store, round: u64) {
+    let r = s.fsck().expect("fsck");
+    assert_eq!(
+        (
+            r.missing_chunks,
+            r.bad_refcounts,
+            r.bad_sizes,
+            r.bad_usage,
+            r.orphan_chunks
+        ),
+        (0, 0, 0, 0, 0),
+        "fsck after recovery (round {round}): {r:?}"
+    );
+}
