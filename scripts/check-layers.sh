@@ -17,13 +17,75 @@
 #        5  lib.rs            the crate root: wires the layers, re-exports for callers
 #    Inside a layer, other layers are named by their module path (`crate::object::...`); of the
 #    root's re-exports only `crate::StorageError` (rank 0) may be used there.
+#
+#   scripts/check-layers.sh --root DIR   check the tree in DIR instead of this repository
+#   scripts/check-layers.sh --self-test  check a temporary copy of this tree, clean (must pass) and
+#       with one deliberately wrong import at a time (must fail, naming it): storage -> control
+#       and dataplane -> storage crate dependencies, `use crate::fs::...` in db/, an inline
+#       `crate::object::...` path in chunks/. Counted as a test by scripts/test.sh.
 # Needs cargo and python3.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF="$REPO/scripts/check-layers.sh"
+
+if [[ ${1:-} == --self-test ]]; then
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    # Tracked and new (not ignored) files of the working tree: the sources, no target dirs.
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
+        tar --null --ignore-failed-read -T - -cf -) 2>/dev/null | tar -C "$tmp" -xf -
+    fails=0
+    # expect_fail NAME FILE EXPECTED-LINE EDIT-COMMAND...: apply the edit to FILE, the checker must
+    # exit 1 and print EXPECTED-LINE; then FILE is restored.
+    expect_fail() {
+        local name=$1 file=$2 want=$3 out rc
+        shift 3
+        cp "$tmp/$file" "$tmp/.orig"
+        "$@" "$tmp/$file"
+        rc=0
+        out=$("$SELF" --root "$tmp" 2>&1) || rc=$?
+        mv "$tmp/.orig" "$tmp/$file"
+        if ((rc == 1)) && grep -qF -- "$want" <<<"$out"; then
+            echo "self-test ok: $name: fails with: $want"
+        else
+            echo "self-test FAILED: $name: exit $rc, expected 1 and the line: $want"
+            sed 's/^/    /' <<<"$out"
+            fails=$((fails + 1))
+        fi
+    }
+    if out=$("$SELF" --root "$tmp" 2>&1); then
+        echo "self-test ok: the clean copy passes"
+    else
+        echo "self-test FAILED: the clean copy does not pass:"
+        sed 's/^/    /' <<<"$out"
+        fails=$((fails + 1))
+    fi
+    expect_fail "crate storage -> control" storage/engine/Cargo.toml \
+        "crate tm-storage (storage/) depends on tm-s3 (control/) [normal]: storage/ must not depend on control/" \
+        sed -i '/^\[dependencies\]/a tm-s3 = { path = "../../control/s3" }'
+    expect_fail "crate dataplane -> storage (dev)" dataplane/core/Cargo.toml \
+        "crate tm-dp (dataplane/) depends on tm-storage (storage/) [dev]: dataplane/ must not depend on storage/" \
+        sh -c 'printf "\n[dev-dependencies.tm-storage]\npath = \"../../storage/engine\"\n" >>"$1"' sh
+    expect_fail "module db -> fs (use line)" storage/engine/src/db/mod.rs \
+        "db (rank 1) uses crate::fs (rank 4): a layer may use only lower ranks" \
+        sed -i '0,/^use /s//use crate::fs::FsError;\nuse /'
+    expect_fail "module chunks -> object (inline path)" storage/engine/src/chunks/mod.rs \
+        "chunks (rank 2) uses crate::object (rank 3): a layer may use only lower ranks" \
+        sh -c 'printf "\nfn _wrong() -> Option<crate::object::Store> { None }\n" >>"$1"' sh
+    if ((fails)); then
+        echo "check-layers self-test: $fails FAILED"
+        exit 1
+    fi
+    echo "check-layers self-test: ok"
+    exit 0
+fi
+if [[ ${1:-} == --root ]]; then
+    REPO=$(cd "${2:?--root needs a directory}" && pwd)
+fi
 cd "$REPO"
 
-meta=$(cargo metadata --format-version 1 --no-deps --offline 2>/dev/null ||
-    cargo metadata --format-version 1 --no-deps)
+meta=$(cargo metadata --format-version 1 --no-deps --offline --manifest-path "$REPO/Cargo.toml" 2>/dev/null ||
+    cargo metadata --format-version 1 --no-deps --manifest-path "$REPO/Cargo.toml")
 
 REPO="$REPO" python3 - "$meta" <<'EOF'
 import json, os, re, sys

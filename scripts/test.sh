@@ -3,9 +3,9 @@
 #
 #   1. scripts/install-test-deps.sh          (apt/pip test dependencies; fast when present)
 #   2. cargo build --profile ci --workspace  (release code generation without LTO)
-#   3. cargo fmt --check, scripts/check-layers.sh, cargo clippy --all-targets -D warnings and
-#      cargo doc -D warnings (each counted as a test); scripts/fuzz-smoke.sh (every fuzz target:
-#      corpus replay + a few seconds; one counted test)
+#   3. cargo fmt --check, scripts/check-layers.sh and its --self-test, cargo clippy --all-targets
+#      -D warnings and cargo doc -D warnings (each counted as a test); scripts/fuzz-smoke.sh
+#      (every fuzz target: corpus replay + a few seconds; one counted test)
 #   4. cargo test --workspace --profile ci   (cargo nextest if installed); as root also the
 #      root-only tests, which are #[ignore]d otherwise (--include-ignored / --run-ignored all)
 #   5. the loom model of the ring (tm-ring under --cfg loom) and the tests of the standalone bench
@@ -145,6 +145,8 @@ if ((do_cargo)); then
         done
         lint_step fmt "cargo fmt --all --check" cargo fmt --all --check
         lint_step layers "scripts/check-layers.sh (layers import one way)" "$REPO/scripts/check-layers.sh"
+        lint_step layers-selftest "scripts/check-layers.sh --self-test (it fails on wrong imports)" \
+            "$REPO/scripts/check-layers.sh" --self-test
         lint_step clippy "cargo clippy --workspace --all-targets -- -D warnings" \
             timeout 1800 cargo clippy --workspace --all-targets --profile "$PROFILE" -- -D warnings
         lint_step doc "cargo doc --workspace --no-deps (RUSTDOCFLAGS=-D warnings)" \
