@@ -4,6 +4,8 @@
  *   nfsbench URL seqwrite MIB      write MIB MiB to bench.bin in 1 MiB calls, fsync (COMMIT), close
  *   nfsbench URL seqread MIB       read bench.bin in 1 MiB calls
  *   nfsbench URL smallfiles N      mkdir small.<pid>; N x (creat + 4 KiB write + close); N x stat
+ *   nfsbench URL create N          the first half alone, in small.fixed (for bench/nfs/instr.sh)
+ *   nfsbench URL stat N            the second half alone, over small.fixed
  *
  * URL: nfs://HOST/EXPORT?version=3&nfsport=P&mountport=P (a directory URL).
  * Prints one line per figure: "<name> <value> <unit>". Exit 1 on any error. */
@@ -31,7 +33,7 @@ static void die(struct nfs_context *nfs, const char *what, int rc) {
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: nfsbench URL seqwrite|seqread|smallfiles N\n");
+        fprintf(stderr, "usage: nfsbench URL seqwrite|seqread|smallfiles|create|stat N\n");
         return 2;
     }
     const char *mode = argv[2];
@@ -82,12 +84,14 @@ int main(int argc, char **argv) {
             return 1;
         }
         printf("seq_read_MBps %.1f MB/s\n", total / 1e6 / dt);
-    } else if (!strcmp(mode, "smallfiles")) {
+    } else if (!strcmp(mode, "smallfiles") || !strcmp(mode, "create") || !strcmp(mode, "stat")) {
+        int all = !strcmp(mode, "smallfiles"), create = all || !strcmp(mode, "create");
         char dir[64], path[128];
-        snprintf(dir, sizeof dir, "/small.%d", (int)getpid());
-        if ((rc = nfs_mkdir(nfs, dir))) die(nfs, "nfs_mkdir", rc);
+        if (all) snprintf(dir, sizeof dir, "/small.%d", (int)getpid());
+        else snprintf(dir, sizeof dir, "/small.fixed");
+        if (create && (rc = nfs_mkdir(nfs, dir))) die(nfs, "nfs_mkdir", rc);
         double t0 = now();
-        for (long i = 0; i < n; i++) {
+        for (long i = 0; create && i < n; i++) {
             snprintf(path, sizeof path, "%s/f%06ld", dir, i);
             if ((rc = nfs_creat(nfs, path, 0644, &fh))) die(nfs, "nfs_creat", rc);
             if ((rc = nfs_write(nfs, fh, 4096, buf)) != 4096) die(nfs, "small write", rc);
@@ -95,14 +99,14 @@ int main(int argc, char **argv) {
         }
         double t1 = now();
         struct nfs_stat_64 st;
-        for (long i = 0; i < n; i++) {
+        for (long i = 0; (all || !create) && i < n; i++) {
             snprintf(path, sizeof path, "%s/f%06ld", dir, i);
             if ((rc = nfs_stat64(nfs, path, &st))) die(nfs, "nfs_stat64", rc);
             if (st.nfs_size != 4096) { fprintf(stderr, "nfsbench: %s has size %llu\n", path, (unsigned long long)st.nfs_size); return 1; }
         }
         double t2 = now();
-        printf("create_4k_ops %.0f ops/s\n", n / (t1 - t0));
-        printf("stat_ops %.0f ops/s\n", n / (t2 - t1));
+        if (create) printf("create_4k_ops %.0f ops/s\n", n / (t1 - t0));
+        if (all || !create) printf("stat_ops %.0f ops/s\n", n / (t2 - t1));
     } else {
         fprintf(stderr, "nfsbench: unknown mode %s\n", mode);
         return 2;
