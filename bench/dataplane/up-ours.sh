@@ -10,7 +10,8 @@
 #   TM_BENCH_FILTER  optional packet-filter cost variant (issue 16): `rules10` (a policy of 10
 #                  rules) or `big` (998 more static peers per node, 1,000 nodes in all, and a
 #                  policy of 10,000 rules); loaded with `tunnelmesh filter load` on both nodes
-#                  once they run (bench/dataplane/filter-policy.py). Unset: no filter.
+#                  once they run (bench/dataplane/filter-policy.py). `peers1k`: the 998 extra
+#                  peers of `big` and no filter (what the peers alone cost). Unset: no filter.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${TM_BIN_DIR:=$HERE/../../target/release}"
@@ -63,7 +64,7 @@ start() { # side ns dev
 }
 start a "$NS_A" "$TUN_A_DEV"
 start b "$NS_B" "$TUN_B_DEV"
-if [ -n "${TM_BENCH_FILTER:-}" ]; then
+if [ -n "${TM_BENCH_FILTER:-}" ] && [ "$TM_BENCH_FILTER" != peers1k ]; then
   for s in a b; do
     for _ in $(seq 100); do
       "$BIN" --socket "$WORKDIR/$s/control.sock" filter load "$WORKDIR/policy.hujson" \
