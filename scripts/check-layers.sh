@@ -31,9 +31,14 @@ SELF="$REPO/scripts/check-layers.sh"
 if [[ ${1:-} == --self-test ]]; then
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    # Tracked and new (not ignored) files of the working tree: the sources, no target dirs.
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
-        tar --null --ignore-failed-read -T - -cf -) 2>/dev/null | tar -C "$tmp" -xf -
+    # Tracked and new (not ignored) files of the working tree: the sources, no target dirs
+    # (outside a git checkout: everything but target*/ and .git).
+    if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
+            tar --null --ignore-failed-read -T - -cf -) 2>/dev/null | tar -C "$tmp" -xf -
+    else
+        (cd "$REPO" && tar --exclude='./target*' --exclude=./.git -cf - .) | tar -C "$tmp" -xf -
+    fi
     fails=0
     # expect_fail NAME FILE EXPECTED-LINE EDIT-COMMAND...: apply the edit to FILE, the checker must
     # exit 1 and print EXPECTED-LINE; then FILE is restored.
