@@ -147,9 +147,19 @@ impl Coordinator {
                     .policy
                     .write()
                     .unwrap_or_else(|p| p.into_inner()) = Arc::new(a);
+                self.shared
+                    .policy_generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
             }
             Err(e) => tracing::error!("policy no longer compiles, keeping the previous one: {e}"),
         }
+    }
+
+    /// Changes whenever [`Coordinator::policy`] may answer differently.
+    pub fn policy_generation(&self) -> u64 {
+        self.shared
+            .policy_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The stored policy file, if one was set.

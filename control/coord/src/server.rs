@@ -210,6 +210,8 @@ pub(crate) struct Shared {
     index: RwLock<Index>,
     /// The compiled policy of the published state (`policy.rs`).
     pub(crate) policy: RwLock<Arc<tm_policy::Artifact>>,
+    /// Bumped after every publication of `policy` (NFS connections re-ask their grants).
+    pub(crate) policy_generation: std::sync::atomic::AtomicU64,
     challenges: Mutex<Challenges>,
     pub(crate) limiter: SourceLimiter,
     pub(crate) version: watch::Sender<u64>,
@@ -464,6 +466,7 @@ impl Coordinator {
                 writer: Mutex::new(()),
                 index,
                 policy: RwLock::new(Arc::new(policy)),
+                policy_generation: std::sync::atomic::AtomicU64::new(0),
                 challenges,
                 limiter,
                 version,
@@ -551,6 +554,7 @@ impl Coordinator {
                 domain: self.shared.cfg.dns_domain.clone(),
                 aliases: self.shared.cfg.aliases.clone(),
             },
+            policy_hash: Some(self.policy().hash().to_string()),
         }
     }
 

@@ -61,6 +61,10 @@ impl Authority for MeshAuthority {
             .node_by_key(&PublicKey(key.0))
             .map(|n| node_principal(&n))
     }
+
+    fn policy(&self) -> Option<Arc<tm_policy::Artifact>> {
+        Some(self.0.policy())
+    }
 }
 
 /// The authority as the S3 server takes it.
@@ -98,6 +102,9 @@ fn node_info(n: NodeSummary) -> NodeInfo {
 /// deleted from it before the answer, so it stops working at once.
 pub fn handle(c: &Coordinator, storage: Option<&Storage>, cmd: &Command) -> Response {
     let who = LOCAL_ROOT.to_string();
+    if let Some(r) = crate::policy::handle(c, &who, cmd) {
+        return r;
+    }
     let now = tm_coord::now_unix();
     let r: Result<Response, tm_coord::Error> = (|| {
         Ok(match cmd {
@@ -157,6 +164,7 @@ pub fn handle(c: &Coordinator, storage: Option<&Storage>, cmd: &Command) -> Resp
                         action: e.action,
                         target: e.target,
                         detail: e.detail,
+                        policy_hash: e.policy_hash,
                     })
                     .collect::<Vec<_>>(),
             ),
