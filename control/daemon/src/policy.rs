@@ -82,10 +82,19 @@ fn info(c: &Coordinator, with_text: bool) -> PolicyInfo {
     }
 }
 
-/// The identity `policy explain --src` names: a node name, `tag:x` (a node carrying only that
-/// tag, added to a copy of the artifact), `token:ID`, `root`, `coordinator` or `anonymous`.
+/// The identity `policy explain --src` names: a node name (or `node:NAME`), `tag:x` (a node
+/// carrying only that tag, added to a copy of the artifact), `token:ID`, `root`,
+/// `coordinator` or `anonymous`.
 pub fn explain_subject(art: &Artifact, src: &str) -> Result<(Artifact, Identity), String> {
     let mut art = art.clone();
+    if let Some(name) = src.strip_prefix("node:") {
+        // Explicitly a node (`root` and `coordinator` are reserved at join, but a policy's
+        // inventory may still have a node of that name).
+        let who = art
+            .node_identity(name)
+            .ok_or_else(|| format!("no node named {name:?} (see `tunnelmesh node list`)"))?;
+        return Ok((art, who));
+    }
     let who = match src {
         "root" => Identity::LocalRoot,
         "coordinator" => Identity::Coordinator,
@@ -171,3 +180,7 @@ pub fn handle(c: &Coordinator, who: &str, cmd: &Command) -> Option<Response> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
