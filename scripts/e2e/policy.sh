@@ -7,6 +7,8 @@
 #   - `policy set examples/policy.hujson` (the seed's example), then `node tag beta
 #     tag:untrusted`: within 2 s beta's S3 PUT is AccessDenied and its GET works, beta's NFS
 #     mount is refused while alpha's works; `node untag` gives it back
+#   - admin commands on a member are forwarded to the coordinator over mTLS: alpha (admin in
+#     the example) tags beta, beta's attempt is refused with the missing capability
 #   - `policy explain` names the deciding rule; `policy get` prints the file; members see the
 #     policy hash in their status; the audit log has the policy change with its hash
 source "$(dirname "$0")/../lib/netns.sh"
@@ -130,7 +132,18 @@ wait_for 2 "beta's PUT works again" put_ok beta || fail "beta's PUT after untag"
 out=$(nfs_ls beta) || fail "beta's NFS listing after untag: $out"
 log "ok: untag gives beta its writes and mounts back"
 
+# --- admin from members: forwarded over mTLS, decided by the policy ---------------------------
+out=$(tm alpha node list --json) || fail "node list on alpha (admin by the policy): $out"
+json_get '[n["name"] for n in d]' <<<"$out" | grep -q beta || fail "alpha's node list: $out"
+out=$(tm beta node tag alpha tag:web 2>&1) && fail "beta (no admin capability) tagged alpha: $out"
+[[ $out == *"not allowed: tunnelmesh.io/cap/admin"* ]] || fail "beta's admin refusal: $out"
+tm alpha node tag beta tag:web >/dev/null || fail "alpha tags beta through the coordinator"
+tm alpha node untag beta tag:web >/dev/null || fail "alpha untags beta"
+log "ok: admin commands from alpha (granted) run on the coordinator; beta's are refused"
+
 audit=$(tm coord audit --json) || fail "audit"
+assert_eq "$(json_get '[e["who"] for e in d if e["action"] == "node.tag"][-1]' <<<"$audit")" \
+    "node alpha" "who tagged beta from alpha"
 assert_eq "$(json_get '[e["policy_hash"] for e in d if e["action"] == "policy.set"][0]' <<<"$audit")" \
     "$HASH" "the audit entry of policy set carries its hash"
 pass

@@ -21,6 +21,11 @@ use tm_policy::{Artifact, Identity, Inventory, NodeInfo, NodeKey, TokenId, Token
 use crate::server::PersistedState;
 use crate::{Coordinator, Error};
 
+/// Runs an admin command a member forwarded (`POST /v1/admin`, already authorised): the actor
+/// (`node NAME`) and the command as the daemon encodes it; returns the answer's bytes. Set by
+/// the daemon ([`Coordinator::set_admin_handler`]); blocking (commits are durable).
+pub type AdminHandler = Arc<dyn Fn(&str, &[u8]) -> Vec<u8> + Send + Sync>;
+
 /// Largest policy file accepted (the HuJSON parser refuses more, too).
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
 
@@ -235,6 +240,37 @@ impl Coordinator {
     /// The identity of the member with this key.
     pub fn identity_of_key(&self, key: &PublicKey) -> Option<Identity> {
         self.is_member(key).then(|| Identity::Node(node_key(key)))
+    }
+
+    /// Installs what runs forwarded admin commands (the coordinator node's daemon).
+    pub fn set_admin_handler(&self, h: AdminHandler) {
+        *self.shared.admin.write().unwrap_or_else(|p| p.into_inner()) = Some(h);
+    }
+
+    /// `POST /v1/admin` from the member `name` (its client certificate): allowed only with the
+    /// admin capability, decided by the policy like every other surface.
+    pub(crate) async fn handle_admin(&self, name: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let key = self
+            .node_by_name(name)
+            .ok_or(Error::UnknownClient)?
+            .public_key;
+        let who = Identity::Node(node_key(&key));
+        let d = tm_policy::decide(&self.policy(), &who, &tm_policy::Request::Admin);
+        if !d.allow {
+            tracing::info!(node = name, "admin request refused: {}", d.message());
+            return Err(Error::NotAllowed(d.message()));
+        }
+        let h = self
+            .shared
+            .admin
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::NotFound("/v1/admin (no admin handler)".into()))?;
+        let actor = format!("node {name}");
+        tokio::task::spawn_blocking(move || h(&actor, &body))
+            .await
+            .map_err(|_| Error::Internal)
     }
 
     /// Refuses a tag the stored policy does not declare (with a policy set, tags are owned).

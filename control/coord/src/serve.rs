@@ -74,6 +74,10 @@ impl Coordinator {
                 let u: EndpointsUpdate = parse_json(&req.body)?;
                 Ok(json(&self.handle_endpoints(&name, u.endpoints)?))
             }
+            ("POST", "/v1/admin") => {
+                let name = self.caller(client.as_ref())?;
+                self.handle_admin(&name, req.body).await
+            }
             ("DELETE", "/v1/nodes/self") => {
                 let name = self.caller(client.as_ref())?;
                 self.remove_node(&name)?;
@@ -82,7 +86,7 @@ impl Coordinator {
             (
                 _,
                 "/v1/challenge" | "/v1/register" | "/v1/netmap" | "/v1/endpoints"
-                | "/v1/nodes/self" | "/v1/relay",
+                | "/v1/nodes/self" | "/v1/relay" | "/v1/admin",
             ) => Err(Error::MethodNotAllowed),
             _ => Err(Error::NotFound(path.to_owned())),
         }

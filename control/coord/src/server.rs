@@ -210,6 +210,8 @@ pub(crate) struct Shared {
     index: RwLock<Index>,
     /// The compiled policy of the published state (`policy.rs`).
     pub(crate) policy: RwLock<Arc<tm_policy::Artifact>>,
+    /// Runs forwarded admin commands (`policy.rs`).
+    pub(crate) admin: RwLock<Option<crate::policy::AdminHandler>>,
     /// Bumped after every publication of `policy` (NFS connections re-ask their grants).
     pub(crate) policy_generation: std::sync::atomic::AtomicU64,
     challenges: Mutex<Challenges>,
@@ -467,6 +469,7 @@ impl Coordinator {
                 index,
                 policy: RwLock::new(Arc::new(policy)),
                 policy_generation: std::sync::atomic::AtomicU64::new(0),
+                admin: RwLock::new(None),
                 challenges,
                 limiter,
                 version,

@@ -314,6 +314,9 @@ impl Node {
             };
             s.serve(mesh_ip, coord.as_ref().map(crate::identity::authority))
                 .await?;
+            if let Some(c) = &coord {
+                c.set_admin_handler(crate::identity::admin_handler(c, Some(s.clone())));
+            }
             if let Some(n) = &self.cfg.nfs {
                 let addr = n.listen.unwrap_or_else(|| SocketAddr::new(mesh_ip, 2049));
                 let cidrs: Vec<String> = match &self.mesh {
@@ -1068,10 +1071,16 @@ impl Node {
                         let _ = r.reply.send(resp);
                     });
                 }
-                _ => {
+                Some(Role::Member { client, .. }) => {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let resp = crate::policy::forward_admin(&client, &r.command).await;
+                        let _ = r.reply.send(resp);
+                    });
+                }
+                None => {
                     let _ = r.reply.send(Response::err(
-                        "admin commands run on the coordinator (forwarding from members is not \
-                         implemented yet)",
+                        "admin commands need a mesh: this node is not in one",
                     ));
                 }
             },

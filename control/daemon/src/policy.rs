@@ -142,6 +142,22 @@ pub fn explain(art: &Artifact, src: &str, words: &[String]) -> Result<PolicyExpl
     })
 }
 
+/// An admin command on a member: forwarded to the coordinator over mTLS, which runs it as this
+/// node if the policy gives the node the admin capability.
+pub async fn forward_admin(client: &tm_coord::JoinClient, cmd: &Command) -> Response {
+    let body = match serde_json::to_vec(cmd) {
+        Ok(b) => b,
+        Err(e) => return Response::err(format!("internal: {e}")),
+    };
+    match client.admin(&body).await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            Response::err(format!("the coordinator's answer is not valid JSON: {e}"))
+        }),
+        Err(tm_coord::Error::Refused { message, .. }) => Response::err(message),
+        Err(e) => Response::err(format!("forwarding to the coordinator: {e}")),
+    }
+}
+
 /// Runs a `policy` admin command on the coordinator (blocking: `set` commits durably).
 pub fn handle(c: &Coordinator, who: &str, cmd: &Command) -> Option<Response> {
     let now = tm_coord::now_unix();
