@@ -530,3 +530,37 @@ async fn policy_survives_restart_and_is_audited_with_its_hash() {
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stored policy whose own tests fail against a later mesh (a tag changed) is still in force
+/// after a restart (with a loud warning in the log), not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_policy_with_failing_tests_is_still_loaded_at_start() {
+    let dir = tmpdir("polfail");
+    let store = dir.join("state.json");
+    let hub = key();
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub.clone()).await;
+    let beta = key();
+    s.join_with(&s.coord.token(), "beta", &beta)
+        .await
+        .expect("join");
+    let text = UNTRUSTED.replace(
+        r#"  "tests": ["#,
+        r#"  "tests": [
+    {"src": "beta", "s3": {"bucket": "b", "key": "k", "op": "put"}, "expect": "allow"},"#,
+    );
+    s.coord
+        .set_policy("p.hujson", &text, ROOT, 1)
+        .expect("set while beta is untagged");
+    s.coord
+        .tag_node("beta", "tag:untrusted", ROOT)
+        .expect("tag: the file's beta test now fails");
+    let hash = s.coord.policy().hash();
+    s.stop().await;
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub).await;
+    assert!(s.coord.policy().has_policy, "the stored policy is in force");
+    assert_eq!(s.coord.policy().hash(), hash);
+    let who = s.coord.identity_of_key(&beta.public_key()).expect("member");
+    assert!(!s3_put(&s.coord, &who).allow, "and enforced");
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
