@@ -127,6 +127,27 @@ pub enum Command {
     },
     /// On a coordinator (admin): `Vec<`[`AuditInfo`]`>`, oldest first.
     Audit,
+    /// On a coordinator (admin): validate a policy file, run its tests, and only if all pass
+    /// put it in force everywhere: [`PolicyInfo`]. `file` is the file's base name (for
+    /// `file:line` in messages), `text` its content.
+    PolicySet {
+        file: String,
+        text: String,
+    },
+    /// On a coordinator (admin): the policy in force: [`PolicyInfo`] (with its text).
+    PolicyGet,
+    /// On a coordinator (admin): what `PolicySet` would say; nothing changes: [`PolicyInfo`].
+    PolicyCheck {
+        file: String,
+        text: String,
+    },
+    /// On a coordinator (admin): the decision and deciding rule for a request by node (or
+    /// `tag:x`, `token:ID`) `src`: [`PolicyExplanation`]. `request` is e.g. `["s3", "put",
+    /// "bucket/key"]`, `["nfs", "mount", "default"]`, `["admin"]`, `["ip", "web1:22/tcp"]`.
+    PolicyExplain {
+        src: String,
+        request: Vec<String>,
+    },
 }
 
 impl Command {
@@ -163,8 +184,57 @@ impl Command {
                 | Command::NodeUntag { .. }
                 | Command::NodeRemove { .. }
                 | Command::Audit
+                | Command::PolicySet { .. }
+                | Command::PolicyGet
+                | Command::PolicyCheck { .. }
+                | Command::PolicyExplain { .. }
         )
     }
+}
+
+/// The policy in force, or what `policy check`/`set` found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PolicyInfo {
+    /// The file's base name (`None`: no policy file, the built-in default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// `sha256:...` of the compiled artifact (the one in netmaps and the audit log).
+    pub hash: String,
+    /// One line: `no policy: all members allowed`, or the file, hash and who set it.
+    pub status: String,
+    /// The file's text (`policy get` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_unix: Option<u64>,
+    /// The file's tests that ran (all passed).
+    #[serde(default)]
+    pub tests: usize,
+    /// Legal but suspicious things (undeclared tags in use, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// `policy explain`: the decision, the deciding rule and every rule that matched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyExplanation {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// `file:line` of the deciding rule (none: a built-in or the default decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The one-line reason, as enforcers show it.
+    pub reason: String,
+    /// Every matching rule in evaluation order: `deny file:line` / `allow file:line`.
+    pub matched: Vec<String>,
+    /// The request as understood.
+    pub request: String,
+    /// The principal as understood.
+    pub principal: String,
+    /// Hash of the artifact decided from.
+    pub hash: String,
 }
 
 /// A token as listed (no secret).
@@ -210,6 +280,9 @@ pub struct AuditInfo {
     pub target: String,
     #[serde(default)]
     pub detail: String,
+    /// Hash of the policy artifact in force after the change.
+    #[serde(default)]
+    pub policy_hash: String,
 }
 
 /// Parses a duration like `30s`, `15m`, `24h` or `7d` into seconds.
@@ -340,6 +413,10 @@ pub struct MeshStatus {
     pub dns: Vec<String>,
     /// Whether the relay connection through the coordinator is up.
     pub relay_connected: bool,
+    /// The policy in force (coordinator: file and hash, or `no policy: all members allowed`;
+    /// member: the hash its coordinator announced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// WireGuard datagrams this node sent / received through the relay, and dropped.
     #[serde(default)]
     pub relay_sent: u64,

@@ -343,6 +343,20 @@ impl JoinClient {
         self.call("GET", &target, b"", true).await
     }
 
+    /// `POST /v1/admin` (mTLS): an admin command for the coordinator's daemon to run as this
+    /// node, if the policy gives it the admin capability; returns the answer's bytes.
+    /// Refusals are [`Error::Refused`] (403 with the policy's reason).
+    pub async fn admin(&self, command: &[u8]) -> Result<Vec<u8>, Error> {
+        let (status, body) = self.request_raw("POST", "/v1/admin", command, true).await?;
+        if status != 200 {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(Error::Refused { status, message });
+        }
+        Ok(body)
+    }
+
     /// `POST /v1/endpoints` (mTLS): replaces this node's endpoints.
     pub async fn update_endpoints(&self, endpoints: &[SocketAddr]) -> Result<Netmap, Error> {
         let body = serde_json::to_vec(&EndpointsUpdate {

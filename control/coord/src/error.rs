@@ -47,6 +47,13 @@ pub enum Error {
     /// No token with that id.
     #[error("no token with id {0:?} (see `tunnelmesh token list`)")]
     NoSuchToken(String),
+    /// A policy file refused by `policy set`/`check` (syntax, validation, or failed tests; the
+    /// message names each place).
+    #[error("{0}")]
+    PolicyRefused(String),
+    /// The authenticated caller may not do this (the policy's one-line reason).
+    #[error("{0}")]
+    NotAllowed(String),
     /// An admin request that cannot be done (the message says why and what to do instead).
     #[error("{0}")]
     AdminRefused(String),
@@ -139,7 +146,9 @@ impl Error {
             | Error::BadName(..)
             | Error::InvalidToken(_)
             | Error::BadTag(..)
-            | Error::AdminRefused(_) => 400,
+            | Error::AdminRefused(_)
+            | Error::PolicyRefused(_) => 400,
+            Error::NotAllowed(_) => 403,
             Error::ClientCertRequired | Error::UnknownClient => 401,
             Error::WrongToken
             | Error::TokenRefused(_)

@@ -88,6 +88,9 @@ pub struct AuditEntry {
     /// Details (tags, expiry, ...).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// The hash of the policy artifact in force after the change.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy_hash: String,
 }
 
 /// The current time in Unix seconds.
@@ -253,13 +256,20 @@ fn fmt_tags(tags: &[String]) -> String {
 }
 
 impl Coordinator {
-    fn audit(&self, who: &str, action: &str, target: &str, detail: String) -> Result<(), Error> {
+    pub(crate) fn audit(
+        &self,
+        who: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+    ) -> Result<(), Error> {
         let e = AuditEntry {
             unix: now_unix(),
             who: who.to_owned(),
             action: action.to_owned(),
             target: target.to_owned(),
             detail,
+            policy_hash: self.policy().hash().to_string(),
         };
         let line = serde_json::to_vec(&e).expect("audit entries serialize");
         self.shared.store.append_audit(&line).map_err(|err| {
@@ -300,6 +310,7 @@ impl Coordinator {
         }
         for t in &spec.tags {
             token::validate_tag(t)?;
+            self.check_tag_declared(t)?;
         }
         let expires_unix = match spec.expires_in {
             Some(d) if d.is_zero() => {
@@ -471,6 +482,9 @@ impl Coordinator {
         actor: &str,
     ) -> Result<NodeSummary, Error> {
         token::validate_tag(tag)?;
+        if add {
+            self.check_tag_declared(tag)?;
+        }
         let n = self.commit(|s| {
             let n = s
                 .nodes

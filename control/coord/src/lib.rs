@@ -60,8 +60,10 @@ mod http;
 mod identity;
 mod index;
 mod limit;
+pub mod policy;
 pub mod proof;
 pub mod relay;
+mod serve;
 mod server;
 mod store;
 pub mod token;
@@ -76,6 +78,7 @@ pub use client::{build_register_request, JoinClient};
 pub use contain::{in_request, panics};
 pub use error::Error;
 pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};
+pub use policy::{AdminHandler, PolicyOutcome, StoredPolicy};
 pub use relay::{
     LocalRelaySender, RelayConn, RelayReceiver, RelayRoute, RelaySender, RelayStats,
     MAX_RELAY_PAYLOAD,

@@ -145,6 +145,9 @@ pub struct Netmap {
     pub peers: Vec<NetmapPeer>,
     /// DNS data.
     pub dns: Dns,
+    /// Hash of the compiled policy in force (`sha256:...`); members show it in `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
 }
 
 impl Netmap {

@@ -385,3 +385,182 @@ async fn tags_removal_and_audit_log() {
     assert_eq!(log[0].detail, "tag:untrusted");
     s.stop().await;
 }
+
+// --- the policy ---------------------------------------------------------------------------
+
+const UNTRUSTED: &str = r#"{
+  // the seed's sentence
+  "tagOwners": {"tag:untrusted": []},
+  "default": "allow",
+  "deny": [
+    {"src": ["tag:untrusted"], "dst": ["*"], "app": {
+      "tunnelmesh.io/cap/s3": [{"buckets": ["*"], "access": "rw"}],
+      "tunnelmesh.io/cap/nfs": [{"shares": ["*"]}],
+    }},
+  ],
+  "tests": [
+    {"src": "tag:untrusted", "s3": {"bucket": "b", "key": "k", "op": "put"}, "expect": "deny"},
+  ],
+}"#;
+
+fn s3_put(c: &Coordinator, who: &tm_policy::Identity) -> tm_policy::Decision {
+    tm_policy::decide(
+        &c.policy(),
+        who,
+        &tm_policy::Request::S3 {
+            bucket: "b",
+            key: "k",
+            op: tm_policy::S3Op::Write,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_set_refuses_bad_files_and_keeps_the_one_in_force() {
+    let s = Server::start_mem().await;
+    let none = s.coord.policy().hash();
+    assert_eq!(s.coord.policy_status(), "no policy: all members allowed");
+    let err = |text: &str| match s.coord.set_policy("p.hujson", text, ROOT, 1) {
+        Err(Error::PolicyRefused(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let m = err("{\n  \"default\": \"allow\",\n  \"grants\": [,\n}");
+    assert!(m.starts_with("p.hujson:3:"), "{m}");
+    let m = err(
+        r#"{"default": "allow", "tagOwners": {}, "deny": [{"src": ["tag:nope"], "dst": ["*"], "ip": ["*"]}]}"#,
+    );
+    assert!(m.contains("p.hujson:1:") && m.contains("tag:nope"), "{m}");
+    let failing = UNTRUSTED.replace(r#""expect": "deny""#, r#""expect": "allow""#);
+    let m = err(&failing);
+    assert!(
+        m.contains("test failed") && m.contains("expected allow, got deny"),
+        "{m}"
+    );
+    let m = err(&format!(
+        "{{\"default\": \"allow\"}}{}",
+        " ".repeat(10 << 20)
+    ));
+    assert!(m.contains("at most"), "{m}");
+    assert_eq!(s.coord.policy().hash(), none, "nothing changed");
+    assert!(s.coord.policy_file().is_none());
+    let out = s
+        .coord
+        .set_policy("p.hujson", UNTRUSTED, ROOT, 1)
+        .expect("a good file");
+    assert_eq!(out.tests, 1);
+    assert_eq!(out.hash, s.coord.policy().hash().to_string());
+    assert_ne!(s.coord.policy().hash(), none);
+    assert!(s.coord.policy_status().starts_with("p.hujson (sha256:"));
+    // check changes nothing
+    let g = s.coord.policy_generation();
+    s.coord
+        .check_policy("q.hujson", r#"{"default": "deny"}"#)
+        .expect("check");
+    assert_eq!(s.coord.policy_generation(), g);
+    assert_eq!(s.coord.policy_file().expect("set").file, "p.hujson");
+    s.stop().await;
+}
+
+/// Tags, removal and the policy take effect in the next decision (the artifact is recompiled
+/// with every change), and the netmap announces the policy's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_and_removal_change_decisions_at_once() {
+    let s = Server::start_mem().await;
+    let t = s.coord.token();
+    let beta = key();
+    s.join_with(&t, "beta", &beta).await.expect("join");
+    let who = s
+        .coord
+        .identity_of_key(&beta.public_key())
+        .expect("beta is a member");
+    assert!(s3_put(&s.coord, &who).allow, "no policy: members write");
+    s.coord
+        .set_policy("p.hujson", UNTRUSTED, ROOT, 1)
+        .expect("set");
+    assert!(s3_put(&s.coord, &who).allow, "beta is not tagged yet");
+    let out = s
+        .coord
+        .tag_node("beta", "tag:nope", ROOT)
+        .expect_err("undeclared tag");
+    assert!(out.to_string().contains("tagOwners"), "{out}");
+    let g = s.coord.policy_generation();
+    s.coord
+        .tag_node("beta", "tag:untrusted", ROOT)
+        .expect("tag");
+    assert!(s.coord.policy_generation() > g);
+    let d = s3_put(&s.coord, &who);
+    assert!(!d.allow, "{d}");
+    assert!(d.message().contains("(rule p.hujson:7)"), "{}", d.message());
+    assert_eq!(
+        s.coord.netmap().policy_hash,
+        Some(s.coord.policy().hash().to_string())
+    );
+    s.coord
+        .untag_node("beta", "tag:untrusted", ROOT)
+        .expect("untag");
+    assert!(s3_put(&s.coord, &who).allow);
+    s.coord.remove_node_as("beta", ROOT).expect("remove");
+    let d = s3_put(&s.coord, &who);
+    assert!(!d.allow && d.reason.contains("not in the mesh"), "{d}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_survives_restart_and_is_audited_with_its_hash() {
+    let dir = tmpdir("pol");
+    let store = dir.join("state.json");
+    let hub = key();
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub.clone()).await;
+    let out = s
+        .coord
+        .set_policy("p.hujson", UNTRUSTED, ROOT, 1)
+        .expect("set");
+    s.stop().await;
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub).await;
+    assert_eq!(s.coord.policy().hash().to_string(), out.hash);
+    let p = s.coord.policy_file().expect("stored");
+    assert_eq!((p.file.as_str(), p.text.as_str()), ("p.hujson", UNTRUSTED));
+    let audit = s.coord.audit_log().expect("audit");
+    let e = audit
+        .iter()
+        .find(|e| e.action == "policy.set")
+        .expect("policy.set audited");
+    assert_eq!((e.who.as_str(), e.target.as_str()), (ROOT, "p.hujson"));
+    assert_eq!(e.policy_hash, out.hash);
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stored policy whose own tests fail against a later mesh (a tag changed) is still in force
+/// after a restart (with a loud warning in the log), not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_policy_with_failing_tests_is_still_loaded_at_start() {
+    let dir = tmpdir("polfail");
+    let store = dir.join("state.json");
+    let hub = key();
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub.clone()).await;
+    let beta = key();
+    s.join_with(&s.coord.token(), "beta", &beta)
+        .await
+        .expect("join");
+    let text = UNTRUSTED.replace(
+        r#"  "tests": ["#,
+        r#"  "tests": [
+    {"src": "beta", "s3": {"bucket": "b", "key": "k", "op": "put"}, "expect": "allow"},"#,
+    );
+    s.coord
+        .set_policy("p.hujson", &text, ROOT, 1)
+        .expect("set while beta is untagged");
+    s.coord
+        .tag_node("beta", "tag:untrusted", ROOT)
+        .expect("tag: the file's beta test now fails");
+    let hash = s.coord.policy().hash();
+    s.stop().await;
+    let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub).await;
+    assert!(s.coord.policy().has_policy, "the stored policy is in force");
+    assert_eq!(s.coord.policy().hash(), hash);
+    let who = s.coord.identity_of_key(&beta.public_key()).expect("member");
+    assert!(!s3_put(&s.coord, &who).allow, "and enforced");
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

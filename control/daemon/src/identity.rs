@@ -61,6 +61,10 @@ impl Authority for MeshAuthority {
             .node_by_key(&PublicKey(key.0))
             .map(|n| node_principal(&n))
     }
+
+    fn policy(&self) -> Option<Arc<tm_policy::Artifact>> {
+        Some(self.0.policy())
+    }
 }
 
 /// The authority as the S3 server takes it.
@@ -97,7 +101,30 @@ fn node_info(n: NodeSummary) -> NodeInfo {
 /// `spawn_blocking`). `storage` is the node's object store: a removed node's S3 key is
 /// deleted from it before the answer, so it stops working at once.
 pub fn handle(c: &Coordinator, storage: Option<&Storage>, cmd: &Command) -> Response {
-    let who = LOCAL_ROOT.to_string();
+    handle_as(c, storage, cmd, &LOCAL_ROOT.to_string())
+}
+
+/// What runs admin commands members forward over mTLS (`POST /v1/admin`; the coordinator has
+/// checked the caller's admin capability): the command as JSON in, a [`Response`] as JSON out,
+/// audited as done by `node NAME`.
+pub fn admin_handler(c: &Coordinator, storage: Option<Storage>) -> tm_coord::AdminHandler {
+    let c = c.clone();
+    Arc::new(move |actor: &str, body: &[u8]| {
+        let resp = match serde_json::from_slice::<Command>(body) {
+            Ok(cmd) if cmd.is_admin() => handle_as(&c, storage.as_ref(), &cmd, actor),
+            Ok(_) => Response::err("not an admin command"),
+            Err(e) => Response::err(format!("undecodable admin command: {e}")),
+        };
+        serde_json::to_vec(&resp).unwrap_or_default()
+    })
+}
+
+/// [`handle`] on behalf of `who` (audited as such).
+pub fn handle_as(c: &Coordinator, storage: Option<&Storage>, cmd: &Command, who: &str) -> Response {
+    let who = who.to_owned();
+    if let Some(r) = crate::policy::handle(c, &who, cmd) {
+        return r;
+    }
     let now = tm_coord::now_unix();
     let r: Result<Response, tm_coord::Error> = (|| {
         Ok(match cmd {
@@ -157,6 +184,7 @@ pub fn handle(c: &Coordinator, storage: Option<&Storage>, cmd: &Command) -> Resp
                         action: e.action,
                         target: e.target,
                         detail: e.detail,
+                        policy_hash: e.policy_hash,
                     })
                     .collect::<Vec<_>>(),
             ),

@@ -17,6 +17,7 @@ mod gen;
 mod identity;
 mod mesh;
 mod node;
+mod policy;
 mod portmap;
 mod relay;
 mod storage;

@@ -137,6 +137,8 @@ pub struct Node {
     /// System resolver settings made for the mesh DNS; undone when the node is dropped.
     sysdns: Option<crate::sysdns::SystemDns>,
     netmap_version: u64,
+    /// The policy hash of the last netmap (members' `status`).
+    policy_hash: Option<String>,
     /// The packet filter (local policy for now).
     filter: crate::filter::LocalFilter,
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
@@ -196,6 +198,7 @@ impl Node {
             dns_addrs: Vec::new(),
             sysdns: None,
             netmap_version: 0,
+            policy_hash: None,
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
             leaving: None,
             stop: false,
@@ -305,18 +308,26 @@ impl Node {
         self.sync_dataplane(false);
         let mesh_ip = self.cfg.address().addr;
         if let Some(s) = &self.storage {
-            let authority = match self.mesh.as_ref().map(|m| &m.role) {
-                Some(Role::Coordinator(c)) => Some(crate::identity::authority(c)),
+            let coord = match self.mesh.as_ref().map(|m| &m.role) {
+                Some(Role::Coordinator(c)) => Some(c.clone()),
                 _ => None,
             };
-            s.serve(mesh_ip, authority).await?;
+            s.serve(mesh_ip, coord.as_ref().map(crate::identity::authority))
+                .await?;
+            if let Some(c) = &coord {
+                c.set_admin_handler(crate::identity::admin_handler(c, Some(s.clone())));
+            }
             if let Some(n) = &self.cfg.nfs {
                 let addr = n.listen.unwrap_or_else(|| SocketAddr::new(mesh_ip, 2049));
                 let cidrs: Vec<String> = match &self.mesh {
                     Some(m) => vec![m.cidr.to_string()],
                     None => vec![self.cfg.address().network().to_string()],
                 };
-                s.serve_nfs(addr, &cidrs).await?;
+                let gate = coord.map(|c| {
+                    std::sync::Arc::new(crate::policy::MeshGate(c))
+                        as std::sync::Arc<dyn tm_nfs::Gate>
+                });
+                s.serve_nfs(addr, &cidrs, gate).await?;
             }
         }
         if let (Some(d), Some(_)) = (&self.cfg.dns, &self.mesh) {
@@ -353,6 +364,10 @@ impl Node {
             return;
         };
         self.netmap_version = nm.version;
+        self.policy_hash = nm
+            .policy_hash
+            .as_ref()
+            .map(|h| format!("{h} (from the coordinator)"));
         let (host_ip, is_coord) = match &mesh.role {
             Role::Member { host_ip, .. } => (*host_ip, false),
             Role::Coordinator(_) => (None, true),
@@ -1056,10 +1071,16 @@ impl Node {
                         let _ = r.reply.send(resp);
                     });
                 }
-                _ => {
+                Some(Role::Member { client, .. }) => {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let resp = crate::policy::forward_admin(&client, &r.command).await;
+                        let _ = r.reply.send(resp);
+                    });
+                }
+                None => {
                     let _ = r.reply.send(Response::err(
-                        "admin commands run on the coordinator (forwarding from members is not \
-                         implemented yet)",
+                        "admin commands need a mesh: this node is not in one",
                     ));
                 }
             },
@@ -1193,6 +1214,10 @@ impl Node {
                 mesh_cidr: m.cidr.to_string(),
                 dns: self.dns_addrs.iter().map(|a| a.to_string()).collect(),
                 relay_connected: self.relay.as_ref().is_some_and(|r| r.connected()),
+                policy: match &m.role {
+                    Role::Coordinator(c) => Some(c.policy_status()),
+                    Role::Member { .. } => self.policy_hash.clone(),
+                },
                 relay_sent: relay.to_relay_frames,
                 relay_received: relay.from_relay_frames,
                 relay_dropped: relay.dropped_disconnected

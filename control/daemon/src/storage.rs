@@ -151,25 +151,26 @@ impl Storage {
 
     /// Binds the NFSv3 server (mount protocol on the same port) on `addr` (default
     /// `<mesh IP>:2049`) and serves `/shares/<name>` in the background. Loopback and sources in
-    /// `mesh_cidrs` (cryptokey-routed) may mount; others get `MNT3ERR_ACCES`. NFS and S3 serve
+    /// `mesh_cidrs` (cryptokey-routed) may connect; others get `MNT3ERR_ACCES`. On a coordinator
+    /// `gate` (the policy) decides MOUNT and every call by the member's share grant. NFS and S3 serve
     /// the same `Store` (one process): UNSTABLE NFS writes are staged in that store, which
     /// applies them before any S3 read of the object, so S3 sees every acknowledged write.
     pub async fn serve_nfs(
         &self,
         addr: std::net::SocketAddr,
         mesh_cidrs: &[String],
+        gate: Option<std::sync::Arc<dyn tm_nfs::Gate>>,
     ) -> Result<std::net::SocketAddr> {
         let allow = mesh_cidrs
             .iter()
             .map(|c| c.parse::<tm_nfs::Cidr>())
             .collect::<Result<Vec<_>, _>>()
             .context("nfs: mesh CIDR")?;
-        let server = tm_nfs::NfsServer::bind(
-            self.store.clone(),
-            tm_nfs::NfsConfig::new(addr, allow.clone()),
-        )
-        .await
-        .with_context(|| format!("nfs.listen: cannot serve NFS on {addr}"))?;
+        let mut cfg = tm_nfs::NfsConfig::new(addr, allow.clone());
+        cfg.gate = gate;
+        let server = tm_nfs::NfsServer::bind(self.store.clone(), cfg)
+            .await
+            .with_context(|| format!("nfs.listen: cannot serve NFS on {addr}"))?;
         let local = server.local_addr()?;
         tokio::spawn(async move {
             if let Err(e) = server.serve(std::future::pending()).await {

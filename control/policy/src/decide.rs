@@ -8,7 +8,9 @@
 //! 3. **deny beats allow beats the default**: the first matching `deny` entry (file order)
 //!    refuses; else the first matching `acls`/`grants` entry allows; else the default
 //!    (`allow`: S3 read/list/write, NFS and IP for members, i.e. nodes; never admin or
-//!    Docker, never tokens: a token has only what its tags are granted).
+//!    Docker, never tokens: a token has only what its tags are granted). Without any policy
+//!    file, S3 is open to members and tokens alike, bucket create/delete included (as before
+//!    policies existed); NFS and IP to members; admin and Docker to nobody.
 
 use crate::caps::{Access, AppGrant, Verb, CAP_ADMIN, CAP_DOCKER, CAP_NFS, CAP_S3, SYSTEM_BUCKET};
 use crate::compile::Artifact;
@@ -480,12 +482,14 @@ fn explain_inner(art: &Artifact, who: &Identity, req: &Request<'_>, all: bool) -
 }
 
 fn default_decision(art: &Artifact, req: &Request<'_>, member: bool) -> Decision {
-    let by_default = member
-        && match req {
-            Request::S3 { op, .. } => *op != S3Op::Admin,
-            Request::Nfs { .. } | Request::Ip { .. } => true,
-            Request::Admin | Request::Docker { .. } => false,
-        };
+    let by_default = match req {
+        // No policy file at all: S3 as before there were policies, for members and tokens
+        // (the seed's "your mesh token works directly"), bucket create/delete included.
+        Request::S3 { .. } if !art.has_policy => true,
+        Request::S3 { op, .. } => member && *op != S3Op::Admin,
+        Request::Nfs { .. } | Request::Ip { .. } => member,
+        Request::Admin | Request::Docker { .. } => false,
+    };
     if art.default == DefaultAction::Allow && by_default {
         return Decision {
             allow: true,

@@ -37,6 +37,13 @@ pub enum Effect {
     Deny,
 }
 
+impl Effect {
+    /// Whether this is an allowing rule.
+    pub fn is_allow(self) -> bool {
+        self == Effect::Allow
+    }
+}
+
 /// One rule: an ACL line's `dst` entry, a grant, or a deny entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {

@@ -316,6 +316,9 @@ impl Front {
             }
         }
         parts.extensions.insert(verified.principal);
+        parts.extensions.insert(crate::access::PolicySnapshot(
+            self.cfg.authority.as_ref().and_then(|a| a.policy()),
+        ));
         let body =
             s3s::Body::http_body_unsync(StreamBody::new(stream.map_ok(Frame::<Bytes>::data)));
         Ok(Request::from_parts(parts, body))

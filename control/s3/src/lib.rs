@@ -43,6 +43,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use access::{decide, identity};
 pub use error::Error;
 pub use front::{serve_limited, serve_with};
 pub use guard::{in_request, panics, Limits};

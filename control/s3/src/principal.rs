@@ -168,6 +168,11 @@ pub trait Authority: Send + Sync + fmt::Debug {
     /// The current principal of the node with `key` (fresh name and tags); `None` once it is
     /// no longer a member (its credentials stop working at once).
     fn node(&self, key: &NodeKey) -> Option<Principal>;
+    /// The mesh's compiled policy, which every operation is decided by (`None`: the built-in
+    /// rule of a standalone node, see [`crate::access`]).
+    fn policy(&self) -> Option<std::sync::Arc<tm_policy::Artifact>> {
+        None
+    }
 }
 
 fn refused(r: TokenRefusal) -> Error {

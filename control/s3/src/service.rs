@@ -17,9 +17,10 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tm_storage::{ObjectInfo, ObjectMeta, PutWriter, StorageError, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::access::{check_read, check_write, principal};
+use crate::access::{check, principal};
 use crate::error::{aws_error, body_error, Error};
 use crate::{list, SYSTEM_BUCKET};
+use tm_policy::S3Op;
 
 /// Bytes per message when streaming an object out of the engine.
 const READ_PIECE: usize = 256 * 1024;
@@ -505,7 +506,7 @@ impl S3 for TmS3 {
         let buckets = self.run("", |s| s.list_buckets()).await?;
         let buckets = buckets
             .into_iter()
-            .filter(|b| crate::access::allowed(&me, &b.name, crate::access::Access::Read))
+            .filter(|b| crate::access::visible(&req, &me, &b.name))
             .map(|b| Bucket {
                 name: Some(b.name),
                 creation_date: Some(ts(b.created)),
@@ -524,7 +525,7 @@ impl S3 for TmS3 {
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = req.input.bucket.clone();
-        check_write(&req, &bucket)?;
+        check(&req, &bucket, "", S3Op::Admin)?;
         let b = bucket.clone();
         self.run(&bucket, move |s| s.create_bucket(&b)).await?;
         Ok(S3Response::new(CreateBucketOutput {
@@ -537,7 +538,7 @@ impl S3 for TmS3 {
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
         let bucket = req.input.bucket.clone();
-        check_write(&req, &bucket)?;
+        check(&req, &bucket, "", S3Op::Admin)?;
         let b = bucket.clone();
         self.run(&bucket, move |s| s.delete_bucket(&b)).await?;
         Ok(S3Response::new(DeleteBucketOutput {}))
@@ -547,7 +548,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        check_read(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, "", S3Op::Read)?;
         let b = req.input.bucket.clone();
         self.run(&req.input.bucket, move |s| s.bucket(&b)).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
@@ -557,7 +558,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        check_read(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, "", S3Op::Read)?;
         let b = req.input.bucket.clone();
         self.run(&req.input.bucket, move |s| s.bucket(&b)).await?;
         Ok(S3Response::new(GetBucketLocationOutput {
@@ -569,7 +570,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let input = req.input;
         if input.if_match.is_some() || input.if_none_match.is_some() {
             return Err(S3Error::with_message(
@@ -623,7 +624,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        check_read(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
         let i = req.input;
         if i.part_number.is_some() {
             return Err(S3Error::with_message(
@@ -674,7 +675,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        check_read(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
         let i = req.input;
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let info = self.run(&i.bucket, move |s| s.head(&b, &k)).await?;
@@ -704,7 +705,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let (b, k) = (req.input.bucket.clone(), req.input.key.clone());
         self.run(&req.input.bucket, move |s| {
             s.bucket(&b)?;
@@ -718,7 +719,9 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        for o in &req.input.delete.objects {
+            check(&req, &req.input.bucket, &o.key, S3Op::Write)?;
+        }
         let bucket = req.input.bucket.clone();
         let quiet = req.input.delete.quiet.unwrap_or(false);
         let keys: Vec<String> = req
@@ -781,9 +784,9 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let (sb, sk) = copy_source(&req.input.copy_source)?;
-        check_read(&req, &sb)?;
+        check(&req, &sb, &sk, S3Op::Read)?;
         let i = req.input;
         let replace = i
             .metadata_directive
@@ -832,7 +835,12 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        check_read(&req, &req.input.bucket)?;
+        check(
+            &req,
+            &req.input.bucket,
+            req.input.prefix.as_deref().unwrap_or(""),
+            S3Op::List,
+        )?;
         let i = req.input;
         let after = i.marker.clone().filter(|m| !m.is_empty());
         let l = self
@@ -869,7 +877,12 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        check_read(&req, &req.input.bucket)?;
+        check(
+            &req,
+            &req.input.bucket,
+            req.input.prefix.as_deref().unwrap_or(""),
+            S3Op::List,
+        )?;
         let i = req.input;
         let after = match i.continuation_token.as_deref() {
             Some(t) => Some(decode_token(t)?),
@@ -906,7 +919,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let i = req.input;
         let meta = object_meta(PutMeta {
             content_type: i.content_type,
@@ -931,7 +944,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let i = req.input;
         let n = part_number(i.part_number)?;
         let (b, k, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
@@ -953,9 +966,9 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let (sb, sk) = copy_source(&req.input.copy_source)?;
-        check_read(&req, &sb)?;
+        check(&req, &sb, &sk, S3Op::Read)?;
         let i = req.input;
         let n = part_number(i.part_number)?;
         let (b2, k2) = (sb.clone(), sk.clone());
@@ -1004,7 +1017,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let i = req.input;
         let parts = i
             .multipart_upload
@@ -1043,7 +1056,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        check_write(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let i = req.input;
         let (b, k, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         self.run(&i.bucket, move |s| s.abort_multipart(&b, &k, &id))
@@ -1055,7 +1068,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
-        check_read(&req, &req.input.bucket)?;
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
         let i = req.input;
         let (b, k, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let all = self
@@ -1100,7 +1113,12 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        check_read(&req, &req.input.bucket)?;
+        check(
+            &req,
+            &req.input.bucket,
+            req.input.prefix.as_deref().unwrap_or(""),
+            S3Op::List,
+        )?;
         let i = req.input;
         let url = is_url(i.encoding_type.as_ref());
         let (b, prefix) = (i.bucket.clone(), i.prefix.clone().unwrap_or_default());

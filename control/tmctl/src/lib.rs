@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod policy;
 
 pub use admin::{NodeCommand, TokenCommand};
 
@@ -88,6 +89,9 @@ pub enum OperatorCommand {
     /// The packet filter: load a local policy, test a packet against it, show its state.
     #[command(subcommand)]
     Filter(FilterCommand),
+    /// On a coordinator: the mesh policy (set, get, check, explain).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -239,6 +243,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
         OperatorCommand::Token { cmd } => admin::token(target, cmd)?,
         OperatorCommand::Node(cmd) => admin::node(target, cmd)?,
         OperatorCommand::Audit { json } => admin::audit(target, *json)?,
+        OperatorCommand::Policy(p) => policy::policy(target, p)?,
         OperatorCommand::Leave => {
             call(target, Command::Leave)?;
             writeln!(out, "left the mesh; the node is stopping")?;
@@ -516,6 +521,9 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
         )?;
         if !m.dns.is_empty() {
             writeln!(out, "dns:         {}", m.dns.join(", "))?;
+        }
+        if let Some(p) = &m.policy {
+            writeln!(out, "policy:      {p}")?;
         }
     }
     let c = &s.counters;

@@ -61,6 +61,10 @@ pub(crate) struct Front {
     pub busy_poll: std::time::Duration,
     /// Calls in flight, per connection and in the server ([`crate::limit`]).
     pub slots: Arc<crate::limit::Slots>,
+    /// Who may do what on which share ([`crate::gate`]); `None`: the source check only.
+    pub gate: Option<Arc<dyn crate::gate::Gate>>,
+    /// Inode -> share, for the gate.
+    pub shares: crate::gate::ShareCache,
 }
 
 #[derive(Clone, Copy)]
@@ -470,6 +474,7 @@ impl Front {
             }));
         }
         let mut seq = fast::Sequential::default();
+        let mut conn_gate = crate::gate::ConnGate::new(peer.ip());
         // Busy polling (`NfsConfig::busy_poll`): when the last reply was sent and how soon
         // the client's next call followed it.
         let mut sent_at: Option<std::time::Instant> = None;
@@ -481,6 +486,17 @@ impl Front {
             let Some(call) = parse_call(&rec) else {
                 break;
             };
+            if let (Some(g), true) = (&self.gate, up_w.is_some()) {
+                let refusal = conn_gate
+                    .check(g.as_ref(), &self.shares, &self.vfs, &call, &rec)
+                    .await;
+                if let Some(reply) = refusal {
+                    if write_record(&mut *cw.lock().await, &reply).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
             if up_w.is_some() && fast::handles(&call) {
                 // Hot procedures are served here without the library hop. WRITEs run in
                 // arrival order (overlapping writes must land in order; appending to the

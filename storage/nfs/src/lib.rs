@@ -26,6 +26,7 @@
 pub mod access;
 mod contain;
 mod front;
+pub mod gate;
 pub mod limit;
 pub mod portmap;
 pub mod vfs;
@@ -42,6 +43,7 @@ use tokio::task::JoinSet;
 
 pub use access::{Access, Cidr};
 pub use contain::{in_request, panics};
+pub use gate::{Gate, ShareGrant};
 pub use vfs::Vfs;
 
 /// Default NFS port.
@@ -100,6 +102,9 @@ pub struct NfsConfig {
     pub max_in_flight_per_conn: usize,
     /// Most calls of all connections in flight at once. Default [`limit::MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
+    /// Who may mount, read and write which share (on a mesh: the policy); `None`: every
+    /// client the source check admits may do everything.
+    pub gate: Option<Arc<dyn gate::Gate>>,
 }
 
 /// Default [`NfsConfig::busy_poll`]. A client in a tight loop (libnfs on the same host, a
@@ -152,6 +157,7 @@ impl NfsConfig {
             busy_poll: BUSY_POLL,
             max_in_flight_per_conn: limit::MAX_IN_FLIGHT_PER_CONN,
             max_in_flight: limit::MAX_IN_FLIGHT,
+            gate: None,
         }
     }
 }
@@ -216,6 +222,8 @@ impl NfsServer {
             read_send: cfg.read_send,
             busy_poll: cfg.busy_poll,
             slots: limit::Slots::new(cfg.max_in_flight, cfg.max_in_flight_per_conn),
+            gate: cfg.gate,
+            shares: gate::ShareCache::default(),
         });
         Ok(NfsServer {
             listener,
