@@ -2,7 +2,8 @@
 # Relay fallback: a coordinator and two peers; UDP between the peers is blocked with iptables,
 # so their tunnel moves to the coordinator's TLS relay (`path: relay`) and still carries
 # traffic (ping + a 5 MiB transfer with sha256 compared). When UDP is unblocked the peers go
-# back to `direct`.
+# back to `direct`. `tmctl ping` shows each path (direct with the peer's endpoint, relay via the
+# coordinator), a round-trip time, the path MTU, a one-line error for a non-member and a timeout.
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 tm_init mesh-relay 200
@@ -32,6 +33,17 @@ start() {
     PID[$n]=$TM_LAST_PID
     wait_for 20 "$n ready" ready "$n" || fail "$n did not come up (see $n.log)"
 }
+# ping_shows NODE PEER REGEX [ARGS...]: `tmctl ping` succeeds and every pong line matches.
+ping_shows() {
+    local n=$1 peer=$2 re=$3 out
+    shift 3
+    out=$(ctl "$n" ping "$peer" -c 2 "$@") || fail "tmctl ping $peer on $n: $out"
+    log "tmctl ping $peer on $n:"$'\n'"$out"
+    [[ $(grep -c '^pong from ' <<<"$out") == 2 ]] || fail "expected 2 pongs"
+    grep '^pong from ' <<<"$out" | grep -Evq "$re" && fail "a pong line does not match /$re/"
+    grep -q '^path MTU: 1420 ' <<<"$out" || fail "no path MTU line"
+    grep -q '^2 sent, 2 received, 0% lost' <<<"$out" || fail "no summary line"
+}
 path_of() { ctl "$1" peers --json | json_get "[p for p in d if p['name'] == '$2'][0]['path']"; }
 path_is() { [[ $(path_of "$1" "$2") == "$3" ]]; } # path_is NODE PEER WANT (for wait_for)
 mesh_ip_of() { ctl "$1" status --json | json_get 'd["address"].split("/")[0]'; }
@@ -48,6 +60,16 @@ A=$(mesh_ip_of alpha)
 B=$(mesh_ip_of beta)
 wait_for 15 "alpha pings beta directly" ping_ok alpha "$B" 1 || fail "no direct tunnel alpha -> beta"
 assert_eq "$(path_of alpha beta)" direct "alpha -> beta path before blocking"
+RTT='in [0-9]+\.[0-9]{2} ms \(84 bytes\)$'
+ping_shows alpha beta "^pong from beta \($B\) via direct 192\.0\.2\.3:[0-9]+ $RTT"
+ping_shows alpha "$B" "^pong from beta \($B\) via direct 192\.0\.2\.3:[0-9]+ $RTT"
+ping_shows coord beta.mesh "^pong from beta \($B\) via direct 192\.0\.2\.3:[0-9]+ $RTT"
+j=$(ctl alpha ping beta -c 1 --json) || fail "tmctl ping --json"
+assert_eq "$(json_get '[d["probes"][0]["reply"]["path"], d["received"], d["path_mtu"]]' <<<"$j")" \
+    '["direct", 1, 1420]' "ping --json: path, received, path MTU"
+err=$(ctl alpha ping zeta 2>&1) && fail "pinging a non-member succeeded: $err"
+assert_eq "$(wc -l <<<"$err")" 1 "lines of the non-member error"
+[[ $err == "tmctl: ping: no peer named 'zeta' "* ]] || fail "non-member error: $err"
 wait_for 10 "relay connected on alpha" sh -c "'$TMCTL_BIN' --socket '$(sock alpha)' status --json | grep -q '\"relay_connected\": true'" ||
     fail "alpha has no relay connection"
 
@@ -61,6 +83,7 @@ wait_for 45 "alpha -> beta on the relay" path_is alpha beta relay ||
     fail "alpha -> beta did not move to the relay"
 log "alpha -> beta on the relay after $(elapsed_ms "$t0") ms"
 wait_for 20 "alpha pings beta through the relay" ping_ok alpha "$B" 3 || fail "no traffic through the relay"
+ping_shows alpha beta "^pong from beta \($B\) via relay 192\.0\.2\.1:8443 $RTT"
 wait_for 10 "beta -> alpha on the relay" path_is beta alpha relay ||
     fail "beta -> alpha is not on the relay"
 run_step "beta pings alpha through the relay (5x)" ping_ok beta "$A" 5
@@ -83,4 +106,11 @@ log "back to direct after $(elapsed_ms "$t0") ms"
 run_step "alpha pings beta directly again" ping_ok alpha "$B" 5
 ep=$(ctl alpha peers --json | json_get "[p for p in d if p['name'] == 'beta'][0]['endpoint']")
 [[ $ep == 192.0.2.3:* ]] || fail "alpha's endpoint for beta is '$ep', expected 192.0.2.3:*"
+ping_shows alpha beta "^pong from beta \($B\) via direct 192\.0\.2\.3:[0-9]+ $RTT"
+log "beta drops echo requests: tmctl ping times out"
+ns_exec beta iptables -A INPUT -p icmp --icmp-type echo-request -j DROP
+out=$(ctl alpha ping beta -c 1 --timeout 1s 2>&1) && fail "ping succeeded although beta drops pings: $out"
+log "$out"
+grep -q "^no reply from beta ($B) within 1s; last handshake [0-9]*s ago$" <<<"$out" || fail "timeout line: $out"
+grep -qx "tmctl: no reply from beta to 1 probe (timeout 1s each)" <<<"$out" || fail "timeout error: $out"
 pass

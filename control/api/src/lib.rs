@@ -127,6 +127,36 @@ pub enum Command {
     },
     /// On a coordinator (admin): `Vec<`[`AuditInfo`]`>`, oldest first.
     Audit,
+    /// One ICMP echo to a peer (`name`, `name.mesh` or an address it owns) through the
+    /// tunnel: [`PingReply`], or an error saying that nothing came back within `timeout_ms`.
+    Ping {
+        peer: String,
+        /// IP packet size (default [`PING_SIZE`]); at most the tunnel MTU.
+        #[serde(default)]
+        size: Option<u16>,
+        timeout_ms: u64,
+    },
+}
+
+/// Default size of a ping probe: an 84-byte IP packet, as ping(8) sends.
+pub const PING_SIZE: u16 = 84;
+
+/// One answered ping probe.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PingReply {
+    pub peer: String,
+    /// The address that answered (the peer's mesh IP).
+    pub address: String,
+    /// `direct` or `relay`: where the peer's last authenticated packet came from.
+    pub path: String,
+    /// Direct: the peer's UDP endpoint; relay: the coordinator relaying (`HOST:PORT`, or
+    /// `local` on the coordinator itself).
+    pub endpoint: Option<String>,
+    pub rtt_us: u64,
+    /// IP packet size of the probe.
+    pub size: u16,
+    /// MTU of this node's tunnel interface.
+    pub tunnel_mtu: u16,
 }
 
 impl Command {

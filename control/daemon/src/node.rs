@@ -141,6 +141,7 @@ pub struct Node {
     filter: crate::filter::LocalFilter,
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
+    pings: Vec<ping::Pending>,
     stop: bool,
     /// Every message handed to the dataplane, in order (unit tests of the handshake driver).
     #[cfg(test)]
@@ -198,6 +199,7 @@ impl Node {
             netmap_version: 0,
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
             leaving: None,
+            pings: Vec::new(),
             stop: false,
             #[cfg(test)]
             sent: Vec::new(),
@@ -665,6 +667,7 @@ impl Node {
             }
         }
         self.paths(Instant::now());
+        self.poll_pings();
         self.answer_waiting(false);
     }
 
@@ -1040,6 +1043,7 @@ impl Node {
                 }
             },
             Command::Leave => self.leave(r),
+            Command::Ping { .. } => self.ping(r),
             Command::FilterLoad { .. }
             | Command::FilterLog { .. }
             | Command::FilterClear
@@ -1256,13 +1260,15 @@ fn add_stats(a: &mut PeerStats, b: &PeerStats) {
 
 #[path = "node_filter.rs"]
 mod node_filter;
+#[path = "ping.rs"]
+mod ping;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A node `a` with one configured peer `b`, and `b`'s handshake state towards `a`.
-    fn pair() -> (Node, hs::Local, hs::Peer) {
+    pub(super) fn pair() -> (Node, hs::Local, hs::Peer) {
         let a = PrivateKey::generate(&mut OsRng);
         let b = PrivateKey::generate(&mut OsRng);
         let yaml = format!(

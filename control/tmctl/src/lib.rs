@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod ping;
 
 pub use admin::{NodeCommand, TokenCommand};
+pub use ping::PingArgs;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -88,6 +90,9 @@ pub enum OperatorCommand {
     /// The packet filter: load a local policy, test a packet against it, show its state.
     #[command(subcommand)]
     Filter(FilterCommand),
+    /// Ping a peer through the tunnel: path (direct or relay), endpoint, round-trip time,
+    /// path MTU.
+    Ping(PingArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -188,6 +193,15 @@ pub enum ShareCommand {
 
 /// Sends one request and returns the `data` of a successful response.
 pub fn call(target: &Target, command: Command) -> Result<serde_json::Value> {
+    call_timeout(target, command, Duration::from_secs(10))
+}
+
+/// [`call`], waiting up to `wait` for the answer.
+pub fn call_timeout(
+    target: &Target,
+    command: Command,
+    wait: Duration,
+) -> Result<serde_json::Value> {
     let path = target.path()?;
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -195,7 +209,7 @@ pub fn call(target: &Target, command: Command) -> Result<serde_json::Value> {
             path.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(wait))?;
     let mut line = serde_json::to_string(&Request {
         version: API_VERSION,
         command,
@@ -244,6 +258,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
             writeln!(out, "left the mesh; the node is stopping")?;
         }
         OperatorCommand::Filter(f) => filter(target, f, &mut out)?,
+        OperatorCommand::Ping(a) => ping::run(target, a, &mut out)?,
         OperatorCommand::Bucket(b) => match b {
             BucketCommand::Create { name } => {
                 call(target, Command::BucketCreate { name: name.clone() })?;
