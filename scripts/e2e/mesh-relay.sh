@@ -4,6 +4,8 @@
 # traffic (ping + a 5 MiB transfer with sha256 compared). When UDP is unblocked the peers go
 # back to `direct`. `tmctl ping` shows each path (direct with the peer's endpoint, relay via the
 # coordinator), a round-trip time, the path MTU, a one-line error for a non-member and a timeout.
+# `tmctl status` lists the services that run with endpoints that answer, says "not running" for
+# the others, and names the coordinator.
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 tm_init mesh-relay 200
@@ -58,6 +60,24 @@ start alpha "$COORD" --token "$TOKEN"
 start beta "$COORD" --token "$TOKEN"
 A=$(mesh_ip_of alpha)
 B=$(mesh_ip_of beta)
+C=$(mesh_ip_of coord)
+st=$(ctl coord status --json) || fail "tmctl status on coord"
+assert_eq "$(json_get '[[s["name"], s["running"], s["endpoints"]] for s in d["services"]]' <<<"$st")" \
+    "[[\"s3\", true, [\"http://$C:8080/s3\"]], [\"nfs\", true, [\"$C:2049\"]], [\"portmapper\", true, [\"$C:111 (udp, tcp)\"]], [\"dns\", true, [\"127.0.0.53:5353\", \"$C:53\"]], [\"coordinator\", true, [\"https://0.0.0.0:8443\"]]]" \
+    "coord's services"
+for hp in "$C:8080" "$C:2049" "$C:111" "$C:53" 127.0.0.1:8443; do
+    ns_exec coord timeout 5 bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp#*:}" || fail "coord lists $hp but nothing answers there"
+done
+assert_eq "$(json_get '[[c["name"], c["api"], c["this_node"]] for c in d["coordinators"]]' <<<"$st")" \
+    '[["coord", "0.0.0.0:8443", true]]' "coord's coordinators"
+st=$(ctl alpha status --json) || fail "tmctl status on alpha"
+assert_eq "$(json_get '[s["name"] for s in d["services"] if s["running"]]' <<<"$st")" '["dns"]' "alpha's running services"
+assert_eq "$(json_get '[[c["name"], c["mesh_ip"], c["api"], c["reachable"]] for c in d["coordinators"]]' <<<"$st")" \
+    "[[\"coord\", \"$C\", \"192.0.2.1:8443\", true]]" "alpha's coordinators"
+text=$(ctl alpha status) || fail "tmctl status (text) on alpha"
+grep -q '^  s3  *not running (not on this node: members use the coordinator' <<<"$text" || fail "alpha's s3 line: $text"
+grep -q "^  dns  *127.0.0.53:5353, $A:53  zone .mesh" <<<"$text" || fail "alpha's dns line: $text"
+grep -qx "  coord ($C) api 192.0.2.1:8443 (reachable)" <<<"$text" || fail "alpha's coordinator line: $text"
 wait_for 15 "alpha pings beta directly" ping_ok alpha "$B" 1 || fail "no direct tunnel alpha -> beta"
 assert_eq "$(path_of alpha beta)" direct "alpha -> beta path before blocking"
 RTT='in [0-9]+\.[0-9]{2} ms \(84 bytes\)$'

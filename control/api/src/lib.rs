@@ -314,6 +314,43 @@ pub struct Status {
     /// The packet filter (absent: no policy, allow all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterInfo>,
+    /// The services a node can run (S3, NFS, portmapper, DNS, coordinator API), each with
+    /// its endpoints or `running: false` and why.
+    #[serde(default)]
+    pub services: Vec<ServiceInfo>,
+    /// The coordinators this node talks to (on a coordinator: itself).
+    #[serde(default)]
+    pub coordinators: Vec<CoordinatorInfo>,
+}
+
+/// One service of a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// `s3`, `nfs`, `portmapper`, `dns`, `coordinator`.
+    pub name: String,
+    pub running: bool,
+    /// Where it listens (URLs for HTTP services, `IP:PORT` otherwise); empty when not running.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Running: what it serves; not running: why (e.g. `no s3: section in the config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A coordinator a node talks to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CoordinatorInfo {
+    /// Its node name and mesh IP (from the netmap), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_ip: Option<String>,
+    /// Its API (`HOST:PORT`, or the listen address on the coordinator itself).
+    pub api: String,
+    /// This node is that coordinator.
+    pub this_node: bool,
+    /// The last exchange with it succeeded.
+    pub reachable: bool,
 }
 
 /// The packet filter of a node.

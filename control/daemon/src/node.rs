@@ -1204,6 +1204,8 @@ impl Node {
                     + relay.dropped_other,
             }),
             filter: self.filter.info(),
+            services: self.services(),
+            coordinators: self.coordinators(),
         }
     }
 
@@ -1262,6 +1264,8 @@ fn add_stats(a: &mut PeerStats, b: &PeerStats) {
 mod node_filter;
 #[path = "ping.rs"]
 mod ping;
+#[path = "services.rs"]
+mod services;
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,17 @@ pub struct Storage {
     pub store: Store,
     pub settings: S3Settings,
     pub creds: S3Credentials,
+    /// Where S3, NFS and the portmapper listen, once they do (`tmctl status`).
+    pub endpoints: std::sync::Arc<std::sync::Mutex<Endpoints>>,
+}
+
+/// The listeners of the store's services.
+#[derive(Default, Clone, Debug)]
+pub struct Endpoints {
+    pub s3: Option<std::net::SocketAddr>,
+    pub nfs: Option<std::net::SocketAddr>,
+    /// `Err`: why it does not run (port 111 taken).
+    pub portmap: Option<Result<std::net::SocketAddr, String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,6 +86,7 @@ impl Storage {
             store,
             settings: settings.clone(),
             creds,
+            endpoints: Default::default(),
         })
     }
 
@@ -105,6 +117,7 @@ impl Storage {
             }
         });
         tracing::info!(%listen, "S3 endpoint at http://{listen}/s3");
+        self.set_endpoint(|e| e.s3 = Some(listen));
         Ok(())
     }
 
@@ -176,9 +189,17 @@ impl Storage {
                 tracing::error!("NFS server stopped: {e}");
             }
         });
-        crate::portmap::start(local, &allow).await;
+        let pm = crate::portmap::start(local, &allow).await;
+        self.set_endpoint(|e| {
+            e.nfs = Some(local);
+            e.portmap = Some(pm);
+        });
         tracing::info!(listen = %local, "NFSv3 shares at {local}:/shares/<name>");
         Ok(local)
+    }
+
+    fn set_endpoint(&self, f: impl FnOnce(&mut Endpoints)) {
+        f(&mut self.endpoints.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Runs a storage command (blocking: call from `spawn_blocking`).

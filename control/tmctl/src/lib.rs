@@ -7,6 +7,7 @@
 
 mod admin;
 mod ping;
+mod status;
 
 pub use admin::{NodeCommand, TokenCommand};
 pub use ping::PingArgs;
@@ -529,10 +530,8 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
             m.netmap_version,
             if m.relay_connected { "up" } else { "down" }
         )?;
-        if !m.dns.is_empty() {
-            writeln!(out, "dns:         {}", m.dns.join(", "))?;
-        }
     }
+    status::write_services(out, s)?;
     let c = &s.counters;
     writeln!(
         out,
