@@ -41,10 +41,13 @@ pub enum Command {
     BucketDelete {
         name: String,
     },
-    /// `bytes: None` removes the quota.
+    /// `bytes: None` removes the quota. A quota below the bucket's usage is refused unless
+    /// `force`.
     BucketQuotaSet {
         name: String,
         bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// [`BucketInfo`] with exact usage.
     BucketUsage {
@@ -569,6 +572,7 @@ mod tests {
             command: Command::BucketQuotaSet {
                 name: "b".into(),
                 bytes: Some(5),
+                force: false,
             },
         };
         let s = serde_json::to_string(&r).unwrap();

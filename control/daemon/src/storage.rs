@@ -222,9 +222,11 @@ impl Storage {
                     s.delete_bucket(name)?;
                     Response::ok(&())
                 }
-                Command::BucketQuotaSet { name, bytes } => {
-                    s.set_quota(name, *bytes)?;
-                    Response::ok(&self.info(name)?)
+                Command::BucketQuotaSet { name, bytes, force } => {
+                    match s.set_quota_checked(name, *bytes, *force)? {
+                        (true, _) => Response::ok(&self.info(name)?),
+                        (false, used) => Response::err(below_usage(name, bytes.unwrap_or(0), used)),
+                    }
                 }
                 Command::BucketUsage { name } => Response::ok(&self.info(name)?),
                 Command::S3Credentials => Response::ok(&self.creds),
@@ -236,11 +238,17 @@ impl Storage {
                     name,
                     quota_bytes,
                     read_only,
-                } => Response::ok(&share_info(&s.create_share(
-                    name,
-                    *quota_bytes,
-                    *read_only,
-                )?)),
+                } => match (quota_bytes, s.usage(name)) {
+                    // Adopting a bucket that already holds more than the quota.
+                    (Some(q), Ok(used)) if used.bytes > *q => {
+                        Response::err(below_usage(name, *q, used))
+                    }
+                    _ => Response::ok(&share_info(&s.create_share(
+                        name,
+                        *quota_bytes,
+                        *read_only,
+                    )?)),
+                },
                 Command::ShareDelete { name } => {
                     s.delete_share(name)?;
                     Response::ok(&())
@@ -303,6 +311,20 @@ fn describe(c: &Command, e: &tm_storage::FsError) -> String {
         F::Exists => format!("share '{name}' already exists"),
         other => format!("{other}"),
     }
+}
+
+/// The refusal of a quota below a bucket's usage.
+fn below_usage(name: &str, quota: u64, used: tm_storage::Usage) -> String {
+    use tmctl::human_bytes as h;
+    format!(
+        "quota {} ({quota} bytes) is below the usage of bucket '{name}': {} ({} bytes in {} \
+         objects); delete objects first, or set it anyway with `bucket quota set {name} SIZE \
+         --force` (writes that grow the bucket are then refused)",
+        h(quota),
+        h(used.bytes),
+        used.bytes,
+        used.objects
+    )
 }
 
 fn load_or_create_creds(path: &Path) -> Result<SavedCreds> {
