@@ -363,7 +363,7 @@ impl Node {
             // Small and rare: saved in place, so a leave can never be overtaken by it.
             saved.netmap = Some(nm.clone());
             if let Err(e) = saved.save(&self.cfg.data_dir) {
-                tracing::warn!("saving the netmap: {e:#}");
+                tracing::warn!("saving the netmap: {}", tmctl::error_line(&e));
             }
         }
         let cidr = mesh.cidr;
@@ -586,7 +586,7 @@ impl Node {
                         self.answer_waiting(true);
                     }
                 }
-                Event::Dp(Err(e)) => tracing::warn!("dataplane ring: {e:#}"),
+                Event::Dp(Err(e)) => tracing::warn!("dataplane ring: {}", tmctl::error_line(&e)),
                 Event::DpExit(st) => self.dataplane_exited(st),
                 Event::Timer => self.on_timer().await,
             }
@@ -638,7 +638,7 @@ impl Node {
                     self.sync_dataplane(true);
                 }
                 Err(e) => {
-                    tracing::error!("restarting the dataplane failed: {e:#}");
+                    tracing::error!("restarting the dataplane failed: {}", tmctl::error_line(&e));
                     self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
                     self.restart_at = Some(Instant::now() + self.backoff);
                 }
