@@ -54,6 +54,14 @@ conf coord 'coordinator: {enabled: true}
 '
 start coord
 TOKEN=$(ctl coord token) || fail "tmctl token"
+# A join to a port nobody listens on: one error line, its cause printed once.
+mkdir -p "$TM_TMP/lost/home"
+printf 'name: lost\ndata_dir: %s\n' "$TM_TMP/lost" >"$TM_TMP/lost/config.yaml"
+ns_exec alpha env HOME="$TM_TMP/lost/home" timeout 20 "$TM_BIN" join 192.0.2.1:1 --token "$TOKEN" \
+    --config "$TM_TMP/lost/config.yaml" >/dev/null 2>"$TM_TMP/lost.err" && fail "a join to a closed port succeeded"
+err=$(grep '^tunnelmesh: ' "$TM_TMP/lost.err")
+assert_eq "$err" "tunnelmesh: joining 192.0.2.1:1: connect to 192.0.2.1:1: Connection refused (os error 111)" \
+    "join error, each cause once"
 conf alpha
 conf beta
 start alpha "$COORD" --token "$TOKEN"
