@@ -5,7 +5,11 @@
 #   - create/list buckets with the CLI, see them in `aws s3 ls`
 #   - cp up and down (a 20 MiB multipart file and a small one) byte-identical; usage exact
 #   - quota set: a PUT that does not fit is refused with QuotaExceeded, nothing is stored,
-#     usage unchanged to the byte; one that fits still works
+#     usage unchanged to the byte; one that fits still works; a quota below the usage is
+#     refused with the usage in the message (nothing changes), and accepted with --force,
+#     which says the bucket is now over quota
+#   - wrong HTTP Basic secret: AccessDenied; unknown Basic access key: InvalidAccessKeyId;
+#     a Bearer token on a node without a coordinator: AccessDenied
 #   - writes/deletes in the reserved bucket `_tunnelmesh` get AccessDenied
 #   - delete refuses a non-empty bucket, works once it is empty
 #   - `tunnelmesh share create/list/delete` with --quota and --read-only, checked through the
@@ -103,6 +107,31 @@ run_step "500 KB PUT within the quota" s3 s3 cp --only-show-errors "$TM_TMP/fits
 assert_eq "$(usage_of "$BUCKET" 'd["used_bytes"]')" "$((used + 500000))" "usage bytes after a PUT that fits"
 assert_eq "$(usage_of "$BUCKET" 'd["objects"]')" 3 "usage objects after a PUT that fits"
 
+# --- a quota below the usage: refused with the usage, or accepted with --force
+now=$((used + 500000))
+if tmb quota set "$BUCKET" 1MB >"$TM_TMP/qlow.out" 2>&1; then fail "a quota below the usage was accepted"; fi
+log "ok: $(cat "$TM_TMP/qlow.out")"
+assert_eq "$(wc -l <"$TM_TMP/qlow.out")" 1 "lines of the refusal"
+grep -q "^tunnelmesh: quota 976.6 KiB (1000000 bytes) is below the usage of bucket '$BUCKET': 20.5 MiB ($now bytes in 3 objects); .* --force" \
+    "$TM_TMP/qlow.out" || fail "refusal message: $(cat "$TM_TMP/qlow.out")"
+assert_eq "$(usage_of "$BUCKET" 'd["quota_bytes"]')" "$quota" "quota after the refusal"
+out=$(tmb quota set "$BUCKET" 1MB --force) || fail "quota set --force: $out"
+log "ok: $out"
+grep -q "^bucket $BUCKET is now over quota: it holds 20.5 MiB ($now bytes)" <<<"$out" || fail "--force message: $out"
+assert_eq "$(usage_of "$BUCKET" 'd["quota_bytes"]')" 1000000 "quota after --force"
+if TUNNELMESH_SOCKET=$(node_sock a) timeout 10 "$TM_BIN" share create "$BUCKET" --quota 1MB >"$TM_TMP/sq.out" 2>&1; then
+    fail "share create adopted $BUCKET with a quota below its usage"
+fi
+grep -q "is below the usage of bucket '$BUCKET': 20.5 MiB" "$TM_TMP/sq.out" || fail "share create refusal: $(cat "$TM_TMP/sq.out")"
+
+# --- wrong HTTP Basic / Bearer credentials (curl, as the article's clients do)
+s3code() { ns_exec a curl -s "$@" "$EP/$BUCKET/fits.bin" | grep -o '<Code>[A-Za-z]*</Code><Message>[^<]*'; }
+assert_eq "$(s3code -u "$AK:wrong")" "<Code>AccessDenied</Code><Message>wrong secret for access key $AK" "Basic, wrong secret"
+assert_eq "$(s3code -u "NOPE:x")" "<Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records." "Basic, unknown access key"
+assert_eq "$(s3code -H 'Authorization: Bearer tm1_nope')" "<Code>AccessDenied</Code><Message>Bearer tokens are accepted only by the S3 of a mesh coordinator" "Bearer without a coordinator"
+ns_exec a curl -sf -u "$AK:$SK" -o "$TM_TMP/fits.basic" "$EP/$BUCKET/fits.bin" || fail "Basic with the right secret"
+cmp -s "$TM_TMP/fits" "$TM_TMP/fits.basic" || fail "Basic GET returned other bytes"
+
 # --- the reserved system bucket
 if s3 s3 cp --only-show-errors "$TM_TMP/small" "s3://_tunnelmesh/evil" >"$TM_TMP/sys.out" 2>&1; then
     fail "a peer wrote into _tunnelmesh"
@@ -147,6 +176,7 @@ if ns_exec a nfs-cp "$TM_TMP/toobig" "$(nfsurl small /big.bin)" >"$TM_TMP/q.out"
     fail "nfs-cp of 200 KB into a 100 KB share succeeded"
 fi
 log "ok: over-quota nfs-cp refused: $(head -c 200 "$TM_TMP/q.out" | tr '\n' ' ')"
+# (nfs-cp does not print a WRITE's status; storage/nfs/tests/nfs.rs checks NFS3ERR_DQUOT.)
 assert_eq "$(usage_of small 'd["used_bytes"]')" 0 "bytes stored by the refused write"
 run_step "nfs-cp 50 KB into the quota share" ns_exec a nfs-cp "$TM_TMP/fits" "$(nfsurl small /fits.bin)"
 ns_exec a nfs-cat "$(nfsurl small /fits.bin)" >"$TM_TMP/fits.nfs" || fail "nfs-cat fits.bin"

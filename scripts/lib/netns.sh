@@ -152,7 +152,14 @@ tm_cleanup() {
     set +e
     trap - EXIT INT TERM
     [[ -f "$TM_TMP/timed_out" ]] && rc=124
-    [[ -n $TM_WATCHDOG_PID ]] && { kill "$TM_WATCHDOG_PID" 2>/dev/null; pkill -P "$TM_WATCHDOG_PID" 2>/dev/null; }
+    # The watchdog's sleep first (listed before the watchdog dies: an orphan would keep the
+    # test's stdout open, so a pipe reading it waited for the whole timeout).
+    if [[ -n $TM_WATCHDOG_PID ]]; then
+        local wd_kids
+        wd_kids=$(pgrep -P "$TM_WATCHDOG_PID" 2>/dev/null)
+        kill "$TM_WATCHDOG_PID" 2>/dev/null
+        [[ -n $wd_kids ]] && kill $wd_kids 2>/dev/null
+    fi
     tm_kill_all TERM
     # Give daemons a moment to remove their TUN devices, then insist.
     local i

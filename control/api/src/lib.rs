@@ -41,10 +41,13 @@ pub enum Command {
     BucketDelete {
         name: String,
     },
-    /// `bytes: None` removes the quota.
+    /// `bytes: None` removes the quota. A quota below the bucket's usage is refused unless
+    /// `force`.
     BucketQuotaSet {
         name: String,
         bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// [`BucketInfo`] with exact usage.
     BucketUsage {
@@ -148,6 +151,36 @@ pub enum Command {
         src: String,
         request: Vec<String>,
     },
+    /// One ICMP echo to a peer (`name`, `name.mesh` or an address it owns) through the
+    /// tunnel: [`PingReply`], or an error saying that nothing came back within `timeout_ms`.
+    Ping {
+        peer: String,
+        /// IP packet size (default [`PING_SIZE`]); at most the tunnel MTU.
+        #[serde(default)]
+        size: Option<u16>,
+        timeout_ms: u64,
+    },
+}
+
+/// Default size of a ping probe: an 84-byte IP packet, as ping(8) sends.
+pub const PING_SIZE: u16 = 84;
+
+/// One answered ping probe.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PingReply {
+    pub peer: String,
+    /// The address that answered (the peer's mesh IP).
+    pub address: String,
+    /// `direct` or `relay`: where the peer's last authenticated packet came from.
+    pub path: String,
+    /// Direct: the peer's UDP endpoint; relay: the coordinator relaying (`HOST:PORT`, or
+    /// `local` on the coordinator itself).
+    pub endpoint: Option<String>,
+    pub rtt_us: u64,
+    /// IP packet size of the probe.
+    pub size: u16,
+    /// MTU of this node's tunnel interface.
+    pub tunnel_mtu: u16,
 }
 
 impl Command {
@@ -357,6 +390,43 @@ pub struct Status {
     /// The packet filter (absent: no policy, allow all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterInfo>,
+    /// The services a node can run (S3, NFS, portmapper, DNS, coordinator API), each with
+    /// its endpoints or `running: false` and why.
+    #[serde(default)]
+    pub services: Vec<ServiceInfo>,
+    /// The coordinators this node talks to (on a coordinator: itself).
+    #[serde(default)]
+    pub coordinators: Vec<CoordinatorInfo>,
+}
+
+/// One service of a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// `s3`, `nfs`, `portmapper`, `dns`, `coordinator`.
+    pub name: String,
+    pub running: bool,
+    /// Where it listens (URLs for HTTP services, `IP:PORT` otherwise); empty when not running.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Running: what it serves; not running: why (e.g. `no s3: section in the config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A coordinator a node talks to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CoordinatorInfo {
+    /// Its node name and mesh IP (from the netmap), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_ip: Option<String>,
+    /// Its API (`HOST:PORT`, or the listen address on the coordinator itself).
+    pub api: String,
+    /// This node is that coordinator.
+    pub this_node: bool,
+    /// The last exchange with it succeeded.
+    pub reachable: bool,
 }
 
 /// The packet filter of a node.
@@ -579,6 +649,7 @@ mod tests {
             command: Command::BucketQuotaSet {
                 name: "b".into(),
                 bytes: Some(5),
+                force: false,
             },
         };
         let s = serde_json::to_string(&r).unwrap();

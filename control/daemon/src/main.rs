@@ -109,11 +109,7 @@ fn main() {
         Cmd::Gen { what } => gen::run(what),
     };
     if let Err(e) = r {
-        let msg = format!("{e:#}");
-        eprintln!(
-            "tunnelmesh: {}",
-            msg.split_whitespace().collect::<Vec<_>>().join(" ")
-        );
+        eprintln!("tunnelmesh: {}", tmctl::error_line(&e));
         std::process::exit(1);
     }
 }

@@ -143,6 +143,7 @@ pub struct Node {
     filter: crate::filter::LocalFilter,
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
+    pings: Vec<ping::Pending>,
     stop: bool,
     /// Every message handed to the dataplane, in order (unit tests of the handshake driver).
     #[cfg(test)]
@@ -201,6 +202,7 @@ impl Node {
             policy_hash: None,
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
             leaving: None,
+            pings: Vec::new(),
             stop: false,
             #[cfg(test)]
             sent: Vec::new(),
@@ -376,7 +378,7 @@ impl Node {
             // Small and rare: saved in place, so a leave can never be overtaken by it.
             saved.netmap = Some(nm.clone());
             if let Err(e) = saved.save(&self.cfg.data_dir) {
-                tracing::warn!("saving the netmap: {e:#}");
+                tracing::warn!("saving the netmap: {}", tmctl::error_line(&e));
             }
         }
         let cidr = mesh.cidr;
@@ -599,7 +601,7 @@ impl Node {
                         self.answer_waiting(true);
                     }
                 }
-                Event::Dp(Err(e)) => tracing::warn!("dataplane ring: {e:#}"),
+                Event::Dp(Err(e)) => tracing::warn!("dataplane ring: {}", tmctl::error_line(&e)),
                 Event::DpExit(st) => self.dataplane_exited(st),
                 Event::Timer => self.on_timer().await,
             }
@@ -651,7 +653,7 @@ impl Node {
                     self.sync_dataplane(true);
                 }
                 Err(e) => {
-                    tracing::error!("restarting the dataplane failed: {e:#}");
+                    tracing::error!("restarting the dataplane failed: {}", tmctl::error_line(&e));
                     self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
                     self.restart_at = Some(Instant::now() + self.backoff);
                 }
@@ -680,6 +682,7 @@ impl Node {
             }
         }
         self.paths(Instant::now());
+        self.poll_pings();
         self.answer_waiting(false);
     }
 
@@ -1055,6 +1058,7 @@ impl Node {
                 }
             },
             Command::Leave => self.leave(r),
+            Command::Ping { .. } => self.ping(r),
             Command::FilterLoad { .. }
             | Command::FilterLog { .. }
             | Command::FilterClear
@@ -1225,6 +1229,8 @@ impl Node {
                     + relay.dropped_other,
             }),
             filter: self.filter.info(),
+            services: self.services(),
+            coordinators: self.coordinators(),
         }
     }
 
@@ -1281,13 +1287,17 @@ fn add_stats(a: &mut PeerStats, b: &PeerStats) {
 
 #[path = "node_filter.rs"]
 mod node_filter;
+#[path = "ping.rs"]
+mod ping;
+#[path = "services.rs"]
+mod services;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A node `a` with one configured peer `b`, and `b`'s handshake state towards `a`.
-    fn pair() -> (Node, hs::Local, hs::Peer) {
+    pub(super) fn pair() -> (Node, hs::Local, hs::Peer) {
         let a = PrivateKey::generate(&mut OsRng);
         let b = PrivateKey::generate(&mut OsRng);
         let yaml = format!(

@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use tm_nfs::portmap::{Portmap, PMAP_PORT};
 
-/// Serves the portmapper for the NFS server at `nfs` (access as for NFS: loopback + `allow`).
-pub async fn start(nfs: SocketAddr, allow: &[tm_nfs::Cidr]) {
+/// Serves the portmapper for the NFS server at `nfs` (access as for NFS: loopback + `allow`):
+/// where it listens, or why it does not.
+pub async fn start(nfs: SocketAddr, allow: &[tm_nfs::Cidr]) -> Result<SocketAddr, String> {
     let access = tm_nfs::Access {
         allow: allow.to_vec(),
         loopback: true,
@@ -20,11 +21,16 @@ pub async fn start(nfs: SocketAddr, allow: &[tm_nfs::Cidr]) {
         Ok(pm) => {
             tracing::info!(listen = %at, "portmapper: MOUNT and NFS at port {}", nfs.port());
             tokio::spawn(pm.run(std::future::pending()));
+            Ok(at)
         }
-        Err(e) => tracing::warn!(
-            "portmapper: {e} (another portmapper, e.g. rpcbind?); stock NFS clients then need \
-             -o port={p},mountport={p}",
-            p = nfs.port()
-        ),
+        Err(e) => {
+            let why = format!(
+                "{e} (another portmapper, e.g. rpcbind?); stock NFS clients then need \
+                 -o port={p},mountport={p}",
+                p = nfs.port()
+            );
+            tracing::warn!("portmapper: {why}");
+            Err(why)
+        }
     }
 }

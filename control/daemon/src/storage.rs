@@ -21,6 +21,17 @@ pub struct Storage {
     pub store: Store,
     pub settings: S3Settings,
     pub creds: S3Credentials,
+    /// Where S3, NFS and the portmapper listen, once they do (`tmctl status`).
+    pub endpoints: std::sync::Arc<std::sync::Mutex<Endpoints>>,
+}
+
+/// The listeners of the store's services.
+#[derive(Default, Clone, Debug)]
+pub struct Endpoints {
+    pub s3: Option<std::net::SocketAddr>,
+    pub nfs: Option<std::net::SocketAddr>,
+    /// `Err`: why it does not run (port 111 taken).
+    pub portmap: Option<Result<std::net::SocketAddr, String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,6 +86,7 @@ impl Storage {
             store,
             settings: settings.clone(),
             creds,
+            endpoints: Default::default(),
         })
     }
 
@@ -105,6 +117,7 @@ impl Storage {
             }
         });
         tracing::info!(%listen, "S3 endpoint at http://{listen}/s3");
+        self.set_endpoint(|e| e.s3 = Some(listen));
         Ok(())
     }
 
@@ -177,9 +190,17 @@ impl Storage {
                 tracing::error!("NFS server stopped: {e}");
             }
         });
-        crate::portmap::start(local, &allow).await;
+        let pm = crate::portmap::start(local, &allow).await;
+        self.set_endpoint(|e| {
+            e.nfs = Some(local);
+            e.portmap = Some(pm);
+        });
         tracing::info!(listen = %local, "NFSv3 shares at {local}:/shares/<name>");
         Ok(local)
+    }
+
+    fn set_endpoint(&self, f: impl FnOnce(&mut Endpoints)) {
+        f(&mut self.endpoints.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Runs a storage command (blocking: call from `spawn_blocking`).
@@ -202,9 +223,11 @@ impl Storage {
                     s.delete_bucket(name)?;
                     Response::ok(&())
                 }
-                Command::BucketQuotaSet { name, bytes } => {
-                    s.set_quota(name, *bytes)?;
-                    Response::ok(&self.info(name)?)
+                Command::BucketQuotaSet { name, bytes, force } => {
+                    match s.set_quota_checked(name, *bytes, *force)? {
+                        (true, _) => Response::ok(&self.info(name)?),
+                        (false, used) => Response::err(below_usage(name, bytes.unwrap_or(0), used)),
+                    }
                 }
                 Command::BucketUsage { name } => Response::ok(&self.info(name)?),
                 Command::S3Credentials => Response::ok(&self.creds),
@@ -216,11 +239,17 @@ impl Storage {
                     name,
                     quota_bytes,
                     read_only,
-                } => Response::ok(&share_info(&s.create_share(
-                    name,
-                    *quota_bytes,
-                    *read_only,
-                )?)),
+                } => match (quota_bytes, s.usage(name)) {
+                    // Adopting a bucket that already holds more than the quota.
+                    (Some(q), Ok(used)) if used.bytes > *q => {
+                        Response::err(below_usage(name, *q, used))
+                    }
+                    _ => Response::ok(&share_info(&s.create_share(
+                        name,
+                        *quota_bytes,
+                        *read_only,
+                    )?)),
+                },
                 Command::ShareDelete { name } => {
                     s.delete_share(name)?;
                     Response::ok(&())
@@ -283,6 +312,20 @@ fn describe(c: &Command, e: &tm_storage::FsError) -> String {
         F::Exists => format!("share '{name}' already exists"),
         other => format!("{other}"),
     }
+}
+
+/// The refusal of a quota below a bucket's usage.
+fn below_usage(name: &str, quota: u64, used: tm_storage::Usage) -> String {
+    use tmctl::human_bytes as h;
+    format!(
+        "quota {} ({quota} bytes) is below the usage of bucket '{name}': {} ({} bytes in {} \
+         objects); delete objects first, or set it anyway with `bucket quota set {name} SIZE \
+         --force` (writes that grow the bucket are then refused)",
+        h(quota),
+        h(used.bytes),
+        used.bytes,
+        used.objects
+    )
 }
 
 fn load_or_create_creds(path: &Path) -> Result<SavedCreds> {

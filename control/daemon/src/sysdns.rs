@@ -197,7 +197,10 @@ impl SystemDns {
             None => return,
         };
         if let Err(e) = r {
-            tracing::warn!("restoring the system DNS settings: {e:#}");
+            tracing::warn!(
+                "restoring the system DNS settings: {}",
+                tmctl::error_line(&e)
+            );
         }
     }
 }
@@ -219,7 +222,8 @@ pub fn manage(
         }
         Err(e) => {
             tracing::warn!(
-                "dns.manage_system: {e:#}; .{domain} names resolve only at {mesh_ip}:53"
+                "dns.manage_system: {}; .{domain} names resolve only at {mesh_ip}:53",
+                tmctl::error_line(&e)
             );
             None
         }

@@ -346,11 +346,15 @@ pub(crate) fn verify(
     now: SystemTime,
 ) -> Result<Verified, Error> {
     match claim {
-        Claim::Bearer { .. } => Err(Error::SignatureDoesNotMatch),
-        Claim::Basic { secret, .. } => {
+        Claim::Bearer { .. } => Err(Error::CredentialRefused(
+            "Bearer tokens are accepted only by the S3 of a mesh coordinator".into(),
+        )),
+        Claim::Basic { secret, access_key } => {
             let (want, principal) = cred.ok_or(Error::InvalidAccessKeyId)?;
             if !ct_eq(want.as_bytes(), secret.as_bytes()) {
-                return Err(Error::SignatureDoesNotMatch);
+                return Err(Error::CredentialRefused(format!(
+                    "wrong secret for access key {access_key}"
+                )));
             }
             Ok(Verified {
                 principal,
@@ -600,7 +604,7 @@ mod tests {
                 &req,
                 now
             ),
-            Err(Error::SignatureDoesNotMatch)
+            Err(Error::CredentialRefused(ref m)) if m.contains("wrong secret")
         ));
         assert!(matches!(
             verify(&basic, None, &req, now),

@@ -19,6 +19,11 @@ pub enum Error {
     /// A mesh token is known but revoked or expired (the message says which).
     #[error("{0}")]
     TokenRefused(String),
+    /// Basic or Bearer credentials that are not valid: a wrong secret for a known access key,
+    /// an unknown token (`AccessDenied` with this message; SigV4 keeps AWS's
+    /// `SignatureDoesNotMatch`).
+    #[error("{0}")]
+    CredentialRefused(String),
     /// The seed login (access key = this node name, secret = the mesh token) came from
     /// another address than the node's mesh address.
     #[error("the seed login of node {0} is accepted only from its mesh address")]
@@ -86,7 +91,9 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
             "The request signature we calculated does not match the signature you provided.",
         ),
         Error::Expired => S3Error::with_message(C::AccessDenied, "Request has expired"),
-        Error::TokenRefused(m) => S3Error::with_message(C::AccessDenied, m),
+        Error::TokenRefused(m) | Error::CredentialRefused(m) => {
+            S3Error::with_message(C::AccessDenied, m)
+        }
         e @ Error::SeedLoginSource(_) => S3Error::with_message(C::AccessDenied, e.to_string()),
         Error::RequestTimeTooSkewed => S3Error::with_message(
             C::RequestTimeTooSkewed,

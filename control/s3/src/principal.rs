@@ -177,7 +177,9 @@ pub trait Authority: Send + Sync + fmt::Debug {
 
 fn refused(r: TokenRefusal) -> Error {
     match r {
-        TokenRefusal::Unknown => Error::SignatureDoesNotMatch,
+        TokenRefusal::Unknown => {
+            Error::CredentialRefused("the token is not valid in this mesh".into())
+        }
         TokenRefusal::Revoked(id) => Error::TokenRefused(format!("token {id} has been revoked")),
         TokenRefusal::Expired(id) => Error::TokenRefused(format!("token {id} has expired")),
     }
@@ -194,7 +196,11 @@ pub(crate) fn authenticate(
     now: SystemTime,
 ) -> Result<Verified, Error> {
     if let Claim::Bearer { token } = claim {
-        let a = authority.ok_or(Error::SignatureDoesNotMatch)?;
+        let a = authority.ok_or_else(|| {
+            Error::CredentialRefused(
+                "Bearer tokens are accepted only by the S3 of a mesh coordinator".into(),
+            )
+        })?;
         let principal = a.token(token).map_err(refused)?;
         return Ok(Verified {
             principal,
@@ -377,7 +383,7 @@ mod tests {
             "{e:?}"
         );
         let e = run(&bearer("tm1_nope"), None, &a, "10.0.0.9").unwrap_err();
-        assert!(matches!(e, Error::SignatureDoesNotMatch));
+        assert!(matches!(e, Error::CredentialRefused(ref m) if m.contains("not valid")));
         let basic = |ak: &str, s: &str| Claim::Basic {
             access_key: ak.into(),
             secret: s.into(),
@@ -409,7 +415,7 @@ mod tests {
             secret: "tm1_revoked".into(),
         };
         let e = run(&bad, None, &a, "100.64.0.2").unwrap_err();
-        assert!(matches!(e, Error::SignatureDoesNotMatch), "{e:?}");
+        assert!(matches!(e, Error::CredentialRefused(_)), "{e:?}");
         // without a default token there is no seed login
         let mut none = fake();
         none.default = None;

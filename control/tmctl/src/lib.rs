@@ -6,9 +6,12 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod ping;
 pub mod policy;
+mod status;
 
 pub use admin::{NodeCommand, TokenCommand};
+pub use ping::PingArgs;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -92,6 +95,9 @@ pub enum OperatorCommand {
     /// On a coordinator: the mesh policy (set, get, check, explain).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Ping a peer through the tunnel: path (direct or relay), endpoint, round-trip time,
+    /// path MTU.
+    Ping(PingArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -155,6 +161,9 @@ pub enum QuotaCommand {
         name: String,
         #[arg(value_parser = tm_api::parse_size)]
         size: u64,
+        /// Set it even below the bucket's current usage (writes that grow it are then refused).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove the quota of a bucket.
     Clear { name: String },
@@ -192,6 +201,15 @@ pub enum ShareCommand {
 
 /// Sends one request and returns the `data` of a successful response.
 pub fn call(target: &Target, command: Command) -> Result<serde_json::Value> {
+    call_timeout(target, command, Duration::from_secs(10))
+}
+
+/// [`call`], waiting up to `wait` for the answer.
+pub fn call_timeout(
+    target: &Target,
+    command: Command,
+    wait: Duration,
+) -> Result<serde_json::Value> {
     let path = target.path()?;
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -199,7 +217,7 @@ pub fn call(target: &Target, command: Command) -> Result<serde_json::Value> {
             path.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(wait))?;
     let mut line = serde_json::to_string(&Request {
         version: API_VERSION,
         command,
@@ -249,6 +267,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
             writeln!(out, "left the mesh; the node is stopping")?;
         }
         OperatorCommand::Filter(f) => filter(target, f, &mut out)?,
+        OperatorCommand::Ping(a) => ping::run(target, a, &mut out)?,
         OperatorCommand::Bucket(b) => match b {
             BucketCommand::Create { name } => {
                 call(target, Command::BucketCreate { name: name.clone() })?;
@@ -303,19 +322,30 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                     writeln!(out, "quota:   {q}")?;
                 }
             }
-            BucketCommand::Quota(QuotaCommand::Set { name, size }) => {
-                call(
+            BucketCommand::Quota(QuotaCommand::Set { name, size, force }) => {
+                let v = call(
                     target,
                     Command::BucketQuotaSet {
                         name: name.clone(),
                         bytes: Some(*size),
+                        force: *force,
                     },
                 )?;
+                let b: BucketInfo = serde_json::from_value(v)?;
                 writeln!(
                     out,
                     "quota of {name} set to {} ({size} bytes)",
                     human_bytes(*size)
                 )?;
+                if b.used_bytes > *size {
+                    writeln!(
+                        out,
+                        "bucket {name} is now over quota: it holds {} ({} bytes); writes that \
+                         grow it are refused until it shrinks below the quota",
+                        human_bytes(b.used_bytes),
+                        b.used_bytes
+                    )?;
+                }
             }
             BucketCommand::Quota(QuotaCommand::Clear { name }) => {
                 call(
@@ -323,6 +353,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                     Command::BucketQuotaSet {
                         name: name.clone(),
                         bytes: None,
+                        force: false,
                     },
                 )?;
                 writeln!(out, "quota of {name} removed")?;
@@ -519,13 +550,11 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
             m.netmap_version,
             if m.relay_connected { "up" } else { "down" }
         )?;
-        if !m.dns.is_empty() {
-            writeln!(out, "dns:         {}", m.dns.join(", "))?;
-        }
         if let Some(p) = &m.policy {
             writeln!(out, "policy:      {p}")?;
         }
     }
+    status::write_services(out, s)?;
     let c = &s.counters;
     writeln!(
         out,
@@ -599,6 +628,25 @@ fn write_peers(out: &mut impl Write, peers: &[PeerInfo]) -> Result<()> {
     Ok(())
 }
 
+/// An error and its causes on one line, each cause once: an error whose message already
+/// quotes its source (`connect to X: Connection refused`) would otherwise print the source
+/// again (`...: Connection refused: Connection refused`), as `{:#}` appends every cause.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        let s = s.trim();
+        if s.is_empty() || out.contains(s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(s);
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// `1536` -> `1.5 KiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -624,6 +672,38 @@ mod tests {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        #[derive(Debug)]
+        struct Quoting(std::io::Error);
+        impl std::fmt::Display for Quoting {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connect to 192.0.2.1:8443: {}", self.0)
+            }
+        }
+        impl std::error::Error for Quoting {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::from_raw_os_error(111);
+        let e = anyhow::Error::new(Quoting(io)).context("joining 192.0.2.1:8443");
+        let line = error_line(&e);
+        assert_eq!(line.matches("os error 111").count(), 1, "{line}");
+        assert!(
+            line.starts_with("joining 192.0.2.1:8443: connect to 192.0.2.1:8443: "),
+            "{line}"
+        );
+        assert_eq!(
+            format!("{e:#}").matches("os error 111").count(),
+            2,
+            "what {{:#}} printed"
+        );
+        // Distinct causes are all kept, in order.
+        let e = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_line(&e), "outer: middle: inner");
     }
 
     #[test]

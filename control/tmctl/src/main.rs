@@ -15,7 +15,7 @@ struct Cli {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = tmctl::run(&cli.target, &cli.cmd) {
-        eprintln!("tmctl: {e:#}");
+        eprintln!("tmctl: {}", tmctl::error_line(&e));
         std::process::exit(1);
     }
 }

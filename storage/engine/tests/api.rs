@@ -403,8 +403,32 @@ fn quotas_bucket_and_global() {
         s.head("qqq", "tiny2"),
         Err(StorageError::NoSuchKey)
     ));
+    // a quota below usage is refused by the checked setter (nothing changes) unless forced
+    let used = s.usage("qqq").unwrap();
+    assert!(used.bytes > 5000);
+    assert_eq!(
+        s.set_quota_checked("qqq", Some(5000), false).unwrap(),
+        (false, used)
+    );
+    assert_eq!(s.bucket("qqq").unwrap().quota, Some(10_000));
+    assert_eq!(
+        s.set_quota_checked("qqq", Some(used.bytes), false).unwrap(),
+        (true, used)
+    );
+    assert_eq!(
+        s.set_quota_checked("qqq", None, false).unwrap(),
+        (true, used)
+    );
+    assert_eq!(s.bucket("qqq").unwrap().quota, None);
+    assert!(matches!(
+        s.set_quota_checked("nope", Some(1), true),
+        Err(StorageError::NoSuchBucket)
+    ));
     // lowering the quota below usage: shrinking overwrite still allowed, growth refused
-    s.set_quota("qqq", Some(5000)).unwrap();
+    assert_eq!(
+        s.set_quota_checked("qqq", Some(5000), true).unwrap(),
+        (true, used)
+    );
     put(&s, "qqq", "a", &data(6, 100), 1000);
     assert_eq!(s.usage("qqq").unwrap().bytes, 1100);
     s.set_quota("qqq", None).unwrap();

@@ -108,6 +108,33 @@ impl Store {
         })
     }
 
+    /// Sets or clears a bucket's quota unless the new quota is below the bucket's current
+    /// usage; `force` sets it anyway (writes that grow the bucket are then refused). Decided in
+    /// the transaction that makes the change. Returns whether it was set, and the usage it was
+    /// compared with.
+    pub fn set_quota_checked(
+        &self,
+        bucket: &str,
+        bytes: Option<u64>,
+        force: bool,
+    ) -> Result<(bool, Usage), StorageError> {
+        let bucket = bucket.to_string();
+        self.txn(move |wtx, _| {
+            let mut t = wtx.open_table(BUCKETS)?;
+            let mut r: BucketRec = get_json(&t, &bucket)?.ok_or(StorageError::NoSuchBucket)?;
+            let usage = Usage {
+                bytes: r.bytes,
+                objects: r.objects,
+            };
+            if bytes.is_some_and(|q| q < r.bytes) && !force {
+                return Ok((false, usage));
+            }
+            r.quota = bytes;
+            put_json(&mut t, &bucket, &r)?;
+            Ok((true, usage))
+        })
+    }
+
     /// Exact usage of a bucket.
     pub fn usage(&self, bucket: &str) -> Result<Usage, StorageError> {
         let r = self.read_bucket(bucket)?;
