@@ -7,8 +7,9 @@
 #   - `policy set examples/policy.hujson` (the seed's example), then `node tag beta
 #     tag:untrusted`: within 2 s beta's S3 PUT is AccessDenied and its GET works, beta's NFS
 #     mount is refused while alpha's works; `node untag` gives it back
-#   - admin commands on a member are forwarded to the coordinator over mTLS: alpha (admin in
-#     the example) tags beta, beta's attempt is refused with the missing capability
+#   - admin and bucket commands on a member are forwarded to the coordinator over mTLS and
+#     decided there: alpha (admin in the example) tags beta and lists buckets; beta's attempts
+#     are refused with the missing capability
 #   - `policy explain` names the deciding rule; `policy get` prints the file; members see the
 #     policy hash in their status; the audit log has the policy change with its hash
 source "$(dirname "$0")/../lib/netns.sh"
@@ -77,10 +78,14 @@ tm coord bucket create build-artifacts >/dev/null || fail "bucket create"
 echo "v1" >"$TM_TMP/obj.txt"
 assert_eq "$(ctl coord status --json | json_get 'd["mesh"]["policy"]')" \
     "no policy: all members allowed" "coordinator status without a policy"
-ctl coord status | grep -q "policy:      no policy: all members allowed" || fail "status text lacks the policy line"
+st=$(ctl coord status) || fail "tmctl status"
+[[ $st == *"policy:      no policy: all members allowed"* ]] || fail "status text lacks the policy line: $st"
 put_ok beta || fail "beta's PUT without a policy"
 out=$(nfs_ls beta) || fail "beta's NFS listing without a policy: $out"
-log "ok: no policy: members use S3 and NFS"
+tm beta bucket create from-beta >/dev/null || fail "bucket create forwarded from beta (no policy: members create buckets)"
+out=$(tm beta bucket list 2>&1) && fail "bucket list from beta (needs the admin capability): $out"
+[[ $out == *"not allowed: tunnelmesh.io/cap/admin"* ]] || fail "bucket list from beta: unclear refusal: $out"
+log "ok: no policy: members use S3 and NFS, and create buckets from their own node"
 
 # --- refusals: nothing changes ---------------------------------------------------------------
 before=$(tm coord policy get --json | json_get 'd["hash"]') || fail "policy get"
@@ -100,8 +105,9 @@ out=$(tm coord policy set "$REPO/examples/policy.hujson") || fail "policy set: $
 log "policy set: $out"
 HASH=$(tm coord policy get --json | json_get 'd["hash"]')
 [[ $HASH == sha256:* && $HASH != "$before" ]] || fail "policy hash after set: $HASH"
-tm coord policy get | cmp -s - "$REPO/examples/policy.hujson" || fail "policy get does not print the file as set"
-member_has_hash() { ctl alpha status --json | json_get 'd["mesh"]["policy"]' | grep -q "$HASH"; }
+tm coord policy get >"$TM_TMP/got.hujson" || fail "policy get"
+cmp -s "$TM_TMP/got.hujson" "$REPO/examples/policy.hujson" || fail "policy get does not print the file as set"
+member_has_hash() { [[ $(ctl alpha status --json | json_get 'd["mesh"]["policy"]') == *"$HASH"* ]]; }
 wait_for 5 "alpha's status shows the policy hash" member_has_hash || fail "alpha's status lacks $HASH"
 put_ok beta || fail "beta's PUT under the policy, untagged"
 
@@ -109,7 +115,8 @@ tm coord node tag beta tag:untrusted >/dev/null || fail "node tag"
 wait_for 2 "beta's PUT is refused" put_denied beta || fail "beta's PUT still works 2 s after the tag"
 aws_as beta s3 cp s3://build-artifacts/x.tar "$TM_TMP/got.txt" >/dev/null || fail "beta's GET under untrusted"
 cmp -s "$TM_TMP/obj.txt" "$TM_TMP/got.txt" || fail "beta's GET returned other bytes"
-aws_as beta s3 ls s3://build-artifacts/ | grep -q x.tar || fail "beta's LIST under untrusted"
+out=$(aws_as beta s3 ls s3://build-artifacts/) || fail "beta's LIST under untrusted: $out"
+[[ $out == *x.tar* ]] || fail "beta's LIST lacks x.tar: $out"
 out=$(nfs_ls beta) && fail "beta listed the NFS share while untrusted: $out"
 [[ $out == *ACCES* || $out == *"ermission"* || $out == *denied* ]] || fail "beta's mount: unclear refusal: $out"
 out=$(nfs_ls alpha) || fail "alpha's NFS listing: $out"
@@ -139,6 +146,10 @@ out=$(tm beta node tag alpha tag:web 2>&1) && fail "beta (no admin capability) t
 [[ $out == *"not allowed: tunnelmesh.io/cap/admin"* ]] || fail "beta's admin refusal: $out"
 tm alpha node tag beta tag:web >/dev/null || fail "alpha tags beta through the coordinator"
 tm alpha node untag beta tag:web >/dev/null || fail "alpha untags beta"
+out=$(tm beta bucket delete from-beta 2>&1) && fail "beta deleted a bucket without S3 admin: $out"
+[[ $out == *"not allowed: tunnelmesh.io/cap/s3 admin on bucket from-beta"* ]] || fail "bucket delete from beta: $out"
+out=$(tm alpha bucket list) || fail "bucket list forwarded from alpha (admin): $out"
+[[ $out == *from-beta* ]] || fail "bucket list from alpha lacks from-beta: $out"
 log "ok: admin commands from alpha (granted) run on the coordinator; beta's are refused"
 
 audit=$(tm coord audit --json) || fail "audit"

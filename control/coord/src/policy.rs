@@ -21,10 +21,12 @@ use tm_policy::{Artifact, Identity, Inventory, NodeInfo, NodeKey, TokenId, Token
 use crate::server::PersistedState;
 use crate::{Coordinator, Error};
 
-/// Runs an admin command a member forwarded (`POST /v1/admin`, already authorised): the actor
-/// (`node NAME`) and the command as the daemon encodes it; returns the answer's bytes. Set by
-/// the daemon ([`Coordinator::set_admin_handler`]); blocking (commits are durable).
-pub type AdminHandler = Arc<dyn Fn(&str, &[u8]) -> Vec<u8> + Send + Sync>;
+/// Runs a command a member forwarded (`POST /v1/admin`): the actor (`node NAME`), its
+/// authenticated identity (from its client certificate) and the command as the daemon encodes
+/// it; returns the answer's bytes. The handler authorises each command by the policy (admin
+/// commands need the admin capability, bucket commands the S3 level they need). Set by the
+/// daemon ([`Coordinator::set_admin_handler`]); blocking (commits are durable).
+pub type AdminHandler = Arc<dyn Fn(&str, &Identity, &[u8]) -> Vec<u8> + Send + Sync>;
 
 /// Largest policy file accepted (the HuJSON parser refuses more, too).
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -247,19 +249,14 @@ impl Coordinator {
         *self.shared.admin.write().unwrap_or_else(|p| p.into_inner()) = Some(h);
     }
 
-    /// `POST /v1/admin` from the member `name` (its client certificate): allowed only with the
-    /// admin capability, decided by the policy like every other surface.
+    /// `POST /v1/admin` from the member `name` (its client certificate): the daemon's handler
+    /// decides each command by the policy, like every other surface.
     pub(crate) async fn handle_admin(&self, name: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let key = self
             .node_by_name(name)
             .ok_or(Error::UnknownClient)?
             .public_key;
         let who = Identity::Node(node_key(&key));
-        let d = tm_policy::decide(&self.policy(), &who, &tm_policy::Request::Admin);
-        if !d.allow {
-            tracing::info!(node = name, "admin request refused: {}", d.message());
-            return Err(Error::NotAllowed(d.message()));
-        }
         let h = self
             .shared
             .admin
@@ -268,7 +265,7 @@ impl Coordinator {
             .clone()
             .ok_or_else(|| Error::NotFound("/v1/admin (no admin handler)".into()))?;
         let actor = format!("node {name}");
-        tokio::task::spawn_blocking(move || h(&actor, &body))
+        tokio::task::spawn_blocking(move || h(&actor, &who, &body))
             .await
             .map_err(|_| Error::Internal)
     }

@@ -1033,30 +1033,44 @@ impl Node {
 
     fn handle_api(&mut self, r: ApiRequest) {
         match r.command {
-            ref c if c.is_storage() => match self.storage.clone() {
-                // Metadata commits fsync: keep them off the node loop.
-                Some(st) => {
-                    tokio::task::spawn_blocking(move || {
-                        let resp = st.handle(&r.command);
-                        let _ = r.reply.send(resp);
-                    });
-                }
-                None => {
-                    // A member uses the coordinator's store with the keys issued at join.
-                    let saved = self.mesh.as_ref().and_then(|m| m.saved.as_ref());
-                    let resp = match (&r.command, saved) {
-                        (Command::S3Credentials, Some(j)) => Response::ok(&tm_api::S3Credentials {
+            ref c if c.is_storage() => {
+                match self.storage.clone() {
+                    // Metadata commits fsync: keep them off the node loop.
+                    Some(st) => {
+                        tokio::task::spawn_blocking(move || {
+                            let resp = st.handle(&r.command);
+                            let _ = r.reply.send(resp);
+                        });
+                    }
+                    None => {
+                        // A member uses the coordinator's store with the keys issued at join, and
+                        // forwards bucket and share commands to it (authorised there).
+                        let saved = self.mesh.as_ref().and_then(|m| m.saved.as_ref());
+                        let client = match self.mesh.as_ref().map(|m| &m.role) {
+                            Some(Role::Member { client, .. }) => Some(client.clone()),
+                            _ => None,
+                        };
+                        let resp = match (&r.command, saved, client) {
+                        (Command::S3Credentials, Some(j), _) => Response::ok(&tm_api::S3Credentials {
                             access_key: j.s3_access_key.clone(),
                             secret_key: j.s3_secret.clone(),
                             endpoint: "http://coordinator.mesh:8080/s3".into(),
                         }),
+                        (c, _, Some(client)) if crate::policy::forwarded_needs(c).is_some() => {
+                            tokio::spawn(async move {
+                                let resp = crate::policy::forward_admin(&client, &r.command).await;
+                                let _ = r.reply.send(resp);
+                            });
+                            return;
+                        }
                         _ => Response::err(
                             "this node has no object store (add an `s3:` section to its config)",
                         ),
                     };
-                    let _ = r.reply.send(resp);
+                        let _ = r.reply.send(resp);
+                    }
                 }
-            },
+            }
             Command::Leave => self.leave(r),
             Command::Ping { .. } => self.ping(r),
             Command::FilterLoad { .. }

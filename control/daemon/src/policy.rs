@@ -142,6 +142,28 @@ pub fn explain(art: &Artifact, src: &str, words: &[String]) -> Result<PolicyExpl
     })
 }
 
+/// What a command forwarded by a member needs from the policy (`None`: not forwardable, e.g.
+/// `s3 credentials`, which is each node's own). Admin commands need the admin capability;
+/// bucket commands the S3 level on that bucket (create, delete and quotas: `admin`; usage:
+/// `list`); share commands the admin capability (they export buckets over NFS).
+pub fn forwarded_needs(cmd: &Command) -> Option<OwnedRequest> {
+    let s3 = |bucket: &str, op| OwnedRequest::S3 {
+        bucket: bucket.to_owned(),
+        key: String::new(),
+        op,
+    };
+    Some(match cmd {
+        c if c.is_admin() => OwnedRequest::Admin,
+        Command::BucketCreate { name }
+        | Command::BucketDelete { name }
+        | Command::BucketQuotaSet { name, .. } => s3(name, tm_policy::S3Op::Admin),
+        Command::BucketUsage { name } => s3(name, tm_policy::S3Op::List),
+        Command::BucketList | Command::ShareList => OwnedRequest::Admin,
+        Command::ShareCreate { .. } | Command::ShareDelete { .. } => OwnedRequest::Admin,
+        _ => return None,
+    })
+}
+
 /// An admin command on a member: forwarded to the coordinator over mTLS, which runs it as this
 /// node if the policy gives the node the admin capability.
 pub async fn forward_admin(client: &tm_coord::JoinClient, cmd: &Command) -> Response {
