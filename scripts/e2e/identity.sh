@@ -60,6 +60,16 @@ start coord coord
 TOKEN=$(ctl coord token) || fail "tmctl token"
 [[ $TOKEN == tm1_* ]] || fail "tmctl token printed '$TOKEN'"
 
+# a coordinator that does not answer: the join says what it waits for within 2 s
+mkdir -p "$TM_TMP/silent"
+printf 'name: silent\ndata_dir: %s\n' "$TM_TMP/silent" >"$TM_TMP/silent/config.yaml"
+ns_exec gamma iptables -A OUTPUT -d 192.0.2.1 -p tcp --dport 9443 -j DROP || fail "iptables in gamma"
+out=$(ns_exec gamma env HOME="$TM_TMP/silent" timeout 3 "$TM_BIN" join 192.0.2.1:9443 \
+    --token "$TOKEN" --config "$TM_TMP/silent/config.yaml" 2>&1)
+[[ $out == *"waiting for the coordinator at 192.0.2.1:9443"* ]] ||
+    fail "a join to a silent coordinator said nothing within 3 s: $out"
+log "ok: a join to a silent coordinator says what it waits for"
+
 out=$(try_join gamma system "$TOKEN")
 log "join as system: $out"
 [[ $out == "tunnelmesh: "*system*reserved* ]] || fail "a node named system: unclear or no refusal: $out"
