@@ -197,3 +197,126 @@ async fn xdr_lengths_never_allocate_more_than_the_record() {
     );
     srv.stop().await;
 }
+
+const NFS3ERR_FBIG: u32 = 27;
+
+/// A fresh transaction id (the library drops a repeated one as a retransmission).
+fn xid() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1000);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// CREATE `name` (UNCHECKED, no attributes) in `dir` over raw RPC: the new handle.
+async fn raw_create(c: &mut Raw, dir: &[u8], name: &str) -> Vec<u8> {
+    let mut a = opaque(dir);
+    a.extend(opaque(name.as_bytes()));
+    a.extend(words(&[0, 0, 0, 0, 0, 0, 0]));
+    let r = c
+        .call(&call(xid(), PROG_NFS, 8, &auth_unix(0, 0), &a))
+        .await
+        .expect("CREATE reply");
+    assert_eq!((accept_stat(&r), word(&r, 6), word(&r, 7)), (Some(0), 0, 1));
+    let n = word(&r, 8) as usize;
+    r[36..36 + n].to_vec()
+}
+
+/// SETATTR of the size over raw RPC: the NFS status.
+async fn raw_truncate(c: &mut Raw, fh: &[u8], size: u64) -> u32 {
+    let mut a = opaque(fh);
+    a.extend(words(&[
+        0,
+        0,
+        0,
+        1,
+        (size >> 32) as u32,
+        size as u32,
+        0,
+        0,
+        0,
+    ]));
+    let r = c
+        .call(&call(xid(), PROG_NFS, 2, &auth_unix(0, 0), &a))
+        .await
+        .expect("SETATTR reply");
+    assert_eq!(accept_stat(&r), Some(0));
+    word(&r, 6)
+}
+
+/// WRITE of `data` at `offset` over raw RPC (`stable`: 0 UNSTABLE, 2 FILE_SYNC): the status.
+async fn raw_write(c: &mut Raw, fh: &[u8], offset: u64, stable: u32, data: &[u8]) -> u32 {
+    let mut a = opaque(fh);
+    a.extend(words(&[
+        (offset >> 32) as u32,
+        offset as u32,
+        data.len() as u32,
+        stable,
+    ]));
+    a.extend(opaque(data));
+    let r = c
+        .call(&call(xid(), PROG_NFS, 7, &auth_unix(0, 0), &a))
+        .await
+        .expect("WRITE reply");
+    assert_eq!(accept_stat(&r), Some(0));
+    word(&r, 6)
+}
+
+/// GETATTR over raw RPC: the size.
+async fn raw_size(c: &mut Raw, fh: &[u8]) -> u64 {
+    let r = c
+        .call(&call(xid(), PROG_NFS, 1, &auth_unix(0, 0), &opaque(fh)))
+        .await
+        .expect("GETATTR reply");
+    assert_eq!((accept_stat(&r), word(&r, 6)), (Some(0), 0));
+    // fattr3: type, mode, nlink, uid, gid, size (words 7..=11, size at 12-13).
+    (u64::from(word(&r, 12)) << 32) | u64::from(word(&r, 13))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_beyond_the_maximum_are_fbig_and_cost_nothing() {
+    let max = tm_storage::MAX_FILE_SIZE;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path()).await;
+    let mut c = Raw::connect(srv.addr).await;
+    let root = c.mount("/shares/default").await;
+    let f = raw_create(&mut c, &root, "sparse").await;
+    let tib16 = 16u64 << 40;
+    let t = std::time::Instant::now();
+    assert_eq!(
+        raw_truncate(&mut c, &f, tib16).await,
+        NFS3ERR_FBIG,
+        "16 TiB"
+    );
+    assert_eq!(raw_truncate(&mut c, &f, max + 1).await, NFS3ERR_FBIG);
+    assert_eq!(
+        raw_write(&mut c, &f, tib16, 0, b"x").await,
+        NFS3ERR_FBIG,
+        "UNSTABLE"
+    );
+    assert_eq!(
+        raw_write(&mut c, &f, max, 2, b"x").await,
+        NFS3ERR_FBIG,
+        "FILE_SYNC"
+    );
+    assert_eq!(
+        raw_write(&mut c, &f, u64::MAX - 1, 0, b"xy").await,
+        NFS3ERR_FBIG
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "refusals are immediate"
+    );
+    // Nothing was stored; a write ending at the maximum is fine.
+    assert_eq!(raw_size(&mut c, &f).await, 0);
+    assert_eq!(raw_write(&mut c, &f, max - 1, 2, b"z").await, 0);
+    assert_eq!(raw_size(&mut c, &f).await, max);
+    // CREATE with a size beyond the maximum.
+    let mut a = opaque(&root);
+    a.extend(opaque(b"big"));
+    a.extend(words(&[0, 0, 0, 0, 1, (tib16 >> 32) as u32, 0, 0, 0]));
+    let r = c
+        .call(&call(xid(), PROG_NFS, 8, &auth_unix(0, 0), &a))
+        .await
+        .expect("CREATE reply");
+    assert_eq!(word(&r, 6), NFS3ERR_FBIG, "CREATE with a 16 TiB size");
+    srv.stop().await;
+}

@@ -42,7 +42,10 @@ impl FileSystem {
     pub fn stage(&self, ino: u64, offset: u64, data: &[u8]) -> Result<Staged, FsError> {
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or(FsError::Invalid("offset overflow"))?;
+            .ok_or(FsError::FileTooBig)?;
+        if end > super::MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
         let (mut attr, room, key) = self.check_write(ino)?;
         let wb = self.wb();
         if data.is_empty() {
