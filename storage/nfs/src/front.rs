@@ -62,6 +62,9 @@ pub(crate) struct Front {
     pub busy_poll: std::time::Duration,
     /// Calls in flight, per connection and in the server ([`crate::limit`]).
     pub slots: Arc<crate::limit::Slots>,
+    /// See [`crate::NfsConfig::idle_timeout`] and [`crate::NfsConfig::record_timeout`].
+    pub idle_timeout: std::time::Duration,
+    pub record_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -467,7 +470,8 @@ impl Front {
         // the client's next call followed it.
         let mut sent_at: Option<std::time::Instant> = None;
         let mut last_gap = std::time::Duration::MAX;
-        while let Ok(Some(mut rec)) = read_record(&mut cr).await {
+        let (idle, record) = (self.idle_timeout, self.record_timeout);
+        while let Ok(Some(mut rec)) = crate::limit::next_record(&mut cr, idle, record).await {
             if let Some(t) = sent_at.take() {
                 last_gap = t.elapsed();
             }

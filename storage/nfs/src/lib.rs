@@ -102,6 +102,12 @@ pub struct NfsConfig {
     pub max_in_flight_per_conn: usize,
     /// Most calls of all connections in flight at once. Default [`limit::MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
+    /// A client that sends nothing for this long is disconnected. Default
+    /// [`limit::IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// A client that takes longer than this to send one RPC record (from its first byte) is
+    /// disconnected. Default [`limit::RECORD_TIMEOUT`].
+    pub record_timeout: Duration,
 }
 
 /// Default [`NfsConfig::busy_poll`]. A client in a tight loop (libnfs on the same host, a
@@ -154,6 +160,8 @@ impl NfsConfig {
             busy_poll: BUSY_POLL,
             max_in_flight_per_conn: limit::MAX_IN_FLIGHT_PER_CONN,
             max_in_flight: limit::MAX_IN_FLIGHT,
+            idle_timeout: limit::IDLE_TIMEOUT,
+            record_timeout: limit::RECORD_TIMEOUT,
         }
     }
 }
@@ -218,6 +226,8 @@ impl NfsServer {
             read_send: cfg.read_send,
             busy_poll: cfg.busy_poll,
             slots: limit::Slots::new(cfg.max_in_flight, cfg.max_in_flight_per_conn),
+            idle_timeout: cfg.idle_timeout,
+            record_timeout: cfg.record_timeout,
         });
         Ok(NfsServer {
             listener,

@@ -320,3 +320,83 @@ async fn sizes_beyond_the_maximum_are_fbig_and_cost_nothing() {
     assert_eq!(word(&r, 6), NFS3ERR_FBIG, "CREATE with a 16 TiB size");
     srv.stop().await;
 }
+
+/// Whether the server closes `s` within `within` (reads until end of file or an error).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 512];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_trickled_records_and_idle_clients_are_dropped() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path(), |_| {}).await;
+    let srv = start_with(dir.path(), store, |c| {
+        c.record_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let bound = Duration::from_secs(3);
+    // Half a record mark.
+    let mut a = Raw::connect(srv.addr).await;
+    a.s.write_all(&[0x80, 0]).await.expect("send");
+    // A record announcing 1000 bytes, 40 of them sent (a mounted client's call started).
+    let mut b = Raw::connect(srv.addr).await;
+    let root = b.mount("/shares/default").await;
+    let full = call(xid(), PROG_NFS, 18, &auth_unix(0, 0), &opaque(&root));
+    let mut part = (1000u32 | 0x8000_0000).to_be_bytes().to_vec();
+    part.extend_from_slice(&full[..40]);
+    b.s.write_all(&part).await.expect("send");
+    let t = Instant::now();
+    assert!(closed_within(&mut a.s, bound).await, "half a record mark");
+    assert!(closed_within(&mut b.s, bound).await, "a partial record");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+    // A record trickled a byte every 100 ms (would take 10 s).
+    let mut c = Raw::connect(srv.addr).await;
+    let mut rec = (full.len() as u32 | 0x8000_0000).to_be_bytes().to_vec();
+    rec.extend_from_slice(&full);
+    let t = Instant::now();
+    let mut sent = 0;
+    for byte in rec.iter().take(100) {
+        if c.s.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sent < 100,
+        "the server read a trickled record for {:?}",
+        t.elapsed()
+    );
+    assert!(closed_within(&mut c.s, bound).await, "a trickled record");
+    // A silent client is dropped after the idle timeout; one that keeps calling is not.
+    let mut idle = Raw::connect(srv.addr).await;
+    let mut busy = Raw::connect(srv.addr).await;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let r = busy
+            .call(&call(xid(), PROG_NFS, 18, &auth_unix(0, 0), &opaque(&root)))
+            .await
+            .expect("a client that keeps calling is served");
+        assert_eq!(word(&r, 6), 0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(closed_within(&mut idle.s, bound).await, "an idle client");
+    srv.stop().await;
+}
