@@ -24,6 +24,7 @@
 mod edit;
 mod error;
 mod inode;
+mod journal;
 mod namespace;
 mod read;
 mod readdir;
@@ -309,12 +310,14 @@ impl FileSystem {
             .get("generation")?
             .map(|v| v.value())
             .ok_or_else(|| StorageError::Corrupt("fs_meta.generation missing".into()))?;
-        Ok(FileSystem {
+        let fs = FileSystem {
             staged: staging_of(&store),
             store,
             generation,
             readers: Arc::default(),
-        })
+        };
+        fs.open_journal()?;
+        Ok(fs)
     }
 
     /// A view without a handle generation (for the store's own flushes of staged writes).

@@ -48,6 +48,13 @@ impl FileSystem {
         }
         let (mut attr, room, key) = self.check_write(ino)?;
         let wb = self.wb();
+        if wb
+            .journal
+            .get()
+            .is_some_and(|j| j.len() > super::journal::LIMIT)
+        {
+            self.drain_journal();
+        }
         if data.is_empty() {
             self.overlay(&mut attr);
             return Ok(Staged {
@@ -68,6 +75,11 @@ impl FileSystem {
                 if new_end > base && new_end - base > room {
                     return Err(StorageError::QuotaExceeded.into());
                 }
+            }
+            // Journaled (page cache) before it is acknowledged, in the critical section that
+            // stages it: a crash of the process then loses nothing acknowledged.
+            if let Some(j) = wb.journal.get() {
+                d.seq = j.write(ino, offset, data)?;
             }
             // Extents never cross a chunk boundary, so a sequential writer fills whole-chunk
             // buffers that the flush stores without another copy; large writes use recycled
@@ -137,6 +149,7 @@ impl FileSystem {
         let Some(b) = wb.get(ino) else {
             return Ok(());
         };
+        let mut upto = 0;
         let r = {
             let _serial = lock(&b.flush);
             let taken = {
@@ -145,6 +158,7 @@ impl FileSystem {
                     Some(e) if !remember => Err(e),
                     e => {
                         d.error = e;
+                        upto = d.seq;
                         let ex = std::mem::take(&mut d.extents);
                         let n = std::mem::take(&mut d.bytes);
                         d.since = None;
@@ -162,6 +176,11 @@ impl FileSystem {
                         ex.iter().map(|(o, d)| (*o, d.as_slice())).collect();
                     let r = self.edit(ino, &refs, None, None).map(|_| ());
                     drop(refs);
+                    if r.is_ok() {
+                        if let Some(j) = wb.journal.get() {
+                            j.done(ino, upto);
+                        }
+                    }
                     wb.recycle(ex);
                     let mut d = lock(&b.state);
                     d.flushing = false;
@@ -193,6 +212,41 @@ impl FileSystem {
                 self.wb().retire(ino, false);
             }
         }
+    }
+
+    /// Flushes every staged inode and empties the journal if nothing is staged then (other
+    /// writers that find the journal over its limit wait here meanwhile).
+    fn drain_journal(&self) {
+        let wb = self.wb();
+        let Some(j) = wb.journal.get() else { return };
+        let _one = lock(&j.drain);
+        if j.len() <= super::journal::LIMIT {
+            return;
+        }
+        self.flush_idle(Duration::ZERO);
+        let _ = j.reset(|| wb.is_empty());
+    }
+
+    /// Opens the store's journal of staged writes if no view did yet, and applies the writes
+    /// a crash of this boot left in it (`journal.rs`).
+    pub(super) fn open_journal(&self) -> Result<(), FsError> {
+        let wb = self.wb();
+        let _one = lock(&wb.journal_init);
+        if wb.journal.get().is_some() {
+            return Ok(());
+        }
+        let (j, pending) = super::journal::Journal::open(self.store.data_dir())?;
+        for (ino, writes) in pending {
+            let refs: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            match self.edit(ino, &refs, None, None) {
+                Ok(_) | Err(FsError::Stale | FsError::IsADirectory | FsError::Invalid(_)) => {}
+                Err(FsError::Storage(StorageError::QuotaExceeded)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        j.reset(|| true)?;
+        let _ = wb.journal.set(j);
+        Ok(())
     }
 
     /// Whether `ino` has staged writes, a flush of them running, or a kept flush failure
