@@ -519,6 +519,16 @@ impl NfsFileSystem for Vfs {
             .await?;
             return Ok((fattr(&a), stable_how::FILE_SYNC));
         }
+        if fs.journal_full() {
+            // The journal of staged writes is emptied by flushing everything: not on this
+            // (async) thread.
+            let fs = fs.clone();
+            blocking(move || {
+                fs.drain_journal();
+                Ok::<(), FsError>(())
+            })
+            .await?;
+        }
         let st = fs.stage(ino, offset, data).map_err(|e| {
             if e.is_failure() {
                 tracing::warn!("nfs: storage failure: {e}");

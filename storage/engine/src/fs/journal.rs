@@ -20,7 +20,8 @@
 //! boot the page cache holds exactly what was appended, in order.
 //!
 //! Size: once the file exceeds [`LIMIT`], the next staged write first flushes every staged
-//! inode and truncates the file when nothing is staged any more.
+//! inode and truncates the file when nothing is staged any more
+//! ([`crate::FileSystem::drain_journal`], which tm-nfs calls on a blocking thread first).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -34,7 +35,7 @@ use super::FsError;
 /// File name in the data directory.
 pub(crate) const FILE: &str = "fs_unstable.log";
 /// Size beyond which the journal is drained and truncated.
-pub(crate) const LIMIT: u64 = 64 << 20;
+pub(crate) const LIMIT: u64 = 256 << 20;
 const MAGIC: &[u8; 8] = b"TMFSJNL1";
 const HEADER: u64 = 64;
 const REC: usize = 48;
@@ -215,4 +216,57 @@ fn read_pending(file: &File) -> Result<Pending, FsError> {
         .filter(|(_, v)| !v.is_empty())
         .map(|(ino, v)| (ino, v.into_iter().map(|(_, o, d)| (o, d)).collect()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_keeps_writes_without_done_stops_at_a_torn_tail_and_ignores_other_boots() {
+        assert!(
+            boot_id().is_some(),
+            "/proc/sys/kernel/random/boot_id is needed (without it nothing is replayed)"
+        );
+        let d = tempfile::tempdir().expect("tmp");
+        let (j, pending) = Journal::open(d.path()).expect("open");
+        assert!(pending.is_empty());
+        j.reset(|| true).expect("reset");
+        let s1 = j.write(5, 0, b"aaa").expect("write");
+        j.write(6, 10, b"xyz").expect("write");
+        j.done(5, s1);
+        j.write(5, 3, b"bbb").expect("write");
+        j.write(7, 0, b"gone").expect("write");
+        let s4 = j.write(7, 4, b"gone").expect("write");
+        j.done(7, s4);
+        drop(j);
+        let expect: Pending = [
+            (5, vec![(3, b"bbb".to_vec())]),
+            (6, vec![(10, b"xyz".to_vec())]),
+        ]
+        .into_iter()
+        .collect();
+        let (_, p) = Journal::open(d.path()).expect("reopen");
+        assert_eq!(p, expect);
+        // A torn record at the end (a write the crash interrupted) is not replayed.
+        let path = d.path().join(FILE);
+        let mut raw = std::fs::read(&path).expect("read");
+        let good = raw.len();
+        raw.extend_from_slice(&record(WRITE, 5, 99, 0, b"torn")[..]);
+        raw.extend_from_slice(b"to");
+        std::fs::write(&path, &raw).expect("write");
+        assert_eq!(Journal::open(d.path()).expect("reopen").1, expect);
+        // A damaged record stops the replay there.
+        raw.truncate(good);
+        raw.extend_from_slice(&record(WRITE, 8, 100, 0, b"okay")[..]);
+        raw.extend_from_slice(b"okay");
+        let at = raw.len() - 1;
+        raw[at] ^= 1;
+        std::fs::write(&path, &raw).expect("write");
+        assert_eq!(Journal::open(d.path()).expect("reopen").1, expect);
+        // Another boot's journal is discarded.
+        raw[8] ^= 1;
+        std::fs::write(&path, &raw).expect("write");
+        assert!(Journal::open(d.path()).expect("reopen").1.is_empty());
+    }
 }

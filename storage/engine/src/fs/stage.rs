@@ -48,11 +48,7 @@ impl FileSystem {
         }
         let (mut attr, room, key) = self.check_write(ino)?;
         let wb = self.wb();
-        if wb
-            .journal
-            .get()
-            .is_some_and(|j| j.len() > super::journal::LIMIT)
-        {
+        if self.journal_full() {
             self.drain_journal();
         }
         if data.is_empty() {
@@ -214,9 +210,18 @@ impl FileSystem {
         }
     }
 
+    /// Whether the journal of staged writes is over its size limit: the next [`Self::stage`]
+    /// drains it first ([`Self::drain_journal`]; blocking, call it off async threads).
+    pub fn journal_full(&self) -> bool {
+        self.wb()
+            .journal
+            .get()
+            .is_some_and(|j| j.len() > super::journal::LIMIT)
+    }
+
     /// Flushes every staged inode and empties the journal if nothing is staged then (other
     /// writers that find the journal over its limit wait here meanwhile).
-    fn drain_journal(&self) {
+    pub fn drain_journal(&self) {
         let wb = self.wb();
         let Some(j) = wb.journal.get() else { return };
         let _one = lock(&j.drain);
