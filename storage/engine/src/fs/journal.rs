@@ -19,7 +19,8 @@
 //! without its `Done`), and replaying it could overwrite later durable changes. Within one
 //! boot the page cache holds exactly what was appended, in order.
 //!
-//! Size: once the file exceeds [`LIMIT`], the next staged write first flushes every staged
+//! Size: the file is emptied whenever a flush leaves nothing staged. Once it exceeds [`LIMIT`]
+//! anyway (writers that never pause), the next staged write first flushes every staged
 //! inode and truncates the file when nothing is staged any more
 //! ([`crate::FileSystem::drain_journal`], which tm-nfs calls on a blocking thread first).
 
@@ -34,8 +35,9 @@ use super::FsError;
 
 /// File name in the data directory.
 pub(crate) const FILE: &str = "fs_unstable.log";
-/// Size beyond which the journal is drained and truncated.
-pub(crate) const LIMIT: u64 = 256 << 20;
+/// Size beyond which the journal is drained and truncated (it is also emptied whenever a
+/// flush leaves nothing staged; this bounds it under writers that never pause).
+pub(crate) const LIMIT: u64 = 1 << 30;
 const MAGIC: &[u8; 8] = b"TMFSJNL1";
 const HEADER: u64 = 64;
 const REC: usize = 48;

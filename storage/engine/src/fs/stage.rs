@@ -191,6 +191,12 @@ impl FileSystem {
             }
         };
         wb.retire(ino, false);
+        if wb.is_empty() {
+            // Nothing staged any more: everything in the journal is applied.
+            if let Some(j) = wb.journal.get() {
+                let _ = j.reset(|| wb.is_empty());
+            }
+        }
         r
     }
 
