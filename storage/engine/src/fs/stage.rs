@@ -247,6 +247,7 @@ impl FileSystem {
             return Ok(());
         }
         let (j, pending) = super::journal::Journal::open(self.store.data_dir())?;
+        let replayed = !pending.is_empty();
         for (ino, writes) in pending {
             let refs: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
             match self.edit(ino, &refs, None, None) {
@@ -254,6 +255,11 @@ impl FileSystem {
                 Err(FsError::Storage(StorageError::QuotaExceeded)) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if replayed {
+            // The chunks the replayed edits replaced are freed now, not by the background
+            // reclaimer later (a consistency check right after opening finds none left).
+            self.store.gc()?;
         }
         j.reset(|| true)?;
         let _ = wb.journal.set(j);
