@@ -14,6 +14,7 @@
 #   - `tunnelmesh audit --json` has every change, by local root
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
+source "$(dirname "$0")/../lib/mesh.sh"
 tm_init identity 240
 require_tm_binaries
 command -v aws >/dev/null || fail "awscli missing (run scripts/install-test-deps.sh)"
@@ -23,14 +24,6 @@ lan_create coord alpha beta gamma
 declare -A PID=()
 COORD=192.0.2.1:8443
 
-conf() { # conf NAME [EXTRA_YAML] : writes $TM_TMP/NAME/config.yaml
-    mkdir -p "$TM_TMP/$1/home"
-    printf 'name: %s\ndata_dir: %s\n%s' "$1" "$TM_TMP/$1" "${2:-}" >"$TM_TMP/$1/config.yaml"
-}
-sock() { printf '%s' "$TM_TMP/$1/control.sock"; }
-ctl() { local n=$1; shift; timeout 10 "$TMCTL_BIN" --socket "$(sock "$n")" "$@"; }
-tm() { local n=$1; shift; TUNNELMESH_SOCKET=$(sock "$n") timeout 20 "$TM_BIN" "$@"; }
-ready() { ctl "$1" status --json | json_get 'd["mesh"]["netmap_version"]' >/dev/null; }
 start() { # start NS NAME ARGS... : tunnelmesh join ARGS in namespace NS as node NAME
     local ns=$1 n=$2
     shift 2
@@ -46,7 +39,6 @@ try_join() {
     ns_exec "$1" env HOME="$TM_TMP/$2/home" timeout 20 "$TM_BIN" join "$COORD" \
         --token "$3" --name "$2" --config "$TM_TMP/$2/config.yaml" 2>&1 | tail -1
 }
-mesh_ip_of() { ctl "$1" status --json | json_get 'd["address"].split("/")[0]'; }
 : >"$TM_TMP/aws-empty"
 aws_in() { # aws_in NS AK SK ARGS... : awscli in a namespace with exactly these keys
     local ns=$1 ak=$2 sk=$3
@@ -67,6 +59,16 @@ conf coord 'coordinator: {enabled: true, listen: ":8443"}
 start coord coord
 TOKEN=$(ctl coord token) || fail "tmctl token"
 [[ $TOKEN == tm1_* ]] || fail "tmctl token printed '$TOKEN'"
+
+# a coordinator that does not answer: the join says what it waits for within 2 s
+mkdir -p "$TM_TMP/silent"
+printf 'name: silent\ndata_dir: %s\n' "$TM_TMP/silent" >"$TM_TMP/silent/config.yaml"
+ns_exec gamma iptables -A OUTPUT -d 192.0.2.1 -p tcp --dport 9443 -j DROP || fail "iptables in gamma"
+out=$(ns_exec gamma env HOME="$TM_TMP/silent" timeout 3 "$TM_BIN" join 192.0.2.1:9443 \
+    --token "$TOKEN" --config "$TM_TMP/silent/config.yaml" 2>&1)
+[[ $out == *"waiting for the coordinator at 192.0.2.1:9443"* ]] ||
+    fail "a join to a silent coordinator said nothing within 3 s: $out"
+log "ok: a join to a silent coordinator says what it waits for"
 
 out=$(try_join gamma system "$TOKEN")
 log "join as system: $out"

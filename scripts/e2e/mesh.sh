@@ -11,6 +11,7 @@
 #   router <-> natted over 198.51.100.0/24, masquerade to the LAN on the router.
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
+source "$(dirname "$0")/../lib/mesh.sh"
 tm_init mesh 230
 require_tm_binaries
 command -v dig >/dev/null || fail "dig missing (run scripts/install-test-deps.sh)"
@@ -32,13 +33,6 @@ wait_for 5 "natted reaches the LAN through the NAT" ns_exec natted ping -c1 -W1 
 declare -A PID=()
 COORD=192.0.2.1:8443
 
-conf() { # conf NAME [EXTRA_YAML] : writes $TM_TMP/NAME/config.yaml
-    mkdir -p "$TM_TMP/$1/home"
-    printf 'name: %s\ndata_dir: %s\n%s' "$1" "$TM_TMP/$1" "${2:-}" >"$TM_TMP/$1/config.yaml"
-}
-sock() { printf '%s' "$TM_TMP/$1/control.sock"; }
-ctl() { local n=$1; shift; timeout 10 "$TMCTL_BIN" --socket "$(sock "$n")" "$@"; }
-ready() { ctl "$1" status --json | json_get 'd["mesh"]["netmap_version"]' >/dev/null; }
 start() { # start NAME ARGS... : tunnelmesh join ARGS in namespace NAME (HOME=its own dir)
     local n=$1
     shift
@@ -55,7 +49,6 @@ resolve() { # resolve FROM NAME : A record of NAME.mesh from FROM's mesh DNS
 resolves() { [[ -n $(resolve "$1" "$2") ]]; }
 rcode() { ns_exec "$1" dig +time=1 +tries=2 @127.0.0.53 -p 5353 "$2.mesh" A | sed -n 's/.*status: \([A-Z]*\).*/\1/p'; }
 peer_field() { ctl "$1" peers --json | json_get "[p for p in d if p['name'] == '$2'][0]$3"; }
-mesh_ip_of() { ctl "$1" status --json | json_get 'd["address"].split("/")[0]'; }
 
 # --- coordinator --------------------------------------------------------------------------
 conf coord 'coordinator: {enabled: true, listen: ":8443"}

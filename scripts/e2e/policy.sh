@@ -14,6 +14,7 @@
 #     policy hash in their status; the audit log has the policy change with its hash
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
+source "$(dirname "$0")/../lib/mesh.sh"
 tm_init policy 240
 require_tm_binaries
 command -v aws >/dev/null || fail "awscli missing (run scripts/install-test-deps.sh)"
@@ -23,14 +24,6 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 lan_create coord alpha beta
 COORD=192.0.2.1:8443
 
-conf() { # conf NAME [EXTRA_YAML]
-    mkdir -p "$TM_TMP/$1/home"
-    printf 'name: %s\ndata_dir: %s\n%s' "$1" "$TM_TMP/$1" "${2:-}" >"$TM_TMP/$1/config.yaml"
-}
-sock() { printf '%s' "$TM_TMP/$1/control.sock"; }
-ctl() { local n=$1; shift; timeout 10 "$TMCTL_BIN" --socket "$(sock "$n")" "$@"; }
-tm() { local n=$1; shift; TUNNELMESH_SOCKET=$(sock "$n") timeout 20 "$TM_BIN" "$@"; }
-ready() { ctl "$1" status --json | json_get 'd["mesh"]["netmap_version"]' >/dev/null; }
 start() { # start NS NAME ARGS...
     local ns=$1 n=$2
     shift 2
@@ -38,7 +31,6 @@ start() { # start NS NAME ARGS...
         "$TM_BIN" join "$@" --config "$TM_TMP/$n/config.yaml"
     wait_for 20 "$n ready" ready "$n" || fail "$n did not come up (see $n.log)"
 }
-mesh_ip_of() { ctl "$1" status --json | json_get 'd["address"].split("/")[0]'; }
 : >"$TM_TMP/aws-empty"
 aws_as() { # aws_as NODE ARGS... : awscli in NODE's namespace with NODE's own S3 key
     local n=$1

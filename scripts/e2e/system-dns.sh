@@ -11,6 +11,7 @@
 #   - the coordinator has `dns: {manage_system: false}`: its resolv.conf is never touched.
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
+source "$(dirname "$0")/../lib/mesh.sh"
 tm_init system-dns 200
 require_tm_binaries
 for t in getent curl python3; do command -v $t >/dev/null || fail "$t missing"; done
@@ -56,10 +57,6 @@ ns_spawn beta upstream.log python3 "$TM_TMP/upstream.py"
 wait_for 5 "upstream DNS" ns_exec beta getent hosts www.example.test || fail "the test's upstream DNS does not answer"
 
 declare -A PID=()
-conf() { mkdir -p "$TM_TMP/$1/home"; printf 'name: %s\ndata_dir: %s\n%s' "$1" "$TM_TMP/$1" "${2:-}" >"$TM_TMP/$1/config.yaml"; }
-sock() { printf '%s' "$TM_TMP/$1/control.sock"; }
-ctl() { local n=$1; shift; timeout 10 "$TMCTL_BIN" --socket "$(sock "$n")" "$@"; }
-ready() { ctl "$1" status --json | json_get 'd["mesh"]["netmap_version"]' >/dev/null; }
 start() {
     local n=$1
     shift
@@ -70,7 +67,6 @@ start() {
     wait_for 30 "$n ready" ready "$n" || fail "$n did not come up (see $n.log)"
 }
 stop() { kill -TERM "${PID[$1]}"; wait_for 15 "$1 exits" bash -c "! kill -0 ${PID[$1]}" || fail "$1 did not stop"; }
-mesh_ip_of() { ctl "$1" status --json | json_get 'd["address"].split("/")[0]'; }
 
 conf coord 'coordinator: {enabled: true, listen: ":8443"}
 dns: {manage_system: false}

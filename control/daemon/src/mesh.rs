@@ -256,6 +256,9 @@ pub fn coordinator_feed(coord: Coordinator) -> mpsc::Receiver<wire::Netmap> {
     rx
 }
 
+/// How long a join waits in silence before it says what it is waiting for.
+const JOIN_NOTICE: Duration = Duration::from_secs(2);
+
 /// Registers with a coordinator (or reuses the saved identity) and returns the join state.
 pub async fn join(
     cfg: &NodeConfig,
@@ -292,10 +295,22 @@ pub async fn join(
         .map(|ip| SocketAddr::new(ip, cfg.listen_port))
         .into_iter()
         .collect();
-    let reg = c
-        .register(key, &cfg.name, &endpoints)
-        .await
-        .with_context(|| format!("joining {addr}"))?;
+    // Say what we wait for if the coordinator is slow to answer (the request itself times out
+    // after 40 s with a message).
+    let reg = {
+        let register = c.register(key, &cfg.name, &endpoints);
+        tokio::pin!(register);
+        tokio::select! {
+            r = &mut register => r,
+            () = tokio::time::sleep(JOIN_NOTICE) => {
+                eprintln!(
+                    "tunnelmesh: waiting for the coordinator at {addr} to answer (gives up after 40 s)"
+                );
+                register.await
+            }
+        }
+    }
+    .with_context(|| format!("joining {addr}"))?;
     let state = JoinState {
         coordinator: addr.to_string(),
         token: token.trim().to_string(),

@@ -2,7 +2,7 @@
 //! NFS server's [`tm_nfs::Gate`] over the coordinator's compiled policy (S3 asks the same
 //! artifact through [`crate::identity::MeshAuthority`]).
 //!
-//! Every enforcer here decides with [`tm_policy::decide`] on [`Coordinator::policy`], keyed by
+//! Every enforcer here decides with [`tm_policy::decide()`] on [`Coordinator::policy`], keyed by
 //! an authenticated identity: S3 by its credential or token, NFS by the mesh address the client
 //! connects from (cryptokey routing makes it the member's), admin commands by the control
 //! socket (local root).

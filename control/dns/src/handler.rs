@@ -175,7 +175,9 @@ impl Handler {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.authoritative = answer.authoritative;
         meta.response_code = answer.rcode;
-        let response = MessageResponseBuilder::new(&request.queries, edns).build(
+        let queries = crate::question::rewritten(&request.queries);
+        let queries = queries.as_ref().unwrap_or(&request.queries);
+        let response = MessageResponseBuilder::new(queries, edns).build(
             meta,
             answer.answers.iter(),
             answer.authorities.iter(),
@@ -206,7 +208,9 @@ async fn forwarded<R: ResponseHandler>(
     let mut meta = Metadata::response_from_request(&request.metadata);
     meta.recursion_available = true;
     meta.response_code = up.metadata.response_code;
-    let response = MessageResponseBuilder::new(&request.queries, edns).build(
+    let queries = crate::question::rewritten(&request.queries);
+    let queries = queries.as_ref().unwrap_or(&request.queries);
+    let response = MessageResponseBuilder::new(queries, edns).build(
         meta,
         up.answers.iter(),
         up.authorities.iter(),
@@ -228,8 +232,9 @@ async fn send_error<R: ResponseHandler>(
     edns: Option<&Edns>,
     mut response_handle: R,
 ) -> ResponseInfo {
-    let response =
-        MessageResponseBuilder::new(&request.queries, edns).error_msg(&request.metadata, rcode);
+    let queries = crate::question::rewritten(&request.queries);
+    let queries = queries.as_ref().unwrap_or(&request.queries);
+    let response = MessageResponseBuilder::new(queries, edns).error_msg(&request.metadata, rcode);
     match response_handle.send_response(response).await {
         Ok(info) => info,
         Err(error) => {

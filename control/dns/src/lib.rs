@@ -26,6 +26,7 @@ mod contain;
 mod error;
 mod forward;
 mod handler;
+mod question;
 mod server;
 mod zone;
 

@@ -2,7 +2,7 @@
 //! operation class before touching the store.
 //!
 //! On a mesh (an [`crate::Authority`] that has a policy) the decision is
-//! [`tm_policy::decide`] on the compiled policy the front layer put into the request next to
+//! [`tm_policy::decide()`] on the compiled policy the front layer put into the request next to
 //! the authenticated [`Principal`]: the same function, artifact and identity as NFS, the admin
 //! API and `policy explain`. Without one (a standalone node) the built-in rule: only the store
 //! owner ([`Principal::Coordinator`]) or local root reads the system bucket, nobody writes it

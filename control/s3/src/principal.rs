@@ -169,7 +169,7 @@ pub trait Authority: Send + Sync + fmt::Debug {
     /// no longer a member (its credentials stop working at once).
     fn node(&self, key: &NodeKey) -> Option<Principal>;
     /// The mesh's compiled policy, which every operation is decided by (`None`: the built-in
-    /// rule of a standalone node, see [`crate::access`]).
+    /// rule of a standalone node, see `access.rs`).
     fn policy(&self) -> Option<std::sync::Arc<tm_policy::Artifact>> {
         None
     }

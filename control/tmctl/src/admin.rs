@@ -263,18 +263,8 @@ pub fn audit(target: &Target, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_cli::parse;
     use crate::OperatorCommand;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: OperatorCommand,
-    }
-
-    fn parse(args: &[&str]) -> Result<OperatorCommand, clap::Error> {
-        Cli::try_parse_from(std::iter::once("tmctl").chain(args.iter().copied())).map(|c| c.cmd)
-    }
 
     #[test]
     fn admin_command_lines() {

@@ -9,6 +9,8 @@ mod admin;
 mod ping;
 pub mod policy;
 mod status;
+#[cfg(test)]
+mod test_cli;
 
 pub use admin::{NodeCommand, TokenCommand};
 pub use ping::PingArgs;

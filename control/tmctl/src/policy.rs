@@ -161,18 +161,8 @@ pub fn policy(target: &Target, cmd: &PolicyCommand) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_cli::parse;
     use crate::OperatorCommand;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: OperatorCommand,
-    }
-
-    fn parse(args: &[&str]) -> Result<OperatorCommand, clap::Error> {
-        Cli::try_parse_from(std::iter::once("tmctl").chain(args.iter().copied())).map(|c| c.cmd)
-    }
 
     fn words(args: &[&str]) -> Result<Vec<String>> {
         match parse(args).map_err(|e| anyhow::anyhow!("{e}"))? {

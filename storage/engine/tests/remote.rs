@@ -199,6 +199,19 @@ fn chunk_store_contract() {
     )
     .unwrap();
     assert!(matches!(cs.get(&ids[3]), Err(StorageError::Corrupt(_))));
+    // ... and so is a damaged range: ranges are read from the checked whole chunk. The
+    // damage keeps the length and touches only bytes outside the range asked for.
+    let id = &ids[2];
+    let mut whole = cs.get(id).unwrap();
+    let path = srv.root.path().join(BUCKET).join(cs.object_key(id));
+    let n = whole.len();
+    whole[n - 1] ^= 0xff;
+    std::fs::write(&path, &whole).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(cs.read_at(id, 0, &mut buf), Err(StorageError::Corrupt(_))),
+        "a range of a damaged chunk must not be served"
+    );
 }
 
 #[test]

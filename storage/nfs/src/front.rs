@@ -12,7 +12,7 @@
 //! fewer copies; WRITEs in arrival order; READ data goes from the chunk files to the socket by
 //! `sendfile(2)` on connections with a large MSS, see [`crate::ReadSend`] and
 //! [`write_read_reply`]). Everything else is forwarded byte for byte to the
-//! library's listener on loopback.
+//! library over an in-process pipe (`upstream.rs`; no socket other processes could reach).
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -51,7 +51,8 @@ const MAX_RECORD: usize = (1 << 20) + (64 << 10);
 /// Shared by all connections.
 pub(crate) struct Front {
     pub access: Access,
-    pub upstream: SocketAddr,
+    /// The library, served over one in-process pipe per client connection.
+    pub upstream: Arc<crate::upstream::Library>,
     pub vfs: Vfs,
     /// Write verifier of this process (random per start).
     pub verf: [u8; 8],
@@ -65,6 +66,9 @@ pub(crate) struct Front {
     pub gate: Option<Arc<dyn crate::gate::Gate>>,
     /// Inode -> share, for the gate.
     pub shares: crate::gate::ShareCache,
+    /// See [`crate::NfsConfig::idle_timeout`] and [`crate::NfsConfig::record_timeout`].
+    pub idle_timeout: std::time::Duration,
+    pub record_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -376,7 +380,7 @@ fn retry(e: &std::io::Error) -> bool {
     )
 }
 
-async fn write_record(w: &mut OwnedWriteHalf, rec: &[u8]) -> std::io::Result<()> {
+async fn write_record(w: &mut (impl AsyncWriteExt + Unpin), rec: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(rec.len()).map_err(std::io::Error::other)?;
     let hdr = (len | 0x8000_0000).to_be_bytes();
     if rec.len() > 64 << 10 {
@@ -435,15 +439,7 @@ impl Front {
         let mut up_w = None;
         let mut pump = None;
         if allowed {
-            let up = match TcpStream::connect(self.upstream).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("nfs: upstream connect failed: {e}");
-                    return;
-                }
-            };
-            let _ = up.set_nodelay(true);
-            let (mut ur, uw) = up.into_split();
+            let (mut ur, uw) = crate::upstream::connect(&self.upstream, peer);
             up_w = Some(uw);
             let (cw, pending, me) = (cw.clone(), pending.clone(), self.clone());
             let forwarded = forwarded.clone();
@@ -479,13 +475,20 @@ impl Front {
         // the client's next call followed it.
         let mut sent_at: Option<std::time::Instant> = None;
         let mut last_gap = std::time::Duration::MAX;
-        while let Ok(Some(mut rec)) = read_record(&mut cr).await {
+        let (idle, record) = (self.idle_timeout, self.record_timeout);
+        while let Ok(Some(mut rec)) = crate::limit::next_record(&mut cr, idle, record).await {
             if let Some(t) = sent_at.take() {
                 last_gap = t.elapsed();
             }
             let Some(call) = parse_call(&rec) else {
                 break;
             };
+            if let Some(reply) = crate::xdr_check::refusal(&mut rec, &call) {
+                if write_record(&mut *cw.lock().await, &reply).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             if let (Some(g), true) = (&self.gate, up_w.is_some()) {
                 let refusal = conn_gate
                     .check(g.as_ref(), &self.shares, &self.vfs, &call, &rec)

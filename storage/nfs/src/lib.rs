@@ -13,8 +13,8 @@
 //! Neither library shows the client address to the MNT handler; the front wraps the listener
 //! for that (and fixes a few answers, see `front.rs`).
 //!
-//! What it never does: talk to anything but its listener and the loopback socket of the
-//! library; accept clients outside loopback and the configured mesh networks; create shares
+//! What it never does: talk to anything but its listener (the library is served over
+//! in-process pipes, `upstream.rs`); accept clients outside loopback and the configured mesh networks; create shares
 //! other than `default` (operators do that through the engine).
 //!
 //! Call order: [`NfsServer::bind`] (opens/creates the `default` share, binds the listener) →
@@ -29,14 +29,16 @@ mod front;
 pub mod gate;
 pub mod limit;
 pub mod portmap;
+mod upstream;
 pub mod vfs;
+mod xdr_check;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
+use nfs3_server::tcp::NFSStreamServer;
 use tm_storage::{FileSystem, FsError, Store, DEFAULT_SHARE};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -105,6 +107,12 @@ pub struct NfsConfig {
     /// Who may mount, read and write which share (on a mesh: the policy); `None`: every
     /// client the source check admits may do everything.
     pub gate: Option<Arc<dyn gate::Gate>>,
+    /// A client that sends nothing for this long is disconnected. Default
+    /// [`limit::IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// A client that takes longer than this to send one RPC record (from its first byte) is
+    /// disconnected. Default [`limit::RECORD_TIMEOUT`].
+    pub record_timeout: Duration,
 }
 
 /// Default [`NfsConfig::busy_poll`]. A client in a tight loop (libnfs on the same host, a
@@ -158,6 +166,8 @@ impl NfsConfig {
             max_in_flight_per_conn: limit::MAX_IN_FLIGHT_PER_CONN,
             max_in_flight: limit::MAX_IN_FLIGHT,
             gate: None,
+            idle_timeout: limit::IDLE_TIMEOUT,
+            record_timeout: limit::RECORD_TIMEOUT,
         }
     }
 }
@@ -165,7 +175,6 @@ impl NfsConfig {
 /// A bound NFS server.
 pub struct NfsServer {
     listener: TcpListener,
-    inner: NFSTcpListener<Vfs>,
     front: Arc<front::Front>,
     vfs: Vfs,
 }
@@ -199,18 +208,19 @@ impl NfsServer {
         .await
         .map_err(|_| NfsError::Join)??;
         let generation = vfs.fs().generation();
-        let mut inner =
-            NFSTcpListener::bind_with_generation("127.0.0.1:0", vfs.clone(), generation)
-                .await
-                .map_err(NfsError::Io)?;
-        inner.with_export_name(EXPORT_ROOT);
-        let upstream = SocketAddr::from(([127, 0, 0, 1], inner.get_listen_port()));
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| NfsError::Bind {
                 addr: cfg.listen,
                 source,
             })?;
+        let port = listener.local_addr()?.port();
+        let upstream = Arc::new(NFSStreamServer::new(
+            vfs.clone(),
+            generation,
+            EXPORT_ROOT,
+            port,
+        ));
         let front = Arc::new(front::Front {
             access: Access {
                 allow: cfg.allow,
@@ -224,10 +234,11 @@ impl NfsServer {
             slots: limit::Slots::new(cfg.max_in_flight, cfg.max_in_flight_per_conn),
             gate: cfg.gate,
             shares: gate::ShareCache::default(),
+            idle_timeout: cfg.idle_timeout,
+            record_timeout: cfg.record_timeout,
         });
         Ok(NfsServer {
             listener,
-            inner,
             front,
             vfs,
         })
@@ -247,15 +258,9 @@ impl NfsServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), NfsError> {
         let NfsServer {
             listener,
-            inner,
             front,
             vfs,
         } = self;
-        let lib = tokio::spawn(async move {
-            if let Err(e) = inner.handle_forever().await {
-                tracing::error!("nfs: library listener stopped: {e}");
-            }
-        });
         let flusher = {
             let vfs = vfs.clone();
             tokio::spawn(async move {
@@ -284,8 +289,6 @@ impl NfsServer {
         };
         conns.abort_all();
         while conns.join_next().await.is_some() {}
-        lib.abort();
-        let _ = lib.await;
         flusher.abort();
         let _ = flusher.await;
         vfs.flush_idle(Duration::ZERO).await;

@@ -5,9 +5,17 @@
 //! buffer is created for calls it has not been given a slot for. Calls served inline on the
 //! reading task (WRITE, GETATTR, LOOKUP, and any call of a client that is not pipelining) need
 //! no slot: they are already one at a time per connection.
+//!
+//! Time: a connection is read with two deadlines ([`next_record`]): the first byte of a
+//! record must come within the idle timeout of the server starting to wait for it, and the
+//! rest of the record within the record timeout of its first byte. A client that stalls in
+//! the middle of a record (or trickles it) is dropped, and so is one that stays silent longer
+//! than a kernel NFS server keeps an idle connection. Waiting for a slot does not count: the
+//! server is then not reading.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -15,6 +23,27 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const MAX_IN_FLIGHT_PER_CONN: usize = 128;
 /// Default most calls in flight in the whole server.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// Default time a whole RPC record may take from its first byte (a 1 MiB WRITE needs 52 KiB/s).
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default time a connection may stay silent between records (Linux's nfsd closes idle TCP
+/// connections after 6 minutes; clients reconnect when they have something to send).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(360);
+
+/// The next RPC record of a client connection (`None` at its end), or `TimedOut` when the
+/// client is silent for `idle` or takes longer than `record` to send a record it started.
+pub(crate) async fn next_record(
+    r: &mut tokio::net::tcp::OwnedReadHalf,
+    idle: Duration,
+    record: Duration,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let timed_out = |_| std::io::Error::from(std::io::ErrorKind::TimedOut);
+    tokio::time::timeout(idle, r.readable())
+        .await
+        .map_err(timed_out)??;
+    tokio::time::timeout(record, crate::front::read_record(r))
+        .await
+        .map_err(timed_out)?
+}
 
 /// The server-wide slots.
 pub(crate) struct Slots {

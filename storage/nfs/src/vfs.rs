@@ -54,6 +54,7 @@ pub fn nfs_status(e: &FsError) -> nfsstat3 {
         F::ReadOnly => nfsstat3::NFS3ERR_ROFS,
         F::InvalidName | F::Invalid(_) | F::Storage(E::InvalidKey) => nfsstat3::NFS3ERR_INVAL,
         F::NameTooLong => nfsstat3::NFS3ERR_NAMETOOLONG,
+        F::FileTooBig => nfsstat3::NFS3ERR_FBIG,
         F::BadCookie => nfsstat3::NFS3ERR_BAD_COOKIE,
         F::Storage(E::QuotaExceeded) => nfsstat3::NFS3ERR_DQUOT,
         F::Storage(E::Conflict) => nfsstat3::NFS3ERR_JUKEBOX,
@@ -480,7 +481,7 @@ impl NfsReadFileSystem for Vfs {
             wtpref: MAX_IO,
             wtmult: 4096,
             dtpref: 64 * 1024,
-            maxfilesize: 1 << 62,
+            maxfilesize: tm_storage::MAX_FILE_SIZE,
             time_delta: nfstime3 {
                 seconds: 0,
                 nseconds: 1,
@@ -517,6 +518,16 @@ impl NfsFileSystem for Vfs {
             })
             .await?;
             return Ok((fattr(&a), stable_how::FILE_SYNC));
+        }
+        if fs.journal_full() {
+            // The journal of staged writes is emptied by flushing everything: not on this
+            // (async) thread.
+            let fs = fs.clone();
+            blocking(move || {
+                fs.drain_journal();
+                Ok::<(), FsError>(())
+            })
+            .await?;
         }
         let st = fs.stage(ino, offset, data).map_err(|e| {
             if e.is_failure() {

@@ -367,7 +367,7 @@ async fn fsstat_fsinfo_pathconf_and_unsupported_procedures() {
         .await
         .expect("rpc"))
     .expect("fsinfo");
-    assert!(fi.maxfilesize > 1 << 40);
+    assert_eq!(fi.maxfilesize, tm_storage::MAX_FILE_SIZE);
     assert!(fi.wtmax >= 64 << 10 && fi.rtmax >= 64 << 10);
     let pc = res(c
         .pathconf(&PATHCONF3args {

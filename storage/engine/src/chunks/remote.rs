@@ -22,7 +22,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -103,6 +103,8 @@ pub struct S3ChunkStore {
     key_prefix: String,
     signer: Signer,
     pool: Mutex<Vec<BufReader<TcpStream>>>,
+    /// The last chunk read whole and checked (see `read_at`).
+    last: Mutex<Option<(ChunkId, Arc<Vec<u8>>)>>,
 }
 
 /// A parsed HTTP response.
@@ -165,6 +167,7 @@ impl S3ChunkStore {
             base_path,
             key_prefix,
             pool: Mutex::new(Vec::new()),
+            last: Mutex::new(None),
         };
         let path = if store.base_path.is_empty() {
             "/".to_string()
@@ -373,8 +376,31 @@ fn initial_capacity(n: u64) -> usize {
     usize::try_from(n.min(8 << 20)).unwrap_or(0)
 }
 
-/// Read one response; returns it and whether the connection may be reused.
+/// Largest response body accepted (a chunk is at most the store's chunk size, 1 MiB by
+/// default; listings of 1000 keys are a few hundred KiB): a larger declared length, or more
+/// bytes of a chunked or no_length body, fails the request before it is read.
+pub const MAX_BODY: u64 = 64 << 20;
+/// Most header lines of one response.
+const MAX_HEADERS: usize = 128;
+/// Most interim (1xx) responses before the final one.
+const MAX_INTERIM: usize = 4;
+
+/// Read one response; returns it and whether the connection may be reused. Interim (1xx)
+/// responses before it are skipped, at most [`MAX_INTERIM`] of them.
 fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<(Response, bool), Exchange> {
+    for _ in 0..=MAX_INTERIM {
+        if let Some(resp) = read_one_response(r, head_only)? {
+            return Ok(resp);
+        }
+    }
+    Err(bad("too many interim (1xx) responses").into())
+}
+
+/// One response, `None` for an interim (1xx) one.
+fn read_one_response(
+    r: &mut impl BufRead,
+    head_only: bool,
+) -> Result<Option<(Response, bool)>, Exchange> {
     let status_line = match read_line(r) {
         Ok(l) => l,
         Err(e)
@@ -401,10 +427,15 @@ fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<(Response, boo
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut close = version == "HTTP/1.0";
+    let mut lines = 0;
     loop {
         let line = read_line(r)?;
         if line.is_empty() {
             break;
+        }
+        lines += 1;
+        if lines > MAX_HEADERS {
+            return Err(bad("too many header lines").into());
         }
         let (name, value) = line.split_once(':').ok_or_else(|| bad("bad header"))?;
         let value = value.trim();
@@ -419,7 +450,7 @@ fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<(Response, boo
     }
     if (100..200).contains(&status) {
         // 100 Continue (we never send Expect, but tolerate it): the real answer follows.
-        return read_response(r, head_only);
+        return Ok(None);
     }
     let mut body = Vec::new();
     if head_only || status == 204 || status == 304 {
@@ -429,6 +460,9 @@ fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<(Response, boo
             let line = read_line(r)?;
             let size_hex = line.split(';').next().unwrap_or("").trim();
             let size = u64::from_str_radix(size_hex, 16).map_err(|_| bad("bad chunk size"))?;
+            if body.len() as u64 + size > MAX_BODY {
+                return Err(bad("response body too large").into());
+            }
             if size == 0 {
                 // trailers
                 while !read_line(r)?.is_empty() {}
@@ -444,16 +478,22 @@ fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<(Response, boo
             }
         }
     } else if let Some(n) = content_length {
+        if n > MAX_BODY {
+            return Err(bad("response body too large").into());
+        }
         body.reserve(initial_capacity(n));
         r.by_ref().take(n).read_to_end(&mut body)?;
         if body.len() as u64 != n {
             return Err(bad("truncated body").into());
         }
     } else {
-        r.read_to_end(&mut body)?;
+        r.by_ref().take(MAX_BODY + 1).read_to_end(&mut body)?;
+        if body.len() as u64 > MAX_BODY {
+            return Err(bad("response body too large").into());
+        }
         close = true;
     }
-    Ok((Response { status, body }, !close))
+    Ok(Some((Response { status, body }, !close)))
 }
 
 impl ChunkStore for S3ChunkStore {
@@ -482,31 +522,33 @@ impl ChunkStore for S3ChunkStore {
         Ok(r.body)
     }
 
+    /// The whole chunk is fetched and its hash checked (a range of a chunk cannot be checked
+    /// on its own); the last chunk read is kept, so the ranges of a sequential reader cost one
+    /// GET per chunk.
     fn read_at(&self, id: &ChunkId, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let last = offset.saturating_add(buf.len() as u64 - 1);
-        let r = self.get_range(id, Some((offset, last)))?;
-        match r.status {
-            404 => Err(StorageError::Corrupt(format!("{id:?} missing (remote)"))),
-            416 => Ok(0), // offset at or past the end
-            206 => {
-                let n = r.body.len().min(buf.len());
-                buf[..n].copy_from_slice(&r.body[..n]);
-                Ok(n)
+        let cached = {
+            let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            last.as_ref()
+                .filter(|(i, _)| i == id)
+                .map(|(_, d)| d.clone())
+        };
+        let data = match cached {
+            Some(d) => d,
+            None => {
+                let d = Arc::new(self.get(id)?);
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((*id, d.clone()));
+                d
             }
-            200 => {
-                // The server ignored Range and sent the whole object.
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(r.body.len());
-                let n = buf.len().min(r.body.len() - start);
-                buf[..n].copy_from_slice(&r.body[start..start + n]);
-                Ok(n)
-            }
-            _ => self.check(r, &[]).map(|_| 0),
-        }
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
     }
 
     fn delete(&self, id: &ChunkId) -> Result<(), StorageError> {
@@ -690,6 +732,53 @@ mod tests {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 40492380190190536\r\n\r\nabc";
         assert!(matches!(
             read_response(&mut BufReader::new(&raw[..]), false),
+            Err(Exchange::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn interim_responses_headers_and_bodies_are_bounded() {
+        // A flood of 100 Continue: refused after a few (it recursed once per response, so
+        // enough of them overflowed the stack and aborted the process).
+        let mut raw = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(200_000);
+        raw.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert!(matches!(
+            read_response(&mut BufReader::new(&raw[..]), false),
+            Err(Exchange::Failed(_))
+        ));
+        let two = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
+                    HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let Ok((r, _)) = read_response(&mut BufReader::new(&two[..]), false) else {
+            panic!("two interim responses are fine")
+        };
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+        // Endless header lines.
+        let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+        raw.extend(b"X-A: b\r\n".repeat(10_000));
+        raw.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            read_response(&mut BufReader::new(&raw[..]), false),
+            Err(Exchange::Failed(_))
+        ));
+        // Bodies larger than MAX_BODY: declared, chunked, no_length.
+        let declared = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nab",
+            MAX_BODY + 1
+        );
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\nab",
+            MAX_BODY + 1
+        );
+        for raw in [declared.as_bytes(), chunked.as_bytes()] {
+            assert!(matches!(
+                read_response(&mut BufReader::new(raw), false),
+                Err(Exchange::Failed(_))
+            ));
+        }
+        let mut no_length = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        no_length.resize(no_length.len() + MAX_BODY as usize + 1, b'x');
+        assert!(matches!(
+            read_response(&mut BufReader::new(&no_length[..]), false),
             Err(Exchange::Failed(_))
         ));
     }

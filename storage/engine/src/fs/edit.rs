@@ -12,6 +12,17 @@ use crate::object::pins::Pins;
 use crate::object::reader::ObjectReader;
 use crate::StorageError;
 
+/// Refuses `writes` or a `truncate` that would make a file larger than [`MAX_FILE_SIZE`].
+pub(super) fn check_size(writes: &[(u64, &[u8])], truncate: Option<u64>) -> Result<(), FsError> {
+    let ends = writes
+        .iter()
+        .map(|(o, d)| o.checked_add(d.len() as u64).unwrap_or(u64::MAX));
+    match ends.chain(truncate).max() {
+        Some(end) if end > MAX_FILE_SIZE => Err(FsError::FileTooBig),
+        _ => Ok(()),
+    }
+}
+
 /// A rebuilt object: record, manifest, and the bytes of an inline (small) single chunk.
 type Built = (ObjRec, Vec<ChunkRef>, Option<Vec<u8>>);
 
@@ -73,6 +84,7 @@ impl FileSystem {
         truncate: Option<u64>,
         sa: Option<SetAttrs>,
     ) -> Result<FileAttr, FsError> {
+        check_size(writes, truncate)?;
         for _ in 0..EDIT_RETRIES {
             let r = self.resolve(ino)?;
             match r.node {

@@ -42,6 +42,9 @@ pub enum FsError {
     /// The operation would move a directory into itself, or similar.
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// The file would be larger than [`crate::fs::MAX_FILE_SIZE`].
+    #[error("file too large")]
+    FileTooBig,
     /// A refusal or failure of the object layer (bucket, key, quota, I/O, ...).
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -24,6 +24,7 @@
 mod edit;
 mod error;
 mod inode;
+mod journal;
 mod namespace;
 mod read;
 mod readdir;
@@ -67,6 +68,13 @@ pub const COOKIE_DOTDOT: u64 = 2;
 /// Object user-metadata key marking symlinks.
 pub const TYPE_META: &str = "tm-type";
 const SYMLINK: &str = "symlink";
+/// Largest size of a file of the file-system view (1 TiB): a write ending beyond it, or a size
+/// set beyond it, is refused with [`FsError::FileTooBig`] (NFS `NFS3ERR_FBIG`) and stores
+/// nothing. A file's manifest holds one 36-byte entry per chunk, holes included (a hole shares
+/// one stored chunk of zeros but still has its entries), and an edit rewrites the manifest; at
+/// this size with 1 MiB chunks that is a 36 MiB manifest, where an unbounded size (a client
+/// setting 16 TiB, or writing one byte at 2^63) would ask for gigabytes of memory at once.
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Retries of an edit that lost a race with another writer.
 const EDIT_RETRIES: usize = 8;
 /// Writes at least this large are staged in recycled chunk-sized buffers.
@@ -302,12 +310,14 @@ impl FileSystem {
             .get("generation")?
             .map(|v| v.value())
             .ok_or_else(|| StorageError::Corrupt("fs_meta.generation missing".into()))?;
-        Ok(FileSystem {
+        let fs = FileSystem {
             staged: staging_of(&store),
             store,
             generation,
             readers: Arc::default(),
-        })
+        };
+        fs.open_journal()?;
+        Ok(fs)
     }
 
     /// A view without a handle generation (for the store's own flushes of staged writes).

@@ -96,6 +96,7 @@ impl FileSystem {
         sa: &SetAttrs,
     ) -> Result<FileAttr, FsError> {
         check_name(name)?;
+        super::edit::check_size(&[], sa.size)?;
         let max_size = self.store.max_size();
         let (name2, sa2) = (name.to_string(), sa.clone());
         let made = self

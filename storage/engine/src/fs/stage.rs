@@ -42,9 +42,15 @@ impl FileSystem {
     pub fn stage(&self, ino: u64, offset: u64, data: &[u8]) -> Result<Staged, FsError> {
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or(FsError::Invalid("offset overflow"))?;
+            .ok_or(FsError::FileTooBig)?;
+        if end > super::MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
         let (mut attr, room, key) = self.check_write(ino)?;
         let wb = self.wb();
+        if self.journal_full() {
+            self.drain_journal();
+        }
         if data.is_empty() {
             self.overlay(&mut attr);
             return Ok(Staged {
@@ -65,6 +71,11 @@ impl FileSystem {
                 if new_end > base && new_end - base > room {
                     return Err(StorageError::QuotaExceeded.into());
                 }
+            }
+            // Journaled (page cache) before it is acknowledged, in the critical section that
+            // stages it: a crash of the process then loses nothing acknowledged.
+            if let Some(j) = wb.journal.get() {
+                d.seq = j.write(ino, offset, data)?;
             }
             // Extents never cross a chunk boundary, so a sequential writer fills whole-chunk
             // buffers that the flush stores without another copy; large writes use recycled
@@ -134,6 +145,7 @@ impl FileSystem {
         let Some(b) = wb.get(ino) else {
             return Ok(());
         };
+        let mut upto = 0;
         let r = {
             let _serial = lock(&b.flush);
             let taken = {
@@ -142,6 +154,7 @@ impl FileSystem {
                     Some(e) if !remember => Err(e),
                     e => {
                         d.error = e;
+                        upto = d.seq;
                         let ex = std::mem::take(&mut d.extents);
                         let n = std::mem::take(&mut d.bytes);
                         d.since = None;
@@ -159,6 +172,11 @@ impl FileSystem {
                         ex.iter().map(|(o, d)| (*o, d.as_slice())).collect();
                     let r = self.edit(ino, &refs, None, None).map(|_| ());
                     drop(refs);
+                    if r.is_ok() {
+                        if let Some(j) = wb.journal.get() {
+                            j.done(ino, upto);
+                        }
+                    }
                     wb.recycle(ex);
                     let mut d = lock(&b.state);
                     d.flushing = false;
@@ -173,6 +191,12 @@ impl FileSystem {
             }
         };
         wb.retire(ino, false);
+        if wb.is_empty() {
+            // Nothing staged any more: everything in the journal is applied.
+            if let Some(j) = wb.journal.get() {
+                let _ = j.reset(|| wb.is_empty());
+            }
+        }
         r
     }
 
@@ -190,6 +214,56 @@ impl FileSystem {
                 self.wb().retire(ino, false);
             }
         }
+    }
+
+    /// Whether the journal of staged writes is over its size limit: the next [`Self::stage`]
+    /// drains it first ([`Self::drain_journal`]; blocking, call it off async threads).
+    pub fn journal_full(&self) -> bool {
+        self.wb()
+            .journal
+            .get()
+            .is_some_and(|j| j.len() > super::journal::LIMIT)
+    }
+
+    /// Flushes every staged inode and empties the journal if nothing is staged then (other
+    /// writers that find the journal over its limit wait here meanwhile).
+    pub fn drain_journal(&self) {
+        let wb = self.wb();
+        let Some(j) = wb.journal.get() else { return };
+        let _one = lock(&j.drain);
+        if j.len() <= super::journal::LIMIT {
+            return;
+        }
+        self.flush_idle(Duration::ZERO);
+        let _ = j.reset(|| wb.is_empty());
+    }
+
+    /// Opens the store's journal of staged writes if no view did yet, and applies the writes
+    /// a crash of this boot left in it (`journal.rs`).
+    pub(super) fn open_journal(&self) -> Result<(), FsError> {
+        let wb = self.wb();
+        let _one = lock(&wb.journal_init);
+        if wb.journal.get().is_some() {
+            return Ok(());
+        }
+        let (j, pending) = super::journal::Journal::open(self.store.data_dir())?;
+        let replayed = !pending.is_empty();
+        for (ino, writes) in pending {
+            let refs: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            match self.edit(ino, &refs, None, None) {
+                Ok(_) | Err(FsError::Stale | FsError::IsADirectory | FsError::Invalid(_)) => {}
+                Err(FsError::Storage(StorageError::QuotaExceeded)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if replayed {
+            // The chunks the replayed edits replaced are freed now, not by the background
+            // reclaimer later (a consistency check right after opening finds none left).
+            self.store.gc()?;
+        }
+        j.reset(|| true)?;
+        let _ = wb.journal.set(j);
+        Ok(())
     }
 
     /// Whether `ino` has staged writes, a flush of them running, or a kept flush failure

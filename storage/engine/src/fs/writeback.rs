@@ -37,6 +37,8 @@ pub(crate) struct Dirty {
     pub error: Option<FsError>,
     /// Removed from the map: stage again through the map.
     pub dead: bool,
+    /// Journal sequence number of the last write in `extents` (`journal.rs`).
+    pub seq: u64,
 }
 
 impl Dirty {
@@ -70,6 +72,10 @@ pub(crate) struct WriteBack {
     pub total: AtomicUsize,
     /// Empty buffers of applied extents, for reuse by large staged writes.
     pool: Mutex<Vec<Vec<u8>>>,
+    /// The journal of staged writes, opened (and replayed) by the first `FileSystem::new`.
+    pub journal: std::sync::OnceLock<super::journal::Journal>,
+    /// Serialises opening the journal.
+    pub journal_init: Mutex<()>,
 }
 
 /// Most buffers kept for reuse.
@@ -202,6 +208,11 @@ impl WriteBack {
             return;
         }
         self.total.fetch_sub(d.bytes, Ordering::Relaxed);
+        if discard && !d.extents.is_empty() {
+            if let Some(j) = self.journal.get() {
+                j.done(ino, d.seq);
+            }
+        }
         d.extents.clear();
         d.bytes = 0;
         d.dead = true;

@@ -68,6 +68,8 @@ struct Inner {
     reclaimer: Option<JoinHandle<()>>,
     /// Writes staged by a layer above (NFS UNSTABLE), applied before any read.
     staging: OnceLock<Arc<dyn Staging>>,
+    /// Where the store keeps its files.
+    data_dir: std::path::PathBuf,
 }
 
 impl Drop for Inner {
@@ -109,6 +111,7 @@ impl Store {
         let mut schema = meta::schema();
         schema.extend(extra);
         let freed = Arc::new(Mutex::new(Vec::new()));
+        let data_dir = cfg.data_dir.clone();
         let db = {
             let freed = freed.clone();
             Db::open(&cfg.data_dir, schema, move |f: Vec<ChunkId>| {
@@ -145,6 +148,7 @@ impl Store {
                 stop_reclaim: Some(stop_reclaim),
                 reclaimer: Some(reclaimer),
                 staging: OnceLock::new(),
+                data_dir,
             }),
         };
         store.gc()?;
@@ -163,6 +167,11 @@ impl Store {
     /// A consistent read snapshot of the metadata (redb and the in-memory layer).
     pub(crate) fn view(&self) -> Result<View, StorageError> {
         self.inner.db.view()
+    }
+
+    /// The store's data directory.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
     }
 
     /// The global `max_size` cap.

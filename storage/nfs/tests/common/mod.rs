@@ -2,6 +2,8 @@
 //! `nfs3_client` connection with helpers that turn NFS results into `Result<_, nfsstat3>`.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
