@@ -6,7 +6,7 @@
 //! reading task (WRITE, GETATTR, LOOKUP, and any call of a client that is not pipelining) need
 //! no slot: they are already one at a time per connection.
 //!
-//! Time: a connection is read with two deadlines ([`next_record`]): the first byte of a
+//! Time: a connection is read with two deadlines (`next_record`): the first byte of a
 //! record must come within the idle timeout of the server starting to wait for it, and the
 //! rest of the record within the record timeout of its first byte. A client that stalls in
 //! the middle of a record (or trickles it) is dropped, and so is one that stays silent longer
