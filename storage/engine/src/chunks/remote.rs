@@ -460,7 +460,7 @@ fn read_one_response(
             let line = read_line(r)?;
             let size_hex = line.split(';').next().unwrap_or("").trim();
             let size = u64::from_str_radix(size_hex, 16).map_err(|_| bad("bad chunk size"))?;
-            if body.len() as u64 + size > MAX_BODY {
+            if size > MAX_BODY.saturating_sub(body.len() as u64) {
                 return Err(bad("response body too large").into());
             }
             if size == 0 {
@@ -775,6 +775,13 @@ mod tests {
                 Err(Exchange::Failed(_))
             ));
         }
+        // A chunk size near u64::MAX after some body (found by fuzzing: the sum overflowed).
+        let huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n\
+                     ffffffffffffffff\r\nab\r\n0\r\n\r\n";
+        assert!(matches!(
+            read_response(&mut BufReader::new(&huge[..]), false),
+            Err(Exchange::Failed(_))
+        ));
         let mut no_length = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
         no_length.resize(no_length.len() + MAX_BODY as usize + 1, b'x');
         assert!(matches!(
