@@ -21,6 +21,7 @@ const PORT_ENV: &str = "TM_NFS_KILL9_PORT";
 /// Not a test on its own: serves NFS on the store in `$TM_NFS_KILL9_CHILD` on port
 /// `$TM_NFS_KILL9_PORT` (printing `PORT <n>`) until killed, when re-executed by `kill9_loses_no_acknowledged_unstable_write`.
 #[test]
+#[ignore = "the child process of kill9_loses_no_acknowledged_unstable_write (which runs it)"]
 fn unstable_server_child() {
     let Ok(dir) = std::env::var(ENV) else { return };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -50,6 +51,7 @@ fn spawn_server(store_dir: &std::path::Path, port: &mut u16) -> std::process::Ch
         .args([
             "unstable_server_child",
             "--exact",
+            "--include-ignored",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -96,13 +96,7 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StorageError>;
     /// Read up to `buf.len()` bytes of the chunk starting at `offset`; returns the count (0 at end).
     fn read_at(&self, id: &ChunkId, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
-        let data = self.get(id)?;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
-        Ok(n)
+        Ok(copy_at(&self.get(id)?, offset, buf))
     }
     /// The chunk as a local file open for reading, for zero-copy reads (`sendfile`). The
     /// default is None: the backend has no local files and callers copy through
@@ -167,4 +161,15 @@ impl ChunkStore for MemChunkStore {
         ids.into_iter().for_each(f);
         Ok(())
     }
+}
+
+/// Copies the part of a whole chunk `data` that starts at `offset` into `buf`; returns the
+/// count (0 at or past the end). The `read_at` of backends that fetch whole chunks.
+pub(crate) fn copy_at(data: &[u8], offset: u64, buf: &mut [u8]) -> usize {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let n = buf.len().min(data.len() - start);
+    buf[..n].copy_from_slice(&data[start..start + n]);
+    n
 }

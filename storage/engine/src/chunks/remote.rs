@@ -543,12 +543,7 @@ impl ChunkStore for S3ChunkStore {
                 d
             }
         };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
-        Ok(n)
+        Ok(super::copy_at(&data, offset, buf))
     }
 
     fn delete(&self, id: &ChunkId) -> Result<(), StorageError> {
