@@ -15,6 +15,27 @@ use tm_nfs::{Gate, ShareGrant};
 use tm_policy::golden::OwnedRequest;
 use tm_policy::{Artifact, Identity, NfsOp, NodeInfo, NodeKey, Request, TokenId};
 
+/// A node's view of the policy: its projection of the coordinator's compiled policy, from the
+/// last netmap (`None` until one carried it). Enforcers on every node (the Docker agent) decide
+/// from [`NodePolicy::current`] on each call, or wait for changes on [`NodePolicy::changed`] to
+/// cut what the new policy no longer allows.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // the Docker agent (issue 21) is its first user
+pub struct NodePolicy(pub tokio::sync::watch::Receiver<Option<std::sync::Arc<Artifact>>>);
+
+#[allow(dead_code)]
+impl NodePolicy {
+    /// The artifact in force now.
+    pub fn current(&self) -> Option<std::sync::Arc<Artifact>> {
+        self.0.borrow().clone()
+    }
+
+    /// Waits until the artifact changes; `Err` when the node is gone.
+    pub async fn changed(&mut self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        self.0.changed().await
+    }
+}
+
 /// The NFS gate of a coordinator: a client is the member whose mesh address it connects from.
 #[derive(Debug, Clone)]
 pub struct MeshGate(pub Coordinator);
