@@ -185,6 +185,18 @@ pub fn forwarded_needs(cmd: &Command) -> Option<OwnedRequest> {
     })
 }
 
+/// The coordinator's decision on a command a member forwarded (`POST /v1/admin`), as the
+/// identity its client certificate authenticated: `Err` with the refusal to send back.
+pub fn forwarded_decision(art: &Artifact, who: &Identity, cmd: &Command) -> Result<(), String> {
+    let req = forwarded_needs(cmd).ok_or("this command is not run for other nodes")?;
+    let d = tm_policy::decide(art, who, &req.as_request());
+    if d.allow {
+        Ok(())
+    } else {
+        Err(d.message())
+    }
+}
+
 /// An admin command on a member: forwarded to the coordinator over mTLS, which runs it as this
 /// node if the policy gives the node the admin capability.
 pub async fn forward_admin(client: &tm_coord::JoinClient, cmd: &Command) -> Response {
