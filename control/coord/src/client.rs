@@ -151,6 +151,8 @@ pub fn build_register_request(
         token_secret: token.secret,
         csr: csr_pem,
         endpoints: endpoints.to_vec(),
+        coordinator: false,
+        api: None,
     })
 }
 
@@ -164,6 +166,8 @@ pub struct JoinClient {
     identity: Option<NodeIdentity>,
     timeout: Duration,
     relay_keepalive: Duration,
+    /// `Some(api)`: [`JoinClient::register`] joins as a coordinator reachable at `api`.
+    as_coordinator: Option<Option<String>>,
 }
 
 impl JoinClient {
@@ -179,6 +183,7 @@ impl JoinClient {
             identity: None,
             timeout: Duration::from_secs(40),
             relay_keepalive: crate::relay::RELAY_KEEPALIVE,
+            as_coordinator: None,
         })
     }
 
@@ -191,6 +196,12 @@ impl JoinClient {
         let mut c = Self::new(addr, token)?;
         c.set_identity(identity)?;
         Ok(c)
+    }
+
+    /// Makes [`JoinClient::register`] join as a coordinator (with a coordinator token) whose
+    /// API other coordinators reach at `api` (`None`: its mesh address, port 8443).
+    pub fn join_as_coordinator(&mut self, api: Option<String>) {
+        self.as_coordinator = Some(api);
     }
 
     /// Per-request time limit (default 40 s: longer than the server's 25 s long poll).
@@ -319,6 +330,14 @@ impl JoinClient {
             endpoints,
             &self.token,
         )?;
+        let req = match &self.as_coordinator {
+            Some(api) => RegisterRequest {
+                coordinator: true,
+                api: api.clone(),
+                ..req
+            },
+            None => req,
+        };
         let reg = self.register_request(&req).await?;
         let ca = CertificateDer::from_pem_slice(reg.ca_cert.as_bytes())
             .map_err(|e| Error::BadResponse(format!("ca_cert: {e}")))?;
@@ -355,6 +374,21 @@ impl JoinClient {
             return Err(Error::Refused { status, message });
         }
         Ok(body)
+    }
+
+    /// `POST /v1/cluster` (mTLS, coordinators only): one replication message; returns the
+    /// messages the other coordinator answers with.
+    pub async fn cluster(&self, msg: &tm_cluster::Msg) -> Result<Vec<tm_cluster::Msg>, Error> {
+        let body = serde_json::to_vec(msg).expect("replication messages serialize");
+        let (status, body) = self.request_raw("POST", "/v1/cluster", &body, true).await?;
+        if status != 200 {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(Error::Refused { status, message });
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Malformed(format!("replication answer: {e}")))
     }
 
     /// `POST /v1/endpoints` (mTLS): replaces this node's endpoints.

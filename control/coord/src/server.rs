@@ -89,6 +89,16 @@ pub struct CoordinatorConfig {
     pub relay_keepalive: Duration,
     /// Bound of each relay connection's outgoing queue, in frames (256).
     pub relay_queue: usize,
+    /// The API address other coordinators dial to replicate with this one (`HOST:PORT`, or
+    /// `:PORT` for this coordinator's mesh address); `None`: the mesh address, port 8443.
+    pub api_addr: Option<String>,
+    /// Interval of anti-entropy rounds with the other coordinators (1 s).
+    pub cluster_sync: Duration,
+    /// Bound on how far ahead of this coordinator's clock another's stamps may be (60 s).
+    pub max_clock_skew: Duration,
+    /// Records of an existing mesh to start from when the store is empty (a coordinator that
+    /// joins an existing cluster).
+    pub seed_records: Vec<tm_cluster::Record>,
 }
 
 impl CoordinatorConfig {
@@ -110,6 +120,10 @@ impl CoordinatorConfig {
             rate_sources: 4096,
             relay_keepalive: crate::relay::RELAY_KEEPALIVE,
             relay_queue: crate::relay::RELAY_QUEUE,
+            api_addr: None,
+            cluster_sync: Duration::from_secs(1),
+            max_clock_skew: Duration::from_millis(tm_cluster::MAX_SKEW_MS),
+            seed_records: Vec::new(),
         }
     }
 }
@@ -124,16 +138,20 @@ pub(crate) struct NodeRecord {
     pub(crate) endpoints: Vec<SocketAddr>,
     pub(crate) is_coordinator: bool,
     /// SHA-256 (hex) of the node's current client certificate: the only mTLS identity map.
-    cert_sha256: Option<String>,
+    pub(crate) cert_sha256: Option<String>,
     pub(crate) s3_access_key: String,
     pub(crate) s3_secret: String,
     /// The address the coordinator last saw authenticated WireGuard traffic from (NAT
     /// mapping); published first in `endpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    observed: Option<SocketAddr>,
+    pub(crate) observed: Option<SocketAddr>,
     /// Tags (`tag:...`), set by admins or by the token the node joined with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) tags: Vec<String>,
+    /// For coordinators: the API address other coordinators dial (`HOST:PORT`); `None`: the
+    /// mesh address, port 8443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) api: Option<String>,
 }
 
 impl NodeRecord {
@@ -156,9 +174,9 @@ impl NodeRecord {
 /// The whole persisted snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PersistedState {
-    format: u32,
-    version: u64,
-    mesh_cidr: MeshCidr,
+    pub(crate) format: u32,
+    pub(crate) version: u64,
+    pub(crate) mesh_cidr: MeshCidr,
     /// By name.
     pub(crate) nodes: BTreeMap<String, NodeRecord>,
     /// Join tokens by id (secrets hashed; see [`crate::token::TokenRecord`]).
@@ -179,7 +197,7 @@ impl PersistedState {
     }
 }
 
-fn index_of(s: &PersistedState) -> Index {
+pub(crate) fn index_of(s: &PersistedState) -> Index {
     Index::build(
         s.nodes
             .values()
@@ -202,14 +220,20 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) tls: Arc<ServerConfig>,
     /// The published state: held only to read it or swap in a new one, never across I/O.
-    inner: Mutex<Inner>,
+    pub(crate) inner: Mutex<Inner>,
     /// Write sequencer: held by one state change from reading the state to publishing it,
     /// across the durable write, so changes are persisted and published in order.
-    writer: Mutex<()>,
+    pub(crate) writer: Mutex<()>,
     /// Lookup maps of the published state (relay and client-certificate hot paths).
-    index: RwLock<Index>,
+    pub(crate) index: RwLock<Index>,
     /// The compiled policy of the published state (`policy.rs`).
     pub(crate) policy: RwLock<Arc<tm_policy::Artifact>>,
+    /// This coordinator's replica of the records the state is made of (`replicate.rs`).
+    pub(crate) replica: Mutex<tm_cluster::Replica>,
+    /// Messages for other coordinators, taken by the cluster driver (`cluster.rs`).
+    pub(crate) outbox: crate::cluster::Outbox,
+    /// The last delivery error per other coordinator (`cluster status`).
+    pub(crate) cluster_errors: Mutex<BTreeMap<tm_cluster::Origin, String>>,
     /// Runs forwarded admin commands (`policy.rs`).
     pub(crate) admin: RwLock<Option<crate::policy::AdminHandler>>,
     /// Bumped after every publication of `policy` (NFS connections re-ask their grants).
@@ -254,6 +278,42 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
         return bad("reserved name (it reads like a built-in identity); choose another name");
     }
     Ok(())
+}
+
+/// A coordinator API address: `HOST:PORT` with a DNS name or IP address and a port, or `:PORT`
+/// (the coordinator's mesh address).
+pub(crate) fn validate_api_addr(a: &str) -> Result<(), Error> {
+    let bad = || Error::Malformed(format!("api address {a:?} is not HOST:PORT or :PORT"));
+    if let Some(p) = a.strip_prefix(':') {
+        return p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .map(drop)
+            .ok_or_else(bad);
+    }
+    if a.len() > 260 {
+        return Err(bad());
+    }
+    if a.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(bad)?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+    };
+    if host.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 fn validate_endpoints(eps: &[SocketAddr]) -> Result<(), Error> {
@@ -335,6 +395,9 @@ impl Coordinator {
     ) -> Result<Self, Error> {
         validate_name(&cfg.name)?;
         validate_endpoints(&cfg.endpoints)?;
+        if let Some(a) = &cfg.api_addr {
+            validate_api_addr(a)?;
+        }
         let dir = data_dir.join("coordinator");
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
@@ -342,10 +405,13 @@ impl Coordinator {
 
         let stored = store.load()?;
         let fresh = stored.is_none();
+        let mut records = Vec::new();
         let mut state = match stored {
             Some(b) => {
-                let mut s: PersistedState = serde_json::from_slice(&b)
+                let snap: crate::replicate::Snapshot = serde_json::from_slice(&b)
                     .map_err(|e| Error::State(format!("cannot parse state: {e}")))?;
+                records = snap.records;
+                let mut s = snap.state;
                 if s.format == 1 {
                     s.format = STATE_FORMAT; // tokens and tags start empty (migrated below)
                 }
@@ -369,11 +435,34 @@ impl Coordinator {
                 policy: None,
             },
         };
+        if fresh && !cfg.seed_records.is_empty() {
+            records = cfg.seed_records.clone();
+        }
+        // The records (with their stamps) are the source of truth; a state saved before
+        // replication has none and becomes records below.
+        let me = node_static.public_key();
+        let mut rstore = tm_cluster::Store::new();
+        for r in records {
+            rstore.apply(r);
+        }
+        if !rstore.is_empty() {
+            state = crate::records::materialize(&rstore, state.version)?.0;
+            if state.mesh_cidr != cfg.mesh_cidr {
+                return Err(Error::Config(format!(
+                    "mesh_cidr is {} in this mesh, not {}",
+                    state.mesh_cidr, cfg.mesh_cidr
+                )));
+            }
+        }
+        let base_records = if rstore.is_empty() {
+            BTreeMap::new()
+        } else {
+            crate::records::records_of(&state)
+        };
         let tokens_before = state.tokens.clone();
         let join_secret = crate::identity::open_default_secret(&dir, &mut state, fresh)?;
 
         // The coordinator's own record.
-        let me = node_static.public_key();
         let before = state.clone();
         match state.by_key(&me).map(|n| n.name.clone()) {
             Some(name) if name != cfg.name => {
@@ -386,6 +475,7 @@ impl Coordinator {
                 let rec = state.nodes.get_mut(&cfg.name).expect("found by key above");
                 rec.is_coordinator = true;
                 rec.endpoints = cfg.endpoints.clone();
+                rec.api = cfg.api_addr.clone();
             }
             None => {
                 if state.nodes.contains_key(&cfg.name) {
@@ -409,6 +499,7 @@ impl Coordinator {
                         s3_secret: sk,
                         observed: None,
                         tags: Vec::new(),
+                        api: cfg.api_addr.clone(),
                     },
                 );
             }
@@ -417,8 +508,19 @@ impl Coordinator {
         if nodes_changed {
             state.version += 1;
         }
-        if nodes_changed || state.tokens != tokens_before {
-            store.save(&json(&state))?;
+        let mut replica = tm_cluster::Replica::new(
+            tm_cluster::Clock::new(
+                crate::replicate::origin_of(&me),
+                cfg.max_clock_skew.as_millis() as u64,
+            ),
+            rstore,
+            &[],
+            cfg.cluster_sync.as_millis() as u64,
+        );
+        let writes = crate::records::diff(&base_records, &crate::records::records_of(&state));
+        if nodes_changed || state.tokens != tokens_before || !writes.is_empty() {
+            replica.write_many(crate::replicate::now_ms(), writes);
+            store.save(&crate::replicate::snapshot_bytes(&state, &replica))?;
         }
 
         let provider = crate::provider();
@@ -438,6 +540,13 @@ impl Coordinator {
             .with_single_cert(ca.server_chain(), ca.server_key())
             .map_err(|e| Error::Tls(format!("server certificate: {e}")))?;
 
+        let peers: Vec<tm_cluster::Origin> = state
+            .nodes
+            .values()
+            .filter(|n| n.is_coordinator && n.public_key != me)
+            .map(|n| crate::replicate::origin_of(&n.public_key))
+            .collect();
+        replica.set_peers(&peers);
         let (version, _) = watch::channel(state.version);
         let index = RwLock::new(index_of(&state));
         let policy = crate::policy::compile_state(&state).map_err(|e| {
@@ -468,6 +577,9 @@ impl Coordinator {
                 writer: Mutex::new(()),
                 index,
                 policy: RwLock::new(Arc::new(policy)),
+                replica: Mutex::new(replica),
+                outbox: crate::cluster::Outbox::new(),
+                cluster_errors: Mutex::new(BTreeMap::new()),
                 policy_generation: std::sync::atomic::AtomicU64::new(0),
                 admin: RwLock::new(None),
                 challenges,
@@ -499,6 +611,11 @@ impl Coordinator {
     /// The mesh CA certificate (PEM).
     pub fn ca_pem(&self) -> &str {
         self.shared.ca.ca_pem()
+    }
+
+    /// The coordinator node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.cfg.name
     }
 
     /// The coordinator node's static public key.
@@ -579,37 +696,6 @@ impl Coordinator {
         }
     }
 
-    /// Applies `f` to a copy of the state; `f` returns its result and whether the netmap
-    /// version is bumped. If the state changed, persists the copy, then publishes it. On an
-    /// error (of `f` or of the store) nothing changes. Changes are serialised by the write
-    /// sequencer; the state lock is held only to copy and to swap, never during the durable
-    /// write, so readers (netmap, relay, certificate lookups) never wait for an fsync.
-    pub(crate) fn commit<T>(
-        &self,
-        f: impl FnOnce(&mut PersistedState) -> Result<(T, bool), Error>,
-    ) -> Result<T, Error> {
-        let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.lock().state.clone();
-        let mut next = cur.clone();
-        let (out, bump) = f(&mut next)?;
-        if next == cur {
-            return Ok(out);
-        }
-        if bump {
-            next.version += 1;
-        }
-        self.shared.store.save(&json(&next))?;
-        let index = index_of(&next);
-        let version = next.version;
-        self.publish_policy(&next);
-        self.lock().state = next;
-        *self.shared.index.write().unwrap_or_else(|p| p.into_inner()) = index;
-        if bump {
-            self.shared.version.send_replace(version);
-        }
-        Ok(out)
-    }
-
     pub(crate) fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.shared.index.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -673,8 +759,22 @@ impl Coordinator {
 
         let creds = s3_credentials(rng);
         let cidr = self.shared.cfg.mesh_cidr;
+        if let Some(api) = &req.api {
+            validate_api_addr(api)?;
+        }
         let (rec, cert_pem) = self.commit(|s| {
             let token_id = crate::identity::check_join_token(s, &req.token_secret, &req.name)?;
+            let for_coordinators = s.tokens.get(&token_id).is_some_and(|t| t.coordinator);
+            if req.coordinator && !for_coordinators {
+                return Err(Error::NotAllowed(
+                    "this token admits members, not coordinators: an admin makes one with `tunnelmesh token create --coordinator`".into(),
+                ));
+            }
+            if !req.coordinator && for_coordinators {
+                return Err(Error::NotAllowed(
+                    "this token admits coordinators only: join a member with a member token, or start this node with `coordinator: {enabled: true}`".into(),
+                ));
+            }
             let existing = s.by_key(&req.public_key).cloned();
             match &existing {
                 Some(n) if n.name != req.name => return Err(Error::KeyTaken(n.name.clone())),
@@ -712,7 +812,13 @@ impl Coordinator {
                     s3_secret: creds.1,
                     observed: None,
                     tags: Vec::new(),
+                    api: None,
                 },
+            };
+            let rec = NodeRecord {
+                is_coordinator: req.coordinator,
+                api: req.api.clone(),
+                ..rec
             };
             let rec = crate::identity::consume_join_token(s, &token_id, rec);
             s.nodes.insert(rec.name.clone(), rec.clone());
@@ -725,8 +831,9 @@ impl Coordinator {
             node_cert: cert_pem,
             ca_cert: self.shared.ca.ca_pem().to_owned(),
             s3_access_key: rec.s3_access_key,
-            s3_secret: rec.s3_secret,
+            s3_secret: rec.s3_secret.clone(),
             netmap: self.netmap_for(&rec.public_key),
+            cluster: rec.is_coordinator.then(|| self.cluster_seed()),
         })
     }
 

@@ -173,12 +173,8 @@ fn join(
     }
     match coordinator {
         Some(addr) => {
-            if cfg.coordinator.is_some() {
-                anyhow::bail!(
-                    "coordinator: this config starts a coordinator; drop HOST:PORT to run it, \
-                     or remove the `coordinator` section to join {addr}"
-                );
-            }
+            // With coordinator settings: this node joins the mesh at `addr` as another
+            // coordinator (with a `token create --coordinator` token).
             let addr = if addr.contains(':') {
                 addr
             } else {
@@ -231,7 +227,10 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
             None => None,
         };
         let mesh = if cfg.coordinator.is_some() {
-            let coord = mesh::open_coordinator(&cfg, &key, st.as_ref().map(|s| &s.store))?;
+            let seed =
+                mesh::join_as_coordinator(&cfg, &key, join_addr.as_deref(), token.as_deref())
+                    .await?;
+            let coord = mesh::open_coordinator(&cfg, &key, st.as_ref().map(|s| &s.store), seed)?;
             let co = cfg.coordinator.clone().expect("checked");
             let cidr = config::Cidr::parse(&cfg.mesh_cidr).map_err(anyhow::Error::msg)?;
             cfg.address = Some(config::Cidr {
@@ -256,6 +255,16 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
                 if let Err(e) = server.serve(listener, std::future::pending()).await {
                     tracing::error!("coordinator API stopped: {e}");
                 }
+            });
+            // Replication with the other coordinators (idle while there are none).
+            let id = coord
+                .cluster_identity()
+                .context("the coordinator's replication identity")?;
+            let cluster = coord.clone();
+            tokio::spawn(async move {
+                cluster
+                    .run_cluster(id, std::time::Duration::from_secs(1))
+                    .await
             });
             Some(mesh::Mesh {
                 netmaps: mesh::coordinator_feed(coord.clone()),

@@ -207,6 +207,7 @@ pub fn open_coordinator(
     cfg: &NodeConfig,
     key: &PrivateKey,
     store: Option<&tm_storage::Store>,
+    seed: Option<Vec<tm_coord::tm_cluster::Record>>,
 ) -> Result<Coordinator> {
     let co = cfg
         .coordinator
@@ -228,6 +229,9 @@ pub fn open_coordinator(
         cc.dns_domain = d.domain.clone();
         cc.aliases = d.aliases.clone();
     }
+    // Other coordinators reach this one's API over the mesh, at its mesh address.
+    cc.api_addr = Some(format!(":{}", co.listen.port()));
+    cc.seed_records = seed.unwrap_or_default();
     let legacy = cfg.data_dir.join("coordinator").join("state.json");
     let st: Arc<dyn StateStore> = match store {
         Some(s) => Arc::new(ObjectStateStore {
@@ -237,6 +241,61 @@ pub fn open_coordinator(
         None => Arc::new(tm_coord::FileStore::new(legacy)),
     };
     Coordinator::open(&cfg.data_dir, cc, key.clone(), st).context("coordinator")
+}
+
+/// A coordinator started with `join HOST:PORT --token T`: registers with that coordinator as
+/// another coordinator of its mesh (first start only) and returns the records to start from.
+/// `None`: not joining (the first coordinator, or a restart of a joined one).
+pub async fn join_as_coordinator(
+    cfg: &NodeConfig,
+    key: &PrivateKey,
+    addr: Option<&str>,
+    token: Option<&str>,
+) -> Result<Option<Vec<tm_coord::tm_cluster::Record>>> {
+    let Some(addr) = addr.filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    let co = cfg.coordinator.as_ref().expect("coordinator settings");
+    if cfg.data_dir.join("coordinator").join("ca.crt").exists() {
+        tracing::info!(
+            "{} is already a coordinator's data_dir: starting it (not joining {addr} again)",
+            cfg.data_dir.display()
+        );
+        return Ok(None);
+    }
+    let Some(token) = token else {
+        bail!("--token: required to join {addr} as a coordinator (make one there with `tunnelmesh token create --coordinator`)");
+    };
+    let tok = JoinToken::parse(token).context("--token")?;
+    let mut c = JoinClient::new(addr.to_string(), tok).context("join")?;
+    c.join_as_coordinator(Some(format!(":{}", co.listen.port())));
+    let endpoints: Vec<SocketAddr> = local_ip_towards(addr)
+        .map(|ip| SocketAddr::new(ip, cfg.listen_port))
+        .into_iter()
+        .collect();
+    let reg = c
+        .register(key, &cfg.name, &endpoints)
+        .await
+        .with_context(|| format!("joining {addr} as a coordinator"))?;
+    if tm_coord::MeshCidr::parse(&cfg.mesh_cidr).ok() != Some(reg.mesh_cidr) {
+        bail!(
+            "mesh_cidr: this mesh uses {}; set `mesh_cidr: {}` in the config",
+            reg.mesh_cidr,
+            reg.mesh_cidr
+        );
+    }
+    let seed = reg.cluster.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{addr} admitted this node but sent no cluster state (is it an older release?)"
+        )
+    })?;
+    let records =
+        tm_coord::install_cluster_seed(&cfg.data_dir, seed, c.identity().expect("registered"))?;
+    println!(
+        "joined {addr} as coordinator {} ({})",
+        cfg.name, reg.mesh_ip
+    );
+    Ok(Some(records))
 }
 
 /// Feeds the coordinator's own netmap (every version) to the node loop.
