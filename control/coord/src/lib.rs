@@ -61,6 +61,7 @@ mod http;
 mod identity;
 mod index;
 mod limit;
+mod open;
 pub mod policy;
 pub mod proof;
 mod records;
