@@ -5,7 +5,8 @@
 #   - member alpha joins through ca, beta through cb; each coordinator lists both; alpha and
 #     beta ping each other; a tag set on cb is on ca within 5 s; `cluster status` shows the peer
 #     in sync
-#   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it
+#   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
+#     alpha (joined through ca) fails over to cb within 5 s and reaches gamma
 #   - ca restarts from its disk and catches up: `node list --json` identical on both
 #   - partition ca (with alpha) from cb (with beta); a node named `web` joins on each side;
 #     after the heal both coordinators agree: one `web` (the earlier) and one `web-2`, unique
@@ -87,6 +88,12 @@ GIP=$(mesh_ip_of gamma)
 wait_for 10 "beta reaches gamma (joined through cb while ca is down)" ping_ok beta "$GIP" 1 ||
     fail "beta cannot reach gamma"
 log "ok: with ca killed, alpha <-> beta works and gamma joined through cb"
+# alpha joined through ca: it fails over to cb (learned from the netmap) and learns gamma.
+wait_for 5 "alpha (joined through ca) reaches gamma via cb's netmap" ping_ok alpha "$GIP" 1 ||
+    fail "alpha did not fail over to cb within 5 s: $(ctl alpha status --json)"
+co=$(ctl alpha status --json | json_get 'd["mesh"]["coordinator"]')
+[[ $co == *":8443" && $co != "$CA" ]] || fail "alpha's coordinator after the failover: $co"
+log "ok: alpha failed over to $co"
 start ca ca
 wait_for 15 "ca catches up after its restart" same_state || fail "after the restart: $(nodes_of ca) / $(nodes_of cb)"
 has_node ca gamma || fail "ca did not learn gamma"

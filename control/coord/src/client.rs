@@ -156,6 +156,9 @@ pub fn build_register_request(
     })
 }
 
+/// Longest wait for a TCP connection to a coordinator.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A client of one coordinator. Cheap to clone (configs are shared).
 #[derive(Debug, Clone)]
 pub struct JoinClient {
@@ -196,6 +199,35 @@ impl JoinClient {
         let mut c = Self::new(addr, token)?;
         c.set_identity(identity)?;
         Ok(c)
+    }
+
+    /// A TCP connection to the coordinator, within [`CONNECT_TIMEOUT`] (a dead coordinator
+    /// whose address swallows packets is noticed in seconds, not at the request timeout).
+    async fn connect(&self) -> Result<TcpStream, Error> {
+        let t = CONNECT_TIMEOUT.min(self.timeout);
+        match tokio::time::timeout(t, TcpStream::connect(&self.addr)).await {
+            Ok(r) => r.map_err(|e| Error::io(format!("connect to {}", self.addr), e)),
+            Err(_) => Err(Error::io(
+                format!("connect to {}", self.addr),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", t.as_secs()),
+                ),
+            )),
+        }
+    }
+
+    /// The coordinator address this client talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The same client (token, identity, settings) for another coordinator of the mesh.
+    pub fn for_addr(&self, addr: impl Into<String>) -> JoinClient {
+        JoinClient {
+            addr: addr.into(),
+            ..self.clone()
+        }
     }
 
     /// Makes [`JoinClient::register`] join as a coordinator (with a coordinator token) whose
@@ -265,9 +297,7 @@ impl JoinClient {
             self.anon.clone()
         };
         let fut = async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| Error::io(format!("connect to {}", self.addr), e))?;
+            let tcp = self.connect().await?;
             let name = ServerName::try_from(COORDINATOR_SERVER_NAME)
                 .expect("the constant server name is valid");
             let mut tls = TlsConnector::from(cfg)
@@ -407,9 +437,7 @@ impl JoinClient {
     pub async fn relay(&self) -> Result<RelayConn, Error> {
         let cfg = self.authed.clone().ok_or(Error::NotRegistered)?;
         let fut = async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| Error::io(format!("connect to {}", self.addr), e))?;
+            let tcp = self.connect().await?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from(COORDINATOR_SERVER_NAME)
                 .expect("the constant server name is valid");

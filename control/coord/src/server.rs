@@ -428,8 +428,12 @@ impl Coordinator {
 
     /// The current netmap, without a policy projection (see [`Coordinator::netmap_for`]).
     pub fn netmap(&self) -> Netmap {
+        // What was seen, read before the state (never more than the state shows).
+        let vv = self.replica().store().version_vector().clone();
         let g = self.lock();
-        self.netmap_of(&g.state)
+        let mut nm = self.netmap_of(&g.state);
+        nm.vv = Some(vv);
+        nm
     }
 
     /// [`Coordinator::netmap_for`] the registered node `name` (a plain netmap if it is gone).
@@ -478,12 +482,14 @@ impl Coordinator {
                     endpoints: n.published_endpoints(),
                     is_coordinator: n.is_coordinator,
                     tags: n.tags.clone(),
+                    api: n.api.clone().filter(|_| n.is_coordinator),
                 })
                 .collect(),
             dns: Dns {
                 domain: self.shared.cfg.dns_domain.clone(),
                 aliases: self.shared.cfg.aliases.clone(),
             },
+            vv: None,
             policy_hash: Some(self.policy().hash().to_string()),
             policy: None,
         }

@@ -159,6 +159,10 @@ pub struct NetmapPeer {
     /// The node's tags (`tag:...`), as the coordinator has them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// For coordinators: the API address (`HOST:PORT`, or `:PORT` at its mesh address and at
+    /// each endpoint's host) members fail over to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 /// DNS data distributed with the netmap.
@@ -179,6 +183,11 @@ pub struct Netmap {
     pub peers: Vec<NetmapPeer>,
     /// DNS data.
     pub dns: Dns,
+    /// What the answering coordinator had seen of each coordinator's writes when it made this
+    /// netmap: a member that fails over applies a netmap only if it has seen at least as much
+    /// as the last one (its view never goes back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vv: Option<tm_cluster::VersionVector>,
     /// Hash of the compiled policy in force (`sha256:...`); members show it in `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,

@@ -175,12 +175,24 @@ fn join(
         Some(addr) => {
             // With coordinator settings: this node joins the mesh at `addr` as another
             // coordinator (with a `token create --coordinator` token).
-            let addr = if addr.contains(':') {
-                addr
-            } else {
-                format!("{addr}:{}", config::DEFAULT_COORDINATOR_PORT)
-            };
-            run(cfg, Some(addr), token)
+            // `A:8443,B:8443`: several coordinators of one mesh (joined at the first, the
+            // others are where it fails over to).
+            let addrs: Vec<String> = addr
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    if a.contains(':') {
+                        a.to_string()
+                    } else {
+                        format!("{a}:{}", config::DEFAULT_COORDINATOR_PORT)
+                    }
+                })
+                .collect();
+            if addrs.is_empty() {
+                anyhow::bail!("coordinator: give HOST:PORT (or several, separated by commas)");
+            }
+            run(cfg, Some(addrs.join(",")), token)
         }
         None if cfg.coordinator.is_none() => {
             if mesh::JoinState::load(&cfg.data_dir)?.is_some() {
@@ -274,8 +286,11 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
                 saved: None,
             })
         } else if let Some(addr) = join_addr {
-            let addr = (!addr.is_empty()).then_some(addr);
-            let (state, client) = mesh::join(&cfg, &key, addr.as_deref(), token.as_deref()).await?;
+            let mut addrs = addr.split(',').filter(|a| !a.is_empty()).map(str::to_owned);
+            let first = addrs.next();
+            let more: Vec<String> = addrs.collect();
+            let (state, client) =
+                mesh::join(&cfg, &key, first.as_deref(), &more, token.as_deref()).await?;
             let cidr = config::Cidr::parse(&state.mesh_cidr).map_err(anyhow::Error::msg)?;
             cfg.address = Some(config::Cidr {
                 addr: state.mesh_ip.into(),
@@ -285,14 +300,13 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
                 "joined {} as {} ({})",
                 state.coordinator, state.name, state.mesh_ip
             );
-            let client = Arc::new(client);
+            let link = mesh::CoordLink::new(client, &state.more_coordinators);
             let reachable = Arc::new(AtomicBool::new(true));
             Some(mesh::Mesh {
-                netmaps: mesh::member_feed(client.clone(), state.netmap.clone(), reachable.clone()),
+                netmaps: mesh::member_feed(link.clone(), state.netmap.clone(), reachable.clone()),
                 role: mesh::Role::Member {
-                    client,
+                    client: link,
                     host_ip: mesh::resolve_host(&state.coordinator),
-                    addr: state.coordinator.clone(),
                 },
                 cidr: cidr.network(),
                 reachable,
@@ -313,7 +327,7 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
             let relay = match &m.role {
                 mesh::Role::Coordinator(c) => relay::RelayBridge::spawn_local(c, listen_port),
                 mesh::Role::Member { client, .. } => {
-                    relay::RelayBridge::spawn(client.as_ref().clone(), listen_port)
+                    relay::RelayBridge::spawn(client.clone(), listen_port)
                 }
             };
             node.set_relay(relay);
