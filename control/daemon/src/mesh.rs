@@ -81,9 +81,12 @@ const MAX_COORDINATORS: usize = 32;
 #[derive(Clone)]
 pub struct CoordLink {
     cur: Arc<std::sync::Mutex<Arc<JoinClient>>>,
-    /// (which coordinator, address): `None` for addresses from the command line.
-    known: Arc<std::sync::Mutex<Vec<(Option<String>, String)>>>,
+    known: Arc<std::sync::Mutex<Vec<Known>>>,
 }
+
+/// (which coordinator, address): `None` for addresses from the command line not yet seen in a
+/// netmap.
+type Known = (Option<String>, String);
 
 impl CoordLink {
     pub fn new(client: JoinClient, more: &[String]) -> CoordLink {
