@@ -108,6 +108,9 @@ impl Coordinator {
         rep.set_peers(&self.peer_origins(&next));
         self.lock().state = next;
         *self.shared.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        self.shared
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         if bump {
             self.shared.version.send_replace(version);
         }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
@@ -20,13 +21,83 @@ use crate::relay::{
     RELAY_IDLE_TIMEOUT, RELAY_PROTOCOL,
 };
 use crate::server::{json, parse_json, parse_since};
-use crate::wire::{hex, EndpointsUpdate, ErrorBody, Netmap, RegisterRequest};
+use crate::wire::{hex, EndpointsUpdate, ErrorBody, RegisterRequest};
 use crate::{Coordinator, Error};
 
+/// One epoch's netmap, serialised once: the JSON without its closing brace, and the policy
+/// projection when it is the same for every node (no policy file).
+pub(crate) struct NetmapCache {
+    epoch: u64,
+    open: Arc<Vec<u8>>,
+    shared_policy: Option<Arc<Vec<u8>>>,
+}
+
 impl Coordinator {
+    /// The netmap as the registered node `name` receives it, as JSON: the common part is
+    /// serialised once per state epoch (a change polled by a thousand members costs one
+    /// serialisation), the node's policy projection per node only when a policy file is set.
+    pub(crate) fn netmap_json_for_name(&self, name: &str) -> Vec<u8> {
+        let epoch = self.shared.epoch.load(std::sync::atomic::Ordering::Acquire);
+        let cached = {
+            let c = self
+                .shared
+                .netmap_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            c.as_ref()
+                .filter(|c| c.epoch == epoch)
+                .map(|c| (c.open.clone(), c.shared_policy.clone()))
+        };
+        let art = self.policy();
+        let (open, shared_policy) = match cached {
+            Some(c) => c,
+            None => {
+                let mut nm = self.netmap();
+                nm.policy = None;
+                let mut open = json(&nm);
+                open.pop(); // the closing brace
+                let shared_policy = (!art.has_policy).then(|| {
+                    let mut p = art.project(&tm_policy::NodeKey(String::new()));
+                    p.scope = None;
+                    Arc::new(json(&p))
+                });
+                let (open, shared_policy) = (Arc::new(open), shared_policy);
+                *self
+                    .shared
+                    .netmap_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(NetmapCache {
+                    epoch,
+                    open: open.clone(),
+                    shared_policy: shared_policy.clone(),
+                });
+                (open, shared_policy)
+            }
+        };
+        let own;
+        let policy: &[u8] = match &shared_policy {
+            Some(p) => p,
+            None => {
+                let key = self.lock().state.nodes.get(name).map(|n| n.public_key);
+                own = match key {
+                    Some(k) => json(&art.project(&crate::policy::node_key(&k))),
+                    None => b"null".to_vec(),
+                };
+                &own
+            }
+        };
+        let mut out = Vec::with_capacity(open.len() + policy.len() + 12);
+        out.extend_from_slice(&open);
+        out.extend_from_slice(b",\"policy\":");
+        out.extend_from_slice(policy);
+        out.push(b'}');
+        out
+    }
+
     /// Waits until the netmap version exceeds `since` (or `long_poll` passes), then returns
-    /// the current netmap as the registered node `name` receives it. `None` answers at once.
-    pub async fn netmap_wait(&self, name: &str, since: Option<u64>) -> Netmap {
+    /// the current netmap as the registered node `name` receives it (JSON). `None` answers at
+    /// once.
+    pub async fn netmap_wait(&self, name: &str, since: Option<u64>) -> Vec<u8> {
         if let Some(since) = since {
             let mut rx = self.shared.version.subscribe();
             let deadline = tokio::time::sleep(self.shared.cfg.long_poll);
@@ -41,7 +112,7 @@ impl Coordinator {
                 }
             }
         }
-        self.netmap_for_name(name)
+        self.netmap_json_for_name(name)
     }
 
     pub(crate) async fn dispatch(
@@ -67,7 +138,7 @@ impl Coordinator {
             ("GET", "/v1/netmap") => {
                 let name = self.caller(client.as_ref())?;
                 let since = parse_since(&req.query)?;
-                Ok(json(&self.netmap_wait(&name, since).await))
+                Ok(self.netmap_wait(&name, since).await)
             }
             ("POST", "/v1/endpoints") => {
                 let name = self.caller(client.as_ref())?;

@@ -231,6 +231,10 @@ pub(crate) struct Shared {
     pub(crate) replica: Mutex<tm_cluster::Replica>,
     /// Messages for other coordinators, taken by the cluster driver (`cluster.rs`).
     pub(crate) outbox: crate::cluster::Outbox,
+    /// Bumped on every publication of a new state (netmap caches key on it).
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// The netmap of the current epoch serialised once for every member that polls it.
+    pub(crate) netmap_cache: Mutex<Option<crate::serve::NetmapCache>>,
     /// The last delivery error per other coordinator (`cluster status`).
     pub(crate) cluster_errors: Mutex<BTreeMap<tm_cluster::Origin, String>>,
     /// Runs forwarded admin commands (`policy.rs`).
@@ -449,7 +453,13 @@ impl Coordinator {
     /// compiled policy.
     pub fn netmap_for(&self, key: &PublicKey) -> Netmap {
         let mut nm = self.netmap();
-        nm.policy = Some(self.policy().project(&crate::policy::node_key(key)));
+        let art = self.policy();
+        let mut p = art.project(&crate::policy::node_key(key));
+        if !art.has_policy {
+            // The same for every node (see `netmap_json_for_name`).
+            p.scope = None;
+        }
+        nm.policy = Some(p);
         nm
     }
 
