@@ -89,6 +89,9 @@ pub struct CoordinatorConfig {
     pub relay_keepalive: Duration,
     /// Bound of each relay connection's outgoing queue, in frames (256).
     pub relay_queue: usize,
+    /// The ports this coordinator node serves to the mesh (API, DNS, S3, NFS): its packet
+    /// filter opens them by capability (`tm_policy::ServiceNeed`), not by hand rules.
+    pub service_ports: Vec<tm_policy::ServicePort>,
 }
 
 impl CoordinatorConfig {
@@ -110,6 +113,7 @@ impl CoordinatorConfig {
             rate_sources: 4096,
             relay_keepalive: crate::relay::RELAY_KEEPALIVE,
             relay_queue: crate::relay::RELAY_QUEUE,
+            service_ports: Vec::new(),
         }
     }
 }
@@ -440,7 +444,7 @@ impl Coordinator {
 
         let (version, _) = watch::channel(state.version);
         let index = RwLock::new(index_of(&state));
-        let policy = crate::policy::compile_state(&state).map_err(|e| {
+        let policy = crate::policy::compile_state(&state, &cfg.service_ports).map_err(|e| {
             Error::State(format!(
                 "the stored policy does not compile ({e}); fix the state's policy or restore a backup"
             ))
