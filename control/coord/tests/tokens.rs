@@ -564,3 +564,97 @@ async fn stored_policy_with_failing_tests_is_still_loaded_at_start() {
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every node receives its own projection of the policy in its netmap (registration answer,
+/// long poll): what its packet filter needs both ways (the same table as from the full
+/// policy), only its own S3 grants, no tokens; a tag change is in the next netmap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_netmap_carries_the_nodes_projection_of_the_policy() {
+    let s = Server::start_mem().await;
+    let t = s.coord.token();
+    let (beta, gamma) = (key(), key());
+    let reg = s.join_with(&t, "beta", &beta).await.expect("join beta");
+    let none = reg
+        .netmap
+        .policy
+        .expect("a projection even without a policy file");
+    assert!(!none.has_policy);
+    s.join_with(&t, "gamma", &gamma).await.expect("join gamma");
+    const P: &str = r#"{
+  "tagOwners": {"tag:web": []},
+  "default": "deny",
+  "acls": [{"action": "accept", "src": ["gamma"], "dst": ["tag:web:443"]},
+           {"action": "accept", "src": ["*"], "dst": ["gamma:22"]}],
+  "grants": [{"src": ["*"], "dst": ["*"], "app": {"tunnelmesh.io/cap/s3": [{"buckets": ["*"], "access": "rw"}]}}],
+}"#;
+    s.coord.set_policy("p.hujson", P, ROOT, 1).expect("set");
+    s.coord
+        .create_token(
+            &TokenSpec {
+                tags: vec!["tag:web".into()],
+                ..Default::default()
+            },
+            ROOT,
+            1,
+        )
+        .expect("tagged token");
+    let for_beta = s
+        .coord
+        .netmap_for(&beta.public_key())
+        .policy
+        .expect("projection");
+    let for_gamma = s
+        .coord
+        .netmap_for(&gamma.public_key())
+        .policy
+        .expect("projection");
+    assert!(for_beta.has_policy && for_beta.tokens.is_empty() && for_gamma.tokens.is_empty());
+    // beta is not tagged yet: no rule lets anyone reach it; as a source it keeps what it may
+    // reach (gamma:22) and its own S3 grant (which opens a coordinator's S3 port to it).
+    let (kb, kg) = (
+        tm_coord::node_key(&beta.public_key()),
+        tm_coord::node_key(&gamma.public_key()),
+    );
+    let fb = for_beta.filter_for(&kb);
+    assert!(fb.peers.is_empty(), "{fb:?}");
+    assert_eq!(fb.reachable.iter().collect::<Vec<_>>(), [&kg]);
+    assert_eq!(
+        fb,
+        s.coord.policy().filter_for(&kb),
+        "the same filter as the full policy"
+    );
+    assert!(for_beta
+        .rules
+        .iter()
+        .filter(|r| !r.ip.is_empty())
+        .all(|r| !r
+            .dst
+            .matches(true, Some("beta"), &Default::default(), &Default::default())));
+    assert_eq!(for_gamma.filter_for(&kg), s.coord.policy().filter_for(&kg));
+    // Only S3 grants (to themselves) stay; no admin, no Docker for others.
+    for r in for_beta.rules.iter().chain(&for_gamma.rules) {
+        assert!(r
+            .app
+            .iter()
+            .all(|a| matches!(a.grant, tm_policy::caps::AppGrant::S3 { .. })));
+    }
+    let ip = |a: &tm_policy::Artifact, src: &str, dst: &str| {
+        tm_policy::filter_test(a, src, dst)
+            .expect("filter test")
+            .allow
+    };
+    assert!(ip(&for_gamma, "beta", "gamma:22") && !ip(&for_gamma, "beta", "gamma:23"));
+    let v = s.coord.netmap().version;
+    s.coord.tag_node("beta", "tag:web", ROOT).expect("tag");
+    let nm = s.coord.netmap_for(&beta.public_key());
+    assert!(nm.version > v, "a tag change wakes the long polls");
+    let for_beta = nm.policy.expect("projection");
+    assert_eq!(
+        for_beta.filter_for(&kb),
+        s.coord.policy().filter_for(&kb),
+        "{:#?}",
+        for_beta.rules
+    );
+    assert!(ip(&for_beta, "gamma", "beta:443") && !ip(&for_beta, "gamma", "beta:80"));
+    s.stop().await;
+}

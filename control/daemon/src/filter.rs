@@ -6,7 +6,7 @@
 //! node's projection ([`LocalFilter::set_artifact`]); or, on a mesh without a policy (or
 //! without a coordinator), a **local** policy (`tunnelmesh filter load FILE`), compiled with
 //! tm-policy against this node and its peers (names from the config's `peers:` and the
-//! netmap; no tags). A pushed policy takes precedence over a local one.
+//! netmap; no tags). A pushed policy replaces a local one.
 //!
 //! Stock WireGuard peers (the config's `peers:`) are principals too: peers the pushed
 //! artifact does not know are added to this node's copy of it by name, with their
@@ -202,18 +202,30 @@ impl LocalFilter {
         Ok(())
     }
 
-    /// The coordinator-pushed artifact of this node (from the netmap): `Some` with a policy
-    /// replaces any local one; `None` or the built-in "no policy" artifact removes the pushed
-    /// one (back to the local policy if one is loaded, else allow all). Takes effect at the
-    /// next [`LocalFilter::update`].
-    #[allow(dead_code)] // until the netmap carries the artifact
-    pub fn set_artifact(&mut self, a: Option<Artifact>) {
-        let a = a.filter(|a| a.has_policy);
-        if a.is_none() && self.pushed.is_some() {
-            self.artifact = None;
-            self.inv = None; // recompile a local policy, if any
+    /// The artifact a netmap carried (this node's projection of the coordinator's policy).
+    /// A real policy replaces any local one; the "no policy" artifact (or none) removes a
+    /// pushed policy (allow all). This node's stock peers are added at the next
+    /// [`LocalFilter::update`]. Returns whether anything changed.
+    pub fn set_artifact(&mut self, a: Option<Artifact>) -> bool {
+        match a {
+            Some(a) if a.has_policy => {
+                if self.pushed.as_ref() == Some(&a) {
+                    return false;
+                }
+                self.policy = None;
+                self.inv = None;
+                self.warnings.clear();
+                self.artifact = Some(a.clone());
+                self.pushed = Some(a);
+                true
+            }
+            _ if self.pushed.is_some() => {
+                self.artifact = None;
+                self.pushed = None;
+                true
+            }
+            _ => false,
         }
-        self.pushed = a;
     }
 
     /// The pushed artifact with this node's stock WireGuard peers added (see the module doc).
@@ -490,6 +502,46 @@ mod tests {
         let m = f.update(&key(1), &ms, false);
         assert!(matches!(&m[..], [CtlMsg::SetFilter { total: 0, .. }]));
         assert!(!f.info().unwrap().active);
+    }
+
+    #[test]
+    fn the_coordinators_policy_replaces_the_local_one_and_no_policy_removes_only_its_own() {
+        let ms = members();
+        let inv = LocalFilter::inventory(&ms);
+        let pushed = tm_policy::load("c.hujson", POLICY.as_bytes(), &inv)
+            .unwrap()
+            .artifact
+            .project(&node_key(&key(1)));
+        let none = Artifact::no_policy(&inv).unwrap();
+        let mut f = LocalFilter::new(7);
+        // A coordinator without a policy leaves a local one alone.
+        f.load("local.hujson", POLICY, &ms).unwrap();
+        assert!(!f.set_artifact(Some(none.clone())));
+        assert_eq!(
+            f.info().unwrap().source.as_deref(),
+            Some("local local.hujson")
+        );
+        // Its policy replaces the local one; the same artifact again changes nothing.
+        assert!(f.set_artifact(Some(pushed.clone())));
+        assert!(!f.set_artifact(Some(pushed.clone())));
+        assert_eq!(f.info().unwrap().source.as_deref(), Some("coordinator"));
+        assert_eq!(f.update(&key(1), &ms, false).len(), 1);
+        assert!(f.test("beta", "me:22").is_ok_and(|d| !d.allow));
+        // While it is in force, local changes are refused and change nothing.
+        assert!(f
+            .load("l2.hujson", "{}", &ms)
+            .unwrap_err()
+            .contains("policy set"));
+        assert!(f.clear().is_err());
+        assert!(f.test("beta", "me:22").is_ok_and(|d| !d.allow));
+        // The coordinator's policy removed: allow all again.
+        assert!(f.set_artifact(Some(none)));
+        assert!(f.test("beta", "me:22").unwrap().allow);
+        let m = f.update(&key(1), &ms, false);
+        assert!(
+            matches!(&m[..], [CtlMsg::SetFilter { total: 0, .. }]),
+            "{m:?}"
+        );
     }
 
     #[test]

@@ -139,8 +139,10 @@ pub struct Node {
     netmap_version: u64,
     /// The policy hash of the last netmap (members' `status`).
     policy_hash: Option<String>,
-    /// The packet filter (local policy for now).
+    /// The packet filter (the coordinator's policy, or a local one).
     filter: crate::filter::LocalFilter,
+    /// This node's projection of the policy, as the last netmap carried it.
+    policy_tx: tokio::sync::watch::Sender<Option<std::sync::Arc<tm_policy::Artifact>>>,
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
     pings: Vec<ping::Pending>,
@@ -201,6 +203,7 @@ impl Node {
             netmap_version: 0,
             policy_hash: None,
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
+            policy_tx: tokio::sync::watch::Sender::new(None),
             leaving: None,
             pings: Vec::new(),
             stop: false,
@@ -366,6 +369,7 @@ impl Node {
             return;
         };
         self.netmap_version = nm.version;
+        let pushed = nm.policy.clone();
         self.policy_hash = nm
             .policy_hash
             .as_ref()
@@ -486,7 +490,26 @@ impl Node {
                 tokio::task::spawn_blocking(move || st.install_credentials(&creds));
             }
         }
+        if let Some(a) = pushed {
+            // The packet filter enforces it from here on (the coordinator's service ports
+            // are opened by capability in the projection; `refresh_filter` below sends it).
+            self.filter.set_artifact(Some(a.clone()));
+            self.policy_tx.send_if_modified(|cur| {
+                if cur.as_deref() == Some(&a) {
+                    return false;
+                }
+                *cur = Some(std::sync::Arc::new(a));
+                true
+            });
+        }
         self.refresh_filter(false);
+    }
+
+    /// This node's view of the policy (its projection, from the last netmap), for the
+    /// enforcers that run on every node (the Docker agent).
+    #[allow(dead_code)]
+    pub fn node_policy(&self) -> crate::policy::NodePolicy {
+        crate::policy::NodePolicy(self.policy_tx.subscribe())
     }
 
     /// On a coordinator: an authenticated packet from `key` came from `from` — publish it as

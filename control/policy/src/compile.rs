@@ -205,10 +205,11 @@ impl Artifact {
     /// can select it (outbound: which peers it may reach at all); Docker grants; S3/NFS grants
     /// only where the packet filter needs them (grants to this node, which open a
     /// coordinator's service ports to it, or every such grant when this node serves those
-    /// ports). Admin entries and other nodes' S3/NFS grants are left out (enforced by
-    /// coordinators, which keep the full artifact). This node's packet filter and every
-    /// decision about it as Docker target or IP destination are the same as with the full
-    /// artifact (a test checks the filter on random policies).
+    /// ports). Admin entries, other nodes' S3/NFS grants and tokens are left out (enforced by
+    /// coordinators, which keep the full artifact; a node never sees another's token tags).
+    /// This node's packet filter and every decision about it as Docker target or IP
+    /// destination are the same as with the full artifact (a test checks the filter on random
+    /// policies). The coordinator sends it in each node's netmap.
     pub fn project(&self, node: &NodeKey) -> Artifact {
         let empty = NodeInfo::default();
         let me = self.nodes.get(node).unwrap_or(&empty);
@@ -244,6 +245,7 @@ impl Artifact {
             .collect();
         Artifact {
             rules,
+            tokens: BTreeMap::new(),
             scope: Some(node.clone()),
             ..self.clone()
         }
