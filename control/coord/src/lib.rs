@@ -83,7 +83,7 @@ pub use cluster::{install_cluster_seed, DEFAULT_API_PORT};
 pub use contain::{in_request, panics};
 pub use error::Error;
 pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};
-pub use policy::{AdminHandler, PolicyOutcome, StoredPolicy};
+pub use policy::{node_key, AdminHandler, PolicyOutcome, StoredPolicy};
 pub use relay::{
     LocalRelaySender, RelayConn, RelayReceiver, RelayRoute, RelaySender, RelayStats,
     MAX_RELAY_PAYLOAD,

@@ -190,7 +190,7 @@ impl Coordinator {
         replica.set_peers(&peers);
         let (version, _) = watch::channel(state.version);
         let index = RwLock::new(index_of(&state));
-        let policy = crate::policy::compile_state(&state).map_err(|e| {
+        let policy = crate::policy::compile_state(&state, &cfg.service_ports).map_err(|e| {
             Error::State(format!(
                 "the stored policy does not compile ({e}); fix the state's policy or restore a backup"
             ))

@@ -61,11 +61,16 @@ pub fn node_key(pk: &PublicKey) -> NodeKey {
     NodeKey(pk.to_string())
 }
 
-/// The inventory of a state: every node (name, tags, mesh address) and every unrevoked token
-/// (expiry and single use are checked when the token is presented).
-pub(crate) fn inventory(s: &PersistedState) -> Inventory {
+/// The inventory of a state: every node (name, tags, mesh address), every unrevoked token
+/// (expiry and single use are checked when the token is presented), and the service ports of
+/// the coordinator node (`services`, from [`crate::CoordinatorConfig::service_ports`]).
+pub(crate) fn inventory(s: &PersistedState, services: &[tm_policy::ServicePort]) -> Inventory {
     let mut inv = Inventory::default();
     for n in s.nodes.values() {
+        if n.is_coordinator && !services.is_empty() {
+            inv.services
+                .insert(node_key(&n.public_key), services.to_vec());
+        }
         inv.nodes.insert(
             node_key(&n.public_key),
             NodeInfo {
@@ -90,8 +95,11 @@ pub(crate) fn inventory(s: &PersistedState) -> Inventory {
 /// whose tests now fail is still used (it passed when it was set; the inventory moved), with a
 /// loud warning; one that no longer compiles at all (it cannot happen through `policy set`)
 /// is an error, and the caller keeps the previous artifact.
-pub(crate) fn compile_state(s: &PersistedState) -> Result<Artifact, String> {
-    let inv = inventory(s);
+pub(crate) fn compile_state(
+    s: &PersistedState,
+    services: &[tm_policy::ServicePort],
+) -> Result<Artifact, String> {
+    let inv = inventory(s, services);
     let Some(p) = &s.policy else {
         return Artifact::no_policy(&inv).map_err(|e| e.to_string());
     };
@@ -147,7 +155,7 @@ impl Coordinator {
 
     /// Recompiles and publishes the artifact of `s` (after every committed change).
     pub(crate) fn publish_policy(&self, s: &PersistedState) {
-        match compile_state(s) {
+        match compile_state(s, &self.shared.cfg.service_ports) {
             Ok(a) => {
                 *self
                     .shared
@@ -186,7 +194,7 @@ impl Coordinator {
     /// `policy check`: validates the file and runs its tests against the current mesh.
     /// Nothing changes.
     pub fn check_policy(&self, file: &str, text: &str) -> Result<PolicyOutcome, Error> {
-        let inv = inventory(&self.lock().state);
+        let inv = inventory(&self.lock().state, &self.shared.cfg.service_ports);
         let (l, tests) = load(file, text, &inv)?;
         Ok(PolicyOutcome {
             hash: l.hash.to_string(),
@@ -212,7 +220,7 @@ impl Coordinator {
         };
         let out = self.commit(|s| {
             // Checked inside the change, against the inventory it will be stored with.
-            let (l, tests) = load(file, text, &inventory(s))?;
+            let (l, tests) = load(file, text, &inventory(s, &self.shared.cfg.service_ports))?;
             s.policy = Some(stored.clone());
             Ok((
                 PolicyOutcome {

@@ -98,6 +98,9 @@ pub struct CoordinatorConfig {
     /// Records of an existing mesh to start from when the store is empty (a coordinator that
     /// joins an existing cluster).
     pub seed_records: Vec<tm_cluster::Record>,
+    /// The ports this coordinator node serves to the mesh (API, DNS, S3, NFS): its packet
+    /// filter opens them by capability (`tm_policy::ServiceNeed`), not by hand rules.
+    pub service_ports: Vec<tm_policy::ServicePort>,
 }
 
 impl CoordinatorConfig {
@@ -123,6 +126,7 @@ impl CoordinatorConfig {
             cluster_sync: Duration::from_secs(1),
             max_clock_skew: Duration::from_millis(tm_cluster::MAX_SKEW_MS),
             seed_records: Vec::new(),
+            service_ports: Vec::new(),
         }
     }
 }

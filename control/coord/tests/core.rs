@@ -165,3 +165,74 @@ fn observed_endpoint_published_first_and_deduplicated() {
     // Other peers are untouched.
     assert_eq!(c.netmap().peer("hub").expect("hub").endpoints, Vec::new());
 }
+
+#[test]
+fn service_ports_open_by_capability_in_the_compiled_policy() {
+    use tm_policy::{Request, ServiceNeed, ServicePort, Target};
+    let mut r = [0u8; 8];
+    OsRng.fill_bytes(&mut r);
+    let dir = std::env::temp_dir().join(format!("tm-coord-svc-{}", u64::from_le_bytes(r)));
+    let hub = PrivateKey::generate(&mut OsRng);
+    let mut cfg = CoordinatorConfig::new("hub");
+    cfg.service_ports = vec![
+        ServicePort {
+            name: "s3".into(),
+            proto: 6,
+            port: 8080,
+            needs: ServiceNeed::S3,
+        },
+        ServicePort {
+            name: "api".into(),
+            proto: 6,
+            port: 8443,
+            needs: ServiceNeed::Member,
+        },
+    ];
+    let c = Coordinator::open(&dir, cfg, hub.clone(), Arc::new(MemStore::new())).expect("open");
+    let t0 = Instant::now();
+    let k = PrivateKey::generate(&mut OsRng);
+    c.handle_register(t0, request(&c, t0, &k, "alpha"), &mut OsRng)
+        .expect("register");
+    let hub_key = tm_coord::node_key(&hub.public_key());
+    assert_eq!(c.policy().services[&hub_key].len(), 2, "in the artifact");
+    let ip = |art: &tm_policy::Artifact, port| {
+        tm_policy::decide(
+            art,
+            &c.identity_of_key(&k.public_key()).unwrap(),
+            &Request::Ip {
+                dst: Target::Node("hub"),
+                proto: 6,
+                port,
+            },
+        )
+        .allow
+    };
+    // A policy without S3 grants: the API port only; with one, S3 too.
+    c.set_policy("p.hujson", r#"{"default": "deny"}"#, "root", 1)
+        .expect("set");
+    assert!(ip(&c.policy(), 8443) && !ip(&c.policy(), 8080));
+    c.set_policy(
+        "p.hujson",
+        r#"{"default": "deny", "grants": [{"src": ["alpha"], "dst": ["*"],
+           "app": {"tunnelmesh.io/cap/s3": [{"buckets": ["b"], "access": "ro"}]}}]}"#,
+        "root",
+        2,
+    )
+    .expect("set");
+    assert!(ip(&c.policy(), 8080));
+    let t = c.policy().filter_for(&hub_key);
+    assert!(t.allows_peer(&tm_coord::node_key(&k.public_key()), 6, 8080));
+    // `policy set` runs the file's tests with the service ports: a test expecting 8080 closed
+    // to an S3 holder fails.
+    let e = c
+        .set_policy(
+            "p.hujson",
+            r#"{"default": "deny", "grants": [{"src": ["alpha"], "dst": ["*"],
+               "app": {"tunnelmesh.io/cap/s3": [{"buckets": ["b"], "access": "ro"}]}}],
+               "tests": [{"src": "alpha", "deny": ["hub:8080"]}]}"#,
+            "root",
+            3,
+        )
+        .expect_err("test fails");
+    assert!(e.to_string().contains("hub:8080"), "{e}");
+}

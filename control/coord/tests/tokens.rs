@@ -568,8 +568,8 @@ async fn stored_policy_with_failing_tests_is_still_loaded_at_start() {
 }
 
 /// Every node receives its own projection of the policy in its netmap (registration answer,
-/// long poll): the rules that can select it, no S3/NFS entries, no tokens; a tag change is in
-/// the next netmap.
+/// long poll): what its packet filter needs both ways (the same table as from the full
+/// policy), only its own S3 grants, no tokens; a tag change is in the next netmap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_netmap_carries_the_nodes_projection_of_the_policy() {
     let s = Server::start_mem().await;
@@ -611,10 +611,35 @@ async fn each_netmap_carries_the_nodes_projection_of_the_policy() {
         .policy
         .expect("projection");
     assert!(for_beta.has_policy && for_beta.tokens.is_empty() && for_gamma.tokens.is_empty());
-    // beta is not tagged yet: nothing selects it; gamma has its port-22 rule; no S3 grants.
-    assert!(for_beta.rules.is_empty(), "{:#?}", for_beta.rules);
-    assert_eq!(for_gamma.rules.len(), 1, "{:#?}", for_gamma.rules);
-    assert!(for_gamma.rules.iter().all(|r| r.app.is_empty()));
+    // beta is not tagged yet: no rule lets anyone reach it; as a source it keeps what it may
+    // reach (gamma:22) and its own S3 grant (which opens a coordinator's S3 port to it).
+    let (kb, kg) = (
+        tm_coord::node_key(&beta.public_key()),
+        tm_coord::node_key(&gamma.public_key()),
+    );
+    let fb = for_beta.filter_for(&kb);
+    assert!(fb.peers.is_empty(), "{fb:?}");
+    assert_eq!(fb.reachable.iter().collect::<Vec<_>>(), [&kg]);
+    assert_eq!(
+        fb,
+        s.coord.policy().filter_for(&kb),
+        "the same filter as the full policy"
+    );
+    assert!(for_beta
+        .rules
+        .iter()
+        .filter(|r| !r.ip.is_empty())
+        .all(|r| !r
+            .dst
+            .matches(true, Some("beta"), &Default::default(), &Default::default())));
+    assert_eq!(for_gamma.filter_for(&kg), s.coord.policy().filter_for(&kg));
+    // Only S3 grants (to themselves) stay; no admin, no Docker for others.
+    for r in for_beta.rules.iter().chain(&for_gamma.rules) {
+        assert!(r
+            .app
+            .iter()
+            .all(|a| matches!(a.grant, tm_policy::caps::AppGrant::S3 { .. })));
+    }
     let ip = |a: &tm_policy::Artifact, src: &str, dst: &str| {
         tm_policy::filter_test(a, src, dst)
             .expect("filter test")
@@ -626,7 +651,12 @@ async fn each_netmap_carries_the_nodes_projection_of_the_policy() {
     let nm = s.coord.netmap_for(&beta.public_key());
     assert!(nm.version > v, "a tag change wakes the long polls");
     let for_beta = nm.policy.expect("projection");
-    assert_eq!(for_beta.rules.len(), 1, "{:#?}", for_beta.rules);
+    assert_eq!(
+        for_beta.filter_for(&kb),
+        s.coord.policy().filter_for(&kb),
+        "{:#?}",
+        for_beta.rules
+    );
     assert!(ip(&for_beta, "gamma", "beta:443") && !ip(&for_beta, "gamma", "beta:80"));
     s.stop().await;
 }

@@ -2,10 +2,18 @@
 //! dataplane's plain form (`tm_wire::filter::FilterSpec`, peers by `PeerId`) and send it as
 //! `SetFilter` chunks whenever the policy or the peer set changes.
 //!
-//! Where the compiled policy comes from: the coordinator's, as this node's projection carried
-//! by every netmap ([`LocalFilter::set_artifact`]); on a node without a coordinator policy, a
-//! **local** policy (`tunnelmesh filter load FILE`, for static `peers:` setups), compiled with
-//! tm-policy against this node and its peers. From the artifact on both take the same path.
+//! Where the compiled policy comes from: the coordinator's, pushed in the netmap as this
+//! node's projection ([`LocalFilter::set_artifact`]); or, on a mesh without a policy (or
+//! without a coordinator), a **local** policy (`tunnelmesh filter load FILE`), compiled with
+//! tm-policy against this node and its peers (names from the config's `peers:` and the
+//! netmap; no tags). A pushed policy replaces a local one.
+//!
+//! Stock WireGuard peers (the config's `peers:`) are principals too: peers the pushed
+//! artifact does not know are added to this node's copy of it by name, with their
+//! single-address `allowed_ips`, so rules select them by `*`, `autogroup:member` or (the
+//! coordinator refuses unknown node names) a `hosts` entry naming their address, and
+//! `filter test --src NAME` answers for them. A stock peer whose name or key a mesh node has
+//! is left out (it may then send nothing).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -116,13 +124,15 @@ pub fn wire_spec(
     }
 }
 
-/// The local policy and what was last sent to the dataplane.
+/// The policy (pushed or local) and what was last sent to the dataplane.
 pub struct LocalFilter {
     /// (file name, text) of the loaded policy.
     policy: Option<(String, String)>,
+    /// The coordinator's artifact for this node (takes precedence over `policy`).
+    pushed: Option<Artifact>,
+    /// The artifact in force: the pushed one with this node's stock peers added, or the
+    /// compiled local policy.
     artifact: Option<Artifact>,
-    /// `artifact` came from the coordinator's netmap (not `filter load`).
-    pushed: bool,
     warnings: Vec<String>,
     generation: u64,
     seed: u64,
@@ -143,8 +153,8 @@ impl LocalFilter {
     pub fn new(seed: u64) -> LocalFilter {
         LocalFilter {
             policy: None,
+            pushed: None,
             artifact: None,
-            pushed: false,
             warnings: Vec::new(),
             generation: 0,
             seed,
@@ -165,10 +175,11 @@ impl LocalFilter {
     }
 
     /// Compiles `text` against `members`; on success it becomes the policy. On error nothing
-    /// changes and the error is one line per problem (file:line).
+    /// changes and the error is one line per problem (file:line). Refused while the
+    /// coordinator pushes a policy (that one is in force).
     pub fn load(&mut self, file: &str, text: &str, members: &[Member]) -> Result<(), String> {
-        if self.pushed {
-            return Err("the coordinator's policy is in force here; change it with `tunnelmesh policy set FILE`".into());
+        if self.pushed.is_some() {
+            return Err("the mesh policy (set on the coordinator with `tunnelmesh policy set`) is in force; a local policy cannot replace it".into());
         }
         let inv = Self::inventory(members);
         let l = tm_policy::load(file, text.as_bytes(), &inv).map_err(|e| e.to_string())?;
@@ -179,10 +190,10 @@ impl LocalFilter {
         Ok(())
     }
 
-    /// Removes the local policy (allow all); refused while the coordinator's is in force.
+    /// Removes the local policy (allow all, unless the coordinator pushes one).
     pub fn clear(&mut self) -> Result<(), String> {
-        if self.pushed {
-            return Err("the coordinator's policy is in force here; change it with `tunnelmesh policy set FILE`".into());
+        if self.pushed.is_some() {
+            return Err("the mesh policy (set on the coordinator) is in force; change it there with `tunnelmesh policy set`".into());
         }
         self.policy = None;
         self.artifact = None;
@@ -192,33 +203,61 @@ impl LocalFilter {
     }
 
     /// The artifact a netmap carried (this node's projection of the coordinator's policy).
-    /// A real policy replaces any local one; the "no policy" artifact removes a pushed policy
-    /// but leaves a local one (static-peer setups) alone. Returns whether anything changed.
-    #[cfg_attr(not(test), allow(dead_code))] // wired with the capability-opened ports
+    /// A real policy replaces any local one; the "no policy" artifact (or none) removes a
+    /// pushed policy (allow all). This node's stock peers are added at the next
+    /// [`LocalFilter::update`]. Returns whether anything changed.
     pub fn set_artifact(&mut self, a: Option<Artifact>) -> bool {
         match a {
             Some(a) if a.has_policy => {
-                if self.pushed && self.artifact.as_ref() == Some(&a) {
+                if self.pushed.as_ref() == Some(&a) {
                     return false;
                 }
                 self.policy = None;
                 self.inv = None;
                 self.warnings.clear();
-                self.artifact = Some(a);
-                self.pushed = true;
+                self.artifact = Some(a.clone());
+                self.pushed = Some(a);
                 true
             }
-            _ if self.pushed => {
+            _ if self.pushed.is_some() => {
                 self.artifact = None;
-                self.pushed = false;
+                self.pushed = None;
                 true
             }
             _ => false,
         }
     }
 
-    /// Recompiles the local policy against the current members (names may have come or gone).
+    /// The pushed artifact with this node's stock WireGuard peers added (see the module doc).
+    fn with_stock_peers(a: &Artifact, members: &[Member]) -> Artifact {
+        let mut a = a.clone();
+        for m in members {
+            let k = node_key(&m.key);
+            if a.nodes.contains_key(&k) || a.node_by_name(&m.name).is_some() {
+                continue;
+            }
+            if tm_policy::validate_node_name(&m.name).is_err() {
+                continue;
+            }
+            a.nodes.insert(
+                k,
+                tm_policy::NodeInfo {
+                    name: m.name.clone(),
+                    tags: Default::default(),
+                    addrs: m.addrs.iter().copied().collect(),
+                },
+            );
+        }
+        a
+    }
+
+    /// Recompiles the local policy against the current members (names may have come or gone),
+    /// or refreshes the pushed artifact's stock peers.
     fn recompile(&mut self, members: &[Member]) {
+        if let Some(p) = &self.pushed {
+            self.artifact = Some(Self::with_stock_peers(p, members));
+            return;
+        }
         let Some((file, text)) = self.policy.clone() else {
             return;
         };
@@ -269,12 +308,16 @@ impl LocalFilter {
         let s = self.sent.as_ref();
         Some(FilterInfo {
             active: self.artifact.is_some(),
-            source: if self.pushed {
-                Some("coordinator".to_string())
-            } else {
-                self.policy.as_ref().map(|(f, _)| format!("local {f}"))
+            source: match (&self.pushed, &self.policy) {
+                (Some(_), _) => Some("coordinator".into()),
+                (None, Some((f, _))) => Some(format!("local {f}")),
+                (None, None) => None,
             },
-            hash: self.artifact.as_ref().map(|a| a.hash().0),
+            hash: self
+                .pushed
+                .as_ref()
+                .or(self.artifact.as_ref())
+                .map(|a| a.hash().0),
             generation: self.generation,
             classes: s.map_or(0, |s| s.classes.len()),
             peers_with_class: s.map_or(0, |s| s.peers.len()),
@@ -389,6 +432,75 @@ mod tests {
                 ..
             }]
         ));
+        assert!(!f.info().unwrap().active);
+    }
+
+    #[test]
+    fn pushed_projection_filters_both_ways_and_names_stock_peers() {
+        // The coordinator's mesh: me, alpha, beta (a coordinator serving S3). web1 is not a
+        // mesh node here: it plays a stock WireGuard peer from this node's `peers:`.
+        let mut ms = members();
+        let ip = |i: u8| -> IpAddr { format!("100.64.0.{i}").parse().unwrap() };
+        let inv = Inventory::default()
+            .with_node(&node_key(&key(1)).0, "me", &[], &[ip(1)])
+            .with_node(&node_key(&key(2)).0, "alpha", &[], &[ip(2)])
+            .with_node(&node_key(&key(3)).0, "beta", &[], &[ip(3)])
+            .with_services(
+                &node_key(&key(3)).0,
+                &[("s3", 6, 8080, tm_policy::ServiceNeed::S3)],
+            );
+        let text = r#"{
+          "hosts": {"phone": "100.64.0.4"},
+          "grants": [
+            {"src": ["alpha"], "dst": ["me"], "ip": ["tcp:22"]},
+            {"src": ["phone"], "dst": ["me"], "ip": ["tcp:80"]},
+            {"src": ["me"], "dst": ["*"], "app": {"tunnelmesh.io/cap/s3": [{"buckets": ["*"], "access": "ro"}]}},
+          ],
+          "default": "deny",
+        }"#;
+        let full = tm_policy::load("mesh.hujson", text.as_bytes(), &inv)
+            .unwrap()
+            .artifact;
+        let mut f = LocalFilter::new(3);
+        f.set_artifact(Some(full.project(&node_key(&key(1)))));
+        let msgs = f.update(&key(1), &ms, false);
+        let CtlMsg::SetFilter { data, .. } = &msgs[0] else {
+            panic!()
+        };
+        let s = FilterSpec::decode(data).unwrap();
+        // Inbound: alpha 22 only; the stock peer web1 (id 3, at 100.64.0.4) port 80 by its
+        // hosts name; beta nothing.
+        let v = |id, port| {
+            s.class_of(id)
+                .map_or(Verdict::NoRule, |c| c.verdict(6, port))
+        };
+        assert_eq!(v(1, 22), Verdict::Allow);
+        assert_eq!(v(1, 80), Verdict::NoRule);
+        assert_eq!(v(3, 80), Verdict::Allow);
+        assert_eq!(v(2, 22), Verdict::NoRule);
+        // Outbound: this node may reach alpha and web1 (they may open flows to it: it
+        // answers) and beta (its S3 port, by this node's S3 grant), not more.
+        assert_eq!(s.reachable, vec![1, 2, 3]);
+        assert!(f.test("web1", "me:80/tcp").unwrap().allow, "by name");
+        assert!(!f.test("web1", "me:22/tcp").unwrap().allow);
+        assert!(f.test("me", "beta:8080/tcp").unwrap().allow);
+        assert_eq!(f.info().unwrap().source.as_deref(), Some("coordinator"));
+        // While the mesh policy is in force a local one cannot replace it.
+        assert!(f.load("p.hujson", POLICY, &ms).is_err());
+        assert!(f.clear().is_err());
+        // A stock peer named like a mesh node is not merged: it may send nothing.
+        ms[3].name = "alpha".into();
+        let msgs = f.update(&key(1), &ms, false);
+        let CtlMsg::SetFilter { data, .. } = &msgs[0] else {
+            panic!()
+        };
+        let s = FilterSpec::decode(data).unwrap();
+        assert!(s.class_of(3).is_none());
+        assert_eq!(s.reachable, vec![1, 2]);
+        // The coordinator drops its policy: allow all (no filter).
+        f.set_artifact(None);
+        let m = f.update(&key(1), &ms, false);
+        assert!(matches!(&m[..], [CtlMsg::SetFilter { total: 0, .. }]));
         assert!(!f.info().unwrap().active);
     }
 

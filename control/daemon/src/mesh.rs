@@ -303,6 +303,63 @@ impl StateStore for ObjectStateStore {
     }
 }
 
+/// The ports this coordinator node serves to the mesh, from its configuration (what
+/// `Node::start` binds): the API (relay included) and mesh DNS for every member, S3 for
+/// holders of an S3 grant, NFS, MOUNT (the same port) and the portmapper for holders of an NFS
+/// grant. The packet filter opens them by those capabilities.
+pub fn service_ports(cfg: &NodeConfig) -> Vec<tm_policy::ServicePort> {
+    use tm_policy::{ServiceNeed, ServicePort};
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let mut v = Vec::new();
+    let mut add = |name: &str, protos: &[u8], port: u16, needs: ServiceNeed| {
+        for proto in protos {
+            v.push(ServicePort {
+                name: name.into(),
+                proto: *proto,
+                port,
+                needs,
+            });
+        }
+    };
+    if let Some(c) = &cfg.coordinator {
+        add("api", &[TCP], c.listen.port(), ServiceNeed::Member);
+    }
+    if let Some(d) = &cfg.dns {
+        // Mesh DNS answers on <mesh IP>:53, and on dns.listen when that is not loopback.
+        add("dns", &[UDP, TCP], 53, ServiceNeed::Member);
+        if !d.listen.ip().is_loopback() && d.listen.port() != 53 {
+            add("dns", &[UDP, TCP], d.listen.port(), ServiceNeed::Member);
+        }
+    }
+    if let Some(s) = &cfg.s3 {
+        add(
+            "s3",
+            &[TCP],
+            s.listen.map_or(8080, |l| l.port()),
+            ServiceNeed::S3,
+        );
+        if let Some(n) = &cfg.nfs {
+            // MOUNT is served on the NFS port (the portmapper says so).
+            add(
+                "nfs",
+                &[TCP],
+                n.listen.map_or(2049, |l| l.port()),
+                ServiceNeed::Nfs,
+            );
+            add(
+                "portmap",
+                &[UDP, TCP],
+                tm_nfs::portmap::PMAP_PORT,
+                ServiceNeed::Nfs,
+            );
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Opens the coordinator: its CA, token and state (in the object store when there is one).
 pub fn open_coordinator(
     cfg: &NodeConfig,
@@ -333,6 +390,7 @@ pub fn open_coordinator(
     // Other coordinators reach this one's API over the mesh, at its mesh address.
     cc.api_addr = Some(format!(":{}", co.listen.port()));
     cc.seed_records = seed.unwrap_or_default();
+    cc.service_ports = service_ports(cfg);
     let legacy = cfg.data_dir.join("coordinator").join("state.json");
     let st: Arc<dyn StateStore> = match store {
         Some(s) => Arc::new(ObjectStateStore {
@@ -649,6 +707,45 @@ pub fn zone_of(nm: &wire::Netmap) -> tm_dns::Zone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coordinator_service_ports_follow_the_configuration() {
+        let cfg = NodeConfig::parse(
+            "name: hub\ndata_dir: /d\ncoordinator: {enabled: true, listen: \":9443\"}\n\
+             s3: {listen: \"100.64.0.1:9000\"}\ndns: {listen: \"0.0.0.0:5353\"}\n",
+        )
+        .unwrap();
+        let got: Vec<(String, u8, u16, tm_policy::ServiceNeed)> = service_ports(&cfg)
+            .into_iter()
+            .map(|p| (p.name, p.proto, p.port, p.needs))
+            .collect();
+        use tm_policy::ServiceNeed::*;
+        let want = [
+            ("api", 6, 9443, Member),
+            ("dns", 6, 53, Member),
+            ("dns", 6, 5353, Member),
+            ("dns", 17, 53, Member),
+            ("dns", 17, 5353, Member),
+            ("nfs", 6, 2049, Nfs),
+            ("portmap", 6, 111, Nfs),
+            ("portmap", 17, 111, Nfs),
+            ("s3", 6, 9000, S3),
+        ];
+        for w in want {
+            assert!(
+                got.contains(&(w.0.to_string(), w.1, w.2, w.3)),
+                "{w:?} missing from {got:?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        // No coordinator, no store: nothing is served.
+        let plain = NodeConfig::parse("name: a\ndata_dir: /d\ndns: {enabled: false}\n").unwrap();
+        assert!(
+            service_ports(&plain).iter().all(|p| p.name != "s3"),
+            "{:?}",
+            service_ports(&plain)
+        );
+    }
 
     #[test]
     fn fib_trie_local_addresses() {

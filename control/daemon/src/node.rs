@@ -491,9 +491,9 @@ impl Node {
             }
         }
         if let Some(a) = pushed {
-            // Not fed to the packet filter yet (`LocalFilter::set_artifact`): under a default
-            // deny it would drop members' S3/NFS/DNS traffic to the coordinator until the
-            // service ports are opened by the application capabilities (issue 16).
+            // The packet filter enforces it from here on (the coordinator's service ports
+            // are opened by capability in the projection; `refresh_filter` below sends it).
+            self.filter.set_artifact(Some(a.clone()));
             self.policy_tx.send_if_modified(|cur| {
                 if cur.as_deref() == Some(&a) {
                     return false;

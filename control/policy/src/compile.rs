@@ -6,7 +6,9 @@
 //! node/tag/token change; a removed node or revoked token is then unknown and denied.
 
 use crate::caps::AppGrant;
-use crate::identity::{validate_node_name, Inventory, NodeInfo, NodeKey, TokenId, TokenInfo};
+use crate::identity::{
+    validate_node_name, Inventory, NodeInfo, NodeKey, ServiceNeed, ServicePort, TokenId, TokenInfo,
+};
 use crate::model::{DefaultAction, Policy, Rule};
 use crate::selector::valid_word;
 use crate::Error;
@@ -49,6 +51,10 @@ pub struct Artifact {
     pub tag_owners: BTreeMap<String, Vec<String>>,
     /// For a per-node projection: the node it was made for (`None`: the full artifact).
     pub scope: Option<NodeKey>,
+    /// Service ports of coordinators (from the inventory), opened by capability in the
+    /// packet filter and in `decide` for `Request::Ip`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<NodeKey, Vec<ServicePort>>,
 }
 
 fn check_inventory(inv: &Inventory) -> Result<(), Error> {
@@ -75,6 +81,14 @@ fn check_inventory(inv: &Inventory) -> Result<(), Error> {
     for (id, t) in &inv.tokens {
         check_tags(&format!("token {id}"), &t.tags)?;
     }
+    for (k, ports) in &inv.services {
+        if let Some(p) = ports.iter().find(|p| !matches!(p.proto, 6 | 17)) {
+            return Err(Error::Inventory(format!(
+                "node {k} serves {} on protocol {} (only tcp and udp service ports exist)",
+                p.name, p.proto
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -90,6 +104,7 @@ pub fn compile(policy: &Policy, inv: &Inventory) -> Result<Artifact, Error> {
         rules: policy.rules.clone(),
         tag_owners: policy.tag_owners.clone(),
         scope: None,
+        services: inv.services.clone(),
     })
 }
 
@@ -140,6 +155,7 @@ impl Artifact {
             rules: Vec::new(),
             tag_owners: BTreeMap::new(),
             scope: None,
+            services: inv.services.clone(),
         })
     }
 
@@ -184,28 +200,48 @@ impl Artifact {
         self.nodes.iter().find(|(_, n)| n.name == name)
     }
 
-    /// The part a plain node needs (its Docker agent and `filter test` against it): rules whose
-    /// `dst` can select this node, without S3/NFS/admin entries and without tokens (enforced
-    /// by coordinators, which keep the full artifact; a node never sees another's token
-    /// tags). Decisions about this node as Docker target or IP destination are the same as
-    /// with the full artifact. The coordinator sends it in each node's netmap.
+    /// What one node needs (its packet filter, its Docker agent, `filter test` against it):
+    /// rules whose `dst` can select this node (inbound), and the `ip` part of rules whose `src`
+    /// can select it (outbound: which peers it may reach at all); Docker grants; S3/NFS grants
+    /// only where the packet filter needs them (grants to this node, which open a
+    /// coordinator's service ports to it, or every such grant when this node serves those
+    /// ports). Admin entries, other nodes' S3/NFS grants and tokens are left out (enforced by
+    /// coordinators, which keep the full artifact; a node never sees another's token tags).
+    /// This node's packet filter and every decision about it as Docker target or IP
+    /// destination are the same as with the full artifact (a test checks the filter on random
+    /// policies). The coordinator sends it in each node's netmap.
     pub fn project(&self, node: &NodeKey) -> Artifact {
         let empty = NodeInfo::default();
         let me = self.nodes.get(node).unwrap_or(&empty);
+        let serves = |need| {
+            self.services
+                .get(node)
+                .is_some_and(|v| v.iter().any(|p| p.needs == need))
+        };
+        let (serves_s3, serves_nfs) = (serves(ServiceNeed::S3), serves(ServiceNeed::Nfs));
         let rules = self
             .rules
             .iter()
-            .filter(|r| r.dst.matches(true, Some(&me.name), &me.tags, &me.addrs))
-            .map(|r| Rule {
-                app: r
+            .filter_map(|r| {
+                let to_me = r.dst.matches(true, Some(&me.name), &me.tags, &me.addrs);
+                let from_me = r.src.matches(true, Some(&me.name), &me.tags, &me.addrs);
+                if !to_me && !from_me {
+                    return None;
+                }
+                let app = r
                     .app
                     .iter()
-                    .filter(|a| matches!(a.grant, AppGrant::Docker { .. }))
+                    .filter(|a| match a.grant {
+                        AppGrant::Docker { .. } => to_me,
+                        AppGrant::S3 { .. } => from_me || serves_s3,
+                        AppGrant::Nfs { .. } => from_me || serves_nfs,
+                        AppGrant::Admin => false,
+                    })
                     .cloned()
-                    .collect(),
-                ..r.clone()
+                    .collect();
+                let r = Rule { app, ..r.clone() };
+                (!r.ip.is_empty() || !r.app.is_empty()).then_some(r)
             })
-            .filter(|r| !r.ip.is_empty() || !r.app.is_empty())
             .collect();
         Artifact {
             rules,

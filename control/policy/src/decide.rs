@@ -14,7 +14,7 @@
 
 use crate::caps::{Access, AppGrant, Verb, CAP_ADMIN, CAP_DOCKER, CAP_NFS, CAP_S3, SYSTEM_BUCKET};
 use crate::compile::Artifact;
-use crate::identity::Identity;
+use crate::identity::{Identity, NodeKey, ServiceNeed};
 use crate::model::{DefaultAction, Effect, Rule};
 use crate::selector::{proto_name, SourceRef};
 use serde::{Deserialize, Serialize};
@@ -241,6 +241,7 @@ struct Subject<'a> {
 
 /// A node as a destination.
 struct Dest<'a> {
+    key: Option<&'a NodeKey>,
     member: bool,
     name: Option<&'a str>,
     tags: &'a BTreeSet<String>,
@@ -249,20 +250,23 @@ struct Dest<'a> {
 
 fn dest<'a>(art: &'a Artifact, t: Target<'a>, empty: &'a BTreeSet<String>) -> Option<Dest<'a>> {
     match t {
-        Target::Node(n) => art.node_by_name(n).map(|(_, i)| Dest {
+        Target::Node(n) => art.node_by_name(n).map(|(k, i)| Dest {
+            key: Some(k),
             member: true,
             name: Some(i.name.as_str()),
             tags: &i.tags,
             addrs: i.addrs.clone(),
         }),
-        Target::Addr(a) => Some(match art.nodes.values().find(|i| i.addrs.contains(&a)) {
-            Some(i) => Dest {
+        Target::Addr(a) => Some(match art.nodes.iter().find(|(_, i)| i.addrs.contains(&a)) {
+            Some((k, i)) => Dest {
+                key: Some(k),
                 member: true,
                 name: Some(i.name.as_str()),
                 tags: &i.tags,
                 addrs: i.addrs.clone(),
             },
             None => Dest {
+                key: None,
                 member: false,
                 name: None,
                 tags: empty,
@@ -455,6 +459,12 @@ fn explain_inner(art: &Artifact, who: &Identity, req: &Request<'_>, all: bool) -
     let mut matched = Vec::new();
     let mut decision = None;
     for effect in [Effect::Deny, Effect::Allow] {
+        if effect == Effect::Allow && decision.is_none() {
+            decision = service_port(art, &subj, req);
+            if decision.is_some() && !all {
+                break;
+            }
+        }
         for rule in art.rules.iter().filter(|r| r.effect == effect) {
             if let Some(at) = rule_match(art, rule, &subj, req) {
                 if decision.is_none() {
@@ -479,6 +489,55 @@ fn explain_inner(art: &Artifact, who: &Identity, req: &Request<'_>, all: bool) -
     }
     let decision = decision.unwrap_or_else(|| default_decision(art, req, subj.node));
     Explanation { decision, matched }
+}
+
+/// Whether `subj` holds any grant of `cap` (an S3 or NFS entry of an accept rule selecting it,
+/// or the default, which gives members S3 and NFS): the rule that grants it, or `None` with
+/// `Some` for the default.
+fn holds(art: &Artifact, subj: &Subject<'_>, need: ServiceNeed) -> Option<Option<SourceRef>> {
+    let by_rule = art
+        .rules
+        .iter()
+        .filter(|r| r.effect == Effect::Allow)
+        .filter(|r| r.src.matches(subj.node, subj.name, subj.tags, subj.addrs))
+        .flat_map(|r| r.app.iter())
+        .find(|a| {
+            matches!(
+                (&a.grant, need),
+                (AppGrant::S3 { .. }, ServiceNeed::S3) | (AppGrant::Nfs { .. }, ServiceNeed::Nfs)
+            )
+        });
+    match (by_rule, need) {
+        (_, ServiceNeed::Member) => subj.node.then_some(None),
+        (Some(a), _) => Some(Some(a.at.clone())),
+        (None, _) => (subj.node && art.default == DefaultAction::Allow).then_some(None),
+    }
+}
+
+/// A coordinator service port (API, DNS, S3, NFS) the subject's capabilities open: checked
+/// after the deny rules and before the accept rules (issue 16: service ports are opened by
+/// capability, not by hand rules; an explicit deny still closes them).
+fn service_port(art: &Artifact, subj: &Subject<'_>, req: &Request<'_>) -> Option<Decision> {
+    let Request::Ip { dst, proto, port } = *req else {
+        return None;
+    };
+    let empty = BTreeSet::new();
+    let ports = art.services.get(dest(art, dst, &empty)?.key?)?;
+    ports
+        .iter()
+        .filter(|p| p.proto == proto && p.port == port)
+        .find_map(|p| {
+            let rule = holds(art, subj, p.needs)?;
+            Some(Decision {
+                allow: true,
+                rule,
+                reason: format!(
+                    "allowed: {req} (service port {}, open to {})",
+                    p.name,
+                    p.needs.name()
+                ),
+            })
+        })
 }
 
 fn default_decision(art: &Artifact, req: &Request<'_>, member: bool) -> Decision {

@@ -6,11 +6,12 @@
 //! The table answers exactly what [`crate::decide()`] answers for `Request::Ip` (a test checks
 //! this on every port boundary), so `filter test` and the dataplane cannot disagree.
 
+use crate::caps::AppGrant;
 use crate::compile::Artifact;
 use crate::decide::{decide, Decision, Request, Target};
-use crate::identity::Identity;
-use crate::identity::NodeKey;
+use crate::identity::{Identity, NodeKey, ServiceNeed, ServicePort};
 use crate::model::{DefaultAction, Effect};
+use crate::selector::SourceRef;
 use crate::selector::{has_ports, Cidr, IpSpec, PortRange, ProtoSel, SelectorSet, ALL_PORTS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -224,7 +225,8 @@ struct Plan<'a> {
     src_of: Vec<usize>,
     dst_of: Vec<usize>,
     src_sets: Vec<Vec<usize>>,
-    dst_sets: Vec<Vec<usize>>,
+    /// Rules selecting the destination, and the service ports it serves.
+    dst_sets: Vec<(Vec<usize>, Vec<ServicePort>)>,
     /// (src sig, dst sig) -> class (None: nothing allowed).
     cache: BTreeMap<(usize, usize), Option<PolicyClass>>,
 }
@@ -288,14 +290,14 @@ impl<'a> Plan<'a> {
         };
         let mut src_lists: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
         let mut dst_lists: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
-        for (i, r) in art
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.ip.is_empty())
-        {
-            add(&mut src_lists, &r.src, i);
-            add(&mut dst_lists, &r.dst, i);
+        for (i, r) in art.rules.iter().enumerate() {
+            if !r.ip.is_empty() {
+                add(&mut src_lists, &r.src, i);
+                add(&mut dst_lists, &r.dst, i);
+            } else if r.effect == Effect::Allow && r.app.iter().any(|a| opens(a).is_some()) {
+                // S3/NFS grants open coordinator service ports to their sources.
+                add(&mut src_lists, &r.src, i);
+            }
         }
         let (mut src_sets, mut dst_sets) = (Vec::new(), Vec::new());
         let (mut src_index, mut dst_index) = (BTreeMap::new(), BTreeMap::new());
@@ -305,7 +307,11 @@ impl<'a> Plan<'a> {
             .collect();
         let dst_of = dst_lists
             .into_iter()
-            .map(|l| intern(l, &mut dst_sets, &mut dst_index))
+            .zip(&keys)
+            .map(|(l, k)| {
+                let svc = art.services.get(*k).cloned().unwrap_or_default();
+                intern((l, svc), &mut dst_sets, &mut dst_index)
+            })
             .collect();
         Plan {
             art,
@@ -326,7 +332,7 @@ impl<'a> Plan<'a> {
         }
         let (mut allow, mut deny) = (Vec::new(), Vec::new());
         // Both lists are sorted by rule index: merge to intersect.
-        let (a, b) = (&self.src_sets[key.0], &self.dst_sets[key.1]);
+        let (a, (b, services)) = (&self.src_sets[key.0], &self.dst_sets[key.1]);
         let (mut x, mut y) = (0, 0);
         while x < a.len() && y < b.len() {
             if a[x] != b[y] {
@@ -340,6 +346,9 @@ impl<'a> Plan<'a> {
             let r = &self.art.rules[a[x]];
             x += 1;
             y += 1;
+            if r.ip.is_empty() {
+                continue;
+            }
             let into = if r.effect == Effect::Allow {
                 &mut allow
             } else {
@@ -347,7 +356,33 @@ impl<'a> Plan<'a> {
             };
             into.extend(r.ip.iter());
         }
-        let c = class(&allow, &deny, self.art.default == DefaultAction::Allow);
+        // Service ports the source's capabilities open (after deny rules, as in `decide`).
+        let default_allow = self.art.default == DefaultAction::Allow;
+        let holds = |need: ServiceNeed| {
+            need == ServiceNeed::Member
+                || default_allow
+                || a.iter().any(|i| {
+                    let r = &self.art.rules[*i];
+                    r.effect == Effect::Allow && r.app.iter().any(|e| opens(e) == Some(need))
+                })
+        };
+        let svc: Vec<IpSpec> = services
+            .iter()
+            .filter(|p| holds(p.needs))
+            .map(|p| IpSpec {
+                proto: ProtoSel::Proto(p.proto),
+                ports: vec![PortRange {
+                    first: p.port,
+                    last: p.port,
+                }],
+                at: SourceRef {
+                    file: String::new(),
+                    line: 0,
+                },
+            })
+            .collect();
+        allow.extend(svc.iter());
+        let c = class(&allow, &deny, default_allow);
         let c = (!c.is_empty()).then_some(c);
         self.cache.insert(key, c.clone());
         c
@@ -372,7 +407,7 @@ impl<'a> Plan<'a> {
                 reachable.insert(self.keys[s].clone());
             }
         }
-        let addrs = addr_entries(self.art, &self.dst_sets[self.dst_of[d]], &mut b);
+        let addrs = addr_entries(self.art, &self.dst_sets[self.dst_of[d]].0, &mut b);
         FilterTable {
             node: self.keys[d].clone(),
             classes: b.classes,
@@ -380,6 +415,15 @@ impl<'a> Plan<'a> {
             addrs,
             reachable,
         }
+    }
+}
+
+/// The service ports an app grant opens to its sources.
+fn opens(a: &crate::caps::AppEntry) -> Option<ServiceNeed> {
+    match a.grant {
+        AppGrant::S3 { .. } => Some(ServiceNeed::S3),
+        AppGrant::Nfs { .. } => Some(ServiceNeed::Nfs),
+        _ => None,
     }
 }
 

@@ -81,6 +81,44 @@ pub struct TokenInfo {
     pub tags: BTreeSet<String>,
 }
 
+/// Who a coordinator service port is open to, in the packet filter (issue 16: service ports are
+/// opened by the policy's application capabilities, not by hand rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceNeed {
+    /// Every mesh node (the coordinator API and relay, mesh DNS).
+    Member,
+    /// Nodes the policy gives any `tunnelmesh.io/cap/s3` grant (S3).
+    S3,
+    /// Nodes the policy gives any `tunnelmesh.io/cap/nfs` grant (NFS, MOUNT, portmapper).
+    Nfs,
+}
+
+impl ServiceNeed {
+    /// How `filter test` and `policy explain` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceNeed::Member => "every member",
+            ServiceNeed::S3 => crate::caps::CAP_S3,
+            ServiceNeed::Nfs => crate::caps::CAP_NFS,
+        }
+    }
+}
+
+/// One port a node serves to the mesh (a coordinator's API, DNS, S3, NFS), as the node that
+/// serves it configured it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// What it is (`api`, `dns`, `s3`, `nfs`, `portmap`), for messages.
+    pub name: String,
+    /// IP protocol number (6 or 17).
+    pub proto: u8,
+    /// The port.
+    pub port: u16,
+    /// Who may reach it.
+    pub needs: ServiceNeed,
+}
+
 /// The nodes and tokens a policy is compiled against (from the replicated control state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Inventory {
@@ -88,6 +126,10 @@ pub struct Inventory {
     pub nodes: BTreeMap<NodeKey, NodeInfo>,
     /// Every live (unrevoked, unexpired) token, by id.
     pub tokens: BTreeMap<TokenId, TokenInfo>,
+    /// Service ports of nodes that serve the mesh (coordinators), opened in their packet
+    /// filter by capability ([`ServiceNeed`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<NodeKey, Vec<ServicePort>>,
 }
 
 impl Inventory {
@@ -111,6 +153,23 @@ impl Inventory {
             TokenInfo {
                 tags: tags.iter().map(|t| t.to_string()).collect(),
             },
+        );
+        self
+    }
+
+    /// Adds service ports of a node (builder style).
+    pub fn with_services(mut self, key: &str, ports: &[(&str, u8, u16, ServiceNeed)]) -> Self {
+        self.services.insert(
+            NodeKey(key.into()),
+            ports
+                .iter()
+                .map(|(name, proto, port, needs)| ServicePort {
+                    name: name.to_string(),
+                    proto: *proto,
+                    port: *port,
+                    needs: *needs,
+                })
+                .collect(),
         );
         self
     }

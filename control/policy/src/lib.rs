@@ -39,7 +39,8 @@ pub use compile::{compile, lint, Artifact, PolicyHash};
 pub use decide::{decide, explain, Decision, Explanation, NfsOp, Request, S3Op, Target};
 pub use filter::{filter_test, FilterTable, PolicyClass};
 pub use identity::{
-    validate_node_name, Identity, Inventory, NodeInfo, NodeKey, TokenId, TokenInfo,
+    validate_node_name, Identity, Inventory, NodeInfo, NodeKey, ServiceNeed, ServicePort, TokenId,
+    TokenInfo,
 };
 pub use model::{parse_policy, DefaultAction, Policy};
 pub use selector::SourceRef;

@@ -3,7 +3,10 @@
 //! combinations, not with peers.
 
 use proptest::prelude::*;
-use tm_policy::{compile, decide, parse_policy, Identity, Inventory, NodeKey, Request, Target};
+use tm_policy::{
+    compile, decide, parse_policy, FilterTable, Identity, Inventory, NodeKey, PolicyClass, Request,
+    ServiceNeed, Target,
+};
 
 const SRCS: &[&str] = &[
     "alpha",
@@ -40,7 +43,7 @@ const IPS: &[&str] = &[
 const PROTOS: &[u8] = &[1, 6, 17, 47, 132, 200];
 const PORTS: &[u16] = &[
     0, 21, 22, 23, 46, 47, 48, 52, 53, 54, 79, 80, 85, 90, 91, 442, 443, 444, 999, 1000, 1500,
-    2000, 2001, 2999, 3000, 3001, 65535,
+    2000, 2001, 2999, 3000, 3001, 65535, 111, 2049, 8080, 8443,
 ];
 
 fn inv() -> Inventory {
@@ -51,6 +54,26 @@ fn inv() -> Inventory {
         .with_node("k-gamma", "gamma", &["tag:a", "tag:b"], &[a("100.64.0.5")])
         .with_node("k-delta", "delta", &[], &[a("100.64.0.9")])
         .with_node("k-eps", "eps", &["tag:a"], &[a("100.64.0.6")])
+        // gamma is a coordinator: its service ports open by capability.
+        .with_services(
+            "k-gamma",
+            &[
+                ("api", 6, 8443, ServiceNeed::Member),
+                ("dns", 17, 53, ServiceNeed::Member),
+                ("s3", 6, 8080, ServiceNeed::S3),
+                ("nfs", 6, 2049, ServiceNeed::Nfs),
+                ("portmap", 17, 111, ServiceNeed::Nfs),
+            ],
+        )
+}
+
+/// peer -> its class, resolved (tables of the same meaning compare equal even if their
+/// class numbering differs).
+fn resolved(t: &FilterTable) -> Vec<(NodeKey, PolicyClass)> {
+    t.peers
+        .iter()
+        .map(|(k, c)| (k.clone(), t.classes[*c as usize].clone()))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -78,8 +101,21 @@ fn q(v: &[usize], names: &[&str]) -> String {
         .join(", ")
 }
 
-fn policy(default_allow: bool, rules: &[R]) -> String {
-    let mut grants = Vec::new();
+/// An S3 (`false`) or NFS (`true`) grant to some sources.
+fn app_grant(nfs: bool, src: &[usize]) -> String {
+    let cap = if nfs {
+        "\"tunnelmesh.io/cap/nfs\": [{\"shares\": [\"*\"], \"access\": \"ro\"}]"
+    } else {
+        "\"tunnelmesh.io/cap/s3\": [{\"buckets\": [\"*\"], \"access\": \"ro\"}]"
+    };
+    format!(
+        "{{\"src\": [{}], \"dst\": [\"*\"], \"app\": {{{cap}}}}}",
+        q(src, SRCS)
+    )
+}
+
+fn policy(default_allow: bool, rules: &[R], apps: &[(bool, Vec<usize>)]) -> String {
+    let mut grants: Vec<String> = apps.iter().map(|(n, s)| app_grant(*n, s)).collect();
     let mut deny = Vec::new();
     for r in rules {
         let e = format!(
@@ -106,8 +142,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn tables_agree_with_decide(default_allow in any::<bool>(), rules in prop::collection::vec(rule(), 0..8)) {
-        let text = policy(default_allow, &rules);
+    fn tables_agree_with_decide(
+        default_allow in any::<bool>(),
+        rules in prop::collection::vec(rule(), 0..8),
+        apps in prop::collection::vec((any::<bool>(), prop::collection::vec(0..7usize, 1..3)), 0..3),
+    ) {
+        let text = policy(default_allow, &rules, &apps);
         let p = parse_policy("f.hujson", text.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         let inv = inv();
         let art = compile(&p, &inv).unwrap();
@@ -115,6 +155,12 @@ proptest! {
         for (dk, dn) in &inv.nodes {
             let table = art.filter_for(dk);
             prop_assert_eq!(&all[dk], &table);
+            // The node's projection (what its netmap carries) gives it the same filter,
+            // inbound and outbound, and the same `filter test` answers about it.
+            let proj = art.project(dk);
+            let mine = proj.filter_for(dk);
+            prop_assert_eq!(resolved(&mine), resolved(&table), "projection inbound\n{}", text);
+            prop_assert_eq!(&mine.reachable, &table.reachable, "projection outbound\n{}", text);
             for (sk, _) in inv.nodes.iter().filter(|(k, _)| *k != dk) {
                 let out = art.filter_for(sk);
                 prop_assert_eq!(
@@ -128,6 +174,8 @@ proptest! {
                         let d = decide(&art, &Identity::Node(sk.clone()), &req);
                         prop_assert_eq!(table.allows_peer(sk, *proto, *port), d.allow,
                             "{} -> {} proto {} port {}: decide says {}\n{}", sk, dn.name, proto, port, d, text);
+                        let dp = decide(&proj, &Identity::Node(sk.clone()), &req);
+                        prop_assert_eq!(dp.allow, d.allow, "projected decide {} -> {}", sk, dn.name);
                     }
                 }
             }
@@ -237,4 +285,95 @@ fn thousand_peers_ten_thousand_rules_compile_in_reasonable_time() {
         "1000 peers x 10000 rules: one table in {one_took:?}, {} classes",
         one.classes.len()
     );
+}
+
+#[test]
+fn coordinator_service_ports_open_by_capability() {
+    let a = |s: &str| s.parse().unwrap();
+    let inv = Inventory::default()
+        .with_node("k-coord", "coord", &[], &[a("100.64.0.1")])
+        .with_node("k-alpha", "alpha", &[], &[a("100.64.0.2")])
+        .with_node("k-beta", "beta", &[], &[a("100.64.0.3")])
+        .with_node("k-gamma", "gamma", &[], &[a("100.64.0.4")])
+        .with_services(
+            "k-coord",
+            &[
+                ("api", 6, 8443, ServiceNeed::Member),
+                ("dns", 17, 53, ServiceNeed::Member),
+                ("s3", 6, 8080, ServiceNeed::S3),
+                ("nfs", 6, 2049, ServiceNeed::Nfs),
+                ("portmap", 6, 111, ServiceNeed::Nfs),
+            ],
+        );
+    let p = parse_policy(
+        "svc.hujson",
+        br#"{"default": "deny",
+        "grants": [
+          {"src": ["alpha"], "dst": ["*"], "app": {"tunnelmesh.io/cap/s3": [{"buckets": ["b"], "prefix": "x/", "access": "ro"}]}},
+          {"src": ["beta"], "dst": ["*"], "app": {"tunnelmesh.io/cap/nfs": [{"shares": ["*"], "access": "rw"}]}},
+        ],
+        "deny": [{"src": ["gamma"], "dst": ["coord"], "ip": ["udp:53"]}]}"#,
+    )
+    .unwrap();
+    let art = compile(&p, &inv).unwrap();
+    let coord = NodeKey("k-coord".into());
+    let t = art.filter_for(&coord);
+    let k = |n: &str| NodeKey(format!("k-{n}"));
+    for (src, proto, port, want) in [
+        ("alpha", 6, 8080, true),
+        ("alpha", 6, 8443, true),
+        ("alpha", 17, 53, true),
+        ("alpha", 6, 2049, false),
+        ("alpha", 6, 111, false),
+        ("alpha", 6, 22, false),
+        ("alpha", 17, 8080, false),
+        ("beta", 6, 8080, false),
+        ("beta", 6, 2049, true),
+        ("beta", 6, 111, true),
+        ("beta", 6, 8443, true),
+        ("gamma", 6, 8443, true),
+        ("gamma", 6, 8080, false),
+        ("gamma", 17, 53, false),
+    ] {
+        assert_eq!(
+            t.allows_peer(&k(src), proto, port),
+            want,
+            "{src} -> coord {proto}/{port}"
+        );
+        let d = decide(
+            &art,
+            &Identity::Node(k(src)),
+            &Request::Ip {
+                dst: Target::Node("coord"),
+                proto,
+                port,
+            },
+        );
+        assert_eq!(d.allow, want, "{src} -> coord {proto}/{port}: {d}");
+        // The same from the coordinator's and the source's projections.
+        assert_eq!(art.project(&coord).filter_for(&coord), t);
+    }
+    // `filter test` names the capability and the granting rule.
+    let d = tm_policy::filter_test(&art, "alpha", "coord:8080/tcp").unwrap();
+    assert!(d.allow);
+    assert_eq!(d.rule.unwrap().line, 3, "{}", d.reason);
+    assert!(
+        d.reason
+            .contains("service port s3, open to tunnelmesh.io/cap/s3"),
+        "{}",
+        d.reason
+    );
+    // Outbound: every member may send to the coordinator (its API); not to each other.
+    let alpha = art.project(&k("alpha")).filter_for(&k("alpha"));
+    assert_eq!(alpha.reachable.iter().collect::<Vec<_>>(), vec![&coord]);
+    // Without a service port in the inventory, nothing opens by itself.
+    let bare = compile(
+        &p,
+        &Inventory {
+            services: Default::default(),
+            ..inv
+        },
+    )
+    .unwrap();
+    assert!(!bare.filter_for(&coord).allows_peer(&k("alpha"), 6, 8080));
 }

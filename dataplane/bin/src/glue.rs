@@ -64,8 +64,11 @@ impl IoCounts {
     }
 }
 
-/// Longest delay before worker activity reaches worker 0's timers.
-const FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest delay before worker activity reaches worker 0's timers. Folding walks every peer
+/// (1.2 % of the dataplane's CPU under tcp1 with 1,000 peers at 10 ms); activity keeps its own
+/// timestamps and a fold always runs right before any timer does, so 100 ms only delays a
+/// worker's rekey request by that much.
+const FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Events kept while the ring to the control plane is full; beyond this they are dropped.
 const MAX_BACKLOG: usize = 16 * 1024;
 /// Payload bytes of one GSO send (the UDP length field and IP total length are 16 bits).

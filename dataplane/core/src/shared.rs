@@ -34,6 +34,18 @@ pub(crate) struct Durations {
     pub keepalive: Duration,
 }
 
+impl Durations {
+    /// The least time after `now` at which the packet path sets any deadline (keepalive,
+    /// handshake, persistent keepalive of at least 1 s, session expiry): what lets
+    /// `Dataplane::poll_timeout` answer from a bound instead of walking every peer.
+    pub fn guard(&self) -> Duration {
+        self.keepalive
+            .min(self.rekey_timeout)
+            .min(self.reject_after)
+            .min(Duration::from_secs(1))
+    }
+}
+
 /// Kinds of activity a worker records for a peer (index into [`PeerShared`]'s stamps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Activity {

@@ -1222,3 +1222,6 @@ fn owner_and_worker_threads_share_sessions() {
 
 #[path = "tests_filter.rs"]
 mod filter;
+
+#[path = "tests_timers.rs"]
+mod timers;

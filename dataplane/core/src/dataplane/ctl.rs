@@ -41,6 +41,8 @@ impl Dataplane {
     /// Applies one control-plane message.
     pub fn handle_ctl(&mut self, now: Instant, msg: CtlMsg) {
         self.ctl(now, msg);
+        // Sessions, peers and timer settings may have changed: a new bound.
+        self.rescan_timers(now);
         self.publish();
     }
 
