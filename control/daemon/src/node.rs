@@ -144,6 +144,8 @@ pub struct Node {
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
     pings: Vec<ping::Pending>,
+    /// The Docker agent and the control socket's dials (mesh nodes).
+    docker: Option<Arc<crate::docker::DockerHub>>,
     stop: bool,
     /// Every message handed to the dataplane, in order (unit tests of the handshake driver).
     #[cfg(test)]
@@ -203,10 +205,16 @@ impl Node {
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
             leaving: None,
             pings: Vec::new(),
+            docker: None,
             stop: false,
             #[cfg(test)]
             sent: Vec::new(),
         })
+    }
+
+    /// The Docker hub shared with the control socket; its agent starts in `start`.
+    pub fn set_docker(&mut self, hub: Arc<crate::docker::DockerHub>) {
+        self.docker = Some(hub);
     }
 
     /// Opens the object store (before anything listens); served after `start`.
@@ -354,7 +362,7 @@ impl Node {
             }
             self.dns = Some(dns);
         }
-        Ok(())
+        self.start_docker()
     }
 
     /// Turns a netmap into peers: adds newcomers (and handshakes with them at once, which
@@ -486,6 +494,7 @@ impl Node {
                 tokio::task::spawn_blocking(move || st.install_credentials(&creds));
             }
         }
+        self.docker_netmap(&nm);
         self.refresh_filter(false);
     }
 
@@ -1299,6 +1308,8 @@ fn add_stats(a: &mut PeerStats, b: &PeerStats) {
     a.last_rx_ago_ms = b.last_rx_ago_ms;
 }
 
+#[path = "node_docker.rs"]
+mod node_docker;
 #[path = "node_filter.rs"]
 mod node_filter;
 #[path = "ping.rs"]
