@@ -85,6 +85,14 @@ const ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The call line must arrive within this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How an exec session runs.
+struct ExecOpts {
+    stdin: bool,
+    tty: bool,
+    cols: u16,
+    rows: u16,
+}
+
 /// The agent of one node.
 pub struct Agent {
     node: String,
@@ -364,13 +372,19 @@ impl Agent {
             Call::Exec {
                 container,
                 cmd,
+                stdin,
                 tty,
                 cols,
                 rows,
             } => {
                 let c = authorize(&art, &who, node, &list, &container, verb)?.clone();
-                self.exec(&d, &art, who, c, cmd, tty, (cols, rows), r, w)
-                    .await?;
+                let opts = ExecOpts {
+                    stdin,
+                    tty,
+                    cols,
+                    rows,
+                };
+                self.exec(&d, &art, who, c, cmd, opts, r, w).await?;
                 Ok(None)
             }
         }
@@ -427,8 +441,12 @@ impl Agent {
         who: Identity,
         c: Container,
         cmd: Vec<String>,
-        tty: bool,
-        (cols, rows): (u16, u16),
+        ExecOpts {
+            stdin,
+            tty,
+            cols,
+            rows,
+        }: ExecOpts,
         r: BufReader<R>,
         w: &mut W,
     ) -> Result<(), String>
@@ -453,7 +471,7 @@ impl Agent {
                 &c.id,
                 CreateExecOptions {
                     cmd: Some(cmd.clone()),
-                    attach_stdin: Some(true),
+                    attach_stdin: Some(stdin),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     tty: Some(tty),
@@ -544,12 +562,12 @@ impl Agent {
                     None => break self.exit_code(d, &created.id).await,
                 },
                 f = from_caller.recv() => match f.flatten() {
-                    Some(Frame::Stdin(data)) if stdin_open => {
+                    Some(Frame::Stdin(data)) if stdin && stdin_open => {
                         if input.write_all(&data).await.is_err() {
                             stdin_open = false;
                         }
                     }
-                    Some(Frame::StdinEof) if stdin_open => {
+                    Some(Frame::StdinEof) if stdin && stdin_open => {
                         stdin_open = false;
                         let _ = input.shutdown().await;
                     }

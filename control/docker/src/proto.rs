@@ -82,6 +82,9 @@ pub enum Call {
         container: String,
         /// The command and its arguments.
         cmd: Vec<String>,
+        /// Attach the caller's input (`-i`); without it the command's stdin is empty.
+        #[serde(default)]
+        stdin: bool,
         /// Allocate a TTY.
         #[serde(default)]
         tty: bool,

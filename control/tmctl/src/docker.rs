@@ -196,12 +196,21 @@ fn fan_out<T: serde::de::DeserializeOwned + Send + 'static>(
     out
 }
 
+/// With `--node`, that node's failure is the command's.
+fn only_node_answered<T>(only: Option<&String>, answers: &[(String, NodeAnswer<T>)]) -> Result<()> {
+    match (only, answers) {
+        (Some(_), [(_, NodeAnswer::Unavailable(e))]) => bail!("{e}"),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a `docker` command.
 pub fn docker(target: &Target, cmd: &DockerCommand, out: &mut impl Write) -> Result<()> {
     match cmd {
         DockerCommand::Ps { all, node, json } => {
             let nodes = nodes(target, node.as_ref())?;
             let answers = fan_out::<Container>(target, nodes, &Call::Ps { all: *all });
+            only_node_answered(node.as_ref(), &answers)?;
             let v = view::merge_ps(answers);
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
@@ -270,7 +279,9 @@ pub fn docker(target: &Target, cmd: &DockerCommand, out: &mut impl Write) -> Res
                         container: None,
                         percent: !*json,
                     };
-                    fan_out::<Stats>(target, nodes, &call)
+                    let answers = fan_out::<Stats>(target, nodes, &call);
+                    only_node_answered(node.as_ref(), &answers)?;
+                    answers
                 }
             };
             let v = view::merge_stats(answers);
@@ -359,6 +370,7 @@ fn exec(target: &Target, a: &ExecArgs) -> Result<i64> {
     let call = Call::Exec {
         container: c.into(),
         cmd: a.cmd.clone(),
+        stdin: a.interactive,
         tty,
         cols,
         rows,
@@ -393,8 +405,6 @@ fn exec(target: &Target, a: &ExecArgs) -> Result<i64> {
                 }
             }
         });
-    } else {
-        send(Frame::StdinEof);
     }
     if tty {
         let send = send.clone();
