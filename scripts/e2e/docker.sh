@@ -123,8 +123,9 @@ ps_has() { # ps_has CALLER NODE CONTAINER
     ps_json "$1" | json_get "any(r['node'] == '$2' and r['name'] == '$3' for r in d['containers'])" | grep -qx true
 }
 wait_for 5 "help sees coord's containers" ps_has help coord "$C-web" || fail "help's ps: $(tm help docker ps 2>&1)"
+wait_for 5 "help sees beta's containers" ps_has help beta "$C-web" || fail "help's ps: $(tm help docker ps 2>&1)"
 out=$(ps_json help) || fail "ps --json"
-log "ps: $(tm help docker ps 2>&1 | grep -E "NODE|$C-|unavailable")"
+tm help docker ps | grep -E "^NODE|$C-|unavailable" >&2
 assert_eq "$(json_get "[u['node'] for u in d['unavailable'] if 'no Docker agent' in u['error']]" <<<"$out")" \
     '["help", "oper"]' "nodes without Docker are listed as unavailable"
 log "ok: ps across nodes"
@@ -136,6 +137,12 @@ out=$(tm help docker restart "coord/$C-web" 2>&1) && fail "helpdesk restarted: $
 [[ $out == *"not allowed: tunnelmesh.io/cap/docker restart on coord/$C-web"* ]] || fail "helpdesk restart refusal: $out"
 out=$(tm oper docker restart "coord/$C-web") || fail "operator restart: $out"
 assert_eq "$out" "restarted coord/$C-web" "operator restart"
+# The same on a member's agent (it decides on its own projection of the policy).
+out=$(tm help docker logs "beta/$C-web" --tail 2) || fail "helpdesk logs on beta: $out"
+assert_eq "$(grep -c '^line-' <<<"$out")" 2 "logs --tail 2 lines from beta's agent"
+out=$(tm help docker restart "beta/$C-db" 2>&1) && fail "helpdesk restarted on beta: $out"
+[[ $out == *"not allowed: tunnelmesh.io/cap/docker restart on beta/$C-db"* ]] || fail "helpdesk restart refusal on beta: $out"
+out=$(tm oper docker restart "beta/$C-db") || fail "operator restart on beta: $out"
 out=$(tm oper docker exec "coord/$C-web" echo ok 2>&1) && fail "operator exec: $out"
 [[ $out == *"not allowed: tunnelmesh.io/cap/docker exec on coord/$C-web"* ]] || fail "operator exec refusal: $out"
 log "ok: helpdesk logs yes, restart no; operator restart yes, exec no"
@@ -165,6 +172,8 @@ expect_err "node oper runs no Docker agent" tm help docker logs "oper/x"
 expect_err "give NODE/CONTAINER" tm help docker logs "$C-web"
 
 # --- exec with the admin set ---------------------------------------------------------------------
+# (The engine creates an exec's TTY before the agent sets its size, as with `docker exec -it`;
+# the TTY check reads the size 0.5 s after the start.)
 tm coord node tag oper tag:adm >/dev/null || fail "tag oper adm"
 exec_ok() { [[ $(tm oper docker exec "coord/$C-web" echo ok 2>&1) == ok ]]; }
 wait_for 3 "oper may exec" exec_ok || fail "exec echo ok: $(tm oper docker exec "coord/$C-web" echo ok 2>&1)"
@@ -181,7 +190,7 @@ exit 3
 assert_eq "$rc" 3 "exit code through a TTY"
 grep -q 'in-42' "$TM_TMP/tty.out" || fail "TTY stdin did not reach the shell: $(cat -v "$TM_TMP/tty.out")"
 rc=0
-tty_exec '' "stty cols 100 rows 30; (sleep 1.5; stty cols 120 rows 40) </dev/tty & $TM_BIN docker exec -t coord/$C-web sh -c 'stty size; sleep 3; stty size'" || rc=$?
+tty_exec '' "stty cols 100 rows 30; (sleep 2; stty cols 120 rows 40) </dev/tty & $TM_BIN docker exec -t coord/$C-web sh -c 'sleep 0.5; stty size; sleep 3; stty size'" || rc=$?
 ((rc == 0)) || fail "TTY exec: exit $rc: $(cat -v "$TM_TMP/tty.out")"
 grep -q '30 100' "$TM_TMP/tty.out" || fail "initial TTY size: $(cat -v "$TM_TMP/tty.out")"
 grep -q '40 120' "$TM_TMP/tty.out" || fail "resized TTY: $(cat -v "$TM_TMP/tty.out")"
@@ -192,13 +201,14 @@ audit=$(tm coord audit --json) || fail "audit"
 has() { json_get "$1" <<<"$audit" | grep -qx true || fail "audit lacks: $1: $(json_get '[e for e in d if e["action"].startswith("docker.")]' <<<"$audit")"; }
 has "any(e['action'] == 'docker.restart' and e['who'] == 'node oper' and e['target'] == 'coord/$C-web' for e in d)"
 has "any(e['action'] == 'docker.stop' and e['target'] == 'coord/$C-db' for e in d)"
+has "any(e['action'] == 'docker.restart' and e['who'] == 'node oper' and e['target'] == 'beta/$C-db' and 'reported_by=beta' in e['detail'] for e in d)"
 has "any(e['action'] == 'docker.exec' and e['who'] == 'node oper' and 'exit=3' in e['detail'] and 'cmd=\"sh -c exit 3\"' in e['detail'] and 'end=' in e['detail'] for e in d)"
 log "ok: audit has restart, stop and exec sessions with who, target, command and exit code"
 
-# --- revocation closes live streams within 2 s ----------------------------------------------------
-ns_spawn help follow.log env TUNNELMESH_SOCKET="$(sock help)" "$TM_BIN" docker logs -f "coord/$C-web" --tail 1
+# --- revocation closes live streams within 2 s (beta's agent: the change reaches it in a netmap) --
+ns_spawn help follow.log env TUNNELMESH_SOCKET="$(sock help)" "$TM_BIN" docker logs -f "beta/$C-web" --tail 1
 FOLLOW=$TM_LAST_PID
-ns_spawn oper exec.log env TUNNELMESH_SOCKET="$(sock oper)" "$TM_BIN" docker exec "coord/$C-web" sh -c 'echo started; sleep 60'
+ns_spawn oper exec.log env TUNNELMESH_SOCKET="$(sock oper)" "$TM_BIN" docker exec "beta/$C-web" sh -c 'echo started; sleep 60'
 EXEC=$TM_LAST_PID
 lines() { grep -c '^line-' "$TM_TMP/follow.log"; }
 wait_for 5 "logs -f streams" bash -c "(( \$(grep -c '^line-' '$TM_TMP/follow.log') >= 3 ))" || fail "logs -f: $(cat "$TM_TMP/follow.log")"
@@ -232,4 +242,27 @@ out=$(ns_exec outside timeout 5 bash -c "exec 3<>/dev/tcp/$CIP/8375 && echo '{\"
 # The same path reaches other services of the node (the refusal is the agent's, not routing).
 ns_exec outside timeout 5 bash -c "exec 3<>/dev/tcp/$CIP/8443" || fail "the LAN route to $CIP does not work at all"
 log "ok: the agent port refuses a non-mesh source ($out)"
+
+# --- removing the caller's node closes its live stream within 2 s ------------------------------
+tm coord node tag help tag:help >/dev/null || fail "tag help again"
+: >"$TM_TMP/follow2.log"
+follow_again() {
+    ns_spawn help follow2.log env TUNNELMESH_SOCKET="$(sock help)" "$TM_BIN" docker logs -f "beta/$C-web" --tail 1
+    FOLLOW=$TM_LAST_PID
+    wait_for 3 "logs -f streams" grep -q '^line-' "$TM_TMP/follow2.log"
+}
+wait_for 5 "help may follow logs again" follow_again || fail "logs -f after re-tagging: $(cat "$TM_TMP/follow2.log")"
+# The removed node's tunnel is gone with it, so nothing reaches its CLI any more: what must end
+# is the session on beta's agent (its log says so, its connection is no longer established).
+HELP_IP=$(mesh_ip_of help)
+agent_conn() { ns_exec beta ss -Htn state established "( sport = :8375 and dst $HELP_IP )" | grep -q .; }
+agent_conn || fail "no established agent connection from help on beta"
+t0=${EPOCHREALTIME/./}
+tm coord node remove help >/dev/null || fail "node remove help"
+ended() { grep -q "docker session ended by the policy: node .* is not in the mesh" "$TM_TMP/beta.log" && ! agent_conn; }
+wait_for 2 "beta's agent ends the removed node's session" ended ||
+    fail "beta's agent still serves the removed node 2 s later: $(grep 'docker session' "$TM_TMP/beta.log")"
+log "beta's agent ended the session $(elapsed_ms "$t0") ms after node remove: $(grep -o 'docker session ended.*' "$TM_TMP/beta.log" | tail -1)"
+stop_pid "$FOLLOW" TERM 5 >/dev/null
+log "ok: removing the caller's node ends its session on the agent within 2 s"
 pass

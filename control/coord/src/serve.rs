@@ -25,8 +25,8 @@ use crate::{Coordinator, Error};
 
 impl Coordinator {
     /// Waits until the netmap version exceeds `since` (or `long_poll` passes), then returns
-    /// the current netmap. `None` answers at once.
-    pub async fn netmap_wait(&self, since: Option<u64>) -> Netmap {
+    /// the current netmap as the registered node `name` receives it. `None` answers at once.
+    pub async fn netmap_wait(&self, name: &str, since: Option<u64>) -> Netmap {
         if let Some(since) = since {
             let mut rx = self.shared.version.subscribe();
             let deadline = tokio::time::sleep(self.shared.cfg.long_poll);
@@ -41,7 +41,7 @@ impl Coordinator {
                 }
             }
         }
-        self.netmap()
+        self.netmap_for_name(name)
     }
 
     pub(crate) async fn dispatch(
@@ -65,9 +65,9 @@ impl Coordinator {
                 )?))
             }
             ("GET", "/v1/netmap") => {
-                self.caller(client.as_ref())?;
+                let name = self.caller(client.as_ref())?;
                 let since = parse_since(&req.query)?;
-                Ok(json(&self.netmap_wait(since).await))
+                Ok(json(&self.netmap_wait(&name, since).await))
             }
             ("POST", "/v1/endpoints") => {
                 let name = self.caller(client.as_ref())?;

@@ -516,10 +516,27 @@ impl Coordinator {
             .mesh_ip
     }
 
-    /// The current netmap.
+    /// The current netmap, without a policy projection (see [`Coordinator::netmap_for`]).
     pub fn netmap(&self) -> Netmap {
         let g = self.lock();
         self.netmap_of(&g.state)
+    }
+
+    /// [`Coordinator::netmap_for`] the registered node `name` (a plain netmap if it is gone).
+    pub fn netmap_for_name(&self, name: &str) -> Netmap {
+        let key = self.lock().state.nodes.get(name).map(|n| n.public_key);
+        match key {
+            Some(k) => self.netmap_for(&k),
+            None => self.netmap(),
+        }
+    }
+
+    /// The current netmap as the node with `key` receives it: with its projection of the
+    /// compiled policy.
+    pub fn netmap_for(&self, key: &PublicKey) -> Netmap {
+        let mut nm = self.netmap();
+        nm.policy = Some(self.policy().project(&crate::policy::node_key(key)));
+        nm
     }
 
     /// Every node's S3 credentials as `(name, access_key, secret)`: the daemon installs them
@@ -558,6 +575,7 @@ impl Coordinator {
                 aliases: self.shared.cfg.aliases.clone(),
             },
             policy_hash: Some(self.policy().hash().to_string()),
+            policy: None,
         }
     }
 
@@ -708,7 +726,7 @@ impl Coordinator {
             ca_cert: self.shared.ca.ca_pem().to_owned(),
             s3_access_key: rec.s3_access_key,
             s3_secret: rec.s3_secret,
-            netmap: self.netmap(),
+            netmap: self.netmap_for(&rec.public_key),
         })
     }
 
@@ -733,7 +751,7 @@ impl Coordinator {
             n.endpoints = endpoints;
             Ok(((), true))
         })?;
-        Ok(self.netmap())
+        Ok(self.netmap_for_name(name))
     }
 
     /// Records the address an AUTHENTICATED WireGuard packet from the node with `key` came

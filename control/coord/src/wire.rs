@@ -148,6 +148,10 @@ pub struct Netmap {
     /// Hash of the compiled policy in force (`sha256:...`); members show it in `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
+    /// The receiving node's projection of the compiled policy (`Artifact::project`): what its
+    /// packet filter and Docker agent decide from. `None` from coordinators that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<tm_policy::Artifact>,
 }
 
 impl Netmap {

@@ -564,3 +564,67 @@ async fn stored_policy_with_failing_tests_is_still_loaded_at_start() {
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every node receives its own projection of the policy in its netmap (registration answer,
+/// long poll): the rules that can select it, no S3/NFS entries, no tokens; a tag change is in
+/// the next netmap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_netmap_carries_the_nodes_projection_of_the_policy() {
+    let s = Server::start_mem().await;
+    let t = s.coord.token();
+    let (beta, gamma) = (key(), key());
+    let reg = s.join_with(&t, "beta", &beta).await.expect("join beta");
+    let none = reg
+        .netmap
+        .policy
+        .expect("a projection even without a policy file");
+    assert!(!none.has_policy);
+    s.join_with(&t, "gamma", &gamma).await.expect("join gamma");
+    const P: &str = r#"{
+  "tagOwners": {"tag:web": []},
+  "default": "deny",
+  "acls": [{"action": "accept", "src": ["gamma"], "dst": ["tag:web:443"]},
+           {"action": "accept", "src": ["*"], "dst": ["gamma:22"]}],
+  "grants": [{"src": ["*"], "dst": ["*"], "app": {"tunnelmesh.io/cap/s3": [{"buckets": ["*"], "access": "rw"}]}}],
+}"#;
+    s.coord.set_policy("p.hujson", P, ROOT, 1).expect("set");
+    s.coord
+        .create_token(
+            &TokenSpec {
+                tags: vec!["tag:web".into()],
+                ..Default::default()
+            },
+            ROOT,
+            1,
+        )
+        .expect("tagged token");
+    let for_beta = s
+        .coord
+        .netmap_for(&beta.public_key())
+        .policy
+        .expect("projection");
+    let for_gamma = s
+        .coord
+        .netmap_for(&gamma.public_key())
+        .policy
+        .expect("projection");
+    assert!(for_beta.has_policy && for_beta.tokens.is_empty() && for_gamma.tokens.is_empty());
+    // beta is not tagged yet: nothing selects it; gamma has its port-22 rule; no S3 grants.
+    assert!(for_beta.rules.is_empty(), "{:#?}", for_beta.rules);
+    assert_eq!(for_gamma.rules.len(), 1, "{:#?}", for_gamma.rules);
+    assert!(for_gamma.rules.iter().all(|r| r.app.is_empty()));
+    let ip = |a: &tm_policy::Artifact, src: &str, dst: &str| {
+        tm_policy::filter_test(a, src, dst)
+            .expect("filter test")
+            .allow
+    };
+    assert!(ip(&for_gamma, "beta", "gamma:22") && !ip(&for_gamma, "beta", "gamma:23"));
+    let v = s.coord.netmap().version;
+    s.coord.tag_node("beta", "tag:web", ROOT).expect("tag");
+    let nm = s.coord.netmap_for(&beta.public_key());
+    assert!(nm.version > v, "a tag change wakes the long polls");
+    let for_beta = nm.policy.expect("projection");
+    assert_eq!(for_beta.rules.len(), 1, "{:#?}", for_beta.rules);
+    assert!(ip(&for_beta, "gamma", "beta:443") && !ip(&for_beta, "gamma", "beta:80"));
+    s.stop().await;
+}

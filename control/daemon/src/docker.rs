@@ -3,7 +3,7 @@
 //! source address cryptokey routing ties to a peer's key, reach it), and `DockerDial` on the
 //! control socket, which connects an operator command to any node's agent.
 //!
-//! The agent decides every call on the artifact published here ([`DockerHub::set_policy`]);
+//! The agent decides every call on the node's projection of the policy ([`NodePolicy`]);
 //! audit entries go to the coordinator's audit log (directly on a coordinator, over
 //! `POST /v1/admin` as `DockerAudit` from a member).
 
@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tm_api::{Command, Response};
-use tm_docker::agent::{Agent, AuditRecord, AuditSink, Caller, PolicyRx};
+use tm_docker::agent::{Agent, AuditRecord, AuditSink, Caller};
 use tm_docker::proto::AGENT_PORT;
-use tm_policy::Artifact;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
 
 use crate::config::DockerSettings;
+use crate::policy::NodePolicy;
 
 /// How long a dial to another node's agent may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,7 +31,6 @@ pub struct DockerHub {
     mesh_ip: RwLock<Option<IpAddr>>,
     peers: RwLock<BTreeMap<String, IpAddr>>,
     agent: RwLock<Option<Arc<Agent>>>,
-    policy: watch::Sender<Option<Arc<Artifact>>>,
 }
 
 impl DockerHub {
@@ -43,27 +41,7 @@ impl DockerHub {
             mesh_ip: RwLock::new(None),
             peers: RwLock::new(BTreeMap::new()),
             agent: RwLock::new(None),
-            policy: watch::channel(None).0,
         })
-    }
-
-    /// Publishes the artifact the agent decides on (live streams re-decide at once).
-    pub fn set_policy(&self, art: Arc<Artifact>) {
-        self.policy.send_if_modified(|cur| {
-            if cur
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, &art) || **c == *art)
-            {
-                return false;
-            }
-            *cur = Some(art);
-            true
-        });
-    }
-
-    /// The artifact's receiver (for the agent).
-    pub fn policy_rx(&self) -> PolicyRx {
-        self.policy.subscribe()
     }
 
     /// Replaces the names and mesh addresses of the other nodes (from the netmap).
@@ -73,12 +51,13 @@ impl DockerHub {
     }
 
     /// Starts the agent on `mesh_ip`, accepting only connections that arrive on `interface`
-    /// (the tunnel).
+    /// (the tunnel), deciding every call on `policy` (the node's projection of the mesh
+    /// policy, from its netmaps; live streams re-decide on each change).
     pub fn start(
         &self,
         settings: &DockerSettings,
-        mesh_ip: IpAddr,
-        interface: &str,
+        (mesh_ip, interface): (IpAddr, &str),
+        policy: NodePolicy,
         audit: AuditSink,
     ) -> Result<SocketAddr> {
         *self.mesh_ip.write().unwrap_or_else(|e| e.into_inner()) = Some(mesh_ip);
@@ -99,7 +78,7 @@ impl DockerHub {
         let agent = Arc::new(Agent::new(
             self.name.clone(),
             settings.socket.clone(),
-            self.policy_rx(),
+            policy.0,
             audit,
         ));
         *self.agent.write().unwrap_or_else(|e| e.into_inner()) = Some(agent.clone());

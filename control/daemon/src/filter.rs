@@ -2,11 +2,10 @@
 //! dataplane's plain form (`tm_wire::filter::FilterSpec`, peers by `PeerId`) and send it as
 //! `SetFilter` chunks whenever the policy or the peer set changes.
 //!
-//! Where the compiled policy comes from: for now a **local** policy (`tunnelmesh filter load
-//! FILE`), compiled with tm-policy against this node and its peers (names from the config's
-//! `peers:` and the netmap; no tags yet). The hook for the coordinator-pushed artifact is
-//! [`LocalFilter::set_artifact`]: a netmap that carries this node's artifact replaces the
-//! local one, and everything from the table conversion on stays the same.
+//! Where the compiled policy comes from: the coordinator's, as this node's projection carried
+//! by every netmap ([`LocalFilter::set_artifact`]); on a node without a coordinator policy, a
+//! **local** policy (`tunnelmesh filter load FILE`, for static `peers:` setups), compiled with
+//! tm-policy against this node and its peers. From the artifact on both take the same path.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -122,6 +121,8 @@ pub struct LocalFilter {
     /// (file name, text) of the loaded policy.
     policy: Option<(String, String)>,
     artifact: Option<Artifact>,
+    /// `artifact` came from the coordinator's netmap (not `filter load`).
+    pushed: bool,
     warnings: Vec<String>,
     generation: u64,
     seed: u64,
@@ -143,6 +144,7 @@ impl LocalFilter {
         LocalFilter {
             policy: None,
             artifact: None,
+            pushed: false,
             warnings: Vec::new(),
             generation: 0,
             seed,
@@ -165,6 +167,9 @@ impl LocalFilter {
     /// Compiles `text` against `members`; on success it becomes the policy. On error nothing
     /// changes and the error is one line per problem (file:line).
     pub fn load(&mut self, file: &str, text: &str, members: &[Member]) -> Result<(), String> {
+        if self.pushed {
+            return Err("the coordinator's policy is in force here; change it with `tunnelmesh policy set FILE`".into());
+        }
         let inv = Self::inventory(members);
         let l = tm_policy::load(file, text.as_bytes(), &inv).map_err(|e| e.to_string())?;
         self.policy = Some((file.to_string(), text.to_string()));
@@ -174,20 +179,42 @@ impl LocalFilter {
         Ok(())
     }
 
-    /// Removes the policy (allow all).
-    pub fn clear(&mut self) {
+    /// Removes the local policy (allow all); refused while the coordinator's is in force.
+    pub fn clear(&mut self) -> Result<(), String> {
+        if self.pushed {
+            return Err("the coordinator's policy is in force here; change it with `tunnelmesh policy set FILE`".into());
+        }
         self.policy = None;
         self.artifact = None;
         self.warnings.clear();
         self.inv = None;
+        Ok(())
     }
 
-    /// Hook for the coordinator-pushed artifact (replaces the local policy).
-    #[allow(dead_code)]
-    pub fn set_artifact(&mut self, a: Option<Artifact>) {
-        self.policy = None;
-        self.warnings.clear();
-        self.artifact = a;
+    /// The artifact a netmap carried (this node's projection of the coordinator's policy).
+    /// A real policy replaces any local one; the "no policy" artifact removes a pushed policy
+    /// but leaves a local one (static-peer setups) alone. Returns whether anything changed.
+    #[cfg_attr(not(test), allow(dead_code))] // wired with the capability-opened ports
+    pub fn set_artifact(&mut self, a: Option<Artifact>) -> bool {
+        match a {
+            Some(a) if a.has_policy => {
+                if self.pushed && self.artifact.as_ref() == Some(&a) {
+                    return false;
+                }
+                self.policy = None;
+                self.inv = None;
+                self.warnings.clear();
+                self.artifact = Some(a);
+                self.pushed = true;
+                true
+            }
+            _ if self.pushed => {
+                self.artifact = None;
+                self.pushed = false;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Recompiles the local policy against the current members (names may have come or gone).
@@ -242,7 +269,11 @@ impl LocalFilter {
         let s = self.sent.as_ref();
         Some(FilterInfo {
             active: self.artifact.is_some(),
-            source: self.policy.as_ref().map(|(f, _)| format!("local {f}")),
+            source: if self.pushed {
+                Some("coordinator".to_string())
+            } else {
+                self.policy.as_ref().map(|(f, _)| format!("local {f}"))
+            },
             hash: self.artifact.as_ref().map(|a| a.hash().0),
             generation: self.generation,
             classes: s.map_or(0, |s| s.classes.len()),
@@ -348,7 +379,7 @@ mod tests {
             1,
             "forced after a restart"
         );
-        f.clear();
+        f.clear().unwrap();
         let m = f.update(&key(1), &ms, false);
         assert!(matches!(
             &m[..],
@@ -359,6 +390,46 @@ mod tests {
             }]
         ));
         assert!(!f.info().unwrap().active);
+    }
+
+    #[test]
+    fn the_coordinators_policy_replaces_the_local_one_and_no_policy_removes_only_its_own() {
+        let ms = members();
+        let inv = LocalFilter::inventory(&ms);
+        let pushed = tm_policy::load("c.hujson", POLICY.as_bytes(), &inv)
+            .unwrap()
+            .artifact
+            .project(&node_key(&key(1)));
+        let none = Artifact::no_policy(&inv).unwrap();
+        let mut f = LocalFilter::new(7);
+        // A coordinator without a policy leaves a local one alone.
+        f.load("local.hujson", POLICY, &ms).unwrap();
+        assert!(!f.set_artifact(Some(none.clone())));
+        assert_eq!(
+            f.info().unwrap().source.as_deref(),
+            Some("local local.hujson")
+        );
+        // Its policy replaces the local one; the same artifact again changes nothing.
+        assert!(f.set_artifact(Some(pushed.clone())));
+        assert!(!f.set_artifact(Some(pushed.clone())));
+        assert_eq!(f.info().unwrap().source.as_deref(), Some("coordinator"));
+        assert_eq!(f.update(&key(1), &ms, false).len(), 1);
+        assert!(f.test("beta", "me:22").is_ok_and(|d| !d.allow));
+        // While it is in force, local changes are refused and change nothing.
+        assert!(f
+            .load("l2.hujson", "{}", &ms)
+            .unwrap_err()
+            .contains("policy set"));
+        assert!(f.clear().is_err());
+        assert!(f.test("beta", "me:22").is_ok_and(|d| !d.allow));
+        // The coordinator's policy removed: allow all again.
+        assert!(f.set_artifact(Some(none)));
+        assert!(f.test("beta", "me:22").unwrap().allow);
+        let m = f.update(&key(1), &ms, false);
+        assert!(
+            matches!(&m[..], [CtlMsg::SetFilter { total: 0, .. }]),
+            "{m:?}"
+        );
     }
 
     #[test]

@@ -112,22 +112,16 @@ pub fn admin_handler(c: &Coordinator, storage: Option<Storage>) -> tm_coord::Adm
     Arc::new(move |actor: &str, who: &tm_policy::Identity, body: &[u8]| {
         let resp = match serde_json::from_slice::<Command>(body) {
             Ok(cmd @ Command::DockerAudit { .. }) => crate::docker::record_report(&c, actor, &cmd),
-            Ok(cmd) => match crate::policy::forwarded_needs(&cmd) {
-                None => Response::err("this command is not run for other nodes"),
-                Some(req) => {
-                    let d = tm_policy::decide(&c.policy(), who, &req.as_request());
-                    if !d.allow {
-                        tracing::info!(actor, "forwarded command refused: {}", d.message());
-                        Response::err(d.message())
-                    } else if cmd.is_admin() {
-                        handle_as(&c, storage.as_ref(), &cmd, actor)
-                    } else {
-                        match &storage {
-                            Some(st) => st.handle(&cmd),
-                            None => Response::err("the coordinator has no object store"),
-                        }
-                    }
+            Ok(cmd) => match crate::policy::forwarded_decision(&c.policy(), who, &cmd) {
+                Err(why) => {
+                    tracing::info!(actor, "forwarded command refused: {why}");
+                    Response::err(why)
                 }
+                Ok(()) if cmd.is_admin() => handle_as(&c, storage.as_ref(), &cmd, actor),
+                Ok(()) => match &storage {
+                    Some(st) => st.handle(&cmd),
+                    None => Response::err("the coordinator has no object store"),
+                },
             },
             Err(e) => Response::err(format!("undecodable command: {e}")),
         };

@@ -245,7 +245,11 @@ pub fn coordinator_feed(coord: Coordinator) -> mpsc::Receiver<wire::Netmap> {
     tokio::spawn(async move {
         let mut w = coord.subscribe();
         loop {
-            if tx.send(coord.netmap()).await.is_err() {
+            if tx
+                .send(coord.netmap_for(&coord.public_key()))
+                .await
+                .is_err()
+            {
                 return;
             }
             if w.changed().await.is_err() {

@@ -139,8 +139,10 @@ pub struct Node {
     netmap_version: u64,
     /// The policy hash of the last netmap (members' `status`).
     policy_hash: Option<String>,
-    /// The packet filter (local policy for now).
+    /// The packet filter (the coordinator's policy, or a local one).
     filter: crate::filter::LocalFilter,
+    /// This node's projection of the policy, as the last netmap carried it.
+    policy_tx: tokio::sync::watch::Sender<Option<std::sync::Arc<tm_policy::Artifact>>>,
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
     pings: Vec<ping::Pending>,
@@ -203,6 +205,7 @@ impl Node {
             netmap_version: 0,
             policy_hash: None,
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
+            policy_tx: tokio::sync::watch::Sender::new(None),
             leaving: None,
             pings: Vec::new(),
             docker: None,
@@ -374,6 +377,7 @@ impl Node {
             return;
         };
         self.netmap_version = nm.version;
+        let pushed = nm.policy.clone();
         self.policy_hash = nm
             .policy_hash
             .as_ref()
@@ -494,8 +498,26 @@ impl Node {
                 tokio::task::spawn_blocking(move || st.install_credentials(&creds));
             }
         }
+        if let Some(a) = pushed {
+            // Not fed to the packet filter yet (`LocalFilter::set_artifact`): under a default
+            // deny it would drop members' S3/NFS/DNS traffic to the coordinator until the
+            // service ports are opened by the application capabilities (issue 16).
+            self.policy_tx.send_if_modified(|cur| {
+                if cur.as_deref() == Some(&a) {
+                    return false;
+                }
+                *cur = Some(std::sync::Arc::new(a));
+                true
+            });
+        }
         self.docker_netmap(&nm);
         self.refresh_filter(false);
+    }
+
+    /// This node's view of the policy (its projection, from the last netmap), for the
+    /// enforcers that run on every node (the Docker agent).
+    pub fn node_policy(&self) -> crate::policy::NodePolicy {
+        crate::policy::NodePolicy(self.policy_tx.subscribe())
     }
 
     /// On a coordinator: an authenticated packet from `key` came from `from` — publish it as

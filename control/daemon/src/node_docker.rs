@@ -1,5 +1,5 @@
-//! The node's Docker agent: started with the node's services on a mesh node, fed the policy
-//! and the peers' addresses from every netmap.
+//! The node's Docker agent: started with the node's services on a mesh node, deciding on the
+//! node's policy projection ([`Node::node_policy`]); the peers' addresses from every netmap.
 
 use super::Node;
 use crate::mesh::Role;
@@ -14,28 +14,18 @@ impl Node {
             return Ok(());
         };
         let audit = match &mesh.role {
-            Role::Coordinator(c) => {
-                hub.set_policy(c.policy());
-                crate::docker::local_audit(c.clone())
-            }
+            Role::Coordinator(c) => crate::docker::local_audit(c.clone()),
             Role::Member { client, .. } => crate::docker::member_audit(client.clone()),
         };
-        let addr = hub.start(
-            settings,
-            self.cfg.address().addr,
-            &self.cfg.interface,
-            audit,
-        )?;
+        let on = (self.cfg.address().addr, self.cfg.interface.as_str());
+        let addr = hub.start(settings, on, self.node_policy(), audit)?;
         tracing::info!(%addr, engine = %settings.socket.display(), "docker agent serving");
         Ok(())
     }
 
-    /// Peers' names and addresses, and (on a coordinator) the policy in force.
+    /// The peers' names and addresses (where `DockerDial` connects).
     pub(super) fn docker_netmap(&self, nm: &wire::Netmap) {
         let Some(hub) = &self.docker else { return };
         hub.set_peers(nm.peers.iter().map(|p| (p.name.clone(), p.mesh_ip.into())));
-        if let Some(Role::Coordinator(c)) = self.mesh.as_ref().map(|m| &m.role) {
-            hub.set_policy(c.policy());
-        }
     }
 }

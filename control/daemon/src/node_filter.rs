@@ -100,7 +100,9 @@ impl Node {
                 self.refresh_filter(false);
             }
             Command::FilterClear => {
-                self.filter.clear();
+                if let Err(e) = self.filter.clear() {
+                    return Response::err(e);
+                }
                 self.refresh_filter(false);
             }
             Command::FilterLog { peer } => {

@@ -15,6 +15,26 @@ use tm_nfs::{Gate, ShareGrant};
 use tm_policy::golden::OwnedRequest;
 use tm_policy::{Artifact, Identity, NfsOp, NodeInfo, NodeKey, Request, TokenId};
 
+/// A node's view of the policy: its projection of the coordinator's compiled policy, from the
+/// last netmap (`None` until one carried it). Enforcers on every node (the Docker agent) decide
+/// from [`NodePolicy::current`] on each call, or wait for changes on [`NodePolicy::changed`] to
+/// cut what the new policy no longer allows.
+#[derive(Debug, Clone)]
+pub struct NodePolicy(pub tokio::sync::watch::Receiver<Option<std::sync::Arc<Artifact>>>);
+
+#[allow(dead_code)]
+impl NodePolicy {
+    /// The artifact in force now.
+    pub fn current(&self) -> Option<std::sync::Arc<Artifact>> {
+        self.0.borrow().clone()
+    }
+
+    /// Waits until the artifact changes; `Err` when the node is gone.
+    pub async fn changed(&mut self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        self.0.changed().await
+    }
+}
+
 /// The NFS gate of a coordinator: a client is the member whose mesh address it connects from.
 #[derive(Debug, Clone)]
 pub struct MeshGate(pub Coordinator);
@@ -162,6 +182,18 @@ pub fn forwarded_needs(cmd: &Command) -> Option<OwnedRequest> {
         Command::ShareCreate { .. } | Command::ShareDelete { .. } => OwnedRequest::Admin,
         _ => return None,
     })
+}
+
+/// The coordinator's decision on a command a member forwarded (`POST /v1/admin`), as the
+/// identity its client certificate authenticated: `Err` with the refusal to send back.
+pub fn forwarded_decision(art: &Artifact, who: &Identity, cmd: &Command) -> Result<(), String> {
+    let req = forwarded_needs(cmd).ok_or("this command is not run for other nodes")?;
+    let d = tm_policy::decide(art, who, &req.as_request());
+    if d.allow {
+        Ok(())
+    } else {
+        Err(d.message())
+    }
 }
 
 /// An admin command on a member: forwarded to the coordinator over mTLS, which runs it as this

@@ -5,6 +5,9 @@
 //!   typed principal the S3 front authenticates (a node by its 32-byte key);
 //! - NFS: `policy::nfs_grant`, what the NFS gate answers for a client address (a member by its
 //!   mesh address, local root by loopback);
+//! - the admin API: `policy::forwarded_decision`, what the coordinator answers a member that
+//!   forwards a command over mTLS (`POST /v1/admin`): the admin capability for `node tag`,
+//!   `token list`, `share create`, the S3 `admin` level for `bucket create`;
 //! - `policy explain` (the admin command), by the names an operator types.
 
 use std::collections::BTreeMap;
@@ -125,6 +128,29 @@ fn words(r: &OwnedRequest) -> Vec<String> {
     s
 }
 
+/// The commands a member may forward that the admin API decides as `req`.
+fn admin_commands(req: &OwnedRequest) -> Vec<tm_api::Command> {
+    use tm_api::Command;
+    match req {
+        OwnedRequest::Admin => vec![
+            Command::NodeTag {
+                name: "beta".into(),
+                tag: "tag:x".into(),
+            },
+            Command::TokenList,
+            Command::ShareList,
+        ],
+        OwnedRequest::S3 {
+            bucket,
+            key,
+            op: tm_policy::S3Op::Admin,
+        } if key.is_empty() => vec![Command::BucketCreate {
+            name: bucket.clone(),
+        }],
+        _ => Vec::new(),
+    }
+}
+
 #[test]
 fn every_enforcer_answers_the_golden_table_as_decide_does() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -134,7 +160,7 @@ fn every_enforcer_answers_the_golden_table_as_decide_does() {
     let inv = remap_inventory(&table.inventory);
     let mut arts: BTreeMap<Option<String>, Artifact> = BTreeMap::new();
     let mut bad = Vec::new();
-    let (mut s3, mut nfs, mut explained) = (0, 0, 0);
+    let (mut s3, mut nfs, mut explained, mut admin) = (0, 0, 0, 0);
     for c in &table.cases {
         let GoldenCase {
             who, req, allow, ..
@@ -181,6 +207,16 @@ fn every_enforcer_answers_the_golden_table_as_decide_does() {
             }
             _ => {}
         }
+        for cmd in admin_commands(req) {
+            admin += 1;
+            let got = crate::policy::forwarded_decision(art, &who, &cmd);
+            if got.is_ok() != *allow {
+                bad.push(format!(
+                    "golden.txt:{}: admin API ({cmd:?}) says {got:?}",
+                    c.line
+                ));
+            }
+        }
         if let Some(src) = explain_src(&who, &inv) {
             explained += 1;
             match crate::policy::explain(art, &src, &words(req)) {
@@ -196,8 +232,8 @@ fn every_enforcer_answers_the_golden_table_as_decide_does() {
         bad.join("\n")
     );
     assert!(
-        s3 >= 30 && nfs >= 8 && explained >= 80,
-        "s3 {s3} nfs {nfs} explain {explained}"
+        s3 >= 30 && nfs >= 8 && explained >= 80 && admin >= 10,
+        "s3 {s3} nfs {nfs} explain {explained} admin {admin}"
     );
 }
 

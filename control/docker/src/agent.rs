@@ -426,6 +426,12 @@ impl Agent {
                 let art = rx.borrow_and_update().clone();
                 if let Some(a) = art {
                     if let Err(e) = check(&a, &who, &node, &name, verb) {
+                        tracing::info!(
+                            container = %name,
+                            verb = verb.name(),
+                            caller = %who,
+                            "docker session ended by the policy: {e}"
+                        );
                         return format!("revoked: {e}");
                     }
                 }

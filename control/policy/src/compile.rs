@@ -185,9 +185,10 @@ impl Artifact {
     }
 
     /// The part a plain node needs (its Docker agent and `filter test` against it): rules whose
-    /// `dst` can select this node, without S3/NFS/admin entries (enforced by coordinators, which
-    /// keep the full artifact). Decisions about this node as Docker target or IP destination
-    /// are the same as with the full artifact.
+    /// `dst` can select this node, without S3/NFS/admin entries and without tokens (enforced
+    /// by coordinators, which keep the full artifact; a node never sees another's token
+    /// tags). Decisions about this node as Docker target or IP destination are the same as
+    /// with the full artifact. The coordinator sends it in each node's netmap.
     pub fn project(&self, node: &NodeKey) -> Artifact {
         let empty = NodeInfo::default();
         let me = self.nodes.get(node).unwrap_or(&empty);
@@ -208,6 +209,7 @@ impl Artifact {
             .collect();
         Artifact {
             rules,
+            tokens: BTreeMap::new(),
             scope: Some(node.clone()),
             ..self.clone()
         }
