@@ -83,7 +83,12 @@ conf coord 'coordinator: {enabled: true, listen: ":8443"}
 '
 start coord
 TOKEN=$(ctl coord token) || fail "tmctl token"
-conf beta
+# beta reaches the engine through a socket proxy, so that its engine can "stop" mid-stream.
+spawn socat.log socat "UNIX-LISTEN:$TM_TMP/engine.sock,fork" UNIX-CONNECT:/var/run/docker.sock
+SOCAT=$TM_LAST_PID
+wait_for 5 "engine proxy listening" test -S "$TM_TMP/engine.sock" || fail "socat engine proxy"
+conf beta "docker: {enabled: true, socket: $TM_TMP/engine.sock}
+"
 start beta "$COORD" --token "$TOKEN"
 for n in help oper; do
     conf "$n" 'docker: {enabled: false}
@@ -265,4 +270,19 @@ wait_for 2 "beta's agent ends the removed node's session" ended ||
 log "beta's agent ended the session $(elapsed_ms "$t0") ms after node remove: $(grep -o 'docker session ended.*' "$TM_TMP/beta.log" | tail -1)"
 stop_pid "$FOLLOW" TERM 5 >/dev/null
 log "ok: removing the caller's node ends its session on the agent within 2 s"
+
+# --- beta's engine stops mid-stream: one line, exit 1, no hang ----------------------------------
+ns_spawn oper follow3.log env TUNNELMESH_SOCKET="$(sock oper)" "$TM_BIN" docker logs -f "beta/$C-web" --tail 1
+FOLLOW=$TM_LAST_PID
+wait_for 5 "oper follows beta's logs" grep -q '^line-' "$TM_TMP/follow3.log" || fail "logs -f: $(cat "$TM_TMP/follow3.log")"
+pkill -P "$SOCAT" 2>/dev/null
+kill "$SOCAT" 2>/dev/null
+wait_for 5 "logs -f ends when the engine goes" gone "$FOLLOW" || fail "logs -f hangs after the engine went away"
+rc=0
+wait "$FOLLOW" || rc=$?
+assert_eq "$rc" 1 "logs -f exit code when the engine goes away"
+last=$(grep -v '^line-' "$TM_TMP/follow3.log")
+[[ $(wc -l <<<"$last") -eq 1 && $last == "tunnelmesh: "*"ngine"* ]] || fail "logs -f end: $last"
+log "ok: engine gone mid-stream: $last"
+expect_err "Docker engine" tm oper docker logs "beta/$C-web" --tail 1
 pass

@@ -82,6 +82,8 @@ pub enum Caller {
 
 /// Every engine call but the streams' body ends within this.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Stats requests in flight at once (each waits for the engine's collection tick).
+const STATS_AT_ONCE: usize = 64;
 /// The call line must arrive within this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,12 +113,16 @@ fn now_unix() -> u64 {
 
 fn engine_err(e: bollard::errors::Error) -> String {
     use bollard::errors::Error as E;
-    match e {
+    match &e {
         E::DockerResponseServerError { message, .. } => {
             format!("the Docker engine refused: {}", message.trim())
         }
         E::RequestTimeoutError => "the Docker engine did not answer in time".into(),
-        other => format!("the Docker engine: {other}"),
+        E::HyperLegacyError { .. } | E::SocketNotFoundError(_) | E::IOError { .. } => {
+            format!("the Docker engine is not reachable ({e})")
+        }
+        E::HyperResponseError { .. } => format!("the Docker engine closed the connection ({e})"),
+        _ => format!("the Docker engine: {e}"),
     }
 }
 
@@ -337,9 +343,14 @@ impl Agent {
                         visible(&art, &who, node, &running, verb)?
                     }
                 };
-                let mut out = Vec::with_capacity(targets.len());
-                for c in targets {
-                    out.push(self.stats(&d, &c, percent).await?);
+                // The engine answers a stats request at its next collection tick (about 1 s,
+                // even one-shot after the first): ask for many containers at once.
+                let mut out: Vec<Stats> = Vec::with_capacity(targets.len());
+                for chunk in targets.chunks(STATS_AT_ONCE) {
+                    let asks: Vec<_> = chunk.iter().map(|c| self.stats(&d, c, percent)).collect();
+                    for r in futures_util::future::join_all(asks).await {
+                        out.push(r?);
+                    }
                 }
                 ok(serde_json::to_value(out).map_err(|e| e.to_string())?)
             }
@@ -365,7 +376,10 @@ impl Agent {
                 };
                 let logs = d.logs(&c.id, Some(opts));
                 let rev = self.revoked(who, c.name.clone(), verb);
-                let last = pump(logs, r, w, rev).await;
+                let mut last = pump(logs, r, w, rev).await;
+                if last == Frame::End {
+                    last = self.why_logs_ended(&d, &c).await;
+                }
                 finish(w, last).await;
                 Ok(None)
             }
@@ -387,6 +401,30 @@ impl Agent {
                 self.exec(&d, &art, who, c, cmd, opts, r, w).await?;
                 Ok(None)
             }
+        }
+    }
+
+    /// A log stream ended cleanly: all sent ([`Frame::End`]) if the container is not running
+    /// (or was not followed), else the engine went away mid-stream (an error, never a silent
+    /// success).
+    async fn why_logs_ended(&self, d: &Docker, c: &Container) -> Frame {
+        let i = tokio::time::timeout(
+            Duration::from_secs(3),
+            d.inspect_container(&c.id, None::<InspectContainerOptions>),
+        )
+        .await;
+        match i {
+            // The engine answers: the container stopped (or restarts), or everything was sent.
+            Ok(Ok(_)) => Frame::End,
+            Ok(Err(e)) => Frame::Error(format!(
+                "the log stream of {} ended: {}",
+                c.name,
+                engine_err(e)
+            )),
+            Err(_) => Frame::Error(format!(
+                "the log stream of {} ended and the Docker engine does not answer",
+                c.name
+            )),
         }
     }
 
