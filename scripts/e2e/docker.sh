@@ -12,7 +12,11 @@
 #   - exec (tag:adm): `echo ok` prints ok and exits 0, `exit 3` exits 3, a TTY (stdin, the
 #     initial size and a resize reach the container)
 #   - audit: restart/stop/start and exec sessions (who, node, container, command, exit code)
-#   - revocation: untagging closes a live `logs --follow` and a live exec within 2 s
+#   - revocation: untagging closes a live `logs --follow` and a live exec within 2 s; removing
+#     the caller's node ends its session on the agent within 2 s
+#   - back-pressure: `logs` of a 40 MB log to a stalled reader does not grow the agent's memory
+#   - the engine going away mid-stream (beta's engine socket is a proxy that is killed): one
+#     line, exit 1, no hang; later calls say the engine is not reachable
 #   - bad input: unknown node, unknown container, a node without Docker: one line, exit 1
 #   - the agent port refuses a non-mesh source (LAN route to the mesh address)
 #   - stats --json: cpu seconds, memory bytes, up
@@ -47,15 +51,18 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
 fi
 IMAGE=tm-busybox:e2e
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    deb=$(ls /var/cache/apt/archives/busybox-static_*.deb 2>/dev/null | head -1)
-    if [[ -z $deb ]]; then
+    # The static busybox of Debian's busybox-static (installed by install-test-deps.sh, else
+    # downloaded here).
+    bb=$(dpkg -L busybox-static 2>/dev/null | grep -m1 '/bin/busybox$')
+    if [[ -z $bb ]]; then
         (cd "$TM_TMP" && apt-get download busybox-static >/dev/null 2>&1) ||
-            fail "apt-get download busybox-static"
-        deb=$(ls "$TM_TMP"/busybox-static_*.deb | head -1)
+            fail "busybox-static is not installed and cannot be downloaded"
+        mkdir -p "$TM_TMP/deb"
+        dpkg -x "$(ls "$TM_TMP"/busybox-static_*.deb | head -1)" "$TM_TMP/deb" || fail "dpkg -x"
+        bb=$TM_TMP/deb/bin/busybox
     fi
-    mkdir -p "$TM_TMP/deb" "$TM_TMP/rootfs/bin" "$TM_TMP/rootfs/tmp"
-    dpkg -x "$deb" "$TM_TMP/deb" || fail "dpkg -x $deb"
-    cp "$TM_TMP/deb/bin/busybox" "$TM_TMP/rootfs/bin/"
+    mkdir -p "$TM_TMP/rootfs/bin" "$TM_TMP/rootfs/tmp"
+    cp "$bb" "$TM_TMP/rootfs/bin/busybox"
     for a in $("$TM_TMP/rootfs/bin/busybox" --list); do
         [[ $a == busybox ]] || ln -sf busybox "$TM_TMP/rootfs/bin/$a"
     done
@@ -90,6 +97,7 @@ wait_for 5 "engine proxy listening" test -S "$TM_TMP/engine.sock" || fail "socat
 conf beta "docker: {enabled: true, socket: $TM_TMP/engine.sock}
 "
 start beta "$COORD" --token "$TOKEN"
+BETA_PID=$TM_LAST_PID
 for n in help oper; do
     conf "$n" 'docker: {enabled: false}
 '
@@ -230,6 +238,22 @@ wait_for 2 "exec ends after revocation" gone "$EXEC" || fail "exec still runs 2 
 log "exec ended $(elapsed_ms "$t0") ms after the untag: $(tail -1 "$TM_TMP/exec.log")"
 grep -q "revoked: not allowed: tunnelmesh.io/cap/docker exec" "$TM_TMP/exec.log" || fail "exec end: $(tail -2 "$TM_TMP/exec.log")"
 log "ok: revocation closes logs -f and exec within 2 s"
+
+# --- back-pressure: a reader that stops does not make the agent buffer the log ---------------------
+run_ctr big 'head -c 40000000 /dev/zero | tr "\\0" x | fold -w 3999; sleep 600'
+big_done() { [[ $(docker inspect -f '{{.LogPath}}' "$C-big" | xargs stat -c %s) -gt 40000000 ]]; }
+wait_for 30 "the big container wrote its 40 MB" big_done || fail "big container log"
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss0=$(rss_kb "$BETA_PID")
+ns_spawn oper big.log bash -c "TUNNELMESH_SOCKET='$(sock oper)' '$TM_BIN' docker logs 'beta/$C-big' | (sleep 4; wc -c)"
+BIG=$TM_LAST_PID
+sleep 3 # the reader is paused: whatever the agent buffered now, it buffered for a stalled reader
+rss1=$(rss_kb "$BETA_PID")
+log "beta's RSS: ${rss0} kB before, ${rss1} kB with a stalled reader of a 40 MB log"
+assert_le $((rss1 - rss0)) 16384 "beta's RSS growth (kB) with a stalled reader"
+wait_for 60 "the slow reader got everything" gone "$BIG" || fail "logs to a slow reader did not finish"
+assert_eq "$(tail -1 "$TM_TMP/big.log")" "$(docker logs "$C-big" 2>/dev/null | wc -c)" "bytes read by the slow reader (as the engine's own docker logs)"
+log "ok: back-pressure: a stalled reader does not grow the agent's memory; everything arrives"
 
 # --- stats -------------------------------------------------------------------------------------
 out=$(tm oper docker stats --node coord --json) || fail "stats --json: $out"
