@@ -4,7 +4,8 @@
 # coordinator `coord` and the member `beta` run agents; `help` and `oper` (no Docker) are the
 # callers; `outside` is on the LAN but not in the mesh. Images: `docker import` of a root file
 # system made from Debian's busybox-static (no registry is reachable). Checks:
-#   - ps across the nodes (NODE column), with a node without Docker listed as unavailable
+#   - ps across the nodes (NODE column); nodes without Docker listed apart; a node that does not
+#     answer (packets dropped) listed as unavailable within the per-node timeout, the rest shown
 #   - the role matrix: helpdesk (tag:help) reads logs but may not restart, and the refusal names
 #     tunnelmesh.io/cap/docker restart; operator (tag:oper) restarts but may not exec
 #   - stop/start round trip visible in `docker ps` of the engine itself; inspect
@@ -23,7 +24,7 @@
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 source "$(dirname "$0")/../lib/mesh.sh"
-tm_init docker 300
+tm_init docker 220
 require_tm_binaries
 command -v docker >/dev/null || skip "docker missing (docker.io; run scripts/install-test-deps.sh)"
 command -v dockerd >/dev/null || skip "dockerd missing (docker.io; run scripts/install-test-deps.sh)"
@@ -139,9 +140,19 @@ wait_for 5 "help sees coord's containers" ps_has help coord "$C-web" || fail "he
 wait_for 5 "help sees beta's containers" ps_has help beta "$C-web" || fail "help's ps: $(tm help docker ps 2>&1)"
 out=$(ps_json help) || fail "ps --json"
 tm help docker ps | grep -E "^NODE|$C-|unavailable" >&2
-assert_eq "$(json_get "[u['node'] for u in d['unavailable'] if 'no Docker agent' in u['error']]" <<<"$out")" \
-    '["help", "oper"]' "nodes without Docker are listed as unavailable"
-log "ok: ps across nodes"
+assert_eq "$(json_get "d['without_docker']" <<<"$out")" '["help", "oper"]' "nodes without Docker, listed apart"
+assert_eq "$(json_get "d['unavailable']" <<<"$out")" '[]' "unavailable nodes"
+# A node that does not answer (its agent's packets dropped) is listed as unavailable; the rest is shown.
+BETA_IP=$(mesh_ip_of beta)
+ns_exec help iptables -I OUTPUT -d "$BETA_IP" -p tcp --dport 8375 -j DROP || fail "iptables"
+t0=${EPOCHREALTIME/./}
+out=$(ps_json help) || fail "ps with beta silent"
+log "ps with beta silent took $(elapsed_ms "$t0") ms"
+assert_eq "$(json_get "[u['node'] for u in d['unavailable']]" <<<"$out")" '["beta"]' "the silent node is unavailable"
+json_get "any(r['node'] == 'coord' and r['name'] == '$C-web' for r in d['containers'])" <<<"$out" | grep -qx true ||
+    fail "ps with beta silent lacks coord's containers: $out"
+ns_exec help iptables -D OUTPUT -d "$BETA_IP" -p tcp --dport 8375 -j DROP || fail "iptables -D"
+log "ok: ps across nodes; a silent node is unavailable, nodes without Docker are listed apart"
 
 # --- role matrix -----------------------------------------------------------------------------
 out=$(tm help docker logs "coord/$C-web" --tail 3) || fail "helpdesk logs: $out"

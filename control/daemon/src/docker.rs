@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tm_api::{Command, Response};
 use tm_docker::agent::{Agent, AuditRecord, AuditSink, Caller};
-use tm_docker::proto::AGENT_PORT;
+use tm_docker::proto::{AGENT_PORT, NO_AGENT};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -126,8 +126,8 @@ impl DockerHub {
                 None => {
                     let _ = s
                         .write_all(&line(Response::err(format!(
-                            "node {node} runs no Docker agent (no engine socket, or docker: \
-                             {{enabled: false}})"
+                            "node {node} {NO_AGENT} (no engine socket, or docker: {{enabled: \
+                             false}})"
                         ))))
                         .await;
                 }
@@ -157,9 +157,9 @@ impl DockerHub {
             }
             Err(e) => {
                 let msg = match e.kind() {
-                    std::io::ErrorKind::ConnectionRefused => format!(
-                        "node {node} runs no Docker agent (Docker not installed or disabled there)"
-                    ),
+                    std::io::ErrorKind::ConnectionRefused => {
+                        format!("node {node} {NO_AGENT} (Docker not installed or disabled there)")
+                    }
                     std::io::ErrorKind::TimedOut => {
                         format!(
                             "node {node} did not answer within {}s",

@@ -16,6 +16,10 @@ use tm_policy::Verb;
 /// The TCP port of the agent on every node's mesh address.
 pub const AGENT_PORT: u16 = 8375;
 
+/// What a dial to a node without an agent says (`node NAME runs no Docker agent (...)`); the
+/// fan-out lists such nodes apart from the unavailable ones.
+pub const NO_AGENT: &str = "runs no Docker agent";
+
 /// Largest payload of one frame.
 pub const MAX_FRAME: usize = 64 << 10;
 

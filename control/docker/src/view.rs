@@ -41,6 +41,9 @@ pub struct PsView {
     pub containers: Vec<PsRow>,
     /// Nodes whose containers are missing.
     pub unavailable: Vec<Unavailable>,
+    /// Nodes without a Docker agent (not counted as unavailable).
+    #[serde(default)]
+    pub without_docker: Vec<String>,
 }
 
 /// `stats` across nodes (`--json` prints this).
@@ -50,27 +53,35 @@ pub struct StatsView {
     pub containers: Vec<Stats>,
     /// Nodes whose stats are missing.
     pub unavailable: Vec<Unavailable>,
+    /// Nodes without a Docker agent (not counted as unavailable).
+    #[serde(default)]
+    pub without_docker: Vec<String>,
 }
 
+/// Splits answers into rows (`each`), unavailable nodes and nodes without an agent.
 fn split<T>(
     answers: Vec<(String, NodeAnswer<Vec<T>>)>,
     mut each: impl FnMut(&str, T),
-) -> Vec<Unavailable> {
-    let mut un = Vec::new();
+) -> (Vec<Unavailable>, Vec<String>) {
+    let (mut un, mut none) = (Vec::new(), Vec::new());
     for (node, a) in answers {
         match a {
             NodeAnswer::Ok(v) => v.into_iter().for_each(|x| each(&node, x)),
+            NodeAnswer::Unavailable(error) if error.contains(crate::proto::NO_AGENT) => {
+                none.push(node)
+            }
             NodeAnswer::Unavailable(error) => un.push(Unavailable { node, error }),
         }
     }
     un.sort_by(|a, b| a.node.cmp(&b.node));
-    un
+    none.sort();
+    (un, none)
 }
 
 /// Merges per-node container lists.
 pub fn merge_ps(answers: Vec<(String, NodeAnswer<Vec<Container>>)>) -> PsView {
     let mut containers = Vec::new();
-    let unavailable = split(answers, |node, container| {
+    let (unavailable, without_docker) = split(answers, |node, container| {
         containers.push(PsRow {
             node: node.to_owned(),
             container,
@@ -82,13 +93,14 @@ pub fn merge_ps(answers: Vec<(String, NodeAnswer<Vec<Container>>)>) -> PsView {
     PsView {
         containers,
         unavailable,
+        without_docker,
     }
 }
 
 /// Merges per-node stats.
 pub fn merge_stats(answers: Vec<(String, NodeAnswer<Vec<Stats>>)>) -> StatsView {
     let mut containers = Vec::new();
-    let unavailable = split(answers, |node, mut s: Stats| {
+    let (unavailable, without_docker) = split(answers, |node, mut s: Stats| {
         s.node = node.to_owned();
         containers.push(s)
     });
@@ -96,6 +108,7 @@ pub fn merge_stats(answers: Vec<(String, NodeAnswer<Vec<Stats>>)>) -> StatsView 
     StatsView {
         containers,
         unavailable,
+        without_docker,
     }
 }
 
@@ -121,6 +134,9 @@ pub fn ps_table(v: &PsView) -> String {
     }
     for u in &v.unavailable {
         let _ = writeln!(s, "{}: unavailable ({})", u.node, u.error);
+    }
+    if !v.without_docker.is_empty() {
+        let _ = writeln!(s, "without Docker: {}", v.without_docker.join(", "));
     }
     s
 }
@@ -190,6 +206,10 @@ mod tests {
                 "gamma".into(),
                 NodeAnswer::Unavailable("no answer within 3s".into()),
             ),
+            (
+                "delta".into(),
+                NodeAnswer::Unavailable("node delta runs no Docker agent (...)".into()),
+            ),
             ("beta".into(), NodeAnswer::Ok(vec![c("web"), c("db")])),
             ("alpha".into(), NodeAnswer::Ok(vec![c("x")])),
         ]);
@@ -200,11 +220,12 @@ mod tests {
             .collect();
         assert_eq!(names, [("alpha", "x"), ("beta", "db"), ("beta", "web")]);
         assert_eq!(v.unavailable.len(), 1);
+        assert_eq!(v.without_docker, ["delta"]);
         let t = ps_table(&v);
         assert!(t.starts_with("NODE"), "{t}");
         assert!(t.contains("beta         web "), "{t}");
         assert!(
-            t.ends_with("gamma: unavailable (no answer within 3s)\n"),
+            t.ends_with("gamma: unavailable (no answer within 3s)\nwithout Docker: delta\n"),
             "{t}"
         );
         // The ID column is short.
