@@ -103,7 +103,13 @@ pub enum Command {
         expires_secs: Option<u64>,
         #[serde(default)]
         reusable: bool,
+        /// A token that admits a coordinator (and only coordinators).
+        #[serde(default)]
+        coordinator: bool,
     },
+    /// On a coordinator (admin): the coordinators of the mesh and replication state:
+    /// [`ClusterInfo`].
+    ClusterStatus,
     /// On a coordinator (admin): `Vec<`[`TokenInfo`]`>` (never secrets).
     TokenList,
     /// On a coordinator (admin): revoke a token by id: [`TokenInfo`].
@@ -224,6 +230,7 @@ impl Command {
         matches!(
             self,
             Command::TokenCreate { .. }
+                | Command::ClusterStatus
                 | Command::TokenList
                 | Command::TokenRevoke { .. }
                 | Command::TokenRotate
@@ -299,6 +306,44 @@ pub struct TokenInfo {
     pub revoked_unix: Option<u64>,
     /// The default token (printed by `tmctl token`, used by the seed's S3 login).
     pub default: bool,
+    /// Admits coordinators only.
+    #[serde(default)]
+    pub coordinator: bool,
+}
+
+/// `cluster status`: this coordinator's view of the coordinators of the mesh.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ClusterInfo {
+    /// The answering coordinator.
+    pub this: String,
+    /// Digest of its replicated records (equal on coordinators that hold the same state).
+    pub digest: String,
+    /// Number of records.
+    pub records: usize,
+    /// Netmap version on this coordinator.
+    pub version: u64,
+    /// Every coordinator.
+    pub coordinators: Vec<ClusterMember>,
+}
+
+/// One coordinator in [`ClusterInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ClusterMember {
+    pub name: String,
+    pub mesh_ip: String,
+    /// The address replication dials.
+    pub api: String,
+    /// The answering coordinator itself.
+    pub this: bool,
+    /// Seconds since a replication message from it was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_secs_ago: Option<u64>,
+    /// Seconds since an anti-entropy round with it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_secs_ago: Option<u64>,
+    /// The last replication error with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A newly created token: its text is shown once.

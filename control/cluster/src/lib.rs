@@ -15,6 +15,8 @@
 //! reordering and partitions, and checks that they converge to the same records and view and
 //! that no write is lost except by being overwritten by a later one.
 
+#![forbid(unsafe_code)]
+
 pub mod conflict;
 pub mod hlc;
 pub mod store;

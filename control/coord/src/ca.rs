@@ -143,6 +143,11 @@ impl MeshCa {
         })
     }
 
+    /// The CA private key (PEM), for a coordinator joining this mesh.
+    pub fn ca_key_pem(&self) -> String {
+        self.ca_key.serialize_pem()
+    }
+
     /// SHA-256 of the CA certificate DER (what join tokens pin).
     pub fn ca_sha256(&self) -> [u8; 32] {
         Sha256::digest(self.ca_der.as_ref()).into()

@@ -151,8 +151,13 @@ pub fn build_register_request(
         token_secret: token.secret,
         csr: csr_pem,
         endpoints: endpoints.to_vec(),
+        coordinator: false,
+        api: None,
     })
 }
+
+/// Longest wait for a TCP connection to a coordinator.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A client of one coordinator. Cheap to clone (configs are shared).
 #[derive(Debug, Clone)]
@@ -164,6 +169,8 @@ pub struct JoinClient {
     identity: Option<NodeIdentity>,
     timeout: Duration,
     relay_keepalive: Duration,
+    /// `Some(api)`: [`JoinClient::register`] joins as a coordinator reachable at `api`.
+    as_coordinator: Option<Option<String>>,
 }
 
 impl JoinClient {
@@ -179,6 +186,7 @@ impl JoinClient {
             identity: None,
             timeout: Duration::from_secs(40),
             relay_keepalive: crate::relay::RELAY_KEEPALIVE,
+            as_coordinator: None,
         })
     }
 
@@ -191,6 +199,41 @@ impl JoinClient {
         let mut c = Self::new(addr, token)?;
         c.set_identity(identity)?;
         Ok(c)
+    }
+
+    /// A TCP connection to the coordinator, within [`CONNECT_TIMEOUT`] (a dead coordinator
+    /// whose address swallows packets is noticed in seconds, not at the request timeout).
+    async fn connect(&self) -> Result<TcpStream, Error> {
+        let t = CONNECT_TIMEOUT.min(self.timeout);
+        match tokio::time::timeout(t, TcpStream::connect(&self.addr)).await {
+            Ok(r) => r.map_err(|e| Error::io(format!("connect to {}", self.addr), e)),
+            Err(_) => Err(Error::io(
+                format!("connect to {}", self.addr),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", t.as_secs()),
+                ),
+            )),
+        }
+    }
+
+    /// The coordinator address this client talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The same client (token, identity, settings) for another coordinator of the mesh.
+    pub fn for_addr(&self, addr: impl Into<String>) -> JoinClient {
+        JoinClient {
+            addr: addr.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Makes [`JoinClient::register`] join as a coordinator (with a coordinator token) whose
+    /// API other coordinators reach at `api` (`None`: its mesh address, port 8443).
+    pub fn join_as_coordinator(&mut self, api: Option<String>) {
+        self.as_coordinator = Some(api);
     }
 
     /// Per-request time limit (default 40 s: longer than the server's 25 s long poll).
@@ -254,9 +297,7 @@ impl JoinClient {
             self.anon.clone()
         };
         let fut = async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| Error::io(format!("connect to {}", self.addr), e))?;
+            let tcp = self.connect().await?;
             let name = ServerName::try_from(COORDINATOR_SERVER_NAME)
                 .expect("the constant server name is valid");
             let mut tls = TlsConnector::from(cfg)
@@ -319,6 +360,14 @@ impl JoinClient {
             endpoints,
             &self.token,
         )?;
+        let req = match &self.as_coordinator {
+            Some(api) => RegisterRequest {
+                coordinator: true,
+                api: api.clone(),
+                ..req
+            },
+            None => req,
+        };
         let reg = self.register_request(&req).await?;
         let ca = CertificateDer::from_pem_slice(reg.ca_cert.as_bytes())
             .map_err(|e| Error::BadResponse(format!("ca_cert: {e}")))?;
@@ -357,6 +406,21 @@ impl JoinClient {
         Ok(body)
     }
 
+    /// `POST /v1/cluster` (mTLS, coordinators only): one replication message; returns the
+    /// messages the other coordinator answers with.
+    pub async fn cluster(&self, msg: &tm_cluster::Msg) -> Result<Vec<tm_cluster::Msg>, Error> {
+        let body = serde_json::to_vec(msg).expect("replication messages serialize");
+        let (status, body) = self.request_raw("POST", "/v1/cluster", &body, true).await?;
+        if status != 200 {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(Error::Refused { status, message });
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Malformed(format!("replication answer: {e}")))
+    }
+
     /// `POST /v1/endpoints` (mTLS): replaces this node's endpoints.
     pub async fn update_endpoints(&self, endpoints: &[SocketAddr]) -> Result<Netmap, Error> {
         let body = serde_json::to_vec(&EndpointsUpdate {
@@ -373,9 +437,7 @@ impl JoinClient {
     pub async fn relay(&self) -> Result<RelayConn, Error> {
         let cfg = self.authed.clone().ok_or(Error::NotRegistered)?;
         let fut = async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| Error::io(format!("connect to {}", self.addr), e))?;
+            let tcp = self.connect().await?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from(COORDINATOR_SERVER_NAME)
                 .expect("the constant server name is valid");

@@ -57,6 +57,10 @@ pub enum Error {
     /// An admin request that cannot be done (the message says why and what to do instead).
     #[error("{0}")]
     AdminRefused(String),
+    /// A replication message another coordinator sent was refused whole (clock skew, a
+    /// malformed record, a sender that is not a coordinator of this mesh).
+    #[error("replication refused: {0}")]
+    ClusterRefused(String),
     /// An authenticated endpoint was called without a client certificate.
     #[error("client certificate required")]
     ClientCertRequired,
@@ -148,7 +152,7 @@ impl Error {
             | Error::BadTag(..)
             | Error::AdminRefused(_)
             | Error::PolicyRefused(_) => 400,
-            Error::NotAllowed(_) => 403,
+            Error::NotAllowed(_) | Error::ClusterRefused(_) => 403,
             Error::ClientCertRequired | Error::UnknownClient => 401,
             Error::WrongToken
             | Error::TokenRefused(_)

@@ -38,6 +38,8 @@ pub struct TokenSpec {
     pub expires_in: Option<Duration>,
     /// Usable for any number of joins (default: one node).
     pub reusable: bool,
+    /// Admits a coordinator instead of a member.
+    pub coordinator: bool,
 }
 
 /// A node as admins see it (no secrets).
@@ -133,6 +135,7 @@ fn default_record(secret: &[u8; 32], created_by: &str, now: u64) -> TokenRecord 
         created_by: created_by.to_owned(),
         revoked_unix: None,
         default: true,
+        coordinator: false,
     }
 }
 
@@ -336,6 +339,7 @@ impl Coordinator {
             created_by: actor.to_owned(),
             revoked_unix: None,
             default: false,
+            coordinator: spec.coordinator,
         };
         self.commit(|s| {
             s.tokens.insert(rec.id.clone(), rec.clone());

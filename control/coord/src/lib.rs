@@ -54,15 +54,19 @@ pub mod address;
 mod ca;
 mod challenge;
 mod client;
+mod cluster;
 mod contain;
 mod error;
 mod http;
 mod identity;
 mod index;
 mod limit;
+mod open;
 pub mod policy;
 pub mod proof;
+mod records;
 pub mod relay;
+mod replicate;
 mod serve;
 mod server;
 mod store;
@@ -75,6 +79,7 @@ mod bounds_tests;
 pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient};
+pub use cluster::{install_cluster_seed, DEFAULT_API_PORT};
 pub use contain::{in_request, panics};
 pub use error::Error;
 pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};
@@ -83,8 +88,10 @@ pub use relay::{
     LocalRelaySender, RelayConn, RelayReceiver, RelayRoute, RelaySender, RelayStats,
     MAX_RELAY_PAYLOAD,
 };
+pub use replicate::origin_of;
 pub use server::{read_token, validate_name, Coordinator, CoordinatorConfig};
 pub use store::{FileStore, MemStore, StateStore};
+pub use tm_cluster;
 pub use token::{JoinToken, TokenRecord, TokenStatus};
 
 /// The TLS server name a client always asks for; every coordinator certificate carries it.

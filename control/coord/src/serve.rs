@@ -74,6 +74,17 @@ impl Coordinator {
                 let u: EndpointsUpdate = parse_json(&req.body)?;
                 Ok(json(&self.handle_endpoints(&name, u.endpoints)?))
             }
+            ("POST", "/v1/cluster") => {
+                let name = self.caller(client.as_ref())?;
+                let key = self.cluster_peer(&name)?;
+                let msg: tm_cluster::Msg = parse_json(&req.body)?;
+                let me = self.clone();
+                // The merge persists (fsync): off the async workers.
+                let answers = tokio::task::spawn_blocking(move || me.handle_cluster(&key, msg))
+                    .await
+                    .map_err(|_| Error::Internal)??;
+                Ok(json(&answers))
+            }
             ("POST", "/v1/admin") => {
                 let name = self.caller(client.as_ref())?;
                 self.handle_admin(&name, req.body).await

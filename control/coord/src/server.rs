@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use rand_core::{CryptoRng, OsRng, RngCore};
+use rand_core::{CryptoRng, RngCore};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateSigningRequestDer;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
 use tm_noise::{PrivateKey, PublicKey};
 use tokio::sync::watch;
@@ -89,6 +88,16 @@ pub struct CoordinatorConfig {
     pub relay_keepalive: Duration,
     /// Bound of each relay connection's outgoing queue, in frames (256).
     pub relay_queue: usize,
+    /// The API address other coordinators dial to replicate with this one (`HOST:PORT`, or
+    /// `:PORT` for this coordinator's mesh address); `None`: the mesh address, port 8443.
+    pub api_addr: Option<String>,
+    /// Interval of anti-entropy rounds with the other coordinators (1 s).
+    pub cluster_sync: Duration,
+    /// Bound on how far ahead of this coordinator's clock another's stamps may be (60 s).
+    pub max_clock_skew: Duration,
+    /// Records of an existing mesh to start from when the store is empty (a coordinator that
+    /// joins an existing cluster).
+    pub seed_records: Vec<tm_cluster::Record>,
 }
 
 impl CoordinatorConfig {
@@ -110,6 +119,10 @@ impl CoordinatorConfig {
             rate_sources: 4096,
             relay_keepalive: crate::relay::RELAY_KEEPALIVE,
             relay_queue: crate::relay::RELAY_QUEUE,
+            api_addr: None,
+            cluster_sync: Duration::from_secs(1),
+            max_clock_skew: Duration::from_millis(tm_cluster::MAX_SKEW_MS),
+            seed_records: Vec::new(),
         }
     }
 }
@@ -124,16 +137,20 @@ pub(crate) struct NodeRecord {
     pub(crate) endpoints: Vec<SocketAddr>,
     pub(crate) is_coordinator: bool,
     /// SHA-256 (hex) of the node's current client certificate: the only mTLS identity map.
-    cert_sha256: Option<String>,
+    pub(crate) cert_sha256: Option<String>,
     pub(crate) s3_access_key: String,
     pub(crate) s3_secret: String,
     /// The address the coordinator last saw authenticated WireGuard traffic from (NAT
     /// mapping); published first in `endpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    observed: Option<SocketAddr>,
+    pub(crate) observed: Option<SocketAddr>,
     /// Tags (`tag:...`), set by admins or by the token the node joined with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) tags: Vec<String>,
+    /// For coordinators: the API address other coordinators dial (`HOST:PORT`); `None`: the
+    /// mesh address, port 8443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) api: Option<String>,
 }
 
 impl NodeRecord {
@@ -156,9 +173,9 @@ impl NodeRecord {
 /// The whole persisted snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PersistedState {
-    format: u32,
-    version: u64,
-    mesh_cidr: MeshCidr,
+    pub(crate) format: u32,
+    pub(crate) version: u64,
+    pub(crate) mesh_cidr: MeshCidr,
     /// By name.
     pub(crate) nodes: BTreeMap<String, NodeRecord>,
     /// Join tokens by id (secrets hashed; see [`crate::token::TokenRecord`]).
@@ -174,12 +191,12 @@ impl PersistedState {
         self.nodes.values().find(|n| &n.public_key == key)
     }
 
-    fn ip_taken(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn ip_taken(&self, ip: Ipv4Addr) -> bool {
         self.nodes.values().any(|n| n.mesh_ip == ip)
     }
 }
 
-fn index_of(s: &PersistedState) -> Index {
+pub(crate) fn index_of(s: &PersistedState) -> Index {
     Index::build(
         s.nodes
             .values()
@@ -202,19 +219,25 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) tls: Arc<ServerConfig>,
     /// The published state: held only to read it or swap in a new one, never across I/O.
-    inner: Mutex<Inner>,
+    pub(crate) inner: Mutex<Inner>,
     /// Write sequencer: held by one state change from reading the state to publishing it,
     /// across the durable write, so changes are persisted and published in order.
-    writer: Mutex<()>,
+    pub(crate) writer: Mutex<()>,
     /// Lookup maps of the published state (relay and client-certificate hot paths).
-    index: RwLock<Index>,
+    pub(crate) index: RwLock<Index>,
     /// The compiled policy of the published state (`policy.rs`).
     pub(crate) policy: RwLock<Arc<tm_policy::Artifact>>,
+    /// This coordinator's replica of the records the state is made of (`replicate.rs`).
+    pub(crate) replica: Mutex<tm_cluster::Replica>,
+    /// Messages for other coordinators, taken by the cluster driver (`cluster.rs`).
+    pub(crate) outbox: crate::cluster::Outbox,
+    /// The last delivery error per other coordinator (`cluster status`).
+    pub(crate) cluster_errors: Mutex<BTreeMap<tm_cluster::Origin, String>>,
     /// Runs forwarded admin commands (`policy.rs`).
     pub(crate) admin: RwLock<Option<crate::policy::AdminHandler>>,
     /// Bumped after every publication of `policy` (NFS connections re-ask their grants).
     pub(crate) policy_generation: std::sync::atomic::AtomicU64,
-    challenges: Mutex<Challenges>,
+    pub(crate) challenges: Mutex<Challenges>,
     pub(crate) limiter: SourceLimiter,
     pub(crate) version: watch::Sender<u64>,
     pub(crate) relay: RelayHub,
@@ -256,7 +279,43 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn validate_endpoints(eps: &[SocketAddr]) -> Result<(), Error> {
+/// A coordinator API address: `HOST:PORT` with a DNS name or IP address and a port, or `:PORT`
+/// (the coordinator's mesh address).
+pub(crate) fn validate_api_addr(a: &str) -> Result<(), Error> {
+    let bad = || Error::Malformed(format!("api address {a:?} is not HOST:PORT or :PORT"));
+    if let Some(p) = a.strip_prefix(':') {
+        return p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .map(drop)
+            .ok_or_else(bad);
+    }
+    if a.len() > 260 {
+        return Err(bad());
+    }
+    if a.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(bad)?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+    };
+    if host.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+pub(crate) fn validate_endpoints(eps: &[SocketAddr]) -> Result<(), Error> {
     if eps.len() > MAX_ENDPOINTS {
         return Err(Error::Malformed(format!(
             "at most {MAX_ENDPOINTS} endpoints are allowed"
@@ -270,7 +329,7 @@ fn validate_endpoints(eps: &[SocketAddr]) -> Result<(), Error> {
     Ok(())
 }
 
-fn s3_credentials<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> (String, String) {
+pub(crate) fn s3_credentials<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> (String, String) {
     let mut a = [0u8; 10];
     rng.fill_bytes(&mut a);
     let mut s = [0u8; 30];
@@ -324,160 +383,6 @@ pub fn read_token(data_dir: &Path) -> Result<JoinToken, Error> {
 }
 
 impl Coordinator {
-    /// Opens (or initialises) a coordinator: CA, server certificate and join secret under
-    /// `data_dir/coordinator/`, membership from `store`. The coordinator node itself is
-    /// registered (first, `is_coordinator = true`) with `node_static`'s public key.
-    pub fn open(
-        data_dir: &Path,
-        cfg: CoordinatorConfig,
-        node_static: PrivateKey,
-        store: Arc<dyn StateStore>,
-    ) -> Result<Self, Error> {
-        validate_name(&cfg.name)?;
-        validate_endpoints(&cfg.endpoints)?;
-        let dir = data_dir.join("coordinator");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let ca = MeshCa::load_or_create(&dir, &cfg.tls_names)?;
-
-        let stored = store.load()?;
-        let fresh = stored.is_none();
-        let mut state = match stored {
-            Some(b) => {
-                let mut s: PersistedState = serde_json::from_slice(&b)
-                    .map_err(|e| Error::State(format!("cannot parse state: {e}")))?;
-                if s.format == 1 {
-                    s.format = STATE_FORMAT; // tokens and tags start empty (migrated below)
-                }
-                if s.format != STATE_FORMAT {
-                    return Err(Error::State(format!("unknown state format {}", s.format)));
-                }
-                if s.mesh_cidr != cfg.mesh_cidr {
-                    return Err(Error::Config(format!(
-                        "mesh_cidr changed from {} to {}; addresses are persisted, keep the old one",
-                        s.mesh_cidr, cfg.mesh_cidr
-                    )));
-                }
-                s
-            }
-            None => PersistedState {
-                format: STATE_FORMAT,
-                version: 0,
-                mesh_cidr: cfg.mesh_cidr,
-                nodes: BTreeMap::new(),
-                tokens: BTreeMap::new(),
-                policy: None,
-            },
-        };
-        let tokens_before = state.tokens.clone();
-        let join_secret = crate::identity::open_default_secret(&dir, &mut state, fresh)?;
-
-        // The coordinator's own record.
-        let me = node_static.public_key();
-        let before = state.clone();
-        match state.by_key(&me).map(|n| n.name.clone()) {
-            Some(name) if name != cfg.name => {
-                return Err(Error::Config(format!(
-                    "this coordinator's key is registered as {name:?}, not {:?}",
-                    cfg.name
-                )))
-            }
-            Some(_) => {
-                let rec = state.nodes.get_mut(&cfg.name).expect("found by key above");
-                rec.is_coordinator = true;
-                rec.endpoints = cfg.endpoints.clone();
-            }
-            None => {
-                if state.nodes.contains_key(&cfg.name) {
-                    return Err(Error::Config(format!(
-                        "name {:?} is registered with another key",
-                        cfg.name
-                    )));
-                }
-                let ip = address::allocate(cfg.mesh_cidr, &me, |ip| state.ip_taken(ip))?;
-                let (ak, sk) = s3_credentials(&mut OsRng);
-                state.nodes.insert(
-                    cfg.name.clone(),
-                    NodeRecord {
-                        name: cfg.name.clone(),
-                        public_key: me,
-                        mesh_ip: ip,
-                        endpoints: cfg.endpoints.clone(),
-                        is_coordinator: true,
-                        cert_sha256: None,
-                        s3_access_key: ak,
-                        s3_secret: sk,
-                        observed: None,
-                        tags: Vec::new(),
-                    },
-                );
-            }
-        }
-        let nodes_changed = fresh || state.nodes != before.nodes;
-        if nodes_changed {
-            state.version += 1;
-        }
-        if nodes_changed || state.tokens != tokens_before {
-            store.save(&json(&state))?;
-        }
-
-        let provider = crate::provider();
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.ca_der().clone())
-            .map_err(|e| Error::Tls(format!("CA as trust anchor: {e}")))?;
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
-        let tls = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(ca.server_chain(), ca.server_key())
-            .map_err(|e| Error::Tls(format!("server certificate: {e}")))?;
-
-        let (version, _) = watch::channel(state.version);
-        let index = RwLock::new(index_of(&state));
-        let policy = crate::policy::compile_state(&state).map_err(|e| {
-            Error::State(format!(
-                "the stored policy does not compile ({e}); fix the state's policy or restore a backup"
-            ))
-        })?;
-        let now = Instant::now();
-        let challenges = Mutex::new(Challenges::new(cfg.challenge_ttl, cfg.max_challenges, now));
-        let limiter = SourceLimiter::new(
-            cfg.challenge_rate,
-            cfg.challenge_burst,
-            cfg.rate_sources,
-            now,
-        );
-        Ok(Self {
-            shared: Arc::new(Shared {
-                cfg,
-                node_static,
-                ca,
-                dir,
-                store,
-                tls: Arc::new(tls),
-                inner: Mutex::new(Inner {
-                    state,
-                    default_secret: join_secret,
-                }),
-                writer: Mutex::new(()),
-                index,
-                policy: RwLock::new(Arc::new(policy)),
-                policy_generation: std::sync::atomic::AtomicU64::new(0),
-                admin: RwLock::new(None),
-                challenges,
-                limiter,
-                version,
-                relay: RelayHub::new(),
-            }),
-        })
-    }
-
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.shared
             .inner
@@ -501,6 +406,11 @@ impl Coordinator {
         self.shared.ca.ca_pem()
     }
 
+    /// The coordinator node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+
     /// The coordinator node's static public key.
     pub fn public_key(&self) -> PublicKey {
         self.shared.node_static.public_key()
@@ -518,8 +428,12 @@ impl Coordinator {
 
     /// The current netmap, without a policy projection (see [`Coordinator::netmap_for`]).
     pub fn netmap(&self) -> Netmap {
+        // What was seen, read before the state (never more than the state shows).
+        let vv = self.replica().store().version_vector().clone();
         let g = self.lock();
-        self.netmap_of(&g.state)
+        let mut nm = self.netmap_of(&g.state);
+        nm.vv = Some(vv);
+        nm
     }
 
     /// [`Coordinator::netmap_for`] the registered node `name` (a plain netmap if it is gone).
@@ -568,46 +482,17 @@ impl Coordinator {
                     endpoints: n.published_endpoints(),
                     is_coordinator: n.is_coordinator,
                     tags: n.tags.clone(),
+                    api: n.api.clone().filter(|_| n.is_coordinator),
                 })
                 .collect(),
             dns: Dns {
                 domain: self.shared.cfg.dns_domain.clone(),
                 aliases: self.shared.cfg.aliases.clone(),
             },
+            vv: None,
             policy_hash: Some(self.policy().hash().to_string()),
             policy: None,
         }
-    }
-
-    /// Applies `f` to a copy of the state; `f` returns its result and whether the netmap
-    /// version is bumped. If the state changed, persists the copy, then publishes it. On an
-    /// error (of `f` or of the store) nothing changes. Changes are serialised by the write
-    /// sequencer; the state lock is held only to copy and to swap, never during the durable
-    /// write, so readers (netmap, relay, certificate lookups) never wait for an fsync.
-    pub(crate) fn commit<T>(
-        &self,
-        f: impl FnOnce(&mut PersistedState) -> Result<(T, bool), Error>,
-    ) -> Result<T, Error> {
-        let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.lock().state.clone();
-        let mut next = cur.clone();
-        let (out, bump) = f(&mut next)?;
-        if next == cur {
-            return Ok(out);
-        }
-        if bump {
-            next.version += 1;
-        }
-        self.shared.store.save(&json(&next))?;
-        let index = index_of(&next);
-        let version = next.version;
-        self.publish_policy(&next);
-        self.lock().state = next;
-        *self.shared.index.write().unwrap_or_else(|p| p.into_inner()) = index;
-        if bump {
-            self.shared.version.send_replace(version);
-        }
-        Ok(out)
     }
 
     pub(crate) fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -673,8 +558,22 @@ impl Coordinator {
 
         let creds = s3_credentials(rng);
         let cidr = self.shared.cfg.mesh_cidr;
+        if let Some(api) = &req.api {
+            validate_api_addr(api)?;
+        }
         let (rec, cert_pem) = self.commit(|s| {
             let token_id = crate::identity::check_join_token(s, &req.token_secret, &req.name)?;
+            let for_coordinators = s.tokens.get(&token_id).is_some_and(|t| t.coordinator);
+            if req.coordinator && !for_coordinators {
+                return Err(Error::NotAllowed(
+                    "this token admits members, not coordinators: an admin makes one with `tunnelmesh token create --coordinator`".into(),
+                ));
+            }
+            if !req.coordinator && for_coordinators {
+                return Err(Error::NotAllowed(
+                    "this token admits coordinators only: join a member with a member token, or start this node with `coordinator: {enabled: true}`".into(),
+                ));
+            }
             let existing = s.by_key(&req.public_key).cloned();
             match &existing {
                 Some(n) if n.name != req.name => return Err(Error::KeyTaken(n.name.clone())),
@@ -712,7 +611,13 @@ impl Coordinator {
                     s3_secret: creds.1,
                     observed: None,
                     tags: Vec::new(),
+                    api: None,
                 },
+            };
+            let rec = NodeRecord {
+                is_coordinator: req.coordinator,
+                api: req.api.clone(),
+                ..rec
             };
             let rec = crate::identity::consume_join_token(s, &token_id, rec);
             s.nodes.insert(rec.name.clone(), rec.clone());
@@ -725,8 +630,9 @@ impl Coordinator {
             node_cert: cert_pem,
             ca_cert: self.shared.ca.ca_pem().to_owned(),
             s3_access_key: rec.s3_access_key,
-            s3_secret: rec.s3_secret,
+            s3_secret: rec.s3_secret.clone(),
             netmap: self.netmap_for(&rec.public_key),
+            cluster: rec.is_coordinator.then(|| self.cluster_seed()),
         })
     }
 

@@ -46,6 +46,9 @@ pub struct TokenRecord {
     /// The mesh's default token (exactly one valid default exists).
     #[serde(default)]
     pub default: bool,
+    /// Admits coordinators (and only coordinators): `token create --coordinator`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coordinator: bool,
 }
 
 /// Whether a token may be used now.
@@ -246,6 +249,7 @@ mod tests {
             created_by: "local root".into(),
             revoked_unix: None,
             default: false,
+            coordinator: false,
         }
     }
 

@@ -87,6 +87,12 @@ pub struct RegisterRequest {
     /// Addresses the node believes it is reachable at.
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
+    /// The node joins as a coordinator of the mesh (needs a coordinator token).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coordinator: bool,
+    /// For a coordinator: the API address (`HOST:PORT`) the other coordinators dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 /// `POST /v1/register` answer.
@@ -106,6 +112,34 @@ pub struct Registration {
     pub s3_secret: String,
     /// The current netmap.
     pub netmap: Netmap,
+    /// For a coordinator: what it needs to serve the same mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSeed>,
+}
+
+/// What a joining coordinator receives (inside TLS pinned by its token): the mesh CA (so that
+/// it can admit nodes and sign certificates), the default join secret, and the replicated
+/// records to start from.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSeed {
+    /// PEM mesh CA certificate.
+    pub ca_cert_pem: String,
+    /// PEM mesh CA private key.
+    pub ca_key_pem: String,
+    /// The default join token's secret (base64).
+    pub join_secret: String,
+    /// Every record of the control state.
+    pub records: Vec<tm_cluster::Record>,
+}
+
+impl std::fmt::Debug for ClusterSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSeed")
+            .field("ca_key_pem", &"<redacted>")
+            .field("join_secret", &"<redacted>")
+            .field("records", &self.records.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One peer of the netmap.
@@ -125,6 +159,10 @@ pub struct NetmapPeer {
     /// The node's tags (`tag:...`), as the coordinator has them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// For coordinators: the API address (`HOST:PORT`, or `:PORT` at its mesh address and at
+    /// each endpoint's host) members fail over to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 /// DNS data distributed with the netmap.
@@ -145,6 +183,11 @@ pub struct Netmap {
     pub peers: Vec<NetmapPeer>,
     /// DNS data.
     pub dns: Dns,
+    /// What the answering coordinator had seen of each coordinator's writes when it made this
+    /// netmap: a member that fails over applies a netmap only if it has seen at least as much
+    /// as the last one (its view never goes back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vv: Option<tm_cluster::VersionVector>,
     /// Hash of the compiled policy in force (`sha256:...`); members show it in `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
@@ -159,6 +202,29 @@ impl Netmap {
     pub fn peer(&self, name: &str) -> Option<&NetmapPeer> {
         self.peers.iter().find(|p| p.name == name)
     }
+}
+
+/// One coordinator as `cluster status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPeer {
+    /// Node name.
+    pub name: String,
+    /// Mesh address.
+    pub mesh_ip: std::net::Ipv4Addr,
+    /// The API address other coordinators dial (default: mesh address, port 8443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// Whether it is the coordinator answering.
+    pub this: bool,
+    /// When a replication message from it was last accepted (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms: Option<u64>,
+    /// When an anti-entropy round with it last completed (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_ms: Option<u64>,
+    /// The last replication error with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /v1/endpoints` body.

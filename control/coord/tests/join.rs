@@ -146,7 +146,7 @@ async fn happy_path_two_nodes() {
     assert_eq!(hub.mesh_ip, s.coord.mesh_ip());
     assert_eq!(nm.dns.domain, "mesh");
     assert_eq!(nm.dns.aliases.get("files").map(String::as_str), Some("hub"));
-    assert_eq!(nm, s.coord.netmap());
+    assert_eq!(nm, s.coord.netmap_for(&pa.public_key));
 
     // Endpoint update from beta's mTLS identity.
     let ep: SocketAddr = "203.0.113.5:4000".parse().expect("ep");

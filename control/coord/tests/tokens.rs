@@ -291,11 +291,13 @@ async fn upgrade_keeps_the_existing_join_token() {
     let token = s.coord.token();
     s.join(&token, "alpha").await.expect("alpha");
     s.stop().await;
-    // Rewrite the state as the previous release wrote it: format 1, no tokens, no tags.
+    // Rewrite the state as the release before tokens wrote it: format 1, no tokens, no tags,
+    // no replicated records.
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&store).expect("read")).expect("json");
     v["format"] = 1.into();
     v.as_object_mut().expect("object").remove("tokens");
+    v.as_object_mut().expect("object").remove("records");
     std::fs::write(&store, serde_json::to_vec(&v).expect("json")).expect("write");
 
     let s = Server::start(&dir, Arc::new(FileStore::new(&store)), hub).await;

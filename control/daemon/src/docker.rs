@@ -204,9 +204,9 @@ pub fn local_audit(c: tm_coord::Coordinator) -> AuditSink {
 }
 
 /// Audit entries of a member's agent: sent to the coordinator (`DockerAudit` over mTLS).
-pub fn member_audit(client: Arc<tm_coord::JoinClient>) -> AuditSink {
+pub fn member_audit(link: crate::mesh::CoordLink) -> AuditSink {
     Arc::new(move |r: AuditRecord| {
-        let client = client.clone();
+        let client = link.current();
         tokio::spawn(async move {
             let cmd = Command::DockerAudit {
                 who: r.who.clone(),

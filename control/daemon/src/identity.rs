@@ -83,6 +83,37 @@ fn token_info(t: TokenRecord) -> TokenInfo {
         created_by: t.created_by,
         revoked_unix: t.revoked_unix,
         default: t.default,
+        coordinator: t.coordinator,
+    }
+}
+
+fn cluster_info(c: &Coordinator) -> tm_api::ClusterInfo {
+    let now = tm_coord::now_unix() * 1000;
+    let ago = |ms: Option<u64>| ms.map(|t| now.saturating_sub(t) / 1000);
+    let (digest, records) = c.state_digest();
+    let coordinators = c
+        .cluster_status()
+        .into_iter()
+        .map(|p| tm_api::ClusterMember {
+            api: match p.api.as_deref() {
+                None => format!("{}:{}", p.mesh_ip, tm_coord::DEFAULT_API_PORT),
+                Some(a) if a.starts_with(':') => format!("{}{a}", p.mesh_ip),
+                Some(a) => a.to_owned(),
+            },
+            name: p.name,
+            mesh_ip: p.mesh_ip.to_string(),
+            this: p.this,
+            heard_secs_ago: ago(p.last_heard_ms),
+            synced_secs_ago: ago(p.last_sync_ms),
+            error: p.error,
+        })
+        .collect();
+    tm_api::ClusterInfo {
+        this: c.name().to_owned(),
+        digest,
+        records,
+        version: c.netmap().version,
+        coordinators,
     }
 }
 
@@ -142,11 +173,13 @@ pub fn handle_as(c: &Coordinator, storage: Option<&Storage>, cmd: &Command, who:
                 tags,
                 expires_secs,
                 reusable,
+                coordinator,
             } => {
                 let spec = TokenSpec {
                     tags: tags.clone(),
                     expires_in: expires_secs.map(Duration::from_secs),
                     reusable: *reusable,
+                    coordinator: *coordinator,
                 };
                 let (rec, token) = c.create_token(&spec, &who, now)?;
                 Response::ok(&NewToken {
@@ -185,6 +218,7 @@ pub fn handle_as(c: &Coordinator, storage: Option<&Storage>, cmd: &Command, who:
                 }
                 Response::ok(&node_info(n))
             }
+            Command::ClusterStatus => Response::ok(&cluster_info(c)),
             Command::Audit => Response::ok(
                 &c.audit_log()?
                     .into_iter()

@@ -174,18 +174,26 @@ fn join(
     }
     match coordinator {
         Some(addr) => {
-            if cfg.coordinator.is_some() {
-                anyhow::bail!(
-                    "coordinator: this config starts a coordinator; drop HOST:PORT to run it, \
-                     or remove the `coordinator` section to join {addr}"
-                );
+            // With coordinator settings: this node joins the mesh at `addr` as another
+            // coordinator (with a `token create --coordinator` token).
+            // `A:8443,B:8443`: several coordinators of one mesh (joined at the first, the
+            // others are where it fails over to).
+            let addrs: Vec<String> = addr
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    if a.contains(':') {
+                        a.to_string()
+                    } else {
+                        format!("{a}:{}", config::DEFAULT_COORDINATOR_PORT)
+                    }
+                })
+                .collect();
+            if addrs.is_empty() {
+                anyhow::bail!("coordinator: give HOST:PORT (or several, separated by commas)");
             }
-            let addr = if addr.contains(':') {
-                addr
-            } else {
-                format!("{addr}:{}", config::DEFAULT_COORDINATOR_PORT)
-            };
-            run(cfg, Some(addr), token)
+            run(cfg, Some(addrs.join(",")), token)
         }
         None if cfg.coordinator.is_none() => {
             if mesh::JoinState::load(&cfg.data_dir)?.is_some() {
@@ -232,7 +240,10 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
             None => None,
         };
         let mesh = if cfg.coordinator.is_some() {
-            let coord = mesh::open_coordinator(&cfg, &key, st.as_ref().map(|s| &s.store))?;
+            let seed =
+                mesh::join_as_coordinator(&cfg, &key, join_addr.as_deref(), token.as_deref())
+                    .await?;
+            let coord = mesh::open_coordinator(&cfg, &key, st.as_ref().map(|s| &s.store), seed)?;
             let co = cfg.coordinator.clone().expect("checked");
             let cidr = config::Cidr::parse(&cfg.mesh_cidr).map_err(anyhow::Error::msg)?;
             cfg.address = Some(config::Cidr {
@@ -258,6 +269,16 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
                     tracing::error!("coordinator API stopped: {e}");
                 }
             });
+            // Replication with the other coordinators (idle while there are none).
+            let id = coord
+                .cluster_identity()
+                .context("the coordinator's replication identity")?;
+            let cluster = coord.clone();
+            tokio::spawn(async move {
+                cluster
+                    .run_cluster(id, std::time::Duration::from_secs(1))
+                    .await
+            });
             Some(mesh::Mesh {
                 netmaps: mesh::coordinator_feed(coord.clone()),
                 role: mesh::Role::Coordinator(coord),
@@ -266,8 +287,11 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
                 saved: None,
             })
         } else if let Some(addr) = join_addr {
-            let addr = (!addr.is_empty()).then_some(addr);
-            let (state, client) = mesh::join(&cfg, &key, addr.as_deref(), token.as_deref()).await?;
+            let mut addrs = addr.split(',').filter(|a| !a.is_empty()).map(str::to_owned);
+            let first = addrs.next();
+            let more: Vec<String> = addrs.collect();
+            let (state, client) =
+                mesh::join(&cfg, &key, first.as_deref(), &more, token.as_deref()).await?;
             let cidr = config::Cidr::parse(&state.mesh_cidr).map_err(anyhow::Error::msg)?;
             cfg.address = Some(config::Cidr {
                 addr: state.mesh_ip.into(),
@@ -277,14 +301,13 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
                 "joined {} as {} ({})",
                 state.coordinator, state.name, state.mesh_ip
             );
-            let client = Arc::new(client);
+            let link = mesh::CoordLink::new(client, &state.more_coordinators);
             let reachable = Arc::new(AtomicBool::new(true));
             Some(mesh::Mesh {
-                netmaps: mesh::member_feed(client.clone(), state.netmap.clone(), reachable.clone()),
+                netmaps: mesh::member_feed(link.clone(), state.netmap.clone(), reachable.clone()),
                 role: mesh::Role::Member {
-                    client,
+                    client: link,
                     host_ip: mesh::resolve_host(&state.coordinator),
-                    addr: state.coordinator.clone(),
                 },
                 cidr: cidr.network(),
                 reachable,
@@ -312,7 +335,7 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
             let relay = match &m.role {
                 mesh::Role::Coordinator(c) => relay::RelayBridge::spawn_local(c, listen_port),
                 mesh::Role::Member { client, .. } => {
-                    relay::RelayBridge::spawn(client.as_ref().clone(), listen_port)
+                    relay::RelayBridge::spawn(client.clone(), listen_port)
                 }
             };
             node.set_relay(relay);

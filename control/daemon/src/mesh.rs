@@ -41,6 +41,10 @@ pub struct JoinState {
     /// The last netmap seen, so a restart while the coordinator is down keeps the mesh.
     #[serde(default)]
     pub netmap: Option<wire::Netmap>,
+    /// Other coordinators given on the command line (`join A:8443,B:8443`), tried when the
+    /// one in use fails (besides those the netmap names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_coordinators: Vec<String>,
 }
 
 impl JoinState {
@@ -68,12 +72,109 @@ impl JoinState {
     }
 }
 
+/// Most coordinator addresses a member keeps to fail over to.
+const MAX_COORDINATORS: usize = 32;
+
+/// A member's link to the mesh's coordinators: the client of the one it talks to now, and the
+/// addresses of the others (from the command line and from netmaps) it moves to when that one
+/// fails. Every user of the coordinator API asks [`CoordLink::current`] at each use.
+#[derive(Clone)]
+pub struct CoordLink {
+    cur: Arc<std::sync::Mutex<Arc<JoinClient>>>,
+    known: Arc<std::sync::Mutex<Vec<Known>>>,
+}
+
+/// (which coordinator, address): `None` for addresses from the command line not yet seen in a
+/// netmap.
+type Known = (Option<String>, String);
+
+impl CoordLink {
+    pub fn new(client: JoinClient, more: &[String]) -> CoordLink {
+        let mut known = vec![(None, client.addr().to_owned())];
+        for a in more {
+            if !known.iter().any(|(_, k)| k == a) {
+                known.push((None, a.clone()));
+            }
+        }
+        CoordLink {
+            cur: Arc::new(std::sync::Mutex::new(Arc::new(client))),
+            known: Arc::new(std::sync::Mutex::new(known)),
+        }
+    }
+
+    /// The client of the coordinator in use.
+    pub fn current(&self) -> Arc<JoinClient> {
+        self.cur.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> String {
+        self.current().addr().to_owned()
+    }
+
+    /// Every address known, in the order they are tried.
+    pub fn known(&self) -> Vec<String> {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// Learns the coordinators a netmap names: `api` `HOST:PORT` as is, `:PORT` at each of the
+    /// coordinator's endpoint hosts and at its mesh address.
+    pub fn learn(&self, nm: &wire::Netmap) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for p in nm.peers.iter().filter(|p| p.is_coordinator) {
+            let Some(api) = p.api.as_deref() else {
+                continue;
+            };
+            let addrs: Vec<String> = match api.strip_prefix(':') {
+                Some(port) => p
+                    .endpoints
+                    .iter()
+                    .map(|e| SocketAddr::new(e.ip(), 0).ip())
+                    .chain(std::iter::once(IpAddr::V4(p.mesh_ip)))
+                    .map(|ip| SocketAddr::new(ip, port.parse().unwrap_or(0)).to_string())
+                    .collect(),
+                None => vec![api.to_owned()],
+            };
+            for a in addrs {
+                if let Some(e) = known.iter_mut().find(|(_, k)| *k == a) {
+                    e.0 = Some(p.name.clone());
+                } else if known.len() < MAX_COORDINATORS {
+                    known.push((Some(p.name.clone()), a));
+                }
+            }
+        }
+    }
+
+    /// Moves to the next known address (in order, wrapping) that belongs to another
+    /// coordinator than the one that failed (its other addresses are as dead as the one
+    /// tried); returns it, or `None` if there is no other.
+    pub fn fail_over(&self) -> Option<String> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if known.len() < 2 {
+            return None;
+        }
+        let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
+        let i = known.iter().position(|(_, a)| a == cur.addr()).unwrap_or(0);
+        let failed = known[i].0.clone();
+        let next = (1..known.len())
+            .map(|d| &known[(i + d) % known.len()])
+            .find(|(who, _)| failed.is_none() || *who != failed)
+            .map(|(_, a)| a.clone())?;
+        *cur = Arc::new(cur.for_addr(next.clone()));
+        Some(next)
+    }
+}
+
 /// This node's role in a mesh.
 pub enum Role {
     Coordinator(Coordinator),
     Member {
-        client: Arc<JoinClient>,
-        addr: String,
+        client: CoordLink,
         /// The IP the coordinator API was reached at (a good WireGuard endpoint guess).
         host_ip: Option<IpAddr>,
     },
@@ -207,6 +308,7 @@ pub fn open_coordinator(
     cfg: &NodeConfig,
     key: &PrivateKey,
     store: Option<&tm_storage::Store>,
+    seed: Option<Vec<tm_coord::tm_cluster::Record>>,
 ) -> Result<Coordinator> {
     let co = cfg
         .coordinator
@@ -228,6 +330,9 @@ pub fn open_coordinator(
         cc.dns_domain = d.domain.clone();
         cc.aliases = d.aliases.clone();
     }
+    // Other coordinators reach this one's API over the mesh, at its mesh address.
+    cc.api_addr = Some(format!(":{}", co.listen.port()));
+    cc.seed_records = seed.unwrap_or_default();
     let legacy = cfg.data_dir.join("coordinator").join("state.json");
     let st: Arc<dyn StateStore> = match store {
         Some(s) => Arc::new(ObjectStateStore {
@@ -237,6 +342,61 @@ pub fn open_coordinator(
         None => Arc::new(tm_coord::FileStore::new(legacy)),
     };
     Coordinator::open(&cfg.data_dir, cc, key.clone(), st).context("coordinator")
+}
+
+/// A coordinator started with `join HOST:PORT --token T`: registers with that coordinator as
+/// another coordinator of its mesh (first start only) and returns the records to start from.
+/// `None`: not joining (the first coordinator, or a restart of a joined one).
+pub async fn join_as_coordinator(
+    cfg: &NodeConfig,
+    key: &PrivateKey,
+    addr: Option<&str>,
+    token: Option<&str>,
+) -> Result<Option<Vec<tm_coord::tm_cluster::Record>>> {
+    let Some(addr) = addr.filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    let co = cfg.coordinator.as_ref().expect("coordinator settings");
+    if cfg.data_dir.join("coordinator").join("ca.crt").exists() {
+        tracing::info!(
+            "{} is already a coordinator's data_dir: starting it (not joining {addr} again)",
+            cfg.data_dir.display()
+        );
+        return Ok(None);
+    }
+    let Some(token) = token else {
+        bail!("--token: required to join {addr} as a coordinator (make one there with `tunnelmesh token create --coordinator`)");
+    };
+    let tok = JoinToken::parse(token).context("--token")?;
+    let mut c = JoinClient::new(addr.to_string(), tok).context("join")?;
+    c.join_as_coordinator(Some(format!(":{}", co.listen.port())));
+    let endpoints: Vec<SocketAddr> = local_ip_towards(addr)
+        .map(|ip| SocketAddr::new(ip, cfg.listen_port))
+        .into_iter()
+        .collect();
+    let reg = c
+        .register(key, &cfg.name, &endpoints)
+        .await
+        .with_context(|| format!("joining {addr} as a coordinator"))?;
+    if tm_coord::MeshCidr::parse(&cfg.mesh_cidr).ok() != Some(reg.mesh_cidr) {
+        bail!(
+            "mesh_cidr: this mesh uses {}; set `mesh_cidr: {}` in the config",
+            reg.mesh_cidr,
+            reg.mesh_cidr
+        );
+    }
+    let seed = reg.cluster.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{addr} admitted this node but sent no cluster state (is it an older release?)"
+        )
+    })?;
+    let records =
+        tm_coord::install_cluster_seed(&cfg.data_dir, seed, c.identity().expect("registered"))?;
+    println!(
+        "joined {addr} as coordinator {} ({})",
+        cfg.name, reg.mesh_ip
+    );
+    Ok(Some(records))
 }
 
 /// Feeds the coordinator's own netmap (every version) to the node loop.
@@ -268,6 +428,7 @@ pub async fn join(
     cfg: &NodeConfig,
     key: &PrivateKey,
     addr: Option<&str>,
+    more: &[String],
     token: Option<&str>,
 ) -> Result<(JoinState, JoinClient)> {
     let saved = JoinState::load(&cfg.data_dir)?;
@@ -326,22 +487,29 @@ pub async fn join(
         s3_access_key: reg.s3_access_key.clone(),
         s3_secret: reg.s3_secret.clone(),
         netmap: Some(reg.netmap.clone()),
+        more_coordinators: more.to_vec(),
     };
     state.save(&cfg.data_dir)?;
     Ok((state, c))
 }
 
-/// Long-polls the coordinator for netmaps, forever (backing off while it is unreachable).
+/// Long-polls a coordinator for netmaps, forever. When it fails, moves to the next known
+/// coordinator at once (backing off only after trying them all); a netmap that has seen less
+/// than the last one applied (a lagging coordinator) is not applied but asked again, so the
+/// member's view never goes back.
 pub fn member_feed(
-    client: Arc<JoinClient>,
+    link: CoordLink,
     first: Option<wire::Netmap>,
     reachable: Arc<AtomicBool>,
 ) -> mpsc::Receiver<wire::Netmap> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut version = None;
+        let mut seen: Option<tm_coord::tm_cluster::VersionVector> = None;
         if let Some(nm) = first {
             version = Some(nm.version);
+            seen = nm.vv.clone();
+            link.learn(&nm);
             if tx.send(nm).await.is_err() {
                 return;
             }
@@ -350,17 +518,32 @@ pub fn member_feed(
         // After an error, ask without `since` first: answered at once, so reconnection is
         // noticed (and any change while we were away is picked up) without a long poll.
         let mut resync = false;
+        let mut failed_in_a_row = 0usize;
         loop {
             let since = if resync { None } else { version };
+            let client = link.current();
             match client.netmap(since).await {
                 Ok(nm) => {
                     if !reachable.swap(true, Ordering::Relaxed) {
-                        tracing::info!("coordinator reachable again");
+                        tracing::info!(coordinator = %client.addr(), "coordinator reachable again");
+                    }
+                    failed_in_a_row = 0;
+                    backoff = Duration::from_millis(250);
+                    let behind = match (&seen, &nm.vv) {
+                        (Some(s), Some(v)) => !v.dominates(s),
+                        _ => false,
+                    };
+                    if behind {
+                        tracing::debug!(coordinator = %client.addr(), "netmap behind the last one applied; asking again");
+                        resync = true;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
                     }
                     resync = false;
-                    backoff = Duration::from_millis(250);
                     if Some(nm.version) != version {
                         version = Some(nm.version);
+                        seen = nm.vv.clone().or(seen);
+                        link.learn(&nm);
                         if tx.send(nm).await.is_err() {
                             return;
                         }
@@ -368,13 +551,27 @@ pub fn member_feed(
                 }
                 Err(e) => {
                     resync = true;
+                    // Versions are per coordinator: the next one's first answer is applied
+                    // (if it has seen at least as much).
+                    version = None;
+                    failed_in_a_row += 1;
+                    let next = link.fail_over();
                     if reachable.swap(false, Ordering::Relaxed) {
-                        tracing::warn!("coordinator unreachable: {e}; keeping the current mesh");
+                        tracing::warn!(
+                            "coordinator {} unreachable: {e}; keeping the current mesh{}",
+                            client.addr(),
+                            next.as_deref()
+                                .map(|n| format!(", trying {n}"))
+                                .unwrap_or_default()
+                        );
                     } else {
-                        tracing::debug!("coordinator unreachable: {e}");
+                        tracing::debug!("coordinator {} unreachable: {e}", client.addr());
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if next.is_none() || failed_in_a_row >= link.known().len() {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        failed_in_a_row = 0;
+                    }
                 }
             }
             if tx.is_closed() {
@@ -490,5 +687,42 @@ mod tests {
             vec!["100.64.0.1".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(z.aliases.get("db").map(String::as_str), Some("beta"));
+    }
+
+    #[test]
+    fn failover_skips_the_failed_coordinators_other_addresses() {
+        let nm: wire::Netmap = serde_json::from_value(serde_json::json!({
+            "version": 3,
+            "peers": [
+                {"name": "ca", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                 "mesh_ip": "100.64.0.1", "endpoints": ["192.0.2.1:51820"], "is_coordinator": true,
+                 "api": ":8443"},
+                {"name": "cb", "public_key": "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                 "mesh_ip": "100.64.0.2", "endpoints": ["192.0.2.2:51820"], "is_coordinator": true,
+                 "api": ":8443"},
+                {"name": "alpha", "public_key": "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                 "mesh_ip": "100.64.0.3", "endpoints": ["192.0.2.3:51820"], "is_coordinator": false}
+            ],
+            "dns": {"domain": "mesh", "aliases": {}}
+        }))
+        .unwrap();
+        let token = JoinToken::new(b"not a real CA", [7u8; 32]);
+        let c = JoinClient::new("192.0.2.1:8443", token).unwrap();
+        let link = CoordLink::new(c, &[]);
+        assert_eq!(link.fail_over(), None, "nothing else known yet");
+        link.learn(&nm);
+        assert_eq!(
+            link.known(),
+            [
+                "192.0.2.1:8443",
+                "100.64.0.1:8443",
+                "192.0.2.2:8443",
+                "100.64.0.2:8443"
+            ]
+        );
+        // ca failed: its mesh address is skipped, cb is next; then back to ca.
+        assert_eq!(link.fail_over().as_deref(), Some("192.0.2.2:8443"));
+        assert_eq!(link.addr(), "192.0.2.2:8443");
+        assert_eq!(link.fail_over().as_deref(), Some("192.0.2.1:8443"));
     }
 }

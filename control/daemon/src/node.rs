@@ -1078,7 +1078,7 @@ impl Node {
                         // forwards bucket and share commands to it (authorised there).
                         let saved = self.mesh.as_ref().and_then(|m| m.saved.as_ref());
                         let client = match self.mesh.as_ref().map(|m| &m.role) {
-                            Some(Role::Member { client, .. }) => Some(client.clone()),
+                            Some(Role::Member { client, .. }) => Some(client.current()),
                             _ => None,
                         };
                         let resp = match (&r.command, saved, client) {
@@ -1121,7 +1121,7 @@ impl Node {
                     });
                 }
                 Some(Role::Member { client, .. }) => {
-                    let client = client.clone();
+                    let client = client.current();
                     tokio::spawn(async move {
                         let resp = crate::policy::forward_admin(&client, &r.command).await;
                         let _ = r.reply.send(resp);
@@ -1147,7 +1147,7 @@ impl Node {
 
     fn leave(&mut self, r: ApiRequest) {
         let client = match self.mesh.as_ref().map(|m| &m.role) {
-            Some(Role::Member { client, .. }) => client.clone(),
+            Some(Role::Member { client, .. }) => client.current(),
             Some(Role::Coordinator(_)) => {
                 let _ = r.reply.send(Response::err(
                     "a coordinator cannot leave its own mesh (stop it instead)",
@@ -1255,7 +1255,7 @@ impl Node {
                     "member".into()
                 },
                 coordinator: match &m.role {
-                    Role::Member { addr, .. } => Some(addr.clone()),
+                    Role::Member { client, .. } => Some(client.addr()),
                     Role::Coordinator(_) => None,
                 },
                 netmap_version: self.netmap_version,

@@ -171,7 +171,7 @@ impl Node {
         let relayed = self.is_relay(peer.endpoint);
         let endpoint = if relayed {
             Some(match self.mesh.as_ref().map(|m| &m.role) {
-                Some(Role::Member { addr, .. }) => addr.clone(),
+                Some(Role::Member { client, .. }) => client.addr(),
                 _ => "local".to_string(),
             })
         } else {

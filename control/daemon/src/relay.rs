@@ -13,7 +13,7 @@
 //! on a loopback socket from anything but the dataplane's port, or buffer without bound
 //! (a full relay queue or a lost connection drops the datagram and counts it, as UDP would).
 //!
-//! Call order: [`RelayBridge::spawn`] (a member, with a [`JoinClient`]) or
+//! Call order: [`RelayBridge::spawn`] (a member, with its link to the coordinators) or
 //! [`RelayBridge::spawn_local`] (the coordinator node) -> [`RelayBridge::endpoint_for`]
 //! for each peer that should go through the relay (give the returned address to the
 //! dataplane as the peer's endpoint) -> [`RelayBridge::is_relay_addr`] to tell relayed
@@ -33,8 +33,7 @@ use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
 use tm_coord::{
-    Coordinator, JoinClient, LocalRelaySender, RelayConn, RelayRoute, RelaySender,
-    MAX_RELAY_PAYLOAD,
+    Coordinator, LocalRelaySender, RelayConn, RelayRoute, RelaySender, MAX_RELAY_PAYLOAD,
 };
 use tm_noise::PublicKey;
 use tokio::net::UdpSocket;
@@ -324,11 +323,10 @@ impl RelayBridge {
 
     /// [`RelayBridge::spawn_with`] over `client`'s relay connections (the client must hold
     /// its registered identity).
-    pub fn spawn(client: JoinClient, dp_port: u16) -> Self {
-        let client = Arc::new(client);
+    pub fn spawn(link: crate::mesh::CoordLink, dp_port: u16) -> Self {
         Self::spawn_with(
             move || {
-                let c = client.clone();
+                let c = link.current();
                 async move { c.relay().await }
             },
             dp_port,
@@ -422,7 +420,7 @@ impl Drop for RelayBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tm_coord::{CoordinatorConfig, MemStore};
+    use tm_coord::{CoordinatorConfig, JoinClient, MemStore};
     use tm_noise::keys::PrivateKey;
     use tokio::net::TcpListener;
 
@@ -507,8 +505,8 @@ mod tests {
         let (cb, kb) = member(&coord, addr, "beta").await;
         let (dpa, pa) = dataplane().await;
         let (dpb, pb) = dataplane().await;
-        let ba = RelayBridge::spawn(ca.clone(), pa);
-        let bb = RelayBridge::spawn(cb, pb);
+        let ba = RelayBridge::spawn(crate::mesh::CoordLink::new(ca.clone(), &[]), pa);
+        let bb = RelayBridge::spawn(crate::mesh::CoordLink::new(cb, &[]), pb);
         until("both connected", || ba.connected() && bb.connected()).await;
 
         // alpha's dataplane sends "ciphertext" to beta's relay endpoint.
@@ -563,7 +561,7 @@ mod tests {
         let (ca, ka) = member(&coord, addr, "alpha").await;
         let (dpa, pa) = dataplane().await;
         let (dph, ph) = dataplane().await;
-        let ba = RelayBridge::spawn(ca, pa);
+        let ba = RelayBridge::spawn(crate::mesh::CoordLink::new(ca, &[]), pa);
         let bh = RelayBridge::spawn_local(&coord, ph);
         assert!(bh.connected());
         until("alpha connected", || ba.connected()).await;

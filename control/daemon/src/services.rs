@@ -136,7 +136,8 @@ impl Node {
                 this_node: true,
                 reachable: true,
             }],
-            Role::Member { addr, .. } => {
+            Role::Member { client, .. } => {
+                let addr = &client.addr();
                 let known: Vec<&Peer> = self.peers.values().filter(|p| p.is_coordinator).collect();
                 let one = |p: Option<&Peer>| CoordinatorInfo {
                     name: p.map(|p| p.cfg.name.clone()),

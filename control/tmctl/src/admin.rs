@@ -23,6 +23,10 @@ pub enum TokenCommand {
         /// Allow any number of joins (default: one node).
         #[arg(long)]
         reusable: bool,
+        /// A token that admits another coordinator of this mesh (and only coordinators):
+        /// `tunnelmesh join THIS_HOST:8443 --token ... --config coordinator.yaml` on it.
+        #[arg(long)]
+        coordinator: bool,
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +128,7 @@ pub fn token(target: &Target, cmd: &Option<TokenCommand>) -> Result<()> {
             tags,
             expires,
             reusable,
+            coordinator,
             json,
         }) => {
             let v = call(
@@ -132,6 +137,7 @@ pub fn token(target: &Target, cmd: &Option<TokenCommand>) -> Result<()> {
                     tags: tags.clone(),
                     expires_secs: *expires,
                     reusable: *reusable,
+                    coordinator: *coordinator,
                 },
             )?;
             print_new(&mut out, &serde_json::from_value(v)?, *json)?;
@@ -287,6 +293,7 @@ mod tests {
                     tags,
                     expires,
                     reusable,
+                    coordinator,
                     json,
                 }),
         } = c
@@ -295,7 +302,7 @@ mod tests {
         };
         assert_eq!(tags, ["tag:ci", "tag:b"]);
         assert_eq!(expires, Some(86400));
-        assert!(reusable && json);
+        assert!(reusable && json && !coordinator);
         assert!(matches!(
             parse(&["token"]).expect("bare token"),
             OperatorCommand::Token { cmd: None }

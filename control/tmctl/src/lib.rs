@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod cluster;
 pub mod docker;
 mod ping;
 pub mod policy;
@@ -98,6 +99,9 @@ pub enum OperatorCommand {
     /// On a coordinator: the mesh policy (set, get, check, explain).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// On a coordinator: the coordinators of the mesh and their replication.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Ping a peer through the tunnel: path (direct or relay), endpoint, round-trip time,
     /// path MTU.
     Ping(PingArgs),
@@ -269,6 +273,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
         OperatorCommand::Node(cmd) => admin::node(target, cmd)?,
         OperatorCommand::Audit { json } => admin::audit(target, *json)?,
         OperatorCommand::Policy(p) => policy::policy(target, p)?,
+        OperatorCommand::Cluster(c) => cluster::cluster(target, c)?,
         OperatorCommand::Leave => {
             call(target, Command::Leave)?;
             writeln!(out, "left the mesh; the node is stopping")?;

@@ -1,0 +1,242 @@
+//! The coordinator state as replicated records (issue 17): every entity is one or more
+//! per-key last-writer-wins records of `tm_cluster`, so that coordinators without a leader
+//! merge each other's changes. Keys (node keys in hex, so that keys split on `/`):
+//!
+//! - `mesh` -> the mesh prefix (written by the first coordinator);
+//! - `node/<key>` -> a node's identity: name, key, mesh address, role, certificate
+//!   fingerprint, S3 credentials (rewritten only when it registers again, so its stamp is the
+//!   registration's: what the name/address conflict rule orders by);
+//! - `ep/<key>` -> its endpoints (declared and observed; changes often, so kept apart);
+//! - `tag/<key>/<tag>` -> `true` (one record per tag: concurrent tagging on two
+//!   coordinators keeps both tags);
+//! - `token/<id>` -> a join token record (secret hashed);
+//! - `policy` -> the policy file.
+//!
+//! [`records_of`] and [`materialize`] convert both ways; materializing applies the
+//! deterministic conflict rule of `tm_cluster::conflict`, so every coordinator derives the
+//! same nodes (unique names and addresses) from the same records.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tm_cluster::{Registration, Store};
+use tm_noise::PublicKey;
+
+use crate::server::{NodeRecord, PersistedState, STATE_FORMAT};
+use crate::wire::b64_key;
+use crate::{Error, MeshCidr};
+
+/// The identity part of a node record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NodeCore {
+    name: String,
+    #[serde(with = "b64_key")]
+    public_key: PublicKey,
+    mesh_ip: Ipv4Addr,
+    is_coordinator: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cert_sha256: Option<String>,
+    s3_access_key: String,
+    s3_secret: String,
+    /// For coordinators: the API address other coordinators dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api: Option<String>,
+}
+
+/// The endpoints of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NodeEndpoints {
+    endpoints: Vec<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    observed: Option<SocketAddr>,
+}
+
+/// A node key as it appears in record keys.
+pub(crate) fn key_hex(k: &PublicKey) -> String {
+    crate::wire::hex(&k.0)
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("state types serialize")
+}
+
+/// Every record `s` consists of (live values only).
+pub(crate) fn records_of(s: &PersistedState) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    out.insert("mesh".to_owned(), Value::String(s.mesh_cidr.to_string()));
+    for n in s.nodes.values() {
+        let k = key_hex(&n.public_key);
+        out.insert(
+            format!("node/{k}"),
+            to_value(&NodeCore {
+                name: n.name.clone(),
+                public_key: n.public_key,
+                mesh_ip: n.mesh_ip,
+                is_coordinator: n.is_coordinator,
+                cert_sha256: n.cert_sha256.clone(),
+                s3_access_key: n.s3_access_key.clone(),
+                s3_secret: n.s3_secret.clone(),
+                api: n.api.clone(),
+            }),
+        );
+        out.insert(
+            format!("ep/{k}"),
+            to_value(&NodeEndpoints {
+                endpoints: n.endpoints.clone(),
+                observed: n.observed,
+            }),
+        );
+        for t in &n.tags {
+            out.insert(format!("tag/{k}/{t}"), Value::Bool(true));
+        }
+    }
+    for (id, t) in &s.tokens {
+        out.insert(format!("token/{id}"), to_value(t));
+    }
+    if let Some(p) = &s.policy {
+        out.insert("policy".to_owned(), to_value(p));
+    }
+    out
+}
+
+/// The writes that turn `cur` into `next` (`None`: delete).
+pub(crate) fn diff(
+    cur: &BTreeMap<String, Value>,
+    next: &BTreeMap<String, Value>,
+) -> Vec<(String, Option<Value>)> {
+    let mut w = Vec::new();
+    for (k, v) in next {
+        if cur.get(k) != Some(v) {
+            w.push((k.clone(), Some(v.clone())));
+        }
+    }
+    for k in cur.keys() {
+        if !next.contains_key(k) {
+            w.push((k.clone(), None));
+        }
+    }
+    w
+}
+
+/// A name or address conflict the rule resolved (for the audit log and the logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Conflict {
+    pub(crate) key: String,
+    pub(crate) detail: String,
+}
+
+/// The state the records of `store` describe, with `version`. Malformed records (which no
+/// coordinator writes) are skipped with a warning rather than stopping the coordinator.
+pub(crate) fn materialize(
+    store: &Store,
+    version: u64,
+) -> Result<(PersistedState, Vec<Conflict>), Error> {
+    let cidr = match store.value("mesh").and_then(Value::as_str) {
+        Some(t) => MeshCidr::parse(t)?,
+        None => {
+            return Err(Error::State(
+                "the replicated state has no mesh prefix".into(),
+            ))
+        }
+    };
+    let mut cores: BTreeMap<String, (NodeCore, tm_cluster::Stamp)> = BTreeMap::new();
+    for r in store.live_with_prefix("node/") {
+        let k = &r.key["node/".len()..];
+        match serde_json::from_value::<NodeCore>(r.value.clone().expect("live")) {
+            Ok(c) => {
+                cores.insert(k.to_owned(), (c, r.stamp));
+            }
+            Err(e) => tracing::warn!(key = %r.key, "skipping a malformed node record: {e}"),
+        }
+    }
+    let regs: Vec<Registration> = cores
+        .iter()
+        .map(|(k, (c, stamp))| Registration {
+            key: k.clone(),
+            name: c.name.clone(),
+            addr: c.mesh_ip,
+            registered: *stamp,
+        })
+        .collect();
+    let range = tm_cluster::Range {
+        base: cidr.network(),
+        len: cidr.prefix_len(),
+    };
+    let mut nodes = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for res in tm_cluster::resolve(&regs, range) {
+        let (core, _) = &cores[&res.key];
+        let ep = store
+            .value(&format!("ep/{}", res.key))
+            .and_then(|v| serde_json::from_value::<NodeEndpoints>(v.clone()).ok())
+            .unwrap_or(NodeEndpoints {
+                endpoints: Vec::new(),
+                observed: None,
+            });
+        let tag_prefix = format!("tag/{}/", res.key);
+        let tags: Vec<String> = store
+            .live_with_prefix(&tag_prefix)
+            .map(|r| r.key[tag_prefix.len()..].to_owned())
+            .collect();
+        if let Some(old) = &res.renamed_from {
+            conflicts.push(Conflict {
+                key: res.key.clone(),
+                detail: format!(
+                    "name {old:?} was registered earlier by another node; this one is {:?}",
+                    res.name
+                ),
+            });
+        }
+        if let Some(old) = res.readdressed_from {
+            conflicts.push(Conflict {
+                key: res.key.clone(),
+                detail: format!(
+                    "address {old} was given earlier to another node; this one has {}",
+                    res.addr
+                ),
+            });
+        }
+        nodes.insert(
+            res.name.clone(),
+            NodeRecord {
+                name: res.name,
+                public_key: core.public_key,
+                mesh_ip: res.addr,
+                endpoints: ep.endpoints,
+                is_coordinator: core.is_coordinator,
+                cert_sha256: core.cert_sha256.clone(),
+                s3_access_key: core.s3_access_key.clone(),
+                s3_secret: core.s3_secret.clone(),
+                observed: ep.observed,
+                tags,
+                api: core.api.clone(),
+            },
+        );
+    }
+    let mut tokens = BTreeMap::new();
+    for r in store.live_with_prefix("token/") {
+        match serde_json::from_value(r.value.clone().expect("live")) {
+            Ok(t) => {
+                tokens.insert(r.key["token/".len()..].to_owned(), t);
+            }
+            Err(e) => tracing::warn!(key = %r.key, "skipping a malformed token record: {e}"),
+        }
+    }
+    let policy = match store.value("policy") {
+        Some(v) => serde_json::from_value(v.clone()).ok(),
+        None => None,
+    };
+    Ok((
+        PersistedState {
+            format: STATE_FORMAT,
+            version,
+            mesh_cidr: cidr,
+            nodes,
+            tokens,
+            policy,
+        },
+        conflicts,
+    ))
+}

@@ -1,0 +1,150 @@
+//! State changes, local and replicated (issue 17). Every change goes through one of two doors,
+//! both serialised by the write sequencer:
+//!
+//! - [`Coordinator::commit`]: a local change (registration, tag, token, policy ...) is applied
+//!   to a copy of the state, turned into record writes (`records::diff`), stamped by this
+//!   coordinator's replica, persisted (state and records in one atomic snapshot), published,
+//!   and only then pushed to the other coordinators and acknowledged;
+//! - [`Coordinator::handle_cluster`]: a message from another coordinator is merged into a copy
+//!   of the replica; if records changed, the state is re-derived from the records
+//!   (`records::materialize`, which resolves name/address conflicts), persisted, published.
+//!
+//! Nothing is published or pushed before it is durable here, and on an error nothing changes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tm_cluster::{Msg, Origin, Record, Replica};
+use tm_noise::PublicKey;
+
+use crate::records::{diff, materialize, records_of};
+use crate::server::{index_of, json, PersistedState};
+use crate::{Coordinator, Error};
+
+/// The origin (in stamps and version vectors) of the coordinator with static key `k`.
+pub fn origin_of(k: &PublicKey) -> Origin {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k.0[..8]);
+    Origin(u64::from_le_bytes(b))
+}
+
+/// Milliseconds since the Unix epoch (physical time for the hybrid clock).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What is saved: the derived state (readable by older builds and by people) and the records
+/// it was derived from, with their stamps (the source of truth).
+#[derive(Serialize)]
+pub(crate) struct SnapshotRef<'a> {
+    #[serde(flatten)]
+    pub(crate) state: &'a PersistedState,
+    pub(crate) records: Vec<&'a Record>,
+}
+
+/// A loaded snapshot (`records` is empty in states written before replication).
+#[derive(Deserialize)]
+pub(crate) struct Snapshot {
+    #[serde(flatten)]
+    pub(crate) state: PersistedState,
+    #[serde(default)]
+    pub(crate) records: Vec<Record>,
+}
+
+/// The bytes of a snapshot of `state` and `rep`'s records.
+pub(crate) fn snapshot_bytes(state: &PersistedState, rep: &Replica) -> Vec<u8> {
+    json(&SnapshotRef {
+        state,
+        records: rep.store().records().collect(),
+    })
+}
+
+impl Coordinator {
+    pub(crate) fn replica(&self) -> std::sync::MutexGuard<'_, Replica> {
+        self.shared
+            .replica
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to a copy of the state; `f` returns its result and whether the netmap
+    /// version is bumped. If the state changed, records the change in the replica, persists
+    /// state and records, publishes, then pushes the new records to the other coordinators.
+    /// On an error (of `f` or of the store) nothing changes. Changes are serialised by the
+    /// write sequencer; the state lock is held only to copy and to swap, never during the
+    /// durable write, so readers (netmap, relay, certificate lookups) never wait for an fsync.
+    pub(crate) fn commit<T>(
+        &self,
+        f: impl FnOnce(&mut PersistedState) -> Result<(T, bool), Error>,
+    ) -> Result<T, Error> {
+        let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.lock().state.clone();
+        let mut next = cur.clone();
+        let (out, bump) = f(&mut next)?;
+        if next == cur {
+            return Ok(out);
+        }
+        if bump {
+            next.version += 1;
+        }
+        let writes = diff(&records_of(&cur), &records_of(&next));
+        let mut rep = self.replica().clone();
+        let fx = rep.write_many(now_ms(), writes);
+        self.shared.store.save(&snapshot_bytes(&next, &rep))?;
+        self.publish(next, bump, &mut rep);
+        *self.replica() = rep;
+        self.shared.outbox.send(fx.send);
+        Ok(out)
+    }
+
+    /// Swaps in a new durable state: indexes, policy, long polls; `rep` (swapped in by the
+    /// caller) learns the coordinator set.
+    fn publish(&self, next: PersistedState, bump: bool, rep: &mut Replica) {
+        let index = index_of(&next);
+        let version = next.version;
+        self.publish_policy(&next);
+        rep.set_peers(&self.peer_origins(&next));
+        self.lock().state = next;
+        *self.shared.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        if bump {
+            self.shared.version.send_replace(version);
+        }
+    }
+
+    /// The other coordinators of `s`.
+    pub(crate) fn peer_origins(&self, s: &PersistedState) -> Vec<Origin> {
+        let me = self.public_key();
+        s.nodes
+            .values()
+            .filter(|n| n.is_coordinator && n.public_key != me)
+            .map(|n| origin_of(&n.public_key))
+            .collect()
+    }
+
+    /// A replication message from the coordinator with static key `from` (authenticated by
+    /// its client certificate; the caller checked it is a coordinator). Returns the messages
+    /// to answer it with.
+    pub fn handle_cluster(&self, from: &PublicKey, msg: Msg) -> Result<Vec<Msg>, Error> {
+        let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = origin_of(from);
+        let mut rep = self.replica().clone();
+        let fx = rep
+            .handle(now_ms(), origin, msg)
+            .map_err(|e| Error::ClusterRefused(e.to_string()))?;
+        if !fx.changed.is_empty() {
+            let version = self.lock().state.version + 1;
+            let (next, conflicts) = materialize(rep.store(), version)?;
+            for c in &conflicts {
+                tracing::warn!(node = %c.key, "name/address conflict resolved: {}", c.detail);
+            }
+            self.shared.store.save(&snapshot_bytes(&next, &rep))?;
+            self.publish(next, true, &mut rep);
+        }
+        *self.replica() = rep;
+        let (back, others): (Vec<_>, Vec<_>) = fx.send.into_iter().partition(|o| o.to == origin);
+        self.shared.outbox.send(others);
+        Ok(back.into_iter().map(|o| o.msg).collect())
+    }
+}

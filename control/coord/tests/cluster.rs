@@ -1,0 +1,370 @@
+//! Two coordinators of one mesh over real TLS (issue 17): a coordinator joins with a
+//! coordinator token and receives the CA and the records; both admit nodes, each sees the
+//! other's joins and tags; a coordinator restarted after missing changes catches up; a
+//! partition during which both sides admit a node called `web` heals into unique names and
+//! addresses; members cannot speak the replication API; token kinds are enforced.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+use tm_coord::{
+    install_cluster_seed, Coordinator, CoordinatorConfig, Error, FileStore, JoinClient, JoinToken,
+    TokenSpec,
+};
+use tm_noise::PrivateKey;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let mut r = [0u8; 8];
+    OsRng.fill_bytes(&mut r);
+    let d = std::env::temp_dir().join(format!(
+        "tm-cluster-{tag}-{}-{}",
+        std::process::id(),
+        u64::from_le_bytes(r)
+    ));
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+fn key() -> PrivateKey {
+    PrivateKey::generate(&mut OsRng)
+}
+
+/// A listener serving `coord` until stopped.
+struct Listener {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    async fn start(coord: &Coordinator, addr: &str) -> Listener {
+        let l = TcpListener::bind(addr).await.expect("bind");
+        Self::serve(coord, l)
+    }
+
+    fn serve(coord: &Coordinator, l: TcpListener) -> Listener {
+        let addr = l.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let c = coord.clone();
+        let task = tokio::spawn(async move {
+            c.serve(l, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Listener {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.expect("server task");
+    }
+}
+
+/// A coordinator with a public listener (members) and a cluster listener (the address other
+/// coordinators dial; stopping it partitions this coordinator from the others).
+struct Coord {
+    coord: Coordinator,
+    public: Listener,
+    cluster: Option<Listener>,
+    cluster_addr: SocketAddr,
+    driver: tokio::task::JoinHandle<()>,
+    key: PrivateKey,
+}
+
+fn config(name: &str, cluster_addr: SocketAddr) -> CoordinatorConfig {
+    let mut cfg = CoordinatorConfig::new(name);
+    cfg.tls_names = vec!["127.0.0.1".into()];
+    cfg.api_addr = Some(cluster_addr.to_string());
+    cfg.cluster_sync = Duration::from_millis(100);
+    cfg
+}
+
+impl Coord {
+    async fn open(
+        dir: &Path,
+        mut cfg: CoordinatorConfig,
+        hub: PrivateKey,
+        cl: TcpListener,
+    ) -> Coord {
+        let cluster_addr = cl.local_addr().expect("addr");
+        cfg.api_addr = Some(cluster_addr.to_string());
+        let store = Arc::new(FileStore::new(dir.join("state.json")));
+        let coord = Coordinator::open(dir, cfg, hub.clone(), store).expect("open coordinator");
+        let public = Listener::start(&coord, "127.0.0.1:0").await;
+        let cluster = Some(Listener::serve(&coord, cl));
+        let id = coord.cluster_identity().expect("cluster identity");
+        let c = coord.clone();
+        let driver =
+            tokio::spawn(async move { c.run_cluster(id, Duration::from_millis(100)).await });
+        Coord {
+            coord,
+            public,
+            cluster,
+            cluster_addr,
+            driver,
+            key: hub,
+        }
+    }
+
+    async fn partition(&mut self) {
+        if let Some(l) = self.cluster.take() {
+            l.stop().await;
+        }
+    }
+
+    async fn heal(&mut self) {
+        let l = TcpListener::bind(self.cluster_addr)
+            .await
+            .expect("rebind the cluster port");
+        self.cluster = Some(Listener::serve(&self.coord, l));
+    }
+
+    async fn stop(mut self) {
+        self.driver.abort();
+        self.partition().await;
+        self.public.stop().await;
+    }
+
+    async fn join(
+        &self,
+        token: &str,
+        name: &str,
+        k: &PrivateKey,
+    ) -> Result<tm_coord::wire::Registration, Error> {
+        let t = JoinToken::parse(token).expect("token text");
+        let mut c = JoinClient::new(self.public.addr.to_string(), t).expect("client");
+        c.register(k, name, &[]).await
+    }
+
+    fn names(&self) -> Vec<(String, std::net::Ipv4Addr, Vec<String>)> {
+        let mut v: Vec<_> = self
+            .coord
+            .nodes()
+            .into_iter()
+            .map(|n| (n.name, n.mesh_ip, n.tags))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Polls until `a` and `b` hold the same records (or 10 s pass).
+async fn converged(a: &Coord, b: &Coord, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        if a.coord.state_digest() == b.coord.state_digest() && a.names() == b.names() {
+            return;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            panic!(
+                "{what}: not converged after 10 s:\n a {:?} {:?}\n b {:?} {:?}\n a sees {:?}\n b sees {:?}",
+                a.coord.state_digest(),
+                a.names(),
+                b.coord.state_digest(),
+                b.names(),
+                a.coord.cluster_status(),
+                b.coord.cluster_status()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Coordinator B joins A's mesh with a coordinator token.
+async fn two(dir: &Path) -> (Coord, Coord, String) {
+    let a = Coord::open(
+        &dir.join("a"),
+        config("hub-a", "127.0.0.1:0".parse().unwrap()),
+        key(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await;
+    let member_token = a.coord.token();
+    let (_, ctoken) = a
+        .coord
+        .create_token(
+            &TokenSpec {
+                coordinator: true,
+                ..Default::default()
+            },
+            "local root",
+            tm_coord::now_unix(),
+        )
+        .expect("coordinator token");
+    let kb = key();
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_api = cl.local_addr().unwrap();
+    let t = JoinToken::parse(&ctoken).unwrap();
+    let mut jc = JoinClient::new(a.public.addr.to_string(), t).unwrap();
+    jc.join_as_coordinator(Some(b_api.to_string()));
+    let reg = jc
+        .register(&kb, "hub-b", &[])
+        .await
+        .expect("B registers as a coordinator");
+    let seed = reg.cluster.expect("a coordinator gets the cluster seed");
+    let bdir = dir.join("b");
+    let mut cfg = config("hub-b", b_api);
+    cfg.seed_records =
+        install_cluster_seed(&bdir, &seed, jc.identity().expect("registered identity"))
+            .expect("install the seed");
+    let b = Coord::open(&bdir, cfg, kb, cl).await;
+    (a, b, member_token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_coordinator_admits_and_both_converge_then_a_restart_catches_up() {
+    let dir = tmpdir("two");
+    let (a, b, token) = two(&dir).await;
+    assert_eq!(b.coord.token(), token, "B serves the mesh's default token");
+    converged(&a, &b, "after B joined").await;
+    // Members join through either coordinator, with the same token.
+    a.join(&token, "alpha", &key()).await.expect("alpha via A");
+    b.join(&token, "beta", &key()).await.expect("beta via B");
+    converged(&a, &b, "after two joins").await;
+    let names: Vec<String> = a.names().into_iter().map(|n| n.0).collect();
+    assert_eq!(names, ["alpha", "beta", "hub-a", "hub-b"]);
+    // A tag set on B is in A's decisions and netmaps.
+    b.coord
+        .tag_node("beta", "tag:web", "local root")
+        .expect("tag on B");
+    converged(&a, &b, "after a tag").await;
+    let beta = a.coord.node_by_name("beta").expect("beta on A");
+    assert_eq!(beta.tags, ["tag:web"]);
+    assert!(a.coord.netmap().peer("beta").expect("in A's netmap").tags == ["tag:web"]);
+    let status = a.coord.cluster_status();
+    assert_eq!(status.len(), 2);
+    assert!(
+        status
+            .iter()
+            .any(|p| p.name == "hub-b" && p.last_sync_ms.is_some() && p.error.is_none()),
+        "{status:?}"
+    );
+
+    // A stops; B admits a node and untags beta; A restarts from its own disk and catches up.
+    let adir = dir.join("a");
+    let akey_cfg = config("hub-a", a.cluster_addr);
+    let a_addr = a.cluster_addr;
+    let a_static = a.key.clone();
+    a.stop().await;
+    b.join(&token, "gamma", &key())
+        .await
+        .expect("gamma via B while A is down");
+    b.coord
+        .untag_node("beta", "tag:web", "local root")
+        .expect("untag on B");
+    let a = Coord::open(
+        &adir,
+        akey_cfg,
+        a_static,
+        TcpListener::bind(a_addr).await.unwrap(),
+    )
+    .await;
+    converged(&a, &b, "after A's restart").await;
+    assert!(a.coord.node_by_name("gamma").is_some());
+    assert!(a.coord.node_by_name("beta").unwrap().tags.is_empty());
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_into_unique_names_and_addresses() {
+    let dir = tmpdir("part");
+    let (mut a, mut b, token) = two(&dir).await;
+    converged(&a, &b, "before the partition").await;
+    a.partition().await;
+    b.partition().await;
+    let (k1, k2) = (key(), key());
+    let r1 = a.join(&token, "web", &k1).await.expect("web via A");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r2 = b.join(&token, "web", &k2).await.expect("another web via B");
+    assert_ne!(
+        a.coord.state_digest(),
+        b.coord.state_digest(),
+        "the sides diverged"
+    );
+    a.heal().await;
+    b.heal().await;
+    converged(&a, &b, "after the heal").await;
+    // The earlier registration keeps the name; the other is renamed; addresses are unique.
+    let first = a.coord.node_by_key(&k1.public_key()).expect("first web");
+    let second = a.coord.node_by_key(&k2.public_key()).expect("second web");
+    assert_eq!(first.name, "web");
+    assert_eq!(second.name, "web-2");
+    let ips: std::collections::BTreeSet<_> = a.names().into_iter().map(|n| n.1).collect();
+    assert_eq!(
+        ips.len(),
+        a.names().len(),
+        "addresses unique: {:?}",
+        a.names()
+    );
+    let _ = (r1, r2);
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_cannot_replicate_and_token_kinds_are_enforced() {
+    let dir = tmpdir("kinds");
+    let (a, b, token) = two(&dir).await;
+    // A member's certificate on the replication API: refused.
+    let k = key();
+    let t = JoinToken::parse(&token).unwrap();
+    let mut m = JoinClient::new(a.public.addr.to_string(), t.clone()).unwrap();
+    m.register(&k, "mallory", &[])
+        .await
+        .expect("mallory joins as a member");
+    let e = m
+        .cluster(&tm_coord::tm_cluster::Msg::Push { records: vec![] })
+        .await
+        .expect_err("a member cannot replicate");
+    match e {
+        Error::Refused { status, message } => {
+            assert_eq!(status, 403, "{message}");
+            assert!(message.contains("not a coordinator"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The member token cannot admit a coordinator ...
+    let mut c = JoinClient::new(a.public.addr.to_string(), t).unwrap();
+    c.join_as_coordinator(None);
+    let e = c
+        .register(&key(), "hub-x", &[])
+        .await
+        .expect_err("member token as coordinator");
+    assert!(e.to_string().contains("token create --coordinator"), "{e}");
+    // ... and a coordinator token cannot admit a member.
+    let (_, ct) = a
+        .coord
+        .create_token(
+            &TokenSpec {
+                coordinator: true,
+                ..Default::default()
+            },
+            "local root",
+            tm_coord::now_unix(),
+        )
+        .unwrap();
+    let e = a
+        .join(&ct, "eve", &key())
+        .await
+        .expect_err("coordinator token as member");
+    assert!(e.to_string().contains("admits coordinators only"), "{e}");
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

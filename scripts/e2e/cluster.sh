@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Two coordinators of one mesh, no leader (issue 17), in network namespaces:
+#   - coordinator cb joins ca's mesh with a `token create --coordinator` token (a member token
+#     is refused for it); both list the same nodes and the same state digest
+#   - member alpha joins through ca, beta through cb; each coordinator lists both; alpha and
+#     beta ping each other; a tag set on cb is on ca within 5 s; `cluster status` shows the peer
+#     in sync
+#   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
+#     alpha (joined through ca) fails over to cb within 5 s and reaches gamma
+#   - ca restarts from its disk and catches up: `node list --json` identical on both
+#   - partition ca (with alpha) from cb (with beta); a node named `web` joins on each side;
+#     after the heal both coordinators agree: one `web` (the earlier) and one `web-2`, unique
+#     addresses
+source "$(dirname "$0")/../lib/netns.sh"
+source "$(dirname "$0")/../lib/node.sh"
+source "$(dirname "$0")/../lib/mesh.sh"
+tm_init cluster 240
+require_tm_binaries
+
+lan_create ca cb alpha beta gamma web1 web2
+CA=192.0.2.1:8443
+CB=192.0.2.2:8443
+
+start() { # start NS NAME ARGS...
+    local ns=$1 n=$2
+    shift 2
+    ns_spawn "$ns" "$n.log" env HOME="$TM_TMP/$n/home" TUNNELMESH_LOG="${TM_RUST_LOG:-info}" \
+        "$TM_BIN" join "$@" --config "$TM_TMP/$n/config.yaml"
+    eval "PID_$n=$TM_LAST_PID"
+    wait_for 25 "$n ready" ready "$n" || fail "$n did not come up (see $n.log)"
+}
+nodes_of() { # the coordinator's node list, normalised (name, address, tags, role)
+    tm "$1" node list --json | python3 -c 'import json,sys
+print(json.dumps(sorted((n["name"], n["mesh_ip"], sorted(n["tags"]), n["is_coordinator"]) for n in json.load(sys.stdin))))'
+}
+digest_of() { tm "$1" cluster status --json | json_get 'd["digest"]'; }
+same_state() {
+    local a b
+    a=$(nodes_of ca) && b=$(nodes_of cb) && [[ $a == "$b" ]] &&
+        [[ $(digest_of ca) == "$(digest_of cb)" ]]
+}
+has_node() { nodes_of "$1" | grep -q "\"$2\""; }
+
+# --- the second coordinator joins ------------------------------------------------------------
+conf ca 'coordinator: {enabled: true, listen: ":8443"}
+'
+start ca ca
+TOKEN=$(ctl ca token) || fail "tmctl token"
+conf cb 'coordinator: {enabled: true, listen: ":8443"}
+'
+out=$(ns_exec cb env HOME="$TM_TMP/cb/home" timeout 30 "$TM_BIN" join "$CA" --token "$TOKEN" \
+    --config "$TM_TMP/cb/config.yaml" 2>&1) && fail "a member token started a coordinator: $out"
+[[ $out == *"token create --coordinator"* ]] || fail "member token as coordinator: unclear refusal: $out"
+rm -rf "$TM_TMP/cb"
+conf cb 'coordinator: {enabled: true, listen: ":8443"}
+'
+CTOKEN=$(tm ca token create --coordinator --json | json_get 'd["token"]') || fail "token create --coordinator"
+start cb cb "$CA" --token "$CTOKEN"
+wait_for 15 "ca and cb hold the same state" same_state || fail "coordinators differ: $(nodes_of ca) / $(nodes_of cb)"
+log "ok: cb joined as a coordinator: $(nodes_of cb)"
+
+# --- members on either coordinator -----------------------------------------------------------
+conf alpha
+start alpha alpha "$CA" --token "$TOKEN"
+conf beta
+start beta beta "$CB" --token "$TOKEN"
+wait_for 10 "both coordinators list alpha and beta" same_state || fail "after joins: $(nodes_of ca) / $(nodes_of cb)"
+has_node ca beta && has_node cb alpha || fail "a member is missing: $(nodes_of ca)"
+AIP=$(mesh_ip_of alpha)
+BIP=$(mesh_ip_of beta)
+wait_for 15 "alpha pings beta (homed on different coordinators)" ping_ok alpha "$BIP" 1 || fail "alpha cannot reach beta"
+t0=$EPOCHREALTIME
+tm cb node tag beta tag:web >/dev/null || fail "node tag on cb"
+wait_for 5 "the tag reaches ca" sh -c "TUNNELMESH_SOCKET=$(sock ca) timeout 10 $TM_BIN node list --json | grep -q tag:web" ||
+    fail "tag set on cb not on ca within 5 s"
+log "ok: a tag set on cb is on ca after $(elapsed_ms "${t0/./}") ms"
+st=$(tm ca cluster status) || fail "cluster status"
+[[ $st == *cb*"in sync"* ]] || fail "cluster status does not show cb in sync: $st"
+log "ok: cluster status on ca:"$'\n'"$st"
+
+# --- kill -9 the first coordinator -----------------------------------------------------------
+kill -KILL "$PID_ca" || fail "kill -9 ca"
+wait "$PID_ca" 2>/dev/null
+ping_ok alpha "$BIP" 3 || fail "alpha -> beta stopped with ca down"
+conf gamma
+start gamma gamma "$CB" --token "$TOKEN"
+GIP=$(mesh_ip_of gamma)
+wait_for 10 "beta reaches gamma (joined through cb while ca is down)" ping_ok beta "$GIP" 1 ||
+    fail "beta cannot reach gamma"
+log "ok: with ca killed, alpha <-> beta works and gamma joined through cb"
+# alpha joined through ca: it fails over to cb (learned from the netmap) and learns gamma.
+wait_for 5 "alpha (joined through ca) reaches gamma via cb's netmap" ping_ok alpha "$GIP" 1 ||
+    fail "alpha did not fail over to cb within 5 s: $(ctl alpha status --json)"
+co=$(ctl alpha status --json | json_get 'd["mesh"]["coordinator"]')
+[[ $co == *":8443" && $co != "$CA" ]] || fail "alpha's coordinator after the failover: $co"
+log "ok: alpha failed over to $co"
+start ca ca
+wait_for 15 "ca catches up after its restart" same_state || fail "after the restart: $(nodes_of ca) / $(nodes_of cb)"
+has_node ca gamma || fail "ca did not learn gamma"
+log "ok: ca restarted and caught up: node list identical"
+
+# --- partition and heal ----------------------------------------------------------------------
+cut() { # cut NS ADDR... : blackhole ADDRs from NS (add) or undo (del with CUT_OP=del)
+    local ns=$1 a
+    shift
+    for a in "$@"; do ns_exec "$ns" ip route "${CUT_OP:-add}" blackhole "$a/32" || return 1; done
+}
+side_a=(192.0.2.1 192.0.2.3 192.0.2.6) # ca alpha web1
+side_b=(192.0.2.2 192.0.2.4 192.0.2.7) # cb beta web2
+partition() {
+    for n in ca alpha web1; do cut "$n" "${side_b[@]}" || return 1; done
+    for n in cb beta web2; do cut "$n" "${side_a[@]}" || return 1; done
+}
+partition || fail "partition"
+conf web1
+printf 'name: web\n' >>"$TM_TMP/web1/config.yaml"
+sed -i '1d' "$TM_TMP/web1/config.yaml"
+conf web2
+printf 'name: web\n' >>"$TM_TMP/web2/config.yaml"
+sed -i '1d' "$TM_TMP/web2/config.yaml"
+ns_spawn web1 web1.log env HOME="$TM_TMP/web1/home" "$TM_BIN" join "$CA" --token "$TOKEN" --config "$TM_TMP/web1/config.yaml"
+wait_for 25 "web (1) ready" ready web1 || fail "web via ca did not come up"
+ns_spawn web2 web2.log env HOME="$TM_TMP/web2/home" "$TM_BIN" join "$CB" --token "$TOKEN" --config "$TM_TMP/web2/config.yaml"
+wait_for 25 "web (2) ready" ready web2 || fail "web via cb did not come up"
+[[ $(digest_of ca) != "$(digest_of cb)" ]] || fail "the partition did not separate the coordinators"
+CUT_OP=del partition || fail "heal"
+wait_for 20 "the coordinators converge after the heal" same_state || fail "after the heal: $(nodes_of ca) / $(nodes_of cb)"
+list=$(nodes_of ca)
+[[ $list == *'"web",'* && $list == *'"web-2",'* ]] || fail "expected web and web-2 after the heal: $list"
+n_ips=$(python3 -c 'import json,sys; l=json.loads(sys.argv[1]); print(len({x[1] for x in l}) == len(l))' "$list")
+assert_eq "$n_ips" True "mesh addresses unique after the heal"
+log "ok: partition healed: $list"
+pass
