@@ -6,6 +6,8 @@
 # 1. Crates (from `cargo metadata`, every kind of dependency): a crate under dataplane/ must not
 #    depend on a crate under control/ or storage/; a crate under storage/ must not depend on a
 #    crate under control/.
+#    Heavy dependencies live in one crate each: only tm-docker may depend on bollard, and
+#    tm-docker uses no workspace crate but tm-policy.
 # 2. Modules of the storage engine (storage/engine/src): every module directory has a rank, and
 #    code may name (`crate::NAME...`, in `use` lines or inline, outside comments) only its own
 #    directory and directories of a LOWER rank:
@@ -22,7 +24,7 @@
 #   scripts/check-layers.sh --self-test  check a temporary copy of this tree, clean (must pass) and
 #       with one deliberately wrong import at a time (must fail, naming it): storage -> control
 #       and dataplane -> storage crate dependencies, `use crate::fs::...` in db/, an inline
-#       `crate::object::...` path in chunks/. Counted as a test by scripts/test.sh.
+#       `crate::object::...` path in chunks/, bollard in a crate other than tm-docker. Counted as a test by scripts/test.sh.
 # Needs cargo and python3.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,6 +79,9 @@ if [[ ${1:-} == --self-test ]]; then
     expect_fail "module chunks -> object (inline path)" storage/engine/src/chunks/mod.rs \
         "chunks (rank 2) uses crate::object (rank 3): a layer may use only lower ranks" \
         sh -c 'printf "\nfn _wrong() -> Option<crate::object::Store> { None }\n" >>"$1"' sh
+    expect_fail "bollard outside tm-docker" control/tmctl/Cargo.toml \
+        "crate tmctl depends on bollard: only tm-docker may (use tm-docker)" \
+        sed -i '/^\[dependencies\]/a bollard = "0.19"'
     if ((fails)); then
         echo "check-layers self-test: $fails FAILED"
         exit 1
@@ -114,6 +119,17 @@ for p in meta["packages"]:
             kind = d.get("kind") or "normal"
             bad.append(f"crate {p['name']} ({src}/) depends on {d['name']} ({dst}/) [{kind}]: "
                        f"{src}/ must not depend on {dst}/")
+# Heavy dependencies stay in their own crate; those crates are leaves over the policy.
+own_crate = {"bollard": "tm-docker"}
+leaf_deps = {"tm-docker": {"tm-policy"}}
+for p in meta["packages"]:
+    for d in p["dependencies"]:
+        home = own_crate.get(d["name"])
+        if home and p["name"] != home:
+            bad.append(f"crate {p['name']} depends on {d['name']}: only {home} may (use {home})")
+        if p["name"] in leaf_deps and "path" in d and d["name"] not in leaf_deps[p["name"]]:
+            bad.append(f"crate {p['name']} depends on {d['name']}: it may use only "
+                       f"{', '.join(sorted(leaf_deps[p['name']]))} of this workspace")
 
 # ---- 2. engine modules
 root = os.path.join(repo, "storage/engine/src")

@@ -37,7 +37,9 @@ APT_PACKAGES=(
     libnfs-utils      # nfs-ls/nfs-cp/nfs-cat (no kernel NFS client here)
     fuse3             # fusermount3: tm-lazyfs (scripts/powerloss) mounts through it when mount(2) is refused
     rpcbind           # rpcinfo -p: the portmapper test (the rpcbind daemon is not started)
-    docker.io         # Docker management tests (later issues)
+    docker.io         # Docker management tests (scripts/e2e/docker.sh starts dockerd if none runs)
+    busybox-static    # the root file system of the Docker test image (docker import; no registry)
+    util-linux        # script(1): a pseudo-terminal for `docker exec -it` in scripts/e2e/docker.sh
     bind9-dnsutils    # dig, for the mesh DNS tests
     curl              # S3 Basic/Bearer/presign tests
     ca-certificates

@@ -157,6 +157,21 @@ pub enum Command {
         src: String,
         request: Vec<String>,
     },
+    /// Docker: connect this control connection to node `node`'s Docker agent (the node's own
+    /// agent as local root, another node's through the mesh as this node). After an ok
+    /// [`Response`] line the connection speaks the agent protocol (`tm_docker::proto`).
+    DockerDial {
+        node: String,
+    },
+    /// Docker, member to coordinator only (over `POST /v1/admin`): an audit entry of the
+    /// member's agent (start/stop/restart, exec sessions) for the coordinator's audit log.
+    /// `target` must be `<member>/<container>`.
+    DockerAudit {
+        who: String,
+        action: String,
+        target: String,
+        detail: String,
+    },
     /// One ICMP echo to a peer (`name`, `name.mesh` or an address it owns) through the
     /// tunnel: [`PingReply`], or an error saying that nothing came back within `timeout_ms`.
     Ping {

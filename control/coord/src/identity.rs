@@ -259,7 +259,8 @@ fn fmt_tags(tags: &[String]) -> String {
 }
 
 impl Coordinator {
-    pub(crate) fn audit(
+    /// Appends an entry to the audit log (with the hash of the policy in force).
+    pub fn audit(
         &self,
         who: &str,
         action: &str,

@@ -5,6 +5,9 @@
 use anyhow::{Context, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::docker::DockerHub;
 use tm_api::{Command, Request, Response, API_VERSION};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -25,7 +28,11 @@ impl Drop for SocketGuard {
 }
 
 /// Binds the socket (replacing a stale one) and serves it until the node task goes away.
-pub fn serve(path: &Path, to_node: mpsc::Sender<ApiRequest>) -> Result<SocketGuard> {
+pub fn serve(
+    path: &Path,
+    to_node: mpsc::Sender<ApiRequest>,
+    docker: Arc<DockerHub>,
+) -> Result<SocketGuard> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
@@ -45,24 +52,43 @@ pub fn serve(path: &Path, to_node: mpsc::Sender<ApiRequest>) -> Result<SocketGua
                 continue;
             };
             let to_node = to_node.clone();
+            let docker = docker.clone();
             tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
                 let mut line = String::new();
                 // A request is one line; `filter load` carries a policy file (up to 1 MiB,
                 // JSON-escaped), everything else is small.
-                let mut r = BufReader::new(r.take(4 << 20));
-                let resp = match r.read_line(&mut line).await {
-                    Ok(_) => handle(&line, &to_node).await,
+                let mut r = BufReader::new(stream);
+                let resp = match (&mut r).take(4 << 20).read_line(&mut line).await {
+                    Ok(_) => match docker_dial(&line) {
+                        // The caller waits for the dial's answer before it says more.
+                        Some(node) if r.buffer().is_empty() => {
+                            docker.dial(node, r.into_inner()).await;
+                            return;
+                        }
+                        Some(_) => Response::err("bad request: data after docker_dial"),
+                        None => handle(&line, &to_node).await,
+                    },
                     Err(e) => Response::err(format!("reading request: {e}")),
                 };
                 let mut out = serde_json::to_string(&resp)
                     .unwrap_or_else(|_| r#"{"ok":false,"error":"encode"}"#.into());
                 out.push('\n');
-                let _ = w.write_all(out.as_bytes()).await;
+                let _ = r.get_mut().write_all(out.as_bytes()).await;
             });
         }
     });
     Ok(SocketGuard(path.to_path_buf()))
+}
+
+/// The node of a `docker_dial` request (which takes over the connection).
+fn docker_dial(line: &str) -> Option<String> {
+    match serde_json::from_str::<Request>(line) {
+        Ok(Request {
+            version: API_VERSION,
+            command: Command::DockerDial { node },
+        }) => Some(node),
+        _ => None,
+    }
 }
 
 async fn handle(line: &str, to_node: &mpsc::Sender<ApiRequest>) -> Response {

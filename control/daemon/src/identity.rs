@@ -142,6 +142,7 @@ pub fn admin_handler(c: &Coordinator, storage: Option<Storage>) -> tm_coord::Adm
     let c = c.clone();
     Arc::new(move |actor: &str, who: &tm_policy::Identity, body: &[u8]| {
         let resp = match serde_json::from_slice::<Command>(body) {
+            Ok(cmd @ Command::DockerAudit { .. }) => crate::docker::record_report(&c, actor, &cmd),
             Ok(cmd) => match crate::policy::forwarded_decision(&c.policy(), who, &cmd) {
                 Err(why) => {
                     tracing::info!(actor, "forwarded command refused: {why}");

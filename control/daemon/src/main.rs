@@ -12,6 +12,7 @@
 mod api;
 mod config;
 mod dataplane;
+mod docker;
 mod filter;
 mod gen;
 mod identity;
@@ -317,9 +318,16 @@ fn run(mut cfg: NodeConfig, join_addr: Option<String>, token: Option<String>) ->
         };
         let listen_port = cfg.listen_port;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let _sock = api::serve(&cfg.data_dir.join(tm_api::SOCKET_NAME), tx)?;
+        // The name the mesh knows this node by (a member's is the one it joined as).
+        let mesh_name = mesh
+            .as_ref()
+            .and_then(|m| m.saved.as_ref())
+            .map_or_else(|| cfg.name.clone(), |s| s.name.clone());
+        let hub = docker::DockerHub::new(&mesh_name);
+        let _sock = api::serve(&cfg.data_dir.join(tm_api::SOCKET_NAME), tx, hub.clone())?;
         let _registered = tmctl::discover::register(&cfg.data_dir.join(tm_api::SOCKET_NAME));
         let mut node = node::Node::new(cfg, key)?;
+        node.set_docker(hub);
         if let Some(st) = st {
             node.set_storage(st);
         }

@@ -146,6 +146,8 @@ pub struct Node {
     /// A pending `Leave`: its reply is sent once the coordinator has answered.
     leaving: Option<(oneshot::Receiver<Result<(), String>>, ApiRequest)>,
     pings: Vec<ping::Pending>,
+    /// The Docker agent and the control socket's dials (mesh nodes).
+    docker: Option<Arc<crate::docker::DockerHub>>,
     stop: bool,
     /// Every message handed to the dataplane, in order (unit tests of the handshake driver).
     #[cfg(test)]
@@ -206,10 +208,16 @@ impl Node {
             policy_tx: tokio::sync::watch::Sender::new(None),
             leaving: None,
             pings: Vec::new(),
+            docker: None,
             stop: false,
             #[cfg(test)]
             sent: Vec::new(),
         })
+    }
+
+    /// The Docker hub shared with the control socket; its agent starts in `start`.
+    pub fn set_docker(&mut self, hub: Arc<crate::docker::DockerHub>) {
+        self.docker = Some(hub);
     }
 
     /// Opens the object store (before anything listens); served after `start`.
@@ -357,7 +365,7 @@ impl Node {
             }
             self.dns = Some(dns);
         }
-        Ok(())
+        self.start_docker()
     }
 
     /// Turns a netmap into peers: adds newcomers (and handshakes with them at once, which
@@ -502,12 +510,12 @@ impl Node {
                 true
             });
         }
+        self.docker_netmap(&nm);
         self.refresh_filter(false);
     }
 
     /// This node's view of the policy (its projection, from the last netmap), for the
     /// enforcers that run on every node (the Docker agent).
-    #[allow(dead_code)]
     pub fn node_policy(&self) -> crate::policy::NodePolicy {
         crate::policy::NodePolicy(self.policy_tx.subscribe())
     }
@@ -1322,6 +1330,8 @@ fn add_stats(a: &mut PeerStats, b: &PeerStats) {
     a.last_rx_ago_ms = b.last_rx_ago_ms;
 }
 
+#[path = "node_docker.rs"]
+mod node_docker;
 #[path = "node_filter.rs"]
 mod node_filter;
 #[path = "ping.rs"]

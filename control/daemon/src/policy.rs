@@ -20,7 +20,6 @@ use tm_policy::{Artifact, Identity, NfsOp, NodeInfo, NodeKey, Request, TokenId};
 /// from [`NodePolicy::current`] on each call, or wait for changes on [`NodePolicy::changed`] to
 /// cut what the new policy no longer allows.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // the Docker agent (issue 21) is its first user
 pub struct NodePolicy(pub tokio::sync::watch::Receiver<Option<std::sync::Arc<Artifact>>>);
 
 #[allow(dead_code)]

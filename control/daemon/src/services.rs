@@ -97,6 +97,25 @@ impl Node {
             )),
             _ => out.push(stopped("coordinator", "this node is not a coordinator")),
         }
+        match (&self.docker, &self.cfg.docker) {
+            (Some(h), Some(d)) if h.running() => out.push(running(
+                "docker",
+                vec![format!(
+                    "{}:{} (tunnel only)",
+                    self.cfg.address().addr,
+                    tm_docker::proto::AGENT_PORT
+                )],
+                &format!("Docker agent, engine {}", d.socket.display()),
+            )),
+            (_, None) => out.push(stopped(
+                "docker",
+                "no engine socket (/var/run/docker.sock), or docker: {enabled: false}",
+            )),
+            _ if self.mesh.is_none() => {
+                out.push(stopped("docker", "the Docker agent runs on mesh nodes"))
+            }
+            _ => out.push(stopped("docker", "not started")),
+        }
         out
     }
 

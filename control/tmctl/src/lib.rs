@@ -7,6 +7,7 @@
 
 mod admin;
 mod cluster;
+pub mod docker;
 mod ping;
 pub mod policy;
 mod status;
@@ -104,6 +105,10 @@ pub enum OperatorCommand {
     /// Ping a peer through the tunnel: path (direct or relay), endpoint, round-trip time,
     /// path MTU.
     Ping(PingArgs),
+    /// Containers of every node (ps, inspect, start, stop, restart, logs, stats, exec),
+    /// decided by the mesh policy on the node that owns them.
+    #[command(subcommand)]
+    Docker(docker::DockerCommand),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -275,6 +280,7 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
         }
         OperatorCommand::Filter(f) => filter(target, f, &mut out)?,
         OperatorCommand::Ping(a) => ping::run(target, a, &mut out)?,
+        OperatorCommand::Docker(d) => docker::docker(target, d, &mut out)?,
         OperatorCommand::Bucket(b) => match b {
             BucketCommand::Create { name } => {
                 call(target, Command::BucketCreate { name: name.clone() })?;
