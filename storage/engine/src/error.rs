@@ -48,6 +48,10 @@ pub enum StorageError {
     /// Part number outside 1..=10000.
     #[error("invalid part number")]
     InvalidPartNumber,
+    /// A conditional write's condition does not hold (the key exists for `IfAbsent`, or its
+    /// ETag differs for `IfMatch`); nothing was written.
+    #[error("precondition failed")]
+    PreconditionFailed,
     /// The object kept changing under a read-modify-write (`write_at`/`truncate`); retry later.
     #[error("concurrent modification")]
     Conflict,

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("bind {}", o.listen))?;
     let cfg = tm_s3::S3Config {
         listen: listener.local_addr()?,
+        region: tm_s3::DEFAULT_REGION.into(),
         max_body: 5 << 30,
         authority: None,
     };

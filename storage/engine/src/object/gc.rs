@@ -107,6 +107,14 @@ impl Store {
         reclaim(self.inner.db.mem(), &self.inner.shared, &self.inner.freed)
     }
 
+    /// Deletes now the chunks `ids` (stored by an aborted write) that nothing references or
+    /// pins; the others stay (queued for the reclaimer if they are freed later).
+    pub(crate) fn discard(&self, ids: Vec<ChunkId>) {
+        lock(&self.inner.freed).extend(ids);
+        // On failure the ids stay queued and the background reclaimer retries.
+        let _ = self.reclaim();
+    }
+
     /// Check metadata against itself and the chunk backend (reads no chunk contents).
     pub fn fsck(&self) -> Result<FsckReport, StorageError> {
         let sh = &self.inner.shared;

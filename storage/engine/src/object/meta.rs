@@ -15,7 +15,7 @@ use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::types::{ObjectInfo, ObjectMeta};
+use super::types::{ObjectInfo, ObjectMeta, WriteCondition};
 use crate::chunks::{hex, ChunkId};
 use crate::db::{ReadTable, Schema, TableW, Tx};
 use crate::StorageError;
@@ -112,6 +112,9 @@ pub(crate) struct PartRec {
     pub size: u64,
     pub etag: String,
     pub modified: u64,
+    /// Verified checksum, `ALGORITHM:base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -252,6 +255,30 @@ pub(crate) fn drop_refs(
 
 pub(crate) fn stat(t: &impl ReadTable<&'static str, u64>, k: &str) -> Result<u64, StorageError> {
     Ok(t.get(k)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Checks `cond` against the current object at `bucket/key` (inside the write transaction, so
+/// the check and the write that follows are atomic).
+pub(crate) fn check_condition(
+    wtx: &Tx,
+    bucket: &str,
+    key: &str,
+    cond: &WriteCondition,
+) -> Result<(), StorageError> {
+    if *cond == WriteCondition::Always {
+        return Ok(());
+    }
+    let cur: Option<ObjRec> = get_json(&wtx.open_table(OBJECTS)?, &obj_key(bucket, key))?;
+    match (cond, cur) {
+        (WriteCondition::IfAbsent, Some(_)) => Err(StorageError::PreconditionFailed),
+        (WriteCondition::IfMatch(_), None) => Err(StorageError::NoSuchKey),
+        (WriteCondition::IfMatch(e), Some(r))
+            if !r.etag.eq_ignore_ascii_case(e.trim().trim_matches('"')) =>
+        {
+            Err(StorageError::PreconditionFailed)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Check quotas and, if they hold, install `rec`/`manifest` as `bucket/key`, replacing (and

@@ -7,7 +7,7 @@ use md5::{Digest, Md5};
 use super::meta::*;
 use super::pins::Pins;
 use super::reader::ObjectReader;
-use super::types::{check_key, ObjectInfo, ObjectMeta};
+use super::types::{check_key, ObjectInfo, ObjectMeta, WriteCondition};
 use super::writer::{PutWriter, Target};
 use super::Store;
 use crate::chunks::{hex, ChunkId};
@@ -65,10 +65,12 @@ impl Store {
         rec: ObjRec,
         manifest: Vec<ChunkRef>,
         inline: Option<Vec<u8>>,
+        cond: WriteCondition,
     ) -> Result<ObjectInfo, StorageError> {
         let max_size = self.inner.max_size;
         let _g = self.inner.shared.read_guard();
         self.txn(move |wtx, freed| {
+            check_condition(wtx, &bucket, &key, &cond)?;
             install_object(
                 wtx,
                 freed,
@@ -95,6 +97,19 @@ impl Store {
         key: &str,
         meta: ObjectMeta,
         data: Vec<u8>,
+        done: impl FnOnce(Result<ObjectInfo, StorageError>) + Send + 'static,
+    ) {
+        self.put_small_if(bucket, key, meta, data, WriteCondition::Always, done);
+    }
+
+    /// [`Store::put_small`] that stores only if `cond` holds (checked atomically with the write).
+    pub fn put_small_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: ObjectMeta,
+        data: Vec<u8>,
+        cond: WriteCondition,
         done: impl FnOnce(Result<ObjectInfo, StorageError>) + Send + 'static,
     ) {
         if let Err(e) = check_key(key) {
@@ -125,6 +140,7 @@ impl Store {
         let (bucket, key, max_size) = (bucket.to_string(), key.to_string(), self.inner.max_size);
         self.submit(
             move |wtx, freed| {
+                check_condition(wtx, &bucket, &key, &cond)?;
                 let inline = (!data.is_empty()).then_some(data.as_slice());
                 install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest, inline)
             },
@@ -246,6 +262,27 @@ impl Store {
         dst_key: &str,
         meta: Option<ObjectMeta>,
     ) -> Result<ObjectInfo, StorageError> {
+        self.copy_object_if(
+            src_bucket,
+            src_key,
+            dst_bucket,
+            dst_key,
+            meta,
+            WriteCondition::Always,
+        )
+    }
+
+    /// [`Store::copy_object`] that writes only if `cond` holds for the destination (checked
+    /// atomically with the write). A replaced `meta` without a checksum keeps the source's.
+    pub fn copy_object_if(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        meta: Option<ObjectMeta>,
+        cond: WriteCondition,
+    ) -> Result<ObjectInfo, StorageError> {
         check_key(dst_key)?;
         self.settle(src_bucket, src_key, false);
         self.settle(dst_bucket, dst_key, false);
@@ -268,11 +305,21 @@ impl Store {
                 let m = get_manifest(&wtx.open_table(OBJ_CHUNKS)?, &sok)?;
                 (src, m)
             };
+            check_condition(wtx, &db, &dk, &cond)?;
+            let meta = match meta {
+                Some(mut m) => {
+                    if m.checksum.is_none() {
+                        m.checksum = src.meta.checksum;
+                    }
+                    m
+                }
+                None => src.meta,
+            };
             let rec = ObjRec {
                 size: src.size,
                 etag: src.etag,
                 modified: now_nanos(),
-                meta: meta.unwrap_or(src.meta),
+                meta,
             };
             install_object(wtx, freed, max_size, &db, &dk, &rec, &manifest, None)
         })
