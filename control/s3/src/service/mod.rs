@@ -37,11 +37,35 @@ pub(crate) struct TmS3 {
     store: Store,
     /// The configured region (bucket locations, `CreateBucket` constraints).
     region: String,
+    /// Recently completed multipart uploads (`bucket/key/upload id`), newest last: a repeated
+    /// CompleteMultipartUpload of one of them is answered like the first (AWS does so for a
+    /// while); older or unknown ids get `NoSuchUpload`.
+    completed: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many completed uploads are remembered.
+const COMPLETED_MEMORY: usize = 4096;
 
 impl TmS3 {
     pub(crate) fn new(store: Store, region: String) -> Self {
-        Self { store, region }
+        Self {
+            store,
+            region,
+            completed: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn remember_completed(&self, id: String) {
+        let mut c = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= COMPLETED_MEMORY {
+            c.pop_front();
+        }
+        c.push_back(id);
+    }
+
+    fn was_completed(&self, id: &str) -> bool {
+        let c = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        c.iter().any(|x| x == id)
     }
 
     async fn run<T: Send + 'static>(

@@ -211,6 +211,9 @@ impl TmS3 {
         {
             Ok(p) => p,
             Err(e) if *e.code() == S3ErrorCode::NoSuchUpload => {
+                if !self.was_completed(&format!("{}/{}/{}", i.bucket, i.key, i.upload_id)) {
+                    return Err(e);
+                }
                 return self.completed_again(&i.bucket, &i.key, &listed, e).await;
             }
             Err(e) => return Err(e),
@@ -248,6 +251,7 @@ impl TmS3 {
                 s.complete_multipart_if(&b, &k, &id, &list, cond, sum)
             })
             .await?;
+        self.remember_completed(format!("{}/{}/{}", i.bucket, i.key, i.upload_id));
         Ok(S3Response::new(completed(&i.bucket, &i.key, &info)))
     }
 
