@@ -360,10 +360,15 @@ assert [p.get("ChecksumCRC32") for p in lp] == [r1["ChecksumCRC32"], r2["Checksu
 assert code(s3.complete_multipart_upload, Bucket=B, Key=MK, UploadId=uid, MultipartUpload={"Parts": [
     {"PartNumber": 1, "ETag": r1["ETag"], "ChecksumCRC32": r2["ChecksumCRC32"]},
     {"PartNumber": 2, "ETag": r2["ETag"], "ChecksumCRC32": r2["ChecksumCRC32"]}]}) == "InvalidPart"
-c = s3.complete_multipart_upload(Bucket=B, Key=MK, UploadId=uid, MultipartUpload={"Parts": [
-    {"PartNumber": 1, "ETag": r1["ETag"], "ChecksumCRC32": r1["ChecksumCRC32"]},
-    {"PartNumber": 2, "ETag": r2["ETag"], "ChecksumCRC32": r2["ChecksumCRC32"]}]})
 want = b64(DIGEST["CRC32"](DIGEST["CRC32"](p1) + DIGEST["CRC32"](p2))) + "-2"
+good_parts = {"Parts": [
+    {"PartNumber": 1, "ETag": r1["ETag"], "ChecksumCRC32": r1["ChecksumCRC32"]},
+    {"PartNumber": 2, "ETag": r2["ETag"], "ChecksumCRC32": r2["ChecksumCRC32"]}]}
+assert code(s3.complete_multipart_upload, Bucket=B, Key=MK, UploadId=uid, MultipartUpload=good_parts,
+            ChecksumCRC32="AAAAAA==-2") == "BadDigest"
+assert missing(B, MK)
+c = s3.complete_multipart_upload(Bucket=B, Key=MK, UploadId=uid, MultipartUpload=good_parts,
+                                 ChecksumCRC32=want)
 assert c.get("ChecksumCRC32") == want, (c, want)
 h = s3.head_object(Bucket=B, Key=MK, ChecksumMode="ENABLED")
 assert h["ChecksumCRC32"] == want and h["ChecksumType"] == "COMPOSITE", h
