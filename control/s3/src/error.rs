@@ -229,6 +229,20 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
                 St::CONFLICT,
                 "A conflicting operation is in progress; please try again.".into(),
             ),
+            StorageError::NoSuchVersion => S3Error::with_message(
+                C::NoSuchVersion,
+                "The specified version does not exist.",
+            ),
+            StorageError::DeleteMarker => {
+                let mut e = S3Error::with_message(
+                    C::MethodNotAllowed,
+                    "The specified method is not allowed against this resource.",
+                );
+                let mut h = http::HeaderMap::new();
+                h.insert("x-amz-delete-marker", http::HeaderValue::from_static("true"));
+                e.set_headers(h);
+                e
+            }
             StorageError::PreconditionFailed => S3Error::with_message(
                 C::PreconditionFailed,
                 "At least one of the pre-conditions you specified did not hold",

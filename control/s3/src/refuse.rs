@@ -8,7 +8,6 @@
 //! other than `BucketOwnerEnforced`, tagging headers, website redirects, appends
 //! (`x-amz-write-offset-bytes`), MFA delete, storage classes other than `STANDARD` (an unknown
 //! one: `InvalidStorageClass`), an `x-amz-expected-bucket-owner` that is not us (`AccessDenied`),
-//! `versionId` other than `null` (every object here is the `null` version: `InvalidArgument`),
 //! `partNumber` on GET/HEAD, `If-None-Match` other than `*` and `If-Match: *` on writes,
 //! multipart checksum type `FULL_OBJECT`, a malformed `Content-MD5` (`InvalidDigest`), and XML
 //! request bodies above 20 MiB (`MaxMessageLengthExceeded`).
@@ -180,29 +179,10 @@ pub(crate) fn check(
             return Err(not_impl("If-Match: * on a write"));
         }
     }
-    // Versions: every object is the `null` version.
-    let key_path = path.trim_start_matches('/').contains('/');
-    for (k, v) in &q {
-        if k == "versionId" && key_path && v != "null" {
-            return Err(Error::InvalidArgument(
-                "Invalid version id specified".into(),
-            ));
-        }
+    let _ = path;
+    for (k, _) in &q {
         if k == "partNumber" && (*method == Method::GET || *method == Method::HEAD) {
             return Err(not_impl("GetObject/HeadObject by partNumber"));
-        }
-    }
-    if let Some(src) = value(h, "x-amz-copy-source") {
-        if let Some((_, qs)) = src.split_once('?') {
-            let vid = qs
-                .split('&')
-                .find_map(|p| p.strip_prefix("versionId="))
-                .unwrap_or("");
-            if vid != "null" {
-                return Err(Error::InvalidArgument(
-                    "Invalid version id specified".into(),
-                ));
-            }
         }
     }
     // XML bodies (everything but object data) are at most 20 MiB.
@@ -266,16 +246,8 @@ mod tests {
             "AccessDenied"
         );
         assert_eq!(
-            verdict(Method::GET, "/b/k", Some("versionId=null"), &[]),
-            "ok"
-        );
-        assert_eq!(
-            verdict(Method::GET, "/b/k", Some("versionId=abc"), &[]),
-            "InvalidArgument"
-        );
-        assert_eq!(
-            verdict(Method::GET, "/b", Some("versions&versionId=abc"), &[]),
-            "ok"
+            verdict(Method::GET, "/b/k", Some("partNumber=1"), &[]),
+            "NotImplemented"
         );
         assert_eq!(
             verdict(

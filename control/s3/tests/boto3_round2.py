@@ -251,22 +251,20 @@ assert code(s3.create_bucket, Bucket="acl-b", ACL="public-read") == "AccessContr
 assert "eu-b" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 assert code(s3.put_object_acl, Bucket=B, Key=K, ACL="public-read") == "AccessControlListNotSupported"
 assert code(s3.put_object_tagging, Bucket=B, Key=K, Tagging={"TagSet": []}) == NI
-assert code(s3.put_bucket_versioning, Bucket=B,
-            VersioningConfiguration={"Status": "Enabled"}) == NI
 assert code(s3.put_object_retention, Bucket=B, Key=K,
             Retention={"Mode": "GOVERNANCE", "RetainUntilDate": datetime.datetime(2030, 1, 1)}) == NI
 assert code(s3.put_object_legal_hold, Bucket=B, Key=K, LegalHold={"Status": "ON"}) == NI
 assert code(s3.put_bucket_encryption, Bucket=B, ServerSideEncryptionConfiguration={"Rules": [
     {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}) == NI
-# versions: every object is the `null` version
+# versions of an unversioned bucket: every object is the `null` version
 assert s3.get_object(Bucket=B, Key=K, VersionId="null")["Body"].read() == b"x"
-assert code(s3.get_object, Bucket=B, Key=K, VersionId="3HL4kqtJlcpXroDTDmJ") == "InvalidArgument"
-assert err(s3.head_object, Bucket=B, Key=K, VersionId="3HL4kqtJlcpXroDTDmJ")[1] == 400
-assert code(s3.delete_object, Bucket=B, Key=K, VersionId="3HL4kqtJlcpXroDTDmJ") == "InvalidArgument"
+assert code(s3.get_object, Bucket=B, Key=K, VersionId="3HL4kqtJlcpXroDTDmJ") == "NoSuchVersion"
+assert err(s3.head_object, Bucket=B, Key=K, VersionId="3HL4kqtJlcpXroDTDmJ")[1] == 404
+s3.delete_object(Bucket=B, Key=K, VersionId="3HL4kqtJlcpXroDTDmJ")  # no such version: a no-op
 assert code(s3.copy_object, Bucket=B, Key="c",
-            CopySource={"Bucket": B, "Key": K, "VersionId": "3HL4kqtJ"}) == "InvalidArgument"
-assert code(s3.delete_objects, Bucket=B, Delete={"Objects": [
-    {"Key": K, "VersionId": "3HL4kqtJ"}]}) == "InvalidArgument"
+            CopySource={"Bucket": B, "Key": K, "VersionId": "3HL4kqtJ"}) == "NoSuchVersion"
+assert missing(B, "c")
+s3.delete_objects(Bucket=B, Delete={"Objects": [{"Key": K, "VersionId": "3HL4kqtJ"}]})
 assert s3.get_object(Bucket=B, Key=K)["Body"].read() == b"x", "nothing deleted"
 assert code(s3.get_object, Bucket=B, Key=K, PartNumber=1) == NI
 assert err(s3.head_object, Bucket=B, Key=K, PartNumber=1)[1] == 501
@@ -550,4 +548,94 @@ txt = resp.decode(errors="replace")
 assert txt.startswith("HTTP/1.1 400") and "MaxMessageLengthExceeded" in txt, txt[:400]
 assert s3.get_object(Bucket=B, Key=K)["Body"].read() == b"x"
 print("round2: codes and fields OK")
+
+# =============================================================================================
+# 7. Versioning
+V = "versioned"
+s3.create_bucket(Bucket=V)
+assert "Status" not in s3.get_bucket_versioning(Bucket=V)
+s3.put_bucket_versioning(Bucket=V, VersioningConfiguration={"Status": "Enabled"})
+assert s3.get_bucket_versioning(Bucket=V)["Status"] == "Enabled"
+one, two = b"one", os.urandom(2 * MiB + 7)
+v1 = s3.put_object(Bucket=V, Key="k", Body=one)["VersionId"]
+v2 = s3.put_object(Bucket=V, Key="k", Body=two)["VersionId"]
+assert v1 and v2 and v1 != v2 and v1 != "null"
+assert s3.get_object(Bucket=V, Key="k")["Body"].read() == two
+g = s3.get_object(Bucket=V, Key="k", VersionId=v1)
+assert g["Body"].read() == one and g["VersionId"] == v1
+h = s3.head_object(Bucket=V, Key="k", VersionId=v1)
+assert h["ContentLength"] == 3 and h["VersionId"] == v1
+assert s3.head_object(Bucket=V, Key="k")["VersionId"] == v2
+assert code(s3.get_object, Bucket=V, Key="k", VersionId="0000nosuchversion") == "NoSuchVersion"
+d = s3.delete_object(Bucket=V, Key="k")
+dm = d["VersionId"]
+assert d["DeleteMarker"] is True and dm not in (v1, v2), d
+assert code(s3.get_object, Bucket=V, Key="k") == "NoSuchKey"
+assert err(s3.get_object, Bucket=V, Key="k", VersionId=dm)[1] == 405
+assert s3.get_object(Bucket=V, Key="k", VersionId=v2)["Body"].read() == two
+lv = s3.list_object_versions(Bucket=V)
+assert [(x["Key"], x["VersionId"], x["IsLatest"]) for x in lv["Versions"]] == \
+    [("k", v2, False), ("k", v1, False)], lv["Versions"]
+assert [(x["Key"], x["VersionId"], x["IsLatest"]) for x in lv["DeleteMarkers"]] == [("k", dm, True)]
+assert "k" not in [o["Key"] for o in s3.list_objects_v2(Bucket=V).get("Contents", [])]
+c = s3.copy_object(Bucket=V, Key="k-copy", CopySource={"Bucket": V, "Key": "k", "VersionId": v1})
+assert c["CopySourceVersionId"] == v1 and c["VersionId"]
+assert s3.get_object(Bucket=V, Key="k-copy")["Body"].read() == one
+r = s3.delete_object(Bucket=V, Key="k", VersionId=dm)
+assert r["DeleteMarker"] is True and r["VersionId"] == dm
+assert s3.get_object(Bucket=V, Key="k")["Body"].read() == two, "the marker is gone: v2 is current"
+s3.delete_object(Bucket=V, Key="k", VersionId=v2)
+assert s3.get_object(Bucket=V, Key="k")["Body"].read() == one, "v1 is current again"
+assert code(s3.get_object, Bucket=V, Key="k", VersionId=v2) == "NoSuchVersion"
+# prefix, delimiter, key and version-id markers
+for k in ["a/1", "a/2", "b/1", "c"]:
+    s3.put_object(Bucket=V, Key=k, Body=k.encode())
+    s3.put_object(Bucket=V, Key=k, Body=k.encode() + b"'")
+lv = s3.list_object_versions(Bucket=V, Prefix="a/")
+assert [x["Key"] for x in lv["Versions"]] == ["a/1", "a/1", "a/2", "a/2"], lv["Versions"]
+assert [x["IsLatest"] for x in lv["Versions"]] == [True, False, True, False]
+lv = s3.list_object_versions(Bucket=V, Delimiter="/")
+assert [p["Prefix"] for p in lv["CommonPrefixes"]] == ["a/", "b/"], lv
+assert sorted({x["Key"] for x in lv["Versions"]}) == ["c", "k", "k-copy"], lv["Versions"]
+full = [(x["Key"], x["VersionId"]) for x in s3.list_object_versions(Bucket=V)["Versions"]]
+seen, km, vm = [], None, None
+while True:
+    kw = {"KeyMarker": km, "VersionIdMarker": vm} if km else {}
+    page = s3.list_object_versions(Bucket=V, MaxKeys=3, **kw)
+    seen += [(x["Key"], x["VersionId"]) for x in page.get("Versions", [])]
+    if not page["IsTruncated"]:
+        break
+    km, vm = page["NextKeyMarker"], page["NextVersionIdMarker"]
+assert seen == full and len(full) == 10, (seen, full)
+p = s3.get_paginator("list_object_versions")
+assert sum(len(x.get("Versions", [])) for x in p.paginate(Bucket=V, PaginationConfig={"PageSize": 2})) == 10
+# DeleteObjects with version ids
+d = s3.delete_objects(Bucket=V, Delete={"Objects": [{"Key": "c", "VersionId": x["VersionId"]}
+                                                    for x in lv["Versions"] if x["Key"] == "c"]})
+assert len(d["Deleted"]) == 2 and code(s3.head_object, Bucket=V, Key="c") in ("404", "NoSuchKey")
+assert not [x for x in s3.list_object_versions(Bucket=V, Prefix="c").get("Versions", [])]
+# suspended: writes are the null version, replacing the previous null version
+s3.put_bucket_versioning(Bucket=V, VersioningConfiguration={"Status": "Suspended"})
+assert s3.get_bucket_versioning(Bucket=V)["Status"] == "Suspended"
+s3.put_object(Bucket=V, Key="k", Body=b"null-1")
+s3.put_object(Bucket=V, Key="k", Body=b"null-2")
+vs = [x["VersionId"] for x in s3.list_object_versions(Bucket=V, Prefix="k")["Versions"]
+      if x["Key"] == "k"]
+assert vs == ["null", v1], vs
+assert s3.get_object(Bucket=V, Key="k", VersionId="null")["Body"].read() == b"null-2"
+d = s3.delete_object(Bucket=V, Key="k")
+assert d["DeleteMarker"] is True and d["VersionId"] == "null", d
+lv = s3.list_object_versions(Bucket=V, Prefix="k")
+assert [x["VersionId"] for x in lv["Versions"] if x["Key"] == "k"] == [v1]
+assert [x["VersionId"] for x in lv["DeleteMarkers"]] == ["null"]
+# a bucket holding only versions / markers is not empty
+assert code(s3.delete_bucket, Bucket=V) == "BucketNotEmpty"
+# quotas count every stored version
+QV = os.environ["S3_QUOTA_VERSIONED"]
+s3.put_bucket_versioning(Bucket=QV, VersioningConfiguration={"Status": "Enabled"})
+q1 = s3.put_object(Bucket=QV, Key="q", Body=os.urandom(600_000))["VersionId"]
+assert code(s3.put_object, Bucket=QV, Key="q", Body=os.urandom(600_000)) == "QuotaExceeded"
+s3.delete_object(Bucket=QV, Key="q", VersionId=q1)
+s3.put_object(Bucket=QV, Key="q", Body=os.urandom(600_000))
+print("round2: versioning OK")
 print("round2: all OK")

@@ -52,6 +52,12 @@ pub enum StorageError {
     /// ETag differs for `IfMatch`); nothing was written.
     #[error("precondition failed")]
     PreconditionFailed,
+    /// The version id names no stored version of the key.
+    #[error("no such version")]
+    NoSuchVersion,
+    /// The version named is a delete marker (it has no data).
+    #[error("the version is a delete marker")]
+    DeleteMarker,
     /// The object kept changing under a read-modify-write (`write_at`/`truncate`); retry later.
     #[error("concurrent modification")]
     Conflict,

@@ -107,18 +107,17 @@ pub(super) fn check_copy_conditions(
     .map_err(|_| S3Error::new(S3ErrorCode::PreconditionFailed))
 }
 
-pub(super) fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
+/// The copy source: bucket, key and version (`None`: the current one).
+pub(super) fn copy_source(src: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match src {
         CopySource::Bucket {
             bucket,
             key,
             version_id,
-        } if version_id.as_deref().is_none_or(|v| v == "null") => {
-            Ok((bucket.to_string(), key.to_string()))
-        }
-        CopySource::Bucket { .. } => Err(S3Error::with_message(
-            S3ErrorCode::InvalidArgument,
-            "Invalid version id specified",
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_deref().map(str::to_owned),
         )),
         _ => Err(S3Error::with_message(
             S3ErrorCode::NotImplemented,
@@ -330,6 +329,7 @@ mod tests {
             etag: etag.into(),
             modified,
             meta: ObjectMeta::default(),
+            version_id: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod listing;
 mod multipart;
 mod objects;
 mod objio;
+mod versioning;
 
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
@@ -202,14 +203,28 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
-        let (b, k) = (req.input.bucket.clone(), req.input.key.clone());
-        self.run(&req.input.bucket, move |s| {
-            s.bucket(&b)?;
-            s.delete_object(&b, &k)
-        })
-        .await?;
-        Ok(S3Response::new(DeleteObjectOutput::default()))
+        self.delete_object_op(req).await
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.get_bucket_versioning_op(req).await
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        self.put_bucket_versioning_op(req).await
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        self.list_object_versions_op(req).await
     }
 
     async fn delete_objects(
@@ -218,21 +233,16 @@ impl S3 for TmS3 {
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         for o in &req.input.delete.objects {
             check(&req, &req.input.bucket, &o.key, S3Op::Write)?;
-            if o.version_id.as_deref().is_some_and(|v| v != "null") {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::InvalidArgument,
-                    "Invalid version id specified",
-                ));
-            }
+            versioning::version_param(o.version_id.as_deref())?;
         }
         let bucket = req.input.bucket.clone();
         let quiet = req.input.delete.quiet.unwrap_or(false);
-        let keys: Vec<String> = req
+        let keys: Vec<(String, Option<String>)> = req
             .input
             .delete
             .objects
             .into_iter()
-            .map(|o| o.key)
+            .map(|o| (o.key, o.version_id))
             .collect();
         if keys.len() > 1000 {
             return Err(S3Error::with_message(
@@ -246,8 +256,8 @@ impl S3 for TmS3 {
                 s.bucket(&b)?;
                 Ok(keys
                     .into_iter()
-                    .map(|k| {
-                        let r = s.delete_object(&b, &k);
+                    .map(|(k, v)| {
+                        let r = s.delete_version(&b, &k, v.as_deref());
                         (k, r)
                     })
                     .collect::<Vec<_>>())
@@ -257,11 +267,14 @@ impl S3 for TmS3 {
         let mut errors = Vec::new();
         for (k, r) in results {
             match r {
-                Ok(()) => {
+                Ok(d) => {
                     if !quiet {
+                        let v = d.version_id.as_deref().map(str::to_owned);
                         deleted.push(DeletedObject {
                             key: Some(k),
-                            ..Default::default()
+                            delete_marker: d.delete_marker.then_some(true),
+                            delete_marker_version_id: d.delete_marker.then(|| v.clone()).flatten(),
+                            version_id: v,
                         });
                     }
                 }

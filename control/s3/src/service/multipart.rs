@@ -100,12 +100,17 @@ impl TmS3 {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
-        let (sb, sk) = copy_source(&req.input.copy_source)?;
+        let (sb, sk, sv) = copy_source(&req.input.copy_source)?;
         check(&req, &sb, &sk, S3Op::Read)?;
         let i = req.input;
         let n = part_number(i.part_number)?;
         let (b2, k2) = (sb.clone(), sk.clone());
-        let reader = self.run(&sb, move |s| s.open_object(&b2, &k2)).await?;
+        let reader = self
+            .run(&sb, move |s| match sv {
+                Some(v) => s.open_version(&b2, &k2, &v),
+                None => s.open_object(&b2, &k2),
+            })
+            .await?;
         check_copy_conditions(
             &reader.info,
             i.copy_source_if_match.as_ref(),

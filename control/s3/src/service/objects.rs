@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::convert::*;
 use super::objio::*;
+use super::versioning::version_param;
 use super::TmS3;
 use crate::access::check;
 use crate::checksum::{self, Outcome};
@@ -15,6 +16,16 @@ use crate::error::{aws_error, Error};
 /// The verified-checksum slot the front put into the request (empty if none).
 pub(super) fn outcome<T>(req: &S3Request<T>) -> Outcome {
     req.extensions.get::<Outcome>().cloned().unwrap_or_default()
+}
+
+/// The `x-amz-version-id` answered: the version's id in a versioned bucket, `null` when asked
+/// for by id.
+fn shown_version(info: &tm_storage::ObjectInfo, asked: bool) -> Option<String> {
+    match &info.version_id {
+        Some(v) => Some(v.clone()),
+        None if asked => Some("null".to_owned()),
+        None => None,
+    }
 }
 
 /// Whether the client asked for checksums in the answer (`x-amz-checksum-mode: ENABLED`).
@@ -73,6 +84,7 @@ impl TmS3 {
         let mut out = PutObjectOutput {
             e_tag: Some(etag(&info.etag)),
             size: i64::try_from(info.size).ok(),
+            version_id: info.version_id.clone(),
             ..Default::default()
         };
         let f = put_checksum!(out, info.meta.checksum.as_deref());
@@ -93,7 +105,14 @@ impl TmS3 {
             ));
         }
         let (b, k) = (i.bucket.clone(), i.key.clone());
-        let reader = self.run(&i.bucket, move |s| s.open_object(&b, &k)).await?;
+        let v = version_param(i.version_id.as_deref())?;
+        let asked = v.is_some();
+        let reader = self
+            .run(&i.bucket, move |s| match v {
+                Some(v) => s.open_version(&b, &k, &v),
+                None => s.open_object(&b, &k),
+            })
+            .await?;
         let info = reader.info.clone();
         check_conditions(
             &info,
@@ -127,6 +146,7 @@ impl TmS3 {
             cache_control: i.response_cache_control.or(m.cache_control.clone()),
             content_language: i.response_content_language.or(m.content_language.clone()),
             metadata: out_meta(&m),
+            version_id: shown_version(&info, asked),
             ..Default::default()
         };
         // A range has no checksum of its own; AWS answers none.
@@ -154,7 +174,14 @@ impl TmS3 {
             ));
         }
         let (b, k) = (i.bucket.clone(), i.key.clone());
-        let info = self.run(&i.bucket, move |s| s.head(&b, &k)).await?;
+        let v = version_param(i.version_id.as_deref())?;
+        let asked = v.is_some();
+        let info = self
+            .run(&i.bucket, move |s| match v {
+                Some(v) => s.head_version(&b, &k, &v),
+                None => s.head(&b, &k),
+            })
+            .await?;
         check_conditions(
             &info,
             i.if_match.as_ref(),
@@ -174,6 +201,7 @@ impl TmS3 {
             cache_control: m.cache_control.clone(),
             content_language: m.content_language.clone(),
             metadata: out_meta(m),
+            version_id: shown_version(&info, asked),
             ..Default::default()
         };
         if wants_checksum(i.checksum_mode.as_ref()) {
@@ -190,7 +218,7 @@ impl TmS3 {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
-        let (sb, sk) = copy_source(&req.input.copy_source)?;
+        let (sb, sk, sv) = copy_source(&req.input.copy_source)?;
         check(&req, &sb, &sk, S3Op::Read)?;
         let cond = write_condition(&req.headers)?;
         let headers = req.headers;
@@ -199,15 +227,20 @@ impl TmS3 {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && sb == i.bucket && sk == i.key {
+        if !replace && sb == i.bucket && sk == i.key && sv.is_none() {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself \
                  without changing the object's metadata.",
             ));
         }
-        let (b2, k2) = (sb.clone(), sk.clone());
-        let src = self.run(&sb, move |s| s.head(&b2, &k2)).await?;
+        let (b2, k2, v2) = (sb.clone(), sk.clone(), sv.clone());
+        let src = self
+            .run(&sb, move |s| match v2 {
+                Some(v) => s.head_version(&b2, &k2, &v),
+                None => s.head(&b2, &k2),
+            })
+            .await?;
         check_copy_conditions(
             &src,
             i.copy_source_if_match.as_ref(),
@@ -241,7 +274,7 @@ impl TmS3 {
         let (db, dk) = (i.bucket.clone(), i.key.clone());
         let info = self
             .run(&i.bucket, move |s| {
-                s.copy_object_if(&sb, &sk, &db, &dk, meta, cond)
+                s.copy_object_if((&sb, &sk, sv.as_deref()), &db, &dk, meta, cond)
             })
             .await?;
         let mut res = CopyObjectResult {
@@ -253,6 +286,8 @@ impl TmS3 {
         res.checksum_type = checksum_type(&f);
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(res),
+            copy_source_version_id: src.version_id.clone(),
+            version_id: info.version_id.clone(),
             ..Default::default()
         }))
     }

@@ -141,6 +141,20 @@ impl Store {
             u.0 += rec.size;
             u.1 += 1;
         }
+        let ver_chunks = rtx.open_table(VER_CHUNKS)?;
+        for e in rtx.open_table(VERSIONS)?.iter()? {
+            let (k, v) = e?;
+            let vr: VerRec = serde_json::from_slice(v.value())?;
+            for c in get_manifest(&ver_chunks, k.value())? {
+                *counts.entry(c.id).or_default() += 1;
+            }
+            if let Some(rec) = vr.rec {
+                let bucket = k.value().split('/').next().unwrap_or_default().to_string();
+                let u = usage.entry(bucket).or_default();
+                u.0 += rec.size;
+                u.1 += 1;
+            }
+        }
         for e in rtx.open_table(PART_CHUNKS)?.iter()? {
             let (_, v) = e?;
             for c in decode_manifest(v.value())? {

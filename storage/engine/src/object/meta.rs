@@ -30,6 +30,8 @@ pub(crate) const PART_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) const CREDS: TableDefinition<&str, &[u8]> = TableDefinition::new("creds");
 pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 pub(crate) const CHUNK_DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk_data");
+pub(crate) const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+pub(crate) const VER_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::new("ver_chunks");
 
 /// The object layer's tables, and the system bucket created with them.
 pub(crate) fn schema() -> Schema {
@@ -44,6 +46,8 @@ pub(crate) fn schema() -> Schema {
         .table(CREDS)
         .table(STATS)
         .table(CHUNK_DATA)
+        .table(VERSIONS)
+        .table(VER_CHUNKS)
         .on_create(create_system_bucket);
     s
 }
@@ -57,6 +61,7 @@ fn create_system_bucket(wtx: &redb::WriteTransaction) -> Result<(), StorageError
             quota: None,
             bytes: 0,
             objects: 0,
+            versioning: None,
         };
         buckets.insert(
             super::types::SYSTEM_BUCKET,
@@ -77,6 +82,9 @@ pub(crate) struct BucketRec {
     pub quota: Option<u64>,
     pub bytes: u64,
     pub objects: u64,
+    /// `Enabled` / `Suspended`; absent: never versioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -85,6 +93,17 @@ pub(crate) struct ObjRec {
     pub etag: String,
     pub modified: u64,
     pub meta: ObjectMeta,
+    /// Version id (versioned buckets); absent: the `null` version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// A noncurrent version (`rec`) or a delete marker (`rec: None`) in `versions`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct VerRec {
+    pub version_id: Option<String>,
+    pub modified: u64,
+    pub rec: Option<ObjRec>,
 }
 
 impl ObjRec {
@@ -95,6 +114,7 @@ impl ObjRec {
             etag: self.etag.clone(),
             modified: from_nanos(self.modified),
             meta: self.meta.clone(),
+            version_id: self.version_id.clone(),
         }
     }
 }

@@ -185,12 +185,15 @@ impl Store {
             let mut meta = upload.meta;
             meta.checksum = checksum;
             let rec = ObjRec {
+                version_id: None,
                 size,
                 etag: format!("{}-{}", hex(&md5s.finalize()), parts.len()),
                 modified: now_nanos(),
                 meta,
             };
-            let info = install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest, None)?;
+            let info = super::versions::install_version(
+                wtx, freed, max_size, &bucket, &key, &rec, &manifest, None,
+            )?;
             remove_upload(wtx, freed, &upload_id)?;
             Ok(info)
         })

@@ -71,7 +71,7 @@ impl Store {
         let _g = self.inner.shared.read_guard();
         self.txn(move |wtx, freed| {
             check_condition(wtx, &bucket, &key, &cond)?;
-            install_object(
+            super::versions::install_version(
                 wtx,
                 freed,
                 max_size,
@@ -122,6 +122,7 @@ impl Store {
         // version replaces them (blocks only in that rare case).
         self.settle(bucket, key, false);
         let rec = ObjRec {
+            version_id: None,
             size: data.len() as u64,
             etag: hex(&Md5::digest(&data)),
             modified: now_nanos(),
@@ -142,7 +143,9 @@ impl Store {
             move |wtx, freed| {
                 check_condition(wtx, &bucket, &key, &cond)?;
                 let inline = (!data.is_empty()).then_some(data.as_slice());
-                install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest, inline)
+                super::versions::install_version(
+                    wtx, freed, max_size, &bucket, &key, &rec, &manifest, inline,
+                )
             },
             done,
         );
@@ -180,6 +183,7 @@ impl Store {
                 etag: rec.etag.clone(),
                 modified: from_nanos(rec.modified),
                 meta: ObjectMeta::default(),
+                version_id: None,
             })
         })
     }
@@ -263,8 +267,7 @@ impl Store {
         meta: Option<ObjectMeta>,
     ) -> Result<ObjectInfo, StorageError> {
         self.copy_object_if(
-            src_bucket,
-            src_key,
+            (src_bucket, src_key, None),
             dst_bucket,
             dst_key,
             meta,
@@ -272,12 +275,12 @@ impl Store {
         )
     }
 
-    /// [`Store::copy_object`] that writes only if `cond` holds for the destination (checked
+    /// [`Store::copy_object`] from `(bucket, key, version)` (`None`: the current version,
+    /// `"null"`: the null version) that writes only if `cond` holds for the destination (checked
     /// atomically with the write). A replaced `meta` without a checksum keeps the source's.
     pub fn copy_object_if(
         &self,
-        src_bucket: &str,
-        src_key: &str,
+        (src_bucket, src_key, src_version): (&str, &str, Option<&str>),
         dst_bucket: &str,
         dst_key: &str,
         meta: Option<ObjectMeta>,
@@ -293,6 +296,7 @@ impl Store {
             dst_bucket.to_string(),
             dst_key.to_string(),
         );
+        let sv = src_version.map(str::to_string);
         let _g = self.inner.shared.read_guard();
         self.txn(move |wtx, freed| {
             let sok = obj_key(&sb, &sk);
@@ -300,10 +304,15 @@ impl Store {
                 if get_json::<BucketRec, _>(&wtx.open_table(BUCKETS)?, &sb)?.is_none() {
                     return Err(StorageError::NoSuchBucket);
                 }
-                let src: ObjRec =
-                    get_json(&wtx.open_table(OBJECTS)?, &sok)?.ok_or(StorageError::NoSuchKey)?;
-                let m = get_manifest(&wtx.open_table(OBJ_CHUNKS)?, &sok)?;
-                (src, m)
+                match sv.as_deref() {
+                    None => {
+                        let src: ObjRec = get_json(&wtx.open_table(OBJECTS)?, &sok)?
+                            .ok_or(StorageError::NoSuchKey)?;
+                        let m = get_manifest(&wtx.open_table(OBJ_CHUNKS)?, &sok)?;
+                        (src, m)
+                    }
+                    Some(v) => super::versions::version_in_txn(wtx, &sb, &sk, v)?,
+                }
             };
             check_condition(wtx, &db, &dk, &cond)?;
             let meta = match meta {
@@ -316,12 +325,13 @@ impl Store {
                 None => src.meta,
             };
             let rec = ObjRec {
+                version_id: None,
                 size: src.size,
                 etag: src.etag,
                 modified: now_nanos(),
                 meta,
             };
-            install_object(wtx, freed, max_size, &db, &dk, &rec, &manifest, None)
+            super::versions::install_version(wtx, freed, max_size, &db, &dk, &rec, &manifest, None)
         })
     }
 

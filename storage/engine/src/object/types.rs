@@ -96,6 +96,21 @@ pub struct ObjectInfo {
     pub modified: SystemTime,
     /// Object metadata.
     pub meta: ObjectMeta,
+    /// Version id in a versioned bucket; `None` is the `null` version (every object of an
+    /// unversioned bucket).
+    pub version_id: Option<String>,
+}
+
+/// A bucket's versioning state (S3 `GetBucketVersioning`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never enabled: one version per key, the `null` one.
+    #[default]
+    Unversioned,
+    /// Every write creates a new version; deletes create delete markers.
+    Enabled,
+    /// Writes replace the `null` version; older versions are kept.
+    Suspended,
 }
 
 /// A bucket.

@@ -218,6 +218,7 @@ impl PutWriter {
                     meta.checksum = self.checksum.take();
                 }
                 let rec = ObjRec {
+                    version_id: None,
                     size: self.size,
                     etag,
                     modified,
