@@ -570,7 +570,11 @@ assert code(s3.get_object, Bucket=V, Key="k", VersionId="0000nosuchversion") == 
 d = s3.delete_object(Bucket=V, Key="k")
 dm = d["VersionId"]
 assert d["DeleteMarker"] is True and dm not in (v1, v2), d
-assert code(s3.get_object, Bucket=V, Key="k") == "NoSuchKey"
+e = err(s3.get_object, Bucket=V, Key="k")
+assert e[0] == "NoSuchKey" and e[2]["ResponseMetadata"]["HTTPHeaders"].get("x-amz-delete-marker") == "true"
+assert e[2]["ResponseMetadata"]["HTTPHeaders"].get("x-amz-version-id") == dm, e
+e = err(s3.head_object, Bucket=V, Key="k")
+assert e[1] == 404 and e[2]["ResponseMetadata"]["HTTPHeaders"].get("x-amz-delete-marker") == "true"
 assert err(s3.get_object, Bucket=V, Key="k", VersionId=dm)[1] == 405
 assert s3.get_object(Bucket=V, Key="k", VersionId=v2)["Body"].read() == two
 lv = s3.list_object_versions(Bucket=V)

@@ -34,6 +34,27 @@ fn wants_checksum(m: Option<&ChecksumMode>) -> bool {
 }
 
 impl TmS3 {
+    /// A `NoSuchKey` for a key whose latest version is a delete marker carries
+    /// `x-amz-delete-marker: true` and the marker's version id (as S3).
+    async fn marked(&self, mut e: S3Error, bucket: &str, key: &str) -> S3Error {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        if let Ok(Some(v)) = self
+            .run(bucket, move |s| s.latest_delete_marker(&b, &k))
+            .await
+        {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                "x-amz-delete-marker",
+                http::HeaderValue::from_static("true"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(v.as_deref().unwrap_or("null")) {
+                h.insert("x-amz-version-id", v);
+            }
+            e.set_headers(h);
+        }
+        e
+    }
+
     pub(super) async fn put_object_op(
         &self,
         req: S3Request<PutObjectInput>,
@@ -112,7 +133,13 @@ impl TmS3 {
                 Some(v) => s.open_version(&b, &k, &v),
                 None => s.open_object(&b, &k),
             })
-            .await?;
+            .await;
+        let reader = match reader {
+            Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                return Err(self.marked(e, &i.bucket, &i.key).await)
+            }
+            r => r?,
+        };
         let info = reader.info.clone();
         check_conditions(
             &info,
@@ -181,7 +208,13 @@ impl TmS3 {
                 Some(v) => s.head_version(&b, &k, &v),
                 None => s.head(&b, &k),
             })
-            .await?;
+            .await;
+        let info = match info {
+            Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                return Err(self.marked(e, &i.bucket, &i.key).await)
+            }
+            r => r?,
+        };
         check_conditions(
             &info,
             i.if_match.as_ref(),

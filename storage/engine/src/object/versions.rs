@@ -386,6 +386,33 @@ impl Store {
         r
     }
 
+    /// If the newest entry of a key without a current version is a delete marker: its version
+    /// id (`Some(None)` for a `null` marker). Answers `x-amz-delete-marker` on a 404.
+    pub fn latest_delete_marker(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Option<String>>, StorageError> {
+        let rtx = self.view()?;
+        if get_json::<ObjRec, _>(&rtx.open_table(OBJECTS)?, &obj_key(bucket, key))?.is_some() {
+            return Ok(None);
+        }
+        let newest = versions_of(&rtx.open_table(VERSIONS)?, bucket, key)?
+            .into_iter()
+            .next();
+        Ok(match newest {
+            Some((
+                _,
+                VerRec {
+                    rec: None,
+                    version_id,
+                    ..
+                },
+            )) => Some(version_id),
+            _ => None,
+        })
+    }
+
     /// The record and manifest of one version (`"null"` for the null version), current or not.
     fn version_rec(
         &self,
