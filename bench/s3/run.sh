@@ -4,7 +4,8 @@
 # on the same disk, runs every scenario against each (interleaved per scenario), prints a markdown
 # table and writes results to $OUT (default /tmp/tm-s3bench). Extra args go to every s3bench call
 # (e.g. ./run.sh --duration 20 --conns 32). Environment: SCENARIOS="put-small get-small" (subset),
-# BIN_DIR=dir (use prebuilt s3bench + tm-s3-server from dir, no build), OUT, PORT_TM, PORT_FS.
+# BIN_DIR=dir (use prebuilt s3bench + tm-s3-server from dir, no build), OUT, PORT_TM, PORT_FS,
+# TM_SERVER_ARGS (extra tm-s3-server arguments, e.g. "--versioned bench").
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -44,8 +45,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck disable=SC2086 # TM_SERVER_ARGS is a list of words
 "$BIN/tm-s3-server" --listen "127.0.0.1:$PORT_TM" --data "$DATA_TM" --ak "$AK" --sk "$SK" \
-    >"$OUT/tm-s3.log" 2>&1 &
+    ${TM_SERVER_ARGS:-} >"$OUT/tm-s3.log" 2>&1 &
 PIDS+=($!)
 RUST_LOG=warn "$S3S_ROOT/bin/s3s-fs" --host 127.0.0.1 --port "$PORT_FS" \
     --access-key "$AK" --secret-key "$SK" "$DATA_FS" >"$OUT/s3s-fs.log" 2>&1 &

@@ -41,6 +41,8 @@ pub struct Target {
     pub authority: String,
     /// Bucket used for every object.
     pub bucket: String,
+    /// Send `x-amz-checksum-crc32` (computed here) with every PUT, as current SDKs do.
+    pub checksum: bool,
     signer: Signer,
 }
 
@@ -59,6 +61,7 @@ impl Target {
             name: name.to_owned(),
             authority,
             bucket: bucket.to_owned(),
+            checksum: false,
             signer: Signer::new(ak, sk, "us-east-1", "s3"),
         })
     }
@@ -291,6 +294,14 @@ impl Conn {
             ("host".to_owned(), t.authority.clone()),
             ("x-amz-content-sha256".to_owned(), sha.to_owned()),
         ];
+        if t.checksum && method == "PUT" && key.is_some() {
+            use base64::Engine as _;
+            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, &body) as u32;
+            headers.push((
+                "x-amz-checksum-crc32".to_owned(),
+                base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()),
+            ));
+        }
         let (authorization, _) =
             t.signer
                 .sign_headers(method, &path, &[], &mut headers, sha, SystemTime::now());

@@ -60,6 +60,9 @@ struct Opt {
     /// Times get-large reads each large object.
     #[arg(long, default_value_t = 3)]
     large_rounds: usize,
+    /// Send `x-amz-checksum-crc32` with every PUT (the server verifies and stores it).
+    #[arg(long)]
+    checksum: bool,
     /// Append the JSON lines to this file as well.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -74,7 +77,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let url = o.target.as_deref().context("--target is required")?;
-    let target = Target::new(&o.name, url, &o.ak, &o.sk, &o.bucket)?;
+    let mut target = Target::new(&o.name, url, &o.ak, &o.sk, &o.bucket)?;
+    target.checksum = o.checksum;
     let p = Params {
         conns: o.conns,
         duration: Duration::from_secs_f64(o.duration),

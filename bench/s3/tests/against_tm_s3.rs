@@ -36,6 +36,7 @@ fn start() -> (
             atx.send(addr).expect("send addr");
             let cfg = tm_s3::S3Config {
                 listen: addr,
+                region: tm_s3::DEFAULT_REGION.into(),
                 max_body: 1 << 30,
                 authority: None,
             };

@@ -181,6 +181,9 @@ struct RawS3 {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     max_size: Option<String>,
+    /// Region in SigV4 credential scopes (default `us-east-1`).
+    #[serde(default)]
+    region: Option<String>,
 }
 
 /// The object store and its S3 endpoint.
@@ -190,6 +193,8 @@ pub struct S3Settings {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub max_size: Option<u64>,
+    /// Region clients must sign for (`s3.region`, default `us-east-1`).
+    pub region: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -564,6 +569,7 @@ impl NodeConfig {
                 listen: None,
                 data_dir: None,
                 max_size: None,
+                region: None,
             }),
             None => None,
         };
@@ -578,10 +584,28 @@ impl NodeConfig {
                     None => None,
                     Some(m) => Some(tm_api::parse_size(&m).map_err(|e| err("s3.max_size", e))?),
                 };
+                let region = match r.region.as_deref().map(str::trim) {
+                    None | Some("") => tm_s3::DEFAULT_REGION.to_owned(),
+                    Some(g)
+                        if g.len() <= 32
+                            && g.bytes().all(|b| {
+                                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+                            }) =>
+                    {
+                        g.to_owned()
+                    }
+                    Some(g) => {
+                        return Err(err(
+                            "s3.region",
+                            format!("{g:?} is not a region name (like us-east-1)"),
+                        ))
+                    }
+                };
                 Some(S3Settings {
                     listen,
                     data_dir: r.data_dir.unwrap_or_else(|| data_dir.join("s3")),
                     max_size,
+                    region,
                 })
             }
         };

@@ -88,6 +88,10 @@ fn s3_section() {
     assert_eq!(s.listen, None, "resolved to <address>:8080 at start");
     assert_eq!(s.data_dir, PathBuf::from("/d/s3"));
     assert_eq!(s.max_size, Some(10_000_000_000));
+    assert_eq!(s.region, "us-east-1");
+    let c = NodeConfig::parse("name: a\naddress: 100.64.0.1/10\ns3: {region: eu-west-1}\n");
+    assert_eq!(c.unwrap().s3.unwrap().region, "eu-west-1");
+    assert!(e("name: a\naddress: 100.64.0.1/10\ns3: {region: EU}\n").starts_with("s3.region:"));
     assert!(e("name: a\naddress: 100.64.0.1/10\ns3: {listen: nope}\n").starts_with("s3.listen:"));
     assert!(e("name: a\naddress: 100.64.0.1/10\ns3: {max_size: 3XB}\n").starts_with("s3.max_size:"));
 }

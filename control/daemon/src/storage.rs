@@ -109,6 +109,7 @@ impl Storage {
             listen,
             max_body: 5 << 30,
             authority,
+            region: self.settings.region.clone(),
         };
         let store = self.store.clone();
         tokio::spawn(async move {

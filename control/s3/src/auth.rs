@@ -220,6 +220,27 @@ pub(crate) fn parse(req: &ReqView<'_>) -> Result<Option<Claim>, Error> {
     Ok(None)
 }
 
+/// Checks the credential scope of a SigV4 claim: the region must be `region` and the service
+/// `s3` (as AWS: `AuthorizationHeaderMalformed` naming the expected value).
+pub(crate) fn check_scope(claim: &Claim, region: &str) -> Result<(), Error> {
+    let Claim::SigV4(s) = claim else {
+        return Ok(());
+    };
+    if s.scope.region != region {
+        return Err(Error::MalformedAuth(format!(
+            "The authorization header is malformed; the region '{}' is wrong; expecting '{region}'",
+            s.scope.region
+        )));
+    }
+    if s.scope.service != "s3" {
+        return Err(Error::MalformedAuth(format!(
+            "The authorization header is malformed; the service '{}' is wrong; expecting 's3'",
+            s.scope.service
+        )));
+    }
+    Ok(())
+}
+
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
@@ -234,12 +255,22 @@ fn parse_amz_date(s: &str) -> Result<SystemTime, Error> {
     tm_sigv4::parse_amz_date(s).map_err(malformed)
 }
 
+/// A `Date` header: IMF-fixdate (`..., 07 Dec 2026 15:00:00 GMT`) or RFC 2822 with a numeric
+/// zone (`..., 07 Dec 2026 15:00:00 -0000`, as Python's `email.utils.formatdate` writes it).
+fn parse_date_header(d: &str) -> Result<SystemTime, Error> {
+    if let Ok(t) = httpdate::parse_http_date(d) {
+        return Ok(t);
+    }
+    time::OffsetDateTime::parse(d.trim(), &time::format_description::well_known::Rfc2822)
+        .map(SystemTime::from)
+        .map_err(|_| Error::MalformedAuth("bad Date header".into()))
+}
+
 fn parse_header_v4(h: tm_sigv4::AuthHeader, req: &ReqView<'_>) -> Result<SigV4, Error> {
     let (amz_date, when) = if let Some(d) = header(req.headers, "x-amz-date") {
         (d.to_owned(), parse_amz_date(d)?)
     } else if let Some(d) = header(req.headers, "date") {
-        let t = httpdate::parse_http_date(d)
-            .map_err(|_| Error::MalformedAuth("bad Date header".into()))?;
+        let t = parse_date_header(d)?;
         (tm_sigv4::amz_date(t), t)
     } else {
         return Err(Error::MalformedAuth(
@@ -615,6 +646,40 @@ mod tests {
         };
         // Tokens are decided by `principal::authenticate`, never here.
         assert!(verify(&bearer, None, &req, now).is_err());
+    }
+
+    #[test]
+    fn date_header_forms() {
+        let a = parse_date_header("Mon, 07 Dec 2026 15:00:00 GMT").expect("imf");
+        let b = parse_date_header("Mon, 07 Dec 2026 15:00:00 -0000").expect("rfc 2822");
+        let c = parse_date_header("Mon, 07 Dec 2026 16:00:00 +0100").expect("offset");
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert!(parse_date_header("yesterday").is_err());
+    }
+
+    #[test]
+    fn scope_region_and_service() {
+        let claim = |region: &str, service: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_static("h"));
+            h.insert("x-amz-date", HeaderValue::from_static("20130524T000000Z"));
+            let v = format!("AWS4-HMAC-SHA256 Credential=AK/20130524/{region}/{service}/aws4_request,SignedHeaders=host;x-amz-date,Signature=00");
+            h.insert("authorization", HeaderValue::from_str(&v).expect("hv"));
+            let m = Method::GET;
+            let req = ReqView {
+                method: &m,
+                path: "/",
+                query: None,
+                headers: &h,
+            };
+            parse(&req).expect("parse").expect("claim")
+        };
+        assert!(check_scope(&claim("us-east-1", "s3"), "us-east-1").is_ok());
+        let e = check_scope(&claim("eu-west-1", "s3"), "us-east-1").unwrap_err();
+        assert!(e.to_string().contains("expecting 'us-east-1'"), "{e}");
+        assert!(check_scope(&claim("us-east-1", "iam"), "us-east-1").is_err());
+        assert!(check_scope(&claim("eu-west-1", "s3"), "eu-west-1").is_ok());
     }
 
     #[test]

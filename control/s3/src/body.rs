@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{ct_eq, ChunkSigner};
+use crate::checksum::Trailers;
 use crate::error::Error;
 
 /// Boxed error as used by s3s bodies.
@@ -97,6 +98,8 @@ struct Dechunk {
     expected: Option<u64>,
     total: u64,
     done: bool,
+    /// Where the trailing headers go (for checksum verification).
+    sink: Option<Trailers>,
 }
 
 impl Dechunk {
@@ -217,6 +220,9 @@ impl Dechunk {
             if name == "x-amz-trailer-signature" {
                 trailer_sig = Some(value.trim().to_owned());
             } else {
+                if let Some(sink) = &self.sink {
+                    sink.push(name.clone(), value.trim().to_owned());
+                }
                 canonical.extend_from_slice(name.as_bytes());
                 canonical.push(b':');
                 canonical.extend_from_slice(value.trim().as_bytes());
@@ -235,12 +241,14 @@ impl Dechunk {
 }
 
 /// Decodes an aws-chunked body. `signer`: verify chunk signatures (signed streaming);
-/// `trailer`: trailing headers follow the final chunk; `expected`: `x-amz-decoded-content-length`.
+/// `trailer`: trailing headers follow the final chunk (stored into `sink`, if given, once their
+/// signature verified); `expected`: `x-amz-decoded-content-length`.
 pub(crate) fn aws_chunked(
     inner: BodyStream,
     signer: Option<ChunkSigner>,
     trailer: bool,
     expected: Option<u64>,
+    sink: Option<Trailers>,
 ) -> BodyStream {
     let d = Dechunk {
         inner,
@@ -250,6 +258,7 @@ pub(crate) fn aws_chunked(
         expected,
         total: 0,
         done: false,
+        sink,
     };
     Box::pin(futures::stream::unfold(d, |mut d| async move {
         if d.done {
@@ -297,7 +306,7 @@ mod tests {
             b"lo\r\n3\r",
             b"\n wo\r\n0\r\nx-amz-checksum-crc32:AAAA\r\n\r\n",
         ]);
-        let out = collect(aws_chunked(s, None, true, Some(8)))
+        let out = collect(aws_chunked(s, None, true, Some(8), None))
             .await
             .expect("ok");
         assert_eq!(out, b"hello wo");
@@ -306,17 +315,17 @@ mod tests {
     #[tokio::test]
     async fn truncated_is_incomplete() {
         let s = input(vec![b"5\r\nhel"]);
-        let e = collect(aws_chunked(s, None, false, None))
+        let e = collect(aws_chunked(s, None, false, None, None))
             .await
             .unwrap_err();
         assert!(kind(&e).contains("IncompleteBody"), "{e}");
         let s = input(vec![b"3\r\nabc\r\n"]);
-        let e = collect(aws_chunked(s, None, false, None))
+        let e = collect(aws_chunked(s, None, false, None, None))
             .await
             .unwrap_err();
         assert!(kind(&e).contains("IncompleteBody"), "{e}");
         let s = input(vec![b"3\r\nabc\r\n0\r\n\r\n"]);
-        let e = collect(aws_chunked(s, None, false, Some(4)))
+        let e = collect(aws_chunked(s, None, false, Some(4), None))
             .await
             .unwrap_err();
         assert!(kind(&e).contains("IncompleteBody"), "{e}");
@@ -325,7 +334,7 @@ mod tests {
     #[tokio::test]
     async fn bad_size_is_invalid_chunk() {
         let s = input(vec![b"zz\r\nabc\r\n"]);
-        let e = collect(aws_chunked(s, None, false, None))
+        let e = collect(aws_chunked(s, None, false, None, None))
             .await
             .unwrap_err();
         assert!(kind(&e).contains("InvalidChunk"), "{e}");
@@ -335,7 +344,7 @@ mod tests {
     async fn long_chunk_extension_is_refused() {
         let ext = format!("3;{}\r\nabc\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_EXT + 1));
         let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(ext))]));
-        let e = collect(aws_chunked(s, None, false, None))
+        let e = collect(aws_chunked(s, None, false, None, None))
             .await
             .unwrap_err();
         assert!(kind(&e).contains("InvalidChunk"), "{e}");
@@ -343,7 +352,7 @@ mod tests {
         let ok = format!("3;{}\r\nabc\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_EXT));
         let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(ok))]));
         assert_eq!(
-            collect(aws_chunked(s, None, false, None))
+            collect(aws_chunked(s, None, false, None, None))
                 .await
                 .expect("ok"),
             b"abc"
@@ -360,7 +369,9 @@ mod tests {
         }
         body.extend_from_slice(b"\r\n");
         let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(body))]));
-        let e = collect(aws_chunked(s, None, true, None)).await.unwrap_err();
+        let e = collect(aws_chunked(s, None, true, None, None))
+            .await
+            .unwrap_err();
         assert!(kind(&e).contains("MalformedTrailer"), "{e}");
 
         let mut body = b"3\r\nabc\r\n0\r\n".to_vec();
@@ -369,7 +380,9 @@ mod tests {
         }
         body.extend_from_slice(b"\r\n");
         let s: BodyStream = Box::pin(futures::stream::iter([Ok(Bytes::from(body))]));
-        let e = collect(aws_chunked(s, None, true, None)).await.unwrap_err();
+        let e = collect(aws_chunked(s, None, true, None, None))
+            .await
+            .unwrap_err();
         assert!(kind(&e).contains("MalformedTrailer"), "{e}");
 
         // Trailer arriving in a stream that never ends: refused once the cap is passed,
@@ -377,7 +390,9 @@ mod tests {
         let head = futures::stream::iter([Ok(Bytes::from_static(b"3\r\nabc\r\n0\r\n"))]);
         let endless = futures::stream::repeat_with(|| Ok(Bytes::from_static(b"a:b\r\n")));
         let s: BodyStream = Box::pin(head.chain(endless));
-        let e = collect(aws_chunked(s, None, true, None)).await.unwrap_err();
+        let e = collect(aws_chunked(s, None, true, None, None))
+            .await
+            .unwrap_err();
         assert!(kind(&e).contains("MalformedTrailer"), "{e}");
     }
 

@@ -58,6 +58,34 @@ pub enum Error {
     /// The client sent its request body too slowly.
     #[error("request body arrived too slowly")]
     RequestTimeout,
+    /// A declared checksum (`x-amz-checksum-*` header or trailer) does not match the body.
+    #[error("the {0} you specified did not match the calculated checksum")]
+    BadDigest(&'static str),
+    /// `Content-MD5` is empty or not the base64 of 16 bytes.
+    #[error("the Content-MD5 you specified is not valid")]
+    InvalidDigest,
+    /// The request is invalid as a whole (AWS `InvalidRequest`, 400).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// An argument is invalid (AWS `InvalidArgument`, 400).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request asks for a feature this server does not implement (501 `NotImplemented`).
+    #[error("{0}")]
+    NotImplemented(String),
+    /// ACLs other than `private` / `bucket-owner-full-control` (as AWS buckets with ACLs
+    /// disabled answer).
+    #[error("the bucket does not allow ACLs")]
+    AclNotSupported,
+    /// `x-amz-storage-class` is not a storage class.
+    #[error("the storage class you specified is not valid")]
+    InvalidStorageClass,
+    /// `x-amz-expected-bucket-owner` names another owner.
+    #[error("access denied")]
+    WrongOwner,
+    /// An XML request body above 20 MiB.
+    #[error("your request was too big")]
+    MaxMessageLengthExceeded,
     /// A request handler panicked (answered 500 InternalError; the node keeps running).
     #[error("internal error")]
     Internal,
@@ -125,6 +153,25 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
             "Your socket connection to the server was not read from or written to within the timeout period",
         ),
         Error::Internal => S3Error::with_message(C::InternalError, "internal error"),
+        e @ Error::BadDigest(_) => S3Error::with_message(C::BadDigest, e.to_string()),
+        e @ Error::InvalidDigest => S3Error::with_message(C::InvalidDigest, e.to_string()),
+        Error::InvalidRequest(m) => S3Error::with_message(C::InvalidRequest, m),
+        Error::InvalidArgument(m) => S3Error::with_message(C::InvalidArgument, m),
+        Error::NotImplemented(m) => S3Error::with_message(C::NotImplemented, m),
+        Error::AclNotSupported => custom(
+            "AccessControlListNotSupported",
+            St::BAD_REQUEST,
+            "The bucket does not allow ACLs".into(),
+        ),
+        e @ Error::InvalidStorageClass => {
+            S3Error::with_message(C::InvalidStorageClass, e.to_string())
+        }
+        Error::WrongOwner => S3Error::with_message(C::AccessDenied, "Access Denied"),
+        Error::MaxMessageLengthExceeded => custom(
+            "MaxMessageLengthExceeded",
+            St::BAD_REQUEST,
+            "Your request was too big.".into(),
+        ),
         Error::Storage(e) => match e {
             StorageError::NoSuchBucket => S3Error::with_message(
                 C::NoSuchBucket,
@@ -182,6 +229,24 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
                 St::CONFLICT,
                 "A conflicting operation is in progress; please try again.".into(),
             ),
+            StorageError::NoSuchVersion => S3Error::with_message(
+                C::NoSuchVersion,
+                "The specified version does not exist.",
+            ),
+            StorageError::DeleteMarker => {
+                let mut e = S3Error::with_message(
+                    C::MethodNotAllowed,
+                    "The specified method is not allowed against this resource.",
+                );
+                let mut h = http::HeaderMap::new();
+                h.insert("x-amz-delete-marker", http::HeaderValue::from_static("true"));
+                e.set_headers(h);
+                e
+            }
+            StorageError::PreconditionFailed => S3Error::with_message(
+                C::PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold",
+            ),
             StorageError::Unsupported(what) => {
                 S3Error::with_message(C::NotImplemented, format!("not implemented: {what}"))
             }
@@ -203,6 +268,9 @@ pub(crate) fn body_error(err: &(dyn std::error::Error + 'static), bucket: &str) 
             Error::InvalidChunk(m) => Error::InvalidChunk(m.clone()),
             Error::MalformedTrailer(m) => Error::MalformedTrailer(m.clone()),
             Error::RequestTimeout => Error::RequestTimeout,
+            Error::BadDigest(a) => Error::BadDigest(a),
+            Error::InvalidRequest(m) => Error::InvalidRequest(m.clone()),
+            Error::MaxMessageLengthExceeded => Error::MaxMessageLengthExceeded,
             _ => Error::IncompleteBody,
         };
         return aws_error(mapped, bucket);

@@ -28,6 +28,7 @@ use crate::error::{aws_error, Error};
 use crate::guard::{self, Limits};
 use crate::service::TmS3;
 use crate::S3Config;
+use crate::{checksum, refuse};
 
 /// Largest accepted request header section (all names and values), in bytes.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -64,7 +65,7 @@ pub async fn serve_limited(
     shutdown: impl Future<Output = ()>,
     now: fn() -> SystemTime,
 ) -> io::Result<()> {
-    let mut b = S3ServiceBuilder::new(TmS3::new(store.clone()));
+    let mut b = S3ServiceBuilder::new(TmS3::new(store.clone(), cfg.region.clone()));
     b.set_validation(crate::service::Names);
     let front = Arc::new(Front {
         s3: b.build(),
@@ -129,6 +130,53 @@ fn error_response(err: Error, path: &str) -> Response<s3s::Body> {
     }
 }
 
+/// A request id: unique per process run (time-seeded counter), 16 hex digits as AWS.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:016X}",
+        seed.rotate_left(17) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    )
+}
+
+/// Largest error body rewritten to carry the request id.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Adds `x-amz-request-id` to every answer and `<RequestId>` to error bodies that lack one.
+async fn with_request_id(r: Response<s3s::Body>, id: &str) -> Response<s3s::Body> {
+    use http_body_util::BodyExt as _;
+    let (mut parts, body) = r.into_parts();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        parts.headers.insert("x-amz-request-id", v);
+    }
+    if parts.status.as_u16() < 400 {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match http_body_util::Limited::new(body, MAX_ERROR_BODY)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if !text.contains("<RequestId>") {
+        if let Some(at) = text.rfind("</Error>") {
+            text.insert_str(at, &format!("<RequestId>{id}</RequestId>"));
+        }
+    }
+    parts.headers.remove("content-length");
+    parts
+        .headers
+        .insert("content-length", HeaderValue::from(text.len()));
+    Response::from_parts(parts, s3s::Body::from(text))
+}
+
 fn header_u64(h: &http::HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
@@ -163,7 +211,8 @@ impl Front {
         #[cfg(test)]
         guard::maybe_panic(req.uri().path());
         let path = req.uri().path().to_owned();
-        match self.prepare(req, remote).await {
+        let id = request_id();
+        let r = match self.prepare(req, remote).await {
             Ok(req) => match self.s3.call(req).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -177,7 +226,8 @@ impl Front {
                 tracing::debug!(error = %e, %path, "s3 request refused");
                 error_response(e, &path)
             }
-        }
+        };
+        with_request_id(r, &id).await
     }
 
     async fn prepare(
@@ -220,6 +270,7 @@ impl Front {
             headers: &parts.headers,
         };
         let claim = auth::parse(&view)?.ok_or(Error::MissingAuth)?;
+        auth::check_scope(&claim, &self.cfg.region)?;
         let cached = claim
             .access_key()
             .and_then(|ak| self.store.cached_credential(ak));
@@ -245,8 +296,21 @@ impl Front {
             (self.now)(),
         )?;
 
-        // 5. rewrite for s3s
+        // 5. refuse what we do not implement (never a wrong success); rewrite for s3s
         let path = strip_prefix(parts.uri.path()).to_owned();
+        refuse::check(&parts.method, &path, parts.uri.query(), &parts.headers)?;
+        // CompleteMultipartUpload's x-amz-checksum-* is the whole object's (checked there), not
+        // its XML body's.
+        let completes = parts.method == http::Method::POST
+            && parts
+                .uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p.starts_with("uploadId=")));
+        let declared = if completes {
+            None
+        } else {
+            checksum::declared(&parts.headers)?
+        };
         let query = parts
             .uri
             .query()
@@ -271,13 +335,22 @@ impl Front {
             Box::pin(BodyDataStream::new(incoming).map_err(|e| -> StdError { Box::new(e) })),
             self.limits,
         );
+        let trailers = checksum::Trailers::default();
+        let sink = Some(trailers.clone());
         let stream = match verified.body {
-            BodyMode::Plain if chunked_encoding => body::aws_chunked(raw, None, false, decoded_len),
+            BodyMode::Plain if chunked_encoding => {
+                body::aws_chunked(raw, None, false, decoded_len, sink)
+            }
             BodyMode::Plain => raw,
             BodyMode::Sha256(h) => body::sha256_verified(raw, h),
             BodyMode::Chunked { signer, trailer } => {
-                body::aws_chunked(raw, signer, trailer, decoded_len)
+                body::aws_chunked(raw, signer, trailer, decoded_len, sink)
             }
+        };
+        let outcome = checksum::Outcome::default();
+        let stream = match declared {
+            Some(d) => checksum::verified(stream, d, trailers, outcome.clone()),
+            None => stream,
         };
         let is_chunked = chunked_encoding
             || matches!(parts.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()),
@@ -316,6 +389,7 @@ impl Front {
             }
         }
         parts.extensions.insert(verified.principal);
+        parts.extensions.insert(outcome);
         parts.extensions.insert(crate::access::PolicySnapshot(
             self.cfg.authority.as_ref().and_then(|a| a.policy()),
         ));

@@ -31,11 +31,13 @@
 mod access;
 mod auth;
 mod body;
+mod checksum;
 mod error;
 mod front;
 mod guard;
 mod list;
 mod principal;
+mod refuse;
 mod service;
 
 use std::future::Future;
@@ -53,6 +55,9 @@ pub use principal::{Authority, NodeKey, Principal, SeedLogin, TokenRefusal};
 /// writes it over S3.
 pub const SYSTEM_BUCKET: &str = "_tunnelmesh";
 
+/// The region clients sign for unless configured otherwise.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
 /// Server configuration.
 #[derive(Clone, Debug)]
 pub struct S3Config {
@@ -63,6 +68,9 @@ pub struct S3Config {
     /// The mesh's identities (tokens, nodes, the seed login); `None` disables Bearer, token
     /// and seed-login authentication (only the credential table is used).
     pub authority: Option<Arc<dyn Authority>>,
+    /// The region SigV4 credential scopes must name (e.g. [`DEFAULT_REGION`]); the service
+    /// must be `s3`. Anything else is refused with `AuthorizationHeaderMalformed`.
+    pub region: String,
 }
 
 /// Serves the S3 API on `listener` until `shutdown` resolves.
@@ -123,6 +131,7 @@ pub mod fuzzing {
             signer,
             trailer,
             expected,
+            None,
         ))
     }
 

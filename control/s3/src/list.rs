@@ -99,6 +99,7 @@ mod tests {
                 etag: String::new(),
                 modified: SystemTime::UNIX_EPOCH,
                 meta: ObjectMeta::default(),
+                version_id: None,
             })
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));

@@ -174,3 +174,68 @@ fn awscli_wrong_secret_and_system_bucket() {
         "{out:?}"
     );
 }
+
+/// `aws s3 cp` with its default checksum behaviour (CRC32, in a header or per part): uploads
+/// unmodified, the checksum is verified and stored (head-object --checksum-mode ENABLED shows it:
+/// the full-object CRC32 of a single PUT, the composite `-N` of a multipart one), and a download
+/// with response checksum validation succeeds.
+#[test]
+fn awscli_default_checksums() {
+    require("aws", INSTALL);
+    let s = Server::start();
+    let ep = s.url();
+    ok(aws(&s, &ep).args(["s3", "mb", "s3://cli-sums"]));
+    let w = s.work("sums");
+    for (name, size, multipart) in [
+        ("small.bin", 300_000usize, false),
+        ("big.bin", 20 << 20, true),
+    ] {
+        let f = w.join(name);
+        random_file(&f, size, size as u64);
+        ok(aws(&s, &ep).args([
+            "s3",
+            "cp",
+            f.to_str().expect("p"),
+            &format!("s3://cli-sums/{name}"),
+        ]));
+        let head = ok(aws(&s, &ep).args([
+            "s3api",
+            "head-object",
+            "--bucket",
+            "cli-sums",
+            "--key",
+            name,
+            "--checksum-mode",
+            "ENABLED",
+        ]));
+        assert!(head.contains("\"ChecksumCRC32\""), "{name}: {head}");
+        let composite = head.contains("\"ChecksumType\": \"COMPOSITE\"");
+        assert_eq!(composite, multipart, "{name}: {head}");
+        let back = w.join(format!("{name}.back"));
+        ok(aws(&s, &ep).args([
+            "s3",
+            "cp",
+            &format!("s3://cli-sums/{name}"),
+            back.to_str().expect("p"),
+        ]));
+        assert!(same_file(&f, &back), "{name} differs");
+    }
+    // A wrong checksum is refused and nothing is stored.
+    let f = w.join("small.bin");
+    let out = run(aws(&s, &ep).args([
+        "s3api",
+        "put-object",
+        "--bucket",
+        "cli-sums",
+        "--key",
+        "bad.bin",
+        "--body",
+        f.to_str().expect("p"),
+        "--checksum-crc32",
+        "AAAAAA==",
+    ]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BadDigest"), "{err}");
+    assert!(s.store.head("cli-sums", "bad.bin").is_err());
+}

@@ -329,7 +329,7 @@ s3.put_object(Bucket=QB, Key="fits", Body=b"x" * 1000)
 assert s3.list_objects_v2(Bucket=QB)["KeyCount"] == 1
 
 # --- unimplemented operations answer NotImplemented, never success
-assert err_code(s3.get_bucket_versioning, Bucket=B)[0] == "NotImplemented"
+assert err_code(s3.get_bucket_lifecycle_configuration, Bucket=B)[0] == "NotImplemented"
 assert err_code(s3.put_object_tagging, Bucket=B, Key="dir/a.txt",
                 Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})[0] == "NotImplemented"
 

@@ -54,6 +54,7 @@ fn s3_child() {
         println!("PORT {}", addr.port());
         let cfg = tm_s3::S3Config {
             listen: addr,
+            region: tm_s3::DEFAULT_REGION.into(),
             max_body: 1 << 30,
             authority: Some(std::sync::Arc::new(OneToken)),
         };

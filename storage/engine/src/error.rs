@@ -48,6 +48,16 @@ pub enum StorageError {
     /// Part number outside 1..=10000.
     #[error("invalid part number")]
     InvalidPartNumber,
+    /// A conditional write's condition does not hold (the key exists for `IfAbsent`, or its
+    /// ETag differs for `IfMatch`); nothing was written.
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// The version id names no stored version of the key.
+    #[error("no such version")]
+    NoSuchVersion,
+    /// The version named is a delete marker (it has no data).
+    #[error("the version is a delete marker")]
+    DeleteMarker,
     /// The object kept changing under a read-modify-write (`write_at`/`truncate`); retry later.
     #[error("concurrent modification")]
     Conflict,

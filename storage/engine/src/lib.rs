@@ -92,9 +92,10 @@ pub use object::meta::INLINE_MAX;
 pub use object::reader::{ObjectReader, RangeReader, Segment};
 pub use object::types::{
     valid_bucket_name, BucketInfo, FsckReport, GcStats, ObjectInfo, ObjectMeta, PartInfo,
-    StoreConfig, UploadInfo, Usage, DEFAULT_CHUNK_SIZE, MAX_KEY_LEN, MAX_PART_NUMBER,
-    MIN_PART_SIZE, SYSTEM_BUCKET,
+    StoreConfig, UploadInfo, Usage, Versioning, WriteCondition, DEFAULT_CHUNK_SIZE, MAX_KEY_LEN,
+    MAX_PART_NUMBER, MIN_PART_SIZE, SYSTEM_BUCKET,
 };
+pub use object::versions::{Deleted, VersionEntry};
 pub use object::writer::PutWriter;
 pub use object::Store;
 

@@ -19,6 +19,9 @@ struct Opt {
     /// Secret key.
     #[arg(long)]
     sk: String,
+    /// Create this bucket with versioning enabled (benchmarks of a versioned bucket).
+    #[arg(long)]
+    versioned: Option<String>,
 }
 
 #[tokio::main]
@@ -34,11 +37,21 @@ async fn main() -> anyhow::Result<()> {
             &tm_s3::Principal::Coordinator.credential_string(),
         )
         .context("put credential")?;
+    if let Some(b) = &o.versioned {
+        match store.create_bucket(b) {
+            Ok(()) | Err(tm_storage::StorageError::BucketExists) => {}
+            Err(e) => return Err(e).context("create the versioned bucket"),
+        }
+        store
+            .set_versioning(b, tm_storage::Versioning::Enabled)
+            .context("enable versioning")?;
+    }
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await
         .with_context(|| format!("bind {}", o.listen))?;
     let cfg = tm_s3::S3Config {
         listen: listener.local_addr()?,
+        region: tm_s3::DEFAULT_REGION.into(),
         max_body: 5 << 30,
         authority: None,
     };

@@ -52,6 +52,7 @@ async fn start(limits: Limits) -> Srv {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = S3Config {
         listen: addr,
+        region: crate::DEFAULT_REGION.into(),
         max_body: 1 << 20,
         authority: Some(std::sync::Arc::new(OneToken)),
     };

@@ -75,6 +75,7 @@ impl Server {
                 atx.send(l.local_addr().expect("addr")).expect("send addr");
                 let cfg = S3Config {
                     listen: l.local_addr().expect("addr"),
+                    region: tm_s3::DEFAULT_REGION.into(),
                     max_body: 5 << 30,
                     authority: Some(auth as Arc<dyn Authority>),
                 };

@@ -195,6 +195,7 @@ impl FileSystem {
                 inline: true,
             };
             let rec = ObjRec {
+                version_id: old.info.version_id.clone(),
                 size: new_size,
                 etag: manifest_etag(&[c]),
                 modified: now_nanos(),
@@ -297,6 +298,7 @@ impl FileSystem {
         }
         debug_assert_eq!(out.iter().map(|c| u64::from(c.len)).sum::<u64>(), new_size);
         let rec = ObjRec {
+            version_id: old.info.version_id.clone(),
             size: new_size,
             etag: manifest_etag(&out),
             modified: now_nanos(),

@@ -246,6 +246,7 @@ pub(super) fn ensure_marker(
 
 pub(super) fn empty_rec() -> ObjRec {
     ObjRec {
+        version_id: None,
         size: 0,
         etag: "d41d8cd98f00b204e9800998ecf8427e".into(),
         modified: now_nanos(),

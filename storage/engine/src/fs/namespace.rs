@@ -215,6 +215,7 @@ impl FileSystem {
             let mut meta = ObjectMeta::default();
             meta.user.insert(TYPE_META.into(), SYMLINK.into());
             let orec = ObjRec {
+                version_id: None,
                 size: body.len() as u64,
                 etag: String::new(),
                 modified: now_nanos(),

@@ -65,6 +65,7 @@ impl Store {
             }
             let mut buckets = wtx.open_table(BUCKETS)?;
             let mut b: BucketRec = get_json(&buckets, &n)?.unwrap_or(BucketRec {
+                versioning: None,
                 created: now_nanos(),
                 quota: None,
                 bytes: 0,

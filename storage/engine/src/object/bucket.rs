@@ -36,6 +36,7 @@ impl Store {
                 return Err(StorageError::BucketExists);
             }
             let rec = BucketRec {
+                versioning: None,
                 created: now_nanos(),
                 quota: None,
                 bytes: 0,
@@ -56,7 +57,7 @@ impl Store {
                 let t = wtx.open_table(BUCKETS)?;
                 get_json(&t, &name)?.ok_or(StorageError::NoSuchBucket)?
             };
-            if rec.objects > 0 {
+            if rec.objects > 0 || super::versions::has_versions(wtx, &name)? {
                 return Err(StorageError::BucketNotEmpty);
             }
             let mut ids = Vec::new();

@@ -107,6 +107,14 @@ impl Store {
         reclaim(self.inner.db.mem(), &self.inner.shared, &self.inner.freed)
     }
 
+    /// Deletes now the chunks `ids` (stored by an aborted write) that nothing references or
+    /// pins; the others stay (queued for the reclaimer if they are freed later).
+    pub(crate) fn discard(&self, ids: Vec<ChunkId>) {
+        lock(&self.inner.freed).extend(ids);
+        // On failure the ids stay queued and the background reclaimer retries.
+        let _ = self.reclaim();
+    }
+
     /// Check metadata against itself and the chunk backend (reads no chunk contents).
     pub fn fsck(&self) -> Result<FsckReport, StorageError> {
         let sh = &self.inner.shared;
@@ -132,6 +140,20 @@ impl Store {
             let u = usage.entry(bucket).or_default();
             u.0 += rec.size;
             u.1 += 1;
+        }
+        let ver_chunks = rtx.open_table(VER_CHUNKS)?;
+        for e in rtx.open_table(VERSIONS)?.iter()? {
+            let (k, v) = e?;
+            let vr: VerRec = serde_json::from_slice(v.value())?;
+            for c in get_manifest(&ver_chunks, k.value())? {
+                *counts.entry(c.id).or_default() += 1;
+            }
+            if let Some(rec) = vr.rec {
+                let bucket = k.value().split('/').next().unwrap_or_default().to_string();
+                let u = usage.entry(bucket).or_default();
+                u.0 += rec.size;
+                u.1 += 1;
+            }
         }
         for e in rtx.open_table(PART_CHUNKS)?.iter()? {
             let (_, v) = e?;

@@ -15,7 +15,7 @@ use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::types::{ObjectInfo, ObjectMeta};
+use super::types::{ObjectInfo, ObjectMeta, WriteCondition};
 use crate::chunks::{hex, ChunkId};
 use crate::db::{ReadTable, Schema, TableW, Tx};
 use crate::StorageError;
@@ -30,6 +30,8 @@ pub(crate) const PART_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) const CREDS: TableDefinition<&str, &[u8]> = TableDefinition::new("creds");
 pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 pub(crate) const CHUNK_DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk_data");
+pub(crate) const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+pub(crate) const VER_CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::new("ver_chunks");
 
 /// The object layer's tables, and the system bucket created with them.
 pub(crate) fn schema() -> Schema {
@@ -44,6 +46,8 @@ pub(crate) fn schema() -> Schema {
         .table(CREDS)
         .table(STATS)
         .table(CHUNK_DATA)
+        .table(VERSIONS)
+        .table(VER_CHUNKS)
         .on_create(create_system_bucket);
     s
 }
@@ -57,6 +61,7 @@ fn create_system_bucket(wtx: &redb::WriteTransaction) -> Result<(), StorageError
             quota: None,
             bytes: 0,
             objects: 0,
+            versioning: None,
         };
         buckets.insert(
             super::types::SYSTEM_BUCKET,
@@ -77,6 +82,9 @@ pub(crate) struct BucketRec {
     pub quota: Option<u64>,
     pub bytes: u64,
     pub objects: u64,
+    /// `Enabled` / `Suspended`; absent: never versioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -85,6 +93,17 @@ pub(crate) struct ObjRec {
     pub etag: String,
     pub modified: u64,
     pub meta: ObjectMeta,
+    /// Version id (versioned buckets); absent: the `null` version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// A noncurrent version (`rec`) or a delete marker (`rec: None`) in `versions`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct VerRec {
+    pub version_id: Option<String>,
+    pub modified: u64,
+    pub rec: Option<ObjRec>,
 }
 
 impl ObjRec {
@@ -95,6 +114,7 @@ impl ObjRec {
             etag: self.etag.clone(),
             modified: from_nanos(self.modified),
             meta: self.meta.clone(),
+            version_id: self.version_id.clone(),
         }
     }
 }
@@ -112,6 +132,9 @@ pub(crate) struct PartRec {
     pub size: u64,
     pub etag: String,
     pub modified: u64,
+    /// Verified checksum, `ALGORITHM:base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -252,6 +275,30 @@ pub(crate) fn drop_refs(
 
 pub(crate) fn stat(t: &impl ReadTable<&'static str, u64>, k: &str) -> Result<u64, StorageError> {
     Ok(t.get(k)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Checks `cond` against the current object at `bucket/key` (inside the write transaction, so
+/// the check and the write that follows are atomic).
+pub(crate) fn check_condition(
+    wtx: &Tx,
+    bucket: &str,
+    key: &str,
+    cond: &WriteCondition,
+) -> Result<(), StorageError> {
+    if *cond == WriteCondition::Always {
+        return Ok(());
+    }
+    let cur: Option<ObjRec> = get_json(&wtx.open_table(OBJECTS)?, &obj_key(bucket, key))?;
+    match (cond, cur) {
+        (WriteCondition::IfAbsent, Some(_)) => Err(StorageError::PreconditionFailed),
+        (WriteCondition::IfMatch(_), None) => Err(StorageError::NoSuchKey),
+        (WriteCondition::IfMatch(e), Some(r))
+            if !r.etag.eq_ignore_ascii_case(e.trim().trim_matches('"')) =>
+        {
+            Err(StorageError::PreconditionFailed)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Check quotas and, if they hold, install `rec`/`manifest` as `bucket/key`, replacing (and

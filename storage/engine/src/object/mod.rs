@@ -29,6 +29,7 @@ mod splice;
 #[cfg(test)]
 mod tests;
 pub(crate) mod types;
+pub(crate) mod versions;
 pub(crate) mod writer;
 
 use std::any::Any;

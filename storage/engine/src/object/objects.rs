@@ -7,7 +7,7 @@ use md5::{Digest, Md5};
 use super::meta::*;
 use super::pins::Pins;
 use super::reader::ObjectReader;
-use super::types::{check_key, ObjectInfo, ObjectMeta};
+use super::types::{check_key, ObjectInfo, ObjectMeta, WriteCondition};
 use super::writer::{PutWriter, Target};
 use super::Store;
 use crate::chunks::{hex, ChunkId};
@@ -65,11 +65,13 @@ impl Store {
         rec: ObjRec,
         manifest: Vec<ChunkRef>,
         inline: Option<Vec<u8>>,
+        cond: WriteCondition,
     ) -> Result<ObjectInfo, StorageError> {
         let max_size = self.inner.max_size;
         let _g = self.inner.shared.read_guard();
         self.txn(move |wtx, freed| {
-            install_object(
+            check_condition(wtx, &bucket, &key, &cond)?;
+            super::versions::install_version(
                 wtx,
                 freed,
                 max_size,
@@ -97,6 +99,19 @@ impl Store {
         data: Vec<u8>,
         done: impl FnOnce(Result<ObjectInfo, StorageError>) + Send + 'static,
     ) {
+        self.put_small_if(bucket, key, meta, data, WriteCondition::Always, done);
+    }
+
+    /// [`Store::put_small`] that stores only if `cond` holds (checked atomically with the write).
+    pub fn put_small_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: ObjectMeta,
+        data: Vec<u8>,
+        cond: WriteCondition,
+        done: impl FnOnce(Result<ObjectInfo, StorageError>) + Send + 'static,
+    ) {
         if let Err(e) = check_key(key) {
             return done(Err(e));
         }
@@ -107,6 +122,7 @@ impl Store {
         // version replaces them (blocks only in that rare case).
         self.settle(bucket, key, false);
         let rec = ObjRec {
+            version_id: None,
             size: data.len() as u64,
             etag: hex(&Md5::digest(&data)),
             modified: now_nanos(),
@@ -125,8 +141,11 @@ impl Store {
         let (bucket, key, max_size) = (bucket.to_string(), key.to_string(), self.inner.max_size);
         self.submit(
             move |wtx, freed| {
+                check_condition(wtx, &bucket, &key, &cond)?;
                 let inline = (!data.is_empty()).then_some(data.as_slice());
-                install_object(wtx, freed, max_size, &bucket, &key, &rec, &manifest, inline)
+                super::versions::install_version(
+                    wtx, freed, max_size, &bucket, &key, &rec, &manifest, inline,
+                )
             },
             done,
         );
@@ -164,6 +183,7 @@ impl Store {
                 etag: rec.etag.clone(),
                 modified: from_nanos(rec.modified),
                 meta: ObjectMeta::default(),
+                version_id: None,
             })
         })
     }
@@ -246,6 +266,26 @@ impl Store {
         dst_key: &str,
         meta: Option<ObjectMeta>,
     ) -> Result<ObjectInfo, StorageError> {
+        self.copy_object_if(
+            (src_bucket, src_key, None),
+            dst_bucket,
+            dst_key,
+            meta,
+            WriteCondition::Always,
+        )
+    }
+
+    /// [`Store::copy_object`] from `(bucket, key, version)` (`None`: the current version,
+    /// `"null"`: the null version) that writes only if `cond` holds for the destination (checked
+    /// atomically with the write). A replaced `meta` without a checksum keeps the source's.
+    pub fn copy_object_if(
+        &self,
+        (src_bucket, src_key, src_version): (&str, &str, Option<&str>),
+        dst_bucket: &str,
+        dst_key: &str,
+        meta: Option<ObjectMeta>,
+        cond: WriteCondition,
+    ) -> Result<ObjectInfo, StorageError> {
         check_key(dst_key)?;
         self.settle(src_bucket, src_key, false);
         self.settle(dst_bucket, dst_key, false);
@@ -256,6 +296,7 @@ impl Store {
             dst_bucket.to_string(),
             dst_key.to_string(),
         );
+        let sv = src_version.map(str::to_string);
         let _g = self.inner.shared.read_guard();
         self.txn(move |wtx, freed| {
             let sok = obj_key(&sb, &sk);
@@ -263,18 +304,34 @@ impl Store {
                 if get_json::<BucketRec, _>(&wtx.open_table(BUCKETS)?, &sb)?.is_none() {
                     return Err(StorageError::NoSuchBucket);
                 }
-                let src: ObjRec =
-                    get_json(&wtx.open_table(OBJECTS)?, &sok)?.ok_or(StorageError::NoSuchKey)?;
-                let m = get_manifest(&wtx.open_table(OBJ_CHUNKS)?, &sok)?;
-                (src, m)
+                match sv.as_deref() {
+                    None => {
+                        let src: ObjRec = get_json(&wtx.open_table(OBJECTS)?, &sok)?
+                            .ok_or(StorageError::NoSuchKey)?;
+                        let m = get_manifest(&wtx.open_table(OBJ_CHUNKS)?, &sok)?;
+                        (src, m)
+                    }
+                    Some(v) => super::versions::version_in_txn(wtx, &sb, &sk, v)?,
+                }
+            };
+            check_condition(wtx, &db, &dk, &cond)?;
+            let meta = match meta {
+                Some(mut m) => {
+                    if m.checksum.is_none() {
+                        m.checksum = src.meta.checksum;
+                    }
+                    m
+                }
+                None => src.meta,
             };
             let rec = ObjRec {
+                version_id: None,
                 size: src.size,
                 etag: src.etag,
                 modified: now_nanos(),
-                meta: meta.unwrap_or(src.meta),
+                meta,
             };
-            install_object(wtx, freed, max_size, &db, &dk, &rec, &manifest, None)
+            super::versions::install_version(wtx, freed, max_size, &db, &dk, &rec, &manifest, None)
         })
     }
 

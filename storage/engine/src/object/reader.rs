@@ -406,6 +406,7 @@ mod tests {
             etag: String::new(),
             modified: std::time::UNIX_EPOCH,
             meta: ObjectMeta::default(),
+            version_id: None,
         };
         let pins = Pins {
             shared,

@@ -120,6 +120,7 @@ impl Store {
             let sum: u64 = manifest.iter().map(|c| u64::from(c.len)).sum();
             debug_assert_eq!(sum, new_size);
             let rec = ObjRec {
+                version_id: old.as_ref().and_then(|r| r.info.version_id.clone()),
                 size: new_size,
                 etag: manifest_etag(&manifest),
                 modified: now_nanos(),

@@ -56,6 +56,30 @@ pub struct ObjectMeta {
     pub cache_control: Option<String>,
     /// `x-amz-meta-*` pairs (names without the prefix).
     pub user: BTreeMap<String, String>,
+    /// `Content-Language`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// `Expires` (as the client sent it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// The verified checksum of the body, `ALGORITHM:base64` (e.g. `CRC32:AAAAAA==`; a
+    /// multipart composite ends in `-N`). Set by the writer ([`crate::PutWriter::set_checksum`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+/// A condition a write must meet, checked atomically with the write itself (S3 conditional
+/// writes: `If-None-Match: *`, `If-Match: <etag>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Always write.
+    #[default]
+    Always,
+    /// Only if no object exists under the key (`PreconditionFailed` otherwise).
+    IfAbsent,
+    /// Only if the current object's ETag (without quotes) is this one (`PreconditionFailed`
+    /// otherwise; `NoSuchKey` if there is no object).
+    IfMatch(String),
 }
 
 /// What `head`/`list`/`commit` report about an object (or, from a part commit, a part).
@@ -72,6 +96,21 @@ pub struct ObjectInfo {
     pub modified: SystemTime,
     /// Object metadata.
     pub meta: ObjectMeta,
+    /// Version id in a versioned bucket; `None` is the `null` version (every object of an
+    /// unversioned bucket).
+    pub version_id: Option<String>,
+}
+
+/// A bucket's versioning state (S3 `GetBucketVersioning`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never enabled: one version per key, the `null` one.
+    #[default]
+    Unversioned,
+    /// Every write creates a new version; deletes create delete markers.
+    Enabled,
+    /// Writes replace the `null` version; older versions are kept.
+    Suspended,
 }
 
 /// A bucket.
@@ -105,6 +144,8 @@ pub struct PartInfo {
     pub size: u64,
     /// Upload time.
     pub modified: SystemTime,
+    /// The part's verified checksum, `ALGORITHM:base64`, if the client sent one.
+    pub checksum: Option<String>,
 }
 
 /// A multipart upload in progress.

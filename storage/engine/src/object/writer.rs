@@ -13,7 +13,7 @@ use md5::{Digest, Md5};
 
 use super::meta::{now_nanos, ChunkRef, ObjRec, PartRec, INLINE_MAX};
 use super::pins::Pins;
-use super::types::{ObjectInfo, ObjectMeta};
+use super::types::{ObjectInfo, ObjectMeta, WriteCondition};
 use super::Store;
 use crate::chunks::{hex, ChunkId, ChunkStore};
 use crate::StorageError;
@@ -34,8 +34,9 @@ pub(crate) enum Target {
 
 /// Writes one object version (or one multipart part).
 ///
-/// Call order: `write_all`* then `commit`. Dropping without `commit` aborts: nothing becomes
-/// visible and the written chunks become garbage. After any error the writer is poisoned.
+/// Call order: `write_all`* then `commit`. Dropping without a successful `commit` aborts:
+/// nothing becomes visible and the chunk files this writer stored (and nobody else references
+/// or pins) are deleted before the drop returns. After any error the writer is poisoned.
 pub struct PutWriter {
     store: Store,
     target: Target,
@@ -48,6 +49,9 @@ pub struct PutWriter {
     pins: Pins,
     syncer: Option<Syncer>,
     poisoned: bool,
+    cond: WriteCondition,
+    checksum: Option<String>,
+    committed: bool,
 }
 
 /// Flushes this writer's chunks in the background, in order; stops at the first failure.
@@ -92,7 +96,20 @@ impl PutWriter {
             },
             syncer: None,
             poisoned: false,
+            cond: WriteCondition::Always,
+            checksum: None,
+            committed: false,
         }
+    }
+
+    /// Makes the commit of an object conditional (checked atomically with it; ignored for parts).
+    pub fn set_condition(&mut self, cond: WriteCondition) {
+        self.cond = cond;
+    }
+
+    /// Records the verified checksum (`ALGORITHM:base64`) with the object or part.
+    pub fn set_checksum(&mut self, checksum: Option<String>) {
+        self.checksum = checksum;
     }
 
     /// Bytes written so far.
@@ -191,15 +208,25 @@ impl PutWriter {
             },
         );
         // `self.pins` stays alive until the transaction has committed (dropped with `self`).
-        match target {
-            Target::Object { bucket, key, meta } => {
+        let r = match target {
+            Target::Object {
+                bucket,
+                key,
+                mut meta,
+            } => {
+                if self.checksum.is_some() {
+                    meta.checksum = self.checksum.take();
+                }
                 let rec = ObjRec {
+                    version_id: None,
                     size: self.size,
                     etag,
                     modified,
                     meta,
                 };
-                self.store.commit_object(bucket, key, rec, manifest, inline)
+                let cond = std::mem::take(&mut self.cond);
+                self.store
+                    .commit_object(bucket, key, rec, manifest, inline, cond)
             }
             Target::Part {
                 bucket,
@@ -211,11 +238,34 @@ impl PutWriter {
                     size: self.size,
                     etag,
                     modified,
+                    checksum: self.checksum.take(),
                 };
                 self.store
                     .commit_part(bucket, key, upload_id, number, rec, manifest)
             }
+        };
+        self.committed = r.is_ok();
+        r
+    }
+}
+
+impl Drop for PutWriter {
+    /// An aborted (or refused) write removes the chunk files it stored before returning, so a
+    /// failed upload leaves nothing behind on disk (chunks shared with a committed object or
+    /// pinned by another writer stay).
+    fn drop(&mut self) {
+        if self.committed {
+            return;
         }
+        if let Some(s) = self.syncer.take() {
+            let _ = s.finish();
+        }
+        let ids = std::mem::take(&mut self.pins.ids);
+        if ids.is_empty() {
+            return;
+        }
+        self.pins.shared.unpin(&ids);
+        self.store.discard(ids);
     }
 }
 

@@ -1,0 +1,327 @@
+//! Object operations: put, get, head, copy.
+
+use s3s::dto::*;
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+use tm_policy::S3Op;
+use tokio::sync::oneshot;
+
+use super::convert::*;
+use super::objio::*;
+use super::versioning::version_param;
+use super::TmS3;
+use crate::access::check;
+use crate::checksum::{self, Outcome};
+use crate::error::{aws_error, Error};
+
+/// The verified-checksum slot the front put into the request (empty if none).
+pub(super) fn outcome<T>(req: &S3Request<T>) -> Outcome {
+    req.extensions.get::<Outcome>().cloned().unwrap_or_default()
+}
+
+/// The `x-amz-version-id` answered: the version's id in a versioned bucket, `null` when asked
+/// for by id.
+fn shown_version(info: &tm_storage::ObjectInfo, asked: bool) -> Option<String> {
+    match &info.version_id {
+        Some(v) => Some(v.clone()),
+        None if asked => Some("null".to_owned()),
+        None => None,
+    }
+}
+
+/// Whether the client asked for checksums in the answer (`x-amz-checksum-mode: ENABLED`).
+fn wants_checksum(m: Option<&ChecksumMode>) -> bool {
+    m.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED))
+}
+
+impl TmS3 {
+    /// A `NoSuchKey` for a key whose latest version is a delete marker carries
+    /// `x-amz-delete-marker: true` and the marker's version id (as S3).
+    async fn marked(&self, mut e: S3Error, bucket: &str, key: &str) -> S3Error {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        if let Ok(Some(v)) = self
+            .run(bucket, move |s| s.latest_delete_marker(&b, &k))
+            .await
+        {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                "x-amz-delete-marker",
+                http::HeaderValue::from_static("true"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(v.as_deref().unwrap_or("null")) {
+                h.insert("x-amz-version-id", v);
+            }
+            e.set_headers(h);
+        }
+        e
+    }
+
+    pub(super) async fn put_object_op(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
+        let cond = write_condition(&req.headers)?;
+        let sums = outcome(&req);
+        let input = req.input;
+        let mut meta = object_meta(PutMeta {
+            content_type: input.content_type,
+            content_encoding: input.content_encoding,
+            content_disposition: input.content_disposition,
+            cache_control: input.cache_control,
+            metadata: input.metadata,
+            headers: &req.headers,
+        });
+        let small = input
+            .content_length
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= tm_storage::INLINE_MAX);
+        let info = if let Some(len) = small {
+            // Small object: buffer it and hand it to the group committer without tying up a
+            // blocking thread; the reply comes back when it is durable.
+            let data =
+                read_small(&input.bucket, input.body, len, input.content_md5.as_deref()).await?;
+            meta.checksum = sums.get();
+            let (tx, rx) = oneshot::channel();
+            self.store
+                .put_small_if(&input.bucket, &input.key, meta, data, cond, move |r| {
+                    let _ = tx.send(r);
+                });
+            rx.await
+                .map_err(S3Error::internal_error)?
+                .map_err(|e| aws_error(Error::Storage(e), &input.bucket))?
+        } else {
+            let (b, k) = (input.bucket.clone(), input.key.clone());
+            let store = self.store.clone();
+            write_body(
+                &input.bucket,
+                move || store.begin_put(&b, &k, meta),
+                input.body,
+                input.content_md5.as_deref(),
+                sums,
+                cond,
+            )
+            .await?
+        };
+        let mut out = PutObjectOutput {
+            e_tag: Some(etag(&info.etag)),
+            size: i64::try_from(info.size).ok(),
+            version_id: info.version_id.clone(),
+            ..Default::default()
+        };
+        let f = put_checksum!(out, info.meta.checksum.as_deref());
+        out.checksum_type = checksum_type(&f);
+        Ok(S3Response::new(out))
+    }
+
+    pub(super) async fn get_object_op(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
+        let i = req.input;
+        if i.part_number.is_some() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NotImplemented,
+                "GetObject by partNumber is not supported",
+            ));
+        }
+        let (b, k) = (i.bucket.clone(), i.key.clone());
+        let v = version_param(i.version_id.as_deref())?;
+        let asked = v.is_some();
+        let reader = self
+            .run(&i.bucket, move |s| match v {
+                Some(v) => s.open_version(&b, &k, &v),
+                None => s.open_object(&b, &k),
+            })
+            .await;
+        let reader = match reader {
+            Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                return Err(self.marked(e, &i.bucket, &i.key).await)
+            }
+            r => r?,
+        };
+        let info = reader.info.clone();
+        check_conditions(
+            &info,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+            i.if_modified_since.as_ref(),
+            i.if_unmodified_since.as_ref(),
+        )?;
+        let (start, end, content_range) = match &i.range {
+            Some(r) => {
+                let rg = r.check(info.size)?;
+                let cr = format!("bytes {}-{}/{}", rg.start, rg.end - 1, info.size);
+                (rg.start, rg.end, Some(cr))
+            }
+            None => (0, info.size, None),
+        };
+        let m = info.meta.clone();
+        let whole = content_range.is_none();
+        let mut out = GetObjectOutput {
+            body: Some(read_body(reader, start, end)),
+            content_length: i64::try_from(end - start).ok(),
+            content_range,
+            accept_ranges: Some("bytes".to_owned()),
+            e_tag: Some(etag(&info.etag)),
+            last_modified: Some(ts(info.modified)),
+            content_type: i.response_content_type.or(m.content_type.clone()),
+            content_encoding: i.response_content_encoding.or(m.content_encoding.clone()),
+            content_disposition: i
+                .response_content_disposition
+                .or(m.content_disposition.clone()),
+            cache_control: i.response_cache_control.or(m.cache_control.clone()),
+            content_language: i.response_content_language.or(m.content_language.clone()),
+            metadata: out_meta(&m),
+            version_id: shown_version(&info, asked),
+            ..Default::default()
+        };
+        // A range has no checksum of its own; AWS answers none.
+        if whole && wants_checksum(i.checksum_mode.as_ref()) {
+            let f = put_checksum!(out, m.checksum.as_deref());
+            out.checksum_type = checksum_type(&f);
+        }
+        let mut r = S3Response::new(out);
+        if i.response_expires.is_none() {
+            r.headers = extra_headers(&m);
+        }
+        Ok(r)
+    }
+
+    pub(super) async fn head_object_op(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
+        let i = req.input;
+        if i.part_number.is_some() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NotImplemented,
+                "HeadObject by partNumber is not supported",
+            ));
+        }
+        let (b, k) = (i.bucket.clone(), i.key.clone());
+        let v = version_param(i.version_id.as_deref())?;
+        let asked = v.is_some();
+        let info = self
+            .run(&i.bucket, move |s| match v {
+                Some(v) => s.head_version(&b, &k, &v),
+                None => s.head(&b, &k),
+            })
+            .await;
+        let info = match info {
+            Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                return Err(self.marked(e, &i.bucket, &i.key).await)
+            }
+            r => r?,
+        };
+        check_conditions(
+            &info,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+            i.if_modified_since.as_ref(),
+            i.if_unmodified_since.as_ref(),
+        )?;
+        let m = &info.meta;
+        let mut out = HeadObjectOutput {
+            content_length: i64::try_from(info.size).ok(),
+            accept_ranges: Some("bytes".to_owned()),
+            e_tag: Some(etag(&info.etag)),
+            last_modified: Some(ts(info.modified)),
+            content_type: m.content_type.clone(),
+            content_encoding: m.content_encoding.clone(),
+            content_disposition: m.content_disposition.clone(),
+            cache_control: m.cache_control.clone(),
+            content_language: m.content_language.clone(),
+            metadata: out_meta(m),
+            version_id: shown_version(&info, asked),
+            ..Default::default()
+        };
+        if wants_checksum(i.checksum_mode.as_ref()) {
+            let f = put_checksum!(out, m.checksum.as_deref());
+            out.checksum_type = checksum_type(&f);
+        }
+        let mut r = S3Response::new(out);
+        r.headers = extra_headers(m);
+        Ok(r)
+    }
+
+    pub(super) async fn copy_object_op(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
+        let (sb, sk, sv) = copy_source(&req.input.copy_source)?;
+        check(&req, &sb, &sk, S3Op::Read)?;
+        let cond = write_condition(&req.headers)?;
+        let headers = req.headers;
+        let i = req.input;
+        let replace = i
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && sb == i.bucket && sk == i.key && sv.is_none() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself \
+                 without changing the object's metadata.",
+            ));
+        }
+        let (b2, k2, v2) = (sb.clone(), sk.clone(), sv.clone());
+        let src = self
+            .run(&sb, move |s| match v2 {
+                Some(v) => s.head_version(&b2, &k2, &v),
+                None => s.head(&b2, &k2),
+            })
+            .await?;
+        check_copy_conditions(
+            &src,
+            i.copy_source_if_match.as_ref(),
+            i.copy_source_if_none_match.as_ref(),
+            i.copy_source_if_modified_since.as_ref(),
+            i.copy_source_if_unmodified_since.as_ref(),
+        )?;
+        if let Some(a) = &i.checksum_algorithm {
+            let have = src
+                .meta
+                .checksum
+                .as_deref()
+                .and_then(checksum::parse_stored);
+            if have.is_none_or(|(h, _)| !h.name().eq_ignore_ascii_case(a.as_str())) {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::NotImplemented,
+                    "CopyObject with a checksum algorithm other than the source's is not supported",
+                ));
+            }
+        }
+        let meta = replace.then(|| {
+            object_meta(PutMeta {
+                content_type: i.content_type,
+                content_encoding: i.content_encoding,
+                content_disposition: i.content_disposition,
+                cache_control: i.cache_control,
+                metadata: i.metadata,
+                headers: &headers,
+            })
+        });
+        let (db, dk) = (i.bucket.clone(), i.key.clone());
+        let info = self
+            .run(&i.bucket, move |s| {
+                s.copy_object_if((&sb, &sk, sv.as_deref()), &db, &dk, meta, cond)
+            })
+            .await?;
+        let mut res = CopyObjectResult {
+            e_tag: Some(etag(&info.etag)),
+            last_modified: Some(ts(info.modified)),
+            ..Default::default()
+        };
+        let f = put_checksum!(res, info.meta.checksum.as_deref());
+        res.checksum_type = checksum_type(&f);
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(res),
+            copy_source_version_id: src.version_id.clone(),
+            version_id: info.version_id.clone(),
+            ..Default::default()
+        }))
+    }
+}
