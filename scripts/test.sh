@@ -238,7 +238,7 @@ if ((do_cargo)); then
         timeout 1200 cargo test -p tm-ring --lib --release
     # The bench crates are standalone projects (their own profiles): build them and run their
     # tests so they keep compiling against the workspace.
-    for b in dataplane s3; do
+    for b in dataplane s3 coord; do
         extra_tests "bench-$b" "bench/$b: cargo test" \
             env CARGO_TARGET_DIR="$CARGO_TARGET_DIR/bench" \
             timeout 1800 cargo test --manifest-path "$REPO/bench/$b/Cargo.toml"

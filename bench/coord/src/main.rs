@@ -89,10 +89,21 @@ fn raise_fd_limit() {
     }
 }
 
+/// What one run measured.
+#[derive(Debug)]
+struct Report {
+    joins_per_sec: f64,
+    fanout: hdrhistogram::Histogram<u64>,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let a = Args::parse();
     raise_fd_limit();
+    run(&a).await.map(drop)
+}
+
+async fn run(a: &Args) -> Result<Report> {
     let dir = tmpdir("run");
     let first = start(&dir.join("a"), CoordinatorConfig::new("hub-a"), PrivateKey::generate(&mut OsRng)).await?;
     let token = first.coord.token();
@@ -224,7 +235,31 @@ async fn main() -> Result<()> {
         retries.load(std::sync::atomic::Ordering::Relaxed)
     );
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(Report {
+        joins_per_sec: a.members as f64 / join_secs,
+        fanout: hist,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load generator itself works: members join both coordinators and every one of them
+    /// sees each change (a smoke run; the figures come from `--release` runs by hand).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_run_sees_every_change_on_both_coordinators() {
+        let r = run(&Args {
+            members: 6,
+            coordinators: 2,
+            concurrency: 4,
+            changes: 2,
+        })
+        .await
+        .expect("run");
+        assert!(r.joins_per_sec > 0.0);
+        assert_eq!(r.fanout.len(), 12, "6 members x 2 changes");
+    }
 }
 
 /// Each member's current netmap version (an immediate poll).

@@ -62,15 +62,26 @@ pub fn node_key(pk: &PublicKey) -> NodeKey {
 }
 
 /// The inventory of a state: every node (name, tags, mesh address), every unrevoked token
-/// (expiry and single use are checked when the token is presented), and the service ports of
-/// the coordinator node (`services`, from [`crate::CoordinatorConfig::service_ports`]).
+/// (expiry and single use are checked when the token is presented), and the service ports:
+/// the coordinator node's (`services`, from [`crate::CoordinatorConfig::service_ports`]) and
+/// every node's Docker agent port.
 pub(crate) fn inventory(s: &PersistedState, services: &[tm_policy::ServicePort]) -> Inventory {
     let mut inv = Inventory::default();
     for n in s.nodes.values() {
-        if n.is_coordinator && !services.is_empty() {
-            inv.services
-                .insert(node_key(&n.public_key), services.to_vec());
-        }
+        // Every node may run a Docker agent: its port is open to Docker grants on it (a node
+        // without an agent refuses the connection).
+        let mut svc = if n.is_coordinator {
+            services.to_vec()
+        } else {
+            Vec::new()
+        };
+        svc.push(tm_policy::ServicePort {
+            name: "docker".into(),
+            proto: 6,
+            port: tm_policy::DOCKER_AGENT_PORT,
+            needs: tm_policy::ServiceNeed::Docker,
+        });
+        inv.services.insert(node_key(&n.public_key), svc);
         inv.nodes.insert(
             node_key(&n.public_key),
             NodeInfo {

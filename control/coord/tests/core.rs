@@ -194,7 +194,10 @@ fn service_ports_open_by_capability_in_the_compiled_policy() {
     c.handle_register(t0, request(&c, t0, &k, "alpha"), &mut OsRng)
         .expect("register");
     let hub_key = tm_coord::node_key(&hub.public_key());
-    assert_eq!(c.policy().services[&hub_key].len(), 2, "in the artifact");
+    // The configured two and the Docker agent port (every node has one).
+    assert_eq!(c.policy().services[&hub_key].len(), 3, "in the artifact");
+    let alpha_key = tm_coord::node_key(&k.public_key());
+    assert_eq!(c.policy().services[&alpha_key][0].port, tm_policy::DOCKER_AGENT_PORT);
     let ip = |art: &tm_policy::Artifact, port| {
         tm_policy::decide(
             art,
@@ -235,4 +238,31 @@ fn service_ports_open_by_capability_in_the_compiled_policy() {
         )
         .expect_err("test fails");
     assert!(e.to_string().contains("hub:8080"), "{e}");
+    // A Docker grant on alpha opens alpha's agent port to hub, nothing else of alpha.
+    let to_alpha = |art: &tm_policy::Artifact, port| {
+        tm_policy::decide(
+            art,
+            &tm_policy::Identity::Node(hub_key.clone()),
+            &Request::Ip {
+                dst: Target::Node("alpha"),
+                proto: 6,
+                port,
+            },
+        )
+        .allow
+    };
+    assert!(!to_alpha(&c.policy(), tm_policy::DOCKER_AGENT_PORT));
+    c.set_policy(
+        "p.hujson",
+        r#"{"default": "deny", "grants": [{"src": ["hub"], "dst": ["alpha"],
+           "app": {"tunnelmesh.io/cap/docker": [{"containers": ["*"], "verbs": ["viewer"]}]}}]}"#,
+        "root",
+        4,
+    )
+    .expect("set");
+    assert!(to_alpha(&c.policy(), tm_policy::DOCKER_AGENT_PORT));
+    assert!(!to_alpha(&c.policy(), 22));
+    let t = c.policy().filter_for(&alpha_key);
+    assert!(t.allows_peer(&hub_key, 6, tm_policy::DOCKER_AGENT_PORT));
+    assert!(!t.allows_peer(&hub_key, 6, 22));
 }

@@ -14,7 +14,7 @@ use std::io::{self, BufRead, Read, Write};
 use tm_policy::Verb;
 
 /// The TCP port of the agent on every node's mesh address.
-pub const AGENT_PORT: u16 = 8375;
+pub const AGENT_PORT: u16 = tm_policy::DOCKER_AGENT_PORT;
 
 /// What a dial to a node without an agent says (`node NAME runs no Docker agent (...)`); the
 /// fan-out lists such nodes apart from the unavailable ones.

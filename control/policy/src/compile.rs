@@ -232,7 +232,9 @@ impl Artifact {
                     .app
                     .iter()
                     .filter(|a| match a.grant {
-                        AppGrant::Docker { .. } => to_me,
+                        // To it: its agent decides them; from it: they open other nodes'
+                        // agent ports to it (its outbound filter).
+                        AppGrant::Docker { .. } => to_me || from_me,
                         AppGrant::S3 { .. } => from_me || serves_s3,
                         AppGrant::Nfs { .. } => from_me || serves_nfs,
                         AppGrant::Admin => false,

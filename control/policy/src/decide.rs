@@ -491,20 +491,31 @@ fn explain_inner(art: &Artifact, who: &Identity, req: &Request<'_>, all: bool) -
     Explanation { decision, matched }
 }
 
-/// Whether `subj` holds any grant of `cap` (an S3 or NFS entry of an accept rule selecting it,
-/// or the default, which gives members S3 and NFS): the rule that grants it, or `None` with
-/// `Some` for the default.
-fn holds(art: &Artifact, subj: &Subject<'_>, need: ServiceNeed) -> Option<Option<SourceRef>> {
+/// Whether `subj` holds any grant of `cap` (an S3 or NFS entry of an accept rule selecting it;
+/// for Docker an entry of a rule whose `dst` also selects `to`, the node serving the port; or
+/// the default allow, which covers members): the rule that grants it, or `None` with `Some`
+/// for the default.
+fn holds(
+    art: &Artifact,
+    subj: &Subject<'_>,
+    need: ServiceNeed,
+    to: &Dest<'_>,
+) -> Option<Option<SourceRef>> {
     let by_rule = art
         .rules
         .iter()
         .filter(|r| r.effect == Effect::Allow)
         .filter(|r| r.src.matches(subj.node, subj.name, subj.tags, subj.addrs))
+        .filter(|r| {
+            need != ServiceNeed::Docker || r.dst.matches(to.member, to.name, to.tags, &to.addrs)
+        })
         .flat_map(|r| r.app.iter())
         .find(|a| {
             matches!(
                 (&a.grant, need),
-                (AppGrant::S3 { .. }, ServiceNeed::S3) | (AppGrant::Nfs { .. }, ServiceNeed::Nfs)
+                (AppGrant::S3 { .. }, ServiceNeed::S3)
+                    | (AppGrant::Nfs { .. }, ServiceNeed::Nfs)
+                    | (AppGrant::Docker { .. }, ServiceNeed::Docker)
             )
         });
     match (by_rule, need) {
@@ -522,12 +533,13 @@ fn service_port(art: &Artifact, subj: &Subject<'_>, req: &Request<'_>) -> Option
         return None;
     };
     let empty = BTreeSet::new();
-    let ports = art.services.get(dest(art, dst, &empty)?.key?)?;
+    let to = dest(art, dst, &empty)?;
+    let ports = art.services.get(to.key?)?;
     ports
         .iter()
         .filter(|p| p.proto == proto && p.port == port)
         .find_map(|p| {
-            let rule = holds(art, subj, p.needs)?;
+            let rule = holds(art, subj, p.needs, &to)?;
             Some(Decision {
                 allow: true,
                 rule,

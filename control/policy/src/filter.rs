@@ -295,8 +295,12 @@ impl<'a> Plan<'a> {
                 add(&mut src_lists, &r.src, i);
                 add(&mut dst_lists, &r.dst, i);
             } else if r.effect == Effect::Allow && r.app.iter().any(|a| opens(a).is_some()) {
-                // S3/NFS grants open coordinator service ports to their sources.
+                // S3/NFS grants open coordinator service ports to their sources; Docker grants
+                // the agent port of the nodes their dst selects.
                 add(&mut src_lists, &r.src, i);
+                if r.app.iter().any(|a| opens(a) == Some(ServiceNeed::Docker)) {
+                    add(&mut dst_lists, &r.dst, i);
+                }
             }
         }
         let (mut src_sets, mut dst_sets) = (Vec::new(), Vec::new());
@@ -334,6 +338,8 @@ impl<'a> Plan<'a> {
         // Both lists are sorted by rule index: merge to intersect.
         let (a, (b, services)) = (&self.src_sets[key.0], &self.dst_sets[key.1]);
         let (mut x, mut y) = (0, 0);
+        // A Docker grant from this source to this node (opens the node's agent port).
+        let mut docker = false;
         while x < a.len() && y < b.len() {
             if a[x] != b[y] {
                 if a[x] < b[y] {
@@ -346,6 +352,11 @@ impl<'a> Plan<'a> {
             let r = &self.art.rules[a[x]];
             x += 1;
             y += 1;
+            if r.effect == Effect::Allow
+                && r.app.iter().any(|e| opens(e) == Some(ServiceNeed::Docker))
+            {
+                docker = true;
+            }
             if r.ip.is_empty() {
                 continue;
             }
@@ -361,10 +372,12 @@ impl<'a> Plan<'a> {
         let holds = |need: ServiceNeed| {
             need == ServiceNeed::Member
                 || default_allow
-                || a.iter().any(|i| {
-                    let r = &self.art.rules[*i];
-                    r.effect == Effect::Allow && r.app.iter().any(|e| opens(e) == Some(need))
-                })
+                || (need == ServiceNeed::Docker && docker)
+                || need != ServiceNeed::Docker
+                    && a.iter().any(|i| {
+                        let r = &self.art.rules[*i];
+                        r.effect == Effect::Allow && r.app.iter().any(|e| opens(e) == Some(need))
+                    })
         };
         let svc: Vec<IpSpec> = services
             .iter()
@@ -423,6 +436,7 @@ fn opens(a: &crate::caps::AppEntry) -> Option<ServiceNeed> {
     match a.grant {
         AppGrant::S3 { .. } => Some(ServiceNeed::S3),
         AppGrant::Nfs { .. } => Some(ServiceNeed::Nfs),
+        AppGrant::Docker { .. } => Some(ServiceNeed::Docker),
         _ => None,
     }
 }

@@ -92,6 +92,9 @@ pub enum ServiceNeed {
     S3,
     /// Nodes the policy gives any `tunnelmesh.io/cap/nfs` grant (NFS, MOUNT, portmapper).
     Nfs,
+    /// Nodes the policy gives a `tunnelmesh.io/cap/docker` grant on the node that serves the
+    /// port (its Docker agent).
+    Docker,
 }
 
 impl ServiceNeed {
@@ -101,9 +104,14 @@ impl ServiceNeed {
             ServiceNeed::Member => "every member",
             ServiceNeed::S3 => crate::caps::CAP_S3,
             ServiceNeed::Nfs => crate::caps::CAP_NFS,
+            ServiceNeed::Docker => crate::caps::CAP_DOCKER,
         }
     }
 }
+
+/// The TCP port of every node's Docker agent (issue 21): open to the sources a
+/// `tunnelmesh.io/cap/docker` grant on that node names.
+pub const DOCKER_AGENT_PORT: u16 = 8375;
 
 /// One port a node serves to the mesh (a coordinator's API, DNS, S3, NFS), as the node that
 /// serves it configured it.

@@ -40,7 +40,7 @@ pub use decide::{decide, explain, Decision, Explanation, NfsOp, Request, S3Op, T
 pub use filter::{filter_test, FilterTable, PolicyClass};
 pub use identity::{
     validate_node_name, Identity, Inventory, NodeInfo, NodeKey, ServiceNeed, ServicePort, TokenId,
-    TokenInfo,
+    TokenInfo, DOCKER_AGENT_PORT,
 };
 pub use model::{parse_policy, DefaultAction, Policy};
 pub use selector::SourceRef;

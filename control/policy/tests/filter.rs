@@ -43,7 +43,7 @@ const IPS: &[&str] = &[
 const PROTOS: &[u8] = &[1, 6, 17, 47, 132, 200];
 const PORTS: &[u16] = &[
     0, 21, 22, 23, 46, 47, 48, 52, 53, 54, 79, 80, 85, 90, 91, 442, 443, 444, 999, 1000, 1500,
-    2000, 2001, 2999, 3000, 3001, 65535, 111, 2049, 8080, 8443,
+    2000, 2001, 2999, 3000, 3001, 65535, 111, 2049, 8080, 8443, 8375,
 ];
 
 fn inv() -> Inventory {
@@ -65,6 +65,9 @@ fn inv() -> Inventory {
                 ("portmap", 17, 111, ServiceNeed::Nfs),
             ],
         )
+        // beta and eps run a Docker agent: its port opens to Docker grants on them.
+        .with_services("k-beta", &[("docker", 6, 8375, ServiceNeed::Docker)])
+        .with_services("k-eps", &[("docker", 6, 8375, ServiceNeed::Docker)])
 }
 
 /// peer -> its class, resolved (tables of the same meaning compare equal even if their
@@ -101,21 +104,32 @@ fn q(v: &[usize], names: &[&str]) -> String {
         .join(", ")
 }
 
-/// An S3 (`false`) or NFS (`true`) grant to some sources.
-fn app_grant(nfs: bool, src: &[usize]) -> String {
-    let cap = if nfs {
-        "\"tunnelmesh.io/cap/nfs\": [{\"shares\": [\"*\"], \"access\": \"ro\"}]"
-    } else {
-        "\"tunnelmesh.io/cap/s3\": [{\"buckets\": [\"*\"], \"access\": \"ro\"}]"
+/// An S3 (0), NFS (1) or Docker (2, to the nodes `dst` names) grant to some sources.
+fn app_grant(kind: u8, src: &[usize], dst: &[usize]) -> String {
+    let (cap, dst) = match kind {
+        0 => (
+            "\"tunnelmesh.io/cap/s3\": [{\"buckets\": [\"*\"], \"access\": \"ro\"}]",
+            "\"*\"".to_string(),
+        ),
+        1 => (
+            "\"tunnelmesh.io/cap/nfs\": [{\"shares\": [\"*\"], \"access\": \"ro\"}]",
+            "\"*\"".to_string(),
+        ),
+        _ => (
+            "\"tunnelmesh.io/cap/docker\": [{\"containers\": [\"*\"], \"verbs\": [\"viewer\"]}]",
+            q(dst, SRCS),
+        ),
     };
     format!(
-        "{{\"src\": [{}], \"dst\": [\"*\"], \"app\": {{{cap}}}}}",
+        "{{\"src\": [{}], \"dst\": [{dst}], \"app\": {{{cap}}}}}",
         q(src, SRCS)
     )
 }
 
-fn policy(default_allow: bool, rules: &[R], apps: &[(bool, Vec<usize>)]) -> String {
-    let mut grants: Vec<String> = apps.iter().map(|(n, s)| app_grant(*n, s)).collect();
+type App = (u8, Vec<usize>, Vec<usize>);
+
+fn policy(default_allow: bool, rules: &[R], apps: &[App]) -> String {
+    let mut grants: Vec<String> = apps.iter().map(|(n, s, d)| app_grant(*n, s, d)).collect();
     let mut deny = Vec::new();
     for r in rules {
         let e = format!(
@@ -145,7 +159,7 @@ proptest! {
     fn tables_agree_with_decide(
         default_allow in any::<bool>(),
         rules in prop::collection::vec(rule(), 0..8),
-        apps in prop::collection::vec((any::<bool>(), prop::collection::vec(0..7usize, 1..3)), 0..3),
+        apps in prop::collection::vec((0..3u8, prop::collection::vec(0..7usize, 1..3), prop::collection::vec(0..7usize, 1..3)), 0..3),
     ) {
         let text = policy(default_allow, &rules, &apps);
         let p = parse_policy("f.hujson", text.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
