@@ -197,7 +197,10 @@ fn service_ports_open_by_capability_in_the_compiled_policy() {
     // The configured two and the Docker agent port (every node has one).
     assert_eq!(c.policy().services[&hub_key].len(), 3, "in the artifact");
     let alpha_key = tm_coord::node_key(&k.public_key());
-    assert_eq!(c.policy().services[&alpha_key][0].port, tm_policy::DOCKER_AGENT_PORT);
+    assert_eq!(
+        c.policy().services[&alpha_key][0].port,
+        tm_policy::DOCKER_AGENT_PORT
+    );
     let ip = |art: &tm_policy::Artifact, port| {
         tm_policy::decide(
             art,
