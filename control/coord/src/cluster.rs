@@ -28,7 +28,7 @@ const OUTBOX: usize = 4096;
 /// Time allowed for one delivery (connect, request, answer).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The API port coordinators listen on when their record names no address.
-pub const DEFAULT_API_PORT: u16 = 8443;
+const DEFAULT_API_PORT: u16 = 8443;
 
 /// Messages for other coordinators, queued by state changes.
 pub(crate) struct Outbox {
@@ -91,6 +91,16 @@ pub fn install_cluster_seed(
         0o644,
     )?;
     Ok(seed.records.clone())
+}
+
+/// The address replication dials for coordinator `n`: its record's `api` (`HOST:PORT`, or
+/// `:PORT` at its mesh address), else its mesh address and the default port.
+fn dial_address(n: &crate::server::NodeRecord) -> String {
+    match n.api.as_deref() {
+        None => format!("{}:{DEFAULT_API_PORT}", n.mesh_ip),
+        Some(p) if p.starts_with(':') => format!("{}{p}", n.mesh_ip),
+        Some(a) => a.to_owned(),
+    }
 }
 
 /// Cuts `msg` into messages whose records fit the request bound (`Repair` keeps its `want`
@@ -156,14 +166,7 @@ impl Coordinator {
             .nodes
             .values()
             .find(|n| n.is_coordinator && origin_of(&n.public_key) == origin)
-            .map(|n| {
-                let addr = match n.api.as_deref() {
-                    None => format!("{}:{DEFAULT_API_PORT}", n.mesh_ip),
-                    Some(p) if p.starts_with(':') => format!("{}{p}", n.mesh_ip),
-                    Some(a) => a.to_owned(),
-                };
-                (n.public_key, addr)
-            })
+            .map(|n| (n.public_key, dial_address(n)))
     }
 
     /// Replicates with the other coordinators until the task is dropped: pushes committed
@@ -350,7 +353,7 @@ impl Coordinator {
                 crate::wire::ClusterPeer {
                     name: n.name.clone(),
                     mesh_ip: n.mesh_ip,
-                    api: n.api.clone(),
+                    api: dial_address(n),
                     this: n.public_key == self.public_key(),
                     last_heard_ms: st.and_then(|s| s.last_heard_ms),
                     last_sync_ms: st.and_then(|s| s.last_sync_ms),
@@ -370,5 +373,58 @@ impl Coordinator {
     pub fn state_digest(&self) -> (String, usize) {
         let rep = self.replica();
         (crate::wire::hex(&rep.store().root()), rep.store().len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tm_cluster::{Origin, Stamp};
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                key: format!("node/{i:064}"),
+                stamp: Stamp {
+                    wall_ms: i as u64,
+                    logical: 0,
+                    origin: Origin(1),
+                },
+                value: Some(serde_json::json!({"pad": "x".repeat(200)})),
+            })
+            .collect()
+    }
+
+    fn size(m: &Msg) -> usize {
+        serde_json::to_vec(m).unwrap().len()
+    }
+
+    #[test]
+    fn big_messages_are_cut_under_the_request_bound_and_keep_their_meaning() {
+        let rs = records(2000);
+        let parts = split(Msg::Repair {
+            records: rs.clone(),
+            want: vec![3, 7],
+        });
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        assert!(parts.iter().all(|m| size(m) < crate::http::MAX_BODY));
+        let (last, pushes) = parts.split_last().unwrap();
+        assert!(pushes.iter().all(|m| matches!(m, Msg::Push { .. })));
+        let Msg::Repair { want, .. } = last else {
+            panic!("the last piece carries the request: {last:?}")
+        };
+        assert_eq!(want, &[3, 7]);
+        let all: Vec<Record> = parts
+            .into_iter()
+            .flat_map(|m| match m {
+                Msg::Push { records } | Msg::Repair { records, .. } => records,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(all, rs, "every record once, in order");
+        let parts = split(Msg::Records {
+            records: records(3),
+        });
+        assert!(matches!(&parts[..], [Msg::Records { records }] if records.len() == 3));
     }
 }

@@ -79,7 +79,7 @@ mod bounds_tests;
 pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient};
-pub use cluster::{install_cluster_seed, DEFAULT_API_PORT};
+pub use cluster::install_cluster_seed;
 pub use contain::{in_request, panics};
 pub use error::Error;
 pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};

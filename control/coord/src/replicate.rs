@@ -132,6 +132,20 @@ impl Coordinator {
     pub fn handle_cluster(&self, from: &PublicKey, msg: Msg) -> Result<Vec<Msg>, Error> {
         let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
         let origin = origin_of(from);
+        if matches!(msg, Msg::Digest { .. } | Msg::InSync { .. }) {
+            // No records: nothing to persist or roll back, so no copy of the replica (these
+            // come every `cluster_sync` from every peer).
+            let fx = self
+                .replica()
+                .handle(now_ms(), origin, msg)
+                .map_err(|e| Error::ClusterRefused(e.to_string()))?;
+            return Ok(fx
+                .send
+                .into_iter()
+                .filter(|o| o.to == origin)
+                .map(|o| o.msg)
+                .collect());
+        }
         let mut rep = self.replica().clone();
         let fx = rep
             .handle(now_ms(), origin, msg)

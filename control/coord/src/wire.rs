@@ -211,9 +211,8 @@ pub struct ClusterPeer {
     pub name: String,
     /// Mesh address.
     pub mesh_ip: std::net::Ipv4Addr,
-    /// The API address other coordinators dial (default: mesh address, port 8443).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api: Option<String>,
+    /// The API address replication dials (`HOST:PORT`).
+    pub api: String,
     /// Whether it is the coordinator answering.
     pub this: bool,
     /// When a replication message from it was last accepted (Unix ms).

@@ -5,11 +5,10 @@
 //! addresses; members cannot speak the replication API; token kinds are enforced.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand_core::{OsRng, RngCore};
 use tm_coord::{
     install_cluster_seed, Coordinator, CoordinatorConfig, Error, FileStore, JoinClient, JoinToken,
     TokenSpec,
@@ -18,21 +17,8 @@ use tm_noise::PrivateKey;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let mut r = [0u8; 8];
-    OsRng.fill_bytes(&mut r);
-    let d = std::env::temp_dir().join(format!(
-        "tm-cluster-{tag}-{}-{}",
-        std::process::id(),
-        u64::from_le_bytes(r)
-    ));
-    std::fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
-fn key() -> PrivateKey {
-    PrivateKey::generate(&mut OsRng)
-}
+mod common;
+use common::{key, tmpdir};
 
 /// A listener serving `coord` until stopped.
 struct Listener {

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,21 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let mut r = [0u8; 8];
-    OsRng.fill_bytes(&mut r);
-    let d = std::env::temp_dir().join(format!(
-        "tm-coord-{tag}-{}-{}",
-        std::process::id(),
-        u64::from_le_bytes(r)
-    ));
-    std::fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
-fn key() -> PrivateKey {
-    PrivateKey::generate(&mut OsRng)
-}
+mod common;
+use common::{key, tmpdir};
 
 struct Server {
     coord: Coordinator,

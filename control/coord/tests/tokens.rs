@@ -2,11 +2,10 @@
 //! expired, revoked, rotated), the upgrade of a mesh from before tokens, tags, node removal
 //! and the audit log.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand_core::{OsRng, RngCore};
 use tm_coord::{
     Coordinator, CoordinatorConfig, Error, FileStore, JoinClient, JoinToken, MemStore, StateStore,
     TokenSpec,
@@ -15,21 +14,8 @@ use tm_noise::PrivateKey;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let mut r = [0u8; 8];
-    OsRng.fill_bytes(&mut r);
-    let d = std::env::temp_dir().join(format!(
-        "tm-coord-{tag}-{}-{}",
-        std::process::id(),
-        u64::from_le_bytes(r)
-    ));
-    std::fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
-fn key() -> PrivateKey {
-    PrivateKey::generate(&mut OsRng)
-}
+mod common;
+use common::{key, tmpdir};
 
 struct Server {
     coord: Coordinator,

@@ -95,11 +95,7 @@ fn cluster_info(c: &Coordinator) -> tm_api::ClusterInfo {
         .cluster_status()
         .into_iter()
         .map(|p| tm_api::ClusterMember {
-            api: match p.api.as_deref() {
-                None => format!("{}:{}", p.mesh_ip, tm_coord::DEFAULT_API_PORT),
-                Some(a) if a.starts_with(':') => format!("{}{a}", p.mesh_ip),
-                Some(a) => a.to_owned(),
-            },
+            api: p.api,
             name: p.name,
             mesh_ip: p.mesh_ip.to_string(),
             this: p.this,
