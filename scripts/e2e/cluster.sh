@@ -5,6 +5,9 @@
 #   - member alpha joins through ca, beta through cb; each coordinator lists both; alpha and
 #     beta ping each other; a tag set on cb is on ca within 5 s; `cluster status` shows the peer
 #     in sync
+#   - UDP between alpha and beta blocked: each relays through its own coordinator (alpha via
+#     ca, beta via cb) and the coordinators forward between them; pings cross; unblocked, the
+#     pair goes back to direct
 #   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
 #     alpha (joined through ca) fails over to cb within 5 s and reaches gamma
 #   - ca restarts from its disk and catches up: `node list --json` identical on both
@@ -16,6 +19,7 @@ source "$(dirname "$0")/../lib/node.sh"
 source "$(dirname "$0")/../lib/mesh.sh"
 tm_init cluster 240
 require_tm_binaries
+command -v iptables >/dev/null || fail "iptables missing (run scripts/install-test-deps.sh)"
 
 lan_create ca cb alpha beta gamma web1 web2
 CA=192.0.2.1:8443
@@ -60,9 +64,12 @@ wait_for 15 "ca and cb hold the same state" same_state || fail "coordinators dif
 log "ok: cb joined as a coordinator: $(nodes_of cb)"
 
 # --- members on either coordinator -----------------------------------------------------------
-conf alpha
+# Short timers so the path moves to the relay within seconds (as in mesh-relay.sh).
+TIMERS='testing: {rekey_timeout_ms: 1500, keepalive_timeout_ms: 2000}
+'
+conf alpha "$TIMERS"
 start alpha alpha "$CA" --token "$TOKEN"
-conf beta
+conf beta "$TIMERS"
 start beta beta "$CB" --token "$TOKEN"
 wait_for 10 "both coordinators list alpha and beta" same_state || fail "after joins: $(nodes_of ca) / $(nodes_of cb)"
 has_node ca beta && has_node cb alpha || fail "a member is missing: $(nodes_of ca)"
@@ -77,6 +84,27 @@ log "ok: a tag set on cb is on ca after $(elapsed_ms "${t0/./}") ms"
 st=$(tm ca cluster status) || fail "cluster status"
 [[ $st == *cb*"in sync"* ]] || fail "cluster status does not show cb in sync: $st"
 log "ok: cluster status on ca:"$'\n'"$st"
+
+# --- relayed through two coordinators --------------------------------------------------------
+path_of() { ctl "$1" peers --json | json_get "[p for p in d if p['name'] == '$2'][0]['path']"; }
+path_is() { [[ $(path_of "$1" "$2") == "$3" ]]; }
+relay_via() { # relay_via NODE PEER COORD: a ping of PEER goes through the relay at COORD
+    local out
+    out=$(ctl "$1" ping "$2" -c 1 2>&1) && [[ $out == *"via relay $3"* ]]
+}
+ns_exec alpha iptables -A OUTPUT -p udp -d 192.0.2.4 -j DROP
+ns_exec alpha iptables -A INPUT -p udp -s 192.0.2.4 -j DROP
+t0=$EPOCHREALTIME
+wait_for 45 "alpha -> beta on the relay" path_is alpha beta relay || fail "alpha -> beta did not move to the relay"
+wait_for 20 "alpha pings beta via ca's relay" relay_via alpha beta "$CA" ||
+    fail "alpha -> beta not through ca: $(ctl alpha ping beta -c 1 2>&1)"
+wait_for 20 "beta pings alpha via cb's relay" relay_via beta alpha "$CB" ||
+    fail "beta -> alpha not through cb: $(ctl beta ping alpha -c 1 2>&1)"
+ping_ok alpha "$BIP" 3 || fail "no traffic across the two relays"
+log "ok: alpha (ca) and beta (cb) relayed through both coordinators after $(elapsed_ms "${t0/./}") ms"
+ns_exec alpha iptables -F OUTPUT
+ns_exec alpha iptables -F INPUT
+wait_for 30 "alpha -> beta back to direct" path_is alpha beta direct || fail "alpha -> beta stayed on the relay"
 
 # --- kill -9 the first coordinator -----------------------------------------------------------
 kill -KILL "$PID_ca" || fail "kill -9 ca"

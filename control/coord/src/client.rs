@@ -435,6 +435,17 @@ impl JoinClient {
     /// connection itself lasts until closed). Refusals are [`Error::Refused`] (401 for an
     /// unknown or missing client certificate).
     pub async fn relay(&self) -> Result<RelayConn, Error> {
+        self.upgrade_relay(crate::relay::RELAY_PROTOCOL).await
+    }
+
+    /// Low-level, for protocol tests: [`JoinClient::relay`] asking for another upgrade
+    /// `protocol` (coordinators link to each other with `tm-relay-peer/1`).
+    pub async fn relay_with_protocol(&self, protocol: &str) -> Result<RelayConn, Error> {
+        self.upgrade_relay(protocol).await
+    }
+
+    /// `GET /v1/relay` (mTLS) upgraded to `protocol`.
+    pub(crate) async fn upgrade_relay(&self, protocol: &str) -> Result<RelayConn, Error> {
         let cfg = self.authed.clone().ok_or(Error::NotRegistered)?;
         let fut = async {
             let tcp = self.connect().await?;
@@ -445,8 +456,7 @@ impl JoinClient {
                 .connect(name, tcp)
                 .await
                 .map_err(map_connect_error)?;
-            let (status, rest) =
-                http::upgrade(&mut tls, "/v1/relay", crate::relay::RELAY_PROTOCOL).await?;
+            let (status, rest) = http::upgrade(&mut tls, "/v1/relay", protocol).await?;
             Ok::<_, Error>((tls, status, rest))
         };
         let (tls, status, rest) = tokio::time::timeout(self.timeout, fut)

@@ -169,9 +169,22 @@ impl Coordinator {
             .map(|n| (n.public_key, dial_address(n)))
     }
 
+    /// The other coordinators: static key and API address of each.
+    pub(crate) fn other_coordinators(&self) -> Vec<(PublicKey, String)> {
+        let me = self.public_key();
+        let g = self.lock();
+        g.state
+            .nodes
+            .values()
+            .filter(|n| n.is_coordinator && n.public_key != me)
+            .map(|n| (n.public_key, dial_address(n)))
+            .collect()
+    }
+
     /// Replicates with the other coordinators until the task is dropped: pushes committed
     /// changes as they come and starts an anti-entropy round every `every` (with one peer at a
     /// time). `identity` is this coordinator's mTLS client identity ([`Coordinator::cluster_identity`]).
+    /// It also keeps a relay link to every other coordinator ([`crate::relay_peer`]).
     /// Returns at once if it is already running.
     pub async fn run_cluster(&self, identity: NodeIdentity, every: Duration) {
         let Some(mut rx) = self.shared.outbox.take() else {
@@ -180,8 +193,17 @@ impl Coordinator {
         let token = JoinToken::new(self.shared.ca.ca_der().as_ref(), [0u8; 32]);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut link_tick = tokio::time::interval(crate::relay_peer::LINK_CHECK);
+        link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Dropping the set (this task ends or is aborted) closes every link.
+        let mut links = tokio::task::JoinSet::new();
+        let mut active = std::collections::HashSet::new();
         loop {
             let outs = tokio::select! {
+                _ = link_tick.tick() => {
+                    self.start_relay_links(&mut links, &mut active, &token, &identity);
+                    continue;
+                }
                 _ = tick.tick() => {
                     let mut rep = self.replica();
                     let fx = rep.tick(now_ms());

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tm_noise::PublicKey;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -27,7 +27,7 @@ pub const RELAY_PROTOCOL: &str = "tm-relay/1";
 /// Largest payload in one frame (a WireGuard datagram for a 1420-byte MTU fits easily).
 pub const MAX_RELAY_PAYLOAD: usize = 2048;
 /// Bytes of a public key in a frame.
-const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 /// Default interval of keepalive frames on an idle connection (both directions).
 pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(20);
 /// A relay connection on which nothing (not even a keepalive) arrived for this long is
@@ -63,6 +63,14 @@ pub fn frame_bytes(key: &PublicKey, payload: &[u8]) -> Option<Vec<u8>> {
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<(PublicKey, Vec<u8>)>, Error> {
+    read_frame_max(r, MAX_RELAY_PAYLOAD).await
+}
+
+/// Reads one frame whose payload may be up to `max` bytes.
+pub(crate) async fn read_frame_max<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<(PublicKey, Vec<u8>)>, Error> {
     let mut len = [0u8; 2];
     // Only an end before the first byte is clean; one byte of a length and then the end is
     // a truncated frame.
@@ -80,7 +88,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
             "frame length {len} is shorter than a key"
         )));
     }
-    if len - KEY_LEN > MAX_RELAY_PAYLOAD {
+    if len - KEY_LEN > max {
         return Err(Error::RelayFrameTooLarge(len - KEY_LEN));
     }
     let mut key = [0u8; KEY_LEN];
@@ -137,6 +145,9 @@ pub enum RelayRoute {
     Offline,
     /// The destination's queue is full (counted).
     QueueFull,
+    /// The destination is not connected here; the frame went to the other coordinators
+    /// (the one it was last heard through, or all of them) (counted).
+    Forwarded,
     /// The payload exceeds [`MAX_RELAY_PAYLOAD`] (not sent).
     TooLarge,
 }
@@ -158,6 +169,12 @@ pub struct RelayStats {
     pub dropped_full: u64,
     /// Connections closed for an oversized or malformed frame.
     pub protocol_errors: u64,
+    /// Frames for nodes connected to another coordinator, sent on to it.
+    pub forwarded: u64,
+    /// Frames received from other coordinators for nodes connected here.
+    pub from_peers: u64,
+    /// Live links to other coordinators that frames can be forwarded on.
+    pub peer_links: usize,
 }
 
 struct Slot {
@@ -170,6 +187,14 @@ struct Slot {
 /// The coordinator's relay routing table: one live connection per node key.
 pub(crate) struct RelayHub {
     slots: Mutex<HashMap<PublicKey, Slot>>,
+    /// Links to the other coordinators, by their key: frames `(destination, source key ||
+    /// payload)` (see [`crate::relay_peer`]).
+    pub(crate) peers: Mutex<HashMap<PublicKey, PeerLink>>,
+    /// Which coordinator a node was last heard through, and when (learned from the frames
+    /// other coordinators forward here, as a learning bridge does).
+    learned: Mutex<HashMap<PublicKey, (PublicKey, Instant)>>,
+    forwarded: AtomicU64,
+    from_peers: AtomicU64,
     next_id: AtomicU64,
     frames: AtomicU64,
     bytes: AtomicU64,
@@ -178,6 +203,18 @@ pub(crate) struct RelayHub {
     dropped_full: AtomicU64,
     protocol_errors: AtomicU64,
 }
+
+/// An outgoing link to another coordinator.
+pub(crate) struct PeerLink {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<(PublicKey, Vec<u8>)>,
+}
+
+/// How long a node stays known to be behind another coordinator after a frame from it
+/// arrived through that coordinator; afterwards frames to it go to every coordinator again.
+const LEARNED_TTL: Duration = Duration::from_secs(30);
+/// Most nodes remembered as behind other coordinators (stale entries are dropped first).
+const MAX_LEARNED: usize = 1 << 16;
 
 /// A registered slot: its id (to unregister only itself), its queue and close signal.
 pub(crate) struct Registered {
@@ -190,6 +227,10 @@ impl RelayHub {
     pub(crate) fn new() -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            learned: Mutex::new(HashMap::new()),
+            forwarded: AtomicU64::new(0),
+            from_peers: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -198,6 +239,10 @@ impl RelayHub {
             dropped_full: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PublicKey, Slot>> {
@@ -237,7 +282,9 @@ impl RelayHub {
     }
 
     /// Routes one frame from `src` to `dst`; `registered` tells whether a key without a
-    /// connection belongs to a registered node (only asked on that path).
+    /// connection belongs to a registered node (only asked on that path). A registered node
+    /// that is not connected here may be connected to another coordinator: the frame is
+    /// forwarded there.
     pub(crate) fn route(
         &self,
         src: PublicKey,
@@ -245,30 +292,59 @@ impl RelayHub {
         payload: Vec<u8>,
         registered: impl FnOnce(&PublicKey) -> bool,
     ) -> RelayRoute {
+        self.route_inner(src, dst, payload, registered, true)
+    }
+
+    /// Routes one frame that another coordinator forwarded: delivered only to a node connected
+    /// here, never forwarded again (so frames cannot loop between coordinators).
+    pub(crate) fn route_from_peer(
+        &self,
+        via: PublicKey,
+        src: PublicKey,
+        dst: &PublicKey,
+        payload: Vec<u8>,
+        registered: impl FnOnce(&PublicKey) -> bool,
+    ) -> RelayRoute {
+        self.from_peers.fetch_add(1, Ordering::Relaxed);
+        self.learn(src, via);
+        self.route_inner(src, dst, payload, registered, false)
+    }
+
+    fn route_inner(
+        &self,
+        src: PublicKey,
+        dst: &PublicKey,
+        payload: Vec<u8>,
+        registered: impl FnOnce(&PublicKey) -> bool,
+        may_forward: bool,
+    ) -> RelayRoute {
         if payload.len() > MAX_RELAY_PAYLOAD {
             return RelayRoute::TooLarge;
         }
         let n = payload.len() as u64;
-        let r = {
+        let local = {
             let g = self.lock();
-            g.get(dst).map(|s| match s.tx.try_send((src, payload)) {
-                Ok(()) => RelayRoute::Delivered,
-                Err(mpsc::error::TrySendError::Full(_)) => RelayRoute::QueueFull,
-                Err(mpsc::error::TrySendError::Closed(_)) => RelayRoute::Offline,
-            })
-        };
-        let r = r.unwrap_or_else(|| {
-            if registered(dst) {
-                RelayRoute::Offline
-            } else {
-                RelayRoute::UnknownDestination
+            match g.get(dst) {
+                Some(s) => Ok(match s.tx.try_send((src, payload)) {
+                    Ok(()) => RelayRoute::Delivered,
+                    Err(mpsc::error::TrySendError::Full(_)) => RelayRoute::QueueFull,
+                    Err(mpsc::error::TrySendError::Closed(_)) => RelayRoute::Offline,
+                }),
+                None => Err(payload),
             }
-        });
+        };
+        let r = match local {
+            Ok(r) => r,
+            Err(_) if !registered(dst) => RelayRoute::UnknownDestination,
+            Err(payload) if may_forward => self.forward(src, dst, &payload),
+            Err(_) => RelayRoute::Offline,
+        };
         let c = match r {
             RelayRoute::Delivered => {
                 self.bytes.fetch_add(n, Ordering::Relaxed);
                 &self.frames
             }
+            RelayRoute::Forwarded => &self.forwarded,
             RelayRoute::UnknownDestination => &self.dropped_unknown,
             RelayRoute::Offline => &self.dropped_offline,
             RelayRoute::QueueFull => &self.dropped_full,
@@ -276,6 +352,55 @@ impl RelayHub {
         };
         c.fetch_add(1, Ordering::Relaxed);
         r
+    }
+
+    /// Sends a frame for a node not connected here to the coordinator it was last heard
+    /// through, else to every linked coordinator (the one it is connected to delivers it).
+    fn forward(&self, src: PublicKey, dst: &PublicKey, payload: &[u8]) -> RelayRoute {
+        let links = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if links.is_empty() {
+            return RelayRoute::Offline;
+        }
+        let mut data = Vec::with_capacity(KEY_LEN + payload.len());
+        data.extend_from_slice(&src.0);
+        data.extend_from_slice(payload);
+        let via = self
+            .learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dst)
+            .filter(|(_, at)| at.elapsed() < LEARNED_TTL)
+            .map(|(k, _)| *k);
+        if let Some(link) = via.and_then(|k| links.get(&k)) {
+            match link.tx.try_send((*dst, data.clone())) {
+                Ok(()) => return RelayRoute::Forwarded,
+                Err(mpsc::error::TrySendError::Full(_)) => return RelayRoute::QueueFull,
+                // The link is going away: ask every coordinator instead.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        let mut sent = false;
+        for link in links.values() {
+            sent |= link.tx.try_send((*dst, data.clone())).is_ok();
+        }
+        if sent {
+            RelayRoute::Forwarded
+        } else {
+            RelayRoute::Offline
+        }
+    }
+
+    /// Remembers that `node` was heard through coordinator `via`.
+    fn learn(&self, node: PublicKey, via: PublicKey) {
+        let mut g = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if g.len() >= MAX_LEARNED && !g.contains_key(&node) {
+            g.retain(|_, (_, at)| now.duration_since(*at) < LEARNED_TTL);
+            if g.len() >= MAX_LEARNED {
+                return;
+            }
+        }
+        g.insert(node, (via, now));
     }
 
     pub(crate) fn count_protocol_error(&self) {
@@ -295,6 +420,9 @@ impl RelayHub {
             dropped_offline: self.dropped_offline.load(Ordering::Relaxed),
             dropped_full: self.dropped_full.load(Ordering::Relaxed),
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            from_peers: self.from_peers.load(Ordering::Relaxed),
+            peer_links: self.peers.lock().unwrap_or_else(|p| p.into_inner()).len(),
         }
     }
 }
@@ -333,7 +461,7 @@ pub struct RelayConn {
 /// receiver are dropped, or the server closes it.
 #[derive(Debug, Clone)]
 pub struct RelaySender {
-    tx: mpsc::Sender<(PublicKey, Vec<u8>)>,
+    pub(crate) tx: mpsc::Sender<(PublicKey, Vec<u8>)>,
 }
 
 /// The receiving half.

@@ -207,6 +207,20 @@ impl Coordinator {
                 }
             };
         let result = match req {
+            Ok(req)
+                if req.method == "GET"
+                    && req.path == "/v1/relay"
+                    && crate::relay_peer::is_peer_upgrade(&req) =>
+            {
+                match self.relay_peer_accept(fp.as_ref()) {
+                    Ok((name, key)) => {
+                        self.relay_peer_session(tls, req.extra, name, key, peer)
+                            .await;
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Ok(req) if req.method == "GET" && req.path == "/v1/relay" => {
                 match self.relay_accept(&req, fp.as_ref()) {
                     Ok((name, key)) => {

@@ -354,3 +354,111 @@ async fn members_cannot_replicate_and_token_kinds_are_enforced() {
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Opens `node`'s relay connection to `c` (the node registers there first).
+async fn relayed(c: &Coord, token: &str, name: &str, k: &PrivateKey) -> tm_coord::RelayConn {
+    let t = JoinToken::parse(token).expect("token text");
+    let mut j = JoinClient::new(c.public.addr.to_string(), t).expect("client");
+    j.register(k, name, &[]).await.expect("register");
+    j.relay().await.expect("relay connection")
+}
+
+/// Receives the next frame within 10 s.
+async fn next_frame(r: &mut tm_coord::RelayConn) -> (tm_noise::PublicKey, Vec<u8>) {
+    tokio::time::timeout(Duration::from_secs(10), r.recv())
+        .await
+        .expect("a frame within 10 s")
+        .expect("frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_relayed_through_different_coordinators_reach_each_other() {
+    let dir = tmpdir("relay2");
+    let (a, b, token) = two(&dir).await;
+    let (kx, ky) = (key(), key());
+    let mut x = relayed(&a, &token, "xray", &kx).await;
+    let mut y = relayed(&b, &token, "yank", &ky).await;
+    converged(&a, &b, "after the joins").await;
+    // The links between the coordinators come up within a few seconds; until then frames
+    // to a node on the other coordinator are dropped as offline, as UDP would lose them.
+    let t0 = Instant::now();
+    loop {
+        x.send(&ky.public_key(), b"hello from x").await.unwrap();
+        if let Ok(Ok((src, p))) = tokio::time::timeout(Duration::from_millis(200), y.recv()).await {
+            assert_eq!(
+                src,
+                kx.public_key(),
+                "the source is x, set by A from its certificate"
+            );
+            assert_eq!(p, b"hello from x");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no frame crossed the coordinators in 10 s: A {:?} B {:?}",
+            a.coord.relay_stats(),
+            b.coord.relay_stats()
+        );
+    }
+    // Answers cross the other way as well.
+    for i in 0..20u8 {
+        y.send(&kx.public_key(), &[i; 100]).await.unwrap();
+        let (src, p) = next_frame(&mut x).await;
+        assert_eq!((src, p), (ky.public_key(), vec![i; 100]));
+    }
+    let (sa, sb) = (a.coord.relay_stats(), b.coord.relay_stats());
+    assert_eq!(sa.peer_links, 1, "{sa:?}");
+    assert_eq!(sb.peer_links, 1, "{sb:?}");
+    assert!(
+        sb.forwarded >= 20 && sa.from_peers >= 20,
+        "A {sa:?} B {sb:?}"
+    );
+    // A frame to a registered node connected nowhere is dropped where it arrives, once.
+    let kz = key();
+    a.join(&token, "zulu", &kz).await.expect("zulu joins");
+    converged(&a, &b, "after zulu").await;
+    let before = b.coord.relay_stats().dropped_offline;
+    x.send(&kz.public_key(), b"nobody home").await.unwrap();
+    let t0 = Instant::now();
+    while b.coord.relay_stats().dropped_offline == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            b.coord.relay_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.coord.relay_stats().from_peers,
+        sa.from_peers,
+        "B did not send it back to A"
+    );
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_certificate_cannot_open_a_link_between_coordinators() {
+    let dir = tmpdir("relaylink");
+    let (a, b, token) = two(&dir).await;
+    let t = JoinToken::parse(&token).unwrap();
+    let mut m = JoinClient::new(a.public.addr.to_string(), t).unwrap();
+    m.register(&key(), "mallory", &[])
+        .await
+        .expect("member joins");
+    let e = m
+        .relay_with_protocol("tm-relay-peer/1")
+        .await
+        .expect_err("a member cannot speak for a coordinator");
+    match e {
+        Error::Refused { status, message } => {
+            assert_eq!(status, 403, "{message}");
+            assert!(message.contains("not a coordinator"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
