@@ -8,6 +8,8 @@
 #   - UDP between alpha and beta blocked: each relays through its own coordinator (alpha via
 #     ca, beta via cb) and the coordinators forward between them; pings cross; unblocked, the
 #     pair goes back to direct
+#   - `coordinator.mesh` on a member names both coordinators; with ca killed, only cb (within
+#     the liveness window, about 10 s); after ca's restart both again
 #   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
 #     alpha (joined through ca) fails over to cb within 5 s and reaches gamma
 #   - ca restarts from its disk and catches up: `node list --json` identical on both
@@ -19,6 +21,7 @@ source "$(dirname "$0")/../lib/node.sh"
 source "$(dirname "$0")/../lib/mesh.sh"
 tm_init cluster 240
 require_tm_binaries
+command -v dig >/dev/null || fail "dig missing (run scripts/install-test-deps.sh)"
 command -v iptables >/dev/null || fail "iptables missing (run scripts/install-test-deps.sh)"
 
 lan_create ca cb alpha beta gamma web1 web2
@@ -107,6 +110,14 @@ ns_exec alpha iptables -F INPUT
 wait_for 30 "alpha -> beta back to direct" path_is alpha beta direct || fail "alpha -> beta stayed on the relay"
 
 # --- kill -9 the first coordinator -----------------------------------------------------------
+coordinators_seen_by() { # the addresses `coordinator.mesh` has on NODE, sorted, one line
+    ns_exec "$1" dig +short +time=1 +tries=2 @127.0.0.53 -p 5353 coordinator.mesh A | sort | xargs
+}
+coordinators_are() { [[ $(coordinators_seen_by "$1") == "$2" ]]; } # for wait_for
+CAIP=$(mesh_ip_of ca)
+CBIP=$(mesh_ip_of cb)
+BOTH=$(printf '%s\n' "$CAIP" "$CBIP" | sort | xargs)
+assert_eq "$(coordinators_seen_by beta)" "$BOTH" "coordinator.mesh on beta, both coordinators up"
 kill -KILL "$PID_ca" || fail "kill -9 ca"
 wait "$PID_ca" 2>/dev/null
 ping_ok alpha "$BIP" 3 || fail "alpha -> beta stopped with ca down"
@@ -122,10 +133,15 @@ wait_for 5 "alpha (joined through ca) reaches gamma via cb's netmap" ping_ok alp
 co=$(ctl alpha status --json | json_get 'd["mesh"]["coordinator"]')
 [[ $co == *":8443" && $co != "$CA" ]] || fail "alpha's coordinator after the failover: $co"
 log "ok: alpha failed over to $co"
+wait_for 20 "coordinator.mesh on beta names only cb" coordinators_are beta "$CBIP" ||
+    fail "coordinator.mesh on beta with ca down: $(coordinators_seen_by beta)"
+log "ok: with ca down, coordinator.mesh on beta is $(coordinators_seen_by beta)"
 start ca ca
 wait_for 15 "ca catches up after its restart" same_state || fail "after the restart: $(nodes_of ca) / $(nodes_of cb)"
 has_node ca gamma || fail "ca did not learn gamma"
 log "ok: ca restarted and caught up: node list identical"
+wait_for 20 "coordinator.mesh on beta names both again" coordinators_are beta "$BOTH" ||
+    fail "coordinator.mesh on beta after ca's restart: $(coordinators_seen_by beta)"
 
 # --- partition and heal ----------------------------------------------------------------------
 cut() { # cut NS ADDR... : blackhole ADDRs from NS (add) or undo (del with CUT_OP=del)

@@ -30,6 +30,28 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The API port coordinators listen on when their record names no address.
 const DEFAULT_API_PORT: u16 = 8443;
 
+/// A coordinator not heard from for this long, plus two anti-entropy rounds per coordinator,
+/// is marked unreachable in netmaps.
+const LIVE_GRACE_MS: u64 = 5_000;
+
+/// Which other coordinators this one has not heard from lately.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    pub(crate) down: std::collections::BTreeSet<PublicKey>,
+    /// When this coordinator started watching (a coordinator never heard from is down only
+    /// once the window has passed since then).
+    since_ms: u64,
+}
+
+impl Liveness {
+    pub(crate) fn new() -> Liveness {
+        Liveness {
+            down: Default::default(),
+            since_ms: now_ms(),
+        }
+    }
+}
+
 /// Messages for other coordinators, queued by state changes.
 pub(crate) struct Outbox {
     tx: mpsc::Sender<Out>,
@@ -205,8 +227,8 @@ impl Coordinator {
                     continue;
                 }
                 _ = tick.tick() => {
-                    let mut rep = self.replica();
-                    let fx = rep.tick(now_ms());
+                    let fx = self.replica().tick(now_ms());
+                    self.update_liveness(every);
                     fx.send
                 }
                 o = rx.recv() => match o {
@@ -226,6 +248,61 @@ impl Coordinator {
                     }
                 });
             }
+        }
+    }
+
+    /// Marks the other coordinators not heard from within the window unreachable; when that
+    /// set changes, publishes a new netmap version (members' DNS follows).
+    fn update_liveness(&self, every: Duration) {
+        let now = now_ms();
+        let others = self.other_coordinators();
+        let n = others.len() as u64 + 1;
+        let window = LIVE_GRACE_MS + 2 * n * u64::try_from(every.as_millis()).unwrap_or(1000);
+        let since = self
+            .shared
+            .unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since_ms;
+        let down: std::collections::BTreeSet<PublicKey> = {
+            let rep = self.replica();
+            others
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| {
+                    let heard = rep
+                        .peers()
+                        .get(&origin_of(k))
+                        .and_then(|s| s.last_heard_ms)
+                        .unwrap_or(since);
+                    now.saturating_sub(heard) > window
+                })
+                .collect()
+        };
+        {
+            let mut g = self
+                .shared
+                .unreachable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if g.down == down {
+                return;
+            }
+            tracing::info!(
+                "coordinators unreachable from here: {}",
+                if down.is_empty() {
+                    "none".to_owned()
+                } else {
+                    down.iter()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+            g.down = down;
+        }
+        if let Err(e) = self.bump_netmap() {
+            tracing::warn!("publishing coordinator reachability: {e}");
         }
     }
 

@@ -221,6 +221,7 @@ impl Coordinator {
                 replica: Mutex::new(replica),
                 outbox: crate::cluster::Outbox::new(),
                 cluster_errors: Mutex::new(BTreeMap::new()),
+                unreachable: Mutex::new(crate::cluster::Liveness::new()),
                 epoch: std::sync::atomic::AtomicU64::new(0),
                 netmap_cache: Mutex::new(None),
                 policy_generation: std::sync::atomic::AtomicU64::new(0),

@@ -99,6 +99,18 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// Publishes a new netmap version without a change of records: what the netmap shows
+    /// beside the state changed (a coordinator's reachability).
+    pub(crate) fn bump_netmap(&self) -> Result<(), Error> {
+        self.commit(|s| {
+            s.version += 1;
+            Ok(((), false))
+        })?;
+        let v = self.lock().state.version;
+        self.shared.version.send_replace(v);
+        Ok(())
+    }
+
     /// Swaps in a new durable state: indexes, policy, long polls; `rep` (swapped in by the
     /// caller) learns the coordinator set.
     fn publish(&self, next: PersistedState, bump: bool, rep: &mut Replica) {

@@ -241,6 +241,9 @@ pub(crate) struct Shared {
     pub(crate) netmap_cache: Mutex<Option<crate::serve::NetmapCache>>,
     /// The last delivery error per other coordinator (`cluster status`).
     pub(crate) cluster_errors: Mutex<BTreeMap<tm_cluster::Origin, String>>,
+    /// The other coordinators this one has not heard from lately (`cluster.rs`): marked
+    /// `unreachable` in netmaps, so `coordinator.mesh` names only live ones.
+    pub(crate) unreachable: Mutex<crate::cluster::Liveness>,
     /// Runs forwarded admin commands (`policy.rs`).
     pub(crate) admin: RwLock<Option<crate::policy::AdminHandler>>,
     /// Bumped after every publication of `policy` (NFS connections re-ask their grants).
@@ -484,6 +487,13 @@ impl Coordinator {
     }
 
     pub(crate) fn netmap_of(&self, s: &PersistedState) -> Netmap {
+        let down = self
+            .shared
+            .unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .down
+            .clone();
         Netmap {
             version: s.version,
             peers: s
@@ -497,6 +507,7 @@ impl Coordinator {
                     is_coordinator: n.is_coordinator,
                     tags: n.tags.clone(),
                     api: n.api.clone().filter(|_| n.is_coordinator),
+                    unreachable: n.is_coordinator && down.contains(&n.public_key),
                 })
                 .collect(),
             dns: Dns {

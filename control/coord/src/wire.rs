@@ -163,6 +163,10 @@ pub struct NetmapPeer {
     /// each endpoint's host) members fail over to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
+    /// For coordinators: the coordinator that served this netmap has not heard from this one
+    /// lately (it is left out of `coordinator.mesh`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreachable: bool,
 }
 
 /// DNS data distributed with the netmap.

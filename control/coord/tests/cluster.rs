@@ -462,3 +462,59 @@ async fn a_member_certificate_cannot_open_a_link_between_coordinators() {
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether `c`'s netmap marks the coordinator `name` unreachable.
+fn unreachable(c: &Coord, name: &str) -> bool {
+    c.coord
+        .netmap()
+        .peer(name)
+        .expect("the coordinator is in the netmap")
+        .unreachable
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_not_heard_from_is_marked_unreachable_until_it_is_back() {
+    let dir = tmpdir("live");
+    let (mut a, mut b, _) = two(&dir).await;
+    converged(&a, &b, "after B joined").await;
+    assert!(!unreachable(&a, "hub-b") && !unreachable(&b, "hub-a"));
+    let mut versions = a.coord.subscribe();
+    let v0 = *versions.borrow_and_update();
+    a.partition().await;
+    b.partition().await;
+    // The window: 5 s plus two anti-entropy rounds (100 ms here) per coordinator.
+    let t0 = Instant::now();
+    while !unreachable(&a, "hub-b") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "hub-b not marked unreachable on A after 8 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t0.elapsed() > Duration::from_secs(4),
+        "marked within {:?}: too eager",
+        t0.elapsed()
+    );
+    assert!(
+        *versions.borrow_and_update() > v0,
+        "members' long polls wake for it"
+    );
+    assert!(
+        !unreachable(&a, "hub-a"),
+        "a coordinator always reaches itself"
+    );
+    a.heal().await;
+    b.heal().await;
+    let t0 = Instant::now();
+    while unreachable(&a, "hub-b") || unreachable(&b, "hub-a") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still unreachable after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

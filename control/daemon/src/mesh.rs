@@ -699,7 +699,7 @@ pub fn zone_of(nm: &wire::Netmap) -> tm_dns::Zone {
     z.with_coordinators(
         nm.peers
             .iter()
-            .filter(|p| p.is_coordinator)
+            .filter(|p| p.is_coordinator && !p.unreachable)
             .map(|p| IpAddr::V4(p.mesh_ip)),
     )
 }
@@ -772,13 +772,17 @@ mod tests {
                 {"name": "alpha", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
                  "mesh_ip": "100.64.0.1", "endpoints": [], "is_coordinator": true},
                 {"name": "beta", "public_key": "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                 "mesh_ip": "100.64.0.2", "endpoints": [], "is_coordinator": false}
+                 "mesh_ip": "100.64.0.2", "endpoints": [], "is_coordinator": false},
+                {"name": "gone", "public_key": "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                 "mesh_ip": "100.64.0.3", "endpoints": [], "is_coordinator": true,
+                 "unreachable": true}
             ],
             "dns": {"domain": "mesh", "aliases": {"db": "beta"}}
         }))
         .unwrap();
         let z = zone_of(&nm);
-        assert_eq!(z.records.len(), 2);
+        // An unreachable coordinator keeps its own name but is not in `coordinator.mesh`.
+        assert_eq!(z.records.len(), 3);
         assert_eq!(
             z.coordinators,
             vec!["100.64.0.1".parse::<IpAddr>().unwrap()]
