@@ -143,6 +143,46 @@ fn default_record(secret: &[u8; 32], created_by: &str, now: u64) -> TokenRecord 
 /// tokens agree with it. A state without tokens (a fresh mesh, or one from before tokens) gets
 /// the file's secret as its default token: existing meshes keep their join token. A rotation
 /// interrupted after its state commit is finished here (`join_secret.next`).
+/// The record of the default join secret (base64), written by `token rotate`.
+pub(crate) const DEFAULT_SECRET_RECORD: &str = "secret/default";
+
+/// The default join secret the records carry, if it is the secret of the default token in
+/// force in `state` (a secret whose token record has not arrived yet is not adopted).
+pub(crate) fn replicated_default_secret(
+    store: &tm_cluster::Store,
+    state: &PersistedState,
+) -> Option<Zeroizing<[u8; 32]>> {
+    let text = store.value(DEFAULT_SECRET_RECORD)?.as_str()?;
+    let s = parse_secret(text, DEFAULT_SECRET_RECORD).ok()?;
+    let h = token::secret_sha256(&s);
+    state
+        .tokens
+        .values()
+        .any(|t| t.default && t.revoked_unix.is_none() && t.secret_sha256 == h)
+        .then_some(s)
+}
+
+impl Coordinator {
+    /// After a merge: if another coordinator rotated the default token, take its secret
+    /// (written to `join_secret` first, so a restart finds the same).
+    pub(crate) fn adopt_default_secret(&self, rep: &tm_cluster::Replica) {
+        let Some(s) = replicated_default_secret(rep.store(), &self.lock().state) else {
+            return;
+        };
+        if *s == *self.lock().default_secret {
+            return;
+        }
+        let path = self.shared.dir.join(SECRET_FILE);
+        match write_atomic(&path, STANDARD.encode(&s[..]).as_bytes(), 0o600) {
+            Ok(()) => {
+                tracing::info!("the default join token was rotated on another coordinator");
+                self.lock().default_secret = s;
+            }
+            Err(e) => tracing::error!("keeping the rotated default join secret: {e}"),
+        }
+    }
+}
+
 pub(crate) fn open_default_secret(
     dir: &Path,
     state: &mut PersistedState,
@@ -259,7 +299,26 @@ fn fmt_tags(tags: &[String]) -> String {
 }
 
 impl Coordinator {
-    /// Appends an entry to the audit log (with the hash of the policy in force).
+    /// An audit entry made now (with the hash of the policy in force).
+    pub(crate) fn audit_entry(
+        &self,
+        who: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+    ) -> AuditEntry {
+        AuditEntry {
+            unix: now_unix(),
+            who: who.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail,
+            policy_hash: self.policy().hash().to_string(),
+        }
+    }
+
+    /// Appends an entry to the audit log (with the hash of the policy in force): a record
+    /// written once, durable here before this returns and replicated to every coordinator.
     pub fn audit(
         &self,
         who: &str,
@@ -267,16 +326,16 @@ impl Coordinator {
         target: &str,
         detail: String,
     ) -> Result<(), Error> {
-        let e = AuditEntry {
-            unix: now_unix(),
-            who: who.to_owned(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            detail,
-            policy_hash: self.policy().hash().to_string(),
-        };
-        let line = serde_json::to_vec(&e).expect("audit entries serialize");
-        self.shared.store.append_audit(&line).map_err(|err| {
+        let e = self.audit_entry(who, action, target, detail);
+        let origin = crate::replicate::origin_of(&self.public_key()).0;
+        let key = format!(
+            "{}{origin:016x}/{:013}-{:08x}",
+            crate::replicate::AUDIT_PREFIX,
+            crate::replicate::now_ms(),
+            rand_core::RngCore::next_u32(&mut rand_core::OsRng)
+        );
+        let value = serde_json::to_value(&e).expect("audit entries serialize");
+        self.write_records(vec![(key, Some(value))]).map_err(|err| {
             tracing::error!(action, target, "audit log write failed: {err}");
             Error::State(format!(
                 "{action} {target} was done, but the audit log could not be written: {err}"
@@ -284,14 +343,29 @@ impl Coordinator {
         })
     }
 
-    /// Every audit entry, oldest first.
+    /// Every audit entry of the mesh (written on any coordinator), oldest first (entries
+    /// written before replication are read as they were kept).
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>, Error> {
         let mut out = Vec::new();
         for raw in self.shared.store.load_audit()? {
+            // Records are in the replica (read below); plain entries are from before.
+            if serde_json::from_slice::<tm_cluster::Record>(&raw).is_ok() {
+                continue;
+            }
             let e: AuditEntry = serde_json::from_slice(&raw)
                 .map_err(|e| Error::State(format!("audit entry: {e}")))?;
             out.push(e);
         }
+        let rep = self.replica();
+        for r in rep.store().live_with_prefix(crate::replicate::AUDIT_PREFIX) {
+            match serde_json::from_value::<AuditEntry>(r.value.clone().expect("live")) {
+                Ok(e) => out.push(e),
+                Err(err) => {
+                    tracing::warn!(key = %r.key, "skipping a malformed audit record: {err}")
+                }
+            }
+        }
+        drop(rep);
         out.sort_by_key(|e| e.unix);
         Ok(out)
     }
@@ -394,18 +468,27 @@ impl Coordinator {
             // The new secret is on disk before the state names it: a crash in between is
             // finished (or discarded) by the next open.
             write_atomic(&next, STANDARD.encode(&secret[..]).as_bytes(), 0o600)?;
-            let old = self.commit(|s| {
-                let mut old = Vec::new();
-                for t in s.tokens.values_mut().filter(|t| t.default) {
-                    t.default = false;
-                    if t.revoked_unix.is_none() {
-                        t.revoked_unix = Some(now);
-                        old.push(t.id.clone());
+            // The secret itself is a record too, so that every coordinator serves the new
+            // default token (coordinators share everything a join needs, the CA key included).
+            let extra = vec![(
+                DEFAULT_SECRET_RECORD.to_owned(),
+                Some(serde_json::Value::String(STANDARD.encode(&secret[..]))),
+            )];
+            let old = self.commit_with(
+                |s| {
+                    let mut old = Vec::new();
+                    for t in s.tokens.values_mut().filter(|t| t.default) {
+                        t.default = false;
+                        if t.revoked_unix.is_none() {
+                            t.revoked_unix = Some(now);
+                            old.push(t.id.clone());
+                        }
                     }
-                }
-                s.tokens.insert(rec.id.clone(), rec.clone());
-                Ok((old, false))
-            });
+                    s.tokens.insert(rec.id.clone(), rec.clone());
+                    Ok((old, false))
+                },
+                extra,
+            );
             let old = match old {
                 Ok(o) => o,
                 Err(e) => {

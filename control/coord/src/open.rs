@@ -78,6 +78,15 @@ impl Coordinator {
         };
         if fresh && !cfg.seed_records.is_empty() {
             records = cfg.seed_records.clone();
+            // The seed's audit records are kept as every audit record is: appended.
+            crate::replicate::persist_audit(store.as_ref(), &records)?;
+        } else {
+            // Audit records live in the audit log, not in the snapshot.
+            for raw in store.load_audit()? {
+                if let Ok(r) = serde_json::from_slice::<tm_cluster::Record>(&raw) {
+                    records.push(r);
+                }
+            }
         }
         // The records (with their stamps) are the source of truth; a state saved before
         // replication has none and becomes records below.
@@ -101,6 +110,16 @@ impl Coordinator {
             crate::records::records_of(&state)
         };
         let tokens_before = state.tokens.clone();
+        // A default secret rotated elsewhere and merged, but not yet written to the file
+        // before a stop: the records have it.
+        if let Some(s) = crate::identity::replicated_default_secret(&rstore, &state) {
+            crate::store::write_atomic(
+                &dir.join("join_secret"),
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &s[..])
+                    .as_bytes(),
+                0o600,
+            )?;
+        }
         let join_secret = crate::identity::open_default_secret(&dir, &mut state, fresh)?;
 
         // The coordinator's own record.

@@ -10,7 +10,11 @@
 //! - `tag/<key>/<tag>` -> `true` (one record per tag: concurrent tagging on two
 //!   coordinators keeps both tags);
 //! - `token/<id>` -> a join token record (secret hashed);
-//! - `policy` -> the policy file.
+//! - `policy` -> the policy file;
+//! - `audit/<origin>/<time>-<random>` -> one audit entry (written once, never changed; not
+//!   part of the derived state: read by [`crate::Coordinator::audit_log`]);
+//!   `audit/conflict/<key>/<hash>` -> the entry of a resolved name/address conflict (the same
+//!   key on every coordinator that resolves it, so it is recorded once).
 //!
 //! [`records_of`] and [`materialize`] convert both ways; materializing applies the
 //! deterministic conflict rule of `tm_cluster::conflict`, so every coordinator derives the

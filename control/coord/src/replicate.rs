@@ -21,6 +21,20 @@ use crate::records::{diff, materialize, records_of};
 use crate::server::{index_of, json, PersistedState};
 use crate::{Coordinator, Error};
 
+/// Records of audit entries (see `records.rs`).
+pub(crate) const AUDIT_PREFIX: &str = "audit/";
+
+/// The record key of the audit entry of a resolved conflict: the same on every coordinator.
+fn conflict_audit_key(c: &crate::records::Conflict) -> String {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(c.detail.as_bytes());
+    format!(
+        "{AUDIT_PREFIX}conflict/{}/{}",
+        c.key,
+        crate::wire::hex(&h[..8])
+    )
+}
+
 /// The origin (in stamps and version vectors) of the coordinator with static key `k`.
 pub fn origin_of(k: &PublicKey) -> Origin {
     let mut b = [0u8; 8];
@@ -53,12 +67,31 @@ pub(crate) struct Snapshot {
     pub(crate) records: Vec<Record>,
 }
 
-/// The bytes of a snapshot of `state` and `rep`'s records.
+/// The bytes of a snapshot of `state` and `rep`'s records. Audit records are not in it: each
+/// is appended to the store's audit log once ([`persist_audit`]), so the snapshot rewritten on
+/// every change does not grow with the log.
 pub(crate) fn snapshot_bytes(state: &PersistedState, rep: &Replica) -> Vec<u8> {
     json(&SnapshotRef {
         state,
-        records: rep.store().records().collect(),
+        records: rep
+            .store()
+            .records()
+            .filter(|r| !r.key.starts_with(AUDIT_PREFIX))
+            .collect(),
     })
+}
+
+/// Appends the audit records among `records` to the store's audit log, durably.
+pub(crate) fn persist_audit<'a>(
+    store: &dyn crate::StateStore,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<(), Error> {
+    for r in records {
+        if r.key.starts_with(AUDIT_PREFIX) {
+            store.append_audit(&json(r))?;
+        }
+    }
+    Ok(())
 }
 
 impl Coordinator {
@@ -79,6 +112,16 @@ impl Coordinator {
         &self,
         f: impl FnOnce(&mut PersistedState) -> Result<(T, bool), Error>,
     ) -> Result<T, Error> {
+        self.commit_with(f, Vec::new())
+    }
+
+    /// [`Coordinator::commit`] that also writes `extra` records that are not derived from the
+    /// state (the default join secret), in the same durable write and the same push.
+    pub(crate) fn commit_with<T>(
+        &self,
+        f: impl FnOnce(&mut PersistedState) -> Result<(T, bool), Error>,
+        extra: Vec<(String, Option<serde_json::Value>)>,
+    ) -> Result<T, Error> {
         let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.lock().state.clone();
         let mut next = cur.clone();
@@ -89,7 +132,8 @@ impl Coordinator {
         if bump {
             next.version += 1;
         }
-        let writes = diff(&records_of(&cur), &records_of(&next));
+        let mut writes = diff(&records_of(&cur), &records_of(&next));
+        writes.extend(extra);
         let mut rep = self.replica().clone();
         let fx = rep.write_many(now_ms(), writes);
         self.shared.store.save(&snapshot_bytes(&next, &rep))?;
@@ -97,6 +141,21 @@ impl Coordinator {
         *self.replica() = rep;
         self.shared.outbox.send(fx.send);
         Ok(out)
+    }
+
+    /// Writes audit records (not part of the derived state): appended to the store's audit
+    /// log durably, then pushed to the other coordinators.
+    pub(crate) fn write_records(
+        &self,
+        writes: Vec<(String, Option<serde_json::Value>)>,
+    ) -> Result<(), Error> {
+        let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rep = self.replica().clone();
+        let fx = rep.write_many(now_ms(), writes);
+        persist_audit(self.shared.store.as_ref(), &fx.changed)?;
+        *self.replica() = rep;
+        self.shared.outbox.send(fx.send);
+        Ok(())
     }
 
     /// Publishes a new netmap version without a change of records: what the netmap shows
@@ -162,17 +221,40 @@ impl Coordinator {
         let fx = rep
             .handle(now_ms(), origin, msg)
             .map_err(|e| Error::ClusterRefused(e.to_string()))?;
-        if !fx.changed.is_empty() {
+        let mut send = fx.send;
+        if fx.changed.iter().any(|r| !r.key.starts_with(AUDIT_PREFIX)) {
             let version = self.lock().state.version + 1;
             let (next, conflicts) = materialize(rep.store(), version)?;
+            let mut entries = Vec::new();
             for c in &conflicts {
                 tracing::warn!(node = %c.key, "name/address conflict resolved: {}", c.detail);
+                let key = conflict_audit_key(c);
+                if rep.store().value(&key).is_none() {
+                    let name = next
+                        .nodes
+                        .values()
+                        .find(|n| crate::records::key_hex(&n.public_key) == c.key)
+                        .map_or_else(|| c.key.clone(), |n| n.name.clone());
+                    let e =
+                        self.audit_entry("cluster", "conflict.resolve", &name, c.detail.clone());
+                    entries.push((key, Some(serde_json::to_value(e).expect("serializes"))));
+                }
+            }
+            persist_audit(self.shared.store.as_ref(), &fx.changed)?;
+            if !entries.is_empty() {
+                let more = rep.write_many(now_ms(), entries);
+                persist_audit(self.shared.store.as_ref(), &more.changed)?;
+                send.extend(more.send);
             }
             self.shared.store.save(&snapshot_bytes(&next, &rep))?;
             self.publish(next, true, &mut rep);
+            self.adopt_default_secret(&rep);
+        } else {
+            // Audit entries only: appended, no new state or netmap.
+            persist_audit(self.shared.store.as_ref(), &fx.changed)?;
         }
         *self.replica() = rep;
-        let (back, others): (Vec<_>, Vec<_>) = fx.send.into_iter().partition(|o| o.to == origin);
+        let (back, others): (Vec<_>, Vec<_>) = send.into_iter().partition(|o| o.to == origin);
         self.shared.outbox.send(others);
         Ok(back.into_iter().map(|o| o.msg).collect())
     }

@@ -169,6 +169,17 @@ async fn converged(a: &Coord, b: &Coord, what: &str) {
     }
 }
 
+/// The audit actions on `target` in `c`'s audit log, oldest first.
+fn actions(c: &Coord, target: &str) -> Vec<String> {
+    c.coord
+        .audit_log()
+        .expect("audit log")
+        .into_iter()
+        .filter(|e| e.target == target)
+        .map(|e| e.action)
+        .collect()
+}
+
 /// Coordinator B joins A's mesh with a coordinator token.
 async fn two(dir: &Path) -> (Coord, Coord, String) {
     let a = Coord::open(
@@ -229,6 +240,13 @@ async fn any_coordinator_admits_and_both_converge_then_a_restart_catches_up() {
     converged(&a, &b, "after a tag").await;
     let beta = a.coord.node_by_name("beta").expect("beta on A");
     assert_eq!(beta.tags, ["tag:web"]);
+    // The audit entry written on B is in A's audit log too.
+    assert_eq!(
+        actions(&a, "beta"),
+        ["node.tag"],
+        "{:?}",
+        a.coord.audit_log()
+    );
     assert!(a.coord.netmap().peer("beta").expect("in A's netmap").tags == ["tag:web"]);
     let status = a.coord.cluster_status();
     assert_eq!(status.len(), 2);
@@ -259,6 +277,9 @@ async fn any_coordinator_admits_and_both_converge_then_a_restart_catches_up() {
     )
     .await;
     converged(&a, &b, "after A's restart").await;
+    // A's audit log survived its restart and caught up with what B audited meanwhile.
+    assert_eq!(actions(&a, "beta"), ["node.tag", "node.untag"]);
+    assert_eq!(a.coord.audit_log().unwrap(), b.coord.audit_log().unwrap());
     assert!(a.coord.node_by_name("gamma").is_some());
     assert!(a.coord.node_by_name("beta").unwrap().tags.is_empty());
     a.stop().await;
@@ -298,6 +319,16 @@ async fn a_partition_heals_into_unique_names_and_addresses() {
         a.names()
     );
     let _ = (r1, r2);
+    // The rename is in the audit log once, on both coordinators (each resolved it).
+    for c in [&a, &b] {
+        let log = c.coord.audit_log().unwrap();
+        let renames: Vec<_> = log
+            .iter()
+            .filter(|e| e.action == "conflict.resolve" && e.target == "web-2")
+            .collect();
+        assert_eq!(renames.len(), 1, "{log:?}");
+        assert!(renames[0].detail.contains("registered earlier"), "{log:?}");
+    }
     a.stop().await;
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -514,6 +545,48 @@ async fn a_coordinator_not_heard_from_is_marked_unreachable_until_it_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_default_token_is_served_by_every_coordinator_and_survives_their_restart() {
+    let dir = tmpdir("rotate");
+    let (a, b, old) = two(&dir).await;
+    converged(&a, &b, "after B joined").await;
+    let (_, new) = a
+        .coord
+        .rotate_token("local root", tm_coord::now_unix())
+        .expect("rotate on A");
+    assert_ne!(new, old);
+    converged(&a, &b, "after the rotation").await;
+    let t0 = Instant::now();
+    while b.coord.token() != new {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "B still serves the old token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A node joins B with the new default token; the old one is refused there.
+    b.join(&new, "nova", &key()).await.expect("new token on B");
+    let e = b
+        .join(&old, "olds", &key())
+        .await
+        .expect_err("old token on B");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    // B restarts from its disk: its join_secret file and state agree (no "does not match").
+    let (bdir, b_addr, b_key) = (dir.join("b"), b.cluster_addr, b.key.clone());
+    b.stop().await;
+    let b = Coord::open(
+        &bdir,
+        config("hub-b", b_addr),
+        b_key,
+        TcpListener::bind(b_addr).await.unwrap(),
+    )
+    .await;
+    assert_eq!(b.coord.token(), new, "after B's restart");
     a.stop().await;
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
