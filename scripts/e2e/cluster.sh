@@ -15,7 +15,7 @@
 #   - ca restarts from its disk and catches up: `node list --json` identical on both
 #   - partition ca (with alpha) from cb (with beta); a node named `web` joins on each side;
 #     after the heal both coordinators agree: one `web` (the earlier) and one `web-2`, unique
-#     addresses
+#     addresses; the renamed node's own status says `web-2`
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 source "$(dirname "$0")/../lib/mesh.sh"
@@ -174,4 +174,11 @@ list=$(nodes_of ca)
 n_ips=$(python3 -c 'import json,sys; l=json.loads(sys.argv[1]); print(len({x[1] for x in l}) == len(l))' "$list")
 assert_eq "$n_ips" True "mesh addresses unique after the heal"
 log "ok: partition healed: $list"
+# The renamed node itself follows: its status shows the name the mesh gave it.
+own_name() { [[ $(ctl "$1" status --json | json_get 'd["name"]') == "$2" ]]; }
+wait_for 10 "web2 calls itself web-2" own_name web2 web-2 ||
+    fail "web2's own name after the heal: $(ctl web2 status --json | json_get 'd["name"]')"
+own_name web1 web || fail "web1 was renamed too"
+grep -q 'renamed this node from "web" to "web-2"' "$TM_TMP/web2.log" || fail "web2's log does not say it was renamed"
+log "ok: the renamed node knows it is web-2"
 pass

@@ -21,6 +21,7 @@ mod node;
 mod policy;
 mod portmap;
 mod relay;
+mod renamed;
 mod storage;
 mod sysdns;
 

@@ -16,7 +16,7 @@ use anyhow::Result;
 use rand_core::{OsRng, RngCore};
 use std::collections::BTreeMap;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -137,6 +137,8 @@ pub struct Node {
     /// System resolver settings made for the mesh DNS; undone when the node is dropped.
     sysdns: Option<crate::sysdns::SystemDns>,
     netmap_version: u64,
+    /// A new mesh address the coordinators gave this node, once reported (`renamed.rs`).
+    readdressed: Option<Ipv4Addr>,
     /// The policy hash of the last netmap (members' `status`).
     policy_hash: Option<String>,
     /// The packet filter (the coordinator's policy, or a local one).
@@ -203,6 +205,7 @@ impl Node {
             dns_addrs: Vec::new(),
             sysdns: None,
             netmap_version: 0,
+            readdressed: None,
             policy_hash: None,
             filter: crate::filter::LocalFilter::new(OsRng.next_u64()),
             policy_tx: tokio::sync::watch::Sender::new(None),
@@ -386,6 +389,20 @@ impl Node {
             Role::Member { host_ip, .. } => (*host_ip, false),
             Role::Coordinator(_) => (None, true),
         };
+        let addr = match self.cfg.address().addr {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        if let Some(line) = crate::renamed::follow(
+            &nm,
+            &self.public,
+            &mut self.cfg.name,
+            addr,
+            &mut self.readdressed,
+            mesh.saved.as_mut(),
+        ) {
+            tracing::warn!("{line}");
+        }
         if let Some(saved) = mesh.saved.as_mut() {
             // Small and rare: saved in place, so a leave can never be overtaken by it.
             saved.netmap = Some(nm.clone());
