@@ -446,6 +446,21 @@ impl JoinClient {
 
     /// `GET /v1/relay` (mTLS) upgraded to `protocol`.
     pub(crate) async fn upgrade_relay(&self, protocol: &str) -> Result<RelayConn, Error> {
+        let (tls, rest) = self.upgrade_raw(protocol).await?;
+        Ok(RelayConn::start(
+            tls,
+            rest,
+            self.relay_keepalive,
+            crate::relay::RELAY_QUEUE,
+        ))
+    }
+
+    /// `GET /v1/relay` (mTLS) upgraded to `protocol`: the stream and the bytes that came
+    /// after the `101` answer.
+    pub(crate) async fn upgrade_raw(
+        &self,
+        protocol: &str,
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>), Error> {
         let cfg = self.authed.clone().ok_or(Error::NotRegistered)?;
         let fut = async {
             let tcp = self.connect().await?;
@@ -468,12 +483,7 @@ impl JoinClient {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&rest).into_owned());
             return Err(Error::Refused { status, message });
         }
-        Ok(RelayConn::start(
-            tls,
-            rest,
-            self.relay_keepalive,
-            crate::relay::RELAY_QUEUE,
-        ))
+        Ok((tls, rest))
     }
 
     /// `DELETE /v1/nodes/self` (mTLS): leaves the mesh.

@@ -206,7 +206,8 @@ impl Coordinator {
     /// Replicates with the other coordinators until the task is dropped: pushes committed
     /// changes as they come and starts an anti-entropy round every `every` (with one peer at a
     /// time). `identity` is this coordinator's mTLS client identity ([`Coordinator::cluster_identity`]).
-    /// It also keeps a relay link to every other coordinator ([`crate::relay_peer`]).
+    /// Messages go over the link to each other coordinator (`link.rs`, kept up here too) or,
+    /// without one, as `POST /v1/cluster`.
     /// Returns at once if it is already running.
     pub async fn run_cluster(&self, identity: NodeIdentity, every: Duration) {
         let Some(mut rx) = self.shared.outbox.take() else {
@@ -215,15 +216,15 @@ impl Coordinator {
         let token = JoinToken::new(self.shared.ca.ca_der().as_ref(), [0u8; 32]);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut link_tick = tokio::time::interval(crate::relay_peer::LINK_CHECK);
+        let mut link_tick = tokio::time::interval(crate::link::LINK_CHECK);
         link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Dropping the set (this task ends or is aborted) closes every link.
         let mut links = tokio::task::JoinSet::new();
-        let mut active = std::collections::HashSet::new();
+        let mut dialer = crate::link::Dialer::default();
         loop {
             let outs = tokio::select! {
                 _ = link_tick.tick() => {
-                    self.start_relay_links(&mut links, &mut active, &token, &identity);
+                    self.start_links(&mut links, &mut dialer, &token, &identity);
                     continue;
                 }
                 _ = tick.tick() => {
@@ -311,6 +312,19 @@ impl Coordinator {
         let Some((key, addr)) = self.peer_address(out.to) else {
             return;
         };
+        let mut queue: Vec<Msg> = split(out.msg);
+        queue.reverse();
+        // Over the link when there is one: the answers come back on it.
+        while let Some(m) = queue.pop() {
+            if !self.send_on_link(&key, &m).await {
+                queue.push(m);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            self.note_peer_error(out.to, String::new());
+            return;
+        }
         let mut client = match JoinClient::with_identity(addr.clone(), token, identity) {
             Ok(c) => c,
             Err(e) => {
@@ -319,8 +333,6 @@ impl Coordinator {
             }
         };
         client.set_timeout(DELIVERY_TIMEOUT);
-        let mut queue: Vec<Msg> = split(out.msg);
-        queue.reverse();
         while let Some(m) = queue.pop() {
             let answers = match client.cluster(&m).await {
                 Ok(a) => a,

@@ -346,28 +346,30 @@ impl Coordinator {
     /// Every audit entry of the mesh (written on any coordinator), oldest first (entries
     /// written before replication are read as they were kept).
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>, Error> {
-        let mut out = Vec::new();
-        for raw in self.shared.store.load_audit()? {
+        // Ordered by time, then by stamp (the order each coordinator wrote them in); entries
+        // from before replication have no stamp and keep their order among themselves.
+        let mut out: Vec<(u64, tm_cluster::Stamp, usize, AuditEntry)> = Vec::new();
+        for (i, raw) in self.shared.store.load_audit()?.into_iter().enumerate() {
             // Records are in the replica (read below); plain entries are from before.
             if serde_json::from_slice::<tm_cluster::Record>(&raw).is_ok() {
                 continue;
             }
             let e: AuditEntry = serde_json::from_slice(&raw)
                 .map_err(|e| Error::State(format!("audit entry: {e}")))?;
-            out.push(e);
+            out.push((e.unix, tm_cluster::Stamp::ZERO, i, e));
         }
         let rep = self.replica();
         for r in rep.store().live_with_prefix(crate::replicate::AUDIT_PREFIX) {
             match serde_json::from_value::<AuditEntry>(r.value.clone().expect("live")) {
-                Ok(e) => out.push(e),
+                Ok(e) => out.push((e.unix, r.stamp, 0, e)),
                 Err(err) => {
                     tracing::warn!(key = %r.key, "skipping a malformed audit record: {err}")
                 }
             }
         }
         drop(rep);
-        out.sort_by_key(|e| e.unix);
-        Ok(out)
+        out.sort_by_key(|a| (a.0, a.1, a.2));
+        Ok(out.into_iter().map(|x| x.3).collect())
     }
 
     /// Every token (no secrets), by id.

@@ -23,8 +23,8 @@
 //! - `GET /v1/relay` (mTLS, `Connection: Upgrade`, `Upgrade: tm-relay/1`) -> `101`, then
 //!   relay frames both ways (see [`relay`]): WireGuard ciphertext only, source keys set by
 //!   the server from the client certificate.
-//! - `GET /v1/relay` with `Upgrade: tm-relay-peer/1` (coordinator certificates only): a relay
-//!   link between coordinators (see `relay_peer`).
+//! - `GET /v1/relay` with `Upgrade: tm-coord-link/1` (coordinator certificates only): the
+//!   link between two coordinators, for relayed frames and replication (see `link.rs`).
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed), 401 (no or unknown client
 //! certificate), 403 (wrong token, bad proof, replayed or expired challenge, reserved name),
@@ -63,12 +63,12 @@ mod http;
 mod identity;
 mod index;
 mod limit;
+mod link;
 mod open;
 pub mod policy;
 pub mod proof;
 mod records;
 pub mod relay;
-mod relay_peer;
 mod replicate;
 mod serve;
 mod server;

@@ -175,6 +175,10 @@ pub struct RelayStats {
     pub from_peers: u64,
     /// Live links to other coordinators that frames can be forwarded on.
     pub peer_links: usize,
+    /// Replication messages received on links.
+    pub cluster_on_links: u64,
+    /// Replication messages received as `POST /v1/cluster` (without a link).
+    pub cluster_posts: u64,
 }
 
 struct Slot {
@@ -195,6 +199,8 @@ pub(crate) struct RelayHub {
     learned: Mutex<HashMap<PublicKey, (PublicKey, Instant)>>,
     forwarded: AtomicU64,
     from_peers: AtomicU64,
+    pub(crate) cluster_on_links: AtomicU64,
+    pub(crate) cluster_posts: AtomicU64,
     next_id: AtomicU64,
     frames: AtomicU64,
     bytes: AtomicU64,
@@ -231,6 +237,8 @@ impl RelayHub {
             learned: Mutex::new(HashMap::new()),
             forwarded: AtomicU64::new(0),
             from_peers: AtomicU64::new(0),
+            cluster_on_links: AtomicU64::new(0),
+            cluster_posts: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -423,6 +431,8 @@ impl RelayHub {
             forwarded: self.forwarded.load(Ordering::Relaxed),
             from_peers: self.from_peers.load(Ordering::Relaxed),
             peer_links: self.peers.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            cluster_on_links: self.cluster_on_links.load(Ordering::Relaxed),
+            cluster_posts: self.cluster_posts.load(Ordering::Relaxed),
         }
     }
 }

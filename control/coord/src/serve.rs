@@ -149,6 +149,10 @@ impl Coordinator {
                 let name = self.caller(client.as_ref())?;
                 let key = self.cluster_peer(&name)?;
                 let msg: tm_cluster::Msg = parse_json(&req.body)?;
+                self.shared
+                    .relay
+                    .cluster_posts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let me = self.clone();
                 // The merge persists (fsync): off the async workers.
                 let answers = tokio::task::spawn_blocking(move || me.handle_cluster(&key, msg))
@@ -179,6 +183,7 @@ impl Coordinator {
         acceptor: TlsAcceptor,
         tcp: tokio::net::TcpStream,
         peer: SocketAddr,
+        closed: tokio::sync::watch::Receiver<bool>,
     ) {
         let head = async {
             let mut tls = acceptor
@@ -210,11 +215,11 @@ impl Coordinator {
             Ok(req)
                 if req.method == "GET"
                     && req.path == "/v1/relay"
-                    && crate::relay_peer::is_peer_upgrade(&req) =>
+                    && crate::link::is_link_upgrade(&req) =>
             {
-                match self.relay_peer_accept(fp.as_ref()) {
+                match self.link_accept(fp.as_ref()) {
                     Ok((name, key)) => {
-                        self.relay_peer_session(tls, req.extra, name, key, peer)
+                        self.link_session(tls, req.extra, name, key, peer, closed)
                             .await;
                         return;
                     }
@@ -404,14 +409,21 @@ impl Coordinator {
     ) -> Result<(), Error> {
         let acceptor = TlsAcceptor::from(self.shared.tls.clone());
         tokio::pin!(shutdown);
+        // Links from other coordinators accepted here end with the listener (requests in
+        // flight finish on their own).
+        let (closing, closed) = tokio::sync::watch::channel(false);
         loop {
             tokio::select! {
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    let _ = closing.send(true);
+                    return Ok(());
+                }
                 r = listener.accept() => match r {
                     Ok((tcp, peer)) => {
                         let me = self.clone();
                         let acc = acceptor.clone();
-                        tokio::spawn(async move { me.connection(acc, tcp, peer).await });
+                        let closed = closed.clone();
+                        tokio::spawn(async move { me.connection(acc, tcp, peer, closed).await });
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");

@@ -440,6 +440,21 @@ async fn nodes_relayed_through_different_coordinators_reach_each_other() {
     let (sa, sb) = (a.coord.relay_stats(), b.coord.relay_stats());
     assert_eq!(sa.peer_links, 1, "{sa:?}");
     assert_eq!(sb.peer_links, 1, "{sb:?}");
+    // With the link up, replication goes over it: no more requests per message.
+    let posts = (sa.cluster_posts, sb.cluster_posts);
+    for i in 0..10 {
+        a.coord
+            .tag_node("yank", &format!("tag:t{i}"), "local root")
+            .expect("tag on A");
+    }
+    converged(&a, &b, "after ten tags over the link").await;
+    let (sa, sb) = (a.coord.relay_stats(), b.coord.relay_stats());
+    assert_eq!(
+        (sa.cluster_posts, sb.cluster_posts),
+        posts,
+        "A {sa:?} B {sb:?}"
+    );
+    assert!(sb.cluster_on_links >= 10, "{sb:?}");
     assert!(
         sb.forwarded >= 20 && sa.from_peers >= 20,
         "A {sa:?} B {sb:?}"
@@ -479,7 +494,7 @@ async fn a_member_certificate_cannot_open_a_link_between_coordinators() {
         .await
         .expect("member joins");
     let e = m
-        .relay_with_protocol("tm-relay-peer/1")
+        .relay_with_protocol("tm-coord-link/1")
         .await
         .expect_err("a member cannot speak for a coordinator");
     match e {
