@@ -12,7 +12,8 @@
 #            dig @127.0.0.53 -p 5353 seed.mesh
 #   Article: tunnelmesh join --config coordinator.yaml (the README's coordinator.yaml);
 #            tunnelmesh join coordinator.example.com:8443 --token <token>;
-#            aws s3 --endpoint-url http://coordinator.mesh:8080/s3 ls;
+#            aws s3 --endpoint-url http://coordinator.mesh:8080/s3 ls (after the S3 article's
+#            `aws configure set` lines: awscli needs credentials);
 #            sudo mount -t nfs -o vers=3 coordinator.mesh:/shares/default /mnt/mesh (needs a kernel
 #            NFS client: not run where the kernel has none, said so; nfs-ls of the same export
 #            without ports instead)
@@ -106,16 +107,15 @@ wait_for 30 "host B reaches coordinator.mesh:8080" \
     on hostb "curl -s -o /dev/null http://coordinator.mesh:8080/s3/" ||
     fail "host B never reached http://coordinator.mesh:8080 ($(tail -3 "$TM_TMP/hostb.log"))"
 # awscli needs credentials: the article's "no separate auth configuration" is not literally
-# true; the one step is the README's (Object storage): this member's own keys, as printed by
-# `tmctl s3 credentials`, exported for awscli.
+# true. The step is the S3 article's "Connecting to It" (peer id = the node's name, the mesh
+# token; README: the seed login, valid from that node's mesh address only).
 out=$(on hostb 'aws s3 --endpoint-url http://coordinator.mesh:8080/s3 ls' 2>&1) &&
     log "aws s3 ls worked without credentials: $out"
-[[ $out == *"Unable to locate credentials"* ]] && log "as the README says: awscli needs this member's keys first"
-printf '%s\n' 'import json, sys' 'c = json.load(sys.stdin)' \
-    "print(f\"export AWS_ACCESS_KEY_ID={c['access_key']} AWS_SECRET_ACCESS_KEY={c['secret_key']}\")" \
-    >"$TM_TMP/awsenv.py"
-out=$(on hostb "eval \$(tmctl s3 credentials --json | python3 $TM_TMP/awsenv.py)
-aws s3 --endpoint-url http://coordinator.mesh:8080/s3 ls" 2>&1) ||
+[[ $out == *"Unable to locate credentials"* ]] && log "as expected, awscli has no credentials yet"
+out=$(on hostb "aws configure set aws_access_key_id hostb
+aws configure set aws_secret_access_key $ATOKEN
+aws configure set default.endpoint_url http://coordinator.mesh:8080/s3
+aws s3 ls && aws s3 --endpoint-url http://coordinator.mesh:8080/s3 ls" 2>&1) ||
     fail "aws s3 --endpoint-url http://coordinator.mesh:8080/s3 ls on host B: $out"
 grep -q default <<<"$out" || fail "aws s3 ls does not list the default share's bucket: $out"
 log "ok: aws s3 --endpoint-url http://coordinator.mesh:8080/s3 ls: $(tr '\n' ' ' <<<"$out")"
