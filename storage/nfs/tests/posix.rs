@@ -178,6 +178,14 @@ async fn callers_own_what_they_create_and_bits_are_enforced() {
         .await
         .expect("root writes");
     remove(&mut u1, &pub_, "l1").await.expect("owner removes");
+    // The share's top directory opened by root (`chmod 1777 /mnt/mesh`): users create there.
+    setattr(&mut root, &top, mode(0o1777))
+        .await
+        .expect("chmod the share root");
+    let t = create(&mut u1, &top, "at-top", createhow3::UNCHECKED(mode(0o644)))
+        .await
+        .expect("create at the top after chmod 1777");
+    assert_eq!(getattr(&mut u1, &t).await.expect("attr").uid, U1);
     srv.stop().await;
     // Ownership is durable: after a restart the same owners.
     let store = open_store(d.path(), |_| {}).await;
@@ -189,6 +197,8 @@ async fn callers_own_what_they_create_and_bits_are_enforced() {
     assert_eq!((a.uid, a.gid, a.mode & 0o7777), (U1, 500, 0o640));
     let (_, a) = lookup(&mut c, &p, "d1").await.expect("d1");
     assert_eq!((a.uid, a.mode & 0o7777), (U1, 0o700));
+    let a = getattr(&mut c, &top).await.expect("share root");
+    assert_eq!(a.mode & 0o7777, 0o1777, "the share root's mode is durable");
     // S3 objects have the documented default owner.
     put_object(&srv.store, "default", "s3/obj", b"x");
     let (s3, a) = lookup(&mut c, &top, "s3").await.expect("s3 dir");
