@@ -223,7 +223,9 @@ pub(crate) async fn check(front: &Front, call: &Call, rec: &mut [u8]) -> Option<
         Ok(c) => c,
         Err(stat) => return Some(auth_error(call.xid, stat)),
     };
-    if call.vers != 3 {
+    if call.vers != 3 || !matches!(call.proc_, SETATTR..=RENAME | READDIR | READDIRPLUS) {
+        // GETATTR, READLINK, FSSTAT, FSINFO, PATHCONF and COMMIT use no identity; LINK and
+        // MKNOD are not supported.
         return None;
     }
     let (ino, at) = handle_at(rec, call.args)?;
