@@ -8,8 +8,8 @@
 #     tag:untrusted`: within 2 s beta's S3 PUT is AccessDenied and its GET works, beta's NFS
 #     mount is refused while alpha's works; `node untag` gives it back
 #   - admin and bucket commands on a member are forwarded to the coordinator over mTLS and
-#     decided there: alpha (admin in the example) tags beta and lists buckets; beta's attempts
-#     are refused with the missing capability
+#     decided there: alpha (admin in the example) tags beta, lists buckets and sets a share's
+#     squashing; beta's attempts are refused with the missing capability
 #   - `policy explain` names the deciding rule; `policy get` prints the file; members see the
 #     policy hash in their status; the audit log has the policy change with its hash
 source "$(dirname "$0")/../lib/netns.sh"
@@ -142,6 +142,11 @@ out=$(tm beta bucket delete from-beta 2>&1) && fail "beta deleted a bucket witho
 [[ $out == *"not allowed: tunnelmesh.io/cap/s3 admin on bucket from-beta"* ]] || fail "bucket delete from beta: $out"
 out=$(tm alpha bucket list) || fail "bucket list forwarded from alpha (admin): $out"
 [[ $out == *from-beta* ]] || fail "bucket list from alpha lacks from-beta: $out"
+tm alpha share create squashed >/dev/null || fail "share create forwarded from alpha (admin)"
+out=$(tm alpha share squash squashed root_squash) || fail "share squash forwarded from alpha (admin): $out"
+[[ $out == "share squashed: root_squash (anonuid=65534, anongid=65534)" ]] || fail "share squash from alpha: $out"
+out=$(tm beta share squash squashed no_root_squash 2>&1) && fail "beta (no admin) changed a share's squash: $out"
+[[ $out == *"not allowed: tunnelmesh.io/cap/admin"* ]] || fail "share squash from beta: unclear refusal: $out"
 log "ok: admin commands from alpha (granted) run on the coordinator; beta's are refused"
 
 audit=$(tm coord audit --json) || fail "audit"

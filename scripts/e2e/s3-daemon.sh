@@ -15,7 +15,8 @@
 #   - `tunnelmesh share create/list/delete` with --quota and --read-only, checked through the
 #     node's NFS server (`nfs: {listen: 127.0.0.1:2049}`) with libnfs-utils: a read-only share
 #     refuses nfs-cp, a quota share refuses a file that does not fit and stores nothing, one
-#     that fits reads back identical over NFS and over S3; a deleted share is no longer listed
+#     that fits reads back identical over NFS and over S3; `share squash` root_squash stops
+#     root's writes in a root-owned directory; a deleted share is no longer listed
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 tm_init s3-daemon 180
@@ -184,6 +185,19 @@ cmp -s "$TM_TMP/fits" "$TM_TMP/fits.nfs" || fail "nfs-cat returned different byt
 s3 s3 cp --only-show-errors s3://small/fits.bin "$TM_TMP/fits.s3" || fail "aws s3 cp of the NFS file"
 cmp -s "$TM_TMP/fits" "$TM_TMP/fits.s3" || fail "the NFS file differs over S3"
 log "ok: file written over NFS is the same object over S3"
+# Identity squashing (exports(5)): with root_squash, root (libnfs's default uid 0) is nobody,
+# who may not write in the share's root-owned 0755 top directory; no_root_squash again: it may.
+run_step "tunnelmesh share squash small root_squash" tms squash small root_squash
+assert_eq "$(tms list --json | json_get "[x['squash'] for x in d if x['name'] == 'small']")" \
+    '["root_squash"]' "squash in share list"
+sleep 1.2 # the NFS server re-reads share settings at most once a second
+if ns_exec a nfs-cp "$TM_TMP/fits" "$(nfsurl small /squashed.bin)" >"$TM_TMP/sq2.out" 2>&1; then
+    fail "nfs-cp as root into a root_squash share's root-owned directory succeeded"
+fi
+log "ok: root_squash: root's nfs-cp refused: $(head -c 200 "$TM_TMP/sq2.out" | tr '\n' ' ')"
+run_step "tunnelmesh share squash small no_root_squash" tms squash small no_root_squash
+sleep 1.2
+run_step "nfs-cp as root after no_root_squash" ns_exec a nfs-cp "$TM_TMP/fits" "$(nfsurl small /squashed.bin)"
 run_step "tunnelmesh share delete media" tms delete media
 shares=$(tms list --json) || fail "tunnelmesh share list --json"
 assert_eq "$(json_get "[x['name'] for x in d if x['name'] == 'media']" <<<"$shares")" "[]" \

@@ -70,6 +70,16 @@ pub enum Command {
     ShareDelete {
         name: String,
     },
+    /// How NFS maps callers' AUTH_SYS identities on a share, like exports(5): [`ShareInfo`].
+    /// `anonuid`/`anongid` default to 65534 (`nobody`/`nogroup`).
+    ShareSquash {
+        name: String,
+        squash: Squash,
+        #[serde(default)]
+        anonuid: Option<u32>,
+        #[serde(default)]
+        anongid: Option<u32>,
+    },
     /// On a coordinator: the join token (`tm1_...`) as a JSON string.
     Token,
     /// Leave the mesh: deregister at the coordinator, forget the identity, stop the node.
@@ -219,6 +229,7 @@ impl Command {
                 | Command::ShareList
                 | Command::ShareCreate { .. }
                 | Command::ShareDelete { .. }
+                | Command::ShareSquash { .. }
         )
     }
 }
@@ -642,6 +653,42 @@ pub struct ShareInfo {
     pub used_bytes: u64,
     pub objects: u64,
     pub created_unix: u64,
+    /// Identity squashing of NFS callers.
+    #[serde(default)]
+    pub squash: Squash,
+    /// The identity squashed callers get.
+    #[serde(default = "nobody")]
+    pub anonuid: u32,
+    #[serde(default = "nobody")]
+    pub anongid: u32,
+}
+
+fn nobody() -> u32 {
+    65_534
+}
+
+/// NFS identity squashing of a share (exports(5) names).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Squash {
+    /// Callers keep their uid/gid, root included (the default).
+    #[default]
+    NoRootSquash,
+    /// uid/gid 0 become `anonuid`/`anongid`.
+    RootSquash,
+    /// Every caller becomes `anonuid`/`anongid`.
+    AllSquash,
+}
+
+impl Squash {
+    /// The exports(5) option name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Squash::NoRootSquash => "no_root_squash",
+            Squash::RootSquash => "root_squash",
+            Squash::AllSquash => "all_squash",
+        }
+    }
 }
 
 /// Parses a size like `1GB`, `500MiB`, `10G` or `123` (bytes). Decimal units are powers of 1000,

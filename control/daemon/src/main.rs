@@ -16,6 +16,7 @@ mod docker;
 mod filter;
 mod gen;
 mod identity;
+mod join_wait;
 mod mesh;
 mod node;
 mod policy;

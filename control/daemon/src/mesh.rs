@@ -17,6 +17,8 @@ use tm_coord::{wire, Coordinator, JoinClient, JoinToken, NodeIdentity, StateStor
 use tm_noise::keys::PrivateKey;
 use tokio::sync::mpsc;
 
+use crate::join_wait::register;
+
 /// File (0600) in `data_dir` that remembers how this node joined.
 pub const JOIN_STATE_FILE: &str = "mesh.json";
 /// Object key of the coordinator state inside the system bucket.
@@ -432,8 +434,7 @@ pub async fn join_as_coordinator(
         .map(|ip| SocketAddr::new(ip, cfg.listen_port))
         .into_iter()
         .collect();
-    let reg = c
-        .register(key, &cfg.name, &endpoints)
+    let reg = register(&mut c, addr, key, &cfg.name, &endpoints)
         .await
         .with_context(|| format!("joining {addr} as a coordinator"))?;
     if tm_coord::MeshCidr::parse(&cfg.mesh_cidr).ok() != Some(reg.mesh_cidr) {
@@ -478,9 +479,6 @@ pub fn coordinator_feed(coord: Coordinator) -> mpsc::Receiver<wire::Netmap> {
     rx
 }
 
-/// How long a join waits in silence before it says what it is waiting for.
-const JOIN_NOTICE: Duration = Duration::from_secs(2);
-
 /// Registers with a coordinator (or reuses the saved identity) and returns the join state.
 pub async fn join(
     cfg: &NodeConfig,
@@ -518,22 +516,9 @@ pub async fn join(
         .map(|ip| SocketAddr::new(ip, cfg.listen_port))
         .into_iter()
         .collect();
-    // Say what we wait for if the coordinator is slow to answer (the request itself times out
-    // after 40 s with a message).
-    let reg = {
-        let register = c.register(key, &cfg.name, &endpoints);
-        tokio::pin!(register);
-        tokio::select! {
-            r = &mut register => r,
-            () = tokio::time::sleep(JOIN_NOTICE) => {
-                eprintln!(
-                    "tunnelmesh: waiting for the coordinator at {addr} to answer (gives up after 40 s)"
-                );
-                register.await
-            }
-        }
-    }
-    .with_context(|| format!("joining {addr}"))?;
+    let reg = register(&mut c, addr, key, &cfg.name, &endpoints)
+        .await
+        .with_context(|| format!("joining {addr}"))?;
     let state = JoinState {
         coordinator: addr.to_string(),
         token: token.trim().to_string(),

@@ -179,7 +179,9 @@ pub fn forwarded_needs(cmd: &Command) -> Option<OwnedRequest> {
         | Command::BucketQuotaSet { name, .. } => s3(name, tm_policy::S3Op::Admin),
         Command::BucketUsage { name } => s3(name, tm_policy::S3Op::List),
         Command::BucketList | Command::ShareList => OwnedRequest::Admin,
-        Command::ShareCreate { .. } | Command::ShareDelete { .. } => OwnedRequest::Admin,
+        Command::ShareCreate { .. } | Command::ShareDelete { .. } | Command::ShareSquash { .. } => {
+            OwnedRequest::Admin
+        }
         _ => return None,
     })
 }

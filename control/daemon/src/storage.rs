@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
-use tm_api::{BucketInfo, Command, Response, S3Credentials, ShareInfo};
+use tm_api::{BucketInfo, Command, Response, S3Credentials, ShareInfo, Squash};
 use tm_storage::{Store, StoreConfig};
 
 #[derive(Clone)]
@@ -255,6 +255,24 @@ impl Storage {
                     s.delete_share(name)?;
                     Response::ok(&())
                 }
+                Command::ShareSquash {
+                    name,
+                    squash,
+                    anonuid,
+                    anongid,
+                } => {
+                    let d = tm_storage::Squash::default();
+                    s.set_share_squash(
+                        name,
+                        tm_storage::Squash {
+                            root: *squash == Squash::RootSquash,
+                            all: *squash == Squash::AllSquash,
+                            anonuid: anonuid.unwrap_or(d.anonuid),
+                            anongid: anongid.unwrap_or(d.anongid),
+                        },
+                    )?;
+                    Response::ok(&share_info(&s.share(name)?))
+                }
                 _ => Response::err("not a storage command"),
             })
         })();
@@ -282,6 +300,13 @@ fn share_info(s: &tm_storage::ShareInfo) -> ShareInfo {
         name: s.name.clone(),
         export: format!("/shares/{}", s.name),
         read_only: s.read_only,
+        squash: match (s.squash.all, s.squash.root) {
+            (true, _) => Squash::AllSquash,
+            (false, true) => Squash::RootSquash,
+            (false, false) => Squash::NoRootSquash,
+        },
+        anonuid: s.squash.anonuid,
+        anongid: s.squash.anongid,
         quota_bytes: s.quota,
         used_bytes: s.used_bytes,
         objects: s.objects,
@@ -299,6 +324,7 @@ fn describe(c: &Command, e: &tm_storage::FsError) -> String {
         | Command::BucketQuotaSet { name, .. }
         | Command::BucketUsage { name }
         | Command::ShareCreate { name, .. }
+        | Command::ShareSquash { name, .. }
         | Command::ShareDelete { name } => name.as_str(),
         _ => "",
     };

@@ -208,6 +208,30 @@ pub enum ShareCommand {
     },
     /// Stop exporting a share (its bucket and objects stay reachable over S3).
     Delete { name: String },
+    /// `share squash NAME root_squash|all_squash|no_root_squash [--anonuid N] [--anongid N]`:
+    /// how NFS maps callers' identities, like exports(5) (default no_root_squash).
+    Squash {
+        name: String,
+        #[arg(value_parser = parse_squash)]
+        mode: tm_api::Squash,
+        /// The anonymous uid squashed callers get (default 65534).
+        #[arg(long)]
+        anonuid: Option<u32>,
+        /// The anonymous gid squashed callers get (default 65534).
+        #[arg(long)]
+        anongid: Option<u32>,
+    },
+}
+
+fn parse_squash(s: &str) -> std::result::Result<tm_api::Squash, String> {
+    match s.replace('-', "_").as_str() {
+        "root_squash" => Ok(tm_api::Squash::RootSquash),
+        "all_squash" => Ok(tm_api::Squash::AllSquash),
+        "no_root_squash" => Ok(tm_api::Squash::NoRootSquash),
+        _ => Err(format!(
+            "'{s}': want root_squash, all_squash or no_root_squash"
+        )),
+    }
 }
 
 /// Sends one request and returns the `data` of a successful response.
@@ -394,6 +418,30 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                     s.export
                 )?;
             }
+            ShareCommand::Squash {
+                name,
+                mode,
+                anonuid,
+                anongid,
+            } => {
+                let v = call(
+                    target,
+                    Command::ShareSquash {
+                        name: name.clone(),
+                        squash: *mode,
+                        anonuid: *anonuid,
+                        anongid: *anongid,
+                    },
+                )?;
+                let s: ShareInfo = serde_json::from_value(v)?;
+                writeln!(
+                    out,
+                    "share {name}: {} (anonuid={}, anongid={})",
+                    s.squash.as_str(),
+                    s.anonuid,
+                    s.anongid
+                )?;
+            }
             ShareCommand::Delete { name } => {
                 call(target, Command::ShareDelete { name: name.clone() })?;
                 writeln!(
@@ -409,20 +457,21 @@ pub fn run(target: &Target, cmd: &OperatorCommand) -> Result<()> {
                     let list: Vec<ShareInfo> = serde_json::from_value(v)?;
                     writeln!(
                         out,
-                        "{:<24} {:<32} {:>4} {:>10} {:>12} {:>12}",
+                        "{:<24} {:<32} {:>4} {:>10} {:>12} {:>12}  SQUASH",
                         "NAME", "EXPORT", "MODE", "OBJECTS", "USED", "QUOTA"
                     )?;
                     for s in list {
                         let q = s.quota_bytes.map_or_else(|| "-".into(), human_bytes);
                         writeln!(
                             out,
-                            "{:<24} {:<32} {:>4} {:>10} {:>12} {:>12}",
+                            "{:<24} {:<32} {:>4} {:>10} {:>12} {:>12}  {}",
                             s.name,
                             s.export,
                             if s.read_only { "ro" } else { "rw" },
                             s.objects,
                             human_bytes(s.used_bytes),
-                            q
+                            q,
+                            s.squash.as_str()
                         )?;
                     }
                 }

@@ -52,7 +52,10 @@ fn nfs_child() {
 }
 
 async fn connect(addr: SocketAddr) -> Conn {
+    use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+    // AUTH_SYS root: the server refuses AUTH_NONE.
     Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), "/shares/default")
+        .credential(opaque_auth::auth_unix(&auth_unix::default()))
         .connect_from_privileged_port(false)
         .mount_port(addr.port())
         .nfs3_port(addr.port())

@@ -86,7 +86,7 @@ pub use db::CommitStats;
 pub use error::StorageError;
 pub use fs::{
     CreateMode, DirEntry, FileAttr, FileKind, FileSystem, FsError, FsStat, ReadAhead, SetAttrs,
-    ShareInfo, Staged, DEFAULT_SHARE, MAX_FILE_SIZE,
+    ShareInfo, Squash, Staged, DEFAULT_SHARE, MAX_FILE_SIZE, NOBODY,
 };
 pub use object::meta::INLINE_MAX;
 pub use object::reader::{ObjectReader, RangeReader, Segment};

@@ -36,6 +36,7 @@ const PROG_MOUNT: u32 = 100_005;
 const MOUNT_MNT: u32 = 1;
 const NFS_WRITE: u32 = 7;
 const NFS_MKDIR: u32 = 9;
+const NFS_SYMLINK: u32 = 10;
 const NFS_MKNOD: u32 = 11;
 const NFS_RMDIR: u32 = 13;
 const NFS_LINK: u32 = 15;
@@ -66,6 +67,8 @@ pub(crate) struct Front {
     pub gate: Option<Arc<dyn crate::gate::Gate>>,
     /// Inode -> share, for the gate.
     pub shares: crate::gate::ShareCache,
+    /// Share -> identity squashing ([`crate::perm`]).
+    pub squash: crate::perm::SquashCache,
     /// See [`crate::NfsConfig::idle_timeout`] and [`crate::NfsConfig::record_timeout`].
     pub idle_timeout: std::time::Duration,
     pub record_timeout: std::time::Duration,
@@ -500,6 +503,14 @@ impl Front {
                     continue;
                 }
             }
+            if up_w.is_some() {
+                if let Some(reply) = crate::perm::check(&self, &call, &mut rec).await {
+                    if write_record(&mut *cw.lock().await, &reply).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
             if up_w.is_some() && fast::handles(&call) {
                 // Hot procedures are served here without the library hop. WRITEs run in
                 // arrival order (overlapping writes must land in order; appending to the
@@ -600,8 +611,18 @@ impl Front {
                 if let Some((dir, name, at)) = dirop_at(rec, call.args) {
                     let mut c = Cursor::new(&rec[at..]);
                     if let Ok((sa, _)) = sattr3::unpack(&mut c) {
-                        self.vfs.hint(dir, name, Hint::Mkdir(set_attrs(&sa)));
+                        let mut sa = set_attrs(&sa);
+                        crate::perm::own(&mut sa, rec, self.vfs.fs(), dir);
+                        self.vfs.hint(dir, name, Hint::Mkdir(sa));
                     }
+                }
+                None
+            }
+            NFS_SYMLINK => {
+                if let Some((dir, name, _)) = dirop_at(rec, call.args) {
+                    let mut sa = tm_storage::SetAttrs::default();
+                    crate::perm::own(&mut sa, rec, self.vfs.fs(), dir);
+                    self.vfs.hint(dir, name, Hint::Owner(sa.uid, sa.gid));
                 }
                 None
             }
@@ -1019,6 +1040,10 @@ mod fast {
                 ),
             };
             Ok((dir, name, mode, sa))
+        });
+        let parsed = parsed.map(|(dir, name, mode, mut sa)| {
+            crate::perm::own(&mut sa, rec, vfs.fs(), dir);
+            (dir, name, mode, sa)
         });
         let (dir, name, mode, sa) = match parsed {
             Ok(x) => x,

@@ -65,6 +65,11 @@ fn class(proc_: u32) -> Option<(bool, usize)> {
     })
 }
 
+/// Empty attribute words of an NFSv3 procedure's failure arm.
+pub(crate) fn failure_words(proc_: u32) -> Option<usize> {
+    class(proc_).map(|(_, n)| n)
+}
+
 fn reply(xid: u32, words: &[u32]) -> Vec<u8> {
     let mut v = Vec::with_capacity(24 + words.len() * 4);
     for w in [xid, 1, 0, 0, 0, 0].iter().chain(words) {
@@ -103,6 +108,20 @@ impl ShareCache {
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
             .cloned()
+    }
+
+    /// The share of inode `ino` (`None`: stale or unknown).
+    pub(crate) async fn share_of(&self, vfs: &crate::Vfs, ino: u64) -> Option<String> {
+        if let Some(s) = self.get(ino) {
+            return Some(s);
+        }
+        let fs = vfs.fs().clone();
+        let (s, _) = tokio::task::spawn_blocking(move || fs.share_of(ino))
+            .await
+            .ok()?
+            .ok()?;
+        self.put(ino, s.clone());
+        Some(s)
     }
 
     fn put(&self, ino: u64, share: String) {
@@ -166,18 +185,7 @@ impl ConnGate {
         }
         let (write, attrs) = class(call.proc_)?;
         let (ino, _) = handle_at(rec, call.args)?;
-        let share = match shares.get(ino) {
-            Some(s) => s,
-            None => {
-                let fs = vfs.fs().clone();
-                let (s, _) = tokio::task::spawn_blocking(move || fs.share_of(ino))
-                    .await
-                    .ok()?
-                    .ok()?;
-                shares.put(ino, s.clone());
-                s
-            }
-        };
+        let share = shares.share_of(vfs, ino).await?;
         let client = self.client;
         let g = self.grant(gate, &share);
         let verdict = if write { &g.write } else { &g.read };

@@ -28,6 +28,7 @@ mod contain;
 mod front;
 pub mod gate;
 pub mod limit;
+mod perm;
 pub mod portmap;
 mod upstream;
 pub mod vfs;
@@ -234,6 +235,7 @@ impl NfsServer {
             slots: limit::Slots::new(cfg.max_in_flight, cfg.max_in_flight_per_conn),
             gate: cfg.gate,
             shares: gate::ShareCache::default(),
+            squash: perm::SquashCache::default(),
             idle_timeout: cfg.idle_timeout,
             record_timeout: cfg.record_timeout,
         });

@@ -174,6 +174,8 @@ pub(crate) enum Hint {
     Mkdir(SetAttrs),
     /// The REMOVE-shaped call is an RMDIR.
     Rmdir,
+    /// SYMLINK: the new link's owner (uid, gid) per [`crate::perm::own`].
+    Owner(Option<u32>, Option<u32>),
 }
 
 /// Call details from the front, by (directory inode, name).
@@ -634,7 +636,12 @@ impl NfsFileSystem for Vfs {
         let target = std::str::from_utf8(symlink.as_ref())
             .map_err(|_| nfsstat3::NFS3ERR_INVAL)?
             .to_string();
-        let sa = set_attrs(attr);
+        let mut sa = set_attrs(attr);
+        if let Some(Hint::Owner(uid, gid)) = self.take_hint(dir, linkname.as_ref()) {
+            // Root's explicit owner in the call's attributes is kept.
+            sa.uid = sa.uid.filter(|_| uid == Some(0)).or(uid);
+            sa.gid = sa.gid.filter(|_| uid == Some(0)).or(gid);
+        }
         let fs = self.fs.clone();
         let a = blocking(move || fs.symlink(dir, &name, &target, &sa)).await?;
         Ok((FileHandleU64::new(a.ino), fattr(&a)))

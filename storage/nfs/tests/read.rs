@@ -194,10 +194,12 @@ async fn sequential_reads_never_return_bytes_read_ahead_before_a_change() {
     srv.stop().await;
 }
 
-/// One READ call record (AUTH_NULL) for file handle `fh`.
+/// One READ call record (AUTH_SYS root, empty machine name) for file handle `fh`.
 fn read_call(xid: u32, fh: &[u8], off: u64, count: u32) -> Vec<u8> {
     let mut v = Vec::new();
-    for w in [xid, 0, 2, 100_003, 3, 6, 0, 0, 0, 0, fh.len() as u32] {
+    let cred = [1, 20, 0, 0, 0, 0, 0];
+    let head = [xid, 0, 2, 100_003, 3, 6];
+    for w in head.iter().chain(&cred).chain(&[0, 0, fh.len() as u32]) {
         v.extend_from_slice(&w.to_be_bytes());
     }
     v.extend_from_slice(fh);

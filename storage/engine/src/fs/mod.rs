@@ -53,7 +53,7 @@ use writeback::{lock, WriteBack};
 
 pub use error::FsError;
 pub use inode::check_name;
-pub use share::{ShareInfo, DEFAULT_SHARE};
+pub use share::{ShareInfo, Squash, DEFAULT_SHARE, NOBODY};
 
 pub(crate) const FS_INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("fs_inodes");
 pub(crate) const FS_PATHS: TableDefinition<&str, u64> = TableDefinition::new("fs_paths");

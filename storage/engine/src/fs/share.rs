@@ -26,7 +26,38 @@ pub const DEFAULT_SHARE: &str = "default";
 pub(crate) struct ShareRec {
     pub created: u64,
     pub read_only: bool,
+    /// Absent in records written before squashing existed: no squashing.
+    #[serde(default)]
+    pub squash: Squash,
 }
+
+/// Which callers' AUTH_SYS identities NFS replaces by an anonymous one (like exports(5)
+/// `root_squash`/`all_squash` with `anonuid`/`anongid`). Default: none (`no_root_squash`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Squash {
+    /// uid 0 becomes `anonuid` and gid 0 `anongid`.
+    pub root: bool,
+    /// Every uid and gid becomes the anonymous one.
+    pub all: bool,
+    /// The anonymous user (default 65534, `nobody`).
+    pub anonuid: u32,
+    /// The anonymous group (default 65534, `nogroup`).
+    pub anongid: u32,
+}
+
+impl Default for Squash {
+    fn default() -> Squash {
+        Squash {
+            root: false,
+            all: false,
+            anonuid: NOBODY,
+            anongid: NOBODY,
+        }
+    }
+}
+
+/// Default anonymous uid and gid.
+pub const NOBODY: u32 = 65_534;
 
 /// A share as reported by [`Store::list_shares`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +66,8 @@ pub struct ShareInfo {
     pub name: String,
     /// Writes are refused (`NFS3ERR_ROFS`).
     pub read_only: bool,
+    /// Identity squashing of NFS callers.
+    pub squash: Squash,
     /// The bucket's byte quota, if any.
     pub quota: Option<u64>,
     /// Exact bytes stored in the bucket.
@@ -78,6 +111,7 @@ impl Store {
             let rec = ShareRec {
                 created: now_nanos(),
                 read_only,
+                squash: Squash::default(),
             };
             Ok(put_json(&mut shares, &n, &rec)?)
         })?;
@@ -100,6 +134,17 @@ impl Store {
             let mut shares = wtx.open_table(SHARES)?;
             let mut r: ShareRec = get_json(&shares, &n)?.ok_or(FsError::NoSuchShare)?;
             r.read_only = read_only;
+            Ok(put_json(&mut shares, &n, &r)?)
+        })
+    }
+
+    /// Change the identity squashing of a share (NFS calls see it within a second).
+    pub fn set_share_squash(&self, name: &str, squash: Squash) -> Result<(), FsError> {
+        let n = name.to_string();
+        self.txn_as(move |wtx, _| {
+            let mut shares = wtx.open_table(SHARES)?;
+            let mut r: ShareRec = get_json(&shares, &n)?.ok_or(FsError::NoSuchShare)?;
+            r.squash = squash;
             Ok(put_json(&mut shares, &n, &r)?)
         })
     }
@@ -151,6 +196,7 @@ fn info(name: &str, r: &ShareRec, b: &BucketRec) -> ShareInfo {
     ShareInfo {
         name: name.to_string(),
         read_only: r.read_only,
+        squash: r.squash,
         quota: b.quota,
         used_bytes: b.bytes,
         objects: b.objects,

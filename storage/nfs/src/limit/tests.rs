@@ -39,10 +39,10 @@ async fn start(per_conn: usize, server: usize) -> Srv {
     }
 }
 
-/// One call record (record mark included), AUTH_NONE.
+/// One call record (record mark included), AUTH_SYS root with an empty machine name.
 fn call(xid: u32, proc_: u32, args: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
-    for w in [xid, 0, 2, PROG_NFS, 3, proc_, 0, 0, 0, 0] {
+    for w in [xid, 0, 2, PROG_NFS, 3, proc_, 1, 20, 0, 0, 0, 0, 0, 0, 0] {
         body.extend_from_slice(&w.to_be_bytes());
     }
     body.extend_from_slice(args);

@@ -103,7 +103,35 @@ impl Srv {
 }
 
 pub async fn mount(addr: SocketAddr, path: &str) -> Result<Conn, nfs3_client::ConnectError> {
+    mount_as(addr, path, 0, 0, &[]).await
+}
+
+/// An AUTH_SYS credential for `uid`/`gid` with supplementary `gids`.
+pub fn sys_cred(
+    uid: u32,
+    gid: u32,
+    gids: &[u32],
+) -> nfs3_client::nfs3_types::rpc::opaque_auth<'static> {
+    use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+    opaque_auth::auth_unix(&auth_unix {
+        stamp: 1,
+        machinename: Opaque::borrowed(b"test"),
+        uid,
+        gid,
+        gids: gids.to_vec(),
+    })
+}
+
+/// [`mount`] as `uid`/`gid` (AUTH_SYS) with supplementary `gids`.
+pub async fn mount_as(
+    addr: SocketAddr,
+    path: &str,
+    uid: u32,
+    gid: u32,
+    gids: &[u32],
+) -> Result<Conn, nfs3_client::ConnectError> {
     Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), path)
+        .credential(sys_cred(uid, gid, gids))
         .connect_from_privileged_port(false)
         .mount_port(addr.port())
         .nfs3_port(addr.port())
