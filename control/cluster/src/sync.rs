@@ -131,6 +131,14 @@ impl Replica {
         &self.peers
     }
 
+    /// Records that a message from `from` was refused (a driver that tried it on a copy of
+    /// the replica): shown in its status until the next completed sync with it.
+    pub fn note_refused(&mut self, from: Origin, why: String) {
+        if let Some(st) = self.peers.get_mut(&from) {
+            st.last_error = Some(why);
+        }
+    }
+
     /// Replaces the set of other coordinators (membership is itself replicated state: the
     /// driver derives it from the `coordinator/...` records).
     pub fn set_peers(&mut self, peers: &[Origin]) {

@@ -218,9 +218,14 @@ impl Coordinator {
                 .collect());
         }
         let mut rep = self.replica().clone();
-        let fx = rep
-            .handle(now_ms(), origin, msg)
-            .map_err(|e| Error::ClusterRefused(e.to_string()))?;
+        let fx = match rep.handle(now_ms(), origin, msg) {
+            Ok(fx) => fx,
+            Err(e) => {
+                tracing::warn!("replication message from coordinator {origin} refused: {e}");
+                self.replica().note_refused(origin, e.to_string());
+                return Err(Error::ClusterRefused(e.to_string()));
+            }
+        };
         let mut send = fx.send;
         if fx.changed.iter().any(|r| !r.key.starts_with(AUDIT_PREFIX)) {
             let version = self.lock().state.version + 1;

@@ -87,14 +87,14 @@ impl Coord {
     ) -> Coord {
         let cluster_addr = cl.local_addr().expect("addr");
         cfg.api_addr = Some(cluster_addr.to_string());
+        let every = cfg.cluster_sync;
         let store = Arc::new(FileStore::new(dir.join("state.json")));
         let coord = Coordinator::open(dir, cfg, hub.clone(), store).expect("open coordinator");
         let public = Listener::start(&coord, "127.0.0.1:0").await;
         let cluster = Some(Listener::serve(&coord, cl));
         let id = coord.cluster_identity().expect("cluster identity");
         let c = coord.clone();
-        let driver =
-            tokio::spawn(async move { c.run_cluster(id, Duration::from_millis(100)).await });
+        let driver = tokio::spawn(async move { c.run_cluster(id, every).await });
         Coord {
             coord,
             public,
@@ -182,6 +182,16 @@ fn actions(c: &Coord, target: &str) -> Vec<String> {
 
 /// Coordinator B joins A's mesh with a coordinator token.
 async fn two(dir: &Path) -> (Coord, Coord, String) {
+    two_with(dir, Duration::from_millis(100)).await
+}
+
+/// [`two`] with anti-entropy every `sync`.
+async fn two_with(dir: &Path, sync: Duration) -> (Coord, Coord, String) {
+    let config = |name: &str, addr: SocketAddr| {
+        let mut c = config(name, addr);
+        c.cluster_sync = sync;
+        c
+    };
     let a = Coord::open(
         &dir.join("a"),
         config("hub-a", "127.0.0.1:0".parse().unwrap()),
@@ -509,6 +519,26 @@ async fn a_member_certificate_cannot_open_a_link_between_coordinators() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Waits until `c` has completed an anti-entropy round with the coordinator `name` (it has
+/// heard from it), or 10 s pass.
+async fn synced(c: &Coord, name: &str) {
+    let t0 = Instant::now();
+    loop {
+        let st = c.coord.cluster_status();
+        if st
+            .iter()
+            .any(|p| p.name == name && p.last_sync_ms.is_some())
+        {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no sync with {name}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether `c`'s netmap marks the coordinator `name` unreachable.
 fn unreachable(c: &Coord, name: &str) -> bool {
     c.coord
@@ -526,6 +556,7 @@ async fn a_coordinator_not_heard_from_is_marked_unreachable_until_it_is_back() {
     assert!(!unreachable(&a, "hub-b") && !unreachable(&b, "hub-a"));
     let mut versions = a.coord.subscribe();
     let v0 = *versions.borrow_and_update();
+    synced(&a, "hub-b").await;
     a.partition().await;
     b.partition().await;
     // The window: 5 s plus two anti-entropy rounds (100 ms here) per coordinator.
@@ -537,10 +568,22 @@ async fn a_coordinator_not_heard_from_is_marked_unreachable_until_it_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Not too eager: marked only once hub-b has been silent for the 5 s grace at least.
+    let heard = a
+        .coord
+        .cluster_status()
+        .into_iter()
+        .find(|p| p.name == "hub-b")
+        .and_then(|p| p.last_heard_ms)
+        .expect("hub-b was heard before the partition");
+    let silent_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - heard;
     assert!(
-        t0.elapsed() > Duration::from_secs(4),
-        "marked within {:?}: too eager",
-        t0.elapsed()
+        silent_ms >= 5_000,
+        "marked after {silent_ms} ms of silence: too eager"
     );
     assert!(
         *versions.borrow_and_update() > v0,
@@ -602,6 +645,60 @@ async fn a_rotated_default_token_is_served_by_every_coordinator_and_survives_the
     )
     .await;
     assert_eq!(b.coord.token(), new, "after B's restart");
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_a_clock_ten_minutes_ahead_are_refused_with_a_clear_message() {
+    let dir = tmpdir("skew");
+    // No anti-entropy during the test: a completed sync would clear the status it checks.
+    let (a, b, _) = two_with(&dir, Duration::from_secs(3600)).await;
+    converged(&a, &b, "after B joined").await;
+    // The first rounds (each way) happen at once; after them, none for an hour.
+    synced(&a, "hub-b").await;
+    synced(&b, "hub-a").await;
+    let before = a.coord.state_digest();
+    // B's own replication identity, as B's driver sends with, but a record stamped by a clock
+    // ten minutes ahead (what a coordinator with a wrong clock would push).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let rec = tm_coord::tm_cluster::Record {
+        key: "policy".into(),
+        stamp: tm_coord::tm_cluster::Stamp {
+            wall_ms: now_ms + 10 * 60 * 1000,
+            logical: 0,
+            origin: tm_coord::origin_of(&b.key.public_key()),
+        },
+        value: Some(serde_json::json!(null)),
+    };
+    let t = JoinToken::parse(&a.coord.token()).unwrap();
+    let id = b.coord.cluster_identity().expect("B's identity");
+    let c = JoinClient::with_identity(a.cluster_addr.to_string(), t, id).unwrap();
+    let e = c
+        .cluster(&tm_coord::tm_cluster::Msg::Push { records: vec![rec] })
+        .await
+        .expect_err("a stamp ten minutes ahead is refused");
+    match e {
+        Error::Refused { status, message } => {
+            assert_eq!(status, 403, "{message}");
+            assert!(
+                message.contains("ms ahead of ours") && message.contains("NTP"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.coord.state_digest(), before, "nothing of it applied");
+    let st = a.coord.cluster_status();
+    let hb = st.iter().find(|p| p.name == "hub-b").expect("hub-b listed");
+    assert!(
+        hb.error.as_deref().is_some_and(|e| e.contains("ahead")),
+        "cluster status shows why: {st:?}"
+    );
     a.stop().await;
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
