@@ -31,7 +31,7 @@ use crate::access::Access;
 use crate::vfs::{set_attrs, Hint, Vfs};
 use crate::{ReadSend, SENDFILE_MIN_MSS};
 
-const PROG_NFS: u32 = 100_003;
+pub(crate) const PROG_NFS: u32 = 100_003;
 const PROG_MOUNT: u32 = 100_005;
 const MOUNT_MNT: u32 = 1;
 const NFS_WRITE: u32 = 7;

@@ -215,12 +215,10 @@ impl NfsServer {
                 source,
             })?;
         let port = listener.local_addr()?.port();
-        let upstream = Arc::new(NFSStreamServer::new(
-            vfs.clone(),
-            generation,
-            EXPORT_ROOT,
-            port,
-        ));
+        let upstream = Arc::new(
+            NFSStreamServer::new(vfs.clone(), generation, EXPORT_ROOT, port)
+                .with_call_guard(upstream::call_guard()),
+        );
         let front = Arc::new(front::Front {
             access: Access {
                 allow: cfg.allow,

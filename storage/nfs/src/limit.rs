@@ -147,5 +147,16 @@ pub(crate) fn serverfault(xid: u32, proc_: u32) -> Vec<u8> {
     v
 }
 
+/// RPC `SYSTEM_ERR` reply to a call (outside NFSv3, e.g. MOUNT, whose procedures have no
+/// server-fault status).
+pub(crate) fn system_err(xid: u32) -> Vec<u8> {
+    const SYSTEM_ERR: u32 = 5;
+    let mut v = Vec::with_capacity(24);
+    for w in [xid, 1, 0, 0, 0, SYSTEM_ERR] {
+        v.extend_from_slice(&u32::to_be_bytes(w));
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests;
