@@ -113,6 +113,9 @@ pub struct NfsConfig {
     /// A client that takes longer than this to send one RPC record (from its first byte) is
     /// disconnected. Default [`limit::RECORD_TIMEOUT`].
     pub record_timeout: Duration,
+    /// A client that takes longer than this to receive one reply (it stopped reading) is
+    /// disconnected. Default [`limit::REPLY_TIMEOUT`].
+    pub reply_timeout: Duration,
 }
 
 /// Default [`NfsConfig::busy_poll`]. A client in a tight loop (libnfs on the same host, a
@@ -168,6 +171,7 @@ impl NfsConfig {
             gate: None,
             idle_timeout: limit::IDLE_TIMEOUT,
             record_timeout: limit::RECORD_TIMEOUT,
+            reply_timeout: limit::REPLY_TIMEOUT,
         }
     }
 }
@@ -234,6 +238,7 @@ impl NfsServer {
             shares: gate::ShareCache::default(),
             idle_timeout: cfg.idle_timeout,
             record_timeout: cfg.record_timeout,
+            reply_timeout: cfg.reply_timeout,
         });
         Ok(NfsServer {
             listener,
