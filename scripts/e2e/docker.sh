@@ -13,7 +13,8 @@
 #   - exec (tag:adm): `echo ok` prints ok and exits 0, `exit 3` exits 3, a TTY (stdin, the
 #     initial size and a resize reach the container)
 #   - audit: restart/stop/start and exec sessions (who, node, container, command, exit code)
-#   - revocation: untagging closes a live `logs --follow` and a live exec within 2 s; removing
+#   - revocation: untagging closes a live `logs --follow` and a live exec within 2 s (and ends
+#     the exec's command and the process it started in the background); removing
 #     the caller's node ends its session on the agent within 2 s
 #   - back-pressure: `logs` of a 40 MB log to a stalled reader does not grow the agent's memory
 #   - the engine going away mid-stream (beta's engine socket is a proxy that is killed): one
@@ -232,11 +233,14 @@ log "ok: audit has restart, stop and exec sessions with who, target, command and
 # --- revocation closes live streams within 2 s (beta's agent: the change reaches it in a netmap) --
 ns_spawn help follow.log env TUNNELMESH_SOCKET="$(sock help)" "$TM_BIN" docker logs -f "beta/$C-web" --tail 1
 FOLLOW=$TM_LAST_PID
-ns_spawn oper exec.log env TUNNELMESH_SOCKET="$(sock oper)" "$TM_BIN" docker exec "beta/$C-web" sh -c 'echo started; sleep 60'
+ns_spawn oper exec.log env TUNNELMESH_SOCKET="$(sock oper)" "$TM_BIN" docker exec "beta/$C-web" sh -c 'echo started; sleep 61 & sleep 62'
 EXEC=$TM_LAST_PID
 lines() { grep -c '^line-' "$TM_TMP/follow.log"; }
 wait_for 5 "logs -f streams" bash -c "(( \$(grep -c '^line-' '$TM_TMP/follow.log') >= 3 ))" || fail "logs -f: $(cat "$TM_TMP/follow.log")"
 wait_for 5 "exec session runs" grep -q started "$TM_TMP/exec.log" || fail "exec session: $(cat "$TM_TMP/exec.log")"
+exec_procs() { docker top "$C-web" -o pid,args | grep -c 'sleep 6[12]'; }
+wait_for 5 "the exec's two processes run" bash -c "[[ \$(docker top '$C-web' -o pid,args | grep -c 'sleep 6[12]') == 2 ]]" ||
+    fail "the exec's processes: $(docker top "$C-web" -o pid,args)"
 gone() { ! kill -0 "$1" 2>/dev/null; }
 t0=${EPOCHREALTIME/./}
 tm coord node untag help tag:help >/dev/null || fail "untag help"
@@ -248,7 +252,11 @@ tm coord node untag oper tag:adm >/dev/null || fail "untag oper adm"
 wait_for 2 "exec ends after revocation" gone "$EXEC" || fail "exec still runs 2 s after the revocation"
 log "exec ended $(elapsed_ms "$t0") ms after the untag: $(tail -1 "$TM_TMP/exec.log")"
 grep -q "revoked: not allowed: tunnelmesh.io/cap/docker exec" "$TM_TMP/exec.log" || fail "exec end: $(tail -2 "$TM_TMP/exec.log")"
-log "ok: revocation closes logs -f and exec within 2 s"
+# The exec's command and what it started end too (the engine cannot stop an exec; the agent
+# kills its processes).
+cmd_gone() { [[ $(exec_procs) == 0 ]]; }
+wait_for 2 "the revoked exec's processes end" cmd_gone || fail "still running after the revocation: $(docker top "$C-web" -o pid,args | grep 'sleep 6')"
+log "ok: revocation closes logs -f and exec within 2 s, and ends the exec's processes"
 
 # --- back-pressure: a reader that stops does not make the agent buffer the log ---------------------
 run_ctr big 'head -c 40000000 /dev/zero | tr "\\0" x | fold -w 3999; sleep 600'
