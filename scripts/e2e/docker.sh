@@ -19,7 +19,8 @@
 #   - back-pressure: `logs` of a 40 MB log to a stalled reader does not grow the agent's memory
 #   - the engine going away mid-stream (beta's engine socket is a proxy that is killed): one
 #     line, exit 1, no hang; later calls say the engine is not reachable
-#   - bad input: unknown node, unknown container, a node without Docker: one line, exit 1
+#   - bad input: unknown node, unknown container, an ID prefix matching several containers, a
+#     node without Docker: one line, exit 1
 #   - the agent port refuses a non-mesh source (LAN route to the mesh address)
 #   - stats --json: cpu seconds, memory bytes, up
 source "$(dirname "$0")/../lib/netns.sh"
@@ -195,6 +196,20 @@ expect_err "no container \"$C-nope\" on node coord" tm help docker logs "coord/$
 expect_err "node oper runs no Docker agent" tm help docker ps --node oper --json
 expect_err "node oper runs no Docker agent" tm help docker logs "oper/x"
 expect_err "give NODE/CONTAINER" tm help docker logs "$C-web"
+# A name that matches several containers: an ID prefix (names are unique). Containers are
+# created until two IDs share their first 3 hex digits, the shortest prefix taken (about 80
+# on average; 300 without a match has odds below 1 in 50,000).
+declare -A seen=()
+dup=""
+for i in $(seq 300); do
+    id=$(docker create --network none --name "$C-dup$i" "$IMAGE" true) || fail "docker create"
+    [[ -n ${seen[${id:0:3}]:-} ]] && dup=${id:0:3} && break
+    seen[${id:0:3}]=1
+done
+[[ -n $dup ]] || fail "no two of 300 container IDs share their first 3 digits"
+expect_err "\"$dup\" matches several containers on node coord" tm coord docker logs "coord/$dup"
+docker ps -aq --filter "name=^$C-dup" | xargs -r docker rm -f >/dev/null
+log "ok: an ID prefix of several containers (of $i created) is refused with their names"
 
 # --- exec with the admin set ---------------------------------------------------------------------
 # (The engine creates an exec's TTY before the agent sets its size, as with `docker exec -it`;
