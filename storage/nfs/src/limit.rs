@@ -12,7 +12,7 @@
 //! the middle of a record (or trickles it) is dropped, and so is one that stays silent longer
 //! than a kernel NFS server keeps an idle connection. Waiting for a slot does not count: the
 //! server is then not reading. Each reply must be taken by the client within the reply timeout
-//! of the server starting to write it ([`reply_within`]): a client that stops reading its
+//! of the server starting to write it (`reply_within`): a client that stops reading its
 //! replies (its socket's send buffer full) is disconnected, which frees the calls it holds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
