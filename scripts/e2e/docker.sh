@@ -13,12 +13,14 @@
 #   - exec (tag:adm): `echo ok` prints ok and exits 0, `exit 3` exits 3, a TTY (stdin, the
 #     initial size and a resize reach the container)
 #   - audit: restart/stop/start and exec sessions (who, node, container, command, exit code)
-#   - revocation: untagging closes a live `logs --follow` and a live exec within 2 s; removing
+#   - revocation: untagging closes a live `logs --follow` and a live exec within 2 s (and ends
+#     the exec's command and the process it started in the background); removing
 #     the caller's node ends its session on the agent within 2 s
 #   - back-pressure: `logs` of a 40 MB log to a stalled reader does not grow the agent's memory
 #   - the engine going away mid-stream (beta's engine socket is a proxy that is killed): one
 #     line, exit 1, no hang; later calls say the engine is not reachable
-#   - bad input: unknown node, unknown container, a node without Docker: one line, exit 1
+#   - bad input: unknown node, unknown container, an ID prefix matching several containers, a
+#     node without Docker: one line, exit 1
 #   - the agent port refuses a non-mesh source (LAN route to the mesh address)
 #   - stats --json: cpu seconds, memory bytes, up
 source "$(dirname "$0")/../lib/netns.sh"
@@ -194,6 +196,20 @@ expect_err "no container \"$C-nope\" on node coord" tm help docker logs "coord/$
 expect_err "node oper runs no Docker agent" tm help docker ps --node oper --json
 expect_err "node oper runs no Docker agent" tm help docker logs "oper/x"
 expect_err "give NODE/CONTAINER" tm help docker logs "$C-web"
+# A name that matches several containers: an ID prefix (names are unique). Containers are
+# created until two IDs share their first 3 hex digits, the shortest prefix taken (about 80
+# on average; 300 without a match has odds below 1 in 50,000).
+declare -A seen=()
+dup=""
+for i in $(seq 300); do
+    id=$(docker create --network none --name "$C-dup$i" "$IMAGE" true) || fail "docker create"
+    [[ -n ${seen[${id:0:3}]:-} ]] && dup=${id:0:3} && break
+    seen[${id:0:3}]=1
+done
+[[ -n $dup ]] || fail "no two of 300 container IDs share their first 3 digits"
+expect_err "\"$dup\" matches several containers on node coord" tm coord docker logs "coord/$dup"
+docker ps -aq --filter "name=^$C-dup" | xargs -r docker rm -f >/dev/null
+log "ok: an ID prefix of several containers (of $i created) is refused with their names"
 
 # --- exec with the admin set ---------------------------------------------------------------------
 # (The engine creates an exec's TTY before the agent sets its size, as with `docker exec -it`;
@@ -232,11 +248,14 @@ log "ok: audit has restart, stop and exec sessions with who, target, command and
 # --- revocation closes live streams within 2 s (beta's agent: the change reaches it in a netmap) --
 ns_spawn help follow.log env TUNNELMESH_SOCKET="$(sock help)" "$TM_BIN" docker logs -f "beta/$C-web" --tail 1
 FOLLOW=$TM_LAST_PID
-ns_spawn oper exec.log env TUNNELMESH_SOCKET="$(sock oper)" "$TM_BIN" docker exec "beta/$C-web" sh -c 'echo started; sleep 60'
+ns_spawn oper exec.log env TUNNELMESH_SOCKET="$(sock oper)" "$TM_BIN" docker exec "beta/$C-web" sh -c 'echo started; sleep 61 & sleep 62'
 EXEC=$TM_LAST_PID
 lines() { grep -c '^line-' "$TM_TMP/follow.log"; }
 wait_for 5 "logs -f streams" bash -c "(( \$(grep -c '^line-' '$TM_TMP/follow.log') >= 3 ))" || fail "logs -f: $(cat "$TM_TMP/follow.log")"
 wait_for 5 "exec session runs" grep -q started "$TM_TMP/exec.log" || fail "exec session: $(cat "$TM_TMP/exec.log")"
+exec_procs() { docker top "$C-web" -o pid,args | grep -c 'sleep 6[12]'; }
+wait_for 5 "the exec's two processes run" bash -c "[[ \$(docker top '$C-web' -o pid,args | grep -c 'sleep 6[12]') == 2 ]]" ||
+    fail "the exec's processes: $(docker top "$C-web" -o pid,args)"
 gone() { ! kill -0 "$1" 2>/dev/null; }
 t0=${EPOCHREALTIME/./}
 tm coord node untag help tag:help >/dev/null || fail "untag help"
@@ -248,7 +267,11 @@ tm coord node untag oper tag:adm >/dev/null || fail "untag oper adm"
 wait_for 2 "exec ends after revocation" gone "$EXEC" || fail "exec still runs 2 s after the revocation"
 log "exec ended $(elapsed_ms "$t0") ms after the untag: $(tail -1 "$TM_TMP/exec.log")"
 grep -q "revoked: not allowed: tunnelmesh.io/cap/docker exec" "$TM_TMP/exec.log" || fail "exec end: $(tail -2 "$TM_TMP/exec.log")"
-log "ok: revocation closes logs -f and exec within 2 s"
+# The exec's command and what it started end too (the engine cannot stop an exec; the agent
+# kills its processes).
+cmd_gone() { [[ $(exec_procs) == 0 ]]; }
+wait_for 2 "the revoked exec's processes end" cmd_gone || fail "still running after the revocation: $(docker top "$C-web" -o pid,args | grep 'sleep 6')"
+log "ok: revocation closes logs -f and exec within 2 s, and ends the exec's processes"
 
 # --- back-pressure: a reader that stops does not make the agent buffer the log ---------------------
 run_ctr big 'head -c 40000000 /dev/zero | tr "\\0" x | fold -w 3999; sleep 600'

@@ -35,3 +35,16 @@ pub(crate) fn maybe_panic(what: &str) {
         panic!("injected test panic");
     }
 }
+
+/// Test hook: a request whose id is this panics before hickory parses it.
+#[cfg(test)]
+pub(crate) const PANIC_ID: u16 = 0xdead;
+
+/// Panics if a test asked for it (called on each request's bytes before they are parsed): a
+/// request with id [`PANIC_ID`], or a single byte (no readable id) of 0xff.
+#[cfg(test)]
+pub(crate) fn maybe_panic_raw(raw: &[u8]) {
+    if raw.get(..2) == Some(&PANIC_ID.to_be_bytes()[..]) || raw == [0xff] {
+        panic!("injected test panic before parsing");
+    }
+}

@@ -1,5 +1,6 @@
 //! Mesh DNS: the authoritative server for the mesh zone (`mesh.` by default) that every
-//! `tunnelmesh` node embeds, built on hickory-server with our own `RequestHandler`.
+//! `tunnelmesh` node embeds, built on hickory (its parser, responses and `RequestHandler`) with
+//! our own socket loops (`listen.rs`), so that a panic anywhere in a request is contained.
 //!
 //! It does: `<peer>.mesh` A/AAAA, `coordinator.mesh` (all coordinators), aliases (CNAME plus
 //! the target's records in the same answer), SOA and NS at the apex (NS = `coordinator.mesh`),
@@ -26,6 +27,7 @@ mod contain;
 mod error;
 mod forward;
 mod handler;
+mod listen;
 mod question;
 mod server;
 mod zone;
@@ -86,7 +88,7 @@ pub mod fuzzing {
     }
 
     /// Answers the datagram `raw` the way the server does: `None` if hickory cannot decode
-    /// it (its server answers FORMERR itself, without our handler), else the encoded
+    /// it (the server answers FORMERR itself, without our handler), else the encoded
     /// response our handler produced.
     pub fn answer(dns: &Arc<MeshDns>, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let src: SocketAddr = ([127, 0, 0, 1], 5300).into();

@@ -1,10 +1,10 @@
-//! Sockets: one UDP socket and one TCP listener per address, run by hickory's `Server`.
+//! Sockets: one UDP socket and one TCP listener per address, served by our loops
+//! (`listen.rs`), which contain panics in hickory's parsing too.
 
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -16,10 +16,6 @@ use crate::DnsError;
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 5353));
 
-/// An idle TCP connection is closed after this long.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 /// Attempts at finding a port free for both UDP and TCP when asked for port 0.
 const PORT_ZERO_ATTEMPTS: usize = 16;
 
@@ -28,7 +24,8 @@ const PORT_ZERO_ATTEMPTS: usize = 16;
 /// Call order: [`DnsServer::bind`], optionally [`DnsServer::local_addrs`], then
 /// [`DnsServer::run`] until the shutdown future completes.
 pub struct DnsServer {
-    server: hickory_server::Server<Handler>,
+    dns: Arc<MeshDns>,
+    sockets: Vec<(UdpSocket, TcpListener)>,
     local_addrs: Vec<SocketAddr>,
 }
 
@@ -47,16 +44,16 @@ impl DnsServer {
         if addrs.is_empty() {
             return Err(DnsError::NoAddresses);
         }
-        let mut server = hickory_server::Server::new(Handler(dns));
+        let mut sockets = Vec::with_capacity(addrs.len());
         let mut local_addrs = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let (udp, tcp, local) = bind_pair(*addr).await?;
-            server.register_socket(udp);
-            server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+            sockets.push((udp, tcp));
             local_addrs.push(local);
         }
         Ok(Self {
-            server,
+            dns,
+            sockets,
             local_addrs,
         })
     }
@@ -68,19 +65,24 @@ impl DnsServer {
 
     /// Serves until `shutdown` completes, then stops all listeners and connections.
     /// Returns an error if a listener dies before that.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DnsError> {
-        let token = self.server.shutdown_token().clone();
-        let done = self.server.block_until_done();
-        tokio::pin!(done);
-        tokio::select! {
-            r = &mut done => {
-                r.map_err(|e| DnsError::Server(e.to_string()))?;
-                return Err(DnsError::Server("all listeners stopped".into()));
-            }
-            () = shutdown => {}
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DnsError> {
+        let handler = Handler(self.dns);
+        let mut listeners = tokio::task::JoinSet::new();
+        for (udp, tcp) in self.sockets {
+            listeners.spawn(crate::listen::udp(udp, handler.clone()));
+            listeners.spawn(crate::listen::tcp(tcp, handler.clone()));
         }
-        token.cancel();
-        done.await.map_err(|e| DnsError::Server(e.to_string()))
+        let r = tokio::select! {
+            r = listeners.join_next() => Err(DnsError::Server(match r {
+                Some(Ok(e)) => format!("a listener stopped: {e}"),
+                Some(Err(e)) => format!("a listener stopped: {e}"),
+                None => "no listeners".into(),
+            })),
+            () = shutdown => Ok(()),
+        };
+        // Dropping a listener's task drops its requests and connections too.
+        listeners.shutdown().await;
+        r
     }
 }
 

@@ -639,6 +639,13 @@ impl Agent {
         };
         reader.abort();
         drop(input);
+        if !matches!(last, Frame::Exit(_)) {
+            // Ended before its command (revoked, the caller gone, an engine error): the
+            // command must not run on unwatched.
+            if let Err(e) = end_exec(d, &created.id).await {
+                tracing::warn!(container = %c.name, "docker exec: the command may still run: {e}");
+            }
+        }
         rec.end_unix = Some(now_unix());
         match &last {
             Frame::Exit(c) => {
@@ -674,6 +681,86 @@ impl Agent {
             }
         }
     }
+}
+
+/// Ends an exec's command and every process it started, when the session ends first. The
+/// engine has no call for it (an exec cannot be stopped through its API), so the agent
+/// signals them itself: the exec's process (the host PID the engine reports, held by a pidfd
+/// opened before the engine confirms that PID still runs the exec, so a reused PID is never
+/// hit) and its descendants (from `/proc`) are stopped, then killed. This needs the engine on
+/// this machine and the agent allowed to signal its processes (root, as the daemon runs).
+async fn end_exec(d: &Docker, id: &str) -> Result<(), String> {
+    let inspect = |d: &Docker| {
+        let d = d.clone();
+        let id = id.to_owned();
+        async move {
+            tokio::time::timeout(ENGINE_TIMEOUT, d.inspect_exec(&id))
+                .await
+                .map_err(|_| "the Docker engine did not answer in time".to_string())?
+                .map_err(engine_err)
+        }
+    };
+    let i = inspect(d).await?;
+    if i.running != Some(true) {
+        return Ok(());
+    }
+    let pid = i
+        .pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or("the engine reported no process for the exec")?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| format!("process {pid:?}: {e}"))?;
+    let again = inspect(d).await?;
+    if again.running != Some(true) || again.pid != i.pid {
+        return Ok(());
+    }
+    // Stopped first, so that none forks a new one while the tree is collected.
+    rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::STOP)
+        .map_err(|e| format!("stopping process {pid:?}: {e}"))?;
+    let tree = descendants(pid);
+    for p in &tree {
+        let _ = rustix::process::kill_process(*p, rustix::process::Signal::STOP);
+    }
+    let tree = descendants(pid);
+    rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL)
+        .map_err(|e| format!("killing process {pid:?}: {e}"))?;
+    for p in tree {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while inspect(d).await?.running == Some(true) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err("the exec still runs 2 s after it was killed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The descendants of `pid` (children of each of its threads, recursively), from `/proc`.
+fn descendants(pid: rustix::process::Pid) -> Vec<rustix::process::Pid> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", p.as_raw_nonzero())) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(kids) = std::fs::read_to_string(t.path().join("children")) else {
+                continue;
+            };
+            for k in kids.split_whitespace() {
+                if let Some(k) = k.parse().ok().and_then(rustix::process::Pid::from_raw) {
+                    if !out.contains(&k) && out.len() < 4096 {
+                        out.push(k);
+                        todo.push(k);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Sends a stream's last frame and closes, giving a caller that does not read 2 s.

@@ -31,7 +31,7 @@ use crate::access::Access;
 use crate::vfs::{set_attrs, Hint, Vfs};
 use crate::{ReadSend, SENDFILE_MIN_MSS};
 
-const PROG_NFS: u32 = 100_003;
+pub(crate) const PROG_NFS: u32 = 100_003;
 const PROG_MOUNT: u32 = 100_005;
 const MOUNT_MNT: u32 = 1;
 const NFS_WRITE: u32 = 7;
@@ -72,6 +72,8 @@ pub(crate) struct Front {
     /// See [`crate::NfsConfig::idle_timeout`] and [`crate::NfsConfig::record_timeout`].
     pub idle_timeout: std::time::Duration,
     pub record_timeout: std::time::Duration,
+    /// See [`crate::NfsConfig::reply_timeout`] ([`crate::limit::reply_within`]).
+    pub reply_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -265,9 +267,11 @@ async fn send_reply(
     cw: &tokio::sync::Mutex<OwnedWriteHalf>,
     reply: fast::Reply,
     peer: SocketAddr,
+    deadline: &Deadline,
 ) -> std::io::Result<()> {
     let mut w = cw.lock().await;
-    match reply {
+    let (t, conn) = (deadline.0, &deadline.1);
+    crate::limit::reply_within(t, conn, peer, async move { match reply {
         fast::Reply::Parts(parts) => {
             let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
             write_record_parts(&mut w, &refs).await
@@ -284,7 +288,22 @@ async fn send_reply(
             }
             r
         }
-    }
+    }})
+    .await
+}
+
+/// A connection's reply timeout and a duplicate of its socket ([`crate::limit::reply_within`]).
+type Deadline = (std::time::Duration, std::os::fd::OwnedFd);
+
+/// Writes one reply record under the connection's writer, within the reply timeout.
+async fn reply_record(
+    cw: &tokio::sync::Mutex<OwnedWriteHalf>,
+    rec: &[u8],
+    peer: SocketAddr,
+    deadline: &Deadline,
+) -> std::io::Result<()> {
+    let mut w = cw.lock().await;
+    crate::limit::reply_within(deadline.0, &deadline.1, peer, write_record(&mut *w, rec)).await
 }
 
 /// Write a READ reply record: record mark and `head` (everything up to and including the
@@ -433,6 +452,13 @@ impl Front {
         if !allowed {
             tracing::info!(%peer, "nfs: refusing a client outside the mesh");
         }
+        let deadline = match std::os::fd::AsFd::as_fd(&client).try_clone_to_owned() {
+            Ok(fd) => Arc::new((self.reply_timeout, fd)),
+            Err(e) => {
+                tracing::warn!(%peer, "nfs: dropping a connection: {e}");
+                return;
+            }
+        };
         let (mut cr, cw) = client.into_split();
         let cw = Arc::new(tokio::sync::Mutex::new(cw));
         let pending: Arc<Mutex<HashMap<u32, Patch>>> = Arc::default();
@@ -446,6 +472,7 @@ impl Front {
             up_w = Some(uw);
             let (cw, pending, me) = (cw.clone(), pending.clone(), self.clone());
             let forwarded = forwarded.clone();
+            let deadline = deadline.clone();
             pump = Some(tokio::spawn(async move {
                 while let Ok(Some(mut rec)) = read_record(&mut ur).await {
                     let xid = be32(&rec, 0);
@@ -464,7 +491,7 @@ impl Front {
                     if let Some(p) = patch {
                         me.patch_reply(&mut rec, p);
                     }
-                    if write_record(&mut *cw.lock().await, &rec).await.is_err() {
+                    if reply_record(&cw, &rec, peer, &deadline).await.is_err() {
                         break;
                     }
                     drop(slot);
@@ -487,7 +514,7 @@ impl Front {
                 break;
             };
             if let Some(reply) = crate::xdr_check::refusal(&mut rec, &call) {
-                if write_record(&mut *cw.lock().await, &reply).await.is_err() {
+                if reply_record(&cw, &reply, peer, &deadline).await.is_err() {
                     break;
                 }
                 continue;
@@ -497,7 +524,7 @@ impl Front {
                     .check(g.as_ref(), &self.shares, &self.vfs, &call, &rec)
                     .await;
                 if let Some(reply) = refusal {
-                    if write_record(&mut *cw.lock().await, &reply).await.is_err() {
+                    if reply_record(&cw, &reply, peer, &deadline).await.is_err() {
                         break;
                     }
                     continue;
@@ -525,7 +552,7 @@ impl Front {
                     } else {
                         contained(&call, fast::serve(&self, &call, &rec, sendfile)).await
                     };
-                    if send_reply(&cw, reply, peer).await.is_err() {
+                    if send_reply(&cw, reply, peer, &deadline).await.is_err() {
                         break;
                     }
                     seq.read_ahead(&self);
@@ -541,10 +568,10 @@ impl Front {
                 } else {
                     // Waiting for a slot stops reading this client (back-pressure).
                     let slot = slots.acquire().await;
-                    let (me, cw) = (self.clone(), cw.clone());
+                    let (me, cw, deadline) = (self.clone(), cw.clone(), deadline.clone());
                     tokio::spawn(async move {
                         let reply = contained(&call, fast::serve(&me, &call, &rec, sendfile)).await;
-                        let _ = send_reply(&cw, reply, peer).await;
+                        let _ = send_reply(&cw, reply, peer, &deadline).await;
                         drop(slot);
                     });
                 }
@@ -555,7 +582,7 @@ impl Front {
                 Some(_) => self.inspect(&call, &mut rec, &pending).await,
             };
             let r = match (local, &mut up_w) {
-                (Some(reply), _) => write_record(&mut *cw.lock().await, &reply).await,
+                (Some(reply), _) => reply_record(&cw, &reply, peer, &deadline).await,
                 (None, Some(uw)) => {
                     let slot = slots.acquire().await;
                     forwarded

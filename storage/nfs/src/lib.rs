@@ -114,6 +114,9 @@ pub struct NfsConfig {
     /// A client that takes longer than this to send one RPC record (from its first byte) is
     /// disconnected. Default [`limit::RECORD_TIMEOUT`].
     pub record_timeout: Duration,
+    /// A client that takes longer than this to receive one reply (it stopped reading) is
+    /// disconnected. Default [`limit::REPLY_TIMEOUT`].
+    pub reply_timeout: Duration,
 }
 
 /// Default [`NfsConfig::busy_poll`]. A client in a tight loop (libnfs on the same host, a
@@ -169,6 +172,7 @@ impl NfsConfig {
             gate: None,
             idle_timeout: limit::IDLE_TIMEOUT,
             record_timeout: limit::RECORD_TIMEOUT,
+            reply_timeout: limit::REPLY_TIMEOUT,
         }
     }
 }
@@ -216,12 +220,10 @@ impl NfsServer {
                 source,
             })?;
         let port = listener.local_addr()?.port();
-        let upstream = Arc::new(NFSStreamServer::new(
-            vfs.clone(),
-            generation,
-            EXPORT_ROOT,
-            port,
-        ));
+        let upstream = Arc::new(
+            NFSStreamServer::new(vfs.clone(), generation, EXPORT_ROOT, port)
+                .with_call_guard(upstream::call_guard()),
+        );
         let front = Arc::new(front::Front {
             access: Access {
                 allow: cfg.allow,
@@ -238,6 +240,7 @@ impl NfsServer {
             squash: perm::SquashCache::default(),
             idle_timeout: cfg.idle_timeout,
             record_timeout: cfg.record_timeout,
+            reply_timeout: cfg.reply_timeout,
         });
         Ok(NfsServer {
             listener,

@@ -11,7 +11,9 @@
 //! rest of the record within the record timeout of its first byte. A client that stalls in
 //! the middle of a record (or trickles it) is dropped, and so is one that stays silent longer
 //! than a kernel NFS server keeps an idle connection. Waiting for a slot does not count: the
-//! server is then not reading.
+//! server is then not reading. Each reply must be taken by the client within the reply timeout
+//! of the server starting to write it (`reply_within`): a client that stops reading its
+//! replies (its socket's send buffer full) is disconnected, which frees the calls it holds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,34 @@ pub const RECORD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default time a connection may stay silent between records (Linux's nfsd closes idle TCP
 /// connections after 6 minutes; clients reconnect when they have something to send).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(360);
+
+/// Default time the client may take to receive one reply once the server writes it (a 1 MiB
+/// READ reply needs 35 KiB/s); a client that stops reading is disconnected after it.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes one reply (`write`, the connection's writer already held) within `timeout`. A client
+/// that does not take it in time is disconnected: `conn` (a duplicate of the connection's
+/// socket) is shut down both ways, which also ends the connection's reader and fails every
+/// other reply waiting for the writer, so the connection's tasks, slots and buffers go; the
+/// socket is reset when they have (linger 0), dropping the replies queued in the kernel.
+pub(crate) async fn reply_within(
+    timeout: Duration,
+    conn: &std::os::fd::OwnedFd,
+    peer: std::net::SocketAddr,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!(%peer, "nfs: client took no reply for {timeout:?}; disconnecting it");
+            // Reset, not a FIN queued behind replies the client will never take: the
+            // kernel drops them when the connection's last descriptor closes.
+            let _ = rustix::net::sockopt::set_socket_linger(conn, Some(Duration::ZERO));
+            let _ = rustix::net::shutdown(conn, rustix::net::Shutdown::Both);
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
+}
 
 /// The next RPC record of a client connection (`None` at its end), or `TimedOut` when the
 /// client is silent for `idle` or takes longer than `record` to send a record it started.
@@ -143,6 +173,17 @@ pub(crate) fn serverfault(xid: u32, proc_: u32) -> Vec<u8> {
     }
     for _ in 0..fail_words {
         v.extend_from_slice(&0u32.to_be_bytes());
+    }
+    v
+}
+
+/// RPC `SYSTEM_ERR` reply to a call (outside NFSv3, e.g. MOUNT, whose procedures have no
+/// server-fault status).
+pub(crate) fn system_err(xid: u32) -> Vec<u8> {
+    const SYSTEM_ERR: u32 = 5;
+    let mut v = Vec::with_capacity(24);
+    for w in [xid, 1, 0, 0, 0, SYSTEM_ERR] {
+        v.extend_from_slice(&u32::to_be_bytes(w));
     }
     v
 }

@@ -2,11 +2,14 @@
 //! connection (`NFSStreamServer`, our patch of the library, see
 //! `vendor/nfs3_server/PATCHED.md`). Nothing listens on a socket for it, so no other local
 //! process can reach the library without going through the front's access check and limits.
+//! Each call the library handles runs under [`call_guard`]: a panic in it is contained to that
+//! call (logged with the procedure, counted with the front's, answered `NFS3ERR_SERVERFAULT`
+//! or, outside NFSv3, RPC `SYSTEM_ERR`), and the connection goes on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use nfs3_server::tcp::NFSStreamServer;
+use nfs3_server::tcp::{CallGuard, NFSStreamServer};
 use tokio::io::DuplexStream;
 
 use crate::vfs::Vfs;
@@ -34,4 +37,33 @@ pub(crate) fn connect(lib: &Arc<Library>, peer: SocketAddr) -> (DuplexStream, Du
         }
     });
     (replies_r, calls_w)
+}
+
+/// Runs each of the library's calls with its panics contained (see the module documentation).
+pub(crate) fn call_guard() -> CallGuard {
+    Arc::new(|head: &[u8], work| {
+        let word = |at: usize| {
+            head.get(at..at + 4)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (xid, prog, vers, proc_) = (word(0), word(12), word(16), word(20));
+        let nfs3 = prog == crate::front::PROG_NFS && vers == 3;
+        let kind = if nfs3 {
+            format!("NFSv3 procedure {proc_} (library)")
+        } else {
+            format!("RPC program {prog} v{vers} procedure {proc_} (library)")
+        };
+        #[cfg(test)]
+        let work = async move {
+            crate::contain::maybe_panic(xid);
+            work.await
+        };
+        Box::pin(async move {
+            match crate::contain::contained(kind, work).await {
+                Ok(()) => None,
+                Err(()) if nfs3 => Some(crate::limit::serverfault(xid, proc_)),
+                Err(()) => Some(crate::limit::system_err(xid)),
+            }
+        })
+    })
 }

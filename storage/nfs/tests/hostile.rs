@@ -400,3 +400,85 @@ async fn stalled_and_trickled_records_and_idle_clients_are_dropped() {
     assert!(closed_within(&mut idle.s, bound).await, "an idle client");
     srv.stop().await;
 }
+
+const ESTABLISHED: u8 = 1;
+
+/// TCP state (as /proc/net/tcp numbers it) of this process's connection from local port
+/// `local` to port `remote`.
+fn tcp_state(local: u16, remote: u16) -> Option<u8> {
+    for f in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let text = std::fs::read_to_string(f).ok()?;
+        for line in text.lines().skip(1) {
+            let c: Vec<&str> = line.split_whitespace().collect();
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+            if c.len() > 3 && port(c[1]) == Some(local) && port(c[2]) == Some(remote) {
+                return u8::from_str_radix(c[3], 16).ok();
+            }
+        }
+    }
+    None
+}
+
+/// READ of `count` bytes at 0 of `fh` (call record without record mark).
+fn read_call(fh: &[u8], count: u32) -> Vec<u8> {
+    let mut a = opaque(fh);
+    a.extend(words(&[0, 0, count]));
+    call(xid(), PROG_NFS, 6, &auth_unix(0, 0), &a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_replies_is_dropped() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path(), |_| {}).await;
+    let srv = start_with(dir.path(), store, |c| {
+        c.reply_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut c = Raw::connect(srv.addr).await;
+    let root = c.mount("/shares/default").await;
+    let f = raw_create(&mut c, &root, "big").await;
+    assert_eq!(raw_write(&mut c, &f, 0, 2, &[0x61; 1 << 20]).await, 0);
+    // 300 READs of 1 MiB each (300 MiB of replies, far beyond the socket buffers), never read.
+    let t = Instant::now();
+    let mut sent = 0;
+    for _ in 0..300 {
+        match tokio::time::timeout(Duration::from_secs(5), c.send(&read_call(&f, 1 << 20))).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    assert!(sent >= 20, "only {sent} calls sent");
+    // Meanwhile the server serves other clients.
+    let mut other = Raw::connect(srv.addr).await;
+    let r = other
+        .call(&call(xid(), PROG_NFS, 18, &auth_unix(0, 0), &opaque(&root)))
+        .await
+        .expect("FSSTAT reply");
+    assert_eq!(
+        (accept_stat(&r), word(&r, 6)),
+        (Some(0), 0),
+        "FSSTAT NFS3_OK"
+    );
+    // The server ends the stuck connection (our socket sees its FIN while we still read
+    // nothing); unpatched it stays established, the server blocked on the reply forever.
+    let local = c.s.local_addr().expect("local").port();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tcp_state(local, srv.addr.port()) == Some(ESTABLISHED) {
+        assert!(
+            Instant::now() < deadline,
+            "the server kept a client that reads no replies ({sent} calls sent)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "not before the reply timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(closed_within(&mut c.s, Duration::from_secs(10)).await);
+    // And it still serves READs.
+    let r = other.call(&read_call(&f, 4096)).await.expect("READ reply");
+    assert_eq!((accept_stat(&r), word(&r, 6)), (Some(0), 0), "READ NFS3_OK");
+    srv.stop().await;
+}

@@ -155,3 +155,41 @@ async fn a_panicking_call_is_answered_serverfault_and_the_next_succeeds() {
         "STALE or BADHANDLE, got {status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_forwarded_call_is_answered_and_the_connection_goes_on() {
+    let srv = start(8, 64).await;
+    let mut s = TcpStream::connect(srv.addr).await.expect("connect");
+    let x = crate::contain::PANIC_XID;
+    // FSINFO (19) is not served by the front: the library handles it, under the call guard.
+    let before = crate::panics();
+    s.write_all(&call(x, 19, &bogus_handle()))
+        .await
+        .expect("write");
+    let (xid, stat, status) = reply(&mut s).await;
+    assert_eq!((xid, stat), (x, 0));
+    assert_eq!(status, Some(10006), "NFS3ERR_SERVERFAULT");
+    assert!(crate::panics() > before);
+    assert!(!crate::in_request());
+    // The same connection keeps working: the next FSINFO gets the library's real answer.
+    s.write_all(&call(9, 19, &bogus_handle()))
+        .await
+        .expect("write");
+    let (xid, stat, status) = reply(&mut s).await;
+    assert_eq!((xid, stat), (9, 0));
+    let status = status.expect("status");
+    assert!(
+        status == 70 || status == 10001,
+        "STALE or BADHANDLE, got {status}"
+    );
+    // Outside NFSv3 (MOUNT NULL here) a panicking call is answered RPC SYSTEM_ERR.
+    let mut mnt = call(x, 0, &[]);
+    mnt[16..20].copy_from_slice(&100_005u32.to_be_bytes());
+    s.write_all(&mnt).await.expect("write");
+    let (xid, stat, _) = reply(&mut s).await;
+    assert_eq!((xid, stat), (x, 5), "SYSTEM_ERR");
+    assert!(crate::panics() >= before + 2);
+    s.write_all(&call(10, 0, &[])).await.expect("write");
+    let (xid, stat, _) = reply(&mut s).await;
+    assert_eq!((xid, stat), (10, 0), "NFS NULL still answered");
+}

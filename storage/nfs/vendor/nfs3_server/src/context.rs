@@ -16,6 +16,8 @@ pub struct RPCContext<T: crate::vfs::NfsFileSystem> {
     pub export_name: Arc<String>,
     pub transaction_tracker: Arc<TransactionTracker>,
     pub(crate) file_handle_converter: FileHandleConverter,
+    /// TunnelMesh patch: runs each call (see [`crate::rpcwire::CallGuard`]).
+    pub(crate) call_guard: Option<crate::rpcwire::CallGuard>,
 }
 
 #[allow(clippy::missing_fields_in_debug)]
@@ -49,6 +51,7 @@ where
             export_name: Arc::clone(&self.export_name),
             transaction_tracker: Arc::clone(&self.transaction_tracker),
             file_handle_converter: self.file_handle_converter,
+            call_guard: self.call_guard.clone(),
         }
     }
 }
@@ -73,6 +76,7 @@ where
                 1024,
             )),
             file_handle_converter: FileHandleConverter::new(),
+            call_guard: None,
         }
     }
     #[must_use]

@@ -158,6 +158,20 @@ pub async fn write_fragment<IO: tokio::io::AsyncWrite + Unpin>(
 
 pub type SocketMessageType = Result<CompleteRpcMessage, anyhow::Error>;
 
+/// TunnelMesh patch: what each call runs under, if set. It gets the first 24 bytes of the
+/// call's record (xid, message type, RPC version, program, version, procedure; fewer if the
+/// record is shorter) and the future that handles the call (and queues its reply), and resolves to `Some(reply record)`
+/// when that future did not complete (e.g. it panicked and the guard caught it): that record
+/// is sent as the call's reply instead, and the connection goes on.
+pub type CallGuard = std::sync::Arc<
+    dyn Fn(
+            &[u8],
+            std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The Socket Message Handler reads from a `TcpStream` and spawns off
 /// subtasks to handle each message. replies are queued into the
 /// `reply_send_channel`.
@@ -212,7 +226,10 @@ where
 
             let context = self.context.clone();
             let send = self.reply_send_channel.clone();
-            tokio::spawn(async move {
+            let guard = context.call_guard.clone();
+            let head = message.as_bytes()[..message.as_bytes().len().min(24)].to_vec();
+            let fallback = send.clone();
+            let work = async move {
                 let result = handle_rpc_message(context, message).await;
 
                 match result {
@@ -227,7 +244,20 @@ where
                         let _ = send.send(Err(anyhow!("Error handling RPC message")));
                     }
                 }
-            });
+            };
+            match guard {
+                None => {
+                    tokio::spawn(work);
+                }
+                Some(guard) => {
+                    let guarded = guard(&head, Box::pin(work));
+                    tokio::spawn(async move {
+                        if let Some(reply) = guarded.await {
+                            let _ = fallback.send(Ok(CompleteRpcMessage::from_reply(reply)));
+                        }
+                    });
+                }
+            }
         }
 
         Ok(())

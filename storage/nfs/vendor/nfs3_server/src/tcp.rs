@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 
 use crate::context::RPCContext;
+/// TunnelMesh patch: see [`NFSStreamServer::with_call_guard`].
+pub use crate::rpcwire::CallGuard;
 use crate::rpcwire::{SocketMessageHandler, write_fragment};
 use crate::transaction_tracker::{Cleaner, TransactionTracker};
 use crate::units::KIBIBYTE;
@@ -306,6 +308,7 @@ impl<T: NfsFileSystem + 'static> NFSTcp for NFSTcpListener<T> {
                 export_name: self.export_name.clone(),
                 transaction_tracker: self.transaction_tracker.clone(),
                 file_handle_converter: self.file_handle_converter,
+                call_guard: None,
             };
             info!("Accepting connection from {}", context.client_addr);
             debug!("Accepting socket {:?} {:?}", socket, context);
@@ -359,11 +362,20 @@ impl<T: NfsFileSystem + 'static> NFSStreamServer<T> {
             transaction_tracker,
             file_handle_converter:
                 crate::vfs::handle::FileHandleConverter::with_generation_number(generation_number),
+            call_guard: None,
         };
         Self {
             context,
             stop_notify,
         }
+    }
+
+    /// TunnelMesh patch: every call of every connection runs through `guard` (e.g. to contain
+    /// a panic in its handler and answer it, see [`crate::rpcwire::CallGuard`]).
+    #[must_use]
+    pub fn with_call_guard(mut self, guard: CallGuard) -> Self {
+        self.context.call_guard = Some(guard);
+        self
     }
 
     /// Serves one connection (RPC records with record marking) until it closes;

@@ -58,6 +58,16 @@ impl CompleteRpcMessage {
     pub fn into_inner(self) -> Vec<u8> {
         self.0
     }
+
+    /// TunnelMesh patch: the record's bytes (for the call guard).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// TunnelMesh patch: a reply record made by the call guard.
+    pub fn from_reply(reply: Vec<u8>) -> Self {
+        Self(reply)
+    }
 }
 
 pub struct IncomingRpcMessage {
