@@ -4,7 +4,8 @@
 # coordinator `coord` and the member `beta` run agents; `help` and `oper` (no Docker) are the
 # callers; `outside` is on the LAN but not in the mesh. Images: `docker import` of a root file
 # system made from Debian's busybox-static (no registry is reachable). Checks:
-#   - ps across the nodes (NODE column); nodes without Docker listed apart; a node that does not
+#   - ps across the nodes (NODE column), asking only nodes whose netmap entry declares an agent
+#     (`tmctl peers` shows it); the caller's own node without Docker listed apart; a node that does not
 #     answer (packets dropped) listed as unavailable within the per-node timeout, the rest shown
 #   - the role matrix: helpdesk (tag:help) reads logs but may not restart, and the refusal names
 #     tunnelmesh.io/cap/docker restart; operator (tag:oper) restarts but may not exec
@@ -142,7 +143,11 @@ wait_for 5 "help sees coord's containers" ps_has help coord "$C-web" || fail "he
 wait_for 5 "help sees beta's containers" ps_has help beta "$C-web" || fail "help's ps: $(tm help docker ps 2>&1)"
 out=$(ps_json help) || fail "ps --json"
 tm help docker ps | grep -E "^NODE|$C-|unavailable" >&2
-assert_eq "$(json_get "d['without_docker']" <<<"$out")" '["help", "oper"]' "nodes without Docker, listed apart"
+# The netmap says which nodes run an agent: oper (docker disabled) is not asked at all; only
+# the caller's own node is listed apart.
+assert_eq "$(json_get "d['without_docker']" <<<"$out")" '["help"]' "nodes without Docker, listed apart"
+assert_eq "$(ctl help peers --json | json_get "sorted(p['name'] for p in d if p['docker'])")" \
+    "['beta', 'coord']" "peers that declare a Docker agent"
 assert_eq "$(json_get "d['unavailable']" <<<"$out")" '[]' "unavailable nodes"
 # A node that does not answer (its agent's packets dropped) is listed as unavailable; the rest is shown.
 BETA_IP=$(mesh_ip_of beta)

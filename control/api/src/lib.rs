@@ -623,6 +623,9 @@ pub struct PeerInfo {
     pub tx_bytes: u64,
     pub tx_packets: u64,
     pub sessions_established: u64,
+    /// The peer declares a Docker agent on the mesh (its netmap entry lists `docker`).
+    #[serde(default)]
+    pub docker: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -430,6 +430,17 @@ impl JoinClient {
         self.call("POST", "/v1/endpoints", &body, true).await
     }
 
+    /// `POST /v1/services` (mTLS): replaces the services this node declares.
+    pub async fn update_services(&self, services: &[String]) -> Result<(), Error> {
+        let body = serde_json::to_vec(&crate::wire::ServicesUpdate {
+            services: services.to_vec(),
+        })
+        .expect("wire types always serialize");
+        self.call::<serde_json::Value>("POST", "/v1/services", &body, true)
+            .await
+            .map(|_| ())
+    }
+
     /// `GET /v1/relay` (mTLS) upgraded to `tm-relay/1`: a relay connection through the
     /// coordinator (connecting and upgrading are bounded by the request timeout; the
     /// connection itself lasts until closed). Refusals are [`Error::Refused`] (401 for an

@@ -19,6 +19,8 @@
 //! - `POST /v1/register` [`wire::RegisterRequest`] -> [`wire::Registration`]
 //! - `GET /v1/netmap?since=V` (mTLS) -> [`wire::Netmap`], long-polls until `version > V`
 //! - `POST /v1/endpoints` [`wire::EndpointsUpdate`] (mTLS) -> [`wire::Netmap`]
+//! - `POST /v1/services` [`wire::ServicesUpdate`] (mTLS) -> `{}`: the services the caller
+//!   runs for others (listed per peer in netmaps)
 //! - `DELETE /v1/nodes/self` (mTLS) -> `{}`
 //! - `GET /v1/relay` (mTLS, `Connection: Upgrade`, `Upgrade: tm-relay/1`) -> `101`, then
 //!   relay frames both ways (see [`relay`]): WireGuard ciphertext only, source keys set by
@@ -64,6 +66,7 @@ mod identity;
 mod index;
 mod limit;
 mod link;
+mod node_services;
 mod open;
 pub mod policy;
 pub mod proof;
@@ -86,6 +89,7 @@ pub use cluster::install_cluster_seed;
 pub use contain::{in_request, panics};
 pub use error::Error;
 pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};
+pub use node_services::SERVICES;
 pub use policy::{node_key, AdminHandler, PolicyOutcome, StoredPolicy};
 pub use relay::{
     LocalRelaySender, RelayConn, RelayReceiver, RelayRoute, RelaySender, RelayStats,

@@ -160,6 +160,7 @@ impl Coordinator {
                         observed: None,
                         tags: Vec::new(),
                         api: cfg.api_addr.clone(),
+                        services: Vec::new(),
                     },
                 );
             }

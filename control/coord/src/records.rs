@@ -9,6 +9,7 @@
 //! - `ep/<key>` -> its endpoints (declared and observed; changes often, so kept apart);
 //! - `tag/<key>/<tag>` -> `true` (one record per tag: concurrent tagging on two
 //!   coordinators keeps both tags);
+//! - `svc/<key>` -> the services a node runs for others (`["docker"]`; absent: none);
 //! - `token/<id>` -> a join token record (secret hashed);
 //! - `policy` -> the policy file;
 //! - `audit/<origin>/<time>-<random>` -> one audit entry (written once, never changed; not
@@ -94,6 +95,9 @@ pub(crate) fn records_of(s: &PersistedState) -> BTreeMap<String, Value> {
         );
         for t in &n.tags {
             out.insert(format!("tag/{k}/{t}"), Value::Bool(true));
+        }
+        if !n.services.is_empty() {
+            out.insert(format!("svc/{k}"), to_value(&n.services));
         }
     }
     for (id, t) in &s.tokens {
@@ -216,6 +220,10 @@ pub(crate) fn materialize(
                 observed: ep.observed,
                 tags,
                 api: core.api.clone(),
+                services: store
+                    .value(&format!("svc/{}", res.key))
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default(),
             },
         );
     }

@@ -145,6 +145,12 @@ impl Coordinator {
                 let u: EndpointsUpdate = parse_json(&req.body)?;
                 Ok(json(&self.handle_endpoints(&name, u.endpoints)?))
             }
+            ("POST", "/v1/services") => {
+                let name = self.caller(client.as_ref())?;
+                let u: crate::wire::ServicesUpdate = parse_json(&req.body)?;
+                self.set_services(&name, u.services)?;
+                Ok(b"{}".to_vec())
+            }
             ("POST", "/v1/cluster") => {
                 let name = self.caller(client.as_ref())?;
                 let key = self.cluster_peer(&name)?;
@@ -171,7 +177,7 @@ impl Coordinator {
             }
             (
                 _,
-                "/v1/challenge" | "/v1/register" | "/v1/netmap" | "/v1/endpoints"
+                "/v1/challenge" | "/v1/register" | "/v1/netmap" | "/v1/endpoints" | "/v1/services"
                 | "/v1/nodes/self" | "/v1/relay" | "/v1/admin",
             ) => Err(Error::MethodNotAllowed),
             _ => Err(Error::NotFound(path.to_owned())),

@@ -155,6 +155,9 @@ pub(crate) struct NodeRecord {
     /// mesh address, port 8443.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) api: Option<String>,
+    /// Services the node says it runs for other nodes (`docker`; see `node_services.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) services: Vec<String>,
 }
 
 impl NodeRecord {
@@ -508,6 +511,7 @@ impl Coordinator {
                     tags: n.tags.clone(),
                     api: n.api.clone().filter(|_| n.is_coordinator),
                     unreachable: n.is_coordinator && down.contains(&n.public_key),
+                    services: n.services.clone(),
                 })
                 .collect(),
             dns: Dns {
@@ -637,6 +641,7 @@ impl Coordinator {
                     observed: None,
                     tags: Vec::new(),
                     api: None,
+                    services: Vec::new(),
                 },
             };
             let rec = NodeRecord {

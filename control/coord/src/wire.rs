@@ -167,6 +167,10 @@ pub struct NetmapPeer {
     /// lately (it is left out of `coordinator.mesh`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unreachable: bool,
+    /// Services the node runs for other nodes (`docker`: its Docker agent answers on the
+    /// mesh), as the node itself declared them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 /// DNS data distributed with the netmap.
@@ -236,6 +240,14 @@ pub struct ClusterPeer {
 pub struct EndpointsUpdate {
     /// The caller's endpoints (replaces the previous list).
     pub endpoints: Vec<SocketAddr>,
+}
+
+/// `POST /v1/services` body: the services the caller runs for other nodes (replaces the
+/// previous list; see [`crate::SERVICES`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesUpdate {
+    /// Service names.
+    pub services: Vec<String>,
 }
 
 /// Error body of every non-2xx answer.

@@ -29,7 +29,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct DockerHub {
     name: String,
     mesh_ip: RwLock<Option<IpAddr>>,
-    peers: RwLock<BTreeMap<String, IpAddr>>,
+    /// Each other node's mesh address and whether it declares a Docker agent.
+    peers: RwLock<BTreeMap<String, (IpAddr, bool)>>,
     agent: RwLock<Option<Arc<Agent>>>,
 }
 
@@ -44,10 +45,24 @@ impl DockerHub {
         })
     }
 
-    /// Replaces the names and mesh addresses of the other nodes (from the netmap).
-    pub fn set_peers(&self, peers: impl IntoIterator<Item = (String, IpAddr)>) {
+    /// Replaces the names, mesh addresses and Docker flags of the other nodes (from the
+    /// netmap).
+    pub fn set_peers(&self, peers: impl IntoIterator<Item = (String, IpAddr, bool)>) {
         let mut p = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        *p = peers.into_iter().filter(|(n, _)| *n != self.name).collect();
+        *p = peers
+            .into_iter()
+            .filter(|(n, _, _)| *n != self.name)
+            .map(|(n, ip, d)| (n, (ip, d)))
+            .collect();
+    }
+
+    /// Whether the node `name` declares a Docker agent (so `docker ps` asks it).
+    pub fn runs_docker(&self, name: &str) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|(_, d)| *d)
     }
 
     /// Starts the agent on `mesh_ip`, accepting only connections that arrive on `interface`
@@ -139,7 +154,7 @@ impl DockerHub {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&node)
-            .copied();
+            .map(|(ip, _)| *ip);
         let Some(ip) = ip else {
             let _ = s
                 .write_all(&line(Response::err(format!(

@@ -1308,6 +1308,10 @@ impl Node {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_secs());
                 PeerInfo {
+                    docker: self
+                        .docker
+                        .as_ref()
+                        .is_some_and(|h| h.runs_docker(&p.cfg.name)),
                     name: p.cfg.name.clone(),
                     public_key: p.cfg.public_key.to_string(),
                     mesh_ip: p.cfg.allowed_ips.first().map(|c| c.addr.to_string()),

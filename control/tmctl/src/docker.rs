@@ -146,7 +146,8 @@ fn data<T: serde::de::DeserializeOwned>(r: Reply) -> Result<T> {
     serde_json::from_value(r.data.unwrap_or_default()).context("the agent's answer")
 }
 
-/// The nodes to fan out to: this node and its peers (or just `only`).
+/// The nodes to fan out to: this node and the peers whose netmap entry declares a Docker
+/// agent (or just `only`).
 fn nodes(target: &Target, only: Option<&String>) -> Result<Vec<String>> {
     if let Some(n) = only {
         return Ok(vec![n.clone()]);
@@ -154,7 +155,7 @@ fn nodes(target: &Target, only: Option<&String>) -> Result<Vec<String>> {
     let me: Status = serde_json::from_value(call(target, Command::Status)?)?;
     let peers: Vec<PeerInfo> = serde_json::from_value(call(target, Command::Peers)?)?;
     let mut v = vec![me.name];
-    v.extend(peers.into_iter().map(|p| p.name));
+    v.extend(peers.into_iter().filter(|p| p.docker).map(|p| p.name));
     v.sort();
     v.dedup();
     Ok(v)
