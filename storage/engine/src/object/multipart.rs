@@ -85,7 +85,7 @@ impl Store {
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
             return Err(StorageError::InvalidPartNumber);
         }
-        self.check_upload(bucket, key, upload_id)?;
+        let upload = self.check_upload(bucket, key, upload_id)?;
         let limit = self.room(bucket, key)?;
         Ok(PutWriter::new(
             self.clone(),
@@ -94,6 +94,7 @@ impl Store {
                 key: key.to_string(),
                 upload_id: upload_id.to_string(),
                 number: part_number,
+                sse: upload.meta.sse,
             },
             limit,
         ))

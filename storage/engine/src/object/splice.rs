@@ -90,10 +90,10 @@ impl Store {
                 .filter(|_| n > 0 && end_of(n - 1) <= new_size)
                 .unwrap_or(n);
             let region_end = if tail < n { starts[tail] } else { new_size };
-            let mut pins = Pins {
-                shared: self.inner.shared.clone(),
-                ids: Vec::new(),
-            };
+            let mut pins = Pins::new(self.inner.shared.clone());
+            if let Some(r) = &old {
+                pins.seal = r.edit_seal()?;
+            }
             let mut manifest: Vec<ChunkRef> = old_m[..i0].to_vec();
             let mut p = region_start;
             while p < region_end {

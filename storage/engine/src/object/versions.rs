@@ -477,10 +477,7 @@ impl Store {
         for c in &manifest {
             shared.pin(c.id);
         }
-        let pins = Pins {
-            shared: shared.clone(),
-            ids: manifest.iter().map(|c| c.id).collect(),
-        };
+        let pins = Pins::reading(shared.clone(), manifest.iter().map(|c| c.id).collect());
         Ok(ObjectReader::new(rec.info(key), manifest, inline, pins))
     }
 
