@@ -247,6 +247,23 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
                 C::PreconditionFailed,
                 "At least one of the pre-conditions you specified did not hold",
             ),
+            StorageError::KeyRequired => S3Error::with_message(
+                C::InvalidRequest,
+                "The object was stored using a form of Server Side Encryption. The correct \
+                 parameters must be provided to retrieve the object.",
+            ),
+            StorageError::KeyMismatch => S3Error::with_message(
+                C::AccessDenied,
+                "The provided customer key does not match the key the object was encrypted with.",
+            ),
+            StorageError::NotCustomerEncrypted => S3Error::with_message(
+                C::InvalidRequest,
+                "The encryption parameters are not applicable to this object.",
+            ),
+            StorageError::NoMasterKey => S3Error::with_message(
+                C::NotImplemented,
+                "Server-side encryption needs a master key and this node has none configured.",
+            ),
             StorageError::Unsupported(what) => {
                 S3Error::with_message(C::NotImplemented, format!("not implemented: {what}"))
             }

@@ -39,6 +39,7 @@ mod list;
 mod principal;
 mod refuse;
 mod service;
+mod sse;
 
 use std::future::Future;
 use std::io;

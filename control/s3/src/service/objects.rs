@@ -12,6 +12,7 @@ use super::TmS3;
 use crate::access::check;
 use crate::checksum::{self, Outcome};
 use crate::error::{aws_error, Error};
+use crate::sse;
 
 /// The verified-checksum slot the front put into the request (empty if none).
 pub(super) fn outcome<T>(req: &S3Request<T>) -> Outcome {
@@ -62,6 +63,7 @@ impl TmS3 {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let cond = write_condition(&req.headers)?;
         let sums = outcome(&req);
+        let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
         let input = req.input;
         let mut meta = object_meta(PutMeta {
             content_type: input.content_type,
@@ -74,7 +76,7 @@ impl TmS3 {
         let small = input
             .content_length
             .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n <= tm_storage::INLINE_MAX);
+            .filter(|&n| n <= tm_storage::INLINE_MAX && enc.is_none());
         let info = if let Some(len) = small {
             // Small object: buffer it and hand it to the group committer without tying up a
             // blocking thread; the reply comes back when it is durable.
@@ -94,7 +96,13 @@ impl TmS3 {
             let store = self.store.clone();
             write_body(
                 &input.bucket,
-                move || store.begin_put(&b, &k, meta),
+                move || {
+                    let mut w = store.begin_put(&b, &k, meta)?;
+                    if let Some(e) = &enc {
+                        w.encrypt(e)?;
+                    }
+                    Ok(w)
+                },
                 input.body,
                 input.content_md5.as_deref(),
                 sums,
@@ -110,6 +118,7 @@ impl TmS3 {
         };
         let f = put_checksum!(out, info.meta.checksum.as_deref());
         out.checksum_type = checksum_type(&f);
+        put_sse!(out, info.meta.sse.as_ref());
         Ok(S3Response::new(out))
     }
 
@@ -118,6 +127,8 @@ impl TmS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
+        let enc = sse::customer_key(&req.headers, sse::Side::Object)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
         if i.part_number.is_some() {
             return Err(S3Error::with_message(
@@ -140,6 +151,9 @@ impl TmS3 {
             }
             r => r?,
         };
+        reader
+            .unlock(enc.as_ref())
+            .map_err(|e| aws_error(Error::Storage(e), &i.bucket))?;
         let info = reader.info.clone();
         check_conditions(
             &info,
@@ -181,6 +195,7 @@ impl TmS3 {
             let f = put_checksum!(out, m.checksum.as_deref());
             out.checksum_type = checksum_type(&f);
         }
+        put_sse!(out, m.sse.as_ref());
         let mut r = S3Response::new(out);
         if i.response_expires.is_none() {
             r.headers = extra_headers(&m);
@@ -193,6 +208,8 @@ impl TmS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
+        let enc = sse::customer_key(&req.headers, sse::Side::Object)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
         if i.part_number.is_some() {
             return Err(S3Error::with_message(
@@ -215,6 +232,8 @@ impl TmS3 {
             }
             r => r?,
         };
+        sse::check_read(info.meta.sse.as_ref(), enc.as_ref())
+            .map_err(|e| aws_error(Error::Storage(e), &i.bucket))?;
         check_conditions(
             &info,
             i.if_match.as_ref(),
@@ -241,6 +260,7 @@ impl TmS3 {
             let f = put_checksum!(out, m.checksum.as_deref());
             out.checksum_type = checksum_type(&f);
         }
+        put_sse!(out, m.sse.as_ref());
         let mut r = S3Response::new(out);
         r.headers = extra_headers(m);
         Ok(r)
@@ -254,13 +274,16 @@ impl TmS3 {
         let (sb, sk, sv) = copy_source(&req.input.copy_source)?;
         check(&req, &sb, &sk, S3Op::Read)?;
         let cond = write_condition(&req.headers)?;
+        let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        let src_enc = sse::customer_key(&req.headers, sse::Side::CopySource)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let headers = req.headers;
         let i = req.input;
         let replace = i
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && sb == i.bucket && sk == i.key && sv.is_none() {
+        if !replace && enc.is_none() && sb == i.bucket && sk == i.key && sv.is_none() {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself \
@@ -274,6 +297,8 @@ impl TmS3 {
                 None => s.head(&b2, &k2),
             })
             .await?;
+        sse::check_read(src.meta.sse.as_ref(), src_enc.as_ref())
+            .map_err(|e| aws_error(Error::Storage(e), &sb))?;
         check_copy_conditions(
             &src,
             i.copy_source_if_match.as_ref(),
@@ -305,11 +330,36 @@ impl TmS3 {
             })
         });
         let (db, dk) = (i.bucket.clone(), i.key.clone());
-        let info = self
-            .run(&i.bucket, move |s| {
+        let info = if sse::same(src.meta.sse.as_ref(), enc.as_ref()) {
+            // Same encryption: the copy shares the source's chunks (and its data key).
+            self.run(&i.bucket, move |s| {
                 s.copy_object_if((&sb, &sk, sv.as_deref()), &db, &dk, meta, cond)
             })
-            .await?;
+            .await?
+        } else {
+            // Another encryption: the bytes are read (opened with the source's key) and
+            // written anew (sealed with the destination's).
+            self.run(&i.bucket, move |s| {
+                let r = match sv {
+                    Some(v) => s.open_version(&sb, &sk, &v)?,
+                    None => s.open_object(&sb, &sk)?,
+                };
+                r.unlock(src_enc.as_ref())?;
+                let mut meta = meta.unwrap_or_else(|| r.info.meta.clone());
+                if meta.checksum.is_none() {
+                    meta.checksum = r.info.meta.checksum.clone();
+                }
+                meta.sse = None;
+                let mut w = s.begin_put(&db, &dk, meta)?;
+                w.set_condition(cond);
+                if let Some(e) = &enc {
+                    w.encrypt(e)?;
+                }
+                copy_bytes(&r, &mut w, 0, r.info.size)?;
+                w.commit()
+            })
+            .await?
+        };
         let mut res = CopyObjectResult {
             e_tag: Some(etag(&info.etag)),
             last_modified: Some(ts(info.modified)),
@@ -317,11 +367,13 @@ impl TmS3 {
         };
         let f = put_checksum!(res, info.meta.checksum.as_deref());
         res.checksum_type = checksum_type(&f);
-        Ok(S3Response::new(CopyObjectOutput {
+        let mut out = CopyObjectOutput {
             copy_object_result: Some(res),
             copy_source_version_id: src.version_id.clone(),
             version_id: info.version_id.clone(),
             ..Default::default()
-        }))
+        };
+        put_sse!(out, info.meta.sse.as_ref());
+        Ok(S3Response::new(out))
     }
 }
