@@ -40,6 +40,39 @@ struct SavedCreds {
     secret_key: String,
 }
 
+/// The node's master key: 32 random bytes in `path` (mode 0600), created on first use. It
+/// wraps the data keys of SSE-S3 objects and seals chunks with `s3.encrypt_at_rest`; losing
+/// it loses those objects.
+fn load_or_create_master_key(path: &Path) -> Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(b) => b.try_into().map_err(|b: Vec<u8>| {
+            anyhow::anyhow!(
+                "s3.master_key_file: {} holds {} bytes, expected 32",
+                path.display(),
+                b.len()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut k = [0u8; 32];
+            OsRng.fill_bytes(&mut k);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("s3.master_key_file: creating {}", dir.display()))?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("s3.master_key_file: creating {}", path.display()))?;
+            f.write_all(&k)?;
+            f.sync_all()?;
+            Ok(k)
+        }
+        Err(e) => Err(e).with_context(|| format!("s3.master_key_file: reading {}", path.display())),
+    }
+}
+
 fn random_string(alphabet: &[u8], n: usize) -> String {
     let mut b = vec![0u8; n];
     OsRng.fill_bytes(&mut b);
@@ -55,6 +88,10 @@ impl Storage {
         })?;
         let mut sc = StoreConfig::new(&settings.data_dir);
         sc.max_size = settings.max_size;
+        sc.master_key = Some(tm_storage::SecretKey(load_or_create_master_key(
+            &settings.master_key_file,
+        )?));
+        sc.encrypt_all = settings.encrypt_at_rest;
         let store = Store::open(sc).with_context(|| {
             format!(
                 "opening the object store in {}",
