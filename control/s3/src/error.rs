@@ -83,6 +83,9 @@ pub enum Error {
     /// `x-amz-expected-bucket-owner` names another owner.
     #[error("access denied")]
     WrongOwner,
+    /// A `partNumber` read past the object's parts (416 `InvalidPartNumber`).
+    #[error("the requested partnumber is not satisfiable")]
+    PartNotSatisfiable,
     /// An XML request body above 20 MiB.
     #[error("your request was too big")]
     MaxMessageLengthExceeded,
@@ -167,6 +170,11 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
             S3Error::with_message(C::InvalidStorageClass, e.to_string())
         }
         Error::WrongOwner => S3Error::with_message(C::AccessDenied, "Access Denied"),
+        Error::PartNotSatisfiable => custom(
+            "InvalidPartNumber",
+            St::RANGE_NOT_SATISFIABLE,
+            "The requested partnumber is not satisfiable".into(),
+        ),
         Error::MaxMessageLengthExceeded => custom(
             "MaxMessageLengthExceeded",
             St::BAD_REQUEST,

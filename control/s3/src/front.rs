@@ -154,6 +154,17 @@ async fn with_request_id(r: Response<s3s::Body>, id: &str) -> Response<s3s::Body
     if let Ok(v) = HeaderValue::from_str(id) {
         parts.headers.insert("x-amz-request-id", v);
     }
+    // An operation's own status where s3s has no field for it (HEAD by partNumber: 206).
+    if let Some(s) = parts.headers.remove(crate::STATUS_HEADER) {
+        if let Some(st) = s
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|n| http::StatusCode::from_u16(n).ok())
+        {
+            parts.status = st;
+        }
+    }
     if parts.status.as_u16() < 400 {
         return Response::from_parts(parts, body);
     }

@@ -6,10 +6,10 @@
 //! `InvalidArgument`), object lock
 //! and legal hold, ACL grants and canned ACLs other than `private`/`bucket-owner-full-control`
 //! (`AccessControlListNotSupported`, as an AWS bucket with ACLs disabled), object ownership
-//! other than `BucketOwnerEnforced`, tagging headers, website redirects, appends
+//! other than `BucketOwnerEnforced`, website redirects, appends
 //! (`x-amz-write-offset-bytes`), MFA delete, storage classes other than `STANDARD` (an unknown
 //! one: `InvalidStorageClass`), an `x-amz-expected-bucket-owner` that is not us (`AccessDenied`),
-//! `partNumber` on GET/HEAD, `If-None-Match` other than `*` and `If-Match: *` on writes,
+//! `If-None-Match` other than `*` and `If-Match: *` on writes,
 //! multipart checksum type `FULL_OBJECT`, a malformed `Content-MD5` (`InvalidDigest`), and XML
 //! request bodies above 20 MiB (`MaxMessageLengthExceeded`).
 
@@ -129,7 +129,6 @@ pub(crate) fn check(
         ));
     }
     for (name, what) in [
-        ("x-amz-tagging", "object tagging"),
         ("x-amz-website-redirect-location", "website redirects"),
         ("x-amz-write-offset-bytes", "appends"),
         ("x-amz-mfa", "MFA delete"),
@@ -139,6 +138,7 @@ pub(crate) fn check(
         }
     }
     if value(h, "x-amz-tagging-directive").is_some_and(|v| v != "COPY" && v != "REPLACE") {
+        // (x-amz-tagging itself is implemented: checked by the operations.)
         return Err(Error::InvalidArgument("Unknown tagging directive.".into()));
     }
     if let Some(sc) = value(h, "x-amz-storage-class") {
@@ -189,11 +189,6 @@ pub(crate) fn check(
         }
     }
     let _ = path;
-    for (k, _) in &q {
-        if k == "partNumber" && (*method == Method::GET || *method == Method::HEAD) {
-            return Err(not_impl("GetObject/HeadObject by partNumber"));
-        }
-    }
     // XML bodies (everything but object data) are at most 20 MiB.
     if !is_object_put(method, &q) && *method != Method::GET && *method != Method::HEAD {
         let len = value(h, "x-amz-decoded-content-length")
@@ -274,7 +269,7 @@ mod tests {
         );
         assert_eq!(
             verdict(Method::GET, "/b/k", Some("partNumber=1"), &[]),
-            "NotImplemented"
+            "ok"
         );
         assert_eq!(
             verdict(

@@ -191,6 +191,8 @@ pub(super) fn object_meta(m: PutMeta<'_>) -> ObjectMeta {
         expires: raw_header(m.headers, "expires"),
         checksum: None,
         sse: None,
+        part_sizes: Vec::new(),
+        tags: Vec::new(),
     }
 }
 

@@ -46,6 +46,7 @@ impl TmS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        let tags = super::tagging::header_tags(&req.headers)?;
         let i = req.input;
         let mut meta = object_meta(PutMeta {
             content_type: i.content_type,
@@ -55,6 +56,7 @@ impl TmS3 {
             metadata: i.metadata,
             headers: &req.headers,
         });
+        meta.tags = tags.unwrap_or_default();
         let algo = i.checksum_algorithm.clone();
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let id = self

@@ -34,6 +34,46 @@ fn wants_checksum(m: Option<&ChecksumMode>) -> bool {
     m.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED))
 }
 
+/// `partNumber` on a read: 1..=10000 (`InvalidArgument`), not with a `Range` (`InvalidRequest`).
+fn check_part_number(n: Option<i32>, range: bool) -> S3Result<()> {
+    match n {
+        None => Ok(()),
+        Some(_) if range => Err(S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter",
+        )),
+        Some(n) if !(1..=10_000).contains(&n) => Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Bytes `start..end` of part `n` (1-based, in the order the parts were completed) of an
+/// object; an object not uploaded in parts is its own part 1. Past the last part: 416
+/// `InvalidPartNumber`.
+fn part_range(info: &tm_storage::ObjectInfo, n: i32, bucket: &str) -> S3Result<(u64, u64)> {
+    let whole = [info.size];
+    let sizes: &[u64] = if info.meta.part_sizes.is_empty() {
+        &whole
+    } else {
+        &info.meta.part_sizes
+    };
+    let i = usize::try_from(n - 1).unwrap_or(usize::MAX);
+    if i >= sizes.len() {
+        return Err(aws_error(Error::PartNotSatisfiable, bucket));
+    }
+    let start: u64 = sizes[..i].iter().sum();
+    Ok((start, start + sizes[i]))
+}
+
+/// `x-amz-mp-parts-count` of a `partNumber` read of a multipart object.
+fn parts_count(info: &tm_storage::ObjectInfo, n: Option<i32>) -> Option<i32> {
+    let k = info.meta.part_sizes.len();
+    (n.is_some() && k > 0).then(|| i32::try_from(k).unwrap_or(i32::MAX))
+}
+
 impl TmS3 {
     /// A `NoSuchKey` for a key whose latest version is a delete marker carries
     /// `x-amz-delete-marker: true` and the marker's version id (as S3).
@@ -64,6 +104,7 @@ impl TmS3 {
         let cond = write_condition(&req.headers)?;
         let sums = outcome(&req);
         let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        let tags = super::tagging::header_tags(&req.headers)?;
         let input = req.input;
         let mut meta = object_meta(PutMeta {
             content_type: input.content_type,
@@ -73,6 +114,7 @@ impl TmS3 {
             metadata: input.metadata,
             headers: &req.headers,
         });
+        meta.tags = tags.unwrap_or_default();
         let small = input
             .content_length
             .and_then(|n| usize::try_from(n).ok())
@@ -130,12 +172,7 @@ impl TmS3 {
         let enc = sse::customer_key(&req.headers, sse::Side::Object)
             .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
-        if i.part_number.is_some() {
-            return Err(S3Error::with_message(
-                S3ErrorCode::NotImplemented,
-                "GetObject by partNumber is not supported",
-            ));
-        }
+        check_part_number(i.part_number, i.range.is_some())?;
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let v = version_param(i.version_id.as_deref())?;
         let asked = v.is_some();
@@ -162,13 +199,21 @@ impl TmS3 {
             i.if_modified_since.as_ref(),
             i.if_unmodified_since.as_ref(),
         )?;
-        let (start, end, content_range) = match &i.range {
-            Some(r) => {
+        let (start, end, content_range) = match (&i.range, i.part_number) {
+            (Some(r), _) => {
                 let rg = r.check(info.size)?;
                 let cr = format!("bytes {}-{}/{}", rg.start, rg.end - 1, info.size);
                 (rg.start, rg.end, Some(cr))
             }
-            None => (0, info.size, None),
+            (None, Some(n)) => {
+                let (s, e) = part_range(&info, n, &i.bucket)?;
+                (
+                    s,
+                    e,
+                    (e > s).then(|| format!("bytes {s}-{}/{}", e - 1, info.size)),
+                )
+            }
+            (None, None) => (0, info.size, None),
         };
         let m = info.meta.clone();
         let whole = content_range.is_none();
@@ -188,6 +233,8 @@ impl TmS3 {
             content_language: i.response_content_language.or(m.content_language.clone()),
             metadata: out_meta(&m),
             version_id: shown_version(&info, asked),
+            parts_count: parts_count(&info, i.part_number),
+            tag_count: (!m.tags.is_empty()).then(|| i32::try_from(m.tags.len()).unwrap_or(0)),
             ..Default::default()
         };
         // A range has no checksum of its own; AWS answers none.
@@ -211,12 +258,7 @@ impl TmS3 {
         let enc = sse::customer_key(&req.headers, sse::Side::Object)
             .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
-        if i.part_number.is_some() {
-            return Err(S3Error::with_message(
-                S3ErrorCode::NotImplemented,
-                "HeadObject by partNumber is not supported",
-            ));
-        }
+        check_part_number(i.part_number, i.range.is_some())?;
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let v = version_param(i.version_id.as_deref())?;
         let asked = v.is_some();
@@ -242,8 +284,15 @@ impl TmS3 {
             i.if_unmodified_since.as_ref(),
         )?;
         let m = &info.meta;
+        let (start, end) = match i.part_number {
+            Some(n) => part_range(&info, n, &i.bucket)?,
+            None => (0, info.size),
+        };
+        let partial = i.part_number.is_some() && end > start;
         let mut out = HeadObjectOutput {
-            content_length: i64::try_from(info.size).ok(),
+            content_length: i64::try_from(end - start).ok(),
+            content_range: partial.then(|| format!("bytes {start}-{}/{}", end - 1, info.size)),
+            parts_count: parts_count(&info, i.part_number),
             accept_ranges: Some("bytes".to_owned()),
             e_tag: Some(etag(&info.etag)),
             last_modified: Some(ts(info.modified)),
@@ -263,6 +312,10 @@ impl TmS3 {
         put_sse!(out, m.sse.as_ref());
         let mut r = S3Response::new(out);
         r.headers = extra_headers(m);
+        if partial {
+            r.headers
+                .insert(crate::STATUS_HEADER, http::HeaderValue::from_static("206"));
+        }
         Ok(r)
     }
 
@@ -283,7 +336,8 @@ impl TmS3 {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && enc.is_none() && sb == i.bucket && sk == i.key && sv.is_none() {
+        let retag = i.tagging_directive.is_some();
+        if !replace && !retag && enc.is_none() && sb == i.bucket && sk == i.key && sv.is_none() {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself \
@@ -319,7 +373,17 @@ impl TmS3 {
                 ));
             }
         }
-        let meta = replace.then(|| {
+        // Tags: the source's (`x-amz-tagging-directive: COPY`, the default) or the header's.
+        let replace_tags = i
+            .tagging_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
+        let tags = if replace_tags {
+            super::tagging::header_tags(&headers)?.unwrap_or_default()
+        } else {
+            src.meta.tags.clone()
+        };
+        let mut meta = replace.then(|| {
             object_meta(PutMeta {
                 content_type: i.content_type,
                 content_encoding: i.content_encoding,
@@ -329,6 +393,12 @@ impl TmS3 {
                 headers: &headers,
             })
         });
+        if replace_tags && meta.is_none() {
+            meta = Some(src.meta.clone());
+        }
+        if let Some(m) = meta.as_mut() {
+            m.tags = tags;
+        }
         let (db, dk) = (i.bucket.clone(), i.key.clone());
         let info = if sse::same(src.meta.sse.as_ref(), enc.as_ref()) {
             // Same encryption: the copy shares the source's chunks (and its data key).

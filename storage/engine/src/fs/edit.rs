@@ -193,7 +193,7 @@ impl FileSystem {
                 size: new_size,
                 etag: manifest_etag(&[c]),
                 modified: now_nanos(),
-                meta: old.info.meta.clone(),
+                meta: crate::object::splice::edited_meta(&old.info.meta),
             };
             return Ok((rec, vec![c], Some(buf)));
         }
@@ -296,7 +296,7 @@ impl FileSystem {
             size: new_size,
             etag: manifest_etag(&out),
             modified: now_nanos(),
-            meta: old.info.meta.clone(),
+            meta: crate::object::splice::edited_meta(&old.info.meta),
         };
         Ok((rec, out, None))
     }

@@ -62,6 +62,7 @@ fn create_system_bucket(wtx: &redb::WriteTransaction) -> Result<(), StorageError
             bytes: 0,
             objects: 0,
             versioning: None,
+            tags: Vec::new(),
         };
         buckets.insert(
             super::types::SYSTEM_BUCKET,
@@ -89,6 +90,9 @@ pub(crate) struct BucketRec {
     /// `Enabled` / `Suspended`; absent: never versioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versioning: Option<String>,
+    /// The bucket's tags (S3 bucket tagging), in the order set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -9,7 +9,8 @@
 //! that the reclaimer drains (`gc.rs`, where the engine decides to delete a chunk).
 //!
 //! Files: `bucket.rs` (buckets, quotas, usage), `objects.rs` (put/get/delete/copy/list),
-//! `sse.rs` (server-side encryption: data keys, wrapping, which key seals a chunk),
+//! `sse.rs` (server-side encryption: data keys, wrapping, which key seals a chunk), `tags.rs`
+//! (object and bucket tags),
 //! `splice.rs` (in-place edits), `multipart.rs`, `credentials.rs`, `gc.rs` (reclaim, gc,
 //! fsck), `meta.rs` (tables, records, in-transaction helpers), `reader.rs`, `writer.rs`,
 //! `types.rs` (public types).
@@ -26,8 +27,9 @@ mod multipart;
 mod objects;
 pub(crate) mod pins;
 pub(crate) mod reader;
-mod splice;
+pub(crate) mod splice;
 pub(crate) mod sse;
+mod tags;
 #[cfg(test)]
 mod tests;
 pub(crate) mod types;

@@ -157,6 +157,7 @@ impl Store {
                 return Err(StorageError::InvalidPartOrder);
             }
             let mut manifest = Vec::new();
+            let mut sizes = Vec::with_capacity(parts.len());
             let mut md5s = Md5::new();
             let mut size = 0u64;
             let mut too_small = false;
@@ -176,6 +177,7 @@ impl Store {
                         .ok_or_else(|| StorageError::Corrupt("part etag".into()))?;
                     md5s.update(&raw);
                     size += rec.size;
+                    sizes.push(rec.size);
                     manifest.extend(get_manifest(&pc, &pk)?);
                 }
             }
@@ -185,6 +187,7 @@ impl Store {
             check_condition(wtx, &bucket, &key, &cond)?;
             let mut meta = upload.meta;
             meta.checksum = checksum;
+            meta.part_sizes = sizes;
             let rec = ObjRec {
                 version_id: None,
                 size,

@@ -52,7 +52,7 @@ impl Store {
             Target::Object {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
-                meta,
+                meta: Box::new(meta),
             },
             limit,
         ))
@@ -317,8 +317,10 @@ impl Store {
                     if m.checksum.is_none() {
                         m.checksum = src.meta.checksum;
                     }
-                    // The chunks are shared: so is the key that opens them.
+                    // The chunks are shared: so is the key that opens them (and the ETag
+                    // stays the source's, parts and all).
                     m.sse = src.meta.sse;
+                    m.part_sizes = src.meta.part_sizes;
                     m
                 }
                 None => src.meta,

@@ -126,7 +126,7 @@ impl Store {
                 modified: now_nanos(),
                 meta: old
                     .as_ref()
-                    .map(|r| r.info.meta.clone())
+                    .map(|r| edited_meta(&r.info.meta))
                     .unwrap_or_default(),
             };
             let existed = old.is_some();
@@ -157,4 +157,12 @@ impl Store {
         }
         Err(StorageError::Conflict)
     }
+}
+
+/// The metadata of an object after an in-place edit: the same, but no longer a multipart
+/// object (its ETag is not a multipart ETag any more).
+pub(crate) fn edited_meta(m: &super::types::ObjectMeta) -> super::types::ObjectMeta {
+    let mut m = m.clone();
+    m.part_sizes.clear();
+    m
 }

@@ -81,6 +81,13 @@ pub struct ObjectMeta {
     /// Set by the engine ([`crate::PutWriter::encrypt`], [`crate::Store::new_encryption`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse: Option<Encryption>,
+    /// A completed multipart upload's part sizes, in order (S3 `partNumber` reads and
+    /// `x-amz-mp-parts-count`); empty for any other object. Set by the engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_sizes: Vec<u64>,
+    /// The version's tags (S3 object tagging), in the order set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
 }
 
 /// How an object is encrypted at rest: a random per-object data key, wrapped (sealed) by the

@@ -22,7 +22,7 @@ pub(crate) enum Target {
     Object {
         bucket: String,
         key: String,
-        meta: ObjectMeta,
+        meta: Box<ObjectMeta>,
     },
     Part {
         bucket: String,
@@ -248,7 +248,7 @@ impl PutWriter {
             Target::Object {
                 bucket: String::new(),
                 key: String::new(),
-                meta: ObjectMeta::default(),
+                meta: Box::default(),
             },
         );
         // `self.pins` stays alive until the transaction has committed (dropped with `self`).
@@ -266,7 +266,7 @@ impl PutWriter {
                     size: self.size,
                     etag,
                     modified,
-                    meta,
+                    meta: *meta,
                 };
                 let cond = std::mem::take(&mut self.cond);
                 self.store
