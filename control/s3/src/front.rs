@@ -273,6 +273,24 @@ impl Front {
             return Err(Error::EntityTooLarge);
         }
 
+        // Browser POST uploads (a form with a presigned policy, no credentials in the headers)
+        // are not implemented: say so, rather than "authentication required".
+        if parts.method == http::Method::POST
+            && parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("multipart/form-data")
+                })
+        {
+            return Err(Error::NotImplemented(
+                "Browser POST uploads (POST policy forms) are not implemented".into(),
+            ));
+        }
+
         // 2.-4. authenticate the original request
         let view = ReqView {
             method: &parts.method,

@@ -197,4 +197,23 @@ assert err(s3.list_buckets, ContinuationToken="!!not-a-token!!")[0] == "InvalidA
 pg = s3.get_paginator("list_buckets").paginate(Prefix="page-", PaginationConfig={"PageSize": 2})
 assert [b["Name"] for p in pg for b in p["Buckets"]] == names
 print("round3: list buckets OK")
+
+# --- 5. Browser POST uploads are not implemented: refused, nothing stored
+post = s3.generate_presigned_post(B, "posted", Fields={"acl": "private"})
+u = urllib.parse.urlsplit(post["url"])
+boundary = "----tmboundary"
+parts = []
+for k, v in post["fields"].items():
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n')
+parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
+             f'Content-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n')
+body = "".join(parts).encode()
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+conn.request("POST", u.path, body=body,
+             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+r = conn.getresponse()
+txt = r.read().decode(errors="replace")
+assert r.status == 501 and "NotImplemented" in txt, (r.status, txt)
+assert err(s3.head_object, Bucket=B, Key="posted")[1] == 404
+print("round3: POST uploads refused OK")
 print("round3: all OK")
