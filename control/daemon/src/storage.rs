@@ -395,3 +395,29 @@ fn load_or_create_creds(path: &Path) -> Result<SavedCreds> {
     f.sync_all()?;
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::load_or_create_master_key;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn master_key_is_created_once_0600_and_checked() {
+        let dir = std::env::temp_dir().join(format!("tm-mk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = dir.join("sub").join("s3-master.key");
+        let k = load_or_create_master_key(&p).expect("create");
+        let mode = std::fs::metadata(&p).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            load_or_create_master_key(&p).expect("reload"),
+            k,
+            "same key"
+        );
+        assert_ne!(k, [0u8; 32]);
+        std::fs::write(&p, b"short").expect("write");
+        let e = load_or_create_master_key(&p).unwrap_err().to_string();
+        assert!(e.contains("holds 5 bytes, expected 32"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
