@@ -5,7 +5,7 @@
 # table and writes results to $OUT (default /tmp/tm-s3bench). Extra args go to every s3bench call
 # (e.g. ./run.sh --duration 20 --conns 32). Environment: SCENARIOS="put-small get-small" (subset),
 # BIN_DIR=dir (use prebuilt s3bench + tm-s3-server from dir, no build), OUT, PORT_TM, PORT_FS,
-# TM_SERVER_ARGS (extra tm-s3-server arguments, e.g. "--versioned bench").
+# TM_SERVER_ARGS (extra tm-s3-server arguments, e.g. "--versioned bench", "--encrypt-all").
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"

@@ -184,6 +184,13 @@ struct RawS3 {
     /// Region in SigV4 credential scopes (default `us-east-1`).
     #[serde(default)]
     region: Option<String>,
+    /// Seal every chunk at rest with the node's master key (default false).
+    #[serde(default)]
+    encrypt_at_rest: bool,
+    /// The master key file (32 random bytes, created 0600 if missing; default
+    /// `<data_dir>/s3-master.key`, outside `s3.data_dir`).
+    #[serde(default)]
+    master_key_file: Option<PathBuf>,
 }
 
 /// The object store and its S3 endpoint.
@@ -195,6 +202,10 @@ pub struct S3Settings {
     pub max_size: Option<u64>,
     /// Region clients must sign for (`s3.region`, default `us-east-1`).
     pub region: String,
+    /// Seal every chunk at rest (`s3.encrypt_at_rest`).
+    pub encrypt_at_rest: bool,
+    /// The master key (SSE-S3 data keys, sealed chunks): `s3.master_key_file`.
+    pub master_key_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -570,6 +581,8 @@ impl NodeConfig {
                 data_dir: None,
                 max_size: None,
                 region: None,
+                encrypt_at_rest: false,
+                master_key_file: None,
             }),
             None => None,
         };
@@ -606,6 +619,10 @@ impl NodeConfig {
                     data_dir: r.data_dir.unwrap_or_else(|| data_dir.join("s3")),
                     max_size,
                     region,
+                    encrypt_at_rest: r.encrypt_at_rest,
+                    master_key_file: r
+                        .master_key_file
+                        .unwrap_or_else(|| data_dir.join("s3-master.key")),
                 })
             }
         };

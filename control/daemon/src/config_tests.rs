@@ -89,6 +89,16 @@ fn s3_section() {
     assert_eq!(s.data_dir, PathBuf::from("/d/s3"));
     assert_eq!(s.max_size, Some(10_000_000_000));
     assert_eq!(s.region, "us-east-1");
+    assert!(!s.encrypt_at_rest);
+    assert_eq!(s.master_key_file, PathBuf::from("/d/s3-master.key"));
+    let c = NodeConfig::parse(
+        "name: a\naddress: 100.64.0.1/10\ns3: {encrypt_at_rest: true, master_key_file: /k}\n",
+    )
+    .unwrap()
+    .s3
+    .unwrap();
+    assert!(c.encrypt_at_rest);
+    assert_eq!(c.master_key_file, PathBuf::from("/k"));
     let c = NodeConfig::parse("name: a\naddress: 100.64.0.1/10\ns3: {region: eu-west-1}\n");
     assert_eq!(c.unwrap().s3.unwrap().region, "eu-west-1");
     assert!(e("name: a\naddress: 100.64.0.1/10\ns3: {region: EU}\n").starts_with("s3.region:"));

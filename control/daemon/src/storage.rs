@@ -40,6 +40,39 @@ struct SavedCreds {
     secret_key: String,
 }
 
+/// The node's master key: 32 random bytes in `path` (mode 0600), created on first use. It
+/// wraps the data keys of SSE-S3 objects and seals chunks with `s3.encrypt_at_rest`; losing
+/// it loses those objects.
+fn load_or_create_master_key(path: &Path) -> Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(b) => b.try_into().map_err(|b: Vec<u8>| {
+            anyhow::anyhow!(
+                "s3.master_key_file: {} holds {} bytes, expected 32",
+                path.display(),
+                b.len()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut k = [0u8; 32];
+            OsRng.fill_bytes(&mut k);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("s3.master_key_file: creating {}", dir.display()))?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("s3.master_key_file: creating {}", path.display()))?;
+            f.write_all(&k)?;
+            f.sync_all()?;
+            Ok(k)
+        }
+        Err(e) => Err(e).with_context(|| format!("s3.master_key_file: reading {}", path.display())),
+    }
+}
+
 fn random_string(alphabet: &[u8], n: usize) -> String {
     let mut b = vec![0u8; n];
     OsRng.fill_bytes(&mut b);
@@ -55,6 +88,10 @@ impl Storage {
         })?;
         let mut sc = StoreConfig::new(&settings.data_dir);
         sc.max_size = settings.max_size;
+        sc.master_key = Some(tm_storage::SecretKey(load_or_create_master_key(
+            &settings.master_key_file,
+        )?));
+        sc.encrypt_all = settings.encrypt_at_rest;
         let store = Store::open(sc).with_context(|| {
             format!(
                 "opening the object store in {}",
@@ -383,4 +420,30 @@ fn load_or_create_creds(path: &Path) -> Result<SavedCreds> {
     f.write_all(serde_json::to_string(&c)?.as_bytes())?;
     f.sync_all()?;
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load_or_create_master_key;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn master_key_is_created_once_0600_and_checked() {
+        let dir = std::env::temp_dir().join(format!("tm-mk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = dir.join("sub").join("s3-master.key");
+        let k = load_or_create_master_key(&p).expect("create");
+        let mode = std::fs::metadata(&p).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            load_or_create_master_key(&p).expect("reload"),
+            k,
+            "same key"
+        );
+        assert_ne!(k, [0u8; 32]);
+        std::fs::write(&p, b"short").expect("write");
+        let e = load_or_create_master_key(&p).unwrap_err().to_string();
+        assert!(e.contains("holds 5 bytes, expected 32"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -83,6 +83,9 @@ pub enum Error {
     /// `x-amz-expected-bucket-owner` names another owner.
     #[error("access denied")]
     WrongOwner,
+    /// A `partNumber` read past the object's parts (416 `InvalidPartNumber`).
+    #[error("the requested partnumber is not satisfiable")]
+    PartNotSatisfiable,
     /// An XML request body above 20 MiB.
     #[error("your request was too big")]
     MaxMessageLengthExceeded,
@@ -167,6 +170,11 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
             S3Error::with_message(C::InvalidStorageClass, e.to_string())
         }
         Error::WrongOwner => S3Error::with_message(C::AccessDenied, "Access Denied"),
+        Error::PartNotSatisfiable => custom(
+            "InvalidPartNumber",
+            St::RANGE_NOT_SATISFIABLE,
+            "The requested partnumber is not satisfiable".into(),
+        ),
         Error::MaxMessageLengthExceeded => custom(
             "MaxMessageLengthExceeded",
             St::BAD_REQUEST,
@@ -246,6 +254,23 @@ pub fn aws_error(err: Error, bucket: &str) -> S3Error {
             StorageError::PreconditionFailed => S3Error::with_message(
                 C::PreconditionFailed,
                 "At least one of the pre-conditions you specified did not hold",
+            ),
+            StorageError::KeyRequired => S3Error::with_message(
+                C::InvalidRequest,
+                "The object was stored using a form of Server Side Encryption. The correct \
+                 parameters must be provided to retrieve the object.",
+            ),
+            StorageError::KeyMismatch => S3Error::with_message(
+                C::AccessDenied,
+                "The provided customer key does not match the key the object was encrypted with.",
+            ),
+            StorageError::NotCustomerEncrypted => S3Error::with_message(
+                C::InvalidRequest,
+                "The encryption parameters are not applicable to this object.",
+            ),
+            StorageError::NoMasterKey => S3Error::with_message(
+                C::NotImplemented,
+                "Server-side encryption needs a master key and this node has none configured.",
             ),
             StorageError::Unsupported(what) => {
                 S3Error::with_message(C::NotImplemented, format!("not implemented: {what}"))

@@ -154,6 +154,17 @@ async fn with_request_id(r: Response<s3s::Body>, id: &str) -> Response<s3s::Body
     if let Ok(v) = HeaderValue::from_str(id) {
         parts.headers.insert("x-amz-request-id", v);
     }
+    // An operation's own status where s3s has no field for it (HEAD by partNumber: 206).
+    if let Some(s) = parts.headers.remove(crate::STATUS_HEADER) {
+        if let Some(st) = s
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|n| http::StatusCode::from_u16(n).ok())
+        {
+            parts.status = st;
+        }
+    }
     if parts.status.as_u16() < 400 {
         return Response::from_parts(parts, body);
     }
@@ -260,6 +271,24 @@ impl Front {
             .or_else(|| header_u64(&parts.headers, "content-length"));
         if declared.is_some_and(|n| n > max) {
             return Err(Error::EntityTooLarge);
+        }
+
+        // Browser POST uploads (a form with a presigned policy, no credentials in the headers)
+        // are not implemented: say so, rather than "authentication required".
+        if parts.method == http::Method::POST
+            && parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("multipart/form-data")
+                })
+        {
+            return Err(Error::NotImplemented(
+                "Browser POST uploads (POST policy forms) are not implemented".into(),
+            ));
         }
 
         // 2.-4. authenticate the original request

@@ -28,6 +28,10 @@
 //! and in-flight connections finished.
 #![forbid(unsafe_code)]
 
+/// Internal response header by which an operation sets a status s3s does not let it set
+/// (removed by the front before the answer leaves).
+pub(crate) const STATUS_HEADER: &str = "x-tm-internal-status";
+
 mod access;
 mod auth;
 mod body;
@@ -39,6 +43,7 @@ mod list;
 mod principal;
 mod refuse;
 mod service;
+mod sse;
 
 use std::future::Future;
 use std::io;

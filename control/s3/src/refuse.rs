@@ -2,13 +2,14 @@
 //! server does not do are refused here, in the front, before s3s sees the request (with
 //! `NotImplemented`, or the error AWS itself gives). Sans-IO: headers and query in, a verdict out.
 //!
-//! Refused: server-side encryption (SSE-S3, SSE-KMS, SSE-C, also for copy sources), object lock
+//! Refused: SSE-KMS (SSE-S3 and SSE-C headers are checked here: malformed ones get S3's
+//! `InvalidArgument`), object lock
 //! and legal hold, ACL grants and canned ACLs other than `private`/`bucket-owner-full-control`
 //! (`AccessControlListNotSupported`, as an AWS bucket with ACLs disabled), object ownership
-//! other than `BucketOwnerEnforced`, tagging headers, website redirects, appends
+//! other than `BucketOwnerEnforced`, website redirects, appends
 //! (`x-amz-write-offset-bytes`), MFA delete, storage classes other than `STANDARD` (an unknown
 //! one: `InvalidStorageClass`), an `x-amz-expected-bucket-owner` that is not us (`AccessDenied`),
-//! `partNumber` on GET/HEAD, `If-None-Match` other than `*` and `If-Match: *` on writes,
+//! `If-None-Match` other than `*` and `If-Match: *` on writes,
 //! multipart checksum type `FULL_OBJECT`, a malformed `Content-MD5` (`InvalidDigest`), and XML
 //! request bodies above 20 MiB (`MaxMessageLengthExceeded`).
 
@@ -16,6 +17,7 @@ use http::{HeaderMap, Method};
 
 use crate::auth::pct_decode;
 use crate::error::Error;
+use crate::sse;
 
 /// The owner id this server answers with (`Owner/ID` in listings).
 pub(crate) const OWNER_ID: &str = "tunnelmesh";
@@ -73,22 +75,29 @@ pub(crate) fn check(
         .collect();
     let has = |name: &str| h.contains_key(name);
 
-    // Encryption (SSE-S3, SSE-KMS, SSE-C) is not implemented: never store "encrypted" in clear.
+    // Encryption: SSE-S3 and SSE-C are implemented (their headers are checked here, used by
+    // the operations); SSE-KMS is not: never store "encrypted" in clear.
     for name in [
-        "x-amz-server-side-encryption",
         "x-amz-server-side-encryption-aws-kms-key-id",
         "x-amz-server-side-encryption-context",
-        "x-amz-server-side-encryption-bucket-key-enabled",
-        "x-amz-server-side-encryption-customer-algorithm",
-        "x-amz-server-side-encryption-customer-key",
-        "x-amz-server-side-encryption-customer-key-md5",
-        "x-amz-copy-source-server-side-encryption-customer-algorithm",
-        "x-amz-copy-source-server-side-encryption-customer-key",
-        "x-amz-copy-source-server-side-encryption-customer-key-md5",
     ] {
         if has(name) {
-            return Err(not_impl(&format!("{name} (server-side encryption)")));
+            return Err(not_impl(&format!("{name} (SSE-KMS)")));
         }
+    }
+    if value(h, "x-amz-server-side-encryption-bucket-key-enabled")
+        .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
+    {
+        return Err(not_impl(
+            "x-amz-server-side-encryption-bucket-key-enabled (SSE-KMS)",
+        ));
+    }
+    sse::object_key(h)?;
+    sse::customer_key(h, sse::Side::CopySource)?;
+    if (*method == Method::GET || *method == Method::HEAD) && has("x-amz-server-side-encryption") {
+        return Err(Error::InvalidArgument(
+            "x-amz-server-side-encryption is not valid on a read (only SSE-C headers are)".into(),
+        ));
     }
     // Object lock, retention and legal hold.
     for name in [
@@ -120,7 +129,6 @@ pub(crate) fn check(
         ));
     }
     for (name, what) in [
-        ("x-amz-tagging", "object tagging"),
         ("x-amz-website-redirect-location", "website redirects"),
         ("x-amz-write-offset-bytes", "appends"),
         ("x-amz-mfa", "MFA delete"),
@@ -130,6 +138,7 @@ pub(crate) fn check(
         }
     }
     if value(h, "x-amz-tagging-directive").is_some_and(|v| v != "COPY" && v != "REPLACE") {
+        // (x-amz-tagging itself is implemented: checked by the operations.)
         return Err(Error::InvalidArgument("Unknown tagging directive.".into()));
     }
     if let Some(sc) = value(h, "x-amz-storage-class") {
@@ -180,11 +189,6 @@ pub(crate) fn check(
         }
     }
     let _ = path;
-    for (k, _) in &q {
-        if k == "partNumber" && (*method == Method::GET || *method == Method::HEAD) {
-            return Err(not_impl("GetObject/HeadObject by partNumber"));
-        }
-    }
     // XML bodies (everything but object data) are at most 20 MiB.
     if !is_object_put(method, &q) && *method != Method::GET && *method != Method::HEAD {
         let len = value(h, "x-amz-decoded-content-length")
@@ -222,9 +226,27 @@ mod tests {
     fn verdicts() {
         let put = |hs| verdict(Method::PUT, "/b/k", None, hs);
         assert_eq!(put(&[]), "ok");
+        assert_eq!(put(&[("x-amz-server-side-encryption", "AES256")]), "ok");
         assert_eq!(
-            put(&[("x-amz-server-side-encryption", "AES256")]),
+            put(&[("x-amz-server-side-encryption", "aws:kms")]),
             "NotImplemented"
+        );
+        assert_eq!(
+            put(&[("x-amz-server-side-encryption-aws-kms-key-id", "k")]),
+            "NotImplemented"
+        );
+        assert_eq!(
+            put(&[("x-amz-server-side-encryption-customer-algorithm", "AES256")]),
+            "InvalidArgument"
+        );
+        assert_eq!(
+            verdict(
+                Method::GET,
+                "/b/k",
+                None,
+                &[("x-amz-server-side-encryption", "AES256")]
+            ),
+            "InvalidArgument"
         );
         assert_eq!(put(&[("x-amz-acl", "private")]), "ok");
         assert_eq!(
@@ -247,7 +269,7 @@ mod tests {
         );
         assert_eq!(
             verdict(Method::GET, "/b/k", Some("partNumber=1"), &[]),
-            "NotImplemented"
+            "ok"
         );
         assert_eq!(
             verdict(

@@ -239,3 +239,72 @@ fn awscli_default_checksums() {
     assert!(err.contains("BadDigest"), "{err}");
     assert!(s.store.head("cli-sums", "bad.bin").is_err());
 }
+
+/// Encryption at rest with `aws s3 cp`: `--sse AES256` (SSE-S3) and `--sse-c` (a customer key
+/// file) on a 20 MiB multipart upload and download; the object without its key is refused.
+#[test]
+fn awscli_sse() {
+    require("aws", INSTALL);
+    let s = Server::start();
+    let ep = s.url();
+    ok(aws(&s, &ep).args(["s3", "mb", "s3://cli-sse"]));
+    let w = s.work("sse");
+    let big = w.join("big.bin");
+    random_file(&big, 20 << 20, 99);
+    let key = w.join("key.bin");
+    random_file(&key, 32, 5);
+    let keyarg = format!("fileb://{}", key.display());
+    let p = |x: &std::path::Path| x.to_str().expect("path").to_owned();
+    ok(aws(&s, &ep).args([
+        "s3",
+        "cp",
+        &p(&big),
+        "s3://cli-sse/s3.bin",
+        "--sse",
+        "AES256",
+    ]));
+    let head = ok(aws(&s, &ep).args([
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cli-sse",
+        "--key",
+        "s3.bin",
+    ]));
+    assert!(
+        head.contains("\"ServerSideEncryption\": \"AES256\""),
+        "{head}"
+    );
+    ok(aws(&s, &ep).args([
+        "s3",
+        "cp",
+        &p(&big),
+        "s3://cli-sse/c.bin",
+        "--sse-c",
+        "AES256",
+        "--sse-c-key",
+        &keyarg,
+    ]));
+    let back = w.join("back.bin");
+    // Without the key: refused (400), nothing written.
+    let r = run(aws(&s, &ep).args(["s3", "cp", "s3://cli-sse/c.bin", &p(&back)]));
+    assert!(
+        !r.status.success(),
+        "GET of an SSE-C object without its key"
+    );
+    assert!(!back.exists());
+    ok(aws(&s, &ep).args([
+        "s3",
+        "cp",
+        "s3://cli-sse/c.bin",
+        &p(&back),
+        "--sse-c",
+        "AES256",
+        "--sse-c-key",
+        &keyarg,
+    ]));
+    assert!(same_file(&big, &back), "SSE-C round trip differs");
+    std::fs::remove_file(&back).expect("rm");
+    ok(aws(&s, &ep).args(["s3", "cp", "s3://cli-sse/s3.bin", &p(&back)]));
+    assert!(same_file(&big, &back), "SSE-S3 round trip differs");
+}

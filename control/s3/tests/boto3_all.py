@@ -330,8 +330,9 @@ assert s3.list_objects_v2(Bucket=QB)["KeyCount"] == 1
 
 # --- unimplemented operations answer NotImplemented, never success
 assert err_code(s3.get_bucket_lifecycle_configuration, Bucket=B)[0] == "NotImplemented"
-assert err_code(s3.put_object_tagging, Bucket=B, Key="dir/a.txt",
-                Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})[0] == "NotImplemented"
+assert err_code(s3.put_bucket_lifecycle_configuration, Bucket=B, LifecycleConfiguration={
+    "Rules": [{"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""},
+               "Expiration": {"Days": 1}}]})[0] == "NotImplemented"
 
 # --- bad input: malformed XML bodies and oversized headers get S3 errors, store nothing, and the
 # server keeps serving

@@ -25,6 +25,7 @@ fn open(dir: &Path) -> Store {
         data_dir: dir.to_path_buf(),
         max_size: None,
         chunk_size: CHUNK,
+        ..StoreConfig::new(dir)
     })
     .expect("open store")
 }

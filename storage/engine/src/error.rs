@@ -58,6 +58,19 @@ pub enum StorageError {
     /// The version named is a delete marker (it has no data).
     #[error("the version is a delete marker")]
     DeleteMarker,
+    /// The object is encrypted with a customer-provided key (SSE-C) and no key was given.
+    #[error("the object is encrypted with a customer key; the key is required")]
+    KeyRequired,
+    /// The customer-provided key is not the one the object (or upload) was encrypted with.
+    #[error("the customer key does not match the object's")]
+    KeyMismatch,
+    /// A customer key was given for an object (or upload) that is not encrypted with one.
+    #[error("the encryption parameters are not applicable to this object")]
+    NotCustomerEncrypted,
+    /// Server-managed encryption (SSE-S3, or sealing every chunk) needs a master key and the
+    /// store has none.
+    #[error("no master key configured")]
+    NoMasterKey,
     /// The object kept changing under a read-modify-write (`write_at`/`truncate`); retry later.
     #[error("concurrent modification")]
     Conflict,

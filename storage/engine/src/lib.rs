@@ -81,6 +81,7 @@ use std::sync::Arc;
 pub use chunks::remote;
 #[cfg(feature = "remote")]
 pub use chunks::remote::{RemoteConfig, S3ChunkStore};
+pub use chunks::seal::SecretKey;
 pub use chunks::{ChunkId, ChunkStore, FsChunkStore, MemChunkStore};
 pub use db::CommitStats;
 pub use error::StorageError;
@@ -90,10 +91,11 @@ pub use fs::{
 };
 pub use object::meta::INLINE_MAX;
 pub use object::reader::{ObjectReader, RangeReader, Segment};
+pub use object::sse::customer_key_md5;
 pub use object::types::{
-    valid_bucket_name, BucketInfo, FsckReport, GcStats, ObjectInfo, ObjectMeta, PartInfo,
-    StoreConfig, UploadInfo, Usage, Versioning, WriteCondition, DEFAULT_CHUNK_SIZE, MAX_KEY_LEN,
-    MAX_PART_NUMBER, MIN_PART_SIZE, SYSTEM_BUCKET,
+    valid_bucket_name, BucketInfo, Encryption, EncryptionKey, FsckReport, GcStats, ObjectInfo,
+    ObjectMeta, PartInfo, StoreConfig, UploadInfo, Usage, Versioning, WriteCondition,
+    DEFAULT_CHUNK_SIZE, MAX_KEY_LEN, MAX_PART_NUMBER, MIN_PART_SIZE, SYSTEM_BUCKET,
 };
 pub use object::versions::{Deleted, VersionEntry};
 pub use object::writer::PutWriter;

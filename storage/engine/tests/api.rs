@@ -311,7 +311,16 @@ fn multipart_etag_and_errors() {
         h.update(Md5::digest(p));
     }
     assert_eq!(info.etag, format!("{}-3", hex(&h.finalize())));
-    assert_eq!(info.meta, meta);
+    // The upload's metadata, plus the part sizes (for partNumber reads).
+    let sizes = vec![p1.len() as u64, p2.len() as u64, p3.len() as u64];
+    assert_eq!(info.meta.part_sizes, sizes);
+    assert_eq!(
+        info.meta,
+        ObjectMeta {
+            part_sizes: sizes.clone(),
+            ..meta.clone()
+        }
+    );
     let whole: Vec<u8> = [p1.clone(), p2.clone(), p3.clone()].concat();
     assert_eq!(info.size, whole.len() as u64);
     assert_eq!(get(&s, "mpu", "big"), whole);

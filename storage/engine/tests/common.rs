@@ -17,6 +17,7 @@ pub fn open_cfg(dir: &Path, chunk_size: u32, max_size: Option<u64>) -> Store {
         data_dir: dir.to_path_buf(),
         max_size,
         chunk_size,
+        ..StoreConfig::new(dir)
     })
     .expect("open store")
 }

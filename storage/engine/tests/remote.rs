@@ -284,6 +284,7 @@ fn open_remote(dir: &Path, srv: &Server) -> Store {
         data_dir: dir.to_path_buf(),
         max_size: None,
         chunk_size: CS,
+        ..StoreConfig::new(dir)
     };
     Store::open_remote(cfg, remote_cfg(srv, "store1")).expect("open_remote")
 }

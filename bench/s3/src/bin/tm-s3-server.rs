@@ -22,12 +22,22 @@ struct Opt {
     /// Create this bucket with versioning enabled (benchmarks of a versioned bucket).
     #[arg(long)]
     versioned: Option<String>,
+    /// Seal every chunk at rest (a random master key for this run): the cost of encryption.
+    #[arg(long)]
+    encrypt_all: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = Opt::parse();
-    let store = tm_storage::Store::open(tm_storage::StoreConfig::new(&o.data))
+    let mut cfg = tm_storage::StoreConfig::new(&o.data);
+    if o.encrypt_all {
+        let mut k = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut k)?;
+        cfg.master_key = Some(tm_storage::SecretKey(k));
+        cfg.encrypt_all = true;
+    }
+    let store = tm_storage::Store::open(cfg)
         .with_context(|| format!("open store {}", o.data.display()))?;
     store
         .put_credential(

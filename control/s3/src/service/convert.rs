@@ -190,6 +190,9 @@ pub(super) fn object_meta(m: PutMeta<'_>) -> ObjectMeta {
         content_language: raw_header(m.headers, "content-language"),
         expires: raw_header(m.headers, "expires"),
         checksum: None,
+        sse: None,
+        part_sizes: Vec::new(),
+        tags: Vec::new(),
     }
 }
 
@@ -236,6 +239,18 @@ macro_rules! put_checksum {
     }};
 }
 pub(super) use put_checksum;
+
+/// Sets the server-side-encryption answer fields of `$out` for an object encrypted as `$sse`
+/// (`Option<&tm_storage::Encryption>`).
+macro_rules! put_sse {
+    ($out:expr, $sse:expr) => {{
+        let (s, a, m) = crate::sse::answer($sse);
+        $out.server_side_encryption = s;
+        $out.sse_customer_algorithm = a;
+        $out.sse_customer_key_md5 = m;
+    }};
+}
+pub(super) use put_sse;
 
 /// The `x-amz-checksum-type` of a stored checksum.
 pub(super) fn checksum_type(f: &crate::checksum::Fields) -> Option<ChecksumType> {

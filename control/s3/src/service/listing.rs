@@ -1,7 +1,7 @@
 //! ListObjects (v1) and ListObjectsV2.
 
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use tm_policy::S3Op;
 
 use super::convert::*;
@@ -167,5 +167,77 @@ impl TmS3 {
             encoding_type: l.encoding_type,
             ..Default::default()
         }))
+    }
+}
+
+/// A page of ListBuckets (as current S3): `prefix`, `max-buckets` (1..=10000; without it and
+/// without a token, every bucket) and an opaque `continuation-token` (the base64 of the last
+/// name of the previous page).
+pub(super) struct BucketPage {
+    prefix: String,
+    max: usize,
+    after: Option<String>,
+}
+
+impl BucketPage {
+    pub(super) fn of(i: &ListBucketsInput) -> S3Result<BucketPage> {
+        use base64::Engine as _;
+        let max = match i.max_buckets {
+            None => 10_000,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    "max-buckets must be an integer between 1 and 10000",
+                ))
+            }
+        };
+        let after = match i.continuation_token.as_deref() {
+            None => None,
+            Some(t) => Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        S3Error::with_message(
+                            S3ErrorCode::InvalidArgument,
+                            "The continuation token provided is incorrect",
+                        )
+                    })?,
+            ),
+        };
+        Ok(BucketPage {
+            prefix: i.prefix.clone().unwrap_or_default(),
+            max,
+            after,
+        })
+    }
+
+    /// The page of `items` (sorted by name) and the token of the next page, if any.
+    pub(super) fn cut<T>(
+        &self,
+        items: impl Iterator<Item = T>,
+        name: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, Option<String>) {
+        use base64::Engine as _;
+        let mut out = Vec::new();
+        let mut more = false;
+        for it in items {
+            let n = name(&it);
+            if !n.starts_with(&self.prefix) || self.after.as_deref().is_some_and(|a| n <= a) {
+                continue;
+            }
+            if out.len() == self.max {
+                more = true;
+                break;
+            }
+            out.push(it);
+        }
+        let next = more.then(|| {
+            let last = out.last().map(&name).unwrap_or_default();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
+        });
+        (out, next)
     }
 }

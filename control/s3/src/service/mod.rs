@@ -7,6 +7,7 @@ mod listing;
 mod multipart;
 mod objects;
 mod objio;
+mod tagging;
 mod versioning;
 
 use s3s::dto::*;
@@ -89,20 +90,25 @@ impl S3 for TmS3 {
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let me = principal(&req)?.clone();
+        let page = listing::BucketPage::of(&req.input)?;
         let buckets = self.run("", |s| s.list_buckets()).await?;
+        let visible = buckets
+            .into_iter()
+            .filter(|b| crate::access::visible(&req, &me, &b.name));
+        let (buckets, next) = page.cut(visible, |b| &b.name);
         let buckets = buckets
             .into_iter()
-            .filter(|b| crate::access::visible(&req, &me, &b.name))
             .map(|b| Bucket {
                 name: Some(b.name),
                 creation_date: Some(ts(b.created)),
-                bucket_region: None,
+                bucket_region: Some(self.region.clone()),
             })
             .collect();
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(buckets),
             owner: Some(owner()),
-            ..Default::default()
+            continuation_token: next,
+            prefix: req.input.prefix.clone(),
         }))
     }
 
@@ -211,6 +217,48 @@ impl S3 for TmS3 {
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
         self.get_bucket_versioning_op(req).await
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        self.put_object_tagging_op(req).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        self.get_object_tagging_op(req).await
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        self.delete_object_tagging_op(req).await
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        self.put_bucket_tagging_op(req).await
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        self.get_bucket_tagging_op(req).await
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        self.delete_bucket_tagging_op(req).await
     }
 
     async fn put_bucket_versioning(

@@ -4,15 +4,16 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use tm_policy::S3Op;
-use tm_storage::{ObjectInfo, StorageError, WriteCondition};
+use tm_storage::{EncryptionKey, ObjectInfo, WriteCondition};
 
 use super::convert::*;
 use super::objects::outcome;
 use super::objio::*;
-use super::{TmS3, READ_PIECE};
+use super::TmS3;
 use crate::access::check;
 use crate::checksum::{self, Algo};
 use crate::error::{aws_error, Error};
+use crate::sse;
 
 /// One entry of a CompleteMultipartUpload part list (repeats merged).
 struct Listed {
@@ -33,6 +34,8 @@ fn completed(bucket: &str, key: &str, info: &ObjectInfo) -> CompleteMultipartUpl
     };
     let f = put_checksum!(out, info.meta.checksum.as_deref());
     out.checksum_type = checksum_type(&f);
+    // (S3 answers the customer-key pair of an SSE-C upload only on its other operations.)
+    out.server_side_encryption = crate::sse::answer(info.meta.sse.as_ref()).0;
     out
 }
 
@@ -42,8 +45,10 @@ impl TmS3 {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
+        let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        let tags = super::tagging::header_tags(&req.headers)?;
         let i = req.input;
-        let meta = object_meta(PutMeta {
+        let mut meta = object_meta(PutMeta {
             content_type: i.content_type,
             content_encoding: i.content_encoding,
             content_disposition: i.content_disposition,
@@ -51,12 +56,20 @@ impl TmS3 {
             metadata: i.metadata,
             headers: &req.headers,
         });
+        meta.tags = tags.unwrap_or_default();
         let algo = i.checksum_algorithm.clone();
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let id = self
-            .run(&i.bucket, move |s| s.create_multipart(&b, &k, meta))
+            .run(&i.bucket, move |s| {
+                if let Some(e) = &enc {
+                    meta.sse = Some(s.new_encryption(e)?);
+                }
+                let sse = meta.sse.clone();
+                s.create_multipart(&b, &k, meta).map(|id| (id, sse))
+            })
             .await?;
-        Ok(S3Response::new(CreateMultipartUploadOutput {
+        let (id, sse) = id;
+        let mut out = CreateMultipartUploadOutput {
             bucket: Some(i.bucket),
             key: Some(i.key),
             upload_id: Some(id),
@@ -65,7 +78,9 @@ impl TmS3 {
                 .then(|| ChecksumType::from_static(ChecksumType::COMPOSITE)),
             checksum_algorithm: algo,
             ..Default::default()
-        }))
+        };
+        put_sse!(out, sse.as_ref());
+        Ok(S3Response::new(out))
     }
 
     pub(super) async fn upload_part_op(
@@ -74,13 +89,22 @@ impl TmS3 {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let sums = outcome(&req);
+        let enc = sse::customer_key(&req.headers, sse::Side::Object)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
         let n = part_number(i.part_number)?;
         let (b, k, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let store = self.store.clone();
+        let enc2 = enc.clone();
         let info = write_body(
             &i.bucket,
-            move || store.begin_part(&b, &k, &id, n),
+            move || {
+                let mut w = store.begin_part(&b, &k, &id, n)?;
+                if let Some(e) = &enc2 {
+                    w.encrypt(e)?;
+                }
+                Ok(w)
+            },
             i.body,
             i.content_md5.as_deref(),
             sums.clone(),
@@ -91,6 +115,10 @@ impl TmS3 {
             e_tag: Some(etag(&info.etag)),
             ..Default::default()
         };
+        if let Some(EncryptionKey::Customer(k)) = &enc {
+            out.sse_customer_algorithm = Some(sse::AES256.to_owned());
+            out.sse_customer_key_md5 = Some(tm_storage::customer_key_md5(k));
+        }
         put_checksum!(out, sums.get().as_deref());
         Ok(S3Response::new(out))
     }
@@ -102,6 +130,10 @@ impl TmS3 {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let (sb, sk, sv) = copy_source(&req.input.copy_source)?;
         check(&req, &sb, &sk, S3Op::Read)?;
+        let enc = sse::customer_key(&req.headers, sse::Side::Object)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
+        let src_enc = sse::customer_key(&req.headers, sse::Side::CopySource)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
         let n = part_number(i.part_number)?;
         let (b2, k2) = (sb.clone(), sk.clone());
@@ -111,6 +143,9 @@ impl TmS3 {
                 None => s.open_object(&b2, &k2),
             })
             .await?;
+        reader
+            .unlock(src_enc.as_ref())
+            .map_err(|e| aws_error(Error::Storage(e), &sb))?;
         check_copy_conditions(
             &reader.info,
             i.copy_source_if_match.as_ref(),
@@ -126,18 +161,10 @@ impl TmS3 {
         let info = self
             .run(&i.bucket, move |s| {
                 let mut w = s.begin_part(&b, &k, &id, n)?;
-                let mut buf = vec![0u8; READ_PIECE];
-                let mut off = start;
-                while off < end {
-                    let want = usize::try_from((end - off).min(READ_PIECE as u64))
-                        .expect("bounded by READ_PIECE");
-                    let got = reader.read_at(off, &mut buf[..want])?;
-                    if got == 0 {
-                        return Err(StorageError::Corrupt("copy source shrank".into()));
-                    }
-                    w.write_all(&buf[..got])?;
-                    off += got as u64;
+                if let Some(e) = &enc {
+                    w.encrypt(e)?;
                 }
+                copy_bytes(&reader, &mut w, start, end)?;
                 w.commit()
             })
             .await?;

@@ -12,6 +12,7 @@ use super::TmS3;
 use crate::access::check;
 use crate::checksum::{self, Outcome};
 use crate::error::{aws_error, Error};
+use crate::sse;
 
 /// The verified-checksum slot the front put into the request (empty if none).
 pub(super) fn outcome<T>(req: &S3Request<T>) -> Outcome {
@@ -31,6 +32,46 @@ fn shown_version(info: &tm_storage::ObjectInfo, asked: bool) -> Option<String> {
 /// Whether the client asked for checksums in the answer (`x-amz-checksum-mode: ENABLED`).
 fn wants_checksum(m: Option<&ChecksumMode>) -> bool {
     m.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED))
+}
+
+/// `partNumber` on a read: 1..=10000 (`InvalidArgument`), not with a `Range` (`InvalidRequest`).
+fn check_part_number(n: Option<i32>, range: bool) -> S3Result<()> {
+    match n {
+        None => Ok(()),
+        Some(_) if range => Err(S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter",
+        )),
+        Some(n) if !(1..=10_000).contains(&n) => Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Bytes `start..end` of part `n` (1-based, in the order the parts were completed) of an
+/// object; an object not uploaded in parts is its own part 1. Past the last part: 416
+/// `InvalidPartNumber`.
+fn part_range(info: &tm_storage::ObjectInfo, n: i32, bucket: &str) -> S3Result<(u64, u64)> {
+    let whole = [info.size];
+    let sizes: &[u64] = if info.meta.part_sizes.is_empty() {
+        &whole
+    } else {
+        &info.meta.part_sizes
+    };
+    let i = usize::try_from(n - 1).unwrap_or(usize::MAX);
+    if i >= sizes.len() {
+        return Err(aws_error(Error::PartNotSatisfiable, bucket));
+    }
+    let start: u64 = sizes[..i].iter().sum();
+    Ok((start, start + sizes[i]))
+}
+
+/// `x-amz-mp-parts-count` of a `partNumber` read of a multipart object.
+fn parts_count(info: &tm_storage::ObjectInfo, n: Option<i32>) -> Option<i32> {
+    let k = info.meta.part_sizes.len();
+    (n.is_some() && k > 0).then(|| i32::try_from(k).unwrap_or(i32::MAX))
 }
 
 impl TmS3 {
@@ -62,6 +103,8 @@ impl TmS3 {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let cond = write_condition(&req.headers)?;
         let sums = outcome(&req);
+        let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        let tags = super::tagging::header_tags(&req.headers)?;
         let input = req.input;
         let mut meta = object_meta(PutMeta {
             content_type: input.content_type,
@@ -71,10 +114,11 @@ impl TmS3 {
             metadata: input.metadata,
             headers: &req.headers,
         });
+        meta.tags = tags.unwrap_or_default();
         let small = input
             .content_length
             .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n <= tm_storage::INLINE_MAX);
+            .filter(|&n| n <= tm_storage::INLINE_MAX && enc.is_none());
         let info = if let Some(len) = small {
             // Small object: buffer it and hand it to the group committer without tying up a
             // blocking thread; the reply comes back when it is durable.
@@ -94,7 +138,13 @@ impl TmS3 {
             let store = self.store.clone();
             write_body(
                 &input.bucket,
-                move || store.begin_put(&b, &k, meta),
+                move || {
+                    let mut w = store.begin_put(&b, &k, meta)?;
+                    if let Some(e) = &enc {
+                        w.encrypt(e)?;
+                    }
+                    Ok(w)
+                },
                 input.body,
                 input.content_md5.as_deref(),
                 sums,
@@ -110,6 +160,7 @@ impl TmS3 {
         };
         let f = put_checksum!(out, info.meta.checksum.as_deref());
         out.checksum_type = checksum_type(&f);
+        put_sse!(out, info.meta.sse.as_ref());
         Ok(S3Response::new(out))
     }
 
@@ -118,13 +169,10 @@ impl TmS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
+        let enc = sse::customer_key(&req.headers, sse::Side::Object)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
-        if i.part_number.is_some() {
-            return Err(S3Error::with_message(
-                S3ErrorCode::NotImplemented,
-                "GetObject by partNumber is not supported",
-            ));
-        }
+        check_part_number(i.part_number, i.range.is_some())?;
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let v = version_param(i.version_id.as_deref())?;
         let asked = v.is_some();
@@ -140,6 +188,9 @@ impl TmS3 {
             }
             r => r?,
         };
+        reader
+            .unlock(enc.as_ref())
+            .map_err(|e| aws_error(Error::Storage(e), &i.bucket))?;
         let info = reader.info.clone();
         check_conditions(
             &info,
@@ -148,13 +199,21 @@ impl TmS3 {
             i.if_modified_since.as_ref(),
             i.if_unmodified_since.as_ref(),
         )?;
-        let (start, end, content_range) = match &i.range {
-            Some(r) => {
+        let (start, end, content_range) = match (&i.range, i.part_number) {
+            (Some(r), _) => {
                 let rg = r.check(info.size)?;
                 let cr = format!("bytes {}-{}/{}", rg.start, rg.end - 1, info.size);
                 (rg.start, rg.end, Some(cr))
             }
-            None => (0, info.size, None),
+            (None, Some(n)) => {
+                let (s, e) = part_range(&info, n, &i.bucket)?;
+                (
+                    s,
+                    e,
+                    (e > s).then(|| format!("bytes {s}-{}/{}", e - 1, info.size)),
+                )
+            }
+            (None, None) => (0, info.size, None),
         };
         let m = info.meta.clone();
         let whole = content_range.is_none();
@@ -174,6 +233,8 @@ impl TmS3 {
             content_language: i.response_content_language.or(m.content_language.clone()),
             metadata: out_meta(&m),
             version_id: shown_version(&info, asked),
+            parts_count: parts_count(&info, i.part_number),
+            tag_count: (!m.tags.is_empty()).then(|| i32::try_from(m.tags.len()).unwrap_or(0)),
             ..Default::default()
         };
         // A range has no checksum of its own; AWS answers none.
@@ -181,6 +242,7 @@ impl TmS3 {
             let f = put_checksum!(out, m.checksum.as_deref());
             out.checksum_type = checksum_type(&f);
         }
+        put_sse!(out, m.sse.as_ref());
         let mut r = S3Response::new(out);
         if i.response_expires.is_none() {
             r.headers = extra_headers(&m);
@@ -193,13 +255,10 @@ impl TmS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Read)?;
+        let enc = sse::customer_key(&req.headers, sse::Side::Object)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let i = req.input;
-        if i.part_number.is_some() {
-            return Err(S3Error::with_message(
-                S3ErrorCode::NotImplemented,
-                "HeadObject by partNumber is not supported",
-            ));
-        }
+        check_part_number(i.part_number, i.range.is_some())?;
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let v = version_param(i.version_id.as_deref())?;
         let asked = v.is_some();
@@ -215,6 +274,8 @@ impl TmS3 {
             }
             r => r?,
         };
+        sse::check_read(info.meta.sse.as_ref(), enc.as_ref())
+            .map_err(|e| aws_error(Error::Storage(e), &i.bucket))?;
         check_conditions(
             &info,
             i.if_match.as_ref(),
@@ -223,8 +284,15 @@ impl TmS3 {
             i.if_unmodified_since.as_ref(),
         )?;
         let m = &info.meta;
+        let (start, end) = match i.part_number {
+            Some(n) => part_range(&info, n, &i.bucket)?,
+            None => (0, info.size),
+        };
+        let partial = i.part_number.is_some() && end > start;
         let mut out = HeadObjectOutput {
-            content_length: i64::try_from(info.size).ok(),
+            content_length: i64::try_from(end - start).ok(),
+            content_range: partial.then(|| format!("bytes {start}-{}/{}", end - 1, info.size)),
+            parts_count: parts_count(&info, i.part_number),
             accept_ranges: Some("bytes".to_owned()),
             e_tag: Some(etag(&info.etag)),
             last_modified: Some(ts(info.modified)),
@@ -241,8 +309,13 @@ impl TmS3 {
             let f = put_checksum!(out, m.checksum.as_deref());
             out.checksum_type = checksum_type(&f);
         }
+        put_sse!(out, m.sse.as_ref());
         let mut r = S3Response::new(out);
         r.headers = extra_headers(m);
+        if partial {
+            r.headers
+                .insert(crate::STATUS_HEADER, http::HeaderValue::from_static("206"));
+        }
         Ok(r)
     }
 
@@ -254,13 +327,17 @@ impl TmS3 {
         let (sb, sk, sv) = copy_source(&req.input.copy_source)?;
         check(&req, &sb, &sk, S3Op::Read)?;
         let cond = write_condition(&req.headers)?;
+        let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        let src_enc = sse::customer_key(&req.headers, sse::Side::CopySource)
+            .map_err(|e| aws_error(e, &req.input.bucket))?;
         let headers = req.headers;
         let i = req.input;
         let replace = i
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && sb == i.bucket && sk == i.key && sv.is_none() {
+        let retag = i.tagging_directive.is_some();
+        if !replace && !retag && enc.is_none() && sb == i.bucket && sk == i.key && sv.is_none() {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself \
@@ -274,6 +351,8 @@ impl TmS3 {
                 None => s.head(&b2, &k2),
             })
             .await?;
+        sse::check_read(src.meta.sse.as_ref(), src_enc.as_ref())
+            .map_err(|e| aws_error(Error::Storage(e), &sb))?;
         check_copy_conditions(
             &src,
             i.copy_source_if_match.as_ref(),
@@ -294,7 +373,17 @@ impl TmS3 {
                 ));
             }
         }
-        let meta = replace.then(|| {
+        // Tags: the source's (`x-amz-tagging-directive: COPY`, the default) or the header's.
+        let replace_tags = i
+            .tagging_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
+        let tags = if replace_tags {
+            super::tagging::header_tags(&headers)?.unwrap_or_default()
+        } else {
+            src.meta.tags.clone()
+        };
+        let mut meta = replace.then(|| {
             object_meta(PutMeta {
                 content_type: i.content_type,
                 content_encoding: i.content_encoding,
@@ -304,12 +393,43 @@ impl TmS3 {
                 headers: &headers,
             })
         });
+        if replace_tags && meta.is_none() {
+            meta = Some(src.meta.clone());
+        }
+        if let Some(m) = meta.as_mut() {
+            m.tags = tags;
+        }
         let (db, dk) = (i.bucket.clone(), i.key.clone());
-        let info = self
-            .run(&i.bucket, move |s| {
+        let info = if sse::same(src.meta.sse.as_ref(), enc.as_ref()) {
+            // Same encryption: the copy shares the source's chunks (and its data key).
+            self.run(&i.bucket, move |s| {
                 s.copy_object_if((&sb, &sk, sv.as_deref()), &db, &dk, meta, cond)
             })
-            .await?;
+            .await?
+        } else {
+            // Another encryption: the bytes are read (opened with the source's key) and
+            // written anew (sealed with the destination's).
+            self.run(&i.bucket, move |s| {
+                let r = match sv {
+                    Some(v) => s.open_version(&sb, &sk, &v)?,
+                    None => s.open_object(&sb, &sk)?,
+                };
+                r.unlock(src_enc.as_ref())?;
+                let mut meta = meta.unwrap_or_else(|| r.info.meta.clone());
+                if meta.checksum.is_none() {
+                    meta.checksum = r.info.meta.checksum.clone();
+                }
+                meta.sse = None;
+                let mut w = s.begin_put(&db, &dk, meta)?;
+                w.set_condition(cond);
+                if let Some(e) = &enc {
+                    w.encrypt(e)?;
+                }
+                copy_bytes(&r, &mut w, 0, r.info.size)?;
+                w.commit()
+            })
+            .await?
+        };
         let mut res = CopyObjectResult {
             e_tag: Some(etag(&info.etag)),
             last_modified: Some(ts(info.modified)),
@@ -317,11 +437,13 @@ impl TmS3 {
         };
         let f = put_checksum!(res, info.meta.checksum.as_deref());
         res.checksum_type = checksum_type(&f);
-        Ok(S3Response::new(CopyObjectOutput {
+        let mut out = CopyObjectOutput {
             copy_object_result: Some(res),
             copy_source_version_id: src.version_id.clone(),
             version_id: info.version_id.clone(),
             ..Default::default()
-        }))
+        };
+        put_sse!(out, info.meta.sse.as_ref());
+        Ok(S3Response::new(out))
     }
 }

@@ -176,3 +176,25 @@ pub(super) fn read_body(reader: tm_storage::ObjectReader, start: u64, end: u64) 
     });
     StreamingBlob::wrap(RxStream(rx))
 }
+
+/// Copies bytes `start..end` of `r` into `w` (a copy that cannot share chunks).
+pub(super) fn copy_bytes(
+    r: &tm_storage::ObjectReader,
+    w: &mut PutWriter,
+    start: u64,
+    end: u64,
+) -> Result<(), StorageError> {
+    let mut buf = vec![0u8; READ_PIECE];
+    let mut off = start;
+    while off < end {
+        let want =
+            usize::try_from((end - off).min(READ_PIECE as u64)).expect("bounded by READ_PIECE");
+        let got = r.read_at(off, &mut buf[..want])?;
+        if got == 0 {
+            return Err(StorageError::Corrupt("copy source shrank".into()));
+        }
+        w.write_all(&buf[..got])?;
+        off += got as u64;
+    }
+    Ok(())
+}

@@ -38,9 +38,21 @@ pub fn random_hex(n: usize) -> String {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(false)
+    }
+
+    /// A server whose store has a random master key (SSE-S3) and, with `encrypt_all`, seals
+    /// every chunk.
+    pub fn start_with(encrypt_all: bool) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = StoreConfig::new(dir.path().join("data"));
         cfg.max_size = None;
+        let mut mk = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut mk))
+            .expect("read /dev/urandom");
+        cfg.master_key = Some(tm_storage::SecretKey(mk));
+        cfg.encrypt_all = encrypt_all;
         let store = Store::open(cfg).expect("open store");
         let ak = format!("AK{}", random_hex(8).to_uppercase());
         let secret = random_hex(20);

@@ -10,6 +10,7 @@
 mod local;
 #[cfg(feature = "remote")]
 pub mod remote;
+pub mod seal;
 
 pub use local::FsChunkStore;
 

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use super::inode::*;
 use super::*;
-use crate::chunks::ChunkId;
+
 use crate::db::ReadTable as _;
 use crate::object::meta::*;
 use crate::object::pins::Pins;
@@ -98,10 +98,8 @@ impl FileSystem {
                 Err(StorageError::NoSuchKey) => return Err(FsError::Stale),
                 Err(e) => return Err(e.into()),
             };
-            let mut pins = Pins {
-                shared: self.store.shared().clone(),
-                ids: Vec::new(),
-            };
+            let mut pins = Pins::new(self.store.shared().clone());
+            pins.seal = old.edit_seal()?;
             let (rec, manifest, inline) = self.build(&old, writes, truncate, &mut pins)?;
             let expect = encode_manifest(old.manifest());
             drop(old);
@@ -189,17 +187,13 @@ impl FileSystem {
                 let (o, e) = (*o as usize, *o as usize + d.len());
                 buf[o..e].copy_from_slice(d);
             }
-            let c = ChunkRef {
-                id: ChunkId::of(&buf),
-                len: u32::try_from(buf.len()).expect("inline chunk is small"),
-                inline: true,
-            };
+            let (c, buf) = pins.inline_chunk(&buf)?;
             let rec = ObjRec {
                 version_id: old.info.version_id.clone(),
                 size: new_size,
                 etag: manifest_etag(&[c]),
                 modified: now_nanos(),
-                meta: old.info.meta.clone(),
+                meta: crate::object::splice::edited_meta(&old.info.meta),
             };
             return Ok((rec, vec![c], Some(buf)));
         }
@@ -302,7 +296,7 @@ impl FileSystem {
             size: new_size,
             etag: manifest_etag(&out),
             modified: now_nanos(),
-            meta: old.info.meta.clone(),
+            meta: crate::object::splice::edited_meta(&old.info.meta),
         };
         Ok((rec, out, None))
     }
@@ -317,6 +311,7 @@ fn put_pieces(pins: &mut Pins, pieces: &[Cow<'_, [u8]>]) -> Result<Vec<ChunkRef>
         return pieces.iter().map(|p| pins.put_chunk(p)).collect();
     }
     let shared = pins.shared.clone();
+    let seal = pins.seal.clone();
     // Chunk writes wait on fsync more than on the CPU: more writers than cores.
     let threads = 8.min(pieces.len());
     let per = pieces.len().div_ceil(threads);
@@ -324,11 +319,12 @@ fn put_pieces(pins: &mut Pins, pieces: &[Cow<'_, [u8]>]) -> Result<Vec<ChunkRef>
         let hs: Vec<_> = pieces
             .chunks(per)
             .map(|grp| {
-                let shared = shared.clone();
+                let (shared, seal) = (shared.clone(), seal.clone());
                 s.spawn(move || {
                     let mut local = Pins {
                         shared,
                         ids: Vec::new(),
+                        seal,
                     };
                     let r = (|| -> Result<Vec<ChunkRef>, StorageError> {
                         let refs: Vec<ChunkRef> = grp

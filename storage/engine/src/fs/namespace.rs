@@ -207,6 +207,9 @@ impl FileSystem {
         let max_size = self.store.max_size();
         let sa = sa.clone();
         let body = target.as_bytes().to_vec();
+        // Sealed like any other chunk when the store seals every chunk.
+        let (c, stored) =
+            crate::object::pins::Pins::new(self.store.shared().clone()).inline_chunk(&body)?;
         let (sh, p, dpath) = (share.clone(), path.clone(), d.rec.path.clone());
         self.store.txn_as(move |wtx, freed| {
             if probe(&wtx.open_table(OBJECTS)?, &sh, &p)?.is_some() {
@@ -221,14 +224,9 @@ impl FileSystem {
                 modified: now_nanos(),
                 meta,
             };
-            let c = ChunkRef {
-                id: ChunkId::of(&body),
-                len: u32::try_from(body.len()).expect("symlink target is small"),
-                inline: true,
-            };
             let mut orec2 = orec.clone();
             orec2.etag = manifest_etag(&[c]);
-            install_object(wtx, freed, max_size, &sh, &p, &orec2, &[c], Some(&body))?;
+            install_object(wtx, freed, max_size, &sh, &p, &orec2, &[c], Some(&stored))?;
             let mut rec = default_rec(&sh, &p, &Node::Symlink(orec2.clone()));
             apply_attrs(&mut rec, &sa, orec2.modified);
             new_ino(wtx, rec)?;

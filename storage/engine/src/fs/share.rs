@@ -103,6 +103,7 @@ impl Store {
                 quota: None,
                 bytes: 0,
                 objects: 0,
+                tags: Vec::new(),
             });
             if quota.is_some() {
                 b.quota = quota;

@@ -41,6 +41,7 @@ impl Store {
                 quota: None,
                 bytes: 0,
                 objects: 0,
+                tags: Vec::new(),
             };
             put_json(&mut t, &name, &rec)
         })

@@ -62,6 +62,7 @@ fn create_system_bucket(wtx: &redb::WriteTransaction) -> Result<(), StorageError
             bytes: 0,
             objects: 0,
             versioning: None,
+            tags: Vec::new(),
         };
         buckets.insert(
             super::types::SYSTEM_BUCKET,
@@ -75,6 +76,10 @@ fn create_system_bucket(wtx: &redb::WriteTransaction) -> Result<(), StorageError
 /// refcounted like files): a small PUT then costs one group-committed fsync, not three.
 pub const INLINE_MAX: usize = 16 * 1024;
 const INLINE_FLAG: u32 = 1 << 31;
+const OBJECT_SEAL_FLAG: u32 = 1 << 30;
+const NODE_SEAL_FLAG: u32 = 1 << 29;
+/// Chunk lengths are below this (the high bits of a manifest length are flags).
+pub(crate) const MAX_CHUNK_LEN: u32 = NODE_SEAL_FLAG;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub(crate) struct BucketRec {
@@ -85,6 +90,9 @@ pub(crate) struct BucketRec {
     /// `Enabled` / `Suspended`; absent: never versioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versioning: Option<String>,
+    /// The bucket's tags (S3 bucket tagging), in the order set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -150,6 +158,20 @@ pub(crate) struct ChunkRef {
     pub len: u32,
     /// Bytes live in `chunk_data`, not in the chunk backend.
     pub inline: bool,
+    /// Whether (and with which key) the stored bytes are sealed; `len` is the plaintext length.
+    pub seal: Seal,
+}
+
+/// How a chunk's stored bytes are sealed (`crate::chunks::seal`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Seal {
+    /// Stored as is.
+    #[default]
+    Plain,
+    /// With the object's data key (SSE-S3, SSE-C).
+    Object,
+    /// With the node's chunk key (`StoreConfig::encrypt_all`).
+    Node,
 }
 
 const REF_BYTES: usize = 36;
@@ -158,7 +180,12 @@ pub(crate) fn encode_manifest(m: &[ChunkRef]) -> Vec<u8> {
     let mut out = Vec::with_capacity(m.len() * REF_BYTES);
     for c in m {
         out.extend_from_slice(&c.id.0);
-        let len = c.len | if c.inline { INLINE_FLAG } else { 0 };
+        let seal = match c.seal {
+            Seal::Plain => 0,
+            Seal::Object => OBJECT_SEAL_FLAG,
+            Seal::Node => NODE_SEAL_FLAG,
+        };
+        let len = c.len | seal | if c.inline { INLINE_FLAG } else { 0 };
         out.extend_from_slice(&len.to_le_bytes());
     }
     out
@@ -178,8 +205,15 @@ pub(crate) fn decode_manifest(b: &[u8]) -> Result<Vec<ChunkRef>, StorageError> {
             let len = u32::from_le_bytes(len);
             ChunkRef {
                 id: ChunkId(id),
-                len: len & !INLINE_FLAG,
+                len: len & (MAX_CHUNK_LEN - 1),
                 inline: len & INLINE_FLAG != 0,
+                seal: if len & OBJECT_SEAL_FLAG != 0 {
+                    Seal::Object
+                } else if len & NODE_SEAL_FLAG != 0 {
+                    Seal::Node
+                } else {
+                    Seal::Plain
+                },
             }
         })
         .collect())

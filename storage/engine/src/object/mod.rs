@@ -9,6 +9,8 @@
 //! that the reclaimer drains (`gc.rs`, where the engine decides to delete a chunk).
 //!
 //! Files: `bucket.rs` (buckets, quotas, usage), `objects.rs` (put/get/delete/copy/list),
+//! `sse.rs` (server-side encryption: data keys, wrapping, which key seals a chunk), `tags.rs`
+//! (object and bucket tags),
 //! `splice.rs` (in-place edits), `multipart.rs`, `credentials.rs`, `gc.rs` (reclaim, gc,
 //! fsck), `meta.rs` (tables, records, in-transaction helpers), `reader.rs`, `writer.rs`,
 //! `types.rs` (public types).
@@ -25,7 +27,9 @@ mod multipart;
 mod objects;
 pub(crate) mod pins;
 pub(crate) mod reader;
-mod splice;
+pub(crate) mod splice;
+pub(crate) mod sse;
+mod tags;
 #[cfg(test)]
 mod tests;
 pub(crate) mod types;
@@ -38,6 +42,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
+use crate::chunks::seal::Sealer;
 use crate::chunks::{ChunkId, ChunkStore};
 pub(crate) use crate::db::lock;
 use crate::db::{Db, Schema, Tx, TxError, View};
@@ -106,8 +111,11 @@ impl Store {
         chunks: Arc<dyn ChunkStore>,
         extra: &Schema,
     ) -> Result<Store, StorageError> {
-        if cfg.chunk_size > 1 << 30 {
-            return Err(StorageError::Unsupported("chunk_size above 1 GiB"));
+        if cfg.chunk_size >= meta::MAX_CHUNK_LEN {
+            return Err(StorageError::Unsupported("chunk_size of 512 MiB or more"));
+        }
+        if cfg.encrypt_all && cfg.master_key.is_none() {
+            return Err(StorageError::NoMasterKey);
         }
         let mut schema = meta::schema();
         schema.extend(extra);
@@ -126,11 +134,19 @@ impl Store {
         } else {
             cfg.chunk_size
         };
+        let key = |ctx: &str| {
+            cfg.master_key
+                .as_ref()
+                .map(|k| Arc::new(Sealer::derive(ctx, &k.0)))
+        };
         let shared = Arc::new(Shared {
             chunks,
             chunk_size,
             gc_lock: RwLock::new(()),
             pins: Mutex::new(HashMap::new()),
+            wrap: key(sse::WRAP_CONTEXT),
+            node: key(sse::NODE_SEAL_CONTEXT),
+            seal_all: cfg.encrypt_all,
         });
         let (stop_reclaim, stop_rx) = mpsc::channel();
         let reclaimer = {

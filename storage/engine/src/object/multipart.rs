@@ -85,7 +85,7 @@ impl Store {
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
             return Err(StorageError::InvalidPartNumber);
         }
-        self.check_upload(bucket, key, upload_id)?;
+        let upload = self.check_upload(bucket, key, upload_id)?;
         let limit = self.room(bucket, key)?;
         Ok(PutWriter::new(
             self.clone(),
@@ -94,6 +94,7 @@ impl Store {
                 key: key.to_string(),
                 upload_id: upload_id.to_string(),
                 number: part_number,
+                sse: upload.meta.sse,
             },
             limit,
         ))
@@ -156,6 +157,7 @@ impl Store {
                 return Err(StorageError::InvalidPartOrder);
             }
             let mut manifest = Vec::new();
+            let mut sizes = Vec::with_capacity(parts.len());
             let mut md5s = Md5::new();
             let mut size = 0u64;
             let mut too_small = false;
@@ -175,6 +177,7 @@ impl Store {
                         .ok_or_else(|| StorageError::Corrupt("part etag".into()))?;
                     md5s.update(&raw);
                     size += rec.size;
+                    sizes.push(rec.size);
                     manifest.extend(get_manifest(&pc, &pk)?);
                 }
             }
@@ -184,6 +187,7 @@ impl Store {
             check_condition(wtx, &bucket, &key, &cond)?;
             let mut meta = upload.meta;
             meta.checksum = checksum;
+            meta.part_sizes = sizes;
             let rec = ObjRec {
                 version_id: None,
                 size,

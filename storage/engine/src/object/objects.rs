@@ -10,7 +10,7 @@ use super::reader::ObjectReader;
 use super::types::{check_key, ObjectInfo, ObjectMeta, WriteCondition};
 use super::writer::{PutWriter, Target};
 use super::Store;
-use crate::chunks::{hex, ChunkId};
+use crate::chunks::hex;
 use crate::db::ReadTable as _;
 use crate::StorageError;
 
@@ -52,7 +52,7 @@ impl Store {
             Target::Object {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
-                meta,
+                meta: Box::new(meta),
             },
             limit,
         ))
@@ -128,14 +128,14 @@ impl Store {
             modified: now_nanos(),
             meta,
         };
-        let manifest = if data.is_empty() {
-            Vec::new()
+        // Sealed with the node key when the store seals every chunk.
+        let (manifest, data) = if data.is_empty() {
+            (Vec::new(), data)
         } else {
-            vec![ChunkRef {
-                id: ChunkId::of(&data),
-                len: u32::try_from(data.len()).expect("inline chunk is small"),
-                inline: true,
-            }]
+            match Pins::new(self.inner.shared.clone()).inline_chunk(&data) {
+                Ok((c, stored)) => (vec![c], stored),
+                Err(e) => return done(Err(e)),
+            }
         };
         // No GC guard needed: an inline chunk has no file the collector could remove.
         let (bucket, key, max_size) = (bucket.to_string(), key.to_string(), self.inner.max_size);
@@ -242,10 +242,7 @@ impl Store {
         for c in &manifest {
             shared.pin(c.id);
         }
-        let pins = Pins {
-            shared: shared.clone(),
-            ids: manifest.iter().map(|c| c.id).collect(),
-        };
+        let pins = Pins::reading(shared.clone(), manifest.iter().map(|c| c.id).collect());
         Ok(ObjectReader::new(rec.info(key), manifest, inline, pins))
     }
 
@@ -320,6 +317,10 @@ impl Store {
                     if m.checksum.is_none() {
                         m.checksum = src.meta.checksum;
                     }
+                    // The chunks are shared: so is the key that opens them (and the ETag
+                    // stays the source's, parts and all).
+                    m.sse = src.meta.sse;
+                    m.part_sizes = src.meta.part_sizes;
                     m
                 }
                 None => src.meta,

@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::meta::ChunkRef;
+use super::meta::{ChunkRef, Seal};
 #[cfg(test)]
 use super::types::DEFAULT_CHUNK_SIZE;
+use crate::chunks::seal::Sealer;
 use crate::chunks::{ChunkId, ChunkStore};
 use crate::StorageError;
 
@@ -21,6 +22,12 @@ pub(crate) struct Shared {
     pub chunk_size: u32,
     pub(super) gc_lock: RwLock<()>,
     pub(super) pins: Mutex<HashMap<ChunkId, u32>>,
+    /// Wraps SSE-S3 data keys (from the master key; None without one).
+    pub(crate) wrap: Option<Arc<Sealer>>,
+    /// The node's chunk key (from the master key; None without one): opens `Seal::Node` chunks.
+    pub(crate) node: Option<Arc<Sealer>>,
+    /// Seal every new chunk that has no object key with `node` (`StoreConfig::encrypt_all`).
+    pub(crate) seal_all: bool,
 }
 
 impl Shared {
@@ -32,7 +39,20 @@ impl Shared {
             chunk_size: DEFAULT_CHUNK_SIZE,
             gc_lock: RwLock::new(()),
             pins: Mutex::new(HashMap::new()),
+            wrap: None,
+            node: None,
+            seal_all: false,
         })
+    }
+
+    /// How a new chunk without an object key is sealed: with the node key when every chunk
+    /// is sealed, else not at all.
+    pub fn default_seal(&self) -> Option<(Seal, Arc<Sealer>)> {
+        if self.seal_all {
+            self.node.clone().map(|s| (Seal::Node, s))
+        } else {
+            None
+        }
     }
 
     pub fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
@@ -61,10 +81,12 @@ impl Shared {
     }
 }
 
-/// Chunks pinned by one writer or reader; unpinned on drop.
+/// Chunks pinned by one writer or reader; unpinned on drop. A writer's chunks are sealed
+/// with `seal` (the object's data key, or the node key; none: stored as is).
 pub(crate) struct Pins {
     pub shared: Arc<Shared>,
     pub ids: Vec<ChunkId>,
+    pub seal: Option<(Seal, Arc<Sealer>)>,
 }
 
 impl Drop for Pins {
@@ -74,6 +96,32 @@ impl Drop for Pins {
 }
 
 impl Pins {
+    /// Pins of a writer of chunks without an object key (sealed as the store says).
+    pub fn new(shared: Arc<Shared>) -> Pins {
+        let seal = shared.default_seal();
+        Pins {
+            shared,
+            ids: Vec::new(),
+            seal,
+        }
+    }
+
+    /// Pins of a reader of `ids` (already pinned by the caller).
+    pub fn reading(shared: Arc<Shared>, ids: Vec<ChunkId>) -> Pins {
+        Pins {
+            shared,
+            ids,
+            seal: None,
+        }
+    }
+
+    /// `data` as an inline chunk (kept in the metadata store), sealed like this writer's
+    /// chunks: its manifest entry and the bytes to store.
+    pub fn inline_chunk(&self, data: &[u8]) -> Result<(ChunkRef, Vec<u8>), StorageError> {
+        let (c, b) = super::sse::seal_chunk(self.seal.as_ref(), data, true)?;
+        Ok((c, b.into_owned()))
+    }
+
     /// Hash, pin and durably store one chunk.
     pub fn put_chunk(&mut self, data: &[u8]) -> Result<ChunkRef, StorageError> {
         self.store_chunk(data, false)
@@ -85,20 +133,16 @@ impl Pins {
     }
 
     fn store_chunk(&mut self, data: &[u8], deferred: bool) -> Result<ChunkRef, StorageError> {
-        let id = ChunkId::of(data);
-        let len = u32::try_from(data.len()).expect("chunk length fits u32 (chunk_size is u32)");
+        let (c, stored) = super::sse::seal_chunk(self.seal.as_ref(), data, false)?;
+        let id = c.id;
         let _g = self.shared.read_guard();
         self.shared.pin(id);
         self.ids.push(id);
         if deferred {
-            self.shared.chunks.put_deferred(&id, data)?;
+            self.shared.chunks.put_deferred(&id, &stored)?;
         } else {
-            self.shared.chunks.put(&id, data)?;
+            self.shared.chunks.put(&id, &stored)?;
         }
-        Ok(ChunkRef {
-            id,
-            len,
-            inline: false,
-        })
+        Ok(c)
     }
 }

@@ -1,13 +1,15 @@
 //! [`ObjectReader`]: random and sequential reads of one pinned object version.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use super::meta::ChunkRef;
+use super::meta::{ChunkRef, Seal};
 use super::pins::Pins;
-use super::types::ObjectInfo;
+use super::types::{EncryptionKey, ObjectInfo};
+use crate::chunks::seal::Sealer;
 use crate::chunks::ChunkId;
 use crate::StorageError;
 
@@ -25,6 +27,10 @@ struct Inner {
     /// Recently opened chunk files (most recent last), for [`ObjectReader::segments`].
     files: Mutex<Vec<(ChunkId, Arc<File>)>>,
     pins: Pins,
+    /// The object's data key (encrypted objects), once unwrapped.
+    key: OnceLock<Arc<Sealer>>,
+    /// The last sealed chunk opened (index, plaintext): where a sequential reader continues.
+    opened: Mutex<Option<(usize, Arc<Vec<u8>>)>>,
 }
 
 /// A piece of the bytes of a read, in order: see [`ObjectReader::segments`].
@@ -97,8 +103,111 @@ impl ObjectReader {
                 inline,
                 files: Mutex::new(Vec::new()),
                 pins,
+                key: OnceLock::new(),
+                opened: Mutex::new(None),
             }),
         }
+    }
+
+    /// Opens an encrypted version with the key a request brought: an SSE-C object needs its
+    /// customer key (`KeyRequired`, `KeyMismatch`); a customer key for any other object is
+    /// `NotCustomerEncrypted`. SSE-S3 objects open with the master key by themselves.
+    pub fn unlock(&self, key: Option<&EncryptionKey>) -> Result<(), StorageError> {
+        match &self.info.meta.sse {
+            None if matches!(key, Some(EncryptionKey::Customer(_))) => {
+                Err(StorageError::NotCustomerEncrypted)
+            }
+            None => Ok(()),
+            Some(e) => {
+                if self.inner.key.get().is_some() {
+                    return e.check(key);
+                }
+                let s = e.unwrap(&self.inner.pins.shared, key)?;
+                let _ = self.inner.key.set(s);
+                Ok(())
+            }
+        }
+    }
+
+    /// The object's data key: unwrapped by [`ObjectReader::unlock`], or here with the master
+    /// key (SSE-S3).
+    fn object_key(&self) -> Result<Arc<Sealer>, StorageError> {
+        if let Some(k) = self.inner.key.get() {
+            return Ok(k.clone());
+        }
+        match &self.info.meta.sse {
+            Some(e) if !e.is_customer() => {
+                self.unlock(None)?;
+                Ok(self.inner.key.get().expect("unlocked above").clone())
+            }
+            Some(_) => Err(StorageError::KeyRequired),
+            None => Err(StorageError::Corrupt(
+                "a chunk sealed with an object key in an unencrypted object".into(),
+            )),
+        }
+    }
+
+    /// How an in-place edit of this version seals its new chunks: with the object's data key
+    /// if it is encrypted (an SSE-C object not unlocked cannot be edited: `KeyRequired`),
+    /// else as the store seals chunks without an object key.
+    pub(crate) fn edit_seal(&self) -> Result<Option<(Seal, Arc<Sealer>)>, StorageError> {
+        if self.info.meta.sse.is_some() {
+            return Ok(Some((Seal::Object, self.object_key()?)));
+        }
+        Ok(self.inner.pins.shared.default_seal())
+    }
+
+    /// The plaintext of chunk `i` if it is sealed (None: stored as is), whole and verified.
+    fn sealed_chunk(&self, i: usize) -> Result<Option<Arc<Vec<u8>>>, StorageError> {
+        let c = self.inner.manifest[i];
+        if c.seal == Seal::Plain {
+            return Ok(None);
+        }
+        let lock = || self.inner.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((j, p)) = &*lock() {
+            if *j == i {
+                return Ok(Some(p.clone()));
+            }
+        }
+        let key = match c.seal {
+            Seal::Object => self.object_key()?,
+            _ => self
+                .inner
+                .pins
+                .shared
+                .node
+                .clone()
+                .ok_or(StorageError::NoMasterKey)?,
+        };
+        let stored = match self.inner.inline.get(&i) {
+            Some(d) => Cow::Borrowed(d.as_slice()),
+            None => Cow::Owned(self.inner.pins.shared.chunks.get(&c.id)?),
+        };
+        let plain = key
+            .open(&stored)
+            .ok_or_else(|| StorageError::Corrupt(format!("{:?} does not open", c.id)))?;
+        if plain.len() != c.len as usize {
+            return Err(StorageError::Corrupt(format!("{:?} length", c.id)));
+        }
+        let plain = Arc::new(plain);
+        *lock() = Some((i, plain.clone()));
+        Ok(Some(plain))
+    }
+
+    /// `want` bytes of sealed chunk `i` from `within`, if it is sealed.
+    fn sealed_piece(
+        &self,
+        i: usize,
+        within: u64,
+        want: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(p) = self.sealed_chunk(i)? else {
+            return Ok(None);
+        };
+        let w = within as usize;
+        p.get(w..w + want)
+            .map(|b| Some(b.to_vec()))
+            .ok_or_else(|| truncated(&self.inner.manifest[i].id))
     }
 
     pub(crate) fn manifest(&self) -> &[ChunkRef] {
@@ -134,6 +243,13 @@ impl ObjectReader {
             let c = self.inner.manifest[i];
             let within = pos - self.inner.starts[i];
             let want = (buf.len() - done).min((u64::from(c.len) - within) as usize);
+            if let Some(p) = self.sealed_chunk(i)? {
+                let w = within as usize;
+                buf[done..done + want]
+                    .copy_from_slice(p.get(w..w + want).ok_or_else(|| truncated(&c.id))?);
+                done += want;
+                continue;
+            }
             let n = match self.inner.inline.get(&i) {
                 Some(d) => {
                     let w = within as usize;
@@ -162,6 +278,10 @@ impl ObjectReader {
         let mut out = Vec::new();
         for (i, within, want) in self.pieces(offset, len) {
             let c = self.inner.manifest[i];
+            if let Some(b) = self.sealed_piece(i, within, want)? {
+                out.push(Segment::Bytes(b));
+                continue;
+            }
             let seg = match self.inline_piece(i, within, want)? {
                 Some(b) => Segment::Bytes(b.to_vec()),
                 None => match self.chunk_file(&c)? {
@@ -248,6 +368,10 @@ impl ObjectReader {
         let chunks = &self.inner.pins.shared.chunks;
         let mut out = Vec::with_capacity(pieces.iter().map(|p| p.2).sum());
         for (i, within, want) in pieces {
+            if let Some(b) = self.sealed_piece(i, within, want)? {
+                out.extend_from_slice(&b);
+                continue;
+            }
             if let Some(b) = self.inline_piece(i, within, want)? {
                 out.extend_from_slice(b);
                 continue;
@@ -316,7 +440,7 @@ pub struct RangeReader {
     obj: ObjectReader,
     pos: u64,
     end: u64,
-    cur: Option<(usize, Vec<u8>)>,
+    cur: Option<(usize, Arc<Vec<u8>>)>,
 }
 
 impl RangeReader {
@@ -334,15 +458,18 @@ impl Read for RangeReader {
         let i = self.obj.chunk_at(self.pos);
         if self.cur.as_ref().is_none_or(|(ci, _)| *ci != i) {
             let c = self.obj.inner.manifest[i];
-            let data = match self.obj.inner.inline.get(&i) {
-                Some(d) => d.clone(),
-                None => self
+            let sealed = self.obj.sealed_chunk(i).map_err(std::io::Error::other)?;
+            let data = match (sealed, self.obj.inner.inline.get(&i)) {
+                (Some(p), _) => p,
+                (None, Some(d)) => Arc::new(d.clone()),
+                (None, None) => self
                     .obj
                     .inner
                     .pins
                     .shared
                     .chunks
                     .get(&c.id)
+                    .map(Arc::new)
                     .map_err(std::io::Error::other)?,
             };
             if data.len() != c.len as usize {
@@ -397,6 +524,7 @@ mod tests {
                 id,
                 len: d.len() as u32,
                 inline: *is_inline,
+                seal: Seal::Plain,
             });
             body.extend_from_slice(d);
         }
@@ -408,10 +536,7 @@ mod tests {
             meta: ObjectMeta::default(),
             version_id: None,
         };
-        let pins = Pins {
-            shared,
-            ids: Vec::new(),
-        };
+        let pins = Pins::reading(shared, Vec::new());
         (ObjectReader::new(info, manifest, inline, pins), body)
     }
 

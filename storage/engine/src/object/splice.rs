@@ -90,10 +90,10 @@ impl Store {
                 .filter(|_| n > 0 && end_of(n - 1) <= new_size)
                 .unwrap_or(n);
             let region_end = if tail < n { starts[tail] } else { new_size };
-            let mut pins = Pins {
-                shared: self.inner.shared.clone(),
-                ids: Vec::new(),
-            };
+            let mut pins = Pins::new(self.inner.shared.clone());
+            if let Some(r) = &old {
+                pins.seal = r.edit_seal()?;
+            }
             let mut manifest: Vec<ChunkRef> = old_m[..i0].to_vec();
             let mut p = region_start;
             while p < region_end {
@@ -126,7 +126,7 @@ impl Store {
                 modified: now_nanos(),
                 meta: old
                     .as_ref()
-                    .map(|r| r.info.meta.clone())
+                    .map(|r| edited_meta(&r.info.meta))
                     .unwrap_or_default(),
             };
             let existed = old.is_some();
@@ -157,4 +157,12 @@ impl Store {
         }
         Err(StorageError::Conflict)
     }
+}
+
+/// The metadata of an object after an in-place edit: the same, but no longer a multipart
+/// object (its ETag is not a multipart ETag any more).
+pub(crate) fn edited_meta(m: &super::types::ObjectMeta) -> super::types::ObjectMeta {
+    let mut m = m.clone();
+    m.part_sizes.clear();
+    m
 }

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunks::seal::SecretKey;
 use crate::StorageError;
 
 /// The reserved system bucket; always exists, cannot be deleted.
@@ -27,9 +28,17 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Global cap on the sum of all object sizes (logical bytes), if any.
     pub max_size: Option<u64>,
-    /// Chunk size in bytes (0 means [`DEFAULT_CHUNK_SIZE`]; at most 1 GiB). Changing it for an existing store is
+    /// Chunk size in bytes (0 means [`DEFAULT_CHUNK_SIZE`]; below 512 MiB). Changing it for an existing store is
     /// allowed: manifests record each chunk's length.
     pub chunk_size: u32,
+    /// The node's master key: wraps the data keys of SSE-S3 objects and seals chunks when
+    /// `encrypt_all` is on. Keep it outside `data_dir` (or derive it from a configured secret):
+    /// a copy of the data directory alone then reads nothing encrypted. None: SSE-S3 is refused.
+    pub master_key: Option<SecretKey>,
+    /// Seal every chunk written from now on (objects without SSE included, NFS files, small
+    /// objects kept in the metadata store) under a key derived from `master_key`: the operator
+    /// of the chunk backend (e.g. a remote S3 cluster) reads nothing. Needs `master_key`.
+    pub encrypt_all: bool,
 }
 
 impl StoreConfig {
@@ -39,6 +48,8 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             max_size: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            master_key: None,
+            encrypt_all: false,
         }
     }
 }
@@ -66,6 +77,38 @@ pub struct ObjectMeta {
     /// multipart composite ends in `-N`). Set by the writer ([`crate::PutWriter::set_checksum`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// Server-side encryption of the object (its chunks are sealed with a per-object data key).
+    /// Set by the engine ([`crate::PutWriter::encrypt`], [`crate::Store::new_encryption`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<Encryption>,
+    /// A completed multipart upload's part sizes, in order (S3 `partNumber` reads and
+    /// `x-amz-mp-parts-count`); empty for any other object. Set by the engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_sizes: Vec<u64>,
+    /// The version's tags (S3 object tagging), in the order set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
+}
+
+/// How an object is encrypted at rest: a random per-object data key, wrapped (sealed) by the
+/// node's master key (SSE-S3) or by a key derived from the customer's key (SSE-C). The
+/// customer's key itself is never stored, only its MD5 (as S3 does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// SSE-C: base64 MD5 of the customer's key; None: SSE-S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_key_md5: Option<String>,
+    /// The data key sealed by the wrapping key (base64).
+    pub(crate) wrapped: String,
+}
+
+/// The key a request brings for server-side encryption.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EncryptionKey {
+    /// SSE-S3: the node's master key wraps the data key.
+    Managed,
+    /// SSE-C: the customer's 256-bit key wraps the data key.
+    Customer(SecretKey),
 }
 
 /// A condition a write must meet, checked atomically with the write itself (S3 conditional

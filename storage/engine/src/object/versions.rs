@@ -70,7 +70,7 @@ fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-fn same_version(a: Option<&str>, b: Option<&str>) -> bool {
+pub(crate) fn same_version(a: Option<&str>, b: Option<&str>) -> bool {
     a.unwrap_or("null") == b.unwrap_or("null")
 }
 
@@ -84,7 +84,7 @@ pub(crate) fn bucket_versioning(rec: &BucketRec) -> Versioning {
 }
 
 /// The key's noncurrent versions and markers, newest first: (table key, record).
-fn versions_of<T: crate::db::ReadTable<&'static str, &'static [u8]>>(
+pub(crate) fn versions_of<T: crate::db::ReadTable<&'static str, &'static [u8]>>(
     t: &T,
     bucket: &str,
     key: &str,
@@ -477,10 +477,7 @@ impl Store {
         for c in &manifest {
             shared.pin(c.id);
         }
-        let pins = Pins {
-            shared: shared.clone(),
-            ids: manifest.iter().map(|c| c.id).collect(),
-        };
+        let pins = Pins::reading(shared.clone(), manifest.iter().map(|c| c.id).collect());
         Ok(ObjectReader::new(rec.info(key), manifest, inline, pins))
     }
 

@@ -11,9 +11,9 @@ use std::thread::JoinHandle;
 
 use md5::{Digest, Md5};
 
-use super::meta::{now_nanos, ChunkRef, ObjRec, PartRec, INLINE_MAX};
+use super::meta::{now_nanos, ChunkRef, ObjRec, PartRec, Seal, INLINE_MAX};
 use super::pins::Pins;
-use super::types::{ObjectInfo, ObjectMeta, WriteCondition};
+use super::types::{Encryption, EncryptionKey, ObjectInfo, ObjectMeta, WriteCondition};
 use super::Store;
 use crate::chunks::{hex, ChunkId, ChunkStore};
 use crate::StorageError;
@@ -22,13 +22,15 @@ pub(crate) enum Target {
     Object {
         bucket: String,
         key: String,
-        meta: ObjectMeta,
+        meta: Box<ObjectMeta>,
     },
     Part {
         bucket: String,
         key: String,
         upload_id: String,
         number: u32,
+        /// The upload's encryption: its parts are sealed with its data key.
+        sse: Option<Encryption>,
     },
 }
 
@@ -52,6 +54,8 @@ pub struct PutWriter {
     cond: WriteCondition,
     checksum: Option<String>,
     committed: bool,
+    /// A part of an SSE-C upload whose key was not given yet ([`PutWriter::encrypt`]).
+    locked: bool,
 }
 
 /// Flushes this writer's chunks in the background, in order; stops at the first failure.
@@ -81,6 +85,16 @@ impl Syncer {
 impl PutWriter {
     pub(crate) fn new(store: Store, target: Target, limit: Option<u64>) -> PutWriter {
         let shared = store.shared().clone();
+        let mut pins = Pins::new(shared.clone());
+        let mut locked = false;
+        if let Target::Part { sse: Some(e), .. } = &target {
+            // SSE-S3 parts open the upload's data key with the master key; SSE-C parts wait for
+            // the customer key.
+            match e.unwrap(&shared, None) {
+                Ok(k) => pins.seal = Some((Seal::Object, k)),
+                Err(_) => locked = true,
+            }
+        }
         PutWriter {
             chunk_size: shared.chunk_size as usize,
             store,
@@ -90,16 +104,44 @@ impl PutWriter {
             md5: Md5::new(),
             size: 0,
             manifest: Vec::new(),
-            pins: Pins {
-                shared,
-                ids: Vec::new(),
-            },
+            pins,
             syncer: None,
             poisoned: false,
             cond: WriteCondition::Always,
             checksum: None,
             committed: false,
+            locked,
         }
+    }
+
+    /// Encrypts what this writer stores (before the first byte is written): an object gets a
+    /// new data key wrapped for `key` (SSE-S3 or SSE-C; recorded in its metadata), a part uses
+    /// its upload's data key, which `key` must open (`KeyRequired`, `KeyMismatch`, or
+    /// `NotCustomerEncrypted` for a customer key and an upload without one).
+    pub fn encrypt(&mut self, key: &EncryptionKey) -> Result<(), StorageError> {
+        if self.size > 0 || self.poisoned {
+            return Err(StorageError::Unsupported("encrypt after writing"));
+        }
+        let shared = self.pins.shared.clone();
+        match &mut self.target {
+            Target::Object { meta, .. } => {
+                let (e, k) = super::sse::new_encryption(&shared, key)?;
+                meta.sse = Some(e);
+                self.pins.seal = Some((Seal::Object, k));
+            }
+            Target::Part { sse, .. } => match sse {
+                Some(e) => {
+                    let k = e.unwrap(&shared, Some(key))?;
+                    self.pins.seal = Some((Seal::Object, k));
+                    self.locked = false;
+                }
+                None if matches!(key, EncryptionKey::Customer(_)) => {
+                    return Err(StorageError::NotCustomerEncrypted)
+                }
+                None => return Err(StorageError::Unsupported("SSE on a part of a plain upload")),
+            },
+        }
+        Ok(())
     }
 
     /// Makes the commit of an object conditional (checked atomically with it; ignored for parts).
@@ -130,6 +172,9 @@ impl PutWriter {
     }
 
     fn write_inner(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
+        if self.locked {
+            return Err(StorageError::KeyRequired);
+        }
         self.size += data.len() as u64;
         if self.limit.is_some_and(|l| self.size > l) {
             return Err(StorageError::QuotaExceeded);
@@ -175,19 +220,18 @@ impl PutWriter {
         if self.poisoned {
             return Err(StorageError::Unsupported("commit after error"));
         }
+        if self.locked {
+            return Err(StorageError::KeyRequired);
+        }
         let small = self.manifest.is_empty()
             && !self.buf.is_empty()
             && self.buf.len() <= INLINE_MAX
             && matches!(self.target, Target::Object { .. });
         let mut inline = None;
         if small {
-            let data = std::mem::take(&mut self.buf);
-            self.manifest.push(ChunkRef {
-                id: ChunkId::of(&data),
-                len: u32::try_from(data.len()).expect("inline chunk is small"),
-                inline: true,
-            });
-            inline = Some(data);
+            let (c, stored) = self.pins.inline_chunk(&std::mem::take(&mut self.buf))?;
+            self.manifest.push(c);
+            inline = Some(stored);
         } else if !self.buf.is_empty() {
             let buf = std::mem::take(&mut self.buf);
             self.store_chunk(&buf)?;
@@ -204,7 +248,7 @@ impl PutWriter {
             Target::Object {
                 bucket: String::new(),
                 key: String::new(),
-                meta: ObjectMeta::default(),
+                meta: Box::default(),
             },
         );
         // `self.pins` stays alive until the transaction has committed (dropped with `self`).
@@ -222,7 +266,7 @@ impl PutWriter {
                     size: self.size,
                     etag,
                     modified,
-                    meta,
+                    meta: *meta,
                 };
                 let cond = std::mem::take(&mut self.cond);
                 self.store
@@ -233,6 +277,7 @@ impl PutWriter {
                 key,
                 upload_id,
                 number,
+                ..
             } => {
                 let rec = PartRec {
                     size: self.size,
