@@ -147,7 +147,7 @@ tm help docker ps | grep -E "^NODE|$C-|unavailable" >&2
 # the caller's own node is listed apart.
 assert_eq "$(json_get "d['without_docker']" <<<"$out")" '["help"]' "nodes without Docker, listed apart"
 assert_eq "$(ctl help peers --json | json_get "sorted(p['name'] for p in d if p['docker'])")" \
-    "['beta', 'coord']" "peers that declare a Docker agent"
+    '["beta", "coord"]' "peers that declare a Docker agent"
 assert_eq "$(json_get "d['unavailable']" <<<"$out")" '[]' "unavailable nodes"
 # A node that does not answer (its agent's packets dropped) is listed as unavailable; the rest is shown.
 BETA_IP=$(mesh_ip_of beta)
