@@ -31,7 +31,6 @@ use tokio::task::JoinSet;
 
 use crate::http::{self, Request};
 use crate::relay::{read_frame_max, write_loop, PeerLink, KEEPALIVE_KEY, KEY_LEN, RELAY_QUEUE};
-use crate::wire::hex;
 use crate::{Coordinator, Error, JoinClient, JoinToken, NodeIdentity};
 
 /// The `Upgrade:` protocol token of links between coordinators.
@@ -73,12 +72,7 @@ impl Coordinator {
         &self,
         client: Option<&[u8; 32]>,
     ) -> Result<(String, PublicKey), Error> {
-        let fp = client.ok_or(Error::ClientCertRequired)?;
-        let (name, _) = self
-            .index()
-            .by_cert(&hex(fp))
-            .cloned()
-            .ok_or(Error::UnknownClient)?;
+        let (name, _) = self.cert_identity(client)?;
         let key = self.cluster_peer(&name)?;
         Ok((name, key))
     }

@@ -21,7 +21,7 @@ use crate::relay::{
     RELAY_IDLE_TIMEOUT, RELAY_PROTOCOL,
 };
 use crate::server::{json, parse_json, parse_since};
-use crate::wire::{hex, EndpointsUpdate, ErrorBody, RegisterRequest};
+use crate::wire::{EndpointsUpdate, ErrorBody, RegisterRequest};
 use crate::{Coordinator, Error};
 
 /// One epoch's netmap, serialised once: the JSON without its closing brace, and the policy
@@ -284,12 +284,7 @@ impl Coordinator {
         req: &Request,
         client: Option<&[u8; 32]>,
     ) -> Result<(String, PublicKey), Error> {
-        let fp = client.ok_or(Error::ClientCertRequired)?;
-        let (name, key) = self
-            .index()
-            .by_cert(&hex(fp))
-            .cloned()
-            .ok_or(Error::UnknownClient)?;
+        let (name, key) = self.cert_identity(client)?;
         let has_token = |h: &str, t: &str| {
             req.header(h)
                 .is_some_and(|v| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))

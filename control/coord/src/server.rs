@@ -668,10 +668,18 @@ impl Coordinator {
 
     /// The registered node a verified client certificate (SHA-256 of its DER) belongs to.
     pub fn caller(&self, client_cert_sha256: Option<&[u8; 32]>) -> Result<String, Error> {
+        self.cert_identity(client_cert_sha256).map(|(name, _)| name)
+    }
+
+    /// The name and key of the registered node a verified client certificate belongs to.
+    pub(crate) fn cert_identity(
+        &self,
+        client_cert_sha256: Option<&[u8; 32]>,
+    ) -> Result<(String, PublicKey), Error> {
         let fp = client_cert_sha256.ok_or(Error::ClientCertRequired)?;
         self.index()
             .by_cert(&hex(fp))
-            .map(|(name, _)| name.clone())
+            .cloned()
             .ok_or(Error::UnknownClient)
     }
 
