@@ -703,3 +703,42 @@ async fn records_from_a_clock_ten_minutes_ahead_are_refused_with_a_clear_message
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_declares_only_its_own_known_services_and_every_coordinator_lists_them() {
+    let dir = tmpdir("svc");
+    let (a, b, token) = two(&dir).await;
+    let t = JoinToken::parse(&token).unwrap();
+    let mut m = JoinClient::new(a.public.addr.to_string(), t.clone()).unwrap();
+    m.register(&key(), "dock", &[]).await.expect("dock joins");
+    b.join(&token, "plain", &key()).await.expect("plain joins");
+    // Unknown names are refused and change nothing.
+    let e = m
+        .update_services(&["docker".into(), "ftp".into()])
+        .await
+        .expect_err("an unknown service");
+    match e {
+        Error::Refused { status, message } => {
+            assert_eq!(status, 400, "{message}");
+            assert!(message.contains("unknown service \"ftp\""), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(a.coord.netmap().peer("dock").unwrap().services.is_empty());
+    // The caller's certificate decides whose record changes: its own, on every coordinator.
+    m.update_services(&["docker".into()])
+        .await
+        .expect("declare docker");
+    converged(&a, &b, "after the declaration").await;
+    for c in [&a, &b] {
+        let nm = c.coord.netmap();
+        assert_eq!(nm.peer("dock").unwrap().services, ["docker"]);
+        assert!(nm.peer("plain").unwrap().services.is_empty());
+    }
+    // Without a registered identity there is no call at all.
+    let anon = JoinClient::new(a.public.addr.to_string(), t).unwrap();
+    assert!(anon.update_services(&["docker".into()]).await.is_err());
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
