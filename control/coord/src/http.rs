@@ -35,6 +35,13 @@ impl Request {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// Whether the comma-separated header `name` lists `token` (case-insensitive), as
+    /// `Connection: Upgrade` and `Upgrade: tm-relay/1` do.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.header(name)
+            .is_some_and(|v| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(token)))
+    }
 }
 
 fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Vec<(String, String)>, Error> {

@@ -52,10 +52,7 @@ const LINK_IDLE: Duration = Duration::from_secs(75);
 
 /// Whether `req` asks for a link between coordinators.
 pub(crate) fn is_link_upgrade(req: &Request) -> bool {
-    req.header("upgrade").is_some_and(|v| {
-        v.split(',')
-            .any(|x| x.trim().eq_ignore_ascii_case(LINK_PROTOCOL))
-    })
+    req.has_token("upgrade", LINK_PROTOCOL)
 }
 
 /// Per other coordinator: checks in a row without a link (see [`DIAL_ANYWAY_AFTER`]).

@@ -285,11 +285,7 @@ impl Coordinator {
         client: Option<&[u8; 32]>,
     ) -> Result<(String, PublicKey), Error> {
         let (name, key) = self.cert_identity(client)?;
-        let has_token = |h: &str, t: &str| {
-            req.header(h)
-                .is_some_and(|v| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))
-        };
-        if !has_token("connection", "upgrade") || !has_token("upgrade", RELAY_PROTOCOL) {
+        if !req.has_token("connection", "upgrade") || !req.has_token("upgrade", RELAY_PROTOCOL) {
             return Err(Error::Malformed(format!(
                 "/v1/relay needs Connection: Upgrade and Upgrade: {RELAY_PROTOCOL}"
             )));
