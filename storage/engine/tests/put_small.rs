@@ -161,3 +161,33 @@ fn credential_cache_follows_replacement() {
         Some(("two".into(), "bob".into()))
     );
 }
+
+#[test]
+fn an_inline_copy_never_keeps_a_chunk_file_of_the_same_bytes() {
+    // A small object stored inline and the tail chunk of a large one with the same bytes: the
+    // aborted large write must leave no file behind (the inline copy is not that file), and a
+    // committed one's file goes when that object goes, while the inline object stays readable.
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = open_cfg(d.path(), 1 << 16, None);
+    s.create_bucket("sml").unwrap();
+    put_small(&s, "sml", "tiny", b"z").unwrap();
+    let mut body = data(9, 2 << 16);
+    body.push(b'z');
+    {
+        let mut w = s
+            .begin_put("sml", "big", ObjectMeta::default())
+            .expect("begin_put");
+        w.write_all(&body).unwrap();
+        w.set_condition(tm_storage::WriteCondition::IfMatch("not-there".into()));
+        assert!(w.commit().is_err(), "the condition fails");
+    }
+    s.reclaim().unwrap();
+    assert_eq!(chunk_files(d.path()), 0, "the aborted write left files");
+    put(&s, "sml", "big", &body, 7000);
+    assert_eq!(chunk_files(d.path()), 3);
+    s.delete_object("sml", "big").unwrap();
+    s.reclaim().unwrap();
+    assert_eq!(chunk_files(d.path()), 0, "the deleted object left files");
+    assert_eq!(get(&s, "sml", "tiny"), b"z");
+    assert_healthy(&s);
+}

@@ -31,6 +31,15 @@ impl ChunkId {
         ChunkId(*blake3::hash(data).as_bytes())
     }
 
+    /// The id of a chunk kept inline in the metadata store: a hash of `data` in its own domain,
+    /// so it never names a chunk file. (A shared name made an aborted writer's file of the same
+    /// bytes look referenced by the inline copy, and it stayed on disk.)
+    pub fn of_inline(data: &[u8]) -> ChunkId {
+        let mut h = blake3::Hasher::new_derive_key("tunnelmesh 2026 inline chunk id");
+        h.update(data);
+        ChunkId(*h.finalize().as_bytes())
+    }
+
     /// Lowercase hex form (64 chars).
     pub fn to_hex(&self) -> String {
         hex(&self.0)

@@ -34,7 +34,8 @@ pub(super) fn reclaimer(
     }
 }
 
-/// Delete queued chunks that are still unreferenced and unpinned; keep pinned ones queued.
+/// Delete queued chunks that are still unreferenced and unpinned; keep pinned ones (and ones
+/// whose delete failed: the first error is returned) queued.
 fn reclaim(mem: &Mem, shared: &Shared, freed: &Mutex<Vec<ChunkId>>) -> Result<u64, StorageError> {
     let ids: Vec<ChunkId> = std::mem::take(&mut *lock(freed));
     if ids.is_empty() {
@@ -42,28 +43,38 @@ fn reclaim(mem: &Mem, shared: &Shared, freed: &Mutex<Vec<ChunkId>>) -> Result<u6
     }
     let ids: HashSet<ChunkId> = ids.into_iter().collect();
     let _w = shared.write_guard();
-    let rtx = mem.view()?;
-    let refs = rtx.open_table(REFS)?;
-    let pins = shared.pins();
     let mut requeue = Vec::new();
     let mut n = 0;
-    for id in ids {
-        if refs.get(id.0.as_slice())?.is_some() {
-            continue;
+    let mut first_err = None;
+    let res = (|| -> Result<(), StorageError> {
+        let rtx = mem.view()?;
+        let refs = rtx.open_table(REFS)?;
+        let pins = shared.pins();
+        for &id in &ids {
+            if refs.get(id.0.as_slice())?.is_some() {
+                continue;
+            }
+            if pins.contains_key(&id) {
+                requeue.push(id);
+                continue;
+            }
+            match shared.chunks.delete(&id) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    requeue.push(id);
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        if pins.contains_key(&id) {
-            requeue.push(id);
-            continue;
-        }
-        if let Err(e) = shared.chunks.delete(&id) {
-            requeue.push(id);
-            lock(freed).extend(requeue);
-            return Err(e);
-        }
-        n += 1;
+        Ok(())
+    })();
+    if res.is_err() {
+        // The metadata could not be read: keep every id queued for the next round.
+        requeue = ids.into_iter().collect();
     }
     lock(freed).extend(requeue);
-    Ok(n)
+    res?;
+    first_err.map_or(Ok(n), Err)
 }
 
 impl Store {

@@ -147,7 +147,11 @@ pub(crate) fn seal_chunk<'a>(
         None => (Cow::Borrowed(data), Seal::Plain),
     };
     let c = ChunkRef {
-        id: ChunkId::of(&stored),
+        id: if inline {
+            ChunkId::of_inline(&stored)
+        } else {
+            ChunkId::of(&stored)
+        },
         len,
         inline,
         seal: kind,
