@@ -98,6 +98,9 @@ relay_via() { # relay_via NODE PEER COORD: a ping of PEER goes through the relay
 ns_exec alpha iptables -A OUTPUT -p udp -d 192.0.2.4 -j DROP
 ns_exec alpha iptables -A INPUT -p udp -s 192.0.2.4 -j DROP
 t0=$EPOCHREALTIME
+# Traffic keeps the session busy: an idle session never notices its path died (as WireGuard).
+ns_spawn alpha ping-bg.log ping -i 0.5 -W 1 "$BIP"
+PING_BG=$TM_LAST_PID
 wait_for 45 "alpha -> beta on the relay" path_is alpha beta relay || fail "alpha -> beta did not move to the relay"
 wait_for 20 "alpha pings beta via ca's relay" relay_via alpha beta "$CA" ||
     fail "alpha -> beta not through ca: $(ctl alpha ping beta -c 1 2>&1)"
@@ -108,6 +111,7 @@ log "ok: alpha (ca) and beta (cb) relayed through both coordinators after $(elap
 ns_exec alpha iptables -F OUTPUT
 ns_exec alpha iptables -F INPUT
 wait_for 30 "alpha -> beta back to direct" path_is alpha beta direct || fail "alpha -> beta stayed on the relay"
+kill "$PING_BG" 2>/dev/null
 
 # --- kill -9 the first coordinator -----------------------------------------------------------
 coordinators_seen_by() { # the addresses `coordinator.mesh` has on NODE, sorted, one line
