@@ -294,10 +294,10 @@ impl Dataplane {
         let Some(f) = &self.filter else {
             return Ok(());
         };
-        let routes = self.routes.load();
         let now_s = self.shared.secs(now);
+        // The routes are loaded only for an ICMP error (the rare case that asks).
         let r = f.check(peer, pkt, Dir::Out, now_s, |a| {
-            routes.lookup(a) == Some(peer)
+            self.routes.load().lookup(a) == Some(peer)
         });
         if let (Err(e), Some(p)) = (r, self.peers.get(&peer)) {
             crate::filter::sample(&p.shared, now_s, e, pkt, Dir::Out);
@@ -710,10 +710,11 @@ impl Dataplane {
             return Err(DropReason::SourceNotAllowed);
         }
         if let Some(f) = &self.filter {
-            let routes = self.routes.load();
             let inner = &dgram[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
             let now_s = self.shared.secs(now);
-            if let Err(e) = f.check(id, inner, Dir::In, now_s, |a| routes.lookup(a) == Some(id)) {
+            // The routes are loaded only for an ICMP error (the rare case that asks).
+            let routes_to = |a| self.routes.load().lookup(a) == Some(id);
+            if let Err(e) = f.check(id, inner, Dir::In, now_s, routes_to) {
                 if let Some(p) = self.peers.get(&id) {
                     crate::filter::sample(&p.shared, now_s, e, inner, Dir::In);
                 }

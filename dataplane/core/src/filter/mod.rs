@@ -32,8 +32,8 @@
 //! then re-evaluated), never pair one flow's key with another's value (the key is re-read
 //! after the value).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 
 use tm_wire::filter::{FilterSpec, Verdict};
 use tm_wire::ipc::{DropReason, PeerId};
@@ -61,131 +61,12 @@ const ICMP6: u8 = 58;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-#[derive(Default)]
-struct Entry {
-    key: AtomicU64,
-    val: AtomicU64,
-}
+mod parse;
+mod table;
 
-#[repr(align(64))]
-#[derive(Default)]
-struct Bucket([Entry; WAYS]);
-
-/// The bounded, shared flow table.
-pub struct FlowTable {
-    buckets: Box<[Bucket]>,
-    evictions: AtomicU64,
-}
-
-fn kind_of(proto: u8) -> u64 {
-    match proto {
-        TCP => 1,
-        UDP => 2,
-        _ => 0,
-    }
-}
-
-fn idle_of(val: u64) -> u32 {
-    match (val >> KIND_SHIFT) & 3 {
-        1 => TCP_IDLE_S,
-        2 => UDP_IDLE_S,
-        _ => OTHER_IDLE_S,
-    }
-}
-
-fn seen(val: u64) -> u32 {
-    (val >> 32) as u32
-}
-
-fn pack(now_s: u32, generation: u64, flags: u64) -> u64 {
-    (u64::from(now_s) << 32) | ((generation & GEN_MASK) << 8) | flags
-}
-
-fn live(val: u64, now_s: u32) -> bool {
-    now_s.saturating_sub(seen(val)) <= idle_of(val)
-}
-
-impl FlowTable {
-    /// A table of at least `entries` entries (rounded up to a power of two buckets).
-    pub fn new(entries: usize) -> FlowTable {
-        let n = entries.div_ceil(WAYS).max(1).next_power_of_two();
-        FlowTable {
-            buckets: (0..n).map(|_| Bucket::default()).collect(),
-            evictions: AtomicU64::new(0),
-        }
-    }
-
-    /// Capacity in entries.
-    pub fn capacity(&self) -> usize {
-        self.buckets.len() * WAYS
-    }
-
-    /// Live entries were evicted this many times to make room.
-    pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
-    }
-
-    /// Live entries at `now_s` (walks the table: for reports and tests, not per packet).
-    pub fn live(&self, now_s: u32) -> usize {
-        self.buckets
-            .iter()
-            .flat_map(|b| b.0.iter())
-            .filter(|e| {
-                e.key.load(Ordering::Relaxed) != 0 && live(e.val.load(Ordering::Relaxed), now_s)
-            })
-            .count()
-    }
-
-    fn bucket(&self, h: u64) -> &Bucket {
-        &self.buckets[(h >> 40) as usize & (self.buckets.len() - 1)]
-    }
-
-    /// The live entry of `h` and its value.
-    fn get(&self, h: u64, now_s: u32) -> Option<(&Entry, u64)> {
-        for e in &self.bucket(h).0 {
-            if e.key.load(Ordering::Acquire) != h {
-                continue;
-            }
-            let v = e.val.load(Ordering::Acquire);
-            if e.key.load(Ordering::Acquire) != h {
-                continue;
-            }
-            return live(v, now_s).then_some((e, v));
-        }
-        None
-    }
-
-    /// Inserts or replaces the entry of `h`.
-    fn put(&self, h: u64, val: u64, now_s: u32) {
-        let b = self.bucket(h);
-        let mut victim = &b.0[0];
-        let mut oldest = u32::MAX;
-        for e in &b.0 {
-            let k = e.key.load(Ordering::Acquire);
-            if k == h {
-                e.val.store(val, Ordering::Release);
-                return;
-            }
-            let v = e.val.load(Ordering::Relaxed);
-            let age = if k == 0 || !live(v, now_s) {
-                // Free: take it.
-                0
-            } else {
-                seen(v)
-            };
-            if age < oldest {
-                oldest = age;
-                victim = e;
-            }
-        }
-        if oldest != 0 {
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-        }
-        victim.key.store(0, Ordering::Release);
-        victim.val.store(val, Ordering::Release);
-        victim.key.store(h, Ordering::Release);
-    }
-}
+use parse::*;
+pub use table::FlowTable;
+use table::*;
 
 /// An installed filter: the compiled rules and the flow table (shared by every generation).
 pub struct ActiveFilter {
@@ -200,196 +81,6 @@ pub enum Dir {
     In,
     /// From the TUN, to a peer.
     Out,
-}
-
-/// A flow oriented local/remote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Flow {
-    proto: u8,
-    local: IpAddr,
-    lport: u16,
-    remote: IpAddr,
-    rport: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Parsed {
-    /// A packet of a flow; `syn` = TCP SYN without ACK; `port` = the port the rules see.
-    Flow { flow: Flow, syn: bool, port: u16 },
-    /// An ICMP error quoting a packet this node sent (oriented as that packet).
-    IcmpError(Flow),
-    /// A non-first fragment.
-    Fragment,
-}
-
-fn v4(b: &[u8]) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-}
-
-fn v6(b: &[u8]) -> IpAddr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[..16]);
-    IpAddr::V6(Ipv6Addr::from(a))
-}
-
-/// (proto, src, dst, L4 offset, first fragment) of an IP packet, extension headers skipped.
-fn ip_header(p: &[u8]) -> Option<(u8, IpAddr, IpAddr, usize, bool)> {
-    match p.first()? >> 4 {
-        4 => {
-            if p.len() < 20 {
-                return None;
-            }
-            let ihl = usize::from(p[0] & 0x0f) * 4;
-            let frag_off = u16::from_be_bytes([p[6], p[7]]) & 0x1fff;
-            (ihl >= 20 && p.len() >= ihl)
-                .then(|| (p[9], v4(&p[12..]), v4(&p[16..]), ihl, frag_off == 0))
-        }
-        6 => {
-            if p.len() < 40 {
-                return None;
-            }
-            let (src, dst) = (v6(&p[8..]), v6(&p[24..]));
-            let mut next = p[6];
-            let mut at = 40;
-            for _ in 0..8 {
-                match next {
-                    0 | 43 | 60 => {
-                        let h = p.get(at..at + 2)?;
-                        next = h[0];
-                        at += (usize::from(h[1]) + 1) * 8;
-                    }
-                    44 => {
-                        let h = p.get(at..at + 8)?;
-                        next = h[0];
-                        at += 8;
-                        if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                            return Some((next, src, dst, at, false));
-                        }
-                    }
-                    _ => return Some((next, src, dst, at, true)),
-                }
-            }
-            None
-        }
-        _ => None,
-    }
-}
-
-fn has_ports(proto: u8) -> bool {
-    matches!(proto, TCP | UDP | SCTP)
-}
-
-fn is_icmp_error(proto: u8, ty: u8) -> bool {
-    match proto {
-        ICMP => matches!(ty, 3 | 11 | 12),
-        ICMP6 => matches!(ty, 1..=4),
-        _ => false,
-    }
-}
-
-fn is_echo(proto: u8, ty: u8) -> bool {
-    match proto {
-        ICMP => matches!(ty, 0 | 8),
-        ICMP6 => matches!(ty, 128 | 129),
-        _ => false,
-    }
-}
-
-/// (src port, dst port) as the flow key sees them: ports, the echo id, or zeros.
-fn ports(proto: u8, l4: &[u8]) -> Option<(u16, u16)> {
-    if has_ports(proto) {
-        let b = l4.get(..4)?;
-        return Some((
-            u16::from_be_bytes([b[0], b[1]]),
-            u16::from_be_bytes([b[2], b[3]]),
-        ));
-    }
-    if matches!(proto, ICMP | ICMP6) {
-        let b = l4.get(..8)?;
-        if is_echo(proto, b[0]) {
-            let id = u16::from_be_bytes([b[4], b[5]]);
-            return Some((id, id));
-        }
-    }
-    Some((0, 0))
-}
-
-fn parse(pkt: &[u8], dir: Dir) -> Option<Parsed> {
-    let (proto, src, dst, at, first) = ip_header(pkt)?;
-    if !first {
-        return Some(Parsed::Fragment);
-    }
-    let l4 = pkt.get(at..)?;
-    if matches!(proto, ICMP | ICMP6) && is_icmp_error(proto, *l4.first()?) {
-        // The quoted packet: its header and at least 8 bytes of its transport header.
-        let q = l4.get(8..)?;
-        let (qp, qsrc, qdst, qat, qfirst) = ip_header(q)?;
-        let (sp, dp) = if qfirst {
-            ports(qp, q.get(qat..)?).unwrap_or((0, 0))
-        } else {
-            (0, 0)
-        };
-        return Some(Parsed::IcmpError(Flow {
-            proto: qp,
-            local: qsrc,
-            lport: sp,
-            remote: qdst,
-            rport: dp,
-        }));
-    }
-    let (sp, dp) = ports(proto, l4)?;
-    let syn = proto == TCP && {
-        let f = *l4.get(13)?;
-        f & TCP_SYN != 0 && f & TCP_ACK == 0
-    };
-    let (local, lport, remote, rport) = match dir {
-        Dir::In => (dst, dp, src, sp),
-        Dir::Out => (src, sp, dst, dp),
-    };
-    let port = if has_ports(proto) { lport } else { 0 };
-    Some(Parsed::Flow {
-        flow: Flow {
-            proto,
-            local,
-            lport,
-            remote,
-            rport,
-        },
-        syn,
-        port,
-    })
-}
-
-fn mix(h: u64, v: u64) -> u64 {
-    (h ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31)
-}
-
-fn addr_bits(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(a) => u128::from(u32::from(a)) | (1 << 127),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-/// Keyed hash of (peer, flow); never 0.
-fn flow_hash(seed: u64, peer: PeerId, f: &Flow) -> u64 {
-    let (l, r) = (addr_bits(f.local), addr_bits(f.remote));
-    let mut h = mix(
-        seed ^ 0x5bd1_e995,
-        u64::from(peer) << 8 | u64::from(f.proto),
-    );
-    h = mix(h, l as u64);
-    h = mix(h, (l >> 64) as u64);
-    h = mix(h, r as u64);
-    h = mix(h, (r >> 64) as u64);
-    h = mix(h, u64::from(f.lport) << 16 | u64::from(f.rport));
-    // fmix64
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h | 1
 }
 
 fn verdict_drop(v: Verdict) -> DropReason {
@@ -411,30 +102,74 @@ impl ActiveFilter {
         routes_to_peer: impl Fn(IpAddr) -> bool,
     ) -> Result<(), DropReason> {
         let spec = &self.spec;
+        let (h, proto, syn, port) = match fast_v4(spec.seed, peer, pkt, dir) {
+            Some((h, proto, port)) => (h, proto, false, port),
+            None => match self.slow_key(peer, pkt, dir, now_s, &routes_to_peer)? {
+                Some(k) => k,
+                None => return Ok(()),
+            },
+        };
+        self.decide(peer, h, proto, syn, port, dir, now_s)
+    }
+
+    /// The general parse: every IP packet; fragments and ICMP errors are decided here
+    /// (`Ok(None)`: pass). `Ok(Some)`: the flow key (hash, protocol, SYN without ACK, rule
+    /// port) for [`ActiveFilter::decide`].
+    #[inline(never)]
+    fn slow_key(
+        &self,
+        peer: PeerId,
+        pkt: &[u8],
+        dir: Dir,
+        now_s: u32,
+        routes_to_peer: &impl Fn(IpAddr) -> bool,
+    ) -> Result<Option<(u64, u8, bool, u16)>, DropReason> {
+        let spec = &self.spec;
         let parsed = parse(pkt, dir).ok_or(DropReason::BadInnerPacket)?;
         let (flow, syn, port) = match parsed {
-            Parsed::Fragment => return Ok(()),
+            Parsed::Fragment => return Ok(None),
             Parsed::IcmpError(q) => {
                 if dir == Dir::Out {
                     // Our own error about the peer's packet: a reply.
                     return spec
                         .reachable(peer)
-                        .then_some(())
+                        .then_some(None)
                         .ok_or(DropReason::FilterNoRule);
                 }
                 let h = flow_hash(spec.seed, peer, &q);
                 if self.flows.get(h, now_s).is_some()
                     || (routes_to_peer(q.remote) && spec.reachable(peer))
                 {
-                    return Ok(());
+                    return Ok(None);
                 }
                 return Err(DropReason::FilterNoRule);
             }
             Parsed::Flow { flow, syn, port } => (flow, syn, port),
         };
-        let h = flow_hash(spec.seed, peer, &flow);
+        Ok(Some((
+            flow_hash(spec.seed, peer, &flow),
+            flow.proto,
+            syn,
+            port,
+        )))
+    }
+
+    /// Steps 3 and 4 for a flow key.
+    #[allow(clippy::too_many_arguments)] // the flow key's parts, passed in registers
+    #[inline]
+    fn decide(
+        &self,
+        peer: PeerId,
+        h: u64,
+        proto: u8,
+        syn: bool,
+        port: u16,
+        dir: Dir,
+        now_s: u32,
+    ) -> Result<(), DropReason> {
+        let spec = &self.spec;
         let gen = spec.generation & GEN_MASK;
-        let kind = kind_of(flow.proto) << KIND_SHIFT;
+        let kind = kind_of(proto) << KIND_SHIFT;
         if let Some((e, v)) = self.flows.get(h, now_s) {
             if (v >> 8) & GEN_MASK == gen {
                 if seen(v) != now_s {
@@ -455,7 +190,7 @@ impl ActiveFilter {
                 spec.reachable(peer)
             } else {
                 spec.class_of(peer)
-                    .is_some_and(|c| c.verdict(flow.proto, port) == Verdict::Allow)
+                    .is_some_and(|c| c.verdict(proto, port) == Verdict::Allow)
             };
             let flags = (v & (F_LOCAL | (3 << KIND_SHIFT))) | if ok { 0 } else { F_REVOKED };
             self.flows.put(h, pack(now_s, gen, flags), now_s);
@@ -470,7 +205,7 @@ impl ActiveFilter {
                 if !spec.reachable(peer) {
                     return Err(DropReason::FilterNoRule);
                 }
-                if flow.proto != TCP || syn {
+                if proto != TCP || syn {
                     self.flows.put(h, pack(now_s, gen, kind | F_LOCAL), now_s);
                 }
                 Ok(())
@@ -478,7 +213,7 @@ impl ActiveFilter {
             Dir::In => {
                 let v = spec
                     .class_of(peer)
-                    .map_or(Verdict::NoRule, |c| c.verdict(flow.proto, port));
+                    .map_or(Verdict::NoRule, |c| c.verdict(proto, port));
                 if v != Verdict::Allow {
                     return Err(verdict_drop(v));
                 }
@@ -619,6 +354,45 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn fast_path_gives_the_general_paths_key_or_defers_to_it() {
+        let (a, b) = (ip("10.0.0.1"), ip("192.168.7.9"));
+        let (x, y) = (ip("fd00::1"), ip("fd00::2"));
+        let mut cases = vec![
+            (build::tcp(a, 40000, b, 22, 0x10, b"data"), true),
+            (build::tcp(b, 22, a, 40000, 0x12, b""), true), // SYN-ACK: not a SYN
+            (build::tcp(a, 40000, b, 22, 0x02, b""), false), // SYN: general path
+            (build::udp(a, 5353, b, 53, b"q"), true),
+            (build::udp(x, 5353, y, 53, b"q"), false), // IPv6
+            (build::echo(a, b, true, 7), false),       // ICMP
+        ];
+        let mut opts = build::udp(a, 1, b, 2, b"");
+        opts[0] = 0x46; // IPv4 with options
+        opts.splice(20..20, [1, 1, 1, 0]);
+        cases.push((opts, false));
+        let mut frag = build::tcp(a, 1, b, 2, 0x10, b"");
+        frag[7] = 1; // offset 8 bytes: not first
+        cases.push((frag, false));
+        let mut first = build::udp(a, 1, b, 2, b"");
+        first[6] = 0x20; // more fragments, offset 0: first fragment, has ports
+        cases.push((first, true));
+        cases.push((build::tcp(a, 1, b, 2, 0x10, b"")[..33].to_vec(), false)); // no flags
+        for dir in [Dir::In, Dir::Out] {
+            for (i, (pkt, fast)) in cases.iter().enumerate() {
+                let got = fast_v4(99, 5, pkt, dir);
+                assert_eq!(got.is_some(), *fast, "case {i} {dir:?}");
+                let Some((h, proto, port)) = got else {
+                    continue;
+                };
+                let Some(Parsed::Flow { flow, syn, port: p }) = parse(pkt, dir) else {
+                    panic!("case {i}: the general path has no flow")
+                };
+                assert_eq!((h, proto, port), (flow_hash(99, 5, &flow), flow.proto, p));
+                assert!(!syn, "case {i}");
+            }
+        }
     }
 
     #[test]
