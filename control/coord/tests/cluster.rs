@@ -742,3 +742,68 @@ async fn a_node_declares_only_its_own_known_services_and_every_coordinator_lists
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_of_another_mesh_can_neither_replicate_nor_link() {
+    let dir = tmpdir("othermesh");
+    let (a, b, _) = two(&dir.join("one")).await;
+    let (y, z, _) = two(&dir.join("other")).await;
+    // A coordinator identity of the other mesh: valid there, signed by its own CA.
+    let (_, ct) = y
+        .coord
+        .create_token(
+            &TokenSpec {
+                coordinator: true,
+                ..Default::default()
+            },
+            "local root",
+            tm_coord::now_unix(),
+        )
+        .expect("coordinator token");
+    let mut jc =
+        JoinClient::new(y.public.addr.to_string(), JoinToken::parse(&ct).unwrap()).unwrap();
+    jc.join_as_coordinator(None);
+    jc.register(&key(), "hub-x", &[])
+        .await
+        .expect("hub-x is a coordinator of the other mesh");
+    let before = a.coord.nodes();
+    let foreign = JoinClient::with_identity(
+        a.public.addr.to_string(),
+        a.coord.join_token(),
+        jc.identity().expect("identity").clone(),
+    )
+    .expect("client");
+    let refused = |e: Error, what: &str| match e {
+        Error::Refused { status, message } => {
+            assert!(status == 401 || status == 403, "{what}: {status} {message}")
+        }
+        // TLS-level rejection: the server's verifier refuses the chain.
+        e => {
+            eprintln!("{what} from another mesh refused: {e}");
+            assert!(
+                matches!(e, Error::Io { .. } | Error::Tls(_) | Error::BadResponse(_)),
+                "{what}: {e:?}"
+            )
+        }
+    };
+    let push = tm_coord::tm_cluster::Msg::Push { records: vec![] };
+    refused(
+        foreign
+            .cluster(&push)
+            .await
+            .expect_err("replication from another mesh"),
+        "replication",
+    );
+    refused(
+        foreign
+            .relay_with_protocol("tm-coord-link/1")
+            .await
+            .expect_err("a link from another mesh"),
+        "link",
+    );
+    assert_eq!(a.coord.nodes(), before, "nothing changed");
+    for c in [a, b, y, z] {
+        c.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
