@@ -19,6 +19,7 @@ mod identity;
 mod join_wait;
 mod mesh;
 mod node;
+mod peer_timers;
 mod policy;
 mod portmap;
 mod relay;

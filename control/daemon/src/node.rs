@@ -31,8 +31,8 @@ use tm_wire::wg;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
-/// Give up initiating after this long without success (whitepaper REKEY_ATTEMPT_TIME).
-const REKEY_ATTEMPT: Duration = Duration::from_secs(90);
+use crate::peer_timers::{Action, PathView, PeerTimers, Timing};
+
 /// More handshake datagrams per second than this puts the responder "under load" (cookies).
 const UNDER_LOAD_PER_SEC: u32 = 400;
 /// How long a status request waits for fresh counters from the dataplane.
@@ -45,20 +45,12 @@ struct Peer {
     is_coordinator: bool,
     /// Endpoints to try while no session exists (the netmap's, observed first).
     candidates: Vec<SocketAddr>,
-    /// Since when we have been trying to establish a session without success.
-    attempt_since: Option<Instant>,
-    /// Last handshake completed over a direct (non-relay) path: endpoint and time.
-    direct: Option<(SocketAddr, Instant)>,
-    /// Last probe of the direct path while on the relay.
-    last_probe: Option<Instant>,
+    /// Handshake and path timers (the sans-IO core decides on them).
+    timers: PeerTimers,
     noise: hs::Peer,
     endpoint: Option<SocketAddr>,
     last_handshake: Option<SystemTime>,
     sessions: u64,
-    /// Keep trying to establish a session until then.
-    want_until: Option<Instant>,
-    last_init_sent: Option<Instant>,
-    next_retry: Option<Instant>,
     inflight_index: Option<u32>,
     installed: VecDeque<u32>,
     stats_base: PeerStats,
@@ -74,15 +66,10 @@ impl Peer {
             dynamic,
             is_coordinator: false,
             candidates: Vec::new(),
-            attempt_since: None,
-            direct: None,
-            last_probe: None,
+            timers: PeerTimers::default(),
             noise,
             last_handshake: None,
             sessions: 0,
-            want_until: None,
-            last_init_sent: None,
-            next_retry: None,
             inflight_index: None,
             installed: VecDeque::new(),
             stats_base: PeerStats::default(),
@@ -244,7 +231,7 @@ impl Node {
         let dp = Dataplane::spawn(&self.cfg).await?;
         tracing::info!(pid = dp.pid, interface = %self.cfg.interface, "dataplane ready");
         self.dp = Some(dp);
-        self.sync_dataplane(false);
+        self.sync_dataplane(Instant::now(), false);
         let mesh_ip = self.cfg.address().addr;
         if let Some(s) = &self.storage {
             let coord = match self.mesh.as_ref().map(|m| &m.role) {
@@ -295,8 +282,7 @@ impl Node {
     }
 
     /// Sends timers and every peer to a fresh dataplane; optionally re-handshakes known endpoints.
-    fn sync_dataplane(&mut self, rehandshake: bool) {
-        let now = Instant::now();
+    fn sync_dataplane(&mut self, now: Instant, rehandshake: bool) {
         let Some(dp) = self.dp.as_mut() else { return };
         dp.send(&CtlMsg::SetTimers(self.cfg.timers));
         for (i, p) in &self.peers {
@@ -317,7 +303,7 @@ impl Node {
                 .collect();
             for i in ids {
                 if let Some(p) = self.peers.get_mut(&i) {
-                    p.want_until = Some(now + REKEY_ATTEMPT);
+                    p.timers.want(now);
                 }
                 self.initiate(i, now);
             }
@@ -354,7 +340,7 @@ impl Node {
             };
             match ev {
                 Event::Signal => break,
-                Event::Netmap(nm) => self.apply_netmap(nm),
+                Event::Netmap(nm) => self.apply_netmap(Instant::now(), nm),
                 Event::Left(r) => {
                     let (_, req) = self.leaving.take().expect("a leave was pending");
                     let r = r.unwrap_or_else(|_| Err("leave task failed".into()));
@@ -374,10 +360,11 @@ impl Node {
                 }
                 Event::Api(r) => self.handle_api(r),
                 Event::Dp(Ok(msgs)) => {
+                    let now = Instant::now();
                     let mut counters = false;
                     for m in msgs {
                         counters |= matches!(m, DpMsg::Counters { .. });
-                        self.handle_dp(m);
+                        self.handle_dp(now, m);
                     }
                     if counters {
                         self.answer_waiting(true);
@@ -407,7 +394,7 @@ impl Node {
         };
         at(self.restart_at);
         for p in self.peers.values() {
-            at(p.next_retry);
+            at(p.timers.deadline());
         }
         for (t, _) in &self.waiting {
             at(Some(*t));
@@ -432,7 +419,7 @@ impl Node {
                     );
                     self.dp = Some(dp);
                     self.backoff = Duration::from_millis(100);
-                    self.sync_dataplane(true);
+                    self.sync_dataplane(Instant::now(), true);
                 }
                 Err(e) => {
                     tracing::error!("restarting the dataplane failed: {}", tmctl::error_line(&e));
@@ -442,28 +429,20 @@ impl Node {
             }
         }
         let now = Instant::now();
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_retry.is_some_and(|t| t <= now))
-            .map(|(i, _)| *i)
-            .collect();
-        for i in due {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for i in ids {
             let p = self.peers.get_mut(&i).expect("listed above");
-            {
-                p.next_retry = None;
-                if p.want_until.is_some_and(|t| t > now) {
-                    self.initiate(i, now);
-                } else {
-                    p.want_until = None;
-                    p.attempt_since = None;
+            match p.timers.retry_due(now) {
+                Some(Action::Initiate) => self.initiate(i, now),
+                Some(Action::GiveUp) => {
                     if let Some(idx) = p.inflight_index.take() {
                         self.by_index.remove(&idx);
                     }
                 }
+                _ => {}
             }
         }
-        self.paths(Instant::now());
+        self.paths(now);
         self.poll_pings();
         self.answer_waiting(false);
     }

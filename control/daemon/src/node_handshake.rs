@@ -21,13 +21,11 @@ impl Node {
 
     /// `direct_only`: to the direct candidates only (a probe while on the relay).
     pub(super) fn initiate_to(&mut self, id: PeerId, now: Instant, direct_only: bool) {
-        let rekey_timeout = self.rekey_timeout();
+        let timing = self.timing();
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        if p.want_until.is_some() && p.attempt_since.is_none() && !direct_only {
-            p.attempt_since = Some(now);
-        }
+        p.timers.initiating(now, direct_only);
         // The known endpoint, plus every candidate while no session exists (hole punching:
         // both sides initiate towards every address they know; the responder rejects the
         // duplicates as replays of the same timestamp).
@@ -36,7 +34,7 @@ impl Node {
         } else {
             p.endpoint.into_iter().collect()
         };
-        if direct_only || p.last_handshake.is_none() || p.want_until.is_some() {
+        if direct_only || p.last_handshake.is_none() || p.timers.wanted() {
             for c in &p.candidates {
                 if !targets.contains(c) && targets.len() < 8 {
                     targets.push(*c);
@@ -45,7 +43,7 @@ impl Node {
         }
         if targets.is_empty() {
             // Nothing to do until the peer reaches us (its initiation sets the endpoint).
-            p.next_retry = Some(now + rekey_timeout);
+            p.timers.nothing_to_send(now, timing);
             return;
         }
         if let Some(old) = p.inflight_index.take() {
@@ -57,9 +55,8 @@ impl Node {
             .local
             .initiate(now, SystemTime::now(), &mut p.noise, idx, &mut OsRng);
         p.inflight_index = Some(idx);
-        p.last_init_sent = Some(now);
         let jitter = Duration::from_millis(u64::from(OsRng.next_u32() % 334));
-        p.next_retry = Some(now + rekey_timeout + jitter);
+        p.timers.sent_initiation(now, timing, jitter);
         tracing::debug!(peer = %p.cfg.name, ?targets, "handshake initiation");
         for to in targets {
             self.send(CtlMsg::SendDatagram {
@@ -69,8 +66,11 @@ impl Node {
         }
     }
 
-    pub(super) fn rekey_timeout(&self) -> Duration {
-        Duration::from_millis(u64::from(self.cfg.timers.rekey_timeout_ms))
+    /// The timer settings of the path/handshake core.
+    pub(super) fn timing(&self) -> Timing {
+        Timing {
+            rekey_timeout: Duration::from_millis(u64::from(self.cfg.timers.rekey_timeout_ms)),
+        }
     }
 
     pub(super) fn under_load(&mut self, now: Instant) -> bool {
@@ -86,39 +86,33 @@ impl Node {
         *n > UNDER_LOAD_PER_SEC
     }
 
-    pub(super) fn handle_dp(&mut self, m: DpMsg) {
-        let now = Instant::now();
+    pub(super) fn handle_dp(&mut self, now: Instant, m: DpMsg) {
         match m {
             DpMsg::Ready { .. } => {}
             DpMsg::HandshakeDatagram { from, data } => {
                 self.handle_handshake(now, canonical(from), &data)
             }
             DpMsg::NeedHandshake { peer } => {
-                let rekey_timeout = self.rekey_timeout();
+                let timing = self.timing();
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                p.want_until = Some(now + REKEY_ATTEMPT);
-                let due = p
-                    .last_init_sent
-                    .is_none_or(|t| now.duration_since(t) >= rekey_timeout);
-                if due || p.inflight_index.is_none() {
+                let in_flight = p.inflight_index.is_some();
+                if p.timers.need_handshake(now, timing, in_flight) {
                     self.initiate(peer, now);
                 }
             }
             DpMsg::EndpointChanged { peer, endpoint } => {
                 let endpoint = canonical(endpoint);
                 let to_relay = self.is_relay(Some(endpoint));
-                let grace = self.probe_every() * 2;
+                let timing = self.timing();
                 if let Some(p) = self.peers.get_mut(&peer) {
                     // Prefer a direct path that answered recently over stray relayed packets
                     // still in flight from before the peer switched.
-                    if let (true, Some((d, at))) = (to_relay, p.direct) {
-                        if now.duration_since(at) < grace {
-                            tracing::debug!(peer = %p.cfg.name, "ignoring roam to the relay");
-                            self.send(CtlMsg::SetEndpoint { peer, endpoint: d });
-                            return;
-                        }
+                    if let Some(d) = p.timers.keep_direct(now, timing, to_relay) {
+                        tracing::debug!(peer = %p.cfg.name, "ignoring roam to the relay");
+                        self.send(CtlMsg::SetEndpoint { peer, endpoint: d });
+                        return;
                     }
                     tracing::info!(peer = %p.cfg.name, %endpoint, "peer roamed");
                     p.endpoint = Some(endpoint);
@@ -221,7 +215,7 @@ impl Node {
         // Install first: the initiator's first packet (its keepalive) follows our response
         // within a round trip, and the dataplane must know the session by then. The ring is
         // in order, so the install is applied before the response is sent.
-        self.established(id, from, &keys);
+        self.established(now, id, from, &keys, false);
         self.send(CtlMsg::SendDatagram {
             to: from,
             data: resp.to_vec(),
@@ -259,9 +253,7 @@ impl Node {
             }
             ResponseStep::Established(keys) => {
                 p.inflight_index = None;
-                p.want_until = None;
-                p.next_retry = None;
-                self.established(id, from, &keys);
+                self.established(now, id, from, &keys, true);
             }
         }
         Ok(())
@@ -279,8 +271,16 @@ impl Node {
             .map_err(|e| e.to_string())
     }
 
-    /// A handshake completed (either role): install the keys and remember the endpoint.
-    pub(super) fn established(&mut self, id: PeerId, from: SocketAddr, keys: &hs::SessionKeys) {
+    /// A handshake completed (either role; `ours`: the response to our initiation): install
+    /// the keys and remember the endpoint.
+    pub(super) fn established(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        from: SocketAddr,
+        keys: &hs::SessionKeys,
+        ours: bool,
+    ) {
         self.handshakes += 1;
         let p = self.peers.get_mut(&id).expect("indexed peers exist");
         p.sessions += 1;
@@ -292,16 +292,13 @@ impl Node {
         }
         let roam = p.endpoint != Some(from);
         p.endpoint = Some(from);
-        p.attempt_since = None;
         let key = p.cfg.public_key;
         let relayed = self
             .relay
             .as_ref()
             .is_some_and(|r| r.is_relay_addr(&from).is_some());
         let p = self.peers.get_mut(&id).expect("indexed peers exist");
-        if !relayed {
-            p.direct = Some((from, Instant::now()));
-        }
+        p.timers.established(now, from, relayed, ours);
         tracing::info!(peer = %p.cfg.name, endpoint = %from, initiator = keys.initiator, "session established");
         for i in freed {
             self.by_index.remove(&i);

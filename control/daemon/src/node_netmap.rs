@@ -7,8 +7,7 @@ impl Node {
     /// Turns a netmap into peers: adds newcomers (and handshakes with them at once, which
     /// opens NAT mappings on both sides), removes departed ones, refreshes endpoints, DNS and,
     /// on a coordinator, the S3 credentials of every node.
-    pub(super) fn apply_netmap(&mut self, nm: wire::Netmap) {
-        let now = Instant::now();
+    pub(super) fn apply_netmap(&mut self, now: Instant, nm: wire::Netmap) {
         let Some(mesh) = self.mesh.as_mut() else {
             return;
         };
@@ -96,7 +95,7 @@ impl Node {
                     .last_handshake
                     .is_none_or(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(180));
                 if changed && stale {
-                    p.want_until = Some(now + REKEY_ATTEMPT);
+                    p.timers.want(now);
                     self.initiate(id, now);
                 }
                 continue;
@@ -129,8 +128,7 @@ impl Node {
             let mut p = Peer::new(cfg, noise, true);
             p.is_coordinator = w.is_coordinator;
             p.candidates = cands;
-            p.attempt_since = Some(now);
-            p.want_until = Some(now + REKEY_ATTEMPT);
+            p.timers.new_attempt(now);
             self.peers.insert(id, p);
             self.by_key.insert(key, id);
             self.initiate(id, now);
