@@ -13,6 +13,7 @@ mod api;
 mod config;
 mod dataplane;
 mod docker;
+mod failover;
 mod filter;
 mod gen;
 mod identity;
