@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 use tm_coord::tm_cluster::VersionVector;
 use tm_coord::wire;
 
-/// The coordinator client's connect timeout (`tm_coord` `client::CONNECT_TIMEOUT`, not
-/// exported): a dead coordinator's address that swallows packets fails a poll after this long.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A netmap behind the last one applied is asked for again after this long.
 pub const BEHIND_RETRY: Duration = Duration::from_millis(250);
 /// First wait after every known coordinator failed in a row; doubles up to [`BACKOFF_MAX`].
@@ -47,7 +44,8 @@ impl Coordinators {
         Coordinators { known, cur: 0 }
     }
 
-    /// The address in use.
+    /// The address in use (`CoordLink` keeps its client).
+    #[cfg(test)]
     pub fn current(&self) -> &str {
         &self.known[self.cur].1
     }
@@ -156,6 +154,7 @@ impl Feed {
     }
 
     /// The version vector of the last netmap applied.
+    #[cfg(test)]
     pub fn seen(&self) -> Option<&VersionVector> {
         self.seen.as_ref()
     }

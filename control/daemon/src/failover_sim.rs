@@ -4,7 +4,7 @@
 //! Faked, because it cannot run in-process on a virtual clock: the coordinators' HTTPS API
 //! (a poll is answered after 10 ms; with `since`, when the coordinator's version differs or
 //! after the 25 s long-poll limit) and the network (coordinator messages take 5-24 ms; a
-//! partition drops them, makes new connects time out after [`CONNECT_TIMEOUT`] and an open
+//! partition drops them, makes new connects time out after `CONNECT_TIMEOUT` and an open
 //! poll fail at the client's 40 s request timeout, as a blackhole route does).
 //!
 //! Checked: every netmap a member applies has a version vector that dominates the one before
@@ -13,6 +13,7 @@
 //! dead coordinator moves to another within 5 s; after the heal every coordinator and every
 //! member converge on the same records.
 
+use super::tests::CONNECT_TIMEOUT;
 use super::*;
 use tm_coord::tm_cluster::{Clock, Effects, Msg, Origin, Replica, Store};
 
@@ -294,7 +295,7 @@ impl Sim {
             for k in 0..self.members.len() {
                 self.step_member(k);
             }
-            if writes && self.now % 250 == 0 && !self.members.is_empty() {
+            if writes && self.now.is_multiple_of(250) && !self.members.is_empty() {
                 let k = (self.now / 250) as usize % self.members.len();
                 let j = coord_of(self.members[k].coords.current());
                 if self.reachable(k, j) {
