@@ -428,7 +428,12 @@ impl Node {
                 }
             }
         }
-        let now = Instant::now();
+        self.tick(Instant::now());
+    }
+
+    /// Time passes (no I/O but ring messages): handshake retries and give-ups, path
+    /// decisions, pings and status requests due at `now`.
+    fn tick(&mut self, now: Instant) {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for i in ids {
             let p = self.peers.get_mut(&i).expect("listed above");
@@ -501,6 +506,9 @@ mod node_netmap;
 mod node_paths;
 #[path = "node_status.rs"]
 mod node_status;
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod node_tests;
 #[path = "ping.rs"]
 mod ping;
 #[path = "services.rs"]
