@@ -12,11 +12,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 use tm_coord::{wire, Coordinator, JoinClient, JoinToken, NodeIdentity, StateStore};
 use tm_noise::keys::PrivateKey;
 use tokio::sync::mpsc;
 
+use crate::failover::{self, Feed, Verdict};
 use crate::join_wait::register;
 
 /// File (0600) in `data_dir` that remembers how this node joined.
@@ -74,34 +75,27 @@ impl JoinState {
     }
 }
 
-/// Most coordinator addresses a member keeps to fail over to.
-const MAX_COORDINATORS: usize = 32;
-
 /// A member's link to the mesh's coordinators: the client of the one it talks to now, and the
 /// addresses of the others (from the command line and from netmaps) it moves to when that one
-/// fails. Every user of the coordinator API asks [`CoordLink::current`] at each use.
+/// fails (the decisions are [`failover::Coordinators`]). Every user of the coordinator API
+/// asks [`CoordLink::current`] at each use.
 #[derive(Clone)]
 pub struct CoordLink {
     cur: Arc<std::sync::Mutex<Arc<JoinClient>>>,
-    known: Arc<std::sync::Mutex<Vec<Known>>>,
+    coords: Arc<std::sync::Mutex<failover::Coordinators>>,
 }
-
-/// (which coordinator, address): `None` for addresses from the command line not yet seen in a
-/// netmap.
-type Known = (Option<String>, String);
 
 impl CoordLink {
     pub fn new(client: JoinClient, more: &[String]) -> CoordLink {
-        let mut known = vec![(None, client.addr().to_owned())];
-        for a in more {
-            if !known.iter().any(|(_, k)| k == a) {
-                known.push((None, a.clone()));
-            }
-        }
+        let coords = failover::Coordinators::new(client.addr(), more);
         CoordLink {
             cur: Arc::new(std::sync::Mutex::new(Arc::new(client))),
-            known: Arc::new(std::sync::Mutex::new(known)),
+            coords: Arc::new(std::sync::Mutex::new(coords)),
         }
+    }
+
+    fn coords(&self) -> std::sync::MutexGuard<'_, failover::Coordinators> {
+        self.coords.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The client of the coordinator in use.
@@ -116,57 +110,20 @@ impl CoordLink {
 
     /// Every address known, in the order they are tried.
     pub fn known(&self) -> Vec<String> {
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(_, a)| a.clone())
-            .collect()
+        self.coords().known()
     }
 
-    /// Learns the coordinators a netmap names: `api` `HOST:PORT` as is, `:PORT` at each of the
-    /// coordinator's endpoint hosts and at its mesh address.
+    /// Learns the coordinators a netmap names ([`failover::Coordinators::learn`]).
     pub fn learn(&self, nm: &wire::Netmap) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        for p in nm.peers.iter().filter(|p| p.is_coordinator) {
-            let Some(api) = p.api.as_deref() else {
-                continue;
-            };
-            let addrs: Vec<String> = match api.strip_prefix(':') {
-                Some(port) => p
-                    .endpoints
-                    .iter()
-                    .map(|e| SocketAddr::new(e.ip(), 0).ip())
-                    .chain(std::iter::once(IpAddr::V4(p.mesh_ip)))
-                    .map(|ip| SocketAddr::new(ip, port.parse().unwrap_or(0)).to_string())
-                    .collect(),
-                None => vec![api.to_owned()],
-            };
-            for a in addrs {
-                if let Some(e) = known.iter_mut().find(|(_, k)| *k == a) {
-                    e.0 = Some(p.name.clone());
-                } else if known.len() < MAX_COORDINATORS {
-                    known.push((Some(p.name.clone()), a));
-                }
-            }
-        }
+        self.coords().learn(nm);
     }
 
-    /// Moves to the next known address (in order, wrapping) that belongs to another
-    /// coordinator than the one that failed (its other addresses are as dead as the one
-    /// tried); returns it, or `None` if there is no other.
+    /// Moves to the next known address of another coordinator than the one that failed;
+    /// returns it, or `None` if there is no other.
     pub fn fail_over(&self) -> Option<String> {
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if known.len() < 2 {
-            return None;
-        }
+        let mut coords = self.coords();
+        let next = coords.fail_over()?;
         let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
-        let i = known.iter().position(|(_, a)| a == cur.addr()).unwrap_or(0);
-        let failed = known[i].0.clone();
-        let next = (1..known.len())
-            .map(|d| &known[(i + d) % known.len()])
-            .find(|(who, _)| failed.is_none() || *who != failed)
-            .map(|(_, a)| a.clone())?;
         *cur = Arc::new(cur.for_addr(next.clone()));
         Some(next)
     }
@@ -547,57 +504,37 @@ pub fn member_feed(
 ) -> mpsc::Receiver<wire::Netmap> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        let mut version = None;
-        let mut seen: Option<tm_coord::tm_cluster::VersionVector> = None;
+        let mut feed = Feed::default();
         if let Some(nm) = first {
-            version = Some(nm.version);
-            seen = nm.vv.clone();
+            feed.start(&nm);
             link.learn(&nm);
             if tx.send(nm).await.is_err() {
                 return;
             }
         }
-        let mut backoff = Duration::from_millis(250);
-        // After an error, ask without `since` first: answered at once, so reconnection is
-        // noticed (and any change while we were away is picked up) without a long poll.
-        let mut resync = false;
-        let mut failed_in_a_row = 0usize;
         loop {
-            let since = if resync { None } else { version };
             let client = link.current();
-            match client.netmap(since).await {
+            match client.netmap(feed.since()).await {
                 Ok(nm) => {
                     if !reachable.swap(true, Ordering::Relaxed) {
                         tracing::info!(coordinator = %client.addr(), "coordinator reachable again");
                     }
-                    failed_in_a_row = 0;
-                    backoff = Duration::from_millis(250);
-                    let behind = match (&seen, &nm.vv) {
-                        (Some(s), Some(v)) => !v.dominates(s),
-                        _ => false,
-                    };
-                    if behind {
-                        tracing::debug!(coordinator = %client.addr(), "netmap behind the last one applied; asking again");
-                        resync = true;
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                        continue;
-                    }
-                    resync = false;
-                    if Some(nm.version) != version {
-                        version = Some(nm.version);
-                        seen = nm.vv.clone().or(seen);
-                        link.learn(&nm);
-                        if tx.send(nm).await.is_err() {
-                            return;
+                    match feed.on_netmap(Instant::now(), &nm) {
+                        Verdict::Behind(at) => {
+                            tracing::debug!(coordinator = %client.addr(), "netmap behind the last one applied; asking again");
+                            tokio::time::sleep_until(at.into()).await;
+                            continue;
+                        }
+                        Verdict::Unchanged => {}
+                        Verdict::Apply => {
+                            link.learn(&nm);
+                            if tx.send(nm).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
                 Err(e) => {
-                    resync = true;
-                    // Versions are per coordinator: the next one's first answer is applied
-                    // (if it has seen at least as much).
-                    version = None;
-                    failed_in_a_row += 1;
                     let next = link.fail_over();
                     if reachable.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
@@ -610,11 +547,8 @@ pub fn member_feed(
                     } else {
                         tracing::debug!("coordinator {} unreachable: {e}", client.addr());
                     }
-                    if next.is_none() || failed_in_a_row >= link.known().len() {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        failed_in_a_row = 0;
-                    }
+                    let at = feed.on_error(Instant::now(), next.is_some(), link.known().len());
+                    tokio::time::sleep_until(at.into()).await;
                 }
             }
             if tx.is_closed() {
