@@ -73,7 +73,7 @@ mod db;
 mod error;
 pub mod fs;
 mod object;
-mod replication;
+pub mod replication;
 
 use std::sync::Arc;
 
