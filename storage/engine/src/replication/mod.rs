@@ -18,11 +18,11 @@
 //! (control/cluster, control/coord), which map their `Origin` to [`NodeId`] and their HLC
 //! `Stamp` to [`vv::Hlc`]. docs/ARCHITECTURE.md, "Replication", has the design.
 
-// pub mod antientropy;
+pub mod antientropy;
 pub mod placement;
-// pub mod read;
+pub mod read;
 pub mod vv;
-// pub mod write;
+pub mod write;
 
 // #[cfg(test)]
 // mod sim;
