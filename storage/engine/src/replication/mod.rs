@@ -24,8 +24,8 @@ pub mod read;
 pub mod vv;
 pub mod write;
 
-// #[cfg(test)]
-// mod sim;
+#[cfg(test)]
+mod sim;
 
 /// A coordinator's identity in placement, version vectors and replication messages (the
 /// cluster layer's `Origin`, a number derived from the coordinator's static key).
