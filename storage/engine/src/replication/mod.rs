@@ -10,7 +10,7 @@
 //! - [`placement`]: which coordinators own a key (weighted rendezvous hashing);
 //! - [`vv`]: version vectors with dots, and the deterministic resolution of concurrent
 //!   versions (every loser kept);
-//! - [`write`]: one replicated write (quorums, `x-tm-replicas`, hinted handoffs);
+//! - [`write`](mod@write): one replicated write (quorums, `x-tm-replicas`, hinted handoffs);
 //! - [`read`]: one replicated read (whom to ask, when to answer, read repair);
 //! - [`antientropy`]: what two replicas of a key must send each other.
 //!
