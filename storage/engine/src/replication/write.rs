@@ -2,8 +2,12 @@
 //!
 //! The coordinator that received a PUT (or DELETE: a delete marker is a version like any other)
 //! has made the version ([`super::vv::Version::new`]) and computed the key's owners
-//! ([`super::placement::owners`]). A [`WriteRound`] then tells it what to do, from the replies
-//! it feeds in:
+//! ([`super::placement::owners`]). The version's causal context is the coordinator's own
+//! versions of the key, and in `consistent` mode also the answer of a read quorum
+//! ([`super::read::ReadRound`], its `VersionSet::context`) taken first: the new version then
+//! dominates every write acknowledged before it started, so clocks never decide between them
+//! (the simulation shows the undone write that skewed clocks cause without it). A
+//! [`WriteRound`] then tells it what to do, from the replies it feeds in:
 //!
 //! - [`WriteRound::start`]: store the version locally, durable (when the local coordinator is
 //!   an owner; in `available` mode always, as a hint holder if it is not an owner), with

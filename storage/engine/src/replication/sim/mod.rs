@@ -15,7 +15,7 @@ mod deliver;
 use super::antientropy::DigestTable;
 use super::placement::{owners, Member};
 use super::read::{ReadAction, ReadEvent, ReadRound};
-use super::vv::{Dot, Hlc, Version, VersionSet};
+use super::vv::{Dot, Hlc, Version, VersionSet, VersionVector};
 use super::write::{WriteAction, WriteEvent, WriteRound, WriteState};
 use super::{Mode, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,6 +126,9 @@ struct PendingRead {
     op: usize,
     key: Key,
     payloads: BTreeMap<Dot, u64>,
+    /// A consistent write's context read: on the answer, make the version (payload, or a
+    /// delete marker) with the answer's context and write it.
+    then_write: Option<Option<u64>>,
 }
 
 pub(super) struct Node {
@@ -137,6 +140,8 @@ pub(super) struct Node {
     hints: BTreeSet<(NodeId, Key, Dot)>,
     seq: u64,
     hlc: Hlc,
+    /// How far this coordinator's physical clock is ahead of the virtual clock.
+    offset: u64,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
 }
@@ -199,6 +204,11 @@ pub(super) struct Params {
     pub down: Option<usize>,
     /// Plant the last-writer-wins defect (the checker must report anomalies).
     pub lww_bug: bool,
+    /// Coordinators' clocks are ahead of the virtual clock by 0..=skew_ms (fixed per run).
+    pub skew_ms: u64,
+    /// Consistent writes take their causal context from a read quorum first (the design);
+    /// false: from the local replica only (to show what that breaks under clock skew).
+    pub context_read: bool,
 }
 
 pub(super) struct World {
@@ -231,6 +241,7 @@ impl World {
                 hints: BTreeSet::new(),
                 seq: 0,
                 hlc: Hlc::default(),
+                offset: 0,
                 writes: BTreeMap::new(),
                 reads: BTreeMap::new(),
             })
@@ -242,7 +253,7 @@ impl World {
                 weight: 100,
             })
             .collect();
-        World {
+        let mut w = World {
             p,
             now: 1,
             rng: Rng::new(p.seed),
@@ -258,7 +269,11 @@ impl World {
             faults: 0,
             dropped: 0,
             delivered: 0,
+        };
+        for i in 0..N {
+            w.nodes[i].offset = w.rng.below(p.skew_ms + 1);
         }
+        w
     }
 
     pub fn owners(&self, key: &[u8]) -> Vec<NodeId> {
@@ -388,32 +403,50 @@ impl World {
     }
 
     fn write(&mut self, i: usize, key: Key, payload: Option<u64>) {
+        self.history.push(Op {
+            kind: payload.map_or(Kind::Delete, Kind::Put),
+            key: key.clone(),
+            invoke: self.now,
+            response: None,
+            ok: false,
+            dot: None,
+            replicas: None,
+            seen: None,
+        });
+        let op = self.history.len() - 1;
+        if self.p.mode == Mode::Consistent && self.p.context_read {
+            self.start_read(i, key, op, Some(payload));
+        } else {
+            self.write_version(i, key, payload, op, &VersionVector::new());
+        }
+    }
+
+    /// Makes the version (context: the local versions of the key plus `extra`) and writes it.
+    fn write_version(
+        &mut self,
+        i: usize,
+        key: Key,
+        payload: Option<u64>,
+        op: usize,
+        extra: &VersionVector,
+    ) {
         let owners = self.owners(&key);
         let now = self.now;
         let node = &mut self.nodes[i];
-        let ctx = node
+        let mut ctx = node
             .store
             .get(&key)
             .map(|s| s.context())
             .unwrap_or_default();
-        let clock = node.tick(now);
+        ctx.merge(extra);
+        let clock = node.tick(now + node.offset);
         let v = Version::new(&ctx, node.id, node.seq, clock, payload.is_none());
         node.seq = v.dot.counter;
-        self.history.push(Op {
-            kind: payload.map_or(Kind::Delete, Kind::Put),
-            key: key.clone(),
-            invoke: now,
-            response: None,
-            ok: false,
-            dot: Some(v.dot),
-            replicas: None,
-            seen: None,
-        });
+        self.history[op].dot = Some(v.dot);
         let mut round = WriteRound::new(node.id, owners, self.p.mode, now, TIMEOUT_MS);
         let acts = round.start();
         let rid = self.next_round;
         self.next_round += 1;
-        let op = self.history.len() - 1;
         self.nodes[i].writes.insert(
             rid,
             PendingWrite {
@@ -487,7 +520,6 @@ impl World {
     }
 
     fn read(&mut self, i: usize, key: Key) {
-        let owners = self.owners(&key);
         self.history.push(Op {
             kind: Kind::Get,
             key: key.clone(),
@@ -498,11 +530,16 @@ impl World {
             replicas: None,
             seen: None,
         });
+        let op = self.history.len() - 1;
+        self.start_read(i, key, op, None);
+    }
+
+    fn start_read(&mut self, i: usize, key: Key, op: usize, then_write: Option<Option<u64>>) {
+        let owners = self.owners(&key);
         let mut round = ReadRound::new(owners, self.p.mode, self.now, TIMEOUT_MS);
         let acts = round.start();
         let rid = self.next_round;
         self.next_round += 1;
-        let op = self.history.len() - 1;
         self.nodes[i].reads.insert(
             rid,
             PendingRead {
@@ -510,6 +547,7 @@ impl World {
                 op,
                 key,
                 payloads: BTreeMap::new(),
+                then_write,
             },
         );
         self.read_actions(i, rid, acts);
@@ -521,9 +559,12 @@ impl World {
             let Some(r) = self.nodes[i].reads.get(&rid) else {
                 return;
             };
-            let (key, op) = (r.key.clone(), r.op);
+            let (key, op, then_write) = (r.key.clone(), r.op, r.then_write);
             let me = self.nodes[i].id;
             match a {
+                ReadAction::Answer(set) if then_write.is_some() => {
+                    self.write_version(i, key, then_write.unwrap(), op, &set.context());
+                }
                 ReadAction::Ask(o) if o == me => {
                     let n = &mut self.nodes[i];
                     let set = n.store.get(&key).cloned().unwrap_or_default();
