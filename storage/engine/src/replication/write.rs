@@ -6,7 +6,10 @@
 //! versions of the key, and in `consistent` mode also the answer of a read quorum
 //! ([`super::read::ReadRound`], its `VersionSet::context`) taken first: the new version then
 //! dominates every write acknowledged before it started, so clocks never decide between them
-//! (the simulation shows the undone write that skewed clocks cause without it). A
+//! (the simulation shows the undone write that skewed clocks cause without it). The driver's
+//! HLC should also observe the stamps of the versions it receives (replies included), so a
+//! new version's clock is above those it dominates (the simulation does not, to stay
+//! adversarial: resolution never relies on it). A
 //! [`WriteRound`] then tells it what to do, from the replies it feeds in:
 //!
 //! - [`WriteRound::start`]: store the version locally, durable (when the local coordinator is
