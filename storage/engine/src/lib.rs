@@ -40,7 +40,7 @@
 //! (`scripts/check-layers.sh` checks the `use crate::...` lines, rank per directory):
 //!
 //! ```text
-//!  rank 4   fs/  file-system view for NFS          replication/  (empty, to come)
+//!  rank 4   fs/  file-system view for NFS          replication/  (sans-IO core, not wired)
 //!           (inodes, paths, staging; FsError)            |
 //!              |                                          |
 //!  rank 3   object/  Store: buckets, objects, manifests, multipart, quotas & usage,
@@ -73,7 +73,7 @@ mod db;
 mod error;
 pub mod fs;
 mod object;
-mod replication;
+pub mod replication;
 
 use std::sync::Arc;
 
