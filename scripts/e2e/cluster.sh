@@ -113,6 +113,29 @@ ns_exec alpha iptables -F INPUT
 wait_for 30 "alpha -> beta back to direct" path_is alpha beta direct || fail "alpha -> beta stayed on the relay"
 kill "$PING_BG" 2>/dev/null
 
+# --- a coordinator cut off mid-poll (packets dropped, no reset) -------------------------------
+# alpha long-polls ca; with ca's API blackholed for alpha, TCP keepalive ends the open poll
+# (tm_coord::DEAD_CONNECTION_AFTER, 4 s) and alpha moves to cb within 5 s.
+coordinator_of() { ctl "$1" status --json | json_get 'd["mesh"]["coordinator"]'; }
+CAIP=$(mesh_ip_of ca)
+not_on_ca() { local co; co=$(coordinator_of alpha) && [[ $co != 192.0.2.1:* && $co != "$CAIP":* ]]; }
+co=$(coordinator_of alpha)
+if [[ $co == 192.0.2.1:* || $co == "$CAIP":* ]]; then
+    for ip in 192.0.2.1 "$CAIP"; do
+        ns_exec alpha iptables -A OUTPUT -p tcp -d "$ip" --dport 8443 -j DROP
+        ns_exec alpha iptables -A INPUT -p tcp -s "$ip" --sport 8443 -j DROP
+    done
+    t0=$EPOCHREALTIME
+    wait_for 10 "alpha leaves the cut-off ca" not_on_ca || fail "alpha still polls ca: $(coordinator_of alpha)"
+    ms=$(elapsed_ms "${t0/./}")
+    log "ok: alpha moved from ca ($co) to $(coordinator_of alpha) after $ms ms with ca cut off mid-poll"
+    ((ms <= 6000)) || fail "alpha took $ms ms to leave a coordinator cut off mid-poll (want <= 5 s)"
+    ns_exec alpha iptables -F OUTPUT
+    ns_exec alpha iptables -F INPUT
+else
+    fail "alpha was expected to poll ca (it joined through it), polls $co"
+fi
+
 # --- kill -9 the first coordinator -----------------------------------------------------------
 coordinators_seen_by() { # the addresses `coordinator.mesh` has on NODE, sorted, one line
     ns_exec "$1" dig +short +time=1 +tries=2 @127.0.0.53 -p 5353 coordinator.mesh A | sort | xargs

@@ -159,6 +159,21 @@ pub fn build_register_request(
 /// Longest wait for a TCP connection to a coordinator.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// TCP keepalive on every connection to a coordinator: a probe after this long without
+/// traffic, then every [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] unanswered ones end the
+/// connection. An open long poll to a coordinator cut off by a partition (packets dropped, no
+/// reset) thus fails after [`DEAD_CONNECTION_AFTER`], not at the request timeout, and the
+/// member moves on.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_PROBES: u32 = 2;
+/// How long an idle connection to an unreachable coordinator stays open at most.
+pub const DEAD_CONNECTION_AFTER: Duration = Duration::from_secs(
+    KEEPALIVE_IDLE.as_secs() + KEEPALIVE_PROBES as u64 * KEEPALIVE_INTERVAL.as_secs(),
+);
+
 /// A client of one coordinator. Cheap to clone (configs are shared).
 #[derive(Debug, Clone)]
 pub struct JoinClient {
@@ -206,7 +221,17 @@ impl JoinClient {
     async fn connect(&self) -> Result<TcpStream, Error> {
         let t = CONNECT_TIMEOUT.min(self.timeout);
         match tokio::time::timeout(t, TcpStream::connect(&self.addr)).await {
-            Ok(r) => r.map_err(|e| Error::io(format!("connect to {}", self.addr), e)),
+            Ok(r) => {
+                let tcp = r.map_err(|e| Error::io(format!("connect to {}", self.addr), e))?;
+                let ka = socket2::TcpKeepalive::new()
+                    .with_time(KEEPALIVE_IDLE)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_PROBES);
+                socket2::SockRef::from(&tcp)
+                    .set_tcp_keepalive(&ka)
+                    .map_err(|e| Error::io("TCP keepalive", e))?;
+                Ok(tcp)
+            }
             Err(_) => Err(Error::io(
                 format!("connect to {}", self.addr),
                 std::io::Error::new(

@@ -84,7 +84,7 @@ mod bounds_tests;
 
 pub use address::MeshCidr;
 pub use ca::{make_csr, MeshCa, NodeIdentity};
-pub use client::{build_register_request, JoinClient};
+pub use client::{build_register_request, JoinClient, CONNECT_TIMEOUT, DEAD_CONNECTION_AFTER};
 pub use cluster::install_cluster_seed;
 pub use contain::{in_request, panics};
 pub use error::Error;

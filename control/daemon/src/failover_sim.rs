@@ -5,7 +5,8 @@
 //! (a poll is answered after 10 ms; with `since`, when the coordinator's version differs or
 //! after the 25 s long-poll limit) and the network (coordinator messages take 5-24 ms; a
 //! partition drops them, makes new connects time out after `CONNECT_TIMEOUT` and an open
-//! poll fail at the client's 40 s request timeout, as a blackhole route does).
+//! poll fail once TCP keepalive gives up, `DEAD_CONNECTION_AFTER` after the cut, as a
+//! blackhole route does).
 //!
 //! Checked: every netmap a member applies has a version vector that dominates the one before
 //! (its view never goes back), also when it fails over to a coordinator that has not yet seen
@@ -13,15 +14,16 @@
 //! dead coordinator moves to another within 5 s; after the heal every coordinator and every
 //! member converge on the same records.
 
-use super::tests::CONNECT_TIMEOUT;
 use super::*;
 use tm_coord::tm_cluster::{Clock, Effects, Msg, Origin, Replica, Store};
+use tm_coord::{CONNECT_TIMEOUT, DEAD_CONNECTION_AFTER};
 
 const STEP_MS: u64 = 5;
 const RTT_MS: u64 = 10;
 const LONG_POLL_MS: u64 = 25_000;
-/// The coordinator client's per-request limit (`JoinClient`: 40 s).
-const REQUEST_TIMEOUT_MS: u64 = 40_000;
+/// An open connection to a coordinator that stopped answering fails this long after the cut
+/// (TCP keepalive, `tm_coord::DEAD_CONNECTION_AFTER`).
+const DEAD_MS: u64 = DEAD_CONNECTION_AFTER.as_millis() as u64;
 const CONNECT_MS: u64 = CONNECT_TIMEOUT.as_millis() as u64;
 /// Physical time (ms) of the virtual clock's zero.
 const EPOCH_MS: u64 = 1_000_000;
@@ -224,12 +226,13 @@ impl Sim {
                     return;
                 }
                 if !self.reachable(k, to) {
-                    // The connection is up but the answer will never come.
+                    // The connection is up but the answer will never come: keepalive probes
+                    // go unanswered from now on.
                     self.members[k].poll = Poll::Open {
                         to,
                         since,
                         started,
-                        fails_at: Some(started + REQUEST_TIMEOUT_MS),
+                        fails_at: Some(now + DEAD_MS),
                     };
                     return;
                 }
@@ -345,11 +348,22 @@ fn partitions_failover_and_heal_on_a_virtual_clock() {
     let cut = s.now;
     s.run_until(70_000, true);
     let moved = s.members[3].failures.first().expect("m3 failed over").0;
-    assert!(moved <= cut + REQUEST_TIMEOUT_MS, "{moved}");
+    assert!(moved <= cut + DEAD_MS + STEP_MS, "{moved}");
     assert_ne!(s.polling(3), 0);
     assert!(
         s.members[3].applied.last().unwrap().0 > moved,
         "m3 follows c1/c2"
+    );
+    let follows = s.members[3]
+        .applied
+        .iter()
+        .find(|a| a.0 > cut)
+        .expect("applied")
+        .0;
+    assert!(
+        follows - cut <= 5_000,
+        "m3 follows after {} ms",
+        follows - cut
     );
     assert!(s.members[0].failures.is_empty(), "m0 still reaches c0");
     let m0_last = s.members[0].applied.last().unwrap().2.clone();
@@ -411,8 +425,8 @@ fn partitions_failover_and_heal_on_a_virtual_clock() {
         .0;
     assert!(back - restart <= 5_000, "moved after {} ms", back - restart);
     assert_ne!(s.polling(2), 2);
-    // m5 (open poll at c2) leaves within the request timeout plus a connect.
-    s.run_until(restart + REQUEST_TIMEOUT_MS + CONNECT_MS + 1_000, true);
+    // m5 (open poll at c2) leaves once keepalive gives up, plus a connect.
+    s.run_until(restart + DEAD_MS + CONNECT_MS + 1_000, true);
     assert_ne!(s.polling(5), 2, "m5 left the dead c2");
 
     // 5. Everything heals; writes stop; everyone converges on the same records.

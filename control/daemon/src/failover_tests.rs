@@ -3,9 +3,9 @@
 use super::*;
 use tm_coord::tm_cluster::{Origin, Stamp};
 
-/// The coordinator client's connect timeout (`tm_coord` `client::CONNECT_TIMEOUT`, not
-/// exported): a poll to an address that swallows packets fails after this long.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The coordinator client's connect timeout: a poll to an address that swallows packets
+/// fails after this long.
+use tm_coord::CONNECT_TIMEOUT;
 
 /// A version vector from `(origin, wall_ms)` pairs.
 pub(super) fn vv(stamps: &[(u64, u64)]) -> VersionVector {
