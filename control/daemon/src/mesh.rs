@@ -549,6 +549,8 @@ pub fn member_feed(
     tokio::spawn(async move {
         let mut version = None;
         let mut seen: Option<tm_coord::tm_cluster::VersionVector> = None;
+        // The last full netmap received: the base of the next delta (`netmap_after`).
+        let mut last: Option<wire::Netmap> = first.clone();
         if let Some(nm) = first {
             version = Some(nm.version);
             seen = nm.vv.clone();
@@ -565,7 +567,7 @@ pub fn member_feed(
         loop {
             let since = if resync { None } else { version };
             let client = link.current();
-            match client.netmap(since).await {
+            match client.netmap_after(since, &mut last).await.cloned() {
                 Ok(nm) => {
                     if !reachable.swap(true, Ordering::Relaxed) {
                         tracing::info!(coordinator = %client.addr(), "coordinator reachable again");
@@ -594,6 +596,7 @@ pub fn member_feed(
                 }
                 Err(e) => {
                     resync = true;
+                    last = None;
                     // Versions are per coordinator: the next one's first answer is applied
                     // (if it has seen at least as much).
                     version = None;
