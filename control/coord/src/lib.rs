@@ -17,7 +17,9 @@
 //! HTTP API (HTTP/1.1, one request per connection, JSON bodies):
 //! - `GET /v1/challenge` -> [`wire::Challenge`] (no client certificate needed)
 //! - `POST /v1/register` [`wire::RegisterRequest`] -> [`wire::Registration`]
-//! - `GET /v1/netmap?since=V` (mTLS) -> [`wire::Netmap`], long-polls until `version > V`
+//! - `GET /v1/netmap?since=V` (mTLS) -> [`wire::Netmap`], long-polls until `version > V`;
+//!   with `&base=T` (the delta token of the netmap the caller holds) the answer may be a delta
+//!   from it (`delta.from` set), which [`apply_delta`] resolves
 //! - `POST /v1/endpoints` [`wire::EndpointsUpdate`] (mTLS) -> [`wire::Netmap`]
 //! - `POST /v1/services` [`wire::ServicesUpdate`] (mTLS) -> `{}`: the services the caller
 //!   runs for others (listed per peer in netmaps)
@@ -47,8 +49,8 @@
 //!
 //! Call order, node: [`JoinClient::new`] with `HOST:PORT` and the token ->
 //! [`JoinClient::register`] (challenge, CSR, proof; installs the returned client identity)
-//! -> persist [`JoinClient::identity`] -> loop on [`JoinClient::netmap`] with the last
-//! version -> [`JoinClient::update_endpoints`] when endpoints change ->
+//! -> persist [`JoinClient::identity`] -> loop on [`JoinClient::netmap_after`] with the last
+//! version and netmap -> [`JoinClient::update_endpoints`] when endpoints change ->
 //! [`JoinClient::leave`]. When UDP to a peer fails: [`JoinClient::relay`] (reconnect when
 //! it closes). After a restart use [`JoinClient::with_identity`] (or register
 //! again: same key and name keep the same address).
