@@ -36,6 +36,9 @@ struct Args {
     /// Changes whose fan-out is measured.
     #[arg(long, default_value_t = 3)]
     changes: usize,
+    /// Members ask for full netmaps (no `base=`, as members did before netmap deltas).
+    #[arg(long)]
+    full: bool,
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -51,7 +54,11 @@ struct Coord {
     public: SocketAddr,
 }
 
-async fn start(dir: &std::path::Path, mut cfg: CoordinatorConfig, key: PrivateKey) -> Result<Coord> {
+async fn start(
+    dir: &std::path::Path,
+    mut cfg: CoordinatorConfig,
+    key: PrivateKey,
+) -> Result<Coord> {
     let cl = TcpListener::bind("127.0.0.1:0").await?;
     cfg.api_addr = Some(cl.local_addr()?.to_string());
     cfg.tls_names = vec!["127.0.0.1".into()];
@@ -105,7 +112,12 @@ async fn main() -> Result<()> {
 
 async fn run(a: &Args) -> Result<Report> {
     let dir = tmpdir("run");
-    let first = start(&dir.join("a"), CoordinatorConfig::new("hub-a"), PrivateKey::generate(&mut OsRng)).await?;
+    let first = start(
+        &dir.join("a"),
+        CoordinatorConfig::new("hub-a"),
+        PrivateKey::generate(&mut OsRng),
+    )
+    .await?;
     let token = first.coord.token();
     let mut coords = vec![first.public];
     let mut second = None;
@@ -124,7 +136,11 @@ async fn run(a: &Args) -> Result<Report> {
         let reg = jc.register(&kb, "hub-b", &[]).await?;
         let bdir = dir.join("b");
         let mut cfg = CoordinatorConfig::new("hub-b");
-        cfg.seed_records = install_cluster_seed(&bdir, reg.cluster.as_ref().context("seed")?, jc.identity().context("id")?)?;
+        cfg.seed_records = install_cluster_seed(
+            &bdir,
+            reg.cluster.as_ref().context("seed")?,
+            jc.identity().context("id")?,
+        )?;
         let b = start(&bdir, cfg, kb).await?;
         coords.push(b.public);
         second = Some(b);
@@ -142,7 +158,8 @@ async fn run(a: &Args) -> Result<Report> {
             let _p = sem.acquire().await.expect("semaphore");
             let mut c = JoinClient::new(addr.to_string(), JoinToken::parse(&token)?)?;
             c.set_timeout(Duration::from_secs(900));
-            c.register(&PrivateKey::generate(&mut OsRng), &format!("m{i}"), &[]).await?;
+            c.register(&PrivateKey::generate(&mut OsRng), &format!("m{i}"), &[])
+                .await?;
             anyhow::Ok(c)
         }));
     }
@@ -164,11 +181,16 @@ async fn run(a: &Args) -> Result<Report> {
     let t1 = Instant::now();
     loop {
         let ok = first.coord.nodes().len() == want
-            && second.as_ref().is_none_or(|b| b.coord.nodes().len() == want);
+            && second
+                .as_ref()
+                .is_none_or(|b| b.coord.nodes().len() == want);
         if ok {
             break;
         }
-        anyhow::ensure!(t1.elapsed() < Duration::from_secs(600), "coordinators did not converge");
+        anyhow::ensure!(
+            t1.elapsed() < Duration::from_secs(600),
+            "coordinators did not converge"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -176,21 +198,33 @@ async fn run(a: &Args) -> Result<Report> {
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
     let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for round in 0..a.changes {
-        let base: Vec<u64> = futures_versions(&clients).await?;
+        let base = futures_versions(&clients).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for (c, v) in clients.iter().zip(base) {
+        let full = a.full;
+        for (c, last) in clients.iter().zip(base) {
             let c = c.clone();
             let tx = tx.clone();
             let retries = retries.clone();
             tokio::spawn(async move {
                 let tag = format!("tag:r{round}");
-                let mut since = v;
+                let (mut since, mut base) = last;
                 let mut tries = 0;
                 loop {
-                    match c.netmap(Some(since)).await {
+                    // A simulated member does not resolve deltas into its full netmap (a real
+                    // one does, on its own CPU, in place: `apply_delta`): the change it waits
+                    // for is in the delta's peers.
+                    match c
+                        .netmap_delta(Some(since), base.as_deref().filter(|_| !full))
+                        .await
+                    {
                         Ok(nm) => {
                             since = nm.version;
-                            if nm.peers.iter().any(|p| p.name == "m0" && p.tags.contains(&tag)) {
+                            base = nm.delta_token().map(str::to_owned);
+                            if nm
+                                .peers
+                                .iter()
+                                .any(|p| p.name == "m0" && p.tags.contains(&tag))
+                            {
                                 let _ = tx.send(Ok(Instant::now()));
                                 return;
                             }
@@ -211,8 +245,18 @@ async fn run(a: &Args) -> Result<Report> {
             });
         }
         drop(tx);
-        // Let every poll reach its coordinator before the change.
-        tokio::time::sleep(Duration::from_millis(500 + a.members as u64 / 5)).await;
+        // Let every poll reach its coordinator before the change (a member still connecting
+        // is not yet waiting for it).
+        let t2 = Instant::now();
+        while first.coord.long_polls() + second.as_ref().map_or(0, |b| b.coord.long_polls())
+            < a.members
+        {
+            anyhow::ensure!(
+                t2.elapsed() < Duration::from_secs(300),
+                "polls did not arrive"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let tag = format!("tag:r{round}");
         let changed = Instant::now();
         first.coord.tag_node("m0", &tag, "bench")?;
@@ -254,6 +298,7 @@ mod tests {
             coordinators: 2,
             concurrency: 4,
             changes: 2,
+            full: false,
         })
         .await
         .expect("run");
@@ -262,11 +307,20 @@ mod tests {
     }
 }
 
-/// Each member's current netmap version (an immediate poll).
-async fn futures_versions(clients: &[JoinClient]) -> Result<Vec<u64>> {
+/// Each member's current netmap version and delta token (an immediate poll; members of the
+/// same coordinator share them, so one poll per coordinator).
+async fn futures_versions(clients: &[JoinClient]) -> Result<Vec<(u64, Option<String>)>> {
+    let mut by_addr = std::collections::BTreeMap::new();
     let mut out = Vec::with_capacity(clients.len());
     for c in clients {
-        out.push(c.netmap(None).await?.version);
+        if !by_addr.contains_key(c.addr()) {
+            let nm = c.netmap(None).await?;
+            by_addr.insert(
+                c.addr().to_owned(),
+                (nm.version, nm.delta_token().map(str::to_owned)),
+            );
+        }
+        out.push(by_addr[c.addr()].clone());
     }
     Ok(out)
 }

@@ -417,6 +417,49 @@ impl JoinClient {
         self.call("GET", &target, b"", true).await
     }
 
+    /// `GET /v1/netmap?since=V&base=T` (mTLS): [`JoinClient::netmap`] asking for a delta
+    /// from the netmap whose delta token (`delta.token`) is `base` (answered with a full netmap when the
+    /// coordinator cannot make one). The answer is returned as received: see
+    /// [`JoinClient::netmap_after`] for the resolved netmap.
+    pub async fn netmap_delta(
+        &self,
+        since: Option<u64>,
+        base: Option<&str>,
+    ) -> Result<Netmap, Error> {
+        let target = match (since, base) {
+            (Some(v), Some(b)) => format!("/v1/netmap?since={v}&base={b}"),
+            (Some(v), None) => format!("/v1/netmap?since={v}"),
+            (None, _) => "/v1/netmap".to_owned(),
+        };
+        self.call("GET", &target, b"", true).await
+    }
+
+    /// The netmap long poll of a member that holds `last` (the full netmap this coordinator
+    /// served last, with its delta token (`delta.token`)): asks for only what changed since and applies it
+    /// to `last` in place ([`crate::apply_delta`]), so `last` is always the full netmap.
+    /// Without `since` or a token the answer is full; a delta that does not apply to `last`
+    /// (never from a correct coordinator) is followed by a full fetch.
+    pub async fn netmap_after<'a>(
+        &self,
+        since: Option<u64>,
+        last: &'a mut Option<Netmap>,
+    ) -> Result<&'a Netmap, Error> {
+        let base = last
+            .as_ref()
+            .and_then(|l| l.delta_token().map(str::to_owned));
+        let nm = self.netmap_delta(since, base.as_deref()).await?;
+        let applied = if nm.delta_from().is_none() {
+            *last = Some(nm);
+            true
+        } else {
+            last.as_mut().is_some_and(|l| crate::apply_delta(l, nm))
+        };
+        if !applied {
+            *last = Some(self.netmap(None).await?);
+        }
+        Ok(last.as_ref().expect("set above"))
+    }
+
     /// `POST /v1/admin` (mTLS): an admin command for the coordinator's daemon to run as this
     /// node, if the policy gives it the admin capability; returns the answer's bytes.
     /// Refusals are [`Error::Refused`] (403 with the policy's reason).

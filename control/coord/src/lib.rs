@@ -17,7 +17,9 @@
 //! HTTP API (HTTP/1.1, one request per connection, JSON bodies):
 //! - `GET /v1/challenge` -> [`wire::Challenge`] (no client certificate needed)
 //! - `POST /v1/register` [`wire::RegisterRequest`] -> [`wire::Registration`]
-//! - `GET /v1/netmap?since=V` (mTLS) -> [`wire::Netmap`], long-polls until `version > V`
+//! - `GET /v1/netmap?since=V` (mTLS) -> [`wire::Netmap`], long-polls until `version > V`;
+//!   with `&base=T` (the delta token of the netmap the caller holds) the answer may be a delta
+//!   from it (`delta.from` set), which [`apply_delta`] resolves
 //! - `POST /v1/endpoints` [`wire::EndpointsUpdate`] (mTLS) -> [`wire::Netmap`]
 //! - `POST /v1/services` [`wire::ServicesUpdate`] (mTLS) -> `{}`: the services the caller
 //!   runs for others (listed per peer in netmaps)
@@ -47,8 +49,8 @@
 //!
 //! Call order, node: [`JoinClient::new`] with `HOST:PORT` and the token ->
 //! [`JoinClient::register`] (challenge, CSR, proof; installs the returned client identity)
-//! -> persist [`JoinClient::identity`] -> loop on [`JoinClient::netmap`] with the last
-//! version -> [`JoinClient::update_endpoints`] when endpoints change ->
+//! -> persist [`JoinClient::identity`] -> loop on [`JoinClient::netmap_after`] with the last
+//! version and netmap -> [`JoinClient::update_endpoints`] when endpoints change ->
 //! [`JoinClient::leave`]. When UDP to a peer fails: [`JoinClient::relay`] (reconnect when
 //! it closes). After a restart use [`JoinClient::with_identity`] (or register
 //! again: same key and name keep the same address).
@@ -60,6 +62,7 @@ mod challenge;
 mod client;
 mod cluster;
 mod contain;
+mod delta;
 mod error;
 mod http;
 mod identity;
@@ -87,6 +90,7 @@ pub use ca::{make_csr, MeshCa, NodeIdentity};
 pub use client::{build_register_request, JoinClient, CONNECT_TIMEOUT, DEAD_CONNECTION_AFTER};
 pub use cluster::install_cluster_seed;
 pub use contain::{in_request, panics};
+pub use delta::apply_delta;
 pub use error::Error;
 pub use identity::{now_unix, AuditEntry, NodeCredential, NodeSummary, TokenSpec};
 pub use node_services::SERVICES;

@@ -243,7 +243,10 @@ impl Coordinator {
                 cluster_errors: Mutex::new(BTreeMap::new()),
                 unreachable: Mutex::new(crate::cluster::Liveness::new()),
                 epoch: std::sync::atomic::AtomicU64::new(0),
-                netmap_cache: Mutex::new(None),
+                netmap_cache: Mutex::new(crate::delta::Feed::new(rand_core::RngCore::next_u64(
+                    &mut OsRng,
+                ))),
+                long_polls: std::sync::atomic::AtomicUsize::new(0),
                 policy_generation: std::sync::atomic::AtomicU64::new(0),
                 admin: RwLock::new(None),
                 challenges,

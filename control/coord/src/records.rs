@@ -69,37 +69,17 @@ fn to_value<T: Serialize>(v: &T) -> Value {
 
 /// Every record `s` consists of (live values only).
 pub(crate) fn records_of(s: &PersistedState) -> BTreeMap<String, Value> {
+    let mut out = state_records(s);
+    for n in s.nodes.values() {
+        node_records(n, &mut out);
+    }
+    out
+}
+
+/// The records of `s` that are not a node's.
+fn state_records(s: &PersistedState) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     out.insert("mesh".to_owned(), Value::String(s.mesh_cidr.to_string()));
-    for n in s.nodes.values() {
-        let k = key_hex(&n.public_key);
-        out.insert(
-            format!("node/{k}"),
-            to_value(&NodeCore {
-                name: n.name.clone(),
-                public_key: n.public_key,
-                mesh_ip: n.mesh_ip,
-                is_coordinator: n.is_coordinator,
-                cert_sha256: n.cert_sha256.clone(),
-                s3_access_key: n.s3_access_key.clone(),
-                s3_secret: n.s3_secret.clone(),
-                api: n.api.clone(),
-            }),
-        );
-        out.insert(
-            format!("ep/{k}"),
-            to_value(&NodeEndpoints {
-                endpoints: n.endpoints.clone(),
-                observed: n.observed,
-            }),
-        );
-        for t in &n.tags {
-            out.insert(format!("tag/{k}/{t}"), Value::Bool(true));
-        }
-        if !n.services.is_empty() {
-            out.insert(format!("svc/{k}"), to_value(&n.services));
-        }
-    }
     for (id, t) in &s.tokens {
         out.insert(format!("token/{id}"), to_value(t));
     }
@@ -107,6 +87,59 @@ pub(crate) fn records_of(s: &PersistedState) -> BTreeMap<String, Value> {
         out.insert("policy".to_owned(), to_value(p));
     }
     out
+}
+
+/// The records of node `n`, into `out`.
+fn node_records(n: &NodeRecord, out: &mut BTreeMap<String, Value>) {
+    let k = key_hex(&n.public_key);
+    out.insert(
+        format!("node/{k}"),
+        to_value(&NodeCore {
+            name: n.name.clone(),
+            public_key: n.public_key,
+            mesh_ip: n.mesh_ip,
+            is_coordinator: n.is_coordinator,
+            cert_sha256: n.cert_sha256.clone(),
+            s3_access_key: n.s3_access_key.clone(),
+            s3_secret: n.s3_secret.clone(),
+            api: n.api.clone(),
+        }),
+    );
+    out.insert(
+        format!("ep/{k}"),
+        to_value(&NodeEndpoints {
+            endpoints: n.endpoints.clone(),
+            observed: n.observed,
+        }),
+    );
+    for t in &n.tags {
+        out.insert(format!("tag/{k}/{t}"), Value::Bool(true));
+    }
+    if !n.services.is_empty() {
+        out.insert(format!("svc/{k}"), to_value(&n.services));
+    }
+}
+
+/// The writes that turn `cur` into `next`: `diff(&records_of(cur), &records_of(next))`, made
+/// only from the nodes that differ (a join or a tag costs the records of one node, not of
+/// every node; node keys are unique in a state, so the other nodes' records are equal).
+pub(crate) fn changes(cur: &PersistedState, next: &PersistedState) -> Vec<(String, Option<Value>)> {
+    let mut a = state_records(cur);
+    let mut b = state_records(next);
+    for (name, n) in &cur.nodes {
+        if next.nodes.get(name) != Some(n) {
+            node_records(n, &mut a);
+            if let Some(m) = next.nodes.get(name) {
+                node_records(m, &mut b);
+            }
+        }
+    }
+    for (name, m) in &next.nodes {
+        if !cur.nodes.contains_key(name) {
+            node_records(m, &mut b);
+        }
+    }
+    diff(&a, &b)
 }
 
 /// The writes that turn `cur` into `next` (`None`: delete).
@@ -251,4 +284,115 @@ pub(crate) fn materialize(
         },
         conflicts,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rand_core::{OsRng, RngCore};
+    use tm_noise::PrivateKey;
+
+    use super::*;
+    use crate::{Coordinator, CoordinatorConfig, MemStore};
+
+    /// `changes` (made from the nodes that differ) writes exactly what the diff of every
+    /// record writes, for each kind of change a commit makes.
+    #[test]
+    fn changes_equal_the_diff_of_all_records() {
+        let mut r = [0u8; 8];
+        OsRng.fill_bytes(&mut r);
+        let dir = std::env::temp_dir().join(format!("tm-coord-records-{}", u64::from_le_bytes(r)));
+        let c = Coordinator::open(
+            &dir,
+            CoordinatorConfig::new("hub"),
+            PrivateKey::generate(&mut OsRng),
+            Arc::new(MemStore::new()),
+        )
+        .expect("open");
+        let base = c.lock().state.clone();
+        let hub = base.nodes.values().next().expect("the hub").clone();
+        let node = |name: &str, last: u8| {
+            let mut n = hub.clone();
+            n.name = name.to_owned();
+            n.public_key.0[31] = last;
+            n.mesh_ip = Ipv4Addr::new(100, 64, 0, last);
+            n.is_coordinator = false;
+            n.api = None;
+            n
+        };
+        let mut s0 = base.clone();
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            s0.nodes.insert((*name).to_owned(), node(name, i as u8 + 1));
+        }
+        type Edit<'a> = Box<dyn Fn(&mut PersistedState) + 'a>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "join",
+                Box::new(|s| {
+                    s.nodes.insert("e".into(), node("e", 9));
+                }),
+            ),
+            (
+                "leave",
+                Box::new(|s| {
+                    s.nodes.remove("b");
+                }),
+            ),
+            (
+                "tag",
+                Box::new(|s| {
+                    s.nodes.get_mut("c").expect("c").tags.push("tag:x".into());
+                }),
+            ),
+            (
+                "endpoints",
+                Box::new(|s| {
+                    s.nodes.get_mut("a").expect("a").endpoints =
+                        vec!["192.0.2.1:1".parse().expect("ep")];
+                }),
+            ),
+            (
+                "services",
+                Box::new(|s| {
+                    s.nodes.get_mut("d").expect("d").services = vec!["docker".into()];
+                }),
+            ),
+            (
+                "rename",
+                Box::new(|s| {
+                    let mut n = s.nodes.remove("d").expect("d");
+                    n.name = "d2".into();
+                    s.nodes.insert("d2".into(), n);
+                }),
+            ),
+            (
+                "no node",
+                Box::new(|s| {
+                    s.version += 1;
+                }),
+            ),
+        ];
+        for (what, edit) in &edits {
+            let mut next = s0.clone();
+            edit(&mut next);
+            let mut want = diff(&records_of(&s0), &records_of(&next));
+            let mut got = changes(&s0, &next);
+            want.sort_by(|x, y| x.0.cmp(&y.0));
+            got.sort_by(|x, y| x.0.cmp(&y.0));
+            assert_eq!(got, want, "{what}");
+            assert_eq!(got.is_empty(), *what == "no node", "{what}");
+        }
+        // Everything at once, including the first nodes of a state.
+        let mut all = s0.clone();
+        for (_, e) in &edits {
+            e(&mut all);
+        }
+        let mut want = diff(&records_of(&base), &records_of(&all));
+        let mut got = changes(&base, &all);
+        want.sort_by(|x, y| x.0.cmp(&y.0));
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(got, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

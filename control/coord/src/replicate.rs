@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tm_cluster::{Msg, Origin, Record, Replica};
 use tm_noise::PublicKey;
 
-use crate::records::{diff, materialize, records_of};
+use crate::records::{changes, materialize};
 use crate::server::{index_of, json, PersistedState};
 use crate::{Coordinator, Error};
 
@@ -123,16 +123,19 @@ impl Coordinator {
         extra: Vec<(String, Option<serde_json::Value>)>,
     ) -> Result<T, Error> {
         let _seq = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.lock().state.clone();
-        let mut next = cur.clone();
+        let mut next = self.lock().state.clone();
         let (out, bump) = f(&mut next)?;
-        if next == cur {
-            return Ok(out);
-        }
+        let mut writes = {
+            // Only this writer changes the state (`_seq`): what the lock holds is `cur`.
+            let g = self.lock();
+            if next == g.state {
+                return Ok(out);
+            }
+            changes(&g.state, &next)
+        };
         if bump {
             next.version += 1;
         }
-        let mut writes = diff(&records_of(&cur), &records_of(&next));
         writes.extend(extra);
         let mut rep = self.replica().clone();
         let fx = rep.write_many(now_ms(), writes);

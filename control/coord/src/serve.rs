@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
@@ -24,64 +23,50 @@ use crate::server::{json, parse_json, parse_since};
 use crate::wire::{EndpointsUpdate, ErrorBody, RegisterRequest};
 use crate::{Coordinator, Error};
 
-/// One epoch's netmap, serialised once: the JSON without its closing brace, and the policy
-/// projection when it is the same for every node (no policy file).
-pub(crate) struct NetmapCache {
-    epoch: u64,
-    open: Arc<Vec<u8>>,
-    shared_policy: Option<Arc<Vec<u8>>>,
-}
-
 impl Coordinator {
-    /// The netmap as the registered node `name` receives it, as JSON: the common part is
-    /// serialised once per state epoch (a change polled by a thousand members costs one
-    /// serialisation), the node's policy projection per node only when a policy file is set.
-    pub(crate) fn netmap_json_for_name(&self, name: &str) -> Vec<u8> {
+    /// The netmap as the registered node `name` receives it, as JSON; with `base` (the
+    /// delta token (`delta.token`) of the netmap the member holds) a delta from it when this coordinator can
+    /// make one (`delta.rs`), else the full netmap. The common part is serialised once per
+    /// generation (and per base), the node's policy projection per node only when a policy
+    /// file is set.
+    pub(crate) fn netmap_json_for_name(&self, name: &str, base: Option<&str>) -> Vec<u8> {
         let epoch = self.shared.epoch.load(std::sync::atomic::Ordering::Acquire);
-        let cached = {
-            let c = self
+        let art = self.policy();
+        let (g, delta) = {
+            let mut feed = self
                 .shared
                 .netmap_cache
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            c.as_ref()
-                .filter(|c| c.epoch == epoch)
-                .map(|c| (c.open.clone(), c.shared_policy.clone()))
+            let g = match feed.current(epoch, &art) {
+                Some(g) => g,
+                None => {
+                    let nm = self.netmap();
+                    feed.advance(epoch, art, nm)
+                }
+            };
+            let delta = base.and_then(|b| feed.delta(b));
+            (g, delta)
         };
-        let art = self.policy();
-        let (open, shared_policy) = match cached {
-            Some(c) => c,
-            None => {
-                let mut nm = self.netmap();
-                nm.policy = None;
-                let mut open = json(&nm);
-                open.pop(); // the closing brace
-                let shared_policy = (!art.has_policy).then(|| {
-                    let mut p = art.project(&tm_policy::NodeKey(String::new()));
-                    p.scope = None;
-                    Arc::new(json(&p))
-                });
-                let (open, shared_policy) = (Arc::new(open), shared_policy);
-                *self
-                    .shared
-                    .netmap_cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(NetmapCache {
-                    epoch,
-                    open: open.clone(),
-                    shared_policy: shared_policy.clone(),
-                });
-                (open, shared_policy)
-            }
+        let me = || {
+            self.lock()
+                .state
+                .nodes
+                .get(name)
+                .map(|n| crate::policy::node_key(&n.public_key))
+        };
+        let (open, shared_policy) = match &delta {
+            Some(d) => (d.open.clone(), d.shared_policy.clone()),
+            None => (g.open.clone(), g.shared_policy.clone()),
         };
         let own;
         let policy: &[u8] = match &shared_policy {
             Some(p) => p,
             None => {
-                let key = self.lock().state.nodes.get(name).map(|n| n.public_key);
-                own = match key {
-                    Some(k) => json(&art.project(&crate::policy::node_key(&k))),
-                    None => b"null".to_vec(),
+                own = match (me(), &delta) {
+                    (Some(k), Some(d)) => json(&d.policy_for(&g.art, &k)),
+                    (Some(k), None) => json(&g.art.project(&k)),
+                    (None, _) => b"null".to_vec(),
                 };
                 &own
             }
@@ -95,10 +80,21 @@ impl Coordinator {
     }
 
     /// Waits until the netmap version exceeds `since` (or `long_poll` passes), then returns
-    /// the current netmap as the registered node `name` receives it (JSON). `None` answers at
-    /// once.
-    pub async fn netmap_wait(&self, name: &str, since: Option<u64>) -> Vec<u8> {
+    /// the current netmap as the registered node `name` receives it (JSON; a delta from `base`
+    /// when possible, see [`Coordinator::netmap_json_for_name`]). `None` answers at once, in
+    /// full.
+    pub async fn netmap_wait(&self, name: &str, since: Option<u64>, base: Option<&str>) -> Vec<u8> {
         if let Some(since) = since {
+            struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.shared
+                .long_polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _waiting = Waiting(&self.shared.long_polls);
             let mut rx = self.shared.version.subscribe();
             let deadline = tokio::time::sleep(self.shared.cfg.long_poll);
             tokio::pin!(deadline);
@@ -112,7 +108,14 @@ impl Coordinator {
                 }
             }
         }
-        self.netmap_json_for_name(name)
+        self.netmap_json_for_name(name, since.and(base))
+    }
+
+    /// Netmap long polls waiting for a change now (load tools wait for every member's).
+    pub fn long_polls(&self) -> usize {
+        self.shared
+            .long_polls
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) async fn dispatch(
@@ -138,7 +141,8 @@ impl Coordinator {
             ("GET", "/v1/netmap") => {
                 let name = self.caller(client.as_ref())?;
                 let since = parse_since(&req.query)?;
-                Ok(self.netmap_wait(&name, since).await)
+                let base = req.query.split('&').find_map(|kv| kv.strip_prefix("base="));
+                Ok(self.netmap_wait(&name, since, base).await)
             }
             ("POST", "/v1/endpoints") => {
                 let name = self.caller(client.as_ref())?;

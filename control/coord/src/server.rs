@@ -240,8 +240,10 @@ pub(crate) struct Shared {
     pub(crate) outbox: crate::cluster::Outbox,
     /// Bumped on every publication of a new state (netmap caches key on it).
     pub(crate) epoch: std::sync::atomic::AtomicU64,
-    /// The netmap of the current epoch serialised once for every member that polls it.
-    pub(crate) netmap_cache: Mutex<Option<crate::serve::NetmapCache>>,
+    /// The generations of served netmaps and their deltas (`delta.rs`).
+    pub(crate) netmap_cache: Mutex<crate::delta::Feed>,
+    /// Netmap long polls waiting for a change now.
+    pub(crate) long_polls: std::sync::atomic::AtomicUsize,
     /// The last delivery error per other coordinator (`cluster status`).
     pub(crate) cluster_errors: Mutex<BTreeMap<tm_cluster::Origin, String>>,
     /// The other coordinators this one has not heard from lately (`cluster.rs`): marked
@@ -521,6 +523,7 @@ impl Coordinator {
             vv: None,
             policy_hash: Some(self.policy().hash().to_string()),
             policy: None,
+            delta: None,
         }
     }
 

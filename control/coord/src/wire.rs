@@ -203,6 +203,10 @@ pub struct Netmap {
     /// packet filter and Docker agent decide from. `None` from coordinators that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<tm_policy::Artifact>,
+    /// Netmap deltas: this netmap's token and, in a delta answer, what it applies to and what
+    /// is gone. `None` from coordinators that do not send deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Box<DeltaInfo>>,
 }
 
 impl Netmap {
@@ -210,6 +214,37 @@ impl Netmap {
     pub fn peer(&self, name: &str) -> Option<&NetmapPeer> {
         self.peers.iter().find(|p| p.name == name)
     }
+
+    /// The token that names this netmap for a later delta request (`base=`).
+    pub fn delta_token(&self) -> Option<&str> {
+        self.delta.as_ref().map(|d| d.token.as_str())
+    }
+
+    /// In a delta answer: the token of the netmap it applies to.
+    pub fn delta_from(&self) -> Option<&str> {
+        self.delta.as_ref().and_then(|d| d.from.as_deref())
+    }
+}
+
+/// The delta part of a [`Netmap`] (`delta.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaInfo {
+    /// Names this netmap for a later `GET /v1/netmap?since=V&base=T` (opaque to members: the
+    /// answering coordinator process and its netmap generation).
+    pub token: String,
+    /// Set only in a delta answer: the token of the netmap it applies to. The netmap's
+    /// `peers` then holds only the added and changed peers, `removed` the names that are
+    /// gone, and `policy` the receiver's projection with only the inventory entries of
+    /// `policy_changed` ([`crate::apply_delta`] resolves it into the full netmap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// In a delta: names of the peers that are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// In a delta: node keys whose entries in the projection's `nodes` and `services` are
+    /// replaced by the delta's (absent there: removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_changed: Vec<tm_policy::NodeKey>,
 }
 
 /// One coordinator as `cluster status` shows it.

@@ -505,6 +505,8 @@ pub fn member_feed(
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut feed = Feed::default();
+        // The last full netmap received: the base of the next delta (`netmap_after`).
+        let mut last: Option<wire::Netmap> = first.clone();
         if let Some(nm) = first {
             feed.start(&nm);
             link.learn(&nm);
@@ -514,7 +516,7 @@ pub fn member_feed(
         }
         loop {
             let client = link.current();
-            match client.netmap(feed.since()).await {
+            match client.netmap_after(feed.since(), &mut last).await.cloned() {
                 Ok(nm) => {
                     if !reachable.swap(true, Ordering::Relaxed) {
                         tracing::info!(coordinator = %client.addr(), "coordinator reachable again");
@@ -535,6 +537,8 @@ pub fn member_feed(
                     }
                 }
                 Err(e) => {
+                    // The next coordinator's tokens are its own: start from a full netmap.
+                    last = None;
                     let next = link.fail_over();
                     if reachable.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
