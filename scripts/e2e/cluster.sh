@@ -13,6 +13,8 @@
 #   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
 #     alpha (joined through ca) fails over to cb within 5 s and reaches gamma
 #   - ca restarts from its disk and catches up: `node list --json` identical on both
+#   - cb blackholed for alpha while alpha long-polls it (iptables DROP: no reset): TCP keepalive
+#     ends the poll and alpha moves to ca within 5 s
 #   - partition ca (with alpha) from cb (with beta); a node named `web` joins on each side;
 #     after the heal both coordinators agree: one `web` (the earlier) and one `web-2`, unique
 #     addresses; the renamed node's own status says `web-2`
@@ -113,29 +115,6 @@ ns_exec alpha iptables -F INPUT
 wait_for 30 "alpha -> beta back to direct" path_is alpha beta direct || fail "alpha -> beta stayed on the relay"
 kill "$PING_BG" 2>/dev/null
 
-# --- a coordinator cut off mid-poll (packets dropped, no reset) -------------------------------
-# alpha long-polls ca; with ca's API blackholed for alpha, TCP keepalive ends the open poll
-# (tm_coord::DEAD_CONNECTION_AFTER, 4 s) and alpha moves to cb within 5 s.
-coordinator_of() { ctl "$1" status --json | json_get 'd["mesh"]["coordinator"]'; }
-CAIP=$(mesh_ip_of ca)
-not_on_ca() { local co; co=$(coordinator_of alpha) && [[ $co != 192.0.2.1:* && $co != "$CAIP":* ]]; }
-co=$(coordinator_of alpha)
-if [[ $co == 192.0.2.1:* || $co == "$CAIP":* ]]; then
-    for ip in 192.0.2.1 "$CAIP"; do
-        ns_exec alpha iptables -A OUTPUT -p tcp -d "$ip" --dport 8443 -j DROP
-        ns_exec alpha iptables -A INPUT -p tcp -s "$ip" --sport 8443 -j DROP
-    done
-    t0=$EPOCHREALTIME
-    wait_for 10 "alpha leaves the cut-off ca" not_on_ca || fail "alpha still polls ca: $(coordinator_of alpha)"
-    ms=$(elapsed_ms "${t0/./}")
-    log "ok: alpha moved from ca ($co) to $(coordinator_of alpha) after $ms ms with ca cut off mid-poll"
-    ((ms <= 6000)) || fail "alpha took $ms ms to leave a coordinator cut off mid-poll (want <= 5 s)"
-    ns_exec alpha iptables -F OUTPUT
-    ns_exec alpha iptables -F INPUT
-else
-    fail "alpha was expected to poll ca (it joined through it), polls $co"
-fi
-
 # --- kill -9 the first coordinator -----------------------------------------------------------
 coordinators_seen_by() { # the addresses `coordinator.mesh` has on NODE, sorted, one line
     ns_exec "$1" dig +short +time=1 +tries=2 @127.0.0.53 -p 5353 coordinator.mesh A | sort | xargs
@@ -169,6 +148,27 @@ has_node ca gamma || fail "ca did not learn gamma"
 log "ok: ca restarted and caught up: node list identical"
 wait_for 20 "coordinator.mesh on beta names both again" coordinators_are beta "$BOTH" ||
     fail "coordinator.mesh on beta after ca's restart: $(coordinators_seen_by beta)"
+
+# --- a coordinator cut off mid-poll (packets dropped, no reset) -------------------------------
+# alpha long-polls cb since ca was killed; with cb's API blackholed for alpha (its LAN and mesh
+# addresses), TCP keepalive ends the open poll (tm_coord::DEAD_CONNECTION_AFTER, 4 s) and alpha
+# moves to the restarted ca within 5 s.
+coordinator_of() { ctl "$1" status --json | json_get 'd["mesh"]["coordinator"]'; }
+on_cb() { local co=$1; [[ $co == 192.0.2.2:* || $co == "$CBIP":* ]]; }
+co=$(coordinator_of alpha)
+on_cb "$co" || fail "alpha was expected to poll cb after ca's kill, polls $co"
+for ip in 192.0.2.2 "$CBIP"; do
+    ns_exec alpha iptables -A OUTPUT -p tcp -d "$ip" --dport 8443 -j DROP
+    ns_exec alpha iptables -A INPUT -p tcp -s "$ip" --sport 8443 -j DROP
+done
+t0=$EPOCHREALTIME
+left_cb() { ! on_cb "$(coordinator_of alpha)"; }
+wait_for 10 "alpha leaves the cut-off cb" left_cb || fail "alpha still polls cb: $(coordinator_of alpha)"
+ms=$(elapsed_ms "${t0/./}")
+log "ok: alpha moved from cb ($co) to $(coordinator_of alpha) after $ms ms with cb cut off mid-poll"
+((ms <= 6000)) || fail "alpha took $ms ms to leave a coordinator cut off mid-poll (want <= 5 s)"
+ns_exec alpha iptables -F OUTPUT
+ns_exec alpha iptables -F INPUT
 
 # --- partition and heal ----------------------------------------------------------------------
 cut() { # cut NS ADDR... : blackhole ADDRs from NS (add) or undo (del with CUT_OP=del)

@@ -81,7 +81,7 @@ impl Coordinator {
 
     /// Waits until the netmap version exceeds `since` (or `long_poll` passes), then returns
     /// the current netmap as the registered node `name` receives it (JSON; a delta from `base`
-    /// when possible, see [`Coordinator::netmap_json_for_name`]). `None` answers at once, in
+    /// when possible, see `Coordinator::netmap_json_for_name`). `None` answers at once, in
     /// full.
     pub async fn netmap_wait(&self, name: &str, since: Option<u64>, base: Option<&str>) -> Vec<u8> {
         if let Some(since) = since {
