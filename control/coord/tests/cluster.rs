@@ -180,6 +180,17 @@ fn actions(c: &Coord, target: &str) -> Vec<String> {
         .collect()
 }
 
+/// A token that admits a coordinator, created on `c` by its local root.
+fn coordinator_token(c: &Coordinator) -> String {
+    let spec = TokenSpec {
+        coordinator: true,
+        ..Default::default()
+    };
+    c.create_token(&spec, "local root", tm_coord::now_unix())
+        .expect("coordinator token")
+        .1
+}
+
 /// Coordinator B joins A's mesh with a coordinator token.
 async fn two(dir: &Path) -> (Coord, Coord, String) {
     two_with(dir, Duration::from_millis(100)).await
@@ -200,17 +211,7 @@ async fn two_with(dir: &Path, sync: Duration) -> (Coord, Coord, String) {
     )
     .await;
     let member_token = a.coord.token();
-    let (_, ctoken) = a
-        .coord
-        .create_token(
-            &TokenSpec {
-                coordinator: true,
-                ..Default::default()
-            },
-            "local root",
-            tm_coord::now_unix(),
-        )
-        .expect("coordinator token");
+    let ctoken = coordinator_token(&a.coord);
     let kb = key();
     let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_api = cl.local_addr().unwrap();
@@ -375,17 +376,7 @@ async fn members_cannot_replicate_and_token_kinds_are_enforced() {
         .expect_err("member token as coordinator");
     assert!(e.to_string().contains("token create --coordinator"), "{e}");
     // ... and a coordinator token cannot admit a member.
-    let (_, ct) = a
-        .coord
-        .create_token(
-            &TokenSpec {
-                coordinator: true,
-                ..Default::default()
-            },
-            "local root",
-            tm_coord::now_unix(),
-        )
-        .unwrap();
+    let ct = coordinator_token(&a.coord);
     let e = a
         .join(&ct, "eve", &key())
         .await
@@ -749,17 +740,7 @@ async fn a_coordinator_of_another_mesh_can_neither_replicate_nor_link() {
     let (a, b, _) = two(&dir.join("one")).await;
     let (y, z, _) = two(&dir.join("other")).await;
     // A coordinator identity of the other mesh: valid there, signed by its own CA.
-    let (_, ct) = y
-        .coord
-        .create_token(
-            &TokenSpec {
-                coordinator: true,
-                ..Default::default()
-            },
-            "local root",
-            tm_coord::now_unix(),
-        )
-        .expect("coordinator token");
+    let ct = coordinator_token(&y.coord);
     let mut jc =
         JoinClient::new(y.public.addr.to_string(), JoinToken::parse(&ct).unwrap()).unwrap();
     jc.join_as_coordinator(None);
