@@ -99,6 +99,11 @@ assert_eq "$(tcp_ok beta 22 && echo y || echo n)" n "beta -> web1:22 is dropped"
 assert_ge "$(node_drop web1 filter_denied)" $((before_denied + 1)) "web1 filter_denied (tcp:22 denied explicitly)"
 assert_ge "$(node_drop web1 filter_no_rule)" $((before_norule + 1)) "web1 filter_no_rule (8080: no rule)"
 run_step "alpha (group:ops) pings web1" ping_ok alpha "$WEB1" 3
+# Echo follows web1's rules: beta may reach web1:80/443 and no rule denies ICMP, so it may
+# ping; `filter test HOST/icmp` (an echo request) says the same.
+run_step "beta (web1:80,443 allowed) pings web1" ping_ok beta "$WEB1" 3
+assert_eq "$("$TM_BIN" --socket "$(node_sock web1)" filter test --src beta --dst web1/icmp --json |
+    json_get 'd["allow"]')" true "filter test beta -> web1/icmp"
 # `filter log --peer beta`: sampled drops (at most one line per second per peer).
 filter_log_has_22() {
     "$TM_BIN" --socket "$(node_sock web1)" filter log --peer beta >"$TM_TMP/filter-log.txt" 2>&1 &&
@@ -165,6 +170,15 @@ assert_eq "$s3" "$s2" "no stream bytes arrive after revocation"
 assert_eq "$(tcp_ok beta 2222 && echo y || echo n)" n "beta -> web1:2222 after revocation"
 run_step "beta -> web1:443 still allowed" tcp_ok beta 443
 run_step "alpha -> web1:22 still allowed" tcp_ok alpha 22
+
+# An explicit ICMP deny stops beta's ping (and `filter test` agrees), TCP to 443 still works.
+sed 's|"ip": \["tcp:22"\]|"ip": ["tcp:22", "icmp"]|' "$TM_TMP/policy2.hujson" >"$TM_TMP/policy3.hujson"
+grep -q '"icmp"' "$TM_TMP/policy3.hujson" || fail "policy3 has no icmp deny"
+run_step "deny beta's ICMP on web1" tmctl_for web1 filter load "$TM_TMP/policy3.hujson"
+assert_eq "$(ping_ok beta "$WEB1" 2 && echo y || echo n)" n "beta's ping after the ICMP deny"
+assert_eq "$("$TM_BIN" --socket "$(node_sock web1)" filter test --src beta --dst web1/icmp --json |
+    json_get 'd["allow"]')" false "filter test beta -> web1/icmp after the deny"
+run_step "beta -> web1:443 still allowed after the ICMP deny" tcp_ok beta 443
 
 # Clearing the policy allows everything again.
 run_step "clear the policy" tmctl_for web1 filter clear

@@ -404,16 +404,31 @@ mod tests {
             (2, 6, 8080, "beta"),
             (3, 6, 80, "web1"),
             (3, 17, 53, "web1"),
+            // ICMP: the port is the message type. Echo requests (8) follow my rules: beta
+            // and web1 may reach ports of mine, so they may ping; other types need a rule.
+            (1, 1, 13, "alpha"),
+            (2, 1, 8, "beta"),
+            (2, 1, 13, "beta"),
+            (2, 1, 0, "beta"),
+            (3, 58, 128, "web1"),
         ] {
             let v = s
                 .class_of(peer)
                 .map_or(Verdict::NoRule, |c| c.verdict(proto, port));
-            let pname = if proto == 6 { "tcp" } else { "udp" };
+            let pname = match proto {
+                6 => "tcp",
+                17 => "udp",
+                1 => "icmp",
+                _ => "ipv6-icmp",
+            };
             let d = f.test(src, &format!("me:{port}/{pname}")).unwrap();
             assert_eq!(v == Verdict::Allow, d.allow, "{src} {proto}/{port}: {d:?}");
         }
         assert_eq!(s.class_of(2).unwrap().verdict(6, 22), Verdict::Deny);
         assert_eq!(s.class_of(3).unwrap().verdict(6, 22), Verdict::NoRule);
+        assert_eq!(s.class_of(2).unwrap().verdict(1, 8), Verdict::Allow);
+        assert_eq!(s.class_of(2).unwrap().verdict(1, 13), Verdict::NoRule);
+        assert!(f.test("beta", "me/icmp").unwrap().allow);
         assert_eq!(s.reachable, vec![1, 2, 3]);
         // Nothing changed: nothing sent. Cleared: one empty chunk.
         assert!(f.update(&key(1), &ms, false).is_empty());

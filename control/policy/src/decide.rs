@@ -16,7 +16,7 @@ use crate::caps::{Access, AppGrant, Verb, CAP_ADMIN, CAP_DOCKER, CAP_NFS, CAP_S3
 use crate::compile::Artifact;
 use crate::identity::{Identity, NodeKey, ServiceNeed};
 use crate::model::{DefaultAction, Effect, Rule};
-use crate::selector::{proto_name, SourceRef};
+use crate::selector::{echo_request, proto_name, SourceRef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -487,8 +487,44 @@ fn explain_inner(art: &Artifact, who: &Identity, req: &Request<'_>, all: bool) -
             break;
         }
     }
-    let decision = decision.unwrap_or_else(|| default_decision(art, req, subj.node));
+    let decision = decision
+        .or_else(|| echo_decision(art, &subj, req))
+        .unwrap_or_else(|| default_decision(art, req, subj.node));
     Explanation { decision, matched }
+}
+
+/// ICMP echo follows the rules of the destination (issue 16): an echo request no rule decided
+/// is allowed when the subject may reach some port of the destination (an accept rule from it
+/// to the destination with `ip` entries, or a capability that opens one of the destination's
+/// service ports). A deny rule covering it has already decided. The packet filter's compiled
+/// classes apply the same rule.
+fn echo_decision(art: &Artifact, subj: &Subject<'_>, req: &Request<'_>) -> Option<Decision> {
+    let Request::Ip { dst, proto, port } = *req else {
+        return None;
+    };
+    if echo_request(proto) != Some(port) {
+        return None;
+    }
+    let empty = BTreeSet::new();
+    let to = dest(art, dst, &empty)?;
+    let by_rule = art
+        .rules
+        .iter()
+        .filter(|r| r.effect == Effect::Allow && !r.ip.is_empty())
+        .find(|r| {
+            r.src.matches(subj.node, subj.name, subj.tags, subj.addrs)
+                && r.dst.matches(to.member, to.name, to.tags, &to.addrs)
+        })
+        .map(|r| Some(r.ip[0].at.clone()));
+    let rule = by_rule.or_else(|| {
+        let ports = art.services.get(to.key?)?;
+        ports.iter().find_map(|p| holds(art, subj, p.needs, &to))
+    })?;
+    Some(Decision {
+        allow: true,
+        rule,
+        reason: format!("allowed: {req} (echo: the source may reach a port of the destination)"),
+    })
 }
 
 /// Whether `subj` holds any grant of `cap` (an S3 or NFS entry of an accept rule selecting it;

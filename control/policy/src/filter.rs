@@ -12,7 +12,10 @@ use crate::decide::{decide, Decision, Request, Target};
 use crate::identity::{Identity, NodeKey, ServiceNeed, ServicePort};
 use crate::model::{DefaultAction, Effect};
 use crate::selector::SourceRef;
-use crate::selector::{has_ports, Cidr, IpSpec, PortRange, ProtoSel, SelectorSet, ALL_PORTS};
+use crate::selector::{
+    echo_request, has_ports, rule_port, Cidr, IpSpec, PortRange, ProtoSel, SelectorSet, ALL_PORTS,
+    ICMP, ICMP6,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -43,11 +46,12 @@ pub struct PolicyClass {
 }
 
 impl PolicyClass {
-    /// Whether a packet of `proto` to `port` passes (port ignored for portless protocols).
+    /// Whether a packet of `proto` to `port` passes (`port`: see [`rule_port`]; the ICMP
+    /// message type).
     pub fn allows(&self, proto: u8, port: u16) -> bool {
         match self.by_proto.binary_search_by_key(&proto, |p| p.proto) {
             Ok(i) => {
-                let port = if has_ports(proto) { port } else { 0 };
+                let port = rule_port(proto, port);
                 let r = &self.by_proto[i].ranges;
                 // The last range starting at or before `port`.
                 let j = r.partition_point(|x| x.first <= port);
@@ -157,8 +161,13 @@ fn spec_ranges(specs: &[&IpSpec], proto: Option<u8>) -> Vec<PortRange> {
 }
 
 /// The class from allow specs, deny specs and whether the default allows everything.
+///
+/// ICMP echo follows the rules of the destination: when any allow spec applies (the source
+/// may reach some port of it), the echo-request type is allowed too, unless a deny spec
+/// covers it ([`echo_request`]; `decide` applies the same rule).
 fn class(allow: &[&IpSpec], deny: &[&IpSpec], default_all: bool) -> PolicyClass {
-    let protos: BTreeSet<u8> = allow
+    let echo = !default_all && !allow.is_empty();
+    let mut protos: BTreeSet<u8> = allow
         .iter()
         .chain(deny)
         .filter_map(|s| match s.proto {
@@ -166,12 +175,18 @@ fn class(allow: &[&IpSpec], deny: &[&IpSpec], default_all: bool) -> PolicyClass 
             ProtoSel::Any => None,
         })
         .collect();
+    if echo {
+        protos.extend([ICMP, ICMP6]);
+    }
     let range = |p: Option<u8>| {
-        let a = if default_all {
+        let mut a = if default_all {
             vec![ALL_PORTS]
         } else {
             spec_ranges(allow, p)
         };
+        if let Some(t) = p.and_then(echo_request).filter(|_| echo) {
+            a = normalize([a, vec![PortRange { first: t, last: t }]].concat());
+        }
         subtract(&a, &spec_ranges(deny, p))
     };
     let by_proto = protos

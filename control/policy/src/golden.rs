@@ -135,15 +135,30 @@ impl OwnedRequest {
 }
 
 /// Parses `filter test --dst` syntax: `HOST:PORT/PROTO` (`/tcp` when omitted).
+///
+/// For ICMP and ICMPv6 the number is the message type, and `HOST/icmp` (no number) means an
+/// echo request (type 8, or 128 for ICMPv6), what `ping` sends.
 pub fn parse_ip_dst(s: &str) -> Result<(String, u8, u16), String> {
     let (hp, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    let (host, port) = hp
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} must be HOST:PORT/PROTO"))?;
+    let proto = parse_proto(proto)?;
+    let echo = crate::selector::echo_request(proto);
+    if let (Some(echo), Ok(_)) = (echo, hp.parse::<std::net::IpAddr>()) {
+        // A bare address (IPv6 literals have colons of their own).
+        return Ok((hp.to_string(), proto, echo));
+    }
+    let (host, port) = match (hp.rsplit_once(':'), echo) {
+        (Some((h, p)), _) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
+        (_, Some(echo)) => return Ok((hp.to_string(), proto, echo)),
+        _ => {
+            return Err(format!(
+                "{s:?} must be HOST:PORT/PROTO (or HOST/icmp for an echo)"
+            ))
+        }
+    };
     let port = port
         .parse::<u16>()
         .map_err(|_| format!("{port:?} is not a port"))?;
-    Ok((host.to_string(), parse_proto(proto)?, port))
+    Ok((host.to_string(), proto, port))
 }
 
 /// Parses a principal: `root`, `coordinator`, `anonymous`, `node:NAME`, `token:ID`.

@@ -245,9 +245,37 @@ pub const UDP: u8 = 17;
 /// SCTP.
 pub const SCTP: u8 = 132;
 
+/// ICMP.
+pub const ICMP: u8 = 1;
+/// ICMPv6.
+pub const ICMP6: u8 = 58;
+
 /// Whether the protocol has ports.
 pub fn has_ports(proto: u8) -> bool {
     matches!(proto, TCP | UDP | SCTP)
+}
+
+/// The number the rules look up for a packet: the destination port for protocols with ports,
+/// the message type for ICMP and ICMPv6 (so an echo request can be told from the rest), 0
+/// for other portless protocols. A portless `ip` entry (`icmp`) covers every number.
+pub fn rule_port(proto: u8, port: u16) -> u16 {
+    if has_ports(proto) || matches!(proto, ICMP | ICMP6) {
+        port
+    } else {
+        0
+    }
+}
+
+/// The echo-request type of an ICMP protocol (8 for ICMP, 128 for ICMPv6). Echo follows the
+/// rules of the destination: it is allowed when the source may reach any port of it (an
+/// accept rule with `ip` entries, or a capability that opens a service port), unless a deny
+/// rule covers it.
+pub fn echo_request(proto: u8) -> Option<u16> {
+    match proto {
+        ICMP => Some(8),
+        ICMP6 => Some(128),
+        _ => None,
+    }
 }
 
 /// The protocol number of a name (`tcp`) or a decimal number (`6`).
@@ -341,14 +369,13 @@ pub struct IpSpec {
 }
 
 impl IpSpec {
-    /// Whether this entry covers a packet of `proto` to `port` (port ignored for portless
-    /// protocols).
+    /// Whether this entry covers a packet of `proto` to `port` (see [`rule_port`]).
     pub fn matches(&self, proto: u8, port: u16) -> bool {
         let p_ok = match self.proto {
             ProtoSel::Any => true,
             ProtoSel::Proto(p) => p == proto,
         };
-        let port = if has_ports(proto) { port } else { 0 };
+        let port = rule_port(proto, port);
         p_ok && self.ports.iter().any(|r| r.first <= port && port <= r.last)
     }
 }

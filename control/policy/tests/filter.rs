@@ -40,10 +40,10 @@ const IPS: &[&str] = &[
     "sctp:*",
     "47",
 ];
-const PROTOS: &[u8] = &[1, 6, 17, 47, 132, 200];
+const PROTOS: &[u8] = &[1, 6, 17, 47, 58, 132, 200];
 const PORTS: &[u16] = &[
-    0, 21, 22, 23, 46, 47, 48, 52, 53, 54, 79, 80, 85, 90, 91, 442, 443, 444, 999, 1000, 1500,
-    2000, 2001, 2999, 3000, 3001, 65535, 111, 2049, 8080, 8443, 8375,
+    0, 3, 7, 8, 9, 21, 22, 23, 46, 47, 48, 52, 53, 54, 127, 128, 129, 79, 80, 85, 90, 91, 442, 443,
+    444, 999, 1000, 1500, 2000, 2001, 2999, 3000, 3001, 65535, 111, 2049, 8080, 8443, 8375,
 ];
 
 fn inv() -> Inventory {
@@ -390,4 +390,86 @@ fn coordinator_service_ports_open_by_capability() {
     )
     .unwrap();
     assert!(!bare.filter_for(&coord).allows_peer(&k("alpha"), 6, 8080));
+}
+
+/// ICMP echo follows the rules of the destination: allowed when the source may reach any
+/// port of it, unless a deny rule covers ICMP; other ICMP types need an `icmp` rule. The
+/// compiled table, `decide` and `filter test` agree.
+#[test]
+fn echo_follows_the_destinations_rules() {
+    let a = |s: &str| s.parse().unwrap();
+    let inv = Inventory::default()
+        .with_node(
+            "k-web",
+            "web",
+            &["tag:web"],
+            &[a("100.64.0.1"), a("fd7a::1")],
+        )
+        .with_node("k-alpha", "alpha", &[], &[a("100.64.0.2")])
+        .with_node("k-beta", "beta", &[], &[a("100.64.0.3")])
+        .with_node("k-gamma", "gamma", &[], &[a("100.64.0.4")])
+        .with_node("k-delta", "delta", &[], &[a("100.64.0.5")]);
+    let p = parse_policy(
+        "echo.hujson",
+        br#"{"default": "deny", "tagOwners": {"tag:web": []},
+        "grants": [
+          {"src": ["alpha", "beta", "delta"], "dst": ["tag:web"], "ip": ["tcp:443"]},
+          {"src": ["delta"], "dst": ["web"], "ip": ["icmp"]},
+        ],
+        "deny": [{"src": ["beta"], "dst": ["web"], "ip": ["icmp"]}]}"#,
+    )
+    .unwrap();
+    let art = compile(&p, &inv).unwrap();
+    let web = NodeKey("k-web".into());
+    let t = art.filter_for(&web);
+    let k = |n: &str| NodeKey(format!("k-{n}"));
+    for (src, proto, ty, want) in [
+        ("alpha", 1, 8, true),     // echo request: tcp:443 is open to alpha
+        ("alpha", 58, 128, true),  // ICMPv6 echo request
+        ("alpha", 1, 13, false),   // timestamp: not an echo, no icmp rule
+        ("alpha", 1, 0, false),    // an unsolicited echo reply
+        ("alpha", 58, 129, false), // likewise for ICMPv6
+        ("beta", 1, 8, false),     // denied explicitly
+        ("beta", 58, 128, true),   // the deny names icmp (v4) only
+        ("gamma", 1, 8, false),    // no port of web is open to gamma
+        ("delta", 1, 13, true),    // an icmp rule allows every type
+        ("delta", 1, 8, true),
+    ] {
+        assert_eq!(
+            t.allows_peer(&k(src), proto, ty),
+            want,
+            "{src} -> web {proto}/{ty}"
+        );
+        let d = decide(
+            &art,
+            &Identity::Node(k(src)),
+            &Request::Ip {
+                dst: Target::Node("web"),
+                proto,
+                port: ty,
+            },
+        );
+        assert_eq!(d.allow, want, "{src} -> web {proto}/{ty}: {d}");
+    }
+    // `filter test` reads `HOST/icmp` as an echo request and names the rule that opened it.
+    let d = tm_policy::filter_test(&art, "alpha", "web/icmp").unwrap();
+    assert!(d.allow, "{}", d.reason);
+    assert_eq!(d.rule.as_ref().unwrap().line, 3, "{}", d.reason);
+    assert!(d.reason.contains("echo"), "{}", d.reason);
+    let d = tm_policy::filter_test(&art, "alpha", "fd7a::1/ipv6-icmp").unwrap();
+    assert!(d.allow, "{}", d.reason);
+    let d = tm_policy::filter_test(&art, "beta", "web/icmp").unwrap();
+    assert!(!d.allow);
+    assert_eq!(d.rule.unwrap().line, 6);
+    assert!(
+        !tm_policy::filter_test(&art, "gamma", "web/icmp")
+            .unwrap()
+            .allow
+    );
+    assert!(
+        !tm_policy::filter_test(&art, "alpha", "web:13/icmp")
+            .unwrap()
+            .allow
+    );
+    assert!(tm_policy::filter_test(&art, "alpha", "web/tcp").is_err());
 }

@@ -460,3 +460,36 @@ fn drops_are_sampled_once_per_second_per_peer_for_filter_log() {
         }
     )));
 }
+
+/// ICMP classes see the message type as the port: a class allowing only echo requests (8),
+/// what the policy compiles for "echo follows the destination's rules", admits a ping and its
+/// flow, but not other ICMP types nor an unsolicited echo reply.
+#[test]
+fn echo_requests_are_looked_up_by_their_type() {
+    let mut p = Pair::established();
+    let mut s = spec(1, Some(0));
+    s.classes[0].protos.insert(
+        0,
+        ProtoRules {
+            proto: 1,
+            ranges: vec![rule(8, 8, Verdict::Allow)],
+        },
+    );
+    set_filter(&mut p.b, p.now, 1, Some(&s));
+    let ping = echo(a_ip(), b_ip(), true, 5);
+    assert_eq!(a_to_b(&mut p, &ping), Ok(ping.clone()));
+    let pong = echo(b_ip(), a_ip(), false, 5);
+    assert_eq!(b_to_a(&mut p, &pong), Ok(pong.clone()));
+    assert_eq!(
+        a_to_b(&mut p, &ping),
+        Ok(ping.clone()),
+        "the flow stays open"
+    );
+    // An echo reply B never asked for, and a timestamp request: no rule.
+    assert_eq!(
+        a_to_b(&mut p, &echo(a_ip(), b_ip(), false, 6)),
+        denied(DropReason::FilterNoRule)
+    );
+    let ts = icmp(a_ip(), b_ip(), 13, 0, &[0, 9, 0, 1, 0, 0, 0, 0]);
+    assert_eq!(a_to_b(&mut p, &ts), denied(DropReason::FilterNoRule));
+}

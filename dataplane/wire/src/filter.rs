@@ -5,7 +5,8 @@
 //! * `classes`: one per distinct set of rules (the table grows with tag/group combinations,
 //!   not with peers). Per class, per protocol, sorted disjoint port ranges each with a
 //!   [`Verdict`]; a port in no range has no rule ([`Verdict::NoRule`]); protocols not listed
-//!   get `other`. Portless protocols (ICMP, GRE, ...) use port 0.
+//!   get `other`. ICMP and ICMPv6 use the message type as the port (an echo request is 8 or
+//!   128); other portless protocols (GRE, ...) use port 0.
 //! * `peers`: inbound, source peer -> class (sorted by peer). A peer not listed may open
 //!   nothing to this node.
 //! * `reachable`: outbound, the peers this node may exchange anything with (sorted).

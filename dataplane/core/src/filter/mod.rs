@@ -17,8 +17,9 @@
 //!    by the class's rules, one this node opened by reachability; if no longer allowed the
 //!    entry is marked revoked (so the flow stays cut, in both directions, until idle) and the
 //!    packet drops as `filter_revoked`.
-//! 4. A new flow: inbound, the peer's class decides for (protocol, local port) (ICMP echo and
-//!    other portless protocols: port 0); allowed -> admitted. Outbound: the peer must be
+//! 4. A new flow: inbound, the peer's class decides for (protocol, local port) (ICMP: the
+//!    message type, so an echo request follows the destination's rules as the policy compiles
+//!    them; other portless protocols: port 0); allowed -> admitted. Outbound: the peer must be
 //!    reachable; UDP, ICMP and other protocols open a flow with any packet, TCP only with a
 //!    SYN without ACK (other TCP packets to a reachable peer pass without opening one, so a
 //!    revoked or evicted flow the peer opened is not re-opened by this node's replies).
@@ -438,14 +439,21 @@ mod tests {
         let mut frag = build::udp(a, 1, b, 2, b"x");
         frag[7] = 10; // fragment offset 80 bytes
         assert_eq!(parse(&frag, Dir::In), Some(Parsed::Fragment));
-        // Echo: the id is the port of the flow; the rules see port 0.
+        // Echo: the id is the port of the flow; the rules see the message type.
         let Some(Parsed::Flow { flow, port, .. }) = parse(
             &build::echo(ip("fd00::1"), ip("fd00::2"), true, 77),
             Dir::Out,
         ) else {
             panic!()
         };
-        assert_eq!((flow.proto, flow.lport, flow.rport, port), (58, 77, 77, 0));
+        assert_eq!(
+            (flow.proto, flow.lport, flow.rport, port),
+            (58, 77, 77, 128)
+        );
+        let Some(Parsed::Flow { port, .. }) = parse(&build::echo(a, b, false, 77), Dir::In) else {
+            panic!()
+        };
+        assert_eq!(port, 0, "an echo reply is type 0");
         // Truncated transport headers are refused.
         let t = build::tcp(a, 1, b, 2, 0x02, b"");
         assert_eq!(parse(&t[..30], Dir::In), None);

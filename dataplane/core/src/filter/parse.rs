@@ -148,7 +148,15 @@ pub(super) fn parse(pkt: &[u8], dir: Dir) -> Option<Parsed> {
         Dir::In => (dst, dp, src, sp),
         Dir::Out => (src, sp, dst, dp),
     };
-    let port = if has_ports(proto) { lport } else { 0 };
+    // The number the rules look up: the local port, the ICMP message type (echo requests
+    // follow the destination's rules, other types need an ICMP rule), or 0.
+    let port = if has_ports(proto) {
+        lport
+    } else if matches!(proto, ICMP | ICMP6) {
+        u16::from(l4[0])
+    } else {
+        0
+    };
     Some(Parsed::Flow {
         flow: Flow {
             proto,
