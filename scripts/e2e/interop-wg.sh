@@ -4,7 +4,9 @@
 #   1. the first packet comes from the wireguard-go side  -> wireguard-go initiates the handshake
 #   2. the first packet comes from our side                -> our node initiates
 # In each round: ping both ways and a TCP transfer both ways with sha256 compared. Which side
-# initiated is read from wireguard-go's debug log (LOG_LEVEL=debug, in b.log).
+# initiated is read from wireguard-go's debug log (LOG_LEVEL=debug, in b.log). Then a policy on
+# our node names the wireguard-go peer: allowed, denied and unlisted ports, as the dataplane
+# and `filter test` see them.
 #
 # Harness self-test without our binaries: TM_NODE_KIND=wg.
 source "$(dirname "$0")/../lib/netns.sh"
@@ -69,4 +71,46 @@ round() {
 
 round b a "$B" "$A" 5101 # wireguard-go speaks first
 round a b "$A" "$B" 5201 # our node speaks first
+
+# A stock WireGuard peer listed under `peers:` is a policy principal by name and is filtered
+# like any member (issue 16): b may open a:5301, a:5302 is denied, a:5303 has no rule.
+if [[ $KIND == tm ]]; then
+    node_up a
+    node_up b
+    wait_for 10 "b -> a over the tunnel" ping_ok b "$A" 1 || fail "no tunnel b -> a"
+    for port in 5301 5302 5303; do
+        ns_spawn a "listen-$port.log" socat "TCP-LISTEN:$port,bind=$A,reuseaddr,fork" "SYSTEM:echo hi-$port"
+        wait_for 5 "a listens on $port" ns_exec a sh -c "ss -Hltn 'sport = :$port' | grep -q ." ||
+            fail "a listener $port"
+    done
+    wg_tcp_ok() {
+        local out
+        out=$(ns_exec b timeout 4 socat -T 3 - "TCP:$A:$1,connect-timeout=2" </dev/null 2>/dev/null)
+        [[ $out == "hi-$1" ]]
+    }
+    cat >"$TM_TMP/policy.hujson" <<'EOF'
+{
+  "acls": [{"action": "accept", "src": ["b"], "dst": ["a:5301"]}],
+  "deny": [{"src": ["b"], "dst": ["a"], "ip": ["tcp:5302"]}],
+  "default": "deny",
+}
+EOF
+    run_step "load a policy naming the stock peer b on a" tmctl_for a filter load "$TM_TMP/policy.hujson"
+    denied0=$(node_drop a filter_denied)
+    norule0=$(node_drop a filter_no_rule)
+    for c in 5301:true 5302:false 5303:false; do
+        port=${c%%:*}
+        want=$("$TM_BIN" --socket "$(node_sock a)" filter test --src b --dst "a:$port/tcp" --json |
+            json_get 'd["allow"]') || fail "filter test b a:$port/tcp"
+        assert_eq "$want" "${c##*:}" "filter test b -> a:$port/tcp"
+        if wg_tcp_ok "$port"; then got=true; else got=false; fi
+        assert_eq "$got" "$want" "wireguard-go peer b -> a:$port/tcp connected"
+    done
+    assert_ge "$(node_drop a filter_denied)" $((denied0 + 1)) "a filter_denied (b -> 5302)"
+    assert_ge "$(node_drop a filter_no_rule)" $((norule0 + 1)) "a filter_no_rule (b -> 5303)"
+    run_step "b pings a (echo: b may reach a port of a)" ping_ok b "$A" 2
+    run_step "a pings b (a's own flows and their replies)" ping_ok a "$B" 2
+    node_down a
+    node_down b
+fi
 pass
