@@ -489,6 +489,10 @@ mod tests {
         t.put(k(6), pack(2000, 1, 0), 2000);
         assert_eq!(t.evictions(), 2);
         assert_eq!(t.live(2000), 1);
+        // Other protocols (ICMP, GRE, ...) idle out after 10 min.
+        assert!(t.get(k(6), 2000 + OTHER_IDLE_S).is_some());
+        assert!(t.get(k(6), 2001 + OTHER_IDLE_S).is_none());
+        assert_eq!((TCP_IDLE_S, UDP_IDLE_S, OTHER_IDLE_S), (720, 180, 600));
     }
 
     #[test]
