@@ -22,7 +22,7 @@ use tm_wire::wg::{
     MSG_DATA,
 };
 
-use crate::filter::{ActiveFilter, Dir, FlowTable, DEFAULT_FLOWS};
+use crate::filter::{default_flows, ActiveFilter, Dir, FlowTable};
 use crate::packet;
 use crate::peer::{Peer, PeerTimers, Slot};
 use crate::route::RouteTable;
@@ -247,6 +247,7 @@ impl Dataplane {
     pub fn with_workers(cfg: DpConfig, now: Instant, workers: usize) -> Self {
         let t: Durations = Timers::default().into();
         let shared = Arc::new(Shared::new(workers, now, Snapshot::empty(t, cfg.mtu)));
+        let flow_capacity = default_flows(shared.workers());
         Self {
             cfg,
             t: Timers::default().into(),
@@ -269,12 +270,13 @@ impl Dataplane {
             filter_bad: 0,
             reassembly: Reassembly::default(),
             flows: None,
-            flow_capacity: DEFAULT_FLOWS,
+            flow_capacity,
         }
     }
 
     /// Sets the flow table's size (entries) used when the first filter arrives (default
-    /// [`crate::filter::DEFAULT_FLOWS`]).
+    /// [`crate::filter::default_flows`] of the worker count: 65,536 up to two workers, 32,768
+    /// per worker above).
     pub fn set_flow_capacity(&mut self, entries: usize) {
         self.flow_capacity = entries.max(crate::filter::WAYS);
     }

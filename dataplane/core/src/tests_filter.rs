@@ -493,3 +493,21 @@ fn echo_requests_are_looked_up_by_their_type() {
     let ts = icmp(a_ip(), b_ip(), 13, 0, &[0, 9, 0, 1, 0, 0, 0, 0]);
     assert_eq!(a_to_b(&mut p, &ts), denied(DropReason::FilterNoRule));
 }
+
+/// The flow table gives every worker tens of thousands of entries: 65,536 up to two workers,
+/// 32,768 per worker above.
+#[test]
+fn flow_table_grows_with_the_workers() {
+    for (workers, want) in [(1, 65_536), (2, 65_536), (4, 131_072), (8, 262_144)] {
+        let now = Instant::now();
+        let mut dp = Dataplane::with_workers(DpConfig { mtu: 1420 }, now, workers);
+        set_filter(&mut dp, now, 1, Some(&spec(1, None)));
+        let cap = dp.flow_table().expect("a table with the filter").capacity();
+        assert_eq!(cap, want, "{workers} workers");
+        assert!(
+            cap / workers >= 30_000,
+            "{workers} workers: {} per worker",
+            cap / workers
+        );
+    }
+}

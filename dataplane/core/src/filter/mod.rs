@@ -41,8 +41,16 @@ use tm_wire::ipc::{DropReason, PeerId};
 
 /// Entries per bucket (4 x 16 bytes = one cache line).
 pub const WAYS: usize = 4;
-/// Default flow-table size (entries, all workers together): 1 MiB.
+/// Smallest default flow-table size (entries, all workers together): 1 MiB.
 pub const DEFAULT_FLOWS: usize = 65_536;
+/// Default flow-table entries per worker: the table is the larger of [`DEFAULT_FLOWS`] and
+/// this many per worker (so every worker has tens of thousands).
+pub const FLOWS_PER_WORKER: usize = 32_768;
+
+/// The default flow-table size for `workers` workers.
+pub fn default_flows(workers: usize) -> usize {
+    DEFAULT_FLOWS.max(FLOWS_PER_WORKER * workers)
+}
 
 /// Idle timeouts in seconds: TCP, UDP, other (Nebula's).
 pub const TCP_IDLE_S: u32 = 12 * 60;
