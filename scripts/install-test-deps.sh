@@ -41,6 +41,7 @@ APT_PACKAGES=(
     busybox-static    # the root file system of the Docker test image (docker import; no registry)
     util-linux        # script(1): a pseudo-terminal for `docker exec -it` in scripts/e2e/docker.sh
     bind9-dnsutils    # dig, for the mesh DNS tests
+    faketime          # libfaketime: a coordinator with a skewed clock (scripts/e2e/nemesis.sh)
     curl              # S3 Basic/Bearer/presign tests
     ca-certificates
     g++               # libfuzzer-sys compiles libFuzzer (scripts/fuzz-smoke.sh)

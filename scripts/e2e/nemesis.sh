@@ -6,7 +6,8 @@
 #   - kill -9s a coordinator and restarts it from its disk,
 #   - partitions a coordinator from the other two (iptables in its namespace; the client
 #     still reaches every coordinator),
-#   - SIGSTOPs a coordinator and resumes it.
+#   - SIGSTOPs a coordinator and resumes it,
+#   - runs cc with its clock skewed (NEMESIS_SKEW, default +1.5 s, with libfaketime).
 # After the heal the checker (nemesis.py check) verifies: every acknowledged PUT is stored with
 # its exact bytes on every coordinator (current or not: the bucket is versioned); no
 # acknowledged write or DELETE is undone; with NEMESIS_MODE=consistent, read-after-write; every
@@ -16,8 +17,7 @@
 # NEMESIS_MODE (available | consistent, default available), NEMESIS_RF (default 3).
 # Self-checks of the harness: NEMESIS_REPL="" (no replication settings) must find anomalies;
 # NEMESIS_REPL="" NEMESIS_ENDPOINTS=ca (one store, through kill -9 and SIGSTOP) must find none.
-# Not injected yet: clock skew (the namespaces share one clock) and adding/draining a
-# coordinator (`cluster drain` does not exist yet).
+# Not injected yet: adding and draining a coordinator (`cluster drain` does not exist yet).
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 source "$(dirname "$0")/../lib/mesh.sh"
@@ -42,11 +42,16 @@ COORD="coordinator: {enabled: true, listen: \":8443\"}
 s3: {listen: \":8080\"$REPL}
 "
 
+# cc's clock runs NEMESIS_SKEW ahead of the others the whole run (libfaketime; the namespaces
+# share one clock). Wall-clock time only: timers use the monotonic clock.
+SKEW=${NEMESIS_SKEW:-+1.5s}
+command -v faketime >/dev/null || fail "faketime missing (run scripts/install-test-deps.sh)"
 start() { # start NAME ARGS...
-    local n=$1
+    local n=$1 pre=()
     shift
+    [[ $n == cc && -n $SKEW ]] && pre=(faketime -f "$SKEW")
     ns_spawn "$n" "$n.log" env HOME="$TM_TMP/$n/home" TUNNELMESH_LOG="${TM_RUST_LOG:-info}" \
-        "$TM_BIN" join "$@" --config "$TM_TMP/$n/config.yaml"
+        FAKETIME_DONT_FAKE_MONOTONIC=1 "${pre[@]}" "$TM_BIN" join "$@" --config "$TM_TMP/$n/config.yaml"
     eval "PID_$n=$TM_LAST_PID"
     wait_for 25 "$n ready" ready "$n" || fail "$n did not come up (see $n.log)"
 }
