@@ -21,6 +21,7 @@
 source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 source "$(dirname "$0")/../lib/mesh.sh"
+source "$(dirname "$0")/../lib/coords.sh"
 tm_init nemesis 300
 require_tm_binaries
 command -v iptables >/dev/null || fail "iptables missing (run scripts/install-test-deps.sh)"
@@ -33,68 +34,23 @@ RF=${NEMESIS_RF:-3}
 BUCKET=nemesis
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-lan_create ca cb cc client
-declare -A LAN=([ca]=192.0.2.1 [cb]=192.0.2.2 [cc]=192.0.2.3)
-CA=${LAN[ca]}:8443
-# NEMESIS_REPL="" runs without replication settings (the harness's self-check: anomalies).
-REPL=${NEMESIS_REPL-", replication: {factor: $RF, mode: $MODE}"}
-COORD="coordinator: {enabled: true, listen: \":8443\"}
-s3: {listen: \":8080\"$REPL}
-"
-
 # cc's clock runs NEMESIS_SKEW ahead of the others the whole run (libfaketime; the namespaces
 # share one clock). Wall-clock time only: timers use the monotonic clock.
-SKEW=${NEMESIS_SKEW:-+1.5s}
-command -v faketime >/dev/null || fail "faketime missing (run scripts/install-test-deps.sh)"
-start() { # start NAME ARGS...
-    local n=$1 pre=()
-    shift
-    [[ $n == cc && -n $SKEW ]] && pre=(faketime -f "$SKEW")
-    ns_spawn "$n" "$n.log" env HOME="$TM_TMP/$n/home" TUNNELMESH_LOG="${TM_RUST_LOG:-info}" \
-        FAKETIME_DONT_FAKE_MONOTONIC=1 "${pre[@]}" "$TM_BIN" join "$@" --config "$TM_TMP/$n/config.yaml"
-    eval "PID_$n=$TM_LAST_PID"
-    wait_for 25 "$n ready" ready "$n" || fail "$n did not come up (see $n.log)"
-}
-digest_of() { tm "$1" cluster status --json | json_get 'd["digest"]'; }
-same_state() { [[ $(digest_of ca) == "$(digest_of cb)" && $(digest_of cb) == "$(digest_of cc)" ]]; }
-
-conf ca "$COORD"
-ns_spawn ca ca.log env HOME="$TM_TMP/ca/home" TUNNELMESH_LOG="${TM_RUST_LOG:-info}" \
-    "$TM_BIN" join --config "$TM_TMP/ca/config.yaml"
-PID_ca=$TM_LAST_PID
-wait_for 25 "ca ready (or exited)" sh -c "! kill -0 $PID_ca 2>/dev/null || TMCTL_BIN='$TMCTL_BIN' \"$TMCTL_BIN\" --socket '$(sock ca)' status --json >/dev/null 2>&1"
-if ! ready ca; then
-    # A build without object replication refuses the settings: nothing to test yet.
-    grep -q 'unknown field `replication`' "$TM_TMP/ca.log" &&
-        skip "object replication is not wired into the S3 service yet (issue 20): $(grep -m1 replication "$TM_TMP/ca.log")"
-    fail "ca did not come up (see ca.log)"
-fi
-for n in cb cc; do
-    conf "$n" "$COORD"
-    tok=$(tm ca token create --coordinator --json | json_get 'd["token"]') || fail "token create --coordinator"
-    start "$n" "$CA" --token "$tok"
-done
-wait_for 20 "three coordinators hold the same state" same_state || fail "coordinators differ"
-
-# The client is a member: its S3 key is replicated control state (a coordinator's own key is
-# its store owner's, valid on that coordinator only).
-conf client
-start client "$CA" --token "$(ctl ca token)"
-creds=$(ctl client s3 credentials --json) || fail "tmctl s3 credentials"
-AK=$(json_get 'd["access_key"]' <<<"$creds")
-SK=$(json_get 'd["secret_key"]' <<<"$creds")
+COORD_SKEW=${NEMESIS_SKEW-+1.5s}
+COORD_SKEWED=cc
+# NEMESIS_REPL="" runs without replication settings (the harness's self-check: anomalies).
+repl="replication: {factor: $RF, mode: $MODE}"
+coords_up "${NEMESIS_REPL-$repl}" ca cb cc
+AK=$COORD_AK
+SK=$COORD_SK
 # NEMESIS_ENDPOINTS="ca": the client uses ca only (the harness's self-check on one store).
-EPS=
-for n in ${NEMESIS_ENDPOINTS:-ca cb cc}; do EPS+="${EPS:+,}http://${LAN[$n]}:8080/s3"; done
-for n in ${NEMESIS_ENDPOINTS:-ca cb cc}; do
-    wait_for 10 "$n serves S3" ns_exec client bash -c "exec 3<>/dev/tcp/${LAN[$n]}/8080" ||
-        fail "$n: no S3 listener on ${LAN[$n]}:8080"
-done
+# shellcheck disable=SC2086
+EPS=$(coord_eps ${NEMESIS_ENDPOINTS:-ca cb cc})
 py() { ns_exec client env AWS_CONFIG_FILE=/dev/null python3 "$HERE/nemesis.py" "$@" \
     --endpoints "$EPS" --bucket "$BUCKET" --access-key "$AK" --secret-key "$SK" \
     --log "$TM_TMP/ops.jsonl"; }
 # The bucket, versioned (every acknowledged PUT must stay readable), through ca.
-ns_exec client env AWS_CONFIG_FILE=/dev/null python3 - "$AK" "$SK" "http://${LAN[ca]}:8080/s3" "$BUCKET" <<'EOF' ||
+ns_exec client env AWS_CONFIG_FILE=/dev/null python3 - "$AK" "$SK" "$(coord_eps ca)" "$BUCKET" <<'EOF' ||
 import sys, boto3
 from botocore.config import Config
 ak, sk, ep, b = sys.argv[1:]
@@ -115,8 +71,8 @@ cut() { # cut N: drop N's traffic with the other coordinators (both ways)
     local n=$1 o
     for o in ca cb cc; do
         [[ $o == "$n" ]] && continue
-        ns_exec "$n" iptables -A INPUT -s "${LAN[$o]}" -j DROP
-        ns_exec "$n" iptables -A OUTPUT -d "${LAN[$o]}" -j DROP
+        ns_exec "$n" iptables -A INPUT -s "${COORD_LAN[$o]}" -j DROP
+        ns_exec "$n" iptables -A OUTPUT -d "${COORD_LAN[$o]}" -j DROP
     done
 }
 heal() { ns_exec "$1" iptables -F INPUT; ns_exec "$1" iptables -F OUTPUT; }
@@ -129,7 +85,7 @@ pid_var=PID_$v
 kill -KILL "${!pid_var}" && wait "${!pid_var}" 2>/dev/null
 FAULTS=$((FAULTS + 1))
 sleep 3
-start "$v"
+coord_start "$v"
 log "nemesis: $v restarted"
 v=${VICTIMS[1]}
 log "nemesis: partition $v from the other coordinators"
@@ -150,7 +106,7 @@ wait "$WL" || fail "the workload failed (see workload.log)"
 cat "$TM_TMP/workload.log"
 
 # --- after the heal ----------------------------------------------------------------------
-wait_for 30 "the three coordinators hold the same control state" same_state || fail "control state differs"
+wait_for 30 "the three coordinators hold the same control state" coords_same_state || fail "control state differs"
 out=$(py check --quiesce 60 $([[ $MODE == consistent ]] && echo --consistent)) && ok=1 || ok=0
 printf '%s\n' "$out"
 log "nemesis: seed $SEED, mode $MODE, RF $RF, faults injected $FAULTS"
