@@ -8,6 +8,7 @@
 #   - UDP between alpha and beta blocked: each relays through its own coordinator (alpha via
 #     ca, beta via cb) and the coordinators forward between them; pings cross; unblocked, the
 #     pair goes back to direct
+#   - alpha's own node certificate gets 403 from ca's replication endpoint and link upgrade
 #   - `coordinator.mesh` on a member names both coordinators; with ca killed, only cb (within
 #     the liveness window, about 10 s); after ca's restart both again
 #   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
@@ -114,6 +115,33 @@ ns_exec alpha iptables -F OUTPUT
 ns_exec alpha iptables -F INPUT
 wait_for 30 "alpha -> beta back to direct" path_is alpha beta direct || fail "alpha -> beta stayed on the relay"
 kill "$PING_BG" 2>/dev/null
+
+# --- a node certificate cannot speak the coordinator-to-coordinator API ----------------------
+# alpha's own mesh identity (a valid node certificate of this mesh) against ca's replication
+# endpoint and its link upgrade: both refused, nothing merged.
+python3 - "$TM_TMP/alpha/mesh.json" "$TM_TMP/alpha-id" <<'EOF' || fail "alpha's identity"
+import json, os, sys
+i = json.load(open(sys.argv[1]))["identity"]
+os.makedirs(sys.argv[2], exist_ok=True)
+for k in ("key_pem", "cert_pem", "ca_pem"):
+    open(os.path.join(sys.argv[2], k), "w").write(i[k])
+EOF
+as_alpha() { # as_alpha PATH CURL_ARGS... : prints the HTTP status of alpha's request to ca
+    local p=$1
+    shift
+    ns_exec alpha curl -s -o "$TM_TMP/alpha-id/body" -w '%{http_code}' --max-time 5 \
+        --cert "$TM_TMP/alpha-id/cert_pem" --key "$TM_TMP/alpha-id/key_pem" \
+        --cacert "$TM_TMP/alpha-id/ca_pem" --resolve "coordinator.mesh:8443:192.0.2.1" \
+        "$@" "https://coordinator.mesh:8443$p"
+}
+d0=$(digest_of ca)
+code=$(as_alpha /v1/cluster -X POST -H 'content-type: application/json' --data '{"Digest":{}}')
+assert_eq "$code" 403 "alpha's node certificate on POST /v1/cluster"
+log "ok: POST /v1/cluster with a node certificate: $code $(head -c 200 "$TM_TMP/alpha-id/body")"
+code=$(as_alpha /v1/relay -H 'Connection: Upgrade' -H 'Upgrade: tm-coord-link/1')
+assert_eq "$code" 403 "alpha's node certificate on the coordinator link upgrade"
+log "ok: link upgrade with a node certificate: $code $(head -c 200 "$TM_TMP/alpha-id/body")"
+assert_eq "$(digest_of ca)" "$d0" "ca's state digest after the refused requests"
 
 # --- kill -9 the first coordinator -----------------------------------------------------------
 coordinators_seen_by() { # the addresses `coordinator.mesh` has on NODE, sorted, one line
