@@ -12,7 +12,8 @@
 #   - `coordinator.mesh` on a member names both coordinators; with ca killed, only cb (within
 #     the liveness window, about 10 s); after ca's restart both again
 #   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
-#     alpha (joined through ca) fails over to cb within 5 s and reaches gamma
+#     beta and alpha resolve gamma.mesh within 5 s of the join; alpha (joined through ca)
+#     fails over to cb within 5 s and reaches gamma
 #   - ca restarts from its disk and catches up: `node list --json` identical on both
 #   - cb blackholed for alpha while alpha long-polls it (iptables DROP: no reset): TCP keepalive
 #     ends the poll and alpha moves to ca within 5 s
@@ -157,7 +158,16 @@ wait "$PID_ca" 2>/dev/null
 ping_ok alpha "$BIP" 3 || fail "alpha -> beta stopped with ca down"
 conf gamma
 start gamma gamma "$CB" --token "$TOKEN"
+t_gamma=${EPOCHREALTIME/./}
 GIP=$(mesh_ip_of gamma)
+# The other members learn gamma and resolve its name within 5 s of its join (alpha must fail
+# over from the dead ca to cb first).
+resolves_gamma() { [[ $(ns_exec "$1" dig +short +time=1 +tries=1 @127.0.0.53 -p 5353 gamma.mesh A) == "$GIP" ]]; }
+wait_for 5 "beta resolves gamma.mesh" resolves_gamma beta || fail "beta cannot resolve gamma.mesh"
+wait_for 5 "alpha resolves gamma.mesh" resolves_gamma alpha || fail "alpha cannot resolve gamma.mesh"
+ms=$(elapsed_ms "$t_gamma")
+((ms <= 5000)) || fail "gamma.mesh resolved on both members only after $ms ms"
+log "ok: beta and alpha resolve gamma.mesh to $GIP within $ms ms of its join"
 wait_for 10 "beta reaches gamma (joined through cb while ca is down)" ping_ok beta "$GIP" 1 ||
     fail "beta cannot reach gamma"
 log "ok: with ca killed, alpha <-> beta works and gamma joined through cb"
