@@ -13,7 +13,7 @@
 #     the liveness window, about 10 s); after ca's restart both again
 #   - kill -9 ca: alpha <-> beta keeps working; gamma joins through cb and beta reaches it;
 #     beta and alpha resolve gamma.mesh within 5 s of the join; alpha (joined through ca)
-#     fails over to cb within 5 s and reaches gamma
+#     fails over to cb within 5 s and reaches gamma; gamma's S3 key (issued by cb) works on cb
 #   - ca restarts from its disk and catches up: `node list --json` identical on both
 #   - cb blackholed for alpha while alpha long-polls it (iptables DROP: no reset): TCP keepalive
 #     ends the poll and alpha moves to ca within 5 s
@@ -27,6 +27,7 @@ tm_init cluster 240
 require_tm_binaries
 command -v dig >/dev/null || fail "dig missing (run scripts/install-test-deps.sh)"
 command -v iptables >/dev/null || fail "iptables missing (run scripts/install-test-deps.sh)"
+command -v aws >/dev/null || fail "awscli missing (run scripts/install-test-deps.sh)"
 
 lan_create ca cb alpha beta gamma web1 web2
 CA=192.0.2.1:8443
@@ -168,6 +169,15 @@ wait_for 5 "alpha resolves gamma.mesh" resolves_gamma alpha || fail "alpha canno
 ms=$(elapsed_ms "$t_gamma")
 ((ms <= 5000)) || fail "gamma.mesh resolved on both members only after $ms ms"
 log "ok: beta and alpha resolve gamma.mesh to $GIP within $ms ms of its join"
+# gamma's S3 key, issued by cb while ca is down, works there (awscli, gamma's own key only).
+gcreds=$(ctl gamma s3 credentials --json) || fail "tmctl s3 credentials on gamma"
+: >"$TM_TMP/aws-empty"
+out=$(ns_exec gamma env AWS_ACCESS_KEY_ID="$(json_get 'd["access_key"]' <<<"$gcreds")" \
+    AWS_SECRET_ACCESS_KEY="$(json_get 'd["secret_key"]' <<<"$gcreds")" AWS_DEFAULT_REGION=us-east-1 \
+    AWS_CONFIG_FILE="$TM_TMP/aws-empty" AWS_SHARED_CREDENTIALS_FILE="$TM_TMP/aws-empty" \
+    timeout 30 aws --endpoint-url "http://$CBIP:8080/s3" s3api list-buckets --output json 2>&1) ||
+    fail "gamma's S3 key on cb with ca down: $out"
+log "ok: gamma's S3 key (issued by cb, ca down) lists buckets on cb"
 wait_for 10 "beta reaches gamma (joined through cb while ca is down)" ping_ok beta "$GIP" 1 ||
     fail "beta cannot reach gamma"
 log "ok: with ca killed, alpha <-> beta works and gamma joined through cb"
