@@ -11,10 +11,15 @@
       After the heal: waits until every coordinator serves the same version listing (at most
       --quiesce seconds), then checks
         1. every acknowledged PUT is stored, current or not, with its exact bytes, on every
-           coordinator (the bucket is versioned, so no PUT may vanish);
+           coordinator (the bucket is versioned, so no PUT may vanish), and so is the delete
+           marker of every acknowledged DELETE;
         2. no acknowledged write is undone: for a key whose last write was acknowledged and
-           overlapped no other write, every coordinator's current state is that write (its
-           bytes, or 404 for a DELETE: an acknowledged DELETE never comes back);
+           overlapped no other write, with --consistent every coordinator's current state is
+           that write (its bytes, or 404 for a DELETE: an acknowledged DELETE never comes
+           back). In available mode writes that no coordinator had exchanged yet are
+           concurrent and ordered by clock, so the current state must only be one of the
+           key's writes (the loser stays a non-current version: check 1); such keys are
+           counted and listed;
         3. --consistent: no read returned a value older than a write acknowledged before the
            read began (read-after-write);
         4. every coordinator serves the same listing.
@@ -202,8 +207,17 @@ def check(args):
             anomalies.append(f"coordinator {i}: cannot list: {e}")
             continue
         by_etag = {}
+        markers = set()
         for key, vid, etag, _ in lst:
             by_etag.setdefault((key, etag), []).append(vid)
+            if etag == "marker":
+                markers.add((key, vid))
+        # Every acknowledged DELETE left its delete marker (a delete is a version too).
+        for o in ops:
+            if o["op"] == "delete" and o["status"] == "ok" and o.get("version") \
+                    and (o["key"], o["version"]) not in markers:
+                anomalies.append(f"coordinator {i}: the delete marker {o['version']} of "
+                                 f"acknowledged DELETE {o['id']} of {o['key']} is not stored")
         for o in acked:
             vids = by_etag.get((o["key"], o["md5"]))
             if not vids:
@@ -220,6 +234,8 @@ def check(args):
         if o["op"] in ("put", "delete"):
             writes.setdefault(o["key"], []).append(o)
     settled = 0
+    reordered = []
+    ids_of = {key: {o["id"] for o in ws if o["op"] == "put"} for key, ws in writes.items()}
     for key, ws in writes.items():
         last = max(ws, key=lambda o: o["start"])
         if last["status"] != "ok":
@@ -240,10 +256,22 @@ def check(args):
                     continue
                 saw = None
             want = last["id"] if last["op"] == "put" else None
-            if saw != want:
+            if saw == want:
+                continue
+            if args.consistent:
                 anomalies.append(
                     f"coordinator {i}: {key} is {saw or 'absent'}, but the last write was the "
                     f"acknowledged {last['op']} {last['id']}")
+                continue
+            # Available mode: writes through coordinators that had not yet exchanged them are
+            # concurrent, and the larger clock wins (a skewed clock can make the earlier one
+            # current; the other stays a non-current version, checked above). The current
+            # state must still be one of the key's writes, the same everywhere (checked by the
+            # equal listings).
+            if saw is not None and saw not in ids_of[key]:
+                anomalies.append(f"coordinator {i}: {key} is {saw}, which no write of it wrote")
+            elif i == 0:
+                reordered.append(f"{key}: {saw or 'absent'} current, not the later {last['op']} {last['id']}")
 
     # 3. read-after-write for consistent buckets.
     stale = 0
@@ -277,11 +305,14 @@ def check(args):
         "deletes acknowledged": sum(1 for o in ops if o["op"] == "delete" and o["status"] == "ok"),
         "reads": sum(1 for o in ops if o["op"] == "get" and o["status"] == "ok"),
         "keys with a settled last write": settled,
+        "of them ordered by clock (available mode)": len(reordered),
         "stale reads": stale,
         "quiesce seconds": round(quiesced, 1),
         "anomalies": len(anomalies),
     }
     print("check: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for r in reordered:
+        print("clock-ordered: " + r)
     for a in anomalies[:40]:
         print("ANOMALY: " + a)
     return 1 if anomalies else 0
