@@ -74,6 +74,7 @@ mod open;
 pub mod policy;
 pub mod proof;
 mod records;
+mod register;
 pub mod relay;
 mod replicate;
 mod serve;
