@@ -79,6 +79,7 @@ pub mod relay;
 mod replicate;
 mod serve;
 mod server;
+mod storage_records;
 mod store;
 pub mod token;
 pub mod wire;
@@ -102,6 +103,7 @@ pub use relay::{
 };
 pub use replicate::origin_of;
 pub use server::{read_token, validate_name, Coordinator, CoordinatorConfig};
+pub use storage_records::{BucketSpec, Desired, ShareSpec, StorageSpec};
 pub use store::{FileStore, MemStore, StateStore};
 pub use tm_cluster;
 pub use token::{JoinToken, TokenRecord, TokenStatus};

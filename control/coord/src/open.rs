@@ -74,6 +74,8 @@ impl Coordinator {
                 nodes: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 policy: None,
+                buckets: BTreeMap::new(),
+                shares: BTreeMap::new(),
             },
         };
         if fresh && !cfg.seed_records.is_empty() {

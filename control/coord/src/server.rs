@@ -188,6 +188,11 @@ pub(crate) struct PersistedState {
     /// The policy file, once one was set (`policy.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) policy: Option<crate::policy::StoredPolicy>,
+    /// Buckets and shares by name (`storage_records.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) buckets: BTreeMap<String, crate::storage_records::BucketSpec>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) shares: BTreeMap<String, crate::storage_records::ShareSpec>,
 }
 
 impl PersistedState {
