@@ -159,23 +159,24 @@ impl Coordinator {
 
     /// Audits, once in the mesh per coordinator and write, that this coordinator could not
     /// apply the record write `stamp` to `name` (a deleted bucket that still holds objects
-    /// here): `detail` says what it did instead.
+    /// here): `detail` says what it did instead. Returns whether the entry is new.
     pub fn audit_storage_conflict(
         &self,
         name: &str,
         stamp: &str,
         detail: String,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let me = crate::replicate::origin_of(&self.public_key()).0;
         let key = format!(
             "{}conflict/storage/{name}/{me:016x}-{stamp}",
             crate::replicate::AUDIT_PREFIX
         );
         if self.replica().store().get(&key).is_some() {
-            return Ok(());
+            return Ok(false);
         }
         let e = self.audit_entry("cluster", "storage.conflict", name, detail);
         let value = serde_json::to_value(&e).expect("audit entries serialize");
-        self.write_records(vec![(key, Some(value))])
+        self.write_records(vec![(key, Some(value))])?;
+        Ok(true)
     }
 }

@@ -146,7 +146,7 @@ pub fn admin_handler(c: &Coordinator, storage: Option<Storage>) -> tm_coord::Adm
                 }
                 Ok(()) if cmd.is_admin() => handle_as(&c, storage.as_ref(), &cmd, actor),
                 Ok(()) => match &storage {
-                    Some(st) => st.handle(&cmd),
+                    Some(st) => st.handle_replicated(&c, &cmd, actor),
                     None => Response::err("the coordinator has no object store"),
                 },
             },

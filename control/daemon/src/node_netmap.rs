@@ -143,7 +143,12 @@ impl Node {
                 (self.storage.clone(), self.mesh.as_ref().map(|m| &m.role))
             {
                 let creds = c.node_credentials();
-                tokio::task::spawn_blocking(move || st.install_credentials(&creds));
+                let c = c.clone();
+                tokio::task::spawn_blocking(move || {
+                    st.install_credentials(&creds);
+                    // Buckets and shares changed on other coordinators (`storage_sync.rs`).
+                    st.reconcile(&c);
+                });
             }
         }
         if let Some(a) = pushed {
