@@ -5,6 +5,8 @@
 #   - member alpha joins through ca, beta through cb; each coordinator lists both; alpha and
 #     beta ping each other; a tag set on cb is on ca within 5 s; `cluster status` shows the peer
 #     in sync
+#   - a bucket (with a quota) and a share (read-only, squashed) created through ca are listed
+#     through cb with the same settings; deleted through ca, they are gone from cb
 #   - UDP between alpha and beta blocked: each relays through its own coordinator (alpha via
 #     ca, beta via cb) and the coordinators forward between them; pings cross; unblocked, the
 #     pair goes back to direct
@@ -89,6 +91,22 @@ log "ok: a tag set on cb is on ca after $(elapsed_ms "${t0/./}") ms"
 st=$(tm ca cluster status) || fail "cluster status"
 [[ $st == *cb*"in sync"* ]] || fail "cluster status does not show cb in sync: $st"
 log "ok: cluster status on ca:"$'\n'"$st"
+
+# --- buckets and shares are replicated control state -----------------------------------------
+tm ca bucket create photos >/dev/null || fail "bucket create on ca"
+tm ca bucket quota set photos 10MB >/dev/null || fail "bucket quota set on ca"
+tm ca share create docs --read-only >/dev/null || fail "share create on ca"
+tm ca share squash docs all_squash --anonuid 1000 >/dev/null || fail "share squash on ca"
+buckets_of() { tm "$1" bucket list --json | json_get 'sorted((b["name"], b["quota_bytes"]) for b in d)'; }
+shares_of() { tm "$1" share list --json | json_get 'sorted((s["name"], s["read_only"], s["squash"], s["anonuid"]) for s in d)'; }
+has() { [[ $($1 "$2") == *"$3"* ]]; }
+wait_for 5 "cb lists ca's bucket" has buckets_of cb '["photos", 10000000]' || fail "bucket on cb: $(buckets_of cb)"
+wait_for 5 "cb lists ca's share" has shares_of cb '["docs", true, "all_squash", 1000]' || fail "share on cb: $(shares_of cb)"
+tm ca share delete docs >/dev/null && tm ca bucket delete photos >/dev/null || fail "deletes on ca"
+no_photos() { [[ $(buckets_of cb) != *photos* ]]; }
+wait_for 5 "cb follows the deletes" no_photos || fail "bucket photos still on cb: $(buckets_of cb)"
+[[ $(shares_of cb) != *docs* ]] || fail "share docs still on cb: $(shares_of cb)"
+log "ok: a bucket and a share made and deleted through ca are listed and gone through cb"
 
 # --- relayed through two coordinators --------------------------------------------------------
 path_of() { ctl "$1" peers --json | json_get "[p for p in d if p['name'] == '$2'][0]['path']"; }
