@@ -15,8 +15,9 @@
 //!   logged and audited once (`storage.conflict`); it is deleted once emptied (the next new
 //!   state after that). The coordinator that ran `bucket delete` refused it unless empty there.
 //! - a deleted record touches only a bucket or share created here before the delete was
-//!   written (by its stamp's clock), so a later local bucket of the same name (S3
-//!   `CreateBucket`, which is not replicated) survives an old delete.
+//!   written (by its stamp's clock, give or take [`CLOCK_SLACK_MS`], the clock skew the
+//!   coordinators accept), so a later local bucket of the same name (S3 `CreateBucket`, which
+//!   is not replicated) survives an old delete.
 //!
 //! Buckets and shares without a record (created before the coordinators were clustered, or
 //! through the S3 API) are left alone.
@@ -28,6 +29,11 @@ use tm_api::{Command, Response};
 use tm_coord::{BucketSpec, Coordinator, ShareSpec, StorageSpec};
 
 use crate::storage::Storage;
+
+/// How much later than a delete's stamp a local bucket or share may have been created and
+/// still be taken by it: coordinators' clocks differ by up to this much (a bucket created
+/// here from the record just before the delete must not survive it).
+pub const CLOCK_SLACK_MS: u64 = tm_coord::tm_cluster::MAX_SKEW_MS;
 
 /// A bucket as the local store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +84,12 @@ pub enum Action {
     },
 }
 
+/// Whether something created at `created_ms` here predates the write `d` (see
+/// [`CLOCK_SLACK_MS`]).
+fn before<T>(created_ms: u64, d: &tm_coord::Desired<T>) -> bool {
+    created_ms <= d.written_ms.saturating_add(CLOCK_SLACK_MS)
+}
+
 /// What to change so that `buckets` and `shares` (the local store) follow `want`.
 pub fn plan(
     want: &StorageSpec,
@@ -96,9 +108,7 @@ pub fn plan(
                 name: name.clone(),
                 quota: s.quota_bytes,
             }),
-            (None, Some(l))
-                if l.created_ms <= d.written_ms && name != tm_storage::DEFAULT_SHARE =>
-            {
+            (None, Some(l)) if before(l.created_ms, d) && name != tm_storage::DEFAULT_SHARE => {
                 if l.objects == 0 {
                     out.push(Action::DeleteBucket {
                         name: name.clone(),
@@ -126,9 +136,7 @@ pub fn plan(
                 name: name.clone(),
                 spec: s.clone(),
             }),
-            (None, Some(l))
-                if l.created_ms <= d.written_ms && name != tm_storage::DEFAULT_SHARE =>
-            {
+            (None, Some(l)) if before(l.created_ms, d) && name != tm_storage::DEFAULT_SHARE => {
                 out.push(Action::DeleteShare { name: name.clone() })
             }
             _ => {}

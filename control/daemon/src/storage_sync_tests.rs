@@ -67,9 +67,9 @@ fn the_plan_creates_sets_and_deletes_but_never_an_object_or_a_newer_bucket() {
     let mut buckets = BTreeMap::new();
     buckets.insert("same".into(), bucket(1, None, 3));
     buckets.insert("quota".into(), bucket(1, Some(1), 3));
-    buckets.insert("empty".into(), bucket(50, None, 0));
+    buckets.insert("empty".into(), bucket(100 + CLOCK_SLACK_MS, None, 0));
     buckets.insert("full".into(), bucket(50, None, 2));
-    buckets.insert("later".into(), bucket(150, None, 0));
+    buckets.insert("later".into(), bucket(101 + CLOCK_SLACK_MS, None, 0));
     buckets.insert("default".into(), bucket(1, None, 0));
     buckets.insert("unrecorded".into(), bucket(1, None, 0));
     let mut shares = BTreeMap::new();
