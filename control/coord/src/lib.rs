@@ -72,6 +72,7 @@ mod link;
 mod node_services;
 mod open;
 pub mod policy;
+mod poll;
 pub mod proof;
 mod records;
 mod register;

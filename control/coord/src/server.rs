@@ -366,18 +366,6 @@ pub(crate) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Er
     serde_json::from_slice(body).map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))
 }
 
-pub(crate) fn parse_since(query: &str) -> Result<Option<u64>, Error> {
-    for kv in query.split('&').filter(|s| !s.is_empty()) {
-        if let Some(v) = kv.strip_prefix("since=") {
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|_| Error::Malformed(format!("bad since={v:?}")));
-        }
-    }
-    Ok(None)
-}
-
 /// Reads the join token of the coordinator whose data directory is `data_dir` without
 /// opening it (for `tmctl token`). Fails if the coordinator was never started there.
 pub fn read_token(data_dir: &Path) -> Result<JoinToken, Error> {
@@ -552,12 +540,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn since_parsing() {
-        assert_eq!(parse_since("").expect("ok"), None);
-        assert_eq!(parse_since("a=1&since=7").expect("ok"), Some(7));
-        assert!(parse_since("since=x").is_err());
     }
 }
