@@ -254,6 +254,7 @@ impl Coordinator {
                 challenges,
                 limiter,
                 version,
+                seen: watch::channel(0).0,
                 relay: RelayHub::new(),
             }),
         })

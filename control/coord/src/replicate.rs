@@ -213,6 +213,7 @@ impl Coordinator {
                 .replica()
                 .handle(now_ms(), origin, msg)
                 .map_err(|e| Error::ClusterRefused(e.to_string()))?;
+            self.shared.seen.send_modify(|n| *n += 1);
             return Ok(fx
                 .send
                 .into_iter()
@@ -262,6 +263,7 @@ impl Coordinator {
             persist_audit(self.shared.store.as_ref(), &fx.changed)?;
         }
         *self.replica() = rep;
+        self.shared.seen.send_modify(|n| *n += 1);
         let (back, others): (Vec<_>, Vec<_>) = send.into_iter().partition(|o| o.to == origin);
         self.shared.outbox.send(others);
         Ok(back.into_iter().map(|o| o.msg).collect())

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::{self, Request};
-use crate::poll::parse_since;
+use crate::poll::{parse_since, parse_vv};
 use crate::relay::{
     read_frame, write_loop, LocalRelaySender, RelayRoute, RelayStats, KEEPALIVE_KEY,
     RELAY_IDLE_TIMEOUT, RELAY_PROTOCOL,
@@ -49,7 +49,8 @@ impl Coordinator {
                 let name = self.caller(client.as_ref())?;
                 let since = parse_since(&req.query)?;
                 let base = req.query.split('&').find_map(|kv| kv.strip_prefix("base="));
-                Ok(self.netmap_wait(&name, since, base).await)
+                let held = parse_vv(&req.query)?;
+                self.netmap_wait(&name, since, base, held.as_ref()).await
             }
             ("POST", "/v1/endpoints") => {
                 let name = self.caller(client.as_ref())?;
@@ -170,7 +171,7 @@ impl Coordinator {
             Ok(b) => (200, b),
             Err(e) => {
                 let status = e.http_status();
-                if status >= 500 {
+                if status >= 500 && !matches!(e, Error::Lagging(_)) {
                     tracing::warn!(%peer, "request failed: {e}");
                 } else {
                     tracing::debug!(%peer, "request refused: {e}");

@@ -258,6 +258,9 @@ pub(crate) struct Shared {
     pub(crate) challenges: Mutex<Challenges>,
     pub(crate) limiter: SourceLimiter,
     pub(crate) version: watch::Sender<u64>,
+    /// Bumped whenever the replica may have seen more of other coordinators' writes (polls
+    /// held for a member's version vector wait on it, `poll.rs`).
+    pub(crate) seen: watch::Sender<u64>,
     pub(crate) relay: RelayHub,
 }
 

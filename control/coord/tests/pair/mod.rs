@@ -195,9 +195,17 @@ pub async fn two(dir: &Path) -> (Coord, Coord, String) {
 
 /// [`two`] with anti-entropy every `sync`.
 pub async fn two_with(dir: &Path, sync: Duration) -> (Coord, Coord, String) {
+    two_tuned(dir, |c| c.cluster_sync = sync).await
+}
+
+/// [`two`] with both configurations changed by `tune`.
+pub async fn two_tuned(
+    dir: &Path,
+    tune: impl Fn(&mut CoordinatorConfig),
+) -> (Coord, Coord, String) {
     let config = |name: &str, addr: SocketAddr| {
         let mut c = config(name, addr);
-        c.cluster_sync = sync;
+        tune(&mut c);
         c
     };
     let a = Coord::open(
