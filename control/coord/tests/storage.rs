@@ -91,6 +91,8 @@ async fn buckets_and_shares_made_on_one_coordinator_are_on_the_other_and_so_are_
         s.buckets["photos"].spec.as_ref() == Some(&q2)
     })
     .await;
+    // (The audit entry is a record of its own, written after the change: wait for it too.)
+    converged(&a, &b, "after the quota").await;
     assert_eq!(actions(&a, "photos"), ["bucket.create", "bucket.set"]);
     // Deletes are tombstones: B learns them, with when they were written.
     a.coord
