@@ -27,6 +27,9 @@ pub struct BucketSpec {
     /// Byte quota (`None`: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+    /// S3 versioning once it was set (`enabled` or `suspended`; `None`: never, unversioned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<String>,
 }
 
 /// The replicated settings of a file share (its bucket is a [`BucketSpec`] of the same name).
@@ -103,8 +106,9 @@ impl Coordinator {
         };
         let detail = spec.as_ref().map_or_else(String::new, |s| {
             format!(
-                "quota {}",
-                s.quota_bytes.map_or("none".into(), |q| q.to_string())
+                "quota {} versioning {}",
+                s.quota_bytes.map_or("none".into(), |q| q.to_string()),
+                s.versioning.as_deref().unwrap_or("off")
             )
         });
         let changed = self.commit(|s| {

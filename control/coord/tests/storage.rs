@@ -58,6 +58,7 @@ async fn buckets_and_shares_made_on_one_coordinator_are_on_the_other_and_so_are_
     converged(&a, &b, "after B joined").await;
     let q = BucketSpec {
         quota_bytes: Some(1 << 20),
+        ..BucketSpec::default()
     };
     a.coord
         .put_bucket("photos", Some(q.clone()), "local root")
@@ -83,6 +84,7 @@ async fn buckets_and_shares_made_on_one_coordinator_are_on_the_other_and_so_are_
     // A setting changed on B reaches A; A's audit log has B's change.
     let q2 = BucketSpec {
         quota_bytes: Some(5 << 20),
+        ..BucketSpec::default()
     };
     b.coord
         .put_bucket("photos", Some(q2.clone()), "local root")
@@ -155,6 +157,7 @@ async fn bucket_and_share_changes_on_both_sides_of_a_partition_converge() {
             "shared",
             Some(BucketSpec {
                 quota_bytes: Some(1),
+                ..BucketSpec::default()
             }),
             "local root",
         )
@@ -171,6 +174,7 @@ async fn bucket_and_share_changes_on_both_sides_of_a_partition_converge() {
             "shared",
             Some(BucketSpec {
                 quota_bytes: Some(2),
+                ..BucketSpec::default()
             }),
             "local root",
         )

@@ -16,11 +16,12 @@
 //!   state after that). The coordinator that ran `bucket delete` refused it unless empty there.
 //! - a deleted record touches only a bucket or share created here before the delete was
 //!   written (by its stamp's clock, give or take [`CLOCK_SLACK_MS`], the clock skew the
-//!   coordinators accept), so a later local bucket of the same name (S3 `CreateBucket`, which
-//!   is not replicated) survives an old delete.
+//!   coordinators accept), so one re-created later survives an old delete;
+//! - versioning is applied only towards a versioned state (never back to unversioned).
 //!
-//! Buckets and shares without a record (created before the coordinators were clustered, or
-//! through the S3 API) are left alone.
+//! Buckets made, versioned or deleted through S3 are recorded too (tm-s3 tells the daemon's
+//! `MeshAuthority`, `identity.rs`). Buckets and shares without a record (created before the
+//! coordinators were clustered) are left alone.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,7 +41,30 @@ pub const CLOCK_SLACK_MS: u64 = tm_coord::tm_cluster::MAX_SKEW_MS;
 pub struct LocalBucket {
     pub created_ms: u64,
     pub quota: Option<u64>,
+    pub versioning: tm_storage::Versioning,
     pub objects: u64,
+}
+
+/// The record of a bucket with `quota` and `versioning`.
+pub fn bucket_spec(quota: Option<u64>, versioning: tm_storage::Versioning) -> BucketSpec {
+    use tm_storage::Versioning as V;
+    BucketSpec {
+        quota_bytes: quota,
+        versioning: match versioning {
+            V::Unversioned => None,
+            V::Enabled => Some("enabled".into()),
+            V::Suspended => Some("suspended".into()),
+        },
+    }
+}
+
+/// The versioning a bucket record asks for (`None`: none; a bucket once versioned stays so).
+fn versioning_of(s: &BucketSpec) -> Option<tm_storage::Versioning> {
+    match s.versioning.as_deref() {
+        Some("enabled") => Some(tm_storage::Versioning::Enabled),
+        Some("suspended") => Some(tm_storage::Versioning::Suspended),
+        _ => None,
+    }
 }
 
 /// A share as the local store holds it.
@@ -56,10 +80,15 @@ pub enum Action {
     CreateBucket {
         name: String,
         quota: Option<u64>,
+        versioning: Option<tm_storage::Versioning>,
     },
     SetQuota {
         name: String,
         quota: Option<u64>,
+    },
+    SetVersioning {
+        name: String,
+        versioning: tm_storage::Versioning,
     },
     DeleteBucket {
         name: String,
@@ -103,11 +132,23 @@ pub fn plan(
             (Some(s), None) => out.push(Action::CreateBucket {
                 name: name.clone(),
                 quota: s.quota_bytes,
+                versioning: versioning_of(s),
             }),
-            (Some(s), Some(l)) if l.quota != s.quota_bytes => out.push(Action::SetQuota {
-                name: name.clone(),
-                quota: s.quota_bytes,
-            }),
+            (Some(s), Some(l)) => {
+                if l.quota != s.quota_bytes {
+                    out.push(Action::SetQuota {
+                        name: name.clone(),
+                        quota: s.quota_bytes,
+                    });
+                }
+                match versioning_of(s) {
+                    Some(v) if v != l.versioning => out.push(Action::SetVersioning {
+                        name: name.clone(),
+                        versioning: v,
+                    }),
+                    _ => {}
+                }
+            }
             (None, Some(l)) if before(l.created_ms, d) && name != tm_storage::DEFAULT_SHARE => {
                 if l.objects == 0 {
                     out.push(Action::DeleteBucket {
@@ -192,6 +233,7 @@ impl Storage {
                 LocalBucket {
                     created_ms: ms(b.created),
                     quota: b.quota,
+                    versioning: s.versioning(&b.name)?,
                     objects,
                 },
             );
@@ -224,10 +266,21 @@ impl Storage {
         let mut conflicts = Vec::new();
         for a in plan(want, &buckets, &shares) {
             let r: Result<(), tm_storage::FsError> = match &a {
-                Action::CreateBucket { name, quota } => s
+                Action::CreateBucket {
+                    name,
+                    quota,
+                    versioning,
+                } => s
                     .create_bucket(name)
                     .and_then(|()| s.set_quota(name, *quota))
+                    .and_then(|()| match versioning {
+                        Some(v) => s.set_versioning(name, *v),
+                        None => Ok(()),
+                    })
                     .map_err(Into::into),
+                Action::SetVersioning { name, versioning } => {
+                    s.set_versioning(name, *versioning).map_err(Into::into)
+                }
                 Action::SetQuota { name, quota } => s.set_quota(name, *quota).map_err(Into::into),
                 Action::DeleteBucket { name, stamp } => match s.delete_bucket(name) {
                     // Objects arrived since it was read (or versions): kept.
@@ -299,7 +352,8 @@ impl Storage {
         let s = &self.store;
         let bucket = |name: &str| -> Result<(), String> {
             let quota = s.bucket(name).map_err(|e| e.to_string())?.quota;
-            c.put_bucket(name, Some(BucketSpec { quota_bytes: quota }), who)
+            let versioning = s.versioning(name).map_err(|e| e.to_string())?;
+            c.put_bucket(name, Some(bucket_spec(quota, versioning)), who)
                 .map_err(|e| e.to_string())
         };
         let share = |name: &str| -> Result<(), String> {

@@ -37,19 +37,28 @@ fn bucket(created_ms: u64, quota: Option<u64>, objects: u64) -> LocalBucket {
     LocalBucket {
         created_ms,
         quota,
+        versioning: tm_storage::Versioning::Unversioned,
         objects,
     }
 }
 
 #[test]
 fn the_plan_creates_sets_and_deletes_but_never_an_object_or_a_newer_bucket() {
-    let q = |b| BucketSpec { quota_bytes: b };
+    let q = |b| BucketSpec {
+        quota_bytes: b,
+        ..BucketSpec::default()
+    };
     let ro = ShareSpec {
         read_only: true,
         ..ShareSpec::default()
     };
     let mut want = StorageSpec::default();
     want.buckets.insert("new".into(), live(q(Some(5)), 10));
+    let versioned = BucketSpec {
+        quota_bytes: None,
+        versioning: Some("enabled".into()),
+    };
+    want.buckets.insert("ver".into(), live(versioned, 10));
     want.buckets.insert("same".into(), live(q(None), 10));
     want.buckets.insert("quota".into(), live(q(Some(7)), 10));
     want.buckets.insert("empty".into(), gone(100));
@@ -66,6 +75,7 @@ fn the_plan_creates_sets_and_deletes_but_never_an_object_or_a_newer_bucket() {
         .insert("empty".into(), live(ShareSpec::default(), 5));
     let mut buckets = BTreeMap::new();
     buckets.insert("same".into(), bucket(1, None, 3));
+    buckets.insert("ver".into(), bucket(1, None, 3));
     buckets.insert("quota".into(), bucket(1, Some(1), 3));
     buckets.insert("empty".into(), bucket(100 + CLOCK_SLACK_MS, None, 0));
     buckets.insert("full".into(), bucket(50, None, 2));
@@ -96,11 +106,16 @@ fn the_plan_creates_sets_and_deletes_but_never_an_object_or_a_newer_bucket() {
             },
             Action::CreateBucket {
                 name: s("new"),
-                quota: Some(5)
+                quota: Some(5),
+                versioning: None
             },
             Action::SetQuota {
                 name: s("quota"),
                 quota: Some(7)
+            },
+            Action::SetVersioning {
+                name: s("ver"),
+                versioning: tm_storage::Versioning::Enabled
             },
             // `empty`'s share is not brought back: its bucket was deleted.
             Action::CreateShare {
@@ -117,6 +132,9 @@ fn the_plan_creates_sets_and_deletes_but_never_an_object_or_a_newer_bucket() {
     // Once the store follows, the plan is empty.
     let mut buckets2 = BTreeMap::new();
     buckets2.insert("same".into(), bucket(1, None, 3));
+    let mut ver = bucket(1, None, 3);
+    ver.versioning = tm_storage::Versioning::Enabled;
+    buckets2.insert("ver".into(), ver);
     buckets2.insert("quota".into(), bucket(1, Some(7), 3));
     buckets2.insert("new".into(), bucket(1, Some(5), 0));
     buckets2.insert("full".into(), bucket(50, None, 2));
@@ -318,6 +336,25 @@ async fn buckets_and_shares_made_on_coordinator_a_are_in_bs_object_store() {
             && b.buckets().contains(&("docs".into(), Some(2 << 20)))
             && b.shares()
                 .contains(&("docs".into(), true, Squash::AllSquash, 1000))
+    })
+    .await;
+
+    // Versioning enabled through S3 on A (the S3 server tells the coordinator, as the
+    // daemon's authority does) is enabled on B.
+    a.run(Command::BucketCreate { name: "ver".into() });
+    a.storage
+        .store
+        .set_versioning("ver", tm_storage::Versioning::Enabled)
+        .expect("versioning on A");
+    let settings = tm_s3::BucketSettings {
+        quota: None,
+        versioning: tm_storage::Versioning::Enabled,
+    };
+    let auth = crate::identity::MeshAuthority(a.coord.clone());
+    tm_s3::Authority::bucket_changed(&auth, "ver", Some(&settings), &tm_s3::Principal::LocalRoot)
+        .expect("recorded");
+    until(&b, "B's ver is versioned", |b| {
+        b.storage.store.versioning("ver").ok() == Some(tm_storage::Versioning::Enabled)
     })
     .await;
 
