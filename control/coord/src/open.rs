@@ -255,6 +255,7 @@ impl Coordinator {
                 limiter,
                 version,
                 seen: watch::channel(0).0,
+                merged: watch::channel(0).0,
                 relay: RelayHub::new(),
             }),
         })

@@ -231,7 +231,8 @@ impl Coordinator {
             }
         };
         let mut send = fx.send;
-        if fx.changed.iter().any(|r| !r.key.starts_with(AUDIT_PREFIX)) {
+        let state_changed = fx.changed.iter().any(|r| !r.key.starts_with(AUDIT_PREFIX));
+        if state_changed {
             let version = self.lock().state.version + 1;
             let (next, conflicts) = materialize(rep.store(), version)?;
             let mut entries = Vec::new();
@@ -264,6 +265,9 @@ impl Coordinator {
         }
         *self.replica() = rep;
         self.shared.seen.send_modify(|n| *n += 1);
+        if state_changed {
+            self.shared.merged.send_modify(|n| *n += 1);
+        }
         let (back, others): (Vec<_>, Vec<_>) = send.into_iter().partition(|o| o.to == origin);
         self.shared.outbox.send(others);
         Ok(back.into_iter().map(|o| o.msg).collect())

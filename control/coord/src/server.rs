@@ -261,6 +261,9 @@ pub(crate) struct Shared {
     /// Bumped whenever the replica may have seen more of other coordinators' writes (polls
     /// held for a member's version vector wait on it, `poll.rs`).
     pub(crate) seen: watch::Sender<u64>,
+    /// Bumped after a replication message changed records and the replica holding them is in
+    /// place (the netmap version is bumped earlier, before the replica is swapped in).
+    pub(crate) merged: watch::Sender<u64>,
     pub(crate) relay: RelayHub,
 }
 

@@ -151,6 +151,12 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A receiver that changes after every merge of other coordinators' records, once
+    /// [`Coordinator::storage_spec`] shows them (wake-ups for materialising them).
+    pub fn subscribe_merges(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.merged.subscribe()
+    }
+
     /// Every bucket and share record this coordinator holds, deleted ones included (what its
     /// local object store should hold).
     pub fn storage_spec(&self) -> StorageSpec {

@@ -143,12 +143,7 @@ impl Node {
                 (self.storage.clone(), self.mesh.as_ref().map(|m| &m.role))
             {
                 let creds = c.node_credentials();
-                let c = c.clone();
-                tokio::task::spawn_blocking(move || {
-                    st.install_credentials(&creds);
-                    // Buckets and shares changed on other coordinators (`storage_sync.rs`).
-                    st.reconcile(&c);
-                });
+                tokio::task::spawn_blocking(move || st.install_credentials(&creds));
             }
         }
         if let Some(a) = pushed {

@@ -1,7 +1,8 @@
 //! Buckets and file shares as replicated control state (issue 17), on a coordinator's object
 //! store: the bucket and share commands run here are recorded for every coordinator
 //! ([`Storage::handle_replicated`]), and the records are materialised into this store
-//! ([`Storage::reconcile`], after every new state: the node applies a netmap).
+//! ([`Storage::reconcile`], at start and after every merge of other coordinators' records:
+//! [`spawn`]).
 //!
 //! [`plan`] is the sans-IO core: from the records (tm-coord `StorageSpec`, deletes included)
 //! and what the store holds, what to change. Rules:
@@ -12,8 +13,8 @@
 //! - a deleted share record: the share is no longer exported here (its bucket stays);
 //! - a deleted bucket record: the bucket is deleted here if it is empty. **A bucket that still
 //!   holds objects (or versions) here is kept** (objects are never lost) and the conflict is
-//!   logged and audited once (`storage.conflict`); it is deleted once emptied (the next new
-//!   state after that). The coordinator that ran `bucket delete` refused it unless empty there.
+//!   logged and audited once (`storage.conflict`); it is deleted once emptied (at the next
+//!   materialisation: the next merge, or within [`RECONCILE_EVERY`]). The coordinator that ran `bucket delete` refused it unless empty there.
 //! - a deleted record touches only a bucket or share created here before the delete was
 //!   written (by its stamp's clock, give or take [`CLOCK_SLACK_MS`], the clock skew the
 //!   coordinators accept), so one re-created later survives an old delete;
@@ -329,7 +330,7 @@ impl Storage {
     }
 
     /// Materialises `c`'s bucket and share records into this store; a kept bucket is logged
-    /// and audited once per delete (blocking).
+    /// and audited once per delete (blocking; [`spawn`] runs it).
     pub fn reconcile(&self, c: &Coordinator) {
         for k in self.materialise(&c.storage_spec()) {
             match c.audit_storage_conflict(&k.name, &k.stamp, k.detail.clone()) {
@@ -384,6 +385,32 @@ impl Storage {
             )),
         }
     }
+}
+
+/// How often the records are materialised without a merge (a kept bucket that was emptied
+/// here goes then).
+pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Materialises `c`'s records into `st` now, after every merge of other coordinators' records
+/// and every [`RECONCILE_EVERY`] (one at a time; merges during one are coalesced into the
+/// next).
+pub fn spawn(st: Storage, c: Coordinator) {
+    tokio::spawn(async move {
+        let mut merges = c.subscribe_merges();
+        loop {
+            let (st2, c2) = (st.clone(), c.clone());
+            if tokio::task::spawn_blocking(move || st2.reconcile(&c2))
+                .await
+                .is_err()
+            {
+                tracing::error!("materialising buckets and shares failed");
+            }
+            tokio::select! {
+                r = merges.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+        }
+    });
 }
 
 #[cfg(test)]
