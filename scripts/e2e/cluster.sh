@@ -5,6 +5,9 @@
 #   - member alpha joins through ca, beta through cb; each coordinator lists both; alpha and
 #     beta ping each other; a tag set on cb is on ca within 5 s; `cluster status` shows the peer
 #     in sync
+#   - a bucket (with a quota) and a share (read-only, squashed) created through ca are listed
+#     through cb with the same settings; deleted through ca, they are gone from cb; a bucket
+#     made and versioned through S3 at ca is versioned at cb
 #   - UDP between alpha and beta blocked: each relays through its own coordinator (alpha via
 #     ca, beta via cb) and the coordinators forward between them; pings cross; unblocked, the
 #     pair goes back to direct
@@ -92,6 +95,39 @@ log "ok: a tag set on cb is on ca after $(elapsed_ms "${t0/./}") ms"
 st=$(tm ca cluster status) || fail "cluster status"
 [[ $st == *cb*"in sync"* ]] || fail "cluster status does not show cb in sync: $st"
 log "ok: cluster status on ca:"$'\n'"$st"
+
+# --- buckets and shares are replicated control state -----------------------------------------
+tm ca bucket create photos >/dev/null || fail "bucket create on ca"
+tm ca bucket quota set photos 10MB >/dev/null || fail "bucket quota set on ca"
+tm ca share create docs --read-only >/dev/null || fail "share create on ca"
+tm ca share squash docs all_squash --anonuid 1000 >/dev/null || fail "share squash on ca"
+buckets_of() { tm "$1" bucket list --json | json_get 'sorted((b["name"], b["quota_bytes"]) for b in d)'; }
+shares_of() { tm "$1" share list --json | json_get 'sorted((s["name"], s["read_only"], s["squash"], s["anonuid"]) for s in d)'; }
+has() { [[ $($1 "$2") == *"$3"* ]]; }
+wait_for 5 "cb lists ca's bucket" has buckets_of cb '["photos", 10000000]' || fail "bucket on cb: $(buckets_of cb)"
+wait_for 5 "cb lists ca's share" has shares_of cb '["docs", true, "all_squash", 1000]' || fail "share on cb: $(shares_of cb)"
+tm ca share delete docs >/dev/null && tm ca bucket delete photos >/dev/null || fail "deletes on ca"
+deleted_on_cb() { [[ $(buckets_of cb) != *photos* && $(shares_of cb) != *docs* ]]; }
+wait_for 5 "cb follows the deletes" deleted_on_cb || fail "still on cb: $(buckets_of cb) $(shares_of cb)"
+log "ok: a bucket and a share made and deleted through ca are listed and gone through cb"
+# Through S3 too: alpha (its keys are on every coordinator) makes a versioned bucket at ca.
+: >"$TM_TMP/aws-empty"
+aws_at() { # aws_at COORD ARGS... : awscli in alpha with alpha's keys against COORD's S3
+    local ip
+    ip=$(mesh_ip_of "$1") && shift || return 1
+    ns_exec alpha env AWS_ACCESS_KEY_ID="$AK" AWS_SECRET_ACCESS_KEY="$SK" AWS_DEFAULT_REGION=us-east-1 \
+        AWS_CONFIG_FILE="$TM_TMP/aws-empty" AWS_SHARED_CREDENTIALS_FILE="$TM_TMP/aws-empty" \
+        AWS_EC2_METADATA_DISABLED=true timeout 30 aws --endpoint-url "http://$ip:8080/s3" "$@" 2>&1
+}
+AK=$(ctl alpha s3 credentials --json | json_get 'd["access_key"]') || fail "s3 credentials on alpha"
+SK=$(ctl alpha s3 credentials --json | json_get 'd["secret_key"]')
+out=$(aws_at ca s3api create-bucket --bucket logs) || fail "S3 CreateBucket at ca: $out"
+out=$(aws_at ca s3api put-bucket-versioning --bucket logs --versioning-configuration Status=Enabled) ||
+    fail "S3 PutBucketVersioning at ca: $out"
+versioned_on_cb() { [[ $(aws_at cb s3api get-bucket-versioning --bucket logs) == *Enabled* ]]; }
+wait_for 10 "cb has the versioned bucket made through S3 at ca" versioned_on_cb ||
+    fail "logs on cb: $(aws_at cb s3api get-bucket-versioning --bucket logs)"
+log "ok: a bucket made and versioned through S3 at ca is versioned at cb"
 
 # --- relayed through two coordinators --------------------------------------------------------
 path_of() { ctl "$1" peers --json | json_get "[p for p in d if p['name'] == '$2'][0]['path']"; }

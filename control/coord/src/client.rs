@@ -426,10 +426,32 @@ impl JoinClient {
         since: Option<u64>,
         base: Option<&str>,
     ) -> Result<Netmap, Error> {
-        let target = match (since, base) {
-            (Some(v), Some(b)) => format!("/v1/netmap?since={v}&base={b}"),
-            (Some(v), None) => format!("/v1/netmap?since={v}"),
-            (None, _) => "/v1/netmap".to_owned(),
+        self.netmap_query(since, base, None).await
+    }
+
+    /// `GET /v1/netmap?since=V&base=T&vv=...`: with `held` (the version vector of the netmap
+    /// the member last applied) the coordinator first waits until it has seen as much
+    /// ([`Error::Refused`] 503 `lagging` if it does not within its long-poll limit).
+    async fn netmap_query(
+        &self,
+        since: Option<u64>,
+        base: Option<&str>,
+        held: Option<&tm_cluster::VersionVector>,
+    ) -> Result<Netmap, Error> {
+        let mut q = Vec::new();
+        if let Some(v) = since {
+            q.push(format!("since={v}"));
+            if let Some(b) = base {
+                q.push(format!("base={b}"));
+            }
+        }
+        if let Some(vv) = held.filter(|v| v.0.len() <= crate::poll::MAX_VV_ENTRIES) {
+            q.push(format!("vv={}", crate::poll::vv_param(vv)));
+        }
+        let target = if q.is_empty() {
+            "/v1/netmap".to_owned()
+        } else {
+            format!("/v1/netmap?{}", q.join("&"))
         };
         self.call("GET", &target, b"", true).await
     }
@@ -444,10 +466,24 @@ impl JoinClient {
         since: Option<u64>,
         last: &'a mut Option<Netmap>,
     ) -> Result<&'a Netmap, Error> {
+        self.netmap_held(since, None, last).await
+    }
+
+    /// [`JoinClient::netmap_after`] carrying `held`, the version vector of the netmap the
+    /// member last applied (from whichever coordinator): a coordinator that has not seen as
+    /// much holds the poll until it has (or answers 503 `lagging`, see
+    /// [`Error::is_lagging`]), so a member's netmap never goes back when it changes
+    /// coordinator.
+    pub async fn netmap_held<'a>(
+        &self,
+        since: Option<u64>,
+        held: Option<&tm_cluster::VersionVector>,
+        last: &'a mut Option<Netmap>,
+    ) -> Result<&'a Netmap, Error> {
         let base = last
             .as_ref()
             .and_then(|l| l.delta_token().map(str::to_owned));
-        let nm = self.netmap_delta(since, base.as_deref()).await?;
+        let nm = self.netmap_query(since, base.as_deref(), held).await?;
         let applied = if nm.delta_from().is_none() {
             *last = Some(nm);
             true
@@ -455,7 +491,7 @@ impl JoinClient {
             last.as_mut().is_some_and(|l| crate::apply_delta(l, nm))
         };
         if !applied {
-            *last = Some(self.netmap(None).await?);
+            *last = Some(self.netmap_query(None, None, held).await?);
         }
         Ok(last.as_ref().expect("set above"))
     }

@@ -70,6 +70,10 @@ pub enum Error {
     /// Too many registrations in one challenge lifetime (try again later).
     #[error("too many registrations at once, try again later")]
     Busy,
+    /// A netmap poll carried a version vector this coordinator did not catch up with within
+    /// the long-poll limit (the member asks another coordinator).
+    #[error("lagging: {0}")]
+    Lagging(String),
     /// This source asked for too many challenges (try again later).
     #[error("too many requests from this address, try again later")]
     RateLimited,
@@ -143,6 +147,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a coordinator answered that it has not caught up with the version vector a
+    /// netmap poll carried ([`Error::Lagging`], received as 503): ask another one.
+    pub fn is_lagging(&self) -> bool {
+        match self {
+            Error::Lagging(_) => true,
+            Error::Refused { status, message } => *status == 503 && message.starts_with("lagging"),
+            _ => false,
+        }
+    }
+
     /// The HTTP status the server answers with for this error (the one place this is decided).
     pub fn http_status(&self) -> u16 {
         match self {
@@ -165,7 +179,7 @@ impl Error {
             Error::KeyTaken(_) | Error::NameTaken(_) => 409,
             Error::TooLarge => 413,
             Error::RateLimited => 429,
-            Error::Busy | Error::AddressPoolExhausted(_) => 503,
+            Error::Busy | Error::AddressPoolExhausted(_) | Error::Lagging(_) => 503,
             _ => 500,
         }
     }

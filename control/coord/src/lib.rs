@@ -19,7 +19,9 @@
 //! - `POST /v1/register` [`wire::RegisterRequest`] -> [`wire::Registration`]
 //! - `GET /v1/netmap?since=V` (mTLS) -> [`wire::Netmap`], long-polls until `version > V`;
 //!   with `&base=T` (the delta token of the netmap the caller holds) the answer may be a delta
-//!   from it (`delta.from` set), which [`apply_delta`] resolves
+//!   from it (`delta.from` set), which [`apply_delta`] resolves; with `&vv=...` (the version
+//!   vector of the netmap the caller applied last, `poll.rs`) the coordinator first waits
+//!   until it has seen as much, or answers 503 `lagging` after the long-poll limit
 //! - `POST /v1/endpoints` [`wire::EndpointsUpdate`] (mTLS) -> [`wire::Netmap`]
 //! - `POST /v1/services` [`wire::ServicesUpdate`] (mTLS) -> `{}`: the services the caller
 //!   runs for others (listed per peer in netmaps)
@@ -72,12 +74,15 @@ mod link;
 mod node_services;
 mod open;
 pub mod policy;
+mod poll;
 pub mod proof;
 mod records;
+mod register;
 pub mod relay;
 mod replicate;
 mod serve;
 mod server;
+mod storage_records;
 mod store;
 pub mod token;
 pub mod wire;
@@ -101,6 +106,7 @@ pub use relay::{
 };
 pub use replicate::origin_of;
 pub use server::{read_token, validate_name, Coordinator, CoordinatorConfig};
+pub use storage_records::{BucketSpec, Desired, ShareSpec, StorageSpec};
 pub use store::{FileStore, MemStore, StateStore};
 pub use tm_cluster;
 pub use token::{JoinToken, TokenRecord, TokenStatus};

@@ -115,40 +115,9 @@ impl Coordinator {
             id: hub.add_link(via, tx),
         };
         let (inbox_tx, inbox) = mpsc::channel::<Vec<u8>>(CLUSTER_INBOX);
-        let reader = async {
-            loop {
-                let f =
-                    tokio::time::timeout(LINK_IDLE, read_frame_max(&mut rd, MAX_FRAME_DATA)).await;
-                let (dst, mut data) = match f {
-                    Err(_) => return "idle timeout".to_owned(),
-                    Ok(Ok(None)) => return "closed by the other coordinator".to_owned(),
-                    Ok(Ok(Some(f))) => f,
-                    Ok(Err(e)) => {
-                        hub.count_protocol_error();
-                        return e.to_string();
-                    }
-                };
-                if dst == KEEPALIVE_KEY && data.is_empty() {
-                    continue;
-                }
-                if data.len() < KEY_LEN {
-                    hub.count_protocol_error();
-                    return format!("a link frame of {} bytes has no source", data.len());
-                }
-                let payload = data.split_off(KEY_LEN);
-                if dst == CLUSTER_KEY {
-                    hub.cluster_on_links
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    // Waits while the merges lag: the other side's writes then wait too.
-                    if inbox_tx.send(payload).await.is_err() {
-                        return "replication stopped".to_owned();
-                    }
-                    continue;
-                }
-                let src = PublicKey(data.try_into().expect("KEY_LEN bytes"));
-                hub.route_from_peer(via, src, &dst, payload, |k| self.is_member(k));
-            }
-        };
+        let reader = read_link(&mut rd, &inbox_tx, hub, |src, dst, payload| {
+            hub.route_from_peer(via, src, &dst, payload, |k| self.is_member(k));
+        });
         let writer = write_loop(&mut wr, &mut rx, self.shared.cfg.relay_keepalive);
         let why = tokio::select! {
             why = reader => why,
@@ -205,14 +174,7 @@ impl Coordinator {
         let Some(tx) = tx else {
             return false;
         };
-        let mut data = vec![0u8; KEY_LEN];
-        if serde_json::to_writer(&mut data, msg).is_err() || data.len() > MAX_FRAME_DATA {
-            return false;
-        }
-        matches!(
-            tokio::time::timeout(LINK_TIMEOUT, tx.send((CLUSTER_KEY, data))).await,
-            Ok(Ok(()))
-        )
+        queue_on_link(&tx, msg, LINK_TIMEOUT).await
     }
 
     /// Dials the link to every other coordinator that should have one and has none (the one
@@ -274,6 +236,69 @@ impl Coordinator {
     }
 }
 
+/// Queues replication message `msg` on a link's outgoing queue `tx` (bounded,
+/// [`RELAY_QUEUE`] frames; its writer sends them as fast as the connection takes them),
+/// waiting up to `wait` for room. `false` if it is too large for a frame or there was no room
+/// in time: then it was not queued, and the caller posts it instead.
+pub(crate) async fn queue_on_link(
+    tx: &mpsc::Sender<(PublicKey, Vec<u8>)>,
+    msg: &Msg,
+    wait: Duration,
+) -> bool {
+    let mut data = vec![0u8; KEY_LEN];
+    if serde_json::to_writer(&mut data, msg).is_err() || data.len() > MAX_FRAME_DATA {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(wait, tx.send((CLUSTER_KEY, data))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Reads a link's frames until it fails; returns why. Replication messages go to `inbox`, a
+/// bounded queue ([`CLUSTER_INBOX`] messages not yet merged): while it is full this stops
+/// reading, so the connection's buffers fill and the other side's writer, then its queue,
+/// then its senders wait (back-pressure; memory stays bounded on both sides). Relayed frames
+/// go to `route(source, destination, payload)`.
+pub(crate) async fn read_link<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    inbox: &mpsc::Sender<Vec<u8>>,
+    hub: &crate::relay::RelayHub,
+    mut route: impl FnMut(PublicKey, PublicKey, Vec<u8>),
+) -> String {
+    loop {
+        let f = tokio::time::timeout(LINK_IDLE, read_frame_max(rd, MAX_FRAME_DATA)).await;
+        let (dst, mut data) = match f {
+            Err(_) => return "idle timeout".to_owned(),
+            Ok(Ok(None)) => return "closed by the other coordinator".to_owned(),
+            Ok(Ok(Some(f))) => f,
+            Ok(Err(e)) => {
+                hub.count_protocol_error();
+                return e.to_string();
+            }
+        };
+        if dst == KEEPALIVE_KEY && data.is_empty() {
+            continue;
+        }
+        if data.len() < KEY_LEN {
+            hub.count_protocol_error();
+            return format!("a link frame of {} bytes has no source", data.len());
+        }
+        let payload = data.split_off(KEY_LEN);
+        if dst == CLUSTER_KEY {
+            hub.cluster_on_links
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Waits while the merges lag: the other side's writes then wait too.
+            if inbox.send(payload).await.is_err() {
+                return "replication stopped".to_owned();
+            }
+            continue;
+        }
+        let src = PublicKey(data.try_into().expect("KEY_LEN bytes"));
+        route(src, dst, payload);
+    }
+}
+
 /// A link's entry in the hub, removed on drop.
 struct Registered<'a> {
     hub: &'a crate::relay::RelayHub,
@@ -315,3 +340,7 @@ impl crate::relay::RelayHub {
             .is_some_and(|l| !l.tx.is_closed())
     }
 }
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+mod tests;

@@ -74,6 +74,8 @@ impl Coordinator {
                 nodes: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 policy: None,
+                buckets: BTreeMap::new(),
+                shares: BTreeMap::new(),
             },
         };
         if fresh && !cfg.seed_records.is_empty() {
@@ -252,6 +254,8 @@ impl Coordinator {
                 challenges,
                 limiter,
                 version,
+                seen: watch::channel(0).0,
+                merged: watch::channel(0).0,
                 relay: RelayHub::new(),
             }),
         })

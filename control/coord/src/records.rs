@@ -12,6 +12,8 @@
 //! - `svc/<key>` -> the services a node runs for others (`["docker"]`; absent: none);
 //! - `token/<id>` -> a join token record (secret hashed);
 //! - `policy` -> the policy file;
+//! - `bucket/<name>`, `share/<name>` -> a bucket's and a file share's settings
+//!   (`storage_records.rs`; existence and settings only, not objects);
 //! - `audit/<origin>/<time>-<random>` -> one audit entry (written once, never changed; not
 //!   part of the derived state: read by [`crate::Coordinator::audit_log`]);
 //!   `audit/conflict/<key>/<hash>` -> the entry of a resolved name/address conflict (the same
@@ -30,6 +32,7 @@ use tm_cluster::{Registration, Store};
 use tm_noise::PublicKey;
 
 use crate::server::{NodeRecord, PersistedState, STATE_FORMAT};
+use crate::storage_records::{BUCKET_PREFIX, SHARE_PREFIX};
 use crate::wire::b64_key;
 use crate::{Error, MeshCidr};
 
@@ -85,6 +88,26 @@ fn state_records(s: &PersistedState) -> BTreeMap<String, Value> {
     }
     if let Some(p) = &s.policy {
         out.insert("policy".to_owned(), to_value(p));
+    }
+    for (name, b) in &s.buckets {
+        out.insert(format!("{BUCKET_PREFIX}{name}"), to_value(b));
+    }
+    for (name, sh) in &s.shares {
+        out.insert(format!("{SHARE_PREFIX}{name}"), to_value(sh));
+    }
+    out
+}
+
+/// The live records under `prefix`, by the rest of their key (malformed ones skipped).
+fn live_map<T: serde::de::DeserializeOwned>(store: &Store, prefix: &str) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    for r in store.live_with_prefix(prefix) {
+        match serde_json::from_value(r.value.clone().expect("live")) {
+            Ok(v) => {
+                out.insert(r.key[prefix.len()..].to_owned(), v);
+            }
+            Err(e) => tracing::warn!(key = %r.key, "skipping a malformed record: {e}"),
+        }
     }
     out
 }
@@ -281,6 +304,8 @@ pub(crate) fn materialize(
             nodes,
             tokens,
             policy,
+            buckets: live_map(store, BUCKET_PREFIX),
+            shares: live_map(store, SHARE_PREFIX),
         },
         conflicts,
     ))

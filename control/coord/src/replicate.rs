@@ -213,6 +213,7 @@ impl Coordinator {
                 .replica()
                 .handle(now_ms(), origin, msg)
                 .map_err(|e| Error::ClusterRefused(e.to_string()))?;
+            self.shared.seen.send_modify(|n| *n += 1);
             return Ok(fx
                 .send
                 .into_iter()
@@ -230,7 +231,8 @@ impl Coordinator {
             }
         };
         let mut send = fx.send;
-        if fx.changed.iter().any(|r| !r.key.starts_with(AUDIT_PREFIX)) {
+        let state_changed = fx.changed.iter().any(|r| !r.key.starts_with(AUDIT_PREFIX));
+        if state_changed {
             let version = self.lock().state.version + 1;
             let (next, conflicts) = materialize(rep.store(), version)?;
             let mut entries = Vec::new();
@@ -262,6 +264,10 @@ impl Coordinator {
             persist_audit(self.shared.store.as_ref(), &fx.changed)?;
         }
         *self.replica() = rep;
+        self.shared.seen.send_modify(|n| *n += 1);
+        if state_changed {
+            self.shared.merged.send_modify(|n| *n += 1);
+        }
         let (back, others): (Vec<_>, Vec<_>) = send.into_iter().partition(|o| o.to == origin);
         self.shared.outbox.send(others);
         Ok(back.into_iter().map(|o| o.msg).collect())

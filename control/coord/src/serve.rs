@@ -1,6 +1,6 @@
-//! The coordinator's HTTPS API: the netmap long poll, request dispatch, the TLS connection
-//! driver and the accept loop ([`Coordinator::serve`]). The protocol core (`handle_*`) is in
-//! `server.rs`; this file is the I/O around it.
+//! The coordinator's HTTPS API: request dispatch, the TLS connection driver and the accept
+//! loop ([`Coordinator::serve`]). The protocol core (`handle_*`) is in `server.rs` and
+//! `register.rs`, the netmap long poll in `poll.rs`; this file is the I/O around them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,109 +15,16 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::{self, Request};
+use crate::poll::{parse_since, parse_vv};
 use crate::relay::{
     read_frame, write_loop, LocalRelaySender, RelayRoute, RelayStats, KEEPALIVE_KEY,
     RELAY_IDLE_TIMEOUT, RELAY_PROTOCOL,
 };
-use crate::server::{json, parse_json, parse_since};
+use crate::server::{json, parse_json};
 use crate::wire::{EndpointsUpdate, ErrorBody, RegisterRequest};
 use crate::{Coordinator, Error};
 
 impl Coordinator {
-    /// The netmap as the registered node `name` receives it, as JSON; with `base` (the
-    /// delta token (`delta.token`) of the netmap the member holds) a delta from it when this coordinator can
-    /// make one (`delta.rs`), else the full netmap. The common part is serialised once per
-    /// generation (and per base), the node's policy projection per node only when a policy
-    /// file is set.
-    pub(crate) fn netmap_json_for_name(&self, name: &str, base: Option<&str>) -> Vec<u8> {
-        let epoch = self.shared.epoch.load(std::sync::atomic::Ordering::Acquire);
-        let art = self.policy();
-        let (g, delta) = {
-            let mut feed = self
-                .shared
-                .netmap_cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let g = match feed.current(epoch, &art) {
-                Some(g) => g,
-                None => {
-                    let nm = self.netmap();
-                    feed.advance(epoch, art, nm)
-                }
-            };
-            let delta = base.and_then(|b| feed.delta(b));
-            (g, delta)
-        };
-        let me = || {
-            self.lock()
-                .state
-                .nodes
-                .get(name)
-                .map(|n| crate::policy::node_key(&n.public_key))
-        };
-        let (open, shared_policy) = match &delta {
-            Some(d) => (d.open.clone(), d.shared_policy.clone()),
-            None => (g.open.clone(), g.shared_policy.clone()),
-        };
-        let own;
-        let policy: &[u8] = match &shared_policy {
-            Some(p) => p,
-            None => {
-                own = match (me(), &delta) {
-                    (Some(k), Some(d)) => json(&d.policy_for(&g.art, &k)),
-                    (Some(k), None) => json(&g.art.project(&k)),
-                    (None, _) => b"null".to_vec(),
-                };
-                &own
-            }
-        };
-        let mut out = Vec::with_capacity(open.len() + policy.len() + 12);
-        out.extend_from_slice(&open);
-        out.extend_from_slice(b",\"policy\":");
-        out.extend_from_slice(policy);
-        out.push(b'}');
-        out
-    }
-
-    /// Waits until the netmap version exceeds `since` (or `long_poll` passes), then returns
-    /// the current netmap as the registered node `name` receives it (JSON; a delta from `base`
-    /// when possible, see `Coordinator::netmap_json_for_name`). `None` answers at once, in
-    /// full.
-    pub async fn netmap_wait(&self, name: &str, since: Option<u64>, base: Option<&str>) -> Vec<u8> {
-        if let Some(since) = since {
-            struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-            impl Drop for Waiting<'_> {
-                fn drop(&mut self) {
-                    self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            self.shared
-                .long_polls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _waiting = Waiting(&self.shared.long_polls);
-            let mut rx = self.shared.version.subscribe();
-            let deadline = tokio::time::sleep(self.shared.cfg.long_poll);
-            tokio::pin!(deadline);
-            loop {
-                if *rx.borrow_and_update() > since {
-                    break;
-                }
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { break },
-                    _ = &mut deadline => break,
-                }
-            }
-        }
-        self.netmap_json_for_name(name, since.and(base))
-    }
-
-    /// Netmap long polls waiting for a change now (load tools wait for every member's).
-    pub fn long_polls(&self) -> usize {
-        self.shared
-            .long_polls
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     pub(crate) async fn dispatch(
         &self,
         req: Request,
@@ -142,7 +49,8 @@ impl Coordinator {
                 let name = self.caller(client.as_ref())?;
                 let since = parse_since(&req.query)?;
                 let base = req.query.split('&').find_map(|kv| kv.strip_prefix("base="));
-                Ok(self.netmap_wait(&name, since, base).await)
+                let held = parse_vv(&req.query)?;
+                self.netmap_wait(&name, since, base, held.as_ref()).await
             }
             ("POST", "/v1/endpoints") => {
                 let name = self.caller(client.as_ref())?;
@@ -263,7 +171,7 @@ impl Coordinator {
             Ok(b) => (200, b),
             Err(e) => {
                 let status = e.http_status();
-                if status >= 500 {
+                if status >= 500 && !matches!(e, Error::Lagging(_)) {
                     tracing::warn!(%peer, "request failed: {e}");
                 } else {
                     tracing::debug!(%peer, "request refused: {e}");

@@ -1,5 +1,5 @@
-//! The coordinator: persisted membership state, challenges, registration, the netmap watch,
-//! and the HTTPS server around them.
+//! The coordinator: persisted membership state, the netmap watch, and the HTTPS server
+//! around them (registration: `register.rs`).
 //!
 //! The `handle_*` methods are the protocol core: they take the time and an RNG and touch no
 //! network. [`Coordinator::serve`] is the I/O driver (TLS accept, HTTP parse, dispatch).
@@ -8,13 +8,12 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use rand_core::{CryptoRng, RngCore};
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::CertificateSigningRequestDer;
 use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
 use tm_noise::{PrivateKey, PublicKey};
@@ -25,10 +24,8 @@ use crate::challenge::Challenges;
 use crate::index::Index;
 use crate::limit::SourceLimiter;
 use crate::relay::RelayHub;
-use crate::wire::{
-    b64_key, hex, Challenge, Dns, Netmap, NetmapPeer, RegisterRequest, Registration,
-};
-use crate::{address, proof, Error, JoinToken, MeshCa, MeshCidr, StateStore};
+use crate::wire::{b64_key, hex, Dns, Netmap, NetmapPeer};
+use crate::{Error, JoinToken, MeshCa, MeshCidr, StateStore};
 
 /// Most endpoints a node may declare.
 pub const MAX_ENDPOINTS: usize = 16;
@@ -191,6 +188,11 @@ pub(crate) struct PersistedState {
     /// The policy file, once one was set (`policy.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) policy: Option<crate::policy::StoredPolicy>,
+    /// Buckets and shares by name (`storage_records.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) buckets: BTreeMap<String, crate::storage_records::BucketSpec>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) shares: BTreeMap<String, crate::storage_records::ShareSpec>,
 }
 
 impl PersistedState {
@@ -256,6 +258,12 @@ pub(crate) struct Shared {
     pub(crate) challenges: Mutex<Challenges>,
     pub(crate) limiter: SourceLimiter,
     pub(crate) version: watch::Sender<u64>,
+    /// Bumped whenever the replica may have seen more of other coordinators' writes (polls
+    /// held for a member's version vector wait on it, `poll.rs`).
+    pub(crate) seen: watch::Sender<u64>,
+    /// Bumped after a replication message changed records and the replica holding them is in
+    /// place (the netmap version is bumped earlier, before the replica is swapped in).
+    pub(crate) merged: watch::Sender<u64>,
     pub(crate) relay: RelayHub,
 }
 
@@ -362,18 +370,6 @@ pub(crate) fn json<T: Serialize>(v: &T) -> Vec<u8> {
 
 pub(crate) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))
-}
-
-pub(crate) fn parse_since(query: &str) -> Result<Option<u64>, Error> {
-    for kv in query.split('&').filter(|s| !s.is_empty()) {
-        if let Some(v) = kv.strip_prefix("since=") {
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|_| Error::Malformed(format!("bad since={v:?}")));
-        }
-    }
-    Ok(None)
 }
 
 /// Reads the join token of the coordinator whose data directory is `data_dir` without
@@ -535,238 +531,6 @@ impl Coordinator {
     pub(crate) fn is_member(&self, key: &PublicKey) -> bool {
         self.index().has_key(key)
     }
-
-    /// Issues a single-use challenge valid for `challenge_ttl`. Costs no memory (see
-    /// `challenge.rs`); the I/O driver rate-limits it per source.
-    pub fn handle_challenge<R: RngCore + CryptoRng + ?Sized>(
-        &self,
-        now: Instant,
-        rng: &mut R,
-    ) -> Result<Challenge, Error> {
-        let nonce = self
-            .shared
-            .challenges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .issue(now, rng);
-        Ok(Challenge {
-            nonce,
-            coordinator_static: self.public_key(),
-        })
-    }
-
-    /// Registers (or idempotently re-registers) a node. Checks, in order: the challenge
-    /// (consumed even if a later check fails), the join-secret MAC, the CSR, the proof of
-    /// possession, the name, and key/name conflicts.
-    pub fn handle_register<R: RngCore + CryptoRng + ?Sized>(
-        &self,
-        now: Instant,
-        req: RegisterRequest,
-        rng: &mut R,
-    ) -> Result<Registration, Error> {
-        // The nonce is consumed whether or not the token is good (a wrong token is remembered
-        // apart, so guessing cannot crowd out token holders); the token is checked again
-        // inside the change, where a single-use token is used up atomically.
-        self.shared
-            .challenges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .consume(now, &req.nonce, || {
-                crate::identity::check_join_token(&self.lock().state, &req.token_secret, &req.name)
-                    .map(drop)
-            })?;
-        let csr_der = CertificateSigningRequestDer::from_pem_slice(req.csr.as_bytes())
-            .map_err(|e| Error::Malformed(format!("csr is not a PEM certificate request: {e}")))?;
-        proof::verify_proof(
-            &self.shared.node_static,
-            &req.public_key,
-            &req.nonce,
-            &req.name,
-            csr_der.as_ref(),
-            &req.proof,
-        )?;
-        validate_name(&req.name)?;
-        validate_endpoints(&req.endpoints)?;
-
-        let creds = s3_credentials(rng);
-        let cidr = self.shared.cfg.mesh_cidr;
-        if let Some(api) = &req.api {
-            validate_api_addr(api)?;
-        }
-        let (rec, cert_pem) = self.commit(|s| {
-            let token_id = crate::identity::check_join_token(s, &req.token_secret, &req.name)?;
-            let for_coordinators = s.tokens.get(&token_id).is_some_and(|t| t.coordinator);
-            if req.coordinator && !for_coordinators {
-                return Err(Error::NotAllowed(
-                    "this token admits members, not coordinators: an admin makes one with `tunnelmesh token create --coordinator`".into(),
-                ));
-            }
-            if !req.coordinator && for_coordinators {
-                return Err(Error::NotAllowed(
-                    "this token admits coordinators only: join a member with a member token, or start this node with `coordinator: {enabled: true}`".into(),
-                ));
-            }
-            let existing = s.by_key(&req.public_key).cloned();
-            match &existing {
-                Some(n) if n.name != req.name => return Err(Error::KeyTaken(n.name.clone())),
-                Some(n) if n.is_coordinator => return Err(Error::KeyTaken(n.name.clone())),
-                Some(_) => {}
-                None if s.nodes.contains_key(&req.name) => {
-                    return Err(Error::NameTaken(req.name.clone()))
-                }
-                None => {}
-            }
-            let (cert_pem, fp) =
-                self.shared
-                    .ca
-                    .sign_node(csr_der.as_ref(), &req.name, &req.public_key)?;
-            let bump = match &existing {
-                None => true,
-                Some(n) => !req.endpoints.is_empty() && n.endpoints != req.endpoints,
-            } || crate::identity::token_has_tags(s, &token_id);
-            let rec = match existing {
-                Some(mut n) => {
-                    if !req.endpoints.is_empty() {
-                        n.endpoints = req.endpoints.clone();
-                    }
-                    n.cert_sha256 = Some(hex(&fp));
-                    n
-                }
-                None => NodeRecord {
-                    name: req.name.clone(),
-                    public_key: req.public_key,
-                    mesh_ip: address::allocate(cidr, &req.public_key, |ip| s.ip_taken(ip))?,
-                    endpoints: req.endpoints.clone(),
-                    is_coordinator: false,
-                    cert_sha256: Some(hex(&fp)),
-                    s3_access_key: creds.0,
-                    s3_secret: creds.1,
-                    observed: None,
-                    tags: Vec::new(),
-                    api: None,
-                    services: Vec::new(),
-                },
-            };
-            let rec = NodeRecord {
-                is_coordinator: req.coordinator,
-                api: req.api.clone(),
-                ..rec
-            };
-            let rec = crate::identity::consume_join_token(s, &token_id, rec);
-            s.nodes.insert(rec.name.clone(), rec.clone());
-            Ok(((rec, cert_pem), bump))
-        })?;
-        tracing::info!(name = %rec.name, ip = %rec.mesh_ip, "node registered");
-        Ok(Registration {
-            mesh_ip: rec.mesh_ip,
-            mesh_cidr: cidr,
-            node_cert: cert_pem,
-            ca_cert: self.shared.ca.ca_pem().to_owned(),
-            s3_access_key: rec.s3_access_key,
-            s3_secret: rec.s3_secret.clone(),
-            netmap: self.netmap_for(&rec.public_key),
-            cluster: rec.is_coordinator.then(|| self.cluster_seed()),
-        })
-    }
-
-    /// The registered node a verified client certificate (SHA-256 of its DER) belongs to.
-    pub fn caller(&self, client_cert_sha256: Option<&[u8; 32]>) -> Result<String, Error> {
-        self.cert_identity(client_cert_sha256).map(|(name, _)| name)
-    }
-
-    /// The name and key of the registered node a verified client certificate belongs to.
-    pub(crate) fn cert_identity(
-        &self,
-        client_cert_sha256: Option<&[u8; 32]>,
-    ) -> Result<(String, PublicKey), Error> {
-        let fp = client_cert_sha256.ok_or(Error::ClientCertRequired)?;
-        self.index()
-            .by_cert(&hex(fp))
-            .cloned()
-            .ok_or(Error::UnknownClient)
-    }
-
-    /// Replaces the endpoints of the node `name` (already authenticated).
-    pub fn handle_endpoints(
-        &self,
-        name: &str,
-        endpoints: Vec<SocketAddr>,
-    ) -> Result<Netmap, Error> {
-        validate_endpoints(&endpoints)?;
-        self.commit(|s| {
-            let n = s.nodes.get_mut(name).ok_or(Error::UnknownClient)?;
-            n.endpoints = endpoints;
-            Ok(((), true))
-        })?;
-        Ok(self.netmap_for_name(name))
-    }
-
-    /// Records the address an AUTHENTICATED WireGuard packet from the node with `key` came
-    /// from (as the coordinator node's dataplane saw it: the NAT-mapped address and port).
-    /// It is published first in that node's netmap `endpoints`. Returns whether the netmap
-    /// changed (then the version is bumped and long polls wake). Unknown keys, the
-    /// coordinator's own key, and unusable addresses (unspecified, port 0, multicast,
-    /// loopback — relayed traffic arrives from loopback) are ignored. IPv4-mapped IPv6
-    /// addresses are stored as IPv4. Never call it for unauthenticated packets.
-    pub fn observe_endpoint(&self, key: &PublicKey, addr: SocketAddr) -> bool {
-        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-        if addr.port() == 0
-            || addr.ip().is_unspecified()
-            || addr.ip().is_multicast()
-            || addr.ip().is_loopback()
-            || *key == self.public_key()
-        {
-            return false;
-        }
-        let Some(name) = self.index().name_of(key).map(str::to_owned) else {
-            return false;
-        };
-        let known = self
-            .lock()
-            .state
-            .nodes
-            .get(&name)
-            .is_some_and(|n| n.observed == Some(addr));
-        if known {
-            return false;
-        }
-        let r = self.commit(|s| match s.nodes.get_mut(&name) {
-            Some(n) if n.observed != Some(addr) => {
-                n.observed = Some(addr);
-                Ok((true, true))
-            }
-            _ => Ok((false, false)),
-        });
-        match r {
-            Ok(changed) => {
-                if changed {
-                    tracing::debug!(%name, %addr, "observed endpoint");
-                }
-                changed
-            }
-            Err(e) => {
-                tracing::warn!(%name, %addr, "cannot record observed endpoint: {e}");
-                false
-            }
-        }
-    }
-
-    /// Removes a node (its address is freed, its certificate stops working). The
-    /// coordinator's own record cannot be removed. Returns whether it existed.
-    pub fn remove_node(&self, name: &str) -> Result<bool, Error> {
-        if name == self.shared.cfg.name {
-            return Err(Error::Config("the coordinator cannot remove itself".into()));
-        }
-        let Some(key) = self.commit(|s| Ok((s.nodes.remove(name).map(|n| n.public_key), true)))?
-        else {
-            return Ok(false);
-        };
-        if self.shared.relay.close(&key) {
-            tracing::info!(name, "relay connection of removed node closed");
-        }
-        tracing::info!(name, "node removed");
-        Ok(true)
-    }
 }
 
 #[cfg(test)]
@@ -782,12 +546,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn since_parsing() {
-        assert_eq!(parse_since("").expect("ok"), None);
-        assert_eq!(parse_since("a=1&since=7").expect("ok"), Some(7));
-        assert!(parse_since("since=x").is_err());
     }
 }

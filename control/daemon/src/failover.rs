@@ -153,8 +153,8 @@ impl Feed {
         }
     }
 
-    /// The version vector of the last netmap applied.
-    #[cfg(test)]
+    /// The version vector of the last netmap applied: sent with every poll, so that a
+    /// coordinator that has not seen as much holds the poll until it has.
     pub fn seen(&self) -> Option<&VersionVector> {
         self.seen.as_ref()
     }

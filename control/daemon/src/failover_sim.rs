@@ -2,15 +2,18 @@
 //! (`Replica`: pushes, anti-entropy, version vectors), and M members, each the real failover
 //! cores ([`Coordinators`], [`Feed`]) with the netmap long poll `member_feed` runs around them.
 //! Faked, because it cannot run in-process on a virtual clock: the coordinators' HTTPS API
-//! (a poll is answered after 10 ms; with `since`, when the coordinator's version differs or
-//! after the 25 s long-poll limit) and the network (coordinator messages take 5-24 ms; a
+//! (a poll is answered after 10 ms; a poll carrying a version vector the coordinator has not
+//! seen is held until it has, or fails `lagging` after the 25 s long-poll limit; with `since`,
+//! when the coordinator's version differs or after that limit) and the network (coordinator messages take 5-24 ms; a
 //! partition drops them, makes new connects time out after `CONNECT_TIMEOUT` and an open
 //! poll fail once TCP keepalive gives up, `DEAD_CONNECTION_AFTER` after the cut, as a
 //! blackhole route does).
 //!
 //! Checked: every netmap a member applies has a version vector that dominates the one before
 //! (its view never goes back), also when it fails over to a coordinator that has not yet seen
-//! writes it applied; a member's coordinator partitioned away is left; a member connecting to a
+//! writes it applied (whose poll is held: no member is ever offered a netmap behind its own,
+//! so the member-side check is never needed, and it applies at once when the coordinator
+//! catches up); a member's coordinator partitioned away is left; a member connecting to a
 //! dead coordinator moves to another within 5 s; after the heal every coordinator and every
 //! member converge on the same records.
 
@@ -45,6 +48,8 @@ enum Poll {
     Open {
         to: usize,
         since: Option<u64>,
+        /// The vector the poll carries (the member's last applied).
+        held: Option<VersionVector>,
         started: u64,
         /// `Some(t)`: the connect failed or the answer was lost; the client errors at `t`.
         fails_at: Option<u64>,
@@ -59,6 +64,8 @@ struct Member {
     applied: Vec<(u64, u64, VersionVector, Vec<String>)>,
     /// Every failed poll: (ms, coordinator).
     failures: Vec<(u64, usize)>,
+    /// Netmaps answered that were behind the last one applied (`Verdict::Behind`).
+    behind: usize,
 }
 
 struct Sim {
@@ -72,6 +79,8 @@ struct Sim {
     coord_side: Vec<u8>,
     member_side: Vec<u8>,
     seq: u64,
+    /// Polls answered `lagging` (held to the limit).
+    lagging: usize,
 }
 
 impl Sim {
@@ -89,6 +98,7 @@ impl Sim {
             coord_side: vec![0; n],
             member_side: vec![0; m],
             seq: 0,
+            lagging: 0,
         };
         for j in 0..n {
             let v = serde_json::json!({"coordinator": true});
@@ -115,6 +125,7 @@ impl Sim {
                 poll: Poll::Idle(s.now),
                 applied: vec![(s.now, nm.version, nm.vv.clone().unwrap(), recs)],
                 failures: Vec::new(),
+                behind: 0,
             });
         }
         s
@@ -204,10 +215,12 @@ impl Sim {
             Poll::Idle(at) if at <= now => {
                 let to = coord_of(self.members[k].coords.current());
                 let since = self.members[k].feed.since();
+                let held = self.members[k].feed.seen().cloned();
                 let fails_at = (!self.reachable(k, to)).then_some(now + CONNECT_MS);
                 self.members[k].poll = Poll::Open {
                     to,
                     since,
+                    held,
                     started: now,
                     fails_at,
                 };
@@ -216,6 +229,7 @@ impl Sim {
             Poll::Open {
                 to,
                 since,
+                ref held,
                 started,
                 fails_at,
             } => {
@@ -231,12 +245,25 @@ impl Sim {
                     self.members[k].poll = Poll::Open {
                         to,
                         since,
+                        held: held.clone(),
                         started,
                         fails_at: Some(now + DEAD_MS),
                     };
                     return;
                 }
                 if now < started + RTT_MS {
+                    return;
+                }
+                let lagging = held
+                    .as_ref()
+                    .is_some_and(|h| !self.coords[to].store().version_vector().dominates(h));
+                if lagging {
+                    // Held until it catches up; after the limit, 503 `lagging`: the member
+                    // tries another coordinator (the same path as any failed poll).
+                    if now >= started + LONG_POLL_MS {
+                        self.lagging += 1;
+                        self.fail(k, to);
+                    }
                     return;
                 }
                 let version = self.coords[to].store().version_vector().sum();
@@ -268,6 +295,7 @@ impl Sim {
         let m = &mut self.members[k];
         match m.feed.on_netmap(at, &nm) {
             Verdict::Behind(again) => {
+                m.behind += 1;
                 m.poll = Poll::Idle((again - self.t0).as_millis() as u64);
             }
             Verdict::Unchanged => m.poll = Poll::Idle(now),
@@ -373,8 +401,9 @@ fn partitions_failover_and_heal_on_a_virtual_clock() {
         "c0 took writes c1 has not seen (the test needs them)"
     );
 
-    // 2. m0 loses c0 too: it fails over to c1/c2, which are behind what it applied, so it
-    //    applies nothing (its view never goes back) until the heal.
+    // 2. m0 loses c0 too: it fails over to c1/c2, which are behind what it applied: they hold
+    //    its polls (answering `lagging` after the limit), so it applies nothing (its view
+    //    never goes back) until the heal.
     s.member_side[0] = 0;
     let lost = s.now;
     s.run_until(120_000, true);
@@ -386,14 +415,25 @@ fn partitions_failover_and_heal_on_a_virtual_clock() {
         m0_last,
         "m0 applied a netmap that had not seen its last one"
     );
+    assert!(s.lagging >= 1, "no poll of m0 was held to the limit");
 
     // 3. Heal: c0's writes reach c1 and c2, and m0 moves on.
     s.coord_side = vec![0; n];
     let healed = s.now;
     s.run_until(140_000, true);
     let m0 = &s.members[0];
-    let (t, ..) = m0.applied.last().unwrap();
-    assert!(*t > healed, "m0 applies again after the heal");
+    let (t, ..) = m0
+        .applied
+        .iter()
+        .find(|a| a.0 > healed)
+        .expect("m0 applies again");
+    // Its held poll is answered as soon as its coordinator catches up (anti-entropy every
+    // second), not at the next retry.
+    assert!(
+        *t - healed <= 3_000,
+        "m0 applied {} ms after the heal",
+        *t - healed
+    );
     assert!(m0.applied.last().unwrap().2.dominates(&m0_last));
 
     s.run_until(s.now + 2_000, false);
@@ -444,10 +484,11 @@ fn partitions_failover_and_heal_on_a_virtual_clock() {
         let (_, _, v, view) = mem.applied.last().unwrap();
         assert_eq!(v, &want, "m{k} converged");
         assert_eq!(view, &want_view, "m{k} sees every record");
-        // Never backwards, over the whole run.
+        // Never backwards, over the whole run; never even offered a netmap behind.
         for w in mem.applied.windows(2) {
             assert!(w[1].2.dominates(&w[0].2), "m{k}");
         }
+        assert_eq!(mem.behind, 0, "m{k} was answered a netmap behind its own");
     }
 }
 

@@ -65,6 +65,29 @@ impl Authority for MeshAuthority {
     fn policy(&self) -> Option<Arc<tm_policy::Artifact>> {
         Some(self.0.policy())
     }
+
+    fn bucket_changed(
+        &self,
+        bucket: &str,
+        now: Option<&tm_s3::BucketSettings>,
+        who: &Principal,
+    ) -> Result<(), String> {
+        // Buckets are replicated control state (`storage_sync.rs`); a deleted one takes its
+        // share with it.
+        let who = who.to_string();
+        let r = match now {
+            Some(s) => self.0.put_bucket(
+                bucket,
+                Some(crate::storage_sync::bucket_spec(s.quota, s.versioning)),
+                &who,
+            ),
+            None => self
+                .0
+                .put_share(bucket, None, &who)
+                .and_then(|()| self.0.put_bucket(bucket, None, &who)),
+        };
+        r.map_err(|e| e.to_string())
+    }
 }
 
 /// The authority as the S3 server takes it.
@@ -146,7 +169,7 @@ pub fn admin_handler(c: &Coordinator, storage: Option<Storage>) -> tm_coord::Adm
                 }
                 Ok(()) if cmd.is_admin() => handle_as(&c, storage.as_ref(), &cmd, actor),
                 Ok(()) => match &storage {
-                    Some(st) => st.handle(&cmd),
+                    Some(st) => st.handle_replicated(&c, &cmd, actor),
                     None => Response::err("the coordinator has no object store"),
                 },
             },

@@ -26,6 +26,7 @@ mod portmap;
 mod relay;
 mod renamed;
 mod storage;
+mod storage_sync;
 mod sysdns;
 
 use anyhow::{Context, Result};

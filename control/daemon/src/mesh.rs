@@ -516,7 +516,10 @@ pub fn member_feed(
         }
         loop {
             let client = link.current();
-            match client.netmap_after(feed.since(), &mut last).await.cloned() {
+            let r = client
+                .netmap_held(feed.since(), feed.seen(), &mut last)
+                .await;
+            match r.cloned() {
                 Ok(nm) => {
                     if !reachable.swap(true, Ordering::Relaxed) {
                         tracing::info!(coordinator = %client.addr(), "coordinator reachable again");
@@ -540,7 +543,10 @@ pub fn member_feed(
                     // The next coordinator's tokens are its own: start from a full netmap.
                     last = None;
                     let next = link.fail_over();
-                    if reachable.swap(false, Ordering::Relaxed) {
+                    if e.is_lagging() {
+                        // It answers, but has not caught up with what this node applied.
+                        tracing::info!(coordinator = %client.addr(), next = ?next, "coordinator behind this node's netmap; trying another");
+                    } else if reachable.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
                             "coordinator {} unreachable: {e}; keeping the current mesh{}",
                             client.addr(),

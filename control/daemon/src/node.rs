@@ -242,6 +242,8 @@ impl Node {
                 .await?;
             if let Some(c) = &coord {
                 c.set_admin_handler(crate::identity::admin_handler(c, Some(s.clone())));
+                // Buckets and shares changed on other coordinators (`storage_sync.rs`).
+                crate::storage_sync::spawn(s.clone(), c.clone());
             }
             if let Some(n) = &self.cfg.nfs {
                 let addr = n.listen.unwrap_or_else(|| SocketAddr::new(mesh_ip, 2049));

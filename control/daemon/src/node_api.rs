@@ -9,8 +9,20 @@ impl Node {
                 match self.storage.clone() {
                     // Metadata commits fsync: keep them off the node loop.
                     Some(st) => {
+                        let co = match self.mesh.as_ref().map(|m| &m.role) {
+                            Some(Role::Coordinator(c)) => Some(c.clone()),
+                            _ => None,
+                        };
                         tokio::task::spawn_blocking(move || {
-                            let resp = st.handle(&r.command);
+                            let resp = match &co {
+                                // Bucket and share changes are replicated control state.
+                                Some(c) => st.handle_replicated(
+                                    c,
+                                    &r.command,
+                                    &crate::identity::LOCAL_ROOT.to_string(),
+                                ),
+                                None => st.handle(&r.command),
+                            };
                             let _ = r.reply.send(resp);
                         });
                     }

@@ -23,6 +23,9 @@ pub struct Storage {
     pub creds: S3Credentials,
     /// Where S3, NFS and the portmapper listen, once they do (`tmctl status`).
     pub endpoints: std::sync::Arc<std::sync::Mutex<Endpoints>>,
+    /// Serialises replicated bucket/share commands and their materialisation
+    /// (`storage_sync.rs`).
+    pub(crate) sync: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// The listeners of the store's services.
@@ -124,6 +127,7 @@ impl Storage {
             settings: settings.clone(),
             creds,
             endpoints: Default::default(),
+            sync: Default::default(),
         })
     }
 

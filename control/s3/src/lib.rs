@@ -54,7 +54,7 @@ pub use access::{decide, identity};
 pub use error::Error;
 pub use front::{serve_limited, serve_with};
 pub use guard::{in_request, panics, Limits};
-pub use principal::{Authority, NodeKey, Principal, SeedLogin, TokenRefusal};
+pub use principal::{Authority, BucketSettings, NodeKey, Principal, SeedLogin, TokenRefusal};
 
 /// The reserved system bucket: only [`Principal::Coordinator`] may read or list it; nobody
 /// writes it over S3.

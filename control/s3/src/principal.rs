@@ -173,6 +173,26 @@ pub trait Authority: Send + Sync + fmt::Debug {
     fn policy(&self) -> Option<std::sync::Arc<tm_policy::Artifact>> {
         None
     }
+    /// `who` created bucket `bucket` (`Some`: its settings now), changed its versioning, or
+    /// deleted it (`None`) through S3, in this node's store: a mesh with several coordinators
+    /// records it for the others. Blocking (called off the async workers) and done before the
+    /// request is answered; `Err`: why it could not be recorded (the request fails with it).
+    fn bucket_changed(
+        &self,
+        bucket: &str,
+        now: Option<&BucketSettings>,
+        who: &Principal,
+    ) -> Result<(), String> {
+        let _ = (bucket, now, who);
+        Ok(())
+    }
+}
+
+/// The settings of a bucket S3 changed ([`Authority::bucket_changed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSettings {
+    pub quota: Option<u64>,
+    pub versioning: tm_storage::Versioning,
 }
 
 fn refused(r: TokenRefusal) -> Error {

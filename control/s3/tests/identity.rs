@@ -199,3 +199,49 @@ fn revoked_tokens_and_removed_nodes_stop_at_once() {
     let body = curl(&["-u", &me, &url]);
     assert!(body.contains("<Code>InvalidAccessKeyId</Code>"), "{body}");
 }
+
+/// Buckets are replicated control state on a mesh's coordinators: every bucket change made
+/// through S3 (create, versioning, delete) reaches the authority with the bucket's settings
+/// and the caller, before the answer.
+#[test]
+fn bucket_changes_through_s3_are_told_to_the_authority() {
+    require("aws", INSTALL);
+    let s = Server::start();
+    let a = |args: &[&str]| ok(aws(&s, &s.ak, &s.secret).args(args));
+    a(&["s3api", "create-bucket", "--bucket", "told"]);
+    a(&[
+        "s3api",
+        "put-bucket-versioning",
+        "--bucket",
+        "told",
+        "--versioning-configuration",
+        "Status=Enabled",
+    ]);
+    // Refused changes are not told.
+    let out = run(aws(&s, &s.ak, &s.secret).args(["s3api", "create-bucket", "--bucket", "-bad"]));
+    assert!(!out.status.success());
+    a(&["s3api", "delete-bucket", "--bucket", "told"]);
+    let settings = |v| {
+        Some(tm_s3::BucketSettings {
+            quota: None,
+            versioning: v,
+        })
+    };
+    let who = alice().to_string();
+    assert_eq!(
+        *s.authority.bucket_changes.lock().expect("lock"),
+        vec![
+            (
+                "told".to_owned(),
+                settings(tm_storage::Versioning::Unversioned),
+                who.clone()
+            ),
+            (
+                "told".to_owned(),
+                settings(tm_storage::Versioning::Enabled),
+                who.clone()
+            ),
+            ("told".to_owned(), None, who),
+        ]
+    );
+}

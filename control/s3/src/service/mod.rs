@@ -43,18 +43,52 @@ pub(crate) struct TmS3 {
     /// CompleteMultipartUpload of one of them is answered like the first (AWS does so for a
     /// while); older or unknown ids get `NoSuchUpload`.
     completed: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// Told of bucket changes ([`crate::Authority::bucket_changed`]).
+    authority: Option<std::sync::Arc<dyn crate::Authority>>,
 }
 
 /// How many completed uploads are remembered.
 const COMPLETED_MEMORY: usize = 4096;
 
 impl TmS3 {
-    pub(crate) fn new(store: Store, region: String) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        region: String,
+        authority: Option<std::sync::Arc<dyn crate::Authority>>,
+    ) -> Self {
         Self {
             store,
             region,
             completed: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            authority,
         }
+    }
+
+    /// Tells the authority that `who` changed bucket `bucket` (created, versioning, deleted:
+    /// its settings are read back from the store), before the request is answered.
+    async fn bucket_changed(&self, bucket: &str, who: &crate::Principal) -> S3Result<()> {
+        let Some(a) = self.authority.clone() else {
+            return Ok(());
+        };
+        let (store, b, who) = (self.store.clone(), bucket.to_owned(), who.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            let now = match store.bucket(&b) {
+                Ok(info) => Some(crate::BucketSettings {
+                    quota: info.quota,
+                    versioning: store.versioning(&b).unwrap_or_default(),
+                }),
+                Err(_) => None,
+            };
+            a.bucket_changed(&b, now.as_ref(), &who)
+        })
+        .await
+        .map_err(S3Error::internal_error)?;
+        r.map_err(|why| {
+            S3Error::with_message(
+                S3ErrorCode::InternalError,
+                format!("done on this node, but not recorded for the other coordinators: {why}"),
+            )
+        })
     }
 
     fn remember_completed(&self, id: String) {
@@ -137,7 +171,7 @@ impl S3 for TmS3 {
         }
         let b = bucket.clone();
         match self.run(&bucket, move |s| s.create_bucket(&b)).await {
-            Ok(()) => {}
+            Ok(()) => self.bucket_changed(&bucket, principal(&req)?).await?,
             // As us-east-1: re-creating a bucket you own succeeds (every bucket here is ours).
             Err(e)
                 if *e.code() == S3ErrorCode::BucketAlreadyOwnedByYou
@@ -157,6 +191,7 @@ impl S3 for TmS3 {
         check(&req, &bucket, "", S3Op::Admin)?;
         let b = bucket.clone();
         self.run(&bucket, move |s| s.delete_bucket(&b)).await?;
+        self.bucket_changed(&bucket, principal(&req)?).await?;
         Ok(S3Response::new(DeleteBucketOutput {}))
     }
 

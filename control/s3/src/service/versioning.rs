@@ -87,6 +87,8 @@ impl TmS3 {
             s.set_versioning(&b, v)
         })
         .await?;
+        self.bucket_changed(&req.input.bucket, crate::access::principal(&req)?)
+            .await?;
         Ok(S3Response::new(PutBucketVersioningOutput {}))
     }
 

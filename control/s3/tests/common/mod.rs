@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use tm_s3::{Authority, NodeKey, Principal, S3Config, SeedLogin, TokenRefusal};
+use tm_s3::{Authority, BucketSettings, NodeKey, Principal, S3Config, SeedLogin, TokenRefusal};
 use tm_storage::{Store, StoreConfig};
 
 pub struct Server {
@@ -165,6 +165,8 @@ pub struct TestAuthority {
     tokens: Mutex<HashMap<String, (String, bool)>>,
     default: Mutex<Option<String>>,
     removed: Mutex<bool>,
+    /// Every `bucket_changed` call: (bucket, settings, who).
+    pub bucket_changes: Mutex<Vec<(String, Option<BucketSettings>, String)>>,
 }
 
 impl TestAuthority {
@@ -175,6 +177,7 @@ impl TestAuthority {
             tokens: Mutex::new(m),
             default: Mutex::new(Some(token.to_owned())),
             removed: Mutex::new(false),
+            bucket_changes: Mutex::new(Vec::new()),
         }
     }
 
@@ -228,6 +231,20 @@ impl Authority for TestAuthority {
 
     fn node(&self, key: &NodeKey) -> Option<Principal> {
         (key.0 == [0xa1; 32] && !*self.removed.lock().expect("lock")).then(alice)
+    }
+
+    fn bucket_changed(
+        &self,
+        bucket: &str,
+        now: Option<&BucketSettings>,
+        who: &Principal,
+    ) -> Result<(), String> {
+        self.bucket_changes.lock().expect("lock").push((
+            bucket.to_owned(),
+            now.cloned(),
+            who.to_string(),
+        ));
+        Ok(())
     }
 }
 
