@@ -34,7 +34,8 @@ if [[ ${1:-} != --one ]]; then
     : >"$OUT/results.jsonl"
     for rf in $RFS; do
         echo "== $(date +%T) RF=$rf mode $MODE, load $(cut -d' ' -f1-3 /proc/loadavg)"
-        RF=$rf OUT=$OUT S3BENCH=$S3BENCH "$0" --one || echo "RF=$rf failed (see $OUT/rf$rf.log)"
+        RF=$rf OUT=$OUT S3BENCH=$S3BENCH "$0" --one 2> >(tee -a "$OUT/rf$rf.log" >&2) ||
+            echo "RF=$rf failed (see $OUT/rf$rf.log)"
     done
     "$S3BENCH" --table "$OUT/results.jsonl" | tee "$OUT/table.md"
     echo "results: $OUT"
@@ -48,7 +49,6 @@ source "$ROOT/scripts/lib/mesh.sh"
 source "$ROOT/scripts/lib/coords.sh"
 tm_init "repl-bench-rf$RF" 900
 require_tm_binaries
-exec 2> >(tee -a "$OUT/rf$RF.log" >&2)
 coords_up "replication: {factor: $RF, mode: $MODE}" ca cb cc
 bench() { # bench COORD NAME SCENARIOS...
     local c=$1 name=$2
