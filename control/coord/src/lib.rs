@@ -70,6 +70,7 @@ mod index;
 mod limit;
 mod link;
 mod node_services;
+pub mod objrep;
 mod open;
 pub mod policy;
 pub mod proof;

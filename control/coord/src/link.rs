@@ -145,6 +145,19 @@ impl Coordinator {
                     }
                     continue;
                 }
+                if dst == crate::objrep::wire::OBJREP_KEY {
+                    // Object replication (coordinators only: the link's peer is one). Waits
+                    // while the receiver lags: back-pressure on the other side's sends.
+                    match hub.objrep.get() {
+                        Some(tx) => {
+                            if tx.send((via, payload)).await.is_err() {
+                                return "object replication stopped".to_owned();
+                            }
+                        }
+                        None => hub.count_protocol_error(),
+                    }
+                    continue;
+                }
                 let src = PublicKey(data.try_into().expect("KEY_LEN bytes"));
                 hub.route_from_peer(via, src, &dst, payload, |k| self.is_member(k));
             }

@@ -147,6 +147,7 @@ impl Storage {
             max_body: 5 << 30,
             authority,
             region: self.settings.region.clone(),
+            replicator: None,
         };
         let store = self.store.clone();
         tokio::spawn(async move {

@@ -7,6 +7,7 @@ mod listing;
 mod multipart;
 mod objects;
 mod objio;
+mod replica;
 mod tagging;
 mod versioning;
 
@@ -43,6 +44,8 @@ pub(crate) struct TmS3 {
     /// CompleteMultipartUpload of one of them is answered like the first (AWS does so for a
     /// while); older or unknown ids get `NoSuchUpload`.
     completed: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// The object replication driver (`replica.rs`).
+    replicator: Option<std::sync::Arc<dyn tm_storage::replication::hook::Replicator>>,
 }
 
 /// How many completed uploads are remembered.
@@ -54,7 +57,16 @@ impl TmS3 {
             store,
             region,
             completed: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            replicator: None,
         }
+    }
+
+    pub(crate) fn with_replicator(
+        mut self,
+        r: Option<std::sync::Arc<dyn tm_storage::replication::hook::Replicator>>,
+    ) -> Self {
+        self.replicator = r;
+        self
     }
 
     fn remember_completed(&self, id: String) {
@@ -279,6 +291,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.refuse_replicated(&req.input.bucket, "DeleteObjects")?;
         for o in &req.input.delete.objects {
             check(&req, &req.input.bucket, &o.key, S3Op::Write)?;
             versioning::version_param(o.version_id.as_deref())?;
@@ -348,6 +361,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.refuse_replicated(&req.input.bucket, "CopyObject")?;
         self.copy_object_op(req).await
     }
 
@@ -369,6 +383,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.refuse_replicated(&req.input.bucket, "a multipart upload")?;
         self.create_multipart_upload_op(req).await
     }
 
@@ -383,6 +398,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.refuse_replicated(&req.input.bucket, "UploadPartCopy")?;
         self.upload_part_copy_op(req).await
     }
 
@@ -390,6 +406,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.refuse_replicated(&req.input.bucket, "a multipart upload")?;
         self.complete_multipart_upload_op(req).await
     }
 

@@ -4,6 +4,7 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use tm_policy::S3Op;
+use tm_storage::PutWriter;
 use tm_storage::{EncryptionKey, ObjectInfo, WriteCondition};
 
 use super::convert::*;
@@ -109,6 +110,7 @@ impl TmS3 {
             i.content_md5.as_deref(),
             sums.clone(),
             WriteCondition::Always,
+            PutWriter::commit,
         )
         .await?;
         let mut out = UploadPartOutput {

@@ -39,7 +39,7 @@ impl std::fmt::Display for Unavailable {
 }
 
 /// The replication driver as the S3 layer sees it.
-pub trait Replicator: Send + Sync + 'static {
+pub trait Replicator: Send + Sync + std::fmt::Debug + 'static {
     /// Whether writes and reads of `bucket` are replicated now (false: the S3 layer does
     /// exactly what it does without replication, e.g. with a single coordinator).
     fn replicated(&self, bucket: &str) -> bool;

@@ -706,6 +706,15 @@ pub fn hints(store: &Store, max: usize) -> Result<Vec<Hint>, StorageError> {
     Ok(out)
 }
 
+/// Records a hint (an owner did not confirm a version stored here).
+pub fn add_hint(store: &Store, h: &Hint) -> Result<(), StorageError> {
+    let k = h.table_key();
+    store.txn(move |wtx, _| {
+        wtx.open_table(REP_HINTS)?.insert(k.as_str(), [].as_slice())?;
+        Ok(())
+    })
+}
+
 /// Removes a hint: its owner confirmed the version durable.
 pub fn clear_hint(store: &Store, h: &Hint) -> Result<(), StorageError> {
     let k = h.table_key();
