@@ -80,6 +80,8 @@ pub struct ReplicationCounters {
     pub chunks_sent: AtomicU64,
     /// Hints delivered and cleared.
     pub hints_delivered: AtomicU64,
+    /// Requests from other coordinators answered (successfully or not).
+    pub served: AtomicU64,
     /// Messages or versions refused (malformed, bad chunk, missing chunk, storage error).
     pub refused: AtomicU64,
 }
@@ -99,6 +101,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
     next_id: AtomicU64,
     counters: ReplicationCounters,
+    /// The background tasks ([`ObjectReplication::shutdown`]).
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl std::fmt::Debug for ObjectReplication {
@@ -137,11 +141,28 @@ impl ObjectReplication {
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 counters: ReplicationCounters::default(),
+                tasks: Mutex::new(Vec::new()),
             }),
         };
-        tokio::spawn(r.clone().receive(rx));
-        tokio::spawn(r.clone().handoff());
+        let tasks = vec![
+            tokio::spawn(r.clone().receive(rx)).abort_handle(),
+            tokio::spawn(r.clone().handoff()).abort_handle(),
+        ];
+        *r.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         r
+    }
+
+    /// Stops the background tasks (they hold the store; a restart in-process needs them gone).
+    pub fn shutdown(&self) {
+        for t in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
     }
 
     /// This coordinator's id in placement and dots.
@@ -324,7 +345,7 @@ impl ObjectReplication {
         let req = Req::Store {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-            v: w,
+            v: Box::new(w),
         };
         for _ in 0..2 {
             match self.request(to, &req, &raw).await? {
@@ -338,9 +359,7 @@ impl ObjectReplication {
                         if !ex.chunks.iter().any(|c| c.id == cid) {
                             return Err("asked for a chunk the version does not name".into());
                         }
-                        let bytes = self
-                            .blocking(move |s| local::read_chunk(s, &cid))
-                            .await?;
+                        let bytes = self.blocking(move |s| local::read_chunk(s, &cid)).await?;
                         match self.request(to, &Req::PutChunk { id }, &bytes).await? {
                             (Resp::Ok, _) => {
                                 self.inner

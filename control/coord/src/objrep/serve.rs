@@ -44,6 +44,7 @@ impl ObjectReplication {
                 }
                 continue;
             }
+            self.inner.counters.served.fetch_add(1, Ordering::Relaxed);
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
@@ -141,7 +142,12 @@ impl ObjectReplication {
                 {
                     Ok(Some(ex)) => {
                         let (w, raw) = WireExported::of(&ex);
-                        (Resp::Exported { v: Some(w) }, raw)
+                        (
+                            Resp::Exported {
+                                v: Some(Box::new(w)),
+                            },
+                            raw,
+                        )
                     }
                     Ok(None) => (Resp::Exported { v: None }, Vec::new()),
                     Err(e) => failed(e),

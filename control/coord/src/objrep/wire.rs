@@ -149,7 +149,7 @@ pub(crate) enum Req {
     Store {
         bucket: String,
         key: String,
-        v: WireExported,
+        v: Box<WireExported>,
     },
     /// A chunk (the raw part), stored if it matches its id.
     PutChunk { id: String },
@@ -170,7 +170,7 @@ pub(crate) enum Resp {
     Versions { versions: Vec<WireVersion> },
     Stored,
     NeedChunks { ids: Vec<String> },
-    Exported { v: Option<WireExported> },
+    Exported { v: Option<Box<WireExported>> },
     Chunk,
     Ok,
     Err { msg: String },

@@ -164,8 +164,9 @@ impl TmS3 {
                 sums,
                 cond,
                 move |w| match stamp {
-                    Some(st) => tm_storage::replication::local::commit_put(w, st)
-                        .map(|(i, v)| (i, Some(v))),
+                    Some(st) => {
+                        tm_storage::replication::local::commit_put(w, st).map(|(i, v)| (i, Some(v)))
+                    }
                     None => w.commit().map(|i| (i, None)),
                 },
             )

@@ -84,21 +84,20 @@ pub(super) async fn write_body<T: Send + 'static>(
 ) -> S3Result<T> {
     let want_md5 = want_md5(content_md5)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(8);
-    let writer =
-        tokio::task::spawn_blocking(move || -> Result<Option<T>, StorageError> {
-            let mut w = begin()?;
-            w.set_condition(cond);
-            while let Some(m) = rx.blocking_recv() {
-                match m {
-                    Msg::Data(b) => w.write_all(&b)?,
-                    Msg::Finish(sum) => {
-                        w.set_checksum(sum);
-                        return commit(w).map(Some);
-                    }
+    let writer = tokio::task::spawn_blocking(move || -> Result<Option<T>, StorageError> {
+        let mut w = begin()?;
+        w.set_condition(cond);
+        while let Some(m) = rx.blocking_recv() {
+            match m {
+                Msg::Data(b) => w.write_all(&b)?,
+                Msg::Finish(sum) => {
+                    w.set_checksum(sum);
+                    return commit(w).map(Some);
                 }
             }
-            Ok(None) // sender gone without Finish: abort
-        });
+        }
+        Ok(None) // sender gone without Finish: abort
+    });
     let mut md5 = want_md5.as_ref().map(|_| Md5::new());
     let mut failure: Option<S3Error> = None;
     if let Some(mut body) = body {

@@ -710,7 +710,8 @@ pub fn hints(store: &Store, max: usize) -> Result<Vec<Hint>, StorageError> {
 pub fn add_hint(store: &Store, h: &Hint) -> Result<(), StorageError> {
     let k = h.table_key();
     store.txn(move |wtx, _| {
-        wtx.open_table(REP_HINTS)?.insert(k.as_str(), [].as_slice())?;
+        wtx.open_table(REP_HINTS)?
+            .insert(k.as_str(), [].as_slice())?;
         Ok(())
     })
 }
