@@ -134,6 +134,7 @@ impl Storage {
         &self,
         mesh_ip: std::net::IpAddr,
         authority: Option<std::sync::Arc<dyn tm_s3::Authority>>,
+        replicator: Option<std::sync::Arc<dyn tm_storage::replication::hook::Replicator>>,
     ) -> Result<()> {
         let listen = self
             .settings
@@ -147,7 +148,7 @@ impl Storage {
             max_body: 5 << 30,
             authority,
             region: self.settings.region.clone(),
-            replicator: None,
+            replicator,
         };
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -158,6 +159,25 @@ impl Storage {
         tracing::info!(%listen, "S3 endpoint at http://{listen}/s3");
         self.set_endpoint(|e| e.s3 = Some(listen));
         Ok(())
+    }
+
+    /// Starts object replication with the other coordinators of `coord` (`s3.replication`;
+    /// idle while this is the only coordinator). Needs the tokio runtime.
+    pub fn replication(
+        &self,
+        coord: &tm_coord::Coordinator,
+    ) -> std::sync::Arc<dyn tm_storage::replication::hook::Replicator> {
+        let r = &self.settings.replication;
+        let cfg = tm_coord::objrep::ReplicationConfig {
+            factor: r.factor,
+            mode: r.mode,
+            ..Default::default()
+        };
+        std::sync::Arc::new(tm_coord::objrep::ObjectReplication::start(
+            coord,
+            self.store.clone(),
+            cfg,
+        ))
     }
 
     /// Makes the store's credentials exactly this node's own key plus the S3 credentials the
