@@ -20,6 +20,7 @@
 //! - Hinted handoff: every `hint_every`, each hint whose owner has a link is pushed and, once
 //!   the owner confirmed it durable, removed.
 
+mod antientropy;
 mod serve;
 pub(crate) mod wire;
 
@@ -55,6 +56,8 @@ pub struct ReplicationConfig {
     pub timeout: Duration,
     /// How often hinted handoffs are tried.
     pub hint_every: Duration,
+    /// Anti-entropy with each other coordinator: when its link comes up, and this often.
+    pub antientropy_every: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -65,6 +68,7 @@ impl Default for ReplicationConfig {
             mode: Mode::Available,
             timeout: Duration::from_secs(5),
             hint_every: Duration::from_secs(1),
+            antientropy_every: Duration::from_secs(60),
         }
     }
 }
@@ -82,6 +86,10 @@ pub struct ReplicationCounters {
     pub hints_delivered: AtomicU64,
     /// Requests from other coordinators answered (successfully or not).
     pub served: AtomicU64,
+    /// Anti-entropy rounds completed with another coordinator.
+    pub antientropy_rounds: AtomicU64,
+    /// Versions anti-entropy sent or fetched.
+    pub antientropy_repaired: AtomicU64,
     /// Messages or versions refused (malformed, bad chunk, missing chunk, storage error).
     pub refused: AtomicU64,
 }
@@ -147,6 +155,7 @@ impl ObjectReplication {
         let tasks = vec![
             tokio::spawn(r.clone().receive(rx)).abort_handle(),
             tokio::spawn(r.clone().handoff()).abort_handle(),
+            tokio::spawn(r.clone().antientropy()).abort_handle(),
         ];
         *r.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         r
@@ -192,13 +201,21 @@ impl ObjectReplication {
 
     /// The owners of `bucket/key`, best first.
     pub fn owners(&self, bucket: &str, key: &str) -> Vec<NodeId> {
-        let members: Vec<Member> = self
-            .members()
+        self.owners_among(&self.placement_members(), bucket, key)
+    }
+
+    /// Placement members now (equal weights).
+    fn placement_members(&self) -> Vec<Member> {
+        self.members()
             .into_iter()
             .map(|(id, _)| Member { id, weight: 1 })
-            .collect();
+            .collect()
+    }
+
+    /// The owners of `bucket/key` among `members`, best first.
+    fn owners_among(&self, members: &[Member], bucket: &str, key: &str) -> Vec<NodeId> {
         let rf = self.inner.cfg.factor.clamp(1, members.len().max(1));
-        placement::owners(format!("{bucket}/{key}").as_bytes(), rf, &members)
+        placement::owners(format!("{bucket}/{key}").as_bytes(), rf, members)
     }
 
     fn key_of(&self, n: NodeId) -> Option<PublicKey> {

@@ -51,7 +51,7 @@ impl ObjectReplication {
             let me = self.clone();
             tokio::spawn(async move {
                 let (resp, raw) = match wire::decode::<Req>(&bytes) {
-                    Ok((req, raw)) => me.answer(req, raw).await,
+                    Ok((req, raw)) => me.answer(via, req, raw).await,
                     Err(e) => (Resp::Err { msg: e }, Vec::new()),
                 };
                 if let Resp::Err { msg } = &resp {
@@ -69,9 +69,28 @@ impl ObjectReplication {
     }
 
     /// The answer to one request from another coordinator (the link authenticated it as one).
-    async fn answer(&self, req: Req, raw: Vec<u8>) -> (Resp, Vec<u8>) {
+    async fn answer(&self, via: PublicKey, req: Req, raw: Vec<u8>) -> (Resp, Vec<u8>) {
         let failed = |msg: String| (Resp::Err { msg }, Vec::new());
+        let peer = tm_storage::replication::NodeId(crate::origin_of(&via).0);
         match req {
+            Req::Digests => match self.shared_keys(peer).await {
+                Ok(keys) => (
+                    Resp::Digests {
+                        parts: super::antientropy::digests(&keys),
+                    },
+                    Vec::new(),
+                ),
+                Err(e) => failed(e),
+            },
+            Req::Partition { p } => match self.shared_keys(peer).await {
+                Ok(keys) => (
+                    Resp::Keys {
+                        keys: super::antientropy::listing(&keys, usize::from(p)),
+                    },
+                    Vec::new(),
+                ),
+                Err(e) => failed(e),
+            },
             Req::Versions { bucket, key } => {
                 match self
                     .blocking(move |s| local::versions(s, &bucket, &key))

@@ -161,19 +161,39 @@ pub(crate) enum Req {
     },
     /// A chunk's bytes.
     GetChunk { id: String },
+    /// Anti-entropy: the receiver's partition digests over the keys both sides own.
+    Digests,
+    /// Anti-entropy: the keys of partition `p` both sides own, with their version ids.
+    Partition { p: u16 },
 }
 
 /// Answers.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub(crate) enum Resp {
-    Versions { versions: Vec<WireVersion> },
+    Versions {
+        versions: Vec<WireVersion>,
+    },
     Stored,
-    NeedChunks { ids: Vec<String> },
-    Exported { v: Option<Box<WireExported>> },
+    NeedChunks {
+        ids: Vec<String>,
+    },
+    Exported {
+        v: Option<Box<WireExported>>,
+    },
     Chunk,
     Ok,
-    Err { msg: String },
+    /// 256 digests, hex.
+    Digests {
+        parts: Vec<String>,
+    },
+    /// (bucket, key, version ids).
+    Keys {
+        keys: Vec<(String, String, Vec<String>)>,
+    },
+    Err {
+        msg: String,
+    },
 }
 
 /// A message's bytes.

@@ -689,6 +689,41 @@ fn ensure_bucket(wtx: &Tx, bucket: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Every key with replicated versions here for which `keep(bucket, key)` holds, with its
+/// versions (anti-entropy; a scan of `rep_versions`).
+pub fn replicated_keys(
+    store: &Store,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<(String, String, VersionSet)>, StorageError> {
+    let rtx = store.view()?;
+    let t = rtx.open_table(REP_VERSIONS)?;
+    let mut out: Vec<(String, String, VersionSet)> = Vec::new();
+    for e in t.range::<&str>(..)? {
+        let (k, v) = e?;
+        let Some((ok, _vid)) = k.value().rsplit_once('\u{0}') else {
+            continue;
+        };
+        let Some((bucket, key)) = ok.split_once('/') else {
+            continue;
+        };
+        if !keep(bucket, key) {
+            continue;
+        }
+        let r: RepRec = serde_json::from_slice(v.value())?;
+        match out.last_mut() {
+            Some((b, k, set)) if b == bucket && k == key => {
+                set.insert(r.version());
+            }
+            _ => {
+                let mut set = VersionSet::new();
+                set.insert(r.version());
+                out.push((bucket.to_owned(), key.to_owned(), set));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Up to `max` hinted handoffs, by owner.
 pub fn hints(store: &Store, max: usize) -> Result<Vec<Hint>, StorageError> {
     let rtx = store.view()?;
