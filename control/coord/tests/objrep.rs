@@ -426,6 +426,17 @@ async fn available_put_reads_anywhere_and_a_down_owner_catches_up_by_hinted_hand
         hints.iter().any(|h| h.key == "later"),
         "A keeps a hint for B: {hints:?}"
     );
+    let under = |n: &Node| {
+        let key = n.coord.public_key();
+        n.repl
+            .figures()
+            .into_iter()
+            .find(|f| f.key == key)
+            .expect("own figures")
+            .figures
+            .under_replicated
+    };
+    assert!(under(&a) >= 1, "cluster status counts A's hint");
     let d = s3(a.s3, "DELETE", "/bkt/small", b"").await;
     assert_eq!((d.status, d.replicas()), (204, Some("1/2")));
     assert_eq!(
@@ -445,6 +456,19 @@ async fn available_put_reads_anywhere_and_a_down_owner_catches_up_by_hinted_hand
             .expect("hints")
             .iter()
             .all(|h| h.key != "later" && h.key != "small")
+    })
+    .await;
+    assert_eq!(
+        under(&a),
+        0,
+        "nothing under-replicated once the hints are delivered"
+    );
+    until("A's cluster status shows B's store", 10, async || {
+        let bk = b.coord.public_key();
+        a.repl
+            .figures()
+            .iter()
+            .any(|f| f.key == bk && f.figures.objects >= 3 && f.figures.bytes > big.len() as u64)
     })
     .await;
     // A's hints were delivered (B may hold the versions by anti-entropy first: a hint's push

@@ -23,6 +23,8 @@ pub struct Storage {
     pub creds: S3Credentials,
     /// Where S3, NFS and the portmapper listen, once they do (`tmctl status`).
     pub endpoints: std::sync::Arc<std::sync::Mutex<Endpoints>>,
+    /// The object replication driver, once started on a coordinator (`cluster status`).
+    pub objrep: std::sync::Arc<std::sync::OnceLock<tm_coord::objrep::ObjectReplication>>,
 }
 
 /// The listeners of the store's services.
@@ -124,6 +126,7 @@ impl Storage {
             settings: settings.clone(),
             creds,
             endpoints: Default::default(),
+            objrep: Default::default(),
         })
     }
 
@@ -173,11 +176,9 @@ impl Storage {
             mode: r.mode,
             ..Default::default()
         };
-        std::sync::Arc::new(tm_coord::objrep::ObjectReplication::start(
-            coord,
-            self.store.clone(),
-            cfg,
-        ))
+        let r = tm_coord::objrep::ObjectReplication::start(coord, self.store.clone(), cfg);
+        let _ = self.objrep.set(r.clone());
+        std::sync::Arc::new(r)
     }
 
     /// Makes the store's credentials exactly this node's own key plus the S3 credentials the

@@ -22,7 +22,10 @@
 
 mod antientropy;
 mod serve;
+mod status;
 pub(crate) mod wire;
+
+pub use status::CoordinatorFigures;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +112,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
     next_id: AtomicU64,
     counters: ReplicationCounters,
+    /// The other coordinators' figures as they last answered (`status.rs`).
+    peer_figures: Mutex<HashMap<NodeId, (local::Figures, std::time::Instant)>>,
     /// The background tasks ([`ObjectReplication::shutdown`]).
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -150,12 +155,14 @@ impl ObjectReplication {
                 next_id: AtomicU64::new(1),
                 counters: ReplicationCounters::default(),
                 tasks: Mutex::new(Vec::new()),
+                peer_figures: Mutex::new(HashMap::new()),
             }),
         };
         let tasks = vec![
             tokio::spawn(r.clone().receive(rx)).abort_handle(),
             tokio::spawn(r.clone().handoff()).abort_handle(),
             tokio::spawn(r.clone().antientropy()).abort_handle(),
+            tokio::spawn(r.clone().poll_figures()).abort_handle(),
         ];
         *r.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         r

@@ -73,6 +73,18 @@ impl ObjectReplication {
         let failed = |msg: String| (Resp::Err { msg }, Vec::new());
         let peer = tm_storage::replication::NodeId(crate::origin_of(&via).0);
         match req {
+            Req::Status => match self.blocking(local::figures).await {
+                Ok(f) => (
+                    Resp::Status {
+                        bytes: f.bytes,
+                        objects: f.objects,
+                        capacity: f.capacity,
+                        under_replicated: f.under_replicated,
+                    },
+                    Vec::new(),
+                ),
+                Err(e) => failed(e),
+            },
             Req::Digests => match self.shared_keys(peer).await {
                 Ok(keys) => (
                     Resp::Digests {

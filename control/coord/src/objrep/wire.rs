@@ -165,6 +165,8 @@ pub(crate) enum Req {
     Digests,
     /// Anti-entropy: the keys of partition `p` both sides own, with their version ids.
     Partition { p: u16 },
+    /// What the receiver stores (`cluster status`).
+    Status,
 }
 
 /// Answers.
@@ -190,6 +192,13 @@ pub(crate) enum Resp {
     /// (bucket, key, version ids).
     Keys {
         keys: Vec<(String, String, Vec<String>)>,
+    },
+    /// Bytes, objects, capacity, under-replicated.
+    Status {
+        bytes: u64,
+        objects: u64,
+        capacity: Option<u64>,
+        under_replicated: u64,
     },
     Err {
         msg: String,

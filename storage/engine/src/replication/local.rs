@@ -724,6 +724,37 @@ pub fn replicated_keys(
     Ok(out)
 }
 
+/// What this coordinator stores, for `cluster status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Figures {
+    /// Bytes of every stored version.
+    pub bytes: u64,
+    /// Stored object versions.
+    pub objects: u64,
+    /// `max_size` (`None`: unlimited).
+    pub capacity: Option<u64>,
+    /// Hinted handoffs pending: (owner, version) pairs an owner is known to lack.
+    pub under_replicated: u64,
+}
+
+/// This store's [`Figures`].
+pub fn figures(store: &Store) -> Result<Figures, StorageError> {
+    let u = store.total_usage()?;
+    let rtx = store.view()?;
+    let t = rtx.open_table(REP_HINTS)?;
+    let mut under_replicated = 0;
+    for e in t.range::<&str>(..)? {
+        e?;
+        under_replicated += 1;
+    }
+    Ok(Figures {
+        bytes: u.bytes,
+        objects: u.objects,
+        capacity: store.max_size(),
+        under_replicated,
+    })
+}
+
 /// Up to `max` hinted handoffs, by owner.
 pub fn hints(store: &Store, max: usize) -> Result<Vec<Hint>, StorageError> {
     let rtx = store.view()?;
