@@ -4,7 +4,8 @@
 #   - coordinators ca and cb (cb joins with a coordinator token), both with
 #     `s3: {replication: {factor: 2, mode: consistent}}` and S3 on their LAN address
 #   - objects of 10 KiB to 3 MiB (inline and multi-chunk) written through ca: every PUT is
-#     acknowledged with `x-tm-replicas: 2/2` (W = 2 of RF 2); one deleted (a delete marker)
+#     acknowledged with `x-tm-replicas: 2/2` (W = 2 of RF 2); one deleted (a delete marker);
+#     a 12 MiB multipart upload (boto3 upload_file, 3 parts) completed through ca
 #   - `tunnelmesh cluster status` on ca: the same number of stored versions on each
 #     coordinator, none under-replicated
 #   - kill -9 ca; every acknowledged object is read through cb with the exact SHA-256, and
@@ -90,12 +91,23 @@ if os.environ["PHASE"] == "write":
         if rep != "2/2":
             sys.exit(f"obj-{i}: x-tm-replicas {rep!r}, expected 2/2")
         acked[f"obj-{i}"] = hashlib.sha256(body).hexdigest()
+    # A multipart upload (12 MiB in 5 MiB parts) through ca: completed only once on both.
+    from boto3.s3.transfer import TransferConfig
+    big = os.urandom(12 << 20)
+    path = state + ".big"
+    open(path, "wb").write(big)
+    a.upload_file(path, "repl", "multipart", Config=TransferConfig(
+        multipart_threshold=5 << 20, multipart_chunksize=5 << 20, use_threads=False))
+    if not a.head_object(Bucket="repl", Key="multipart")["ETag"].strip('"').endswith("-3"):
+        sys.exit("the 12 MiB upload was not a 3-part multipart upload")
+    acked["multipart"] = hashlib.sha256(big).hexdigest()
     r = a.delete_object(Bucket="repl", Key="obj-0")
     if r["ResponseMetadata"]["HTTPHeaders"].get("x-tm-replicas") != "2/2":
         sys.exit(f"delete: {r['ResponseMetadata']['HTTPHeaders']}")
     del acked["obj-0"]
     json.dump(acked, open(state, "w"))
-    print(f"{len(acked)} objects acknowledged 2/2 through ca, obj-0 deleted")
+    print(f"{len(acked)} objects acknowledged 2/2 through ca (one a multipart upload), "
+          "obj-0 deleted")
 else:
     acked = json.load(open(state))
     for k, h in sorted(acked.items()):

@@ -383,7 +383,6 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        self.refuse_replicated(&req.input.bucket, "a multipart upload")?;
         self.create_multipart_upload_op(req).await
     }
 
@@ -406,7 +405,6 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        self.refuse_replicated(&req.input.bucket, "a multipart upload")?;
         self.complete_multipart_upload_op(req).await
     }
 

@@ -47,6 +47,9 @@ impl TmS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        if enc.is_some() && self.repl(&req.input.bucket).is_some() {
+            return Err(super::replica::not_replicated("server-side encryption"));
+        }
         let tags = super::tagging::header_tags(&req.headers)?;
         let i = req.input;
         let mut meta = object_meta(PutMeta {
@@ -280,6 +283,29 @@ impl TmS3 {
         }
         let (b, k, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let sum = composite.clone();
+        if let Some(r) = self.repl(&i.bucket) {
+            // Replicated: the completion is a stamped version with its hints; then the owners.
+            let plan = r
+                .plan(b.clone(), k.clone())
+                .await
+                .map_err(super::replica::unavailable)?;
+            let stamp = plan.stamp.clone();
+            let (info, version) = self
+                .run(&i.bucket, move |s| {
+                    tm_storage::replication::local::commit_multipart(
+                        &s, &b, &k, &id, &list, cond, sum, stamp,
+                    )
+                })
+                .await?;
+            self.remember_completed(format!("{}/{}/{}", i.bucket, i.key, i.upload_id));
+            let replicas = r
+                .replicate(plan, Some(version))
+                .await
+                .map_err(super::replica::unavailable)?;
+            let mut resp = S3Response::new(completed(&i.bucket, &i.key, &info));
+            super::replica::set_replicas(&mut resp, Some(replicas));
+            return Ok(resp);
+        }
         let info = self
             .run(&i.bucket, move |s| {
                 s.complete_multipart_if(&b, &k, &id, &list, cond, sum)

@@ -26,10 +26,11 @@ use crate::chunks::ChunkId;
 use crate::db::{ReadTable as _, Schema, Tx};
 use crate::object::meta::*;
 use crate::object::pins::Pins;
+use crate::object::types::WriteCondition;
 use crate::object::types::{valid_bucket_name, ObjectInfo, ObjectMeta, SYSTEM_BUCKET};
 use crate::object::versions::{ver_key, versions_of};
-use crate::object::writer::Prepared;
 use crate::object::writer::PutWriter;
+use crate::object::writer::{Installer, Prepared};
 use crate::object::Store;
 use crate::StorageError;
 
@@ -415,18 +416,15 @@ fn write_hints(
     Ok(())
 }
 
-/// Commits the object `w` wrote as a new replicated version made here, with hint records for
-/// `stamp.hints`, in one transaction (the writer's condition is checked in it too). Sealed
-/// objects are refused (`Unsupported`): another coordinator could not open them.
-pub fn commit_put(mut w: PutWriter, stamp: Stamp) -> Result<(ObjectInfo, Version), StorageError> {
-    if w.is_sealed() {
-        return Err(StorageError::Unsupported(
-            "encrypted objects in a replicated bucket",
-        ));
-    }
-    let made: Arc<Mutex<Option<Version>>> = Arc::default();
-    let out = made.clone();
-    w.set_installer(Box::new(move |wtx, _freed, max_size, p: Prepared| {
+/// The installer of a stamped version made here: the condition, the context, the next dot,
+/// the version and its hints, in the commit's transaction; the version lands in `made`.
+fn stamped(stamp: Stamp, made: Arc<Mutex<Option<Version>>>) -> Installer {
+    Box::new(move |wtx, _freed, max_size, p: Prepared| {
+        if p.manifest.iter().any(|c| c.seal != Seal::Plain) {
+            return Err(StorageError::Unsupported(
+                "encrypted objects in a replicated bucket",
+            ));
+        }
         check_condition(wtx, &p.bucket, &p.key, &p.cond)?;
         let entries = load(wtx, &p.bucket, &p.key)?;
         let v = make_version(wtx, &entries, &stamp, false)?;
@@ -445,18 +443,60 @@ pub fn commit_put(mut w: PutWriter, stamp: Stamp) -> Result<(ObjectInfo, Version
             modified,
         )?;
         write_hints(wtx, &p.bucket, &p.key, v.dot, &stamp.hints)?;
-        *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        *made.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
         Ok(info)
-    }));
-    let info = w.commit()?;
-    let v = made
-        .lock()
+    })
+}
+
+fn take(made: &Mutex<Option<Version>>) -> Result<Version, StorageError> {
+    made.lock()
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .ok_or(StorageError::Unsupported(
             "replicated commit without a version",
-        ))?;
-    Ok((info, v))
+        ))
+}
+
+/// Commits the object `w` wrote as a new replicated version made here, with hint records for
+/// `stamp.hints`, in one transaction (the writer's condition is checked in it too). Sealed
+/// objects are refused (`Unsupported`): another coordinator could not open them.
+pub fn commit_put(mut w: PutWriter, stamp: Stamp) -> Result<(ObjectInfo, Version), StorageError> {
+    if w.is_sealed() {
+        return Err(StorageError::Unsupported(
+            "encrypted objects in a replicated bucket",
+        ));
+    }
+    let made: Arc<Mutex<Option<Version>>> = Arc::default();
+    w.set_installer(stamped(stamp, made.clone()));
+    let info = w.commit()?;
+    Ok((info, take(&made)?))
+}
+
+/// Completes a multipart upload as a new replicated version made here (with its hints, in the
+/// completion's transaction); otherwise as [`Store::complete_multipart_if`].
+#[allow(clippy::too_many_arguments)]
+pub fn commit_multipart(
+    store: &Store,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    parts: &[(u32, String)],
+    cond: WriteCondition,
+    checksum: Option<String>,
+    stamp: Stamp,
+) -> Result<(ObjectInfo, Version), StorageError> {
+    let made: Arc<Mutex<Option<Version>>> = Arc::default();
+    // The condition is checked by the completion itself (before the installer runs).
+    let info = store.complete_installed(
+        bucket,
+        key,
+        upload_id,
+        parts,
+        cond,
+        checksum,
+        Some(stamped(stamp, made.clone())),
+    )?;
+    Ok((info, take(&made)?))
 }
 
 /// Makes a delete marker for `bucket/key` here, with hint records, in one transaction.
