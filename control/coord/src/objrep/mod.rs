@@ -537,16 +537,18 @@ impl ObjectReplication {
     async fn handoff(self) {
         loop {
             tokio::time::sleep(self.inner.cfg.hint_every).await;
-            let Ok(hints) = self.blocking(|s| local::hints(s, 256)).await else {
-                continue;
-            };
-            for h in hints {
-                let Some(key) = self.key_of(h.target) else {
-                    continue; // no longer a coordinator: rebalancing's business
-                };
-                if !self.inner.coord.shared.relay.has_link(&key) {
+            // Per owner with a link (a coordinator that is down or gone holds no one up; hints
+            // for one that left the cluster stay: rebalancing's business).
+            let mut hints = Vec::new();
+            for (id, key) in self.members() {
+                if id == self.inner.me || !self.inner.coord.shared.relay.has_link(&key) {
                     continue;
                 }
+                if let Ok(h) = self.blocking(move |s| local::hints_for(s, id, 256)).await {
+                    hints.extend(h);
+                }
+            }
+            for h in hints {
                 match self.push(h.target, &h.bucket, &h.key, h.dot).await {
                     Ok(()) => {
                         let h2 = h.clone();

@@ -707,7 +707,7 @@ pub fn replicated_keys(
 
 mod hints;
 use hints::write_hints;
-pub use hints::{add_hint, clear_hint, figures, hints, Figures, Hint};
+pub use hints::{add_hint, clear_hint, figures, hints, hints_for, Figures, Hint};
 
 #[cfg(test)]
 mod tests;

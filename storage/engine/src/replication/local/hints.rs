@@ -109,6 +109,27 @@ pub fn hints(store: &Store, max: usize) -> Result<Vec<Hint>, StorageError> {
     Ok(out)
 }
 
+/// Up to `max` hinted handoffs for owner `target`.
+pub fn hints_for(store: &Store, target: NodeId, max: usize) -> Result<Vec<Hint>, StorageError> {
+    let rtx = store.view()?;
+    let t = rtx.open_table(REP_HINTS)?;
+    let (lo, hi) = (
+        format!("{:016x}\u{0}", target.0),
+        format!("{:016x}\u{1}", target.0),
+    );
+    let mut out = Vec::new();
+    for e in t.range(lo.as_str()..hi.as_str())? {
+        let (k, _) = e?;
+        if let Some(h) = Hint::parse(k.value()) {
+            out.push(h);
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Records a hint (an owner did not confirm a version stored here).
 pub fn add_hint(store: &Store, h: &Hint) -> Result<(), StorageError> {
     let k = h.table_key();

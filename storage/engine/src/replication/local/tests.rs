@@ -65,6 +65,8 @@ fn concurrent_versions_are_kept_and_resolved_alike_on_both_stores() {
         1,
         "the hint is written with the version"
     );
+    assert_eq!(hints_for(&a, NodeId(2), 10).unwrap()[0].dot, va.dot);
+    assert!(hints_for(&a, NodeId(3), 10).unwrap().is_empty());
     assert_eq!(
         sync(&a, &b, "k"),
         3,
