@@ -39,6 +39,7 @@ fn start() -> (
                 region: tm_s3::DEFAULT_REGION.into(),
                 max_body: 1 << 30,
                 authority: None,
+                replicator: None,
             };
             tm_s3::serve(l, store, cfg, async {
                 let _ = rx.await;

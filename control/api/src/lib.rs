@@ -355,6 +355,25 @@ pub struct ClusterMember {
     /// The last replication error with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What it stores (object replication), as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectFigures>,
+}
+
+/// A coordinator's object store in [`ClusterMember`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ObjectFigures {
+    /// Bytes of every stored version.
+    pub bytes: u64,
+    /// Stored object versions.
+    pub objects: u64,
+    /// `s3.max_size` (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// Hinted handoffs it holds: (owner, version) pairs an owner is known to lack.
+    pub under_replicated: u64,
+    /// Seconds since these figures were reported (0: the answering coordinator's own).
+    pub age_secs: u64,
 }
 
 /// A newly created token: its text is shown once.

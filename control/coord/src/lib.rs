@@ -72,6 +72,7 @@ mod index;
 mod limit;
 mod link;
 mod node_services;
+pub mod objrep;
 mod open;
 pub mod policy;
 mod poll;

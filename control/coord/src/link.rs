@@ -115,7 +115,7 @@ impl Coordinator {
             id: hub.add_link(via, tx),
         };
         let (inbox_tx, inbox) = mpsc::channel::<Vec<u8>>(CLUSTER_INBOX);
-        let reader = read_link(&mut rd, &inbox_tx, hub, |src, dst, payload| {
+        let reader = read_link(&mut rd, &inbox_tx, hub, via, |src, dst, payload| {
             hub.route_from_peer(via, src, &dst, payload, |k| self.is_member(k));
         });
         let writer = write_loop(&mut wr, &mut rx, self.shared.cfg.relay_keepalive);
@@ -264,6 +264,7 @@ pub(crate) async fn read_link<R: AsyncRead + Unpin>(
     rd: &mut R,
     inbox: &mpsc::Sender<Vec<u8>>,
     hub: &crate::relay::RelayHub,
+    via: PublicKey,
     mut route: impl FnMut(PublicKey, PublicKey, Vec<u8>),
 ) -> String {
     loop {
@@ -291,6 +292,19 @@ pub(crate) async fn read_link<R: AsyncRead + Unpin>(
             // Waits while the merges lag: the other side's writes then wait too.
             if inbox.send(payload).await.is_err() {
                 return "replication stopped".to_owned();
+            }
+            continue;
+        }
+        if dst == crate::objrep::wire::OBJREP_KEY {
+            // Object replication (coordinators only: the link's peer `via` is one). Waits
+            // while the receiver lags: back-pressure on the other side's sends.
+            match hub.objrep.get() {
+                Some(tx) => {
+                    if tx.send((via, payload)).await.is_err() {
+                        return "object replication stopped".to_owned();
+                    }
+                }
+                None => hub.count_protocol_error(),
             }
             continue;
         }

@@ -73,7 +73,7 @@ async fn a_slow_receiver_stops_the_sender_within_the_bounds_and_nothing_is_lost(
     let (inbox_tx, mut inbox) = mpsc::channel::<Vec<u8>>(CLUSTER_INBOX);
     let h = hub.clone();
     let reader = tokio::spawn(async move {
-        read_link(&mut srd, &inbox_tx, &h, |_, _, _| {
+        read_link(&mut srd, &inbox_tx, &h, PublicKey([9; 32]), |_, _, _| {
             panic!("no relayed frames in this test")
         })
         .await

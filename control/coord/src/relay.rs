@@ -208,6 +208,8 @@ pub(crate) struct RelayHub {
     dropped_offline: AtomicU64,
     dropped_full: AtomicU64,
     protocol_errors: AtomicU64,
+    /// Where object replication frames from the links go (`objrep`), once it runs.
+    pub(crate) objrep: std::sync::OnceLock<mpsc::Sender<(PublicKey, Vec<u8>)>>,
 }
 
 /// An outgoing link to another coordinator.
@@ -246,6 +248,7 @@ impl RelayHub {
             dropped_offline: AtomicU64::new(0),
             dropped_full: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            objrep: std::sync::OnceLock::new(),
         }
     }
 

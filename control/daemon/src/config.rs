@@ -191,6 +191,61 @@ struct RawS3 {
     /// `<data_dir>/s3-master.key`, outside `s3.data_dir`).
     #[serde(default)]
     master_key_file: Option<PathBuf>,
+    /// Object replication across coordinators (`{factor, mode}`).
+    #[serde(default)]
+    replication: Option<RawReplication>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    #[serde(default)]
+    factor: Option<usize>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// Object replication across coordinators (`s3.replication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// Owners per object (capped at the number of coordinators; default 2).
+    pub factor: usize,
+    /// `available` (default) or `consistent`.
+    pub mode: tm_storage::replication::Mode,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        ReplicationSettings {
+            factor: 2,
+            mode: tm_storage::replication::Mode::Available,
+        }
+    }
+}
+
+fn replication_settings(r: Option<RawReplication>) -> Result<ReplicationSettings, ConfigError> {
+    let mut out = ReplicationSettings::default();
+    let Some(r) = r else { return Ok(out) };
+    if let Some(f) = r.factor {
+        if !(1..=16).contains(&f) {
+            return Err(err(
+                "s3.replication.factor",
+                format!("{f} is not a replication factor (1 to 16)"),
+            ));
+        }
+        out.factor = f;
+    }
+    out.mode = match r.mode.as_deref().map(str::trim) {
+        None | Some("") | Some("available") => tm_storage::replication::Mode::Available,
+        Some("consistent") => tm_storage::replication::Mode::Consistent,
+        Some(m) => {
+            return Err(err(
+                "s3.replication.mode",
+                format!("{m:?} is not a mode (available or consistent)"),
+            ))
+        }
+    };
+    Ok(out)
 }
 
 /// The object store and its S3 endpoint.
@@ -206,6 +261,8 @@ pub struct S3Settings {
     pub encrypt_at_rest: bool,
     /// The master key (SSE-S3 data keys, sealed chunks): `s3.master_key_file`.
     pub master_key_file: PathBuf,
+    /// Object replication across coordinators (`s3.replication`).
+    pub replication: ReplicationSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -583,6 +640,7 @@ impl NodeConfig {
                 region: None,
                 encrypt_at_rest: false,
                 master_key_file: None,
+                replication: None,
             }),
             None => None,
         };
@@ -614,7 +672,9 @@ impl NodeConfig {
                         ))
                     }
                 };
+                let replication = replication_settings(r.replication)?;
                 Some(S3Settings {
+                    replication,
                     listen,
                     data_dir: r.data_dir.unwrap_or_else(|| data_dir.join("s3")),
                     max_size,

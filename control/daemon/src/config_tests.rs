@@ -107,6 +107,25 @@ fn s3_section() {
 }
 
 #[test]
+fn s3_replication() {
+    use tm_storage::replication::Mode;
+    let r = |y: &str| {
+        NodeConfig::parse(&format!("name: a\naddress: 100.64.0.1/10\ns3: {y}\n"))
+            .unwrap()
+            .s3
+            .unwrap()
+            .replication
+    };
+    assert_eq!((r("{}").factor, r("{}").mode), (2, Mode::Available));
+    let c = r("{replication: {factor: 3, mode: consistent}}");
+    assert_eq!((c.factor, c.mode), (3, Mode::Consistent));
+    let bad = |y: &str| e(&format!("name: a\naddress: 100.64.0.1/10\ns3: {y}\n"));
+    assert!(bad("{replication: {factor: 0}}").starts_with("s3.replication.factor:"));
+    assert!(bad("{replication: {mode: eventual}}").starts_with("s3.replication.mode:"));
+    assert!(bad("{replication: {copies: 2}}").contains("copies"));
+}
+
+#[test]
 fn shipped_examples_parse() {
     let c = NodeConfig::parse(include_str!("../../../examples/coordinator.yaml")).unwrap();
     assert!(c.coordinator.is_some() && c.s3.is_some() && c.nfs.is_some());

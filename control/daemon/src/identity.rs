@@ -110,14 +110,32 @@ fn token_info(t: TokenRecord) -> TokenInfo {
     }
 }
 
-fn cluster_info(c: &Coordinator) -> tm_api::ClusterInfo {
+fn cluster_info(c: &Coordinator, storage: Option<&Storage>) -> tm_api::ClusterInfo {
     let now = tm_coord::now_unix() * 1000;
     let ago = |ms: Option<u64>| ms.map(|t| now.saturating_sub(t) / 1000);
     let (digest, records) = c.state_digest();
+    let figures = storage
+        .and_then(|s| s.objrep.get())
+        .map(|r| r.figures())
+        .unwrap_or_default();
+    let objects_of = |name: &str| {
+        let key = c.node_by_name(name)?.public_key;
+        figures
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| tm_api::ObjectFigures {
+                bytes: f.figures.bytes,
+                objects: f.figures.objects,
+                capacity: f.figures.capacity,
+                under_replicated: f.figures.under_replicated,
+                age_secs: f.age.as_secs(),
+            })
+    };
     let coordinators = c
         .cluster_status()
         .into_iter()
         .map(|p| tm_api::ClusterMember {
+            objects: objects_of(&p.name),
             api: p.api,
             name: p.name,
             mesh_ip: p.mesh_ip.to_string(),
@@ -237,7 +255,7 @@ pub fn handle_as(c: &Coordinator, storage: Option<&Storage>, cmd: &Command, who:
                 }
                 Response::ok(&node_info(n))
             }
-            Command::ClusterStatus => Response::ok(&cluster_info(c)),
+            Command::ClusterStatus => Response::ok(&cluster_info(c, storage)),
             Command::Audit => Response::ok(
                 &c.audit_log()?
                     .into_iter()

@@ -238,8 +238,13 @@ impl Node {
                 Some(Role::Coordinator(c)) => Some(c.clone()),
                 _ => None,
             };
-            s.serve(mesh_ip, coord.as_ref().map(crate::identity::authority))
-                .await?;
+            let replicator = coord.as_ref().map(|c| s.replication(c));
+            s.serve(
+                mesh_ip,
+                coord.as_ref().map(crate::identity::authority),
+                replicator,
+            )
+            .await?;
             if let Some(c) = &coord {
                 c.set_admin_handler(crate::identity::admin_handler(c, Some(s.clone())));
                 // Buckets and shares changed on other coordinators (`storage_sync.rs`).

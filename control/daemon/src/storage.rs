@@ -26,6 +26,8 @@ pub struct Storage {
     /// Serialises replicated bucket/share commands and their materialisation
     /// (`storage_sync.rs`).
     pub(crate) sync: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The object replication driver, once started on a coordinator (`cluster status`).
+    pub objrep: std::sync::Arc<std::sync::OnceLock<tm_coord::objrep::ObjectReplication>>,
 }
 
 /// The listeners of the store's services.
@@ -128,6 +130,7 @@ impl Storage {
             creds,
             endpoints: Default::default(),
             sync: Default::default(),
+            objrep: Default::default(),
         })
     }
 
@@ -138,6 +141,7 @@ impl Storage {
         &self,
         mesh_ip: std::net::IpAddr,
         authority: Option<std::sync::Arc<dyn tm_s3::Authority>>,
+        replicator: Option<std::sync::Arc<dyn tm_storage::replication::hook::Replicator>>,
     ) -> Result<()> {
         let listen = self
             .settings
@@ -151,6 +155,7 @@ impl Storage {
             max_body: 5 << 30,
             authority,
             region: self.settings.region.clone(),
+            replicator,
         };
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -161,6 +166,23 @@ impl Storage {
         tracing::info!(%listen, "S3 endpoint at http://{listen}/s3");
         self.set_endpoint(|e| e.s3 = Some(listen));
         Ok(())
+    }
+
+    /// Starts object replication with the other coordinators of `coord` (`s3.replication`;
+    /// idle while this is the only coordinator). Needs the tokio runtime.
+    pub fn replication(
+        &self,
+        coord: &tm_coord::Coordinator,
+    ) -> std::sync::Arc<dyn tm_storage::replication::hook::Replicator> {
+        let r = &self.settings.replication;
+        let cfg = tm_coord::objrep::ReplicationConfig {
+            factor: r.factor,
+            mode: r.mode,
+            ..Default::default()
+        };
+        let r = tm_coord::objrep::ObjectReplication::start(coord, self.store.clone(), cfg);
+        let _ = self.objrep.set(r.clone());
+        std::sync::Arc::new(r)
     }
 
     /// Makes the store's credentials exactly this node's own key plus the S3 credentials the

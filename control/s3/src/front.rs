@@ -65,11 +65,10 @@ pub async fn serve_limited(
     shutdown: impl Future<Output = ()>,
     now: fn() -> SystemTime,
 ) -> io::Result<()> {
-    let mut b = S3ServiceBuilder::new(TmS3::new(
-        store.clone(),
-        cfg.region.clone(),
-        cfg.authority.clone(),
-    ));
+    let mut b = S3ServiceBuilder::new(
+        TmS3::new(store.clone(), cfg.region.clone(), cfg.authority.clone())
+            .with_replicator(cfg.replicator.clone()),
+    );
     b.set_validation(crate::service::Names);
     let front = Arc::new(Front {
         s3: b.build(),

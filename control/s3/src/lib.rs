@@ -76,6 +76,10 @@ pub struct S3Config {
     /// The region SigV4 credential scopes must name (e.g. [`DEFAULT_REGION`]); the service
     /// must be `s3`. Anything else is refused with `AuthorizationHeaderMalformed`.
     pub region: String,
+    /// The object replication driver (a coordinator among others): writes and reads of
+    /// replicated buckets go through it; `None` (or a bucket it does not replicate) behaves
+    /// as a single store.
+    pub replicator: Option<Arc<dyn tm_storage::replication::hook::Replicator>>,
 }
 
 /// Serves the S3 API on `listener` until `shutdown` resolves.

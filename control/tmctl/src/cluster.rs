@@ -43,8 +43,8 @@ fn write_status(out: &mut impl Write, c: &ClusterInfo) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{:<20} {:<16} {:<22} {:<10} {:<10} STATUS",
-        "COORDINATOR", "MESH IP", "API", "HEARD", "SYNCED"
+        "{:<20} {:<16} {:<22} {:<10} {:<10} {:<9} {:<10} {:<10} STATUS",
+        "COORDINATOR", "MESH IP", "API", "HEARD", "SYNCED", "OBJECTS", "BYTES", "UNDER-REPL"
     )?;
     let ago = |s: Option<u64>| s.map_or_else(|| "never".to_string(), |s| format!("{s}s ago"));
     for m in &c.coordinators {
@@ -62,9 +62,17 @@ fn write_status(out: &mut impl Write, c: &ClusterInfo) -> Result<()> {
         } else {
             (ago(m.heard_secs_ago), ago(m.synced_secs_ago))
         };
+        let (objects, bytes, under) = match &m.objects {
+            Some(f) => (
+                f.objects.to_string(),
+                f.bytes.to_string(),
+                f.under_replicated.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         writeln!(
             out,
-            "{:<20} {:<16} {:<22} {:<10} {:<10} {status}",
+            "{:<20} {:<16} {:<22} {:<10} {:<10} {objects:<9} {bytes:<10} {under:<10} {status}",
             m.name, m.mesh_ip, m.api, heard, synced
         )?;
     }

@@ -57,6 +57,7 @@ fn s3_child() {
             region: tm_s3::DEFAULT_REGION.into(),
             max_body: 1 << 30,
             authority: Some(std::sync::Arc::new(OneToken)),
+            replicator: None,
         };
         tm_s3::serve(l, store, cfg, std::future::pending())
             .await

@@ -40,7 +40,7 @@
 //! (`scripts/check-layers.sh` checks the `use crate::...` lines, rank per directory):
 //!
 //! ```text
-//!  rank 4   fs/  file-system view for NFS          replication/  (sans-IO core, not wired)
+//!  rank 4   fs/  file-system view for NFS          replication/  (sans-IO core + local.rs)
 //!           (inodes, paths, staging; FsError)            |
 //!              |                                          |
 //!  rank 3   object/  Store: buckets, objects, manifests, multipart, quotas & usage,
@@ -114,7 +114,9 @@ impl Store {
 
     /// Like [`Store::open`] with another chunk backend (metadata still lives in `data_dir`).
     pub fn open_with(cfg: StoreConfig, chunks: Arc<dyn ChunkStore>) -> Result<Store, StorageError> {
-        Store::open_layers(cfg, chunks, &fs::schema())
+        let mut extra = fs::schema();
+        extra.extend(&replication::local::schema());
+        Store::open_layers(cfg, chunks, &extra)
     }
 
     /// Like [`Store::open`], but chunks live in the S3-compatible store described by `remote`

@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         region: tm_s3::DEFAULT_REGION.into(),
         max_body: 5 << 30,
         authority: None,
+        replicator: None,
     };
     eprintln!("tm-s3-server listening on http://{}", cfg.listen);
     let shutdown = async {

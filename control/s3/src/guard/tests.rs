@@ -55,6 +55,7 @@ async fn start(limits: Limits) -> Srv {
         region: crate::DEFAULT_REGION.into(),
         max_body: 1 << 20,
         authority: Some(std::sync::Arc::new(OneToken)),
+        replicator: None,
     };
     tokio::spawn(crate::serve_limited(
         l,

@@ -7,6 +7,7 @@ mod listing;
 mod multipart;
 mod objects;
 mod objio;
+mod replica;
 mod tagging;
 mod versioning;
 
@@ -45,6 +46,8 @@ pub(crate) struct TmS3 {
     completed: std::sync::Mutex<std::collections::VecDeque<String>>,
     /// Told of bucket changes ([`crate::Authority::bucket_changed`]).
     authority: Option<std::sync::Arc<dyn crate::Authority>>,
+    /// The object replication driver (`replica.rs`).
+    replicator: Option<std::sync::Arc<dyn tm_storage::replication::hook::Replicator>>,
 }
 
 /// How many completed uploads are remembered.
@@ -61,6 +64,7 @@ impl TmS3 {
             region,
             completed: std::sync::Mutex::new(std::collections::VecDeque::new()),
             authority,
+            replicator: None,
         }
     }
 
@@ -89,6 +93,14 @@ impl TmS3 {
                 format!("done on this node, but not recorded for the other coordinators: {why}"),
             )
         })
+    }
+
+    pub(crate) fn with_replicator(
+        mut self,
+        r: Option<std::sync::Arc<dyn tm_storage::replication::hook::Replicator>>,
+    ) -> Self {
+        self.replicator = r;
+        self
     }
 
     fn remember_completed(&self, id: String) {
@@ -314,6 +326,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.refuse_replicated(&req.input.bucket, "DeleteObjects")?;
         for o in &req.input.delete.objects {
             check(&req, &req.input.bucket, &o.key, S3Op::Write)?;
             versioning::version_param(o.version_id.as_deref())?;
@@ -383,6 +396,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.refuse_replicated(&req.input.bucket, "CopyObject")?;
         self.copy_object_op(req).await
     }
 
@@ -418,6 +432,7 @@ impl S3 for TmS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.refuse_replicated(&req.input.bucket, "UploadPartCopy")?;
         self.upload_part_copy_op(req).await
     }
 

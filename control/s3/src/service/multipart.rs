@@ -4,6 +4,7 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use tm_policy::S3Op;
+use tm_storage::PutWriter;
 use tm_storage::{EncryptionKey, ObjectInfo, WriteCondition};
 
 use super::convert::*;
@@ -46,6 +47,9 @@ impl TmS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let enc = sse::object_key(&req.headers).map_err(|e| aws_error(e, &req.input.bucket))?;
+        if enc.is_some() && self.repl(&req.input.bucket).is_some() {
+            return Err(super::replica::not_replicated("server-side encryption"));
+        }
         let tags = super::tagging::header_tags(&req.headers)?;
         let i = req.input;
         let mut meta = object_meta(PutMeta {
@@ -109,6 +113,7 @@ impl TmS3 {
             i.content_md5.as_deref(),
             sums.clone(),
             WriteCondition::Always,
+            PutWriter::commit,
         )
         .await?;
         let mut out = UploadPartOutput {
@@ -278,6 +283,29 @@ impl TmS3 {
         }
         let (b, k, id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let sum = composite.clone();
+        if let Some(r) = self.repl(&i.bucket) {
+            // Replicated: the completion is a stamped version with its hints; then the owners.
+            let plan = r
+                .plan(b.clone(), k.clone())
+                .await
+                .map_err(super::replica::unavailable)?;
+            let stamp = plan.stamp.clone();
+            let (info, version) = self
+                .run(&i.bucket, move |s| {
+                    tm_storage::replication::local::commit_multipart(
+                        &s, &b, &k, &id, &list, cond, sum, stamp,
+                    )
+                })
+                .await?;
+            self.remember_completed(format!("{}/{}/{}", i.bucket, i.key, i.upload_id));
+            let replicas = r
+                .replicate(plan, Some(version))
+                .await
+                .map_err(super::replica::unavailable)?;
+            let mut resp = S3Response::new(completed(&i.bucket, &i.key, &info));
+            super::replica::set_replicas(&mut resp, Some(replicas));
+            return Ok(resp);
+        }
         let info = self
             .run(&i.bucket, move |s| {
                 s.complete_multipart_if(&b, &k, &id, &list, cond, sum)

@@ -115,10 +115,15 @@ impl TmS3 {
             headers: &req.headers,
         });
         meta.tags = tags.unwrap_or_default();
+        let repl = self.repl(&input.bucket);
+        if repl.is_some() && enc.is_some() {
+            return Err(super::replica::not_replicated("server-side encryption"));
+        }
         let small = input
             .content_length
             .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n <= tm_storage::INLINE_MAX && enc.is_none());
+            .filter(|&n| n <= tm_storage::INLINE_MAX && enc.is_none() && repl.is_none());
+        let mut replicas = None;
         let info = if let Some(len) = small {
             // Small object: buffer it and hand it to the group committer without tying up a
             // blocking thread; the reply comes back when it is durable.
@@ -135,8 +140,17 @@ impl TmS3 {
                 .map_err(|e| aws_error(Error::Storage(e), &input.bucket))?
         } else {
             let (b, k) = (input.bucket.clone(), input.key.clone());
+            let plan = match &repl {
+                Some(r) => Some(
+                    r.plan(b.clone(), k.clone())
+                        .await
+                        .map_err(super::replica::unavailable)?,
+                ),
+                None => None,
+            };
+            let stamp = plan.as_ref().map(|p| p.stamp.clone());
             let store = self.store.clone();
-            write_body(
+            let (info, version) = write_body(
                 &input.bucket,
                 move || {
                     let mut w = store.begin_put(&b, &k, meta)?;
@@ -149,8 +163,22 @@ impl TmS3 {
                 input.content_md5.as_deref(),
                 sums,
                 cond,
+                move |w| match stamp {
+                    Some(st) => {
+                        tm_storage::replication::local::commit_put(w, st).map(|(i, v)| (i, Some(v)))
+                    }
+                    None => w.commit().map(|i| (i, None)),
+                },
             )
-            .await?
+            .await?;
+            if let (Some(r), Some(plan)) = (&repl, plan) {
+                replicas = Some(
+                    r.replicate(plan, version)
+                        .await
+                        .map_err(super::replica::unavailable)?,
+                );
+            }
+            info
         };
         let mut out = PutObjectOutput {
             e_tag: Some(etag(&info.etag)),
@@ -161,7 +189,9 @@ impl TmS3 {
         let f = put_checksum!(out, info.meta.checksum.as_deref());
         out.checksum_type = checksum_type(&f);
         put_sse!(out, info.meta.sse.as_ref());
-        Ok(S3Response::new(out))
+        let mut r = S3Response::new(out);
+        super::replica::set_replicas(&mut r, replicas);
+        Ok(r)
     }
 
     pub(super) async fn get_object_op(
@@ -176,6 +206,7 @@ impl TmS3 {
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let v = version_param(i.version_id.as_deref())?;
         let asked = v.is_some();
+        self.replicated_read(&i.bucket, &i.key).await?;
         let reader = self
             .run(&i.bucket, move |s| match v {
                 Some(v) => s.open_version(&b, &k, &v),
@@ -262,6 +293,7 @@ impl TmS3 {
         let (b, k) = (i.bucket.clone(), i.key.clone());
         let v = version_param(i.version_id.as_deref())?;
         let asked = v.is_some();
+        self.replicated_read(&i.bucket, &i.key).await?;
         let info = self
             .run(&i.bucket, move |s| match v {
                 Some(v) => s.head_version(&b, &k, &v),

@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Result};
-use tm_storage::{ObjectInfo, PutWriter, StorageError, WriteCondition};
+use tm_storage::{PutWriter, StorageError, WriteCondition};
 
 use crate::checksum::Outcome;
 use tokio::sync::mpsc;
@@ -72,31 +72,32 @@ pub(super) async fn read_small(
 /// only when the whole body arrived intact (and matches `content_md5` and its declared checksum,
 /// recorded from `sums`). Otherwise the writer is dropped (aborted): nothing is stored and the
 /// chunk files it wrote are deleted before this returns.
-pub(super) async fn write_body(
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn write_body<T: Send + 'static>(
     bucket: &str,
     begin: impl FnOnce() -> Result<PutWriter, StorageError> + Send + 'static,
     body: Option<StreamingBlob>,
     content_md5: Option<&str>,
     sums: Outcome,
     cond: WriteCondition,
-) -> S3Result<ObjectInfo> {
+    commit: impl FnOnce(PutWriter) -> Result<T, StorageError> + Send + 'static,
+) -> S3Result<T> {
     let want_md5 = want_md5(content_md5)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(8);
-    let writer =
-        tokio::task::spawn_blocking(move || -> Result<Option<ObjectInfo>, StorageError> {
-            let mut w = begin()?;
-            w.set_condition(cond);
-            while let Some(m) = rx.blocking_recv() {
-                match m {
-                    Msg::Data(b) => w.write_all(&b)?,
-                    Msg::Finish(sum) => {
-                        w.set_checksum(sum);
-                        return w.commit().map(Some);
-                    }
+    let writer = tokio::task::spawn_blocking(move || -> Result<Option<T>, StorageError> {
+        let mut w = begin()?;
+        w.set_condition(cond);
+        while let Some(m) = rx.blocking_recv() {
+            match m {
+                Msg::Data(b) => w.write_all(&b)?,
+                Msg::Finish(sum) => {
+                    w.set_checksum(sum);
+                    return commit(w).map(Some);
                 }
             }
-            Ok(None) // sender gone without Finish: abort
-        });
+        }
+        Ok(None) // sender gone without Finish: abort
+    });
     let mut md5 = want_md5.as_ref().map(|_| Md5::new());
     let mut failure: Option<S3Error> = None;
     if let Some(mut body) = body {

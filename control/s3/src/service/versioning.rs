@@ -99,6 +99,33 @@ impl TmS3 {
         check(&req, &req.input.bucket, &req.input.key, S3Op::Write)?;
         let v = version_param(req.input.version_id.as_deref())?;
         let (b, k) = (req.input.bucket.clone(), req.input.key.clone());
+        if let Some(r) = self.repl(&b) {
+            if v.is_some() {
+                return Err(super::replica::not_replicated("deleting one version"));
+            }
+            let plan = r
+                .plan(b.clone(), k.clone())
+                .await
+                .map_err(super::replica::unavailable)?;
+            let stamp = plan.stamp.clone();
+            let version = self
+                .run(&req.input.bucket, move |s| {
+                    tm_storage::replication::local::commit_delete(&s, &b, &k, stamp)
+                })
+                .await?;
+            let vid = version.dot.version_id();
+            let replicas = r
+                .replicate(plan, Some(version))
+                .await
+                .map_err(super::replica::unavailable)?;
+            let mut resp = S3Response::new(DeleteObjectOutput {
+                delete_marker: Some(true),
+                version_id: Some(vid),
+                ..Default::default()
+            });
+            super::replica::set_replicas(&mut resp, Some(replicas));
+            return Ok(resp);
+        }
         let (d, versioned) = self
             .run(&req.input.bucket, move |s| {
                 let versioned = s.versioning(&b)? != Versioning::Unversioned;

@@ -90,6 +90,7 @@ impl Server {
                     region: tm_s3::DEFAULT_REGION.into(),
                     max_body: 5 << 30,
                     authority: Some(auth as Arc<dyn Authority>),
+                    replicator: None,
                 };
                 tm_s3::serve(l, st, cfg, async {
                     let _ = rx.await;

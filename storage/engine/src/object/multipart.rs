@@ -124,13 +124,30 @@ impl Store {
         cond: WriteCondition,
         checksum: Option<String>,
     ) -> Result<ObjectInfo, StorageError> {
-        let r = self.complete_inner(bucket, key, upload_id, parts, cond, checksum);
+        self.complete_installed(bucket, key, upload_id, parts, cond, checksum, None)
+    }
+
+    /// [`Store::complete_multipart_if`] installing the object with `install` (a layer above's
+    /// installer, e.g. replication's) instead of the bucket's versioning rules.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn complete_installed(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        cond: WriteCondition,
+        checksum: Option<String>,
+        install: Option<super::writer::Installer>,
+    ) -> Result<ObjectInfo, StorageError> {
+        let r = self.complete_inner(bucket, key, upload_id, parts, cond, checksum, install);
         if r.is_ok() {
             let _ = self.reclaim();
         }
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn complete_inner(
         &self,
         bucket: &str,
@@ -139,6 +156,7 @@ impl Store {
         parts: &[(u32, String)],
         cond: WriteCondition,
         checksum: Option<String>,
+        install: Option<super::writer::Installer>,
     ) -> Result<ObjectInfo, StorageError> {
         self.settle(bucket, key, false);
         let max_size = self.inner.max_size;
@@ -195,9 +213,24 @@ impl Store {
                 modified: now_nanos(),
                 meta,
             };
-            let info = super::versions::install_version(
-                wtx, freed, max_size, &bucket, &key, &rec, &manifest, None,
-            )?;
+            let info = match install {
+                Some(i) => i(
+                    wtx,
+                    freed,
+                    max_size,
+                    super::writer::Prepared {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        rec,
+                        manifest,
+                        inline: None,
+                        cond: WriteCondition::Always,
+                    },
+                )?,
+                None => super::versions::install_version(
+                    wtx, freed, max_size, &bucket, &key, &rec, &manifest, None,
+                )?,
+            };
             remove_upload(wtx, freed, &upload_id)?;
             Ok(info)
         })

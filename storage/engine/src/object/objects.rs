@@ -84,6 +84,17 @@ impl Store {
         })
     }
 
+    /// Commits a prepared version through a custom installer (`PutWriter::set_installer`).
+    pub(crate) fn commit_installed(
+        &self,
+        install: super::writer::Installer,
+        p: super::writer::Prepared,
+    ) -> Result<ObjectInfo, StorageError> {
+        let max_size = self.inner.max_size;
+        let _g = self.inner.shared.read_guard();
+        self.txn(move |wtx, freed| install(wtx, freed, max_size, p))
+    }
+
     /// Store a whole small object (at most [`INLINE_MAX`] bytes) WITHOUT blocking: hashes it,
     /// queues it for the next group commit and returns at once. `done` runs exactly once, on the
     /// committer thread, after the object is durable and visible (or with the refusal:

@@ -54,7 +54,7 @@ fn ver_prefix(bucket: &str, key: &str) -> String {
     format!("{}\u{0}", obj_key(bucket, key))
 }
 
-fn ver_key(bucket: &str, key: &str, seq: u64) -> String {
+pub(crate) fn ver_key(bucket: &str, key: &str, seq: u64) -> String {
     format!("{}{:016x}", ver_prefix(bucket, key), u64::MAX - seq)
 }
 

@@ -16,6 +16,7 @@ use super::pins::Pins;
 use super::types::{Encryption, EncryptionKey, ObjectInfo, ObjectMeta, WriteCondition};
 use super::Store;
 use crate::chunks::{hex, ChunkId, ChunkStore};
+use crate::db::Tx;
 use crate::StorageError;
 
 pub(crate) enum Target {
@@ -32,6 +33,25 @@ pub(crate) enum Target {
         /// The upload's encryption: its parts are sealed with its data key.
         sse: Option<Encryption>,
     },
+}
+
+/// Installs a finished object version inside the commit's transaction instead of the bucket's
+/// versioning rules (a layer above, e.g. replication, stamps it): gets the transaction, the
+/// chunks it frees, the store's size limit, bucket, key, record, manifest and inline bytes.
+pub(crate) type Installer = Box<
+    dyn FnOnce(&Tx, &mut Vec<ChunkId>, Option<u64>, Prepared) -> Result<ObjectInfo, StorageError>
+        + Send,
+>;
+
+/// An object version whose chunks are durable, ready for its transaction.
+pub(crate) struct Prepared {
+    pub bucket: String,
+    pub key: String,
+    pub rec: ObjRec,
+    pub manifest: Vec<ChunkRef>,
+    pub inline: Option<Vec<u8>>,
+    /// The writer's condition (`PutWriter::set_condition`), for the installer to check.
+    pub cond: WriteCondition,
 }
 
 /// Writes one object version (or one multipart part).
@@ -56,6 +76,8 @@ pub struct PutWriter {
     committed: bool,
     /// A part of an SSE-C upload whose key was not given yet ([`PutWriter::encrypt`]).
     locked: bool,
+    /// Installs the object instead of the bucket's versioning rules (objects only).
+    installer: Option<Installer>,
 }
 
 /// Flushes this writer's chunks in the background, in order; stops at the first failure.
@@ -111,6 +133,7 @@ impl PutWriter {
             checksum: None,
             committed: false,
             locked,
+            installer: None,
         }
     }
 
@@ -152,6 +175,29 @@ impl PutWriter {
     /// Records the verified checksum (`ALGORITHM:base64`) with the object or part.
     pub fn set_checksum(&mut self, checksum: Option<String>) {
         self.checksum = checksum;
+    }
+
+    /// Installs the object with `i` instead of the bucket's versioning rules.
+    pub(crate) fn set_installer(&mut self, i: Installer) {
+        self.installer = Some(i);
+    }
+
+    /// The bucket and key of an object writer (`None` for a part).
+    pub fn object_key(&self) -> Option<(&str, &str)> {
+        match &self.target {
+            Target::Object { bucket, key, .. } => Some((bucket, key)),
+            Target::Part { .. } => None,
+        }
+    }
+
+    /// Whether what this writer stores is sealed (SSE, or the store seals every chunk).
+    pub fn is_sealed(&self) -> bool {
+        self.pins.seal.is_some()
+    }
+
+    /// The store this writer writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Bytes written so far.
@@ -269,8 +315,22 @@ impl PutWriter {
                     meta: *meta,
                 };
                 let cond = std::mem::take(&mut self.cond);
-                self.store
-                    .commit_object(bucket, key, rec, manifest, inline, cond)
+                match self.installer.take() {
+                    Some(i) => self.store.commit_installed(
+                        i,
+                        Prepared {
+                            bucket,
+                            key,
+                            rec,
+                            manifest,
+                            inline,
+                            cond,
+                        },
+                    ),
+                    None => self
+                        .store
+                        .commit_object(bucket, key, rec, manifest, inline, cond),
+                }
             }
             Target::Part {
                 bucket,

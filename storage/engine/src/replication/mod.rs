@@ -14,11 +14,15 @@
 //! - [`read`]: one replicated read (whom to ask, when to answer, read repair);
 //! - [`antientropy`]: what two replicas of a key must send each other.
 //!
-//! Nothing drives it yet: a later session connects it to the coordinator membership and link
-//! (control/cluster, control/coord), which map their `Origin` to [`NodeId`] and their HLC
-//! `Stamp` to [`vv::Hlc`]. docs/ARCHITECTURE.md, "Replication", has the design.
+//! Beside the core, two storage-level pieces: [`local`] (what the driver does to this store:
+//! stamped versions with their hints in one transaction, export/apply of versions, chunks by
+//! content id) and [`hook`] (the interface the S3 layer calls, implemented by the driver in
+//! tm-coord, `control/coord/src/objrep/`, which maps the cluster's `Origin` to [`NodeId`] and
+//! its HLC `Stamp` to [`vv::Hlc`]). docs/ARCHITECTURE.md, "Replication", has the design.
 
 pub mod antientropy;
+pub mod hook;
+pub mod local;
 pub mod placement;
 pub mod read;
 pub mod vv;
