@@ -22,7 +22,7 @@ source "$(dirname "$0")/../lib/netns.sh"
 source "$(dirname "$0")/../lib/node.sh"
 source "$(dirname "$0")/../lib/mesh.sh"
 source "$(dirname "$0")/../lib/coords.sh"
-tm_init nemesis 300
+tm_init "${NEMESIS_NAME:-nemesis}" 300
 require_tm_binaries
 command -v iptables >/dev/null || fail "iptables missing (run scripts/install-test-deps.sh)"
 python3 -c 'import boto3' 2>/dev/null || fail "boto3 missing (run scripts/install-test-deps.sh)"
