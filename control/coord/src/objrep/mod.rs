@@ -5,7 +5,7 @@
 //!   placement member, `NodeId` = its cluster `Origin` ([`crate::origin_of`]), weight 1 (equal
 //!   capacity; weights from capacity are not done yet). The owners of `bucket/key` are its
 //!   `min(factor, coordinators)` best HRW scores.
-//! - Messages ([`wire`]) travel on the link to each other coordinator, which only coordinator
+//! - Messages (`wire`) travel on the link to each other coordinator, which only coordinator
 //!   certificates can open; without a link a message fails at once (the write round counts
 //!   the owner as failed, hinted handoff delivers later).
 //! - A write: [`Replicator::plan`] (consistent mode: a read quorum's versions for the context),
