@@ -163,15 +163,7 @@ impl Coordinator {
     /// `false` if there is no link, the message is too large for a frame, or it could not be
     /// queued in time (the caller posts it instead).
     pub(crate) async fn send_on_link(&self, to: &PublicKey, msg: &Msg) -> bool {
-        let tx = self
-            .shared
-            .relay
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(to)
-            .map(|l| l.tx.clone());
-        let Some(tx) = tx else {
+        let Some(tx) = self.shared.relay.link_sender(to) else {
             return false;
         };
         queue_on_link(&tx, msg, LINK_TIMEOUT).await
@@ -343,6 +335,18 @@ impl crate::relay::RelayHub {
         if g.get(key).is_some_and(|l| l.id == id) {
             g.remove(key);
         }
+    }
+
+    /// The sending side of the link to coordinator `key`, if there is one.
+    pub(crate) fn link_sender(
+        &self,
+        key: &PublicKey,
+    ) -> Option<mpsc::Sender<(PublicKey, Vec<u8>)>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|l| l.tx.clone())
     }
 
     /// Whether there is a live link to coordinator `key`.

@@ -275,17 +275,7 @@ impl ObjectReplication {
 
     /// Sends message bytes to coordinator `to` on its link.
     async fn send(&self, to: &PublicKey, id: u64, response: bool, msg: &[u8]) -> bool {
-        let tx = self
-            .inner
-            .coord
-            .shared
-            .relay
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(to)
-            .map(|l| l.tx.clone());
-        let Some(tx) = tx else {
+        let Some(tx) = self.inner.coord.shared.relay.link_sender(to) else {
             return false;
         };
         for p in wire::pieces(id, response, msg) {
